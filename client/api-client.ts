@@ -1,0 +1,168 @@
+// ApiClient: the laptop's side of the HTTP API. Counts every body byte in both directions (the
+// figures `--json` reports), turns error bodies back into CarryonErrors, and connection failures into
+// SERVER_UNREACHABLE.
+import http from 'node:http';
+import https from 'node:https';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import {
+  API_PREFIX, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, errorFromBody, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
+  type DesktopInfo, type TarEntry, type UploadResult,
+} from '../src/index.js';
+
+export interface ApiClientOptions {
+  url: string;
+  token: string;
+  device: string;
+}
+
+export class ApiClient {
+  bytesSent = 0;
+  bytesReceived = 0;
+  private readonly base: URL;
+  private readonly agent: http.Agent;
+
+  constructor(private readonly opts: ApiClientOptions) {
+    this.base = new URL(opts.url);
+    const A = this.base.protocol === 'https:' ? https.Agent : http.Agent;
+    this.agent = new A({ keepAlive: true, maxSockets: 4 });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  /** Send one request; resolves with the response once its headers arrive and its status is 2xx. */
+  private request(method: string, path: string, body: Buffer | Readable | null, headers: Record<string, string> = {}): Promise<http.IncomingMessage> {
+    const url = new URL(API_PREFIX + path, this.base);
+    const mod = url.protocol === 'https:' ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = mod.request(url, {
+        method,
+        agent: this.agent,
+        headers: { authorization: `Bearer ${this.opts.token}`, [HEADER_DEVICE]: this.opts.device, ...headers, ...(Buffer.isBuffer(body) ? { 'content-length': String(body.length) } : {}) },
+      });
+      req.on('error', (err) => reject(unreachable(this.base, err)));
+      req.on('response', (res) => {
+        if ((res.statusCode ?? 500) < 300) return resolve(res);
+        const parts: Buffer[] = [];
+        res.on('data', (c: Buffer) => {
+          this.bytesReceived += c.length;
+          parts.push(c);
+        });
+        res.on('error', (err) => reject(unreachable(this.base, err)));
+        res.on('end', () => {
+          let parsed: unknown = null;
+          try {
+            parsed = JSON.parse(Buffer.concat(parts).toString('utf8'));
+          } catch {
+            /* not JSON: errorFromBody reports the status */
+          }
+          reject(errorFromBody(res.statusCode ?? 500, parsed));
+        });
+      });
+      if (body === null) req.end();
+      else if (Buffer.isBuffer(body)) {
+        this.bytesSent += body.length;
+        req.end(body);
+      } else {
+        const count = new Transform({
+          transform: (chunk: Buffer, _e, cb) => {
+            this.bytesSent += chunk.length;
+            cb(null, chunk);
+          },
+        });
+        pipeline(body, count, req).catch((err) => {
+          req.destroy();
+          reject(err instanceof CarryonError ? err : unreachable(this.base, err));
+        });
+      }
+    });
+  }
+
+  private async readAll(res: http.IncomingMessage, max = 512 * 1024 * 1024): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    let n = 0;
+    try {
+      for await (const c of res as AsyncIterable<Buffer>) {
+        n += c.length;
+        this.bytesReceived += c.length;
+        if (n > max) throw new CarryonError('PAYLOAD_TOO_LARGE', `server response over ${max} bytes`);
+        parts.push(c);
+      }
+    } catch (err) {
+      if (err instanceof CarryonError) throw err;
+      throw unreachable(this.base, err);
+    }
+    return Buffer.concat(parts, n);
+  }
+
+  private async json<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.request(method, path, body === undefined ? null : Buffer.from(JSON.stringify(body)), body === undefined ? {} : { 'content-type': 'application/json' });
+    const buf = await this.readAll(res, 64 * 1024 * 1024);
+    try {
+      return JSON.parse(buf.toString('utf8')) as T;
+    } catch {
+      throw new CarryonError('INTERNAL', `server sent invalid JSON for ${method} ${path}`);
+    }
+  }
+
+  whoami(): Promise<{ user: string; admin: boolean }> {
+    return this.json('GET', '/whoami');
+  }
+
+  desktops(): Promise<{ desktops: DesktopInfo[] }> {
+    return this.json('GET', '/desktops');
+  }
+
+  desktop(name: string): Promise<DesktopInfo> {
+    return this.json('GET', `/desktops/${encodeURIComponent(name)}`);
+  }
+
+  startCheckout(name: string, deviceName: string): Promise<CheckoutInfo> {
+    return this.json('POST', `/desktops/${encodeURIComponent(name)}/checkouts`, { device: this.opts.device, deviceName });
+  }
+
+  async manifest(checkoutId: string): Promise<Buffer> {
+    return this.readAll(await this.request('GET', `/checkouts/${checkoutId}/manifest`, null, { accept: CONTENT_MANIFEST }), 256 * 1024 * 1024);
+  }
+
+  /** Stream the encoded blocks of `ids`; each entry goes to onEntry as it arrives (bounded memory). */
+  async getBlocks(checkoutId: string, ids: BlockId[], maxEntryBytes: number, onEntry: (e: TarEntry) => Promise<void> | void): Promise<number> {
+    const res = await this.request('POST', `/checkouts/${checkoutId}/blocks/get`, Buffer.from(JSON.stringify({ ids })), { 'content-type': 'application/json', accept: CONTENT_TAR });
+    const counted = res.pipe(new Transform({
+      transform: (chunk: Buffer, _e, cb) => {
+        this.bytesReceived += chunk.length;
+        cb(null, chunk);
+      },
+    }));
+    res.on('error', (err) => counted.destroy(unreachable(this.base, err)));
+    res.on('aborted', () => counted.destroy(new CarryonError('SERVER_UNREACHABLE', 'the connection dropped during a block download')));
+    return unpackEntries(counted, maxEntryBytes, onEntry);
+  }
+
+  async missing(checkoutId: string, ids: BlockId[]): Promise<BlockId[]> {
+    return (await this.json<{ missing: BlockId[] }>('POST', `/checkouts/${checkoutId}/blocks/missing`, { ids })).missing;
+  }
+
+  /** Upload a zstd-compressed tar stream of blocks and patches. */
+  async upload(checkoutId: string, body: Readable): Promise<UploadResult> {
+    const res = await this.request('PUT', `/checkouts/${checkoutId}/blocks`, body, { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' });
+    return JSON.parse((await this.readAll(res)).toString('utf8')) as UploadResult;
+  }
+
+  async commit(checkoutId: string, manifest: Buffer): Promise<CommitResult> {
+    const res = await this.request('POST', `/checkouts/${checkoutId}/commit`, manifest, { 'content-type': CONTENT_MANIFEST });
+    return JSON.parse((await this.readAll(res)).toString('utf8')) as CommitResult;
+  }
+
+  discard(checkoutId: string): Promise<{ desktop: string; already: boolean }> {
+    return this.json('DELETE', `/checkouts/${checkoutId}`);
+  }
+}
+
+function unreachable(base: URL, err: unknown): CarryonError {
+  if (err instanceof CarryonError) return err;
+  const e = err as NodeJS.ErrnoException;
+  return new CarryonError('SERVER_UNREACHABLE', `cannot reach the server at ${base.origin}: ${e?.code ?? e?.message ?? String(err)}`, { url: base.origin, errno: e?.code }, err);
+}

@@ -1,0 +1,130 @@
+// Check-in: find what changed on the laptop's disk, upload only blocks the server lacks (as patches
+// against the checked-out version where that is smaller, all in one zstd stream per request), then
+// commit the new manifest. Re-running after a failure sends only what has not arrived; a commit that
+// landed before a crash is recognised by the server and not repeated.
+import { promises as fs } from 'node:fs';
+import {
+  blockId, CarryonError, createCompressStream, decodeCheap, decodeManifest, encodeBlock, encodeBlockPatch, encodeCheap, encodeManifest, getBlock, manifestId,
+  MAX_QUERY_IDS, packEntries, scanImage, uploadEntryName, type BlockId, type DiskManifest, type TarEntry,
+} from '../src/index.js';
+import type { ApiClient } from './api-client.js';
+import { batchesOf } from './batches.js';
+import { Progress } from './progress.js';
+import type { LocalState, Login } from './state.js';
+
+export interface CheckinResult {
+  desktop: string;
+  version: number;
+  previousVersion: number;
+  manifestId: BlockId;
+  blocksChanged: number;
+  bytesChanged: number;
+  blocksUploaded: number;
+  blocksAsPatch: number;
+  plainBytesUploaded: number;
+  bytesSent: number;
+  bytesReceived: number;
+  scanSeconds: number;
+  seconds: number;
+  alreadyCommitted: boolean;
+}
+
+/** Upload requests carry up to this much plaintext: a dropped connection costs at most one. */
+const UPLOAD_BATCH_BYTES = 256 * 1024 * 1024;
+
+export interface ScanSummary {
+  manifest: DiskManifest;
+  cheap: BigUint64Array;
+  changed: number[];
+  bytesChanged: number;
+  seconds: number;
+}
+
+/** Compare the disk with what was checked out: cheap hash per block, SHA-256 only where it differs. */
+export async function scanChanges(state: LocalState, name: string, quiet: boolean): Promise<ScanSummary> {
+  const local = state.checkout(name);
+  if (!local || local.state !== 'active' || !local.cheap) {
+    throw new CarryonError('NOT_CHECKED_OUT', `${name} is not checked out on this laptop (${local ? local.state : 'no record'})`, { desktop: name });
+  }
+  const base = decodeManifest(local.manifest);
+  const t0 = Date.now();
+  const size = (await fs.stat(local.diskPath)).size;
+  const progress = new Progress(`scan ${name}`, size, quiet);
+  const scan = await scanImage(local.diskPath, { blockSize: base.blockSize, previous: { manifest: base, cheap: decodeCheap(local.cheap) }, onProgress: (d) => progress.update(d) });
+  progress.finish();
+  let bytesChanged = 0;
+  for (const i of scan.changed) bytesChanged += scan.manifest.lengthOf(i);
+  return { manifest: scan.manifest, cheap: scan.cheap, changed: scan.changed, bytesChanged, seconds: (Date.now() - t0) / 1000 };
+}
+
+export async function checkinDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { quiet: boolean }): Promise<CheckinResult> {
+  const t0 = Date.now();
+  const scan = await scanChanges(state, name, opts.quiet);
+  const local = state.checkout(name)!;
+  const base = decodeManifest(local.manifest);
+  const next = scan.manifest;
+
+  // The first block index of each new id: where to read it and which base block to patch against.
+  const firstIndex = new Map<BlockId, number>();
+  for (const i of scan.changed) {
+    const id = next.idAt(i);
+    if (id !== null && !firstIndex.has(id)) firstIndex.set(id, i);
+  }
+  const candidates = [...firstIndex.keys()];
+  const missing: BlockId[] = [];
+  for (let k = 0; k < candidates.length; k += MAX_QUERY_IDS) missing.push(...(await api.missing(local.checkoutId, candidates.slice(k, k + MAX_QUERY_IDS))));
+
+  const totalPlain = missing.reduce((n, id) => n + next.lengthOf(firstIndex.get(id)!), 0);
+  const progress = new Progress(`checkin ${name}`, totalPlain, opts.quiet);
+  let asPatch = 0;
+  let plainUploaded = 0;
+  const fh = await fs.open(local.diskPath, 'r');
+  try {
+    for (const batch of batchesOf(missing, (id) => next.lengthOf(firstIndex.get(id)!), UPLOAD_BATCH_BYTES)) {
+      async function* entries(): AsyncGenerator<TarEntry> {
+        for (const id of batch) {
+          const i = firstIndex.get(id)!;
+          const plain = Buffer.allocUnsafe(next.lengthOf(i));
+          await fh.read(plain, 0, plain.length, i * next.blockSize);
+          if (blockId(plain) !== id) {
+            throw new CarryonError('DISK_CHANGED_SIZE', `block ${i} of ${local.diskPath} changed during the check-in: stop the VM using it and run the check-in again`, { block: i });
+          }
+          // Keep the new block locally: the next check-in patches against it, a re-check-out reuses it.
+          await state.cache.put(id, encodeBlock(plain, 1), plain);
+          const baseId = base.blockSize === next.blockSize && i < base.count ? base.idAt(i) : null;
+          let entry: TarEntry = { name: uploadEntryName({ kind: 'block', id }), data: plain };
+          if (baseId !== null && (await state.cache.has(baseId))) {
+            const patch = encodeBlockPatch(await getBlock(state.cache, baseId, base.blockSize), plain);
+            if (patch.length < plain.length) {
+              entry = { name: uploadEntryName({ kind: 'patch', id, base: baseId }), data: patch };
+              asPatch++;
+            }
+          }
+          plainUploaded += plain.length;
+          progress.add(plain.length);
+          yield entry;
+        }
+      }
+      const tar = packEntries(entries());
+      const body = createCompressStream(3);
+      tar.on('error', (err) => body.destroy(err));
+      await api.upload(local.checkoutId, tar.pipe(body));
+    }
+  } finally {
+    await fh.close();
+  }
+  progress.finish();
+  await state.cache.sync();
+
+  const encoded = encodeManifest(next);
+  const commit = await api.commit(local.checkoutId, encoded);
+  if (commit.manifestId !== manifestId(encoded)) throw new CarryonError('INTERNAL', 'server committed a different manifest than sent');
+  state.putCheckout({ ...local, state: 'checked-in', version: commit.version, manifestId: commit.manifestId, manifest: encoded, cheap: encodeCheap(scan.cheap) });
+  // The copy stays as a read-only reference; the desktop now lives on the server.
+  await fs.chmod(local.diskPath, 0o444);
+  return {
+    desktop: name, version: commit.version, previousVersion: commit.previousVersion, manifestId: commit.manifestId, blocksChanged: scan.changed.length,
+    bytesChanged: scan.bytesChanged, blocksUploaded: missing.length, blocksAsPatch: asPatch, plainBytesUploaded: plainUploaded, bytesSent: api.bytesSent,
+    bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted,
+  };
+}

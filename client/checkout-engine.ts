@@ -1,0 +1,186 @@
+// Check-out: bring a desktop's disk to this laptop, downloading only blocks the local cache lacks.
+// The disk is assembled in PATH.partial and renamed to PATH only when every block is written, synced
+// and verified, so PATH is never a half-written disk. Re-running after a kill or a dropped connection
+// resumes: verified blocks are already in the cache and are not fetched again.
+import { promises as fs, constants as fsc } from 'node:fs';
+import path from 'node:path';
+import {
+  CarryonError, CheapHasher, decodeManifest, decodeVerified, encodeCheap, decodeCheap, getBlock, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
+} from '../src/index.js';
+import type { ApiClient } from './api-client.js';
+import { batchesOf } from './batches.js';
+import { Progress } from './progress.js';
+import type { LocalCheckout, LocalState, Login } from './state.js';
+
+export interface CheckoutResult {
+  desktop: string;
+  disk: string;
+  version: number;
+  manifestId: BlockId;
+  size: number;
+  blocks: number;
+  blocksFetched: number;
+  blocksFromCache: number;
+  blocksWritten: number;
+  bytesReceived: number;
+  resumed: boolean;
+  alreadyCheckedOut: boolean;
+  seconds: number;
+}
+
+/** Fetch batches of up to this much plaintext: big enough to amortise a request, small enough to retry. */
+const BATCH_BYTES = 32 * 1024 * 1024;
+const RETRIES = 4;
+
+export async function checkoutDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { to?: string; quiet: boolean }): Promise<CheckoutResult> {
+  const t0 = Date.now();
+  const local = state.checkout(name);
+  if (local?.state === 'active') {
+    return { desktop: name, disk: local.diskPath, version: local.version, manifestId: local.manifestId, size: decodeManifest(local.manifest).size, blocks: 0, blocksFetched: 0,
+      blocksFromCache: 0, blocksWritten: 0, bytesReceived: 0, resumed: false, alreadyCheckedOut: true, seconds: 0 };
+  }
+  const disk = path.resolve(opts.to ?? local?.diskPath ?? path.join(state.home, 'desktops', name, 'disk.raw'));
+  const partial = `${disk}.partial`;
+  // Only files this laptop made for this desktop may be overwritten.
+  const ours = local !== null && local.diskPath === disk;
+  if (!ours && (await exists(disk))) throw new CarryonError('LOCAL_PATH_CONFLICT', `${disk} already exists and is not a copy of ${name} made by carryon: choose another --to`, { path: disk });
+  if (!ours && (await exists(partial)) && local?.state !== 'downloading') {
+    throw new CarryonError('LOCAL_PATH_CONFLICT', `${partial} exists and is not carryon's: remove it or choose another --to`, { path: partial });
+  }
+
+  const info = await api.startCheckout(name, login.deviceName);
+  const encoded = await api.manifest(info.checkoutId);
+  if (manifestId(encoded) !== info.manifestId) throw new CarryonError('MANIFEST_INVALID', 'the manifest received does not match its id');
+  const manifest = decodeManifest(encoded);
+
+  // What is already on disk: a checked-in copy of this desktop at the same path is updated in place.
+  let prior: { manifest: DiskManifest; cheap: BigUint64Array } | null = null;
+  if (ours && local.state === 'checked-in' && local.cheap && (await exists(disk))) {
+    prior = { manifest: decodeManifest(local.manifest), cheap: decodeCheap(local.cheap) };
+    await fs.chmod(disk, 0o644);
+    await fs.rename(disk, partial);
+  }
+  const resumed = info.resumed || local?.state === 'downloading';
+  state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'downloading', version: info.version, manifestId: info.manifestId,
+    manifest: encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString() });
+
+  await fs.mkdir(path.dirname(disk), { recursive: true });
+  const fh = await fs.open(partial, fsc.O_RDWR | fsc.O_CREAT, 0o644);
+  let result: Omit<CheckoutResult, 'bytesReceived' | 'seconds'>;
+  let cheap: BigUint64Array;
+  try {
+    await fh.truncate(manifest.size);
+    const hasher = new CheapHasher();
+    cheap = new BigUint64Array(manifest.count);
+    // Which block indices must be written, grouped by id.
+    const where = new Map<BlockId, number[]>();
+    const zeroIdx: number[] = [];
+    const samePrior = prior && prior.manifest.blockSize === manifest.blockSize ? prior : null;
+    for (let i = 0; i < manifest.count; i++) {
+      const id = manifest.idAt(i);
+      const unchanged = samePrior && i < samePrior.manifest.count && samePrior.manifest.lengthOf(i) === manifest.lengthOf(i) &&
+        samePrior.manifest.ids.compare(manifest.ids, i * 32, i * 32 + 32, i * 32, i * 32 + 32) === 0;
+      if (unchanged) {
+        cheap[i] = samePrior.cheap[i]!;
+        continue;
+      }
+      if (id === null) {
+        // A hole: a fresh file reads zeros already; an old copy needs them written.
+        if (samePrior && i < samePrior.manifest.count && !samePrior.manifest.isHole(i)) zeroIdx.push(i);
+        cheap[i] = hasher.hash(Buffer.alloc(manifest.lengthOf(i)));
+        continue;
+      }
+      const list = where.get(id);
+      if (list) list.push(i);
+      else where.set(id, [i]);
+    }
+    for (const i of zeroIdx) await fh.write(Buffer.alloc(manifest.lengthOf(i)), 0, manifest.lengthOf(i), i * manifest.blockSize);
+
+    const writeBlock = async (id: BlockId, plain: Buffer): Promise<void> => {
+      const h = hasher.hash(plain);
+      for (const i of where.get(id)!) {
+        if (plain.length !== manifest.lengthOf(i)) throw new CarryonError('BLOCK_CORRUPT', `block ${id.slice(0, 12)}… has the wrong length for block ${i}`);
+        await fh.write(plain, 0, plain.length, i * manifest.blockSize);
+        cheap[i] = h;
+      }
+    };
+
+    const toFetch: BlockId[] = [];
+    const cached: BlockId[] = [];
+    for (const id of where.keys()) ((await state.cache.has(id)) ? cached : toFetch).push(id);
+    const plainOf = (id: BlockId): number => manifest.lengthOf(where.get(id)![0]!);
+    const fetchBytes = toFetch.reduce((n, id) => n + plainOf(id), 0);
+    const progress = new Progress(`checkout ${name}`, fetchBytes + cached.reduce((n, id) => n + plainOf(id), 0), opts.quiet);
+
+    // Blocks the cache holds: verified on read (a block torn by a crash is refetched instead).
+    for (const id of cached) {
+      let plain: Buffer;
+      try {
+        plain = await getBlock(state.cache, id, manifest.blockSize);
+      } catch (err) {
+        if (!(err instanceof CarryonError) || err.code !== 'BLOCK_CORRUPT') throw err;
+        await state.cache.delete(id);
+        toFetch.push(id);
+        continue;
+      }
+      await writeBlock(id, plain);
+      progress.add(plain.length);
+    }
+
+    let fetched = 0;
+    for (const batch of batchesOf(toFetch, plainOf, BATCH_BYTES, MAX_GET_IDS)) {
+      const pending = new Set(batch);
+      for (let attempt = 0; pending.size > 0; attempt++) {
+        try {
+          await api.getBlocks(info.checkoutId, [...pending], manifest.blockSize + 1024, async ({ name: id, data }) => {
+            if (!pending.has(id)) throw new CarryonError('TAR_INVALID', `server sent block ${id.slice(0, 12)}… that was not asked for`);
+            const plain = decodeVerified(id, data, manifest.blockSize);
+            await state.cache.put(id, data, plain);
+            await writeBlock(id, plain);
+            pending.delete(id);
+            fetched++;
+            progress.add(plain.length);
+          });
+          if (pending.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${pending.size} requested block(s)`);
+        } catch (err) {
+          const retriable = err instanceof CarryonError && (err.code === 'SERVER_UNREACHABLE' || err.code === 'TAR_INVALID');
+          if (!retriable || attempt + 1 >= RETRIES) throw err;
+          await new Promise((r) => setTimeout(r, 250 * 2 ** attempt));
+        }
+      }
+    }
+    progress.finish();
+    await fh.sync();
+    result = { desktop: name, disk, version: info.version, manifestId: info.manifestId, size: manifest.size, blocks: manifest.count,
+      blocksFetched: fetched, blocksFromCache: where.size - fetched, blocksWritten: [...where.values()].reduce((n, l) => n + l.length, 0) + zeroIdx.length,
+      resumed, alreadyCheckedOut: false };
+  } finally {
+    await fh.close();
+  }
+  await state.cache.sync();
+  await fs.rename(partial, disk);
+  await syncDir(path.dirname(disk));
+  state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'active', version: info.version, manifestId: info.manifestId,
+    manifest: encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: local?.state === 'downloading' ? local.startedAt : new Date().toISOString() });
+  return { ...result, bytesReceived: api.bytesReceived, seconds: (Date.now() - t0) / 1000 };
+}
+
+export async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function syncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export type { LocalCheckout };

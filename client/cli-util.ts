@@ -1,0 +1,55 @@
+// Client CLI glue: common options, the opened laptop state, human vs --json output, exit codes.
+import type { Command } from 'commander';
+import { describeFailure } from '../src/index.js';
+import { ApiClient } from './api-client.js';
+import { homeOf, LocalState, type Login } from './state.js';
+
+export interface CommonOpts {
+  home?: string;
+  json?: boolean;
+}
+
+export function withCommonOptions(cmd: Command): Command {
+  return cmd.option('--home <dir>', 'laptop state folder (default: $CARRYON_HOME or ~/.carryon)').option('--json', 'print one JSON object as the result');
+}
+
+export function optsOf(cmd: Command): CommonOpts & Record<string, unknown> {
+  return cmd.optsWithGlobals() as CommonOpts & Record<string, unknown>;
+}
+
+export interface Session {
+  state: LocalState;
+  login: () => Login;
+  api: () => ApiClient;
+}
+
+/** Run a command with the laptop state open; print the result; map failures to exit codes. */
+export async function runCommand<T>(opts: CommonOpts, body: (s: Session) => Promise<T>, human: (r: T) => string): Promise<void> {
+  let state: LocalState | null = null;
+  let client: ApiClient | null = null;
+  try {
+    state = new LocalState(homeOf(opts.home));
+    const st = state;
+    const session: Session = {
+      state: st,
+      login: () => st.login(),
+      api: () => {
+        if (!client) {
+          const l = st.login();
+          client = new ApiClient({ url: l.url, token: l.token, device: l.device });
+        }
+        return client;
+      },
+    };
+    const r = await body(session);
+    process.stdout.write(opts.json ? `${JSON.stringify(r)}\n` : `${human(r)}\n`);
+  } catch (err) {
+    const f = describeFailure(err);
+    if (opts.json) process.stdout.write(`${f.json}\n`);
+    process.stderr.write(`carryon: ${f.text}\n`);
+    process.exitCode = f.exitCode;
+  } finally {
+    (client as ApiClient | null)?.close();
+    state?.close();
+  }
+}

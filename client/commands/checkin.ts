@@ -1,0 +1,16 @@
+// carryon checkin NAME: upload what changed and commit it as the desktop's next version.
+import type { Command } from 'commander';
+import { parseName } from '../../src/index.js';
+import { checkinDesktop } from '../checkin-engine.js';
+import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
+import { fmtBytes } from '../progress.js';
+
+export function registerCheckin(program: Command): void {
+  withCommonOptions(program.command('checkin <desktop>').description('check a desktop back in: upload changed blocks and commit')).action(async (desktop: string, _o, cmd: Command) => {
+    const opts = optsOf(cmd);
+    await runCommand(opts, (s) => checkinDesktop(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), { quiet: opts.json === true }), (r) =>
+      `checked in ${r.desktop}: version ${r.previousVersion} -> ${r.version}${r.alreadyCommitted ? ' (the commit had already landed)' : ''}\n` +
+      `${r.blocksChanged} blocks changed (${fmtBytes(r.bytesChanged)}), ${r.blocksUploaded} uploaded (${r.blocksAsPatch} as patches), ` +
+      `${fmtBytes(r.bytesSent)} sent in ${r.seconds.toFixed(1)} s (scan ${r.scanSeconds.toFixed(1)} s)`);
+  });
+}

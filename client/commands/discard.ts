@@ -1,0 +1,38 @@
+// carryon discard NAME: give the checkout up; local changes are lost, the server keeps its version.
+import { promises as fs } from 'node:fs';
+import readline from 'node:readline/promises';
+import type { Command } from 'commander';
+import { CarryonError, parseName } from '../../src/index.js';
+import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
+
+async function confirm(question: string): Promise<boolean> {
+  if (!process.stdin.isTTY) return false;
+  const rl = readline.createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
+  } finally {
+    rl.close();
+  }
+}
+
+export function registerDiscard(program: Command): void {
+  withCommonOptions(program.command('discard <desktop>').description('end a checkout without checking in: local changes are thrown away'))
+    .option('--yes', 'do not ask')
+    .action(async (desktop: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await runCommand(opts, async (s) => {
+        const name = parseName(desktop, 'desktop');
+        const local = s.state.checkout(name);
+        if (!local) throw new CarryonError('NOT_CHECKED_OUT', `${name} is not checked out on this laptop`, { desktop: name });
+        if (opts.yes !== true && !(await confirm(`Discard ${name} at ${local.diskPath}? Changes not checked in are lost.`))) {
+          throw new CarryonError('ABORTED', 'not discarded (pass --yes to discard without asking)');
+        }
+        let server = 'released';
+        if (local.state !== 'checked-in') server = (await s.api().discard(local.checkoutId)).already ? 'already ended' : 'released';
+        await fs.rm(local.diskPath, { force: true });
+        await fs.rm(`${local.diskPath}.partial`, { force: true });
+        s.state.removeCheckout(name);
+        return { desktop: name, disk: local.diskPath, removed: true, server };
+      }, (r) => `discarded ${r.desktop}: removed ${r.disk}; server checkout ${r.server}`);
+    });
+}

@@ -1,0 +1,24 @@
+// carryon: the laptop command line. One file per command in commands/; this file wires them up.
+import { Command } from 'commander';
+import { registerCheckin } from './commands/checkin.js';
+import { registerCheckout } from './commands/checkout.js';
+import { registerDiscard } from './commands/discard.js';
+import { registerLogin } from './commands/login.js';
+import { registerStatus } from './commands/status.js';
+
+const program = new Command('carryon')
+  .description('carryon: check virtual desktops out to this laptop and back in')
+  .option('--home <dir>', 'laptop state folder (default: $CARRYON_HOME or ~/.carryon)')
+  .option('--json', 'print one JSON object as the result')
+  .showHelpAfterError();
+
+registerLogin(program);
+registerCheckout(program);
+registerCheckin(program);
+registerStatus(program);
+registerDiscard(program);
+
+program.exitOverride((err) => {
+  process.exit(err.exitCode === 0 ? 0 : 2);
+});
+await program.parseAsync(process.argv);

@@ -1,0 +1,64 @@
+// Progress: one line on a terminal with bytes, rate and ETA; silent when stderr is not a TTY or the
+// command prints --json (scripts read the final JSON object instead).
+const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+export function fmtBytes(n: number): string {
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < UNITS.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(i === 0 ? 0 : 1)} ${UNITS[i]}`;
+}
+
+function fmtDuration(s: number): string {
+  if (!Number.isFinite(s) || s < 0) return '--:--';
+  const m = Math.floor(s / 60);
+  const h = Math.floor(m / 60);
+  const ss = String(Math.floor(s % 60)).padStart(2, '0');
+  return h > 0 ? `${h}:${String(m % 60).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
+}
+
+export class Progress {
+  private done = 0;
+  private last = 0;
+  private readonly started = Date.now();
+  private readonly enabled: boolean;
+
+  constructor(private readonly label: string, private total: number, quiet: boolean) {
+    this.enabled = !quiet && process.stderr.isTTY === true;
+  }
+
+  setTotal(total: number): void {
+    this.total = total;
+  }
+
+  add(n: number): void {
+    this.update(this.done + n);
+  }
+
+  update(done: number): void {
+    this.done = done;
+    const now = Date.now();
+    if (!this.enabled || now - this.last < 100) return;
+    this.last = now;
+    this.render(now);
+  }
+
+  private render(now: number): void {
+    const secs = (now - this.started) / 1000;
+    const rate = secs > 0 ? this.done / secs : 0;
+    const pct = this.total > 0 ? Math.min(100, (100 * this.done) / this.total) : 100;
+    const eta = rate > 0 ? (this.total - this.done) / rate : Infinity;
+    const width = 24;
+    const fill = Math.round((pct / 100) * width);
+    const line = `${this.label} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${pct.toFixed(0).padStart(3)}% ${fmtBytes(this.done)}/${fmtBytes(this.total)} ${fmtBytes(rate)}/s ETA ${fmtDuration(eta)}`;
+    process.stderr.write(`\r${line.padEnd(100)}`);
+  }
+
+  finish(): void {
+    if (!this.enabled) return;
+    this.render(Date.now());
+    process.stderr.write('\n');
+  }
+}

@@ -1,0 +1,150 @@
+// LocalState: the laptop's own record, in HOME/state.db (SQLite). Owns: the login (server URL, token,
+// device id), and one row per desktop checked out on this laptop with the manifest it materialized
+// and the cheap hash of every block as written. HOME/cache is the block cache shared by all desktops.
+// The token is a secret: the home folder is created 0700.
+import Database from 'better-sqlite3';
+import { randomUUID } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CarryonError, FsBlockStore, type BlockId, type BlockStore } from '../src/index.js';
+
+export type LocalCheckoutState = 'downloading' | 'active' | 'checked-in';
+
+export interface LocalCheckout {
+  desktop: string;
+  server: string;
+  checkoutId: string;
+  state: LocalCheckoutState;
+  version: number;
+  manifestId: BlockId;
+  manifest: Buffer;
+  cheap: Buffer | null;
+  diskPath: string;
+  startedAt: string;
+  updatedAt: string;
+}
+
+export interface Login {
+  url: string;
+  token: string;
+  device: string;
+  deviceName: string;
+  user: string;
+}
+
+const MIGRATIONS = [
+  // 1: login settings as key/value; checkouts keyed by desktop name (one per desktop per laptop).
+  `CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+   CREATE TABLE checkouts (
+     desktop TEXT PRIMARY KEY, server TEXT NOT NULL, checkout_id TEXT NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('downloading', 'active', 'checked-in')),
+     version INTEGER NOT NULL, manifest_id TEXT NOT NULL, manifest BLOB NOT NULL, cheap BLOB,
+     disk_path TEXT NOT NULL, started_at TEXT NOT NULL, updated_at TEXT NOT NULL);`,
+];
+
+export function homeOf(opt: string | undefined): string {
+  return path.resolve(opt ?? process.env.CARRYON_HOME ?? path.join(os.homedir(), '.carryon'));
+}
+
+export class LocalState {
+  readonly home: string;
+  readonly db: Database.Database;
+  readonly cache: BlockStore;
+
+  constructor(home: string) {
+    this.home = home;
+    mkdirSync(home, { recursive: true, mode: 0o700 });
+    this.db = new Database(path.join(home, 'state.db'));
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('busy_timeout = 10000');
+    const v = this.db.pragma('user_version', { simple: true }) as number;
+    MIGRATIONS.forEach((sql, i) => {
+      if (i + 1 <= v) return;
+      this.db.transaction(() => {
+        this.db.exec(sql);
+        this.db.pragma(`user_version = ${i + 1}`);
+      })();
+    });
+    this.cache = new FsBlockStore(path.join(home, 'cache'), { durability: 'batch' });
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  private get(key: string): string | undefined {
+    return (this.db.prepare('SELECT value FROM config WHERE key = ?').get(key) as { value: string } | undefined)?.value;
+  }
+
+  private set(key: string, value: string): void {
+    this.db.prepare('INSERT INTO config (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
+  /** This laptop's device id: made once per home, sent with every checkout. */
+  deviceId(): string {
+    let d = this.get('device');
+    if (!d) {
+      d = randomUUID();
+      this.set('device', d);
+    }
+    return d;
+  }
+
+  saveLogin(l: Omit<Login, 'device'>): Login {
+    this.db.transaction(() => {
+      this.set('url', l.url);
+      this.set('token', l.token);
+      this.set('deviceName', l.deviceName);
+      this.set('user', l.user);
+    })();
+    return { ...l, device: this.deviceId() };
+  }
+
+  login(): Login {
+    const url = this.get('url');
+    const token = this.get('token');
+    if (!url || !token) throw new CarryonError('NOT_LOGGED_IN', `no server login in ${this.home}: run \`carryon login URL --token TOKEN\` first`);
+    return { url, token, device: this.deviceId(), deviceName: this.get('deviceName') ?? os.hostname(), user: this.get('user') ?? '' };
+  }
+
+  checkout(desktop: string): LocalCheckout | null {
+    const r = this.db.prepare('SELECT * FROM checkouts WHERE desktop = ?').get(desktop) as Record<string, unknown> | undefined;
+    return r ? rowToCheckout(r) : null;
+  }
+
+  checkouts(): LocalCheckout[] {
+    return (this.db.prepare('SELECT * FROM checkouts ORDER BY desktop').all() as Record<string, unknown>[]).map(rowToCheckout);
+  }
+
+  putCheckout(c: Omit<LocalCheckout, 'updatedAt'>): void {
+    this.db
+      .prepare(`INSERT INTO checkouts (desktop, server, checkout_id, state, version, manifest_id, manifest, cheap, disk_path, started_at, updated_at)
+        VALUES (@desktop, @server, @checkoutId, @state, @version, @manifestId, @manifest, @cheap, @diskPath, @startedAt, @updatedAt)
+        ON CONFLICT(desktop) DO UPDATE SET server = excluded.server, checkout_id = excluded.checkout_id, state = excluded.state, version = excluded.version,
+          manifest_id = excluded.manifest_id, manifest = excluded.manifest, cheap = excluded.cheap, disk_path = excluded.disk_path,
+          started_at = excluded.started_at, updated_at = excluded.updated_at`)
+      .run({ ...c, updatedAt: new Date().toISOString() });
+  }
+
+  removeCheckout(desktop: string): void {
+    this.db.prepare('DELETE FROM checkouts WHERE desktop = ?').run(desktop);
+  }
+}
+
+function rowToCheckout(r: Record<string, unknown>): LocalCheckout {
+  return {
+    desktop: r.desktop as string,
+    server: r.server as string,
+    checkoutId: r.checkout_id as string,
+    state: r.state as LocalCheckoutState,
+    version: r.version as number,
+    manifestId: r.manifest_id as string,
+    manifest: r.manifest as Buffer,
+    cheap: (r.cheap as Buffer | null) ?? null,
+    diskPath: r.disk_path as string,
+    startedAt: r.started_at as string,
+    updatedAt: r.updated_at as string,
+  };
+}

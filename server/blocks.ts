@@ -1,0 +1,113 @@
+// The server's block work: publishing an image, accepting uploaded blocks and patches, checking a
+// commit's blocks, and the per-manifest id sets that decide which blocks a checkout may read.
+// Every block enters the store verified, and enters the index only after its file is durable.
+import { applyBlockPatch, blockId, CarryonError, decodeManifest, encodeBlock, encodeManifest, getBlock, manifestId, parseUploadEntryName, scanImage, unpackEntries, MAX_UPLOAD_ENTRY_BYTES, type BlockId, type BlockStore, type DiskManifest, type UploadResult } from '../src/index.js';
+import type { SqliteMeta } from './meta.js';
+
+export interface LoadedManifest {
+  id: BlockId;
+  manifest: DiskManifest;
+  ids: Set<BlockId>;
+}
+
+/** Decoded manifests with their id sets, kept for the few checkouts in flight. */
+export class ManifestCache {
+  private readonly map = new Map<BlockId, LoadedManifest>();
+  constructor(private readonly meta: SqliteMeta, private readonly max = 8) {}
+
+  get(id: BlockId): LoadedManifest {
+    const hit = this.map.get(id);
+    if (hit) {
+      this.map.delete(id);
+      this.map.set(id, hit);
+      return hit;
+    }
+    const manifest = decodeManifest(this.meta.getManifest(id));
+    const loaded = { id, manifest, ids: new Set(manifest.uniqueIds()) };
+    this.map.set(id, loaded);
+    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
+    return loaded;
+  }
+}
+
+/** Store a block unless indexed already; returns its stored size, or 0 when it was there. */
+async function storeVerified(meta: SqliteMeta, store: BlockStore, id: BlockId, plain: Buffer): Promise<number> {
+  if (meta.hasBlock(id)) return 0;
+  const encoded = encodeBlock(plain);
+  await store.put(id, encoded, plain);
+  meta.addBlock(id, plain.length, encoded.length);
+  return encoded.length;
+}
+
+export interface PublishResult {
+  image: string;
+  version: number;
+  manifestId: BlockId;
+  size: number;
+  blockSize: number;
+  blocks: number;
+  holes: number;
+  newBlocks: number;
+  newPlainBytes: number;
+  storedBytes: number;
+}
+
+export async function publishImage(meta: SqliteMeta, store: BlockStore, name: string, file: string, blockSize: number, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
+  let newBlocks = 0;
+  let newPlainBytes = 0;
+  let storedBytes = 0;
+  const { manifest } = await scanImage(file, {
+    blockSize,
+    onProgress,
+    onChanged: async (_i, id, plain) => {
+      const stored = await storeVerified(meta, store, id, plain);
+      if (stored === 0) return;
+      newBlocks++;
+      newPlainBytes += plain.length;
+      storedBytes += stored;
+    },
+  });
+  const encoded = encodeManifest(manifest);
+  const id = manifestId(encoded);
+  meta.putManifest(id, encoded, manifest);
+  const version = meta.publishImageVersion(name, id);
+  let holes = 0;
+  for (let i = 0; i < manifest.count; i++) if (manifest.isHole(i)) holes++;
+  return { image: name, version, manifestId: id, size: manifest.size, blockSize, blocks: manifest.count, holes, newBlocks, newPlainBytes, storedBytes };
+}
+
+/**
+ * Read an upload tar (already decompressed) and store each block: `b/<id>` carries the plaintext,
+ * `p/<id>/<base>` a patch against a block of the checkout's base version. Nothing unverified is
+ * stored; an entry that fails stops the upload, and blocks stored before it stay (they are valid and
+ * a retry need not send them again).
+ */
+export async function ingestUpload(meta: SqliteMeta, store: BlockStore, base: LoadedManifest, body: NodeJS.ReadableStream): Promise<UploadResult> {
+  const result: UploadResult = { stored: 0, alreadyHad: 0, plainBytes: 0 };
+  const maxBlock = base.manifest.blockSize;
+  await unpackEntries(body, MAX_UPLOAD_ENTRY_BYTES, async ({ name, data }) => {
+    const e = parseUploadEntryName(name);
+    let plain: Buffer;
+    if (e.kind === 'block') {
+      if (data.length > maxBlock) throw new CarryonError('BLOCK_CORRUPT', `block ${e.id.slice(0, 12)}… is larger than the block size ${maxBlock}`, { id: e.id });
+      plain = data;
+    } else {
+      if (!base.ids.has(e.base) || !meta.hasBlock(e.base)) {
+        throw new CarryonError('BLOCK_NOT_FOUND', `patch base ${e.base.slice(0, 12)}… is not a block of the checked-out version`, { id: e.base });
+      }
+      plain = applyBlockPatch(await getBlock(store, e.base), data, maxBlock);
+    }
+    if (blockId(plain) !== e.id) throw new CarryonError('BLOCK_CORRUPT', `uploaded block ${e.id.slice(0, 12)}… does not match its hash`, { id: e.id });
+    if ((await storeVerified(meta, store, e.id, plain)) > 0) result.stored++;
+    else result.alreadyHad++;
+    result.plainBytes += plain.length;
+  });
+  return result;
+}
+
+/** The ids of a new manifest that are neither in the base version nor in the block index. */
+export function missingForCommit(meta: SqliteMeta, base: LoadedManifest, next: DiskManifest): BlockId[] {
+  const missing: BlockId[] = [];
+  for (const id of next.uniqueIds()) if (!base.ids.has(id) && !meta.hasBlock(id)) missing.push(id);
+  return missing;
+}

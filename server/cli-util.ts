@@ -1,0 +1,48 @@
+// Server CLI glue: the data folder option, human vs --json output, and failures as exit codes.
+import { describeFailure } from '../src/index.js';
+import { openDataDir, type DataDir } from './db.js';
+import { SqliteMeta } from './meta.js';
+
+export interface GlobalOpts {
+  data?: string;
+  json?: boolean;
+}
+
+export function dataDirOf(opts: GlobalOpts): string | undefined {
+  return opts.data ?? process.env.CARRYON_DATA;
+}
+
+/** Run a command body with an opened data folder; print its result; map failures to exit codes. */
+export async function withData<T>(opts: GlobalOpts, body: (d: DataDir, meta: SqliteMeta) => Promise<T> | T, human: (r: T) => string): Promise<void> {
+  await run(opts, async () => {
+    const d = openDataDir(dataDirOf(opts));
+    try {
+      return await body(d, new SqliteMeta(d.db));
+    } finally {
+      d.close();
+    }
+  }, human);
+}
+
+export async function run<T>(opts: GlobalOpts, body: () => Promise<T>, human: (r: T) => string): Promise<void> {
+  try {
+    const r = await body();
+    process.stdout.write(opts.json ? `${JSON.stringify(r)}\n` : `${human(r)}\n`);
+  } catch (err) {
+    const f = describeFailure(err);
+    if (opts.json) process.stdout.write(`${f.json}\n`);
+    process.stderr.write(`carryon-server: ${f.text}\n`);
+    process.exitCode = f.exitCode;
+  }
+}
+
+export function fmtBytes(n: number): string {
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < u.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
+}

@@ -1,0 +1,17 @@
+// carryon-server init: create (or upgrade) a data folder.
+import type { Command } from 'commander';
+import { dataDirOf, run } from '../cli-util.js';
+import { initDataDir } from '../db.js';
+import { CarryonError } from '../../src/index.js';
+import { optsOf, withCommonOptions } from './options.js';
+
+export function registerInit(program: Command): void {
+  withCommonOptions(program.command('init').description('create a data folder (database and block store)')).action(async (_o, cmd: Command) => {
+    const opts = optsOf(cmd);
+    await run(opts, async () => {
+      const dir = dataDirOf(opts);
+      if (!dir) throw new CarryonError('INVALID_ARGUMENT', 'pass --data DIR or set CARRYON_DATA');
+      return initDataDir(dir);
+    }, (r) => `${r.created ? 'initialised' : 'already initialised'} ${r.root} (schema version ${r.schemaVersion})`);
+  });
+}

@@ -1,0 +1,12 @@
+// Options every server command accepts, so `--data` and `--json` work before or after the command.
+import type { Command } from 'commander';
+import type { GlobalOpts } from '../cli-util.js';
+
+export function withCommonOptions(cmd: Command): Command {
+  return cmd.option('--data <dir>', 'data folder (default: $CARRYON_DATA)').option('--json', 'print one JSON object as the result');
+}
+
+/** Merge the command's own options over the program's. */
+export function optsOf(cmd: Command): GlobalOpts & Record<string, unknown> {
+  return cmd.optsWithGlobals() as GlobalOpts & Record<string, unknown>;
+}

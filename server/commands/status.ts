@@ -1,0 +1,26 @@
+// carryon-server status: counts, desktops and the stored-versus-logical bytes.
+import type { Command } from 'commander';
+import { fmtBytes, withData } from '../cli-util.js';
+import { optsOf, withCommonOptions } from './options.js';
+
+export function registerStatus(program: Command): void {
+  withCommonOptions(program.command('status').description('show users, images, desktops, checkouts and storage use')).action(async (_o, cmd: Command) => {
+    await withData(optsOf(cmd), (d, meta) => {
+      const s = meta.stats();
+      const savedRatio = s.storedBytes > 0 ? s.logicalBytes / s.storedBytes : 0;
+      return { data: d.root, ...s, savingRatio: Number(savedRatio.toFixed(2)), desktops: meta.listDesktops(null), desktopCount: s.desktops };
+    }, (r) => {
+      const lines = [
+        `data ${r.data}`,
+        `${r.users} users, ${r.images} images (${r.imageVersions} versions), ${r.desktopCount} desktops (${r.desktopVersions} versions), ${r.activeCheckouts} checked out`,
+        `logical ${fmtBytes(r.logicalBytes)} (${fmtBytes(r.logicalDataBytes)} non-hole) stored as ${fmtBytes(r.storedBytes)} in ${r.blocks} blocks` +
+          ` (${fmtBytes(r.uniquePlainBytes)} before compression): ${r.savingRatio}x`,
+      ];
+      for (const dk of r.desktops) {
+        const co = dk.checkout ? `checked out by ${dk.checkout.user} on ${dk.checkout.deviceName} since ${dk.checkout.since}` : 'on the server';
+        lines.push(`  ${dk.name} (${dk.user}, image ${dk.image}) version ${dk.version}, ${fmtBytes(dk.size)}: ${co}`);
+      }
+      return lines.join('\n');
+    });
+  });
+}

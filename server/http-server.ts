@@ -1,0 +1,229 @@
+// The HTTP service: routing, authentication, body limits, and the one place where a CarryonError
+// becomes an HTTP response. Handlers parse untrusted input with src/wire parsers, then trust types.
+import http from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import type { AddressInfo } from 'node:net';
+import {
+  API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, decodeManifest, HEADER_DEVICE, httpStatusOf,
+  manifestId, MAX_GET_IDS, MAX_JSON_BYTES, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
+  type CommitResult, type TarEntry,
+} from '../src/index.js';
+import { ingestUpload, ManifestCache, missingForCommit } from './blocks.js';
+import type { SqliteMeta, User } from './meta.js';
+
+/** Largest manifest a commit may carry: 128 MiB = 4M blocks, 256 GiB at 64 KiB blocks. */
+const MAX_MANIFEST_BYTES = 128 * 1024 * 1024;
+
+export interface Logger {
+  (fields: Record<string, unknown>): void;
+}
+
+interface Ctx {
+  req: http.IncomingMessage;
+  res: http.ServerResponse;
+  params: string[];
+  user: User;
+}
+
+type Handler = (ctx: Ctx) => Promise<unknown>;
+
+export class CarryonHttpServer {
+  private readonly server: http.Server;
+  private readonly manifests: ManifestCache;
+  private readonly routes: Array<{ method: string; re: RegExp; handler: Handler }> = [];
+
+  constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly log: Logger) {
+    this.manifests = new ManifestCache(meta);
+    this.server = http.createServer((req, res) => void this.handle(req, res));
+    this.server.keepAliveTimeout = 30_000;
+    const r = (method: string, path: string, handler: Handler): void => {
+      this.routes.push({ method, re: new RegExp(`^${API_PREFIX}${path.replace(/:[a-z]+/g, '([^/]+)')}$`), handler });
+    };
+    r('GET', '/whoami', async ({ user }) => ({ user: user.name, admin: user.isAdmin }));
+    r('GET', '/desktops', async ({ user }) => ({ desktops: this.meta.listDesktops(user) }));
+    r('GET', '/desktops/:name', async ({ user, params }) => this.meta.desktopInfo(this.meta.desktopFor(user, parseName(params[0], 'desktop'))));
+    r('POST', '/desktops/:name/checkouts', (c) => this.startCheckout(c));
+    r('GET', '/checkouts/:id/manifest', (c) => this.sendManifest(c));
+    r('POST', '/checkouts/:id/blocks/get', (c) => this.sendBlocks(c));
+    r('POST', '/checkouts/:id/blocks/missing', (c) => this.missing(c));
+    r('PUT', '/checkouts/:id/blocks', (c) => this.upload(c));
+    r('POST', '/checkouts/:id/commit', (c) => this.commit(c));
+    r('DELETE', '/checkouts/:id', async ({ user, params }) => this.meta.discardCheckout(user, params[0]!));
+  }
+
+  listen(host: string, port: number): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        const a = this.server.address() as AddressInfo;
+        resolve(`http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`);
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeIdleConnections();
+    });
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const started = Date.now();
+    const url = new URL(req.url ?? '/', 'http://x');
+    let user: User | null = null;
+    let status = 200;
+    try {
+      const route = this.routes.find((r) => r.method === req.method && r.re.test(url.pathname));
+      if (!route) throw new CarryonError('NOT_FOUND', `no route ${req.method} ${url.pathname}`);
+      user = this.authenticate(req);
+      const params = route.re.exec(url.pathname)!.slice(1).map((p) => decodeURIComponent(p));
+      const out = await route.handler({ req, res, params, user });
+      if (!res.headersSent && out !== undefined) sendJson(res, 200, out);
+    } catch (err) {
+      const e = asCarryonError(err);
+      status = httpStatusOf(e.code);
+      if (e.code === 'INTERNAL') this.log({ level: 'error', msg: 'internal error', error: String((err as Error)?.stack ?? err) });
+      if (!res.headersSent) {
+        sendJson(res, status, { error: e.toJSON() });
+        // Unread body bytes would be taken as the next request: drain a little, then close.
+        if (!req.complete) res.once('finish', () => req.socket.destroySoon?.() ?? req.socket.end());
+      } else {
+        res.destroy(e); // mid-stream: the client sees a truncated body and retries
+      }
+    } finally {
+      this.log({ level: 'info', method: req.method, path: url.pathname, status: res.headersSent ? res.statusCode : status, ms: Date.now() - started, user: user?.name });
+    }
+  }
+
+  private authenticate(req: http.IncomingMessage): User {
+    const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
+    if (!m) throw new CarryonError('UNAUTHORIZED', 'missing bearer token: log in with `carryon login URL --token TOKEN`');
+    const user = this.meta.userByToken(m[1]!);
+    if (!user) throw new CarryonError('UNAUTHORIZED', 'the token is unknown or revoked');
+    return user;
+  }
+
+  private activeCheckout(user: User, id: string, device: string | undefined) {
+    const co = this.meta.checkoutFor(user, id);
+    if (co.state !== 'active') throw new CarryonError('CHECKOUT_NOT_FOUND', `checkout ${id} has ended (${co.state})`, { checkoutId: id, state: co.state });
+    if (device !== undefined && co.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${id} is held by another device`, { checkoutId: id });
+    return co;
+  }
+
+  private baseOf(co: { desktop_id: number; base_version: number }) {
+    return this.manifests.get(this.meta.versionManifest(co.desktop_id, co.base_version));
+  }
+
+  private async startCheckout({ req, user, params }: Ctx): Promise<CheckoutInfo> {
+    const { device, deviceName } = parseCheckoutRequest(await readJson(req));
+    const { row, resumed, manifestId: mid } = this.meta.startCheckout(user, parseName(params[0], 'desktop'), device, deviceName);
+    return { checkoutId: row.id, desktop: params[0]!, version: row.base_version, manifestId: mid, resumed };
+  }
+
+  private async sendManifest({ res, user, params }: Ctx): Promise<undefined> {
+    const co = this.meta.checkoutFor(user, params[0]!);
+    const encoded = this.meta.getManifest(this.meta.versionManifest(co.desktop_id, co.base_version));
+    res.writeHead(200, { 'content-type': CONTENT_MANIFEST, 'content-length': encoded.length });
+    res.end(encoded);
+    return undefined;
+  }
+
+  private async sendBlocks({ req, res, user, params }: Ctx): Promise<undefined> {
+    const ids = parseIdList(await readJson(req), MAX_GET_IDS);
+    const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
+    const base = this.baseOf(co);
+    // A checkout reads only the blocks of its own version: ids are not capabilities.
+    for (const id of ids) if (!base.ids.has(id)) throw new CarryonError('BLOCK_NOT_FOUND', `block ${id.slice(0, 12)}… is not part of this checkout`, { id });
+    const store = this.store;
+    async function* entries(): AsyncGenerator<TarEntry> {
+      for (const id of ids) yield { name: id, data: await store.getEncoded(id) };
+    }
+    res.writeHead(200, { 'content-type': CONTENT_TAR });
+    await pipeline(packEntries(entries()), res);
+    return undefined;
+  }
+
+  private async missing({ req, user, params }: Ctx): Promise<{ missing: string[] }> {
+    const ids = parseIdList(await readJson(req), MAX_QUERY_IDS);
+    this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
+    return { missing: this.meta.missingBlocks(ids) };
+  }
+
+  private async upload({ req, user, params }: Ctx) {
+    const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
+    const enc = (req.headers['content-encoding'] ?? 'identity').toLowerCase();
+    if (enc !== 'zstd' && enc !== 'identity') throw new CarryonError('BAD_REQUEST', `unsupported content-encoding ${enc}`);
+    let body: NodeJS.ReadableStream = req;
+    if (enc === 'zstd') {
+      const d = createDecompressStream();
+      req.on('error', (e) => d.destroy(e));
+      body = req.pipe(d);
+      // A corrupt zstd stream surfaces as an error of the decompressor: report it as a bad tar.
+      d.on('error', () => undefined);
+    }
+    try {
+      return await ingestUpload(this.meta, this.store, this.baseOf(co), body);
+    } catch (err) {
+      if (err instanceof CarryonError) throw err;
+      throw new CarryonError('TAR_INVALID', `upload stream is invalid: ${(err as Error).message}`, {}, err);
+    }
+  }
+
+  private async commit({ req, user, params }: Ctx): Promise<CommitResult> {
+    const device = header(req, HEADER_DEVICE);
+    if (!device) throw new CarryonError('BAD_REQUEST', `commit needs the ${HEADER_DEVICE} header`);
+    const encoded = await readBody(req, MAX_MANIFEST_BYTES);
+    const next = decodeManifest(encoded);
+    const id = manifestId(encoded);
+    const co = this.meta.checkoutFor(user, params[0]!);
+    if (co.state === 'active') {
+      const base = this.baseOf(co);
+      if (next.blockSize !== base.manifest.blockSize) {
+        throw new CarryonError('MANIFEST_INVALID', `manifest block size ${next.blockSize} differs from the checked-out version's ${base.manifest.blockSize}`);
+      }
+      const missing = missingForCommit(this.meta, base, next);
+      if (missing.length > 0) {
+        throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} block(s) the new version names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
+      }
+      await this.store.sync();
+      this.meta.putManifest(id, encoded, next);
+    }
+    const r = this.meta.commitCheckout(user, co.id, device, id);
+    return { desktop: r.desktop, version: r.version, manifestId: id, previousVersion: r.previousVersion, alreadyCommitted: r.already };
+  }
+}
+
+function header(req: http.IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+async function readBody(req: http.IncomingMessage, max: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > max) throw new CarryonError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes is over the ${max} limit`, { max });
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of req as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > max) throw new CarryonError('PAYLOAD_TOO_LARGE', `request body is over the ${max} byte limit`, { max });
+    parts.push(c);
+  }
+  return Buffer.concat(parts, n);
+}
+
+async function readJson(req: http.IncomingMessage): Promise<unknown> {
+  const buf = await readBody(req, MAX_JSON_BYTES);
+  if (buf.length === 0) return {};
+  try {
+    return JSON.parse(buf.toString('utf8'));
+  } catch {
+    throw new CarryonError('BAD_REQUEST', 'request body is not valid JSON');
+  }
+}

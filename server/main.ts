@@ -1,0 +1,31 @@
+// carryon-server: the command line of the service and its admin tasks. One file per command in
+// commands/; this file only wires them to commander.
+import { Command } from 'commander';
+import { registerDesktopCreate } from './commands/desktop-create.js';
+import { registerImagePublish } from './commands/image-publish.js';
+import { registerInit } from './commands/init.js';
+import { registerStart } from './commands/start.js';
+import { registerStatus } from './commands/status.js';
+import { registerUserAdd } from './commands/user-add.js';
+
+const program = new Command('carryon-server')
+  .description('carryon server: stores desktops and images, serves check-outs and check-ins')
+  .option('--data <dir>', 'data folder (default: $CARRYON_DATA)')
+  .option('--json', 'print one JSON object as the result')
+  .showHelpAfterError()
+  .enablePositionalOptions(false);
+
+registerInit(program);
+registerStart(program);
+const user = program.command('user').description('manage users');
+registerUserAdd(user);
+const image = program.command('image').description('manage golden images');
+registerImagePublish(image);
+const desktop = program.command('desktop').description('manage desktops');
+registerDesktopCreate(desktop);
+registerStatus(program);
+
+program.exitOverride((err) => {
+  process.exit(err.exitCode === 0 ? 0 : 2);
+});
+await program.parseAsync(process.argv);

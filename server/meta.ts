@@ -1,0 +1,270 @@
+// SqliteMeta: every query the server makes against its database, in one place.
+// Owns: users and tokens, manifests, the block index, images, desktops and their versions, checkouts.
+// Must not know: HTTP, the CLI. Multi-row changes run in one transaction each.
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { CarryonError, type BlockId, type CheckoutHolder, type DesktopInfo, type DiskManifest } from '../src/index.js';
+import type { Db } from './db.js';
+
+export interface User {
+  id: number;
+  name: string;
+  isAdmin: boolean;
+}
+
+interface DesktopRow {
+  id: number;
+  name: string;
+  user_id: number;
+  user_name: string;
+  image_name: string;
+  version: number;
+  manifest_id: string;
+  size: number;
+  block_size: number;
+  updated_at: string;
+}
+
+export interface CheckoutRow {
+  id: string;
+  desktop_id: number;
+  user_id: number;
+  device: string;
+  device_name: string;
+  base_version: number;
+  state: 'active' | 'committed' | 'discarded';
+  started_at: string;
+  ended_at: string | null;
+  committed_version: number | null;
+  committed_manifest: string | null;
+}
+
+const now = (): string => new Date().toISOString();
+const hashToken = (token: string): Buffer => createHash('sha256').update(token).digest();
+
+export class SqliteMeta {
+  constructor(readonly db: Db) {}
+
+  // ---- users and tokens
+  addUser(name: string, admin: boolean): { user: string; token: string; admin: boolean } {
+    const token = `co_${randomBytes(32).toString('base64url')}`;
+    this.db.transaction(() => {
+      if (this.db.prepare('SELECT 1 FROM users WHERE name = ?').get(name)) {
+        throw new CarryonError('ALREADY_EXISTS', `user ${name} already exists`, { user: name });
+      }
+      const r = this.db.prepare('INSERT INTO users (name, is_admin, created_at) VALUES (?, ?, ?)').run(name, admin ? 1 : 0, now());
+      this.db.prepare('INSERT INTO tokens (user_id, token_hash, created_at) VALUES (?, ?, ?)').run(r.lastInsertRowid, hashToken(token), now());
+    })();
+    return { user: name, token, admin };
+  }
+
+  userByToken(token: string): User | null {
+    const row = this.db
+      .prepare('SELECT u.id, u.name, u.is_admin FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND t.revoked_at IS NULL')
+      .get(hashToken(token)) as { id: number; name: string; is_admin: number } | undefined;
+    return row ? { id: row.id, name: row.name, isAdmin: row.is_admin === 1 } : null;
+  }
+
+  userByName(name: string): User {
+    const row = this.db.prepare('SELECT id, name, is_admin FROM users WHERE name = ?').get(name) as { id: number; name: string; is_admin: number } | undefined;
+    if (!row) throw new CarryonError('USER_NOT_FOUND', `no user named ${name}`, { user: name });
+    return { id: row.id, name: row.name, isAdmin: row.is_admin === 1 };
+  }
+
+  // ---- manifests and blocks
+  putManifest(id: BlockId, encoded: Buffer, m: DiskManifest): void {
+    this.db
+      .prepare('INSERT OR IGNORE INTO manifests (id, size, block_size, block_count, data_bytes, encoded, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(id, m.size, m.blockSize, m.count, m.dataBytes(), encoded, now());
+  }
+
+  getManifest(id: BlockId): Buffer {
+    const row = this.db.prepare('SELECT encoded FROM manifests WHERE id = ?').get(id) as { encoded: Buffer } | undefined;
+    if (!row) throw new CarryonError('MANIFEST_NOT_FOUND', `manifest ${id.slice(0, 12)}… is not stored`, { id });
+    return row.encoded;
+  }
+
+  private hasBlockStmt?: ReturnType<Db['prepare']>;
+  hasBlock(id: BlockId): boolean {
+    this.hasBlockStmt ??= this.db.prepare('SELECT 1 FROM blocks WHERE id = ?');
+    return this.hasBlockStmt.get(id) !== undefined;
+  }
+
+  addBlock(id: BlockId, plainSize: number, storedSize: number): void {
+    this.db.prepare('INSERT OR IGNORE INTO blocks (id, plain_size, stored_size, created_at) VALUES (?, ?, ?, ?)').run(id, plainSize, storedSize, now());
+  }
+
+  /** Ids (of those given) the block index lacks. */
+  missingBlocks(ids: Iterable<BlockId>): BlockId[] {
+    const out: BlockId[] = [];
+    for (const id of ids) if (!this.hasBlock(id)) out.push(id);
+    return out;
+  }
+
+  // ---- images
+  publishImageVersion(name: string, manifestId: BlockId): number {
+    return this.db.transaction(() => {
+      let img = this.db.prepare('SELECT id FROM images WHERE name = ?').get(name) as { id: number } | undefined;
+      if (!img) img = { id: Number(this.db.prepare('INSERT INTO images (name, created_at) VALUES (?, ?)').run(name, now()).lastInsertRowid) };
+      const v = (this.db.prepare('SELECT COALESCE(MAX(version), 0) AS v FROM image_versions WHERE image_id = ?').get(img.id) as { v: number }).v + 1;
+      this.db.prepare('INSERT INTO image_versions (image_id, version, manifest_id, created_at) VALUES (?, ?, ?, ?)').run(img.id, v, manifestId, now());
+      return v;
+    })();
+  }
+
+  // ---- desktops
+  createDesktop(name: string, userName: string, imageName: string): DesktopInfo {
+    this.db.transaction(() => {
+      const user = this.userByName(userName);
+      const img = this.db
+        .prepare('SELECT i.id, v.version, v.manifest_id FROM images i JOIN image_versions v ON v.image_id = i.id WHERE i.name = ? ORDER BY v.version DESC LIMIT 1')
+        .get(imageName) as { id: number; version: number; manifest_id: string } | undefined;
+      if (!img) throw new CarryonError('IMAGE_NOT_FOUND', `no image named ${imageName}`, { image: imageName });
+      if (this.db.prepare('SELECT 1 FROM desktops WHERE name = ?').get(name)) {
+        throw new CarryonError('ALREADY_EXISTS', `desktop ${name} already exists`, { desktop: name });
+      }
+      const t = now();
+      const r = this.db
+        .prepare('INSERT INTO desktops (name, user_id, image_id, image_version, version, created_at, updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)')
+        .run(name, user.id, img.id, img.version, t, t);
+      // A linked clone: version 1 is the image's manifest itself, so it costs no block storage.
+      this.db.prepare('INSERT INTO desktop_versions (desktop_id, version, manifest_id, created_at) VALUES (?, 1, ?, ?)').run(r.lastInsertRowid, img.manifest_id, t);
+    })();
+    return this.desktopInfo(this.desktopByName(name));
+  }
+
+  private desktopSelect = `SELECT d.id, d.name, d.user_id, u.name AS user_name, i.name AS image_name, d.version, dv.manifest_id, m.size, m.block_size, d.updated_at
+    FROM desktops d JOIN users u ON u.id = d.user_id JOIN images i ON i.id = d.image_id
+    JOIN desktop_versions dv ON dv.desktop_id = d.id AND dv.version = d.version JOIN manifests m ON m.id = dv.manifest_id`;
+
+  /** A desktop the user may see: their own, or any for an admin. Others' are reported as not found. */
+  desktopFor(user: User, name: string): DesktopRow {
+    const row = this.db.prepare(`${this.desktopSelect} WHERE d.name = ?`).get(name) as DesktopRow | undefined;
+    if (!row || (!user.isAdmin && row.user_id !== user.id)) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${name} for user ${user.name}`, { desktop: name });
+    return row;
+  }
+
+  desktopByName(name: string): DesktopRow {
+    const row = this.db.prepare(`${this.desktopSelect} WHERE d.name = ?`).get(name) as DesktopRow | undefined;
+    if (!row) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${name}`, { desktop: name });
+    return row;
+  }
+
+  listDesktops(user: User | null): DesktopInfo[] {
+    const rows = (user && !user.isAdmin
+      ? this.db.prepare(`${this.desktopSelect} WHERE d.user_id = ? ORDER BY d.name`).all(user.id)
+      : this.db.prepare(`${this.desktopSelect} ORDER BY d.name`).all()) as DesktopRow[];
+    return rows.map((r) => this.desktopInfo(r));
+  }
+
+  desktopInfo(row: DesktopRow): DesktopInfo {
+    const co = this.activeCheckout(row.id);
+    return {
+      name: row.name,
+      user: row.user_name,
+      image: row.image_name,
+      version: row.version,
+      manifestId: row.manifest_id,
+      size: row.size,
+      blockSize: row.block_size,
+      updatedAt: row.updated_at,
+      checkout: co ? this.holder(co) : null,
+    };
+  }
+
+  holder(co: CheckoutRow): CheckoutHolder {
+    const user = this.db.prepare('SELECT name FROM users WHERE id = ?').get(co.user_id) as { name: string };
+    return { checkoutId: co.id, user: user.name, device: co.device, deviceName: co.device_name, since: co.started_at, baseVersion: co.base_version };
+  }
+
+  versionManifest(desktopId: number, version: number): BlockId {
+    const row = this.db.prepare('SELECT manifest_id FROM desktop_versions WHERE desktop_id = ? AND version = ?').get(desktopId, version) as { manifest_id: string } | undefined;
+    if (!row) throw new CarryonError('MANIFEST_NOT_FOUND', `desktop version ${version} not found`);
+    return row.manifest_id;
+  }
+
+  // ---- checkouts
+  activeCheckout(desktopId: number): CheckoutRow | null {
+    return (this.db.prepare("SELECT * FROM checkouts WHERE desktop_id = ? AND state = 'active'").get(desktopId) as CheckoutRow | undefined) ?? null;
+  }
+
+  checkoutFor(user: User, id: string): CheckoutRow {
+    const row = this.db.prepare('SELECT * FROM checkouts WHERE id = ?').get(id) as CheckoutRow | undefined;
+    if (!row || (!user.isAdmin && row.user_id !== user.id)) throw new CarryonError('CHECKOUT_NOT_FOUND', `no checkout ${id}`, { checkoutId: id });
+    return row;
+  }
+
+  /** Start a checkout, or hand back the one this device already holds (a resumed check-out). */
+  startCheckout(user: User, desktopName: string, device: string, deviceName: string): { row: CheckoutRow; resumed: boolean; manifestId: BlockId } {
+    return this.db.transaction(() => {
+      const d = this.desktopFor(user, desktopName);
+      const held = this.activeCheckout(d.id);
+      if (held) {
+        if (held.device === device && held.user_id === user.id) return { row: held, resumed: true, manifestId: this.versionManifest(d.id, held.base_version) };
+        const h = this.holder(held);
+        throw new CarryonError('CHECKOUT_CONFLICT', `desktop ${d.name} is already checked out by ${h.user} on device ${h.deviceName} since ${h.since}`, { desktop: d.name, holder: h });
+      }
+      const id = randomUUID();
+      this.db
+        .prepare("INSERT INTO checkouts (id, desktop_id, user_id, device, device_name, base_version, state, started_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?)")
+        .run(id, d.id, user.id, device, deviceName, d.version, now());
+      return { row: this.checkoutFor(user, id), resumed: false, manifestId: d.manifest_id };
+    })();
+  }
+
+  /**
+   * Move the desktop from the checkout's base version to a new one, in one transaction. The caller has
+   * checked that every block is present. Re-committing the same manifest answers as the first time did.
+   */
+  commitCheckout(user: User, checkoutId: string, device: string, manifestId: BlockId): { version: number; previousVersion: number; already: boolean; desktop: string } {
+    return this.db.transaction(() => {
+      const co = this.checkoutFor(user, checkoutId);
+      const d = this.db.prepare('SELECT id, name, version FROM desktops WHERE id = ?').get(co.desktop_id) as { id: number; name: string; version: number };
+      if (co.state === 'committed' && co.committed_manifest === manifestId) {
+        return { version: co.committed_version!, previousVersion: co.base_version, already: true, desktop: d.name };
+      }
+      if (co.state !== 'active') throw new CarryonError('CHECKOUT_NOT_FOUND', `checkout ${checkoutId} has ended (${co.state})`, { checkoutId, state: co.state });
+      if (co.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${checkoutId} is held by another device`, { checkoutId });
+      if (d.version !== co.base_version) {
+        throw new CarryonError('VERSION_CONFLICT', `desktop ${d.name} is at version ${d.version}, not ${co.base_version} as when checked out`, { desktop: d.name });
+      }
+      const version = d.version + 1;
+      const t = now();
+      this.db.prepare('INSERT INTO desktop_versions (desktop_id, version, manifest_id, checkout_id, created_at) VALUES (?, ?, ?, ?, ?)').run(d.id, version, manifestId, checkoutId, t);
+      this.db.prepare('UPDATE desktops SET version = ?, updated_at = ? WHERE id = ?').run(version, t, d.id);
+      this.db
+        .prepare("UPDATE checkouts SET state = 'committed', ended_at = ?, committed_version = ?, committed_manifest = ? WHERE id = ?")
+        .run(t, version, manifestId, checkoutId);
+      return { version, previousVersion: co.base_version, already: false, desktop: d.name };
+    })();
+  }
+
+  discardCheckout(user: User, checkoutId: string): { desktop: string; already: boolean } {
+    return this.db.transaction(() => {
+      const co = this.checkoutFor(user, checkoutId);
+      const d = this.db.prepare('SELECT name FROM desktops WHERE id = ?').get(co.desktop_id) as { name: string };
+      if (co.state !== 'active') return { desktop: d.name, already: true };
+      this.db.prepare("UPDATE checkouts SET state = 'discarded', ended_at = ? WHERE id = ?").run(now(), checkoutId);
+      return { desktop: d.name, already: false };
+    })();
+  }
+
+  // ---- reporting
+  stats() {
+    const one = (sql: string): number => Number((this.db.prepare(sql).get() as { n: number | null }).n ?? 0);
+    return {
+      users: one('SELECT COUNT(*) AS n FROM users'),
+      images: one('SELECT COUNT(*) AS n FROM images'),
+      imageVersions: one('SELECT COUNT(*) AS n FROM image_versions'),
+      desktops: one('SELECT COUNT(*) AS n FROM desktops'),
+      desktopVersions: one('SELECT COUNT(*) AS n FROM desktop_versions'),
+      activeCheckouts: one("SELECT COUNT(*) AS n FROM checkouts WHERE state = 'active'"),
+      blocks: one('SELECT COUNT(*) AS n FROM blocks'),
+      uniquePlainBytes: one('SELECT SUM(plain_size) AS n FROM blocks'),
+      storedBytes: one('SELECT SUM(stored_size) AS n FROM blocks'),
+      manifestBytes: one('SELECT SUM(LENGTH(encoded)) AS n FROM manifests'),
+      // What every image version and every desktop version would take as separate full copies.
+      logicalBytes: one(`SELECT SUM(m.size) AS n FROM (SELECT manifest_id FROM image_versions UNION ALL SELECT manifest_id FROM desktop_versions) v JOIN manifests m ON m.id = v.manifest_id`),
+      logicalDataBytes: one(`SELECT SUM(m.data_bytes) AS n FROM (SELECT manifest_id FROM image_versions UNION ALL SELECT manifest_id FROM desktop_versions) v JOIN manifests m ON m.id = v.manifest_id`),
+    };
+  }
+}

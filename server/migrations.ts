@@ -1,0 +1,94 @@
+// Numbered, append-only schema migrations of the server database. Never edit a shipped entry: add one.
+// Each says why it exists. Applied in order inside one transaction each; PRAGMA user_version records
+// the last one applied.
+export interface Migration {
+  version: number;
+  why: string;
+  sql: string;
+}
+
+export const MIGRATIONS: Migration[] = [
+  {
+    version: 1,
+    why: 'The foundation: users with hashed tokens, content-addressed manifests and a block index, images and desktops as chains of versions, and checkouts with at most one active per desktop.',
+    sql: `
+      CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+      );
+      -- Tokens are stored as SHA-256 of the secret: a copy of the database grants nothing.
+      CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+      );
+      -- Manifests are small (32 bytes a block) and immutable: kept in the database, keyed by SHA-256.
+      CREATE TABLE manifests (
+        id TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        block_size INTEGER NOT NULL,
+        block_count INTEGER NOT NULL,
+        data_bytes INTEGER NOT NULL,
+        encoded BLOB NOT NULL,
+        created_at TEXT NOT NULL
+      );
+      -- The index of verified blocks in the block store. A row is written only after its file is
+      -- durable, so a row always means the block can be read.
+      CREATE TABLE blocks (
+        id TEXT PRIMARY KEY,
+        plain_size INTEGER NOT NULL,
+        stored_size INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+      ) WITHOUT ROWID;
+      CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+      );
+      CREATE TABLE image_versions (
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        version INTEGER NOT NULL,
+        manifest_id TEXT NOT NULL REFERENCES manifests(id),
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (image_id, version)
+      );
+      CREATE TABLE desktops (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        image_version INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+      );
+      CREATE TABLE desktop_versions (
+        desktop_id INTEGER NOT NULL REFERENCES desktops(id),
+        version INTEGER NOT NULL,
+        manifest_id TEXT NOT NULL REFERENCES manifests(id),
+        checkout_id TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (desktop_id, version)
+      );
+      CREATE TABLE checkouts (
+        id TEXT PRIMARY KEY,
+        desktop_id INTEGER NOT NULL REFERENCES desktops(id),
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        device TEXT NOT NULL,
+        device_name TEXT NOT NULL,
+        base_version INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('active', 'committed', 'discarded')),
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        committed_version INTEGER,
+        committed_manifest TEXT
+      );
+      -- One active checkout per desktop, enforced by the database, not by a race-prone read.
+      CREATE UNIQUE INDEX checkouts_one_active ON checkouts(desktop_id) WHERE state = 'active';
+    `,
+  },
+];

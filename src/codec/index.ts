@@ -1,0 +1,82 @@
+// codec: how a block's bytes are encoded at rest and on the wire.
+// Owns: the encoded block form (one zstd frame of the plaintext, content size in the header), bounded
+// decoding (never allocates past the expected size, so a hostile frame cannot balloon memory), and the
+// stream compressor used for upload bodies. Must not know: stores, manifests, HTTP.
+// Decision (docs/decisions.md): zstd-napi, measured here ~2x faster to compress and ~3x to
+// decompress than zstd-codec.
+import { createRequire } from 'node:module';
+import type { Transform } from 'node:stream';
+import { CarryonError } from '../errors/index.js';
+import { blockId, type BlockId } from '../hash/index.js';
+
+const require = createRequire(import.meta.url);
+const zstd = require('zstd-napi') as typeof import('zstd-napi');
+// The raw binding gives bounded decoding into a buffer we size ourselves (the wrapper allocates
+// whatever a frame header claims).
+const binding = require('zstd-napi/binding') as {
+  DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+  getFrameContentSize(frame: Uint8Array): number | null;
+};
+
+/** Largest plaintext a block may have (the largest allowed block size). */
+export const MAX_BLOCK_BYTES = 4 * 1024 * 1024;
+/** Default level for blocks at rest: -3 costs ~15% speed against -1 for a few % smaller stores. */
+export const DEFAULT_BLOCK_LEVEL = 3;
+
+const compressors = new Map<number, InstanceType<typeof zstd.Compressor>>();
+function compressorFor(level: number): InstanceType<typeof zstd.Compressor> {
+  let c = compressors.get(level);
+  if (!c) {
+    c = new zstd.Compressor();
+    c.setParameters({ compressionLevel: level, contentSizeFlag: true, checksumFlag: false });
+    compressors.set(level, c);
+  }
+  return c;
+}
+const dctx = new binding.DCtx();
+
+export function encodeBlock(plain: Uint8Array, level = DEFAULT_BLOCK_LEVEL): Buffer {
+  return compressorFor(level).compress(plain);
+}
+
+/**
+ * Decode an encoded block into its plaintext. `maxBytes` bounds the output: a frame that claims or
+ * produces more fails with BLOCK_CORRUPT instead of allocating.
+ */
+export function decodeBlock(encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES): Buffer {
+  let size: number | null;
+  try {
+    size = binding.getFrameContentSize(encoded);
+  } catch (err) {
+    throw new CarryonError('BLOCK_CORRUPT', 'encoded block is not a zstd frame', {}, err);
+  }
+  if (size === null || size > maxBytes) {
+    throw new CarryonError('BLOCK_CORRUPT', 'encoded block has no or an oversized content size', { size, maxBytes });
+  }
+  const out = Buffer.allocUnsafe(size);
+  let n: number;
+  try {
+    n = dctx.decompress(out, encoded);
+  } catch (err) {
+    throw new CarryonError('BLOCK_CORRUPT', 'encoded block does not decompress', {}, err);
+  }
+  if (n !== size) throw new CarryonError('BLOCK_CORRUPT', 'encoded block is shorter than its header says', { size, n });
+  return out;
+}
+
+/** Decode and check the plaintext against its id: the one gate every received or stored block passes. */
+export function decodeVerified(id: BlockId, encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES): Buffer {
+  const plain = decodeBlock(encoded, maxBytes);
+  if (blockId(plain) !== id) throw new CarryonError('BLOCK_CORRUPT', `block ${id.slice(0, 12)}… does not match its hash`, { id });
+  return plain;
+}
+
+/** A zstd compressing transform for streamed request bodies (one frame for the whole stream). */
+export function createCompressStream(level = 3): Transform {
+  return new zstd.CompressStream({ compressionLevel: level });
+}
+
+/** A zstd decompressing transform; windowLogMax bounds the decoder's memory against hostile input. */
+export function createDecompressStream(): Transform {
+  return new zstd.DecompressStream({ windowLogMax: 27 });
+}

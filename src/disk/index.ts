@@ -1,0 +1,100 @@
+// disk: reading a raw disk image into a manifest.
+// Owns: the sequential scan that hashes every block (cheap hash always, SHA-256 only where the cheap
+// hash changed), hole detection, and the cheap-hash table a laptop keeps beside a checkout.
+// Must not know: stores, HTTP, desktops. Callers get changed blocks through a callback.
+import { promises as fs } from 'node:fs';
+import { CarryonError } from '../errors/index.js';
+import { blockId, CheapHasher, isAllZero, type BlockId } from '../hash/index.js';
+import { DiskManifest } from '../manifest/index.js';
+
+export interface ScanPrevious {
+  manifest: DiskManifest;
+  /** cheap[i] = CheapHasher hash of block i as materialized. */
+  cheap: BigUint64Array;
+}
+
+export interface ScanOptions {
+  blockSize: number;
+  previous?: ScanPrevious;
+  /** Called for each block whose content is new to this scan (not a hole, cheap hash changed). `plain` is reused after the promise settles. */
+  onChanged?: (index: number, id: BlockId, plain: Buffer) => Promise<void> | void;
+  onProgress?: (bytesRead: number, totalBytes: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface ScanResult {
+  manifest: DiskManifest;
+  cheap: BigUint64Array;
+  /** Indices whose id differs from previous (all non-hole blocks without a previous). */
+  changed: number[];
+  bytesRead: number;
+}
+
+const CHUNK = 8 * 1024 * 1024;
+
+/** Scan a raw image. Reading runs one chunk ahead of hashing, so the disk stays busy. */
+export async function scanImage(file: string, opts: ScanOptions): Promise<ScanResult> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const manifest = new DiskManifest(size, opts.blockSize);
+    const cheap = new BigUint64Array(manifest.count);
+    const hasher = new CheapHasher();
+    const prev = opts.previous;
+    const samePrev = prev && prev.manifest.blockSize === opts.blockSize ? prev : undefined;
+    const changed: number[] = [];
+    const chunk = Math.max(CHUNK, opts.blockSize);
+    const bufs = [Buffer.allocUnsafe(chunk), Buffer.allocUnsafe(chunk)];
+    const readAt = (k: number, pos: number) => fh.read(bufs[k]!, 0, Math.min(chunk, size - pos), pos);
+    let pos = 0;
+    let k = 0;
+    let pending = size > 0 ? readAt(0, 0) : null;
+    while (pending) {
+      const { bytesRead } = await pending;
+      const expect = Math.min(chunk, size - pos);
+      if (bytesRead !== expect) throw new CarryonError('DISK_CHANGED_SIZE', `disk image ${file} shrank while it was read`, { file });
+      const here = pos;
+      pos += bytesRead;
+      const buf = bufs[k]!;
+      pending = pos < size ? readAt(k ^ 1, pos) : null;
+      opts.signal?.throwIfAborted();
+      for (let off = 0; off < bytesRead; off += opts.blockSize) {
+        const i = (here + off) / opts.blockSize;
+        const plain = buf.subarray(off, Math.min(off + opts.blockSize, bytesRead));
+        const h = hasher.hash(plain);
+        cheap[i] = h;
+        const sameLen = samePrev && i < samePrev.manifest.count && samePrev.manifest.lengthOf(i) === plain.length;
+        if (sameLen && samePrev.cheap[i] === h) {
+          samePrev.manifest.ids.copy(manifest.ids, i * 32, i * 32, i * 32 + 32);
+          continue;
+        }
+        if (isAllZero(plain)) {
+          if (samePrev && !(sameLen && samePrev.manifest.isHole(i))) changed.push(i);
+          continue; // hole: ids stay zero
+        }
+        const id = blockId(plain);
+        manifest.setId(i, id);
+        if (!sameLen || samePrev.manifest.idAt(i) !== id) {
+          changed.push(i);
+          if (opts.onChanged) await opts.onChanged(i, id, plain);
+        }
+      }
+      opts.onProgress?.(pos, size);
+      k ^= 1;
+    }
+    const after = (await fh.stat()).size;
+    if (after !== size) throw new CarryonError('DISK_CHANGED_SIZE', `disk image ${file} changed size while it was read`, { file, before: size, after });
+    return { manifest, cheap, changed, bytesRead: pos };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Cheap hashes as bytes for storage, and back. */
+export function encodeCheap(cheap: BigUint64Array): Buffer {
+  return Buffer.from(cheap.buffer, cheap.byteOffset, cheap.byteLength);
+}
+export function decodeCheap(buf: Uint8Array): BigUint64Array {
+  const copy = Buffer.from(buf);
+  return new BigUint64Array(copy.buffer, copy.byteOffset, copy.byteLength / 8);
+}

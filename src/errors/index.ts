@@ -1,0 +1,104 @@
+// errors: the one error type of carryon and its stable codes.
+// Owns: CarryonError, the code list, and the two tables that map a code to an HTTP status and to a
+// CLI exit code. Must not know: HTTP servers, the CLI, or storage. A code is never renamed or reused:
+// clients, scripts and docs depend on it.
+
+export const ERROR_CODES = {
+  // request and input
+  INVALID_ARGUMENT: { http: 400, exit: 2, what: 'a command-line argument or request field is invalid' },
+  BAD_REQUEST: { http: 400, exit: 2, what: 'the request is malformed' },
+  TAR_INVALID: { http: 400, exit: 6, what: 'a tar stream is truncated or malformed' },
+  PAYLOAD_TOO_LARGE: { http: 413, exit: 2, what: 'a request body or entry is larger than allowed' },
+  // identity
+  UNAUTHORIZED: { http: 401, exit: 3, what: 'no token, or an unknown or revoked token' },
+  FORBIDDEN: { http: 403, exit: 3, what: 'the token is valid but may not do this' },
+  NOT_LOGGED_IN: { http: 401, exit: 3, what: 'this laptop home has no server login yet' },
+  // lookup
+  NOT_FOUND: { http: 404, exit: 4, what: 'no such API route' },
+  USER_NOT_FOUND: { http: 404, exit: 4, what: 'no such user' },
+  IMAGE_NOT_FOUND: { http: 404, exit: 4, what: 'no such image' },
+  DESKTOP_NOT_FOUND: { http: 404, exit: 4, what: 'no such desktop (or not yours)' },
+  CHECKOUT_NOT_FOUND: { http: 404, exit: 4, what: 'no such active checkout' },
+  BLOCK_NOT_FOUND: { http: 404, exit: 4, what: 'a block is not in the store' },
+  MANIFEST_NOT_FOUND: { http: 404, exit: 4, what: 'a manifest is not in the store' },
+  // state
+  ALREADY_EXISTS: { http: 409, exit: 5, what: 'a user, image or desktop of that name exists' },
+  CHECKOUT_CONFLICT: { http: 409, exit: 5, what: 'the desktop is already checked out' },
+  VERSION_CONFLICT: { http: 409, exit: 5, what: 'the desktop moved on since this checkout began' },
+  BLOCKS_MISSING: { http: 409, exit: 5, what: 'a commit names blocks the server does not hold' },
+  NOT_CHECKED_OUT: { http: 409, exit: 8, what: 'this laptop holds no active checkout of that desktop' },
+  LOCAL_PATH_CONFLICT: { http: 409, exit: 8, what: 'the target path exists and is not ours to overwrite' },
+  DATA_DIR_INVALID: { http: 500, exit: 8, what: 'the server data folder is missing or not initialised' },
+  // integrity
+  BLOCK_CORRUPT: { http: 422, exit: 6, what: 'block bytes do not match their hash' },
+  MANIFEST_INVALID: { http: 422, exit: 6, what: 'a manifest is malformed or inconsistent' },
+  DISK_CHANGED_SIZE: { http: 422, exit: 6, what: 'the disk image changed size during a check-in scan' },
+  // environment
+  SERVER_UNREACHABLE: { http: 502, exit: 7, what: 'the server could not be reached' },
+  IO_ERROR: { http: 500, exit: 9, what: 'a local file operation failed' },
+  ABORTED: { http: 499, exit: 10, what: 'the user declined or interrupted the operation' },
+  INTERNAL: { http: 500, exit: 1, what: 'an unexpected error (a bug); see the server log' },
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class CarryonError extends Error {
+  readonly code: ErrorCode;
+  /** Structured context for programs. Never holds secrets (tokens, keys). */
+  readonly data: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, data: Record<string, unknown> = {}, cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = 'CarryonError';
+    this.code = code;
+    this.data = data;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; data: Record<string, unknown> } {
+    return { code: this.code, message: this.message, data: this.data };
+  }
+}
+
+export function isErrorCode(s: unknown): s is ErrorCode {
+  return typeof s === 'string' && Object.prototype.hasOwnProperty.call(ERROR_CODES, s);
+}
+
+export function httpStatusOf(code: ErrorCode): number {
+  return ERROR_CODES[code].http;
+}
+
+export function exitCodeOf(code: ErrorCode): number {
+  return ERROR_CODES[code].exit;
+}
+
+/** Any thrown value as a CarryonError; unknown errors become INTERNAL with the original as cause. */
+export function asCarryonError(err: unknown): CarryonError {
+  if (err instanceof CarryonError) return err;
+  const e = err as NodeJS.ErrnoException | undefined;
+  if (e && typeof e.code === 'string' && /^E[A-Z]+$/.test(e.code) && typeof e.syscall === 'string') {
+    return new CarryonError('IO_ERROR', `${e.syscall} failed: ${e.message}`, { errno: e.code, path: e.path }, err);
+  }
+  return new CarryonError('INTERNAL', 'internal error', {}, err);
+}
+
+/** Rebuild the error a server sent as `{error:{code,message,data}}`. */
+export function errorFromBody(status: number, body: unknown): CarryonError {
+  const e = (body as { error?: { code?: unknown; message?: unknown; data?: unknown } } | null)?.error;
+  if (e && isErrorCode(e.code) && typeof e.message === 'string') {
+    const data = e.data && typeof e.data === 'object' ? (e.data as Record<string, unknown>) : {};
+    return new CarryonError(e.code, e.message, data);
+  }
+  return new CarryonError('INTERNAL', `server answered HTTP ${status} without a carryon error body`, { status });
+}
+
+/** How a CLI reports a failure: the text for stderr, the JSON line for stdout with --json, the exit code. */
+export function describeFailure(err: unknown): { text: string; json: string; exitCode: number; error: CarryonError } {
+  const e = asCarryonError(err);
+  const cause = e.code === 'INTERNAL' && err instanceof Error ? `\n${err.stack ?? err.message}` : '';
+  return {
+    text: `error ${e.code}: ${e.message}${cause}`,
+    json: JSON.stringify({ error: e.toJSON() }),
+    exitCode: exitCodeOf(e.code),
+    error: e,
+  };
+}

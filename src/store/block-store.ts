@@ -1,0 +1,28 @@
+// The BlockStore contract. Every backend and wrapper passes test/conformance/block-store.ts.
+import type { BlockId } from '../hash/index.js';
+
+/**
+ * A content-addressed store of encoded blocks (see src/codec): the key is the SHA-256 of the plaintext.
+ *
+ * - put MUST fail with BLOCK_CORRUPT, storing nothing, when the block does not decode to plaintext
+ *   whose SHA-256 is `id`. When the caller passes `plain` (the plaintext it just encoded or decoded),
+ *   the store MAY check SHA-256(plain) instead of decoding `encoded` again.
+ * - put MUST be idempotent: storing an id already present succeeds and changes nothing.
+ * - put MUST be atomic: a reader sees the whole block or none of it, never a partial file.
+ * - get of a missing id MUST fail with BLOCK_NOT_FOUND.
+ * - getEncoded returns the stored bytes as stored; callers that use them decode through
+ *   codec.decodeVerified (the store never hands out unverified plaintext through getBlock).
+ * - has MUST be true exactly for ids a get would find.
+ * - delete MUST be idempotent; list MUST yield every stored id exactly once.
+ * - sync MUST make every put that returned before it durable against a power cut.
+ */
+export interface BlockStore {
+  put(id: BlockId, encoded: Uint8Array, plain?: Uint8Array): Promise<void>;
+  getEncoded(id: BlockId): Promise<Buffer>;
+  has(id: BlockId): Promise<boolean>;
+  delete(id: BlockId): Promise<void>;
+  list(): AsyncIterable<BlockId>;
+  sync(): Promise<void>;
+  /** Size in bytes of the stored (encoded) block, or null when absent. */
+  size(id: BlockId): Promise<number | null>;
+}

@@ -1,0 +1,27 @@
+// store: where encoded blocks live.
+// Owns: the BlockStore contract, its memory and filesystem backends, the registry that opens a store
+// from a URL, and verified read/write helpers. Must not know: manifests, desktops, HTTP.
+// Key terms: id = SHA-256 of plaintext; encoded = the codec's zstd frame, the form stored and sent.
+import path from 'node:path';
+import { CarryonError } from '../errors/index.js';
+import type { BlockStore } from './block-store.js';
+import { FsBlockStore, type FsBlockStoreOptions } from './fs-block-store.js';
+import { MemoryBlockStore } from './memory-block-store.js';
+
+export type { BlockStore } from './block-store.js';
+export { FsBlockStore, type FsBlockStoreOptions } from './fs-block-store.js';
+export { MemoryBlockStore } from './memory-block-store.js';
+export { getBlock, putBlock, checkPut } from './verify.js';
+
+/** Open a store by URL scheme: `file:///path` or a bare path, `memory:`. A new backend adds one line. */
+export function openBlockStore(url: string, opts: FsBlockStoreOptions = {}): BlockStore {
+  const backends: Record<string, (rest: string) => BlockStore> = {
+    'file:': (rest) => new FsBlockStore(rest, opts),
+    'memory:': () => new MemoryBlockStore(),
+  };
+  const m = /^([a-z][a-z0-9+.-]*:)(?:\/\/)?(.*)$/.exec(url);
+  if (!m) return new FsBlockStore(path.resolve(url), opts);
+  const open = backends[m[1]!];
+  if (!open) throw new CarryonError('INVALID_ARGUMENT', `unknown block store scheme ${m[1]}`, { url });
+  return open(m[2]!);
+}

@@ -1,0 +1,103 @@
+// The HTTP API between carryon and carryon-server: routes, headers, body shapes and their parsers.
+// Both sides import these, so a field renamed here breaks the compiler, not a user. Documented in
+// docs/protocol.md.
+import { CarryonError } from '../errors/index.js';
+import { isBlockId, type BlockId } from '../hash/index.js';
+
+export const API_PREFIX = '/v1';
+export const HEADER_DEVICE = 'x-carryon-device';
+export const HEADER_DEVICE_NAME = 'x-carryon-device-name';
+export const CONTENT_TAR = 'application/x-tar';
+export const CONTENT_MANIFEST = 'application/vnd.carryon.manifest';
+
+/** Ids per block download request: 2048 × 64 KiB = 128 MiB of plaintext at most per response. */
+export const MAX_GET_IDS = 2048;
+/** Ids per "which are missing" query (a JSON body of ~1 MiB). */
+export const MAX_QUERY_IDS = 16384;
+/** Largest JSON body accepted. */
+export const MAX_JSON_BYTES = 2 * 1024 * 1024;
+/** Largest upload entry: a 4 MiB block, or a patch of it with its range headers. */
+export const MAX_UPLOAD_ENTRY_BYTES = 4 * 1024 * 1024 + 64 * 1024;
+
+export interface CheckoutHolder {
+  checkoutId: string;
+  user: string;
+  device: string;
+  deviceName: string;
+  since: string;
+  baseVersion: number;
+}
+
+export interface DesktopInfo {
+  name: string;
+  user: string;
+  image: string;
+  version: number;
+  manifestId: BlockId;
+  size: number;
+  blockSize: number;
+  updatedAt: string;
+  checkout: CheckoutHolder | null;
+}
+
+export interface CheckoutInfo {
+  checkoutId: string;
+  desktop: string;
+  version: number;
+  manifestId: BlockId;
+  resumed: boolean;
+}
+
+export interface CommitResult {
+  desktop: string;
+  version: number;
+  manifestId: BlockId;
+  previousVersion: number;
+  alreadyCommitted: boolean;
+}
+
+export interface UploadResult {
+  stored: number;
+  alreadyHad: number;
+  plainBytes: number;
+}
+
+/** Upload tar entry names: a whole block, or a patch against a base block the server holds. */
+export type UploadEntryName = { kind: 'block'; id: BlockId } | { kind: 'patch'; id: BlockId; base: BlockId };
+
+export function uploadEntryName(e: UploadEntryName): string {
+  return e.kind === 'block' ? `b/${e.id}` : `p/${e.id}/${e.base}`;
+}
+
+export function parseUploadEntryName(name: string): UploadEntryName {
+  const parts = name.split('/');
+  if (parts[0] === 'b' && parts.length === 2 && isBlockId(parts[1])) return { kind: 'block', id: parts[1] };
+  if (parts[0] === 'p' && parts.length === 3 && isBlockId(parts[1]) && isBlockId(parts[2])) return { kind: 'patch', id: parts[1], base: parts[2] };
+  throw new CarryonError('TAR_INVALID', `upload entry name ${JSON.stringify(name.slice(0, 200))} is neither b/<id> nor p/<id>/<base>`);
+}
+
+export function parseIdList(body: unknown, max: number): BlockId[] {
+  const ids = (body as { ids?: unknown } | null)?.ids;
+  if (!Array.isArray(ids)) throw new CarryonError('BAD_REQUEST', 'body must be {"ids": [...]}');
+  if (ids.length > max) throw new CarryonError('PAYLOAD_TOO_LARGE', `at most ${max} ids per request, got ${ids.length}`, { max });
+  for (const id of ids) if (!isBlockId(id)) throw new CarryonError('BAD_REQUEST', 'every id must be 64 lowercase hex characters');
+  return ids as BlockId[];
+}
+
+export function parseCheckoutRequest(body: unknown): { device: string; deviceName: string } {
+  const b = (body ?? {}) as { device?: unknown; deviceName?: unknown };
+  if (typeof b.device !== 'string' || !/^[A-Za-z0-9-]{8,64}$/.test(b.device)) {
+    throw new CarryonError('BAD_REQUEST', 'device must be an id of 8-64 letters, digits or dashes');
+  }
+  const deviceName = typeof b.deviceName === 'string' ? b.deviceName.slice(0, 128) : b.device;
+  return { device: b.device, deviceName };
+}
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+/** Names of users, images and desktops: safe in URLs, paths and logs. */
+export function parseName(s: unknown, what: string): string {
+  if (typeof s !== 'string' || !NAME_RE.test(s)) {
+    throw new CarryonError('INVALID_ARGUMENT', `${what} name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`, { value: String(s).slice(0, 80) });
+  }
+  return s;
+}

@@ -1,0 +1,85 @@
+// Tar framing of block transfers, both directions. Bounded: one entry in memory at a time, with a
+// size limit checked from the header before any byte is buffered.
+import { Readable } from 'node:stream';
+import { createRequire } from 'node:module';
+import { CarryonError } from '../errors/index.js';
+
+const require = createRequire(import.meta.url);
+const tar = require('tar-stream') as typeof import('tar-stream');
+
+export interface TarEntry {
+  name: string;
+  data: Buffer;
+}
+
+/** A tar stream of the entries, produced as the consumer reads (backpressure through tar-stream). */
+export function packEntries(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): Readable {
+  const pack = tar.pack();
+  (async () => {
+    for await (const e of entries) {
+      await new Promise<void>((resolve, reject) =>
+        pack.entry({ name: e.name, size: e.data.length, mode: 0o644, mtime: new Date(0) }, e.data, (err) => (err ? reject(err) : resolve())),
+      );
+    }
+    pack.finalize();
+  })().catch((err: Error) => pack.destroy(err));
+  return Readable.from(pack as unknown as AsyncIterable<Buffer>, { objectMode: false });
+}
+
+/**
+ * Read a tar stream entry by entry. Only regular files are accepted; an entry over `maxEntryBytes`,
+ * a truncated stream or a malformed header fails with TAR_INVALID. Errors thrown by `onEntry` pass
+ * through unchanged.
+ */
+export async function unpackEntries(
+  input: NodeJS.ReadableStream,
+  maxEntryBytes: number,
+  onEntry: (e: TarEntry) => Promise<void> | void,
+): Promise<number> {
+  // Typed by hand: the streamx types of tar-stream do not match Node's stream typings.
+  const extract = tar.extract() as unknown as {
+    write(c: Buffer): boolean;
+    end(): void;
+    destroy(err?: Error): void;
+    destroyed: boolean;
+    once(ev: string, f: () => void): void;
+  } & AsyncIterable<NodeJS.ReadableStream & { header: { name: string; size?: number; type?: string | null } }>;
+  let count = 0;
+  let ownError: CarryonError | null = null;
+  const feed = (async () => {
+    try {
+      // After a failure the rest of the input is read and dropped, so an HTTP peer still gets its answer.
+      for await (const chunk of input as AsyncIterable<Buffer>) {
+        if (extract.destroyed) continue;
+        if (!extract.write(chunk)) await new Promise<void>((r) => (extract.once('drain', r), extract.once('close', r)));
+      }
+      if (!extract.destroyed) extract.end();
+    } catch (err) {
+      extract.destroy(err as Error);
+    }
+  })();
+  try {
+    for await (const entry of extract) {
+      const h = entry.header;
+      if (h.type !== 'file') throw (ownError = new CarryonError('TAR_INVALID', `tar entry ${JSON.stringify(h.name)} is not a regular file`));
+      const size = h.size ?? 0;
+      if (size > maxEntryBytes) throw (ownError = new CarryonError('PAYLOAD_TOO_LARGE', `tar entry ${JSON.stringify(h.name)} is ${size} bytes, over the ${maxEntryBytes} limit`));
+      const parts: Buffer[] = [];
+      let got = 0;
+      for await (const c of entry as AsyncIterable<Buffer>) {
+        got += c.length;
+        parts.push(c);
+      }
+      if (got !== size) throw (ownError = new CarryonError('TAR_INVALID', `tar entry ${JSON.stringify(h.name)} is truncated`));
+      await onEntry({ name: h.name, data: parts.length === 1 ? parts[0]! : Buffer.concat(parts, got) });
+      count++;
+    }
+  } catch (err) {
+    extract.destroy();
+    if (err === ownError || err instanceof CarryonError) throw err;
+    throw new CarryonError('TAR_INVALID', `tar stream is invalid: ${(err as Error).message}`, {}, err);
+  } finally {
+    await feed;
+  }
+  return count;
+}
