@@ -9,6 +9,7 @@ import {
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
+import { crashPoint } from './crash-point.js';
 import { Progress } from './progress.js';
 import type { LocalState, Login } from './state.js';
 
@@ -102,6 +103,7 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
           }
           plainUploaded += plain.length;
           progress.add(plain.length);
+          crashPoint('checkin-upload-block');
           yield entry;
         }
       }
@@ -117,7 +119,9 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
   await state.cache.sync();
 
   const encoded = encodeManifest(next);
+  crashPoint('checkin-before-commit');
   const commit = await api.commit(local.checkoutId, encoded);
+  crashPoint('checkin-after-commit');
   if (commit.manifestId !== manifestId(encoded)) throw new CarryonError('INTERNAL', 'server committed a different manifest than sent');
   state.putCheckout({ ...local, state: 'checked-in', version: commit.version, manifestId: commit.manifestId, manifest: encoded, cheap: encodeCheap(scan.cheap) });
   // The copy stays as a read-only reference; the desktop now lives on the server.

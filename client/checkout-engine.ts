@@ -9,6 +9,7 @@ import {
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
+import { crashPoint } from './crash-point.js';
 import { Progress } from './progress.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 
@@ -139,6 +140,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
             await writeBlock(id, plain);
             pending.delete(id);
             fetched++;
+            crashPoint('checkout-block');
             progress.add(plain.length);
           });
           if (pending.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${pending.size} requested block(s)`);

@@ -1,8 +1,12 @@
 // The server's block work: publishing an image, accepting uploaded blocks and patches, checking a
 // commit's blocks, and the per-manifest id sets that decide which blocks a checkout may read.
 // Every block enters the store verified, and enters the index only after its file is durable.
-import { applyBlockPatch, blockId, CarryonError, decodeManifest, encodeBlock, encodeManifest, getBlock, manifestId, parseUploadEntryName, scanImage, unpackEntries, MAX_UPLOAD_ENTRY_BYTES, type BlockId, type BlockStore, type DiskManifest, type UploadResult } from '../src/index.js';
+import {
+  applyBlockPatch, blockId, CarryonError, decodeManifest, encodeBlock, encodeManifest, getBlock, manifestId, parseUploadEntryName, scanImage, unpackEntries,
+  MAX_UPLOAD_ENTRY_BYTES, type BlockId, type BlockStore, type DiskManifest, type UploadResult,
+} from '../src/index.js';
 import type { SqliteMeta } from './meta.js';
+import { crashPoint } from './crash-point.js';
 
 export interface LoadedManifest {
   id: BlockId;
@@ -101,6 +105,7 @@ export async function ingestUpload(meta: SqliteMeta, store: BlockStore, base: Lo
     if ((await storeVerified(meta, store, e.id, plain)) > 0) result.stored++;
     else result.alreadyHad++;
     result.plainBytes += plain.length;
+    crashPoint('upload-block-stored');
   });
   return result;
 }

@@ -9,6 +9,7 @@ import {
   type CommitResult, type TarEntry,
 } from '../src/index.js';
 import { ingestUpload, ManifestCache, missingForCommit } from './blocks.js';
+import { crashPoint } from './crash-point.js';
 import type { SqliteMeta, User } from './meta.js';
 
 /** Largest manifest a commit may carry: 128 MiB = 4M blocks, 256 GiB at 64 KiB blocks. */
@@ -189,6 +190,7 @@ export class CarryonHttpServer {
       await this.store.sync();
       this.meta.putManifest(id, encoded, next);
     }
+    crashPoint('commit-before-transaction');
     const r = this.meta.commitCheckout(user, co.id, device, id);
     return { desktop: r.desktop, version: r.version, manifestId: id, previousVersion: r.previousVersion, alreadyCommitted: r.already };
   }

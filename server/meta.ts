@@ -227,10 +227,14 @@ export class SqliteMeta {
       if (d.version !== co.base_version) {
         throw new CarryonError('VERSION_CONFLICT', `desktop ${d.name} is at version ${d.version}, not ${co.base_version} as when checked out`, { desktop: d.name });
       }
-      const version = d.version + 1;
       const t = now();
-      this.db.prepare('INSERT INTO desktop_versions (desktop_id, version, manifest_id, checkout_id, created_at) VALUES (?, ?, ?, ?, ?)').run(d.id, version, manifestId, checkoutId, t);
-      this.db.prepare('UPDATE desktops SET version = ?, updated_at = ? WHERE id = ?').run(version, t, d.id);
+      // An unchanged disk ends the checkout without a new version.
+      const unchanged = manifestId === this.versionManifest(d.id, d.version);
+      const version = unchanged ? d.version : d.version + 1;
+      if (!unchanged) {
+        this.db.prepare('INSERT INTO desktop_versions (desktop_id, version, manifest_id, checkout_id, created_at) VALUES (?, ?, ?, ?, ?)').run(d.id, version, manifestId, checkoutId, t);
+        this.db.prepare('UPDATE desktops SET version = ?, updated_at = ? WHERE id = ?').run(version, t, d.id);
+      }
       this.db
         .prepare("UPDATE checkouts SET state = 'committed', ended_at = ?, committed_version = ?, committed_manifest = ? WHERE id = ?")
         .run(t, version, manifestId, checkoutId);

@@ -1,0 +1,166 @@
+// `npm run demo`: one real check-out / check-in cycle, end to end, as a new user would run it.
+// A server and two laptops (two CARRYON_HOME folders) on this machine; a real ext4 disk image with
+// real files; changes made the way a VM makes them (ext4 file edits via debugfs, raw writes via
+// qemu-io); then proof that the second laptop gets exactly the first laptop's disk, and what moved.
+// Owns only orchestration and printing; the work is done by the carryon CLIs, run as processes.
+//
+// Usage: node dist/scripts/demo.js [--keep]
+
+import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeExt4Image } from './fixtures/ext4-image.js';
+import { changedPages, debugfsSession } from './fixtures/workloads.js';
+import { carryon, carryonMissing, carryonServer, num, str, startServer, type Json, type RunningServer } from './lib/carryon-cli.js';
+import { mb, percent, table } from './lib/format.js';
+import { aptInstall, findTool, run } from './lib/proc.js';
+
+const IMAGE_BYTES = 256 * 1024 * 1024;
+const PAYLOAD_BYTES = 150 * 1024 * 1024;
+const TOTAL_STEPS = 16;
+
+const keep = process.argv.includes('--keep');
+let stepNo = 0;
+
+/** Print what we are about to do, run it, then print its result and time. */
+async function step<T>(what: string, fn: () => Promise<T>, done?: (r: T) => string): Promise<T> {
+  stepNo++;
+  console.log(`\n[${String(stepNo).padStart(2)}/${TOTAL_STEPS}] ${what}`);
+  const t0 = Date.now();
+  const r = await fn();
+  const secs = ((Date.now() - t0) / 1000).toFixed(1);
+  console.log(`        ok${done ? `: ${done(r)}` : ''} (${secs} s)`);
+  return r;
+}
+
+/** 256 KiB of blocks that ext4 has not allocated, near the end of the disk: a raw write there
+ *  changes the disk as a guest would without corrupting the file system. */
+async function freeExtent(image: string, blocks: number): Promise<number | undefined> {
+  const debugfs = findTool('debugfs')!;
+  const total = Math.floor(statSync(image).size / 4096);
+  const r = await run(debugfs, ['-R', `ffb ${blocks * 4} ${Math.floor(total * 0.8)}`, image]);
+  const found = /Free blocks found: ([\d ]+)/.exec(r.stdout)?.[1]?.trim().split(/\s+/).map(Number) ?? [];
+  for (let i = 0; i + blocks <= found.length; i++) {
+    if (found[i + blocks - 1]! - found[i]! === blocks - 1) return found[i]! * 4096;
+  }
+  return undefined;
+}
+
+async function main(): Promise<void> {
+  console.log('carryon demo: check a desktop out to laptop A, change its disk, check it in, check it out on laptop B');
+  const missing = carryonMissing();
+  if (missing) throw new Error(missing);
+
+  const work = await step('Make a temp folder', async () => mkdtempSync(join(tmpdir(), 'carryon-demo-')), (w) => w);
+  let server: RunningServer | undefined;
+  const cleanup = async (): Promise<string> => {
+    let said = '';
+    if (server) {
+      said = `server stopped (exit ${await server.stop()}), `;
+      server = undefined;
+    }
+    if (keep) return said + `kept ${work} (--keep)`;
+    rmSync(work, { recursive: true, force: true });
+    return said + `removed ${work}`;
+  };
+  process.once('SIGINT', () => {
+    void cleanup().finally(() => process.exit(130));
+  });
+
+  try {
+    await step('Check tools: mke2fs, debugfs (e2fsprogs), cmp; qemu-io is optional', async () => {
+      if (!findTool('mke2fs') || !findTool('debugfs')) {
+        if (!aptInstall(['e2fsprogs'], (l) => console.log(`        ${l}`))) throw new Error('could not install e2fsprogs; run `apt-get install -y e2fsprogs` as root');
+      }
+      if (!findTool('cmp')) throw new Error('cmp not found: apt-get install -y diffutils');
+      return findTool('qemu-io');
+    }, (q) => (q ? `all present, qemu-io at ${q}` : 'qemu-io missing: raw writes will be skipped'));
+
+    const golden = join(work, 'golden.raw');
+    const built = await step(`Build a ${IMAGE_BYTES / 2 ** 20} MiB ext4 image with ~${PAYLOAD_BYTES / 2 ** 20} MiB of real files from /usr`, () =>
+      makeExt4Image({ out: golden, sizeBytes: IMAGE_BYTES, payloadBytes: PAYLOAD_BYTES, seed: 1 }),
+    (r) => `${r.files} files, ${mb(r.payloadBytes, 1)} MB of content, ${golden}`);
+
+    const data = join(work, 'server');
+    await step('carryon-server init', () => carryonServer(data, 'init'), () => data);
+    server = await step('carryon-server start --listen 127.0.0.1:0', () => startServer(data), (s) => `listening on ${s.url} (pid ${s.pid})`);
+    const url = server.url;
+
+    const token = await step('carryon-server user add alice', async () => str((await carryonServer(data, 'user', 'add', 'alice')).json, 'token'), () => 'got a token');
+    const pub = await step('carryon-server image publish golden golden.raw', async () => (await carryonServer(data, 'image', 'publish', 'golden', golden)).json,
+      (j) => `version ${j.version}, ${j.blocks} blocks, ${mb(num(j, 'storedBytes'))} MB stored for a ${mb(num(j, 'size'))} MB image`);
+    await step('carryon-server desktop create alice-desk --user alice --image golden', () => carryonServer(data, 'desktop', 'create', 'alice-desk', '--user', 'alice', '--image', 'golden'));
+
+    const homeA = join(work, 'laptop-a');
+    const homeB = join(work, 'laptop-b');
+    mkdirSync(homeA);
+    mkdirSync(homeB);
+    const outA = await step('Laptop A: carryon login, then carryon checkout alice-desk', async () => {
+      await carryon(homeA, 'login', url, '--token', token);
+      const co = (await carryon(homeA, 'checkout', 'alice-desk', '--to', join(homeA, 'disk.raw'))).json;
+      await run('cmp', [golden, str(co, 'disk')]); // the checkout must be the published image, byte for byte
+      return co;
+    }, (j) => `${j.disk}: ${mb(num(j, 'bytesReceived'))} MB received, identical to the published image`);
+    const diskA = str(outA, 'disk');
+
+    await step('Laptop A: use the desktop (debugfs -w: replace binaries, edit documents, add and delete files)', () => debugfsSession(diskA, { seed: 42 }),
+      (s) => `${s.replaced.files} binaries replaced, ${s.edited.files} documents edited, ${s.added.files} files added, ${s.deleted.files} deleted`);
+    await step('Laptop A: raw guest writes (qemu-io -f raw write -P 0xab into free blocks)', async () => {
+      if (!findTool('qemu-io')) return 'skipped: qemu-io not installed (apt-get install -y qemu-utils)';
+      const off = await freeExtent(diskA, 64);
+      if (off === undefined) return 'skipped: no 256 KiB run of free blocks';
+      await run('qemu-io', ['-f', 'raw', '-c', `write -P 0xab ${off} 256k`, diskA]);
+      return `wrote 256 KiB of 0xab at offset ${off}`;
+    }, (s) => s);
+    const pagesChanged = await changedPages(golden, diskA);
+
+    const ci = await step('Laptop A: carryon checkin alice-desk', async () => (await carryon(homeA, 'checkin', 'alice-desk')).json,
+      (j) => `version ${j.version}: ${j.blocksChanged} blocks changed, ${mb(num(j, 'bytesSent'))} MB sent`);
+
+    const outB = await step('Laptop B: carryon login, then carryon checkout alice-desk', async () => {
+      await carryon(homeB, 'login', url, '--token', token);
+      return (await carryon(homeB, 'checkout', 'alice-desk', '--to', join(homeB, 'disk.raw'))).json;
+    }, (j) => `${j.disk}: version ${j.version}, ${mb(num(j, 'bytesReceived'))} MB received`);
+    const diskB = str(outB, 'disk');
+
+    await step("Verify: cmp laptop B's disk with laptop A's", () => run('cmp', [diskA, diskB]), () => 'identical, byte for byte');
+
+    const status = await step('carryon-server status', async () => (await carryonServer(data, 'status')).json,
+      (j) => `${mb(num(j, 'storedBytes'))} MB stored for ${mb(num(j, 'logicalBytes'))} MB of logical disk data`);
+
+    printSummary({ image: IMAGE_BYTES, pagesChanged, pub, outA, ci, outB, status });
+
+    await step('Stop the server and clean up', cleanup, (said) => said);
+    console.log('\ndemo finished: laptop B has exactly the disk laptop A checked in.');
+  } catch (e) {
+    await cleanup().catch(() => {});
+    throw e;
+  }
+}
+
+function printSummary(r: { image: number; pagesChanged: number; pub: Json; outA: Json; ci: Json; outB: Json; status: Json }): void {
+  const row = (what: string, bytes: number, note = ''): string[] => [what, mb(bytes), percent(bytes, r.image), note];
+  const blocks = num(r.ci, 'blocksChanged');
+  const blockSize = Number(r.pub.blocks) > 0 ? Math.round(num(r.pub, 'size') / num(r.pub, 'blocks')) : 65536;
+  console.log('\nSummary (MB = 10^6 bytes)');
+  console.log(
+    table(
+      ['what', 'MB', 'of image', 'note'],
+      [
+        row('image size', r.image, 'apparent size of the sparse raw disk'),
+        row('checkout A: bytes received', num(r.outA, 'bytesReceived'), 'cold: empty laptop home'),
+        row('checkin A: bytes sent', num(r.ci, 'bytesSent'), 'compressed changed blocks + manifest'),
+        row('checkout B: bytes received', num(r.outB, 'bytesReceived'), 'cold: other laptop, new version'),
+        row('blocks changed', blocks * blockSize, `${blocks} blocks of ${blockSize / 1024} KiB (carryon's count)`),
+        row('4 KiB pages changed', r.pagesChanged * 4096, `${r.pagesChanged} pages (cmp of old and new disk)`),
+        row('server: stored bytes', num(r.status, 'storedBytes'), `for ${mb(num(r.status, 'logicalBytes'))} MB logical`),
+      ],
+    ),
+  );
+}
+
+main().catch((e: unknown) => {
+  console.error(`\ndemo failed${stepNo ? ` at step ${stepNo}` : ''}: ${e instanceof Error ? e.message : String(e)}`);
+  if (!keep) console.error('(rerun with --keep to inspect the temp folder)');
+  process.exit(1);
+});
