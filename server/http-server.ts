@@ -84,7 +84,9 @@ export class CarryonHttpServer {
     } catch (err) {
       const e = asCarryonError(err);
       status = httpStatusOf(e.code);
-      if (e.code === 'INTERNAL') this.log({ level: 'error', msg: 'internal error', error: String((err as Error)?.stack ?? err) });
+      const gone = (err as NodeJS.ErrnoException)?.code === 'ERR_STREAM_PREMATURE_CLOSE';
+      if (gone) this.log({ level: 'warn', msg: 'client closed the connection mid-response', path: url.pathname });
+      else if (e.code === 'INTERNAL') this.log({ level: 'error', msg: 'internal error', error: String((err as Error)?.stack ?? err) });
       if (!res.headersSent) {
         sendJson(res, status, { error: e.toJSON() });
         // Unread body bytes would be taken as the next request: drain a little, then close.
@@ -138,7 +140,10 @@ export class CarryonHttpServer {
     for (const id of ids) if (!base.ids.has(id)) throw new CarryonError('BLOCK_NOT_FOUND', `block ${id.slice(0, 12)}… is not part of this checkout`, { id });
     const store = this.store;
     async function* entries(): AsyncGenerator<TarEntry> {
-      for (const id of ids) yield { name: id, data: await store.getEncoded(id) };
+      for (const id of ids) {
+        yield { name: id, data: await store.getEncoded(id) };
+        crashPoint('serve-block');
+      }
     }
     res.writeHead(200, { 'content-type': CONTENT_TAR });
     await pipeline(packEntries(entries()), res);
@@ -147,7 +152,8 @@ export class CarryonHttpServer {
 
   private async missing({ req, user, params }: Ctx): Promise<{ missing: string[] }> {
     const ids = parseIdList(await readJson(req), MAX_QUERY_IDS);
-    this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
+    // Any state: a client killed after its commit landed asks again before re-committing.
+    this.meta.checkoutFor(user, params[0]!);
     return { missing: this.meta.missingBlocks(ids) };
   }
 

@@ -17,9 +17,12 @@ export function packEntries(entries: AsyncIterable<TarEntry> | Iterable<TarEntry
   const pack = tar.pack();
   (async () => {
     for await (const e of entries) {
-      await new Promise<void>((resolve, reject) =>
-        pack.entry({ name: e.name, size: e.data.length, mode: 0o644, mtime: new Date(0) }, e.data, (err) => (err ? reject(err) : resolve())),
-      );
+      if (pack.destroyed) return; // the reader went away (a closed connection): stop producing
+      await new Promise<void>((resolve, reject) => {
+        const sink = pack.entry({ name: e.name, size: e.data.length, mode: 0o644, mtime: new Date(0) }, e.data, (err) => (err ? reject(err) : resolve()));
+        // The callback reports a failed entry; without a listener the sink's own 'error' would crash the process.
+        sink.on('error', () => undefined);
+      });
     }
     pack.finalize();
   })().catch((err: Error) => pack.destroy(err));
@@ -43,6 +46,7 @@ export async function unpackEntries(
     destroy(err?: Error): void;
     destroyed: boolean;
     once(ev: string, f: () => void): void;
+    off(ev: string, f: () => void): void;
   } & AsyncIterable<NodeJS.ReadableStream & { header: { name: string; size?: number; type?: string | null } }>;
   let count = 0;
   let ownError: CarryonError | null = null;
@@ -51,7 +55,17 @@ export async function unpackEntries(
       // After a failure the rest of the input is read and dropped, so an HTTP peer still gets its answer.
       for await (const chunk of input as AsyncIterable<Buffer>) {
         if (extract.destroyed) continue;
-        if (!extract.write(chunk)) await new Promise<void>((r) => (extract.once('drain', r), extract.once('close', r)));
+        if (!extract.write(chunk)) {
+          await new Promise<void>((resolve) => {
+            const done = (): void => {
+              extract.off('drain', done);
+              extract.off('close', done);
+              resolve();
+            };
+            extract.once('drain', done);
+            extract.once('close', done);
+          });
+        }
       }
       if (!extract.destroyed) extract.end();
     } catch (err) {

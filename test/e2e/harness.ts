@@ -2,7 +2,7 @@
 // and data folders, and a small ext4 image built from real files with mke2fs -d.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { cpSync, createWriteStream, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -135,7 +135,9 @@ export class TestServer {
   async start(env: Record<string, string> = {}, port = 0): Promise<string> {
     const p = spawn(process.execPath, [SERVER_BIN, 'start', '--data', this.data, '--listen', `127.0.0.1:${port}`], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
-    p.stderr!.on('data', () => undefined);
+    // The service's JSON log, kept for post-mortems of a failing test.
+    const log = createWriteStream(path.join(this.dir, 'server.log'), { flags: 'a' });
+    p.stderr!.pipe(log);
     this.url = await new Promise<string>((resolve, reject) => {
       let out = '';
       p.stdout!.on('data', (c) => {

@@ -1,0 +1,170 @@
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import { pipeline } from 'node:stream/promises';
+import { describe, expect, it } from 'vitest';
+import {
+  blockId,
+  createCompressStream,
+  createDecompressStream,
+  decodeBlock,
+  decodeVerified,
+  encodeBlock,
+  MAX_BLOCK_BYTES,
+} from '../../src/index.js';
+import { expectCode, prng, randomBytes, tempDir, textBytes } from './helpers.js';
+
+const MiB = 1024 * 1024;
+const SIZES = [0, 1, 2, 100, 4095, 4096, 4097, 65535, 65536, 65537, MiB + 3, 4 * MiB];
+const KINDS = {
+  random: (n: number, seed: number) => randomBytes(prng(seed), n),
+  zero: (n: number) => Buffer.alloc(n),
+  text: (n: number, seed: number) => textBytes(prng(seed), n),
+};
+
+/** Decompress with the zstd CLI: proof that the encoding is standard zstd. */
+function zstdCli(frame: Buffer): Buffer {
+  const r = spawnSync('zstd', ['-d', '-c', '-q'], { input: frame, maxBuffer: 64 * MiB });
+  expect(r.status, r.stderr?.toString()).toBe(0);
+  return r.stdout;
+}
+
+describe('encodeBlock / decodeBlock', () => {
+  for (const [kind, make] of Object.entries(KINDS)) {
+    it.each(SIZES)(`round-trips a ${kind} block of %i bytes`, (n) => {
+      const plain = make(n, 200 + n);
+      expect(plain.length).toBe(n);
+      const enc = encodeBlock(plain);
+      const dec = decodeBlock(enc);
+      expect(dec.equals(plain)).toBe(true);
+      expect(decodeVerified(blockId(plain), enc).equals(plain)).toBe(true);
+      if (kind !== 'random' && n >= 4096) expect(enc.length).toBeLessThan(n / 2);
+    });
+  }
+
+  it('round-trips at other compression levels', () => {
+    const plain = textBytes(prng(201), 100_000);
+    for (const level of [-5, 1, 3, 9, 19]) expect(decodeBlock(encodeBlock(plain, level)).equals(plain)).toBe(true);
+  });
+
+  it('accepts a Uint8Array view into a larger buffer', () => {
+    const big = randomBytes(prng(202), 10_000);
+    const view = new Uint8Array(big.buffer, big.byteOffset + 1000, 5000);
+    const enc = encodeBlock(view);
+    expect(decodeBlock(new Uint8Array(enc)).equals(big.subarray(1000, 6000))).toBe(true);
+  });
+
+  it('writes standard zstd frames that the zstd CLI decodes', () => {
+    const rng = prng(203);
+    for (const plain of [Buffer.alloc(0), randomBytes(rng, 70_000), textBytes(rng, 4 * MiB), Buffer.alloc(65536)]) {
+      expect(zstdCli(encodeBlock(plain)).equals(plain)).toBe(true);
+    }
+  });
+
+  it('decodes a frame written by the zstd CLI (with its content size)', async () => {
+    const plain = textBytes(prng(204), 50_000);
+    const { dir, cleanup } = await tempDir();
+    try {
+      const file = path.join(dir, 'plain.bin');
+      writeFileSync(file, plain);
+      const r = spawnSync('zstd', ['-q', '-f', '-o', `${file}.zst`, file]);
+      expect(r.status).toBe(0);
+      expect(decodeBlock(readFileSync(`${file}.zst`)).equals(plain)).toBe(true);
+    } finally {
+      await cleanup();
+    }
+  });
+});
+
+describe('decodeBlock rejects bad input with BLOCK_CORRUPT', () => {
+  const plain = textBytes(prng(210), 20_000);
+  const enc = encodeBlock(plain);
+
+  it('a frame whose content size exceeds maxBytes', async () => {
+    expect(decodeBlock(enc, plain.length).equals(plain)).toBe(true);
+    await expectCode(() => decodeBlock(enc, plain.length - 1), 'BLOCK_CORRUPT');
+    await expectCode(() => decodeBlock(enc, 0), 'BLOCK_CORRUPT');
+  });
+
+  it('a frame over the default limit (MAX_BLOCK_BYTES + 1)', async () => {
+    const big = Buffer.alloc(MAX_BLOCK_BYTES + 1, 7);
+    await expectCode(() => decodeBlock(encodeBlock(big)), 'BLOCK_CORRUPT');
+  });
+
+  it('a frame without a content size (zstd CLI from a pipe)', async () => {
+    const r = spawnSync('zstd', ['-q', '-c'], { input: plain });
+    expect(r.status).toBe(0);
+    expect(zstdCli(r.stdout).equals(plain)).toBe(true); // a valid frame, just no size
+    await expectCode(() => decodeBlock(r.stdout), 'BLOCK_CORRUPT');
+  });
+
+  it('garbage bytes', async () => {
+    const rng = prng(211);
+    for (const junk of [Buffer.alloc(0), Buffer.alloc(1), Buffer.from('not zstd at all'), randomBytes(rng, 4096), plain]) {
+      await expectCode(() => decodeBlock(junk), 'BLOCK_CORRUPT');
+    }
+  });
+
+  it('a truncated frame, cut anywhere', async () => {
+    for (const n of [1, 4, 5, 6, 8, enc.length >> 1, enc.length - 1]) {
+      await expectCode(() => decodeBlock(enc.subarray(0, n)), 'BLOCK_CORRUPT');
+    }
+  });
+
+  it('trailing bytes after the frame, or a second frame that overflows the size', async () => {
+    await expectCode(() => decodeBlock(Buffer.concat([enc, Buffer.from('xx')])), 'BLOCK_CORRUPT');
+    await expectCode(() => decodeBlock(Buffer.concat([enc, enc])), 'BLOCK_CORRUPT');
+  });
+
+  it('a damaged frame never decodes to other plaintext through decodeVerified', async () => {
+    const rng = prng(212);
+    const id = blockId(plain);
+    for (let i = 0; i < 50; i++) {
+      const bad = Buffer.from(enc);
+      const at = 6 + (rng() % (bad.length - 6));
+      bad[at] ^= 1 + (rng() % 255);
+      await expectCode(() => decodeVerified(id, bad), 'BLOCK_CORRUPT');
+    }
+  });
+});
+
+describe('decodeVerified', () => {
+  it('rejects a valid frame of other plaintext with BLOCK_CORRUPT, carrying the id', async () => {
+    const rng = prng(220);
+    const a = randomBytes(rng, 1000);
+    const b = randomBytes(rng, 1000);
+    const err = await expectCode(() => decodeVerified(blockId(a), encodeBlock(b)), 'BLOCK_CORRUPT');
+    expect(err.data.id).toBe(blockId(a));
+    expect(decodeVerified(blockId(b), encodeBlock(b)).equals(b)).toBe(true);
+  });
+
+  it('honours maxBytes', async () => {
+    const a = randomBytes(prng(221), 5000);
+    await expectCode(() => decodeVerified(blockId(a), encodeBlock(a), 4999), 'BLOCK_CORRUPT');
+  });
+});
+
+describe('stream codec', () => {
+  it('round-trips chunked data through createCompressStream and createDecompressStream', async () => {
+    const rng = prng(230);
+    const parts = Array.from({ length: 40 }, (_, i) => (i % 3 ? textBytes(rng, 30_000) : randomBytes(rng, 10_000)));
+    const compressed = await buffer(Readable.from(parts).pipe(createCompressStream()));
+    const whole = Buffer.concat(parts);
+    expect(compressed.length).toBeLessThan(whole.length);
+    expect(zstdCli(compressed).equals(whole)).toBe(true);
+    const chunks: Buffer[] = [];
+    await pipeline(Readable.from([compressed]), createDecompressStream(), async function* (src) {
+      for await (const c of src) chunks.push(c as Buffer);
+    });
+    expect(Buffer.concat(chunks).equals(whole)).toBe(true);
+  });
+
+  it('fails to decompress garbage', async () => {
+    const err = await pipeline(Readable.from([Buffer.from('definitely not zstd data')]), createDecompressStream(), async function* (src) {
+      for await (const _ of src) yield _;
+    }).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(Error);
+  });
+});

@@ -1,0 +1,69 @@
+// Shared helpers for the unit tests: a seeded PRNG, temp dirs, and error assertions.
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { expect } from 'vitest';
+import { CarryonError, type ErrorCode } from '../../src/index.js';
+
+/** mulberry32: a tiny deterministic PRNG yielding uint32 values. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  };
+}
+
+/** A random integer in [0, n). */
+export function randInt(rng: () => number, n: number): number {
+  return n <= 0 ? 0 : rng() % n;
+}
+
+/** n pseudo-random bytes. */
+export function randomBytes(rng: () => number, n: number): Buffer {
+  const out = Buffer.alloc(n);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) out.writeUInt32LE(rng(), i);
+  for (; i < n; i++) out[i] = rng() & 0xff;
+  return out;
+}
+
+/** n bytes of compressible text made from a small word list. */
+export function textBytes(rng: () => number, n: number): Buffer {
+  const words = ['carryon', 'block', 'manifest', 'disk', 'laptop', 'server', 'checkout', 'persona', 'the', 'a', 'of'];
+  const parts: string[] = [];
+  let len = 0;
+  while (len < n) {
+    const w = words[randInt(rng, words.length)]! + (randInt(rng, 8) === 0 ? '\n' : ' ');
+    parts.push(w);
+    len += w.length;
+  }
+  return Buffer.from(parts.join(''), 'utf8').subarray(0, n);
+}
+
+/** A fresh temp dir; remove it with the returned cleanup. */
+export async function tempDir(prefix = 'carryon-test-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
+  return { dir, cleanup: () => fs.rm(dir, { recursive: true, force: true }) };
+}
+
+/** The value `fn` throws or rejects with; fails the test when it succeeds. */
+export async function caught(fn: () => unknown): Promise<unknown> {
+  try {
+    await fn();
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected a failure, but the call succeeded');
+}
+
+/** Assert `fn` fails with a CarryonError of `code`, and return it. */
+export async function expectCode(fn: () => unknown, code: ErrorCode): Promise<CarryonError> {
+  const err = await caught(fn);
+  expect(err).toBeInstanceOf(CarryonError);
+  expect((err as CarryonError).code).toBe(code);
+  return err as CarryonError;
+}
