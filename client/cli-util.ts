@@ -50,6 +50,6 @@ export async function runCommand<T>(opts: CommonOpts, body: (s: Session) => Prom
     process.exitCode = f.exitCode;
   } finally {
     (client as ApiClient | null)?.close();
-    state?.close();
+    await state?.close();
   }
 }

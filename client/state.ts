@@ -1,13 +1,14 @@
 // LocalState: the laptop's own record, in HOME/state.db (SQLite). Owns: the login (server URL, token,
 // device id), and one row per desktop checked out on this laptop with the manifest it materialized
-// and the cheap hash of every block as written. HOME/cache is the block cache shared by all desktops.
+// and the cheap hash of every block as written. HOME/cache is the block cache shared by all desktops
+// (a PackBlockStore: one file per block was the bottleneck of a check-out).
 // The token is a secret: the home folder is created 0700.
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CarryonError, FsBlockStore, type BlockId, type BlockStore } from '../src/index.js';
+import { CarryonError, PackBlockStore, type BlockId } from '../src/index.js';
 
 export type LocalCheckoutState = 'downloading' | 'active' | 'checked-in';
 
@@ -50,7 +51,7 @@ export function homeOf(opt: string | undefined): string {
 export class LocalState {
   readonly home: string;
   readonly db: Database.Database;
-  readonly cache: BlockStore;
+  readonly cache: PackBlockStore;
 
   constructor(home: string) {
     this.home = home;
@@ -67,10 +68,11 @@ export class LocalState {
         this.db.pragma(`user_version = ${i + 1}`);
       })();
     });
-    this.cache = new FsBlockStore(path.join(home, 'cache'), { durability: 'batch' });
+    this.cache = new PackBlockStore(path.join(home, 'cache'));
   }
 
-  close(): void {
+  async close(): Promise<void> {
+    await this.cache.close();
     this.db.close();
   }
 

@@ -25,4 +25,6 @@ export interface BlockStore {
   sync(): Promise<void>;
   /** Size in bytes of the stored (encoded) block, or null when absent. */
   size(id: BlockId): Promise<number | null>;
+  /** Release files and handles (sync first). Optional: stores holding nothing open omit it. */
+  close?(): Promise<void>;
 }

@@ -7,17 +7,20 @@ import { CarryonError } from '../errors/index.js';
 import type { BlockStore } from './block-store.js';
 import { FsBlockStore, type FsBlockStoreOptions } from './fs-block-store.js';
 import { MemoryBlockStore } from './memory-block-store.js';
+import { PackBlockStore } from './pack-block-store.js';
 
 export type { BlockStore } from './block-store.js';
 export { FsBlockStore, type FsBlockStoreOptions } from './fs-block-store.js';
 export { MemoryBlockStore } from './memory-block-store.js';
+export { PackBlockStore } from './pack-block-store.js';
 export { getBlock, putBlock, checkPut } from './verify.js';
 
-/** Open a store by URL scheme: `file:///path` or a bare path, `memory:`. A new backend adds one line. */
+/** Open a store by URL scheme: `file:///path` or a bare path, `pack:///path`, `memory:`. A new backend adds one line. */
 export function openBlockStore(url: string, opts: FsBlockStoreOptions = {}): BlockStore {
   const backends: Record<string, (rest: string) => BlockStore> = {
     'file:': (rest) => new FsBlockStore(rest, opts),
     'memory:': () => new MemoryBlockStore(),
+    'pack:': (rest) => new PackBlockStore(rest),
   };
   const m = /^([a-z][a-z0-9+.-]*:)(?:\/\/)?(.*)$/.exec(url);
   if (!m) return new FsBlockStore(path.resolve(url), opts);

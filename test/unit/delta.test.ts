@@ -7,7 +7,7 @@ const MAX = 4 * 1024 * KiB;
 
 /** Build a patch by hand: nextLength, then (offset, length, bytes) per range. */
 function buildPatch(nextLength: number, ranges: Array<[number, Buffer | number]>, count = ranges.length): Buffer {
-  const parts = [Buffer.alloc(8)];
+  const parts: Buffer[] = [Buffer.alloc(8)];
   parts[0]!.writeUInt32LE(nextLength, 0);
   parts[0]!.writeUInt32LE(count, 4);
   for (const [off, data] of ranges) {

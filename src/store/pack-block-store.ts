@@ -1,0 +1,151 @@
+// PackBlockStore: encoded blocks appended to pack files, found through a SQLite index.
+// Why: the laptop cache takes every block of a check-out; one file per block measured ~6k puts/s here
+// (2.7 s per GiB of 64 KiB blocks before any other work), appends to a pack run at disk speed.
+// Layout: ROOT/packs/<name>.pack (append-only; each process appends only to packs it created, so two
+// carryon commands on one laptop never interleave writes), ROOT/index.db (id -> pack, offset, length).
+// Crash safety: index rows are committed in batches and at sync(), after the pack data is fsynced.
+// A row whose bytes were lost is caught by verification on read (the caller refetches the block).
+import Database from 'better-sqlite3';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, promises as fs } from 'node:fs';
+import path from 'node:path';
+import { isBlockId, type BlockId } from '../hash/index.js';
+import type { BlockStore } from './block-store.js';
+import { checkPut, notFound } from './verify.js';
+
+const PACK_LIMIT = 256 * 1024 * 1024;
+// Index rows are committed every this many puts: bounds what a kill -9 makes a resumed check-out refetch.
+const FLUSH_EVERY = 256;
+
+interface Loc {
+  pack: number;
+  offset: number;
+  length: number;
+}
+
+export class PackBlockStore implements BlockStore {
+  readonly root: string;
+  private readonly db: Database.Database;
+  private readonly pending = new Map<BlockId, Loc>();
+  private readonly readers = new Map<number, Promise<fs.FileHandle>>();
+  private writer: { pack: number; fh: Promise<fs.FileHandle>; size: number } | null = null;
+  private readonly unsynced = new Set<Promise<fs.FileHandle>>();
+  private readonly writes = new Set<Promise<unknown>>();
+
+  constructor(root: string) {
+    this.root = path.resolve(root);
+    mkdirSync(path.join(this.root, 'packs'), { recursive: true });
+    this.db = new Database(path.join(this.root, 'index.db'));
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('busy_timeout = 10000');
+    this.db.exec(`CREATE TABLE IF NOT EXISTS packs (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+      CREATE TABLE IF NOT EXISTS blocks (id BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL) WITHOUT ROWID;`);
+  }
+
+  private lookup(id: BlockId): Loc | null {
+    const p = this.pending.get(id);
+    if (p) return p;
+    const row = this.db.prepare('SELECT pack, offset, length FROM blocks WHERE id = ?').get(Buffer.from(id, 'hex')) as Loc | undefined;
+    return row ?? null;
+  }
+
+  private packPath(pack: number): string {
+    const row = this.db.prepare('SELECT name FROM packs WHERE id = ?').get(pack) as { name: string } | undefined;
+    if (!row) throw notFound(`pack ${pack}`);
+    return path.join(this.root, 'packs', row.name);
+  }
+
+  /** Reserve room in this process's pack (synchronously, so concurrent puts never overlap). */
+  private reserve(length: number): { pack: number; fh: Promise<fs.FileHandle>; offset: number } {
+    if (!this.writer || this.writer.size + length > PACK_LIMIT) {
+      const name = `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}.pack`;
+      const pack = Number(this.db.prepare('INSERT INTO packs (name) VALUES (?)').run(name).lastInsertRowid);
+      const fh = fs.open(path.join(this.root, 'packs', name), 'wx');
+      this.writer = { pack, fh, size: 0 };
+      this.readers.set(pack, fh);
+    }
+    const offset = this.writer.size;
+    this.writer.size += length;
+    this.unsynced.add(this.writer.fh);
+    return { pack: this.writer.pack, fh: this.writer.fh, offset };
+  }
+
+  async put(id: BlockId, encoded: Uint8Array, plain?: Uint8Array): Promise<void> {
+    checkPut(id, encoded, plain);
+    if (this.lookup(id)) return;
+    const { pack, fh, offset } = this.reserve(encoded.length);
+    this.pending.set(id, { pack, offset, length: encoded.length });
+    const w = (async () => {
+      const h = await fh;
+      await h.write(encoded, 0, encoded.length, offset);
+    })();
+    this.writes.add(w);
+    try {
+      await w;
+    } catch (err) {
+      this.pending.delete(id);
+      throw err;
+    } finally {
+      this.writes.delete(w);
+    }
+    if (this.pending.size >= FLUSH_EVERY) await this.sync();
+  }
+
+  async getEncoded(id: BlockId): Promise<Buffer> {
+    if (!isBlockId(id)) throw notFound(String(id));
+    const loc = this.lookup(id);
+    if (!loc) throw notFound(id);
+    let fh = this.readers.get(loc.pack);
+    if (!fh) {
+      fh = fs.open(this.packPath(loc.pack), 'r');
+      this.readers.set(loc.pack, fh);
+    }
+    const buf = Buffer.allocUnsafe(loc.length);
+    const { bytesRead } = await (await fh).read(buf, 0, loc.length, loc.offset);
+    return bytesRead === loc.length ? buf : buf.subarray(0, bytesRead); // short: verification fails
+  }
+
+  async has(id: BlockId): Promise<boolean> {
+    return isBlockId(id) && this.lookup(id) !== null;
+  }
+
+  async size(id: BlockId): Promise<number | null> {
+    return isBlockId(id) ? (this.lookup(id)?.length ?? null) : null;
+  }
+
+  async delete(id: BlockId): Promise<void> {
+    if (!isBlockId(id)) return;
+    this.pending.delete(id);
+    // The bytes stay in their pack until a compaction; only the index forgets them.
+    this.db.prepare('DELETE FROM blocks WHERE id = ?').run(Buffer.from(id, 'hex'));
+  }
+
+  async *list(): AsyncIterable<BlockId> {
+    await this.sync();
+    for (const row of this.db.prepare('SELECT id FROM blocks ORDER BY id').iterate() as Iterable<{ id: Buffer }>) yield row.id.toString('hex');
+  }
+
+  /** fsync the packs written since the last sync, then commit their index rows. */
+  async sync(): Promise<void> {
+    await Promise.all([...this.writes]);
+    const handles = [...this.unsynced];
+    this.unsynced.clear();
+    await Promise.all(handles.map(async (p) => (await p).sync()));
+    const rows = [...this.pending];
+    if (rows.length === 0) return;
+    const ins = this.db.prepare('INSERT OR IGNORE INTO blocks (id, pack, offset, length) VALUES (?, ?, ?, ?)');
+    this.db.transaction(() => {
+      for (const [id, l] of rows) ins.run(Buffer.from(id, 'hex'), l.pack, l.offset, l.length);
+    })();
+    for (const [id] of rows) this.pending.delete(id);
+  }
+
+  async close(): Promise<void> {
+    await this.sync();
+    for (const fh of this.readers.values()) await (await fh).close().catch(() => undefined);
+    this.readers.clear();
+    this.writer = null;
+    this.db.close();
+  }
+}
