@@ -77,7 +77,7 @@ async function main(): Promise<void> {
     }, (q) => (q ? `all present, qemu-io at ${q}` : 'qemu-io missing: raw writes will be skipped'));
 
     const golden = join(work, 'golden.raw');
-    const built = await step(`Build a ${IMAGE_BYTES / 2 ** 20} MiB ext4 image with ~${PAYLOAD_BYTES / 2 ** 20} MiB of real files from /usr`, () =>
+    await step(`Build a ${IMAGE_BYTES / 2 ** 20} MiB ext4 image with ~${PAYLOAD_BYTES / 2 ** 20} MiB of real files from /usr`, () =>
       makeExt4Image({ out: golden, sizeBytes: IMAGE_BYTES, payloadBytes: PAYLOAD_BYTES, seed: 1 }),
     (r) => `${r.files} files, ${mb(r.payloadBytes, 1)} MB of content, ${golden}`);
 

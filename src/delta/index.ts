@@ -11,10 +11,9 @@
 // Bytes of next outside every range equal base at the same offset, or zero past base's end.
 import { CarryonError } from '../errors/index.js';
 
-/** Compare in units of this many bytes: small enough to skip untouched sectors inside a page. */
+/** Compare in units of this many bytes: small enough to skip untouched sectors inside a page, large
+ *  enough that a range header (8 bytes) stays small beside the bytes it carries. */
 const UNIT = 64;
-/** Merge two changed ranges closer than this: a range header (8 bytes) costs more than the gap. */
-const MERGE_GAP = 32;
 
 export function encodeBlockPatch(base: Uint8Array, next: Uint8Array): Buffer {
   const ranges: Array<[number, number]> = [];
@@ -26,11 +25,11 @@ export function encodeBlockPatch(base: Uint8Array, next: Uint8Array): Buffer {
     const same = end <= b.length ? b.compare(n, off, end, off, end) === 0 : false;
     if (!same && runStart < 0) runStart = off;
     if (same && runStart >= 0) {
-      pushRange(ranges, runStart, off);
+      ranges.push([runStart, off - runStart]);
       runStart = -1;
     }
   }
-  if (runStart >= 0) pushRange(ranges, runStart, n.length);
+  if (runStart >= 0) ranges.push([runStart, n.length - runStart]);
   let size = 8;
   for (const [, len] of ranges) size += 8 + len;
   const out = Buffer.allocUnsafe(size);
@@ -44,12 +43,6 @@ export function encodeBlockPatch(base: Uint8Array, next: Uint8Array): Buffer {
     p += 8 + len;
   }
   return out;
-}
-
-function pushRange(ranges: Array<[number, number]>, start: number, end: number): void {
-  const last = ranges[ranges.length - 1];
-  if (last && start - (last[0] + last[1]) <= MERGE_GAP) last[1] = end - last[0];
-  else ranges.push([start, end - start]);
 }
 
 /** Rebuild `next` from `base` and a patch; every field is checked against `maxBytes` and the patch length. */

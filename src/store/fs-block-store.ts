@@ -106,6 +106,7 @@ export class FsBlockStore implements BlockStore {
       return;
     }
     for (const shard of shards) {
+      if (!/^[0-9a-f]{2}$/.test(shard)) continue; // a stray file (.DS_Store) is not a shard
       for (const name of (await fs.readdir(path.join(top, shard))).sort()) {
         if (isBlockId(name) && name.startsWith(shard)) yield name;
       }

@@ -7,8 +7,8 @@ export class MemoryBlockStore implements BlockStore {
   private readonly blocks = new Map<BlockId, Buffer>();
 
   async put(id: BlockId, encoded: Uint8Array, plain?: Uint8Array): Promise<void> {
-    if (this.blocks.has(id)) return;
     checkPut(id, encoded, plain);
+    if (this.blocks.has(id)) return;
     this.blocks.set(id, Buffer.from(encoded));
   }
   async getEncoded(id: BlockId): Promise<Buffer> {

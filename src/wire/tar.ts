@@ -3,6 +3,10 @@
 import { Readable } from 'node:stream';
 import { createRequire } from 'node:module';
 import { CarryonError } from '../errors/index.js';
+import { isAllZero } from '../hash/index.js';
+
+/** A tar archive ends with two 512-byte zero records. */
+const END_BYTES = 1024;
 
 const require = createRequire(import.meta.url);
 const tar = require('tar-stream') as typeof import('tar-stream');
@@ -30,9 +34,9 @@ export function packEntries(entries: AsyncIterable<TarEntry> | Iterable<TarEntry
 }
 
 /**
- * Read a tar stream entry by entry. Only regular files are accepted; an entry over `maxEntryBytes`,
- * a truncated stream or a malformed header fails with TAR_INVALID. Errors thrown by `onEntry` pass
- * through unchanged.
+ * Read a tar stream entry by entry. Only regular files are accepted; a truncated stream (also one
+ * cut between entries) or a malformed header fails with TAR_INVALID, an entry over `maxEntryBytes`
+ * with PAYLOAD_TOO_LARGE. Errors thrown by `onEntry` pass through unchanged.
  */
 export async function unpackEntries(
   input: NodeJS.ReadableStream,
@@ -49,11 +53,14 @@ export async function unpackEntries(
     off(ev: string, f: () => void): void;
   } & AsyncIterable<NodeJS.ReadableStream & { header: { name: string; size?: number; type?: string | null } }>;
   let count = 0;
-  let ownError: CarryonError | null = null;
+  let ownError: unknown = null;
+  // tar-stream accepts a stream cut at an entry boundary; the end-of-archive blocks prove it is whole.
+  let tail = Buffer.alloc(0);
   const feed = (async () => {
     try {
       // After a failure the rest of the input is read and dropped, so an HTTP peer still gets its answer.
       for await (const chunk of input as AsyncIterable<Buffer>) {
+        tail = Buffer.concat([tail, chunk]).subarray(-END_BYTES);
         if (extract.destroyed) continue;
         if (!extract.write(chunk)) {
           await new Promise<void>((resolve) => {
@@ -85,12 +92,18 @@ export async function unpackEntries(
         parts.push(c);
       }
       if (got !== size) throw (ownError = new CarryonError('TAR_INVALID', `tar entry ${JSON.stringify(h.name)} is truncated`));
-      await onEntry({ name: h.name, data: parts.length === 1 ? parts[0]! : Buffer.concat(parts, got) });
+      try {
+        await onEntry({ name: h.name, data: parts.length === 1 ? parts[0]! : Buffer.concat(parts, got) });
+      } catch (err) {
+        throw (ownError = err);
+      }
       count++;
     }
+    await feed;
+    if (tail.length < END_BYTES || !isAllZero(tail)) throw (ownError = new CarryonError('TAR_INVALID', 'tar stream is truncated: it lacks the end-of-archive blocks'));
   } catch (err) {
     extract.destroy();
-    if (err === ownError || err instanceof CarryonError) throw err;
+    if (err === ownError || err instanceof CarryonError) throw err; // ours, or the consumer's: unchanged
     throw new CarryonError('TAR_INVALID', `tar stream is invalid: ${(err as Error).message}`, {}, err);
   } finally {
     await feed;

@@ -1,5 +1,6 @@
 // The BlockStore conformance suite: every backend and wrapper runs it with one call. Each test checks
-// one MUST sentence of src/store/block-store.ts against a fresh store from `setup`.
+// one MUST sentence of src/store/block-store.ts against a fresh store from `setup`. After each test the
+// suite calls the store's optional close(), then the setup's cleanup (which should remove its files).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   blockId,
@@ -76,8 +77,12 @@ export function runBlockStoreConformance(name: string, setup: BlockStoreSetup): 
       ({ store, cleanup } = await setup());
     });
     afterEach(async () => {
-      await cleanup?.();
-      cleanup = undefined;
+      try {
+        await store.close?.(); // stores holding files or handles release them (BlockStore.close)
+      } finally {
+        await cleanup?.();
+        cleanup = undefined;
+      }
     });
 
     it('put then getEncoded returns the bytes as stored, and getBlock decodes them to the plaintext', async () => {
