@@ -4,8 +4,8 @@
 // landed before a crash is recognised by the server and not repeated.
 import { promises as fs } from 'node:fs';
 import {
-  blockId, CarryonError, createCompressStream, decodeCheap, decodeManifest, encodeBlock, encodeBlockPatch, encodeCheap, encodeManifest, getBlock, manifestId,
-  MAX_QUERY_IDS, packEntries, scanImage, uploadEntryName, type BlockId, type DiskManifest, type TarEntry,
+  CarryonError, createCompressStream, decodeCheap, decodeManifest, encodeBlock, encodeBlockPatch, encodeCheap, encodeManifest, getBlock, manifestId,
+  MAX_QUERY_IDS, packEntries, scanImage, uploadEntryName, verifyPlain, type BlockId, type DiskManifest, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -87,15 +87,16 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
           const i = firstIndex.get(id)!;
           const plain = Buffer.allocUnsafe(next.lengthOf(i));
           await fh.read(plain, 0, plain.length, i * next.blockSize);
-          if (blockId(plain) !== id) {
+          if (!isVerified(id, plain)) {
             throw new CarryonError('DISK_CHANGED_SIZE', `block ${i} of ${local.diskPath} changed during the check-in: stop the VM using it and run the check-in again`, { block: i });
           }
           // Keep the new block locally: the next check-in patches against it, a re-check-out reuses it.
           await state.cache.put(id, encodeBlock(plain, 1), plain);
           const baseId = base.blockSize === next.blockSize && i < base.count ? base.idAt(i) : null;
           let entry: TarEntry = { name: uploadEntryName({ kind: 'block', id }), data: plain };
-          if (baseId !== null && (await state.cache.has(baseId))) {
-            const patch = encodeBlockPatch(await getBlock(state.cache, baseId, base.blockSize), plain);
+          const basePlain = baseId === null ? null : await cachedBlock(state, baseId, base.blockSize);
+          if (basePlain !== null && baseId !== null) {
+            const patch = encodeBlockPatch(basePlain, plain);
             if (patch.length < plain.length) {
               entry = { name: uploadEntryName({ kind: 'patch', id, base: baseId }), data: patch };
               asPatch++;
@@ -116,7 +117,6 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
     await fh.close();
   }
   progress.finish();
-  await state.cache.sync();
 
   const encoded = encodeManifest(next);
   crashPoint('checkin-before-commit');
@@ -131,4 +131,23 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
     bytesChanged: scan.bytesChanged, blocksUploaded: missing.length, blocksAsPatch: asPatch, plainBytesUploaded: plainUploaded, bytesSent: api.bytesSent,
     bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted,
   };
+}
+
+/** A block from the laptop cache, or null when it is absent or fails verification (then the block goes whole). */
+async function cachedBlock(state: LocalState, id: BlockId, maxBytes: number): Promise<Buffer | null> {
+  try {
+    return await getBlock(state.cache, id, maxBytes);
+  } catch (err) {
+    if (err instanceof CarryonError && (err.code === 'BLOCK_NOT_FOUND' || err.code === 'BLOCK_CORRUPT')) return null;
+    throw err;
+  }
+}
+
+function isVerified(id: BlockId, plain: Buffer): boolean {
+  try {
+    verifyPlain(id, plain);
+    return true;
+  } catch {
+    return false;
+  }
 }

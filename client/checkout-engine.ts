@@ -2,14 +2,14 @@
 // The disk is assembled in PATH.partial and renamed to PATH only when every block is written, synced
 // and verified, so PATH is never a half-written disk. Re-running after a kill or a dropped connection
 // resumes: verified blocks are already in the cache and are not fetched again.
-import { closeSync, constants as fsc, fsyncSync, ftruncateSync, openSync, promises as fs, writeSync } from 'node:fs';
+import { closeSync, constants as fsc, ftruncateSync, openSync, promises as fs, writeSync } from 'node:fs';
 import path from 'node:path';
 import {
-  CarryonError, CheapHasher, decodeManifest, decodeVerified, encodeCheap, decodeCheap, getBlock, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
+  CarryonError, CheapHasher, decodeManifest, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
-import { crashPoint } from './crash-point.js';
+import { CheckoutPool, type BlockJob } from './checkout-pool.js';
 import { Progress } from './progress.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 
@@ -31,7 +31,6 @@ export interface CheckoutResult {
 
 /** Fetch batches of up to this much plaintext: big enough to amortise a request, small enough to retry. */
 const BATCH_BYTES = 16 * 1024 * 1024;
-const RETRIES = 4;
 
 export async function checkoutDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { to?: string; quiet: boolean }): Promise<CheckoutResult> {
   const t0 = Date.now();
@@ -66,17 +65,14 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
     manifest: encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString() });
 
   await fs.mkdir(path.dirname(disk), { recursive: true });
-  // Synchronous writes: each moves one block into the page cache, cheaper than a thread-pool hop.
   const fd = openSync(partial, fsc.O_RDWR | fsc.O_CREAT, 0o644);
-  let result: Omit<CheckoutResult, 'bytesReceived' | 'seconds'>;
-  let cheap: BigUint64Array;
+  const hasher = new CheapHasher();
+  const cheap = new BigUint64Array(manifest.count);
+  // Which block indices must be written, grouped by id.
+  const where = new Map<BlockId, number[]>();
+  const zeroIdx: number[] = [];
   try {
     ftruncateSync(fd, manifest.size);
-    const hasher = new CheapHasher();
-    cheap = new BigUint64Array(manifest.count);
-    // Which block indices must be written, grouped by id.
-    const where = new Map<BlockId, number[]>();
-    const zeroIdx: number[] = [];
     const samePrior = prior && prior.manifest.blockSize === manifest.blockSize ? prior : null;
     for (let i = 0; i < manifest.count; i++) {
       const id = manifest.idAt(i);
@@ -97,83 +93,42 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
       else where.set(id, [i]);
     }
     for (const i of zeroIdx) writeSync(fd, Buffer.alloc(manifest.lengthOf(i)), 0, manifest.lengthOf(i), i * manifest.blockSize);
-
-    const writeBlock = (id: BlockId, plain: Buffer): void => {
-      const h = hasher.hash(plain);
-      for (const i of where.get(id)!) {
-        if (plain.length !== manifest.lengthOf(i)) throw new CarryonError('BLOCK_CORRUPT', `block ${id.slice(0, 12)}… has the wrong length for block ${i}`);
-        writeSync(fd, plain, 0, plain.length, i * manifest.blockSize);
-        cheap[i] = h;
-      }
-    };
-
-    const toFetch: BlockId[] = [];
-    const cached: BlockId[] = [];
-    for (const id of where.keys()) ((await state.cache.has(id)) ? cached : toFetch).push(id);
-    const plainOf = (id: BlockId): number => manifest.lengthOf(where.get(id)![0]!);
-    const fetchBytes = toFetch.reduce((n, id) => n + plainOf(id), 0);
-    const progress = new Progress(`checkout ${name}`, fetchBytes + cached.reduce((n, id) => n + plainOf(id), 0), opts.quiet);
-
-    // Blocks the cache holds: verified on read (a block torn by a crash is refetched instead).
-    for (const id of cached) {
-      let plain: Buffer;
-      try {
-        plain = await getBlock(state.cache, id, manifest.blockSize);
-      } catch (err) {
-        if (!(err instanceof CarryonError) || err.code !== 'BLOCK_CORRUPT') throw err;
-        await state.cache.delete(id);
-        toFetch.push(id);
-        continue;
-      }
-      writeBlock(id, plain);
-      progress.add(plain.length);
-    }
-
-    let fetched = 0;
-    const fetchBatch = async (batch: BlockId[]): Promise<void> => {
-      const pending = new Set(batch);
-      for (let attempt = 0; pending.size > 0; attempt++) {
-        try {
-          await api.getBlocks(info.checkoutId, [...pending], manifest.blockSize + 1024, async ({ name: id, data }) => {
-            if (!pending.has(id)) throw new CarryonError('TAR_INVALID', `server sent block ${id.slice(0, 12)}… that was not asked for`);
-            const plain = decodeVerified(id, data, manifest.blockSize);
-            await state.cache.put(id, data, plain);
-            writeBlock(id, plain);
-            pending.delete(id);
-            fetched++;
-            progress.add(plain.length);
-            crashPoint('checkout-block');
-          });
-          if (pending.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${pending.size} requested block(s)`);
-        } catch (err) {
-          const retriable = err instanceof CarryonError && (err.code === 'SERVER_UNREACHABLE' || err.code === 'TAR_INVALID');
-          if (!retriable || attempt + 1 >= RETRIES) throw err;
-          await new Promise((r) => setTimeout(r, 250 * 2 ** attempt));
-        }
-      }
-    };
-    // Two requests in flight: the server reads and sends one batch while this side verifies the other.
-    const queue = [...batchesOf(toFetch, plainOf, BATCH_BYTES, MAX_GET_IDS)];
-    let failed = false;
-    await Promise.all([0, 1].map(async () => {
-      while (queue.length > 0 && !failed) {
-        try {
-          await fetchBatch(queue.shift()!);
-        } catch (err) {
-          failed = true;
-          throw err;
-        }
-      }
-    }));
-    progress.finish();
-    fsyncSync(fd);
-    result = { desktop: name, disk, version: info.version, manifestId: info.manifestId, size: manifest.size, blocks: manifest.count,
-      blocksFetched: fetched, blocksFromCache: where.size - fetched, blocksWritten: [...where.values()].reduce((n, l) => n + l.length, 0) + zeroIdx.length,
-      resumed, alreadyCheckedOut: false };
   } finally {
     closeSync(fd);
   }
-  await state.cache.sync();
+
+  const cached: BlockId[] = [];
+  const toFetch: BlockId[] = [];
+  for (const id of where.keys()) ((await state.cache.has(id)) ? cached : toFetch).push(id);
+  const plainOf = (id: BlockId): number => manifest.lengthOf(where.get(id)![0]!);
+  const progress = new Progress(`checkout ${name}`, [...where.keys()].reduce((n, id) => n + plainOf(id), 0), opts.quiet);
+  const refetch: BlockId[] = [];
+  let written = 0;
+  let fetched = 0;
+  const pool = new CheckoutPool({ cacheRoot: state.cache.root, disk: partial, url: login.url, token: login.token, device: login.device, checkoutId: info.checkoutId,
+    maxBlock: manifest.blockSize }, (d) => {
+    if (d.cheap === null) return void refetch.push(d.id);
+    for (const i of where.get(d.id)!) cheap[i] = d.cheap;
+    progress.add(d.plainBytes);
+    written++;
+  });
+  const jobs = (ids: BlockId[]): BlockJob[][] =>
+    [...batchesOf(ids, plainOf, BATCH_BYTES, MAX_GET_IDS)].map((b) => b.map((id) => ({ id, length: plainOf(id), offsets: where.get(id)!.map((i) => i * manifest.blockSize) })));
+  try {
+    await pool.run('cached', jobs(cached));
+    toFetch.push(...refetch); // cached blocks that failed verification
+    const before = written;
+    await pool.run('fetch', jobs(toFetch));
+    fetched = written - before;
+  } finally {
+    await pool.close(); // commits the workers' cache index and fsyncs the disk
+    api.bytesReceived += pool.bytesReceived;
+  }
+  progress.finish();
+  const result = { desktop: name, disk, version: info.version, manifestId: info.manifestId, size: manifest.size, blocks: manifest.count,
+    blocksFetched: fetched, blocksFromCache: written - fetched, blocksWritten: [...where.values()].reduce((n, l) => n + l.length, 0) + zeroIdx.length,
+    resumed, alreadyCheckedOut: false };
+  // The cache is not fsynced: a block lost to a power cut fails verification and is fetched again.
   await fs.rename(partial, disk);
   await syncDir(path.dirname(disk));
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'active', version: info.version, manifestId: info.manifestId,

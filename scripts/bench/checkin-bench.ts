@@ -202,7 +202,8 @@ async function startCarryon(work: string, v0: string): Promise<CarryonRig> {
   }
 }
 
-const fromCli = (j: Json, bytesKey: string, seconds: number, note: string): Measure => ({ ...j, bytes: num(j, bytesKey), seconds, note });
+/** The CLI's own JSON, with the byte count we compare and the process wall time (its own `seconds` kept as cliSeconds). */
+const fromCli = (j: Json, bytesKey: string, seconds: number, note: string): Measure => ({ ...j, cliSeconds: j.seconds, bytes: num(j, bytesKey), seconds, note });
 
 /**
  * Laptop B checks the desktop out cold and in again unchanged (so it keeps v0); laptop A checks it
@@ -386,7 +387,9 @@ async function main(): Promise<number> {
         try {
           r.carryon = await measureCarryon(rig, w, o.seed, v1, dir);
         } catch (e) {
-          const msg = e instanceof Error ? e.message : String(e);
+          let msg = e instanceof Error ? e.message : String(e);
+          const ended = rig.server.exitedWith();
+          if (ended !== undefined) msg += `\n  (carryon-server had exited: ${ended}; its last lines:\n${rig.server.logTail()})`;
           r.carryon = { error: msg };
           failed = true;
           log(`  carryon FAILED: ${msg}`);

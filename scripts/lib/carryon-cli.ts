@@ -96,6 +96,8 @@ export interface RunningServer {
   pid: number;
   /** Last lines the server printed, for error messages. */
   logTail(): string;
+  /** Undefined while running; else how it ended (exit code or signal). */
+  exitedWith(): string | undefined;
   /** SIGTERM, then SIGKILL after 10 s. Resolves with the exit code (or signal name). */
   stop(): Promise<string>;
 }
@@ -112,16 +114,19 @@ export function startServer(data: string, timeoutMs = 30_000): Promise<RunningSe
     lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
     if (lines.length > 200) lines.splice(0, lines.length - 200);
   };
+  let ended: string | undefined;
   const exited = new Promise<string>((resolveExit) => {
     child.on('exit', (code, signal) => {
       running.delete(child);
-      resolveExit(signal ?? String(code));
+      ended = signal ?? String(code);
+      resolveExit(ended);
     });
   });
   const server: RunningServer = {
     url: '',
     pid: child.pid ?? -1,
     logTail: () => lines.slice(-20).join('\n'),
+    exitedWith: () => ended,
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);

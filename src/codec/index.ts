@@ -7,7 +7,7 @@
 import { createRequire } from 'node:module';
 import type { Transform } from 'node:stream';
 import { CarryonError } from '../errors/index.js';
-import { blockId, type BlockId } from '../hash/index.js';
+import { verifyPlain, type BlockId } from '../hash/index.js';
 
 const require = createRequire(import.meta.url);
 const zstd = require('zstd-napi') as typeof import('zstd-napi');
@@ -67,7 +67,7 @@ export function decodeBlock(encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES): Bu
 /** Decode and check the plaintext against its id: the one gate every received or stored block passes. */
 export function decodeVerified(id: BlockId, encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES): Buffer {
   const plain = decodeBlock(encoded, maxBytes);
-  if (blockId(plain) !== id) throw new CarryonError('BLOCK_CORRUPT', `block ${id.slice(0, 12)}… does not match its hash`, { id });
+  verifyPlain(id, plain);
   return plain;
 }
 

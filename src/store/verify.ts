@@ -1,6 +1,6 @@
 // Shared checks and helpers over any BlockStore: the put-side gate and verified reads.
 import { CarryonError } from '../errors/index.js';
-import { blockId, isBlockId, type BlockId } from '../hash/index.js';
+import { blockId, isBlockId, verifyPlain, type BlockId } from '../hash/index.js';
 import { decodeVerified, encodeBlock, MAX_BLOCK_BYTES } from '../codec/index.js';
 import type { BlockStore } from './block-store.js';
 
@@ -8,7 +8,7 @@ import type { BlockStore } from './block-store.js';
 export function checkPut(id: BlockId, encoded: Uint8Array, plain?: Uint8Array): void {
   if (!isBlockId(id)) throw new CarryonError('BAD_REQUEST', 'block id must be 64 lowercase hex characters');
   if (plain) {
-    if (blockId(plain) !== id) throw new CarryonError('BLOCK_CORRUPT', `block ${id.slice(0, 12)}… does not match its hash`, { id });
+    verifyPlain(id, plain);
   } else {
     decodeVerified(id, encoded);
   }

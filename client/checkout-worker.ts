@@ -1,0 +1,143 @@
+// A check-out worker thread: downloads a batch of blocks itself (its own HTTP connection), verifies
+// each, stores it in the laptop cache and writes it into the disk being assembled; or takes blocks
+// from the cache. Each worker owns a PackBlockStore instance (its own pack files, like a separate
+// process). Doing the whole pipeline here keeps block bytes off the main thread: handing each block
+// across threads cost more than decoding it (measured: postMessage 0.6 s of a 1 GiB check-out).
+import { closeSync, fdatasync, fsyncSync, openSync, writeSync } from 'node:fs';
+import { parentPort, workerData } from 'node:worker_threads';
+import { CarryonError, CheapHasher, decodeVerified, getBlock, PackBlockStore, type BlockId } from '../src/index.js';
+import { ApiClient } from './api-client.js';
+import { crashPoint } from './crash-point.js';
+
+export interface BlockJob {
+  id: BlockId;
+  length: number;
+  offsets: number[];
+}
+
+export type WorkerRequest = { kind: 'fetch' | 'cached'; seq: number; jobs: BlockJob[] } | { kind: 'close' };
+
+export interface BlockDone {
+  id: BlockId;
+  /** Cheap hash of the plaintext; null when a cached block failed verification and must be fetched. */
+  cheap: bigint | null;
+  plainBytes: number;
+}
+
+export type WorkerReply =
+  | { kind: 'progress'; seq: number; done: BlockDone[] }
+  | { kind: 'finished'; seq: number; bytesReceived: number }
+  | { kind: 'error'; seq: number; code: string; message: string }
+  | { kind: 'closed' };
+
+export interface WorkerInit {
+  cacheRoot: string;
+  disk: string;
+  url: string;
+  token: string;
+  device: string;
+  checkoutId: string;
+  maxBlock: number;
+}
+
+const RETRIES = 4;
+const init = workerData as WorkerInit;
+const cache = new PackBlockStore(init.cacheRoot);
+const fd = openSync(init.disk, 'r+');
+const hasher = new CheapHasher();
+const post = (m: WorkerReply): void => parentPort!.postMessage(m);
+
+/** Start writing back what is written so far, so the final fsync waits for little. */
+const WRITEBACK_EVERY = 64 * 1024 * 1024;
+let unflushed = 0;
+const writebacks: Array<Promise<void>> = [];
+
+/** Write a verified block everywhere it goes; report it in small groups. */
+function writer(seq: number) {
+  let done: BlockDone[] = [];
+  return {
+    write(job: BlockJob, plain: Buffer): void {
+      if (plain.length !== job.length) throw new CarryonError('BLOCK_CORRUPT', `block ${job.id.slice(0, 12)}… has ${plain.length} bytes, expected ${job.length}`);
+      for (const off of job.offsets) writeSync(fd, plain, 0, plain.length, off);
+      unflushed += plain.length * job.offsets.length;
+      if (unflushed >= WRITEBACK_EVERY) {
+        unflushed = 0;
+        writebacks.push(new Promise((resolve) => fdatasync(fd, () => resolve()))); // in the thread pool
+      }
+      done.push({ id: job.id, cheap: hasher.hash(plain), plainBytes: plain.length });
+      if (done.length >= 32) this.flush();
+    },
+    skip(job: BlockJob): void {
+      done.push({ id: job.id, cheap: null, plainBytes: 0 });
+    },
+    flush(): void {
+      if (done.length) post({ kind: 'progress', seq, done });
+      done = [];
+    },
+  };
+}
+
+async function fromCache(seq: number, jobs: BlockJob[]): Promise<void> {
+  const w = writer(seq);
+  for (const job of jobs) {
+    let plain: Buffer;
+    try {
+      plain = await getBlock(cache, job.id, job.length);
+    } catch (err) {
+      // Lost or torn by a crash: the main thread has it fetched instead.
+      if (!(err instanceof CarryonError) || (err.code !== 'BLOCK_CORRUPT' && err.code !== 'BLOCK_NOT_FOUND')) throw err;
+      await cache.delete(job.id);
+      w.skip(job);
+      continue;
+    }
+    w.write(job, plain);
+  }
+  w.flush();
+}
+
+async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<void> {
+  const byId = new Map(jobs.map((j) => [j.id, j]));
+  const w = writer(seq);
+  for (let attempt = 0; byId.size > 0; attempt++) {
+    try {
+      await api.getBlocks(init.checkoutId, [...byId.keys()], init.maxBlock + 1024, async ({ name: id, data }) => {
+        const job = byId.get(id);
+        if (!job) throw new CarryonError('TAR_INVALID', `server sent block ${id.slice(0, 12)}… that was not asked for`);
+        const plain = decodeVerified(id, data, job.length);
+        await cache.put(id, data, plain);
+        w.write(job, plain);
+        byId.delete(id);
+        crashPoint('checkout-block');
+      });
+      if (byId.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${byId.size} requested block(s)`);
+    } catch (err) {
+      w.flush();
+      const retriable = err instanceof CarryonError && (err.code === 'SERVER_UNREACHABLE' || err.code === 'TAR_INVALID');
+      if (!retriable || attempt + 1 >= RETRIES) throw err;
+      await new Promise((r) => setTimeout(r, 250 * 2 ** attempt));
+    }
+  }
+  w.flush();
+}
+
+const api = new ApiClient({ url: init.url, token: init.token, device: init.device });
+parentPort!.on('message', (msg: WorkerRequest) => {
+  if (msg.kind === 'close') {
+    api.close();
+    void cache.close().then(async () => {
+      await Promise.all(writebacks);
+      fsyncSync(fd);
+      closeSync(fd);
+      post({ kind: 'closed' });
+    });
+    return;
+  }
+  const before = api.bytesReceived;
+  (msg.kind === 'fetch' ? fetch(api, msg.seq, msg.jobs) : fromCache(msg.seq, msg.jobs)).then(
+    () => post({ kind: 'finished', seq: msg.seq, bytesReceived: api.bytesReceived - before }),
+    (err: unknown) => {
+      const e = err instanceof CarryonError ? err : new CarryonError('INTERNAL', String((err as Error)?.message ?? err));
+      post({ kind: 'error', seq: msg.seq, code: e.code, message: e.message });
+    },
+  );
+});
