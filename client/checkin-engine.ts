@@ -109,7 +109,7 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
         }
       }
       const tar = packEntries(entries());
-      const body = createCompressStream(3);
+      const body = createCompressStream(3, 2);
       tar.on('error', (err) => body.destroy(err));
       await api.upload(local.checkoutId, tar.pipe(body));
     }

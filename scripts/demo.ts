@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeExt4Image } from './fixtures/ext4-image.js';
 import { changedPages, debugfsSession } from './fixtures/workloads.js';
-import { carryon, carryonMissing, carryonServer, num, str, startServer, type Json, type RunningServer } from './lib/carryon-cli.js';
+import { carryon, carryonMissing, carryonServer, num, serverGone, str, startServer, type Json, type RunningServer } from './lib/carryon-cli.js';
 import { mb, percent, table } from './lib/format.js';
 import { aptInstall, findTool, run } from './lib/proc.js';
 
@@ -133,6 +133,8 @@ async function main(): Promise<void> {
     await step('Stop the server and clean up', cleanup, (said) => said);
     console.log('\ndemo finished: laptop B has exactly the disk laptop A checked in.');
   } catch (e) {
+    const gone = server && serverGone(server);
+    if (gone) console.error(`\n${gone}`);
     await cleanup().catch(() => {});
     throw e;
   }

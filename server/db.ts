@@ -61,6 +61,7 @@ export function openDataDir(root: string | undefined): DataDir {
   }
   const db = openDb(dbPath(abs));
   migrate(db);
-  const store = new FsBlockStore(path.join(abs, 'store'), { durability: 'fsync' });
+  // Batch durability: BlockIngest syncs the store before it indexes what it wrote.
+  const store = new FsBlockStore(path.join(abs, 'store'), { durability: 'batch' });
   return { root: abs, db, store, close: () => db.close() };
 }

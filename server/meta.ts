@@ -89,8 +89,13 @@ export class SqliteMeta {
     return this.hasBlockStmt.get(id) !== undefined;
   }
 
-  addBlock(id: BlockId, plainSize: number, storedSize: number): void {
-    this.db.prepare('INSERT OR IGNORE INTO blocks (id, plain_size, stored_size, created_at) VALUES (?, ?, ?, ?)').run(id, plainSize, storedSize, now());
+  /** Index blocks already durable in the store, in one transaction. */
+  addBlocks(rows: Array<[BlockId, number, number]>): void {
+    const ins = this.db.prepare('INSERT OR IGNORE INTO blocks (id, plain_size, stored_size, created_at) VALUES (?, ?, ?, ?)');
+    const t = now();
+    this.db.transaction(() => {
+      for (const [id, plainSize, storedSize] of rows) ins.run(id, plainSize, storedSize, t);
+    })();
   }
 
   /** Ids (of those given) the block index lacks. */

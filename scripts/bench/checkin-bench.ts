@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { makeExt4Image } from '../fixtures/ext4-image.js';
 import { compareImages, debugfsSession, listImage, rewriteScattered } from '../fixtures/workloads.js';
-import { carryon, carryonMissing, carryonServer, num, str, startServer, type Json, type RunningServer } from '../lib/carryon-cli.js';
+import { carryon, carryonMissing, carryonServer, num, serverGone, str, startServer, type Json, type RunningServer } from '../lib/carryon-cli.js';
 import { mb, mib, parseSize, ratio, secs, table } from '../lib/format.js';
 import { copySparse, requireTool, run } from '../lib/proc.js';
 
@@ -388,8 +388,8 @@ async function main(): Promise<number> {
           r.carryon = await measureCarryon(rig, w, o.seed, v1, dir);
         } catch (e) {
           let msg = e instanceof Error ? e.message : String(e);
-          const ended = rig.server.exitedWith();
-          if (ended !== undefined) msg += `\n  (carryon-server had exited: ${ended}; its last lines:\n${rig.server.logTail()})`;
+          const gone = serverGone(rig.server);
+          if (gone) msg += `\n  ${gone}`;
           r.carryon = { error: msg };
           failed = true;
           log(`  carryon FAILED: ${msg}`);

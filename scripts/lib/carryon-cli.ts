@@ -102,6 +102,14 @@ export interface RunningServer {
   stop(): Promise<string>;
 }
 
+/** Why a server we still needed is gone, with its last lines; undefined while it runs. */
+export function serverGone(server: RunningServer): string | undefined {
+  const how = server.exitedWith();
+  if (how === undefined) return undefined;
+  const hint = how === '0' || how === 'SIGTERM' || how === 'SIGINT' ? ' (it ends so only when signalled: did another process stop it, e.g. `pkill -f carryon-server`?)' : '';
+  return `carryon-server exited (${how}) while still needed${hint}; its last lines:\n${server.logTail()}`;
+}
+
 /** `carryon-server start --listen 127.0.0.1:0`; resolves once its first line gives the URL. */
 export function startServer(data: string, timeoutMs = 30_000): Promise<RunningServer> {
   const child = spawn(process.execPath, [SERVER_BIN, 'start', '--listen', '127.0.0.1:0'], {
