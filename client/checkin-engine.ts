@@ -109,7 +109,9 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
         }
       }
       const tar = packEntries(entries());
-      const body = createCompressStream(3, 2);
+      // Single-threaded on purpose: libzstd worker threads hold whole multi-MiB jobs back, so a dropped
+      // connection would lose blocks the server could otherwise have kept.
+      const body = createCompressStream(3);
       tar.on('error', (err) => body.destroy(err));
       await api.upload(local.checkoutId, tar.pipe(body));
     }

@@ -71,13 +71,9 @@ export function decodeVerified(id: BlockId, encoded: Uint8Array, maxBytes = MAX_
   return plain;
 }
 
-/**
- * A zstd compressing transform for streamed request bodies (one frame for the whole stream).
- * `workers` > 0 lets libzstd compress on its own threads, off the JavaScript thread (a check-in of
- * 137 MB of changed blocks spent 0.8 s of its main thread here compressing inline).
- */
-export function createCompressStream(level = 3, workers = 0): Transform {
-  return new zstd.CompressStream({ compressionLevel: level, ...(workers > 0 ? { nbWorkers: workers } : {}) });
+/** A zstd compressing transform for streamed request bodies (one frame for the whole stream). */
+export function createCompressStream(level = 3): Transform {
+  return new zstd.CompressStream({ compressionLevel: level });
 }
 
 /** A zstd decompressing transform; windowLogMax bounds the decoder's memory against hostile input. */
