@@ -88,7 +88,7 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
           const plain = Buffer.allocUnsafe(next.lengthOf(i));
           await fh.read(plain, 0, plain.length, i * next.blockSize);
           if (!isVerified(id, plain)) {
-            throw new CarryonError('DISK_CHANGED_SIZE', `block ${i} of ${local.diskPath} changed during the check-in: stop the VM using it and run the check-in again`, { block: i });
+            throw new CarryonError('DISK_CHANGED', `block ${i} of ${local.diskPath} changed during the check-in: stop the VM using it and run the check-in again`, { block: i });
           }
           // Keep the new block locally: the next check-in patches against it, a re-check-out reuses it.
           await state.cache.put(id, encodeBlock(plain, 1), plain);

@@ -52,7 +52,7 @@ export async function scanImage(file: string, opts: ScanOptions): Promise<ScanRe
     while (pending) {
       const { bytesRead } = await pending;
       const expect = Math.min(chunk, size - pos);
-      if (bytesRead !== expect) throw new CarryonError('DISK_CHANGED_SIZE', `disk image ${file} shrank while it was read`, { file });
+      if (bytesRead !== expect) throw new CarryonError('DISK_CHANGED', `disk image ${file} shrank while it was read`, { file });
       const here = pos;
       pos += bytesRead;
       const buf = bufs[k]!;
@@ -83,7 +83,7 @@ export async function scanImage(file: string, opts: ScanOptions): Promise<ScanRe
       k ^= 1;
     }
     const after = (await fh.stat()).size;
-    if (after !== size) throw new CarryonError('DISK_CHANGED_SIZE', `disk image ${file} changed size while it was read`, { file, before: size, after });
+    if (after !== size) throw new CarryonError('DISK_CHANGED', `disk image ${file} changed size while it was read`, { file, before: size, after });
     return { manifest, cheap, changed, bytesRead: pos };
   } finally {
     await fh.close();

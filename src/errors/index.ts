@@ -32,7 +32,7 @@ export const ERROR_CODES = {
   // integrity
   BLOCK_CORRUPT: { http: 422, exit: 6, what: 'block bytes do not match their hash' },
   MANIFEST_INVALID: { http: 422, exit: 6, what: 'a manifest is malformed or inconsistent' },
-  DISK_CHANGED_SIZE: { http: 422, exit: 6, what: 'the disk image changed size during a check-in scan' },
+  DISK_CHANGED: { http: 422, exit: 6, what: 'the disk image changed while carryon read it (is its VM still running?)' },
   // environment
   SERVER_UNREACHABLE: { http: 502, exit: 7, what: 'the server could not be reached' },
   IO_ERROR: { http: 500, exit: 9, what: 'a local file operation failed' },

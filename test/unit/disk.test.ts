@@ -241,7 +241,7 @@ describe('scanImage with a previous scan', () => {
     expect(seen).toEqual([2]);
   });
 
-  it('fails with DISK_CHANGED_SIZE when the image shrinks during the scan', async () => {
+  it('fails with DISK_CHANGED when the image shrinks during the scan', async () => {
     await makeImage();
     let truncated = false;
     const err = await caught(() =>
@@ -256,7 +256,7 @@ describe('scanImage with a previous scan', () => {
       }),
     );
     expect(err).toBeInstanceOf(CarryonError);
-    expect((err as CarryonError).code).toBe('DISK_CHANGED_SIZE');
+    expect((err as CarryonError).code).toBe('DISK_CHANGED');
   });
 
   it('stops with the abort reason when the signal is aborted', async () => {
