@@ -10,6 +10,7 @@ import {
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
 import { crashPoint } from './crash-point.js';
+import { maxRss } from './checkout-engine.js';
 import { Progress } from './progress.js';
 import type { LocalState, Login } from './state.js';
 
@@ -28,6 +29,7 @@ export interface CheckinResult {
   scanSeconds: number;
   seconds: number;
   alreadyCommitted: boolean;
+  maxRssBytes: number;
 }
 
 /** Upload requests carry up to this much plaintext: a dropped connection costs at most one. */
@@ -131,7 +133,7 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
   return {
     desktop: name, version: commit.version, previousVersion: commit.previousVersion, manifestId: commit.manifestId, blocksChanged: scan.changed.length,
     bytesChanged: scan.bytesChanged, blocksUploaded: missing.length, blocksAsPatch: asPatch, plainBytesUploaded: plainUploaded, bytesSent: api.bytesSent,
-    bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted,
+    bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted, maxRssBytes: maxRss(),
   };
 }
 

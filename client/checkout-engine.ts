@@ -27,6 +27,8 @@ export interface CheckoutResult {
   resumed: boolean;
   alreadyCheckedOut: boolean;
   seconds: number;
+  /** Peak resident memory of this process: stays bounded whatever the image size. */
+  maxRssBytes: number;
 }
 
 /** Fetch batches of up to this much plaintext: big enough to amortise a request, small enough to retry. */
@@ -37,7 +39,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   const local = state.checkout(name);
   if (local?.state === 'active') {
     return { desktop: name, disk: local.diskPath, version: local.version, manifestId: local.manifestId, size: decodeManifest(local.manifest).size, blocks: 0, blocksFetched: 0,
-      blocksFromCache: 0, blocksWritten: 0, bytesReceived: 0, resumed: false, alreadyCheckedOut: true, seconds: 0 };
+      blocksFromCache: 0, blocksWritten: 0, bytesReceived: 0, resumed: false, alreadyCheckedOut: true, seconds: 0, maxRssBytes: maxRss() };
   }
   const disk = path.resolve(opts.to ?? local?.diskPath ?? path.join(state.home, 'desktops', name, 'disk.raw'));
   const partial = `${disk}.partial`;
@@ -133,7 +135,11 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   await syncDir(path.dirname(disk));
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'active', version: info.version, manifestId: info.manifestId,
     manifest: encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: local?.state === 'downloading' ? local.startedAt : new Date().toISOString() });
-  return { ...result, bytesReceived: api.bytesReceived, seconds: (Date.now() - t0) / 1000 };
+  return { ...result, bytesReceived: api.bytesReceived, seconds: (Date.now() - t0) / 1000, maxRssBytes: maxRss() };
+}
+
+export function maxRss(): number {
+  return process.resourceUsage().maxRSS * 1024;
 }
 
 export async function exists(p: string): Promise<boolean> {

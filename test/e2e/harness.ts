@@ -2,7 +2,7 @@
 // and data folders, and a small ext4 image built from real files with mke2fs -d.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, createWriteStream, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, cpSync, createWriteStream, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -96,7 +96,15 @@ export function makeExt4Image(out: string, sizeMiB: number, payloadMiB: number):
 }
 
 export function sha256File(p: string): string {
-  return createHash('sha256').update(readFileSync(p)).digest('hex');
+  const h = createHash('sha256');
+  const fd = openSync(p, 'r');
+  const buf = Buffer.allocUnsafe(8 << 20);
+  try {
+    for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0; ) h.update(buf.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+  return h.digest('hex');
 }
 
 export function qemuWrite(image: string, ops: Array<[pattern: number, offset: number, length: number]>): void {
@@ -164,6 +172,10 @@ export class TestServer {
     const done = new Promise((r) => p.once('exit', r));
     p.kill('SIGTERM');
     await done;
+  }
+
+  pid(): number {
+    return this.proc!.pid!;
   }
 
   port(): number {
