@@ -47,7 +47,10 @@ export interface ScanSummary {
 export async function scanChanges(state: LocalState, name: string, quiet: boolean): Promise<ScanSummary> {
   const local = state.checkout(name);
   if (!local || local.state !== 'active' || !local.cheap) {
-    throw new CarryonError('NOT_CHECKED_OUT', `${name} is not checked out on this laptop (${local ? local.state : 'no record'})`, { desktop: name });
+    const why = !local ? 'it is not checked out on this laptop'
+      : local.state === 'downloading' ? `its check-out is incomplete: run \`carryon checkout ${name}\` to finish it`
+      : `it was checked in already (version ${local.version}); check it out again to use it`;
+    throw new CarryonError('NOT_CHECKED_OUT', `${name}: ${why}`, { desktop: name, state: local?.state ?? null });
   }
   const base = decodeManifest(local.manifest);
   const t0 = Date.now();

@@ -1,23 +1,8 @@
 // Progress: one line on a terminal with bytes, rate and ETA; silent when stderr is not a TTY or the
 // command prints --json (scripts read the final JSON object instead).
-const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-export function fmtBytes(n: number): string {
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < UNITS.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v.toFixed(i === 0 ? 0 : 1)} ${UNITS[i]}`;
-}
+import { fmtBytes, fmtDuration } from '../src/index.js';
 
-function fmtDuration(s: number): string {
-  if (!Number.isFinite(s) || s < 0) return '--:--';
-  const m = Math.floor(s / 60);
-  const h = Math.floor(m / 60);
-  const ss = String(Math.floor(s % 60)).padStart(2, '0');
-  return h > 0 ? `${h}:${String(m % 60).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
-}
+export { fmtBytes };
 
 export class Progress {
   private done = 0;

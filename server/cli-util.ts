@@ -1,5 +1,5 @@
 // Server CLI glue: the data folder option, human vs --json output, and failures as exit codes.
-import { describeFailure } from '../src/index.js';
+import { describeFailure, fmtBytes } from '../src/index.js';
 import { openDataDir, type DataDir } from './db.js';
 import { SqliteMeta } from './meta.js';
 
@@ -36,13 +36,4 @@ export async function run<T>(opts: GlobalOpts, body: () => Promise<T>, human: (r
   }
 }
 
-export function fmtBytes(n: number): string {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < u.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
-}
+export { fmtBytes };

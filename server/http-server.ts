@@ -90,7 +90,7 @@ export class CarryonHttpServer {
       if (!res.headersSent) {
         sendJson(res, status, { error: e.toJSON() });
         // Unread body bytes would be taken as the next request: drain a little, then close.
-        if (!req.complete) res.once('finish', () => req.socket.destroySoon?.() ?? req.socket.end());
+        if (!req.complete) res.once('finish', () => req.socket.destroySoon());
       } else {
         res.destroy(e); // mid-stream: the client sees a truncated body and retries
       }

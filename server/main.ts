@@ -12,8 +12,7 @@ const program = new Command('carryon-server')
   .description('carryon server: stores desktops and images, serves check-outs and check-ins')
   .option('--data <dir>', 'data folder (default: $CARRYON_DATA)')
   .option('--json', 'print one JSON object as the result')
-  .showHelpAfterError()
-  .enablePositionalOptions(false);
+  .showHelpAfterError();
 
 registerInit(program);
 registerStart(program);

@@ -7,16 +7,22 @@ import { createCipheriv, createHash } from 'node:crypto';
 
 export type Rng = () => number;
 
-/** mulberry32: a tiny 32-bit PRNG, good enough for picking offsets; returns floats in [0, 1). */
-export function mulberry32(seed: number): Rng {
+/** mulberry32: a tiny 32-bit PRNG yielding uint32 values (tests use it for deterministic bytes). */
+export function mulberry32u32(seed: number): Rng {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
     let t = a;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return (t ^ (t >>> 14)) >>> 0;
   };
+}
+
+/** mulberry32 as floats in [0, 1), good enough for picking offsets. */
+export function mulberry32(seed: number): Rng {
+  const next = mulberry32u32(seed);
+  return () => next() / 4294967296;
 }
 
 /** Integer in [lo, hi] inclusive. */

@@ -1,6 +1,7 @@
 // The BlockStore conformance suite: every backend and wrapper runs it with one call. Each test checks
 // one MUST sentence of src/store/block-store.ts against a fresh store from `setup`. After each test the
 // suite calls the store's optional close(), then the setup's cleanup (which should remove its files).
+import { mulberry32u32 } from '../../scripts/lib/prng.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   blockId,
@@ -15,17 +16,8 @@ import {
 
 export type BlockStoreSetup = () => Promise<{ store: BlockStore; cleanup?: () => Promise<void> }>;
 
-/** mulberry32: deterministic bytes for test blocks (no Math.random). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
+/** Deterministic bytes for test blocks (no Math.random). */
+const prng = mulberry32u32;
 
 function bytes(rng: () => number, n: number): Buffer {
   const out = Buffer.alloc(n);

@@ -3,19 +3,11 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'vitest';
+import { mulberry32u32 } from '../../scripts/lib/prng.js';
 import { CarryonError, type ErrorCode } from '../../src/index.js';
 
-/** mulberry32: a tiny deterministic PRNG yielding uint32 values. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
+/** mulberry32: a tiny deterministic PRNG yielding uint32 values (shared with the fixtures). */
+export const prng = mulberry32u32;
 
 /** A random integer in [0, n). */
 export function randInt(rng: () => number, n: number): number {
