@@ -45,6 +45,7 @@ const init = workerData as WorkerInit;
 const cache = new PackBlockStore(init.cacheRoot);
 const fd = openSync(init.disk, 'r+');
 const hasher = new CheapHasher();
+const scratch = Buffer.allocUnsafe(init.maxBlock);
 const post = (m: WorkerReply): void => parentPort!.postMessage(m);
 
 /** Start writing back what is written so far, so the final fsync waits for little. */
@@ -103,7 +104,7 @@ async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<voi
       await api.getBlocks(init.checkoutId, [...byId.keys()], init.maxBlock + 1024, async ({ name: id, data }) => {
         const job = byId.get(id);
         if (!job) throw new CarryonError('TAR_INVALID', `server sent block ${id.slice(0, 12)}… that was not asked for`);
-        const plain = decodeVerified(id, data, job.length);
+        const plain = decodeVerified(id, data, job.length, scratch); // consumed before the next block
         await cache.put(id, data, plain);
         w.write(job, plain);
         byId.delete(id);

@@ -43,7 +43,7 @@ export function encodeBlock(plain: Uint8Array, level = DEFAULT_BLOCK_LEVEL): Buf
  * Decode an encoded block into its plaintext. `maxBytes` bounds the output: a frame that claims or
  * produces more fails with BLOCK_CORRUPT instead of allocating.
  */
-export function decodeBlock(encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES): Buffer {
+export function decodeBlock(encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES, scratch?: Buffer): Buffer {
   let size: number | null;
   try {
     size = binding.getFrameContentSize(encoded);
@@ -53,7 +53,9 @@ export function decodeBlock(encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES): Bu
   if (size === null || size > maxBytes) {
     throw new CarryonError('BLOCK_CORRUPT', 'encoded block has no or an oversized content size', { size, maxBytes });
   }
-  const out = Buffer.allocUnsafe(size);
+  // A caller that consumes each block before decoding the next passes a scratch buffer: no allocation
+  // (and no garbage) per block.
+  const out = scratch && scratch.length >= size ? scratch.subarray(0, size) : Buffer.allocUnsafe(size);
   let n: number;
   try {
     n = dctx.decompress(out, encoded);
@@ -65,8 +67,8 @@ export function decodeBlock(encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES): Bu
 }
 
 /** Decode and check the plaintext against its id: the one gate every received or stored block passes. */
-export function decodeVerified(id: BlockId, encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES): Buffer {
-  const plain = decodeBlock(encoded, maxBytes);
+export function decodeVerified(id: BlockId, encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES, scratch?: Buffer): Buffer {
+  const plain = decodeBlock(encoded, maxBytes, scratch);
   verifyPlain(id, plain);
   return plain;
 }
