@@ -65,6 +65,7 @@ export async function scanChanges(state: LocalState, name: string, quiet: boolea
 
 export async function checkinDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { quiet: boolean }): Promise<CheckinResult> {
   const t0 = Date.now();
+  const before = await diskStamp(state, name);
   const scan = await scanChanges(state, name, opts.quiet);
   const local = state.checkout(name)!;
   const base = decodeManifest(local.manifest);
@@ -125,6 +126,10 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
   }
   progress.finish();
 
+  // A write after the scan would be missing from the new version while the laptop copy keeps it.
+  if ((await diskStamp(state, name)) !== before) {
+    throw new CarryonError('DISK_CHANGED', `${local.diskPath} was written during the check-in: shut down the VM using it, then run the check-in again`, { disk: local.diskPath });
+  }
   const encoded = encodeManifest(next);
   crashPoint('checkin-before-commit');
   const commit = await api.commit(local.checkoutId, encoded);
@@ -157,4 +162,12 @@ function isVerified(id: BlockId, plain: Buffer): boolean {
   } catch {
     return false;
   }
+}
+
+/** Size and modification time of the checked-out disk, to notice writes during a check-in. */
+async function diskStamp(state: LocalState, name: string): Promise<string> {
+  const local = state.checkout(name);
+  if (local?.state !== 'active') return ''; // scanChanges reports why
+  const st = await fs.stat(local.diskPath, { bigint: true });
+  return `${st.size}:${st.mtimeNs}`;
 }

@@ -70,6 +70,12 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   const fd = openSync(partial, fsc.O_RDWR | fsc.O_CREAT, 0o644);
   const hasher = new CheapHasher();
   const cheap = new BigUint64Array(manifest.count);
+  const zeroHashes = new Map<number, bigint>();
+  const zeroHash = (len: number): bigint => {
+    let h = zeroHashes.get(len);
+    if (h === undefined) zeroHashes.set(len, (h = hasher.hash(Buffer.alloc(len))));
+    return h;
+  };
   // Which block indices must be written, grouped by id.
   const where = new Map<BlockId, number[]>();
   const zeroIdx: number[] = [];
@@ -87,14 +93,15 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
       if (id === null) {
         // A hole: a fresh file reads zeros already; an old copy needs them written.
         if (samePrior && i < samePrior.manifest.count && !samePrior.manifest.isHole(i)) zeroIdx.push(i);
-        cheap[i] = hasher.hash(Buffer.alloc(manifest.lengthOf(i)));
+        cheap[i] = zeroHash(manifest.lengthOf(i));
         continue;
       }
       const list = where.get(id);
       if (list) list.push(i);
       else where.set(id, [i]);
     }
-    for (const i of zeroIdx) writeSync(fd, Buffer.alloc(manifest.lengthOf(i)), 0, manifest.lengthOf(i), i * manifest.blockSize);
+    const zeros = Buffer.alloc(manifest.blockSize);
+    for (const i of zeroIdx) writeSync(fd, zeros, 0, manifest.lengthOf(i), i * manifest.blockSize);
   } finally {
     closeSync(fd);
   }

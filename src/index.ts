@@ -6,6 +6,7 @@ export * from './units/index.js';
 export * from './hash/index.js';
 export * from './codec/index.js';
 export * from './delta/index.js';
+export * from './rdiff/index.js';
 export * from './store/index.js';
 export * from './manifest/index.js';
 export * from './disk/index.js';

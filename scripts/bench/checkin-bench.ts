@@ -15,7 +15,7 @@ import { makeExt4Image } from '../fixtures/ext4-image.js';
 import { compareImages, debugfsSession, listImage, rewriteScattered } from '../fixtures/workloads.js';
 import { carryon, carryonMissing, carryonServer, num, serverGone, str, startServer, type Json, type RunningServer } from '../lib/carryon-cli.js';
 import { mb, mib, parseSize, ratio, secs, table } from '../lib/format.js';
-import { copySparse, requireTool, run } from '../lib/proc.js';
+import { copySparse, requireTool, run, settleBeforeEachRun } from '../lib/proc.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -302,6 +302,7 @@ async function toolVersions(): Promise<Record<string, string>> {
 // ---------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
+  settleBeforeEachRun(true);
   const o = parseOptions(process.argv.slice(2));
   for (const [tool, pkg] of [['mke2fs', 'e2fsprogs'], ['debugfs', 'e2fsprogs'], ['rsync', 'rsync'], ['rdiff', 'rdiff'], ['casync', 'casync'], ['zstd', 'zstd'], ['cmp', 'diffutils']] as const) {
     requireTool(tool, pkg);

@@ -36,8 +36,19 @@ export class CommandError extends Error {
   }
 }
 
+let settle = false;
+/**
+ * Benchmarks: flush dirty pages (`sync`, untimed) before every command, so no measured run pays for
+ * the writeback of an earlier step's gigabyte copies. A run that fsyncs its output (carryon does)
+ * would otherwise wait behind them while one that does not (casync, zstd) would not.
+ */
+export function settleBeforeEachRun(on: boolean): void {
+  settle = on;
+}
+
 /** Run a command to completion, collecting its output; throws CommandError on a bad exit code. */
 export function run(cmd: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+  if (settle) spawnSync('sync');
   const started = process.hrtime.bigint();
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, {

@@ -68,8 +68,8 @@ export function signatureKindOf(magic: number): SignatureKind | undefined {
   return KINDS.find((k) => k.magic === magic);
 }
 
-export function signatureKindFor(weak: WeakSumKind, strong: StrongSumKind): SignatureKind {
-  return KINDS.find((k) => k.weak === weak && k.strong === strong)!;
+export function signatureKindFor(weak: WeakSumKind, strong: StrongSumKind): SignatureKind | undefined {
+  return KINDS.find((k) => k.weak === weak && k.strong === strong);
 }
 
 function hex(n: number): string {
