@@ -22,6 +22,10 @@ import {
 
 /** Size of the chunks the delta is yielded in. */
 const OUT_CHUNK = 64 * 1024;
+/** Blocks kept per weak sum value. Real data almost never has two distinct blocks with one weak sum;
+ *  a crafted signature with thousands would make every lookup (and building the chains) slow, so the
+ *  extra ones are never matched: the delta only grows. */
+const MAX_CHAIN = 64;
 /** Fibonacci hashing multiplier: spreads a weak sum's bits into the filter index. */
 const GOLDEN = 0x9e3779b1 | 0;
 
@@ -118,7 +122,8 @@ class Scanner {
   /** One bit per filter slot: set when some block's weak sum hashes there. */
   private readonly filter: Uint8Array;
   private readonly shift: number;
-  /** weak sum (as matched) -> lowest block index with it; `next` chains the others in ascending order. */
+  /** weak sum (as matched) -> lowest block index with it; `next` chains the others in ascending order,
+   *  leaving out blocks whose strong sum repeats an earlier one's (librsync keeps only the first too). */
   private readonly head = new Map<number, number>();
   private readonly next: Int32Array;
   /** RABINKARP_MULT^blockLength, the rolling factor of a full window. */
@@ -144,14 +149,34 @@ class Scanner {
     while (bits < sig.blockCount * 16 && bits < 1 << 27) bits *= 2;
     this.filter = new Uint8Array(bits >>> 3);
     this.shift = 32 - Math.log2(bits);
-    this.next = new Int32Array(sig.blockCount);
-    for (let i = sig.blockCount - 1; i >= 0; i--) {
+    this.next = new Int32Array(sig.blockCount).fill(-1);
+    for (let i = 0; i < sig.blockCount; i++) {
       const w = this.rabinKarp ? sig.weakSums[i]! : mix32(sig.weakSums[i]!);
-      const k = Math.imul(w, GOLDEN) >>> this.shift;
-      this.filter[k >>> 3]! |= 1 << (k & 7);
-      this.next[i] = this.head.get(w) ?? -1;
-      this.head.set(w, i);
+      const first = this.head.get(w);
+      if (first === undefined) {
+        this.head.set(w, i);
+        const k = Math.imul(w, GOLDEN) >>> this.shift;
+        this.filter[k >>> 3]! |= 1 << (k & 7);
+        continue;
+      }
+      // Append to the chain unless an earlier block has the same strong sum too (it would always win).
+      let last = first;
+      let length = 1;
+      let duplicate = this.sameStrong(i, first);
+      while (!duplicate && this.next[last]! >= 0) {
+        last = this.next[last]!;
+        length++;
+        duplicate = this.sameStrong(i, last);
+      }
+      if (!duplicate && length < MAX_CHAIN) this.next[last] = i;
     }
+  }
+
+  private sameStrong(a: number, b: number): boolean {
+    const sl = this.strongLength;
+    const sums = this.strongSums;
+    for (let j = 0; j < sl; j++) if (sums[a * sl + j] !== sums[b * sl + j]) return false;
+    return true;
   }
 
   private startWindow(buf: Uint8Array, p: number, n: number): void {

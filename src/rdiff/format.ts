@@ -137,7 +137,9 @@ function isqrt(v: number): number {
  *  256 up to 64 KiB, then sqrt(size) rounded down to a multiple of 128. */
 export function recommendedBlockLength(size: number | undefined): number {
   if (size === undefined) return DEFAULT_BLOCK_LENGTH;
-  return size <= 256 * 256 ? 256 : Math.min(isqrt(size) - (isqrt(size) % 128), MAX_BLOCK_LENGTH);
+  if (size <= 256 * 256) return 256;
+  const root = isqrt(size);
+  return Math.min(root - (root % 128), MAX_BLOCK_LENGTH);
 }
 
 /** The strong length `rdiff signature -S -1` picks: enough bits that a 16 MiB longer new version with

@@ -1,13 +1,13 @@
 // Every rejected input: a clear error with a stable code, and nothing changed on the server or laptop.
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  blockId, createCompressStream, DiskManifest, encodeBlockPatch, encodeManifest, packEntries, sha256, type TarEntry,
+  blockId, createCompressStream, DiskManifest, encodeBlock, encodeBlockPatch, encodeManifest, packEntries, sha256, type TarEntry,
 } from '../../src/index.js';
-import { http, Laptop, makeExt4Image, sha256File, TestServer, tmpDir } from './harness.js';
+import { http, Laptop, makeExt4Image, qemuWrite, removeTmp, sha256File, TestServer, tmpDir } from './harness.js';
 
 async function zstdTar(entries: TarEntry[]): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -50,6 +50,7 @@ describe('bad input is refused with a stable code and changes nothing', () => {
 
   afterAll(async () => {
     await server.stop();
+    removeTmp(dir);
   });
 
   it('no token, a wrong token, another user: 401, 401, 404', async () => {
@@ -200,9 +201,7 @@ describe('bad input is refused with a stable code and changes nothing', () => {
     const storeDir = path.join(server.data, 'store', 'blocks');
     const shard = readdirSync(storeDir)[0]!;
     const file = path.join(storeDir, shard, readdirSync(path.join(storeDir, shard))[0]!);
-    const { readFileSync } = await import('node:fs');
     const original = readFileSync(file);
-    const { encodeBlock } = await import('../../src/index.js');
     writeFileSync(file, encodeBlock(randomBytes(65536)));
     try {
       const c = new Laptop(path.join(dir, 'laptop-e'));
@@ -235,7 +234,6 @@ describe('bad input is refused with a stable code and changes nothing', () => {
 
   it('a check-in while the server is down fails with exit 7 and keeps the laptop copy', async () => {
     const disk = path.join(b.home, 'desktops', 'alice-desk', 'disk.raw');
-    const { qemuWrite } = await import('./harness.js');
     qemuWrite(disk, [[0x42, 2 << 20, 8192]]);
     const before = sha256File(disk);
     const port = server.port();

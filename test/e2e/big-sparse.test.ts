@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Laptop, qemuWrite, TestServer, tmpDir } from './harness.js';
+import { Laptop, qemuWrite, removeTmp, TestServer, tmpDir } from './harness.js';
 
 const GiB = 1024 ** 3;
 const LIMIT = 400 * 1024 * 1024;
@@ -39,6 +39,7 @@ describe('a 10 GiB sparse image', () => {
 
   afterAll(async () => {
     await server.stop();
+    removeTmp(dir);
   });
 
   it('checks out, changes and checks in with bounded memory on both sides', async () => {

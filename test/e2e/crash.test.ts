@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Laptop, makeExt4Image, qemuWrite, sha256File, TestServer, tmpDir } from './harness.js';
+import { Laptop, makeExt4Image, qemuWrite, sha256File, removeTmp, TestServer, tmpDir } from './harness.js';
 
 describe('crashes and dropped connections', () => {
   const dir = tmpDir('crash');
@@ -24,6 +24,7 @@ describe('crashes and dropped connections', () => {
 
   afterAll(async () => {
     await server.stop();
+    removeTmp(dir);
   });
 
   const laptop = async (name: string): Promise<Laptop> => {

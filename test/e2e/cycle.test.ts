@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Laptop, makeExt4Image, qemuWrite, requireTool, sha256File, TestServer, tmpDir } from './harness.js';
+import { Laptop, makeExt4Image, qemuWrite, requireTool, sha256File, removeTmp, TestServer, tmpDir } from './harness.js';
 
 describe('check-out / check-in cycle', () => {
   const dir = tmpDir('cycle');
@@ -32,6 +32,7 @@ describe('check-out / check-in cycle', () => {
 
   afterAll(async () => {
     await server.stop();
+    removeTmp(dir);
   });
 
   it('a linked clone costs no block storage', async () => {

@@ -44,6 +44,11 @@ export function tmpDir(prefix: string): string {
   return mkdtempSync(path.join(os.tmpdir(), `carryon-${prefix}-`));
 }
 
+/** Remove a test's temp folder (images are hundreds of MiB); CARRYON_KEEP_TMP=1 keeps it for a post-mortem. */
+export function removeTmp(dir: string): void {
+  if (process.env.CARRYON_KEEP_TMP !== '1') rmSync(dir, { recursive: true, force: true });
+}
+
 export function requireTool(name: string): void {
   const r = spawnSync('sh', ['-c', `command -v ${name}`]);
   if (r.status !== 0) throw new Error(`${name} is not installed: run scripts/install-test-deps.sh (CI installs it)`);

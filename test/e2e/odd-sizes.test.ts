@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Laptop, qemuWrite, sha256File, TestServer, tmpDir } from './harness.js';
+import { Laptop, qemuWrite, sha256File, removeTmp, TestServer, tmpDir } from './harness.js';
 
 describe('odd sizes and block sizes', () => {
   const dir = tmpDir('odd');
@@ -29,6 +29,7 @@ describe('odd sizes and block sizes', () => {
 
   afterAll(async () => {
     await server.stop();
+    removeTmp(dir);
   });
 
   it('refuses a block size that is not a power of two from 4 KiB to 4 MiB', async () => {

@@ -88,7 +88,7 @@ export function deleteRange(data: Buffer, at: number, n: number): Buffer {
 }
 
 export function scatterEdits(rng: () => number, data: Buffer, count: number): Buffer {
-  let out = Buffer.from(data);
+  let out: Buffer = Buffer.from(data);
   for (let i = 0; i < count; i++) {
     const at = randInt(rng, out.length + 1);
     const kind = randInt(rng, 3);
