@@ -5,7 +5,7 @@
 // Decision (docs/decisions.md): zstd-napi, measured here 2.0-2.1x faster to compress (levels 1 and 3)
 // and 2.2-2.3x faster to decompress than zstd-codec, with identical frames.
 import { createRequire } from 'node:module';
-import type { Transform } from 'node:stream';
+import { Duplex, Writable, type Transform } from 'node:stream';
 import { CarryonError } from '../errors/index.js';
 import { verifyPlain, type BlockId } from '../hash/index.js';
 
@@ -73,9 +73,42 @@ export function decodeVerified(id: BlockId, encoded: Uint8Array, maxBytes = MAX_
   return plain;
 }
 
+/** Feed the compressor at least this much at a time: tar writes 512-byte headers, and zstd-napi
+ *  measured 2.7x slower at level 1 (1.6x at level 3) fed 512-byte writes than 64 KiB ones. */
+const COMPRESS_FEED = 1024 * 1024;
+
 /** A zstd compressing transform for streamed request bodies (one frame for the whole stream). */
-export function createCompressStream(level = 3): Transform {
-  return new zstd.CompressStream({ compressionLevel: level });
+export function createCompressStream(level = 3): Duplex {
+  const z = new zstd.CompressStream({ compressionLevel: level });
+  let parts: Buffer[] = [];
+  let held = 0;
+  const release = (): void => {
+    if (held === 0) return;
+    z.write(parts.length === 1 ? parts[0] : Buffer.concat(parts, held));
+    parts = [];
+    held = 0;
+  };
+  const feed = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      parts.push(chunk);
+      held += chunk.length;
+      if (held < COMPRESS_FEED) return cb();
+      release();
+      // backpressure: wait while the compressor's output is not being read
+      if (z.writableNeedDrain) z.once('drain', () => cb());
+      else cb();
+    },
+    final(cb) {
+      release();
+      z.end(cb);
+    },
+    destroy(err, cb) {
+      z.destroy(err ?? undefined);
+      cb(err);
+    },
+  });
+  z.on('error', (err) => feed.destroy(err));
+  return Duplex.from({ writable: feed, readable: z });
 }
 
 /** A zstd decompressing transform; windowLogMax bounds the decoder's memory against hostile input. */

@@ -2,9 +2,10 @@
 // the weak sum and then the strong sum match a base block, emit COPY, elsewhere LITERAL.
 //
 // The scan makes librsync 2.3.2's decisions (delta.c), so our delta equals `rdiff delta`'s byte for
-// byte: at each position the window is the next block_len bytes (fewer at the end of the input); on a
-// match the lowest-numbered matching block is copied and the scan jumps past the window; a COPY that
-// continues the previous one extends it; unmatched bytes are cut into literals of at most 32 KiB.
+// byte (but for an empty signature, where rdiff cuts literals by its I/O buffer size). At each
+// position the window is the next block_len bytes (fewer at the end of the input); on a match the
+// lowest-numbered matching block is copied and the scan jumps past the window; a COPY that continues
+// the previous one extends it; unmatched bytes are cut into literals of at most 32 KiB.
 import { CarryonError } from '../errors/index.js';
 import { BLAKE2_SUM_LENGTH, intWidth, MAX_IMMEDIATE_LITERAL, MAX_MISS_LITERAL, OP_COPY_N1_N1, OP_END, OP_LITERAL_N1, RS_DELTA_MAGIC, WIDTH_INDEX } from './format.js';
 import { parseSignature, strongHashOf, type RdiffSignature, type StrongHash } from './signature.js';
