@@ -1,5 +1,5 @@
 // carryon core library: the public face of src/.
-// Layers, lower never importing higher: errors, units, hash; codec, delta; store, manifest, disk; wire.
+// Layers, lower never importing higher: errors, units, hash; codec, delta, rdiff; store, manifest, disk; wire.
 // It never imports client/ or server/, never exits the process, never writes to the console.
 export * from './errors/index.js';
 export * from './units/index.js';
