@@ -6,7 +6,7 @@
 // calls sync() once per checkout, and every read is verified, so a block torn by a crash is refetched).
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { isBlockId, type BlockId } from '../hash/index.js';
@@ -65,9 +65,10 @@ export class FsBlockStore implements BlockStore {
   async getEncoded(id: BlockId): Promise<Buffer> {
     if (!isBlockId(id)) throw notFound(String(id));
     try {
-      // Synchronous: open+fstat+read+close of a small file as four thread-pool hops measured 2.4 s of
-      // a 1 GiB check-out's 12k blocks on the serving side; done directly they cost a fraction.
-      return readFileSync(this.pathOf(id));
+      // Asynchronous, so callers can keep several reads in flight: 12k block files read 16 at a time
+      // took 3.4 s from a cold page cache against 10.9 s one by one with readFileSync (warm: 0.33 s
+      // against 0.27 s).
+      return await fs.readFile(this.pathOf(id));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(id);
       throw err;
