@@ -16,6 +16,7 @@ import type { BlockStore } from './block-store.js';
 import { checkPut, notFound } from './verify.js';
 
 const PACK_LIMIT = 256 * 1024 * 1024;
+const WRITE_BUFFER = 1024 * 1024;
 // Index rows are committed every this many puts (WAL, no fsync: ~0.1 ms each): bounds what a kill -9
 // makes a resumed check-out fetch again.
 const FLUSH_EVERY = 64;
@@ -34,6 +35,9 @@ export class PackBlockStore implements BlockStore {
    *  a thread-pool hop per 64 KiB block cost more than the copy (measured in a check-out profile). */
   private readonly fds = new Map<number, number>();
   private writer: { pack: number; fd: number; size: number } | null = null;
+  /** Appends collect here and reach the pack in one write per MiB (a write per block cost more than its copy). */
+  private readonly wbuf = Buffer.allocUnsafe(WRITE_BUFFER);
+  private wlen = 0;
   private readonly unsynced = new Set<number>();
   private readonly stmts: { lookup: Database.Statement; packName: Database.Statement; del: Database.Statement; ins: Database.Statement };
 
@@ -67,9 +71,17 @@ export class PackBlockStore implements BlockStore {
     return path.join(this.root, 'packs', row.name);
   }
 
+  /** Write out buffered appends; `writer.size` already counts them. */
+  private flushWrites(): void {
+    if (!this.writer || this.wlen === 0) return;
+    writeSync(this.writer.fd, this.wbuf, 0, this.wlen, this.writer.size - this.wlen);
+    this.wlen = 0;
+  }
+
   /** This process's pack with room for `length` more bytes. */
   private packFor(length: number): { pack: number; fd: number; size: number } {
     if (!this.writer || this.writer.size + length > PACK_LIMIT) {
+      this.flushWrites();
       const name = `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}.pack`;
       const pack = Number(this.db.prepare('INSERT INTO packs (name) VALUES (?)').run(name).lastInsertRowid);
       const fd = openSync(path.join(this.root, 'packs', name), 'wx+');
@@ -85,7 +97,12 @@ export class PackBlockStore implements BlockStore {
     // (INSERT OR IGNORE), so a repeated put changes nothing visible and costs no index lookup.
     if (this.pending.has(id)) return;
     const w = this.packFor(encoded.length);
-    writeSync(w.fd, encoded, 0, encoded.length, w.size);
+    if (this.wlen + encoded.length > WRITE_BUFFER) this.flushWrites();
+    if (encoded.length > WRITE_BUFFER) writeSync(w.fd, encoded, 0, encoded.length, w.size);
+    else {
+      this.wbuf.set(encoded, this.wlen);
+      this.wlen += encoded.length;
+    }
     this.pending.set(id, { pack: w.pack, offset: w.size, length: encoded.length });
     w.size += encoded.length;
     this.unsynced.add(w.fd);
@@ -96,6 +113,7 @@ export class PackBlockStore implements BlockStore {
     if (!isBlockId(id)) throw notFound(String(id));
     const loc = this.lookup(id);
     if (!loc) throw notFound(id);
+    if (loc.pack === this.writer?.pack && loc.offset + loc.length > this.writer.size - this.wlen) this.flushWrites();
     let fd = this.fds.get(loc.pack);
     if (fd === undefined) {
       fd = openSync(this.packPath(loc.pack), 'r');
@@ -128,6 +146,7 @@ export class PackBlockStore implements BlockStore {
 
   /** Commit the index rows of blocks written so far. */
   private commitIndex(): void {
+    this.flushWrites(); // a committed row must point at written bytes
     const rows = [...this.pending];
     if (rows.length === 0) return;
     this.db.transaction(() => {
@@ -138,6 +157,7 @@ export class PackBlockStore implements BlockStore {
 
   /** fsync the packs written since the last sync, then commit their index rows. */
   async sync(): Promise<void> {
+    this.flushWrites();
     for (const fd of this.unsynced) fsyncSync(fd);
     this.unsynced.clear();
     this.commitIndex();
