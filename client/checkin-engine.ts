@@ -58,7 +58,9 @@ export async function scanChanges(state: LocalState, name: string, quiet: boolea
   }
   const base = decodeManifest(local.manifest);
   const t0 = Date.now();
-  const size = (await fs.stat(local.diskPath)).size;
+  const st = await fs.stat(local.diskPath).catch(() => null);
+  if (!st) throw new CarryonError('NOT_CHECKED_OUT', `the disk of ${name} is gone from ${local.diskPath}: run \`carryon discard ${name}\` to give the checkout up`, { desktop: name, disk: local.diskPath });
+  const size = st.size;
   const progress = new Progress(`scan ${name}`, size, quiet);
   const scan = await scanImage(local.diskPath, { blockSize: base.blockSize, previous: { manifest: base, cheap: decodeCheap(local.cheap) }, onProgress: (d) => progress.update(d) });
   progress.finish();
@@ -172,6 +174,6 @@ function isVerified(id: BlockId, plain: Buffer): boolean {
 async function diskStamp(state: LocalState, name: string): Promise<string> {
   const local = state.checkout(name);
   if (local?.state !== 'active') return ''; // scanChanges reports why
-  const st = await fs.stat(local.diskPath, { bigint: true });
-  return `${st.size}:${st.mtimeNs}`;
+  const st = await fs.stat(local.diskPath, { bigint: true }).catch(() => null);
+  return st ? `${st.size}:${st.mtimeNs}` : 'gone';
 }

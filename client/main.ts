@@ -1,4 +1,5 @@
 // carryon: the laptop command line. One file per command in commands/; this file wires them up.
+import { createRequire } from 'node:module';
 import { Command } from 'commander';
 import { registerCheckin } from './commands/checkin.js';
 import { registerCheckout } from './commands/checkout.js';
@@ -6,7 +7,10 @@ import { registerDiscard } from './commands/discard.js';
 import { registerLogin } from './commands/login.js';
 import { registerStatus } from './commands/status.js';
 
+const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
+
 const program = new Command('carryon')
+  .version(version)
   .description('carryon: check virtual desktops out to this laptop and back in')
   .option('--home <dir>', 'laptop state folder (default: $CARRYON_HOME or ~/.carryon)')
   .option('--json', 'print one JSON object as the result')

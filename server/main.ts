@@ -1,5 +1,6 @@
 // carryon-server: the command line of the service and its admin tasks. One file per command in
 // commands/; this file only wires them to commander.
+import { createRequire } from 'node:module';
 import { Command } from 'commander';
 import { registerDesktopCreate } from './commands/desktop-create.js';
 import { registerImagePublish } from './commands/image-publish.js';
@@ -8,7 +9,10 @@ import { registerStart } from './commands/start.js';
 import { registerStatus } from './commands/status.js';
 import { registerUserAdd } from './commands/user-add.js';
 
+const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
+
 const program = new Command('carryon-server')
+  .version(version)
   .description('carryon server: stores desktops and images, serves check-outs and check-ins')
   .option('--data <dir>', 'data folder (default: $CARRYON_DATA)')
   .option('--json', 'print one JSON object as the result')
