@@ -1,6 +1,6 @@
 // Every rejected input: a clear error with a stable code, and nothing changed on the server or laptop.
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -38,7 +38,7 @@ describe('bad input is refused with a stable code and changes nothing', () => {
     alice = await server.addUser('alice');
     bob = await server.addUser('bob');
     expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
-    for (const d of ['alice-desk', 'alice-raw', 'alice-corrupt']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    for (const d of ['alice-desk', 'alice-raw', 'alice-corrupt', 'alice-gone']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
     await server.start();
     expect((await a.cli(['login', server.url, '--token', alice])).code).toBe(0);
     expect((await b.cli(['login', server.url, '--token', alice, '--device-name', 'laptop-b'])).code).toBe(0);
@@ -246,6 +246,19 @@ describe('bad input is refused with a stable code and changes nothing', () => {
     const again = await b.cli(['checkin', 'alice-desk', '--json']);
     expect(again.code, again.stderr).toBe(0);
     expect(again.json.version).toBe(2);
+  });
+
+  it('a disk file deleted behind carryon\'s back: the check-in says what happened and what to do', async () => {
+    const c = new Laptop(path.join(dir, 'laptop-f'));
+    expect((await c.cli(['login', server.url, '--token', alice])).code).toBe(0);
+    const co = await c.cli(['checkout', 'alice-gone', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    rmSync(co.json.disk);
+    const r = await c.cli(['checkin', 'alice-gone', '--json']);
+    expect(r.code).toBe(8);
+    expect(r.json.error.code).toBe('NOT_CHECKED_OUT');
+    expect(r.json.error.message).toMatch(/is gone from .*carryon discard alice-gone/);
+    expect((await c.cli(['discard', 'alice-gone', '--yes'])).code).toBe(0);
   });
 
   it('the server read nothing wrong into its store', async () => {
