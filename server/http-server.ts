@@ -78,7 +78,7 @@ export class CarryonHttpServer {
       const route = this.routes.find((r) => r.method === req.method && r.re.test(url.pathname));
       if (!route) throw new CarryonError('NOT_FOUND', `no route ${req.method} ${url.pathname}`);
       user = this.authenticate(req);
-      const params = route.re.exec(url.pathname)!.slice(1).map((p) => decodeURIComponent(p));
+      const params = route.re.exec(url.pathname)!.slice(1).map(decodeParam);
       const out = await route.handler({ req, res, params, user });
       if (!res.headersSent && out !== undefined) sendJson(res, 200, out);
     } catch (err) {
@@ -89,7 +89,7 @@ export class CarryonHttpServer {
       else if (e.code === 'INTERNAL') this.log({ level: 'error', msg: 'internal error', error: String((err as Error)?.stack ?? err) });
       if (!res.headersSent) {
         sendJson(res, status, { error: e.toJSON() });
-        // Unread body bytes would be taken as the next request: drain a little, then close.
+        // Unread body bytes would be taken as the next request: close the connection once answered.
         if (!req.complete) res.once('finish', () => req.socket.destroySoon());
       } else {
         res.destroy(e); // mid-stream: the client sees a truncated body and retries
@@ -207,6 +207,14 @@ export class CarryonHttpServer {
     crashPoint('commit-before-transaction');
     const r = this.meta.commitCheckout(user, co.id, device, id);
     return { desktop: r.desktop, version: r.version, manifestId: id, previousVersion: r.previousVersion, alreadyCommitted: r.already };
+  }
+}
+
+function decodeParam(p: string): string {
+  try {
+    return decodeURIComponent(p);
+  } catch {
+    throw new CarryonError('BAD_REQUEST', 'malformed percent-encoding in the request path');
   }
 }
 

@@ -63,6 +63,12 @@ describe('bad input is refused with a stable code and changes nothing', () => {
     const other = await http(server.url, 'GET', '/v1/desktops/alice-desk', bob);
     expect(other.status).toBe(404);
     expect(other.json.error.code).toBe('DESKTOP_NOT_FOUND');
+    const badPath = await http(server.url, 'GET', '/v1/desktops/%E0%A4%A', alice);
+    expect(badPath.status).toBe(400);
+    expect(badPath.json.error.code).toBe('BAD_REQUEST');
+    const noRoute = await http(server.url, 'GET', '/v2/desktops', alice);
+    expect(noRoute.status).toBe(404);
+    expect(noRoute.json.error.code).toBe('NOT_FOUND');
     const list = await http(server.url, 'GET', '/v1/desktops', bob);
     expect(list.json.desktops).toEqual([]);
     const blocks = await http(server.url, 'POST', `/v1/checkouts/${checkoutId}/blocks/get`, bob, JSON.stringify({ ids: [] }), { 'x-carryon-device': device });
