@@ -6,7 +6,7 @@ import https from 'node:https';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
-  API_PREFIX, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, errorFromBody, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
+  API_PREFIX, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
   type DesktopInfo, type TarEntry, type UploadResult,
 } from '../src/index.js';
 
@@ -127,9 +127,16 @@ export class ApiClient {
     return this.readAll(await this.request('GET', `/checkouts/${checkoutId}/manifest`, null, { accept: CONTENT_MANIFEST }), 256 * 1024 * 1024);
   }
 
-  /** Stream the encoded blocks of `ids`; each entry goes to onEntry as it arrives (bounded memory). */
-  async getBlocks(checkoutId: string, ids: BlockId[], maxEntryBytes: number, onEntry: (e: TarEntry) => Promise<void> | void): Promise<number> {
-    const res = await this.request('POST', `/checkouts/${checkoutId}/blocks/get`, Buffer.from(JSON.stringify({ ids })), { 'content-type': 'application/json', accept: CONTENT_TAR });
+  /**
+   * Stream the blocks of `ids`; each entry goes to onEntry as it arrives (bounded memory). Without
+   * bases, entries are encoded blocks named by id; with them, the upload grammar (`b/<id>`, `p/<id>/<base>`).
+   */
+  async getBlocks(checkoutId: string, ids: BlockId[], maxEntryBytes: number, onEntry: (e: TarEntry) => Promise<void> | void,
+    patchBases?: { bases: Map<BlockId, BlockId>; baseVersion: number }): Promise<number> {
+    const body = patchBases && patchBases.bases.size > 0
+      ? { ids, bases: Object.fromEntries(patchBases.bases), baseVersion: patchBases.baseVersion }
+      : { ids };
+    const res = await this.request('POST', `/checkouts/${checkoutId}/blocks/get`, Buffer.from(JSON.stringify(body)), { 'content-type': 'application/json', accept: CONTENT_TAR });
     const counted = res.pipe(new Transform({
       transform: (chunk: Buffer, _e, cb) => {
         this.bytesReceived += chunk.length;
@@ -138,7 +145,13 @@ export class ApiClient {
     }));
     res.on('error', (err) => counted.destroy(unreachable(this.base, err)));
     res.on('aborted', () => counted.destroy(new CarryonError('SERVER_UNREACHABLE', 'the connection dropped during a block download')));
-    return unpackEntries(counted, maxEntryBytes, onEntry);
+    let stream: NodeJS.ReadableStream = counted;
+    if (res.headers['content-encoding'] === 'zstd') {
+      const z = createDecompressStream();
+      counted.on('error', (err) => z.destroy(err));
+      stream = counted.pipe(z);
+    }
+    return unpackEntries(stream, maxEntryBytes, onEntry);
   }
 
   async missing(checkoutId: string, ids: BlockId[]): Promise<BlockId[]> {

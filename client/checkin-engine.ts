@@ -12,7 +12,7 @@ import { batchesOf } from './batches.js';
 import { crashPoint } from './crash-point.js';
 import { maxRss } from './checkout-engine.js';
 import { Progress } from './progress.js';
-import type { LocalState, Login } from './state.js';
+import { CACHE_LEVEL, type LocalState, type Login } from './state.js';
 
 export interface CheckinResult {
   desktop: string;
@@ -31,10 +31,6 @@ export interface CheckinResult {
   alreadyCommitted: boolean;
   maxRssBytes: number;
 }
-
-/** zstd level of blocks cached at check-in: a fast negative level (~2x level 1's speed here); the cache
- *  is read back once, as the base of the next check-in's patches. */
-const CACHE_LEVEL = -3;
 
 /** Upload requests carry up to this much plaintext: a dropped connection costs at most one. */
 const UPLOAD_BATCH_BYTES = 256 * 1024 * 1024;

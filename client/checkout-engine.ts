@@ -114,15 +114,25 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   const refetch: BlockId[] = [];
   let written = 0;
   let fetched = 0;
+  // Blocks that replace a block this laptop holds (a re-check-out in place) can come as patches against it.
+  const baseOf = new Map<BlockId, BlockId>();
+  const samePriorBs = prior && prior.manifest.blockSize === manifest.blockSize ? prior : null;
+  if (samePriorBs && local) {
+    for (const id of toFetch) {
+      const i = where.get(id)![0]!;
+      const old = i < samePriorBs.manifest.count && samePriorBs.manifest.lengthOf(i) === manifest.lengthOf(i) ? samePriorBs.manifest.idAt(i) : null;
+      if (old !== null && (await state.cache.has(old))) baseOf.set(id, old);
+    }
+  }
   const pool = new CheckoutPool({ cacheRoot: state.cache.root, disk: partial, url: login.url, token: login.token, device: login.device, checkoutId: info.checkoutId,
-    maxBlock: manifest.blockSize }, (d) => {
+    maxBlock: manifest.blockSize, baseVersion: baseOf.size > 0 ? local!.version : null }, (d) => {
     if (d.cheap === null) return void refetch.push(d.id);
     for (const i of where.get(d.id)!) cheap[i] = d.cheap;
     progress.add(d.plainBytes);
     written++;
   });
   const jobs = (ids: BlockId[]): BlockJob[][] =>
-    [...batchesOf(ids, plainOf, BATCH_BYTES, MAX_GET_IDS)].map((b) => b.map((id) => ({ id, length: plainOf(id), offsets: where.get(id)!.map((i) => i * manifest.blockSize) })));
+    [...batchesOf(ids, plainOf, BATCH_BYTES, MAX_GET_IDS)].map((b) => b.map((id) => ({ id, length: plainOf(id), offsets: where.get(id)!.map((i) => i * manifest.blockSize), base: baseOf.get(id) })));
   try {
     await pool.run('cached', jobs(cached));
     toFetch.push(...refetch); // cached blocks that failed verification

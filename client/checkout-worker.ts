@@ -5,7 +5,11 @@
 // across threads cost more than decoding it (measured: postMessage 0.6 s of a 1 GiB check-out).
 import { closeSync, fdatasync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { CarryonError, CheapHasher, decodeVerified, getBlock, PackBlockStore, type BlockId } from '../src/index.js';
+import {
+  applyBlockPatch, CarryonError, CheapHasher, decodeVerified, encodeBlock, getBlock, MAX_UPLOAD_ENTRY_BYTES, PackBlockStore, parseUploadEntryName, verifyPlain,
+  type BlockId,
+} from '../src/index.js';
+import { CACHE_LEVEL } from './state.js';
 import { ApiClient } from './api-client.js';
 import { crashPoint } from './crash-point.js';
 
@@ -13,6 +17,8 @@ export interface BlockJob {
   id: BlockId;
   length: number;
   offsets: number[];
+  /** A block of an older version this laptop holds in its cache, to receive `id` as a patch against. */
+  base?: BlockId;
 }
 
 export type WorkerRequest = { kind: 'fetch' | 'cached'; seq: number; jobs: BlockJob[] } | { kind: 'close' };
@@ -38,6 +44,8 @@ export interface WorkerInit {
   device: string;
   checkoutId: string;
   maxBlock: number;
+  /** The desktop version the jobs' bases come from, when they have any. */
+  baseVersion: number | null;
 }
 
 const RETRIES = 4;
@@ -120,15 +128,20 @@ async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<voi
   const w = writer(seq);
   for (let attempt = 0; byId.size > 0; attempt++) {
     try {
-      await api.getBlocks(init.checkoutId, [...byId.keys()], init.maxBlock + 1024, async ({ name: id, data }) => {
+      const bases = new Map<BlockId, BlockId>();
+      for (const j of byId.values()) if (j.base) bases.set(j.id, j.base);
+      const patchBases = init.baseVersion !== null && bases.size > 0 ? { bases, baseVersion: init.baseVersion } : undefined;
+      await api.getBlocks(init.checkoutId, [...byId.keys()], MAX_UPLOAD_ENTRY_BYTES, async ({ name, data }) => {
+        const { id, plain, encoded } = patchBases ? await received(name, data, byId) : { id: name, plain: null, encoded: data };
         const job = byId.get(id);
         if (!job) throw new CarryonError('TAR_INVALID', `server sent block ${id.slice(0, 12)}… that was not asked for`);
-        const plain = decodeVerified(id, data, job.length, scratch); // consumed before the next block
-        await cache.put(id, data, plain);
-        w.write(job, plain);
+        const verified = plain ?? decodeVerified(id, encoded, job.length, scratch); // scratch: consumed before the next block
+        if (plain) verifyPlain(id, plain);
+        await cache.put(id, encoded ?? encodeBlock(verified, CACHE_LEVEL), verified);
+        w.write(job, verified);
         byId.delete(id);
         crashPoint('checkout-block');
-      });
+      }, patchBases);
       if (byId.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${byId.size} requested block(s)`);
     } catch (err) {
       w.flush();
@@ -138,6 +151,25 @@ async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<voi
     }
   }
   w.flush();
+}
+
+/**
+ * An entry of a patched answer: a whole plaintext block, or a patch against a block of our cache. A base
+ * the cache lost or holds torn is dropped from the jobs and the batch retried, so those come whole.
+ */
+async function received(name: string, data: Buffer, byId: Map<BlockId, BlockJob>): Promise<{ id: BlockId; plain: Buffer; encoded: null }> {
+  const e = parseUploadEntryName(name);
+  if (e.kind === 'block') return { id: e.id, plain: data, encoded: null };
+  let base: Buffer;
+  try {
+    base = await getBlock(cache, e.base, init.maxBlock);
+  } catch (err) {
+    if (!(err instanceof CarryonError) || (err.code !== 'BLOCK_CORRUPT' && err.code !== 'BLOCK_NOT_FOUND')) throw err;
+    await cache.delete(e.base);
+    for (const j of byId.values()) if (j.base === e.base) delete j.base;
+    throw new CarryonError('TAR_INVALID', `patch base ${e.base.slice(0, 12)}… failed verification in the local cache; fetching whole blocks`);
+  }
+  return { id: e.id, plain: applyBlockPatch(base, data, init.maxBlock), encoded: null };
 }
 
 const api = new ApiClient({ url: init.url, token: init.token, device: init.device });

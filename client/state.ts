@@ -12,6 +12,10 @@ import { CarryonError, PackBlockStore, type BlockId } from '../src/index.js';
 
 export type LocalCheckoutState = 'downloading' | 'active' | 'checked-in';
 
+/** zstd level of blocks the laptop compresses for its cache (blocks from the server keep their frames):
+ *  a fast negative level (~2x level 1's speed here); the cache is read back rarely, as patch bases. */
+export const CACHE_LEVEL = -3;
+
 export interface LocalCheckout {
   desktop: string;
   server: string;

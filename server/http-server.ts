@@ -4,8 +4,8 @@ import http from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import type { AddressInfo } from 'node:net';
 import {
-  API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, decodeManifest, HEADER_DEVICE, httpStatusOf,
-  manifestId, MAX_GET_IDS, MAX_JSON_BYTES, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
+  API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, createDecompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
+  manifestId, MAX_JSON_BYTES, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
   type CommitResult, type TarEntry,
 } from '../src/index.js';
 import { ingestUpload, ManifestCache, missingForCommit } from './blocks.js';
@@ -133,14 +133,20 @@ export class CarryonHttpServer {
   }
 
   private async sendBlocks({ req, res, user, params }: Ctx): Promise<undefined> {
-    const ids = parseIdList(await readJson(req), MAX_GET_IDS);
+    const { ids, bases, baseVersion } = parseGetBlocksRequest(await readJson(req));
     const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
     const base = this.baseOf(co);
     // A checkout reads only the blocks of its own version: ids are not capabilities.
     for (const id of ids) if (!base.ids.has(id)) throw new CarryonError('BLOCK_NOT_FOUND', `block ${id.slice(0, 12)}… is not part of this checkout`, { id });
+    if (baseVersion !== null) {
+      // Patch bases must come from a version of the same desktop the laptop can have held.
+      if (baseVersion > co.base_version) throw new CarryonError('BAD_REQUEST', `baseVersion ${baseVersion} is newer than the checked-out version ${co.base_version}`);
+      const held = this.manifests.get(this.meta.versionManifest(co.desktop_id, baseVersion));
+      for (const b of bases.values()) if (!held.ids.has(b)) throw new CarryonError('BLOCK_NOT_FOUND', `base block ${b.slice(0, 12)}… is not part of version ${baseVersion}`, { id: b });
+    }
     const store = this.store;
     // Reads run a window ahead of the tar stream, so the disk and the socket are busy at once.
-    async function* entries(): AsyncGenerator<TarEntry> {
+    async function* encoded(): AsyncGenerator<TarEntry> {
       const ahead: Array<Promise<Buffer>> = [];
       let next = 0;
       for (const id of ids) {
@@ -153,8 +159,25 @@ export class CarryonHttpServer {
         crashPoint('serve-block');
       }
     }
-    res.writeHead(200, { 'content-type': CONTENT_TAR });
-    await pipeline(packEntries(entries()), res);
+    // Against the laptop's own older blocks: the changed byte ranges, in one zstd stream.
+    async function* patched(): AsyncGenerator<TarEntry> {
+      for (const id of ids) {
+        const plain = await getBlock(store, id, base.manifest.blockSize);
+        const b = bases.get(id);
+        const patch = b === undefined ? null : encodeBlockPatch(await getBlock(store, b, base.manifest.blockSize), plain);
+        yield patch !== null && patch.length < plain.length
+          ? { name: uploadEntryName({ kind: 'patch', id, base: b! }), data: patch }
+          : { name: uploadEntryName({ kind: 'block', id }), data: plain };
+        crashPoint('serve-block');
+      }
+    }
+    if (baseVersion === null) {
+      res.writeHead(200, { 'content-type': CONTENT_TAR });
+      await pipeline(packEntries(encoded()), res);
+    } else {
+      res.writeHead(200, { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' });
+      await pipeline(packEntries(patched()), createCompressStream(3), res);
+    }
     return undefined;
   }
 

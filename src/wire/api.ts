@@ -84,6 +84,34 @@ export function parseIdList(body: unknown, max: number): BlockId[] {
   return ids as BlockId[];
 }
 
+/**
+ * A block download. With `bases` (and the `baseVersion` of the desktop the laptop holds them from),
+ * the server may send a block as a patch against the named base block; the answer is then a zstd
+ * stream of a tar in the upload grammar (`b/<id>` plaintext, `p/<id>/<base>` patch) instead of a tar of
+ * encoded blocks named by id.
+ */
+export interface GetBlocksRequest {
+  ids: BlockId[];
+  bases: Map<BlockId, BlockId>;
+  baseVersion: number | null;
+}
+
+export function parseGetBlocksRequest(body: unknown): GetBlocksRequest {
+  const ids = parseIdList(body, MAX_GET_IDS);
+  const b = body as { bases?: unknown; baseVersion?: unknown };
+  const bases = new Map<BlockId, BlockId>();
+  if (b.bases !== undefined) {
+    if (typeof b.bases !== 'object' || b.bases === null || Array.isArray(b.bases)) throw new CarryonError('BAD_REQUEST', 'bases must be an object of id: base id');
+    const wanted = new Set(ids);
+    for (const [id, base] of Object.entries(b.bases as Record<string, unknown>)) {
+      if (!isBlockId(id) || !isBlockId(base) || !wanted.has(id)) throw new CarryonError('BAD_REQUEST', 'every base must pair a requested id with a block id');
+      bases.set(id, base);
+    }
+    if (!Number.isSafeInteger(b.baseVersion) || (b.baseVersion as number) < 1) throw new CarryonError('BAD_REQUEST', 'bases need the baseVersion they come from');
+  }
+  return { ids, bases, baseVersion: bases.size > 0 ? (b.baseVersion as number) : null };
+}
+
 export function parseCheckoutRequest(body: unknown): { device: string; deviceName: string } {
   const b = (body ?? {}) as { device?: unknown; deviceName?: unknown };
   if (typeof b.device !== 'string' || !/^[A-Za-z0-9-]{8,64}$/.test(b.device)) {

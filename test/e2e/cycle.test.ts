@@ -122,6 +122,28 @@ describe('check-out / check-in cycle', () => {
     expect(spawnSync('cmp', [r.json.disk, path.join(b.home, 'desktops', 'alice-desk', 'disk.raw')]).status).toBe(0);
   });
 
+  it('after A checks in again, B updates its copy with patches against the blocks it holds', async () => {
+    const diskA = path.join(a.home, 'desktops', 'alice-desk', 'disk.raw');
+    // scattered small writes inside blocks that hold data: each block changes by a few KiB
+    const ops: Array<[number, number, number]> = [];
+    for (let k = 0; k < 24; k++) ops.push([0x30 + k, ((k * 29 + 5) % 700) * 65536 + 8192, 3000]);
+    qemuWrite(diskA, ops);
+    const ci = await a.cli(['checkin', 'alice-desk', '--json']);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.json.version).toBe(3);
+    const r = await b.cli(['checkout', 'alice-desk', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.json.version).toBe(3);
+    expect(r.json.blocksFetched).toBe(ci.json.blocksChanged);
+    // 24 blocks of 64 KiB changed by ~3 KB each: patches, not whole blocks, cross the wire
+    expect(r.json.bytesReceived - 32 * Math.ceil(statSync(image).size / 65536)).toBeLessThan(24 * 8 * 1024);
+    expect(spawnSync('cmp', [diskA, r.json.disk]).status).toBe(0);
+    // A checks out again so the next test finds it holding the desktop
+    expect((await a.cli(['checkout', 'alice-desk', '--json'])).code).toBe(5);
+    expect((await b.cli(['checkin', 'alice-desk', '--json'])).code).toBe(0);
+    expect((await a.cli(['checkout', 'alice-desk', '--json'])).code).toBe(0);
+  });
+
   it('a second checkout of the same desktop on the same laptop is a no-op', async () => {
     const r = await a.cli(['checkout', 'alice-desk', '--json']);
     expect(r.code, r.stderr).toBe(0);
