@@ -6,7 +6,8 @@ import https from 'node:https';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
-  API_PREFIX, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
+  API_PREFIX, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
+  packEntries, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
   type DesktopInfo, type TarEntry, type UploadResult,
 } from '../src/index.js';
 
@@ -137,14 +138,7 @@ export class ApiClient {
       ? { ids, bases: Object.fromEntries(patchBases.bases), baseVersion: patchBases.baseVersion }
       : { ids };
     const res = await this.request('POST', `/checkouts/${checkoutId}/blocks/get`, Buffer.from(JSON.stringify(body)), { 'content-type': 'application/json', accept: CONTENT_TAR });
-    const counted = res.pipe(new Transform({
-      transform: (chunk: Buffer, _e, cb) => {
-        this.bytesReceived += chunk.length;
-        cb(null, chunk);
-      },
-    }));
-    res.on('error', (err) => counted.destroy(unreachable(this.base, err)));
-    res.on('aborted', () => counted.destroy(new CarryonError('SERVER_UNREACHABLE', 'the connection dropped during a block download')));
+    const counted = this.counted(res);
     let stream: NodeJS.ReadableStream = counted;
     if (res.headers['content-encoding'] === 'zstd') {
       const z = createDecompressStream();
@@ -164,9 +158,52 @@ export class ApiClient {
     return JSON.parse((await this.readAll(res)).toString('utf8')) as UploadResult;
   }
 
-  async commit(checkoutId: string, manifest: Buffer): Promise<CommitResult> {
-    const res = await this.request('POST', `/checkouts/${checkoutId}/commit`, manifest, { 'content-type': CONTENT_MANIFEST });
+  /** Commit a check-in: the disk manifest alone, or with the persona (`persona.json`, `push.json`). */
+  async commit(checkoutId: string, manifest: Buffer, persona?: TarEntry[]): Promise<CommitResult> {
+    const res = persona
+      ? await this.request('POST', `/checkouts/${checkoutId}/commit`, await tarOf([{ name: 'disk.manifest', data: manifest }, ...persona]), { 'content-type': CONTENT_TAR })
+      : await this.request('POST', `/checkouts/${checkoutId}/commit`, manifest, { 'content-type': CONTENT_MANIFEST });
     return JSON.parse((await this.readAll(res)).toString('utf8')) as CommitResult;
+  }
+
+  /** A persona version (default: the newest): its encoded snapshot, version and id. */
+  async persona(version?: number): Promise<{ version: number; id: string; encoded: Buffer }> {
+    const res = await this.request('GET', `/persona${version === undefined ? '' : `?version=${version}`}`, null);
+    const encoded = await this.readAll(res, MAX_PERSONA_SNAPSHOT_BYTES);
+    return { version: Number(res.headers[HEADER_PERSONA_VERSION]), id: String(res.headers[HEADER_PERSONA_ID]), encoded };
+  }
+
+  async personaChunks(version: number, ids: BlockId[], onEntry: (e: TarEntry) => Promise<void> | void): Promise<number> {
+    const res = await this.request('POST', '/persona/chunks/get', Buffer.from(JSON.stringify({ ids, version })), { 'content-type': 'application/json', accept: CONTENT_TAR });
+    return unpackEntries(this.counted(res), PERSONA_CHUNK_BYTES + 64 * 1024, onEntry);
+  }
+
+  async personaMissing(ids: BlockId[]): Promise<BlockId[]> {
+    return (await this.json<{ missing: BlockId[] }>('POST', '/persona/chunks/missing', { ids })).missing;
+  }
+
+  async personaUpload(baseVersion: number, body: Readable): Promise<{ chunks: number; files: number }> {
+    const res = await this.request('PUT', `/persona/blocks?base=${baseVersion}`, body, { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' });
+    return JSON.parse((await this.readAll(res)).toString('utf8')) as { chunks: number; files: number };
+  }
+
+  /** Push a persona snapshot (persona-only copies) and get the version it became. */
+  async personaPush(parts: TarEntry[]): Promise<PersonaCommitResult> {
+    const res = await this.request('POST', '/persona/push', await tarOf(parts), { 'content-type': CONTENT_TAR });
+    return JSON.parse((await this.readAll(res)).toString('utf8')) as PersonaCommitResult;
+  }
+
+  /** Count a response body's bytes as they are read, and turn a dropped connection into SERVER_UNREACHABLE. */
+  private counted(res: http.IncomingMessage): Transform {
+    const counted = res.pipe(new Transform({
+      transform: (chunk: Buffer, _e, cb) => {
+        this.bytesReceived += chunk.length;
+        cb(null, chunk);
+      },
+    }));
+    res.on('error', (err) => counted.destroy(unreachable(this.base, err)));
+    res.on('aborted', () => counted.destroy(new CarryonError('SERVER_UNREACHABLE', 'the connection dropped during a download')));
+    return counted;
   }
 
   discard(checkoutId: string): Promise<{ desktop: string; already: boolean }> {
@@ -178,4 +215,10 @@ function unreachable(base: URL, err: unknown): CarryonError {
   if (err instanceof CarryonError) return err;
   const e = err as NodeJS.ErrnoException;
   return new CarryonError('SERVER_UNREACHABLE', `cannot reach the server at ${base.origin}: ${e?.code ?? e?.message ?? String(err)}`, { url: base.origin, errno: e?.code }, err);
+}
+
+async function tarOf(entries: TarEntry[]): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of packEntries(entries)) parts.push(c as Buffer);
+  return Buffer.concat(parts);
 }

@@ -5,12 +5,13 @@
 import { promises as fs } from 'node:fs';
 import {
   CarryonError, createCompressStream, decodeCheap, decodeManifest, encodeBlock, encodeBlockPatch, encodeCheap, encodeManifest, getBlock, manifestId,
-  MAX_QUERY_IDS, packEntries, scanImage, uploadEntryName, verifyPlain, type BlockId, type DiskManifest, type TarEntry,
+  MAX_QUERY_IDS, packEntries, scanImage, uploadEntryName, verifyPlain, decodePersona, encodePersona, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type DiskManifest, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
 import { crashPoint } from './crash-point.js';
 import { maxRss } from './checkout-engine.js';
+import { diffPersona, fetchPersona, scanPersona, uploadPersona, type PersonaDiff } from './persona-engine.js';
 import { Progress } from './progress.js';
 import { CACHE_LEVEL, type LocalState, type Login } from './state.js';
 
@@ -30,6 +31,7 @@ export interface CheckinResult {
   seconds: number;
   alreadyCommitted: boolean;
   maxRssBytes: number;
+  persona: (PersonaCommitResult & { changes: PersonaDiff | null }) | null;
 }
 
 /** Upload requests carry up to this much plaintext: a dropped connection costs at most one. */
@@ -132,18 +134,38 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
   if ((await diskStamp(state, name)) !== before) {
     throw new CarryonError('DISK_CHANGED', `${local.diskPath} was written during the check-in: shut down the VM using it, then run the check-in again`, { disk: local.diskPath });
   }
+  // The persona goes in the same commit: disk and persona become new versions together, or neither.
+  const held = state.persona(name);
+  let personaParts: TarEntry[] | undefined;
+  let personaDiff: PersonaDiff | null = null;
+  let scanned: PersonaSnapshot | null = null;
+  if (held?.withDisk) {
+    const base = decodePersona(held.snapshot);
+    const ours = await scanPersona(state, held.dir, base);
+    scanned = ours.snapshot;
+    personaDiff = diffPersona(base, ours.snapshot);
+    await uploadPersona(state, api, held.version, base, ours.snapshot, held.dir);
+    const push: PersonaPushInfo = { baseVersion: held.version, desktop: name, deviceName: login.deviceName, editedAt: ours.editedAt };
+    personaParts = [{ name: 'persona.json', data: encodePersona(ours.snapshot) }, { name: 'push.json', data: Buffer.from(JSON.stringify(push)) }];
+  }
   const encoded = encodeManifest(next);
   crashPoint('checkin-before-commit');
-  const commit = await api.commit(local.checkoutId, encoded);
+  const commit = await api.commit(local.checkoutId, encoded, personaParts);
   crashPoint('checkin-after-commit');
   if (commit.manifestId !== manifestId(encoded)) throw new CarryonError('INTERNAL', 'server committed a different manifest than sent');
   state.putCheckout({ ...local, state: 'checked-in', version: commit.version, manifestId: commit.manifestId, manifest: encoded, cheap: encodeCheap(scan.cheap) });
   // The copy stays as a read-only reference; the desktop now lives on the server.
   await fs.chmod(local.diskPath, 0o444);
+  if (held?.withDisk && commit.persona) {
+    // Bring the folder to what the server now holds (merged edits from elsewhere, conflict copies).
+    const p = await fetchPersona(state, api, commit.persona.version, held.dir, scanned);
+    state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
+  }
   return {
     desktop: name, version: commit.version, previousVersion: commit.previousVersion, manifestId: commit.manifestId, blocksChanged: scan.changed.length,
     bytesChanged: scan.bytesChanged, blocksUploaded: missing.length, blocksAsPatch: asPatch, plainBytesUploaded: plainUploaded, bytesSent: api.bytesSent,
     bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted, maxRssBytes: maxRss(),
+    persona: commit.persona ? { ...commit.persona, changes: personaDiff } : null,
   };
 }
 

@@ -5,11 +5,12 @@
 import { closeSync, constants as fsc, ftruncateSync, openSync, promises as fs, writeSync } from 'node:fs';
 import path from 'node:path';
 import {
-  CarryonError, CheapHasher, decodeManifest, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
+  CarryonError, CheapHasher, decodeManifest, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
 import { CheckoutPool, type BlockJob } from './checkout-pool.js';
+import { fetchPersona } from './persona-engine.js';
 import { Progress } from './progress.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 
@@ -29,17 +30,18 @@ export interface CheckoutResult {
   seconds: number;
   /** Peak resident memory of this process: stays bounded whatever the image size. */
   maxRssBytes: number;
+  persona: { dir: string; version: number; files: number; chunksFetched: number } | null;
 }
 
 /** Fetch batches of up to this much plaintext: big enough to amortise a request, small enough to retry. */
 const BATCH_BYTES = 16 * 1024 * 1024;
 
-export async function checkoutDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { to?: string; quiet: boolean }): Promise<CheckoutResult> {
+export async function checkoutDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { to?: string; personaTo?: string; quiet: boolean }): Promise<CheckoutResult> {
   const t0 = Date.now();
   const local = state.checkout(name);
   if (local?.state === 'active') {
     return { desktop: name, disk: local.diskPath, version: local.version, manifestId: local.manifestId, size: decodeManifest(local.manifest).size, blocks: 0, blocksFetched: 0,
-      blocksFromCache: 0, blocksWritten: 0, bytesReceived: 0, resumed: false, alreadyCheckedOut: true, seconds: 0, maxRssBytes: maxRss() };
+      blocksFromCache: 0, blocksWritten: 0, bytesReceived: 0, resumed: false, alreadyCheckedOut: true, seconds: 0, maxRssBytes: maxRss(), persona: null };
   }
   const disk = path.resolve(opts.to ?? local?.diskPath ?? path.join(state.home, 'desktops', name, 'disk.raw'));
   const partial = `${disk}.partial`;
@@ -150,9 +152,21 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   // The cache is not fsynced: a block lost to a power cut fails verification and is fetched again.
   await fs.rename(partial, disk);
   await syncDir(path.dirname(disk));
+  // The persona comes with the disk: the version the server recorded with this checkout.
+  const personaDir = path.resolve(opts.personaTo ?? path.join(path.dirname(disk), 'persona'));
+  const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true);
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'active', version: info.version, manifestId: info.manifestId,
     manifest: encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: local?.state === 'downloading' ? local.startedAt : new Date().toISOString() });
-  return { ...result, bytesReceived: api.bytesReceived, seconds: (Date.now() - t0) / 1000, maxRssBytes: maxRss() };
+  return { ...result, bytesReceived: api.bytesReceived, seconds: (Date.now() - t0) / 1000, maxRssBytes: maxRss(), persona };
+}
+
+/** Bring a persona version (default: the newest) into `dir` and record it as this laptop's copy. */
+export async function checkoutPersona(state: LocalState, api: ApiClient, login: Login, name: string, version: number | undefined, dir: string, withDisk: boolean) {
+  const held = state.persona(name);
+  const previous = held && held.dir === dir ? decodePersona(held.snapshot) : null;
+  const p = await fetchPersona(state, api, version, dir, previous);
+  state.putPersona({ desktop: name, server: login.url, version: p.version, snapshot: p.encoded, dir, withDisk });
+  return { dir, version: p.version, files: p.snapshot.files.filter((f) => f.kind === 'file').length, chunksFetched: p.chunksFetched };
 }
 
 export function maxRss(): number {

@@ -5,6 +5,7 @@ import { registerCheckin } from './commands/checkin.js';
 import { registerCheckout } from './commands/checkout.js';
 import { registerDiscard } from './commands/discard.js';
 import { registerLogin } from './commands/login.js';
+import { registerPersona } from './commands/persona.js';
 import { registerStatus } from './commands/status.js';
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
@@ -21,6 +22,7 @@ registerCheckout(program);
 registerCheckin(program);
 registerStatus(program);
 registerDiscard(program);
+registerPersona(program);
 
 program.exitOverride((err) => {
   process.exit(err.exitCode === 0 ? 0 : 2);

@@ -46,7 +46,21 @@ const MIGRATIONS = [
      state TEXT NOT NULL CHECK (state IN ('downloading', 'active', 'checked-in')),
      version INTEGER NOT NULL, manifest_id TEXT NOT NULL, manifest BLOB NOT NULL, cheap BLOB,
      disk_path TEXT NOT NULL, started_at TEXT NOT NULL, updated_at TEXT NOT NULL);`,
+  // 2: the persona copy of a desktop (with its disk, or alone for --persona-only): the version it is
+  // based on, that version's snapshot (the base of the next merge), and its folder.
+  `CREATE TABLE personas (
+     desktop TEXT PRIMARY KEY, server TEXT NOT NULL, version INTEGER NOT NULL, snapshot BLOB NOT NULL,
+     dir TEXT NOT NULL, with_disk INTEGER NOT NULL, updated_at TEXT NOT NULL);`,
 ];
+
+export interface LocalPersonaCopy {
+  desktop: string;
+  server: string;
+  version: number;
+  snapshot: Buffer;
+  dir: string;
+  withDisk: boolean;
+}
 
 export function homeOf(opt: string | undefined): string {
   return path.resolve(opt ?? process.env.CARRYON_HOME ?? path.join(os.homedir(), '.carryon'));
@@ -132,6 +146,23 @@ export class LocalState {
           manifest_id = excluded.manifest_id, manifest = excluded.manifest, cheap = excluded.cheap, disk_path = excluded.disk_path,
           started_at = excluded.started_at, updated_at = excluded.updated_at`)
       .run({ ...c, updatedAt: new Date().toISOString() });
+  }
+
+  persona(desktop: string): LocalPersonaCopy | null {
+    const r = this.db.prepare('SELECT * FROM personas WHERE desktop = ?').get(desktop) as Record<string, unknown> | undefined;
+    return r ? { desktop: r.desktop as string, server: r.server as string, version: r.version as number, snapshot: r.snapshot as Buffer, dir: r.dir as string, withDisk: r.with_disk === 1 } : null;
+  }
+
+  putPersona(p: LocalPersonaCopy): void {
+    this.db
+      .prepare(`INSERT INTO personas (desktop, server, version, snapshot, dir, with_disk, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT(desktop) DO UPDATE SET server = excluded.server, version = excluded.version, snapshot = excluded.snapshot, dir = excluded.dir,
+          with_disk = excluded.with_disk, updated_at = excluded.updated_at`)
+      .run(p.desktop, p.server, p.version, p.snapshot, p.dir, p.withDisk ? 1 : 0, new Date().toISOString());
+  }
+
+  removePersona(desktop: string): void {
+    this.db.prepare('DELETE FROM personas WHERE desktop = ?').run(desktop);
   }
 
   removeCheckout(desktop: string): void {

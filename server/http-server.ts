@@ -5,11 +5,14 @@ import { pipeline } from 'node:stream/promises';
 import type { AddressInfo } from 'node:net';
 import {
   API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, createDecompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
-  manifestId, MAX_JSON_BYTES, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
-  type CommitResult, type TarEntry,
+  manifestId, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
+  type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
+  parsePersonaPushInfo, personaId, unpackEntries, type PersonaCommitResult, type PersonaPushInfo,
 } from '../src/index.js';
 import { ingestUpload, ManifestCache, missingForCommit } from './blocks.js';
 import { crashPoint } from './crash-point.js';
+import type { PersonaService } from './persona-service.js';
+import { decodeParam, header, readBody, readJson, sendJson } from './http-util.js';
 import type { SqliteMeta, User } from './meta.js';
 
 /** Largest manifest a commit may carry: 128 MiB = 4M blocks, 256 GiB at 64 KiB blocks. */
@@ -22,6 +25,7 @@ export interface Logger {
 interface Ctx {
   req: http.IncomingMessage;
   res: http.ServerResponse;
+  url: URL;
   params: string[];
   user: User;
 }
@@ -33,7 +37,7 @@ export class CarryonHttpServer {
   private readonly manifests: ManifestCache;
   private readonly routes: Array<{ method: string; re: RegExp; handler: Handler }> = [];
 
-  constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly log: Logger) {
+  constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly personas: PersonaService, private readonly log: Logger) {
     this.manifests = new ManifestCache(meta);
     this.server = http.createServer((req, res) => void this.handle(req, res));
     this.server.keepAliveTimeout = 30_000;
@@ -50,6 +54,11 @@ export class CarryonHttpServer {
     r('PUT', '/checkouts/:id/blocks', (c) => this.upload(c));
     r('POST', '/checkouts/:id/commit', (c) => this.commit(c));
     r('DELETE', '/checkouts/:id', async ({ user, params }) => this.meta.discardCheckout(user, params[0]!));
+    r('GET', '/persona', (c) => this.sendPersona(c));
+    r('POST', '/persona/chunks/get', (c) => this.sendPersonaChunks(c));
+    r('POST', '/persona/chunks/missing', async ({ req }) => ({ missing: this.meta.missingBlocks(parseIdList(await readJson(req), MAX_QUERY_IDS)) }));
+    r('PUT', '/persona/blocks', async ({ req, url, user }) => this.personas.ingest(user, intParam(url, 'base'), bodyOf(req)));
+    r('POST', '/persona/push', (c) => this.pushPersona(c));
   }
 
   listen(host: string, port: number): Promise<string> {
@@ -79,7 +88,7 @@ export class CarryonHttpServer {
       if (!route) throw new CarryonError('NOT_FOUND', `no route ${req.method} ${url.pathname}`);
       user = this.authenticate(req);
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeParam);
-      const out = await route.handler({ req, res, params, user });
+      const out = await route.handler({ req, res, url, params, user });
       if (!res.headersSent && out !== undefined) sendJson(res, 200, out);
     } catch (err) {
       const e = asCarryonError(err);
@@ -121,7 +130,48 @@ export class CarryonHttpServer {
   private async startCheckout({ req, user, params }: Ctx): Promise<CheckoutInfo> {
     const { device, deviceName } = parseCheckoutRequest(await readJson(req));
     const { row, resumed, manifestId: mid } = this.meta.startCheckout(user, parseName(params[0], 'desktop'), device, deviceName);
-    return { checkoutId: row.id, desktop: params[0]!, version: row.base_version, manifestId: mid, resumed };
+    // The persona version the laptop gets with the disk: the base of its check-in's merge.
+    const personaVersion = row.persona_base_version ?? this.meta.setCheckoutPersonaBase(row.id, this.personas.get(user).version);
+    return { checkoutId: row.id, desktop: params[0]!, version: row.base_version, manifestId: mid, resumed, personaVersion };
+  }
+
+  private async sendPersona({ res, url, user }: Ctx): Promise<undefined> {
+    const v = url.searchParams.has('version') ? intParam(url, 'version') : undefined;
+    const p = this.personas.get(user, v);
+    const encoded = encodePersona(p.snapshot);
+    res.writeHead(200, { 'content-type': CONTENT_PERSONA, 'content-length': encoded.length, [HEADER_PERSONA_VERSION]: String(p.version), [HEADER_PERSONA_ID]: personaId(encoded) });
+    res.end(encoded);
+    return undefined;
+  }
+
+  private async sendPersonaChunks({ req, res, user }: Ctx): Promise<undefined> {
+    const body = await readJson(req);
+    const ids = parseIdList(body, MAX_GET_IDS);
+    const version = (body as { version?: unknown }).version;
+    if (!Number.isSafeInteger(version)) throw new CarryonError('BAD_REQUEST', 'version must be a persona version number');
+    const entries = this.personas.chunks(user, version as number, ids);
+    res.writeHead(200, { 'content-type': CONTENT_TAR });
+    await pipeline(packEntries(entries), res);
+    return undefined;
+  }
+
+  /** A tar of `persona.json` and `push.json`, and for a check-in `disk.manifest`: the parts of a commit. */
+  private async commitParts(req: http.IncomingMessage): Promise<Map<string, Buffer>> {
+    const parts = new Map<string, Buffer>();
+    await unpackEntries(bodyOf(req), MAX_PERSONA_SNAPSHOT_BYTES, ({ name, data }) => {
+      if (!['disk.manifest', 'persona.json', 'push.json'].includes(name) || parts.has(name)) throw new CarryonError('TAR_INVALID', `unexpected commit part ${JSON.stringify(name.slice(0, 100))}`);
+      parts.set(name, data);
+    });
+    return parts;
+  }
+
+  private async pushPersona({ req, user }: Ctx): Promise<PersonaCommitResult> {
+    const parts = await this.commitParts(req);
+    const snapshot = parts.get('persona.json');
+    const info = parts.get('push.json');
+    if (!snapshot || !info) throw new CarryonError('BAD_REQUEST', 'a persona push carries persona.json and push.json');
+    const push = parsePersonaPushInfo(parseJsonPart(info));
+    return this.meta.db.transaction(() => this.personas.commit(user, snapshot, push, null))();
   }
 
   private async sendManifest({ res, user, params }: Ctx): Promise<undefined> {
@@ -190,18 +240,8 @@ export class CarryonHttpServer {
 
   private async upload({ req, user, params }: Ctx) {
     const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
-    const enc = (req.headers['content-encoding'] ?? 'identity').toLowerCase();
-    if (enc !== 'zstd' && enc !== 'identity') throw new CarryonError('BAD_REQUEST', `unsupported content-encoding ${enc}`);
-    let body: NodeJS.ReadableStream = req;
-    if (enc === 'zstd') {
-      const d = createDecompressStream();
-      req.on('error', (e) => d.destroy(e));
-      body = req.pipe(d);
-      // A corrupt zstd stream surfaces as an error of the decompressor: report it as a bad tar.
-      d.on('error', () => undefined);
-    }
     try {
-      return await ingestUpload(this.meta, this.store, this.baseOf(co), body);
+      return await ingestUpload(this.meta, this.store, this.baseOf(co), bodyOf(req));
     } catch (err) {
       if (err instanceof CarryonError) throw err;
       throw new CarryonError('TAR_INVALID', `upload stream is invalid: ${(err as Error).message}`, {}, err);
@@ -211,7 +251,21 @@ export class CarryonHttpServer {
   private async commit({ req, user, params }: Ctx): Promise<CommitResult> {
     const device = header(req, HEADER_DEVICE);
     if (!device) throw new CarryonError('BAD_REQUEST', `commit needs the ${HEADER_DEVICE} header`);
-    const encoded = await readBody(req, MAX_MANIFEST_BYTES);
+    // A bare manifest commits the disk alone; a tar carries the disk manifest with the persona.
+    let encoded: Buffer;
+    let persona: { snapshot: Buffer; push: PersonaPushInfo } | null = null;
+    if ((req.headers['content-type'] ?? '').startsWith(CONTENT_TAR)) {
+      const parts = await this.commitParts(req);
+      const m = parts.get('disk.manifest');
+      if (!m) throw new CarryonError('BAD_REQUEST', 'a check-in commit carries disk.manifest');
+      encoded = m;
+      const snapshot = parts.get('persona.json');
+      const push = parts.get('push.json');
+      if (snapshot && push) persona = { snapshot, push: parsePersonaPushInfo(parseJsonPart(push)) };
+      else if (snapshot || push) throw new CarryonError('BAD_REQUEST', 'persona.json and push.json go together');
+    } else {
+      encoded = await readBody(req, MAX_MANIFEST_BYTES);
+    }
     const next = decodeManifest(encoded);
     const id = manifestId(encoded);
     const co = this.meta.checkoutFor(user, params[0]!);
@@ -228,49 +282,38 @@ export class CarryonHttpServer {
       this.meta.putManifest(id, encoded, next);
     }
     crashPoint('commit-before-transaction');
-    const r = this.meta.commitCheckout(user, co.id, device, id);
-    return { desktop: r.desktop, version: r.version, manifestId: id, previousVersion: r.previousVersion, alreadyCommitted: r.already };
+    // Disk and persona move together, in one transaction, or neither does.
+    return this.meta.db.transaction((): CommitResult => {
+      const r = this.meta.commitCheckout(user, co.id, device, id);
+      let p: PersonaCommitResult | undefined;
+      if (persona && r.already) p = this.personas.committedBy(user, co.id);
+      else if (persona) p = this.personas.commit(user, persona.snapshot, persona.push, co.id);
+      return { desktop: r.desktop, version: r.version, manifestId: id, previousVersion: r.previousVersion, alreadyCommitted: r.already, ...(p ? { persona: p } : {}) };
+    })();
   }
 }
 
-function decodeParam(p: string): string {
-  try {
-    return decodeURIComponent(p);
-  } catch {
-    throw new CarryonError('BAD_REQUEST', 'malformed percent-encoding in the request path');
-  }
+function intParam(url: URL, name: string): number {
+  const n = Number(url.searchParams.get(name));
+  if (!Number.isSafeInteger(n) || n < 1) throw new CarryonError('BAD_REQUEST', `query parameter ${name} must be a positive integer`);
+  return n;
 }
 
-function header(req: http.IncomingMessage, name: string): string | undefined {
-  const v = req.headers[name];
-  return Array.isArray(v) ? v[0] : v;
-}
-
-function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
-}
-
-async function readBody(req: http.IncomingMessage, max: number): Promise<Buffer> {
-  const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > max) throw new CarryonError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes is over the ${max} limit`, { max });
-  const parts: Buffer[] = [];
-  let n = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    n += c.length;
-    if (n > max) throw new CarryonError('PAYLOAD_TOO_LARGE', `request body is over the ${max} byte limit`, { max });
-    parts.push(c);
-  }
-  return Buffer.concat(parts, n);
-}
-
-async function readJson(req: http.IncomingMessage): Promise<unknown> {
-  const buf = await readBody(req, MAX_JSON_BYTES);
-  if (buf.length === 0) return {};
+function parseJsonPart(buf: Buffer): unknown {
   try {
     return JSON.parse(buf.toString('utf8'));
   } catch {
-    throw new CarryonError('BAD_REQUEST', 'request body is not valid JSON');
+    throw new CarryonError('BAD_REQUEST', 'a JSON part of the request is not valid JSON');
   }
+}
+
+/** The request body, decompressed when it says it is zstd. */
+function bodyOf(req: http.IncomingMessage): NodeJS.ReadableStream {
+  const enc = (req.headers['content-encoding'] ?? 'identity').toLowerCase();
+  if (enc === 'identity') return req;
+  if (enc !== 'zstd') throw new CarryonError('BAD_REQUEST', `unsupported content-encoding ${enc}`);
+  const d = createDecompressStream();
+  req.on('error', (e) => d.destroy(e));
+  d.on('error', () => undefined); // surfaces to the reader as a bad stream
+  return req.pipe(d);
 }

@@ -5,6 +5,7 @@ import { Command } from 'commander';
 import { registerDesktopCreate } from './commands/desktop-create.js';
 import { registerImagePublish } from './commands/image-publish.js';
 import { registerInit } from './commands/init.js';
+import { registerPersona } from './commands/persona.js';
 import { registerStart } from './commands/start.js';
 import { registerStatus } from './commands/status.js';
 import { registerUserAdd } from './commands/user-add.js';
@@ -26,6 +27,7 @@ const image = program.command('image').description('manage golden images');
 registerImagePublish(image);
 const desktop = program.command('desktop').description('manage desktops');
 registerDesktopCreate(desktop);
+registerPersona(program);
 registerStatus(program);
 
 program.exitOverride((err) => {

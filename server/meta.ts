@@ -2,7 +2,7 @@
 // Owns: users and tokens, manifests, the block index, images, desktops and their versions, checkouts.
 // Must not know: HTTP, the CLI. Multi-row changes run in one transaction each.
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { CarryonError, type BlockId, type CheckoutHolder, type DesktopInfo, type DiskManifest } from '../src/index.js';
+import { CarryonError, type BlockId, type CheckoutHolder, type DesktopInfo, type DiskManifest, type FileMergePolicy, type RegistryMergePolicy } from '../src/index.js';
 import type { Db } from './db.js';
 
 export interface User {
@@ -36,6 +36,7 @@ export interface CheckoutRow {
   ended_at: string | null;
   committed_version: number | null;
   committed_manifest: string | null;
+  persona_base_version: number | null;
 }
 
 const now = (): string => new Date().toISOString();
@@ -148,6 +149,13 @@ export class SqliteMeta {
     return row;
   }
 
+  /** How a desktop's persona conflicts resolve (migration 2). */
+  desktopPolicies(user: User, name: string): { filePolicy: FileMergePolicy; registryPolicy: RegistryMergePolicy } {
+    const d = this.desktopFor(user, name);
+    const row = this.db.prepare('SELECT file_policy, registry_policy FROM desktops WHERE id = ?').get(d.id) as { file_policy: FileMergePolicy; registry_policy: RegistryMergePolicy };
+    return { filePolicy: row.file_policy, registryPolicy: row.registry_policy };
+  }
+
   desktopByName(name: string): DesktopRow {
     const row = this.db.prepare(`${this.desktopSelect} WHERE d.name = ?`).get(name) as DesktopRow | undefined;
     if (!row) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${name}`, { desktop: name });
@@ -214,6 +222,11 @@ export class SqliteMeta {
         .run(id, d.id, user.id, device, deviceName, d.version, now());
       return { row: this.checkoutFor(user, id), resumed: false, manifestId: d.manifest_id };
     })();
+  }
+
+  setCheckoutPersonaBase(checkoutId: string, version: number): number {
+    this.db.prepare('UPDATE checkouts SET persona_base_version = ? WHERE id = ? AND persona_base_version IS NULL').run(version, checkoutId);
+    return (this.db.prepare('SELECT persona_base_version AS v FROM checkouts WHERE id = ?').get(checkoutId) as { v: number }).v;
   }
 
   /**

@@ -91,4 +91,32 @@ export const MIGRATIONS: Migration[] = [
       CREATE UNIQUE INDEX checkouts_one_active ON checkouts(desktop_id) WHERE state = 'active';
     `,
   },
+  {
+    version: 2,
+    why: 'The persona: each user has a chain of immutable persona versions (content-addressed snapshots of the profile tree and registry, file contents as chunks in the block store); a checkout records the persona version it started from, so a check-in can merge three ways; each desktop chooses how conflicting edits resolve.',
+    sql: `
+      CREATE TABLE persona_snapshots (
+        id TEXT PRIMARY KEY,
+        encoded BLOB NOT NULL,
+        created_at TEXT NOT NULL
+      );
+      CREATE TABLE persona_versions (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        version INTEGER NOT NULL,
+        snapshot_id TEXT NOT NULL REFERENCES persona_snapshots(id),
+        source TEXT NOT NULL CHECK (source IN ('initial', 'checkin', 'push')),
+        device_name TEXT,
+        checkout_id TEXT,
+        -- JSON merge report when this version merged edits made meanwhile elsewhere; null otherwise
+        merge_report TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, version)
+      );
+      ALTER TABLE checkouts ADD COLUMN persona_base_version INTEGER;
+      ALTER TABLE desktops ADD COLUMN file_policy TEXT NOT NULL DEFAULT 'keep-both'
+        CHECK (file_policy IN ('keep-both', 'newest', 'server', 'laptop'));
+      ALTER TABLE desktops ADD COLUMN registry_policy TEXT NOT NULL DEFAULT 'newest'
+        CHECK (registry_policy IN ('newest', 'server', 'laptop'));
+    `,
+  },
 ];

@@ -10,4 +10,5 @@ export * from './rdiff/index.js';
 export * from './store/index.js';
 export * from './manifest/index.js';
 export * from './disk/index.js';
+export * from './persona/index.js';
 export * from './wire/index.js';

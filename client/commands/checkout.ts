@@ -1,19 +1,40 @@
 // carryon checkout NAME [--to PATH]: download the desktop's disk to this laptop.
 import type { Command } from 'commander';
 import { parseName } from '../../src/index.js';
-import { checkoutDesktop } from '../checkout-engine.js';
+import path from 'node:path';
+import { checkoutDesktop, checkoutPersona } from '../checkout-engine.js';
+import type { ApiClient } from '../api-client.js';
+import type { LocalState, Login } from '../state.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { fmtBytes } from '../progress.js';
 
 export function registerCheckout(program: Command): void {
   withCommonOptions(program.command('checkout <desktop>').description('check a desktop out to this laptop (only missing blocks are downloaded)'))
     .option('--to <path>', 'where to put the raw disk image (default: HOME/desktops/NAME/disk.raw)')
+    .option('--persona-to <dir>', 'where to put the persona: profile/ and registry.reg (default: beside the disk, in persona/)')
+    .option('--persona-only', 'bring only the persona (profile files and registry); the disk stays free for others')
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await runCommand(opts, (s) => checkoutDesktop(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), { to: opts.to as string | undefined, quiet: opts.json === true }), (r) =>
+      if (opts.personaOnly === true) {
+        await runCommand(opts, (s) => checkoutPersonaOnly(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), opts.personaTo as string | undefined), (r) =>
+          `persona of ${r.desktop} version ${r.version} in ${r.dir}: ${r.files} files (${r.chunksFetched} chunks downloaded)\n` +
+          `edit profile/ and registry.reg there, then \`carryon persona push ${r.desktop}\``);
+        return;
+      }
+      await runCommand(opts, (s) => checkoutDesktop(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), { to: opts.to as string | undefined, personaTo: opts.personaTo as string | undefined, quiet: opts.json === true }), (r) =>
         r.alreadyCheckedOut
           ? `${r.desktop} is already checked out here at ${r.disk} (version ${r.version})`
           : `checked out ${r.desktop} version ${r.version} to ${r.disk}\n${fmtBytes(r.size)} disk: ${r.blocksFetched} blocks downloaded, ${r.blocksFromCache} from the local cache; ` +
-            `${fmtBytes(r.bytesReceived)} received in ${r.seconds.toFixed(1)} s${r.resumed ? ' (resumed)' : ''}`);
+            `${fmtBytes(r.bytesReceived)} received in ${r.seconds.toFixed(1)} s${r.resumed ? ' (resumed)' : ''}` +
+            (r.persona ? `\npersona version ${r.persona.version} in ${r.persona.dir}: ${r.persona.files} files` : ''));
     });
+}
+
+/** A persona-only copy: no checkout, nothing locked; pushed back with `carryon persona push`. */
+async function checkoutPersonaOnly(state: LocalState, api: ApiClient, login: Login, name: string, to: string | undefined) {
+  await api.desktop(name); // DESKTOP_NOT_FOUND before anything is written
+  const held = state.persona(name);
+  const dir = path.resolve(to ?? held?.dir ?? path.join(state.home, 'desktops', name, 'persona'));
+  const r = await checkoutPersona(state, api, login, name, undefined, dir, held?.withDisk ?? false);
+  return { desktop: name, ...r, bytesReceived: api.bytesReceived };
 }

@@ -5,6 +5,10 @@ import { dataDirOf } from '../cli-util.js';
 import { openDataDir } from '../db.js';
 import { CarryonHttpServer } from '../http-server.js';
 import { SqliteMeta } from '../meta.js';
+import { SqlitePersonaMeta } from '../persona-meta.js';
+import { PersonaService } from '../persona-service.js';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
 import { optsOf, withCommonOptions } from './options.js';
 
 function parseListen(s: string): { host: string; port: number } {
@@ -22,7 +26,10 @@ export function registerStart(program: Command): void {
         const { host, port } = parseListen(String(opts.listen));
         const d = openDataDir(dataDirOf(opts));
         const log = (f: Record<string, unknown>): void => void process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...f })}\n`);
-        const server = new CarryonHttpServer(new SqliteMeta(d.db), d.store, log);
+        const meta = new SqliteMeta(d.db);
+        const personas = new PersonaService(meta, new SqlitePersonaMeta(d.db), d.store, path.join(d.root, 'tmp'));
+        mkdirSync(path.join(d.root, 'tmp'), { recursive: true });
+        const server = new CarryonHttpServer(meta, d.store, personas, log);
         const url = await server.listen(host, port);
         process.stdout.write(opts.json ? `${JSON.stringify({ url })}\n` : `carryon-server listening on ${url}\n`);
         const stop = async (): Promise<void> => {

@@ -46,6 +46,8 @@ export interface CheckoutInfo {
   version: number;
   manifestId: BlockId;
   resumed: boolean;
+  /** The persona version that goes with this checkout. */
+  personaVersion: number;
 }
 
 export interface CommitResult {
@@ -54,6 +56,8 @@ export interface CommitResult {
   manifestId: BlockId;
   previousVersion: number;
   alreadyCommitted: boolean;
+  /** Present when the check-in carried the persona. */
+  persona?: PersonaCommitResult;
 }
 
 export interface UploadResult {
@@ -128,4 +132,55 @@ export function parseName(s: unknown, what: string): string {
     throw new CarryonError('INVALID_ARGUMENT', `${what} name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`, { value: String(s).slice(0, 80) });
   }
   return s;
+}
+
+// ---- persona
+export const HEADER_PERSONA_VERSION = 'x-carryon-persona-version';
+export const HEADER_PERSONA_ID = 'x-carryon-persona-id';
+export const CONTENT_PERSONA = 'application/vnd.carryon.persona+json';
+/** Largest persona upload entry: a 1 MiB chunk, or an rdiff delta of a changed file (else its chunks go). */
+export const MAX_PERSONA_ENTRY_BYTES = 16 * 1024 * 1024;
+/** Largest persona snapshot (its JSON): ~100k files. */
+export const MAX_PERSONA_SNAPSHOT_BYTES = 64 * 1024 * 1024;
+
+/** Persona upload entries: a chunk (`b/<id>`), or a whole file rebuilt from an rdiff delta against a file of the base version. */
+export type PersonaUploadEntry = { kind: 'chunk'; id: BlockId } | { kind: 'delta'; file: BlockId; base: BlockId };
+
+export function personaUploadEntryName(e: PersonaUploadEntry): string {
+  return e.kind === 'chunk' ? `b/${e.id}` : `r/${e.file}/${e.base}`;
+}
+
+export function parsePersonaUploadEntryName(name: string): PersonaUploadEntry {
+  const parts = name.split('/');
+  if (parts[0] === 'b' && parts.length === 2 && isBlockId(parts[1])) return { kind: 'chunk', id: parts[1] };
+  if (parts[0] === 'r' && parts.length === 3 && isBlockId(parts[1]) && isBlockId(parts[2])) return { kind: 'delta', file: parts[1], base: parts[2] };
+  throw new CarryonError('TAR_INVALID', `persona upload entry name ${JSON.stringify(name.slice(0, 200))} is neither b/<id> nor r/<file>/<base>`);
+}
+
+/** What goes with a laptop's persona snapshot when it is pushed or checked in. */
+export interface PersonaPushInfo {
+  /** The persona version the laptop's copy started from. */
+  baseVersion: number;
+  /** The desktop whose merge policies apply. */
+  desktop: string;
+  deviceName: string;
+  /** When the laptop's edits were last made (ms since the epoch): "newest wins" compares it. */
+  editedAt: number;
+}
+
+export function parsePersonaPushInfo(body: unknown): PersonaPushInfo {
+  const b = (body ?? {}) as Record<string, unknown>;
+  if (!Number.isSafeInteger(b.baseVersion) || (b.baseVersion as number) < 1) throw new CarryonError('BAD_REQUEST', 'baseVersion must be a persona version number');
+  if (!Number.isSafeInteger(b.editedAt) || (b.editedAt as number) < 0) throw new CarryonError('BAD_REQUEST', 'editedAt must be a time in ms');
+  const deviceName = typeof b.deviceName === 'string' && b.deviceName.length > 0 ? b.deviceName.slice(0, 128) : 'laptop';
+  return { baseVersion: b.baseVersion as number, desktop: parseName(b.desktop, 'desktop'), deviceName, editedAt: b.editedAt as number };
+}
+
+export interface PersonaCommitResult {
+  version: number;
+  /** False when the pushed snapshot was what the server held already. */
+  changed: boolean;
+  /** Whether edits made meanwhile elsewhere were merged in (the report says how). */
+  merged: boolean;
+  report: unknown;
 }

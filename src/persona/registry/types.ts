@@ -90,7 +90,9 @@ export const REG_MAX_KEY_DEPTH = 512;
 export interface RegDecodeOptions {
   /**
    * Read the text in this encoding instead of guessing. A BOM-less file is guessed as UTF-8 when it
-   * decodes as UTF-8, else windows-1252; pass the `encoding` of a file you wrote to read it back exactly.
+   * has non-ASCII bytes that decode as UTF-8, as windows-1252 when it has others, and when it is all
+   * ASCII as windows-1252 for a REGEDIT4 header (regedit's ANSI) and UTF-8 otherwise. Pass the
+   * `encoding` of a file you wrote to read it back exactly.
    */
   encoding?: RegFileEncoding;
   maxFileBytes?: number;

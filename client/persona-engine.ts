@@ -1,0 +1,170 @@
+// The laptop's side of the persona: bring a version down into a folder, read the folder back into a
+// snapshot, and upload what the server lacks. Layout of a persona folder (docs/persona.md):
+//   profile/      the user's profile files, as the snapshot lists them
+//   registry.reg  the whole registry, written as regedit writes it (UTF-16LE, CRLF); edit it, or use
+//                 `carryon persona reg import`, and the next check-in or push takes it as it stands.
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import {
+  applyToRegistry, CarryonError, createCompressStream, createDelta, createSignature, decodePersona, decodeRegFile, decodeVerified, exportRegistry, getBlock,
+  materializePersonaTree, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
+  scanPersonaTree, type BlockId, type PersonaEntry, type PersonaSnapshot, type TarEntry,
+} from '../src/index.js';
+import type { ApiClient } from './api-client.js';
+import { batchesOf } from './batches.js';
+import type { LocalState } from './state.js';
+
+export const REGISTRY_FILE = 'registry.reg';
+export const PROFILE_DIR = 'profile';
+
+/** The snapshot's registry (canonical UTF-8 .reg text) as regedit writes a file: UTF-16LE with BOM, CRLF. */
+function registryFileBytes(text: string): Uint8Array {
+  const reg = new Registry();
+  if (text) applyToRegistry(reg, decodeRegFile(Buffer.from(text, 'utf8'), { encoding: 'utf-8' }));
+  return exportRegistry(reg, { version: 'v5', encoding: 'utf-16le', bom: true });
+}
+
+/** Any .reg file (either format, any encoding) as the snapshot's canonical registry text; '' when empty. */
+export function canonicalRegistry(bytes: Uint8Array): string {
+  const reg = applyToRegistry(new Registry(), decodeRegFile(bytes));
+  if (reg.size === 0) return '';
+  return Buffer.from(exportRegistry(reg, { version: 'v5', encoding: 'utf-8', bom: false })).toString('utf8');
+}
+
+/** Download a persona version (default: the newest) into `dir`, fetching only chunks the laptop cache lacks. */
+export async function fetchPersona(state: LocalState, api: ApiClient, version: number | undefined, dir: string, previous: PersonaSnapshot | null):
+  Promise<{ version: number; snapshot: PersonaSnapshot; encoded: Buffer; chunksFetched: number }> {
+  const got = await api.persona(version);
+  if (personaId(got.encoded) !== got.id) throw new CarryonError('BAD_REQUEST', 'the persona received does not match its id');
+  const snapshot = decodePersona(got.encoded);
+  const wanted = [...new Set(snapshot.files.flatMap((f) => f.chunks))];
+  const missing: BlockId[] = [];
+  for (const id of wanted) if (!(await state.cache.has(id))) missing.push(id);
+  for (const batch of batchesOf(missing, () => PERSONA_CHUNK_BYTES, 32 * PERSONA_CHUNK_BYTES, MAX_GET_IDS)) {
+    const pending = new Set(batch);
+    await api.personaChunks(got.version, batch, async ({ name, data }) => {
+      if (!pending.delete(name)) throw new CarryonError('TAR_INVALID', `server sent chunk ${name.slice(0, 12)}… that was not asked for`);
+      await state.cache.put(name, data, decodeVerified(name, data, PERSONA_CHUNK_BYTES));
+    });
+    if (pending.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${pending.size} requested chunk(s)`);
+  }
+  await fs.mkdir(path.join(dir, PROFILE_DIR), { recursive: true });
+  await materializePersonaTree(path.join(dir, PROFILE_DIR), snapshot.files, state.cache, previous ? { previous: previous.files } : {});
+  await writeAtomically(path.join(dir, REGISTRY_FILE), registryFileBytes(snapshot.registry));
+  return { version: got.version, snapshot, encoded: got.encoded, chunksFetched: missing.length };
+}
+
+async function writeAtomically(file: string, bytes: Uint8Array): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  await fs.writeFile(tmp, bytes);
+  await fs.rename(tmp, file);
+}
+
+export interface LocalPersona {
+  snapshot: PersonaSnapshot;
+  /** Newest modification among what changed since the base (ms): "newest wins" compares it. */
+  editedAt: number;
+}
+
+/** Read the persona folder back into a snapshot; new file contents go into the laptop cache as chunks. */
+export async function scanPersona(state: LocalState, dir: string, base: PersonaSnapshot): Promise<LocalPersona> {
+  const scan = await scanPersonaTree(path.join(dir, PROFILE_DIR), state.cache, { previous: base });
+  const regPath = path.join(dir, REGISTRY_FILE);
+  const regBytes = await fs.readFile(regPath).catch(() => null);
+  const registry = regBytes ? canonicalRegistry(regBytes) : '';
+  const baseByPath = new Map(base.files.map((f) => [f.path, f]));
+  let editedAt = 0;
+  for (const f of scan.files) {
+    const b = baseByPath.get(f.path);
+    if (!b || b.hash !== f.hash || b.kind !== f.kind || b.target !== f.target) editedAt = Math.max(editedAt, f.mtimeMs);
+  }
+  if (registry !== base.registry && regBytes) editedAt = Math.max(editedAt, (await fs.stat(regPath)).mtimeMs);
+  if (scan.files.length < base.files.length || editedAt === 0) editedAt = Math.max(editedAt, Date.now());
+  return { snapshot: { files: scan.files, registry }, editedAt: Math.round(editedAt) };
+}
+
+export interface PersonaDiff {
+  added: string[];
+  changed: string[];
+  deleted: string[];
+  registryChanged: boolean;
+}
+
+export function diffPersona(base: PersonaSnapshot, ours: PersonaSnapshot): PersonaDiff {
+  const b = new Map(base.files.map((f) => [f.path, f]));
+  const o = new Map(ours.files.map((f) => [f.path, f]));
+  const same = (x: PersonaEntry, y: PersonaEntry): boolean => x.kind === y.kind && x.hash === y.hash && x.target === y.target && x.mode === y.mode;
+  return {
+    added: ours.files.filter((f) => !b.has(f.path)).map((f) => f.path),
+    changed: ours.files.filter((f) => b.has(f.path) && !same(b.get(f.path)!, f)).map((f) => f.path),
+    deleted: base.files.filter((f) => !o.has(f.path)).map((f) => f.path),
+    registryChanged: base.registry !== ours.registry,
+  };
+}
+
+/**
+ * Send the server the file contents of `ours` it lacks: a changed file as an rdiff delta against its
+ * base version when the server has that and the delta is small enough, else its chunks. Returns the
+ * number of entries sent.
+ */
+export async function uploadPersona(state: LocalState, api: ApiClient, baseVersion: number, base: PersonaSnapshot, ours: PersonaSnapshot, dir: string): Promise<{ files: number; chunks: number; deltas: number }> {
+  const all = [...new Set(ours.files.flatMap((f) => f.chunks))];
+  const missing = new Set<BlockId>();
+  for (let k = 0; k < all.length; k += MAX_QUERY_IDS) for (const id of await api.personaMissing(all.slice(k, k + MAX_QUERY_IDS))) missing.add(id);
+  if (missing.size === 0) return { files: 0, chunks: 0, deltas: 0 };
+  const baseByPath = new Map(base.files.filter((f) => f.kind === 'file').map((f) => [f.path, f]));
+  const files = ours.files.filter((f) => f.kind === 'file' && f.chunks.some((c) => missing.has(c)));
+  let chunks = 0;
+  let deltas = 0;
+  const sent = new Set<BlockId>();
+  async function* entries(): AsyncGenerator<TarEntry> {
+    for (const f of files) {
+      const old = baseByPath.get(f.path);
+      if (old && old.hash !== f.hash && old.size > 0) {
+        const delta = await deltaOf(state, old, path.join(dir, PROFILE_DIR, ...f.path.split('/')));
+        if (delta && delta.length < f.size / 2) {
+          deltas++;
+          for (const c of f.chunks) sent.add(c);
+          yield { name: personaUploadEntryName({ kind: 'delta', file: f.hash!, base: old.hash! }), data: delta };
+          continue;
+        }
+      }
+      for (const c of f.chunks) {
+        if (!missing.has(c) || sent.has(c)) continue;
+        sent.add(c);
+        chunks++;
+        yield { name: personaUploadEntryName({ kind: 'chunk', id: c }), data: await getBlock(state.cache, c, PERSONA_CHUNK_BYTES) };
+      }
+    }
+  }
+  const tar = packEntries(entries());
+  const body = createCompressStream(3);
+  tar.on('error', (err) => body.destroy(err));
+  await api.personaUpload(baseVersion, tar.pipe(body));
+  return { files: files.length, chunks, deltas };
+}
+
+/** An rdiff delta turning the base file (from the cache) into the file on disk; null when too large to send as one entry. */
+async function deltaOf(state: LocalState, base: PersonaEntry, file: string): Promise<Buffer | null> {
+  async function* baseBytes(): AsyncGenerator<Buffer> {
+    for (const c of base.chunks) yield await getBlock(state.cache, c, PERSONA_CHUNK_BYTES);
+  }
+  const signature = await createSignature(Readable.from(baseBytes()), { baseSize: base.size });
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const piece of createDelta(signature, Readable.from((async function* () {
+    const fh = await fs.open(file, 'r');
+    try {
+      const buf = Buffer.allocUnsafe(PERSONA_CHUNK_BYTES);
+      for (let r; (r = await fh.read(buf, 0, buf.length, null)).bytesRead > 0; ) yield Buffer.from(buf.subarray(0, r.bytesRead));
+    } finally {
+      await fh.close();
+    }
+  })()))) {
+    n += piece.length;
+    if (n > MAX_PERSONA_ENTRY_BYTES) return null;
+    parts.push(piece);
+  }
+  return Buffer.concat(parts, n);
+}

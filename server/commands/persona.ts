@@ -1,0 +1,43 @@
+// carryon-server persona history|show USER: a user's persona versions, and one version's contents.
+import type { Command } from 'commander';
+import { CarryonError, fmtBytes, parseName } from '../../src/index.js';
+import { withData } from '../cli-util.js';
+import { SqlitePersonaMeta } from '../persona-meta.js';
+import { optsOf, withCommonOptions } from './options.js';
+
+export function registerPersona(program: Command): void {
+  const persona = program.command('persona').description("a user's persona (profile files and registry) versions");
+  withCommonOptions(persona.command('history <user>').description('list the persona versions of a user')).action(async (user: string, _o, cmd: Command) => {
+    await withData(optsOf(cmd), (d, meta) => {
+      const u = meta.userByName(parseName(user, 'user'));
+      const pm = new SqlitePersonaMeta(d.db);
+      const versions = pm.history(u.id).map((v) => {
+        const s = pm.snapshot(v.snapshotId);
+        const conflicts = (v.mergeReport as { conflicts?: unknown[] } | null)?.conflicts?.length ?? 0;
+        return { ...v, files: s.files.filter((f) => f.kind === 'file').length, bytes: s.files.reduce((n, f) => n + f.size, 0), conflicts };
+      });
+      return { user: u.name, versions };
+    }, (r) => [`persona of ${r.user}:`, ...r.versions.map((v) =>
+      `  version ${v.version}  ${v.createdAt}  ${v.source}${v.deviceName ? ` from ${v.deviceName}` : ''}: ${v.files} files, ${fmtBytes(v.bytes)}` +
+      (v.conflicts > 0 ? `, ${v.conflicts} conflict(s) merged` : ''))].join('\n'));
+  });
+  withCommonOptions(persona.command('show <user> [version]').description('show one persona version (default: the newest): files, registry and merge report'))
+    .action(async (user: string, version: string | undefined, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await withData(opts, (d, meta) => {
+        const u = meta.userByName(parseName(user, 'user'));
+        const pm = new SqlitePersonaMeta(d.db);
+        const newest = pm.current(u.id).version;
+        const n = version === undefined ? newest : Number(version);
+        const v = Number.isSafeInteger(n) ? pm.version(u.id, n) : null;
+        if (!v) throw new CarryonError('INVALID_ARGUMENT', `user ${u.name} has no persona version ${String(version)}`);
+        const s = pm.snapshot(v.snapshotId);
+        return { user: u.name, ...v, files: s.files, registry: s.registry };
+      }, (r) => [
+        `persona of ${r.user}, version ${r.version} (${r.source}, ${r.createdAt})`,
+        ...r.files.map((f) => `  ${f.kind === 'dir' ? 'dir ' : f.kind === 'symlink' ? 'link' : 'file'} ${f.path}${f.kind === 'file' ? ` (${fmtBytes(f.size)})` : ''}${f.target ? ` -> ${f.target}` : ''}`),
+        r.registry ? `registry:\n${r.registry}` : 'registry: empty',
+        ...(r.mergeReport ? [`merge report: ${JSON.stringify(r.mergeReport)}`] : []),
+      ].join('\n'));
+    });
+}

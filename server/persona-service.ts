@@ -1,0 +1,153 @@
+// The server's persona work: serving a version and its chunks, taking uploaded chunks and rdiff
+// deltas, and committing a laptop's snapshot as a new version, merged three ways with what the
+// server received meanwhile. Chunks enter the store through BlockIngest (verified, then indexed).
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import {
+  applyDelta, blockId, CarryonError, decodePersona, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
+  unpackEntries, type BlockId, type BlockStore, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
+} from '../src/index.js';
+import { BlockIngest } from './blocks.js';
+import type { SqliteMeta, User } from './meta.js';
+import type { SqlitePersonaMeta } from './persona-meta.js';
+
+/** Largest file an rdiff delta may rebuild (its base is staged in a temp file, not memory). */
+const MAX_PERSONA_FILE_BYTES = 64 * 1024 * 1024 * 1024;
+
+export class PersonaService {
+  constructor(private readonly meta: SqliteMeta, private readonly personas: SqlitePersonaMeta, private readonly store: BlockStore, private readonly tmpRoot: string) {}
+
+  /** A version of the user's persona (default: the newest). */
+  get(user: User, version?: number): { version: number; snapshot: PersonaSnapshot; createdAt: string } {
+    const current = this.personas.current(user.id);
+    const v = version === undefined ? current : this.personas.version(user.id, version);
+    if (!v) throw new CarryonError('NOT_FOUND', `persona version ${version} does not exist`, { version });
+    return { version: v.version, snapshot: this.personas.snapshot(v.snapshotId), createdAt: v.createdAt };
+  }
+
+  /** The encoded chunks of `ids`, each of which must belong to the given version. */
+  chunks(user: User, version: number, ids: BlockId[]): AsyncGenerator<TarEntry> {
+    const { snapshot } = this.get(user, version);
+    const allowed = new Set(snapshot.files.flatMap((f) => f.chunks));
+    for (const id of ids) if (!allowed.has(id)) throw new CarryonError('BLOCK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is not part of persona version ${version}`, { id });
+    const store = this.store;
+    return (async function* () {
+      for (const id of ids) yield { name: id, data: await store.getEncoded(id) };
+    })();
+  }
+
+  /**
+   * Take `b/<chunk>` entries (a chunk's plaintext) and `r/<file>/<base>` entries (an rdiff delta that
+   * rebuilds file `file` from file `base` of persona version `baseVersion`). Every chunk is verified
+   * by its id; a rebuilt file must hash to `file`. What arrived before a failure stays stored.
+   */
+  async ingest(user: User, baseVersion: number, body: NodeJS.ReadableStream): Promise<{ chunks: number; files: number }> {
+    const { snapshot: base } = this.get(user, baseVersion);
+    const baseFiles = new Map(base.files.filter((f) => f.kind === 'file').map((f) => [f.hash!, f]));
+    const ingest = new BlockIngest(this.meta, this.store);
+    let chunks = 0;
+    let files = 0;
+    try {
+      await unpackEntries(body, MAX_PERSONA_ENTRY_BYTES, async ({ name, data }) => {
+        const e = parsePersonaUploadEntryName(name);
+        if (e.kind === 'chunk') {
+          if (data.length > PERSONA_CHUNK_BYTES) throw new CarryonError('BLOCK_CORRUPT', `chunk ${e.id.slice(0, 12)}… is larger than ${PERSONA_CHUNK_BYTES} bytes`);
+          if (blockId(data) !== e.id) throw new CarryonError('BLOCK_CORRUPT', `chunk ${e.id.slice(0, 12)}… does not match its hash`, { id: e.id });
+          await ingest.add(e.id, data);
+          chunks++;
+          return;
+        }
+        const from = baseFiles.get(e.base);
+        if (!from) throw new CarryonError('BLOCK_NOT_FOUND', `delta base file ${e.base.slice(0, 12)}… is not in persona version ${baseVersion}`, { id: e.base });
+        chunks += await this.rebuild(from.chunks, data, e.file, ingest);
+        files++;
+      });
+    } finally {
+      await ingest.flush();
+    }
+    return { chunks, files };
+  }
+
+  /** Apply an rdiff delta to a base file staged from its chunks; store the result's chunks. */
+  private async rebuild(baseChunks: BlockId[], delta: Buffer, expect: BlockId, ingest: BlockIngest): Promise<number> {
+    const dir = mkdtempSync(path.join(this.tmpRoot, 'rebuild-'));
+    try {
+      const staged = path.join(dir, 'base');
+      const fh = await fs.open(staged, 'w+');
+      try {
+        for (const id of baseChunks) await fh.write(await getBlock(this.store, id, PERSONA_CHUNK_BYTES));
+        const whole = createHash('sha256');
+        let pending: Buffer = Buffer.alloc(0);
+        let stored = 0;
+        const put = async (chunk: Buffer): Promise<void> => {
+          await ingest.add(blockId(chunk), chunk);
+          stored++;
+        };
+        const out = new Writable({
+          write(data: Buffer, _e, cb) {
+            whole.update(data);
+            pending = pending.length ? Buffer.concat([pending, data]) : data;
+            (async () => {
+              while (pending.length >= PERSONA_CHUNK_BYTES) {
+                await put(Buffer.from(pending.subarray(0, PERSONA_CHUNK_BYTES)));
+                pending = pending.subarray(PERSONA_CHUNK_BYTES);
+              }
+            })().then(() => cb(), cb);
+          },
+          final(cb) {
+            (pending.length > 0 ? put(Buffer.from(pending)) : Promise.resolve()).then(() => cb(), cb);
+          },
+        });
+        await applyDelta(fh, delta, out, { maxOutputBytes: MAX_PERSONA_FILE_BYTES });
+        if (whole.digest('hex') !== expect) throw new CarryonError('BLOCK_CORRUPT', `file rebuilt from a delta does not match its hash ${expect.slice(0, 12)}…`, { id: expect });
+        return stored;
+      } finally {
+        await fh.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** What an earlier commit of this checkout made of the persona (a commit repeated after a crash). */
+  committedBy(user: User, checkoutId: string): PersonaCommitResult {
+    const row = this.meta.db.prepare('SELECT version, merge_report FROM persona_versions WHERE user_id = ? AND checkout_id = ?').get(user.id, checkoutId) as
+      { version: number; merge_report: string | null } | undefined;
+    if (!row) return { version: this.personas.current(user.id).version, changed: false, merged: false, report: null };
+    return { version: row.version, changed: true, merged: row.merge_report !== null, report: row.merge_report === null ? null : JSON.parse(row.merge_report) };
+  }
+
+  /**
+   * Make a laptop's snapshot the user's next persona version; call inside the transaction that also
+   * commits the disk, when there is one. When the server moved on since `info.baseVersion`, the three
+   * versions are merged with the desktop's policies and the report is kept with the new version.
+   */
+  commit(user: User, encoded: Buffer, info: PersonaPushInfo, checkoutId: string | null): PersonaCommitResult {
+    const ours = decodePersona(encoded);
+    const policies = this.meta.desktopPolicies(user, info.desktop);
+    const current = this.personas.current(user.id);
+    if (info.baseVersion > current.version) throw new CarryonError('BAD_REQUEST', `persona base version ${info.baseVersion} does not exist yet`);
+    let merged = ours;
+    let report: unknown = null;
+    if (info.baseVersion !== current.version) {
+      const base = this.personas.snapshot(this.personas.version(user.id, info.baseVersion)!.snapshotId);
+      const theirs = this.personas.snapshot(current.snapshotId);
+      const r = mergePersona(base, ours, theirs, {
+        filePolicy: policies.filePolicy, registryPolicy: policies.registryPolicy, device: info.deviceName, oursTime: info.editedAt, theirsTime: Date.parse(current.createdAt),
+      });
+      merged = r.merged;
+      report = r.report;
+    }
+    const missing = [...new Set(merged.files.flatMap((f) => f.chunks))].filter((id) => !this.meta.hasBlock(id));
+    if (missing.length > 0) {
+      throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} persona chunk(s) the snapshot names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
+    }
+    const { id } = this.personas.putSnapshot(merged);
+    if (id === current.snapshotId) return { version: current.version, changed: false, merged: report !== null, report };
+    const version = this.personas.addVersion(user.id, id, { source: checkoutId ? 'checkin' : 'push', deviceName: info.deviceName, checkoutId, mergeReport: report });
+    return { version, changed: true, merged: report !== null, report };
+  }
+}

@@ -1,0 +1,104 @@
+// The persona snapshot: a user's profile folder as a file tree manifest, plus their registry.
+// Owns: the entry and snapshot types, their validation, and the canonical encoding whose SHA-256 is a
+// snapshot's id (so persona versions are content-addressed like disk manifests).
+// Must not know: the file system, stores, HTTP. Paths here are already validated (see paths.ts).
+import { CarryonError } from '../errors/index.js';
+import { isBlockId, sha256, type BlockId } from '../hash/index.js';
+import { checkPersonaPath, checkSymlinkTarget, personaPathKey } from './paths.js';
+
+export const PERSONA_FORMAT = 'carryon-persona';
+export const PERSONA_VERSION = 1;
+/** File contents are stored as chunks of this size (the last one shorter), each a content-addressed block. */
+export const PERSONA_CHUNK_BYTES = 1024 * 1024;
+
+export type PersonaEntryKind = 'file' | 'dir' | 'symlink';
+
+export interface PersonaEntry {
+  /** Relative to the profile root, '/'-separated, NFC, no '.', '..' or empty components. */
+  path: string;
+  kind: PersonaEntryKind;
+  /** Permission bits (mode & 0o777). */
+  mode: number;
+  /** Modification time, integer milliseconds since the epoch. */
+  mtimeMs: number;
+  /** Files: content length in bytes; directories and symlinks: 0. */
+  size: number;
+  /** Files: SHA-256 of the whole content; others: null. */
+  hash: BlockId | null;
+  /** Files: ids of the content's PERSONA_CHUNK_BYTES chunks, in order (empty for an empty file). */
+  chunks: BlockId[];
+  /** Symlinks: the target, relative, resolving inside the profile. */
+  target?: string;
+}
+
+export interface PersonaSnapshot {
+  /** Sorted by path (code-unit order), unique case-insensitively. */
+  files: PersonaEntry[];
+  /** The registry as canonical .reg text (UTF-8 "Windows Registry Editor Version 5.00"), or '' for none. */
+  registry: string;
+}
+
+/** The canonical encoding: JSON with a fixed key order, entries sorted; its SHA-256 is the snapshot id. */
+export function encodePersona(p: PersonaSnapshot): Buffer {
+  const files = [...p.files].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)).map((e) => ({
+    path: e.path, kind: e.kind, mode: e.mode, mtimeMs: e.mtimeMs, size: e.size, hash: e.hash, chunks: e.chunks, ...(e.kind === 'symlink' ? { target: e.target } : {}),
+  }));
+  return Buffer.from(JSON.stringify({ format: PERSONA_FORMAT, version: PERSONA_VERSION, files, registry: p.registry }));
+}
+
+export function personaId(encoded: Uint8Array): BlockId {
+  return sha256(encoded).toString('hex');
+}
+
+/** Decode and validate a snapshot from an untrusted source; every problem is BAD_REQUEST naming the entry. */
+export function decodePersona(buf: Uint8Array, maxBytes = 256 * 1024 * 1024): PersonaSnapshot {
+  const bad = (why: string, data: Record<string, unknown> = {}): CarryonError => new CarryonError('BAD_REQUEST', `persona snapshot is invalid: ${why}`, data);
+  if (buf.length > maxBytes) throw new CarryonError('PAYLOAD_TOO_LARGE', `persona snapshot of ${buf.length} bytes is over ${maxBytes}`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(Buffer.from(buf).toString('utf8'));
+  } catch {
+    throw bad('not JSON');
+  }
+  const o = raw as { format?: unknown; version?: unknown; files?: unknown; registry?: unknown };
+  if (o?.format !== PERSONA_FORMAT) throw bad('wrong format name');
+  if (o.version !== PERSONA_VERSION) throw bad(`unsupported version ${String(o.version)}`);
+  if (!Array.isArray(o.files)) throw bad('files is not a list');
+  if (typeof o.registry !== 'string') throw bad('registry is not text');
+  const seen = new Set<string>();
+  const files: PersonaEntry[] = o.files.map((f: unknown, i: number) => {
+    const e = f as Record<string, unknown>;
+    const where = { index: i, path: typeof e?.path === 'string' ? e.path.slice(0, 300) : null };
+    if (typeof e?.path !== 'string' || e.path.length === 0) throw bad(`entry ${i} has no path`, where);
+    const checked = (check: () => string): string => {
+      try {
+        return check();
+      } catch (err) {
+        if (!(err instanceof CarryonError)) throw err;
+        throw bad(`entry ${i}: ${err.message}`, { ...where, rule: err.data.rule });
+      }
+    };
+    if (checked(() => checkPersonaPath(e.path as string)) !== e.path) throw bad(`${e.path}: path is not in Unicode NFC`, where);
+    if (e.kind !== 'file' && e.kind !== 'dir' && e.kind !== 'symlink') throw bad(`${e.path}: unknown kind`, where);
+    for (const k of ['mode', 'mtimeMs', 'size'] as const) if (!Number.isSafeInteger(e[k]) || (e[k] as number) < 0) throw bad(`${e.path}: ${k} is not a non-negative integer`, where);
+    const hash = e.hash ?? null;
+    const chunks = e.chunks ?? [];
+    if (e.kind === 'file') {
+      if (!isBlockId(hash)) throw bad(`${e.path}: file without a content hash`, where);
+      if (!Array.isArray(chunks) || !chunks.every(isBlockId)) throw bad(`${e.path}: chunks are not block ids`, where);
+      if (chunks.length !== Math.ceil((e.size as number) / PERSONA_CHUNK_BYTES)) throw bad(`${e.path}: ${chunks.length} chunks for ${String(e.size)} bytes`, where);
+    } else if (hash !== null || (Array.isArray(chunks) && chunks.length > 0) || e.size !== 0) {
+      throw bad(`${e.path}: only files have content`, where);
+    }
+    if (e.kind === 'symlink' && typeof e.target !== 'string') throw bad(`${e.path}: symlink without a target`, where);
+    if (e.kind === 'symlink' && checked(() => checkSymlinkTarget(e.path as string, e.target as string)) !== e.target) throw bad(`${e.path}: symlink target is not in Unicode NFC`, where);
+    const key = personaPathKey(e.path);
+    if (seen.has(key)) throw bad(`${e.path}: two entries with this name (compared case-insensitively)`, where);
+    seen.add(key);
+    return {
+      path: e.path, kind: e.kind, mode: (e.mode as number) & 0o777, mtimeMs: e.mtimeMs as number, size: e.size as number,
+      hash: hash as BlockId | null, chunks: chunks as BlockId[], ...(e.kind === 'symlink' ? { target: e.target as string } : {}),
+    };
+  });
+  return { files, registry: o.registry };
+}

@@ -1,0 +1,126 @@
+// The persona travels with the desktop and comes back merged: laptop A checks out and goes offline,
+// device B (a persona-only copy) pushes edits, A edits other registry values and the same file, A
+// checks in: the merged persona has everything, the conflict copy exists, the report lists it.
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { packEntries } from '../../src/index.js';
+import { Laptop, removeTmp, TestServer, tmpDir } from './harness.js';
+
+/** A .reg file as regedit writes it: UTF-16LE with a BOM, CRLF. */
+function regFile(lines: string[]): Buffer {
+  const text = ['Windows Registry Editor Version 5.00', '', ...lines, '', ''].join('\r\n');
+  return Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(text, 'utf16le')]);
+}
+
+describe('persona check-out, push, check-in and merge', () => {
+  const dir = tmpDir('persona');
+  const server = new TestServer(dir);
+  const a = new Laptop(path.join(dir, 'laptop-a'));
+  const b = new Laptop(path.join(dir, 'device-b'));
+  const profileA = path.join(a.home, 'desktops', 'desk', 'persona', 'profile');
+  const profileB = path.join(b.home, 'desktops', 'desk', 'persona', 'profile');
+
+  beforeAll(async () => {
+    await server.init();
+    const token = await server.addUser('alice');
+    writeFileSync(path.join(dir, 'token-alice'), token);
+    spawnSync('truncate', ['-s', '4M', path.join(dir, 'img.raw')]);
+    expect((await server.admin(['image', 'publish', 'img', path.join(dir, 'img.raw')])).code).toBe(0);
+    expect((await server.admin(['desktop', 'create', 'desk', '--user', 'alice', '--image', 'img'])).code).toBe(0);
+    await server.start();
+    expect((await a.cli(['login', server.url, '--token', token, '--device-name', 'laptop-A'])).code).toBe(0);
+    expect((await b.cli(['login', server.url, '--token', token, '--device-name', 'device-B'])).code).toBe(0);
+  }, 120_000);
+
+  afterAll(async () => {
+    await server.stop();
+    removeTmp(dir);
+  });
+
+  it('a persona-only copy takes no lock and pushes a first version', async () => {
+    const co = await b.cli(['checkout', 'desk', '--persona-only', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    expect(co.json.version).toBe(1);
+    mkdirSync(path.join(profileB, 'Documents'), { recursive: true });
+    writeFileSync(path.join(profileB, 'Documents', 'notes.txt'), 'line one\n');
+    writeFileSync(path.join(profileB, 'Documents', 'mail.mbox'), readFileSync('/usr/share/common-licenses/GPL-3').toString().repeat(8));
+    writeFileSync(path.join(dir, 'first.reg'), regFile(['[HKEY_CURRENT_USER\\Software\\Demo]', '"Color"="blue"', '"Size"=dword:00000010', '"Path"=hex(2):25,00,54,00,00,00']));
+    expect((await b.cli(['persona', 'reg', 'import', 'desk', path.join(dir, 'first.reg')])).code).toBe(0);
+    const st = await b.cli(['persona', 'status', 'desk', '--json']);
+    expect(st.json.added).toEqual(['Documents', 'Documents/mail.mbox', 'Documents/notes.txt']);
+    expect(st.json.registryChanged).toBe(true);
+    const push = await b.cli(['persona', 'push', 'desk', '--json']);
+    expect(push.code, push.stderr).toBe(0);
+    expect(push.json.version).toBe(2);
+    expect(push.json.merged).toBe(false);
+  });
+
+  it('laptop A checks out disk and persona; B pushes more; A edits the same file and other values; A checks in', async () => {
+    const co = await a.cli(['checkout', 'desk', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    expect(co.json.persona.version).toBe(2);
+    expect(readFileSync(path.join(profileA, 'Documents', 'notes.txt'), 'utf8')).toBe('line one\n');
+    expect(readFileSync(path.join(a.home, 'desktops', 'desk', 'persona', 'registry.reg')).subarray(0, 2)).toEqual(Buffer.from([0xff, 0xfe]));
+
+    // device B, online: edits the file and one value, pushes (the mailbox gets one new message)
+    writeFileSync(path.join(profileB, 'Documents', 'notes.txt'), 'line one\nfrom B\n');
+    writeFileSync(path.join(profileB, 'Documents', 'mail.mbox'), readFileSync(path.join(profileB, 'Documents', 'mail.mbox'), 'utf8') + 'From b@x\nnew message\n');
+    writeFileSync(path.join(dir, 'b.reg'), regFile(['[HKEY_CURRENT_USER\\Software\\Demo]', '"Color"="green"']));
+    expect((await b.cli(['persona', 'reg', 'import', 'desk', path.join(dir, 'b.reg')])).code).toBe(0);
+    const push = await b.cli(['persona', 'push', 'desk', '--json']);
+    expect(push.code, push.stderr).toBe(0);
+    expect(push.json.version).toBe(3);
+    expect(push.json.sent.deltas).toBe(1); // the mailbox went as an rdiff delta
+    expect(push.json.bytesSent).toBeLessThan(20_000);
+
+    // laptop A, offline meanwhile: the same file, another value, a new file, a deleted value
+    writeFileSync(path.join(profileA, 'Documents', 'notes.txt'), 'line one\nfrom A\n');
+    writeFileSync(path.join(profileA, 'Documents', 'todo.txt'), 'pack\n');
+    writeFileSync(path.join(dir, 'a.reg'), regFile(['[HKEY_CURRENT_USER\\Software\\Demo]', '"Size"=dword:00000020', '"Path"=-']));
+    expect((await a.cli(['persona', 'reg', 'import', 'desk', path.join(dir, 'a.reg')])).code).toBe(0);
+    const diff = await a.cli(['persona', 'diff', 'desk', '--json']);
+    expect(diff.json.changed).toEqual(['Documents/notes.txt']);
+    expect(diff.json.added).toEqual(['Documents/todo.txt']);
+
+    const ci = await a.cli(['checkin', 'desk', '--json']);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.json.persona.version).toBe(4);
+    expect(ci.json.persona.merged).toBe(true);
+    const conflicts = ci.json.persona.report.conflicts;
+    expect(conflicts).toHaveLength(1);
+    expect(conflicts[0]).toMatchObject({ kind: 'file', path: 'Documents/notes.txt', reason: 'both-modified', kept: 'both' });
+    const copy = conflicts[0].keptCopy as string;
+    expect(copy).toMatch(/^Documents\/notes \(conflict laptop-A \d{4}-\d\d-\d\d \d{6}\)\.txt$/);
+
+    // the server's merged version has everything; A's folder now shows it too
+    const show = await server.admin(['persona', 'show', 'alice']);
+    expect(show.json.version).toBe(4);
+    const paths = show.json.files.map((f: { path: string }) => f.path);
+    expect(paths).toEqual(expect.arrayContaining(['Documents/notes.txt', copy, 'Documents/todo.txt', 'Documents/mail.mbox']));
+    expect(show.json.registry).toContain('"Color"="green"');
+    expect(show.json.registry).toContain('"Size"=dword:00000020');
+    expect(show.json.registry).not.toContain('"Path"');
+    expect(show.json.mergeReport.conflicts).toHaveLength(1);
+    expect(readFileSync(path.join(profileA, 'Documents', 'notes.txt'), 'utf8')).toBe('line one\nfrom B\n');
+    expect(readFileSync(path.join(profileA, ...copy.split('/')), 'utf8')).toBe('line one\nfrom A\n');
+    expect(readFileSync(path.join(profileA, 'Documents', 'mail.mbox'), 'utf8')).toContain('new message');
+    const hist = await server.admin(['persona', 'history', 'alice']);
+    expect(hist.json.versions.map((v: { source: string }) => v.source)).toEqual(['initial', 'push', 'push', 'checkin']);
+  });
+
+  it('refuses a persona snapshot with a path that escapes the profile, and changes nothing', async () => {
+    const before = (await server.admin(['persona', 'history', 'alice'])).json.versions.length;
+    const bad = JSON.stringify({ format: 'carryon-persona', version: 1, registry: '', files: [{ path: '../../etc/passwd', kind: 'dir', mode: 493, mtimeMs: 0, size: 0, hash: null, chunks: [] }] });
+    const parts: Buffer[] = [];
+    for await (const c of packEntries([{ name: 'persona.json', data: Buffer.from(bad) }, { name: 'push.json', data: Buffer.from(JSON.stringify({ baseVersion: 1, desktop: 'desk', deviceName: 'x', editedAt: 1 })) }])) parts.push(c as Buffer);
+    const token = readFileSync(path.join(dir, 'token-alice'), 'utf8');
+    const res = await fetch(`${server.url}/v1/persona/push`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/x-tar' }, body: Buffer.concat(parts) });
+    expect(res.status).toBe(400);
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('BAD_REQUEST');
+    expect(body.error.message).toMatch(/\.\.\/\.\.\/etc\/passwd/);
+    expect((await server.admin(['persona', 'history', 'alice'])).json.versions.length).toBe(before);
+  });
+});
