@@ -3,6 +3,7 @@
 import { createRequire } from 'node:module';
 import { Command } from 'commander';
 import { registerDesktopCreate } from './commands/desktop-create.js';
+import { registerDesktopPolicy } from './commands/desktop-policy.js';
 import { registerImagePublish } from './commands/image-publish.js';
 import { registerInit } from './commands/init.js';
 import { registerPersona } from './commands/persona.js';
@@ -27,6 +28,7 @@ const image = program.command('image').description('manage golden images');
 registerImagePublish(image);
 const desktop = program.command('desktop').description('manage desktops');
 registerDesktopCreate(desktop);
+registerDesktopPolicy(desktop);
 registerPersona(program);
 registerStatus(program);
 

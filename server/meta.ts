@@ -156,6 +156,14 @@ export class SqliteMeta {
     return { filePolicy: row.file_policy, registryPolicy: row.registry_policy };
   }
 
+  setDesktopPolicies(name: string, files?: FileMergePolicy, registry?: RegistryMergePolicy): { desktop: string; filePolicy: FileMergePolicy; registryPolicy: RegistryMergePolicy } {
+    const d = this.desktopByName(name);
+    if (files) this.db.prepare('UPDATE desktops SET file_policy = ? WHERE id = ?').run(files, d.id);
+    if (registry) this.db.prepare('UPDATE desktops SET registry_policy = ? WHERE id = ?').run(registry, d.id);
+    const row = this.db.prepare('SELECT file_policy, registry_policy FROM desktops WHERE id = ?').get(d.id) as { file_policy: FileMergePolicy; registry_policy: RegistryMergePolicy };
+    return { desktop: d.name, filePolicy: row.file_policy, registryPolicy: row.registry_policy };
+  }
+
   desktopByName(name: string): DesktopRow {
     const row = this.db.prepare(`${this.desktopSelect} WHERE d.name = ?`).get(name) as DesktopRow | undefined;
     if (!row) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${name}`, { desktop: name });

@@ -110,6 +110,23 @@ describe('persona check-out, push, check-in and merge', () => {
     expect(hist.json.versions.map((v: { source: string }) => v.source)).toEqual(['initial', 'push', 'push', 'checkin']);
   });
 
+  it('a desktop whose policy is "laptop" keeps the pushing laptop\'s file and reports the conflict', async () => {
+    const pol = await server.admin(['desktop', 'policy', 'desk', '--files', 'laptop']);
+    expect(pol.json).toMatchObject({ filePolicy: 'laptop', registryPolicy: 'newest' });
+    writeFileSync(path.join(profileA, 'Documents', 'notes.txt'), 'A again\n');
+    const pa = await a.cli(['persona', 'push', 'desk', '--json']);
+    expect(pa.code, pa.stderr).toBe(0);
+    expect(pa.json.merged).toBe(false); // A's copy was at the newest version
+    writeFileSync(path.join(profileB, 'Documents', 'notes.txt'), 'B again\n');
+    const pb = await b.cli(['persona', 'push', 'desk', '--json']);
+    expect(pb.code, pb.stderr).toBe(0);
+    expect(pb.json.merged).toBe(true);
+    expect(pb.json.report.conflicts).toEqual([expect.objectContaining({ path: 'Documents/notes.txt', reason: 'both-modified', kept: 'ours' })]);
+    expect(readFileSync(path.join(profileB, 'Documents', 'notes.txt'), 'utf8')).toBe('B again\n');
+    const show = await server.admin(['persona', 'show', 'alice']);
+    expect(show.json.files.filter((f: { path: string }) => f.path.startsWith('Documents/notes (conflict'))).toHaveLength(1); // only the earlier one
+  });
+
   it('refuses a persona snapshot with a path that escapes the profile, and changes nothing', async () => {
     const before = (await server.admin(['persona', 'history', 'alice'])).json.versions.length;
     const bad = JSON.stringify({ format: 'carryon-persona', version: 1, registry: '', files: [{ path: '../../etc/passwd', kind: 'dir', mode: 493, mtimeMs: 0, size: 0, hash: null, chunks: [] }] });
