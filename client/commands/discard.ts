@@ -23,16 +23,25 @@ export function registerDiscard(program: Command): void {
       await runCommand(opts, async (s) => {
         const name = parseName(desktop, 'desktop');
         const local = s.state.checkout(name);
-        if (!local) throw new CarryonError('NOT_CHECKED_OUT', `${name} is not checked out on this laptop`, { desktop: name });
-        if (opts.yes !== true && !(await confirm(`Discard ${name} at ${local.diskPath}? Changes not checked in are lost.`))) {
+        const persona = s.state.persona(name);
+        if (!local && !persona) throw new CarryonError('NOT_CHECKED_OUT', `${name} is not checked out on this laptop`, { desktop: name });
+        const what = [local?.diskPath, persona?.dir].filter(Boolean).join(' and ');
+        if (opts.yes !== true && !(await confirm(`Discard ${name} (${what})? Changes not checked in or pushed are lost.`))) {
           throw new CarryonError('ABORTED', 'not discarded (pass --yes to discard without asking)');
         }
-        let server = 'released';
-        if (local.state !== 'checked-in') server = (await s.api().discard(local.checkoutId)).already ? 'already ended' : 'released';
-        await fs.rm(local.diskPath, { force: true });
-        await fs.rm(`${local.diskPath}.partial`, { force: true });
-        s.state.removeCheckout(name);
-        return { desktop: name, disk: local.diskPath, removed: true, server };
-      }, (r) => `discarded ${r.desktop}: removed ${r.disk}; server checkout ${r.server}`);
+        let server = 'none';
+        if (local && local.state !== 'checked-in') server = (await s.api().discard(local.checkoutId)).already ? 'already ended' : 'released';
+        if (local) {
+          await fs.rm(local.diskPath, { force: true });
+          await fs.rm(`${local.diskPath}.partial`, { force: true });
+          s.state.removeCheckout(name);
+        }
+        // The persona copy goes with it: its unpushed edits are what discarding throws away.
+        if (persona) {
+          await fs.rm(persona.dir, { recursive: true, force: true });
+          s.state.removePersona(name);
+        }
+        return { desktop: name, disk: local?.diskPath ?? null, persona: persona?.dir ?? null, removed: true, server };
+      }, (r) => `discarded ${r.desktop}: removed ${[r.disk, r.persona].filter(Boolean).join(' and ')}; server checkout ${r.server}`);
     });
 }

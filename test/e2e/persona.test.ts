@@ -127,6 +127,40 @@ describe('persona check-out, push, check-in and merge', () => {
     expect(show.json.files.filter((f: { path: string }) => f.path.startsWith('Documents/notes (conflict'))).toHaveLength(1); // only the earlier one
   });
 
+  it('a server killed before the commit leaves disk and persona at their old versions; the re-run moves both', async () => {
+    const co = await a.cli(['checkout', 'desk', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 65536 4096', co.json.disk]);
+    writeFileSync(path.join(profileA, 'Documents', 'crash.txt'), 'written before the crash\n');
+    const versions = async () => {
+      const st = (await server.admin(['status'])).json;
+      const ph = (await server.admin(['persona', 'history', 'alice'])).json;
+      return { disk: st.desktops[0].version as number, persona: ph.versions.length as number };
+    };
+    const before = await versions();
+    const port = server.port();
+    await server.stop();
+    await server.start({ CARRYON_CRASH_AT: 'commit-before-transaction:1' }, port);
+    const killed = await a.cli(['checkin', 'desk', '--json']);
+    expect(killed.code).toBe(7);
+    expect((await server.exited()).signal).toBe('SIGKILL');
+    expect(await versions()).toEqual(before);
+    await server.start({}, port);
+    const again = await a.cli(['checkin', 'desk', '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(await versions()).toEqual({ disk: before.disk + 1, persona: before.persona + 1 });
+    expect((await server.admin(['persona', 'show', 'alice'])).json.files.map((f: { path: string }) => f.path)).toContain('Documents/crash.txt');
+  });
+
+  it('discard throws away the persona copy with the disk', async () => {
+    const d = await b.cli(['discard', 'desk', '--yes', '--json']);
+    expect(d.code, d.stderr).toBe(0);
+    expect(d.json.persona).toBe(path.dirname(profileB));
+    expect(spawnSync('test', ['-e', profileB]).status).toBe(1);
+    const st = await b.cli(['persona', 'status', 'desk', '--json']);
+    expect(st.json.error.code).toBe('NOT_CHECKED_OUT');
+  });
+
   it('refuses a persona snapshot with a path that escapes the profile, and changes nothing', async () => {
     const before = (await server.admin(['persona', 'history', 'alice'])).json.versions.length;
     const bad = JSON.stringify({ format: 'carryon-persona', version: 1, registry: '', files: [{ path: '../../etc/passwd', kind: 'dir', mode: 493, mtimeMs: 0, size: 0, hash: null, chunks: [] }] });
