@@ -2,7 +2,7 @@
 // device B (a persona-only copy) pushes edits, A edits other registry values and the same file, A
 // checks in: the merged persona has everything, the conflict copy exists, the report lists it.
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packEntries } from '../../src/index.js';
@@ -150,6 +150,17 @@ describe('persona check-out, push, check-in and merge', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(await versions()).toEqual({ disk: before.disk + 1, persona: before.persona + 1 });
     expect((await server.admin(['persona', 'show', 'alice'])).json.files.map((f: { path: string }) => f.path)).toContain('Documents/crash.txt');
+  });
+
+  it('a file name Windows cannot hold stops a push with a clear error, and nothing changes', async () => {
+    const before = (await server.admin(['persona', 'history', 'alice'])).json.versions.length;
+    writeFileSync(path.join(profileA, 'Documents', 'aux.txt'), 'reserved on Windows\n');
+    const r = await a.cli(['persona', 'push', 'desk', '--json']);
+    expect(r.code).toBe(2);
+    expect(r.json.error.code).toBe('BAD_REQUEST');
+    expect(r.json.error.message).toMatch(/Documents\/aux\.txt/);
+    expect((await server.admin(['persona', 'history', 'alice'])).json.versions.length).toBe(before);
+    rmSync(path.join(profileA, 'Documents', 'aux.txt'));
   });
 
   it('discard throws away the persona copy with the disk', async () => {
