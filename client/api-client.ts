@@ -7,7 +7,7 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   API_PREFIX, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
-  packEntries, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
+  encodeBlock, packEntries, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
   type DesktopInfo, type TarEntry, type UploadResult,
 } from '../src/index.js';
 
@@ -158,10 +158,11 @@ export class ApiClient {
     return JSON.parse((await this.readAll(res)).toString('utf8')) as UploadResult;
   }
 
-  /** Commit a check-in: the disk manifest alone, or with the persona (`persona.json`, `push.json`). */
+  /** Commit a check-in: the disk manifest alone, or with the persona (`persona-delta.json`, `push.json`). */
   async commit(checkoutId: string, manifest: Buffer, persona?: TarEntry[]): Promise<CommitResult> {
     const res = persona
-      ? await this.request('POST', `/checkouts/${checkoutId}/commit`, await tarOf([{ name: 'disk.manifest', data: manifest }, ...persona]), { 'content-type': CONTENT_TAR })
+      ? await this.request('POST', `/checkouts/${checkoutId}/commit`, await tarOf([{ name: 'disk.manifest', data: manifest }, ...persona], true),
+        { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' })
       : await this.request('POST', `/checkouts/${checkoutId}/commit`, manifest, { 'content-type': CONTENT_MANIFEST });
     return JSON.parse((await this.readAll(res)).toString('utf8')) as CommitResult;
   }
@@ -189,7 +190,7 @@ export class ApiClient {
 
   /** Push a persona snapshot (persona-only copies) and get the version it became. */
   async personaPush(parts: TarEntry[]): Promise<PersonaCommitResult> {
-    const res = await this.request('POST', '/persona/push', await tarOf(parts), { 'content-type': CONTENT_TAR });
+    const res = await this.request('POST', '/persona/push', await tarOf(parts, true), { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' });
     return JSON.parse((await this.readAll(res)).toString('utf8')) as PersonaCommitResult;
   }
 
@@ -217,8 +218,10 @@ function unreachable(base: URL, err: unknown): CarryonError {
   return new CarryonError('SERVER_UNREACHABLE', `cannot reach the server at ${base.origin}: ${e?.code ?? e?.message ?? String(err)}`, { url: base.origin, errno: e?.code }, err);
 }
 
-async function tarOf(entries: TarEntry[]): Promise<Buffer> {
+/** A small tar in memory (commit parts), as one zstd frame when `compress`. */
+async function tarOf(entries: TarEntry[], compress = false): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const c of packEntries(entries)) parts.push(c as Buffer);
-  return Buffer.concat(parts);
+  const tar = Buffer.concat(parts);
+  return compress ? encodeBlock(tar, 3) : tar; // encodeBlock: a plain zstd frame of any size
 }

@@ -11,7 +11,7 @@ import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
 import { crashPoint } from './crash-point.js';
 import { maxRss } from './checkout-engine.js';
-import { diffPersona, fetchPersona, scanPersona, uploadPersona, type PersonaDiff } from './persona-engine.js';
+import { diffPersona, fetchPersona, personaPushParts, scanPersona, uploadPersona, type PersonaDiff } from './persona-engine.js';
 import { Progress } from './progress.js';
 import { CACHE_LEVEL, type LocalState, type Login } from './state.js';
 
@@ -146,7 +146,7 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
     personaDiff = diffPersona(base, ours.snapshot);
     await uploadPersona(state, api, held.version, base, ours.snapshot, held.dir);
     const push: PersonaPushInfo = { baseVersion: held.version, desktop: name, deviceName: login.deviceName, editedAt: ours.editedAt };
-    personaParts = [{ name: 'persona.json', data: encodePersona(ours.snapshot) }, { name: 'push.json', data: Buffer.from(JSON.stringify(push)) }];
+    personaParts = personaPushParts(base, ours.snapshot, push);
   }
   const encoded = encodeManifest(next);
   crashPoint('checkin-before-commit');
@@ -157,9 +157,14 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
   // The copy stays as a read-only reference; the desktop now lives on the server.
   await fs.chmod(local.diskPath, 0o444);
   if (held?.withDisk && commit.persona) {
-    // Bring the folder to what the server now holds (merged edits from elsewhere, conflict copies).
-    const p = await fetchPersona(state, api, commit.persona.version, held.dir, scanned);
-    state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
+    if (commit.persona.merged) {
+      // Bring the folder to what the server now holds (merged edits from elsewhere, conflict copies).
+      const p = await fetchPersona(state, api, commit.persona.version, held.dir, scanned);
+      state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
+    } else {
+      // Nothing was merged in: the new version is the folder as scanned; no need to download it.
+      state.putPersona({ ...held, version: commit.persona.version, snapshot: encodePersona(scanned!) });
+    }
   }
   return {
     desktop: name, version: commit.version, previousVersion: commit.previousVersion, manifestId: commit.manifestId, blocksChanged: scan.changed.length,

@@ -9,7 +9,7 @@ import { Readable } from 'node:stream';
 import {
   applyToRegistry, CarryonError, createCompressStream, createDelta, createSignature, decodePersona, decodeRegFile, decodeVerified, exportRegistry, getBlock,
   materializePersonaTree, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
-  scanPersonaTree, type BlockId, type PersonaEntry, type PersonaSnapshot, type TarEntry,
+  scanPersonaTree, diffSnapshots, type BlockId, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -84,6 +84,14 @@ export async function scanPersona(state: LocalState, dir: string, base: PersonaS
   return { snapshot: { files: scan.files, registry }, editedAt: Math.round(editedAt) };
 }
 
+/** The parts of a push or check-in commit: what changed since the base snapshot, and who and when. */
+export function personaPushParts(base: PersonaSnapshot, ours: PersonaSnapshot, push: PersonaPushInfo): TarEntry[] {
+  return [
+    { name: 'persona-delta.json', data: Buffer.from(JSON.stringify(diffSnapshots(base, ours))) },
+    { name: 'push.json', data: Buffer.from(JSON.stringify(push)) },
+  ];
+}
+
 export interface PersonaDiff {
   added: string[];
   changed: string[];
@@ -109,7 +117,9 @@ export function diffPersona(base: PersonaSnapshot, ours: PersonaSnapshot): Perso
  * number of entries sent.
  */
 export async function uploadPersona(state: LocalState, api: ApiClient, baseVersion: number, base: PersonaSnapshot, ours: PersonaSnapshot, dir: string): Promise<{ files: number; chunks: number; deltas: number }> {
-  const all = [...new Set(ours.files.flatMap((f) => f.chunks))];
+  // Only chunks the base version lacks can be missing on the server (it holds every chunk of a version).
+  const inBase = new Set(base.files.flatMap((f) => f.chunks));
+  const all = [...new Set(ours.files.flatMap((f) => f.chunks))].filter((id) => !inBase.has(id));
   const missing = new Set<BlockId>();
   for (let k = 0; k < all.length; k += MAX_QUERY_IDS) for (const id of await api.personaMissing(all.slice(k, k + MAX_QUERY_IDS))) missing.add(id);
   if (missing.size === 0) return { files: 0, chunks: 0, deltas: 0 };

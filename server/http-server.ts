@@ -155,11 +155,11 @@ export class CarryonHttpServer {
     return undefined;
   }
 
-  /** A tar of `persona.json` and `push.json`, and for a check-in `disk.manifest`: the parts of a commit. */
+  /** A tar of `persona-delta.json` and `push.json`, and for a check-in `disk.manifest`: the parts of a commit. */
   private async commitParts(req: http.IncomingMessage): Promise<Map<string, Buffer>> {
     const parts = new Map<string, Buffer>();
     await unpackEntries(bodyOf(req), MAX_PERSONA_SNAPSHOT_BYTES, ({ name, data }) => {
-      if (!['disk.manifest', 'persona.json', 'push.json'].includes(name) || parts.has(name)) throw new CarryonError('TAR_INVALID', `unexpected commit part ${JSON.stringify(name.slice(0, 100))}`);
+      if (!['disk.manifest', 'persona-delta.json', 'push.json'].includes(name) || parts.has(name)) throw new CarryonError('TAR_INVALID', `unexpected commit part ${JSON.stringify(name.slice(0, 100))}`);
       parts.set(name, data);
     });
     return parts;
@@ -167,11 +167,11 @@ export class CarryonHttpServer {
 
   private async pushPersona({ req, user }: Ctx): Promise<PersonaCommitResult> {
     const parts = await this.commitParts(req);
-    const snapshot = parts.get('persona.json');
+    const snapshot = parts.get('persona-delta.json');
     const info = parts.get('push.json');
-    if (!snapshot || !info) throw new CarryonError('BAD_REQUEST', 'a persona push carries persona.json and push.json');
+    if (!snapshot || !info) throw new CarryonError('BAD_REQUEST', 'a persona push carries persona-delta.json and push.json');
     const push = parsePersonaPushInfo(parseJsonPart(info));
-    return this.meta.db.transaction(() => this.personas.commit(user, snapshot, push, null))();
+    return this.meta.db.transaction(() => this.personas.commit(user, parseJsonPart(snapshot), push, null))();
   }
 
   private async sendManifest({ res, user, params }: Ctx): Promise<undefined> {
@@ -253,16 +253,16 @@ export class CarryonHttpServer {
     if (!device) throw new CarryonError('BAD_REQUEST', `commit needs the ${HEADER_DEVICE} header`);
     // A bare manifest commits the disk alone; a tar carries the disk manifest with the persona.
     let encoded: Buffer;
-    let persona: { snapshot: Buffer; push: PersonaPushInfo } | null = null;
+    let persona: { delta: unknown; push: PersonaPushInfo } | null = null;
     if ((req.headers['content-type'] ?? '').startsWith(CONTENT_TAR)) {
       const parts = await this.commitParts(req);
       const m = parts.get('disk.manifest');
       if (!m) throw new CarryonError('BAD_REQUEST', 'a check-in commit carries disk.manifest');
       encoded = m;
-      const snapshot = parts.get('persona.json');
+      const snapshot = parts.get('persona-delta.json');
       const push = parts.get('push.json');
-      if (snapshot && push) persona = { snapshot, push: parsePersonaPushInfo(parseJsonPart(push)) };
-      else if (snapshot || push) throw new CarryonError('BAD_REQUEST', 'persona.json and push.json go together');
+      if (snapshot && push) persona = { delta: parseJsonPart(snapshot), push: parsePersonaPushInfo(parseJsonPart(push)) };
+      else if (snapshot || push) throw new CarryonError('BAD_REQUEST', 'persona-delta.json and push.json go together');
     } else {
       encoded = await readBody(req, MAX_MANIFEST_BYTES);
     }
@@ -287,7 +287,7 @@ export class CarryonHttpServer {
       const r = this.meta.commitCheckout(user, co.id, device, id);
       let p: PersonaCommitResult | undefined;
       if (persona && r.already) p = this.personas.committedBy(user, co.id);
-      else if (persona) p = this.personas.commit(user, persona.snapshot, persona.push, co.id);
+      else if (persona) p = this.personas.commit(user, persona.delta, persona.push, co.id);
       return { desktop: r.desktop, version: r.version, manifestId: id, previousVersion: r.previousVersion, alreadyCommitted: r.already, ...(p ? { persona: p } : {}) };
     })();
   }

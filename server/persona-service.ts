@@ -7,7 +7,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import {
-  applyDelta, blockId, CarryonError, decodePersona, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
+  applyDelta, applySnapshotDelta, blockId, CarryonError, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
   unpackEntries, type BlockId, type BlockStore, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../src/index.js';
 import { BlockIngest } from './blocks.js';
@@ -125,15 +125,17 @@ export class PersonaService {
    * commits the disk, when there is one. When the server moved on since `info.baseVersion`, the three
    * versions are merged with the desktop's policies and the report is kept with the new version.
    */
-  commit(user: User, encoded: Buffer, info: PersonaPushInfo, checkoutId: string | null): PersonaCommitResult {
-    const ours = decodePersona(encoded);
+  commit(user: User, delta: unknown, info: PersonaPushInfo, checkoutId: string | null): PersonaCommitResult {
+    // The laptop sends what changed since its base version; rebuilt here, it must name the same snapshot.
+    const baseRow = this.personas.version(user.id, info.baseVersion);
+    if (!baseRow) throw new CarryonError('BAD_REQUEST', `persona base version ${info.baseVersion} does not exist`);
+    const { snapshot: ours } = applySnapshotDelta(this.personas.snapshot(baseRow.snapshotId), delta);
     const policies = this.meta.desktopPolicies(user, info.desktop);
     const current = this.personas.current(user.id);
-    if (info.baseVersion > current.version) throw new CarryonError('BAD_REQUEST', `persona base version ${info.baseVersion} does not exist yet`);
     let merged = ours;
     let report: unknown = null;
     if (info.baseVersion !== current.version) {
-      const base = this.personas.snapshot(this.personas.version(user.id, info.baseVersion)!.snapshotId);
+      const base = this.personas.snapshot(baseRow.snapshotId);
       const theirs = this.personas.snapshot(current.snapshotId);
       const r = mergePersona(base, ours, theirs, {
         filePolicy: policies.filePolicy, registryPolicy: policies.registryPolicy, device: info.deviceName, oursTime: info.editedAt, theirsTime: Date.parse(current.createdAt),

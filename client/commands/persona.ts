@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { applyToRegistry, CarryonError, decodePersona, decodeRegFile, encodePersona, exportRegistry, parseName, Registry, type PersonaPushInfo } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
-import { diffPersona, fetchPersona, REGISTRY_FILE, scanPersona, uploadPersona } from '../persona-engine.js';
+import { diffPersona, fetchPersona, personaPushParts, REGISTRY_FILE, scanPersona, uploadPersona } from '../persona-engine.js';
 
 function heldPersona(s: Session, name: string) {
   const held = s.state.persona(name);
@@ -46,10 +46,15 @@ export function registerPersona(program: Command): void {
         const api = s.api();
         const sent = await uploadPersona(s.state, api, held.version, base, ours.snapshot, held.dir);
         const push: PersonaPushInfo = { baseVersion: held.version, desktop: name, deviceName: s.login().deviceName, editedAt: ours.editedAt };
-        const r = await api.personaPush([{ name: 'persona.json', data: encodePersona(ours.snapshot) }, { name: 'push.json', data: Buffer.from(JSON.stringify(push)) }]);
-        // The copy now follows the new version (with what was merged in from elsewhere).
-        const p = await fetchPersona(s.state, api, r.version, held.dir, ours.snapshot);
-        s.state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
+        const r = await api.personaPush(personaPushParts(base, ours.snapshot, push));
+        // The copy now follows the new version: downloaded when edits from elsewhere were merged in,
+        // else it is the folder as scanned.
+        if (r.merged) {
+          const p = await fetchPersona(s.state, api, r.version, held.dir, ours.snapshot);
+          s.state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
+        } else {
+          s.state.putPersona({ ...held, version: r.version, snapshot: encodePersona(ours.snapshot) });
+        }
         return { desktop: name, ...r, changes: diff, sent, bytesSent: api.bytesSent };
       }, (r) => `persona of ${r.desktop}: ${r.changed ? `version ${r.version}` : `unchanged (version ${r.version})`}` +
         `${r.merged ? ', merged with edits made elsewhere' : ''}; ${r.sent.deltas} files as deltas, ${r.sent.chunks} chunks sent` +

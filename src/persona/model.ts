@@ -102,3 +102,55 @@ export function decodePersona(buf: Uint8Array, maxBytes = 256 * 1024 * 1024): Pe
   });
   return { files, registry: o.registry };
 }
+
+/**
+ * What changed from one snapshot to the next, for sending: the entries added or changed, the paths
+ * removed, and the registry when it changed. `baseId` and `id` name both ends, so the receiver can
+ * check that applying it to its copy of the base rebuilds exactly the sender's snapshot.
+ */
+export interface PersonaDelta {
+  baseId: BlockId;
+  id: BlockId;
+  upsert: PersonaEntry[];
+  remove: string[];
+  registry: string | null;
+}
+
+const sameEntry = (a: PersonaEntry, b: PersonaEntry): boolean =>
+  a.kind === b.kind && a.mode === b.mode && a.mtimeMs === b.mtimeMs && a.size === b.size && a.hash === b.hash && a.target === b.target &&
+  a.chunks.length === b.chunks.length && a.chunks.every((c, i) => c === b.chunks[i]);
+
+export function diffSnapshots(base: PersonaSnapshot, next: PersonaSnapshot): PersonaDelta {
+  const before = new Map(base.files.map((e) => [e.path, e]));
+  const after = new Set(next.files.map((e) => e.path));
+  return {
+    baseId: personaId(encodePersona(base)),
+    id: personaId(encodePersona(next)),
+    upsert: next.files.filter((e) => !before.has(e.path) || !sameEntry(before.get(e.path)!, e)),
+    remove: base.files.filter((e) => !after.has(e.path)).map((e) => e.path),
+    registry: next.registry === base.registry ? null : next.registry,
+  };
+}
+
+/** Rebuild the sender's snapshot from our copy of the base; anything inconsistent is BAD_REQUEST. */
+export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown): { snapshot: PersonaSnapshot; encoded: Buffer } {
+  const d = raw as Partial<PersonaDelta> | null;
+  const bad = (why: string): CarryonError => new CarryonError('BAD_REQUEST', `persona delta is invalid: ${why}`);
+  if (!d || !isBlockId(d.baseId) || !isBlockId(d.id) || !Array.isArray(d.upsert) || !Array.isArray(d.remove)) throw bad('missing fields');
+  if (d.registry !== null && typeof d.registry !== 'string') throw bad('registry must be text or null');
+  if (personaId(encodePersona(base)) !== d.baseId) throw bad('it was made against another base version');
+  const files = new Map(base.files.map((e) => [e.path, e]));
+  for (const p of d.remove) {
+    if (typeof p !== 'string' || !files.delete(p)) throw bad(`removes ${JSON.stringify(String(p).slice(0, 200))}, which the base does not hold`);
+  }
+  for (const e of d.upsert) {
+    if (typeof (e as PersonaEntry)?.path !== 'string') throw bad('an entry has no path');
+    files.set((e as PersonaEntry).path, e as PersonaEntry);
+  }
+  // Re-encode and decode: the full validation (paths, kinds, chunk counts, collisions) runs on the result.
+  const candidate = Buffer.from(JSON.stringify({ format: PERSONA_FORMAT, version: PERSONA_VERSION, files: [...files.values()], registry: d.registry ?? base.registry }));
+  const snapshot = decodePersona(candidate);
+  const encoded = encodePersona(snapshot);
+  if (personaId(encoded) !== d.id) throw bad('applied to the base it does not give the snapshot it names');
+  return { snapshot, encoded };
+}

@@ -9,7 +9,7 @@ import { constants as FS, promises as fs, type Stats } from 'node:fs';
 import path from 'node:path';
 import { CarryonError, type ErrorCode } from '../errors/index.js';
 import { blockId, isBlockId, type BlockId } from '../hash/index.js';
-import { getBlock, putBlock, type BlockStore } from '../store/index.js';
+import { getBlock, putBlock, syncFileSystem, type BlockStore } from '../store/index.js';
 import { PERSONA_CHUNK_BYTES, type PersonaEntry, type PersonaEntryKind, type PersonaSnapshot } from './model.js';
 import { checkPersonaPath, checkSymlinkTarget, findCaseCollisions } from './paths.js';
 
@@ -440,7 +440,9 @@ export async function materializePersonaTree(
       if (unchanged.has(rel)) {
         await setFileMeta(abs, rel, e, disk.get(rel)!);
       } else {
-        await writeFileEntry(absDir, abs, e, store);
+        // A file that replaces one is synced before its rename (the old bytes must survive a crash);
+        // new files are made durable all at once by the file-system sync at the end.
+        await writeFileEntry(absDir, abs, e, store, disk.has(rel));
         touchedDirs.add(absDir);
         written++;
       }
@@ -474,11 +476,9 @@ export async function materializePersonaTree(
   const rootMode = loosened.get(root);
   if (rootMode !== undefined) await io('changing mode of', '.', () => fs.chmod(root, rootMode));
 
-  // Renames and removals are durable once their folders are synced.
-  for (const dir of touchedDirs) {
-    const fh = await fs.open(dir, FS.O_RDONLY | FS.O_DIRECTORY).catch(() => null);
-    if (fh) await fh.sync().catch(() => undefined).finally(() => fh.close());
-  }
+  // New files, renames and removals become durable together: one sync of the file system instead of
+  // an fsync per file and folder (a 20k-file profile spent minutes in those).
+  if (touchedDirs.size > 0 || removed > 0) await io('syncing', '.', () => syncFileSystem(root));
   return { written, removed };
 }
 
@@ -494,8 +494,8 @@ function tempName(absDir: string): string {
   return path.join(absDir, `.carryon-tmp-${randomBytes(8).toString('hex')}`);
 }
 
-/** Write a file's chunks to a temporary name beside it, check it, set mode and mtime, sync, rename over. */
-async function writeFileEntry(absDir: string, abs: string, e: PersonaEntry, store: BlockStore): Promise<void> {
+/** Write a file's chunks to a temporary name beside it, check it, set mode and mtime, sync if asked, rename over. */
+async function writeFileEntry(absDir: string, abs: string, e: PersonaEntry, store: BlockStore, sync: boolean): Promise<void> {
   const rel = e.path;
   const tmp = tempName(absDir);
   const fh = await io('creating', rel, () => fs.open(tmp, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, 0o600));
@@ -520,7 +520,7 @@ async function writeFileEntry(absDir: string, abs: string, e: PersonaEntry, stor
     if (whole.digest('hex') !== e.hash) throw new CarryonError('MANIFEST_INVALID', `persona entry ${JSON.stringify(rel)}: its chunks do not add up to its content hash`, { path: rel });
     await io('changing mode of', rel, () => fh.chmod(e.mode & 0o777));
     await io('setting mtime of', rel, () => fh.utimes(e.mtimeMs / 1000, e.mtimeMs / 1000));
-    await io('syncing', rel, () => fh.sync());
+    if (sync) await io('syncing', rel, () => fh.sync());
     open = false;
     await io('closing', rel, () => fh.close());
     await io('renaming into place', rel, () => fs.rename(tmp, abs));

@@ -120,9 +120,14 @@ export class FsBlockStore implements BlockStore {
 
   async sync(): Promise<void> {
     if (this.durability === 'batch') {
-      // One syncfs(2) of the store's file system (coreutils `sync -f`): Node exposes no syncfs.
       await fs.mkdir(this.root, { recursive: true });
-      await run('sync', ['-f', this.root]);
+      await syncFileSystem(this.root);
     }
   }
+}
+
+/** Make everything written to the file system holding `dir` durable: one syncfs(2), through coreutils'
+ *  `sync -f` as Node exposes no syncfs. */
+export async function syncFileSystem(dir: string): Promise<void> {
+  await run('sync', ['-f', dir]);
 }

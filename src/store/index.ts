@@ -10,7 +10,7 @@ import { MemoryBlockStore } from './memory-block-store.js';
 import { PackBlockStore } from './pack-block-store.js';
 
 export type { BlockStore } from './block-store.js';
-export { FsBlockStore, type FsBlockStoreOptions } from './fs-block-store.js';
+export { FsBlockStore, syncFileSystem, type FsBlockStoreOptions } from './fs-block-store.js';
 export { MemoryBlockStore } from './memory-block-store.js';
 export { PackBlockStore } from './pack-block-store.js';
 export { getBlock, putBlock, checkPut } from './verify.js';

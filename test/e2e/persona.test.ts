@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { packEntries } from '../../src/index.js';
+import { encodePersona, packEntries, personaId } from '../../src/index.js';
 import { Laptop, removeTmp, TestServer, tmpDir } from './harness.js';
 
 /** A .reg file as regedit writes it: UTF-16LE with a BOM, CRLF. */
@@ -174,9 +174,11 @@ describe('persona check-out, push, check-in and merge', () => {
 
   it('refuses a persona snapshot with a path that escapes the profile, and changes nothing', async () => {
     const before = (await server.admin(['persona', 'history', 'alice'])).json.versions.length;
-    const bad = JSON.stringify({ format: 'carryon-persona', version: 1, registry: '', files: [{ path: '../../etc/passwd', kind: 'dir', mode: 493, mtimeMs: 0, size: 0, hash: null, chunks: [] }] });
+    // a delta against version 1 (the empty persona) adding an entry outside the profile
+    const emptyId = personaId(encodePersona({ files: [], registry: '' }));
+    const bad = JSON.stringify({ baseId: emptyId, id: emptyId, registry: null, remove: [], upsert: [{ path: '../../etc/passwd', kind: 'dir', mode: 493, mtimeMs: 0, size: 0, hash: null, chunks: [] }] });
     const parts: Buffer[] = [];
-    for await (const c of packEntries([{ name: 'persona.json', data: Buffer.from(bad) }, { name: 'push.json', data: Buffer.from(JSON.stringify({ baseVersion: 1, desktop: 'desk', deviceName: 'x', editedAt: 1 })) }])) parts.push(c as Buffer);
+    for await (const c of packEntries([{ name: 'persona-delta.json', data: Buffer.from(bad) }, { name: 'push.json', data: Buffer.from(JSON.stringify({ baseVersion: 1, desktop: 'desk', deviceName: 'x', editedAt: 1 })) }])) parts.push(c as Buffer);
     const token = readFileSync(path.join(dir, 'token-alice'), 'utf8');
     const res = await fetch(`${server.url}/v1/persona/push`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/x-tar' }, body: Buffer.concat(parts) });
     expect(res.status).toBe(400);
