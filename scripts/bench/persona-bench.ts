@@ -10,11 +10,12 @@
 // Usage: node dist/scripts/bench/persona-bench.js [--size 1G] [--seed N] [--out results.json] [--keep] [--no-carryon]
 
 import { createHash } from 'node:crypto';
+import http from 'node:http';
 import { closeSync, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { basename, dirname, extname, join, relative } from 'node:path';
-import { checkPersonaPath, encodePersona, personaPathKey, PERSONA_CHUNK_BYTES, type PersonaEntry } from '../../src/persona/index.js';
-import { MAX_PERSONA_ENTRY_BYTES, MAX_QUERY_IDS } from '../../src/wire/index.js';
+import { checkPersonaPath, personaPathKey, PERSONA_CHUNK_BYTES, type PersonaEntry } from '../../src/persona/index.js';
+import { MAX_PERSONA_ENTRY_BYTES } from '../../src/wire/index.js';
 import { carryon, carryonMissing, carryonServer, num, serverGone, str, startServer, type Json, type RunningServer } from '../lib/carryon-cli.js';
 import { mb, mib, parseSize, percent, ratio, secs, table } from '../lib/format.js';
 import { listHostFiles, looksBinary, looksText, type HostFile } from '../lib/host-files.js';
@@ -981,62 +982,69 @@ async function startCarryon(work: string): Promise<CarryonRig> {
   }
 }
 
-interface Overhead {
-  version: number;
-  files: number;
-  /** persona.json in the commit: the whole new snapshot, uncompressed JSON. */
-  snapshotBytes: number;
-  snapshotZstdBytes: number;
-  /** POST /persona/chunks/missing: every chunk id of the profile, JSON. */
-  missingQueryBytes: number;
-  missingQueryZstdBytes: number;
-  /** The same two if they carried only what changed: the changed and added entries plus the deleted
-   *  paths, and the chunk ids of the changed and added files. */
-  changedEntriesBytes: number;
-  changedChunkQueryBytes: number;
-}
-
-/** zstd -3 size of some bytes, through a temp file (run() reads stdout as text). */
-async function zstdSize(data: Buffer, dir: string): Promise<number> {
-  const f = join(dir, 'measure.bin');
-  writeFileSync(f, data);
-  await run('zstd', ['-3', '-q', '-f', f, '-o', `${f}.zst`]);
-  const n = statSync(`${f}.zst`).size;
-  rmSync(f);
-  rmSync(`${f}.zst`);
-  return n;
-}
-
-/** JSON bodies of the "which chunks do you lack?" queries for these ids, as the client batches them. */
-function queryBodies(ids: string[]): Buffer {
-  const parts: string[] = [];
-  for (let k = 0; k < ids.length; k += MAX_QUERY_IDS) parts.push(JSON.stringify({ ids: ids.slice(k, k + MAX_QUERY_IDS) }));
-  return Buffer.from(parts.join(''));
-}
-
-/**
- * Compare the server's newest persona with a folder (same files and sizes; same SHA-256 for the paths
- * in `hashPaths`), and size what a check-in sends besides file contents.
- */
-async function checkServerPersona(rig: CarryonRig, dir: string, hashPaths: string[], changes: { added: string[]; changed: string[]; deleted: string[] } | undefined, work: string): Promise<Overhead> {
+/** Compare the server's newest persona with a folder: same files and sizes, same SHA-256 for `hashPaths`. */
+async function checkServerPersona(rig: CarryonRig, dir: string, hashPaths: string[]): Promise<{ version: number; files: number }> {
   const shown = (await carryonServer(rig.data, 'persona', 'show', USER)).json;
-  const entries = shown.files as PersonaEntry[];
-  const files = entries.filter((e) => e.kind === 'file');
+  const files = (shown.files as PersonaEntry[]).filter((e) => e.kind === 'file');
   const local = listTree(dir);
   if (files.length !== local.size) throw new Error(`the server's persona has ${files.length} files, the laptop's folder ${local.size}`);
   const byPath = new Map(files.map((f) => [f.path, f]));
   for (const [p, st] of local) if (byPath.get(p)?.size !== st.size) throw new Error(`the server's persona differs from the laptop's folder at ${p}`);
   for (const p of hashPaths) if (byPath.get(p)?.hash !== sha256File(join(dir, p))) throw new Error(`the server's persona holds other content for ${p}`);
-  const snapshot = encodePersona({ files: entries, registry: String(shown.registry ?? '') });
-  const query = queryBodies([...new Set(files.flatMap((f) => f.chunks))]);
-  const touched = new Set([...(changes?.added ?? []), ...(changes?.changed ?? [])]);
-  const changedEntries = entries.filter((e) => touched.has(e.path));
-  const changedEntriesBytes = Buffer.byteLength(JSON.stringify({ files: changedEntries, deleted: changes?.deleted ?? [] }));
-  const changedChunkQueryBytes = queryBodies([...new Set(changedEntries.flatMap((e) => e.chunks))]).length;
-  return {
-    version: num(shown, 'version'), files: files.length, snapshotBytes: snapshot.length, snapshotZstdBytes: await zstdSize(snapshot, work),
-    missingQueryBytes: query.length, missingQueryZstdBytes: await zstdSize(query, work), changedEntriesBytes, changedChunkQueryBytes,
-  };
+  return { version: num(shown, 'version'), files: files.length };
+}
+
+interface RouteBytes {
+  requests: number;
+  /** Request body bytes (what the laptop sends). */
+  sent: number;
+  /** Response body bytes. */
+  received: number;
+}
+
+/**
+ * An HTTP proxy on 127.0.0.1 between laptop A and the server that counts body bytes per route (ids in
+ * the path replaced by :id), so a check-in's bytes can be split by request without knowing the protocol.
+ */
+class CountingProxy {
+  routes = new Map<string, RouteBytes>();
+  private constructor(
+    private readonly server: http.Server,
+    readonly url: string,
+  ) {}
+
+  static start(target: string): Promise<CountingProxy> {
+    const t = new URL(target);
+    const agent = new http.Agent({ keepAlive: true });
+    let proxy: CountingProxy | undefined;
+    const server = http.createServer((req, res) => {
+      const route = `${req.method} ${(req.url ?? '').split('?')[0]!.replace(/\/(?=[^/]*\d)[^/]{8,}/g, '/:id')}`;
+      const r = proxy!.routes.get(route) ?? { requests: 0, sent: 0, received: 0 };
+      proxy!.routes.set(route, r);
+      r.requests++;
+      const up = http.request({ host: t.hostname, port: t.port, method: req.method, path: req.url, headers: req.headers, agent }, (ures) => {
+        res.writeHead(ures.statusCode ?? 502, ures.headers);
+        ures.on('data', (c: Buffer) => (r.received += c.length));
+        ures.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      req.on('data', (c: Buffer) => (r.sent += c.length));
+      req.pipe(up);
+    });
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => {
+        const a = server.address() as { port: number };
+        proxy = new CountingProxy(server, `http://127.0.0.1:${a.port}`);
+        resolve(proxy);
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    this.server.closeAllConnections();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1064,6 +1072,7 @@ async function main(): Promise<number> {
   const started = Date.now();
   const work = mkdtempSync(join(tmpdir(), 'carryon-persona-bench-'));
   let rig: CarryonRig | undefined;
+  let proxy: CountingProxy | undefined;
   let failed = false;
   const report: Json = {};
   process.once('SIGINT', () => {
@@ -1106,7 +1115,8 @@ async function main(): Promise<number> {
       const homeB = join(work, 'laptop-b');
       mkdirSync(homeA);
       mkdirSync(homeB);
-      await carryon(homeA, 'login', rig.server.url, '--token', rig.token);
+      proxy = await CountingProxy.start(rig.server.url);
+      await carryon(homeA, 'login', proxy.url, '--token', rig.token);
       await carryon(homeB, 'login', rig.server.url, '--token', rig.token);
       const coB = await carryon(homeB, 'checkout', DESK, '--persona-only');
       const dirB = str(coB.json, 'dir');
@@ -1144,22 +1154,15 @@ async function main(): Promise<number> {
 
     if (rig) {
       try {
+        proxy!.routes.clear();
         const ci = await carryon(join(work, 'laptop-a'), 'checkin', DESK);
         carryonRes.checkin = fromCli(ci.json, 'bytesSent', ci.seconds, 'bytesSent of `carryon checkin --json` (CLI wall time)');
+        carryonRes.checkin.routes = Object.fromEntries(proxy!.routes);
         const changes = (ci.json.persona as Json | null)?.changes as { added: string[]; changed: string[]; deleted: string[] } | undefined;
-        const check = await checkServerPersona(rig, profileA, touched, changes, work);
-        const rest = carryonRes.checkin.bytes - check.snapshotBytes - check.missingQueryBytes;
         carryonRes.checkin.personaChanges = changes ? { added: changes.added.length, changed: changes.changed.length, deleted: changes.deleted.length } : null;
-        carryonRes.checkin.breakdown = {
-          ...check,
-          restBytes: rest,
-          ifOnlyChangesBytes: rest + check.changedEntriesBytes + check.changedChunkQueryBytes,
-          note: 'snapshot = persona.json in the commit (uncompressed JSON of every entry); missingQuery = JSON of every chunk id of the profile (POST /persona/chunks/missing); ' +
-            'rest = file contents (deltas and chunks, one zstd stream), tar framing, disk manifest, other requests; ifOnlyChanges = rest + the changed/added entries and deleted paths + the chunk ids of changed/added files (an estimate, not something carryon does)',
-        };
+        const check = await checkServerPersona(rig, profileA, touched);
         log(`  carryon: checkin ${mb(carryonRes.checkin.bytes)} MB in ${secs(ci.seconds)} s (persona v${check.version}: ${changes?.changed.length ?? '?'} changed, ${changes?.added.length ?? '?'} added, ${changes?.deleted.length ?? '?'} deleted); ` +
           `the server's persona matches the laptop's folder`);
-        log(`    of which the snapshot ${mb(check.snapshotBytes)} MB, the chunk-id query ${mb(check.missingQueryBytes)} MB, everything else ${mb(rest)} MB`);
       } catch (e) {
         let msg = e instanceof Error ? e.message : String(e);
         const gone = serverGone(rig.server);
@@ -1176,7 +1179,7 @@ async function main(): Promise<number> {
     const rsyncRuns: Array<[string, string[], string]> = [
       ['rsync', [], 'rsync -a --no-whole-file --delete: Total bytes sent + received (--stats)'],
       ['rsyncZ', ['-z', '--debug=NSTR'], 'rsync -az (compression as negotiated)'],
-      ['rsyncZlib', ['-z', '--compress-choice=zlib'], 'rsync -az --compress-choice=zlib (rsync before 3.2, and most deployed defaults)'],
+      ['rsyncZlib', ['-z', '--compress-choice=zlib'], 'rsync -az --compress-choice=zlib (the only choice before rsync 3.2.0)'],
       ['rsyncZstd', ['-z', '--compress-choice=zstd'], 'rsync -az --compress-choice=zstd'],
     ];
     for (const [key, flags, note] of rsyncRuns) {
@@ -1186,7 +1189,7 @@ async function main(): Promise<number> {
     const rd = await measureRdiff(base, profileA, d, renames, join(work, 'rdiff'));
     peers.rdiff = rd.withSig;
     peers.rdiffDeltaOnly = rd.deltaOnly;
-    log(`  rdiff + zstd: ${mb(rd.deltaOnly.bytes)} MB + ${mb(num(rd.withSig, 'sigBytes'))} MB signatures, ${secs(rd.withSig.seconds)} s; ${renames.size} renames matched by content (unmatched they would cost ${mb(rd.renamesWhole)} MB more)`);
+    log(`  rdiff + zstd: ${mb(rd.deltaOnly.bytes)} MB + ${mb(num(rd.withSig, 'sigBytes'))} MB signatures, ${secs(rd.withSig.seconds)} s; ${renames.size} renames matched by content (sent whole they would cost ${mb(rd.renamesWhole)} MB)`);
     const plan = predictCarryon(base, profileA, rd.files);
 
     // Tables
@@ -1213,15 +1216,13 @@ async function main(): Promise<number> {
     if (ci) {
       const verdict = ci.bytes < ref ? `carryon sends ${ratio(ci.bytes, ref)} of rsync -az's bytes: target met` : `carryon sends ${ratio(ci.bytes, ref)} of rsync -az's bytes: target (fewer than rsync -z) NOT met`;
       console.log(`\n${verdict}`);
-      const b = ci.breakdown as Overhead & { restBytes: number; ifOnlyChangesBytes: number };
-      console.log(`carryon's bytes: ${mb(b.snapshotBytes)} MB snapshot (persona.json: all ${b.files} files' entries, uncompressed; ${mb(b.snapshotZstdBytes)} MB at zstd -3) + ` +
-        `${mb(b.missingQueryBytes)} MB chunk-id query (every chunk of the profile; ${mb(b.missingQueryZstdBytes)} MB at zstd -3) + ${mb(b.restBytes)} MB the rest (contents, framing)`);
-      console.log(`  estimate: with only the changed entries and their chunk ids it would send ${mb(b.ifOnlyChangesBytes)} MB (${ratio(b.ifOnlyChangesBytes, ref)} of rsync -az); ` +
-        `after the commit it also downloads the new snapshot whole (${mb(num(ci, 'bytesReceived'))} MB received)`);
+      const routes = [...Object.entries(ci.routes as Record<string, RouteBytes>)].sort((a, b) => b[1].sent + b[1].received - a[1].sent - a[1].received);
+      console.log('\n' + table(['carryon checkin, by request (counting proxy)', 'requests', 'sent MB', 'received MB'],
+        routes.map(([route, r]) => [route, String(r.requests), mb(r.sent, 3), mb(r.received, 3)])));
     }
     console.log(`predicted carryon upload (rdiff sizes, carryon's rule): ${mb(plan.deltaBytes)} MB of deltas, ${mb(plan.wholeBytes)} MB of chunks before zstd; changed files sent as chunks, not deltas: ${plan.whole.length}` +
       plan.whole.slice(0, 12).map((f) => `\n  ${String(f.path)} (${String(f.size)} B): ${String(f.why)}`).join('') + (plan.whole.length > 12 ? `\n  ... ${plan.whole.length - 12} more` : ''));
-    console.log(`rdiff rows: renamed files matched to their old name by content (${renames.size}); without that they cost ${mb(rd.renamesWhole)} MB more. No file names, deletions or mtimes counted.`);
+    console.log(`rdiff rows: renamed files matched to their old name by content (${renames.size}) and sent as deltas against it; sent whole they would cost ${mb(rd.renamesWhole)} MB. No file names, deletions or mtimes counted.`);
     console.log(`rsync rows: --delete added so deletions reach the copy; renames are a deletion plus a new file (no --fuzzy).`);
     if (rig) {
       console.log('\n' + table(['baseline (v2)', 'MB', 's', 'vs tar|zstd'], [
@@ -1252,6 +1253,7 @@ async function main(): Promise<number> {
       console.log(`results written to ${o.out}`);
     }
   } finally {
+    if (proxy) await proxy.close();
     if (rig) await rig.server.stop();
     if (o.keep) console.log(`kept ${work}`);
     else {
