@@ -41,14 +41,21 @@ export async function fetchPersona(state: LocalState, api: ApiClient, version: n
   const wanted = [...new Set(snapshot.files.flatMap((f) => f.chunks))];
   const missing: BlockId[] = [];
   for (const id of wanted) if (!(await state.cache.has(id))) missing.push(id);
-  for (const batch of batchesOf(missing, () => PERSONA_CHUNK_BYTES, 32 * PERSONA_CHUNK_BYTES, MAX_GET_IDS)) {
-    const pending = new Set(batch);
-    await api.personaChunks(got.version, batch, async ({ name, data }) => {
-      if (!pending.delete(name)) throw new CarryonError('TAR_INVALID', `server sent chunk ${name.slice(0, 12)}… that was not asked for`);
-      await state.cache.put(name, data, decodeVerified(name, data, PERSONA_CHUNK_BYTES));
-    });
-    if (pending.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${pending.size} requested chunk(s)`);
-  }
+  // Two requests in flight: the server reads one batch while this side verifies the other.
+  const queue = [...batchesOf(missing, () => PERSONA_CHUNK_BYTES, 32 * PERSONA_CHUNK_BYTES, MAX_GET_IDS)];
+  await Promise.all([0, 1].map(async () => {
+    for (let batch = queue.shift(); batch; batch = queue.shift()) {
+      const pending = new Set(batch);
+      await api.personaChunks(got.version, batch, async ({ name, data }) => {
+        if (!pending.delete(name)) throw new CarryonError('TAR_INVALID', `server sent chunk ${name.slice(0, 12)}… that was not asked for`);
+        await state.cache.put(name, data, decodeVerified(name, data, PERSONA_CHUNK_BYTES));
+      });
+      if (pending.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${pending.size} requested chunk(s)`);
+    }
+  }).map((p) => p.catch((err: unknown) => {
+    queue.length = 0; // the other request stops after its batch
+    throw err;
+  })));
   await fs.mkdir(path.join(dir, PROFILE_DIR), { recursive: true });
   await materializePersonaTree(path.join(dir, PROFILE_DIR), snapshot.files, state.cache, previous ? { previous: previous.files } : {});
   await writeAtomically(path.join(dir, REGISTRY_FILE), registryFileBytes(snapshot.registry));

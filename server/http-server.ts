@@ -9,7 +9,7 @@ import {
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
   parsePersonaPushInfo, personaId, unpackEntries, type PersonaCommitResult, type PersonaPushInfo,
 } from '../src/index.js';
-import { ingestUpload, ManifestCache, missingForCommit } from './blocks.js';
+import { ingestUpload, ManifestCache, missingForCommit, readAhead } from './blocks.js';
 import { crashPoint } from './crash-point.js';
 import type { PersonaService } from './persona-service.js';
 import { decodeParam, header, readBody, readJson, sendJson } from './http-util.js';
@@ -195,17 +195,9 @@ export class CarryonHttpServer {
       for (const b of bases.values()) if (!held.ids.has(b)) throw new CarryonError('BLOCK_NOT_FOUND', `base block ${b.slice(0, 12)}… is not part of version ${baseVersion}`, { id: b });
     }
     const store = this.store;
-    // Reads run a window ahead of the tar stream, so the disk and the socket are busy at once.
     async function* encoded(): AsyncGenerator<TarEntry> {
-      const ahead: Array<Promise<Buffer>> = [];
-      let next = 0;
-      for (const id of ids) {
-        while (ahead.length < 16 && next < ids.length) {
-          const p = store.getEncoded(ids[next++]!);
-          p.catch(() => undefined); // awaited below; this only silences reads abandoned by a closed connection
-          ahead.push(p);
-        }
-        yield { name: id, data: await ahead.shift()! };
+      for await (const e of readAhead(store, ids)) {
+        yield e;
         crashPoint('serve-block');
       }
     }

@@ -10,7 +10,7 @@ import {
   applyDelta, applySnapshotDelta, blockId, CarryonError, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
   unpackEntries, type BlockId, type BlockStore, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../src/index.js';
-import { BlockIngest } from './blocks.js';
+import { BlockIngest, readAhead } from './blocks.js';
 import type { SqliteMeta, User } from './meta.js';
 import type { SqlitePersonaMeta } from './persona-meta.js';
 
@@ -33,10 +33,7 @@ export class PersonaService {
     const { snapshot } = this.get(user, version);
     const allowed = new Set(snapshot.files.flatMap((f) => f.chunks));
     for (const id of ids) if (!allowed.has(id)) throw new CarryonError('BLOCK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is not part of persona version ${version}`, { id });
-    const store = this.store;
-    return (async function* () {
-      for (const id of ids) yield { name: id, data: await store.getEncoded(id) };
-    })();
+    return readAhead(this.store, ids, 4); // 1 MiB chunks: a few in flight keep the disk busy
   }
 
   /**
