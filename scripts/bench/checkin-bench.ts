@@ -16,6 +16,7 @@ import { compareImages, debugfsSession, listImage, rewriteScattered } from '../f
 import { carryon, carryonMissing, carryonServer, num, serverGone, str, startServer, type Json, type RunningServer } from '../lib/carryon-cli.js';
 import { mb, mib, parseSize, ratio, secs, table } from '../lib/format.js';
 import { copySparse, requireTool, run, settleBeforeEachRun } from '../lib/proc.js';
+import { parseRsyncStats, type Measure } from '../lib/measure.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -85,13 +86,6 @@ function parseOptions(argv: string[]): Options {
 // ---------------------------------------------------------------------------------------------
 // Measurements
 
-interface Measure {
-  bytes: number;
-  seconds: number;
-  /** What the byte count is made of. */
-  note: string;
-  [more: string]: unknown;
-}
 
 interface WorkloadResult {
   name: WorkloadName;
@@ -121,14 +115,6 @@ function treeFiles(dir: string): Map<string, number> {
   return out;
 }
 
-function parseRsyncStats(stdout: string): { sent: number; received: number } {
-  const grab = (label: string): number => {
-    const m = new RegExp(`${label}:\\s*([\\d,]+)`).exec(stdout);
-    if (!m) throw new Error(`rsync --stats output has no "${label}":\n${stdout}`);
-    return Number(m[1]!.replace(/,/g, ''));
-  };
-  return { sent: grab('Total bytes sent'), received: grab('Total bytes received') };
-}
 
 /** rsync of v1 onto a fresh copy of v0, forced to use its delta algorithm (local copies default to whole-file). */
 async function measureRsync(v0: string, v1: string, dst: string, compress: boolean): Promise<Measure> {

@@ -21,6 +21,7 @@ import { mb, mib, parseSize, percent, ratio, secs, table } from '../lib/format.j
 import { listHostFiles, looksBinary, looksText, type HostFile } from '../lib/host-files.js';
 import { mulberry32, pick, randInt, randomBytesSeeded, seededRank, shuffled, type Rng } from '../lib/prng.js';
 import { requireTool, run, settleBeforeEachRun } from '../lib/proc.js';
+import { parseRsyncStats, type Measure } from '../lib/measure.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -827,22 +828,7 @@ function matchRenames(baseDir: string, nextDir: string, d: TreeDiff, base: Map<s
 // ---------------------------------------------------------------------------------------------
 // Measurements
 
-interface Measure {
-  bytes: number;
-  seconds: number;
-  /** What the byte count is made of. */
-  note: string;
-  [more: string]: unknown;
-}
 
-function parseRsyncStats(out: string): { sent: number; received: number; literal: number; matched: number } {
-  const grab = (label: string): number => {
-    const m = new RegExp(`${label}:\\s*([\\d,]+)`).exec(out);
-    if (!m) throw new Error(`rsync --stats output has no "${label}":\n${out}`);
-    return Number(m[1]!.replace(/,/g, ''));
-  };
-  return { sent: grab('Total bytes sent'), received: grab('Total bytes received'), literal: grab('Literal data'), matched: grab('Matched data') };
-}
 
 /** rsync of the edited tree onto a fresh copy of the base, forced to use its delta algorithm. The copy
  *  is hard-linked: rsync (without --inplace) writes every file it changes to a new inode, so the base's
