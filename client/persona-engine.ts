@@ -170,7 +170,11 @@ async function deltaOf(state: LocalState, base: PersonaEntry, file: string): Pro
   // The signature stays on the laptop, so its size costs nothing on the wire: 2 KiB blocks (librsync's
   // default is ~sqrt(size), 13.6 KB for a 185 MB mailbox) make each scattered edit cost 2 KiB, not 13.6
   // (measured by scripts/bench/persona-bench.ts: the inbox's 4-byte "read" flags alone cost 1.4 MB).
-  const signature = await createSignature(Readable.from(baseBytes()), { baseSize: base.size, blockLength: base.size > 4 * 1024 * 1024 ? 2048 : 0 });
+  // MD4 strong sums: 264 MB/s here against 83 MB/s for our TypeScript BLAKE2b. A collision cannot slip
+  // through: the server checks the rebuilt file against its SHA-256 and refuses a mismatch.
+  const signature = await createSignature(Readable.from(baseBytes()), {
+    baseSize: base.size, blockLength: base.size > 4 * 1024 * 1024 ? 2048 : 0, strongSum: 'md4',
+  });
   const parts: Buffer[] = [];
   let n = 0;
   for await (const piece of createDelta(signature, Readable.from((async function* () {
