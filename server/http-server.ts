@@ -232,12 +232,8 @@ export class CarryonHttpServer {
 
   private async upload({ req, user, params }: Ctx) {
     const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
-    try {
-      return await ingestUpload(this.meta, this.store, this.baseOf(co), bodyOf(req));
-    } catch (err) {
-      if (err instanceof CarryonError) throw err;
-      throw new CarryonError('TAR_INVALID', `upload stream is invalid: ${(err as Error).message}`, {}, err);
-    }
+    // Stream faults are TAR_INVALID from unpackEntries; anything else (a full disk) keeps its own code.
+    return ingestUpload(this.meta, this.store, this.baseOf(co), bodyOf(req));
   }
 
   private async commit({ req, user, params }: Ctx): Promise<CommitResult> {

@@ -17,6 +17,7 @@ import { carryon, carryonMissing, carryonServer, num, serverGone, str, startServ
 import { mb, mib, parseSize, ratio, secs, table } from '../lib/format.js';
 import { copySparse, requireTool, run, settleBeforeEachRun } from '../lib/proc.js';
 import { parseRsyncStats, type Measure } from '../lib/measure.js';
+import { readArgs } from '../lib/args.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -53,13 +54,7 @@ const USAGE = `usage: checkin-bench.js [--size 1G] [--payload 650M] [--workloads
 function parseOptions(argv: string[]): Options {
   const o: Options = { size: 1024 ** 3, payload: 0, workloads: ['small', 'large', 'fs'], keep: false, carryon: true, seed: 100 };
   let payloadGiven = false;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const value = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value\n${USAGE}`);
-      return v;
-    };
+  for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
     else if (a === '--payload') {
       o.payload = parseSize(value());

@@ -24,6 +24,7 @@ import { CheapHasher } from '../../src/hash/index.js';
 import { mib, parseSize, ratio, table } from '../lib/format.js';
 import { listHostFiles } from '../lib/host-files.js';
 import { seededRank } from '../lib/prng.js';
+import { readArgs } from '../lib/args.js';
 
 const require = createRequire(import.meta.url);
 const zstd = require('zstd-napi') as typeof import('zstd-napi');
@@ -62,13 +63,7 @@ const USAGE = `usage: codec-bench.js [--size 256M] [--l19-size 16M] [--reps 3] [
 
 function parseOptions(argv: string[]): Options {
   const o: Options = { size: 256 * 1024 ** 2, l19Size: 16 * 1024 ** 2, reps: 3, hashReps: 5, seed: 1, root: '/usr/lib', perFile: 4 * 1024 ** 2 };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const value = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value\n${USAGE}`);
-      return v;
-    };
+  for (const { flag: a, value } of readArgs(argv, USAGE)) {
     const count = (): number => {
       const n = Number(value());
       if (!Number.isInteger(n) || n < 1) throw new Error(`${a} needs a whole number >= 1`);

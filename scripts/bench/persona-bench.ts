@@ -22,6 +22,7 @@ import { listHostFiles, looksBinary, looksText, type HostFile } from '../lib/hos
 import { mulberry32, pick, randInt, randomBytesSeeded, seededRank, shuffled, type Rng } from '../lib/prng.js';
 import { requireTool, run, settleBeforeEachRun } from '../lib/proc.js';
 import { parseRsyncStats, type Measure } from '../lib/measure.js';
+import { readArgs } from '../lib/args.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -43,13 +44,7 @@ const USAGE = `usage: persona-bench.js [--size 1G] [--seed N] [--out FILE] [--ke
 
 function parseOptions(argv: string[]): Options {
   const o: Options = { size: 1024 ** 3, seed: 300, keep: false, carryon: true };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const value = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value\n${USAGE}`);
-      return v;
-    };
+  for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
     else if (a === '--seed') o.seed = Number(value());
     else if (a === '--out') o.out = value();
