@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs';
 import {
   CarryonError, createCompressStream, decodeCheap, decodeManifest, encodeBlock, encodeBlockPatch, encodeCheap, encodeManifest, getBlock, manifestId,
-  MAX_QUERY_IDS, packEntries, scanImage, uploadEntryName, verifyPlain, decodePersona, encodePersona, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type DiskManifest, type TarEntry,
+  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, uploadEntryName, verifyPlain, decodePersona, encodePersona, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type DiskManifest, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -13,7 +13,11 @@ import { crashPoint } from './crash-point.js';
 import { maxRss } from './checkout-engine.js';
 import { diffPersona, fetchPersona, personaPushParts, scanPersona, uploadPersona, type PersonaDiff } from './persona-engine.js';
 import { Progress } from './progress.js';
-import { CACHE_LEVEL, type LocalState, type Login } from './state.js';
+import { CACHE_LEVEL, type LocalCheckout, type LocalState, type Login } from './state.js';
+import { ServerBlockSource } from './block-source.js';
+import { DiskLock } from './disk-lock.js';
+import { openJournal, openLocalDisk, removeJournal } from './disk-session.js';
+import type { BlockSource } from './local-disk.js';
 
 export interface CheckinResult {
   desktop: string;
@@ -28,6 +32,10 @@ export interface CheckinResult {
   bytesSent: number;
   bytesReceived: number;
   scanSeconds: number;
+  /** How changes were found: from the dirty map, or by reading the whole disk (and why). */
+  scanMode: 'dirty-map' | 'full';
+  fullScanReason: string | null;
+  scanBytesRead: number;
   seconds: number;
   alreadyCommitted: boolean;
   maxRssBytes: number;
@@ -43,34 +51,100 @@ export interface ScanSummary {
   changed: number[];
   bytesChanged: number;
   seconds: number;
+  /** dirty-map: only blocks the journal marked were read; full: the whole disk was read. */
+  mode: 'dirty-map' | 'full';
+  /** Why a full scan was needed, or how the map was recovered. */
+  reason: string | null;
+  bytesRead: number;
+  /** Not every block is on this laptop (a streamed check-out): the copy must not be reused as a base. */
+  incomplete: boolean;
 }
 
-/** Compare the disk with what was checked out: cheap hash per block, SHA-256 only where it differs. */
-export async function scanChanges(state: LocalState, name: string, quiet: boolean): Promise<ScanSummary> {
+function requireCheckedOut(state: LocalState, name: string): LocalCheckout {
   const local = state.checkout(name);
-  if (!local || local.state !== 'active' || !local.cheap) {
+  if (!local || (local.state !== 'active' && local.state !== 'streaming')) {
     const why = !local ? 'it is not checked out on this laptop'
       : local.state === 'downloading' ? `its check-out is incomplete: run \`carryon checkout ${name}\` to finish it`
       : `it was checked in already (version ${local.version}); check it out again to use it`;
     throw new CarryonError('NOT_CHECKED_OUT', `${name}: ${why}`, { desktop: name, state: local?.state ?? null });
   }
+  return local;
+}
+
+/**
+ * What changed on the laptop's disk since check-out. With a trustworthy dirty map only the blocks it
+ * marks are read (time grows with the change); otherwise the whole disk is scanned (cheap hash per
+ * block, SHA-256 where it differs) and the reason is reported. A streamed disk first gets the base
+ * bytes of partly written blocks (or, without a usable map, every block) from the server.
+ */
+export async function scanChanges(state: LocalState, name: string, quiet: boolean, source?: BlockSource): Promise<ScanSummary> {
+  let local = requireCheckedOut(state, name);
   const base = decodeManifest(local.manifest);
   const t0 = Date.now();
-  const st = await fs.stat(local.diskPath).catch(() => null);
-  if (!st) throw new CarryonError('NOT_CHECKED_OUT', `the disk of ${name} is gone from ${local.diskPath}: run \`carryon discard ${name}\` to give the checkout up`, { desktop: name, disk: local.diskPath });
-  const size = st.size;
-  const progress = new Progress(`scan ${name}`, size, quiet);
-  const scan = await scanImage(local.diskPath, { blockSize: base.blockSize, previous: { manifest: base, cheap: decodeCheap(local.cheap) }, onProgress: (d) => progress.update(d) });
+  if (!(await fs.stat(local.diskPath).catch(() => null))) {
+    throw new CarryonError('NOT_CHECKED_OUT', `the disk of ${name} is gone from ${local.diskPath}: run \`carryon discard ${name}\` to give the checkout up`, { desktop: name, disk: local.diskPath });
+  }
+  let incomplete = false;
+  if (local.state === 'streaming') {
+    if (!source) throw new CarryonError('DISK_INCOMPLETE', `${name} is still streaming: its changes can be listed once \`carryon serve\` or \`carryon checkout ${name}\` has brought every block`, { desktop: name });
+    const { disk, trust } = await openLocalDisk(state, local, source);
+    try {
+      const progress = new Progress(`fetch ${name}`, disk.size, quiet);
+      if (trust.trusted) await disk.fetchMissing(disk.journal.dirtyBlocks());
+      else await disk.download((p) => progress.update(p.localBytes)); // a full scan needs every block
+      progress.finish();
+      incomplete = !disk.complete;
+      await disk.close();
+    } catch (err) {
+      disk.abandon();
+      throw err;
+    }
+    if (!incomplete) {
+      state.putCheckout({ ...local, state: 'active', cheap: encodeCheap(disk.cheap) });
+      local = state.checkout(name)!;
+    }
+  }
+  const opened = openJournal(state, local);
+  const previous = { manifest: base, cheap: local.cheap ? decodeCheap(local.cheap) : new BigUint64Array(base.count) };
+  if (opened.journal && opened.trust.trusted) {
+    const blocks = opened.journal.dirtyBlocks();
+    await opened.journal.close();
+    const progress = new Progress(`scan ${name} (dirty map)`, blocks.reduce((n, i) => n + base.lengthOf(i), 0), quiet);
+    const scan = await rescanBlocks(local.diskPath, blocks, previous, (d) => progress.update(d));
+    progress.finish();
+    return summary(scan, 'dirty-map', opened.trust.reason, incomplete, t0);
+  }
+  if (opened.journal) await opened.journal.close();
+  const reason = opened.journal ? opened.trust.reason : opened.reason;
+  const size = (await fs.stat(local.diskPath)).size;
+  const progress = new Progress(`scan ${name} (full: ${reason})`, size, quiet);
+  const scan = await scanImage(local.diskPath, { blockSize: base.blockSize, previous, onProgress: (d) => progress.update(d) });
   progress.finish();
+  return summary(scan, 'full', reason, incomplete, t0);
+}
+
+function summary(scan: { manifest: DiskManifest; cheap: BigUint64Array; changed: number[]; bytesRead: number }, mode: ScanSummary['mode'], reason: string | null, incomplete: boolean, t0: number): ScanSummary {
   let bytesChanged = 0;
   for (const i of scan.changed) bytesChanged += scan.manifest.lengthOf(i);
-  return { manifest: scan.manifest, cheap: scan.cheap, changed: scan.changed, bytesChanged, seconds: (Date.now() - t0) / 1000 };
+  return { manifest: scan.manifest, cheap: scan.cheap, changed: scan.changed, bytesChanged, seconds: (Date.now() - t0) / 1000, mode, reason, bytesRead: scan.bytesRead, incomplete };
 }
 
 export async function checkinDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { quiet: boolean }): Promise<CheckinResult> {
+  requireCheckedOut(state, name);
+  // No `carryon serve` may write while we read; a VM run straight on the file is caught by the stamp checks.
+  const lock = DiskLock.acquire(state.home, name, 'check-in');
+  try {
+    return await checkinLocked(state, api, login, name, opts);
+  } finally {
+    lock.release();
+  }
+}
+
+async function checkinLocked(state: LocalState, api: ApiClient, login: Login, name: string, opts: { quiet: boolean }): Promise<CheckinResult> {
   const t0 = Date.now();
+  const pre = state.checkout(name)!;
+  const scan = await scanChanges(state, name, opts.quiet, new ServerBlockSource(state, () => api, pre.checkoutId, decodeManifest(pre.manifest).blockSize));
   const before = await diskStamp(state, name);
-  const scan = await scanChanges(state, name, opts.quiet);
   const local = state.checkout(name)!;
   const base = decodeManifest(local.manifest);
   const next = scan.manifest;
@@ -153,7 +227,9 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
   const commit = await api.commit(local.checkoutId, encoded, personaParts);
   crashPoint('checkin-after-commit');
   if (commit.manifestId !== manifestId(encoded)) throw new CarryonError('INTERNAL', 'server committed a different manifest than sent');
-  state.putCheckout({ ...local, state: 'checked-in', version: commit.version, manifestId: commit.manifestId, manifest: encoded, cheap: encodeCheap(scan.cheap) });
+  // An incomplete streamed copy keeps no cheap hashes: a later check-out must not take its missing blocks as current.
+  state.putCheckout({ ...local, state: 'checked-in', version: commit.version, manifestId: commit.manifestId, manifest: encoded, cheap: scan.incomplete ? null : encodeCheap(scan.cheap) });
+  removeJournal(state, name); // keyed to the old version: it would be refused anyway
   // The copy stays as a read-only reference; the desktop now lives on the server.
   await fs.chmod(local.diskPath, 0o444);
   if (held?.withDisk && commit.persona) {
@@ -169,7 +245,7 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
   return {
     desktop: name, version: commit.version, previousVersion: commit.previousVersion, manifestId: commit.manifestId, blocksChanged: scan.changed.length,
     bytesChanged: scan.bytesChanged, blocksUploaded: missing.length, blocksAsPatch: asPatch, plainBytesUploaded: plainUploaded, bytesSent: api.bytesSent,
-    bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted, maxRssBytes: maxRss(),
+    bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, scanMode: scan.mode, fullScanReason: scan.mode === 'full' ? scan.reason : null, scanBytesRead: scan.bytesRead, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted, maxRssBytes: maxRss(),
     persona: commit.persona ? { ...commit.persona, changes: personaDiff } : null,
   };
 }
@@ -196,7 +272,7 @@ function isVerified(id: BlockId, plain: Buffer): boolean {
 /** Size and modification time of the checked-out disk, to notice writes during a check-in. */
 async function diskStamp(state: LocalState, name: string): Promise<string> {
   const local = state.checkout(name);
-  if (local?.state !== 'active') return ''; // scanChanges reports why
+  if (local?.state !== 'active' && local?.state !== 'streaming') return ''; // scanChanges reports why
   const st = await fs.stat(local.diskPath, { bigint: true }).catch(() => null);
   return st ? `${st.size}:${st.mtimeNs}` : 'gone';
 }

@@ -2,16 +2,19 @@
 // The disk is assembled in PATH.partial and renamed to PATH only when every block is written, synced
 // and verified, so PATH is never a half-written disk. Re-running after a kill or a dropped connection
 // resumes: verified blocks are already in the cache and are not fetched again.
-import { closeSync, constants as fsc, ftruncateSync, openSync, promises as fs, writeSync } from 'node:fs';
+import { closeSync, constants as fsc, fdatasyncSync, ftruncateSync, openSync, promises as fs, writeSync } from 'node:fs';
 import path from 'node:path';
 import {
-  CarryonError, CheapHasher, decodeManifest, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
+  CarryonError, CheapHasher, decodeManifest, type CheckoutInfo, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
 import { CheckoutPool, type BlockJob } from './checkout-pool.js';
 import { fetchPersona } from './persona-engine.js';
 import { Progress } from './progress.js';
+import { ServerBlockSource } from './block-source.js';
+import { DiskLock } from './disk-lock.js';
+import { diskStampOf, openLocalDisk, startJournal } from './disk-session.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 
 export interface CheckoutResult {
@@ -31,15 +34,18 @@ export interface CheckoutResult {
   /** Peak resident memory of this process: stays bounded whatever the image size. */
   maxRssBytes: number;
   persona: { dir: string; version: number; files: number; chunksFetched: number } | null;
+  /** checkout --stream: how much is local when the command returns. */
+  streaming?: { localBlocks: number; blocks: number };
 }
 
 /** Fetch batches of up to this much plaintext: big enough to amortise a request, small enough to retry. */
 const BATCH_BYTES = 16 * 1024 * 1024;
 
-export async function checkoutDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { to?: string; personaTo?: string; quiet: boolean }): Promise<CheckoutResult> {
+export async function checkoutDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { to?: string; personaTo?: string; quiet: boolean; stream?: boolean }): Promise<CheckoutResult> {
   const t0 = Date.now();
   const local = state.checkout(name);
-  if (local?.state === 'active') {
+  if (local?.state === 'streaming' && !opts.stream) return finishStream(state, api, local, opts.quiet, t0);
+  if (local?.state === 'active' || local?.state === 'streaming') {
     return { desktop: name, disk: local.diskPath, version: local.version, manifestId: local.manifestId, size: decodeManifest(local.manifest).size, blocks: 0, blocksFetched: 0,
       blocksFromCache: 0, blocksWritten: 0, bytesReceived: 0, resumed: false, alreadyCheckedOut: true, seconds: 0, maxRssBytes: maxRss(), persona: null };
   }
@@ -65,6 +71,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
     await fs.rename(disk, partial);
   }
   const resumed = info.resumed || local?.state === 'downloading';
+  if (opts.stream) return startStream(state, api, login, name, { info, encoded, manifest, disk, prior, local, personaTo: opts.personaTo, resumed, t0 });
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'downloading', version: info.version, manifestId: info.manifestId,
     manifest: encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString() });
 
@@ -152,6 +159,8 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   // The cache is not fsynced: a block lost to a power cut fails verification and is fetched again.
   await fs.rename(partial, disk);
   await syncDir(path.dirname(disk));
+  // The dirty map starts empty, stamped with the disk as written: writes by anything but `carryon serve` are noticed.
+  await startJournal(state, { desktop: name, checkoutId: info.checkoutId, manifestId: info.manifestId }, manifest, false, diskStampOf(disk)).close();
   // The persona comes with the disk: the version the server recorded with this checkout.
   const personaDir = path.resolve(opts.personaTo ?? path.join(path.dirname(disk), 'persona'));
   const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true);
@@ -192,3 +201,91 @@ export async function syncDir(dir: string): Promise<void> {
 }
 
 export type { LocalCheckout };
+
+interface StreamStart {
+  info: CheckoutInfo;
+  encoded: Buffer;
+  manifest: DiskManifest;
+  disk: string;
+  prior: { manifest: DiskManifest; cheap: BigUint64Array } | null;
+  local: LocalCheckout | null;
+  personaTo: string | undefined;
+  resumed: boolean;
+  t0: number;
+}
+
+/**
+ * checkout --stream: return as soon as the manifest and the persona are local. The disk file is made
+ * at full size (sparse); `carryon serve` fetches blocks as the VM reads them and downloads the rest.
+ * A checked-in copy at the same path keeps its unchanged blocks (they count as local at once).
+ */
+async function startStream(state: LocalState, api: ApiClient, login: Login, name: string, s: StreamStart): Promise<CheckoutResult> {
+  const { manifest, disk, info } = s;
+  // A copy renamed aside by the caller comes back: in streaming mode the file is used in place.
+  const partial = `${disk}.partial`;
+  const reuse = s.prior && s.prior.manifest.blockSize === manifest.blockSize && (await exists(partial)) ? s.prior : null;
+  state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'downloading', version: info.version, manifestId: info.manifestId,
+    manifest: s.encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString() });
+  await fs.mkdir(path.dirname(disk), { recursive: true });
+  if (reuse) await fs.rename(partial, disk);
+  const fd = openSync(disk, reuse ? 'r+' : 'w', 0o644);
+  const cheap = new BigUint64Array(manifest.count);
+  const local: number[] = [];
+  try {
+    ftruncateSync(fd, manifest.size);
+    if (reuse) {
+      const zeros = Buffer.alloc(manifest.blockSize);
+      for (let i = 0; i < manifest.count; i++) {
+        const was = i < reuse.manifest.count && reuse.manifest.lengthOf(i) === manifest.lengthOf(i);
+        if (was && reuse.manifest.ids.compare(manifest.ids, i * 32, i * 32 + 32, i * 32, i * 32 + 32) === 0) {
+          cheap[i] = reuse.cheap[i]!;
+          local.push(i);
+        } else if (manifest.isHole(i)) writeSync(fd, zeros, 0, manifest.lengthOf(i), i * manifest.blockSize); // old bytes where the new version has a hole
+      }
+    }
+    fdatasyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  const journal = startJournal(state, { desktop: name, checkoutId: info.checkoutId, manifestId: info.manifestId }, manifest, true, null);
+  journal.markPresent(local);
+  await journal.closeClean(diskStampOf(disk));
+  await journal.close();
+  const personaDir = path.resolve(s.personaTo ?? path.join(path.dirname(disk), 'persona'));
+  const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true);
+  state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'streaming', version: info.version, manifestId: info.manifestId,
+    manifest: s.encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: s.local?.state === 'downloading' ? s.local.startedAt : new Date().toISOString() });
+  return { desktop: name, disk, version: info.version, manifestId: info.manifestId, size: manifest.size, blocks: manifest.count, blocksFetched: 0, blocksFromCache: 0,
+    blocksWritten: 0, bytesReceived: api.bytesReceived, resumed: s.resumed, alreadyCheckedOut: false, seconds: (Date.now() - s.t0) / 1000, maxRssBytes: maxRss(), persona,
+    streaming: { localBlocks: local.length + countHoles(manifest), blocks: manifest.count } };
+}
+
+function countHoles(m: DiskManifest): number {
+  let n = 0;
+  for (let i = 0; i < m.count; i++) if (m.isHole(i)) n++;
+  return n;
+}
+
+/** `carryon checkout NAME` on a streamed checkout: download what is still missing, here and now. */
+async function finishStream(state: LocalState, api: ApiClient, local: LocalCheckout, quiet: boolean, t0: number): Promise<CheckoutResult> {
+  const lock = DiskLock.acquire(state.home, local.desktop, 'checkout');
+  try {
+    const manifest = decodeManifest(local.manifest);
+    const { disk } = await openLocalDisk(state, local, new ServerBlockSource(state, () => api, local.checkoutId, manifest.blockSize));
+    const progress = new Progress(`checkout ${local.desktop}`, disk.size, quiet);
+    try {
+      await disk.download((p) => progress.update(p.localBytes));
+      progress.finish();
+      await disk.close();
+    } catch (err) {
+      disk.abandon();
+      throw err;
+    }
+    state.putCheckout({ ...local, state: 'active', cheap: encodeCheap(disk.cheap) });
+    return { desktop: local.desktop, disk: local.diskPath, version: local.version, manifestId: local.manifestId, size: manifest.size, blocks: manifest.count,
+      blocksFetched: disk.stats.backgroundBlocks, blocksFromCache: 0, blocksWritten: disk.stats.backgroundBlocks, bytesReceived: api.bytesReceived, resumed: true,
+      alreadyCheckedOut: false, seconds: (Date.now() - t0) / 1000, maxRssBytes: maxRss(), persona: null };
+  } finally {
+    lock.release();
+  }
+}

@@ -6,6 +6,7 @@ import { registerCheckout } from './commands/checkout.js';
 import { registerDiscard } from './commands/discard.js';
 import { registerLogin } from './commands/login.js';
 import { registerPersona } from './commands/persona.js';
+import { registerServe } from './commands/serve.js';
 import { registerStatus } from './commands/status.js';
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
@@ -20,6 +21,7 @@ const program = new Command('carryon')
 registerLogin(program);
 registerCheckout(program);
 registerCheckin(program);
+registerServe(program);
 registerStatus(program);
 registerDiscard(program);
 registerPersona(program);

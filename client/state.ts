@@ -10,7 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { CarryonError, PackBlockStore, type BlockId } from '../src/index.js';
 
-export type LocalCheckoutState = 'downloading' | 'active' | 'checked-in';
+/** streaming: checked out with --stream; the disk is usable (through `carryon serve`) while blocks still arrive. */
+export type LocalCheckoutState = 'downloading' | 'streaming' | 'active' | 'checked-in';
 
 /** zstd level of blocks the laptop compresses for its cache (blocks from the server keep their frames):
  *  a fast negative level (~2x level 1's speed here); the cache is read back rarely, as patch bases. */
@@ -51,6 +52,15 @@ const MIGRATIONS = [
   `CREATE TABLE personas (
      desktop TEXT PRIMARY KEY, server TEXT NOT NULL, version INTEGER NOT NULL, snapshot BLOB NOT NULL,
      dir TEXT NOT NULL, with_disk INTEGER NOT NULL, updated_at TEXT NOT NULL);`,
+  // 3: the 'streaming' state (checkout --stream). SQLite cannot alter a CHECK constraint: copy the table.
+  `CREATE TABLE checkouts_v3 (
+     desktop TEXT PRIMARY KEY, server TEXT NOT NULL, checkout_id TEXT NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('downloading', 'streaming', 'active', 'checked-in')),
+     version INTEGER NOT NULL, manifest_id TEXT NOT NULL, manifest BLOB NOT NULL, cheap BLOB,
+     disk_path TEXT NOT NULL, started_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+   INSERT INTO checkouts_v3 SELECT * FROM checkouts;
+   DROP TABLE checkouts;
+   ALTER TABLE checkouts_v3 RENAME TO checkouts;`,
 ];
 
 export interface LocalPersonaCopy {
@@ -163,6 +173,11 @@ export class LocalState {
 
   removePersona(desktop: string): void {
     this.db.prepare('DELETE FROM personas WHERE desktop = ?').run(desktop);
+  }
+
+  /** Where a checkout's disk journal (dirty map) lives: beside the state, not the disk (which may be anywhere). */
+  journalPath(desktop: string): string {
+    return path.join(this.home, 'journals', `${desktop}.cydj`);
   }
 
   removeCheckout(desktop: string): void {

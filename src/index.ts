@@ -1,5 +1,5 @@
 // carryon core library: the public face of src/.
-// Layers, lower never importing higher: errors, units, hash; codec, delta, rdiff; store, manifest, disk; wire.
+// Layers, lower never importing higher: errors, units, hash; codec, delta, rdiff, nbd; store, manifest, disk; wire.
 // It never imports client/ or server/, never exits the process, never writes to the console.
 export * from './errors/index.js';
 export * from './units/index.js';
@@ -7,6 +7,7 @@ export * from './hash/index.js';
 export * from './codec/index.js';
 export * from './delta/index.js';
 export * from './rdiff/index.js';
+export * from './nbd/index.js';
 export * from './store/index.js';
 export * from './manifest/index.js';
 export * from './disk/index.js';

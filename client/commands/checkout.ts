@@ -12,6 +12,7 @@ export function registerCheckout(program: Command): void {
   withCommonOptions(program.command('checkout <desktop>').description('check a desktop out to this laptop (only missing blocks are downloaded)'))
     .option('--to <path>', 'where to put the raw disk image (default: HOME/desktops/NAME/disk.raw)')
     .option('--persona-to <dir>', 'where to put the persona: profile/ and registry.reg (default: beside the disk, in persona/)')
+    .option('--stream', 'return once the manifest and persona are here; `carryon serve` fetches blocks as the VM reads them and downloads the rest')
     .option('--persona-only', 'bring only the persona (profile files and registry); the disk stays free for others')
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
@@ -21,8 +22,12 @@ export function registerCheckout(program: Command): void {
           `edit profile/ and registry.reg there, then \`carryon persona push ${r.desktop}\``);
         return;
       }
-      await runCommand(opts, (s) => checkoutDesktop(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), { to: opts.to as string | undefined, personaTo: opts.personaTo as string | undefined, quiet: opts.json === true }), (r) =>
-        r.alreadyCheckedOut
+      await runCommand(opts, (s) => checkoutDesktop(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), { to: opts.to as string | undefined, personaTo: opts.personaTo as string | undefined, quiet: opts.json === true, stream: opts.stream === true }), (r) =>
+        r.streaming
+          ? `checked out ${r.desktop} version ${r.version} to ${r.disk} for streaming: ${r.streaming.localBlocks} of ${r.streaming.blocks} blocks local\n` +
+            `start it now with \`carryon serve ${r.desktop}\` (blocks are fetched as the VM reads them, the rest downloads in the background);\n` +
+            `\`carryon status\` says when it is ready to travel` + (r.persona ? `\npersona version ${r.persona.version} in ${r.persona.dir}: ${r.persona.files} files` : '')
+          : r.alreadyCheckedOut
           ? `${r.desktop} is already checked out here at ${r.disk} (version ${r.version})`
           : `checked out ${r.desktop} version ${r.version} to ${r.disk}\n${fmtBytes(r.size)} disk: ${r.blocksFetched} blocks downloaded, ${r.blocksFromCache} from the local cache; ` +
             `${fmtBytes(r.bytesReceived)} received in ${r.seconds.toFixed(1)} s${r.resumed ? ' (resumed)' : ''}` +

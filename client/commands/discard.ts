@@ -4,6 +4,9 @@ import readline from 'node:readline/promises';
 import type { Command } from 'commander';
 import { CarryonError, parseName } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
+import { DiskLock } from '../disk-lock.js';
+import { removeJournal } from '../disk-session.js';
+import path from 'node:path';
 
 async function confirm(question: string): Promise<boolean> {
   if (!process.stdin.isTTY) return false;
@@ -29,11 +32,16 @@ export function registerDiscard(program: Command): void {
         if (opts.yes !== true && !(await confirm(`Discard ${name} (${what})? Changes not checked in or pushed are lost.`))) {
           throw new CarryonError('ABORTED', 'not discarded (pass --yes to discard without asking)');
         }
+        // Not while `carryon serve` has it open: the VM would write into a deleted file.
+        const lock = local ? DiskLock.acquire(s.state.home, name, 'discard') : null;
+        try {
         let server = 'none';
         if (local && local.state !== 'checked-in') server = (await s.api().discard(local.checkoutId)).already ? 'already ended' : 'released';
         if (local) {
           await fs.rm(local.diskPath, { force: true });
           await fs.rm(`${local.diskPath}.partial`, { force: true });
+          removeJournal(s.state, name);
+          await fs.rm(path.join(s.state.home, 'run', `${name}.progress.json`), { force: true });
           s.state.removeCheckout(name);
         }
         // The persona copy goes with it: its unpushed edits are what discarding throws away.
@@ -42,6 +50,9 @@ export function registerDiscard(program: Command): void {
           s.state.removePersona(name);
         }
         return { desktop: name, disk: local?.diskPath ?? null, persona: persona?.dir ?? null, removed: true, server };
+        } finally {
+          lock?.release();
+        }
       }, (r) => `discarded ${r.desktop}: removed ${[r.disk, r.persona].filter(Boolean).join(' and ')}; server checkout ${r.server}`);
     });
 }

@@ -28,10 +28,13 @@ export const ERROR_CODES = {
   BLOCKS_MISSING: { http: 409, exit: 5, what: 'a commit names blocks the server does not hold' },
   NOT_CHECKED_OUT: { http: 409, exit: 8, what: 'this laptop holds no active checkout of that desktop' },
   LOCAL_PATH_CONFLICT: { http: 409, exit: 8, what: 'the target path exists and is not ours to overwrite' },
+  DISK_IN_USE: { http: 409, exit: 8, what: 'another carryon process (serve, check-in) has the local disk open' },
+  DISK_INCOMPLETE: { http: 409, exit: 8, what: 'part of a streamed disk is not on this laptop yet and the server cannot be reached' },
   DATA_DIR_INVALID: { http: 500, exit: 8, what: 'the server data folder is missing or not initialised' },
   // integrity
   BLOCK_CORRUPT: { http: 422, exit: 6, what: 'block bytes do not match their hash' },
   MANIFEST_INVALID: { http: 422, exit: 6, what: 'a manifest is malformed or inconsistent' },
+  JOURNAL_INVALID: { http: 422, exit: 6, what: 'a disk journal (dirty map) is damaged or belongs to another checkout' },
   DISK_CHANGED: { http: 422, exit: 6, what: 'the disk image changed while carryon read it (is its VM still running?)' },
   // environment
   SERVER_UNREACHABLE: { http: 502, exit: 7, what: 'the server could not be reached' },

@@ -1,0 +1,170 @@
+// carryon serve NAME: export a checked-out disk over NBD (a Unix socket by default, or 127.0.0.1:PORT)
+// for QEMU, libvirt, qemu-img, nbdcopy or the Linux nbd driver. Every write is tracked in the dirty
+// map, so the next check-in reads only what changed. A streamed check-out keeps downloading in the
+// background while the VM runs; reads of blocks not yet local are fetched first.
+// Runs in the foreground until SIGINT or SIGTERM, then flushes and closes the map cleanly.
+import { writeFileSync, renameSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { CarryonError, describeFailure, encodeCheap, fmtBytes, fmtDuration, parseName, serveNbdConnection, NBD_ERRNO } from '../../src/index.js';
+import { ApiClient } from '../api-client.js';
+import { ServerBlockSource } from '../block-source.js';
+import { optsOf, withCommonOptions } from '../cli-util.js';
+import { DiskLock } from '../disk-lock.js';
+import { openLocalDisk } from '../disk-session.js';
+import { homeOf, LocalState } from '../state.js';
+
+export function registerServe(program: Command): void {
+  withCommonOptions(program.command('serve <desktop>').description('export a checked-out disk over NBD for a VM (tracks every write for a fast check-in)'))
+    .option('--socket <path>', 'Unix socket to listen on (default: HOME/run/NAME.nbd)')
+    .option('--port <n>', 'listen on 127.0.0.1:PORT instead of a Unix socket (0: any free port)')
+    .option('--no-download', 'streamed check-outs: fetch only what the VM reads, no background download')
+    .action(async (desktop: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      try {
+        await serve(parseName(desktop, 'desktop'), opts);
+      } catch (err) {
+        const f = describeFailure(err);
+        if (opts.json) process.stdout.write(`${f.json}\n`);
+        process.stderr.write(`carryon: ${f.text}\n`);
+        process.exitCode = f.exitCode;
+      }
+    });
+}
+
+async function serve(name: string, opts: Record<string, unknown>): Promise<void> {
+  const json = opts.json === true;
+  const log = (event: string, fields: Record<string, unknown>, human: string): void => {
+    if (json) process.stdout.write(`${JSON.stringify({ event, time: new Date().toISOString(), ...fields })}\n`);
+    else process.stderr.write(`${human}\n`);
+  };
+  const state = new LocalState(homeOf(opts.home as string | undefined));
+  let lock: DiskLock | null = null;
+  let api: ApiClient | null = null;
+  try {
+    const local = state.checkout(name);
+    if (!local || (local.state !== 'active' && local.state !== 'streaming')) {
+      throw new CarryonError('NOT_CHECKED_OUT', `${name}: ${!local ? 'it is not checked out on this laptop' : local.state === 'downloading' ? 'its check-out is incomplete: run `carryon checkout` again' : 'it was checked in; check it out again to use it'}`, { desktop: name, state: local?.state ?? null });
+    }
+    lock = DiskLock.acquire(state.home, name, 'serve');
+    let source: ServerBlockSource | null = null;
+    if (local.state === 'streaming') {
+      try {
+        const login = state.login();
+        source = new ServerBlockSource(state, () => (api ??= new ApiClient({ url: login.url, token: login.token, device: login.device })), local.checkoutId, 16 * 1024 * 1024);
+      } catch {
+        source = null; // no login: serve what is local, fail reads of the rest
+      }
+    }
+    const { disk, trust } = await openLocalDisk(state, local, source);
+    await disk.journal.beginSession();
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((sock) => {
+      sockets.add(sock);
+      sock.on('close', () => sockets.delete(sock));
+      void serveNbdConnection(sock, {
+        lookup: (n) => (n === '' || n === name ? disk : null),
+        list: () => [name],
+        onError: (err, errno) => log('io-error', { errno, message: String((err as Error)?.message ?? err) }, `carryon serve: ${errno === NBD_ERRNO.EIO ? 'I/O error' : `errno ${errno}`}: ${(err as Error)?.message ?? err}`),
+      });
+    });
+    const socketPath = opts.port === undefined ? path.resolve((opts.socket as string | undefined) ?? path.join(state.home, 'run', `${name}.nbd`)) : null;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) => reject(new CarryonError('IO_ERROR', `cannot listen: ${err.message}`, {}, err)));
+      if (socketPath) {
+        try {
+          unlinkSync(socketPath); // a socket left by a killed serve (we hold the disk lock, so it is not live)
+        } catch {
+          /* none */
+        }
+        server.listen(socketPath, resolve);
+      } else {
+        const port = Number(opts.port);
+        if (!Number.isInteger(port) || port < 0 || port > 65535) return reject(new CarryonError('INVALID_ARGUMENT', `--port must be 0-65535, got ${String(opts.port)}`));
+        server.listen(port, '127.0.0.1', resolve);
+      }
+    });
+    const port = socketPath ? null : (server.address() as net.AddressInfo).port;
+    const uri = socketPath ? `nbd+unix:///${name}?socket=${socketPath}` : `nbd://127.0.0.1:${port}/${name}`;
+    const qemu = socketPath ? `nbd:unix:${socketPath}:exportname=${name}` : `nbd:127.0.0.1:${port}:exportname=${name}`;
+    const changed = disk.journal.dirtyCount;
+    const p0 = disk.progress();
+    log('listening', { desktop: name, uri, socket: socketPath, port, size: disk.size, blocksChanged: changed, dirtyMap: trust, localBytes: p0.localBytes, totalBytes: p0.totalBytes },
+      `serving ${name} (${fmtBytes(disk.size)}) on ${uri}\n` +
+      `  qemu:  qemu-system-x86_64 -drive file=${qemu},format=raw,if=virtio,cache=none ...\n` +
+      `  dirty map: ${changed} blocks changed since check-out; ${trust.trusted ? (trust.recovered ? 'recovered after an unclean stop' : 'in order') : `the next check-in scans the whole disk (${trust.reason})`}` +
+      (disk.complete ? '' : `\n  streaming: ${fmtBytes(p0.localBytes)} of ${fmtBytes(p0.totalBytes)} local; ${source ? (opts.download === false ? 'fetching only what the VM reads' : 'downloading the rest in the background') : 'not logged in: blocks not yet local fail with EIO'}`));
+
+    const stop = new AbortController();
+    const progressFile = path.join(state.home, 'run', `${name}.progress.json`);
+    let download: Promise<void> = Promise.resolve();
+    if (!disk.complete && source && opts.download !== false) {
+      download = (async () => {
+        const t0 = Date.now();
+        const startBytes = disk.progress().localBytes;
+        let lastLog = 0;
+        let wait = 1000;
+        while (!disk.complete && !stop.signal.aborted) {
+          try {
+            await disk.download((p) => {
+              const secs = (Date.now() - t0) / 1000;
+              const rate = secs > 0 ? (p.localBytes - startBytes) / secs : 0;
+              writeAtomic(progressFile, JSON.stringify({ desktop: name, ...p, rateBytesPerSec: Math.round(rate), updatedAt: new Date().toISOString(), pid: process.pid }));
+              if (Date.now() - lastLog > 5000 || p.localBytes === p.totalBytes) {
+                lastLog = Date.now();
+                const eta = rate > 0 ? (p.totalBytes - p.localBytes) / rate : Infinity;
+                log('download', { ...p, rateBytesPerSec: Math.round(rate) }, `streaming ${name}: ${fmtBytes(p.localBytes)} of ${fmtBytes(p.totalBytes)} local (${((100 * p.localBytes) / p.totalBytes).toFixed(1)}%), ${fmtBytes(rate)}/s, ETA ${fmtDuration(eta)}`);
+              }
+            }, stop.signal);
+            wait = 1000;
+          } catch (err) {
+            if (stop.signal.aborted) return;
+            const e = describeFailure(err);
+            log('download-error', { error: e.error.toJSON(), retryInSeconds: wait / 1000 }, `streaming ${name}: ${e.text}; retrying in ${wait / 1000} s`);
+            await new Promise((r) => setTimeout(r, wait));
+            wait = Math.min(wait * 2, 60_000);
+          }
+        }
+        if (disk.complete) {
+          state.putCheckout({ ...state.checkout(name)!, state: 'active', cheap: encodeCheap(disk.cheap) });
+          log('complete', { desktop: name }, `${name}: every block is local: ready to travel`);
+        }
+      })();
+    }
+
+    await new Promise<void>((resolve) => {
+      const onSignal = (): void => resolve();
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+    });
+    stop.abort();
+    server.close();
+    for (const s of sockets) s.destroy();
+    await download.catch(() => undefined);
+    await disk.close();
+    const now = state.checkout(name)!;
+    if (now.state === 'streaming') state.putCheckout({ ...now, cheap: encodeCheap(disk.cheap) });
+    if (socketPath) {
+      try {
+        unlinkSync(socketPath);
+      } catch {
+        /* gone */
+      }
+    }
+    log('stopped', { desktop: name, ...disk.stats, blocksChanged: disk.journal.dirtyCount }, `stopped serving ${name}: ${disk.journal.dirtyCount} blocks changed since check-out; the dirty map is closed cleanly`);
+  } finally {
+    (api as ApiClient | null)?.close();
+    lock?.release();
+    await state.close();
+  }
+}
+
+function writeAtomic(file: string, text: string): void {
+  try {
+    writeFileSync(`${file}.tmp`, text);
+    renameSync(`${file}.tmp`, file);
+  } catch {
+    /* progress is advisory */
+  }
+}

@@ -1,0 +1,398 @@
+// LocalDisk: a checked-out disk as a VM sees it through `carryon serve` (it implements NbdExport),
+// and as a check-in or a finishing check-out drives it. Owns: the rules that keep the raw file, the
+// dirty map and (while a streamed check-out is arriving) the map of local blocks consistent:
+// - a write marks its blocks dirty in the journal, durably, before its bytes reach the file;
+// - a block not yet local is fetched (cache, then server) before a read touches it; offline, that
+//   read fails with EIO: never zeros, never stale bytes;
+// - a write to a block not yet local records which 4 KiB pages the VM wrote; the download later
+//   fills only the other pages, so it never overwrites the VM's data (a write smaller than a page
+//   needs the block first: read-modify-write);
+// - a block counts as local in the journal only after its bytes were fdatasync'ed.
+// Disk I/O is synchronous on purpose: each request's bookkeeping and its pwrite happen in one turn of
+// the event loop, so a download landing in between cannot interleave with a VM write. Page-cache
+// reads and writes of 64 KiB-1 MiB take tens of microseconds here; only fsyncs go to the thread pool.
+import { closeSync, fdatasync, openSync, readSync, writeSync } from 'node:fs';
+import { CarryonError, CheapHasher, NbdIoError, NBD_ERRNO, type BlockId, type DiskManifest, type NbdExport } from '../src/index.js';
+import { PAGE_BYTES, stampOf, type DiskJournal } from './disk-journal.js';
+
+/** Where blocks that are not local yet come from (the laptop cache, then the server). */
+export interface BlockSource {
+  /** Verified plaintext of each id, through onBlock, as it arrives. Rejects when the server is unreachable. */
+  fetch(ids: BlockId[], onBlock: (id: BlockId, plain: Buffer) => void): Promise<void>;
+}
+
+/** Blocks read ahead of an on-demand read: a VM booting reads runs of blocks. */
+const READ_AHEAD_BLOCKS = 15;
+/** Background download batches (plaintext): one HTTP request each. */
+const BACKGROUND_BATCH_BYTES = 16 * 1024 * 1024;
+/** On-demand blocks become durable-local this long after they land (one fdatasync for many). */
+const PRESENT_COMMIT_MS = 200;
+
+export interface DownloadProgress {
+  localBytes: number;
+  totalBytes: number;
+}
+
+export class LocalDisk implements NbdExport {
+  readonly size: number;
+  readonly readOnly = false;
+  readonly preferredBlockSize = 4096;
+  private readonly fd: number;
+  private readonly bs: number;
+  private readonly hasher = new CheapHasher();
+  /** Blocks whose bytes are in the file (maybe not yet fdatasync'ed); the journal's present map lags it. */
+  private readonly written: Uint8Array;
+  private readonly inflight = new Map<number, Promise<void>>();
+  private demand = new Set<number>();
+  /** Why the last fetch of a block failed: reported with the EIO, rethrown to a check-in. */
+  private readonly failures = new Map<number, unknown>();
+  private demandScheduled = false;
+  private presentQueue: number[] = [];
+  private presentTimer: NodeJS.Timeout | null = null;
+  private committing: Promise<void> | null = null;
+  private closed = false;
+  /** Bytes the VM's requests moved, and blocks fetched on demand (for logs and --json). */
+  stats = { readBytes: 0, writeBytes: 0, flushes: 0, onDemandBlocks: 0, backgroundBlocks: 0 };
+
+  constructor(readonly name: string, readonly file: string, readonly manifest: DiskManifest, readonly journal: DiskJournal, readonly cheap: BigUint64Array,
+    private source: BlockSource | null) {
+    this.fd = openSync(file, 'r+');
+    this.size = manifest.size;
+    this.bs = manifest.blockSize;
+    this.written = new Uint8Array(manifest.count);
+  }
+
+  setSource(source: BlockSource | null): void {
+    this.source = source;
+  }
+
+  get complete(): boolean {
+    return this.journal.complete;
+  }
+
+  /** Bytes of the disk that are local (holes count as local). */
+  progress(): DownloadProgress {
+    if (this.journal.complete) return { localBytes: this.size, totalBytes: this.size };
+    let local = 0;
+    for (let i = 0; i < this.manifest.count; i++) if (this.isLocal(i)) local += this.manifest.lengthOf(i);
+    return { localBytes: local, totalBytes: this.size };
+  }
+
+  private isLocal(i: number): boolean {
+    return this.journal.isPresent(i) || this.written[i] === 1 || this.fullMask(i) === this.journal.pages.get(i);
+  }
+
+  private fullMask(i: number): number {
+    return (1 << Math.ceil(this.manifest.lengthOf(i) / PAGE_BYTES)) - 1;
+  }
+
+  /** Can bytes [from, to) of block i be read from the file as they are? */
+  private readable(i: number, from: number, to: number): boolean {
+    if (this.journal.isPresent(i) || this.written[i] === 1) return true;
+    const mask = this.journal.pages.get(i) ?? 0;
+    for (let p = Math.floor(from / PAGE_BYTES); p * PAGE_BYTES < to; p++) if (!(mask & (1 << p))) return false;
+    return true;
+  }
+
+  private blocksOf(offset: number, length: number): [number, number] {
+    return [Math.floor(offset / this.bs), Math.floor((offset + length - 1) / this.bs)];
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    if (!this.journal.complete) {
+      const [a, b] = this.blocksOf(offset, length);
+      const need: number[] = [];
+      for (let i = a; i <= b; i++) {
+        const s = i * this.bs;
+        if (!this.readable(i, Math.max(offset, s) - s, Math.min(offset + length, s + this.manifest.lengthOf(i)) - s)) need.push(i);
+      }
+      if (need.length > 0) await this.ensure(need);
+    }
+    const buf = Buffer.allocUnsafe(length);
+    let got = 0;
+    while (got < length) {
+      const n = readSync(this.fd, buf, got, length - got, offset + got);
+      if (n === 0) break;
+      got += n;
+    }
+    if (got < length) buf.fill(0, got); // a sparse tail past the file's end reads as zeros
+    this.stats.readBytes += length;
+    return buf;
+  }
+
+  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    await this.mark(offset, data.length);
+    let done = 0;
+    while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, offset + done);
+    this.stats.writeBytes += data.length;
+    this.afterWrite(offset, data.length);
+    if (fua) await this.syncFile();
+  }
+
+  private static zeros = Buffer.alloc(1024 * 1024);
+
+  /** Zeroes are written, not punched (Node has no fallocate); all-zero blocks become holes in the next manifest. */
+  async zero(offset: number, length: number, fua: boolean): Promise<void> {
+    await this.mark(offset, length);
+    for (let done = 0; done < length;) {
+      const n = Math.min(LocalDisk.zeros.length, length - done);
+      done += writeSync(this.fd, LocalDisk.zeros, 0, n, offset + done);
+    }
+    this.afterWrite(offset, length);
+    if (fua) await this.syncFile();
+  }
+
+  async flush(): Promise<void> {
+    this.stats.flushes++;
+    await this.journal.durable();
+    await this.syncFile();
+  }
+
+  /** Make the dirty marks (and page marks for blocks not yet local) of a write durable before it lands. */
+  private async mark(offset: number, length: number): Promise<void> {
+    const [a, b] = this.blocksOf(offset, length);
+    if (this.journal.complete) return this.journal.markDirty(range(a, b));
+    // Sub-page edges of a block whose base bytes are not in the file: fetch it first (read-modify-write).
+    const rmw: number[] = [];
+    for (let i = a; i <= b; i++) {
+      if (this.journal.isPresent(i)) continue;
+      const { from, to } = this.within(i, offset, length);
+      const edge = (x: number): boolean => x % PAGE_BYTES !== 0 && x !== this.manifest.lengthOf(i) && !this.readable(i, x - (x % PAGE_BYTES), x - (x % PAGE_BYTES) + 1);
+      if (edge(from) || edge(to)) rmw.push(i);
+    }
+    if (rmw.length > 0) {
+      await this.ensure(rmw);
+      await this.commitPresent(); // their base bytes durable and recorded: a crash cannot leave a torn page marked as the VM's
+    }
+    const dirty: number[] = [];
+    const pages: Array<{ block: number; mask: number }> = [];
+    for (let i = a; i <= b; i++) {
+      if (this.journal.isPresent(i)) dirty.push(i);
+      else {
+        const { from, to } = this.within(i, offset, length);
+        let mask = 0;
+        for (let p = Math.floor(from / PAGE_BYTES); p * PAGE_BYTES < to; p++) mask |= 1 << p;
+        pages.push({ block: i, mask });
+      }
+    }
+    await Promise.all([this.journal.markDirty(dirty), this.journal.markPages(pages)]);
+  }
+
+  private within(i: number, offset: number, length: number): { from: number; to: number } {
+    const s = i * this.bs;
+    return { from: Math.max(offset, s) - s, to: Math.min(offset + length, s + this.manifest.lengthOf(i)) - s };
+  }
+
+  /** Blocks the VM has now written whole need no download: local once the write is synced. */
+  private afterWrite(offset: number, length: number): void {
+    if (this.journal.complete) return;
+    const [a, b] = this.blocksOf(offset, length);
+    for (let i = a; i <= b; i++) {
+      if (!this.journal.isPresent(i) && !this.written[i] && this.journal.pages.get(i) === this.fullMask(i)) {
+        this.written[i] = 1;
+        this.queuePresent(i);
+      }
+    }
+  }
+
+  private syncFile(): Promise<void> {
+    return new Promise((resolve, reject) => fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
+  }
+
+  /** Put base bytes of block i into the file, around the pages the VM wrote itself. */
+  private land(i: number, plain: Buffer): void {
+    if (this.journal.isPresent(i) || this.written[i]) return;
+    if (plain.length !== this.manifest.lengthOf(i)) throw new CarryonError('BLOCK_CORRUPT', `block ${i} has ${plain.length} bytes, expected ${this.manifest.lengthOf(i)}`);
+    const mask = this.journal.pages.get(i) ?? 0;
+    const base = i * this.bs;
+    if (mask === 0) writeSync(this.fd, plain, 0, plain.length, base);
+    else {
+      // Runs of pages the VM did not write.
+      const pagesN = Math.ceil(plain.length / PAGE_BYTES);
+      for (let p = 0; p < pagesN;) {
+        if (mask & (1 << p)) {
+          p++;
+          continue;
+        }
+        let q = p;
+        while (q < pagesN && !(mask & (1 << q))) q++;
+        const from = p * PAGE_BYTES;
+        const to = Math.min(q * PAGE_BYTES, plain.length);
+        writeSync(this.fd, plain, from, to - from, base + from);
+        p = q;
+      }
+    }
+    this.cheap[i] = mask === 0 ? this.hasher.hash(plain) : 0n; // 0: unknown, the next full scan hashes it
+    this.written[i] = 1;
+    this.queuePresent(i);
+  }
+
+  private queuePresent(i: number): void {
+    this.presentQueue.push(i);
+    if (!this.presentTimer && !this.closed) this.presentTimer = setTimeout(() => void this.commitPresent().catch(() => undefined), PRESENT_COMMIT_MS);
+  }
+
+  /** fdatasync the file, then record the blocks landed so far as local. */
+  async commitPresent(): Promise<void> {
+    if (this.presentTimer) {
+      clearTimeout(this.presentTimer);
+      this.presentTimer = null;
+    }
+    while (this.committing) await this.committing;
+    if (this.presentQueue.length === 0) return;
+    const list = this.presentQueue;
+    this.presentQueue = [];
+    this.committing = (async () => {
+      await this.syncFile();
+      this.journal.markPresent(list);
+    })().finally(() => {
+      this.committing = null;
+    });
+    await this.committing;
+  }
+
+  /** Fetch the blocks of `blocks` that are not local yet, and record them as local. */
+  async fetchMissing(blocks: number[]): Promise<void> {
+    const missing = blocks.filter((i) => !this.journal.isPresent(i) && !this.written[i]);
+    try {
+      for (let k = 0; k < missing.length; k += 256) await this.ensure(missing.slice(k, k + 256));
+    } catch (err) {
+      throw err instanceof NbdIoError && err.cause instanceof CarryonError ? err.cause : err;
+    }
+    await this.commitPresent();
+  }
+
+  /** Make blocks readable: fetch those not local (plus a few after them), waiting for fetches under way. */
+  private async ensure(blocks: number[]): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const i of blocks) {
+      if (this.journal.isPresent(i) || this.written[i]) continue;
+      const p = this.inflight.get(i);
+      if (p) waits.push(p);
+      else this.demand.add(i);
+    }
+    if (this.demand.size > 0) {
+      const last = Math.max(...blocks);
+      for (let i = last + 1, n = 0; i < this.manifest.count && n < READ_AHEAD_BLOCKS; i++, n++) {
+        if (!this.journal.isPresent(i) && !this.written[i] && !this.inflight.has(i)) this.demand.add(i);
+      }
+      if (!this.demandScheduled) {
+        this.demandScheduled = true;
+        // Requests arriving in the same turn share one fetch.
+        setImmediate(() => {
+          this.demandScheduled = false;
+          const list = [...this.demand];
+          this.demand = new Set();
+          this.stats.onDemandBlocks += list.length;
+          this.fetchBlocks(list);
+        });
+      }
+      await new Promise((r) => setImmediate(r));
+      for (const i of blocks) {
+        const p = this.inflight.get(i);
+        if (p) waits.push(p);
+      }
+    }
+    await Promise.all(waits);
+    for (const i of blocks) {
+      if (!this.journal.isPresent(i) && !this.written[i]) {
+        const cause = this.failures.get(i);
+        throw new NbdIoError(NBD_ERRNO.EIO, `block ${i} of ${this.name} is not on this laptop yet${cause instanceof Error ? `: ${cause.message}` : ''}`, { cause });
+      }
+    }
+  }
+
+  /** One fetch for a list of blocks; each index's in-flight promise settles when the fetch does. */
+  private fetchBlocks(list: number[]): Promise<void> {
+    const byId = new Map<BlockId, number[]>();
+    for (const i of list) {
+      const id = this.manifest.idAt(i);
+      if (id === null) continue; // holes are always local
+      const l = byId.get(id);
+      if (l) l.push(i);
+      else byId.set(id, [i]);
+    }
+    const source = this.source;
+    const p = (async () => {
+      if (!source) throw new CarryonError('DISK_INCOMPLETE', `${this.name}: ${list.length} block(s) are not on this laptop yet and there is no server login`);
+      try {
+        await source.fetch([...byId.keys()], (id, plain) => {
+          for (const i of byId.get(id) ?? []) this.land(i, plain);
+        });
+      } catch (err) {
+        const e = err instanceof CarryonError && err.code === 'SERVER_UNREACHABLE'
+          ? new CarryonError('DISK_INCOMPLETE', `${this.name}: block(s) not on this laptop yet, and the server cannot be reached`, { blocks: list.length }, err) : err;
+        throw e;
+      }
+    })();
+    const settled = p.then(() => {
+      for (const i of list) this.failures.delete(i);
+    }, (err: unknown) => {
+      for (const i of list) this.failures.set(i, err);
+    });
+    for (const i of list) this.inflight.set(i, settled);
+    void settled.then(() => {
+      for (const i of list) if (this.inflight.get(i) === settled) this.inflight.delete(i);
+    });
+    return p;
+  }
+
+  /**
+   * Download every block not yet local, in order, beside on-demand reads. Resolves when the disk is
+   * complete; rejects on the first failure (the caller decides whether to retry).
+   */
+  async download(onProgress?: (p: DownloadProgress) => void, signal?: AbortSignal): Promise<void> {
+    let cursor = 0;
+    for (;;) {
+      signal?.throwIfAborted();
+      const batch: number[] = [];
+      let bytes = 0;
+      for (; cursor < this.manifest.count && bytes < BACKGROUND_BATCH_BYTES; cursor++) {
+        const i = cursor;
+        if (this.journal.isPresent(i) || this.written[i] || this.inflight.has(i) || this.manifest.isHole(i)) continue;
+        batch.push(i);
+        bytes += this.manifest.lengthOf(i);
+      }
+      if (batch.length === 0) {
+        // Skipped blocks were being fetched on demand: wait, then go round once more for any that failed.
+        await Promise.all([...this.inflight.values()]);
+        await this.commitPresent();
+        if (this.journal.complete) break;
+        cursor = 0;
+        continue;
+      }
+      this.stats.backgroundBlocks += batch.length;
+      await this.fetchBlocks(batch);
+      await this.commitPresent();
+      onProgress?.(this.progress());
+    }
+    await this.journal.durable();
+    onProgress?.(this.progress());
+  }
+
+  /** Flush everything and record the clean stamp: the next open can tell if anyone else wrote the file. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.allSettled([...this.inflight.values()]);
+    await this.commitPresent();
+    await this.syncFile();
+    await this.journal.closeClean(stampOf(this.fd));
+    await this.journal.close();
+    closeSync(this.fd);
+  }
+
+  /** Stop without the clean record (tests of crash recovery use kill -9 instead; this is for errors). */
+  abandon(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.presentTimer) clearTimeout(this.presentTimer);
+    closeSync(this.fd);
+  }
+}
+
+function range(a: number, b: number): number[] {
+  const out: number[] = [];
+  for (let i = a; i <= b; i++) out.push(i);
+  return out;
+}

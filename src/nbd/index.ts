@@ -1,0 +1,350 @@
+// nbd: the server side of the Network Block Device protocol (doc/proto.md of NetworkBlockDevice/nbd):
+// the fixed newstyle handshake, option haggling (GO, INFO, EXPORT_NAME, LIST, ABORT), and the
+// transmission phase with simple replies (READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, DISC; FUA).
+// Owns: parsing every byte a client sends (untrusted) and encoding replies; the NbdExport interface.
+// Must not know: files, checkouts, HTTP. It never opens a listener: the caller accepts connections
+// and hands each socket to serveNbdConnection.
+import type { Duplex } from 'node:stream';
+
+export const NBD_MAGIC = Buffer.from('NBDMAGIC');
+export const NBD_OPT_MAGIC = Buffer.from('IHAVEOPT');
+export const NBD_REP_MAGIC = 0x3e889045565a9n;
+export const NBD_REQUEST_MAGIC = 0x25609513;
+export const NBD_SIMPLE_REPLY_MAGIC = 0x67446698;
+
+export const NBD_FLAG_FIXED_NEWSTYLE = 1;
+export const NBD_FLAG_NO_ZEROES = 2;
+export const NBD_FLAG_C_FIXED_NEWSTYLE = 1;
+export const NBD_FLAG_C_NO_ZEROES = 2;
+
+export const NBD_OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8 } as const;
+export const NBD_REP = {
+  ACK: 1, SERVER: 2, INFO: 3,
+  ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006, ERR_TOO_BIG: 0x80000009,
+} as const;
+export const NBD_INFO = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const;
+
+export const NBD_TFLAG = {
+  HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, ROTATIONAL: 16, SEND_TRIM: 32, SEND_WRITE_ZEROES: 64, CAN_MULTI_CONN: 256, SEND_CACHE: 1024,
+} as const;
+export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6 } as const;
+export const NBD_CMD_FLAG = { FUA: 1, NO_HOLE: 2 } as const;
+export const NBD_ERRNO = { EPERM: 1, EIO: 5, ENOMEM: 12, EINVAL: 22, ENOSPC: 28, EOVERFLOW: 75, ENOTSUP: 95, ESHUTDOWN: 108 } as const;
+
+/** Largest READ/WRITE payload we accept (advertised as the maximum block size). */
+export const NBD_MAX_PAYLOAD = 32 * 1024 * 1024;
+/** Option data above this closes the connection: no option we support needs more than a name. */
+const MAX_OPTION_BYTES = 64 * 1024;
+/** Requests handled at once per connection; the next header is read when one finishes. */
+const MAX_IN_FLIGHT = 64;
+
+/** What a connection reads and writes. Offsets and lengths are checked against `size` before any call. */
+export interface NbdExport {
+  readonly name: string;
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** Bytes the client should align to for speed (advertised as the preferred block size). */
+  readonly preferredBlockSize: number;
+  read(offset: number, length: number): Promise<Buffer> | Buffer;
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> | void;
+  /** Zeroes a range; later reads return zeros. `trim`: the client gave the range up (NBD_CMD_TRIM). */
+  zero(offset: number, length: number, fua: boolean, trim: boolean): Promise<void> | void;
+  /** Every write completed before this call is durable when it resolves. */
+  flush(): Promise<void> | void;
+}
+
+/** An export's failure with the errno to send; any other thrown value is sent as EIO. */
+export class NbdIoError extends Error {
+  constructor(readonly errno: number, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+export interface NbdConnectionOptions {
+  /** The export for a name the client asked for ('' is the default export), or null when unknown. */
+  lookup(name: string): NbdExport | null;
+  /** Names for NBD_OPT_LIST. */
+  list(): string[];
+  /** Told of each request that failed, with the errno sent (for logs). */
+  onError?(err: unknown, errno: number): void;
+}
+
+/** Bytes arriving on a socket, taken in exact sizes. */
+class ByteQueue {
+  private chunks: Buffer[] = [];
+  private length = 0;
+  private want: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null;
+  private ended: Error | null = null;
+
+  constructor(private readonly socket: Duplex) {
+    socket.on('data', (c: Buffer) => {
+      this.chunks.push(c);
+      this.length += c.length;
+      this.wake();
+      if (this.length > 2 * NBD_MAX_PAYLOAD) socket.pause(); // a client far ahead of us
+    });
+    const end = (err?: Error): void => {
+      this.ended ??= err ?? new Error('connection closed');
+      this.wake();
+    };
+    socket.on('end', () => end());
+    socket.on('close', () => end());
+    socket.on('error', (e) => end(e));
+  }
+
+  private wake(): void {
+    const w = this.want;
+    if (!w) return;
+    if (this.length >= w.n) {
+      this.want = null;
+      w.resolve(this.take(w.n));
+    } else if (this.ended) {
+      this.want = null;
+      w.reject(this.ended);
+    }
+  }
+
+  private take(n: number): Buffer {
+    let out: Buffer;
+    const first = this.chunks[0]!;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let off = 0;
+      while (off < n) {
+        const c = this.chunks[0]!;
+        const k = Math.min(c.length, n - off);
+        c.copy(out, off, 0, k);
+        off += k;
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.length -= n;
+    if (this.length <= NBD_MAX_PAYLOAD && this.socket.isPaused()) this.socket.resume();
+    return out;
+  }
+
+  read(n: number): Promise<Buffer> {
+    if (n === 0) return Promise.resolve(Buffer.alloc(0));
+    if (this.length >= n) return Promise.resolve(this.take(n));
+    if (this.ended) return Promise.reject(this.ended);
+    return new Promise((resolve, reject) => {
+      this.want = { n, resolve, reject };
+    });
+  }
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(n >>> 0);
+  return b;
+}
+
+function optReply(option: number, type: number, data: Buffer = Buffer.alloc(0)): Buffer {
+  const h = Buffer.allocUnsafe(20);
+  h.writeBigUInt64BE(NBD_REP_MAGIC, 0);
+  h.writeUInt32BE(option, 8);
+  h.writeUInt32BE(type >>> 0, 12);
+  h.writeUInt32BE(data.length, 16);
+  return Buffer.concat([h, data]);
+}
+
+function transmissionFlags(e: NbdExport): number {
+  const f = NBD_TFLAG.HAS_FLAGS | NBD_TFLAG.SEND_FLUSH | NBD_TFLAG.SEND_FUA | NBD_TFLAG.CAN_MULTI_CONN | NBD_TFLAG.SEND_CACHE;
+  return e.readOnly ? f | NBD_TFLAG.READ_ONLY : f | NBD_TFLAG.SEND_TRIM | NBD_TFLAG.SEND_WRITE_ZEROES;
+}
+
+/**
+ * Haggle over one connection, then serve requests until the client disconnects. Resolves when the
+ * connection is over (never rejects: protocol violations close the connection).
+ */
+export async function serveNbdConnection(socket: Duplex, opts: NbdConnectionOptions): Promise<void> {
+  const q = new ByteQueue(socket);
+  const send = (b: Buffer): void => void socket.write(b);
+  try {
+    const hello = Buffer.allocUnsafe(18);
+    NBD_MAGIC.copy(hello, 0);
+    NBD_OPT_MAGIC.copy(hello, 8);
+    hello.writeUInt16BE(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES, 16);
+    send(hello);
+    const clientFlags = (await q.read(4)).readUInt32BE(0);
+    if ((clientFlags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) !== 0) return void socket.destroy(); // unknown flags: spec says close
+    const noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
+    const exp = await haggle(q, send, opts, noZeroes);
+    if (!exp) return void socket.end();
+    await transmit(q, socket, exp, opts);
+  } catch {
+    socket.destroy();
+  }
+}
+
+async function haggle(q: ByteQueue, send: (b: Buffer) => void, opts: NbdConnectionOptions, noZeroes: boolean): Promise<NbdExport | null> {
+  for (;;) {
+    const h = await q.read(16);
+    if (!h.subarray(0, 8).equals(NBD_OPT_MAGIC)) throw new Error('bad option magic');
+    const option = h.readUInt32BE(8);
+    const len = h.readUInt32BE(12);
+    if (len > MAX_OPTION_BYTES) throw new Error('option too large');
+    const data = await q.read(len);
+    switch (option) {
+      case NBD_OPT.EXPORT_NAME: {
+        const e = opts.lookup(data.toString('utf8'));
+        if (!e) return null; // this option has no error reply: the spec says close
+        const r = Buffer.alloc(noZeroes ? 10 : 134);
+        r.writeBigUInt64BE(BigInt(e.size), 0);
+        r.writeUInt16BE(transmissionFlags(e), 8);
+        send(r);
+        return e;
+      }
+      case NBD_OPT.ABORT:
+        send(optReply(option, NBD_REP.ACK));
+        return null;
+      case NBD_OPT.LIST:
+        if (len !== 0) {
+          send(optReply(option, NBD_REP.ERR_INVALID));
+          break;
+        }
+        for (const name of opts.list()) {
+          const n = Buffer.from(name, 'utf8');
+          send(optReply(option, NBD_REP.SERVER, Buffer.concat([u32(n.length), n])));
+        }
+        send(optReply(option, NBD_REP.ACK));
+        break;
+      case NBD_OPT.INFO:
+      case NBD_OPT.GO: {
+        const parsed = parseInfoRequest(data);
+        if (!parsed) {
+          send(optReply(option, NBD_REP.ERR_INVALID, Buffer.from('malformed NBD_OPT_INFO/GO request')));
+          break;
+        }
+        const e = opts.lookup(parsed.name);
+        if (!e) {
+          send(optReply(option, NBD_REP.ERR_UNKNOWN, Buffer.from(`no export named "${parsed.name}"; try: ${opts.list().join(', ')}`)));
+          break;
+        }
+        const exportInfo = Buffer.allocUnsafe(12);
+        exportInfo.writeUInt16BE(NBD_INFO.EXPORT, 0);
+        exportInfo.writeBigUInt64BE(BigInt(e.size), 2);
+        exportInfo.writeUInt16BE(transmissionFlags(e), 10);
+        send(optReply(option, NBD_REP.INFO, exportInfo));
+        const bs = Buffer.allocUnsafe(14);
+        bs.writeUInt16BE(NBD_INFO.BLOCK_SIZE, 0);
+        bs.writeUInt32BE(1, 2);
+        bs.writeUInt32BE(e.preferredBlockSize, 6);
+        bs.writeUInt32BE(NBD_MAX_PAYLOAD, 10);
+        send(optReply(option, NBD_REP.INFO, bs));
+        if (parsed.requests.includes(NBD_INFO.NAME)) {
+          const n = Buffer.from(e.name, 'utf8');
+          const b = Buffer.allocUnsafe(2);
+          b.writeUInt16BE(NBD_INFO.NAME, 0);
+          send(optReply(option, NBD_REP.INFO, Buffer.concat([b, n])));
+        }
+        send(optReply(option, NBD_REP.ACK));
+        if (option === NBD_OPT.GO) return e;
+        break;
+      }
+      default:
+        // STARTTLS, STRUCTURED_REPLY, meta contexts and anything newer: simple replies only, no TLS on a local socket.
+        send(optReply(option, NBD_REP.ERR_UNSUP));
+    }
+  }
+}
+
+export function parseInfoRequest(data: Buffer): { name: string; requests: number[] } | null {
+  if (data.length < 6) return null;
+  const nameLen = data.readUInt32BE(0);
+  if (nameLen > 4096 || 4 + nameLen + 2 > data.length) return null;
+  const name = data.subarray(4, 4 + nameLen).toString('utf8');
+  const n = data.readUInt16BE(4 + nameLen);
+  if (data.length !== 4 + nameLen + 2 + 2 * n) return null;
+  const requests: number[] = [];
+  for (let k = 0; k < n; k++) requests.push(data.readUInt16BE(4 + nameLen + 2 + 2 * k));
+  return { name, requests };
+}
+
+async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdConnectionOptions): Promise<void> {
+  const inFlight = new Set<Promise<void>>();
+  const reply = (handle: Buffer, errno: number, data?: Buffer): void => {
+    const h = Buffer.allocUnsafe(16);
+    h.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
+    h.writeUInt32BE(errno, 4);
+    handle.copy(h, 8);
+    if (data && errno === 0) {
+      socket.cork();
+      socket.write(h);
+      socket.write(data);
+      process.nextTick(() => socket.uncork());
+    } else socket.write(h);
+  };
+  const run = (handle: Buffer, work: () => Promise<Buffer | void> | Buffer | void): void => {
+    const p = (async () => {
+      try {
+        const out = await work();
+        reply(handle, 0, out ?? undefined);
+      } catch (err) {
+        const errno = err instanceof NbdIoError ? err.errno : NBD_ERRNO.EIO;
+        opts.onError?.(err, errno);
+        reply(handle, errno);
+      }
+    })();
+    inFlight.add(p);
+    void p.finally(() => inFlight.delete(p));
+  };
+  for (;;) {
+    while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);
+    if (socket.writableLength > 2 * NBD_MAX_PAYLOAD) await new Promise((r) => socket.once('drain', r));
+    const h = await q.read(28);
+    if (h.readUInt32BE(0) !== NBD_REQUEST_MAGIC) throw new Error('bad request magic');
+    const flags = h.readUInt16BE(4);
+    const type = h.readUInt16BE(6);
+    const handle = Buffer.from(h.subarray(8, 16));
+    const offset = Number(h.readBigUInt64BE(16));
+    const length = h.readUInt32BE(24);
+    const fua = (flags & NBD_CMD_FLAG.FUA) !== 0;
+    const inRange = offset + length <= exp.size;
+    if (type === NBD_CMD.WRITE) {
+      if (length > NBD_MAX_PAYLOAD) throw new Error('write payload too large'); // cannot stay in sync cheaply: close
+      const data = await q.read(length);
+      if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
+      else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
+      else run(handle, () => (length === 0 ? undefined : exp.write(offset, data, fua)));
+      continue;
+    }
+    switch (type) {
+      case NBD_CMD.READ:
+        if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
+        else if (length > NBD_MAX_PAYLOAD) reply(handle, NBD_ERRNO.EOVERFLOW);
+        else run(handle, () => (length === 0 ? Buffer.alloc(0) : exp.read(offset, length)));
+        break;
+      case NBD_CMD.DISC:
+        await Promise.allSettled([...inFlight]);
+        socket.end();
+        return;
+      case NBD_CMD.FLUSH: {
+        // Covers every write answered before it arrived; wait for those still running too (stricter, simpler).
+        const before = [...inFlight];
+        run(handle, async () => {
+          await Promise.allSettled(before);
+          await exp.flush();
+        });
+        break;
+      }
+      case NBD_CMD.TRIM:
+      case NBD_CMD.WRITE_ZEROES:
+        if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
+        else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
+        else run(handle, () => (length === 0 ? undefined : exp.zero(offset, length, fua, type === NBD_CMD.TRIM)));
+        break;
+      case NBD_CMD.CACHE:
+        if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
+        else run(handle, async () => void (length === 0 ? undefined : await exp.read(offset, Math.min(length, NBD_MAX_PAYLOAD))));
+        break;
+      default:
+        reply(handle, NBD_ERRNO.EINVAL);
+    }
+  }
+}
