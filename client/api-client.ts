@@ -15,6 +15,8 @@ export interface ApiClientOptions {
   url: string;
   token: string;
   device: string;
+  /** A request with no bytes moving for this long fails as SERVER_UNREACHABLE (a hung server, a dead link). */
+  idleTimeoutMs?: number;
 }
 
 export class ApiClient {
@@ -44,6 +46,8 @@ export class ApiClient {
         headers: { authorization: `Bearer ${this.opts.token}`, [HEADER_DEVICE]: this.opts.device, ...headers, ...(Buffer.isBuffer(body) ? { 'content-length': String(body.length) } : {}) },
       });
       req.on('error', (err) => reject(unreachable(this.base, err)));
+      const idle = this.opts.idleTimeoutMs ?? 120_000;
+      req.setTimeout(idle, () => req.destroy(Object.assign(new Error(`no reply for ${idle / 1000} s`), { code: 'ETIMEDOUT' })));
       req.on('response', (res) => {
         if ((res.statusCode ?? 500) < 300) return resolve(res);
         const parts: Buffer[] = [];

@@ -72,6 +72,9 @@ export class DiskJournal {
   private readonly markSeq: Uint32Array;
   private closed = false;
   private fdOpen = true;
+  /** A failed write or fdatasync of the journal: its records may be lost, and an fdatasync cannot be
+   *  retried safely (the kernel may have dropped the dirty pages). From then on every mark fails. */
+  private failed: unknown = null;
 
   private constructor(readonly file: string, private readonly fd: number, readonly blockSize: number, readonly count: number, streaming: boolean, end: number) {
     this.dirty = new Uint8Array(count);
@@ -142,8 +145,11 @@ export class DiskJournal {
         off += 12 + len;
       }
       j.end = HEADER_BYTES + off;
+      j.checkComplete();
       if (j.end < size) {
         j.tornTail = true;
+        // A crash can only tear the last group commit; a whole record after the break means damage.
+        if (hasRecordAfter(body.subarray(off + 1, got))) j.untrusted ??= 'the dirty map is damaged in the middle (not a torn tail)';
         if (readOnly) {
           j.closed = true; // appends would land after garbage
           return j;
@@ -151,7 +157,6 @@ export class DiskJournal {
         ftruncateSync(fd, j.end);
         fdatasyncSync(fd);
       }
-      j.checkComplete();
       return j;
     } catch (err) {
       closeSync(fd);
@@ -238,8 +243,13 @@ export class DiskJournal {
     return { trusted: true, reason: recovered ? 'recovered after an unclean stop: the write-ahead marks cover every write' : null, recovered };
   }
 
+  private checkHealthy(): void {
+    if (this.failed) throw new CarryonError('IO_ERROR', `the disk journal ${this.file} could not be written; stop and check the laptop's disk space`, { file: this.file }, this.failed);
+  }
+
   private append(type: number, payload: Buffer): number {
     if (this.closed) throw new CarryonError('INTERNAL', 'disk journal used after close');
+    this.checkHealthy();
     this.pending.push(record(type, payload));
     this.lastType = type;
     return ++this.appendSeq;
@@ -264,6 +274,20 @@ export class DiskJournal {
     return this.durable(need);
   }
 
+  /** markDirty for blocks a..b; null (no promise at all) when every one is already durably dirty. */
+  markDirtyRange(a: number, b: number): Promise<void> | null {
+    let need = 0;
+    let fresh = false;
+    for (let i = a; i <= b; i++) {
+      if (!this.dirty[i]) fresh = true;
+      else if (this.markSeq[i]! > need) need = this.markSeq[i]!;
+    }
+    if (!fresh && need <= this.durableSeq) return null;
+    const list: number[] = [];
+    for (let i = a; i <= b; i++) list.push(i);
+    return this.markDirty(list);
+  }
+
   /** Mark guest-written pages of blocks not yet present (and the blocks dirty); write-ahead like markDirty. */
   markPages(marks: Array<{ block: number; mask: number }>): Promise<void> {
     const fresh: Array<{ block: number; mask: number }> = [];
@@ -282,7 +306,7 @@ export class DiskJournal {
       const seq = this.append(REC.PAGES, p);
       for (const m of fresh) {
         this.setDirty(m.block);
-        this.pages.set(m.block, (this.pages.get(m.block) ?? 0) | m.mask);
+        if (this.present && !this.present[m.block]) this.pages.set(m.block, (this.pages.get(m.block) ?? 0) | m.mask); // as replay does
         this.markSeq[m.block] = seq;
       }
       need = seq;
@@ -318,6 +342,7 @@ export class DiskJournal {
   /** Resolves once every record up to `seq` is on stable storage. */
   async durable(seq: number = this.appendSeq): Promise<void> {
     while (this.durableSeq < seq) {
+      this.checkHealthy();
       if (this.syncing) {
         await this.syncing;
         continue;
@@ -331,15 +356,21 @@ export class DiskJournal {
 
   /** One group commit: everything appended so far, one write, one fdatasync. */
   private async syncRound(): Promise<void> {
+    this.checkHealthy();
     const upTo = this.appendSeq;
     const bufs = this.pending;
     this.pending = [];
-    if (bufs.length > 0) {
-      const b = bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs);
-      writeSync(this.fd, b, 0, b.length, this.end);
-      this.end += b.length;
+    try {
+      if (bufs.length > 0) {
+        const b = bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs);
+        writeSync(this.fd, b, 0, b.length, this.end);
+        this.end += b.length;
+      }
+      await new Promise<void>((resolve, reject) => fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
+    } catch (err) {
+      this.failed = err;
+      throw err;
     }
-    await new Promise<void>((resolve, reject) => fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
     this.durableSeq = Math.max(this.durableSeq, upTo);
   }
 
@@ -362,6 +393,18 @@ export class DiskJournal {
     for (let i = 0; i < this.count; i++) if (this.dirty[i]) out.push(i);
     return out;
   }
+}
+
+/** Is there a whole, checksummed record anywhere in `tail` (scanning at most its first MiB)? */
+function hasRecordAfter(tail: Buffer): boolean {
+  const end = Math.min(tail.length, 1024 * 1024);
+  for (let p = 0; p + 12 <= end; p++) {
+    const len = tail.readUInt32LE(p);
+    const type = tail.readUInt32LE(p + 4);
+    if (type < REC.DIRTY || type > REC.UNTRUSTED || p + 12 + len > tail.length) continue;
+    if (crc32(tail.subarray(p + 12, p + 12 + len), crc32(tail.subarray(p + 4, p + 8))) === tail.readUInt32LE(p + 8)) return true;
+  }
+  return false;
 }
 
 function record(type: number, payload: Buffer): Buffer {

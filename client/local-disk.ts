@@ -11,8 +11,9 @@
 // Disk I/O is synchronous on purpose: each request's bookkeeping and its pwrite happen in one turn of
 // the event loop, so a download landing in between cannot interleave with a VM write. Page-cache
 // reads and writes of 64 KiB-1 MiB take tens of microseconds here; only fsyncs go to the thread pool.
-import { closeSync, fdatasync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fdatasync, openSync, read as fsRead, readSync, writeSync, writevSync } from 'node:fs';
 import { CarryonError, CheapHasher, NbdIoError, NBD_ERRNO, type BlockId, type DiskManifest, type NbdExport } from '../src/index.js';
+import { crashPoint } from './crash-point.js';
 import { PAGE_BYTES, stampOf, type DiskJournal } from './disk-journal.js';
 
 /** Where blocks that are not local yet come from (the laptop cache, then the server). */
@@ -25,6 +26,8 @@ export interface BlockSource {
 const READ_AHEAD_BLOCKS = 15;
 /** Background download batches (plaintext): one HTTP request each. */
 const BACKGROUND_BATCH_BYTES = 16 * 1024 * 1024;
+/** Reads this large use the thread pool (measured below). */
+const ASYNC_READ_BYTES = 128 * 1024;
 /** On-demand blocks become durable-local this long after they land (one fdatasync for many). */
 const PRESENT_COMMIT_MS = 200;
 
@@ -98,35 +101,80 @@ export class LocalDisk implements NbdExport {
     return [Math.floor(offset / this.bs), Math.floor((offset + length - 1) / this.bs)];
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    if (!this.journal.complete) {
-      const [a, b] = this.blocksOf(offset, length);
-      const need: number[] = [];
-      for (let i = a; i <= b; i++) {
-        const s = i * this.bs;
-        if (!this.readable(i, Math.max(offset, s) - s, Math.min(offset + length, s + this.manifest.lengthOf(i)) - s)) need.push(i);
-      }
-      if (need.length > 0) await this.ensure(need);
-    }
+  read(offset: number, length: number): Promise<Buffer> | Buffer {
     const buf = Buffer.allocUnsafe(length);
+    const r = this.readInto(offset, length, buf, 0);
+    return r instanceof Promise ? r.then(() => buf) : buf;
+  }
+
+  /** Synchronous when every block of the range is local (the common case): no promise per request. */
+  readInto(offset: number, length: number, into: Buffer, at: number): Promise<void> | void {
+    if (this.journal.complete) return length >= ASYNC_READ_BYTES ? this.readPool(offset, length, into, at) : this.readLocal(offset, length, into, at);
+    const [a, b] = this.blocksOf(offset, length);
+    const need: number[] = [];
+    for (let i = a; i <= b; i++) {
+      const s = i * this.bs;
+      if (!this.readable(i, Math.max(offset, s) - s, Math.min(offset + length, s + this.manifest.lengthOf(i)) - s)) need.push(i);
+    }
+    if (need.length === 0) return this.readLocal(offset, length, into, at);
+    return this.ensure(need).then(() => this.readLocal(offset, length, into, at));
+  }
+
+  /** Large reads go to the thread pool: the copy out of the page cache then overlaps the socket sends. */
+  private async readPool(offset: number, length: number, buf: Buffer, at: number): Promise<void> {
     let got = 0;
     while (got < length) {
-      const n = readSync(this.fd, buf, got, length - got, offset + got);
+      const n = await new Promise<number>((resolve, reject) => fsRead(this.fd, buf, at + got, length - got, offset + got, (err, k) => (err ? reject(err) : resolve(k))));
       if (n === 0) break;
       got += n;
     }
-    if (got < length) buf.fill(0, got); // a sparse tail past the file's end reads as zeros
+    if (got < length) buf.fill(0, at + got, at + length);
     this.stats.readBytes += length;
-    return buf;
   }
 
-  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.mark(offset, data.length);
-    let done = 0;
-    while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, offset + done);
-    this.stats.writeBytes += data.length;
-    this.afterWrite(offset, data.length);
-    if (fua) await this.syncFile();
+  private readLocal(offset: number, length: number, buf: Buffer, at: number): void {
+    let got = 0;
+    while (got < length) {
+      const n = readSync(this.fd, buf, at + got, length - got, offset + got);
+      if (n === 0) break;
+      got += n;
+    }
+    if (got < length) buf.fill(0, at + got, at + length); // a sparse tail past the file's end reads as zeros
+    this.stats.readBytes += length;
+  }
+
+  /** The payload as it arrived from the socket: one writev, no copy into a single buffer. */
+  writev(offset: number, chunks: Buffer[], fua: boolean): Promise<void> | void {
+    if (!this.journal.complete) return this.write(offset, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), fua);
+    const length = chunks.reduce((n, c) => n + c.length, 0);
+    const marked = this.mark(offset, length);
+    const land = (): Promise<void> | void => {
+      crashPoint('nbd-write'); // tests: die with the marks durable and the bytes not written
+      let pos = offset;
+      let list = chunks;
+      while (list.length > 0) {
+        const n = writevSync(this.fd, list, pos);
+        pos += n;
+        list = skipBytes(list, n);
+      }
+      this.stats.writeBytes += length;
+      if (fua) return this.syncFile();
+    };
+    return marked ? marked.then(land) : land();
+  }
+
+  /** Synchronous when the blocks are already durably dirty and no FUA is asked (the common case). */
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> | void {
+    const marked = this.mark(offset, data.length);
+    const land = (): Promise<void> | void => {
+      crashPoint('nbd-write');
+      let done = 0;
+      while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, offset + done);
+      this.stats.writeBytes += data.length;
+      this.afterWrite(offset, data.length);
+      if (fua) return this.syncFile();
+    };
+    return marked ? marked.then(land) : land();
   }
 
   private static zeros = Buffer.alloc(1024 * 1024);
@@ -149,9 +197,13 @@ export class LocalDisk implements NbdExport {
   }
 
   /** Make the dirty marks (and page marks for blocks not yet local) of a write durable before it lands. */
-  private async mark(offset: number, length: number): Promise<void> {
+  private mark(offset: number, length: number): Promise<void> | null {
     const [a, b] = this.blocksOf(offset, length);
-    if (this.journal.complete) return this.journal.markDirty(range(a, b));
+    if (this.journal.complete) return this.journal.markDirtyRange(a, b);
+    return this.markStreaming(offset, length, a, b);
+  }
+
+  private async markStreaming(offset: number, length: number, a: number, b: number): Promise<void> {
     // Sub-page edges of a block whose base bytes are not in the file: fetch it first (read-modify-write).
     const rmw: number[] = [];
     for (let i = a; i <= b; i++) {
@@ -245,6 +297,7 @@ export class LocalDisk implements NbdExport {
     this.committing = (async () => {
       await this.syncFile();
       this.journal.markPresent(list);
+      void this.journal.durable().catch(() => undefined); // progress survives a crash; nobody waits for it
     })().finally(() => {
       this.committing = null;
     });
@@ -391,8 +444,18 @@ export class LocalDisk implements NbdExport {
   }
 }
 
-function range(a: number, b: number): number[] {
-  const out: number[] = [];
-  for (let i = a; i <= b; i++) out.push(i);
+/** The rest of a chunk list after its first n bytes (a short writev). */
+function skipBytes(list: Buffer[], n: number): Buffer[] {
+  const out = [...list];
+  while (n > 0 && out.length > 0) {
+    const c = out[0]!;
+    if (c.length <= n) {
+      n -= c.length;
+      out.shift();
+    } else {
+      out[0] = c.subarray(n);
+      n = 0;
+    }
+  }
   return out;
 }

@@ -52,7 +52,8 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     if (local.state === 'streaming') {
       try {
         const login = state.login();
-        source = new ServerBlockSource(state, () => (api ??= new ApiClient({ url: login.url, token: login.token, device: login.device })), local.checkoutId, 16 * 1024 * 1024);
+        // A VM waits on on-demand reads: a hung server must turn into EIO, not a frozen guest.
+        source = new ServerBlockSource(state, () => (api ??= new ApiClient({ url: login.url, token: login.token, device: login.device, idleTimeoutMs: 20_000 })), local.checkoutId, 16 * 1024 * 1024);
       } catch {
         source = null; // no login: serve what is local, fail reads of the rest
       }
@@ -96,6 +97,13 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       `  dirty map: ${changed} blocks changed since check-out; ${trust.trusted ? (trust.recovered ? 'recovered after an unclean stop' : 'in order') : `the next check-in scans the whole disk (${trust.reason})`}` +
       (disk.complete ? '' : `\n  streaming: ${fmtBytes(p0.localBytes)} of ${fmtBytes(p0.totalBytes)} local; ${source ? (opts.download === false ? 'fetching only what the VM reads' : 'downloading the rest in the background') : 'not logged in: blocks not yet local fail with EIO'}`));
 
+    const markComplete = (): void => {
+      const now = state.checkout(name)!;
+      if (now.state !== 'streaming') return;
+      state.putCheckout({ ...now, state: 'active', cheap: encodeCheap(disk.cheap) });
+      log('complete', { desktop: name }, `${name}: every block is local: ready to travel`);
+    };
+    if (disk.complete) markComplete(); // finished by on-demand reads in an earlier session
     const stop = new AbortController();
     const progressFile = path.join(state.home, 'run', `${name}.progress.json`);
     let download: Promise<void> = Promise.resolve();
@@ -122,14 +130,17 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
             if (stop.signal.aborted) return;
             const e = describeFailure(err);
             log('download-error', { error: e.error.toJSON(), retryInSeconds: wait / 1000 }, `streaming ${name}: ${e.text}; retrying in ${wait / 1000} s`);
-            await new Promise((r) => setTimeout(r, wait));
+            await new Promise<void>((r) => {
+              const t = setTimeout(r, wait);
+              stop.signal.addEventListener('abort', () => {
+                clearTimeout(t);
+                r();
+              }, { once: true });
+            });
             wait = Math.min(wait * 2, 60_000);
           }
         }
-        if (disk.complete) {
-          state.putCheckout({ ...state.checkout(name)!, state: 'active', cheap: encodeCheap(disk.cheap) });
-          log('complete', { desktop: name }, `${name}: every block is local: ready to travel`);
-        }
+        if (disk.complete) markComplete();
       })();
     }
 
@@ -141,8 +152,10 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     stop.abort();
     server.close();
     for (const s of sockets) s.destroy();
+    (api as ApiClient | null)?.close(); // ends a download request under way: what landed is kept
     await download.catch(() => undefined);
     await disk.close();
+    if (disk.complete) markComplete();
     const now = state.checkout(name)!;
     if (now.state === 'streaming') state.putCheckout({ ...now, cheap: encodeCheap(disk.cheap) });
     if (socketPath) {

@@ -46,7 +46,11 @@ export interface NbdExport {
   /** Bytes the client should align to for speed (advertised as the preferred block size). */
   readonly preferredBlockSize: number;
   read(offset: number, length: number): Promise<Buffer> | Buffer;
+  /** Optional faster read into the caller's buffer (the connection reuses its buffers); may finish synchronously. */
+  readInto?(offset: number, length: number, into: Buffer, at: number): Promise<void> | void;
   write(offset: number, data: Buffer, fua: boolean): Promise<void> | void;
+  /** Optional: the payload as the chunks it arrived in, saving a copy. */
+  writev?(offset: number, chunks: Buffer[], fua: boolean): Promise<void> | void;
   /** Zeroes a range; later reads return zeros. `trim`: the client gave the range up (NBD_CMD_TRIM). */
   zero(offset: number, length: number, fua: boolean, trim: boolean): Promise<void> | void;
   /** Every write completed before this call is durable when it resolves. */
@@ -121,6 +125,28 @@ class ByteQueue {
         off += k;
         if (k === c.length) this.chunks.shift();
         else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.length -= n;
+    if (this.length <= NBD_MAX_PAYLOAD && this.socket.isPaused()) this.socket.resume();
+    return out;
+  }
+
+  /** n bytes as the chunks they arrived in (no copy into one buffer). */
+  readChunks(n: number): Promise<Buffer[]> | Buffer[] {
+    if (this.length < n) return this.read(n).then((b) => [b]);
+    const out: Buffer[] = [];
+    let left = n;
+    while (left > 0) {
+      const c = this.chunks[0]!;
+      if (c.length <= left) {
+        out.push(c);
+        this.chunks.shift();
+        left -= c.length;
+      } else {
+        out.push(c.subarray(0, left));
+        this.chunks[0] = c.subarray(left);
+        left = 0;
       }
     }
     this.length -= n;
@@ -280,23 +306,66 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
       process.nextTick(() => socket.uncork());
     } else socket.write(h);
   };
-  const run = (handle: Buffer, work: () => Promise<Buffer | void> | Buffer | void): void => {
-    const p = (async () => {
-      try {
-        const out = await work();
-        reply(handle, 0, out ?? undefined);
-      } catch (err) {
-        const errno = err instanceof NbdIoError ? err.errno : NBD_ERRNO.EIO;
-        opts.onError?.(err, errno);
-        reply(handle, errno);
-      }
-    })();
+  const fail = (handle: Buffer, err: unknown): void => {
+    const errno = err instanceof NbdIoError ? err.errno : NBD_ERRNO.EIO;
+    opts.onError?.(err, errno);
+    reply(handle, errno);
+  };
+  const track = (p: Promise<void>): void => {
     inFlight.add(p);
     void p.finally(() => inFlight.delete(p));
   };
+  // A read whose data is not exactly the length asked would put the stream out of step: EIO instead.
+  const answer = (handle: Buffer, out: Buffer | void, expect: number): void => {
+    if (out && out.length !== expect) return fail(handle, new NbdIoError(NBD_ERRNO.EIO, `export returned ${out.length} bytes for a read of ${expect}`));
+    reply(handle, 0, out ?? undefined);
+  };
+  const run = (handle: Buffer, work: () => Promise<Buffer | void> | Buffer | void, expect = 0): void => {
+    let out: Promise<Buffer | void> | Buffer | void;
+    try {
+      out = work();
+    } catch (err) {
+      return fail(handle, err);
+    }
+    // Most requests finish synchronously (page-cache I/O): answer at once, no promise to track.
+    if (!(out instanceof Promise)) return answer(handle, out, expect);
+    track(out.then((b) => answer(handle, b, expect), (err: unknown) => fail(handle, err)));
+  };
+  // Read replies are built in reused buffers: header and data in one write, no garbage per request.
+  const pool = new ReplyPool();
+  const readReply = (handle: Buffer, offset: number, length: number): void => {
+    const buf = pool.take(16 + length);
+    buf.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
+    buf.writeUInt32BE(0, 4);
+    handle.copy(buf, 8);
+    const send = (): void => void socket.write(buf, () => pool.give(buf));
+    let r: Promise<void> | void;
+    try {
+      r = exp.readInto!(offset, length, buf, 16);
+    } catch (err) {
+      pool.give(buf);
+      return fail(handle, err);
+    }
+    if (!(r instanceof Promise)) return send();
+    track(r.then(send, (err: unknown) => {
+      pool.give(buf);
+      fail(handle, err);
+    }));
+  };
   for (;;) {
     while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);
-    if (socket.writableLength > 2 * NBD_MAX_PAYLOAD) await new Promise((r) => socket.once('drain', r));
+    if (socket.writableLength > 2 * NBD_MAX_PAYLOAD) {
+      await new Promise<void>((r) => {
+        const done = (): void => {
+          socket.off('drain', done);
+          socket.off('close', done);
+          r();
+        };
+        socket.once('drain', done);
+        socket.once('close', done);
+      });
+      if (socket.destroyed) return;
+    }
     const h = await q.read(28);
     if (h.readUInt32BE(0) !== NBD_REQUEST_MAGIC) throw new Error('bad request magic');
     const flags = h.readUInt16BE(4);
@@ -308,6 +377,14 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
     const inRange = offset + length <= exp.size;
     if (type === NBD_CMD.WRITE) {
       if (length > NBD_MAX_PAYLOAD) throw new Error('write payload too large'); // cannot stay in sync cheaply: close
+      if (exp.writev) {
+        const got = q.readChunks(length);
+        const chunks = got instanceof Promise ? await got : got;
+        if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
+        else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
+        else run(handle, () => (length === 0 ? undefined : exp.writev!(offset, chunks, fua)));
+        continue;
+      }
       const data = await q.read(length);
       if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
       else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
@@ -318,7 +395,8 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
       case NBD_CMD.READ:
         if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
         else if (length > NBD_MAX_PAYLOAD) reply(handle, NBD_ERRNO.EOVERFLOW);
-        else run(handle, () => (length === 0 ? Buffer.alloc(0) : exp.read(offset, length)));
+        else if (exp.readInto && length > 0) readReply(handle, offset, length);
+        else run(handle, () => (length === 0 ? undefined : exp.read(offset, length)), length);
         break;
       case NBD_CMD.DISC:
         await Promise.allSettled([...inFlight]);
@@ -346,5 +424,29 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
       default:
         reply(handle, NBD_ERRNO.EINVAL);
     }
+  }
+}
+
+/** Reply buffers by size, reused once the socket has sent them (bounded: at most 64 MiB kept). */
+class ReplyPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private kept = 0;
+
+  take(size: number): Buffer {
+    const list = this.free.get(size);
+    const b = list?.pop();
+    if (b) {
+      this.kept -= size;
+      return b;
+    }
+    return Buffer.allocUnsafeSlow(size);
+  }
+
+  give(b: Buffer): void {
+    if (this.kept + b.length > 64 * 1024 * 1024) return;
+    const list = this.free.get(b.length);
+    if (list) list.push(b);
+    else this.free.set(b.length, [b]);
+    this.kept += b.length;
   }
 }

@@ -1,0 +1,689 @@
+// The NBD benchmark: how fast `carryon serve` exports a checked-out disk next to the NBD servers people
+// would otherwise run on the same file (nbdkit's file plugin, qemu-nbd), and how long a check-in takes
+// when the dirty map says what changed against the full scan it falls back to when the disk was
+// written outside `carryon serve`. All tools run as processes on this machine, over Unix sockets.
+// See README.md beside this file for what each number means.
+//
+// Usage: node dist/scripts/bench/nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3]
+//        [--parts export,checkin] [--writes 160] [--flush] [--out results.json] [--keep] [--seed N]
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { carryon, carryonMissing, carryonServer, CLIENT_BIN, num, serverGone, startServer, str, type Json, type RunningServer } from '../lib/carryon-cli.js';
+import { mb, mib, parseSize, ratio, secs, table } from '../lib/format.js';
+import { copySparse, requireTool, run, settleBeforeEachRun, showCommand, type RunResult } from '../lib/proc.js';
+import { mulberry32, randomBytesSeeded } from '../lib/prng.js';
+import { readArgs } from '../lib/args.js';
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+type Part = 'export' | 'checkin';
+
+interface Options {
+  size: number;
+  checkinSizes: number[];
+  repeat: number;
+  parts: Part[];
+  writes: number;
+  flush: boolean;
+  out?: string;
+  keep: boolean;
+  seed: number;
+}
+
+const GiB = 1024 ** 3;
+const MiB = 1024 ** 2;
+/** carryon's block size: each scattered write covers exactly one block. */
+const WRITE_BYTES = 64 * 1024;
+/** qemu-img bench: 4 KiB requests, 32 in flight, sequential from offset 0. */
+const QEMU_BENCH_COUNT = 50_000;
+/** Data extents of the larger check-in images, one at each GiB boundary past the base image. */
+const EXTRA_EXTENT = 64 * MiB;
+
+const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin] [--writes 160] [--flush] [--out FILE] [--keep] [--seed N]
+  --size           the random image of the export measurements, also the data of every check-in image (default 1G)
+  --checkin-sizes  apparent sizes of the check-in images, comma-separated (default 1G,8G)
+  --repeat         runs of each throughput measurement (default 3): best and median are reported
+  --parts          export (throughput), checkin (dirty map vs full scan), or both (default)
+  --writes         scattered 64 KiB writes of the check-in change (default 160, i.e. 10 MiB)
+  --flush          nbdcopy --flush on the write runs (the servers then fsync: disk speed, not server speed)
+  --out            also write all results as JSON to FILE
+  --keep           keep the temp folder (images, server store, laptop home)
+  --seed           seed of the image bytes, the write offsets and their data (default 7)`;
+
+function parseOptions(argv: string[]): Options {
+  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: ['export', 'checkin'], writes: 160, flush: false, keep: false, seed: 7 };
+  for (const { flag: a, value } of readArgs(argv, USAGE)) {
+    if (a === '--size') o.size = parseSize(value());
+    else if (a === '--checkin-sizes') o.checkinSizes = value().split(',').map(parseSize);
+    else if (a === '--repeat') o.repeat = Number(value());
+    else if (a === '--parts') {
+      o.parts = value().split(',').map((p) => {
+        if (p !== 'export' && p !== 'checkin') throw new Error(`unknown part "${p}" (export, checkin)`);
+        return p;
+      });
+    } else if (a === '--writes') o.writes = Number(value());
+    else if (a === '--flush') o.flush = true;
+    else if (a === '--out') o.out = value();
+    else if (a === '--keep') o.keep = true;
+    else if (a === '--seed') o.seed = Number(value());
+    else if (a === '--help' || a === '-h') {
+      console.log(USAGE);
+      process.exit(0);
+    } else throw new Error(`unknown option ${a}\n${USAGE}`);
+  }
+  if (!Number.isInteger(o.repeat) || o.repeat < 1) throw new Error(`--repeat must be a positive integer\n${USAGE}`);
+  if (!Number.isInteger(o.writes) || o.writes < 1) throw new Error(`--writes must be a positive integer\n${USAGE}`);
+  if (o.size % WRITE_BYTES !== 0) throw new Error(`--size must be a multiple of 64 KiB\n${USAGE}`);
+  for (const s of o.checkinSizes) {
+    if (s % WRITE_BYTES !== 0 || s / WRITE_BYTES < o.writes) throw new Error(`check-in size ${s} must be a multiple of 64 KiB and hold ${o.writes} writes\n${USAGE}`);
+  }
+  return o;
+}
+
+const log = (line: string): void => console.log(line);
+const label = (bytes: number): string => (bytes % GiB === 0 ? `${bytes / GiB}g` : `${Math.round(bytes / MiB)}m`);
+const human = (bytes: number): string => (bytes % GiB === 0 ? `${bytes / GiB} GiB` : mib(bytes));
+
+// ---------------------------------------------------------------------------------------------
+// Files: incompressible, seeded, fully allocated (so no server can skip holes)
+
+/** Seeded random bytes into `file` at `offset` (AES-CTR keystream, 16 MiB per stream). */
+function writeRandom(file: string, offset: number, length: number, seed: number, stream: number): void {
+  const fd = openSync(file, existsSync(file) ? 'r+' : 'w');
+  try {
+    const chunk = 16 * MiB;
+    for (let done = 0, i = 0; done < length; done += chunk, i++) {
+      const n = Math.min(chunk, length - done);
+      const buf = randomBytesSeeded(seed, stream + i, n);
+      for (let w = 0; w < n; ) w += writeSync(fd, buf, w, n - w, offset + done + w);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Streams of randomBytesSeeded (one per 16 MiB): each use of random bytes has its own range. */
+const STREAM = { image: 0x100000, writeSource: 0x200000, extra: 0x300000, change: 0x400000 } as const;
+
+/**
+ * A check-in image of `size` bytes: the base image's bytes at offset 0 (sparse copy, cut to `size` when
+ * smaller), then a hole, with one 64 MiB extent of new random data at every GiB boundary past the base.
+ * 8 GiB on a 1 GiB base: 1 GiB + 7 x 64 MiB = 1.44 GiB of data spread over the disk, the rest holes.
+ */
+async function makeCheckinImage(base: string, baseSize: number, size: number, out: string, seed: number): Promise<{ dataBytes: number; extents: number[] }> {
+  await copySparse(base, out);
+  truncateSync(out, size);
+  const extents: number[] = [];
+  for (let at = Math.ceil(baseSize / GiB) * GiB; at < size; at += GiB) {
+    const n = Math.min(EXTRA_EXTENT, size - at);
+    writeRandom(out, at, n, seed, STREAM.extra + extents.length * 16);
+    extents.push(at);
+  }
+  return { dataBytes: Math.min(baseSize, size) + extents.reduce((sum, at) => sum + Math.min(EXTRA_EXTENT, size - at), 0), extents };
+}
+
+async function warmCache(file: string): Promise<number> {
+  const r = await run('sh', ['-c', 'cat -- "$1" > /dev/null', 'sh', file]);
+  return r.seconds;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long-running NBD servers: started here, stopped here, killed on any exit
+
+const children = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+});
+
+interface Daemon {
+  name: string;
+  command: string;
+  uri: string;
+  pid: number;
+  tail(): string;
+  exitedWith(): string | undefined;
+  /** SIGTERM, wait for the exit (SIGKILL after 20 s). */
+  stop(): Promise<{ how: string; seconds: number }>;
+  /** Lines it printed on stdout (carryon serve --json events). */
+  lines: string[];
+}
+
+function spawnDaemon(name: string, cmd: string, args: string[], uri: string, env?: NodeJS.ProcessEnv): { daemon: Daemon; exited: Promise<string>; child: ChildProcess } {
+  const child = spawn(cmd, args, { env: env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  const lines: string[] = [];
+  const errLines: string[] = [];
+  const collect = (into: string[]) => {
+    let partial = '';
+    return (b: Buffer): void => {
+      partial += b.toString('utf8');
+      const parts = partial.split('\n');
+      partial = parts.pop()!;
+      into.push(...parts.filter(Boolean));
+      if (into.length > 500) into.splice(0, into.length - 500);
+    };
+  };
+  child.stdout!.on('data', collect(lines));
+  child.stderr!.on('data', collect(errLines));
+  let ended: string | undefined;
+  const exited = new Promise<string>((resolveExit) => {
+    child.on('exit', (code, signal) => {
+      children.delete(child);
+      ended = signal ?? String(code);
+      resolveExit(ended);
+    });
+    child.on('error', (e) => {
+      children.delete(child);
+      ended = `error: ${e.message}`;
+      resolveExit(ended);
+    });
+  });
+  const daemon: Daemon = {
+    name,
+    command: showCommand(cmd, args),
+    uri,
+    pid: child.pid ?? -1,
+    lines,
+    tail: () => [...lines.slice(-10), ...errLines.slice(-10)].join('\n'),
+    exitedWith: () => ended,
+    stop: async () => {
+      const t0 = process.hrtime.bigint();
+      if (ended === undefined) child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      const how = await exited;
+      clearTimeout(timer);
+      return { how, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
+    },
+  };
+  return { daemon, exited, child };
+}
+
+/** Poll `nbdinfo --json URI` until the server answers; returns its description of the export. */
+async function waitForNbd(d: Daemon, timeoutMs = 30_000): Promise<Json> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const gone = d.exitedWith();
+    if (gone !== undefined) throw new Error(`${d.name} exited (${gone}) before serving:\n${d.tail()}`);
+    try {
+      const r = await run('nbdinfo', ['--json', d.uri]);
+      const info = JSON.parse(r.stdout) as { exports?: Json[] };
+      return info.exports?.[0] ?? {};
+    } catch (e) {
+      if (Date.now() > until) throw new Error(`${d.name} did not answer on ${d.uri} within ${timeoutMs / 1000} s: ${e instanceof Error ? e.message : String(e)}\n${d.tail()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+/** `carryon serve DESK --socket SOCK --json`; resolves on its "listening" event. */
+async function startCarryonServe(home: string, desk: string, socket: string): Promise<{ daemon: Daemon; listening: Json }> {
+  const uri = `nbd+unix:///${desk}?socket=${socket}`;
+  const { daemon, exited } = spawnDaemon('carryon serve', process.execPath, [CLIENT_BIN, 'serve', desk, '--socket', socket, '--json'], uri, { ...process.env, CARRYON_HOME: home });
+  const until = Date.now() + 60_000;
+  for (;;) {
+    const line = daemon.lines.find((l) => l.includes('"listening"'));
+    if (line) {
+      const listening = JSON.parse(line) as Json;
+      if (listening.uri !== uri) log(`  note: carryon serve reports ${String(listening.uri)}, using ${uri}`);
+      return { daemon, listening };
+    }
+    if (daemon.exitedWith() !== undefined || Date.now() > until) {
+      await daemon.stop();
+      throw new Error(`carryon serve did not report "listening" (${daemon.exitedWith() ?? 'timeout'}):\n${daemon.tail()}`);
+    }
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 50))]);
+  }
+}
+
+/** Stop carryon serve with SIGTERM and check it closed cleanly (exit 0, a "stopped" event). */
+async function stopCarryonServe(d: Daemon): Promise<{ seconds: number; stopped?: Json }> {
+  const { how, seconds } = await d.stop();
+  if (how !== '0') throw new Error(`carryon serve exited with ${how} on SIGTERM:\n${d.tail()}`);
+  const line = d.lines.find((l) => l.includes('"stopped"'));
+  return { seconds, stopped: line ? (JSON.parse(line) as Json) : undefined };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 1: export throughput of the same file through three servers
+
+type ServerName = 'carryon' | 'nbdkit' | 'qemu-nbd';
+const SERVERS: ServerName[] = ['carryon', 'nbdkit', 'qemu-nbd'];
+const SERVER_TITLE: Record<ServerName, string> = { carryon: 'carryon serve', nbdkit: 'nbdkit file', 'qemu-nbd': 'qemu-nbd' };
+
+interface Runs {
+  mbPerSec: number[];
+  seconds: number[];
+  best: number;
+  median: number;
+}
+
+interface ExportResult {
+  server: ServerName;
+  command: string;
+  nbdinfo: Json;
+  read: Runs;
+  write: Runs;
+  /** 4 KiB requests, 32 in flight: requests per second. */
+  qemuImgBench?: { readIops: number; writeIops: number; readSeconds: number; writeSeconds: number } | { error: string };
+  stopSeconds?: number;
+  stopped?: Json;
+}
+
+function summarize(bytes: number, seconds: number[]): Runs {
+  const rates = seconds.map((s) => bytes / 1e6 / s);
+  const sorted = [...rates].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  const median = sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+  return { mbPerSec: rates, seconds, best: sorted[sorted.length - 1]!, median };
+}
+
+const NBDCOPY_READ = (uri: string): string[] => ['--no-extents', uri, 'null:'];
+let flushWrites = false;
+const NBDCOPY_WRITE = (src: string, uri: string): string[] => ['--no-extents', ...(flushWrites ? ['--flush'] : []), src, uri];
+const QEMU_BENCH = (uri: string, write: boolean): string[] => ['bench', ...(write ? ['-w'] : []), '-f', 'raw', '-c', String(QEMU_BENCH_COUNT), '-s', '4096', '-d', '32', '-t', 'none', uri];
+
+async function qemuImgBench(uri: string): Promise<ExportResult['qemuImgBench']> {
+  try {
+    const seconds = async (write: boolean): Promise<number> => {
+      const r = await run('qemu-img', QEMU_BENCH(uri, write));
+      const m = /Run completed in ([\d.]+) seconds/.exec(r.stdout + r.stderr);
+      if (!m) throw new Error(`qemu-img bench printed no time:\n${r.stdout}${r.stderr}`);
+      return Number(m[1]);
+    };
+    const readSeconds = await seconds(false);
+    const writeSeconds = await seconds(true);
+    return { readIops: QEMU_BENCH_COUNT / readSeconds, writeIops: QEMU_BENCH_COUNT / writeSeconds, readSeconds, writeSeconds };
+  } catch (e) {
+    return { error: e instanceof Error ? e.message : String(e) };
+  }
+}
+
+async function measureExport(server: ServerName, disk: string, size: number, writeSource: string, start: () => Promise<{ daemon: Daemon; info: Json }>, stop: (d: Daemon) => Promise<{ seconds: number; stopped?: Json }>, repeat: number): Promise<ExportResult> {
+  await warmCache(disk);
+  await warmCache(writeSource);
+  const { daemon, info } = await start();
+  try {
+    log(`  ${SERVER_TITLE[server]}: ${daemon.command}`);
+    log(`    nbdinfo: multi-conn ${String(info.can_multi_conn)}, flush ${String(info.can_flush)}, fua ${String(info.can_fua)}, zero ${String(info.can_zero)}, trim ${String(info.can_trim)}` +
+      (info.block_size_preferred !== undefined ? `, block sizes ${String(info.block_size_minimum)}/${String(info.block_size_preferred)}/${String(info.block_size_maximum)}` : ''));
+    const readS: number[] = [];
+    for (let i = 0; i < repeat; i++) readS.push((await run('nbdcopy', NBDCOPY_READ(daemon.uri))).seconds);
+    const read = summarize(size, readS);
+    log(`    read  ${read.mbPerSec.map((r) => r.toFixed(0)).join(', ')} MB/s`);
+    const writeS: number[] = [];
+    for (let i = 0; i < repeat; i++) writeS.push((await run('nbdcopy', NBDCOPY_WRITE(writeSource, daemon.uri))).seconds);
+    const write = summarize(size, writeS);
+    log(`    write ${write.mbPerSec.map((r) => r.toFixed(0)).join(', ')} MB/s`);
+    const qb = await qemuImgBench(daemon.uri);
+    if (qb && 'error' in qb) log(`    qemu-img bench failed: ${qb.error}`);
+    else if (qb) log(`    qemu-img bench 4 KiB x ${QEMU_BENCH_COUNT}, depth 32: read ${qb.readIops.toFixed(0)}/s, write ${qb.writeIops.toFixed(0)}/s`);
+    const gone = daemon.exitedWith();
+    if (gone !== undefined) throw new Error(`${daemon.name} exited (${gone}) during the measurements:\n${daemon.tail()}`);
+    const st = await stop(daemon);
+    return { server, command: daemon.command, nbdinfo: info, read, write, qemuImgBench: qb, stopSeconds: st.seconds, stopped: st.stopped };
+  } finally {
+    if (daemon.exitedWith() === undefined) await daemon.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 2: check-in after the same scattered change, dirty map vs full scan
+
+interface Change {
+  offsets: number[];
+  /** qemu-io arguments that write the change (one -c per extent, data from files). */
+  qemuIoCommands: string[];
+}
+
+/** `writes` distinct 64 KiB-aligned offsets spread over the disk (seeded), and the data files of one round. */
+function makeChange(dir: string, size: number, writes: number, seed: number, round: number, offsets?: number[]): Change {
+  if (!offsets) {
+    const rng = mulberry32(seed * 1000 + Math.round(size / MiB));
+    const blocks = size / WRITE_BYTES;
+    const picked = new Set<number>();
+    while (picked.size < writes) picked.add(Math.floor(rng() * blocks));
+    offsets = [...picked].sort((a, b) => a - b).map((b) => b * WRITE_BYTES);
+  }
+  mkdirSync(dir, { recursive: true });
+  const qemuIoCommands: string[] = [];
+  offsets.forEach((off, j) => {
+    const f = join(dir, `w${j}.bin`);
+    // New data per size and round: a block the server already holds would cost nothing to check in.
+    writeFileSync(f, randomBytesSeeded(seed * 1e6 + size / WRITE_BYTES, STREAM.change + round * 0x10000 + j, WRITE_BYTES));
+    qemuIoCommands.push('-c', `write -q -s ${f} ${off} ${WRITE_BYTES}`);
+  });
+  return { offsets, qemuIoCommands };
+}
+
+interface CheckinRow {
+  size: number;
+  dataBytes: number;
+  changeBytes: number;
+  map?: CheckinMeasure;
+  full?: CheckinMeasure;
+  error?: string;
+}
+
+interface CheckinMeasure {
+  /** The CLI's own `seconds` (check-in from start to commit). */
+  seconds: number;
+  /** Wall time of the `carryon checkin` process (adds Node start-up). */
+  wallSeconds: number;
+  scanSeconds: number;
+  scanMode: string;
+  scanBytesRead: number;
+  fullScanReason: string | null;
+  bytesSent: number;
+  blocksChanged: number;
+  /** How the change was written, and in how long. */
+  writeVia: string;
+  writeSeconds: number;
+  checkoutSeconds: number;
+  serveStopSeconds?: number;
+  json: Json;
+}
+
+const fromCheckin = (j: Json, wall: number, extra: Pick<CheckinMeasure, 'writeVia' | 'writeSeconds' | 'checkoutSeconds' | 'serveStopSeconds'>): CheckinMeasure => ({
+  seconds: num(j, 'seconds'),
+  wallSeconds: wall,
+  scanSeconds: num(j, 'scanSeconds'),
+  scanMode: str(j, 'scanMode'),
+  scanBytesRead: num(j, 'scanBytesRead'),
+  fullScanReason: (j.fullScanReason as string | null | undefined) ?? null,
+  bytesSent: num(j, 'bytesSent'),
+  blocksChanged: num(j, 'blocksChanged'),
+  ...extra,
+  json: j,
+});
+
+async function measureCheckin(home: string, desk: string, diskPath: string, socket: string, size: number, dir: string, o: Options): Promise<{ map: CheckinMeasure; full: CheckinMeasure }> {
+  // Round 0 through carryon serve; round 1 (same offsets, new data, so nothing is already on the
+  // server) with qemu-io on the file itself.
+  const c0 = makeChange(join(dir, 'change-map'), size, o.writes, o.seed, 0);
+  const c1 = makeChange(join(dir, 'change-full'), size, o.writes, o.seed, 1, c0.offsets);
+
+  const co = await carryon(home, 'checkout', desk, '--to', diskPath);
+  const { daemon } = await startCarryonServe(home, desk, socket);
+  let w: RunResult;
+  try {
+    w = await run('qemu-io', ['-f', 'raw', daemon.uri, ...c0.qemuIoCommands]);
+  } catch (e) {
+    await daemon.stop();
+    throw e;
+  }
+  const st = await stopCarryonServe(daemon);
+  const ci = await carryon(home, 'checkin', desk);
+  const map = fromCheckin(ci.json, ci.seconds, { writeVia: `qemu-io -f raw ${daemon.uri} (${o.writes} x write -s FILE OFF 64k)`, writeSeconds: w.seconds, checkoutSeconds: co.seconds, serveStopSeconds: st.seconds });
+  if (map.scanMode !== 'dirty-map') log(`  WARNING: check-in after carryon serve scanned in mode ${map.scanMode} (${map.fullScanReason ?? ''})`);
+  log(`  dirty map: check-in ${secs(map.seconds)} s (wall ${secs(map.wallSeconds)} s), scan ${secs(map.scanSeconds)} s, mode ${map.scanMode}, read ${mb(map.scanBytesRead)} MB, sent ${mb(map.bytesSent)} MB, ${map.blocksChanged} blocks changed; ` +
+    `qemu-io ${secs(map.writeSeconds)} s, serve stopped in ${secs(st.seconds)} s`);
+
+  const co2 = await carryon(home, 'checkout', desk, '--to', diskPath);
+  const w2 = await run('qemu-io', ['-f', 'raw', diskPath, ...c1.qemuIoCommands]);
+  const ci2 = await carryon(home, 'checkin', desk);
+  const full = fromCheckin(ci2.json, ci2.seconds, { writeVia: `qemu-io -f raw DISK (${o.writes} x write -s FILE OFF 64k)`, writeSeconds: w2.seconds, checkoutSeconds: co2.seconds });
+  if (full.scanMode !== 'full') log(`  WARNING: check-in after qemu-io on the file scanned in mode ${full.scanMode}: the change outside serve was not noticed`);
+  log(`  full scan: check-in ${secs(full.seconds)} s (wall ${secs(full.wallSeconds)} s), scan ${secs(full.scanSeconds)} s, mode ${full.scanMode}, read ${mb(full.scanBytesRead)} MB, sent ${mb(full.bytesSent)} MB, ${full.blocksChanged} blocks changed` +
+    (full.fullScanReason ? ` (${full.fullScanReason})` : ''));
+  return { map, full };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+function exportTable(rows: ExportResult[], size: number, repeat: number): string {
+  const iops = (r: ExportResult, k: 'readIops' | 'writeIops'): string => (r.qemuImgBench && !('error' in r.qemuImgBench) ? r.qemuImgBench[k].toFixed(0) : '-');
+  const body = rows.map((r) => [
+    SERVER_TITLE[r.server], r.read.best.toFixed(0), r.read.median.toFixed(0), r.write.best.toFixed(0), r.write.median.toFixed(0), iops(r, 'readIops'), iops(r, 'writeIops'), String(r.nbdinfo.can_multi_conn ?? '-'),
+  ]);
+  const c = rows.find((r) => r.server === 'carryon');
+  for (const peer of ['nbdkit', 'qemu-nbd'] as const) {
+    const p = rows.find((r) => r.server === peer);
+    if (!c || !p) continue;
+    const q = (k: 'readIops' | 'writeIops'): string =>
+      c.qemuImgBench && !('error' in c.qemuImgBench) && p.qemuImgBench && !('error' in p.qemuImgBench) ? ratio(c.qemuImgBench[k], p.qemuImgBench[k]) : '-';
+    body.push([`carryon / ${peer}`, ratio(c.read.best, p.read.best), ratio(c.read.median, p.read.median), ratio(c.write.best, p.write.best), ratio(c.write.median, p.write.median), q('readIops'), q('writeIops'), '']);
+  }
+  return `\nExport throughput: nbdcopy of the whole ${human(size)} export, ${repeat} runs each (MB/s, MB = 10^6 bytes); qemu-img bench 4 KiB requests/s\n` +
+    table(['server', 'read best', 'read median', 'write best', 'write median', '4K read/s', '4K write/s', 'multi-conn'], body);
+}
+
+function checkinTable(rows: CheckinRow[], writes: number): string {
+  const body = rows.map((r) => [
+    human(r.size), mb(r.dataBytes, 0), r.map ? secs(r.map.seconds) : 'failed', r.map ? secs(r.map.scanSeconds) : '-', r.map ? secs(r.map.wallSeconds) : '-',
+    r.full ? secs(r.full.seconds) : 'failed', r.full ? secs(r.full.scanSeconds) : '-', r.full ? secs(r.full.wallSeconds) : '-', ratio(r.full?.seconds, r.map?.seconds),
+  ]);
+  return `\nCheck-in after ${writes} scattered 64 KiB writes (${mb(writes * WRITE_BYTES)} MB): dirty map (written through carryon serve) vs full scan (written with qemu-io on the file); seconds\n` +
+    table(['disk', 'data MB', 'map s', 'map scan s', 'map wall s', 'full s', 'full scan s', 'full wall s', 'full / map'], body);
+}
+
+function targets(exp: ExportResult[], ci: CheckinRow[]): string[] {
+  const out: string[] = [];
+  const met = (ok: boolean | undefined): string => (ok === undefined ? 'INCOMPLETE (a size failed)' : ok ? 'MET' : 'NOT MET');
+  const maps = ci.filter((r) => r.map);
+  if (ci.length) {
+    const all = (ok: boolean): boolean | undefined => (maps.length === ci.length || !ok ? ok : undefined);
+    out.push(`map-path check-in under 1 s at every size (CLI seconds: ${maps.map((r) => `${human(r.size)} ${secs(r.map!.seconds)}`).join(', ')}): ${met(all(maps.every((r) => r.map!.seconds < 1)))}`);
+    const walls = maps.map((r) => `${human(r.size)} ${secs(r.map!.wallSeconds)}`).join(', ');
+    out.push(`  (process wall times, with Node start-up: ${walls}; under 1 s: ${met(all(maps.every((r) => r.map!.wallSeconds < 1)))})`);
+    if (maps.length >= 2) {
+      const sorted = [...maps].sort((a, b) => a.size - b.size);
+      const small = sorted[0]!;
+      const big = sorted[sorted.length - 1]!;
+      const x = big.map!.seconds / small.map!.seconds;
+      out.push(`map-path check-in within 2x regardless of size (${human(big.size)} / ${human(small.size)}: ${ratio(big.map!.seconds, small.map!.seconds)}): ${met(x <= 2 && x >= 0.5)}`);
+    } else out.push(`map-path check-in within 2x regardless of size: ${ci.length >= 2 ? met(undefined) : 'n/a (one size)'}`);
+  }
+  const c = exp.find((r) => r.server === 'carryon');
+  const k = exp.find((r) => r.server === 'nbdkit');
+  if (c && k) {
+    out.push(`export read at least 70% of nbdkit's (median ${ratio(c.read.median, k.read.median)}, best ${ratio(c.read.best, k.read.best)}): ${met(c.read.median >= 0.7 * k.read.median)}`);
+    out.push(`export write at least 70% of nbdkit's (median ${ratio(c.write.median, k.write.median)}, best ${ratio(c.write.best, k.write.best)}): ${met(c.write.median >= 0.7 * k.write.median)}`);
+  }
+  return out;
+}
+
+async function toolVersions(): Promise<Record<string, string>> {
+  const first = async (cmd: string, args: string[]): Promise<string> => {
+    try {
+      const r = await run(cmd, args, { okCodes: [1] });
+      return (r.stdout || r.stderr).split('\n')[0]!.trim();
+    } catch {
+      return 'unknown';
+    }
+  };
+  return {
+    nbdkit: await first('nbdkit', ['--version']),
+    'qemu-nbd': await first('qemu-nbd', ['--version']),
+    nbdcopy: await first('nbdcopy', ['--version']),
+    'qemu-io': await first('qemu-io', ['--version']),
+    'qemu-img': await first('qemu-img', ['--version']),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(): Promise<number> {
+  settleBeforeEachRun(true);
+  const o = parseOptions(process.argv.slice(2));
+  flushWrites = o.flush;
+  for (const [tool, pkg] of [['nbdkit', 'nbdkit'], ['qemu-nbd', 'qemu-utils'], ['qemu-io', 'qemu-utils'], ['qemu-img', 'qemu-utils'], ['nbdcopy', 'libnbd-bin'], ['nbdinfo', 'libnbd-bin']] as const) {
+    requireTool(tool, pkg);
+  }
+  const missing = carryonMissing();
+  if (missing) throw new Error(missing);
+
+  const started = Date.now();
+  const work = mkdtempSync(join(tmpdir(), 'carryon-nbd-bench-'));
+  let server: RunningServer | undefined;
+  let failed = false;
+  const report: Json = {};
+  process.once('SIGINT', () => {
+    for (const c of children) c.kill('SIGKILL');
+    if (!o.keep) rmSync(work, { recursive: true, force: true });
+    process.exit(130); // carryon-cli's exit hook kills carryon-server
+  });
+  const exportRows: ExportResult[] = [];
+  const checkinRows: CheckinRow[] = [];
+  try {
+    log(`nbd-bench: ${human(o.size)} random image; check-in sizes ${o.checkinSizes.map(human).join(', ')}; ${o.repeat} runs; ${cpus().length} cores, node ${process.version}`);
+    log(`temp folder ${work}`);
+    const run_ = join(work, 'run');
+    mkdirSync(run_);
+
+    // Images
+    let t = Date.now();
+    const base = join(work, 'base.raw');
+    writeRandom(base, 0, o.size, o.seed, STREAM.image);
+    const writeSource = join(work, 'write-source.raw');
+    if (o.parts.includes('export')) writeRandom(writeSource, 0, o.size, o.seed, STREAM.writeSource);
+    log(`base image and write source (random, fully allocated) in ${secs((Date.now() - t) / 1000)} s`);
+    const checkinImages = new Map<number, { file: string; dataBytes: number; extents: number[] }>();
+    if (o.parts.includes('checkin')) {
+      for (const s of o.checkinSizes) {
+        if (s === o.size) checkinImages.set(s, { file: base, dataBytes: o.size, extents: [] });
+        else {
+          const file = join(work, `checkin-${label(s)}.raw`);
+          const made = await makeCheckinImage(base, o.size, s, file, o.seed);
+          checkinImages.set(s, { file, ...made });
+          log(`check-in image ${human(s)}: sparse, ${mb(made.dataBytes)} MB of data (the base image at 0, 64 MiB at ${made.extents.map((e) => `${e / GiB} GiB`).join(', ') || '-'})`);
+        }
+      }
+    }
+
+    // carryon-server with every image published, one laptop home
+    const data = join(work, 'server');
+    await carryonServer(data, 'init');
+    server = await startServer(data);
+    const token = str((await carryonServer(data, 'user', 'add', 'bench')).json, 'token');
+    const home = join(work, 'laptop');
+    mkdirSync(home);
+    await carryon(home, 'login', server.url, '--token', token);
+    const publishes: Json = {};
+    const publish = async (image: string, file: string, desks: string[]): Promise<void> => {
+      const p = await carryonServer(data, 'image', 'publish', image, file);
+      publishes[image] = { ...p.json, seconds: p.seconds };
+      log(`published ${image}: ${mb(num(p.json, 'storedBytes'))} MB stored in ${secs(p.seconds)} s`);
+      for (const d of desks) await carryonServer(data, 'desktop', 'create', d, '--user', 'bench', '--image', image);
+    };
+    log(`carryon-server at ${server.url}`);
+    if (o.parts.includes('export') || checkinImages.has(o.size)) await publish(`golden-${label(o.size)}`, base, [...(o.parts.includes('export') ? ['nbd-export'] : []), ...(checkinImages.has(o.size) ? [`ci-${label(o.size)}`] : [])]);
+    for (const [s, img] of checkinImages) if (s !== o.size) await publish(`golden-${label(s)}`, img.file, [`ci-${label(s)}`]);
+
+    // Part 1
+    if (o.parts.includes('export')) {
+      log(`\n== export throughput (${human(o.size)}, nbdcopy --no-extents, ${o.repeat} runs; then qemu-img bench)`);
+      const co = await carryon(home, 'checkout', 'nbd-export', '--to', join(work, 'export', 'disk.raw'));
+      const disk = str(co.json, 'disk');
+      log(`  checked out nbd-export to ${disk} in ${secs(co.seconds)} s`);
+      const sock = (n: string): string => join(run_, `${n}.sock`);
+      const uriOf = (n: string): string => `nbd+unix:///nbd-export?socket=${sock(n)}`;
+      for (const s of SERVERS) {
+        try {
+          const start = async (): Promise<{ daemon: Daemon; info: Json }> => {
+            if (s === 'carryon') {
+              const { daemon } = await startCarryonServe(home, 'nbd-export', sock(s));
+              return { daemon, info: await waitForNbd(daemon) };
+            }
+            const { daemon } =
+              s === 'nbdkit'
+                ? spawnDaemon(s, 'nbdkit', ['-f', '--exit-with-parent', '-U', sock(s), 'file', disk], uriOf(s))
+                : spawnDaemon(s, 'qemu-nbd', ['-f', 'raw', '-k', sock(s), '-x', 'nbd-export', '-t', '-e', '4', '--cache=writeback', '--aio=threads', disk], uriOf(s));
+            return { daemon, info: await waitForNbd(daemon) };
+          };
+          const stop = s === 'carryon' ? stopCarryonServe : async (d: Daemon): Promise<{ seconds: number }> => ({ seconds: (await d.stop()).seconds });
+          exportRows.push(await measureExport(s, disk, o.size, writeSource, start, stop, o.repeat));
+        } catch (e) {
+          failed = true;
+          log(`  ${SERVER_TITLE[s]} FAILED: ${e instanceof Error ? e.message : String(e)}`);
+        }
+      }
+      rmSync(writeSource, { force: true });
+    }
+
+    // Part 2
+    if (o.parts.includes('checkin')) {
+      for (const [s, img] of checkinImages) {
+        log(`\n== check-in, ${human(s)} disk (${mb(img.dataBytes)} MB of data), ${o.writes} scattered 64 KiB writes`);
+        const row: CheckinRow = { size: s, dataBytes: img.dataBytes, changeBytes: o.writes * WRITE_BYTES };
+        checkinRows.push(row);
+        const dir = join(work, `ci-${label(s)}`);
+        try {
+          const r = await measureCheckin(home, `ci-${label(s)}`, join(dir, 'disk.raw'), join(run_, `ci-${label(s)}.sock`), s, dir, o);
+          row.map = r.map;
+          row.full = r.full;
+        } catch (e) {
+          failed = true;
+          let msg = e instanceof Error ? e.message : String(e);
+          const gone = server && serverGone(server);
+          if (gone) msg += `\n  ${gone}`;
+          row.error = msg;
+          log(`  FAILED: ${msg}`);
+        }
+        if (!o.keep) rmSync(dir, { recursive: true, force: true });
+      }
+    }
+
+    console.log(`\nResults (${cpus().length} cores, ${cpus()[0]?.model ?? '?'}, node ${process.version}; warm page cache)`);
+    if (exportRows.length) {
+      console.log(exportTable(exportRows, o.size, o.repeat));
+      console.log(`\nnbdcopy read: ${showCommand('nbdcopy', NBDCOPY_READ('URI'))}   write: ${showCommand('nbdcopy', NBDCOPY_WRITE('FILE', 'URI'))} (FILE: random data, page cache warm)`);
+      console.log(`nbdcopy's defaults: multi-conn up to 4 connections, capped at --threads = cores (${cpus().length} here), 64 requests in flight each, 256 KiB requests`);
+      console.log(`qemu-img bench: ${showCommand('qemu-img', QEMU_BENCH('URI', false))} (and -w for writes; sequential 4 KiB from offset 0)`);
+      for (const r of exportRows) console.log(`${SERVER_TITLE[r.server]}: ${r.command}`);
+    }
+    if (checkinRows.length) {
+      console.log(checkinTable(checkinRows, o.writes));
+      const m = checkinRows.filter((r) => r.map).sort((a, b) => a.size - b.size);
+      if (m.length >= 2) console.log(`map path, ${human(m[m.length - 1]!.size)} vs ${human(m[0]!.size)}: ${ratio(m[m.length - 1]!.map!.seconds, m[0]!.map!.seconds)}`);
+      for (const r of checkinRows) {
+        if (r.map && r.full) console.log(`${human(r.size)}: map mode ${r.map.scanMode} read ${mb(r.map.scanBytesRead)} MB; full mode ${r.full.scanMode} read ${mb(r.full.scanBytesRead)} MB; sent ${mb(r.map.bytesSent)} / ${mb(r.full.bytesSent)} MB`);
+        if (r.error) console.log(`${human(r.size)}: failed: ${r.error.split('\n')[0]}`);
+      }
+    }
+    console.log('\nTargets (from the issue; printed, not asserted):');
+    for (const line of targets(exportRows, checkinRows)) console.log(`  ${line}`);
+    console.log(`\ntotal bench time ${secs((Date.now() - started) / 1000)} s`);
+
+    Object.assign(report, {
+      when: new Date().toISOString(),
+      machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version },
+      tools: await toolVersions(),
+      options: { ...o, out: undefined },
+      commands: {
+        nbdcopyRead: showCommand('nbdcopy', NBDCOPY_READ('URI')),
+        nbdcopyWrite: showCommand('nbdcopy', NBDCOPY_WRITE('FILE', 'URI')),
+        qemuImgBenchRead: showCommand('qemu-img', QEMU_BENCH('URI', false)),
+        qemuImgBenchWrite: showCommand('qemu-img', QEMU_BENCH('URI', true)),
+      },
+      images: { base: { size: o.size, note: 'seeded AES-CTR bytes, fully allocated' }, checkin: Object.fromEntries([...checkinImages].map(([s, i]) => [label(s), { size: s, dataBytes: i.dataBytes, extents: i.extents }])) },
+      publishes,
+      export: exportRows,
+      checkin: checkinRows,
+      targets: targets(exportRows, checkinRows),
+      totalSeconds: (Date.now() - started) / 1000,
+    });
+    if (o.out) {
+      writeFileSync(o.out, JSON.stringify(report, null, 2) + '\n');
+      console.log(`results written to ${o.out}`);
+    }
+  } finally {
+    for (const c of children) c.kill('SIGKILL');
+    if (server) await server.stop();
+    if (o.keep) console.log(`kept ${work}`);
+    else rmSync(work, { recursive: true, force: true });
+  }
+  return failed ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    console.error(`\nnbd-bench failed: ${e instanceof Error ? e.message : String(e)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,324 @@
+// `carryon serve` with real NBD clients from Debian (qemu-io, nbdcopy, nbdinfo, qemu-img): writes
+// through the export, reads back, check-in from the dirty map; kill -9 of the export and of the
+// client mid-workload; streamed check-outs read while blocks arrive, and offline.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, ROOT, sha256File, TestServer, tmpDir } from './harness.js';
+
+const CLIENT_BIN = path.join(ROOT, 'bin/carryon.js');
+const MiB = 1024 * 1024;
+
+interface Served {
+  proc: ChildProcess;
+  socket: string;
+  uri: string;
+  listening: any;
+  events: any[];
+  /** Resolves with the first event of this name. */
+  next(event: string): Promise<any>;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Start `carryon serve` as its own process and wait until it listens. */
+const started: ChildProcess[] = [];
+
+function serve(laptop: Laptop, desktop: string, args: string[] = [], env: Record<string, string> = {}): Promise<Served> {
+  const proc = spawn(process.execPath, [CLIENT_BIN, 'serve', desktop, '--json', ...args], { env: { ...process.env, CARRYON_HOME: laptop.home, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  started.push(proc);
+  const events: any[] = [];
+  const waiters: Array<{ event: string; resolve: (e: any) => void }> = [];
+  let buf = '';
+  let stderr = '';
+  proc.stderr!.on('data', (c) => (stderr += c));
+  proc.stdout!.on('data', (c) => {
+    buf += c;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      const e = JSON.parse(line);
+      events.push(e);
+      for (const w of [...waiters]) if (w.event === e.event || (e.error && w.event === 'error')) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(e);
+      }
+    }
+  });
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  const next = (event: string): Promise<any> => {
+    const seen = events.find((e) => e.event === event);
+    return seen ? Promise.resolve(seen) : new Promise((resolve) => waiters.push({ event, resolve }));
+  };
+  return Promise.race([
+    next('listening').then((l) => ({ proc, socket: l.socket, uri: l.uri, listening: l, events, next, exit })),
+    next('error').then((e) => Promise.reject(new Error(`serve failed: ${JSON.stringify(e)}`))),
+    exit.then(({ code }) => Promise.reject(new Error(`serve exited with ${code}: ${stderr}`))),
+  ]);
+}
+
+async function stopServe(s: Served): Promise<void> {
+  s.proc.kill('SIGTERM');
+  const { code } = await s.exit;
+  expect(code).toBe(0);
+}
+
+function tool(cmd: string, args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 * MiB });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** qemu-io commands against a target: a file ('-f raw FILE') or the export's NBD URI. */
+function qemuIo(target: string, cmds: string[]): { code: number | null; stdout: string; stderr: string } {
+  return tool('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), target]);
+}
+
+function same(a: string, b: string): boolean {
+  return tool('cmp', [a, b]).code === 0;
+}
+
+describe('carryon serve: the disk over NBD', () => {
+  const dir = tmpDir('nbd');
+  const server = new TestServer(dir);
+  const image = path.join(dir, 'golden.raw');
+  const a = new Laptop(path.join(dir, 'laptop-a'));
+  const b = new Laptop(path.join(dir, 'laptop-b'));
+  // Streams start from an empty block cache, so blocks really come from the server.
+  const c = new Laptop(path.join(dir, 'laptop-c'));
+  const d = new Laptop(path.join(dir, 'laptop-d'));
+  const desks = ['d-io', 'd-crash-export', 'd-crash-client', 'd-stream', 'd-offline', 'd-outside'];
+  let size = 0;
+
+  beforeAll(async () => {
+    for (const t of ['qemu-io', 'qemu-img', 'nbdcopy', 'nbdinfo', 'cmp']) requireTool(t);
+    makeExt4Image(image, 48, 24);
+    size = readFileSync(image).length;
+    await server.init();
+    const token = await server.addUser('alice');
+    expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
+    for (const d of desks) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    await server.start();
+    for (const l of [a, b, c, d]) expect((await l.cli(['login', server.url, '--token', token])).code).toBe(0);
+  }, 180_000);
+
+  afterAll(async () => {
+    for (const p of started) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL'); // a failed test's export
+    await server.stop();
+    removeTmp(dir);
+  });
+
+  /** Check a desktop out on laptop B and return its disk: the server's newest version. */
+  async function serverCopy(desktop: string): Promise<string> {
+    const r = await b.cli(['checkout', desktop, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    return r.json.disk as string;
+  }
+
+  it('qemu-io writes through the export; nbdcopy and qemu-img read back exactly those bytes; the check-in reads only dirty blocks', async () => {
+    const co = await a.cli(['checkout', 'd-io', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    const s = await serve(a, 'd-io');
+    expect(s.listening.size).toBe(size);
+    expect(s.listening.dirtyMap.trusted).toBe(true);
+    const info = JSON.parse(tool('nbdinfo', ['--json', s.uri]).stdout);
+    expect(info.exports[0]['export-size']).toBe(size);
+    expect(info.exports[0].can_flush && info.exports[0].can_fua && info.exports[0].can_trim && info.exports[0].can_zero).toBe(true);
+
+    // Unaligned and aligned writes, a write at the very end, data then zeroes, data then a trim.
+    const cmds = ['write -P 0xa1 1000 3000', `write -P 0xa2 ${5 * MiB + 123} 70000`, `write -P 0xa3 ${20 * MiB} ${MiB}`, `write -P 0xa4 ${size - 4096} 4096`,
+      `write -P 0xa5 ${30 * MiB} ${256 * 1024}`, `write -z ${30 * MiB} ${256 * 1024}`, `write -P 0xa6 ${34 * MiB} ${128 * 1024}`, `discard ${34 * MiB} ${128 * 1024}`, 'flush'];
+    const w = qemuIo(s.uri, cmds);
+    expect(w.code, w.stderr).toBe(0);
+    const expected = path.join(dir, 'expected-io.raw');
+    copyFileSync(image, expected);
+    expect(qemuIo(expected, cmds).code).toBe(0);
+
+    const viaNbdcopy = path.join(dir, 'nbdcopy-io.raw');
+    expect(tool('nbdcopy', [s.uri, viaNbdcopy]).code).toBe(0);
+    expect(same(viaNbdcopy, expected)).toBe(true);
+    const viaQemuImg = path.join(dir, 'qemu-img-io.raw');
+    expect(tool('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', s.uri, viaQemuImg]).code).toBe(0);
+    expect(same(viaQemuImg, expected)).toBe(true);
+
+    // While served, a check-in is refused (it would race the VM) and so is a second export.
+    const busy = await a.cli(['checkin', 'd-io', '--json']);
+    expect(busy.code).toBe(8);
+    expect(busy.json.error.code).toBe('DISK_IN_USE');
+    await expect(serve(a, 'd-io')).rejects.toThrow(/DISK_IN_USE/);
+    await stopServe(s);
+
+    const st = await a.cli(['status', 'd-io', '--json']);
+    expect(st.json.desktops[0].dirtyMap.trusted).toBe(true);
+    expect(st.json.desktops[0].blocksWritten).toBeGreaterThan(5);
+    const ci = await a.cli(['checkin', 'd-io', '--json']);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.json.scanMode).toBe('dirty-map');
+    expect(ci.json.scanBytesRead).toBe(st.json.desktops[0].bytesWritten);
+    expect(ci.json.scanBytesRead).toBeLessThan(size / 10);
+    const onServer = await serverCopy('d-io');
+    expect(sha256File(onServer)).toBe(sha256File(expected));
+    // The zeroed and the trimmed ranges became holes in the new version (not stored as zero blocks).
+    const map = JSON.parse(tool('qemu-img', ['map', '--output=json', '-f', 'raw', onServer]).stdout) as Array<{ start: number; length: number; data: boolean }>;
+    for (const off of [30 * MiB, 34 * MiB]) expect(map.find((e) => e.start <= off && off < e.start + e.length)!.data).toBe(false);
+  }, 120_000);
+
+  it('kill -9 of the export mid-workload: after a restart the check-in holds every flushed write and equals the laptop copy', async () => {
+    expect((await a.cli(['checkout', 'd-crash-export', '--json'])).code).toBe(0);
+    const expected = path.join(dir, 'expected-crash-export.raw');
+    copyFileSync(image, expected);
+    // The export dies at its 25th write, after marking it in the journal and before the bytes land.
+    const s = await serve(a, 'd-crash-export', [], { CARRYON_CRASH_AT: 'nbd-write:25' });
+    const flushed: string[][] = [];
+    for (let k = 0; k < 40; k++) {
+      const cmds = [`write -P 0x${(0xb0 + k).toString(16)} ${k * MiB + 4096 * k} ${64 * 1024 + 512 * k}`, 'flush'];
+      const r = qemuIo(s.uri, cmds);
+      if (r.code !== 0) break;
+      flushed.push(cmds);
+    }
+    expect((await s.exit).signal).toBe('SIGKILL');
+    expect(flushed.length).toBeGreaterThan(10);
+    expect(flushed.length).toBeLessThan(40);
+    for (const cmds of flushed) expect(qemuIo(expected, cmds).code).toBe(0);
+
+    const again = await serve(a, 'd-crash-export');
+    expect(again.listening.dirtyMap).toMatchObject({ trusted: true, recovered: true });
+    await stopServe(again);
+    const ci = await a.cli(['checkin', 'd-crash-export', '--json']);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.json.scanMode).toBe('dirty-map');
+    const local = path.join(a.home, 'desktops', 'd-crash-export', 'disk.raw');
+    const onServer = await serverCopy('d-crash-export');
+    // The new version is the laptop's disk, byte for byte (the map covered the write that was cut off too)...
+    expect(sha256File(onServer)).toBe(sha256File(local));
+    // ...and every write the client had flushed is in it; only the range of the interrupted write may differ.
+    const got = readFileSync(onServer);
+    const want = readFileSync(expected);
+    const k = flushed.length;
+    const cutFrom = k * MiB + 4096 * k;
+    const cutTo = cutFrom + 64 * 1024 + 512 * k;
+    expect(got.subarray(0, cutFrom).equals(want.subarray(0, cutFrom))).toBe(true);
+    expect(got.subarray(cutTo).equals(want.subarray(cutTo))).toBe(true);
+  }, 120_000);
+
+  it('kill -9 of the NBD client mid-workload: the export keeps serving; the check-in equals the laptop copy', async () => {
+    expect((await a.cli(['checkout', 'd-crash-client', '--json'])).code).toBe(0);
+    const s = await serve(a, 'd-crash-client');
+    const expected = path.join(dir, 'expected-crash-client.raw');
+    copyFileSync(image, expected);
+    const first = [`write -P 0xc1 ${2 * MiB} ${MiB}`, `write -P 0xc2 ${9 * MiB + 512} 5000`, 'flush'];
+    expect(qemuIo(s.uri, first).code).toBe(0);
+    expect(qemuIo(expected, first).code).toBe(0);
+    // A client writing 4 KiB requests all over 16 MiB (one round trip each), killed while it runs.
+    const many: string[] = [];
+    for (let k = 0; k < 3000; k++) many.push('-c', `write -P 0xdd ${24 * MiB + ((k * 7919) % 4096) * 4096} 4096`);
+    const victim = spawn('qemu-io', ['-f', 'raw', ...many, s.uri], { stdio: 'ignore' });
+    const victimExit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => victim.once('exit', (code, signal) => r({ code, signal })));
+    await new Promise((r) => setTimeout(r, 300));
+    victim.kill('SIGKILL');
+    expect((await victimExit).signal).toBe('SIGKILL'); // it was still writing
+    // The export is still up for the next client.
+    expect(JSON.parse(tool('nbdinfo', ['--json', s.uri]).stdout).exports[0]['export-size']).toBe(size);
+    await stopServe(s);
+    const ci = await a.cli(['checkin', 'd-crash-client', '--json']);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.json.scanMode).toBe('dirty-map');
+    const onServer = await serverCopy('d-crash-client');
+    expect(sha256File(onServer)).toBe(sha256File(path.join(a.home, 'desktops', 'd-crash-client', 'disk.raw')));
+    const got = readFileSync(onServer);
+    const want = readFileSync(expected);
+    expect(got.subarray(0, 12 * MiB).equals(want.subarray(0, 12 * MiB))).toBe(true); // the flushed writes
+  }, 120_000);
+
+  it('checkout --stream returns before the disk is here; reads through the export fetch blocks on demand, the background download completes it', async () => {
+    const co = await c.cli(['checkout', 'd-stream', '--stream', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    expect(co.json.streaming.localBlocks).toBeLessThan(co.json.streaming.blocks);
+    const st0 = (await c.cli(['status', 'd-stream', '--json'])).json.desktops[0];
+    expect(st0.state).toBe('streaming');
+    expect(st0.readyToTravel).toBe(false);
+    expect(st0.localBytes).toBeLessThan(size);
+
+    // On demand only: what the VM reads arrives, nothing else; the bytes are the image's.
+    const s1 = await serve(c, 'd-stream', ['--no-download']);
+    const part = [`write -P 0xe1 ${3 * MiB} ${64 * 1024}`, `write -P 0xe2 ${7 * MiB + 100} 300`, 'flush'];
+    expect(qemuIo(s1.uri, part).code).toBe(0);
+    const expected = path.join(dir, 'expected-stream.raw');
+    copyFileSync(image, expected);
+    expect(qemuIo(expected, part).code).toBe(0);
+    const head = path.join(dir, 'stream-head.raw');
+    expect(tool('qemu-img', ['dd', '-f', 'raw', '-O', 'raw', `if=${s1.uri}`, `of=${head}`, 'bs=1M', 'count=2']).code).toBe(0);
+    expect(readFileSync(head).equals(readFileSync(expected).subarray(0, 2 * MiB))).toBe(true);
+    await stopServe(s1);
+    const st1 = (await c.cli(['status', 'd-stream', '--json'])).json.desktops[0];
+    expect(st1.localBytes).toBeGreaterThan(st0.localBytes);
+    expect(st1.localBytes).toBeLessThan(size);
+
+    // With the background download: read everything while it runs, then wait until it says the disk is complete.
+    const s2 = await serve(c, 'd-stream');
+    const during = path.join(dir, 'stream-read-2.raw');
+    expect(tool('nbdcopy', [s2.uri, during]).code).toBe(0);
+    expect(same(during, expected)).toBe(true);
+    await s2.next('complete');
+    const st2 = (await c.cli(['status', 'd-stream', '--json'])).json.desktops[0];
+    expect(st2).toMatchObject({ state: 'active', readyToTravel: true, localBytes: size });
+    await stopServe(s2);
+    const ci = await c.cli(['checkin', 'd-stream', '--json']);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.json.scanMode).toBe('dirty-map');
+    expect(sha256File(await serverCopy('d-stream'))).toBe(sha256File(expected));
+  }, 120_000);
+
+  it('offline with a streamed disk: a read of a block not yet here is an I/O error (never zeros), writes still work, the check-in completes it later', async () => {
+    expect((await d.cli(['checkout', 'd-offline', '--stream', '--json'])).code).toBe(0);
+    const port = server.port();
+    await server.stop();
+    const s = await serve(d, 'd-offline');
+    // Block 0 (the ext4 superblock) is data, and not local yet.
+    const r = qemuIo(s.uri, ['read -P 0 0 4096']);
+    expect(r.code).not.toBe(0);
+    expect(r.stdout + r.stderr).toMatch(/Input\/output error/);
+    // Whole pages of a missing block are the VM's own data: no download needed to write or read them back.
+    const w = [`write -P 0xf1 ${65536} 8192`, 'flush'];
+    expect(qemuIo(s.uri, w).code).toBe(0);
+    expect(qemuIo(s.uri, [`read -P 0xf1 ${65536} 8192`]).code).toBe(0);
+    // The background download says why it waits, and keeps retrying.
+    expect((await s.next('download-error')).error.code).toBe('DISK_INCOMPLETE');
+    await stopServe(s);
+
+    await server.start({}, port);
+    const ci = await d.cli(['checkin', 'd-offline', '--json']);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.json.scanMode).toBe('dirty-map');
+    const expected = path.join(dir, 'expected-offline.raw');
+    copyFileSync(image, expected);
+    expect(qemuIo(expected, w).code).toBe(0);
+    expect(sha256File(await serverCopy('d-offline'))).toBe(sha256File(expected));
+  }, 120_000);
+
+  it('a disk written outside `carryon serve` is noticed: the check-in falls back to a full scan and says why', async () => {
+    expect((await a.cli(['checkout', 'd-outside', '--json'])).code).toBe(0);
+    const disk = path.join(a.home, 'desktops', 'd-outside', 'disk.raw');
+    const s = await serve(a, 'd-outside');
+    // Garbage on the socket closes that connection only.
+    await new Promise<void>((resolve) => {
+      const c = net.connect(s.socket, () => c.write(Buffer.alloc(4096, 0x5a)));
+      c.resume(); // read the greeting, so 'close' can follow
+      c.on('close', () => resolve());
+      c.on('error', () => undefined);
+    });
+    expect(qemuIo(s.uri, [`write -P 0x71 ${MiB} 4096`]).code).toBe(0);
+    await stopServe(s);
+    qemuWrite(disk, [[0x72, 6 * MiB, 65536]]);
+    const st = (await a.cli(['status', 'd-outside', '--json'])).json.desktops[0];
+    expect(st.dirtyMap.trusted).toBe(false);
+    expect(st.blocksChanged).toBeGreaterThanOrEqual(2);
+    const ci = await a.cli(['checkin', 'd-outside', '--json']);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.json.scanMode).toBe('full');
+    expect(ci.json.fullScanReason).toMatch(/outside `carryon serve`/);
+    expect(ci.json.scanBytesRead).toBe(size);
+    expect(sha256File(await serverCopy('d-outside'))).toBe(sha256File(disk));
+  }, 120_000);
+});
