@@ -29,6 +29,8 @@ interface Options {
   parts: Part[];
   writes: number;
   flush: boolean;
+  /** nbdcopy --connections (0: nbdcopy's default, multi-conn). QEMU uses one connection per disk. */
+  connections: number;
   out?: string;
   keep: boolean;
   seed: number;
@@ -43,19 +45,20 @@ const QEMU_BENCH_COUNT = 50_000;
 /** Data extents of the larger check-in images, one at each GiB boundary past the base image. */
 const EXTRA_EXTENT = 64 * MiB;
 
-const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin] [--writes 160] [--flush] [--out FILE] [--keep] [--seed N]
+const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin] [--writes 160] [--flush] [--connections N] [--out FILE] [--keep] [--seed N]
   --size           the random image of the export measurements, also the data of every check-in image (default 1G)
   --checkin-sizes  apparent sizes of the check-in images, comma-separated (default 1G,8G)
   --repeat         runs of each throughput measurement (default 3): best and median are reported
   --parts          export (throughput), checkin (dirty map vs full scan), or both (default)
   --writes         scattered 64 KiB writes of the check-in change (default 160, i.e. 10 MiB)
+  --connections N  nbdcopy --connections=N (default: nbdcopy's own, multi-conn; QEMU uses 1 per disk)
   --flush          nbdcopy --flush on the write runs (the servers then fsync: disk speed, not server speed)
   --out            also write all results as JSON to FILE
   --keep           keep the temp folder (images, server store, laptop home)
   --seed           seed of the image bytes, the write offsets and their data (default 7)`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: ['export', 'checkin'], writes: 160, flush: false, keep: false, seed: 7 };
+  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: ['export', 'checkin'], writes: 160, flush: false, connections: 0, keep: false, seed: 7 };
   for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
     else if (a === '--checkin-sizes') o.checkinSizes = value().split(',').map(parseSize);
@@ -67,6 +70,7 @@ function parseOptions(argv: string[]): Options {
       });
     } else if (a === '--writes') o.writes = Number(value());
     else if (a === '--flush') o.flush = true;
+    else if (a === '--connections') o.connections = Number(value());
     else if (a === '--out') o.out = value();
     else if (a === '--keep') o.keep = true;
     else if (a === '--seed') o.seed = Number(value());
@@ -281,9 +285,11 @@ function summarize(bytes: number, seconds: number[]): Runs {
   return { mbPerSec: rates, seconds, best: sorted[sorted.length - 1]!, median };
 }
 
-const NBDCOPY_READ = (uri: string): string[] => ['--no-extents', uri, 'null:'];
+const NBDCOPY_READ = (uri: string): string[] => ['--no-extents', ...conn(), uri, 'null:'];
 let flushWrites = false;
-const NBDCOPY_WRITE = (src: string, uri: string): string[] => ['--no-extents', ...(flushWrites ? ['--flush'] : []), src, uri];
+let connections = 0;
+const conn = (): string[] => (connections > 0 ? [`--connections=${connections}`] : []);
+const NBDCOPY_WRITE = (src: string, uri: string): string[] => ['--no-extents', ...conn(), ...(flushWrites ? ['--flush'] : []), src, uri];
 const QEMU_BENCH = (uri: string, write: boolean): string[] => ['bench', ...(write ? ['-w'] : []), '-f', 'raw', '-c', String(QEMU_BENCH_COUNT), '-s', '4096', '-d', '32', '-t', 'none', uri];
 
 async function qemuImgBench(uri: string): Promise<ExportResult['qemuImgBench']> {
@@ -511,6 +517,7 @@ async function main(): Promise<number> {
   settleBeforeEachRun(true);
   const o = parseOptions(process.argv.slice(2));
   flushWrites = o.flush;
+  connections = o.connections;
   for (const [tool, pkg] of [['nbdkit', 'nbdkit'], ['qemu-nbd', 'qemu-utils'], ['qemu-io', 'qemu-utils'], ['qemu-img', 'qemu-utils'], ['nbdcopy', 'libnbd-bin'], ['nbdinfo', 'libnbd-bin']] as const) {
     requireTool(tool, pkg);
   }
