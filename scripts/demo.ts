@@ -1,7 +1,9 @@
 // `npm run demo`: one real check-out / check-in cycle, end to end, as a new user would run it.
 // A server and two laptops (two CARRYON_HOME folders) on this machine; a real ext4 disk image with
 // real files; changes made the way a VM makes them (ext4 file edits via debugfs, raw writes via
-// qemu-io); then proof that the second laptop gets exactly the first laptop's disk, and what moved.
+// qemu-io); then proof that the second laptop gets exactly the first laptop's disk, and what moved;
+// then the VM's way: laptop B serves the disk over NBD (`carryon serve`), qemu-io writes through it, and
+// the check-in reads only the blocks the dirty map marked.
 // Owns only orchestration and printing; the work is done by the carryon CLIs, run as processes.
 //
 // Usage: node dist/scripts/demo.js [--keep]
@@ -11,13 +13,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeExt4Image } from './fixtures/ext4-image.js';
 import { changedPages, debugfsSession } from './fixtures/workloads.js';
-import { carryon, carryonMissing, carryonServer, num, serverGone, str, startServer, type Json, type RunningServer } from './lib/carryon-cli.js';
+import { spawn } from 'node:child_process';
+import { carryon, CLIENT_BIN, carryonMissing, carryonServer, num, serverGone, str, startServer, type Json, type RunningServer } from './lib/carryon-cli.js';
 import { mb, percent, table } from './lib/format.js';
 import { aptInstall, findTool, run } from './lib/proc.js';
 
 const IMAGE_BYTES = 256 * 1024 * 1024;
 const PAYLOAD_BYTES = 150 * 1024 * 1024;
-const TOTAL_STEPS = 16;
+const TOTAL_STEPS = 18;
 
 const keep = process.argv.includes('--keep');
 let stepNo = 0;
@@ -68,10 +71,12 @@ async function main(): Promise<void> {
   });
 
   try {
-    await step('Check tools: mke2fs, debugfs (e2fsprogs), cmp; qemu-io is optional', async () => {
+    await step('Check tools: mke2fs, debugfs (e2fsprogs), cmp; qemu-io (qemu-utils) is optional', async () => {
       if (!findTool('mke2fs') || !findTool('debugfs')) {
         if (!aptInstall(['e2fsprogs'], (l) => console.log(`        ${l}`))) throw new Error('could not install e2fsprogs; run `apt-get install -y e2fsprogs` as root');
       }
+      // qemu-io plays the VM: raw writes, and writes through `carryon serve` over NBD.
+      if (!findTool('qemu-io')) aptInstall(['qemu-utils'], (l) => console.log(`        ${l}`));
       if (!findTool('cmp')) throw new Error('cmp not found: apt-get install -y diffutils');
       return findTool('qemu-io');
     }, (q) => (q ? `all present, qemu-io at ${q}` : 'qemu-io missing: raw writes will be skipped'));
@@ -115,7 +120,8 @@ async function main(): Promise<void> {
     const pagesChanged = await changedPages(golden, diskA);
 
     const ci = await step('Laptop A: carryon checkin alice-desk', async () => (await carryon(homeA, 'checkin', 'alice-desk')).json,
-      (j) => `version ${j.version}: ${j.blocksChanged} blocks changed, ${mb(num(j, 'bytesSent'))} MB sent`);
+      (j) => `version ${j.version}: ${j.blocksChanged} blocks changed, ${mb(num(j, 'bytesSent'))} MB sent` +
+        (j.scanMode === 'full' ? `; whole-disk scan, because debugfs and qemu-io wrote the file directly (${String(j.fullScanReason)})` : ''));
 
     const outB = await step('Laptop B: carryon login, then carryon checkout alice-desk', async () => {
       await carryon(homeB, 'login', url, '--token', token);
@@ -124,6 +130,29 @@ async function main(): Promise<void> {
     const diskB = str(outB, 'disk');
 
     await step("Verify: cmp laptop B's disk with laptop A's", () => run('cmp', [diskA, diskB]), () => 'identical, byte for byte');
+
+    // The VM's way: the disk over NBD through `carryon serve`, which records every write in the dirty
+    // map, so the check-in reads only what was written instead of the whole disk.
+    const ci2 = await step('Laptop B: carryon serve alice-desk over NBD, write through it with qemu-io (a VM would), carryon checkin', async () => {
+      if (!findTool('qemu-io')) return null;
+      const serve = await startServe(homeB, 'alice-desk');
+      try {
+        const uri = str(serve.listening, 'uri');
+        const cmds: string[] = [];
+        for (let k = 0; k < 16; k++) cmds.push('-c', `write -P 0x${(0x40 + k).toString(16)} ${(k * 13 + 5) * 1024 * 1024} 64k`);
+        await run('qemu-io', ['-f', 'raw', ...cmds, '-c', 'flush', uri]);
+      } finally {
+        await serve.stop();
+      }
+      return (await carryon(homeB, 'checkin', 'alice-desk')).json;
+    }, (j) => (j ? `version ${j.version}: ${j.scanMode} scan read ${mb(num(j, 'scanBytesRead'), 2)} MB of a ${mb(IMAGE_BYTES)} MB disk in ${num(j, 'scanSeconds').toFixed(2)} s; ${mb(num(j, 'bytesSent'), 2)} MB sent` : 'skipped: qemu-io not installed (apt-get install -y qemu-utils)'));
+    if (ci2) {
+      await step("Laptop A: carryon checkout alice-desk (updates its copy in place), then cmp with laptop B's disk", async () => {
+        const j = (await carryon(homeA, 'checkout', 'alice-desk', '--to', diskA)).json;
+        await run('cmp', [diskA, diskB]);
+        return j;
+      }, (j) => `version ${j.version}: ${mb(num(j, 'bytesReceived'), 2)} MB received; identical, byte for byte`);
+    }
 
     const status = await step('carryon-server status', async () => (await carryonServer(data, 'status')).json,
       (j) => `${mb(num(j, 'storedBytes'))} MB stored for ${mb(num(j, 'logicalBytes'))} MB of logical disk data`);
@@ -138,6 +167,27 @@ async function main(): Promise<void> {
     await cleanup().catch(() => {});
     throw e;
   }
+}
+
+/** `carryon serve DESKTOP --json` as a child process; resolves on its "listening" event. */
+async function startServe(home: string, desktop: string): Promise<{ listening: Json; stop: () => Promise<void> }> {
+  const child = spawn(process.execPath, [CLIENT_BIN, 'serve', desktop, '--json'], { env: { ...process.env, CARRYON_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (c: Buffer) => (err += c.toString('utf8')));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const listening = await new Promise<Json>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (c: Buffer) => {
+      out += c.toString('utf8');
+      const line = out.split('\n').find((l) => l.includes('"listening"'));
+      if (line) resolve(JSON.parse(line) as Json);
+    });
+    void exited.then(() => reject(new Error(`carryon serve exited before listening: ${err}`)));
+  });
+  return { listening, stop: async () => {
+    child.kill('SIGTERM');
+    await exited;
+  } };
 }
 
 function printSummary(r: { image: number; pagesChanged: number; pub: Json; outA: Json; ci: Json; outB: Json; status: Json }): void {
