@@ -126,9 +126,9 @@ describe('carryon serve: the disk over NBD', () => {
     expect(info.exports[0]['export-size']).toBe(size);
     expect(info.exports[0].can_flush && info.exports[0].can_fua && info.exports[0].can_trim && info.exports[0].can_zero).toBe(true);
 
-    // Unaligned and aligned writes, a write at the very end, data then zeroes, data then a trim.
+    // Unaligned and aligned writes, a write at the very end, a FUA write, data then zeroes, data then a trim.
     const cmds = ['write -P 0xa1 1000 3000', `write -P 0xa2 ${5 * MiB + 123} 70000`, `write -P 0xa3 ${20 * MiB} ${MiB}`, `write -P 0xa4 ${size - 4096} 4096`,
-      `write -P 0xa5 ${30 * MiB} ${256 * 1024}`, `write -z ${30 * MiB} ${256 * 1024}`, `write -P 0xa6 ${34 * MiB} ${128 * 1024}`, `discard ${34 * MiB} ${128 * 1024}`, 'flush'];
+      `write -f -P 0xa7 ${12 * MiB + 4096} 8192`, `write -P 0xa5 ${30 * MiB} ${256 * 1024}`, `write -z ${30 * MiB} ${256 * 1024}`, `write -P 0xa6 ${34 * MiB} ${128 * 1024}`, `discard ${34 * MiB} ${128 * 1024}`, 'flush'];
     const w = qemuIo(s.uri, cmds);
     expect(w.code, w.stderr).toBe(0);
     const expected = path.join(dir, 'expected-io.raw');
@@ -310,6 +310,12 @@ describe('carryon serve: the disk over NBD', () => {
     });
     expect(qemuIo(s.uri, [`write -P 0x71 ${MiB} 4096`]).code).toBe(0);
     await stopServe(s);
+    // On request the export listens on 127.0.0.1:PORT instead of a Unix socket.
+    const tcp = await serve(a, 'd-outside', ['--port', '0']);
+    expect(tcp.uri).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/d-outside$/);
+    expect(tcp.socket).toBeNull();
+    expect(JSON.parse(tool('nbdinfo', ['--json', tcp.uri]).stdout).exports[0]['export-size']).toBe(size);
+    await stopServe(tcp);
     qemuWrite(disk, [[0x72, 6 * MiB, 65536]]);
     const st = (await a.cli(['status', 'd-outside', '--json'])).json.desktops[0];
     expect(st.dirtyMap.trusted).toBe(false);
