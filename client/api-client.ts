@@ -8,7 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import {
   API_PREFIX, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
   encodeBlock, packEntries, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
-  type DesktopInfo, type TarEntry, type UploadResult,
+  type DesktopInfo, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
 
 export interface ApiClientOptions {
@@ -114,6 +114,14 @@ export class ApiClient {
 
   whoami(): Promise<{ user: string; admin: boolean }> {
     return this.json('GET', '/whoami');
+  }
+
+  registerDevice(device: string, name: string): Promise<{ device: string; token: string }> {
+    return this.json('POST', '/devices', { device, name });
+  }
+
+  heartbeat(checkoutId: string, pending: HeartbeatRequest): Promise<HeartbeatReply> {
+    return this.json('POST', `/checkouts/${checkoutId}/heartbeat`, pending);
   }
 
   desktops(): Promise<{ desktops: DesktopInfo[] }> {

@@ -14,6 +14,7 @@ import { fetchPersona } from './persona-engine.js';
 import { Progress } from './progress.js';
 import { ServerBlockSource } from './block-source.js';
 import { DiskLock } from './disk-lock.js';
+import { requireLease } from './lease.js';
 import { diskStampOf, openLocalDisk, startJournal } from './disk-session.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 
@@ -71,9 +72,10 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
     await fs.rename(disk, partial);
   }
   const resumed = info.resumed || local?.state === 'downloading';
+  const lease = { leaseExpiresAt: info.leaseExpiresAt ?? null };
   if (opts.stream) return startStream(state, api, login, name, { info, encoded, manifest, disk, prior, local, personaTo: opts.personaTo, resumed, t0 });
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'downloading', version: info.version, manifestId: info.manifestId,
-    manifest: encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString() });
+    manifest: encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString(), ...lease });
 
   await fs.mkdir(path.dirname(disk), { recursive: true });
   const fd = openSync(partial, fsc.O_RDWR | fsc.O_CREAT, 0o644);
@@ -225,7 +227,7 @@ async function startStream(state: LocalState, api: ApiClient, login: Login, name
   const partial = `${disk}.partial`;
   const reuse = s.prior && s.prior.manifest.blockSize === manifest.blockSize && (await exists(partial)) ? s.prior : null;
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'downloading', version: info.version, manifestId: info.manifestId,
-    manifest: s.encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString() });
+    manifest: s.encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString(), leaseExpiresAt: info.leaseExpiresAt ?? null });
   await fs.mkdir(path.dirname(disk), { recursive: true });
   if (reuse) await fs.rename(partial, disk);
   const fd = openSync(disk, reuse ? 'r+' : 'w', 0o644);
@@ -268,6 +270,7 @@ function countHoles(m: DiskManifest): number {
 
 /** `carryon checkout NAME` on a streamed checkout: download what is still missing, here and now. */
 async function finishStream(state: LocalState, api: ApiClient, local: LocalCheckout, quiet: boolean, t0: number): Promise<CheckoutResult> {
+  await requireLease(state, local, api);
   const lock = DiskLock.acquire(state.home, local.desktop, 'checkout');
   try {
     const manifest = decodeManifest(local.manifest);

@@ -6,6 +6,7 @@ import { registerCheckout } from './commands/checkout.js';
 import { registerDiscard } from './commands/discard.js';
 import { registerLogin } from './commands/login.js';
 import { registerPersona } from './commands/persona.js';
+import { registerRenew } from './commands/renew.js';
 import { registerServe } from './commands/serve.js';
 import { registerStatus } from './commands/status.js';
 
@@ -22,6 +23,7 @@ registerLogin(program);
 registerCheckout(program);
 registerCheckin(program);
 registerServe(program);
+registerRenew(program);
 registerStatus(program);
 registerDiscard(program);
 registerPersona(program);

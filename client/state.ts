@@ -29,6 +29,8 @@ export interface LocalCheckout {
   diskPath: string;
   startedAt: string;
   updatedAt: string;
+  /** When the offline lease runs out (null: granted by a server without leases). */
+  leaseExpiresAt?: string | null;
 }
 
 export interface Login {
@@ -61,6 +63,8 @@ const MIGRATIONS = [
    INSERT INTO checkouts_v3 SELECT * FROM checkouts;
    DROP TABLE checkouts;
    ALTER TABLE checkouts_v3 RENAME TO checkouts;`,
+  // 4: the offline lease of each checkout, as the server last granted it.
+  `ALTER TABLE checkouts ADD COLUMN lease_expires_at TEXT;`,
 ];
 
 export interface LocalPersonaCopy {
@@ -150,12 +154,12 @@ export class LocalState {
 
   putCheckout(c: Omit<LocalCheckout, 'updatedAt'>): void {
     this.db
-      .prepare(`INSERT INTO checkouts (desktop, server, checkout_id, state, version, manifest_id, manifest, cheap, disk_path, started_at, updated_at)
-        VALUES (@desktop, @server, @checkoutId, @state, @version, @manifestId, @manifest, @cheap, @diskPath, @startedAt, @updatedAt)
+      .prepare(`INSERT INTO checkouts (desktop, server, checkout_id, state, version, manifest_id, manifest, cheap, disk_path, started_at, updated_at, lease_expires_at)
+        VALUES (@desktop, @server, @checkoutId, @state, @version, @manifestId, @manifest, @cheap, @diskPath, @startedAt, @updatedAt, @leaseExpiresAt)
         ON CONFLICT(desktop) DO UPDATE SET server = excluded.server, checkout_id = excluded.checkout_id, state = excluded.state, version = excluded.version,
           manifest_id = excluded.manifest_id, manifest = excluded.manifest, cheap = excluded.cheap, disk_path = excluded.disk_path,
-          started_at = excluded.started_at, updated_at = excluded.updated_at`)
-      .run({ ...c, updatedAt: new Date().toISOString() });
+          started_at = excluded.started_at, updated_at = excluded.updated_at, lease_expires_at = COALESCE(excluded.lease_expires_at, checkouts.lease_expires_at)`)
+      .run({ ...c, leaseExpiresAt: c.leaseExpiresAt ?? null, updatedAt: new Date().toISOString() });
   }
 
   persona(desktop: string): LocalPersonaCopy | null {
@@ -173,6 +177,21 @@ export class LocalState {
 
   removePersona(desktop: string): void {
     this.db.prepare('DELETE FROM personas WHERE desktop = ?').run(desktop);
+  }
+
+  setLease(desktop: string, leaseExpiresAt: string): void {
+    this.db.prepare('UPDATE checkouts SET lease_expires_at = ? WHERE desktop = ?').run(leaseExpiresAt, desktop);
+  }
+
+  /**
+   * The laptop's idea of now, which never goes backwards: the latest of the wall clock and every time
+   * seen before (kept in the state), so turning the clock back does not stretch a lease.
+   */
+  monotonicNow(): number {
+    const seen = Number(this.get('clockHighWater') ?? 0);
+    const t = Math.max(Date.now(), seen);
+    if (t > seen) this.set('clockHighWater', String(t));
+    return t;
   }
 
   /** Where a checkout's disk journal (dirty map) lives: beside the state, not the disk (which may be anywhere). */
@@ -198,5 +217,6 @@ function rowToCheckout(r: Record<string, unknown>): LocalCheckout {
     diskPath: r.disk_path as string,
     startedAt: r.started_at as string,
     updatedAt: r.updated_at as string,
+    leaseExpiresAt: (r.lease_expires_at as string | null) ?? null,
   };
 }

@@ -7,13 +7,14 @@ import {
   API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, createDecompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
   manifestId, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
-  parsePersonaPushInfo, personaId, unpackEntries, type PersonaCommitResult, type PersonaPushInfo,
+  parsePersonaPushInfo, personaId, unpackEntries, parseDeviceRequest, parseHeartbeatRequest, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
 } from '../src/index.js';
 import { ingestUpload, ManifestCache, missingForCommit, readAhead } from './blocks.js';
 import { crashPoint } from './crash-point.js';
 import type { PersonaService } from './persona-service.js';
 import { decodeParam, header, readBody, readJson, sendJson } from './http-util.js';
 import type { SqliteMeta, User } from './meta.js';
+import { SqliteFleetMeta, type Actor } from './fleet-meta.js';
 
 /** Largest manifest a commit may carry: 128 MiB = 4M blocks, 256 GiB at 64 KiB blocks. */
 const MAX_MANIFEST_BYTES = 128 * 1024 * 1024;
@@ -28,6 +29,10 @@ interface Ctx {
   url: URL;
   params: string[];
   user: User;
+  /** The device a device token belongs to (null for a user's own token). */
+  device: string | null;
+  /** Who is asking, from where: for the audit log. */
+  actor: Actor;
 }
 
 type Handler = (ctx: Ctx) => Promise<unknown>;
@@ -37,7 +42,8 @@ export class CarryonHttpServer {
   private readonly manifests: ManifestCache;
   private readonly routes: Array<{ method: string; re: RegExp; handler: Handler }> = [];
 
-  constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly personas: PersonaService, private readonly log: Logger) {
+  constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly personas: PersonaService, private readonly log: Logger,
+    private readonly fleet: SqliteFleetMeta = new SqliteFleetMeta(meta.db)) {
     this.manifests = new ManifestCache(meta);
     this.server = http.createServer((req, res) => void this.handle(req, res));
     this.server.keepAliveTimeout = 30_000;
@@ -53,7 +59,30 @@ export class CarryonHttpServer {
     r('POST', '/checkouts/:id/blocks/missing', (c) => this.missing(c));
     r('PUT', '/checkouts/:id/blocks', (c) => this.upload(c));
     r('POST', '/checkouts/:id/commit', (c) => this.commit(c));
-    r('DELETE', '/checkouts/:id', async ({ user, params }) => this.meta.discardCheckout(user, params[0]!));
+    r('DELETE', '/checkouts/:id', async ({ user, params, actor }) => {
+      const out = this.meta.discardCheckout(user, params[0]!);
+      if (!out.already) this.fleet.audit(actor, 'checkout.discard', `desktop:${out.desktop}`, { checkoutId: params[0] });
+      return out;
+    });
+    r('POST', '/checkouts/:id/heartbeat', (c) => this.heartbeat(c));
+    r('POST', '/devices', async ({ req, user, actor }) => {
+      const { device, name } = parseDeviceRequest(await readJson(req));
+      return this.fleet.registerDevice(user, device, name, { ...actor, device });
+    });
+    // Admin: who holds what, tokens, leases, the audit log.
+    const admin = (h: Handler): Handler => async (c) => {
+      if (!c.user.isAdmin) throw new CarryonError('FORBIDDEN', `${c.user.name} is not an admin`);
+      return h(c);
+    };
+    r('GET', '/admin/checkouts', admin(async () => ({ checkouts: this.fleet.activeCheckouts() })));
+    r('POST', '/admin/checkouts/:id/lease', admin(async ({ req, params, actor }) => {
+      const days = (await readJson(req) as { days?: unknown }).days;
+      if (typeof days !== 'number') throw new CarryonError('BAD_REQUEST', 'days must be a number');
+      return this.fleet.extendLease(params[0]!, days, actor);
+    }));
+    r('GET', '/admin/tokens', admin(async () => ({ tokens: this.fleet.tokens() })));
+    r('POST', '/admin/tokens/:id/revoke', admin(async ({ params, actor }) => this.fleet.revokeToken(intOf(params[0]!), actor)));
+    r('GET', '/admin/audit', admin(async ({ url }) => ({ audit: this.fleet.auditLog(url.searchParams.has('limit') ? intParam(url, 'limit') : 200) })));
     r('GET', '/persona', (c) => this.sendPersona(c));
     r('POST', '/persona/chunks/get', (c) => this.sendPersonaChunks(c));
     r('POST', '/persona/chunks/missing', async ({ req }) => ({ missing: this.meta.missingBlocks(parseIdList(await readJson(req), MAX_QUERY_IDS)) }));
@@ -86,9 +115,11 @@ export class CarryonHttpServer {
     try {
       const route = this.routes.find((r) => r.method === req.method && r.re.test(url.pathname));
       if (!route) throw new CarryonError('NOT_FOUND', `no route ${req.method} ${url.pathname}`);
-      user = this.authenticate(req);
+      const who = this.authenticate(req);
+      user = who.user;
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeParam);
-      const out = await route.handler({ req, res, url, params, user });
+      const actor: Actor = { name: who.user.name, device: who.device ?? header(req, HEADER_DEVICE) ?? null, address: req.socket.remoteAddress ?? null };
+      const out = await route.handler({ req, res, url, params, user, device: who.device, actor });
       if (!res.headersSent && out !== undefined) sendJson(res, 200, out);
     } catch (err) {
       const e = asCarryonError(err);
@@ -108,12 +139,15 @@ export class CarryonHttpServer {
     }
   }
 
-  private authenticate(req: http.IncomingMessage): User {
+  private authenticate(req: http.IncomingMessage): { user: User; device: string | null } {
     const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
     if (!m) throw new CarryonError('UNAUTHORIZED', 'missing bearer token: log in with `carryon login URL --token TOKEN`');
-    const user = this.meta.userByToken(m[1]!);
-    if (!user) throw new CarryonError('UNAUTHORIZED', 'the token is unknown or revoked');
-    return user;
+    const who = this.fleet.authenticate(m[1]!, req.socket.remoteAddress ?? null);
+    if (!who) throw new CarryonError('UNAUTHORIZED', 'the token is unknown or revoked');
+    // A device token speaks only for its own device.
+    const claimed = header(req, HEADER_DEVICE);
+    if (who.device && claimed !== undefined && claimed !== who.device) throw new CarryonError('FORBIDDEN', 'this token belongs to another device');
+    return { user: who.user, device: who.device };
   }
 
   private activeCheckout(user: User, id: string, device: string | undefined) {
@@ -127,12 +161,23 @@ export class CarryonHttpServer {
     return this.manifests.get(this.meta.versionManifest(co.desktop_id, co.base_version));
   }
 
-  private async startCheckout({ req, user, params }: Ctx): Promise<CheckoutInfo> {
+  private async startCheckout({ req, user, params, actor, device: tokenDevice }: Ctx): Promise<CheckoutInfo> {
     const { device, deviceName } = parseCheckoutRequest(await readJson(req));
+    if (tokenDevice && device !== tokenDevice) throw new CarryonError('FORBIDDEN', 'this token belongs to another device');
     const { row, resumed, manifestId: mid } = this.meta.startCheckout(user, parseName(params[0], 'desktop'), device, deviceName);
     // The persona version the laptop gets with the disk: the base of its check-in's merge.
     const personaVersion = row.persona_base_version ?? this.meta.setCheckoutPersonaBase(row.id, this.personas.get(user).version);
-    return { checkoutId: row.id, desktop: params[0]!, version: row.base_version, manifestId: mid, resumed, personaVersion };
+    const leaseExpiresAt = this.fleet.renewLease(row);
+    if (!resumed) this.fleet.audit({ ...actor, device }, 'checkout.start', `desktop:${params[0]!}`, { checkoutId: row.id, version: row.base_version, deviceName });
+    return { checkoutId: row.id, desktop: params[0]!, version: row.base_version, manifestId: mid, resumed, personaVersion, leaseExpiresAt, leaseDays: this.fleet.leaseDays(row.desktop_id) };
+  }
+
+  /** A laptop's contact: the lease starts over, and the server learns what it has not sent yet. */
+  private async heartbeat({ req, user, params }: Ctx): Promise<HeartbeatReply> {
+    const pending = parseHeartbeatRequest(await readJson(req));
+    const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
+    const leaseExpiresAt = this.fleet.renewLease(co, { bytes: pending.pendingBytes, blocks: pending.pendingBlocks });
+    return { checkoutId: co.id, leaseExpiresAt, leaseDays: this.fleet.leaseDays(co.desktop_id), serverTime: new Date().toISOString() };
   }
 
   private async sendPersona({ res, url, user }: Ctx): Promise<undefined> {
@@ -165,13 +210,17 @@ export class CarryonHttpServer {
     return parts;
   }
 
-  private async pushPersona({ req, user }: Ctx): Promise<PersonaCommitResult> {
+  private async pushPersona({ req, user, actor }: Ctx): Promise<PersonaCommitResult> {
     const parts = await this.commitParts(req);
     const snapshot = parts.get('persona-delta.json');
     const info = parts.get('push.json');
     if (!snapshot || !info) throw new CarryonError('BAD_REQUEST', 'a persona push carries persona-delta.json and push.json');
     const push = parsePersonaPushInfo(parseJsonPart(info));
-    return this.meta.db.transaction(() => this.personas.commit(user, parseJsonPart(snapshot), push, null))();
+    return this.meta.db.transaction(() => {
+      const r = this.personas.commit(user, parseJsonPart(snapshot), push, null);
+      if (r.changed) this.fleet.audit(actor, 'persona.push', `user:${user.name}`, { version: r.version, merged: r.merged, desktop: push.desktop });
+      return r;
+    })();
   }
 
   private async sendManifest({ res, user, params }: Ctx): Promise<undefined> {
@@ -236,7 +285,7 @@ export class CarryonHttpServer {
     return ingestUpload(this.meta, this.store, this.baseOf(co), bodyOf(req));
   }
 
-  private async commit({ req, user, params }: Ctx): Promise<CommitResult> {
+  private async commit({ req, user, params, actor }: Ctx): Promise<CommitResult> {
     const device = header(req, HEADER_DEVICE);
     if (!device) throw new CarryonError('BAD_REQUEST', `commit needs the ${HEADER_DEVICE} header`);
     // A bare manifest commits the disk alone; a tar carries the disk manifest with the persona.
@@ -276,9 +325,16 @@ export class CarryonHttpServer {
       let p: PersonaCommitResult | undefined;
       if (persona && r.already) p = this.personas.committedBy(user, co.id);
       else if (persona) p = this.personas.commit(user, persona.delta, persona.push, co.id);
+      if (!r.already) this.fleet.audit(actor, 'checkout.commit', `desktop:${r.desktop}`, { checkoutId: co.id, from: r.previousVersion, to: r.version, persona: p?.version ?? null });
       return { desktop: r.desktop, version: r.version, manifestId: id, previousVersion: r.previousVersion, alreadyCommitted: r.already, ...(p ? { persona: p } : {}) };
     })();
   }
+}
+
+function intOf(s: string): number {
+  const n = Number(s);
+  if (!Number.isSafeInteger(n) || n < 1) throw new CarryonError('BAD_REQUEST', `${JSON.stringify(s.slice(0, 40))} is not an id`);
+  return n;
 }
 
 function intParam(url: URL, name: string): number {

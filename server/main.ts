@@ -2,6 +2,7 @@
 // commands/; this file only wires them to commander.
 import { createRequire } from 'node:module';
 import { Command } from 'commander';
+import { registerAdmin } from './commands/admin.js';
 import { registerDesktopCreate } from './commands/desktop-create.js';
 import { registerDesktopPolicy } from './commands/desktop-policy.js';
 import { registerImagePublish } from './commands/image-publish.js';
@@ -31,6 +32,7 @@ registerDesktopCreate(desktop);
 registerDesktopPolicy(desktop);
 registerPersona(program);
 registerStatus(program);
+registerAdmin(program);
 
 program.exitOverride((err) => {
   process.exit(err.exitCode === 0 ? 0 : 2);

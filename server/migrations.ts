@@ -119,4 +119,36 @@ export const MIGRATIONS: Migration[] = [
         CHECK (registry_policy IN ('newest', 'server', 'laptop'));
     `,
   },
+  {
+    version: 3,
+    why: 'Fleet control, part 1: each laptop is a device with its own token (stored hashed, listable, revocable); every checkout carries an offline lease (days from the desktop, else the image, else 7) and the last contact and pending bytes its device reported; an append-only audit log of every state change says who, what, when and from where.',
+    sql: `
+      CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_seen_at TEXT,
+        last_address TEXT
+      );
+      ALTER TABLE tokens ADD COLUMN device_id TEXT REFERENCES devices(id);
+      ALTER TABLE tokens ADD COLUMN last_used_at TEXT;
+      ALTER TABLE checkouts ADD COLUMN lease_expires_at TEXT;
+      ALTER TABLE checkouts ADD COLUMN last_contact_at TEXT;
+      ALTER TABLE checkouts ADD COLUMN pending_bytes INTEGER;
+      ALTER TABLE checkouts ADD COLUMN pending_blocks INTEGER;
+      ALTER TABLE desktops ADD COLUMN lease_days REAL;
+      ALTER TABLE images ADD COLUMN lease_days REAL;
+      CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        device TEXT,
+        address TEXT,
+        action TEXT NOT NULL,
+        target TEXT,
+        detail TEXT
+      );
+    `,
+  },
 ];

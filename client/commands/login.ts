@@ -1,4 +1,4 @@
-// carryon login URL --token TOKEN: check the token against the server and remember it for this laptop.
+// carryon login URL --token TOKEN: check the token, register this laptop as a device, keep the device's own token.
 import os from 'node:os';
 import type { Command } from 'commander';
 import { CarryonError } from '../../src/index.js';
@@ -22,7 +22,10 @@ export function registerLogin(program: Command): void {
         const api = new ApiClient({ url: u.origin, token: String(opts.token), device: state.deviceId() });
         try {
           const who = await api.whoami();
-          const l = state.saveLogin({ url: u.origin, token: String(opts.token), deviceName: String(opts.deviceName), user: who.user });
+          // The laptop keeps a token of its own (a device token), never the user's: an admin can list
+          // and revoke it without touching the user's other laptops.
+          const reg = await api.registerDevice(state.deviceId(), String(opts.deviceName));
+          const l = state.saveLogin({ url: u.origin, token: reg.token, deviceName: String(opts.deviceName), user: who.user });
           return { server: l.url, user: who.user, admin: who.admin, device: l.device, deviceName: l.deviceName, home: state.home };
         } finally {
           api.close();

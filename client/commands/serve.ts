@@ -12,6 +12,7 @@ import { ApiClient } from '../api-client.js';
 import { ServerBlockSource } from '../block-source.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
+import { requireLease } from '../lease.js';
 import { openLocalDisk } from '../disk-session.js';
 import { homeOf, LocalState } from '../state.js';
 
@@ -47,6 +48,16 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     if (!local || (local.state !== 'active' && local.state !== 'streaming')) {
       throw new CarryonError('NOT_CHECKED_OUT', `${name}: ${!local ? 'it is not checked out on this laptop' : local.state === 'downloading' ? 'its check-out is incomplete: run `carryon checkout` again' : 'it was checked in; check it out again to use it'}`, { desktop: name, state: local?.state ?? null });
     }
+    // An expired offline lease keeps the disk closed, unless the server renews it right now.
+    let leaseApi: ApiClient | null = null;
+    try {
+      const l = state.login();
+      leaseApi = new ApiClient({ url: l.url, token: l.token, device: l.device, idleTimeoutMs: 10_000 });
+    } catch {
+      leaseApi = null;
+    }
+    const lease = await requireLease(state, local, leaseApi).finally(() => leaseApi?.close());
+    if (lease.warning) log('lease-warning', { leaseExpiresAt: lease.expiresAt, remainingMs: lease.remainingMs }, `carryon serve: ${lease.warning}`);
     lock = DiskLock.acquire(state.home, name, 'serve');
     let source: ServerBlockSource | null = null;
     if (local.state === 'streaming') {

@@ -7,6 +7,7 @@ import { decodeManifest, fmtDuration, parseName } from '../../src/index.js';
 import { scanChanges } from '../checkin-engine.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
+import { leaseStatus, type LeaseStatus } from '../lease.js';
 import { openJournal } from '../disk-session.js';
 import { fmtBytes } from '../progress.js';
 import type { LocalCheckout, LocalState } from '../state.js';
@@ -30,6 +31,8 @@ async function describe(state: LocalState, r: LocalCheckout, quiet: boolean): Pr
   const m = decodeManifest(r.manifest);
   const entry: Record<string, unknown> = { desktop: r.desktop, state: r.state, version: r.version, disk: r.diskPath, server: r.server, size: m.size, since: r.startedAt };
   if (r.state !== 'active' && r.state !== 'streaming') return entry;
+  const lease = leaseStatus(state, r);
+  entry.lease = lease;
   const owner = DiskLock.owner(state.home, r.desktop);
   entry.servedBy = owner?.purpose === 'serve' ? owner.pid : null;
   const opened = openJournal(state, r, true);
@@ -75,6 +78,9 @@ function human(d: Record<string, unknown>): string {
   if (d.state === 'downloading') return `${head}: check-out incomplete: run \`carryon checkout ${d.desktop}\` again to resume`;
   if (d.state === 'checked-in') return `${head}: checked in (the file is a read-only copy of that version)`;
   const lines = [`${head}: checked out since ${d.since}${d.servedBy ? `; served over NBD by pid ${d.servedBy}` : ''}`];
+  const lease = d.lease as LeaseStatus;
+  if (lease.warning) lines.push(`  WARNING: ${lease.warning}`);
+  else if (lease.expiresAt) lines.push(`  offline lease until ${lease.expiresAt} (${fmtDuration(lease.remainingMs! / 1000)} left)`);
   const size = d.size as number;
   const local = d.localBytes as number;
   if (d.readyToTravel) lines.push('  every block is local: ready to travel');

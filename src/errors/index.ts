@@ -20,6 +20,7 @@ export const ERROR_CODES = {
   DESKTOP_NOT_FOUND: { http: 404, exit: 4, what: 'no such desktop (or not yours)' },
   CHECKOUT_NOT_FOUND: { http: 404, exit: 4, what: 'no such active checkout' },
   BLOCK_NOT_FOUND: { http: 404, exit: 4, what: 'a block is not in the store' },
+  TOKEN_NOT_FOUND: { http: 404, exit: 4, what: 'no token with that id' },
   MANIFEST_NOT_FOUND: { http: 404, exit: 4, what: 'a manifest is not in the store' },
   // state
   ALREADY_EXISTS: { http: 409, exit: 5, what: 'a user, image or desktop of that name exists' },
@@ -30,6 +31,7 @@ export const ERROR_CODES = {
   LOCAL_PATH_CONFLICT: { http: 409, exit: 8, what: 'the target path exists and is not ours to overwrite' },
   DISK_IN_USE: { http: 409, exit: 8, what: 'another carryon process (serve, check-in) has the local disk open' },
   DISK_INCOMPLETE: { http: 409, exit: 8, what: 'part of a streamed disk is not on this laptop yet and the server cannot be reached' },
+  LEASE_EXPIRED: { http: 403, exit: 11, what: "the checkout's offline lease ran out: renew it online or with a code from an admin" },
   DATA_DIR_INVALID: { http: 500, exit: 8, what: 'the server data folder is missing or not initialised' },
   // integrity
   BLOCK_CORRUPT: { http: 422, exit: 6, what: 'block bytes do not match their hash' },

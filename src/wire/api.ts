@@ -48,6 +48,40 @@ export interface CheckoutInfo {
   resumed: boolean;
   /** The persona version that goes with this checkout. */
   personaVersion: number;
+  /** When the offline lease runs out unless the laptop contacts the server again (ISO time). */
+  leaseExpiresAt: string;
+  leaseDays: number;
+}
+
+/** A laptop's periodic contact while it holds a checkout: what it has not sent yet. */
+export interface HeartbeatRequest {
+  pendingBytes: number;
+  pendingBlocks: number;
+}
+
+export interface HeartbeatReply {
+  checkoutId: string;
+  leaseExpiresAt: string;
+  leaseDays: number;
+  serverTime: string;
+}
+
+export function parseHeartbeatRequest(body: unknown): HeartbeatRequest {
+  const b = (body ?? {}) as Record<string, unknown>;
+  const n = (k: string): number => {
+    const v = b[k] ?? 0;
+    if (!Number.isSafeInteger(v) || (v as number) < 0) throw new CarryonError('BAD_REQUEST', `${k} must be a non-negative integer`);
+    return v as number;
+  };
+  return { pendingBytes: n('pendingBytes'), pendingBlocks: n('pendingBlocks') };
+}
+
+/** `carryon login`: this laptop's id (made once per home) and a name people recognise. */
+export function parseDeviceRequest(body: unknown): { device: string; name: string } {
+  const b = (body ?? {}) as Record<string, unknown>;
+  if (typeof b.device !== 'string' || !/^[0-9a-f-]{36}$/.test(b.device)) throw new CarryonError('BAD_REQUEST', 'device must be the laptop id (a UUID)');
+  if (typeof b.name !== 'string' || b.name.length === 0 || b.name.length > 200) throw new CarryonError('BAD_REQUEST', 'name must be 1-200 characters');
+  return { device: b.device, name: b.name };
 }
 
 export interface CommitResult {

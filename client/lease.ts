@@ -1,0 +1,53 @@
+// Offline leases on the laptop: how long a checkout may be used without contacting the server, as
+// the server last granted it. Time comes from LocalState.monotonicNow(), which never goes backwards,
+// so turning the clock back does not extend a lease. Commands that open the disk call requireLease.
+import { CarryonError } from '../src/index.js';
+import type { ApiClient } from './api-client.js';
+import type { LocalCheckout, LocalState } from './state.js';
+
+/** Warn when less than this is left (or a fifth of the lease, if that is shorter). */
+const WARN_MS = 24 * 3600 * 1000;
+
+export interface LeaseStatus {
+  expiresAt: string | null;
+  /** Milliseconds left (negative: expired); null without a lease. */
+  remainingMs: number | null;
+  expired: boolean;
+  warning: string | null;
+}
+
+export function leaseStatus(state: LocalState, local: LocalCheckout): LeaseStatus {
+  if (!local.leaseExpiresAt) return { expiresAt: null, remainingMs: null, expired: false, warning: null };
+  const left = Date.parse(local.leaseExpiresAt) - state.monotonicNow();
+  const expired = left <= 0;
+  const warning = expired
+    ? `the offline lease of ${local.desktop} ran out at ${local.leaseExpiresAt}: connect to the server and run \`carryon renew ${local.desktop}\``
+    : left < WARN_MS ? `the offline lease of ${local.desktop} ends in ${Math.max(1, Math.round(left / 60_000))} min (${local.leaseExpiresAt}): connect to the server and run \`carryon renew ${local.desktop}\`` : null;
+  return { expiresAt: local.leaseExpiresAt, remainingMs: left, expired, warning };
+}
+
+/** Tell the server we are here: the lease starts over; it learns what has not been sent yet. */
+export async function renewLease(state: LocalState, api: ApiClient, local: LocalCheckout, pending = { pendingBytes: 0, pendingBlocks: 0 }): Promise<string> {
+  const r = await api.heartbeat(local.checkoutId, pending);
+  state.setLease(local.desktop, r.leaseExpiresAt);
+  return r.leaseExpiresAt;
+}
+
+/**
+ * Refuse to open the disk of a checkout whose lease ran out, unless the server can renew it now.
+ * `api` null: offline (no login); the refusal then says what to do.
+ */
+export async function requireLease(state: LocalState, local: LocalCheckout, api: ApiClient | null): Promise<LeaseStatus> {
+  const s = leaseStatus(state, local);
+  if (!s.expired) return s;
+  if (api) {
+    try {
+      await renewLease(state, api, local);
+      return leaseStatus(state, state.checkout(local.desktop)!);
+    } catch (err) {
+      if (!(err instanceof CarryonError) || err.code !== 'SERVER_UNREACHABLE') throw err;
+    }
+  }
+  throw new CarryonError('LEASE_EXPIRED', `the offline lease of ${local.desktop} ran out at ${local.leaseExpiresAt}; the disk stays closed until the lease is renewed: ` +
+    `connect to the office network and run \`carryon renew ${local.desktop}\`. Your data is safe on this laptop.`, { desktop: local.desktop, leaseExpiresAt: local.leaseExpiresAt });
+}

@@ -1,0 +1,78 @@
+// carryon-server admin ...: fleet control from the server's own command line (the same actions as
+// the admin HTTP API): who holds which desktop and until when, device tokens, lease extensions,
+// lease policies, and the audit log. Every change is audited as `cli:<os user>`.
+import os from 'node:os';
+import type { Command } from 'commander';
+import { CarryonError, fmtBytes, parseName } from '../../src/index.js';
+import { withData } from '../cli-util.js';
+import { SqliteFleetMeta, type Actor } from '../fleet-meta.js';
+import { optsOf, withCommonOptions } from './options.js';
+
+export function cliActor(): Actor {
+  return { name: `cli:${os.userInfo().username}`, device: null, address: 'local' };
+}
+
+function positive(v: unknown, what: string): number {
+  const n = Number(v);
+  if (!(n > 0) || !Number.isFinite(n)) throw new CarryonError('INVALID_ARGUMENT', `${what} must be a positive number, got ${String(v)}`);
+  return n;
+}
+
+function ago(iso: string | null): string {
+  if (!iso) return 'never';
+  const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
+  return s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
+}
+
+function until(iso: string | null): string {
+  if (!iso) return 'no lease';
+  const s = Math.round((Date.parse(iso) - Date.now()) / 1000);
+  if (s <= 0) return `EXPIRED ${ago(iso)}`;
+  return s < 7200 ? `${Math.round(s / 60)} min left` : s < 172_800 ? `${Math.round(s / 3600)} h left` : `${Math.round(s / 86400)} days left`;
+}
+
+export function registerAdmin(program: Command): void {
+  const admin = program.command('admin').description('fleet control: checkouts, leases, device tokens, audit log');
+
+  withCommonOptions(admin.command('checkouts').description('active checkouts: user, device, since, lease expiry, last contact, bytes pending')).action(async (_o, cmd: Command) => {
+    await withData(optsOf(cmd), (d) => ({ checkouts: new SqliteFleetMeta(d.db).activeCheckouts() }), (r) =>
+      r.checkouts.length === 0 ? 'no active checkouts' : r.checkouts.map((c) =>
+        `${c.desktop} (v${c.baseVersion}) by ${c.user} on ${c.deviceName} since ${c.since}; lease ${until(c.leaseExpiresAt)} (${c.leaseExpiresAt ?? '-'}); ` +
+        `last contact ${ago(c.lastContactAt)}; pending ${c.pendingBytes === null ? 'unknown' : `${fmtBytes(c.pendingBytes)} in ${c.pendingBlocks} blocks`}; checkout ${c.checkoutId}`).join('\n'));
+  });
+
+  withCommonOptions(admin.command('extend <checkout>').description("push a checkout's offline lease out by N days"))
+    .requiredOption('--days <n>', 'days to add (from now, or from the current expiry if later)')
+    .action(async (checkout: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await withData(opts, (d) => new SqliteFleetMeta(d.db).extendLease(checkout, positive(opts.days, '--days'), cliActor()), (c) => `${c.desktop}: lease now ends ${c.leaseExpiresAt} (${until(c.leaseExpiresAt)})`);
+    });
+
+  withCommonOptions(admin.command('lease-policy <kind> <name>').description('offline lease length of a desktop or an image (kind: desktop or image)'))
+    .option('--days <n>', 'lease length in days (a desktop overrides its image; default 7)')
+    .option('--clear', 'remove the setting (fall back to the image, then to 7 days)')
+    .action(async (kind: string, name: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await withData(opts, (d) => {
+        if (kind !== 'desktop' && kind !== 'image') throw new CarryonError('INVALID_ARGUMENT', 'kind must be desktop or image');
+        const days = opts.clear === true ? null : positive(opts.days, '--days');
+        new SqliteFleetMeta(d.db).setLeaseDays(kind, parseName(name, kind === 'desktop' ? 'desktop' : 'image'), days, cliActor());
+        return { [kind]: name, leaseDays: days };
+      }, (r) => `${kind} ${name}: lease ${r.leaseDays === null ? 'follows the default' : `${r.leaseDays} days`}`);
+    });
+
+  withCommonOptions(admin.command('tokens').description('every token: user, device, created, last used, revoked')).action(async (_o, cmd: Command) => {
+    await withData(optsOf(cmd), (d) => ({ tokens: new SqliteFleetMeta(d.db).tokens() }), (r) => r.tokens.map((t) =>
+      `#${t.id} ${t.user}${t.device ? ` device ${t.deviceName} (${t.device})` : ' (user token)'} created ${t.createdAt}, last used ${ago(t.lastUsedAt)}${t.revokedAt ? `, REVOKED ${t.revokedAt}` : ''}`).join('\n'));
+  });
+
+  withCommonOptions(admin.command('revoke <token-id>').description('revoke a token (the device must log in again)')).action(async (id: string, _o, cmd: Command) => {
+    await withData(optsOf(cmd), (d) => new SqliteFleetMeta(d.db).revokeToken(positive(id, 'token id'), cliActor()), (t) => `token #${t.id} of ${t.user} revoked at ${t.revokedAt}`);
+  });
+
+  withCommonOptions(admin.command('audit').description('the audit log, newest first')).option('--limit <n>', 'rows', '50').action(async (_o, cmd: Command) => {
+    const opts = optsOf(cmd);
+    await withData(opts, (d) => ({ audit: new SqliteFleetMeta(d.db).auditLog(positive(opts.limit, '--limit')) }), (r) => r.audit.map((a) =>
+      `${a.at} ${a.actor}${a.device ? `@${a.device}` : ''}${a.address ? ` from ${a.address}` : ''}: ${a.action} ${a.target ?? ''} ${JSON.stringify(a.detail)}`).join('\n'));
+  });
+}

@@ -1,0 +1,196 @@
+// SqliteFleetMeta: devices and their tokens, offline leases, and the audit log (migration 3).
+// Owns: minting device tokens (stored as SHA-256 only), listing and revoking tokens, computing a
+// checkout's lease from policy, heartbeats, and appending audit rows. Must not know: HTTP, the CLI.
+import { createHash, randomBytes } from 'node:crypto';
+import { CarryonError } from '../src/index.js';
+import type { Db } from './db.js';
+import type { CheckoutRow, User } from './meta.js';
+
+/** Offline lease when neither the desktop nor its image sets one. */
+export const DEFAULT_LEASE_DAYS = 7;
+const DAY_MS = 24 * 3600 * 1000;
+
+const now = (): string => new Date().toISOString();
+export const hashToken = (token: string): Buffer => createHash('sha256').update(token).digest();
+
+/** Who did something, and from where: every audit row carries one. */
+export interface Actor {
+  /** A user name, or `cli:<os user>` for the server's own command line. */
+  name: string;
+  device?: string | null;
+  address?: string | null;
+}
+
+export interface TokenInfo {
+  id: number;
+  user: string;
+  device: string | null;
+  deviceName: string | null;
+  createdAt: string;
+  lastUsedAt: string | null;
+  revokedAt: string | null;
+}
+
+export interface CheckoutSummary {
+  checkoutId: string;
+  desktop: string;
+  user: string;
+  device: string;
+  deviceName: string;
+  since: string;
+  baseVersion: number;
+  leaseExpiresAt: string | null;
+  lastContactAt: string | null;
+  pendingBytes: number | null;
+  pendingBlocks: number | null;
+}
+
+export interface AuditRow {
+  id: number;
+  at: string;
+  actor: string;
+  device: string | null;
+  address: string | null;
+  action: string;
+  target: string | null;
+  detail: unknown;
+}
+
+export class SqliteFleetMeta {
+  /** Token ids whose last_used_at was written recently: one write per token per minute, not per request. */
+  private readonly touched = new Map<number, number>();
+
+  constructor(readonly db: Db) {}
+
+  audit(actor: Actor, action: string, target: string | null, detail: Record<string, unknown> = {}): void {
+    this.db
+      .prepare('INSERT INTO audit (at, actor, device, address, action, target, detail) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(now(), actor.name, actor.device ?? null, actor.address ?? null, action, target, JSON.stringify(detail));
+  }
+
+  auditLog(limit = 200, since?: number): AuditRow[] {
+    const rows = this.db
+      .prepare('SELECT * FROM audit WHERE id > ? ORDER BY id DESC LIMIT ?')
+      .all(since ?? 0, Math.min(Math.max(1, limit), 10_000)) as Array<Omit<AuditRow, 'detail'> & { detail: string | null }>;
+    return rows.map((r) => ({ ...r, detail: r.detail ? (JSON.parse(r.detail) as unknown) : null }));
+  }
+
+  /** The user (and device, for a device token) behind a bearer token; null when unknown or revoked. */
+  authenticate(token: string, address: string | null): { user: User; tokenId: number; device: string | null } | null {
+    const row = this.db
+      .prepare(`SELECT t.id AS token_id, t.device_id, u.id, u.name, u.is_admin FROM tokens t JOIN users u ON u.id = t.user_id
+        WHERE t.token_hash = ? AND t.revoked_at IS NULL`)
+      .get(hashToken(token)) as { token_id: number; device_id: string | null; id: number; name: string; is_admin: number } | undefined;
+    if (!row) return null;
+    const t = Date.now();
+    if ((this.touched.get(row.token_id) ?? 0) < t - 60_000) {
+      this.touched.set(row.token_id, t);
+      const at = new Date(t).toISOString();
+      this.db.prepare('UPDATE tokens SET last_used_at = ? WHERE id = ?').run(at, row.token_id);
+      if (row.device_id) this.db.prepare('UPDATE devices SET last_seen_at = ?, last_address = ? WHERE id = ?').run(at, address, row.device_id);
+    }
+    return { user: { id: row.id, name: row.name, isAdmin: row.is_admin === 1 }, tokenId: row.token_id, device: row.device_id };
+  }
+
+  /**
+   * Register a laptop as a device of `user` and mint its own token. A device id already registered to
+   * another user is refused; registering again (a new login) replaces the device's old tokens.
+   */
+  registerDevice(user: User, deviceId: string, name: string, actor: Actor): { device: string; token: string } {
+    const token = `cod_${randomBytes(32).toString('base64url')}`;
+    this.db.transaction(() => {
+      const existing = this.db.prepare('SELECT user_id FROM devices WHERE id = ?').get(deviceId) as { user_id: number } | undefined;
+      if (existing && existing.user_id !== user.id) throw new CarryonError('FORBIDDEN', `device ${deviceId} belongs to another user`, { device: deviceId });
+      const t = now();
+      if (existing) {
+        this.db.prepare('UPDATE devices SET name = ? WHERE id = ?').run(name, deviceId);
+        this.db.prepare('UPDATE tokens SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL').run(t, deviceId);
+      } else {
+        this.db.prepare('INSERT INTO devices (id, user_id, name, created_at) VALUES (?, ?, ?, ?)').run(deviceId, user.id, name, t);
+      }
+      this.db.prepare('INSERT INTO tokens (user_id, token_hash, created_at, device_id) VALUES (?, ?, ?, ?)').run(user.id, hashToken(token), t, deviceId);
+      this.audit(actor, 'device.register', `device:${deviceId}`, { user: user.name, name, again: existing !== undefined });
+    })();
+    return { device: deviceId, token };
+  }
+
+  tokens(): TokenInfo[] {
+    const rows = this.db
+      .prepare(`SELECT t.id, u.name AS user, t.device_id AS device, d.name AS device_name, t.created_at, t.last_used_at, t.revoked_at
+        FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN devices d ON d.id = t.device_id ORDER BY t.id`)
+      .all() as Array<{ id: number; user: string; device: string | null; device_name: string | null; created_at: string; last_used_at: string | null; revoked_at: string | null }>;
+    return rows.map((r) => ({ id: r.id, user: r.user, device: r.device, deviceName: r.device_name, createdAt: r.created_at, lastUsedAt: r.last_used_at, revokedAt: r.revoked_at }));
+  }
+
+  revokeToken(id: number, actor: Actor): TokenInfo {
+    return this.db.transaction(() => {
+      const t = this.tokens().find((x) => x.id === id);
+      if (!t) throw new CarryonError('TOKEN_NOT_FOUND', `no token with id ${id}`, { token: id });
+      if (!t.revokedAt) {
+        this.db.prepare('UPDATE tokens SET revoked_at = ? WHERE id = ?').run(now(), id);
+        this.audit(actor, 'token.revoke', `token:${id}`, { user: t.user, device: t.device });
+      }
+      return this.tokens().find((x) => x.id === id)!;
+    })();
+  }
+
+  /** Lease length of a desktop's checkouts: the desktop's policy, else its image's, else the default. */
+  leaseDays(desktopId: number): number {
+    const r = this.db.prepare('SELECT d.lease_days AS d, i.lease_days AS i FROM desktops d JOIN images i ON i.id = d.image_id WHERE d.id = ?').get(desktopId) as { d: number | null; i: number | null };
+    return r.d ?? r.i ?? DEFAULT_LEASE_DAYS;
+  }
+
+  setLeaseDays(kind: 'desktop' | 'image', name: string, days: number | null, actor: Actor): void {
+    if (days !== null && !(days > 0 && days <= 365)) throw new CarryonError('INVALID_ARGUMENT', 'lease days must be more than 0 and at most 365');
+    const r = this.db.prepare(`UPDATE ${kind === 'desktop' ? 'desktops' : 'images'} SET lease_days = ? WHERE name = ?`).run(days, name);
+    if (r.changes === 0) throw new CarryonError(kind === 'desktop' ? 'DESKTOP_NOT_FOUND' : 'IMAGE_NOT_FOUND', `no ${kind} named ${name}`, { [kind]: name });
+    this.audit(actor, `${kind}.lease-policy`, `${kind}:${name}`, { leaseDays: days });
+  }
+
+  /** Start (or restart, on contact) a checkout's lease: now + its policy. */
+  renewLease(co: CheckoutRow, pending?: { bytes: number; blocks: number }): string {
+    const expires = new Date(Date.now() + this.leaseDays(co.desktop_id) * DAY_MS).toISOString();
+    if (pending) {
+      this.db.prepare('UPDATE checkouts SET lease_expires_at = ?, last_contact_at = ?, pending_bytes = ?, pending_blocks = ? WHERE id = ?')
+        .run(expires, now(), pending.bytes, pending.blocks, co.id);
+    } else {
+      this.db.prepare('UPDATE checkouts SET lease_expires_at = ?, last_contact_at = ? WHERE id = ?').run(expires, now(), co.id);
+    }
+    return expires;
+  }
+
+  /** An admin pushes a lease out by `days` from the later of now and its current expiry. */
+  extendLease(checkoutId: string, days: number, actor: Actor): CheckoutSummary {
+    if (!(days > 0 && days <= 365)) throw new CarryonError('INVALID_ARGUMENT', 'days must be more than 0 and at most 365');
+    return this.db.transaction(() => {
+      const co = this.checkout(checkoutId);
+      const from = Math.max(Date.now(), co.leaseExpiresAt ? Date.parse(co.leaseExpiresAt) : 0);
+      const expires = new Date(from + days * DAY_MS).toISOString();
+      this.db.prepare('UPDATE checkouts SET lease_expires_at = ? WHERE id = ?').run(expires, checkoutId);
+      this.audit(actor, 'lease.extend', `checkout:${checkoutId}`, { desktop: co.desktop, days, leaseExpiresAt: expires });
+      return this.checkout(checkoutId);
+    })();
+  }
+
+  private summarySelect = `SELECT c.id, d.name AS desktop, u.name AS user, c.device, c.device_name, c.started_at, c.base_version,
+      c.lease_expires_at, c.last_contact_at, c.pending_bytes, c.pending_blocks
+    FROM checkouts c JOIN desktops d ON d.id = c.desktop_id JOIN users u ON u.id = c.user_id`;
+
+  private toSummary(r: Record<string, unknown>): CheckoutSummary {
+    return {
+      checkoutId: r.id as string, desktop: r.desktop as string, user: r.user as string, device: r.device as string, deviceName: r.device_name as string,
+      since: r.started_at as string, baseVersion: r.base_version as number, leaseExpiresAt: (r.lease_expires_at as string | null) ?? null,
+      lastContactAt: (r.last_contact_at as string | null) ?? null, pendingBytes: (r.pending_bytes as number | null) ?? null, pendingBlocks: (r.pending_blocks as number | null) ?? null,
+    };
+  }
+
+  activeCheckouts(): CheckoutSummary[] {
+    return (this.db.prepare(`${this.summarySelect} WHERE c.state = 'active' ORDER BY c.started_at`).all() as Array<Record<string, unknown>>).map((r) => this.toSummary(r));
+  }
+
+  checkout(id: string): CheckoutSummary {
+    const r = this.db.prepare(`${this.summarySelect} WHERE c.id = ? AND c.state = 'active'`).get(id) as Record<string, unknown> | undefined;
+    if (!r) throw new CarryonError('CHECKOUT_NOT_FOUND', `no active checkout ${id}`, { checkoutId: id });
+    return this.toSummary(r);
+  }
+}
