@@ -97,6 +97,11 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         server.listen(port, '127.0.0.1', resolve);
       }
     });
+    // Handlers go in before "listening" is printed: a supervisor may signal as soon as it reads it.
+    const signalled = new Promise<void>((resolve) => {
+      process.once('SIGINT', () => resolve());
+      process.once('SIGTERM', () => resolve());
+    });
     const port = socketPath ? null : (server.address() as net.AddressInfo).port;
     const uri = socketPath ? `nbd+unix:///${name}?socket=${socketPath}` : `nbd://127.0.0.1:${port}/${name}`;
     const qemu = socketPath ? `nbd:unix:${socketPath}:exportname=${name}` : `nbd:127.0.0.1:${port}:exportname=${name}`;
@@ -155,11 +160,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       })();
     }
 
-    await new Promise<void>((resolve) => {
-      const onSignal = (): void => resolve();
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
-    });
+    await signalled;
     stop.abort();
     server.close();
     for (const s of sockets) s.destroy();
