@@ -124,6 +124,10 @@ export class ApiClient {
     return this.json('POST', `/checkouts/${checkoutId}/heartbeat`, pending);
   }
 
+  updateRequest(checkoutId: string, id: number, state: 'in-progress' | 'done' | 'failed', detail: Record<string, unknown>): Promise<unknown> {
+    return this.json('POST', `/checkouts/${checkoutId}/requests/${id}`, { state, detail });
+  }
+
   desktops(): Promise<{ desktops: DesktopInfo[] }> {
     return this.json('GET', '/desktops');
   }

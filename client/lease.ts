@@ -29,6 +29,9 @@ export function leaseStatus(state: LocalState, local: LocalCheckout): LeaseStatu
 /** Tell the server we are here: the lease starts over; it learns what has not been sent yet. */
 export async function renewLease(state: LocalState, api: ApiClient, local: LocalCheckout, pending = { pendingBytes: 0, pendingBlocks: 0 }): Promise<string> {
   const r = await api.heartbeat(local.checkoutId, pending);
+  if (r.rolledBack || r.leaseExpiresAt === null) {
+    throw new CarryonError('ROLLED_BACK', `an admin rolled ${local.desktop} back: this copy is no longer the desktop; \`carryon agent\` removes it (or \`carryon discard ${local.desktop}\`)`, { desktop: local.desktop });
+  }
   state.setLease(local.desktop, r.leaseExpiresAt);
   return r.leaseExpiresAt;
 }

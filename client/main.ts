@@ -1,6 +1,7 @@
 // carryon: the laptop command line. One file per command in commands/; this file wires them up.
 import { createRequire } from 'node:module';
 import { Command } from 'commander';
+import { registerAgent } from './commands/agent.js';
 import { registerCheckin } from './commands/checkin.js';
 import { registerCheckout } from './commands/checkout.js';
 import { registerDiscard } from './commands/discard.js';
@@ -24,6 +25,7 @@ registerCheckout(program);
 registerCheckin(program);
 registerServe(program);
 registerRenew(program);
+registerAgent(program);
 registerStatus(program);
 registerDiscard(program);
 registerPersona(program);

@@ -43,6 +43,23 @@ export interface CheckoutSummary {
   lastContactAt: string | null;
   pendingBytes: number | null;
   pendingBlocks: number | null;
+  /** Admin requests not finished yet (force check-in). */
+  openRequests: Array<{ id: number; kind: RequestKind; state: RequestState }>;
+}
+
+export type RequestKind = 'checkin' | 'rollback';
+export type RequestState = 'requested' | 'in-progress' | 'done' | 'failed';
+
+export interface AdminRequest {
+  id: number;
+  checkoutId: string;
+  desktop: string;
+  kind: RequestKind;
+  state: RequestState;
+  requestedBy: string;
+  detail: unknown;
+  createdAt: string;
+  updatedAt: string;
 }
 
 export interface AuditRow {
@@ -181,7 +198,82 @@ export class SqliteFleetMeta {
       checkoutId: r.id as string, desktop: r.desktop as string, user: r.user as string, device: r.device as string, deviceName: r.device_name as string,
       since: r.started_at as string, baseVersion: r.base_version as number, leaseExpiresAt: (r.lease_expires_at as string | null) ?? null,
       lastContactAt: (r.last_contact_at as string | null) ?? null, pendingBytes: (r.pending_bytes as number | null) ?? null, pendingBlocks: (r.pending_blocks as number | null) ?? null,
+      openRequests: this.requests(r.id as string, true).map((q) => ({ id: q.id, kind: q.kind, state: q.state })),
     };
+  }
+
+  private requestSelect = `SELECT r.*, d.name AS desktop FROM admin_requests r JOIN checkouts c ON c.id = r.checkout_id JOIN desktops d ON d.id = c.desktop_id`;
+
+  private toRequest(r: Record<string, unknown>): AdminRequest {
+    return {
+      id: r.id as number, checkoutId: r.checkout_id as string, desktop: r.desktop as string, kind: r.kind as RequestKind, state: r.state as RequestState,
+      requestedBy: r.requested_by as string, detail: r.detail ? (JSON.parse(r.detail as string) as unknown) : null, createdAt: r.created_at as string, updatedAt: r.updated_at as string,
+    };
+  }
+
+  requests(checkoutId?: string, openOnly = false): AdminRequest[] {
+    const where = [checkoutId ? 'r.checkout_id = ?' : null, openOnly ? "r.state IN ('requested', 'in-progress')" : null].filter(Boolean);
+    const sql = `${this.requestSelect}${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY r.id DESC LIMIT 500`;
+    return (this.db.prepare(sql).all(...(checkoutId ? [checkoutId] : [])) as Array<Record<string, unknown>>).map((r) => this.toRequest(r));
+  }
+
+  request(id: number): AdminRequest {
+    const r = this.db.prepare(`${this.requestSelect} WHERE r.id = ?`).get(id) as Record<string, unknown> | undefined;
+    if (!r) throw new CarryonError('NOT_FOUND', `no admin request ${id}`, { request: id });
+    return this.toRequest(r);
+  }
+
+  /** Queue a forced check-in: the device's agent checks in at its next contact. Asking twice queues it once. */
+  requestCheckin(checkoutId: string, actor: Actor): AdminRequest {
+    return this.db.transaction(() => {
+      const co = this.checkout(checkoutId);
+      const open = this.requests(checkoutId, true).find((r) => r.kind === 'checkin');
+      if (open) return open;
+      const t = now();
+      const id = Number(this.db.prepare("INSERT INTO admin_requests (checkout_id, kind, state, requested_by, created_at, updated_at) VALUES (?, 'checkin', 'requested', ?, ?, ?)")
+        .run(checkoutId, actor.name, t, t).lastInsertRowid);
+      this.audit(actor, 'checkin.request', `desktop:${co.desktop}`, { checkoutId, request: id });
+      return this.request(id);
+    })();
+  }
+
+  /**
+   * Roll a checkout back: it ends now, the desktop stays at (returns to) its last server version and is
+   * free to check out again; the device is told at its next contact to remove its copy.
+   */
+  rollback(checkoutId: string, actor: Actor): AdminRequest {
+    return this.db.transaction(() => {
+      const co = this.checkout(checkoutId);
+      const t = now();
+      this.db.prepare("UPDATE checkouts SET state = 'discarded', ended_at = ?, end_reason = 'rollback' WHERE id = ? AND state = 'active'").run(t, checkoutId);
+      // A forced check-in still waiting can no longer happen.
+      this.db.prepare("UPDATE admin_requests SET state = 'failed', detail = ?, updated_at = ? WHERE checkout_id = ? AND kind = 'checkin' AND state IN ('requested', 'in-progress')")
+        .run(JSON.stringify({ reason: 'rolled back' }), t, checkoutId);
+      const keep = (this.db.prepare('SELECT rollback_keeps_local AS k FROM desktops d JOIN checkouts c ON c.desktop_id = d.id WHERE c.id = ?').get(checkoutId) as { k: number }).k === 1;
+      const id = Number(this.db.prepare("INSERT INTO admin_requests (checkout_id, kind, state, requested_by, detail, created_at, updated_at) VALUES (?, 'rollback', 'requested', ?, ?, ?, ?)")
+        .run(checkoutId, actor.name, JSON.stringify({ keepLocal: keep }), t, t).lastInsertRowid);
+      this.audit(actor, 'checkout.rollback', `desktop:${co.desktop}`, { checkoutId, request: id, version: co.baseVersion, keepLocal: keep });
+      return this.request(id);
+    })();
+  }
+
+  /** The device reports progress on a request of one of its checkouts. */
+  updateRequest(checkoutId: string, id: number, state: RequestState, detail: Record<string, unknown>, actor: Actor): AdminRequest {
+    return this.db.transaction(() => {
+      const r = this.request(id);
+      if (r.checkoutId !== checkoutId) throw new CarryonError('NOT_FOUND', `no admin request ${id} for checkout ${checkoutId}`, { request: id });
+      if (r.state === 'done' || r.state === 'failed') return r; // final: a late report changes nothing
+      const merged = { ...((r.detail as Record<string, unknown> | null) ?? {}), ...detail };
+      this.db.prepare('UPDATE admin_requests SET state = ?, detail = ?, updated_at = ? WHERE id = ?').run(state, JSON.stringify(merged), now(), id);
+      if (state !== r.state) this.audit(actor, `${r.kind}.${state}`, `desktop:${r.desktop}`, { checkoutId, request: id, ...detail });
+      return this.request(id);
+    })();
+  }
+
+  setRollbackKeepsLocal(desktop: string, keep: boolean, actor: Actor): void {
+    const r = this.db.prepare('UPDATE desktops SET rollback_keeps_local = ? WHERE name = ?').run(keep ? 1 : 0, desktop);
+    if (r.changes === 0) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${desktop}`, { desktop });
+    this.audit(actor, 'desktop.rollback-policy', `desktop:${desktop}`, { keepLocal: keep });
   }
 
   activeCheckouts(): CheckoutSummary[] {

@@ -7,7 +7,7 @@ import {
   API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, createDecompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
   manifestId, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
-  parsePersonaPushInfo, personaId, unpackEntries, parseDeviceRequest, parseHeartbeatRequest, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
+  parsePersonaPushInfo, personaId, unpackEntries, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
 } from '../src/index.js';
 import { ingestUpload, ManifestCache, missingForCommit, readAhead } from './blocks.js';
 import { crashPoint } from './crash-point.js';
@@ -80,6 +80,16 @@ export class CarryonHttpServer {
       if (typeof days !== 'number') throw new CarryonError('BAD_REQUEST', 'days must be a number');
       return this.fleet.extendLease(params[0]!, days, actor);
     }));
+    r('POST', '/admin/checkouts/:id/checkin', admin(async ({ params, actor }) => this.fleet.requestCheckin(params[0]!, actor)));
+    r('POST', '/admin/checkouts/:id/rollback', admin(async ({ params, actor }) => this.fleet.rollback(params[0]!, actor)));
+    r('GET', '/admin/requests', admin(async () => ({ requests: this.fleet.requests() })));
+    r('POST', '/checkouts/:id/requests/:rid', async ({ req, user, params, actor }) => {
+      const { state, detail } = parseRequestUpdate(await readJson(req));
+      const co = this.meta.checkoutFor(user, params[0]!);
+      const device = header(req, HEADER_DEVICE);
+      if (device !== undefined && co.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${co.id} is held by another device`, { checkoutId: co.id });
+      return this.fleet.updateRequest(co.id, intOf(params[1]!), state, detail, actor);
+    });
     r('GET', '/admin/tokens', admin(async () => ({ tokens: this.fleet.tokens() })));
     r('POST', '/admin/tokens/:id/revoke', admin(async ({ params, actor }) => this.fleet.revokeToken(intOf(params[0]!), actor)));
     r('GET', '/admin/audit', admin(async ({ url }) => ({ audit: this.fleet.auditLog(url.searchParams.has('limit') ? intParam(url, 'limit') : 200) })));
@@ -175,9 +185,17 @@ export class CarryonHttpServer {
   /** A laptop's contact: the lease starts over, and the server learns what it has not sent yet. */
   private async heartbeat({ req, user, params }: Ctx): Promise<HeartbeatReply> {
     const pending = parseHeartbeatRequest(await readJson(req));
-    const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
+    const device = header(req, HEADER_DEVICE);
+    const ended = this.meta.checkoutFor(user, params[0]!);
+    const requests = (id: string) => this.fleet.requests(id, true).map((r) => ({ id: r.id, kind: r.kind, state: r.state, detail: r.detail }));
+    // A rolled-back checkout has ended, but its device must still hear of it (once per contact until done).
+    if (ended.state === 'discarded' && ended.end_reason === 'rollback') {
+      if (device !== undefined && ended.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${ended.id} is held by another device`, { checkoutId: ended.id });
+      return { checkoutId: ended.id, leaseExpiresAt: null, leaseDays: 0, serverTime: new Date().toISOString(), rolledBack: true, requests: requests(ended.id) };
+    }
+    const co = this.activeCheckout(user, params[0]!, device);
     const leaseExpiresAt = this.fleet.renewLease(co, { bytes: pending.pendingBytes, blocks: pending.pendingBlocks });
-    return { checkoutId: co.id, leaseExpiresAt, leaseDays: this.fleet.leaseDays(co.desktop_id), serverTime: new Date().toISOString() };
+    return { checkoutId: co.id, leaseExpiresAt, leaseDays: this.fleet.leaseDays(co.desktop_id), serverTime: new Date().toISOString(), rolledBack: false, requests: requests(co.id) };
   }
 
   private async sendPersona({ res, url, user }: Ctx): Promise<undefined> {

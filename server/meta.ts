@@ -37,6 +37,8 @@ export interface CheckoutRow {
   committed_version: number | null;
   committed_manifest: string | null;
   persona_base_version: number | null;
+  /** Why an ended checkout ended, when not by commit or discard (migration 4): 'rollback'. */
+  end_reason?: string | null;
 }
 
 const now = (): string => new Date().toISOString();

@@ -151,4 +151,23 @@ export const MIGRATIONS: Migration[] = [
       );
     `,
   },
+  {
+    version: 4,
+    why: 'Fleet control, part 2: admin requests queued for a device (force check-in, rollback) with their state as the device reports it; a checkout ended by a rollback says so (end_reason), so the device is told at its next contact; per desktop, whether a rollback keeps the laptop copy aside.',
+    sql: `
+      CREATE TABLE admin_requests (
+        id INTEGER PRIMARY KEY,
+        checkout_id TEXT NOT NULL REFERENCES checkouts(id),
+        kind TEXT NOT NULL CHECK (kind IN ('checkin', 'rollback')),
+        state TEXT NOT NULL CHECK (state IN ('requested', 'in-progress', 'done', 'failed')),
+        requested_by TEXT NOT NULL,
+        detail TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+      );
+      CREATE INDEX admin_requests_checkout ON admin_requests(checkout_id);
+      ALTER TABLE checkouts ADD COLUMN end_reason TEXT;
+      ALTER TABLE desktops ADD COLUMN rollback_keeps_local INTEGER NOT NULL DEFAULT 0;
+    `,
+  },
 ];

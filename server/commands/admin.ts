@@ -61,6 +61,31 @@ export function registerAdmin(program: Command): void {
       }, (r) => `${kind} ${name}: lease ${r.leaseDays === null ? 'follows the default' : `${r.leaseDays} days`}`);
     });
 
+  withCommonOptions(admin.command('checkin <checkout>').description("force a check-in: queued; the device's agent checks in at its next contact")).action(async (checkout: string, _o, cmd: Command) => {
+    await withData(optsOf(cmd), (d) => new SqliteFleetMeta(d.db).requestCheckin(checkout, cliActor()), (r) => `check-in of ${r.desktop} requested (#${r.id}, ${r.state}); follow it with \`carryon-server admin requests\``);
+  });
+
+  withCommonOptions(admin.command('rollback <checkout>').description('end a checkout now; the desktop stays at its last server version; the device removes its copy at its next contact'))
+    .action(async (checkout: string, _o, cmd: Command) => {
+      await withData(optsOf(cmd), (d) => new SqliteFleetMeta(d.db).rollback(checkout, cliActor()), (r) =>
+        `${r.desktop} rolled back: free to check out again; the device is told at its next contact (#${r.id}${(r.detail as { keepLocal?: boolean } | null)?.keepLocal ? ', it keeps its copy aside' : ''})`);
+    });
+
+  withCommonOptions(admin.command('rollback-policy <desktop>').description("whether a rollback keeps the laptop's copy aside (in HOME/kept) instead of deleting it"))
+    .option('--keep', 'keep it aside').option('--no-keep', 'delete it (default)')
+    .action(async (desktop: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await withData(opts, (d) => {
+        new SqliteFleetMeta(d.db).setRollbackKeepsLocal(parseName(desktop, 'desktop'), opts.keep === true, cliActor());
+        return { desktop, keepLocal: opts.keep === true };
+      }, (r) => `${r.desktop}: a rollback ${r.keepLocal ? 'keeps the laptop copy aside' : 'deletes the laptop copy'}`);
+    });
+
+  withCommonOptions(admin.command('requests').description('forced check-ins and rollbacks, and how far each got')).action(async (_o, cmd: Command) => {
+    await withData(optsOf(cmd), (d) => ({ requests: new SqliteFleetMeta(d.db).requests() }), (r) => r.requests.length === 0 ? 'no requests' : r.requests.map((q) =>
+      `#${q.id} ${q.kind} ${q.desktop}: ${q.state} (by ${q.requestedBy} at ${q.createdAt}, updated ${q.updatedAt})${q.detail ? ` ${JSON.stringify(q.detail)}` : ''}`).join('\n'));
+  });
+
   withCommonOptions(admin.command('tokens').description('every token: user, device, created, last used, revoked')).action(async (_o, cmd: Command) => {
     await withData(optsOf(cmd), (d) => ({ tokens: new SqliteFleetMeta(d.db).tokens() }), (r) => r.tokens.map((t) =>
       `#${t.id} ${t.user}${t.device ? ` device ${t.deviceName} (${t.device})` : ' (user token)'} created ${t.createdAt}, last used ${ago(t.lastUsedAt)}${t.revokedAt ? `, REVOKED ${t.revokedAt}` : ''}`).join('\n'));

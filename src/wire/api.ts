@@ -59,11 +59,31 @@ export interface HeartbeatRequest {
   pendingBlocks: number;
 }
 
+/** Something an admin asked of a checkout's device (force check-in, rollback), and how far it got. */
+export interface DeviceRequest {
+  id: number;
+  kind: 'checkin' | 'rollback';
+  state: 'requested' | 'in-progress' | 'done' | 'failed';
+  detail: unknown;
+}
+
 export interface HeartbeatReply {
   checkoutId: string;
-  leaseExpiresAt: string;
+  /** null once the checkout was rolled back: the laptop must remove its copy. */
+  leaseExpiresAt: string | null;
   leaseDays: number;
   serverTime: string;
+  rolledBack: boolean;
+  /** Open requests for this device to carry out. */
+  requests: DeviceRequest[];
+}
+
+export function parseRequestUpdate(body: unknown): { state: 'in-progress' | 'done' | 'failed'; detail: Record<string, unknown> } {
+  const b = (body ?? {}) as Record<string, unknown>;
+  if (b.state !== 'in-progress' && b.state !== 'done' && b.state !== 'failed') throw new CarryonError('BAD_REQUEST', 'state must be in-progress, done or failed');
+  const detail = b.detail ?? {};
+  if (typeof detail !== 'object' || detail === null || Array.isArray(detail) || JSON.stringify(detail).length > 4096) throw new CarryonError('BAD_REQUEST', 'detail must be an object of at most 4 KiB');
+  return { state: b.state, detail: detail as Record<string, unknown> };
 }
 
 export function parseHeartbeatRequest(body: unknown): HeartbeatRequest {

@@ -3,9 +3,10 @@
 // admin's view of checkouts, lease extension, token revocation, and the audit log.
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Laptop, makeExt4Image, removeTmp, ROOT, TestServer, tmpDir } from './harness.js';
+import { Laptop, makeExt4Image, qemuWrite, removeTmp, ROOT, TestServer, tmpDir } from './harness.js';
 
 const DAY = 24 * 3600 * 1000;
 
@@ -14,6 +15,7 @@ describe('fleet: devices, leases, admin, audit', () => {
   const server = new TestServer(dir);
   const image = path.join(dir, 'golden.raw');
   const a = new Laptop(path.join(dir, 'laptop-a'));
+  const b = new Laptop(path.join(dir, 'laptop-b'));
   let token = '';
 
   beforeAll(async () => {
@@ -21,7 +23,7 @@ describe('fleet: devices, leases, admin, audit', () => {
     await server.init();
     token = await server.addUser('alice');
     expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
-    for (const d of ['desk', 'short']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    for (const d of ['desk', 'short', 'forced', 'gone', 'kept']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
     await server.start();
   }, 120_000);
 
@@ -147,4 +149,79 @@ describe('fleet: devices, leases, admin, audit', () => {
     expect(revoke.actor).toMatch(/^cli:/);
     expect(revoke.detail).toMatchObject({ user: 'alice', device: dev.device });
   });
+
+  /** `carryon agent --once --json` on laptop B: its events. */
+  async function agentOnce(): Promise<any[]> {
+    const r = await b.cli(['agent', '--once', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    return r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  }
+
+  async function requestsOf(desktop: string): Promise<any[]> {
+    return ((await server.admin(['admin', 'requests'])).json.requests as any[]).filter((q) => q.desktop === desktop);
+  }
+
+  it('force check-in: queued, waits while a VM has the disk, then the agent checks in at its next contact and the admin sees it done', async () => {
+    expect((await b.cli(['login', server.url, '--token', token, '--device-name', 'bob-laptop'])).code).toBe(0);
+    const co = await b.cli(['checkout', 'forced', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    qemuWrite(co.json.disk, [[0x5c, 2 * 1024 * 1024, 65536]]);
+    const held = ((await server.admin(['admin', 'checkouts'])).json.checkouts as any[]).find((c) => c.desktop === 'forced');
+    const req = await server.admin(['admin', 'checkin', held.checkoutId]);
+    expect(req.code, req.stderr).toBe(0);
+    expect(req.json).toMatchObject({ kind: 'checkin', state: 'requested', requestedBy: expect.stringMatching(/^cli:/) });
+    // Asking again does not queue a second one.
+    expect((await server.admin(['admin', 'checkin', held.checkoutId])).json.id).toBe(req.json.id);
+
+    // A VM has the disk open through carryon serve: the agent says so and waits.
+    const serve = spawn(process.execPath, [path.join(ROOT, 'bin/carryon.js'), 'serve', 'forced', '--json'], { env: { ...process.env, CARRYON_HOME: b.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((r) => serve.once('exit', (code) => r(code)));
+    await new Promise<void>((resolve) => serve.stdout!.on('data', (c) => String(c).includes('"listening"') && resolve()));
+    const waiting = await agentOnce();
+    expect(waiting.find((e) => e.event === 'waiting')).toMatchObject({ desktop: 'forced', kind: 'checkin' });
+    expect((await requestsOf('forced'))[0]).toMatchObject({ state: 'in-progress', detail: { waiting: expect.stringMatching(/in use by carryon serve/) } });
+    serve.kill('SIGTERM');
+    expect(await exited).toBe(0);
+
+    const done = await agentOnce();
+    expect(done.find((e) => e.event === 'checkin-done')).toMatchObject({ desktop: 'forced', version: 2 });
+    expect((await requestsOf('forced'))[0]).toMatchObject({ state: 'done', detail: { version: 2 } });
+    expect(((await server.admin(['admin', 'checkouts'])).json.checkouts as any[]).some((c) => c.desktop === 'forced')).toBe(false);
+    expect((await b.cli(['status', 'forced', '--json'])).json.desktops[0].state).toBe('checked-in');
+    const audit = ((await server.admin(['admin', 'audit'])).json.audit as any[]).filter((e) => e.target === 'desktop:forced').map((e) => e.action);
+    expect(audit).toEqual(expect.arrayContaining(['checkin.request', 'checkin.in-progress', 'checkin.done', 'checkout.commit']));
+  }, 60_000);
+
+  it('rollback: the desktop is free at once; at its next contact the device removes its copy (or keeps it aside when the policy says so)', async () => {
+    for (const d of ['gone', 'kept']) expect((await b.cli(['checkout', d, '--json'])).code).toBe(0);
+    expect((await server.admin(['admin', 'rollback-policy', 'kept', '--keep'])).code).toBe(0);
+    const list = (await server.admin(['admin', 'checkouts'])).json.checkouts as any[];
+    for (const d of ['gone', 'kept']) {
+      const rb = await server.admin(['admin', 'rollback', list.find((c) => c.desktop === d).checkoutId]);
+      expect(rb.code, rb.stderr).toBe(0);
+      expect(rb.json).toMatchObject({ kind: 'rollback', state: 'requested' });
+    }
+    // Free to check out again at once, from another laptop, at the server's last version.
+    const again = await a.cli(['login', server.url, '--token', token]);
+    expect(again.code).toBe(0);
+    const other = await a.cli(['checkout', 'gone', '--json']);
+    expect(other.code, other.stderr).toBe(0);
+    expect(other.json.version).toBe(1);
+
+    const diskGone = path.join(b.home, 'desktops', 'gone', 'disk.raw');
+    const diskKept = path.join(b.home, 'desktops', 'kept', 'disk.raw');
+    expect(existsSync(diskGone) && existsSync(diskKept)).toBe(true);
+    const events = await agentOnce();
+    const done = events.filter((e) => e.event === 'rollback-done');
+    expect(done.map((e) => e.desktop).sort()).toEqual(['gone', 'kept']);
+    expect(existsSync(diskGone)).toBe(false);
+    expect(existsSync(diskKept)).toBe(false);
+    const keptAt = done.find((e) => e.desktop === 'kept').keptAt as string;
+    expect(existsSync(path.join(keptAt, 'disk.raw'))).toBe(true);
+    expect(done.find((e) => e.desktop === 'gone').keptAt).toBeNull();
+    const st = (await b.cli(['status', '--json'])).json.desktops.map((d: any) => d.desktop);
+    expect(st).not.toContain('gone');
+    expect(st).not.toContain('kept');
+    for (const d of ['gone', 'kept']) expect((await requestsOf(d))[0]).toMatchObject({ kind: 'rollback', state: 'done' });
+  }, 60_000);
 });

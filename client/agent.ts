@@ -1,0 +1,176 @@
+// The laptop agent's work, one round at a time: for each checkout on this laptop, contact the server
+// (the lease starts over; it learns the bytes not sent yet), then carry out what an admin asked:
+// a forced check-in (a real check-in: nothing is lost; it waits while a VM has the disk open) or a
+// rollback (the copy is removed, or kept aside when the desktop's policy says so, with the cache
+// blocks no other checkout on this laptop uses). An unreachable server is not an error: next round.
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { asCarryonError, CarryonError, decodeManifest, type DeviceRequest } from '../src/index.js';
+import type { ApiClient } from './api-client.js';
+import { checkinDesktop } from './checkin-engine.js';
+import { DiskLock } from './disk-lock.js';
+import { openJournal, removeJournal } from './disk-session.js';
+import { leaseStatus } from './lease.js';
+import type { LocalCheckout, LocalState, Login } from './state.js';
+
+export type AgentLog = (event: string, fields: Record<string, unknown>, human: string) => void;
+
+export interface RoundReport {
+  contacted: number;
+  offline: boolean;
+  checkins: number;
+  rollbacks: number;
+}
+
+function pendingOf(state: LocalState, local: LocalCheckout): { pendingBytes: number; pendingBlocks: number } {
+  const opened = openJournal(state, local, true);
+  if (!opened.journal) return { pendingBytes: 0, pendingBlocks: 0 };
+  const m = decodeManifest(local.manifest);
+  let pendingBytes = 0;
+  let pendingBlocks = 0;
+  for (const i of opened.journal.dirtyBlocks()) {
+    pendingBlocks++;
+    pendingBytes += m.lengthOf(i);
+  }
+  void opened.journal.close();
+  return { pendingBytes, pendingBlocks };
+}
+
+export async function agentRound(state: LocalState, api: ApiClient, login: Login, log: AgentLog): Promise<RoundReport> {
+  const report: RoundReport = { contacted: 0, offline: false, checkins: 0, rollbacks: 0 };
+  for (const local of state.checkouts()) {
+    if (local.state !== 'active' && local.state !== 'streaming') continue;
+    const lease = leaseStatus(state, local);
+    if (lease.warning) log('lease-warning', { desktop: local.desktop, leaseExpiresAt: lease.expiresAt }, lease.warning);
+    const pending = pendingOf(state, local);
+    let reply;
+    try {
+      reply = await api.heartbeat(local.checkoutId, pending);
+    } catch (err) {
+      const e = asCarryonError(err);
+      if (e.code === 'SERVER_UNREACHABLE') {
+        report.offline = true;
+        log('offline', { desktop: local.desktop, error: e.message }, `${local.desktop}: server unreachable (${e.message}); will try again`);
+        break; // the same for every checkout this round
+      }
+      log('heartbeat-error', { desktop: local.desktop, error: e.toJSON() }, `${local.desktop}: ${e.code}: ${e.message}`);
+      continue;
+    }
+    report.contacted++;
+    if (reply.leaseExpiresAt) state.setLease(local.desktop, reply.leaseExpiresAt);
+    log('heartbeat', { desktop: local.desktop, leaseExpiresAt: reply.leaseExpiresAt, ...pending, requests: reply.requests.length },
+      `${local.desktop}: lease until ${reply.leaseExpiresAt ?? '-'}; ${pending.pendingBlocks} blocks not sent yet`);
+    for (const req of reply.requests) {
+      if (req.kind === 'rollback') {
+        if (await rollbackLocal(state, api, local, req, log)) report.rollbacks++;
+      } else if (req.kind === 'checkin' && !reply.rolledBack) {
+        if (await forcedCheckin(state, api, login, local, req, log)) report.checkins++;
+      }
+    }
+  }
+  return report;
+}
+
+async function tell(api: ApiClient, local: LocalCheckout, req: DeviceRequest, state: 'in-progress' | 'done' | 'failed', detail: Record<string, unknown>, log: AgentLog): Promise<void> {
+  try {
+    await api.updateRequest(local.checkoutId, req.id, state, detail);
+  } catch (err) {
+    log('report-error', { desktop: local.desktop, request: req.id, error: asCarryonError(err).toJSON() }, `${local.desktop}: could not report request #${req.id}: ${asCarryonError(err).message}`);
+  }
+}
+
+/** A VM still has the disk: say so to the admin and wait for the next round. */
+async function busy(home: string, api: ApiClient, local: LocalCheckout, req: DeviceRequest, log: AgentLog): Promise<boolean> {
+  const owner = DiskLock.owner(home, local.desktop);
+  if (!owner) return false;
+  const waiting = `the disk is in use by carryon ${owner.purpose} (pid ${owner.pid}): it runs when the VM is shut down`;
+  log('waiting', { desktop: local.desktop, request: req.id, kind: req.kind, owner }, `${local.desktop}: ${req.kind} requested by an admin; ${waiting}`);
+  await tell(api, local, req, 'in-progress', { waiting }, log);
+  return true;
+}
+
+async function forcedCheckin(state: LocalState, api: ApiClient, login: Login, local: LocalCheckout, req: DeviceRequest, log: AgentLog): Promise<boolean> {
+  if (await busy(state.home, api, local, req, log)) return false;
+  await tell(api, local, req, 'in-progress', { startedAt: new Date().toISOString() }, log);
+  log('checkin', { desktop: local.desktop, request: req.id }, `${local.desktop}: checking in, as an admin asked (#${req.id})`);
+  try {
+    const r = await checkinDesktop(state, api, login, local.desktop, { quiet: true });
+    await tell(api, local, req, 'done', { version: r.version, bytesSent: r.bytesSent, scanMode: r.scanMode }, log);
+    log('checkin-done', { desktop: local.desktop, request: req.id, version: r.version, bytesSent: r.bytesSent }, `${local.desktop}: checked in as version ${r.version}`);
+    return true;
+  } catch (err) {
+    const e = asCarryonError(err);
+    // A dropped connection or a VM that grabbed the disk: try again next round. Anything else: the admin must look.
+    const retry = e.code === 'SERVER_UNREACHABLE' || e.code === 'DISK_IN_USE' || e.code === 'DISK_CHANGED';
+    await tell(api, local, req, retry ? 'in-progress' : 'failed', { error: e.toJSON() }, log);
+    log('checkin-error', { desktop: local.desktop, request: req.id, error: e.toJSON(), retry }, `${local.desktop}: forced check-in ${retry ? 'will be retried' : 'failed'}: ${e.code}: ${e.message}`);
+    return false;
+  }
+}
+
+async function rollbackLocal(state: LocalState, api: ApiClient, local: LocalCheckout, req: DeviceRequest, log: AgentLog): Promise<boolean> {
+  if (await busy(state.home, api, local, req, log)) return false;
+  const lock = DiskLock.acquire(state.home, local.desktop, 'rollback');
+  try {
+    await tell(api, local, req, 'in-progress', {}, log);
+    const keep = (req.detail as { keepLocal?: boolean } | null)?.keepLocal === true;
+    const persona = state.persona(local.desktop);
+    let keptAt: string | null = null;
+    if (keep) {
+      keptAt = path.join(state.home, 'kept', `${local.desktop}-${new Date().toISOString().replace(/[:.]/g, '-')}`);
+      await fs.mkdir(keptAt, { recursive: true });
+      await moveIfThere(local.diskPath, path.join(keptAt, path.basename(local.diskPath)));
+      if (persona?.withDisk) await moveIfThere(persona.dir, path.join(keptAt, 'persona'));
+    }
+    await fs.rm(local.diskPath, { force: true });
+    await fs.rm(`${local.diskPath}.partial`, { force: true });
+    if (persona?.withDisk) {
+      await fs.rm(persona.dir, { recursive: true, force: true });
+      state.removePersona(local.desktop);
+    }
+    removeJournal(state, local.desktop);
+    await fs.rm(path.join(state.home, 'run', `${local.desktop}.progress.json`), { force: true });
+    // Cache blocks of this copy that no other checkout here needs.
+    const others = new Set<string>();
+    for (const o of state.checkouts()) {
+      if (o.desktop === local.desktop) continue;
+      const m = decodeManifest(o.manifest);
+      for (let i = 0; i < m.count; i++) {
+        const id = m.idAt(i);
+        if (id) others.add(id);
+      }
+    }
+    const mine = decodeManifest(local.manifest);
+    let removedBlocks = 0;
+    const seen = new Set<string>();
+    for (let i = 0; i < mine.count; i++) {
+      const id = mine.idAt(i);
+      if (!id || others.has(id) || seen.has(id)) continue;
+      seen.add(id);
+      if (await state.cache.has(id)) {
+        await state.cache.delete(id);
+        removedBlocks++;
+      }
+    }
+    state.removeCheckout(local.desktop);
+    await tell(api, local, req, 'done', { keptAt, removedBlocks }, log);
+    log('rollback-done', { desktop: local.desktop, request: req.id, keptAt, removedBlocks },
+      `${local.desktop}: rolled back by an admin: local copy ${keptAt ? `kept aside in ${keptAt}` : 'removed'}, ${removedBlocks} cache blocks removed`);
+    return true;
+  } catch (err) {
+    const e = err instanceof CarryonError ? err : asCarryonError(err);
+    await tell(api, local, req, 'failed', { error: e.toJSON() }, log);
+    log('rollback-error', { desktop: local.desktop, request: req.id, error: e.toJSON() }, `${local.desktop}: rollback failed: ${e.message}`);
+    return false;
+  } finally {
+    lock.release();
+  }
+}
+
+async function moveIfThere(from: string, to: string): Promise<void> {
+  try {
+    await fs.rename(from, to);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}

@@ -1,0 +1,60 @@
+// carryon agent: the laptop's background process, fit for a systemd user unit. Every --interval it
+// contacts the server for each checkout here (lease renewal, bytes not sent yet) and carries out what
+// an admin asked (forced check-in, rollback). It survives the server going away and coming back;
+// SIGINT/SIGTERM stop it between rounds.
+import type { Command } from 'commander';
+import { describeFailure } from '../../src/index.js';
+import { agentRound, type AgentLog } from '../agent.js';
+import { ApiClient } from '../api-client.js';
+import { optsOf, withCommonOptions } from '../cli-util.js';
+import { homeOf, LocalState } from '../state.js';
+
+export function registerAgent(program: Command): void {
+  withCommonOptions(program.command('agent').description('keep leases renewed and carry out admin requests (forced check-in, rollback); runs until stopped'))
+    .option('--interval <seconds>', 'seconds between contacts with the server', '60')
+    .option('--once', 'one round, then exit (for cron or a test)')
+    .action(async (_o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      const json = opts.json === true;
+      const log: AgentLog = (event, fields, human) => {
+        if (json) process.stdout.write(`${JSON.stringify({ event, time: new Date().toISOString(), ...fields })}\n`);
+        else process.stderr.write(`${new Date().toISOString()} ${human}\n`);
+      };
+      const interval = Math.max(1, Number(opts.interval)) * 1000;
+      let stopping = false;
+      let wake: (() => void) | null = null;
+      const stop = (): void => {
+        stopping = true;
+        wake?.();
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+      log('start', { interval: interval / 1000 }, `carryon agent: one round every ${interval / 1000} s`);
+      while (!stopping) {
+        // A fresh state and client each round: commands run between rounds (checkout, serve) are seen.
+        const state = new LocalState(homeOf(opts.home as string | undefined));
+        let api: ApiClient | null = null;
+        try {
+          const login = state.login();
+          api = new ApiClient({ url: login.url, token: login.token, device: login.device, idleTimeoutMs: 60_000 });
+          const r = await agentRound(state, api, login, log);
+          log('round', { ...r }, `round done: ${r.contacted} checkout(s) contacted${r.offline ? ', server unreachable' : ''}, ${r.checkins} forced check-in(s), ${r.rollbacks} rollback(s)`);
+        } catch (err) {
+          const f = describeFailure(err);
+          log('error', { error: f.error.toJSON() }, `carryon agent: ${f.text}`);
+        } finally {
+          api?.close();
+          await state.close();
+        }
+        if (opts.once === true) break;
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, interval);
+          wake = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
+      }
+      log('stop', {}, 'carryon agent stopped');
+    });
+}
