@@ -15,6 +15,7 @@ import type { PersonaService } from './persona-service.js';
 import { decodeParam, header, readBody, readJson, sendJson } from './http-util.js';
 import type { SqliteMeta, User } from './meta.js';
 import { SqliteFleetMeta, type Actor } from './fleet-meta.js';
+import { Metrics } from './metrics.js';
 
 /** Largest manifest a commit may carry: 128 MiB = 4M blocks, 256 GiB at 64 KiB blocks. */
 const MAX_MANIFEST_BYTES = 128 * 1024 * 1024;
@@ -40,7 +41,8 @@ type Handler = (ctx: Ctx) => Promise<unknown>;
 export class CarryonHttpServer {
   private readonly server: http.Server;
   private readonly manifests: ManifestCache;
-  private readonly routes: Array<{ method: string; re: RegExp; handler: Handler }> = [];
+  private readonly routes: Array<{ method: string; re: RegExp; path: string; handler: Handler }> = [];
+  readonly metrics = new Metrics();
 
   constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly personas: PersonaService, private readonly log: Logger,
     private readonly fleet: SqliteFleetMeta = new SqliteFleetMeta(meta.db)) {
@@ -48,7 +50,7 @@ export class CarryonHttpServer {
     this.server = http.createServer((req, res) => void this.handle(req, res));
     this.server.keepAliveTimeout = 30_000;
     const r = (method: string, path: string, handler: Handler): void => {
-      this.routes.push({ method, re: new RegExp(`^${API_PREFIX}${path.replace(/:[a-z]+/g, '([^/]+)')}$`), handler });
+      this.routes.push({ method, re: new RegExp(`^${API_PREFIX}${path.replace(/:[a-z]+/g, '([^/]+)')}$`), path, handler });
     };
     r('GET', '/whoami', async ({ user }) => ({ user: user.name, admin: user.isAdmin }));
     r('GET', '/desktops', async ({ user }) => ({ desktops: this.meta.listDesktops(user) }));
@@ -122,8 +124,18 @@ export class CarryonHttpServer {
     const url = new URL(req.url ?? '/', 'http://x');
     let user: User | null = null;
     let status = 200;
+    let routePath = 'unknown';
+    const readBefore = req.socket.bytesRead;
+    const writtenBefore = req.socket.bytesWritten;
+    // Prometheus scrapes without a token: only counts, never names (see metrics.ts).
+    if (req.method === 'GET' && url.pathname === '/metrics') {
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+      res.end(this.metrics.render(this.meta, this.fleet));
+      return;
+    }
     try {
       const route = this.routes.find((r) => r.method === req.method && r.re.test(url.pathname));
+      if (route) routePath = route.path;
       if (!route) throw new CarryonError('NOT_FOUND', `no route ${req.method} ${url.pathname}`);
       const who = this.authenticate(req);
       user = who.user;
@@ -134,6 +146,7 @@ export class CarryonHttpServer {
     } catch (err) {
       const e = asCarryonError(err);
       status = httpStatusOf(e.code);
+      this.metrics.failure(e.code);
       const gone = (err as NodeJS.ErrnoException)?.code === 'ERR_STREAM_PREMATURE_CLOSE';
       if (gone) this.log({ level: 'warn', msg: 'client closed the connection mid-response', path: url.pathname });
       else if (e.code === 'INTERNAL') this.log({ level: 'error', msg: 'internal error', error: String((err as Error)?.stack ?? err) });
@@ -145,7 +158,14 @@ export class CarryonHttpServer {
         res.destroy(e); // mid-stream: the client sees a truncated body and retries
       }
     } finally {
-      this.log({ level: 'info', method: req.method, path: url.pathname, status: res.headersSent ? res.statusCode : status, ms: Date.now() - started, user: user?.name });
+      const final = res.headersSent ? res.statusCode : status;
+      this.metrics.request(req.method ?? '?', routePath, final);
+      this.metrics.bytesIn += req.socket.bytesRead - readBefore;
+      const countOut = (): void => void (this.metrics.bytesOut += req.socket.bytesWritten - writtenBefore);
+      if (res.writableFinished) countOut();
+      else res.once('finish', countOut);
+      if (routePath === '/checkouts/:id/commit' && final < 300) this.metrics.commit((Date.now() - started) / 1000);
+      this.log({ level: 'info', method: req.method, path: url.pathname, status: final, ms: Date.now() - started, user: user?.name });
     }
   }
 

@@ -224,4 +224,21 @@ describe('fleet: devices, leases, admin, audit', () => {
     expect(st).not.toContain('kept');
     for (const d of ['gone', 'kept']) expect((await requestsOf(d))[0]).toMatchObject({ kind: 'rollback', state: 'done' });
   }, 60_000);
+
+  it('/metrics speaks Prometheus text: active checkouts, requests, bytes, failures, check-in durations; no names', async () => {
+    const res = await fetch(`${server.url}/metrics`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+    const text = await res.text();
+    const value = (re: RegExp): number => Number(re.exec(text)?.[1] ?? NaN);
+    const active = ((await server.admin(['admin', 'checkouts'])).json.checkouts as any[]).length;
+    expect(value(/^carryon_active_checkouts (\d+)$/m)).toBe(active);
+    expect(value(/^carryon_checkin_commit_seconds_count (\d+)$/m)).toBeGreaterThanOrEqual(1);
+    expect(value(/^carryon_failures_total\{code="UNAUTHORIZED"\} (\d+)$/m)).toBeGreaterThanOrEqual(1);
+    expect(value(/^carryon_http_requests_total\{method="POST",route="\/checkouts\/:id\/heartbeat",status="200"\} (\d+)$/m)).toBeGreaterThanOrEqual(1);
+    expect(value(/^carryon_http_received_bytes_total (\d+)$/m)).toBeGreaterThan(0);
+    expect(value(/^carryon_http_sent_bytes_total (\d+)$/m)).toBeGreaterThan(0);
+    for (const line of text.split('\n').filter((l) => l && !l.startsWith('#'))) expect(line).toMatch(/^[a-z_]+(\{[^}]*\})? [0-9.e+-]+$/);
+    expect(text).not.toMatch(/alice|forced|short|\bkept\b|alice-laptop|bob-laptop/);
+  });
 });

@@ -1,0 +1,465 @@
+// Authorization matrix: every route of server/http-server.ts against every kind of caller, on a real
+// server (real SQLite, 127.0.0.1:0). Callers: no token, a wrong token, a revoked token, a device token
+// claiming another device, another user (B) on A's desktop and checkout, a plain user on /admin, and
+// the owner (or an admin). Another user's desktop or checkout answers *_NOT_FOUND, never FORBIDDEN
+// (server/meta.ts); refused requests change nothing and write no audit rows; admin actions are audited
+// with the admin's name and address. A route added to http-server.ts without a row here fails the
+// first test.
+import { createHash } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  API_PREFIX, blockId, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, decodeManifest, DiskManifest, encodeManifest, encodePersona, HEADER_DEVICE, manifestId,
+  packEntries, personaId, sha256, type PersonaEntry, type PersonaSnapshot, type TarEntry,
+} from '../../src/index.js';
+import { http, removeTmp, ROOT, TestServer, tmpDir } from './harness.js';
+
+type Res = Awaited<ReturnType<typeof http>>;
+interface Req { path: string; body?: Buffer | string; headers?: Record<string, string> }
+interface Expect { status: number; code?: string; check?: (r: Res) => void }
+type Scope = 'user' | 'desktop' | 'checkout' | 'persona' | 'admin';
+interface Route {
+  method: string;
+  /** As registered in server/http-server.ts, without API_PREFIX. */
+  route: string;
+  scope: Scope;
+  /** The owner's (for admin routes: an admin's) request on A's real resources; callers 1-4 send the same. */
+  owner: () => Req & Expect & { token: () => string };
+  /** User B's request against A's resources (admin routes: B is refused as not an admin). */
+  other: () => Req & Expect;
+}
+
+// ---- identities and fixtures (fixed ids: the test is deterministic)
+const dev = (n: number): string => `aaaaaaaa-0000-4000-8000-${String(n).padStart(12, '0')}`;
+const D1 = dev(1); // alice's laptop: holds the checkouts
+const D2 = dev(2); // alice's second laptop
+const D_REV = dev(3); // alice's laptop whose token the admin revokes over HTTP
+const D_NEW = dev(5); // registered by the owner row of POST /devices
+const D_ADMIN = 'cccccccc-0000-4000-8000-000000000001'; // root's laptop
+const D_ADMIN_REV = 'cccccccc-0000-4000-8000-000000000002'; // root's laptop whose token is revoked from the CLI
+const D_OTHER = 'ffffffff-0000-4000-8000-00000000ffff'; // a device id nobody's token belongs to
+const IMAGE_BYTES = 2 << 20;
+const EPOCH_MS = 1_700_000_000_000;
+
+const SECRET_TEXT = Buffer.from('alice persona secret: correct horse battery staple 0123456789\n');
+const SECRET_PATH = 'Documents/alice-secret.txt';
+const CHUNK_A = blockId(SECRET_TEXT);
+const EMPTY_SNAP: PersonaSnapshot = { files: [], registry: '' };
+const SNAP_A: PersonaSnapshot = {
+  files: [
+    { path: 'Documents', kind: 'dir', mode: 0o755, mtimeMs: EPOCH_MS, size: 0, hash: null, chunks: [] },
+    { path: SECRET_PATH, kind: 'file', mode: 0o644, mtimeMs: EPOCH_MS, size: SECRET_TEXT.length, hash: sha256(SECRET_TEXT).toString('hex'), chunks: [CHUNK_A] } satisfies PersonaEntry,
+  ],
+  registry: '',
+};
+const snapId = (s: PersonaSnapshot): string => personaId(encodePersona(s));
+
+async function tar(entries: TarEntry[], zstd = false): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  const s = packEntries(entries);
+  for await (const c of zstd ? s.pipe(createCompressStream(3)) : s) parts.push(c as Buffer);
+  return Buffer.concat(parts);
+}
+
+/** A persona push body: the delta from `from` to `to`, and push.json. */
+function pushBody(from: PersonaSnapshot, to: PersonaSnapshot, baseVersion: number, desktop: string): Promise<Buffer> {
+  const delta = { baseId: snapId(from), id: snapId(to), upsert: to.files.filter((e) => !from.files.some((f) => f.path === e.path)), remove: [], registry: null };
+  const push = { baseVersion, desktop, deviceName: 'a-laptop', editedAt: EPOCH_MS };
+  return tar([{ name: 'persona-delta.json', data: Buffer.from(JSON.stringify(delta)) }, { name: 'push.json', data: Buffer.from(JSON.stringify(push)) }]);
+}
+
+describe('authorization matrix over every HTTP route', () => {
+  const dir = tmpDir('authz');
+  const server = new TestServer(dir);
+  const image = path.join(dir, 'img.raw');
+  const t = { alice: '', bob: '', root: '', d1: '', d2: '', rev: '', admin: '', adminRev: '' };
+  let CO = ''; // alice's checkout of a-desk, held by D1
+  let CO_SPARE = ''; // a-spare: the owner's DELETE discards it
+  let CO_RB = ''; // a-rollback: the admin's rollback ends it
+  let RID = 0; // the admin's forced check-in request on CO
+  let REV_ID = 0; // token id of D_REV, revoked over HTTP
+  let ADMIN_REV_ID = 0; // token id of D_ADMIN_REV, revoked from the CLI
+  let baseManifest = Buffer.alloc(0);
+  let aManifestId = '';
+  let firstBlock = '';
+  let emptyZstdTar = Buffer.alloc(0);
+  let missingManifest = Buffer.alloc(0);
+  let personaPushA = Buffer.alloc(0); // alice's second push: unchanged
+  let personaPushB = Buffer.alloc(0); // bob's push naming alice's desktop
+  let deltaOnAlicesFile = Buffer.alloc(0); // bob's upload of an rdiff delta based on alice's file
+  let before: unknown = null;
+
+  const req = (token: string | null, r: Req, headers: Record<string, string> = {}): Promise<Res> =>
+    http(server.url, r.path.startsWith('/') && !r.path.startsWith(API_PREFIX) ? 'GET' : 'GET', r.path, token, r.body, { ...r.headers, ...headers });
+  const call = (method: string, token: string | null, r: Req, headers: Record<string, string> = {}): Promise<Res> =>
+    http(server.url, method, API_PREFIX + r.path, token, r.body, { ...(r.headers ?? {}), ...headers });
+  const ok = async (method: string, p: string, token: string, body?: unknown, headers: Record<string, string> = {}): Promise<any> => {
+    const r = await http(server.url, method, API_PREFIX + p, token, body === undefined ? undefined : Buffer.isBuffer(body) ? body : JSON.stringify(body), headers);
+    expect(r.status, `${method} ${p}: ${r.body.toString().slice(0, 300)}`).toBe(200);
+    return r.json;
+  };
+  void req;
+  const errorOf = (r: Res) => ({ status: r.status, code: r.json?.error?.code as string | undefined });
+  const asD1 = { [HEADER_DEVICE]: D1 };
+  const asAdminDevice = { [HEADER_DEVICE]: D_ADMIN };
+  const json = (v: unknown): string => JSON.stringify(v);
+
+  /** What of alice's must never reach bob. */
+  const secrets = (): string[] => ['alice', 'a-laptop', D1, CO, CO_SPARE, CO_RB, aManifestId, CHUNK_A, SECRET_PATH, SECRET_TEXT.toString().slice(0, 20)];
+
+  const ROUTES: Route[] = [
+    {
+      method: 'GET', route: '/whoami', scope: 'user',
+      owner: () => ({ token: () => t.d1, path: '/whoami', headers: asD1, status: 200, check: (r) => expect(r.json).toEqual({ user: 'alice', admin: false }) }),
+      other: () => ({ path: '/whoami', status: 200, check: (r) => expect(r.json).toEqual({ user: 'bob', admin: false }) }),
+    },
+    {
+      method: 'GET', route: '/desktops', scope: 'user',
+      owner: () => ({ token: () => t.d1, path: '/desktops', headers: asD1, status: 200, check: (r) => expect(r.json.desktops.map((d: any) => d.name)).toEqual(['a-desk', 'a-probe', 'a-rollback', 'a-spare']) }),
+      other: () => ({ path: '/desktops', status: 200, check: (r) => expect(r.json.desktops.map((d: any) => d.name)).toEqual(['b-desk']) }),
+    },
+    {
+      method: 'GET', route: '/desktops/:name', scope: 'desktop',
+      owner: () => ({ token: () => t.d1, path: '/desktops/a-desk', headers: asD1, status: 200, check: (r) => expect(r.json.checkout).toMatchObject({ checkoutId: CO, user: 'alice', device: D1 }) }),
+      other: () => ({ path: '/desktops/a-desk', status: 404, code: 'DESKTOP_NOT_FOUND' }),
+    },
+    {
+      method: 'POST', route: '/desktops/:name/checkouts', scope: 'desktop',
+      owner: () => ({ token: () => t.d1, path: '/desktops/a-desk/checkouts', body: json({ device: D1, deviceName: 'a-laptop' }), headers: asD1, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO, resumed: true }) }),
+      // bob claims alice's device id as well: still nothing
+      other: () => ({ path: '/desktops/a-desk/checkouts', body: json({ device: D1, deviceName: 'bob-laptop' }), headers: asD1, status: 404, code: 'DESKTOP_NOT_FOUND' }),
+    },
+    {
+      method: 'GET', route: '/checkouts/:id/manifest', scope: 'checkout',
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/manifest`, headers: asD1, status: 200, check: (r) => expect(manifestId(r.body)).toBe(aManifestId) }),
+      other: () => ({ path: `/checkouts/${CO}/manifest`, headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
+    },
+    {
+      method: 'POST', route: '/checkouts/:id/blocks/get', scope: 'checkout',
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/blocks/get`, body: json({ ids: [firstBlock] }), headers: asD1, status: 200, check: (r) => expect(r.body.toString('latin1')).toContain(firstBlock) }),
+      other: () => ({ path: `/checkouts/${CO}/blocks/get`, body: json({ ids: [firstBlock] }), headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
+    },
+    {
+      method: 'POST', route: '/checkouts/:id/blocks/missing', scope: 'checkout',
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/blocks/missing`, body: json({ ids: [firstBlock] }), headers: asD1, status: 200, check: (r) => expect(r.json).toEqual({ missing: [] }) }),
+      other: () => ({ path: `/checkouts/${CO}/blocks/missing`, body: json({ ids: [firstBlock] }), headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
+    },
+    {
+      method: 'PUT', route: '/checkouts/:id/blocks', scope: 'checkout',
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/blocks`, body: emptyZstdTar, headers: { ...asD1, 'content-encoding': 'zstd' }, status: 200, check: (r) => expect(r.json).toMatchObject({ stored: 0 }) }),
+      other: () => ({ path: `/checkouts/${CO}/blocks`, body: emptyZstdTar, headers: { ...asD1, 'content-encoding': 'zstd' }, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
+    },
+    {
+      // The owner's manifest names a block nobody uploaded: refused after the checkout was found as alice's.
+      method: 'POST', route: '/checkouts/:id/commit', scope: 'checkout',
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/commit`, body: missingManifest, headers: { ...asD1, 'content-type': CONTENT_MANIFEST }, status: 409, code: 'BLOCKS_MISSING' }),
+      // bob sends a valid manifest (alice's own) so that only the checkout lookup can refuse him
+      other: () => ({ path: `/checkouts/${CO}/commit`, body: baseManifest, headers: { ...asD1, 'content-type': CONTENT_MANIFEST }, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
+    },
+    {
+      method: 'DELETE', route: '/checkouts/:id', scope: 'checkout',
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO_SPARE}`, headers: asD1, status: 200, check: (r) => expect(r.json).toEqual({ desktop: 'a-spare', already: false }) }),
+      other: () => ({ path: `/checkouts/${CO}`, headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
+    },
+    {
+      method: 'POST', route: '/checkouts/:id/heartbeat', scope: 'checkout',
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/heartbeat`, body: json({ pendingBytes: 1, pendingBlocks: 1 }), headers: asD1, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO }) }),
+      other: () => ({ path: `/checkouts/${CO}/heartbeat`, body: json({ pendingBytes: 0, pendingBlocks: 0 }), headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
+    },
+    {
+      method: 'POST', route: '/checkouts/:id/requests/:rid', scope: 'checkout',
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/requests/${RID}`, body: json({ state: 'in-progress' }), headers: asD1, status: 200, check: (r) => expect(r.json).toMatchObject({ id: RID, checkoutId: CO, state: 'in-progress' }) }),
+      other: () => ({ path: `/checkouts/${CO}/requests/${RID}`, body: json({ state: 'failed' }), headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
+    },
+    {
+      method: 'POST', route: '/devices', scope: 'user',
+      // registering is what `carryon login` does with the user's own token
+      owner: () => ({ token: () => t.alice, path: '/devices', body: json({ device: D_NEW, name: 'a-new-laptop' }), status: 200, check: (r) => expect(r.json).toMatchObject({ device: D_NEW, token: expect.stringMatching(/^cod_/) }) }),
+      // bob tries to take over alice's registered device id (which would revoke her laptop's token)
+      other: () => ({ path: '/devices', body: json({ device: D1, name: 'bob-laptop' }), status: 403, code: 'FORBIDDEN' }),
+    },
+    // ---- admin
+    {
+      method: 'GET', route: '/admin/checkouts', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: '/admin/checkouts', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.checkouts.map((c: any) => c.checkoutId)).toContain(CO) }),
+      other: () => ({ path: '/admin/checkouts', status: 403, code: 'FORBIDDEN' }),
+    },
+    {
+      method: 'POST', route: '/admin/checkouts/:id/lease', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: `/admin/checkouts/${CO}/lease`, body: json({ days: 1 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO, user: 'alice' }) }),
+      other: () => ({ path: `/admin/checkouts/${CO}/lease`, body: json({ days: 300 }), status: 403, code: 'FORBIDDEN' }),
+    },
+    {
+      method: 'POST', route: '/admin/checkouts/:id/checkin', scope: 'admin',
+      // asking again hands back the open request
+      owner: () => ({ token: () => t.admin, path: `/admin/checkouts/${CO}/checkin`, headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ id: RID, checkoutId: CO, kind: 'checkin' }) }),
+      other: () => ({ path: `/admin/checkouts/${CO}/checkin`, status: 403, code: 'FORBIDDEN' }),
+    },
+    {
+      method: 'POST', route: '/admin/checkouts/:id/rollback', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: `/admin/checkouts/${CO_RB}/rollback`, headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO_RB, kind: 'rollback' }) }),
+      other: () => ({ path: `/admin/checkouts/${CO_RB}/rollback`, status: 403, code: 'FORBIDDEN' }),
+    },
+    {
+      method: 'GET', route: '/admin/requests', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: '/admin/requests', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.requests.map((q: any) => q.id)).toContain(RID) }),
+      other: () => ({ path: '/admin/requests', status: 403, code: 'FORBIDDEN' }),
+    },
+    {
+      method: 'GET', route: '/admin/tokens', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: '/admin/tokens', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.tokens.find((x: any) => x.id === REV_ID)).toMatchObject({ device: D_REV, revokedAt: expect.any(String) }) }),
+      other: () => ({ path: '/admin/tokens', status: 403, code: 'FORBIDDEN' }),
+    },
+    {
+      // revoking a revoked token answers the token as it is
+      method: 'POST', route: '/admin/tokens/:id/revoke', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: `/admin/tokens/${REV_ID}/revoke`, headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ id: REV_ID, revokedAt: expect.any(String) }) }),
+      // bob would revoke alice's working laptop token
+      other: () => ({ path: `/admin/tokens/${tokenIdOf(D1)}/revoke`, status: 403, code: 'FORBIDDEN' }),
+    },
+    {
+      method: 'GET', route: '/admin/audit', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: '/admin/audit?limit=5', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.audit.length).toBe(5) }),
+      other: () => ({ path: '/admin/audit', status: 403, code: 'FORBIDDEN' }),
+    },
+    // ---- persona: every route acts on the caller's own persona versions
+    {
+      method: 'GET', route: '/persona', scope: 'persona',
+      owner: () => ({ token: () => t.d1, path: '/persona', headers: asD1, status: 200, check: (r) => expect(personaId(r.body)).toBe(snapId(SNAP_A)) }),
+      // alice's version 2 does not exist for bob
+      other: () => ({ path: '/persona?version=2', status: 404, code: 'NOT_FOUND' }),
+    },
+    {
+      method: 'POST', route: '/persona/chunks/get', scope: 'persona',
+      owner: () => ({ token: () => t.d1, path: '/persona/chunks/get', body: json({ ids: [CHUNK_A], version: 2 }), headers: asD1, status: 200, check: (r) => expect(r.body.toString('latin1')).toContain(CHUNK_A) }),
+      // alice's chunk named against bob's own version: ids are not capabilities
+      other: () => ({ path: '/persona/chunks/get', body: json({ ids: [CHUNK_A], version: 1 }), status: 404, code: 'BLOCK_NOT_FOUND' }),
+    },
+    {
+      method: 'POST', route: '/persona/chunks/missing', scope: 'persona',
+      owner: () => ({ token: () => t.d1, path: '/persona/chunks/missing', body: json({ ids: [CHUNK_A] }), headers: asD1, status: 200, check: (r) => expect(r.json).toEqual({ missing: [] }) }),
+      // (a global existence query by design: asked about an id nobody stored, bob learns only that)
+      other: () => ({ path: '/persona/chunks/missing', body: json({ ids: [blockId(Buffer.from('nobody'))] }), status: 200, check: (r) => expect(r.json).toEqual({ missing: [blockId(Buffer.from('nobody'))] }) }),
+    },
+    {
+      method: 'PUT', route: '/persona/blocks', scope: 'persona',
+      owner: () => ({ token: () => t.d1, path: '/persona/blocks?base=2', body: emptyZstdTar, headers: { ...asD1, 'content-encoding': 'zstd' }, status: 200, check: (r) => expect(r.json).toEqual({ chunks: 0, files: 0 }) }),
+      // an rdiff delta whose base is alice's file, against bob's own version
+      other: () => ({ path: '/persona/blocks?base=1', body: deltaOnAlicesFile, status: 404, code: 'BLOCK_NOT_FOUND' }),
+    },
+    {
+      method: 'POST', route: '/persona/push', scope: 'persona',
+      owner: () => ({ token: () => t.d1, path: '/persona/push', body: personaPushA, headers: { ...asD1, 'content-type': CONTENT_TAR }, status: 200, check: (r) => expect(r.json).toMatchObject({ version: 2, changed: false }) }),
+      // a valid push of bob's own persona naming alice's desktop (whose merge policies it would use)
+      other: () => ({ path: '/persona/push', body: personaPushB, headers: { 'content-type': CONTENT_TAR }, status: 404, code: 'DESKTOP_NOT_FOUND' }),
+    },
+  ];
+  const label = (r: Route): string => `${r.method} ${r.route}`;
+  let tokens: any[] = [];
+  const tokenIdOf = (device: string): number => tokens.find((x) => x.device === device && x.revokedAt === null)?.id;
+
+  /** What a refused request must not change: checkouts, leases, requests, tokens, audit, versions. */
+  const snapshot = async () => {
+    const strip = (o: any) => ({ ...o, lastUsedAt: undefined });
+    const audit = (await ok('GET', '/admin/audit?limit=10000', t.root)).audit;
+    return {
+      checkouts: (await ok('GET', '/admin/checkouts', t.root)).checkouts,
+      requests: (await ok('GET', '/admin/requests', t.root)).requests,
+      tokens: (await ok('GET', '/admin/tokens', t.root)).tokens.map(strip),
+      audit,
+      desktops: (await ok('GET', '/desktops', t.root)).desktops,
+      persona: personaId((await http(server.url, 'GET', `${API_PREFIX}/persona`, t.d1)).body),
+      status: (await server.admin(['status'])).json,
+    };
+  };
+
+  beforeAll(async () => {
+    // A 2 MiB image of distinct blocks.
+    const img = Buffer.alloc(IMAGE_BYTES);
+    for (let i = 0; i < img.length; i += 32) createHash('sha256').update(`block-${i}`).digest().copy(img, i);
+    writeFileSync(image, img);
+    await server.init();
+    t.alice = await server.addUser('alice');
+    t.bob = await server.addUser('bob');
+    const root = await server.admin(['user', 'add', 'root', '--admin']);
+    expect(root.code, root.stderr).toBe(0);
+    t.root = root.json.token;
+    expect((await server.admin(['image', 'publish', 'img', image])).code).toBe(0);
+    for (const [d, u] of [['a-desk', 'alice'], ['a-spare', 'alice'], ['a-rollback', 'alice'], ['a-probe', 'alice'], ['b-desk', 'bob']]) {
+      const r = await server.admin(['desktop', 'create', d!, '--user', u!, '--image', 'img']);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    await server.start();
+
+    // Devices, as `carryon login` registers them: with the user's own token.
+    t.d1 = (await ok('POST', '/devices', t.alice, { device: D1, name: 'a-laptop' })).token;
+    t.d2 = (await ok('POST', '/devices', t.alice, { device: D2, name: 'a-second-laptop' })).token;
+    t.rev = (await ok('POST', '/devices', t.alice, { device: D_REV, name: 'a-stolen-laptop' })).token;
+    t.admin = (await ok('POST', '/devices', t.root, { device: D_ADMIN, name: 'root-laptop' })).token;
+    t.adminRev = (await ok('POST', '/devices', t.root, { device: D_ADMIN_REV, name: 'root-old-laptop' })).token;
+
+    // Checkouts held by D1.
+    const start = (desk: string) => ok('POST', `/desktops/${desk}/checkouts`, t.d1, { device: D1, deviceName: 'a-laptop' }, asD1);
+    CO = (await start('a-desk')).checkoutId;
+    CO_SPARE = (await start('a-spare')).checkoutId;
+    CO_RB = (await start('a-rollback')).checkoutId;
+    const m = await http(server.url, 'GET', `${API_PREFIX}/checkouts/${CO}/manifest`, t.d1, undefined, asD1);
+    expect(m.status).toBe(200);
+    baseManifest = m.body;
+    aManifestId = manifestId(baseManifest);
+    firstBlock = decodeManifest(baseManifest).idAt(0)!;
+    expect(firstBlock).toMatch(/^[0-9a-f]{64}$/);
+    const mm = new DiskManifest(IMAGE_BYTES, 65536, Buffer.from(decodeManifest(baseManifest).ids));
+    mm.setId(1, blockId(Buffer.from('a block nobody uploaded')));
+    missingManifest = encodeManifest(mm);
+    emptyZstdTar = await tar([], true);
+
+    // Alice's persona version 2 holds a secret file.
+    expect(await ok('PUT', '/persona/blocks?base=1', t.d1, await tar([{ name: `b/${CHUNK_A}`, data: SECRET_TEXT }]), asD1)).toEqual({ chunks: 1, files: 0 });
+    expect(await ok('POST', '/persona/push', t.d1, await pushBody(EMPTY_SNAP, SNAP_A, 1, 'a-desk'), { ...asD1, 'content-type': CONTENT_TAR })).toMatchObject({ version: 2, changed: true });
+    personaPushA = await pushBody(SNAP_A, SNAP_A, 2, 'a-desk');
+    personaPushB = await pushBody(EMPTY_SNAP, EMPTY_SNAP, 1, 'a-desk');
+    deltaOnAlicesFile = await tar([{ name: `r/${blockId(Buffer.from('what bob wants'))}/${SNAP_A.files[1]!.hash}`, data: Buffer.from('rs\x026') }]);
+
+    // The admin asks for a forced check-in of CO; revokes D_REV over HTTP and D_ADMIN_REV from the CLI.
+    RID = (await ok('POST', `/admin/checkouts/${CO}/checkin`, t.root)).id;
+    tokens = (await ok('GET', '/admin/tokens', t.root)).tokens;
+    REV_ID = tokenIdOf(D_REV);
+    ADMIN_REV_ID = tokenIdOf(D_ADMIN_REV);
+    expect(REV_ID).toBeGreaterThan(0);
+    expect(ADMIN_REV_ID).toBeGreaterThan(0);
+    expect(await ok('POST', `/admin/tokens/${REV_ID}/revoke`, t.root)).toMatchObject({ id: REV_ID, user: 'alice', device: D_REV, revokedAt: expect.any(String) });
+    const cliTokens = await server.admin(['admin', 'tokens']);
+    expect(cliTokens.json.tokens.find((x: any) => x.id === ADMIN_REV_ID)).toMatchObject({ user: 'root', device: D_ADMIN_REV, revokedAt: null });
+    const cli = await server.admin(['admin', 'revoke', String(ADMIN_REV_ID)]);
+    expect(cli.code, cli.stderr).toBe(0);
+    expect(cli.json).toMatchObject({ id: ADMIN_REV_ID, revokedAt: expect.any(String) });
+    tokens = (await ok('GET', '/admin/tokens', t.root)).tokens;
+
+    before = await snapshot();
+  }, 60_000);
+
+  afterAll(async () => {
+    await server.stop();
+    removeTmp(dir);
+  });
+
+  it('the table lists every route registered in server/http-server.ts, and no other', () => {
+    const src = readFileSync(path.join(ROOT, 'server/http-server.ts'), 'utf8');
+    // Routes enter the table through r(...) only.
+    expect(src.match(/\.routes\.push\(/g)).toHaveLength(1);
+    const registered = [...src.matchAll(/\br\(\s*['"`]([A-Z]+)['"`]\s*,\s*['"`]([^'"`]+)['"`]/g)].map((m) => `${m[1]} ${m[2]}`);
+    expect(src.match(/\br\(\s*['"`]/g)!.length).toBe(registered.length);
+    expect(registered.length).toBeGreaterThanOrEqual(20);
+    const table = ROUTES.map(label);
+    expect(new Set(table).size).toBe(table.length);
+    expect([...table].sort()).toEqual([...registered].sort());
+    // Every /admin route goes through the admin(...) gate, and the table says so.
+    const gated = [...src.matchAll(/\br\(\s*['"`]([A-Z]+)['"`]\s*,\s*['"`]([^'"`]+)['"`]\s*,\s*admin\(/g)].map((m) => `${m[1]} ${m[2]}`).sort();
+    expect(gated).toEqual(registered.filter((x) => x.split(' ')[1]!.startsWith('/admin/')).sort());
+    expect(ROUTES.filter((r) => r.scope === 'admin').map(label).sort()).toEqual(gated);
+  });
+
+  describe('1. no Authorization header: 401 UNAUTHORIZED', () => {
+    it.each(ROUTES)('$method $route', async (route) => {
+      const r = await call(route.method, null, route.owner());
+      expect(errorOf(r)).toEqual({ status: 401, code: 'UNAUTHORIZED' });
+    });
+  });
+
+  describe('2. a wrong token: 401 UNAUTHORIZED', () => {
+    it.each(ROUTES)('$method $route', async (route) => {
+      const o = route.owner();
+      expect(errorOf(await call(route.method, `cod_${'A'.repeat(43)}`, o))).toEqual({ status: 401, code: 'UNAUTHORIZED' });
+      expect(errorOf(await call(route.method, `${o.token()}x`, o))).toEqual({ status: 401, code: 'UNAUTHORIZED' });
+      // the owner's valid token, but not as a bearer token
+      expect(errorOf(await call(route.method, null, o, { authorization: `Token ${o.token()}` }))).toEqual({ status: 401, code: 'UNAUTHORIZED' });
+    });
+  });
+
+  describe('3. a revoked device token (by the admin over HTTP; from the server CLI): 401 UNAUTHORIZED', () => {
+    it.each(ROUTES)('$method $route', async (route) => {
+      const o = route.owner();
+      expect(errorOf(await call(route.method, t.rev, o, { [HEADER_DEVICE]: D_REV }))).toEqual({ status: 401, code: 'UNAUTHORIZED' });
+      // an admin's revoked token opens no admin route either
+      expect(errorOf(await call(route.method, t.adminRev, o, { [HEADER_DEVICE]: D_ADMIN_REV }))).toEqual({ status: 401, code: 'UNAUTHORIZED' });
+    });
+  });
+
+  describe('4. a device token claiming another device: 403 FORBIDDEN', () => {
+    it.each(ROUTES)('$method $route', async (route) => {
+      // the token that passes in the owner row (for /devices and /admin: a device token of the same user)
+      const token = route.scope === 'admin' ? t.admin : t.d1;
+      for (const claimed of [D_OTHER, D2, '']) {
+        const r = await call(route.method, token, route.owner(), { [HEADER_DEVICE]: claimed });
+        expect(errorOf(r), `claiming ${JSON.stringify(claimed)}`).toEqual({ status: 403, code: 'FORBIDDEN' });
+        expect(r.json.error.message).toMatch(/another device/);
+      }
+    });
+  });
+
+  describe("5. user B on A's resources: *_NOT_FOUND (never FORBIDDEN), nothing of A's in the answer", () => {
+    it.each(ROUTES.filter((r) => r.scope !== 'admin'))('$method $route', async (route) => {
+      const o = route.other();
+      const r = await call(route.method, t.bob, o);
+      expect(errorOf(r), r.body.toString().slice(0, 300)).toEqual({ status: o.status, code: o.code });
+      o.check?.(r);
+      if (route.scope === 'desktop') expect(r.json.error.code).toBe('DESKTOP_NOT_FOUND');
+      if (route.scope === 'checkout') expect(r.json.error.code).toBe('CHECKOUT_NOT_FOUND');
+      const sent = `${o.path} ${JSON.stringify(o.headers ?? {})} ${Buffer.isBuffer(o.body) ? o.body.toString('latin1') : (o.body ?? '')}`;
+      const answer = r.body.toString('latin1');
+      expect(secrets().filter((s) => !sent.includes(s) && answer.includes(s))).toEqual([]);
+    });
+  });
+
+  describe('6. admin routes: a plain user (user token, device token) 403 FORBIDDEN', () => {
+    it.each(ROUTES.filter((r) => r.scope === 'admin'))('$method $route', async (route) => {
+      const o = route.other();
+      expect(errorOf(await call(route.method, t.bob, o))).toEqual({ status: 403, code: 'FORBIDDEN' });
+      expect(errorOf(await call(route.method, t.alice, route.owner(), { [HEADER_DEVICE]: '' }))).toEqual({ status: 403, code: 'FORBIDDEN' });
+      const r = await call(route.method, t.d1, route.owner(), asD1);
+      expect(errorOf(r)).toEqual({ status: 403, code: 'FORBIDDEN' });
+      expect(r.json.error.message).toBe('alice is not an admin');
+    });
+  });
+
+  it('none of the refused requests above changed anything or wrote an audit row', async () => {
+    expect(await snapshot()).toEqual(before);
+  });
+
+  describe('7. the owner (admin routes: an admin) gets through', () => {
+    it.each(ROUTES)('$method $route', async (route) => {
+      const o = route.owner();
+      const r = await call(route.method, o.token(), o);
+      expect([401, 403, 404]).not.toContain(r.status);
+      expect(errorOf(r), r.body.toString().slice(0, 300)).toEqual({ status: o.status, code: o.code });
+      o.check?.(r);
+    });
+  });
+
+  it('the audit log names the admin, the device and the address of every admin action; refused callers left no row', async () => {
+    const audit = (await ok('GET', '/admin/audit?limit=10000', t.root)).audit as any[];
+    const revoke = audit.filter((a) => a.action === 'token.revoke');
+    expect(revoke).toHaveLength(2);
+    expect(revoke.find((a) => a.target === `token:${REV_ID}`)).toMatchObject({ actor: 'root', address: expect.stringMatching(/^(::ffff:)?127\.0\.0\.1$/), detail: { user: 'alice', device: D_REV } });
+    expect(revoke.find((a) => a.target === `token:${ADMIN_REV_ID}`)).toMatchObject({ actor: expect.stringMatching(/^cli:/), address: 'local', detail: { user: 'root', device: D_ADMIN_REV } });
+    const one = (action: string) => {
+      const rows = audit.filter((a) => a.action === action);
+      expect(rows, action).toHaveLength(1);
+      return rows[0];
+    };
+    expect(one('lease.extend')).toMatchObject({ actor: 'root', device: D_ADMIN, address: expect.stringMatching(/127\.0\.0\.1$/), target: 'desktop:a-desk', detail: { days: 1 } });
+    expect(one('checkin.request')).toMatchObject({ actor: 'root', address: expect.stringMatching(/127\.0\.0\.1$/), detail: { checkoutId: CO, request: RID } });
+    expect(one('checkout.rollback')).toMatchObject({ actor: 'root', device: D_ADMIN, target: 'desktop:a-rollback', detail: { checkoutId: CO_RB } });
+    expect(one('checkout.discard')).toMatchObject({ actor: 'alice', device: D1, target: 'desktop:a-spare', detail: { checkoutId: CO_SPARE } });
+    expect(one('checkin.in-progress')).toMatchObject({ actor: 'alice', device: D1, detail: { checkoutId: CO, request: RID } });
+    expect(audit.filter((a) => a.action === 'device.register').map((a) => a.target).sort()).toEqual([D1, D2, D_REV, D_NEW, D_ADMIN, D_ADMIN_REV].map((d) => `device:${d}`).sort());
+    // bob was refused everywhere: he appears nowhere, and nothing of alice's moved on his account
+    expect(audit.filter((a) => JSON.stringify(a).includes('bob'))).toEqual([]);
+    expect(audit.every((a) => typeof a.actor === 'string' && a.address !== null)).toBe(true);
+    // alice still holds a-desk from D1, at version 1, with her laptop token working
+    expect((await ok('GET', '/desktops/a-desk', t.d1, undefined, asD1)).checkout).toMatchObject({ checkoutId: CO, device: D1, baseVersion: 1 });
+    expect((await ok('GET', '/admin/tokens', t.root)).tokens.find((x: any) => x.device === D1)).toMatchObject({ revokedAt: null });
+  });
+});
