@@ -2,10 +2,12 @@
 # Installs the Debian tools the test suite drives as real peers: mke2fs/debugfs (e2fsprogs) build and
 # edit ext4 fixtures, qemu-io writes into disk images as a VM would (also over NBD), nbdcopy/nbdinfo
 # (libnbd-bin) and qemu-img read `carryon serve` exports back, cmp compares, and zstd checks that our
-# frames are standard. nbdkit and qemu-nbd (qemu-utils) are the NBD servers scripts/bench compares with. The benchmark peers (rsync, rdiff, casync) come along so that
+# frames are standard. nbdkit and qemu-nbd (qemu-utils) are the NBD servers scripts/bench compares with.
+# chromium runs the admin console's end-to-end tests (driven by the playwright-core npm package; its own
+# browser download is not used). The benchmark peers (rsync, rdiff, casync) come along so that
 # scripts/bench runs on the same machine. A missing tool is a test failure, never a skip.
 set -euo pipefail
-pkgs=(e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils)
+pkgs=(e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -13,7 +15,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-for t in mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit zstd rsync rdiff casync cmp; do
+for t in mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit chromium zstd rsync rdiff casync cmp; do
   command -v "$t" >/dev/null || { echo "install-test-deps: $t is still missing" >&2; exit 1; }
 done
 echo "install-test-deps: all peers present"

@@ -16,6 +16,7 @@ import { decodeParam, header, readBody, readJson, sendJson } from './http-util.j
 import type { SqliteMeta, User } from './meta.js';
 import { SqliteFleetMeta, type Actor } from './fleet-meta.js';
 import { Metrics } from './metrics.js';
+import { CONSOLE_CSP, CONSOLE_HTML } from './console-page.js';
 
 /** Largest manifest a commit may carry: 128 MiB = 4M blocks, 256 GiB at 64 KiB blocks. */
 const MAX_MANIFEST_BYTES = 128 * 1024 * 1024;
@@ -127,6 +128,12 @@ export class CarryonHttpServer {
     let routePath = 'unknown';
     const readBefore = req.socket.bytesRead;
     const writtenBefore = req.socket.bytesWritten;
+    // The admin console is a static page; everything it shows comes from the admin API with the admin's token.
+    if (req.method === 'GET' && (url.pathname === '/console' || url.pathname === '/')) {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-security-policy': CONSOLE_CSP, 'x-content-type-options': 'nosniff', 'cache-control': 'no-store' });
+      res.end(CONSOLE_HTML);
+      return;
+    }
     // Prometheus scrapes without a token: only counts, never names (see metrics.ts).
     if (req.method === 'GET' && url.pathname === '/metrics') {
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });

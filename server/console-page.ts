@@ -1,0 +1,109 @@
+// The admin web console: one self-contained page served at /console (no framework, no external
+// assets). It keeps the admin's token in sessionStorage and calls the admin HTTP API with it: the
+// page holds no data of its own. All text goes in through textContent, never innerHTML.
+import { createHash } from 'node:crypto';
+
+export const CONSOLE_HTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>carryon console</title>
+<style>
+  body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+  h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 1.5em; }
+  table { border-collapse: collapse; width: 100%; }
+  th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
+  th { background: #f4f4f4; }
+  .expired { color: #b00; font-weight: bold; } .warn { color: #b60; }
+  button { margin-right: 4px; } #error { color: #b00; } .muted { color: #777; }
+</style>
+</head>
+<body>
+<h1>carryon console</h1>
+<form id="login">
+  <label>Admin token <input id="token" type="password" size="50" autocomplete="off"></label>
+  <button id="login-button" type="submit">Log in</button>
+</form>
+<div id="app" hidden>
+  <p><span id="whoami"></span> · <a href="#" id="logout">log out</a> · <span class="muted" id="updated"></span></p>
+  <p id="error" role="alert"></p>
+  <h2>Checkouts</h2>
+  <table id="checkouts">
+    <thead><tr><th>desktop</th><th>user</th><th>device</th><th>since</th><th>lease</th><th>last contact</th><th>pending</th><th>requests</th><th>actions</th></tr></thead>
+    <tbody></tbody>
+  </table>
+  <h2>Requests</h2>
+  <table id="requests"><thead><tr><th>#</th><th>kind</th><th>desktop</th><th>state</th><th>by</th><th>updated</th><th>detail</th></tr></thead><tbody></tbody></table>
+  <h2>Audit log</h2>
+  <table id="audit"><thead><tr><th>when</th><th>who</th><th>from</th><th>what</th><th>target</th><th>detail</th></tr></thead><tbody></tbody></table>
+</div>
+<script>
+(function () {
+  var API = '/v1';
+  var data = { checkouts: [] };
+  function token() { return sessionStorage.getItem('carryon-token'); }
+  function call(method, path, body) {
+    return fetch(API + path, { method: method, headers: Object.assign({ authorization: 'Bearer ' + token() }, body ? { 'content-type': 'application/json' } : {}), body: body ? JSON.stringify(body) : undefined })
+      .then(function (r) { return r.json().then(function (j) { if (!r.ok) throw new Error((j.error && (j.error.code + ': ' + j.error.message)) || ('HTTP ' + r.status)); return j; }); });
+  }
+  function cell(tr, text, cls) { var td = document.createElement('td'); td.textContent = text == null ? '' : String(text); if (cls) td.className = cls; tr.appendChild(td); return td; }
+  function bytes(n) { if (n == null) return 'unknown'; var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB']; var i = 0; while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; } return n.toFixed(i ? 1 : 0) + ' ' + u[i]; }
+  function countdown(iso) {
+    if (!iso) return { text: 'no lease', cls: '' };
+    var s = Math.round((Date.parse(iso) - Date.now()) / 1000);
+    if (s <= 0) return { text: 'expired', cls: 'expired' };
+    var d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60), sec = s % 60;
+    return { text: (d ? d + 'd ' : '') + h + 'h ' + m + 'm ' + sec + 's', cls: s < 86400 ? 'warn' : '' };
+  }
+  function showError(e) { document.getElementById('error').textContent = e ? String(e.message || e) : ''; }
+  function button(td, label, name, action) { var b = document.createElement('button'); b.textContent = label; b.name = name; b.onclick = action; td.appendChild(b); }
+  function renderCheckouts() {
+    var tb = document.querySelector('#checkouts tbody'); tb.textContent = '';
+    data.checkouts.forEach(function (c) {
+      var tr = document.createElement('tr'); tr.dataset.desktop = c.desktop; tr.dataset.checkout = c.checkoutId;
+      cell(tr, c.desktop); cell(tr, c.user); cell(tr, c.deviceName); cell(tr, c.since);
+      var cd = countdown(c.leaseExpiresAt); var lease = cell(tr, cd.text, cd.cls + ' lease'); lease.dataset.expires = c.leaseExpiresAt || '';
+      cell(tr, c.lastContactAt || 'never'); cell(tr, c.pendingBytes == null ? 'unknown' : bytes(c.pendingBytes) + ' in ' + c.pendingBlocks + ' blocks', 'pending');
+      cell(tr, c.openRequests.map(function (q) { return q.kind + ': ' + q.state; }).join(', '), 'open-requests');
+      var td = cell(tr, '');
+      button(td, 'Force check-in', 'checkin', function () { call('POST', '/admin/checkouts/' + c.checkoutId + '/checkin').then(refresh, showError); });
+      button(td, 'Extend lease', 'extend', function () { var d = Number(prompt('Extend the lease of ' + c.desktop + ' by how many days?', '7')); if (d > 0) call('POST', '/admin/checkouts/' + c.checkoutId + '/lease', { days: d }).then(refresh, showError); });
+      button(td, 'Roll back', 'rollback', function () { if (confirm('Roll ' + c.desktop + ' back to its last server version? Changes on the laptop not checked in are discarded.')) call('POST', '/admin/checkouts/' + c.checkoutId + '/rollback').then(refresh, showError); });
+      tb.appendChild(tr);
+    });
+    if (!data.checkouts.length) { var tr = document.createElement('tr'); cell(tr, 'no active checkouts', 'muted'); tb.appendChild(tr); }
+  }
+  function renderRows(sel, rows, cols) {
+    var tb = document.querySelector(sel + ' tbody'); tb.textContent = '';
+    rows.forEach(function (r) { var tr = document.createElement('tr'); cols.forEach(function (f) { var v = f(r); cell(tr, v && typeof v === 'object' ? JSON.stringify(v) : v); }); tr.dataset.id = r.id; tb.appendChild(tr); });
+  }
+  function tick() { document.querySelectorAll('#checkouts td.lease').forEach(function (td) { var cd = countdown(td.dataset.expires); td.textContent = cd.text; td.className = cd.cls + ' lease'; }); }
+  function refresh() {
+    return Promise.all([call('GET', '/admin/checkouts'), call('GET', '/admin/requests'), call('GET', '/admin/audit?limit=100')]).then(function (r) {
+      data.checkouts = r[0].checkouts; renderCheckouts();
+      renderRows('#requests', r[1].requests, [function (q) { return q.id; }, function (q) { return q.kind; }, function (q) { return q.desktop; }, function (q) { return q.state; }, function (q) { return q.requestedBy; }, function (q) { return q.updatedAt; }, function (q) { return q.detail; }]);
+      renderRows('#audit', r[2].audit, [function (a) { return a.at; }, function (a) { return a.actor + (a.device ? ' @ ' + a.device : ''); }, function (a) { return a.address; }, function (a) { return a.action; }, function (a) { return a.target; }, function (a) { return a.detail; }]);
+      document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString(); showError(null);
+    }, showError);
+  }
+  function start() {
+    call('GET', '/whoami').then(function (w) {
+      if (!w.admin) throw new Error(w.user + ' is not an admin');
+      document.getElementById('whoami').textContent = 'logged in as ' + w.user;
+      document.getElementById('login').hidden = true; document.getElementById('app').hidden = false;
+      refresh(); setInterval(refresh, 2000); setInterval(tick, 1000);
+    }).catch(function (e) { sessionStorage.removeItem('carryon-token'); document.getElementById('login').hidden = false; showLoginError(e); });
+  }
+  function showLoginError(e) { var p = document.getElementById('login-error'); if (!p) { p = document.createElement('p'); p.id = 'login-error'; p.style.color = '#b00'; document.getElementById('login').appendChild(p); } p.textContent = String(e.message || e); }
+  document.getElementById('login').onsubmit = function (ev) { ev.preventDefault(); sessionStorage.setItem('carryon-token', document.getElementById('token').value.trim()); start(); };
+  document.getElementById('logout').onclick = function (ev) { ev.preventDefault(); sessionStorage.removeItem('carryon-token'); location.reload(); };
+  if (token()) start();
+})();
+</script>
+</body>
+</html>
+`;
+
+/** Only this page's own inline script may run (by its hash): an injected script would not. */
+const script = /<script>([\s\S]*)<\/script>/.exec(CONSOLE_HTML)![1]!;
+export const CONSOLE_CSP = `default-src 'none'; script-src 'sha256-${createHash('sha256').update(script).digest('base64')}'; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`;

@@ -1,0 +1,97 @@
+// The admin web console in a real browser (Debian's chromium, driven by playwright-core): log in with
+// an admin token, see the checkout with its lease countdown, press "Force check-in", watch the
+// laptop's agent complete it; extend a lease; a plain user's token is refused.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, ROOT, TestServer, tmpDir } from './harness.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+
+describe('admin console (chromium)', () => {
+  const dir = tmpDir('console');
+  const server = new TestServer(dir);
+  const laptop = new Laptop(path.join(dir, 'laptop'));
+  let adminToken = '';
+  let userToken = '';
+  let browser: Browser;
+  let page: Page;
+  let agent: ChildProcess | null = null;
+
+  beforeAll(async () => {
+    requireTool('chromium');
+    expect(existsSync(CHROMIUM), 'chromium is not installed: run scripts/install-test-deps.sh').toBe(true);
+    const image = path.join(dir, 'golden.raw');
+    makeExt4Image(image, 16, 4);
+    await server.init();
+    userToken = await server.addUser('alice');
+    const adm = await server.admin(['user', 'add', 'root', '--admin']);
+    adminToken = adm.json.token;
+    expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
+    for (const d of ['desk', 'other']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    await server.start();
+    expect((await laptop.cli(['login', server.url, '--token', userToken, '--device-name', 'alice-laptop'])).code).toBe(0);
+    for (const d of ['desk', 'other']) expect((await laptop.cli(['checkout', d])).code).toBe(0);
+    qemuWrite(path.join(laptop.home, 'desktops', 'desk', 'disk.raw'), [[0x3c, 3 * 1024 * 1024, 65536]]);
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'] });
+    page = await browser.newPage();
+  }, 180_000);
+
+  afterAll(async () => {
+    agent?.kill('SIGTERM');
+    await browser?.close();
+    await server.stop();
+    removeTmp(dir);
+  });
+
+  async function logIn(token: string): Promise<void> {
+    await page.goto(`${server.url}/console`);
+    await page.fill('#token', token);
+    await page.click('#login-button');
+  }
+
+  it("a plain user's token does not open the console", async () => {
+    await logIn(userToken);
+    await expect.poll(async () => (await page.textContent('#login-error')) ?? '').toMatch(/not an admin/);
+    expect(await page.isVisible('#app')).toBe(false);
+  });
+
+  it('an admin sees every checkout with a live lease countdown and the device', async () => {
+    await logIn(adminToken);
+    await page.waitForSelector('#checkouts tr[data-desktop="desk"]');
+    const row = page.locator('#checkouts tr[data-desktop="desk"]');
+    await expect.poll(() => row.locator('td').nth(2).textContent()).toBe('alice-laptop');
+    const first = await row.locator('td.lease').textContent();
+    expect(first).toMatch(/^[67]d \d+h \d+m \d+s$/); // the default lease: 7 days
+    await page.waitForTimeout(1100);
+    expect(await row.locator('td.lease').textContent()).not.toBe(first); // it counts down
+    expect(await page.locator('#checkouts tr[data-desktop="other"]').count()).toBe(1);
+  });
+
+  it('"Extend lease" pushes the lease out; the audit log shows who did it', async () => {
+    const row = page.locator('#checkouts tr[data-desktop="other"]');
+    const before = Date.parse((await row.locator('td.lease').getAttribute('data-expires'))!);
+    page.once('dialog', (d) => void d.accept('3'));
+    await row.locator('button[name="extend"]').click();
+    await expect.poll(async () => Date.parse((await page.locator('#checkouts tr[data-desktop="other"] td.lease').getAttribute('data-expires'))!) - before).toBe(3 * 86400 * 1000);
+    await expect.poll(async () => (await page.locator('#audit tbody').textContent()) ?? '').toMatch(/lease\.extend/);
+    expect(await page.locator('#audit tbody tr', { hasText: 'lease.extend' }).first().textContent()).toContain('root');
+  });
+
+  it('"Force check-in" is queued; the agent on the laptop completes it; the console shows requested, then done', async () => {
+    const row = page.locator('#checkouts tr[data-desktop="desk"]');
+    await row.locator('button[name="checkin"]').click();
+    await expect.poll(async () => (await page.locator('#requests tbody').textContent()) ?? '').toMatch(/checkin.*desk.*requested/);
+    // The laptop's agent, as its systemd unit would run it.
+    agent = spawn(process.execPath, [path.join(ROOT, 'bin/carryon.js'), 'agent', '--interval', '1', '--json'], { env: { ...process.env, CARRYON_HOME: laptop.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    await expect.poll(async () => (await page.locator('#requests tbody tr', { hasText: 'desk' }).first().textContent()) ?? '', { timeout: 30_000 }).toMatch(/done.*"version":2/);
+    // The checkout is gone from the list: the desktop is back on the server, at version 2.
+    await expect.poll(() => page.locator('#checkouts tr[data-desktop="desk"]').count(), { timeout: 10_000 }).toBe(0);
+    const audit = (await page.locator('#audit tbody').textContent()) ?? '';
+    for (const a of ['checkin.request', 'checkin.done', 'checkout.commit']) expect(audit).toContain(a);
+    const status = (await laptop.cli(['status', 'desk', '--json'])).json.desktops[0];
+    expect(status).toMatchObject({ state: 'checked-in', version: 2 });
+  }, 60_000);
+});
