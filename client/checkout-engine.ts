@@ -73,9 +73,17 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   }
   const resumed = info.resumed || local?.state === 'downloading';
   const lease = { leaseExpiresAt: info.leaseExpiresAt ?? null };
-  if (opts.stream) return startStream(state, api, login, name, { info, encoded, manifest, disk, prior, local, personaTo: opts.personaTo, resumed, t0 });
+  const keepSecret = (): void => {
+    if (info.leaseSecret) state.setLeaseSecret(name, Buffer.from(info.leaseSecret, 'base64'));
+  };
+  if (opts.stream) {
+    const r = await startStream(state, api, login, name, { info, encoded, manifest, disk, prior, local, personaTo: opts.personaTo, resumed, t0 });
+    keepSecret();
+    return r;
+  }
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'downloading', version: info.version, manifestId: info.manifestId,
     manifest: encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString(), ...lease });
+  keepSecret();
 
   await fs.mkdir(path.dirname(disk), { recursive: true });
   const fd = openSync(partial, fsc.O_RDWR | fsc.O_CREAT, 0o644);

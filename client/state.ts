@@ -65,6 +65,9 @@ const MIGRATIONS = [
    ALTER TABLE checkouts_v3 RENAME TO checkouts;`,
   // 4: the offline lease of each checkout, as the server last granted it.
   `ALTER TABLE checkouts ADD COLUMN lease_expires_at TEXT;`,
+  // 5: the checkout's secret for offline lease codes, and the last code number used (each works once).
+  `ALTER TABLE checkouts ADD COLUMN lease_secret BLOB;
+   ALTER TABLE checkouts ADD COLUMN lease_code_seq INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 export interface LocalPersonaCopy {
@@ -177,6 +180,20 @@ export class LocalState {
 
   removePersona(desktop: string): void {
     this.db.prepare('DELETE FROM personas WHERE desktop = ?').run(desktop);
+  }
+
+  setLeaseSecret(desktop: string, secret: Buffer): void {
+    this.db.prepare('UPDATE checkouts SET lease_secret = ? WHERE desktop = ?').run(secret, desktop);
+  }
+
+  leaseSecret(desktop: string): { secret: Buffer | null; seq: number } {
+    const r = this.db.prepare('SELECT lease_secret, lease_code_seq FROM checkouts WHERE desktop = ?').get(desktop) as { lease_secret: Buffer | null; lease_code_seq: number } | undefined;
+    return { secret: r?.lease_secret ?? null, seq: r?.lease_code_seq ?? 0 };
+  }
+
+  /** Record a lease code as used, with the lease it granted; false when a code this new was used already. */
+  useLeaseCode(desktop: string, seq: number, leaseExpiresAt: string): boolean {
+    return this.db.prepare('UPDATE checkouts SET lease_code_seq = ?, lease_expires_at = ? WHERE desktop = ? AND lease_code_seq < ?').run(seq, leaseExpiresAt, desktop, seq).changes === 1;
   }
 
   setLease(desktop: string, leaseExpiresAt: string): void {

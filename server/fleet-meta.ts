@@ -2,7 +2,7 @@
 // Owns: minting device tokens (stored as SHA-256 only), listing and revoking tokens, computing a
 // checkout's lease from policy, heartbeats, and appending audit rows. Must not know: HTTP, the CLI.
 import { createHash, randomBytes } from 'node:crypto';
-import { CarryonError } from '../src/index.js';
+import { CarryonError, encodeLeaseCode } from '../src/index.js';
 import type { Db } from './db.js';
 import type { CheckoutRow, User } from './meta.js';
 
@@ -174,6 +174,32 @@ export class SqliteFleetMeta {
       this.db.prepare('UPDATE checkouts SET lease_expires_at = ?, last_contact_at = ? WHERE id = ?').run(expires, now(), co.id);
     }
     return expires;
+  }
+
+  /** The checkout's secret for offline lease codes, made on first use (migration 5). */
+  leaseSecret(checkoutId: string): Buffer {
+    const row = this.db.prepare('SELECT lease_secret FROM checkouts WHERE id = ?').get(checkoutId) as { lease_secret: Buffer | null } | undefined;
+    if (!row) throw new CarryonError('CHECKOUT_NOT_FOUND', `no checkout ${checkoutId}`, { checkoutId });
+    if (row.lease_secret) return row.lease_secret;
+    const secret = randomBytes(16);
+    this.db.prepare('UPDATE checkouts SET lease_secret = ? WHERE id = ? AND lease_secret IS NULL').run(secret, checkoutId);
+    return (this.db.prepare('SELECT lease_secret FROM checkouts WHERE id = ?').get(checkoutId) as { lease_secret: Buffer }).lease_secret;
+  }
+
+  /**
+   * A code the user types on the laptop, offline, to extend its lease by `days` (read over the phone).
+   * The server's own view of the lease moves the same way.
+   */
+  leaseCode(checkoutId: string, days: number, actor: Actor): { code: string; days: number; seq: number; leaseExpiresAt: string; desktop: string } {
+    return this.db.transaction(() => {
+      const co = this.checkout(checkoutId);
+      const seq = (this.db.prepare('SELECT lease_code_seq AS s FROM checkouts WHERE id = ?').get(checkoutId) as { s: number }).s + 1;
+      const code = encodeLeaseCode(this.leaseSecret(checkoutId), checkoutId, days, seq);
+      this.db.prepare('UPDATE checkouts SET lease_code_seq = ? WHERE id = ?').run(seq, checkoutId);
+      const ext = this.extendLease(checkoutId, days, actor);
+      this.audit(actor, 'lease.code', `desktop:${co.desktop}`, { checkoutId, days, seq });
+      return { code, days, seq, leaseExpiresAt: ext.leaseExpiresAt!, desktop: co.desktop };
+    })();
   }
 
   /** An admin pushes a lease out by `days` from the later of now and its current expiry. */

@@ -93,6 +93,11 @@ export class CarryonHttpServer {
       if (device !== undefined && co.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${co.id} is held by another device`, { checkoutId: co.id });
       return this.fleet.updateRequest(co.id, intOf(params[1]!), state, detail, actor);
     });
+    r('POST', '/admin/checkouts/:id/lease-code', admin(async ({ req, params, actor }) => {
+      const days = (await readJson(req) as { days?: unknown }).days;
+      if (!Number.isInteger(days)) throw new CarryonError('BAD_REQUEST', 'days must be a whole number');
+      return this.fleet.leaseCode(params[0]!, days as number, actor);
+    }));
     r('GET', '/admin/tokens', admin(async () => ({ tokens: this.fleet.tokens() })));
     r('POST', '/admin/tokens/:id/revoke', admin(async ({ params, actor }) => this.fleet.revokeToken(intOf(params[0]!), actor)));
     r('GET', '/admin/audit', admin(async ({ url }) => ({ audit: this.fleet.auditLog(url.searchParams.has('limit') ? intParam(url, 'limit') : 200) })));
@@ -206,7 +211,8 @@ export class CarryonHttpServer {
     const personaVersion = row.persona_base_version ?? this.meta.setCheckoutPersonaBase(row.id, this.personas.get(user).version);
     const leaseExpiresAt = this.fleet.renewLease(row);
     if (!resumed) this.fleet.audit({ ...actor, device }, 'checkout.start', `desktop:${params[0]!}`, { checkoutId: row.id, version: row.base_version, deviceName });
-    return { checkoutId: row.id, desktop: params[0]!, version: row.base_version, manifestId: mid, resumed, personaVersion, leaseExpiresAt, leaseDays: this.fleet.leaseDays(row.desktop_id) };
+    return { checkoutId: row.id, desktop: params[0]!, version: row.base_version, manifestId: mid, resumed, personaVersion, leaseExpiresAt, leaseDays: this.fleet.leaseDays(row.desktop_id),
+      leaseSecret: this.fleet.leaseSecret(row.id).toString('base64') };
   }
 
   /** A laptop's contact: the lease starts over, and the server learns what it has not sent yet. */

@@ -170,4 +170,12 @@ export const MIGRATIONS: Migration[] = [
       ALTER TABLE desktops ADD COLUMN rollback_keeps_local INTEGER NOT NULL DEFAULT 0;
     `,
   },
+  {
+    version: 5,
+    why: 'Offline lease codes: each checkout gets a random secret shared with its laptop at check-out, so an admin can extend a lease with a short code (an HMAC over the checkout, the days and a sequence number) that the laptop checks without the network, read over the phone.',
+    sql: `
+      ALTER TABLE checkouts ADD COLUMN lease_secret BLOB;
+      ALTER TABLE checkouts ADD COLUMN lease_code_seq INTEGER NOT NULL DEFAULT 0;
+    `,
+  },
 ];

@@ -12,4 +12,5 @@ export * from './store/index.js';
 export * from './manifest/index.js';
 export * from './disk/index.js';
 export * from './persona/index.js';
+export * from './lease/index.js';
 export * from './wire/index.js';

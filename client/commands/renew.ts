@@ -1,18 +1,32 @@
-// carryon renew NAME: contact the server to start a checkout's offline lease over (and report what
-// the laptop has not sent yet: the blocks its dirty map marks).
+// carryon renew NAME [--code CODE]: start a checkout's offline lease over by contacting the server (which
+// also learns what the laptop has not sent yet: the blocks its dirty map marks), or, offline, with a
+// code an admin read out (src/lease): checked against the checkout's secret, each code used once.
 import type { Command } from 'commander';
-import { CarryonError, decodeManifest, parseName } from '../../src/index.js';
+import { CarryonError, decodeLeaseCode, decodeManifest, parseName } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { openJournal } from '../disk-session.js';
 import { renewLease } from '../lease.js';
 
 export function registerRenew(program: Command): void {
-  withCommonOptions(program.command('renew <desktop>').description("renew a checkout's offline lease (needs the server)")).action(async (desktop: string, _o, cmd: Command) => {
+  withCommonOptions(program.command('renew <desktop>').description("renew a checkout's offline lease: online, or offline with a code from an admin"))
+    .option('--code <code>', 'a lease code an admin gave you (`carryon-server admin lease-code`): works offline, once')
+    .action(async (desktop: string, _o, cmd: Command) => {
     const opts = optsOf(cmd);
     await runCommand(opts, async ({ state, api }) => {
       const name = parseName(desktop, 'desktop');
       const local = state.checkout(name);
       if (!local || (local.state !== 'active' && local.state !== 'streaming')) throw new CarryonError('NOT_CHECKED_OUT', `${name} is not checked out on this laptop`, { desktop: name });
+      if (typeof opts.code === 'string') {
+        // Offline: the code is checked against the checkout's secret; each code works once.
+        const { secret, seq: used } = state.leaseSecret(name);
+        if (!secret) throw new CarryonError('LEASE_CODE_INVALID', `${name} was checked out before lease codes existed: renew it online`, { desktop: name });
+        const { days, seq } = decodeLeaseCode(secret, local.checkoutId, opts.code);
+        if (seq <= used) throw new CarryonError('LEASE_CODE_INVALID', `that lease code (#${seq}) was used already on this laptop`, { desktop: name, seq });
+        const from = Math.max(state.monotonicNow(), local.leaseExpiresAt ? Date.parse(local.leaseExpiresAt) : 0);
+        const leaseExpiresAt = new Date(from + days * 24 * 3600 * 1000).toISOString();
+        if (!state.useLeaseCode(name, seq, leaseExpiresAt)) throw new CarryonError('LEASE_CODE_INVALID', 'that lease code was used already on this laptop', { desktop: name, seq });
+        return { desktop: name, leaseExpiresAt, pendingBytes: null, pendingBlocks: null, code: { days, seq } };
+      }
       let pendingBlocks = 0;
       let pendingBytes = 0;
       const opened = openJournal(state, local, true);
@@ -25,7 +39,7 @@ export function registerRenew(program: Command): void {
         await opened.journal.close();
       }
       const leaseExpiresAt = await renewLease(state, api(), local, { pendingBytes, pendingBlocks });
-      return { desktop: name, leaseExpiresAt, pendingBytes, pendingBlocks };
-    }, (r) => `${r.desktop}: the offline lease now runs until ${r.leaseExpiresAt}`);
+      return { desktop: name, leaseExpiresAt, pendingBytes, pendingBlocks, code: null };
+    }, (r) => `${r.desktop}: the offline lease now runs until ${r.leaseExpiresAt}${r.code ? ` (code #${r.code.seq}: ${r.code.days} more days)` : ''}`);
   });
 }

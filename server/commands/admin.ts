@@ -48,6 +48,14 @@ export function registerAdmin(program: Command): void {
       await withData(opts, (d) => new SqliteFleetMeta(d.db).extendLease(checkout, positive(opts.days, '--days'), cliActor()), (c) => `${c.desktop}: lease now ends ${c.leaseExpiresAt} (${until(c.leaseExpiresAt)})`);
     });
 
+  withCommonOptions(admin.command('lease-code <checkout>').description('a code the user types offline (`carryon renew NAME --code CODE`) to extend the lease by N days'))
+    .requiredOption('--days <n>', 'whole days, 1-255')
+    .action(async (checkout: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await withData(opts, (d) => new SqliteFleetMeta(d.db).leaseCode(checkout, Number(opts.days), cliActor()), (r) =>
+        `lease code for ${r.desktop}, ${r.days} more days (code #${r.seq}):\n  ${r.code}\nthe user types: carryon renew ${r.desktop} --code ${r.code}`);
+    });
+
   withCommonOptions(admin.command('lease-policy <kind> <name>').description('offline lease length of a desktop or an image (kind: desktop or image)'))
     .option('--days <n>', 'lease length in days (a desktop overrides its image; default 7)')
     .option('--clear', 'remove the setting (fall back to the image, then to 7 days)')

@@ -32,6 +32,7 @@ export const ERROR_CODES = {
   DISK_IN_USE: { http: 409, exit: 8, what: 'another carryon process (serve, check-in) has the local disk open' },
   DISK_INCOMPLETE: { http: 409, exit: 8, what: 'part of a streamed disk is not on this laptop yet and the server cannot be reached' },
   ROLLED_BACK: { http: 409, exit: 8, what: 'an admin rolled this checkout back; the laptop copy is no longer the desktop' },
+  LEASE_CODE_INVALID: { http: 400, exit: 2, what: 'a lease code is mistyped, used already, or for another checkout' },
   LEASE_EXPIRED: { http: 403, exit: 11, what: "the checkout's offline lease ran out: renew it online or with a code from an admin" },
   DATA_DIR_INVALID: { http: 500, exit: 8, what: 'the server data folder is missing or not initialised' },
   // integrity

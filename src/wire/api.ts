@@ -51,6 +51,8 @@ export interface CheckoutInfo {
   /** When the offline lease runs out unless the laptop contacts the server again (ISO time). */
   leaseExpiresAt: string;
   leaseDays: number;
+  /** Base64 secret for offline lease codes (src/lease): only the device holding the checkout gets it. */
+  leaseSecret: string;
 }
 
 /** A laptop's periodic contact while it holds a checkout: what it has not sent yet. */

@@ -82,7 +82,7 @@ describe('fleet: devices, leases, admin, audit', () => {
     expect(Date.parse(ext.json.leaseExpiresAt) - Date.parse(r.json.leaseExpiresAt)).toBe(10 * DAY);
   });
 
-  it('an expired lease keeps the disk closed offline (exit 11), and a clock turned back does not reopen it; online, serve renews it', async () => {
+  it('an expired lease keeps the disk closed offline (exit 11), and a clock turned back does not reopen it; online, serve renews it; a code from an admin extends it offline, once', async () => {
     expect((await server.admin(['admin', 'lease-policy', 'desktop', 'short', '--days', '0.00002'])).code).toBe(0); // ~1.7 s
     expect((await a.cli(['checkout', 'short', '--json'])).code).toBe(0);
     await new Promise((r) => setTimeout(r, 2500));
@@ -94,6 +94,7 @@ describe('fleet: devices, leases, admin, audit', () => {
     expect(refused.code).toBe(11);
     expect(refused.json.error.code).toBe('LEASE_EXPIRED');
     expect(refused.json.error.message).toMatch(/carryon renew short/);
+
 
     // The lease of `desk` has 10 days left; the laptop once saw a time 30 days ahead (its clock was then
     // set back): the latest time seen counts, so that lease has run out too.
@@ -127,6 +128,23 @@ describe('fleet: devices, leases, admin, audit', () => {
     const lease = (await a.cli(['status', 'short', '--json'])).json.desktops[0].lease;
     expect(lease.expired).toBe(false);
     expect(Date.parse(lease.expiresAt)).toBeGreaterThan(Date.now() + 3 * DAY - 60_000);
+
+    // An admin can also read a code over the phone: it extends the lease without the network, once.
+    const held = ((await server.admin(['admin', 'checkouts'])).json.checkouts as any[]).find((c) => c.desktop === 'short');
+    const code = await server.admin(['admin', 'lease-code', held.checkoutId, '--days', '2']);
+    expect(code.code, code.stderr).toBe(0);
+    expect(code.json.code).toMatch(/^[0-9A-Z]{6}-[0-9A-Z]{6}-[0-9A-Z]{6}$/);
+    const typo = code.json.code.slice(0, -1) + (code.json.code.endsWith('0') ? '1' : '0');
+    const wrong = await a.cli(['renew', 'short', '--code', typo, '--json']);
+    expect(wrong.code).toBe(2);
+    expect(wrong.json.error.code).toBe('LEASE_CODE_INVALID');
+    const ok = await a.cli(['renew', 'short', '--code', code.json.code.toLowerCase(), '--json']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(Date.parse(ok.json.leaseExpiresAt) - Date.parse(lease.expiresAt)).toBe(2 * DAY);
+    expect((await a.cli(['status', 'short', '--json'])).json.desktops[0].lease.expired).toBe(false);
+    const again = await a.cli(['renew', 'short', '--code', code.json.code, '--json']);
+    expect(again.code).toBe(2);
+    expect(again.json.error.message).toMatch(/used already/);
   }, 60_000);
 
   it('a revoked device token is refused at once (exit 3); the audit log says who did what, when and from where', async () => {
