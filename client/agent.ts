@@ -1,5 +1,6 @@
 // The laptop agent's work, one round at a time: for each checkout on this laptop, contact the server
-// (the lease starts over; it learns the bytes not sent yet), then carry out what an admin asked:
+// (the lease starts over; it learns the bytes not sent yet), send a restore point when the desktop's
+// replication policy says one is due, then carry out what an admin asked:
 // a forced check-in (a real check-in: nothing is lost; it waits while a VM has the disk open) or a
 // rollback (the copy is removed, or kept aside when the desktop's policy says so, with the cache
 // blocks no other checkout on this laptop uses). An unreachable server is not an error: next round.
@@ -11,6 +12,7 @@ import { checkinDesktop } from './checkin-engine.js';
 import { DiskLock } from './disk-lock.js';
 import { openJournal, removeJournal } from './disk-session.js';
 import { leaseStatus } from './lease.js';
+import { replicateDesktop } from './replicate.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 
 export type AgentLog = (event: string, fields: Record<string, unknown>, human: string) => void;
@@ -20,6 +22,7 @@ export interface RoundReport {
   offline: boolean;
   checkins: number;
   rollbacks: number;
+  restorePoints: number;
 }
 
 function pendingOf(state: LocalState, local: LocalCheckout): { pendingBytes: number; pendingBlocks: number } {
@@ -37,7 +40,7 @@ function pendingOf(state: LocalState, local: LocalCheckout): { pendingBytes: num
 }
 
 export async function agentRound(state: LocalState, api: ApiClient, login: Login, log: AgentLog): Promise<RoundReport> {
-  const report: RoundReport = { contacted: 0, offline: false, checkins: 0, rollbacks: 0 };
+  const report: RoundReport = { contacted: 0, offline: false, checkins: 0, rollbacks: 0, restorePoints: 0 };
   for (const local of state.checkouts()) {
     if (local.state !== 'active' && local.state !== 'streaming') continue;
     const lease = leaseStatus(state, local);
@@ -60,6 +63,21 @@ export async function agentRound(state: LocalState, api: ApiClient, login: Login
     if (reply.leaseExpiresAt) state.setLease(local.desktop, reply.leaseExpiresAt);
     log('heartbeat', { desktop: local.desktop, leaseExpiresAt: reply.leaseExpiresAt, ...pending, requests: reply.requests.length },
       `${local.desktop}: lease until ${reply.leaseExpiresAt ?? '-'}; ${pending.pendingBlocks} blocks not sent yet`);
+    // Scheduled replication: a restore point when the desktop's policy says one is due.
+    const every = reply.replicateEveryMinutes;
+    const due = every !== null && every !== undefined && !reply.rolledBack && reply.requests.length === 0 &&
+      (!reply.lastRestorePointAt || Date.now() - Date.parse(reply.lastRestorePointAt) >= every * 60_000);
+    if (due) {
+      try {
+        const r = await replicateDesktop(state, api, local.desktop, true);
+        report.restorePoints++;
+        log('restore-point', { desktop: local.desktop, restorePoint: r.restorePoint, blocksChanged: r.blocksChanged, bytesSent: r.bytesSent, via: r.via, pauseMs: r.pauseMs },
+          `${local.desktop}: restore point #${r.restorePoint} sent (${r.blocksChanged} blocks changed since check-out, ${r.bytesSent} bytes)`);
+      } catch (err) {
+        const e = asCarryonError(err);
+        log('replicate-error', { desktop: local.desktop, error: e.toJSON() }, `${local.desktop}: replication failed: ${e.code}: ${e.message}`);
+      }
+    }
     for (const req of reply.requests) {
       if (req.kind === 'rollback') {
         if (await rollbackLocal(state, api, local, req, log)) report.rollbacks++;

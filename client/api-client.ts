@@ -128,6 +128,11 @@ export class ApiClient {
     return this.json('POST', `/checkouts/${checkoutId}/requests/${id}`, { state, detail });
   }
 
+  async restorePoint(checkoutId: string, manifest: Buffer): Promise<{ id: number; createdAt: string; blocksChanged: number }> {
+    const res = await this.request('POST', `/checkouts/${checkoutId}/restore-points`, manifest, { 'content-type': CONTENT_MANIFEST });
+    return JSON.parse((await this.readAll(res)).toString('utf8')) as { id: number; createdAt: string; blocksChanged: number };
+  }
+
   desktops(): Promise<{ desktops: DesktopInfo[] }> {
     return this.json('GET', '/desktops');
   }

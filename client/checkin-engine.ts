@@ -149,60 +149,7 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   const base = decodeManifest(local.manifest);
   const next = scan.manifest;
 
-  // The first block index of each new id: where to read it and which base block to patch against.
-  const firstIndex = new Map<BlockId, number>();
-  for (const i of scan.changed) {
-    const id = next.idAt(i);
-    if (id !== null && !firstIndex.has(id)) firstIndex.set(id, i);
-  }
-  const candidates = [...firstIndex.keys()];
-  const missing: BlockId[] = [];
-  for (let k = 0; k < candidates.length; k += MAX_QUERY_IDS) missing.push(...(await api.missing(local.checkoutId, candidates.slice(k, k + MAX_QUERY_IDS))));
-
-  const totalPlain = missing.reduce((n, id) => n + next.lengthOf(firstIndex.get(id)!), 0);
-  const progress = new Progress(`checkin ${name}`, totalPlain, opts.quiet);
-  let asPatch = 0;
-  let plainUploaded = 0;
-  const fh = await fs.open(local.diskPath, 'r');
-  try {
-    for (const batch of batchesOf(missing, (id) => next.lengthOf(firstIndex.get(id)!), UPLOAD_BATCH_BYTES)) {
-      async function* entries(): AsyncGenerator<TarEntry> {
-        for (const id of batch) {
-          const i = firstIndex.get(id)!;
-          const plain = Buffer.allocUnsafe(next.lengthOf(i));
-          await fh.read(plain, 0, plain.length, i * next.blockSize);
-          if (!isVerified(id, plain)) {
-            throw new CarryonError('DISK_CHANGED', `block ${i} of ${local.diskPath} changed during the check-in: stop the VM using it and run the check-in again`, { block: i });
-          }
-          // Keep the new block locally: the next check-in patches against it, a re-check-out reuses it.
-          await state.cache.put(id, encodeBlock(plain, CACHE_LEVEL), plain);
-          const baseId = base.blockSize === next.blockSize && i < base.count ? base.idAt(i) : null;
-          let entry: TarEntry = { name: uploadEntryName({ kind: 'block', id }), data: plain };
-          const basePlain = baseId === null ? null : await cachedBlock(state, baseId, base.blockSize);
-          if (basePlain !== null && baseId !== null) {
-            const patch = encodeBlockPatch(basePlain, plain);
-            if (patch.length < plain.length) {
-              entry = { name: uploadEntryName({ kind: 'patch', id, base: baseId }), data: patch };
-              asPatch++;
-            }
-          }
-          plainUploaded += plain.length;
-          progress.add(plain.length);
-          crashPoint('checkin-upload-block');
-          yield entry;
-        }
-      }
-      const tar = packEntries(entries());
-      // Single-threaded on purpose: libzstd worker threads hold whole multi-MiB jobs back, so a dropped
-      // connection would lose blocks the server could otherwise have kept.
-      const body = createCompressStream(3);
-      tar.on('error', (err) => body.destroy(err));
-      await api.upload(local.checkoutId, tar.pipe(body));
-    }
-  } finally {
-    await fh.close();
-  }
-  progress.finish();
+  const up = await uploadChanges(state, api, local, base, next, scan.changed, `checkin ${name}`, opts.quiet);
 
   // A write after the scan would be missing from the new version while the laptop copy keeps it.
   if ((await diskStamp(state, name)) !== before) {
@@ -244,10 +191,78 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   }
   return {
     desktop: name, version: commit.version, previousVersion: commit.previousVersion, manifestId: commit.manifestId, blocksChanged: scan.changed.length,
-    bytesChanged: scan.bytesChanged, blocksUploaded: missing.length, blocksAsPatch: asPatch, plainBytesUploaded: plainUploaded, bytesSent: api.bytesSent,
+    bytesChanged: scan.bytesChanged, blocksUploaded: up.blocksUploaded, blocksAsPatch: up.asPatch, plainBytesUploaded: up.plainUploaded, bytesSent: api.bytesSent,
     bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, scanMode: scan.mode, fullScanReason: scan.mode === 'full' ? scan.reason : null, scanBytesRead: scan.bytesRead, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted, maxRssBytes: maxRss(),
     persona: commit.persona ? { ...commit.persona, changes: personaDiff } : null,
   };
+}
+
+/**
+ * Send the server what it lacks of a scan's changed blocks: each as a patch against the block it
+ * replaces where that is smaller, all in one zstd stream per request, kept in the laptop cache too.
+ * Shared by check-in and replication.
+ */
+export async function uploadChanges(state: LocalState, api: ApiClient, local: LocalCheckout, base: DiskManifest, next: DiskManifest, changed: number[], label: string, quiet: boolean,
+  readBlock?: (index: number, id: BlockId) => Promise<Buffer>): Promise<{ blocksUploaded: number; asPatch: number; plainUploaded: number }> {
+  // The first block index of each new id: where to read it and which base block to patch against.
+  const firstIndex = new Map<BlockId, number>();
+  for (const i of changed) {
+    const id = next.idAt(i);
+    if (id !== null && !firstIndex.has(id)) firstIndex.set(id, i);
+  }
+  const candidates = [...firstIndex.keys()];
+  const missing: BlockId[] = [];
+  for (let k = 0; k < candidates.length; k += MAX_QUERY_IDS) missing.push(...(await api.missing(local.checkoutId, candidates.slice(k, k + MAX_QUERY_IDS))));
+
+  const totalPlain = missing.reduce((n, id) => n + next.lengthOf(firstIndex.get(id)!), 0);
+  const progress = new Progress(label, totalPlain, quiet);
+  let asPatch = 0;
+  let plainUploaded = 0;
+  const fh = readBlock ? null : await fs.open(local.diskPath, 'r');
+  try {
+    for (const batch of batchesOf(missing, (id) => next.lengthOf(firstIndex.get(id)!), UPLOAD_BATCH_BYTES)) {
+      async function* entries(): AsyncGenerator<TarEntry> {
+        for (const id of batch) {
+          const i = firstIndex.get(id)!;
+          let plain: Buffer;
+          if (readBlock) plain = await readBlock(i, id);
+          else {
+            plain = Buffer.allocUnsafe(next.lengthOf(i));
+            await fh!.read(plain, 0, plain.length, i * next.blockSize);
+          }
+          if (!isVerified(id, plain)) {
+            throw new CarryonError('DISK_CHANGED', `block ${i} of ${local.diskPath} changed while it was being sent: stop the VM using it and try again`, { block: i });
+          }
+          // Keep the new block locally: the next check-in patches against it, a re-check-out reuses it.
+          await state.cache.put(id, encodeBlock(plain, CACHE_LEVEL), plain);
+          const baseId = base.blockSize === next.blockSize && i < base.count ? base.idAt(i) : null;
+          let entry: TarEntry = { name: uploadEntryName({ kind: 'block', id }), data: plain };
+          const basePlain = baseId === null ? null : await cachedBlock(state, baseId, base.blockSize);
+          if (basePlain !== null && baseId !== null) {
+            const patch = encodeBlockPatch(basePlain, plain);
+            if (patch.length < plain.length) {
+              entry = { name: uploadEntryName({ kind: 'patch', id, base: baseId }), data: patch };
+              asPatch++;
+            }
+          }
+          plainUploaded += plain.length;
+          progress.add(plain.length);
+          crashPoint('checkin-upload-block');
+          yield entry;
+        }
+      }
+      const tar = packEntries(entries());
+      // Single-threaded on purpose: libzstd worker threads hold whole multi-MiB jobs back, so a dropped
+      // connection would lose blocks the server could otherwise have kept.
+      const body = createCompressStream(3);
+      tar.on('error', (err) => body.destroy(err));
+      await api.upload(local.checkoutId, tar.pipe(body));
+    }
+  } finally {
+    await fh?.close();
+  }
+  progress.finish();
+  return { blocksUploaded: missing.length, asPatch, plainUploaded };
 }
 
 /** A block from the laptop cache, or null when it is absent or fails verification (then the block goes whole). */

@@ -8,6 +8,7 @@ import { registerDiscard } from './commands/discard.js';
 import { registerLogin } from './commands/login.js';
 import { registerPersona } from './commands/persona.js';
 import { registerRenew } from './commands/renew.js';
+import { registerReplicate } from './commands/replicate.js';
 import { registerServe } from './commands/serve.js';
 import { registerStatus } from './commands/status.js';
 
@@ -26,6 +27,7 @@ registerCheckin(program);
 registerServe(program);
 registerRenew(program);
 registerAgent(program);
+registerReplicate(program);
 registerStatus(program);
 registerDiscard(program);
 registerPersona(program);

@@ -43,6 +43,8 @@ export interface CheckoutSummary {
   lastContactAt: string | null;
   pendingBytes: number | null;
   pendingBlocks: number | null;
+  /** The newest restore point this checkout sent: what a lost laptop would still have. */
+  lastRestorePoint: { id: number; at: string } | null;
   /** Admin requests not finished yet (force check-in). */
   openRequests: Array<{ id: number; kind: RequestKind; state: RequestState }>;
 }
@@ -60,6 +62,17 @@ export interface AdminRequest {
   detail: unknown;
   createdAt: string;
   updatedAt: string;
+}
+
+export interface RestorePoint {
+  id: number;
+  desktop: string;
+  checkoutId: string;
+  baseVersion: number;
+  manifestId: string;
+  deviceName: string;
+  blocksChanged: number;
+  createdAt: string;
 }
 
 export interface AuditRow {
@@ -225,6 +238,7 @@ export class SqliteFleetMeta {
       since: r.started_at as string, baseVersion: r.base_version as number, leaseExpiresAt: (r.lease_expires_at as string | null) ?? null,
       lastContactAt: (r.last_contact_at as string | null) ?? null, pendingBytes: (r.pending_bytes as number | null) ?? null, pendingBlocks: (r.pending_blocks as number | null) ?? null,
       openRequests: this.requests(r.id as string, true).map((q) => ({ id: q.id, kind: q.kind, state: q.state })),
+      lastRestorePoint: ((p) => (p ? { id: p.id, at: p.created_at } : null))(this.db.prepare('SELECT id, created_at FROM restore_points WHERE checkout_id = ? ORDER BY id DESC LIMIT 1').get(r.id) as { id: number; created_at: string } | undefined),
     };
   }
 
@@ -267,9 +281,10 @@ export class SqliteFleetMeta {
    * Roll a checkout back: it ends now, the desktop stays at (returns to) its last server version and is
    * free to check out again; the device is told at its next contact to remove its copy.
    */
-  rollback(checkoutId: string, actor: Actor): AdminRequest {
+  rollback(checkoutId: string, actor: Actor, restorePoint?: number): AdminRequest {
     return this.db.transaction(() => {
       const co = this.checkout(checkoutId);
+      if (restorePoint !== undefined && this.restorePoint(restorePoint).desktop !== co.desktop) throw new CarryonError('NOT_FOUND', `restore point ${restorePoint} is not of desktop ${co.desktop}`, { restorePoint });
       const t = now();
       this.db.prepare("UPDATE checkouts SET state = 'discarded', ended_at = ?, end_reason = 'rollback' WHERE id = ? AND state = 'active'").run(t, checkoutId);
       // A forced check-in still waiting can no longer happen.
@@ -278,7 +293,8 @@ export class SqliteFleetMeta {
       const keep = (this.db.prepare('SELECT rollback_keeps_local AS k FROM desktops d JOIN checkouts c ON c.desktop_id = d.id WHERE c.id = ?').get(checkoutId) as { k: number }).k === 1;
       const id = Number(this.db.prepare("INSERT INTO admin_requests (checkout_id, kind, state, requested_by, detail, created_at, updated_at) VALUES (?, 'rollback', 'requested', ?, ?, ?, ?)")
         .run(checkoutId, actor.name, JSON.stringify({ keepLocal: keep }), t, t).lastInsertRowid);
-      this.audit(actor, 'checkout.rollback', `desktop:${co.desktop}`, { checkoutId, request: id, version: co.baseVersion, keepLocal: keep });
+      this.audit(actor, 'checkout.rollback', `desktop:${co.desktop}`, { checkoutId, request: id, version: co.baseVersion, keepLocal: keep, restorePoint: restorePoint ?? null });
+      if (restorePoint !== undefined) this.restoreDesktop(co.desktop, restorePoint, actor);
       return this.request(id);
     })();
   }
@@ -294,6 +310,66 @@ export class SqliteFleetMeta {
       if (state !== r.state) this.audit(actor, `${r.kind}.${state}`, `desktop:${r.desktop}`, { checkoutId, request: id, ...detail });
       return this.request(id);
     })();
+  }
+
+  // ---- restore points (migration 6)
+  private rpSelect = 'SELECT r.*, d.name AS desktop FROM restore_points r JOIN desktops d ON d.id = r.desktop_id';
+
+  private toRestorePoint(r: Record<string, unknown>): RestorePoint {
+    return { id: r.id as number, desktop: r.desktop as string, checkoutId: r.checkout_id as string, baseVersion: r.base_version as number, manifestId: r.manifest_id as string,
+      deviceName: r.device_name as string, blocksChanged: r.blocks_changed as number, createdAt: r.created_at as string };
+  }
+
+  addRestorePoint(co: CheckoutRow, manifestId: string, blocksChanged: number, actor: Actor): RestorePoint {
+    return this.db.transaction(() => {
+      const t = now();
+      const id = Number(this.db.prepare('INSERT INTO restore_points (desktop_id, checkout_id, base_version, manifest_id, device_name, blocks_changed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .run(co.desktop_id, co.id, co.base_version, manifestId, co.device_name, blocksChanged, t).lastInsertRowid);
+      const rp = this.restorePoint(id);
+      this.audit(actor, 'restore-point.create', `desktop:${rp.desktop}`, { checkoutId: co.id, restorePoint: id, blocksChanged });
+      return rp;
+    })();
+  }
+
+  restorePoint(id: number): RestorePoint {
+    const r = this.db.prepare(`${this.rpSelect} WHERE r.id = ?`).get(id) as Record<string, unknown> | undefined;
+    if (!r) throw new CarryonError('NOT_FOUND', `no restore point ${id}`, { restorePoint: id });
+    return this.toRestorePoint(r);
+  }
+
+  restorePoints(desktopId: number): RestorePoint[] {
+    return (this.db.prepare(`${this.rpSelect} WHERE r.desktop_id = ? ORDER BY r.id DESC`).all(desktopId) as Array<Record<string, unknown>>).map((r) => this.toRestorePoint(r));
+  }
+
+  /**
+   * Make a restore point the desktop's next version (for a lost laptop: after a rollback, or when the
+   * checkout already ended). Refused while someone holds the desktop: roll that checkout back first.
+   */
+  restoreDesktop(desktopName: string, pointId: number, actor: Actor): { desktop: string; version: number; restorePoint: number } {
+    return this.db.transaction(() => {
+      const rp = this.restorePoint(pointId);
+      if (rp.desktop !== desktopName) throw new CarryonError('NOT_FOUND', `restore point ${pointId} is not of desktop ${desktopName}`, { restorePoint: pointId });
+      const d = this.db.prepare('SELECT id, version FROM desktops WHERE name = ?').get(desktopName) as { id: number; version: number };
+      const held = this.db.prepare("SELECT id FROM checkouts WHERE desktop_id = ? AND state = 'active'").get(d.id) as { id: string } | undefined;
+      if (held) throw new CarryonError('CHECKOUT_CONFLICT', `${desktopName} is checked out (${held.id}): roll that checkout back to this restore point instead`, { desktop: desktopName, checkoutId: held.id });
+      const version = d.version + 1;
+      const t = now();
+      this.db.prepare('INSERT INTO desktop_versions (desktop_id, version, manifest_id, checkout_id, created_at, restore_point_id) VALUES (?, ?, ?, NULL, ?, ?)').run(d.id, version, rp.manifestId, t, pointId);
+      this.db.prepare('UPDATE desktops SET version = ?, updated_at = ? WHERE id = ?').run(version, t, d.id);
+      this.audit(actor, 'desktop.restore', `desktop:${desktopName}`, { restorePoint: pointId, version, from: d.version });
+      return { desktop: desktopName, version, restorePoint: pointId };
+    })();
+  }
+
+  replicateMinutes(desktopId: number): number | null {
+    return (this.db.prepare('SELECT replicate_minutes AS m FROM desktops WHERE id = ?').get(desktopId) as { m: number | null }).m;
+  }
+
+  setReplicateMinutes(desktop: string, minutes: number | null, actor: Actor): void {
+    if (minutes !== null && !(minutes >= 1 && minutes <= 7 * 24 * 60)) throw new CarryonError('INVALID_ARGUMENT', 'minutes must be 1 to 10080');
+    const r = this.db.prepare('UPDATE desktops SET replicate_minutes = ? WHERE name = ?').run(minutes, desktop);
+    if (r.changes === 0) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${desktop}`, { desktop });
+    this.audit(actor, 'desktop.replicate-policy', `desktop:${desktop}`, { minutes });
   }
 
   setRollbackKeepsLocal(desktop: string, keep: boolean, actor: Actor): void {

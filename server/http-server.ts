@@ -84,7 +84,18 @@ export class CarryonHttpServer {
       return this.fleet.extendLease(params[0]!, days, actor);
     }));
     r('POST', '/admin/checkouts/:id/checkin', admin(async ({ params, actor }) => this.fleet.requestCheckin(params[0]!, actor)));
-    r('POST', '/admin/checkouts/:id/rollback', admin(async ({ params, actor }) => this.fleet.rollback(params[0]!, actor)));
+    r('POST', '/admin/checkouts/:id/rollback', admin(async ({ req, params, actor }) => {
+      const body = (await readJson(req)) as { restorePoint?: unknown };
+      if (body.restorePoint !== undefined && !Number.isSafeInteger(body.restorePoint)) throw new CarryonError('BAD_REQUEST', 'restorePoint must be a restore point id');
+      return this.fleet.rollback(params[0]!, actor, body.restorePoint as number | undefined);
+    }));
+    r('POST', '/admin/desktops/:name/restore', admin(async ({ req, params, actor }) => {
+      const point = ((await readJson(req)) as { restorePoint?: unknown }).restorePoint;
+      if (!Number.isSafeInteger(point)) throw new CarryonError('BAD_REQUEST', 'restorePoint must be a restore point id');
+      return this.fleet.restoreDesktop(parseName(params[0], 'desktop'), point as number, actor);
+    }));
+    r('GET', '/desktops/:name/restore-points', async ({ user, params }) => ({ restorePoints: this.fleet.restorePoints(this.meta.desktopFor(user, parseName(params[0], 'desktop')).id) }));
+    r('POST', '/checkouts/:id/restore-points', (c) => this.restorePoint(c));
     r('GET', '/admin/requests', admin(async () => ({ requests: this.fleet.requests() })));
     r('POST', '/checkouts/:id/requests/:rid', async ({ req, user, params, actor }) => {
       const { state, detail } = parseRequestUpdate(await readJson(req));
@@ -224,11 +235,13 @@ export class CarryonHttpServer {
     // A rolled-back checkout has ended, but its device must still hear of it (once per contact until done).
     if (ended.state === 'discarded' && ended.end_reason === 'rollback') {
       if (device !== undefined && ended.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${ended.id} is held by another device`, { checkoutId: ended.id });
-      return { checkoutId: ended.id, leaseExpiresAt: null, leaseDays: 0, serverTime: new Date().toISOString(), rolledBack: true, requests: requests(ended.id) };
+      return { checkoutId: ended.id, leaseExpiresAt: null, leaseDays: 0, serverTime: new Date().toISOString(), rolledBack: true, requests: requests(ended.id), replicateEveryMinutes: null, lastRestorePointAt: null };
     }
     const co = this.activeCheckout(user, params[0]!, device);
     const leaseExpiresAt = this.fleet.renewLease(co, { bytes: pending.pendingBytes, blocks: pending.pendingBlocks });
-    return { checkoutId: co.id, leaseExpiresAt, leaseDays: this.fleet.leaseDays(co.desktop_id), serverTime: new Date().toISOString(), rolledBack: false, requests: requests(co.id) };
+    const last = this.fleet.checkout(co.id).lastRestorePoint;
+    return { checkoutId: co.id, leaseExpiresAt, leaseDays: this.fleet.leaseDays(co.desktop_id), serverTime: new Date().toISOString(), rolledBack: false, requests: requests(co.id),
+      replicateEveryMinutes: this.fleet.replicateMinutes(co.desktop_id), lastRestorePointAt: last?.at ?? null };
   }
 
   private async sendPersona({ res, url, user }: Ctx): Promise<undefined> {
@@ -334,6 +347,25 @@ export class CarryonHttpServer {
     const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
     // Stream faults are TAR_INVALID from unpackEntries; anything else (a full disk) keeps its own code.
     return ingestUpload(this.meta, this.store, this.baseOf(co), bodyOf(req));
+  }
+
+  /** A restore point: like a commit's validation (every block present), but the checkout goes on. */
+  private async restorePoint({ req, user, params, actor }: Ctx) {
+    const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
+    const encoded = await readBody(req, MAX_MANIFEST_BYTES);
+    const next = decodeManifest(encoded);
+    const id = manifestId(encoded);
+    const base = this.baseOf(co);
+    if (next.blockSize !== base.manifest.blockSize || next.size !== base.manifest.size) {
+      throw new CarryonError('MANIFEST_INVALID', 'a restore point must have the checked-out version\'s size and block size');
+    }
+    const missing = missingForCommit(this.meta, base, next);
+    if (missing.length > 0) throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} block(s) the restore point names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
+    await this.store.sync();
+    this.meta.putManifest(id, encoded, next);
+    let changed = 0;
+    for (let i = 0; i < next.count; i++) if (next.ids.compare(base.manifest.ids, i * 32, i * 32 + 32, i * 32, i * 32 + 32) !== 0) changed++;
+    return this.fleet.addRestorePoint(co, id, changed, actor);
   }
 
   private async commit({ req, user, params, actor }: Ctx): Promise<CommitResult> {

@@ -178,4 +178,23 @@ export const MIGRATIONS: Migration[] = [
       ALTER TABLE checkouts ADD COLUMN lease_code_seq INTEGER NOT NULL DEFAULT 0;
     `,
   },
+  {
+    version: 6,
+    why: 'Replication while checked out: a device sends its changed blocks as a restore point without ending its checkout (a lost laptop loses at most the time since the last one); an admin can make a restore point the desktop\'s next version; per desktop, how often the agent replicates.',
+    sql: `
+      CREATE TABLE restore_points (
+        id INTEGER PRIMARY KEY,
+        desktop_id INTEGER NOT NULL REFERENCES desktops(id),
+        checkout_id TEXT NOT NULL REFERENCES checkouts(id),
+        base_version INTEGER NOT NULL,
+        manifest_id TEXT NOT NULL REFERENCES manifests(id),
+        device_name TEXT NOT NULL,
+        blocks_changed INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+      );
+      CREATE INDEX restore_points_desktop ON restore_points(desktop_id);
+      ALTER TABLE desktops ADD COLUMN replicate_minutes REAL;
+      ALTER TABLE desktop_versions ADD COLUMN restore_point_id INTEGER REFERENCES restore_points(id);
+    `,
+  },
 ];

@@ -7,7 +7,7 @@ import { writeFileSync, renameSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { CarryonError, describeFailure, encodeCheap, fmtBytes, fmtDuration, parseName, serveNbdConnection, NBD_ERRNO } from '../../src/index.js';
+import { CarryonError, describeFailure, encodeCheap, encodeManifest, fmtBytes, fmtDuration, parseName, serveNbdConnection, NBD_ERRNO } from '../../src/index.js';
 import { ApiClient } from '../api-client.js';
 import { ServerBlockSource } from '../block-source.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
@@ -102,6 +102,38 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       process.once('SIGINT', () => resolve());
       process.once('SIGTERM', () => resolve());
     });
+    // The control socket: `carryon replicate` asks for a point-in-time snapshot of the changed blocks.
+    const ctlPath = path.join(state.home, 'run', `${name}.ctl`);
+    try {
+      unlinkSync(ctlPath);
+    } catch {
+      /* none */
+    }
+    const ctl = net.createServer((c) => {
+      let buf = '';
+      c.on('error', () => undefined);
+      c.on('data', (d) => {
+        buf += d;
+        if (!buf.includes('\n')) return;
+        let reply: Record<string, unknown>;
+        try {
+          const req = JSON.parse(buf.slice(0, buf.indexOf('\n'))) as { op?: string };
+          if (req.op !== 'snapshot') throw new CarryonError('BAD_REQUEST', `unknown control request ${String(req.op)}`);
+          const t0 = Date.now();
+          const snap = disk.snapshot(state.cache);
+          const pauseMs = Date.now() - t0;
+          void snap.stored.then(() => state.cache.sync()).then(() => {
+            log('snapshot', { blocksChanged: snap.changed.length, pauseMs }, `snapshot for a restore point: ${snap.changed.length} blocks changed since check-out (the VM waited ${pauseMs} ms)`);
+            c.end(`${JSON.stringify({ manifest: encodeManifest(snap.manifest).toString('base64'), changed: snap.changed, pauseMs })}\n`);
+          }, (err: unknown) => c.end(`${describeFailure(err).json}\n`));
+          return;
+        } catch (err) {
+          reply = JSON.parse(describeFailure(err).json) as Record<string, unknown>;
+        }
+        c.end(`${JSON.stringify(reply)}\n`);
+      });
+    });
+    await new Promise<void>((resolve) => ctl.listen(ctlPath, resolve));
     const port = socketPath ? null : (server.address() as net.AddressInfo).port;
     const uri = socketPath ? `nbd+unix:///${name}?socket=${socketPath}` : `nbd://127.0.0.1:${port}/${name}`;
     const qemu = socketPath ? `nbd:unix:${socketPath}:exportname=${name}` : `nbd:127.0.0.1:${port}:exportname=${name}`;
@@ -163,6 +195,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     await signalled;
     stop.abort();
     server.close();
+    ctl.close();
     for (const s of sockets) s.destroy();
     (api as ApiClient | null)?.close(); // ends a download request under way: what landed is kept
     await download.catch(() => undefined);

@@ -38,7 +38,8 @@ export function registerAdmin(program: Command): void {
     await withData(optsOf(cmd), (d) => ({ checkouts: new SqliteFleetMeta(d.db).activeCheckouts() }), (r) =>
       r.checkouts.length === 0 ? 'no active checkouts' : r.checkouts.map((c) =>
         `${c.desktop} (v${c.baseVersion}) by ${c.user} on ${c.deviceName} since ${c.since}; lease ${until(c.leaseExpiresAt)} (${c.leaseExpiresAt ?? '-'}); ` +
-        `last contact ${ago(c.lastContactAt)}; pending ${c.pendingBytes === null ? 'unknown' : `${fmtBytes(c.pendingBytes)} in ${c.pendingBlocks} blocks`}; checkout ${c.checkoutId}`).join('\n'));
+        `last contact ${ago(c.lastContactAt)}; pending ${c.pendingBytes === null ? 'unknown' : `${fmtBytes(c.pendingBytes)} in ${c.pendingBlocks} blocks`}; ` +
+        `last restore point ${c.lastRestorePoint ? `#${c.lastRestorePoint.id} ${ago(c.lastRestorePoint.at)}` : 'none'}; checkout ${c.checkoutId}`).join('\n'));
   });
 
   withCommonOptions(admin.command('extend <checkout>').description("push a checkout's offline lease out by N days"))
@@ -73,9 +74,11 @@ export function registerAdmin(program: Command): void {
     await withData(optsOf(cmd), (d) => new SqliteFleetMeta(d.db).requestCheckin(checkout, cliActor()), (r) => `check-in of ${r.desktop} requested (#${r.id}, ${r.state}); follow it with \`carryon-server admin requests\``);
   });
 
-  withCommonOptions(admin.command('rollback <checkout>').description('end a checkout now; the desktop stays at its last server version; the device removes its copy at its next contact'))
+  withCommonOptions(admin.command('rollback <checkout>').description('end a checkout now; the desktop stays at its last server version (or becomes a restore point); the device removes its copy at its next contact'))
+    .option('--to-point <id>', 'make this restore point the desktop\'s next version (see `admin restore-points`)')
     .action(async (checkout: string, _o, cmd: Command) => {
-      await withData(optsOf(cmd), (d) => new SqliteFleetMeta(d.db).rollback(checkout, cliActor()), (r) =>
+      const opts = optsOf(cmd);
+      await withData(opts, (d) => new SqliteFleetMeta(d.db).rollback(checkout, cliActor(), opts.toPoint === undefined ? undefined : positive(opts.toPoint, '--to-point')), (r) =>
         `${r.desktop} rolled back: free to check out again; the device is told at its next contact (#${r.id}${(r.detail as { keepLocal?: boolean } | null)?.keepLocal ? ', it keeps its copy aside' : ''})`);
     });
 
@@ -87,6 +90,30 @@ export function registerAdmin(program: Command): void {
         new SqliteFleetMeta(d.db).setRollbackKeepsLocal(parseName(desktop, 'desktop'), opts.keep === true, cliActor());
         return { desktop, keepLocal: opts.keep === true };
       }, (r) => `${r.desktop}: a rollback ${r.keepLocal ? 'keeps the laptop copy aside' : 'deletes the laptop copy'}`);
+    });
+
+  withCommonOptions(admin.command('restore-points <desktop>').description("a desktop's restore points, newest first")).action(async (desktop: string, _o, cmd: Command) => {
+    await withData(optsOf(cmd), (d, meta) => ({ restorePoints: new SqliteFleetMeta(d.db).restorePoints(meta.desktopByName(parseName(desktop, 'desktop')).id) }), (r) =>
+      r.restorePoints.length === 0 ? 'no restore points' : r.restorePoints.map((p) => `#${p.id} ${p.createdAt} from ${p.deviceName}: ${p.blocksChanged} blocks changed over version ${p.baseVersion}`).join('\n'));
+  });
+
+  withCommonOptions(admin.command('restore <desktop>').description("make a restore point the desktop's next version (the desktop must not be checked out)"))
+    .requiredOption('--point <id>', 'restore point id')
+    .action(async (desktop: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await withData(opts, (d) => new SqliteFleetMeta(d.db).restoreDesktop(parseName(desktop, 'desktop'), positive(opts.point, '--point'), cliActor()), (r) =>
+        `${r.desktop} is now version ${r.version}, from restore point #${r.restorePoint}`);
+    });
+
+  withCommonOptions(admin.command('replicate-policy <desktop>').description('how often the agent sends a restore point while the desktop is checked out'))
+    .option('--minutes <n>', 'minutes between restore points').option('--clear', 'no scheduled restore points')
+    .action(async (desktop: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await withData(opts, (d) => {
+        const minutes = opts.clear === true ? null : positive(opts.minutes, '--minutes');
+        new SqliteFleetMeta(d.db).setReplicateMinutes(parseName(desktop, 'desktop'), minutes, cliActor());
+        return { desktop, replicateEveryMinutes: minutes };
+      }, (r) => `${r.desktop}: ${r.replicateEveryMinutes === null ? 'no scheduled restore points' : `a restore point every ${r.replicateEveryMinutes} min`}`);
     });
 
   withCommonOptions(admin.command('requests').description('forced check-ins and rollbacks, and how far each got')).action(async (_o, cmd: Command) => {

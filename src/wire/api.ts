@@ -78,6 +78,9 @@ export interface HeartbeatReply {
   rolledBack: boolean;
   /** Open requests for this device to carry out. */
   requests: DeviceRequest[];
+  /** How often the agent should send a restore point (null: never on its own). */
+  replicateEveryMinutes: number | null;
+  lastRestorePointAt: string | null;
 }
 
 export function parseRequestUpdate(body: unknown): { state: 'in-progress' | 'done' | 'failed'; detail: Record<string, unknown> } {

@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import nodeHttp from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -16,7 +17,7 @@ import {
 } from '../../src/index.js';
 import { removeTmp, ROOT, TestServer, tmpDir } from './harness.js';
 
-interface Res { status: number; json: any; body: Buffer }
+interface Res { status: number; json: any; body: Buffer; headers: nodeHttp.IncomingHttpHeaders }
 interface Req { path: string; body?: Buffer | string; headers?: Record<string, string> }
 interface Expect { status: number; code?: string; check?: (r: Res) => void }
 type Scope = 'user' | 'desktop' | 'checkout' | 'persona' | 'admin';
@@ -79,17 +80,19 @@ describe('authorization matrix over every HTTP route', () => {
   let CO_SPARE = ''; // a-spare: the owner's DELETE discards it
   let CO_RB = ''; // a-rollback: the admin's rollback ends it
   let RID = 0; // the admin's forced check-in request on CO
+  let RP_IDLE = 0; // a restore point of a-idle, which nobody holds: the admin's restore uses it
   let REV_ID = 0; // token id of D_REV, revoked over HTTP
   let ADMIN_REV_ID = 0; // token id of D_ADMIN_REV, revoked from the CLI
-  let baseManifest = Buffer.alloc(0);
+  let baseManifest: Buffer = Buffer.alloc(0);
   let aManifestId = '';
   let firstBlock = '';
-  let emptyZstdTar = Buffer.alloc(0);
-  let missingManifest = Buffer.alloc(0);
-  let personaPushA = Buffer.alloc(0); // alice's second push: unchanged
-  let personaPushB = Buffer.alloc(0); // bob's push naming alice's desktop
-  let deltaOnAlicesFile = Buffer.alloc(0); // bob's upload of an rdiff delta based on alice's file
-  let before: unknown = null;
+  let emptyZstdTar: Buffer = Buffer.alloc(0);
+  let missingManifest: Buffer = Buffer.alloc(0);
+  let personaPushA: Buffer = Buffer.alloc(0); // alice's second push: unchanged
+  let personaPushB: Buffer = Buffer.alloc(0); // bob's push naming alice's desktop
+  let deltaOnAlicesFile: Buffer = Buffer.alloc(0); // bob's upload of an rdiff delta based on alice's file
+  let before: any = null;
+  let CO_BOB = ''; // bob's own checkout of b-desk
 
   /**
    * One request on a connection of its own (`Connection: close`), head and body in one write. Not the
@@ -111,7 +114,7 @@ describe('authorization matrix over every HTTP route', () => {
           } catch {
             /* binary */
           }
-          resolve({ status: res.statusCode!, json, body: buf });
+          resolve({ status: res.statusCode!, json, body: buf, headers: res.headers });
         });
       });
       q.on('error', reject);
@@ -140,7 +143,7 @@ describe('authorization matrix over every HTTP route', () => {
     },
     {
       method: 'GET', route: '/desktops', scope: 'user',
-      owner: () => ({ token: () => t.d1, path: '/desktops', headers: asD1, status: 200, check: (r) => expect(r.json.desktops.map((d: any) => d.name)).toEqual(['a-desk', 'a-probe', 'a-rollback', 'a-spare']) }),
+      owner: () => ({ token: () => t.d1, path: '/desktops', headers: asD1, status: 200, check: (r) => expect(r.json.desktops.map((d: any) => d.name)).toEqual(['a-desk', 'a-idle', 'a-probe', 'a-rollback', 'a-spare']) }),
       other: () => ({ path: '/desktops', status: 200, check: (r) => expect(r.json.desktops.map((d: any) => d.name)).toEqual(['b-desk']) }),
     },
     {
@@ -153,6 +156,11 @@ describe('authorization matrix over every HTTP route', () => {
       owner: () => ({ token: () => t.d1, path: '/desktops/a-desk/checkouts', body: json({ device: D1, deviceName: 'a-laptop' }), headers: asD1, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO, resumed: true }) }),
       // bob claims alice's device id as well: still nothing
       other: () => ({ path: '/desktops/a-desk/checkouts', body: json({ device: D1, deviceName: 'bob-laptop' }), headers: asD1, status: 404, code: 'DESKTOP_NOT_FOUND' }),
+    },
+    {
+      method: 'GET', route: '/desktops/:name/restore-points', scope: 'desktop',
+      owner: () => ({ token: () => t.d1, path: '/desktops/a-idle/restore-points', headers: asD1, status: 200, check: (r) => expect(r.json.restorePoints.map((x: any) => x.id)).toEqual([RP_IDLE]) }),
+      other: () => ({ path: '/desktops/a-idle/restore-points', status: 404, code: 'DESKTOP_NOT_FOUND' }),
     },
     {
       method: 'GET', route: '/checkouts/:id/manifest', scope: 'checkout',
@@ -180,6 +188,12 @@ describe('authorization matrix over every HTTP route', () => {
       owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/commit`, body: missingManifest, headers: { ...asD1, 'content-type': CONTENT_MANIFEST }, status: 409, code: 'BLOCKS_MISSING' }),
       // bob sends a valid manifest (alice's own) so that only the checkout lookup can refuse him
       other: () => ({ path: `/checkouts/${CO}/commit`, body: baseManifest, headers: { ...asD1, 'content-type': CONTENT_MANIFEST }, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
+    },
+    {
+      // the checked-out version itself, unchanged: every block is present
+      method: 'POST', route: '/checkouts/:id/restore-points', scope: 'checkout',
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/restore-points`, body: baseManifest, headers: { ...asD1, 'content-type': CONTENT_MANIFEST }, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO, desktop: 'a-desk', blocksChanged: 0 }) }),
+      other: () => ({ path: `/checkouts/${CO}/restore-points`, body: baseManifest, headers: { ...asD1, 'content-type': CONTENT_MANIFEST }, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
     },
     {
       method: 'DELETE', route: '/checkouts/:id', scope: 'checkout',
@@ -221,9 +235,19 @@ describe('authorization matrix over every HTTP route', () => {
       other: () => ({ path: `/admin/checkouts/${CO}/checkin`, status: 403, code: 'FORBIDDEN' }),
     },
     {
+      method: 'POST', route: '/admin/checkouts/:id/lease-code', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: `/admin/checkouts/${CO}/lease-code`, body: json({ days: 2 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ code: expect.any(String), days: 2, desktop: 'a-desk' }) }),
+      other: () => ({ path: `/admin/checkouts/${CO}/lease-code`, body: json({ days: 300 }), status: 403, code: 'FORBIDDEN' }),
+    },
+    {
       method: 'POST', route: '/admin/checkouts/:id/rollback', scope: 'admin',
       owner: () => ({ token: () => t.admin, path: `/admin/checkouts/${CO_RB}/rollback`, headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO_RB, kind: 'rollback' }) }),
       other: () => ({ path: `/admin/checkouts/${CO_RB}/rollback`, status: 403, code: 'FORBIDDEN' }),
+    },
+    {
+      method: 'POST', route: '/admin/desktops/:name/restore', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: '/admin/desktops/a-idle/restore', body: json({ restorePoint: RP_IDLE }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ desktop: 'a-idle', version: 2, restorePoint: RP_IDLE }) }),
+      other: () => ({ path: '/admin/desktops/a-idle/restore', body: json({ restorePoint: RP_IDLE }), status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'GET', route: '/admin/requests', scope: 'admin',
@@ -280,6 +304,12 @@ describe('authorization matrix over every HTTP route', () => {
     },
   ];
   const label = (r: Route): string => `${r.method} ${r.route}`;
+  /** Answered before authentication (handle() in http-server.ts): static, or counts only, so nothing of anyone's. */
+  const PUBLIC = [
+    { method: 'GET', path: '/', type: /^text\/html/ },
+    { method: 'GET', path: '/console', type: /^text\/html/ },
+    { method: 'GET', path: '/metrics', type: /^text\/plain/ },
+  ];
   let tokens: any[] = [];
   const tokenIdOf = (device: string): number => tokens.find((x) => x.device === device && x.revokedAt === null)?.id;
 
@@ -293,6 +323,7 @@ describe('authorization matrix over every HTTP route', () => {
       tokens: (await ok('GET', '/admin/tokens', t.root)).tokens.map(strip),
       audit,
       desktops: (await ok('GET', '/desktops', t.root)).desktops,
+      restorePoints: [(await ok('GET', '/desktops/a-desk/restore-points', t.root)).restorePoints, (await ok('GET', '/desktops/a-idle/restore-points', t.root)).restorePoints],
       persona: personaId((await send('GET', `${API_PREFIX}/persona`, t.d1)).body),
       status: (await server.admin(['status'])).json,
     };
@@ -310,7 +341,7 @@ describe('authorization matrix over every HTTP route', () => {
     expect(root.code, root.stderr).toBe(0);
     t.root = root.json.token;
     expect((await server.admin(['image', 'publish', 'img', image])).code).toBe(0);
-    for (const [d, u] of [['a-desk', 'alice'], ['a-spare', 'alice'], ['a-rollback', 'alice'], ['a-probe', 'alice'], ['b-desk', 'bob']]) {
+    for (const [d, u] of [['a-desk', 'alice'], ['a-spare', 'alice'], ['a-rollback', 'alice'], ['a-probe', 'alice'], ['a-idle', 'alice'], ['b-desk', 'bob']]) {
       const r = await server.admin(['desktop', 'create', d!, '--user', u!, '--image', 'img']);
       expect(r.code, r.stderr).toBe(0);
     }
@@ -344,6 +375,11 @@ describe('authorization matrix over every HTTP route', () => {
     mm.setId(1, blockId(Buffer.from('a block nobody uploaded')));
     missingManifest = encodeManifest(mm);
     emptyZstdTar = await tar([], true);
+    // a-idle: a restore point sent from a checkout that then ended
+    const idle = (await start('a-idle')).checkoutId;
+    const idleManifest = (await send('GET', `${API_PREFIX}/checkouts/${idle}/manifest`, t.d1, undefined, asD1)).body;
+    RP_IDLE = (await ok('POST', `/checkouts/${idle}/restore-points`, t.d1, idleManifest, { ...asD1, 'content-type': CONTENT_MANIFEST })).id;
+    expect(await ok('DELETE', `/checkouts/${idle}`, t.d1, undefined, asD1)).toEqual({ desktop: 'a-idle', already: false });
 
     // Alice's persona version 2 holds a secret file.
     expect(await ok('PUT', '/persona/blocks?base=1', t.d1, await tar([{ name: `b/${CHUNK_A}`, data: SECRET_TEXT }]), asD1)).toEqual({ chunks: 1, files: 0 });
@@ -351,6 +387,8 @@ describe('authorization matrix over every HTTP route', () => {
     personaPushA = await pushBody(SNAP_A, SNAP_A, 2, 'a-desk');
     personaPushB = await pushBody(EMPTY_SNAP, EMPTY_SNAP, 1, 'a-desk');
     deltaOnAlicesFile = await tar([{ name: `r/${blockId(Buffer.from('what bob wants'))}/${SNAP_A.files[1]!.hash}`, data: Buffer.from('rs\x026') }]);
+
+    CO_BOB = (await ok('POST', '/desktops/b-desk/checkouts', t.bob, { device: 'bbbbbbbb-0000-4000-8000-000000000001', deviceName: 'bob-laptop' })).checkoutId;
 
     // The admin asks for a forced check-in of CO; revokes D_REV over HTTP and D_ADMIN_REV from the CLI.
     RID = (await ok('POST', `/admin/checkouts/${CO}/checkin`, t.root)).id;
@@ -389,6 +427,22 @@ describe('authorization matrix over every HTTP route', () => {
     const gated = [...src.matchAll(/\br\(\s*['"`]([A-Z]+)['"`]\s*,\s*['"`]([^'"`]+)['"`]\s*,\s*admin\(/g)].map((m) => `${m[1]} ${m[2]}`).sort();
     expect(gated).toEqual(registered.filter((x) => x.split(' ')[1]!.startsWith('/admin/')).sort());
     expect(ROUTES.filter((r) => r.scope === 'admin').map(label).sort()).toEqual(gated);
+    // Pages answered before authentication, matched on url.pathname in handle().
+    const open = [...src.matchAll(/url\.pathname\s*===\s*['"`]([^'"`]+)['"`]/g)].map((m) => m[1]!);
+    expect(open.length).toBeGreaterThanOrEqual(1);
+    expect([...new Set(open)].sort()).toEqual(PUBLIC.map((x) => x.path).sort());
+  });
+
+  describe('0. pages without a token: answered, and nothing of anyone in them', () => {
+    it.each(PUBLIC)('$method $path', async (page) => {
+      const r = await send(page.method, page.path, null);
+      expect(r.status).toBe(200);
+      expect(r.headers['content-type']).toMatch(page.type);
+      expect(r.json).toBeNull();
+      const text = r.body.toString('utf8');
+      expect(secrets().concat(['bob', 'root', 'a-desk', 'b-desk', t.alice, t.d1, t.root, t.admin]).filter((x) => text.includes(x))).toEqual([]);
+      expect(r.body.length).toBeGreaterThan(0);
+    });
   });
 
   describe('1. no Authorization header: 401 UNAUTHORIZED', () => {
@@ -419,7 +473,7 @@ describe('authorization matrix over every HTTP route', () => {
 
   describe('4. a device token claiming another device: 403 FORBIDDEN', () => {
     it.each(ROUTES)('$method $route', async (route) => {
-      // the token that passes in the owner row (for /devices and /admin: a device token of the same user)
+      // a device token that passes with its own id: alice's laptop D1 (for /admin routes the admin's laptop)
       const token = route.scope === 'admin' ? t.admin : t.d1;
       for (const claimed of [D_OTHER, D2, '']) {
         const r = await call(route.method, token, route.owner(), { [HEADER_DEVICE]: claimed });
@@ -441,6 +495,12 @@ describe('authorization matrix over every HTTP route', () => {
       const answer = r.body.toString('latin1');
       expect(secrets().filter((s) => !sent.includes(s) && answer.includes(s))).toEqual([]);
     });
+  });
+
+  it("5b. B on his own checkout with A's request id: NOT_FOUND, and A's request is untouched", async () => {
+    const r = await call('POST', t.bob, { path: `/checkouts/${CO_BOB}/requests/${RID}`, body: json({ state: 'done' }) });
+    expect(errorOf(r)).toEqual({ status: 404, code: 'NOT_FOUND' });
+    expect((await ok('GET', '/admin/requests', t.root)).requests.find((q: any) => q.id === RID)).toMatchObject({ checkoutId: CO, state: 'requested' });
   });
 
   describe('6. admin routes: a plain user (user token, device token) 403 FORBIDDEN', () => {
@@ -479,40 +539,106 @@ describe('authorization matrix over every HTTP route', () => {
       expect(rows, action).toHaveLength(1);
       return rows[0];
     };
-    expect(one('lease.extend')).toMatchObject({ actor: 'root', device: D_ADMIN, address: expect.stringMatching(/127\.0\.0\.1$/), target: `checkout:${CO}`, detail: { desktop: 'a-desk', days: 1 } });
+    const extend = audit.filter((a) => a.action === 'lease.extend');
+    expect(extend.map((a) => a.detail.days).sort()).toEqual([1, 2]);
+    for (const a of extend) expect(a).toMatchObject({ actor: 'root', device: D_ADMIN, address: expect.stringMatching(/127\.0\.0\.1$/), target: `checkout:${CO}`, detail: { desktop: 'a-desk' } });
+    expect(one('lease.code')).toMatchObject({ actor: 'root', device: D_ADMIN, detail: { checkoutId: CO, days: 2 } });
     expect(one('checkin.request')).toMatchObject({ actor: 'root', address: expect.stringMatching(/127\.0\.0\.1$/), detail: { checkoutId: CO, request: RID } });
     expect(one('checkout.rollback')).toMatchObject({ actor: 'root', device: D_ADMIN, target: 'desktop:a-rollback', detail: { checkoutId: CO_RB } });
-    expect(one('checkout.discard')).toMatchObject({ actor: 'alice', device: D1, target: 'desktop:a-spare', detail: { checkoutId: CO_SPARE } });
+    expect(audit.filter((a) => a.action === 'checkout.discard').map((a) => a.target).sort()).toEqual(['desktop:a-idle', 'desktop:a-spare']);
+    expect(audit.find((a) => a.action === 'checkout.discard' && a.target === 'desktop:a-spare')).toMatchObject({ actor: 'alice', device: D1, detail: { checkoutId: CO_SPARE } });
+    expect(audit.filter((a) => a.action === 'restore-point.create').map((a) => a.target).sort()).toEqual(['desktop:a-desk', 'desktop:a-idle']);
+    expect(one('desktop.restore')).toMatchObject({ actor: 'root', device: D_ADMIN, address: expect.stringMatching(/127\.0\.0\.1$/), target: 'desktop:a-idle', detail: { restorePoint: RP_IDLE, version: 2 } });
     expect(one('checkin.in-progress')).toMatchObject({ actor: 'alice', device: D1, detail: { checkoutId: CO, request: RID } });
     expect(audit.filter((a) => a.action === 'device.register').map((a) => a.target).sort()).toEqual([D1, D2, D_REV, D_NEW, D_ADMIN, D_ADMIN_REV].map((d) => `device:${d}`).sort());
-    // bob was refused everywhere: he appears nowhere, and nothing of alice's moved on his account
-    expect(audit.filter((a) => a.action !== 'user.add' && JSON.stringify(a).includes('bob'))).toEqual([]);
+    // bob was refused everywhere: after the setup he appears nowhere
+    expect(audit.filter((a) => a.id > before.audit[0].id && JSON.stringify(a).includes('bob'))).toEqual([]);
+    expect(audit.filter((a) => a.actor === 'bob').map((a) => a.action)).toEqual(['checkout.start']);
     expect(audit.every((a) => typeof a.actor === 'string' && a.address !== null)).toBe(true);
-    // alice still holds a-desk from D1, at version 1, with her laptop token working
+    // alice still holds a-desk (at her version 2) from D1, and her laptop token works
     expect((await ok('GET', '/desktops/a-desk', t.d1, undefined, asD1)).checkout).toMatchObject({ checkoutId: CO, device: D1, baseVersion: 2 });
     expect((await ok('GET', '/admin/tokens', t.root)).tokens.find((x: any) => x.device === D1)).toMatchObject({ revokedAt: null });
   });
 
-  it('PROBE', async () => {
-    const co = (await ok('POST', '/desktops/a-probe/checkouts', t.d1, { device: D1, deviceName: 'a-laptop' }, asD1)).checkoutId;
-    const rid = (await ok('POST', `/admin/checkouts/${co}/checkin`, t.root)).id;
-    const out: Record<string, unknown> = {};
-    const st = async (k: string, m: string, p: string, tok: string, body?: Buffer | string, h: Record<string, string> = {}) => {
-      const r = await send(m, API_PREFIX + p, tok, body, h);
-      out[k] = `${r.status} ${r.json?.error?.code ?? ''}`;
+  // ---- Known bugs, written as the behaviour the docs promise and marked `it.fails` while the server
+  // does otherwise: each turns red once fixed, and then loses its `.fails`.
+  describe('KNOWN BUGS (it.fails until fixed): a device token speaks for its own device even without x-carryon-device', () => {
+    const P1 = dev(11); // holds CO_P
+    const P2 = dev(12); // alice's other laptop
+    const tp = { p1: '', p2: '' };
+    let CO_P = '';
+    let RID_P = 0;
+    let probeManifest: Buffer = Buffer.alloc(0);
+    beforeAll(async () => {
+      tp.p1 = (await ok('POST', '/devices', t.alice, { device: P1, name: 'probe-holder' })).token;
+      tp.p2 = (await ok('POST', '/devices', t.alice, { device: P2, name: 'probe-other' })).token;
+      CO_P = (await ok('POST', '/desktops/a-probe/checkouts', tp.p1, { device: P1, deviceName: 'probe-holder' }, { [HEADER_DEVICE]: P1 })).checkoutId;
+      RID_P = (await ok('POST', `/admin/checkouts/${CO_P}/checkin`, t.root)).id;
+      probeManifest = (await send('GET', `${API_PREFIX}/checkouts/${CO_P}/manifest`, tp.p1, undefined, { [HEADER_DEVICE]: P1 })).body;
+    });
+    // With its own device id in the header P2 is refused (activeCheckout compares the header); without
+    // the header the handlers compare nothing, though the token names its device (Ctx.device).
+    const cases: Array<[string, string, () => string, () => Buffer | string | undefined, Record<string, string>]> = [
+      ['POST', 'heartbeat', () => `/checkouts/${CO_P}/heartbeat`, () => json({ pendingBytes: 0, pendingBlocks: 0 }), {}],
+      ['POST', 'blocks/get', () => `/checkouts/${CO_P}/blocks/get`, () => json({ ids: [firstBlock] }), {}],
+      ['PUT', 'blocks (upload)', () => `/checkouts/${CO_P}/blocks`, () => emptyZstdTar, { 'content-encoding': 'zstd' }],
+      ['POST', 'restore-points', () => `/checkouts/${CO_P}/restore-points`, () => probeManifest, { 'content-type': CONTENT_MANIFEST }],
+      ['POST', 'requests/:rid (report on the admin\'s forced check-in)', () => `/checkouts/${CO_P}/requests/${RID_P}`, () => json({ state: 'done' }), {}],
+    ];
+    for (const [method, what, p, body, headers] of cases) {
+      it(`control: ${method} ${what} with the other device's own id in the header is 403`, async () => {
+        expect(errorOf(await send(method, API_PREFIX + p(), tp.p2, body(), { ...headers, [HEADER_DEVICE]: P2 }))).toEqual({ status: 403, code: 'FORBIDDEN' });
+      });
+      it.fails(`${method} ${what} on another device's checkout, header left out: 403`, async () => {
+        expect(errorOf(await send(method, API_PREFIX + p(), tp.p2, body(), headers))).toEqual({ status: 403, code: 'FORBIDDEN' });
+      });
+    }
+    it.fails("DELETE /checkouts/:id: another device of the user discards the holder's checkout: 403", async () => {
+      const r = await send('DELETE', `${API_PREFIX}/checkouts/${CO_P}`, tp.p2, undefined, { [HEADER_DEVICE]: P2 });
+      expect(errorOf(r)).toEqual({ status: 403, code: 'FORBIDDEN' });
+    });
+    // `carryon login` registers with the user's token; a device token minting more outlives its own revocation.
+    it.fails('POST /devices with a device token, for a new device id: 403', async () => {
+      const r = await send('POST', `${API_PREFIX}/devices`, tp.p2, json({ device: dev(13), name: 'minted' }), { [HEADER_DEVICE]: P2 });
+      expect(errorOf(r)).toEqual({ status: 403, code: 'FORBIDDEN' });
+    });
+    it.fails("POST /devices with a device token, for the user's other registered device (revoking its token): 403, and the holder's token still works", async () => {
+      const r = await send('POST', `${API_PREFIX}/devices`, tp.p2, json({ device: P1, name: 'taken-over' }), { [HEADER_DEVICE]: P2 });
+      expect(errorOf(r)).toEqual({ status: 403, code: 'FORBIDDEN' });
+      expect((await send('GET', `${API_PREFIX}/whoami`, tp.p1)).status).toBe(200);
+    });
+  });
+
+  it.fails('KNOWN BUG (it.fails until fixed): a refusal sent before the body was read says Connection: close, or the connection stays usable', async () => {
+    const { port } = new URL(server.url);
+    const sock = net.connect(Number(port), '127.0.0.1');
+    let got: Buffer = Buffer.alloc(0);
+    let closed = false;
+    sock.on('data', (c: Buffer) => (got = Buffer.concat([got, c])));
+    sock.on('close', () => (closed = true));
+    sock.on('error', () => undefined);
+    const response = async (from: number): Promise<string | null> => {
+      for (let i = 0; i < 200; i++) {
+        const text = got.subarray(from).toString('latin1');
+        const head = text.indexOf('\r\n\r\n');
+        const len = /content-length: (\d+)/i.exec(text);
+        if (head >= 0 && len && text.length >= head + 4 + Number(len[1])) return text.slice(0, head + 4 + Number(len[1]));
+        if (closed) return null;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      return null;
     };
-    await st('hb d2 nohdr', 'POST', `/checkouts/${co}/heartbeat`, t.d2, json({}));
-    await st('hb d2 hdr', 'POST', `/checkouts/${co}/heartbeat`, t.d2, json({}), { [HEADER_DEVICE]: D2 });
-    await st('get d2 nohdr', 'POST', `/checkouts/${co}/blocks/get`, t.d2, json({ ids: [firstBlock] }));
-    await st('get d2 hdr', 'POST', `/checkouts/${co}/blocks/get`, t.d2, json({ ids: [firstBlock] }), { [HEADER_DEVICE]: D2 });
-    await st('put d2 nohdr', 'PUT', `/checkouts/${co}/blocks`, t.d2, emptyZstdTar, { 'content-encoding': 'zstd' });
-    await st('manifest d2 nohdr', 'GET', `/checkouts/${co}/manifest`, t.d2);
-    await st('req d2 nohdr', 'POST', `/checkouts/${co}/requests/${rid}`, t.d2, json({ state: 'in-progress' }));
-    await st('commit d2 nohdr', 'POST', `/checkouts/${co}/commit`, t.d2, baseManifest, { 'content-type': CONTENT_MANIFEST });
-    await st('devices d2 new', 'POST', '/devices', t.d2, json({ device: dev(9), name: 'minted' }));
-    await st('delete d2 hdr', 'DELETE', `/checkouts/${co}`, t.d2, undefined, { [HEADER_DEVICE]: D2 });
-    await st('devices d2 takes D1', 'POST', '/devices', t.d2, json({ device: D1, name: 'hijack' }));
-    await st('d1 whoami after', 'GET', '/whoami', t.d1);
-    console.log(out);
+    try {
+      sock.write(`POST ${API_PREFIX}/persona/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nContent-Length: 10\r\n\r\n`);
+      const first = await response(0);
+      expect(first).toMatch(/^HTTP\/1\.1 401 /);
+      if (/\r\nconnection: close\r\n/i.test(first!)) return;
+      // it said keep-alive: the body, then a second request on the same connection, must be answered
+      sock.write(`0123456789GET ${API_PREFIX}/whoami HTTP/1.1\r\nHost: x\r\n\r\n`);
+      const second = await response(Buffer.byteLength(first!, 'latin1'));
+      expect(second ?? 'the connection was closed: no answer').toMatch(/^HTTP\/1\.1 401 /);
+    } finally {
+      sock.destroy();
+    }
   });
 });
