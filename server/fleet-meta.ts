@@ -372,6 +372,26 @@ export class SqliteFleetMeta {
     this.audit(actor, 'desktop.replicate-policy', `desktop:${desktop}`, { minutes });
   }
 
+  /**
+   * Delete a desktop with its history (versions, checkouts, restore points, requests). Refused while it
+   * is checked out: roll that back (or let it check in) first. Blocks stay in the store (shared).
+   */
+  deleteDesktop(name: string, actor: Actor): { desktop: string; versions: number; restorePoints: number } {
+    return this.db.transaction(() => {
+      const d = this.db.prepare('SELECT id FROM desktops WHERE name = ?').get(name) as { id: number } | undefined;
+      if (!d) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${name}`, { desktop: name });
+      const held = this.db.prepare("SELECT id FROM checkouts WHERE desktop_id = ? AND state = 'active'").get(d.id) as { id: string } | undefined;
+      if (held) throw new CarryonError('CHECKOUT_CONFLICT', `${name} is checked out (${held.id}): roll it back or let it check in first`, { desktop: name, checkoutId: held.id });
+      const versions = this.db.prepare('DELETE FROM desktop_versions WHERE desktop_id = ?').run(d.id).changes;
+      this.db.prepare('DELETE FROM admin_requests WHERE checkout_id IN (SELECT id FROM checkouts WHERE desktop_id = ?)').run(d.id);
+      const restorePoints = this.db.prepare('DELETE FROM restore_points WHERE desktop_id = ?').run(d.id).changes;
+      this.db.prepare('DELETE FROM checkouts WHERE desktop_id = ?').run(d.id);
+      this.db.prepare('DELETE FROM desktops WHERE id = ?').run(d.id);
+      this.audit(actor, 'desktop.delete', `desktop:${name}`, { versions, restorePoints });
+      return { desktop: name, versions, restorePoints };
+    })();
+  }
+
   setRollbackKeepsLocal(desktop: string, keep: boolean, actor: Actor): void {
     const r = this.db.prepare('UPDATE desktops SET rollback_keeps_local = ? WHERE name = ?').run(keep ? 1 : 0, desktop);
     if (r.changes === 0) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${desktop}`, { desktop });

@@ -33,6 +33,8 @@ interface Ctx {
   user: User;
   /** The device a device token belongs to (null for a user's own token). */
   device: string | null;
+  /** The device this request acts for: the token's own, else the X-Carryon-Device header (user tokens). */
+  claimedDevice: string | undefined;
   /** Who is asking, from where: for the audit log. */
   actor: Actor;
 }
@@ -62,13 +64,17 @@ export class CarryonHttpServer {
     r('POST', '/checkouts/:id/blocks/missing', (c) => this.missing(c));
     r('PUT', '/checkouts/:id/blocks', (c) => this.upload(c));
     r('POST', '/checkouts/:id/commit', (c) => this.commit(c));
-    r('DELETE', '/checkouts/:id', async ({ user, params, actor }) => {
+    r('DELETE', '/checkouts/:id', async ({ user, params, actor, claimedDevice }) => {
+      const held = this.meta.checkoutFor(user, params[0]!);
+      if (claimedDevice !== undefined && held.device !== claimedDevice) throw new CarryonError('FORBIDDEN', `checkout ${held.id} is held by another device`, { checkoutId: held.id });
       const out = this.meta.discardCheckout(user, params[0]!);
       if (!out.already) this.fleet.audit(actor, 'checkout.discard', `desktop:${out.desktop}`, { checkoutId: params[0] });
       return out;
     });
     r('POST', '/checkouts/:id/heartbeat', (c) => this.heartbeat(c));
-    r('POST', '/devices', async ({ req, user, actor }) => {
+    r('POST', '/devices', async ({ req, user, actor, device: tokenDevice }) => {
+      // Only the user's own token registers devices: a laptop's token (perhaps stolen) must not mint others.
+      if (tokenDevice) throw new CarryonError('FORBIDDEN', 'a device token cannot register devices: log in with the user token');
       const { device, name } = parseDeviceRequest(await readJson(req));
       return this.fleet.registerDevice(user, device, name, { ...actor, device });
     });
@@ -96,11 +102,12 @@ export class CarryonHttpServer {
     }));
     r('GET', '/desktops/:name/restore-points', async ({ user, params }) => ({ restorePoints: this.fleet.restorePoints(this.meta.desktopFor(user, parseName(params[0], 'desktop')).id) }));
     r('POST', '/checkouts/:id/restore-points', (c) => this.restorePoint(c));
+    r('DELETE', '/admin/desktops/:name', admin(async ({ params, actor }) => this.fleet.deleteDesktop(parseName(params[0], 'desktop'), actor)));
     r('GET', '/admin/requests', admin(async () => ({ requests: this.fleet.requests() })));
-    r('POST', '/checkouts/:id/requests/:rid', async ({ req, user, params, actor }) => {
+    r('POST', '/checkouts/:id/requests/:rid', async ({ req, user, params, actor, claimedDevice }) => {
       const { state, detail } = parseRequestUpdate(await readJson(req));
       const co = this.meta.checkoutFor(user, params[0]!);
-      const device = header(req, HEADER_DEVICE);
+      const device = claimedDevice;
       if (device !== undefined && co.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${co.id} is held by another device`, { checkoutId: co.id });
       return this.fleet.updateRequest(co.id, intOf(params[1]!), state, detail, actor);
     });
@@ -164,7 +171,7 @@ export class CarryonHttpServer {
       user = who.user;
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeParam);
       const actor: Actor = { name: who.user.name, device: who.device ?? header(req, HEADER_DEVICE) ?? null, address: req.socket.remoteAddress ?? null };
-      const out = await route.handler({ req, res, url, params, user, device: who.device, actor });
+      const out = await route.handler({ req, res, url, params, user, device: who.device, claimedDevice: who.device ?? header(req, HEADER_DEVICE), actor });
       if (!res.headersSent && out !== undefined) sendJson(res, 200, out);
     } catch (err) {
       const e = asCarryonError(err);
@@ -174,9 +181,12 @@ export class CarryonHttpServer {
       if (gone) this.log({ level: 'warn', msg: 'client closed the connection mid-response', path: url.pathname });
       else if (e.code === 'INTERNAL') this.log({ level: 'error', msg: 'internal error', error: String((err as Error)?.stack ?? err) });
       if (!res.headersSent) {
+        // Unread body bytes would be taken as the next request: close the connection once answered, and
+        // say so first, so that a keep-alive client does not send its next request into a closing socket.
+        const unread = !req.complete;
+        if (unread) res.setHeader('connection', 'close');
         sendJson(res, status, { error: e.toJSON() });
-        // Unread body bytes would be taken as the next request: close the connection once answered.
-        if (!req.complete) res.once('finish', () => req.socket.destroySoon());
+        if (unread) res.once('finish', () => req.socket.destroySoon());
       } else {
         res.destroy(e); // mid-stream: the client sees a truncated body and retries
       }
@@ -227,9 +237,9 @@ export class CarryonHttpServer {
   }
 
   /** A laptop's contact: the lease starts over, and the server learns what it has not sent yet. */
-  private async heartbeat({ req, user, params }: Ctx): Promise<HeartbeatReply> {
+  private async heartbeat({ req, user, params, claimedDevice }: Ctx): Promise<HeartbeatReply> {
     const pending = parseHeartbeatRequest(await readJson(req));
-    const device = header(req, HEADER_DEVICE);
+    const device = claimedDevice;
     const ended = this.meta.checkoutFor(user, params[0]!);
     const requests = (id: string) => this.fleet.requests(id, true).map((r) => ({ id: r.id, kind: r.kind, state: r.state, detail: r.detail }));
     // A rolled-back checkout has ended, but its device must still hear of it (once per contact until done).
@@ -295,9 +305,9 @@ export class CarryonHttpServer {
     return undefined;
   }
 
-  private async sendBlocks({ req, res, user, params }: Ctx): Promise<undefined> {
+  private async sendBlocks({ req, res, user, params, claimedDevice }: Ctx): Promise<undefined> {
     const { ids, bases, baseVersion } = parseGetBlocksRequest(await readJson(req));
-    const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
+    const co = this.activeCheckout(user, params[0]!, claimedDevice);
     const base = this.baseOf(co);
     // A checkout reads only the blocks of its own version: ids are not capabilities.
     for (const id of ids) if (!base.ids.has(id)) throw new CarryonError('BLOCK_NOT_FOUND', `block ${id.slice(0, 12)}… is not part of this checkout`, { id });
@@ -343,15 +353,15 @@ export class CarryonHttpServer {
     return { missing: this.meta.missingBlocks(ids) };
   }
 
-  private async upload({ req, user, params }: Ctx) {
-    const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
+  private async upload({ req, user, params, claimedDevice }: Ctx) {
+    const co = this.activeCheckout(user, params[0]!, claimedDevice);
     // Stream faults are TAR_INVALID from unpackEntries; anything else (a full disk) keeps its own code.
     return ingestUpload(this.meta, this.store, this.baseOf(co), bodyOf(req));
   }
 
   /** A restore point: like a commit's validation (every block present), but the checkout goes on. */
-  private async restorePoint({ req, user, params, actor }: Ctx) {
-    const co = this.activeCheckout(user, params[0]!, header(req, HEADER_DEVICE));
+  private async restorePoint({ req, user, params, actor, claimedDevice }: Ctx) {
+    const co = this.activeCheckout(user, params[0]!, claimedDevice);
     const encoded = await readBody(req, MAX_MANIFEST_BYTES);
     const next = decodeManifest(encoded);
     const id = manifestId(encoded);
@@ -368,8 +378,8 @@ export class CarryonHttpServer {
     return this.fleet.addRestorePoint(co, id, changed, actor);
   }
 
-  private async commit({ req, user, params, actor }: Ctx): Promise<CommitResult> {
-    const device = header(req, HEADER_DEVICE);
+  private async commit({ req, user, params, actor, claimedDevice }: Ctx): Promise<CommitResult> {
+    const device = claimedDevice;
     if (!device) throw new CarryonError('BAD_REQUEST', `commit needs the ${HEADER_DEVICE} header`);
     // A bare manifest commits the disk alone; a tar carries the disk manifest with the persona.
     let encoded: Buffer;

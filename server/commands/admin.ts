@@ -116,6 +116,16 @@ export function registerAdmin(program: Command): void {
       }, (r) => `${r.desktop}: ${r.replicateEveryMinutes === null ? 'no scheduled restore points' : `a restore point every ${r.replicateEveryMinutes} min`}`);
     });
 
+  withCommonOptions(admin.command('delete-desktop <desktop>').description('delete a desktop and its history (refused while checked out)'))
+    .option('--yes', 'really delete')
+    .action(async (desktop: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await withData(opts, (d) => {
+        if (opts.yes !== true) throw new CarryonError('ABORTED', `deleting ${desktop} removes its versions and restore points: pass --yes`);
+        return new SqliteFleetMeta(d.db).deleteDesktop(parseName(desktop, 'desktop'), cliActor());
+      }, (r) => `deleted ${r.desktop}: ${r.versions} versions, ${r.restorePoints} restore points`);
+    });
+
   withCommonOptions(admin.command('requests').description('forced check-ins and rollbacks, and how far each got')).action(async (_o, cmd: Command) => {
     await withData(optsOf(cmd), (d) => ({ requests: new SqliteFleetMeta(d.db).requests() }), (r) => r.requests.length === 0 ? 'no requests' : r.requests.map((q) =>
       `#${q.id} ${q.kind} ${q.desktop}: ${q.state} (by ${q.requestedBy} at ${q.createdAt}, updated ${q.updatedAt})${q.detail ? ` ${JSON.stringify(q.detail)}` : ''}`).join('\n'));

@@ -250,6 +250,12 @@ describe('authorization matrix over every HTTP route', () => {
       other: () => ({ path: '/admin/desktops/a-idle/restore', body: json({ restorePoint: RP_IDLE }), status: 403, code: 'FORBIDDEN' }),
     },
     {
+      // the admin deletes a desktop of its own made for this (bob would delete alice's idle one)
+      method: 'DELETE', route: '/admin/desktops/:name', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: '/admin/desktops/r-trash', headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ desktop: 'r-trash', versions: 1, restorePoints: 0 }) }),
+      other: () => ({ path: '/admin/desktops/a-idle', status: 403, code: 'FORBIDDEN' }),
+    },
+    {
       method: 'GET', route: '/admin/requests', scope: 'admin',
       owner: () => ({ token: () => t.admin, path: '/admin/requests', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.requests.map((q: any) => q.id)).toContain(RID) }),
       other: () => ({ path: '/admin/requests', status: 403, code: 'FORBIDDEN' }),
@@ -341,7 +347,7 @@ describe('authorization matrix over every HTTP route', () => {
     expect(root.code, root.stderr).toBe(0);
     t.root = root.json.token;
     expect((await server.admin(['image', 'publish', 'img', image])).code).toBe(0);
-    for (const [d, u] of [['a-desk', 'alice'], ['a-spare', 'alice'], ['a-rollback', 'alice'], ['a-probe', 'alice'], ['a-idle', 'alice'], ['b-desk', 'bob']]) {
+    for (const [d, u] of [['a-desk', 'alice'], ['a-spare', 'alice'], ['a-rollback', 'alice'], ['a-probe', 'alice'], ['a-idle', 'alice'], ['b-desk', 'bob'], ['r-trash', 'root']]) {
       const r = await server.admin(['desktop', 'create', d!, '--user', u!, '--image', 'img']);
       expect(r.code, r.stderr).toBe(0);
     }
@@ -560,9 +566,9 @@ describe('authorization matrix over every HTTP route', () => {
     expect((await ok('GET', '/admin/tokens', t.root)).tokens.find((x: any) => x.device === D1)).toMatchObject({ revokedAt: null });
   });
 
-  // ---- Known bugs, written as the behaviour the docs promise and marked `it.fails` while the server
-  // does otherwise: each turns red once fixed, and then loses its `.fails`.
-  describe('KNOWN BUGS (it.fails until fixed): a device token speaks for its own device even without x-carryon-device', () => {
+  // ---- Found by this matrix and fixed: a device token acts only for its own device, with or without
+  // the header; only a user token registers devices; an early refusal says Connection: close.
+  describe('a device token speaks for its own device even without x-carryon-device', () => {
     const P1 = dev(11); // holds CO_P
     const P2 = dev(12); // alice's other laptop
     const tp = { p1: '', p2: '' };
@@ -589,27 +595,27 @@ describe('authorization matrix over every HTTP route', () => {
       it(`control: ${method} ${what} with the other device's own id in the header is 403`, async () => {
         expect(errorOf(await send(method, API_PREFIX + p(), tp.p2, body(), { ...headers, [HEADER_DEVICE]: P2 }))).toEqual({ status: 403, code: 'FORBIDDEN' });
       });
-      it.fails(`${method} ${what} on another device's checkout, header left out: 403`, async () => {
+      it(`${method} ${what} on another device's checkout, header left out: 403`, async () => {
         expect(errorOf(await send(method, API_PREFIX + p(), tp.p2, body(), headers))).toEqual({ status: 403, code: 'FORBIDDEN' });
       });
     }
-    it.fails("DELETE /checkouts/:id: another device of the user discards the holder's checkout: 403", async () => {
+    it("DELETE /checkouts/:id: another device of the user discards the holder's checkout: 403", async () => {
       const r = await send('DELETE', `${API_PREFIX}/checkouts/${CO_P}`, tp.p2, undefined, { [HEADER_DEVICE]: P2 });
       expect(errorOf(r)).toEqual({ status: 403, code: 'FORBIDDEN' });
     });
     // `carryon login` registers with the user's token; a device token minting more outlives its own revocation.
-    it.fails('POST /devices with a device token, for a new device id: 403', async () => {
+    it('POST /devices with a device token, for a new device id: 403', async () => {
       const r = await send('POST', `${API_PREFIX}/devices`, tp.p2, json({ device: dev(13), name: 'minted' }), { [HEADER_DEVICE]: P2 });
       expect(errorOf(r)).toEqual({ status: 403, code: 'FORBIDDEN' });
     });
-    it.fails("POST /devices with a device token, for the user's other registered device (revoking its token): 403, and the holder's token still works", async () => {
+    it("POST /devices with a device token, for the user's other registered device (revoking its token): 403, and the holder's token still works", async () => {
       const r = await send('POST', `${API_PREFIX}/devices`, tp.p2, json({ device: P1, name: 'taken-over' }), { [HEADER_DEVICE]: P2 });
       expect(errorOf(r)).toEqual({ status: 403, code: 'FORBIDDEN' });
       expect((await send('GET', `${API_PREFIX}/whoami`, tp.p1)).status).toBe(200);
     });
   });
 
-  it.fails('KNOWN BUG (it.fails until fixed): a refusal sent before the body was read says Connection: close, or the connection stays usable', async () => {
+  it('a refusal sent before the body was read says Connection: close, or the connection stays usable', async () => {
     const { port } = new URL(server.url);
     const sock = net.connect(Number(port), '127.0.0.1');
     let got: Buffer = Buffer.alloc(0);

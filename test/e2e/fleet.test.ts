@@ -23,7 +23,7 @@ describe('fleet: devices, leases, admin, audit', () => {
     await server.init();
     token = await server.addUser('alice');
     expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
-    for (const d of ['desk', 'short', 'forced', 'gone', 'kept']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    for (const d of ['desk', 'short', 'forced', 'gone', 'kept', 'doomed']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
     await server.start();
   }, 120_000);
 
@@ -258,5 +258,47 @@ describe('fleet: devices, leases, admin, audit', () => {
     expect(value(/^carryon_http_sent_bytes_total (\d+)$/m)).toBeGreaterThan(0);
     for (const line of text.split('\n').filter((l) => l && !l.startsWith('#'))) expect(line).toMatch(/^[a-z_]+(\{[^}]*\})? [0-9.e+-]+$/);
     expect(text).not.toMatch(/alice|forced|short|\bkept\b|alice-laptop|bob-laptop/);
+  });
+
+  it('the agent keeps running while the server is away and picks up again when it is back', async () => {
+    expect((await b.cli(['checkout', 'doomed', '--json'])).code).toBe(0);
+    const agent = spawn(process.execPath, [path.join(ROOT, 'bin/carryon.js'), 'agent', '--interval', '1', '--json'], { env: { ...process.env, CARRYON_HOME: b.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const events: any[] = [];
+    let buf = '';
+    agent.stdout!.on('data', (c) => {
+      buf += c;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        events.push(JSON.parse(buf.slice(0, nl)));
+        buf = buf.slice(nl + 1);
+      }
+    });
+    const exited = new Promise<number | null>((r) => agent.once('exit', (code) => r(code)));
+    const seen = (pred: (e: any) => boolean, from = 0): Promise<void> => expect.poll(() => events.slice(from).some(pred), { timeout: 20_000 }).toBe(true);
+    await seen((e) => e.event === 'heartbeat' && e.desktop === 'doomed');
+    const port = server.port();
+    await server.stop();
+    await seen((e) => e.event === 'offline');
+    const mark = events.length;
+    await server.start({}, port);
+    await seen((e) => e.event === 'heartbeat' && e.desktop === 'doomed', mark);
+    agent.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(events.at(-1).event).toBe('stop');
+  }, 60_000);
+
+  it('an admin deletes a desktop only when nobody holds it; the deletion is audited', async () => {
+    const held = ((await server.admin(['admin', 'checkouts'])).json.checkouts as any[]).find((c) => c.desktop === 'doomed');
+    const notYet = await server.admin(['admin', 'delete-desktop', 'doomed', '--yes']);
+    expect(notYet.code).toBe(5);
+    expect(notYet.json.error.code).toBe('CHECKOUT_CONFLICT');
+    const noYes = await server.admin(['admin', 'delete-desktop', 'doomed']);
+    expect(noYes.json.error.code).toBe('ABORTED');
+    expect((await server.admin(['admin', 'rollback', held.checkoutId])).code).toBe(0);
+    const del = await server.admin(['admin', 'delete-desktop', 'doomed', '--yes']);
+    expect(del.code, del.stderr).toBe(0);
+    expect(del.json.versions).toBe(1);
+    expect((await a.cli(['checkout', 'doomed', '--json'])).json.error.code).toBe('DESKTOP_NOT_FOUND');
+    expect(((await server.admin(['admin', 'audit'])).json.audit as any[]).some((e) => e.action === 'desktop.delete' && e.target === 'desktop:doomed')).toBe(true);
   });
 });
