@@ -392,6 +392,14 @@ export class SqliteFleetMeta {
     })();
   }
 
+  /** A desktop's fleet and merge policies, as set (null: the default applies). */
+  desktopPolicy(name: string): { desktop: string; leaseDays: number | null; effectiveLeaseDays: number; replicateMinutes: number | null; rollbackKeepsLocal: boolean; files: string; registry: string } {
+    const r = this.db.prepare('SELECT id, lease_days, replicate_minutes, rollback_keeps_local, file_policy, registry_policy FROM desktops WHERE name = ?').get(name) as
+      { id: number; lease_days: number | null; replicate_minutes: number | null; rollback_keeps_local: number; file_policy: string; registry_policy: string } | undefined;
+    if (!r) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${name}`, { desktop: name });
+    return { desktop: name, leaseDays: r.lease_days, effectiveLeaseDays: this.leaseDays(r.id), replicateMinutes: r.replicate_minutes, rollbackKeepsLocal: r.rollback_keeps_local === 1, files: r.file_policy, registry: r.registry_policy };
+  }
+
   setRollbackKeepsLocal(desktop: string, keep: boolean, actor: Actor): void {
     const r = this.db.prepare('UPDATE desktops SET rollback_keeps_local = ? WHERE name = ?').run(keep ? 1 : 0, desktop);
     if (r.changes === 0) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${desktop}`, { desktop });

@@ -2,12 +2,12 @@
 // becomes an HTTP response. Handlers parse untrusted input with src/wire parsers, then trust types.
 import http from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import {
   API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, createDecompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
   manifestId, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
-  parsePersonaPushInfo, personaId, unpackEntries, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
+  parsePersonaPushInfo, personaId, unpackEntries, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseDesktopPolicy, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
 } from '../src/index.js';
 import { ingestUpload, ManifestCache, missingForCommit, readAhead } from './blocks.js';
 import { crashPoint } from './crash-point.js';
@@ -46,11 +46,21 @@ export class CarryonHttpServer {
   private readonly manifests: ManifestCache;
   private readonly routes: Array<{ method: string; re: RegExp; path: string; handler: Handler }> = [];
   readonly metrics = new Metrics();
+  private readonly liveSockets = new Set<Socket>();
 
   constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly personas: PersonaService, private readonly log: Logger,
     private readonly fleet: SqliteFleetMeta = new SqliteFleetMeta(meta.db)) {
     this.manifests = new ManifestCache(meta);
     this.server = http.createServer((req, res) => void this.handle(req, res));
+    // Bytes in and out, counted per connection (headers included): closed ones added up, open ones read live.
+    this.server.on('connection', (sock) => {
+      this.liveSockets.add(sock);
+      sock.once('close', () => {
+        this.liveSockets.delete(sock);
+        this.metrics.bytesIn += sock.bytesRead;
+        this.metrics.bytesOut += sock.bytesWritten;
+      });
+    });
     this.server.keepAliveTimeout = 30_000;
     const r = (method: string, path: string, handler: Handler): void => {
       this.routes.push({ method, re: new RegExp(`^${API_PREFIX}${path.replace(/:[a-z]+/g, '([^/]+)')}$`), path, handler });
@@ -102,6 +112,25 @@ export class CarryonHttpServer {
     }));
     r('GET', '/desktops/:name/restore-points', async ({ user, params }) => ({ restorePoints: this.fleet.restorePoints(this.meta.desktopFor(user, parseName(params[0], 'desktop')).id) }));
     r('POST', '/checkouts/:id/restore-points', (c) => this.restorePoint(c));
+    r('POST', '/admin/desktops/:name/policy', admin(async ({ req, params, actor }) => {
+      const name = parseName(params[0], 'desktop');
+      const p = parseDesktopPolicy(await readJson(req));
+      if (p.leaseDays !== undefined) this.fleet.setLeaseDays('desktop', name, p.leaseDays, actor);
+      if (p.replicateMinutes !== undefined) this.fleet.setReplicateMinutes(name, p.replicateMinutes, actor);
+      if (p.rollbackKeepsLocal !== undefined) this.fleet.setRollbackKeepsLocal(name, p.rollbackKeepsLocal, actor);
+      if (p.files !== undefined || p.registry !== undefined) {
+        this.meta.setDesktopPolicies(name, p.files, p.registry);
+        this.fleet.audit(actor, 'desktop.merge-policy', `desktop:${name}`, { files: p.files ?? null, registry: p.registry ?? null });
+      }
+      return this.fleet.desktopPolicy(name);
+    }));
+    r('POST', '/admin/images/:name/policy', admin(async ({ req, params, actor }) => {
+      const name = parseName(params[0], 'image');
+      const p = parseDesktopPolicy(await readJson(req));
+      if (p.leaseDays === undefined || Object.keys(p).length !== 1) throw new CarryonError('BAD_REQUEST', 'an image policy sets leaseDays only');
+      this.fleet.setLeaseDays('image', name, p.leaseDays, actor);
+      return { image: name, leaseDays: p.leaseDays };
+    }));
     r('DELETE', '/admin/desktops/:name', admin(async ({ params, actor }) => this.fleet.deleteDesktop(parseName(params[0], 'desktop'), actor)));
     r('GET', '/admin/requests', admin(async () => ({ requests: this.fleet.requests() })));
     r('POST', '/checkouts/:id/requests/:rid', async ({ req, user, params, actor, claimedDevice }) => {
@@ -149,8 +178,6 @@ export class CarryonHttpServer {
     let user: User | null = null;
     let status = 200;
     let routePath = 'unknown';
-    const readBefore = req.socket.bytesRead;
-    const writtenBefore = req.socket.bytesWritten;
     // The admin console is a static page; everything it shows comes from the admin API with the admin's token.
     if (req.method === 'GET' && (url.pathname === '/console' || url.pathname === '/')) {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-security-policy': CONSOLE_CSP, 'x-content-type-options': 'nosniff', 'cache-control': 'no-store' });
@@ -160,7 +187,13 @@ export class CarryonHttpServer {
     // Prometheus scrapes without a token: only counts, never names (see metrics.ts).
     if (req.method === 'GET' && url.pathname === '/metrics') {
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
-      res.end(this.metrics.render(this.meta, this.fleet));
+      let liveIn = 0;
+      let liveOut = 0;
+      for (const sock of this.liveSockets) {
+        liveIn += sock.bytesRead;
+        liveOut += sock.bytesWritten;
+      }
+      res.end(this.metrics.render(this.meta, this.fleet, liveIn, liveOut));
       return;
     }
     try {
@@ -193,10 +226,6 @@ export class CarryonHttpServer {
     } finally {
       const final = res.headersSent ? res.statusCode : status;
       this.metrics.request(req.method ?? '?', routePath, final);
-      this.metrics.bytesIn += req.socket.bytesRead - readBefore;
-      const countOut = (): void => void (this.metrics.bytesOut += req.socket.bytesWritten - writtenBefore);
-      if (res.writableFinished) countOut();
-      else res.once('finish', countOut);
       if (routePath === '/checkouts/:id/commit' && final < 300) this.metrics.commit((Date.now() - started) / 1000);
       this.log({ level: 'info', method: req.method, path: url.pathname, status: final, ms: Date.now() - started, user: user?.name });
     }

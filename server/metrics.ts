@@ -33,7 +33,8 @@ export class Metrics {
     });
   }
 
-  render(meta: SqliteMeta, fleet: SqliteFleetMeta): string {
+  /** `liveIn`/`liveOut`: bytes so far on connections still open. */
+  render(meta: SqliteMeta, fleet: SqliteFleetMeta, liveIn = 0, liveOut = 0): string {
     const out: string[] = [];
     const metric = (name: string, type: string, help: string, lines: string[]): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
@@ -47,8 +48,8 @@ export class Metrics {
     metric('carryon_stored_bytes', 'gauge', 'Bytes in the block store (compressed).', [`carryon_stored_bytes ${s.storedBytes}`]);
     metric('carryon_desktops', 'gauge', 'Desktops.', [`carryon_desktops ${s.desktops}`]);
     metric('carryon_http_requests_total', 'counter', 'HTTP requests by method, route and status.', [...this.requests].map(([k, v]) => `carryon_http_requests_total{${k}} ${v}`));
-    metric('carryon_http_received_bytes_total', 'counter', 'Bytes received over HTTP (headers and bodies).', [`carryon_http_received_bytes_total ${this.bytesIn}`]);
-    metric('carryon_http_sent_bytes_total', 'counter', 'Bytes sent over HTTP (headers and bodies).', [`carryon_http_sent_bytes_total ${this.bytesOut}`]);
+    metric('carryon_http_received_bytes_total', 'counter', 'Bytes received over HTTP (headers and bodies).', [`carryon_http_received_bytes_total ${this.bytesIn + liveIn}`]);
+    metric('carryon_http_sent_bytes_total', 'counter', 'Bytes sent over HTTP (headers and bodies).', [`carryon_http_sent_bytes_total ${this.bytesOut + liveOut}`]);
     metric('carryon_failures_total', 'counter', 'Failed requests by error code.', [...this.failures].map(([k, v]) => `carryon_failures_total{code="${k}"} ${v}`));
     metric('carryon_checkin_commit_seconds', 'histogram', 'Time to commit a check-in (validate the manifest, then one transaction).', [
       ...COMMIT_BUCKETS.map((b, i) => `carryon_checkin_commit_seconds_bucket{le="${b}"} ${this.commitBuckets[i]}`),

@@ -44,6 +44,8 @@ function unbase32(s: string): Buffer | null {
       bits -= 8;
     }
   }
+  // The last character's spare bits must be zero: one code, one spelling.
+  if (bits > 0 && (value & ((1 << bits) - 1)) !== 0) return null;
   return Buffer.from(bytes);
 }
 

@@ -3,6 +3,7 @@
 // docs/protocol.md.
 import { CarryonError } from '../errors/index.js';
 import { isBlockId, type BlockId } from '../hash/index.js';
+import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy } from '../persona/index.js';
 
 export const API_PREFIX = '/v1';
 export const HEADER_DEVICE = 'x-carryon-device';
@@ -99,6 +100,42 @@ export function parseHeartbeatRequest(body: unknown): HeartbeatRequest {
     return v as number;
   };
   return { pendingBytes: n('pendingBytes'), pendingBlocks: n('pendingBlocks') };
+}
+
+/** An admin's policy change for a desktop; every field optional; null clears a setting. */
+export interface DesktopPolicyChange {
+  leaseDays?: number | null;
+  replicateMinutes?: number | null;
+  rollbackKeepsLocal?: boolean;
+  files?: FileMergePolicy;
+  registry?: RegistryMergePolicy;
+}
+
+export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
+  const b = (body ?? {}) as Record<string, unknown>;
+  const out: DesktopPolicyChange = {};
+  for (const k of Object.keys(b)) if (!['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry'].includes(k)) throw new CarryonError('BAD_REQUEST', `unknown policy field ${JSON.stringify(k.slice(0, 40))}`);
+  const num = (k: 'leaseDays' | 'replicateMinutes'): void => {
+    if (!(k in b)) return;
+    const v = b[k];
+    if (v !== null && (typeof v !== 'number' || !Number.isFinite(v))) throw new CarryonError('BAD_REQUEST', `${k} must be a number or null`);
+    out[k] = v as number | null;
+  };
+  num('leaseDays');
+  num('replicateMinutes');
+  if ('rollbackKeepsLocal' in b) {
+    if (typeof b.rollbackKeepsLocal !== 'boolean') throw new CarryonError('BAD_REQUEST', 'rollbackKeepsLocal must be true or false');
+    out.rollbackKeepsLocal = b.rollbackKeepsLocal;
+  }
+  if ('files' in b) {
+    if (!FILE_MERGE_POLICIES.includes(b.files as FileMergePolicy)) throw new CarryonError('BAD_REQUEST', `files must be one of ${FILE_MERGE_POLICIES.join(', ')}`);
+    out.files = b.files as FileMergePolicy;
+  }
+  if ('registry' in b) {
+    if (!REGISTRY_MERGE_POLICIES.includes(b.registry as RegistryMergePolicy)) throw new CarryonError('BAD_REQUEST', `registry must be one of ${REGISTRY_MERGE_POLICIES.join(', ')}`);
+    out.registry = b.registry as RegistryMergePolicy;
+  }
+  return out;
 }
 
 /** `carryon login`: this laptop's id (made once per home) and a name people recognise. */

@@ -250,6 +250,16 @@ describe('authorization matrix over every HTTP route', () => {
       other: () => ({ path: '/admin/desktops/a-idle/restore', body: json({ restorePoint: RP_IDLE }), status: 403, code: 'FORBIDDEN' }),
     },
     {
+      method: 'POST', route: '/admin/desktops/:name/policy', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: '/admin/desktops/a-spare/policy', body: json({ rollbackKeepsLocal: false }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ desktop: 'a-spare', rollbackKeepsLocal: false, effectiveLeaseDays: 7 }) }),
+      other: () => ({ path: '/admin/desktops/a-spare/policy', body: json({ leaseDays: 300 }), status: 403, code: 'FORBIDDEN' }),
+    },
+    {
+      method: 'POST', route: '/admin/images/:name/policy', scope: 'admin',
+      owner: () => ({ token: () => t.admin, path: '/admin/images/img/policy', body: json({ leaseDays: 7 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ image: 'img', leaseDays: 7 }) }),
+      other: () => ({ path: '/admin/images/img/policy', body: json({ leaseDays: 300 }), status: 403, code: 'FORBIDDEN' }),
+    },
+    {
       // the admin deletes a desktop of its own made for this (bob would delete alice's idle one)
       method: 'DELETE', route: '/admin/desktops/:name', scope: 'admin',
       owner: () => ({ token: () => t.admin, path: '/admin/desktops/r-trash', headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ desktop: 'r-trash', versions: 1, restorePoints: 0 }) }),

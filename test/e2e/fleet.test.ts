@@ -243,6 +243,24 @@ describe('fleet: devices, leases, admin, audit', () => {
     for (const d of ['gone', 'kept']) expect((await requestsOf(d))[0]).toMatchObject({ kind: 'rollback', state: 'done' });
   }, 60_000);
 
+  it('the HTTP API changes policies too, refuses nonsense with a clear code, and audits each change', async () => {
+    const admin = await server.admin(['user', 'add', 'ops', '--admin']);
+    const call = (p: string, body: unknown) => fetch(`${server.url}/v1${p}`, { method: 'POST', headers: { authorization: `Bearer ${admin.json.token}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const ok = await call('/admin/desktops/desk/policy', { leaseDays: 2, replicateMinutes: 90, rollbackKeepsLocal: true, files: 'newest' });
+    expect(ok.status).toBe(200);
+    expect(await ok.json()).toMatchObject({ desktop: 'desk', leaseDays: 2, effectiveLeaseDays: 2, replicateMinutes: 90, rollbackKeepsLocal: true, files: 'newest' });
+    for (const bad of [{ leaseDays: 'x' }, { leaseDays: 400 }, { files: 'whatever' }, { colour: 'red' }, { replicateMinutes: 0 }]) {
+      const r = await call('/admin/desktops/desk/policy', bad);
+      expect(r.status, JSON.stringify(bad)).toBe(400);
+      expect(((await r.json()) as any).error.code).toMatch(/^(BAD_REQUEST|INVALID_ARGUMENT)$/);
+    }
+    expect((await (await call('/admin/desktops/desk/policy', {})).json()) as any).toMatchObject({ leaseDays: 2, replicateMinutes: 90 });
+    const img = await call('/admin/images/golden/policy', { leaseDays: 3 });
+    expect(await img.json()).toEqual({ image: 'golden', leaseDays: 3 });
+    const audit = ((await server.admin(['admin', 'audit'])).json.audit as any[]).filter((e) => e.actor === 'ops').map((e) => e.action);
+    expect(audit).toEqual(expect.arrayContaining(['desktop.lease-policy', 'desktop.replicate-policy', 'desktop.rollback-policy', 'desktop.merge-policy', 'image.lease-policy']));
+  });
+
   it('/metrics speaks Prometheus text: active checkouts, requests, bytes, failures, check-in durations; no names', async () => {
     const res = await fetch(`${server.url}/metrics`);
     expect(res.status).toBe(200);
