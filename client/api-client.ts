@@ -128,9 +128,11 @@ export class ApiClient {
     return this.json('POST', `/checkouts/${checkoutId}/requests/${id}`, { state, detail });
   }
 
-  async restorePoint(checkoutId: string, manifest: Buffer): Promise<{ id: number; createdAt: string; blocksChanged: number }> {
-    const res = await this.request('POST', `/checkouts/${checkoutId}/restore-points`, manifest, { 'content-type': CONTENT_MANIFEST });
-    return JSON.parse((await this.readAll(res)).toString('utf8')) as { id: number; createdAt: string; blocksChanged: number };
+  async restorePoint(checkoutId: string, manifest: Buffer, persona?: TarEntry[]): Promise<{ id: number; createdAt: string; blocksChanged: number; withPersona: boolean }> {
+    const res = persona
+      ? await this.request('POST', `/checkouts/${checkoutId}/restore-points`, await tarOf([{ name: 'disk.manifest', data: manifest }, ...persona], true), { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' })
+      : await this.request('POST', `/checkouts/${checkoutId}/restore-points`, manifest, { 'content-type': CONTENT_MANIFEST });
+    return JSON.parse((await this.readAll(res)).toString('utf8')) as { id: number; createdAt: string; blocksChanged: number; withPersona: boolean };
   }
 
   desktops(): Promise<{ desktops: DesktopInfo[] }> {

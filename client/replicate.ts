@@ -5,7 +5,8 @@
 // laptop cache (its control socket), so the restore point is what the VM saw at one instant.
 import net from 'node:net';
 import path from 'node:path';
-import { CarryonError, decodeManifest, encodeManifest, getBlock, type BlockId, type DiskManifest } from '../src/index.js';
+import { CarryonError, decodeManifest, decodePersona, encodeManifest, getBlock, type BlockId, type DiskManifest, type TarEntry } from '../src/index.js';
+import { personaPushParts, scanPersona, uploadPersona } from './persona-engine.js';
 import type { ApiClient } from './api-client.js';
 import { ServerBlockSource } from './block-source.js';
 import { scanChanges, uploadChanges } from './checkin-engine.js';
@@ -16,6 +17,8 @@ export interface ReplicateResult {
   desktop: string;
   restorePoint: number;
   createdAt: string;
+  /** The persona (profile and registry) went with it. */
+  withPersona: boolean;
   blocksChanged: number;
   blocksUploaded: number;
   bytesSent: number;
@@ -54,8 +57,17 @@ export async function replicateDesktop(state: LocalState, api: ApiClient, name: 
       lock.release();
     }
   }
-  const rp = await api.restorePoint(local.checkoutId, encodeManifest(next));
-  return { desktop: name, restorePoint: rp.id, createdAt: rp.createdAt, blocksChanged: changed.length, blocksUploaded: up.blocksUploaded, bytesSent: api.bytesSent - sentBefore,
+  // The persona goes with it: its chunks first, then its snapshot (as a delta from the version held).
+  let personaParts: TarEntry[] | undefined;
+  const held = state.persona(name);
+  if (held?.withDisk) {
+    const pbase = decodePersona(held.snapshot);
+    const ours = await scanPersona(state, held.dir, pbase);
+    await uploadPersona(state, api, held.version, pbase, ours.snapshot, held.dir);
+    personaParts = personaPushParts(pbase, ours.snapshot, { baseVersion: held.version, desktop: name, deviceName: state.login().deviceName, editedAt: ours.editedAt });
+  }
+  const rp = await api.restorePoint(local.checkoutId, encodeManifest(next), personaParts);
+  return { desktop: name, restorePoint: rp.id, createdAt: rp.createdAt, withPersona: rp.withPersona, blocksChanged: changed.length, blocksUploaded: up.blocksUploaded, bytesSent: api.bytesSent - sentBefore,
     via: owner?.purpose === 'serve' ? 'serve-snapshot' : 'disk', pauseMs, seconds: (Date.now() - t0) / 1000 };
 }
 

@@ -4,6 +4,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { CarryonError, encodeLeaseCode } from '../src/index.js';
 import type { Db } from './db.js';
+import { SqlitePersonaMeta } from './persona-meta.js';
 import type { CheckoutRow, User } from './meta.js';
 
 /** Offline lease when neither the desktop nor its image sets one. */
@@ -73,6 +74,8 @@ export interface RestorePoint {
   deviceName: string;
   blocksChanged: number;
   createdAt: string;
+  /** The persona (profile and registry) was captured too. */
+  withPersona: boolean;
 }
 
 export interface AuditRow {
@@ -317,14 +320,14 @@ export class SqliteFleetMeta {
 
   private toRestorePoint(r: Record<string, unknown>): RestorePoint {
     return { id: r.id as number, desktop: r.desktop as string, checkoutId: r.checkout_id as string, baseVersion: r.base_version as number, manifestId: r.manifest_id as string,
-      deviceName: r.device_name as string, blocksChanged: r.blocks_changed as number, createdAt: r.created_at as string };
+      deviceName: r.device_name as string, blocksChanged: r.blocks_changed as number, createdAt: r.created_at as string, withPersona: r.persona_snapshot_id !== null && r.persona_snapshot_id !== undefined };
   }
 
-  addRestorePoint(co: CheckoutRow, manifestId: string, blocksChanged: number, actor: Actor): RestorePoint {
+  addRestorePoint(co: CheckoutRow, manifestId: string, blocksChanged: number, actor: Actor, personaSnapshotId: string | null = null): RestorePoint {
     return this.db.transaction(() => {
       const t = now();
-      const id = Number(this.db.prepare('INSERT INTO restore_points (desktop_id, checkout_id, base_version, manifest_id, device_name, blocks_changed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
-        .run(co.desktop_id, co.id, co.base_version, manifestId, co.device_name, blocksChanged, t).lastInsertRowid);
+      const id = Number(this.db.prepare('INSERT INTO restore_points (desktop_id, checkout_id, base_version, manifest_id, device_name, blocks_changed, created_at, persona_snapshot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+        .run(co.desktop_id, co.id, co.base_version, manifestId, co.device_name, blocksChanged, t, personaSnapshotId).lastInsertRowid);
       const rp = this.restorePoint(id);
       this.audit(actor, 'restore-point.create', `desktop:${rp.desktop}`, { checkoutId: co.id, restorePoint: id, blocksChanged });
       return rp;
@@ -345,7 +348,7 @@ export class SqliteFleetMeta {
    * Make a restore point the desktop's next version (for a lost laptop: after a rollback, or when the
    * checkout already ended). Refused while someone holds the desktop: roll that checkout back first.
    */
-  restoreDesktop(desktopName: string, pointId: number, actor: Actor): { desktop: string; version: number; restorePoint: number } {
+  restoreDesktop(desktopName: string, pointId: number, actor: Actor): { desktop: string; version: number; restorePoint: number; personaVersion: number | null } {
     return this.db.transaction(() => {
       const rp = this.restorePoint(pointId);
       if (rp.desktop !== desktopName) throw new CarryonError('NOT_FOUND', `restore point ${pointId} is not of desktop ${desktopName}`, { restorePoint: pointId });
@@ -356,8 +359,15 @@ export class SqliteFleetMeta {
       const t = now();
       this.db.prepare('INSERT INTO desktop_versions (desktop_id, version, manifest_id, checkout_id, created_at, restore_point_id) VALUES (?, ?, ?, NULL, ?, ?)').run(d.id, version, rp.manifestId, t, pointId);
       this.db.prepare('UPDATE desktops SET version = ?, updated_at = ? WHERE id = ?').run(version, t, d.id);
-      this.audit(actor, 'desktop.restore', `desktop:${desktopName}`, { restorePoint: pointId, version, from: d.version });
-      return { desktop: desktopName, version, restorePoint: pointId };
+      // The persona captured with the point becomes the user's next persona version.
+      const snap = (this.db.prepare('SELECT persona_snapshot_id AS s FROM restore_points WHERE id = ?').get(pointId) as { s: string | null }).s;
+      let personaVersion: number | null = null;
+      if (snap) {
+        const userId = (this.db.prepare('SELECT user_id AS u FROM desktops WHERE id = ?').get(d.id) as { u: number }).u;
+        personaVersion = new SqlitePersonaMeta(this.db).addVersion(userId, snap, { source: 'push', deviceName: `restore point #${pointId}`, checkoutId: null, mergeReport: null });
+      }
+      this.audit(actor, 'desktop.restore', `desktop:${desktopName}`, { restorePoint: pointId, version, from: d.version, personaVersion });
+      return { desktop: desktopName, version, restorePoint: pointId, personaVersion };
     })();
   }
 

@@ -391,7 +391,21 @@ export class CarryonHttpServer {
   /** A restore point: like a commit's validation (every block present), but the checkout goes on. */
   private async restorePoint({ req, user, params, actor, claimedDevice }: Ctx) {
     const co = this.activeCheckout(user, params[0]!, claimedDevice);
-    const encoded = await readBody(req, MAX_MANIFEST_BYTES);
+    // A bare manifest, or a tar of disk.manifest with the persona (persona-delta.json and push.json), as a commit.
+    let encoded: Buffer;
+    let persona: { delta: unknown; push: PersonaPushInfo } | null = null;
+    if ((req.headers['content-type'] ?? '').startsWith(CONTENT_TAR)) {
+      const parts = await this.commitParts(req);
+      const m = parts.get('disk.manifest');
+      if (!m) throw new CarryonError('BAD_REQUEST', 'a restore point carries disk.manifest');
+      encoded = m;
+      const snapshot = parts.get('persona-delta.json');
+      const push = parts.get('push.json');
+      if (snapshot && push) persona = { delta: parseJsonPart(snapshot), push: parsePersonaPushInfo(parseJsonPart(push)) };
+      else if (snapshot || push) throw new CarryonError('BAD_REQUEST', 'persona-delta.json and push.json go together');
+    } else {
+      encoded = await readBody(req, MAX_MANIFEST_BYTES);
+    }
     const next = decodeManifest(encoded);
     const id = manifestId(encoded);
     const base = this.baseOf(co);
@@ -404,7 +418,10 @@ export class CarryonHttpServer {
     this.meta.putManifest(id, encoded, next);
     let changed = 0;
     for (let i = 0; i < next.count; i++) if (next.ids.compare(base.manifest.ids, i * 32, i * 32 + 32, i * 32, i * 32 + 32) !== 0) changed++;
-    return this.fleet.addRestorePoint(co, id, changed, actor);
+    return this.meta.db.transaction(() => {
+      const personaSnapshot = persona ? this.personas.snapshotFor(user, persona.delta, persona.push.baseVersion) : null;
+      return this.fleet.addRestorePoint(co, id, changed, actor, personaSnapshot);
+    })();
   }
 
   private async commit({ req, user, params, actor, claimedDevice }: Ctx): Promise<CommitResult> {

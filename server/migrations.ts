@@ -197,4 +197,11 @@ export const MIGRATIONS: Migration[] = [
       ALTER TABLE desktop_versions ADD COLUMN restore_point_id INTEGER REFERENCES restore_points(id);
     `,
   },
+  {
+    version: 7,
+    why: 'Restore points carry the persona too: the snapshot of the laptop\'s profile and registry at that moment (content-addressed, its chunks in the block store), made a persona version when the admin restores the point.',
+    sql: `
+      ALTER TABLE restore_points ADD COLUMN persona_snapshot_id TEXT REFERENCES persona_snapshots(id);
+    `,
+  },
 ];

@@ -109,6 +109,19 @@ export class PersonaService {
     }
   }
 
+  /**
+   * The laptop's persona for a restore point: rebuilt from its base version and the delta, every chunk
+   * present, stored content-addressed. No version is made (the restore point keeps the id).
+   */
+  snapshotFor(user: User, delta: unknown, baseVersion: number): BlockId {
+    const baseRow = this.personas.version(user.id, baseVersion);
+    if (!baseRow) throw new CarryonError('BAD_REQUEST', `persona base version ${baseVersion} does not exist`);
+    const { snapshot } = applySnapshotDelta(this.personas.snapshot(baseRow.snapshotId), delta);
+    const missing = [...new Set(snapshot.files.flatMap((f) => f.chunks))].filter((id) => !this.meta.hasBlock(id));
+    if (missing.length > 0) throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} persona chunk(s) the snapshot names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
+    return this.personas.putSnapshot(snapshot).id;
+  }
+
   /** What an earlier commit of this checkout made of the persona (a commit repeated after a crash). */
   committedBy(user: User, checkoutId: string): PersonaCommitResult {
     const row = this.meta.db.prepare('SELECT version, merge_report FROM persona_versions WHERE user_id = ? AND checkout_id = ?').get(user.id, checkoutId) as

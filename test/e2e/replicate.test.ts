@@ -3,7 +3,7 @@
 // back to that restore point and another laptop gets exactly the disk as it was at that instant.
 // Also: the agent's scheduled restore points, and a second restore point sending only what is new.
 import { spawn } from 'node:child_process';
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -57,9 +57,15 @@ describe('replication: restore points while checked out', () => {
       copyFileSync(image, expected);
       expect(qemuIo(expected, first)).toBe(0);
 
+      // The persona goes with the restore point: a profile file written on the laptop.
+      const profile = path.join(a.home, 'desktops', 'rep', 'persona', 'profile');
+      mkdirSync(path.join(profile, 'Documents'), { recursive: true });
+      writeFileSync(path.join(profile, 'Documents', 'trip-notes.txt'), 'flight LH 123, seat 14C\n');
       const r1 = await a.cli(['replicate', 'rep', '--json']);
       expect(r1.code, r1.stderr).toBe(0);
-      expect(r1.json).toMatchObject({ via: 'serve-snapshot', blocksChanged: 5 });
+      expect(r1.json).toMatchObject({ via: 'serve-snapshot', blocksChanged: 5, withPersona: true });
+      // Edited after the restore point: lost with the laptop.
+      writeFileSync(path.join(profile, 'Documents', 'trip-notes.txt'), 'changed later\n');
       expect(r1.json.blocksUploaded).toBeGreaterThan(0);
       // Nothing new: the next restore point sends no block.
       const r2 = await a.cli(['replicate', 'rep', '--json']);
@@ -80,6 +86,7 @@ describe('replication: restore points while checked out', () => {
       expect(onB.code, onB.stderr).toBe(0);
       expect(onB.json.version).toBe(2);
       expect(sha256File(onB.json.disk)).toBe(sha256File(expected));
+      expect(readFileSync(path.join(onB.json.persona.dir, 'profile', 'Documents', 'trip-notes.txt'), 'utf8')).toBe('flight LH 123, seat 14C\n');
       const audit = ((await server.admin(['admin', 'audit'])).json.audit as any[]).map((e) => e.action);
       expect(audit).toEqual(expect.arrayContaining(['restore-point.create', 'checkout.rollback', 'desktop.restore']));
     } finally {
