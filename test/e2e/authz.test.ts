@@ -246,7 +246,7 @@ describe('authorization matrix over every HTTP route', () => {
     },
     {
       method: 'POST', route: '/admin/desktops/:name/restore', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: '/admin/desktops/a-idle/restore', body: json({ restorePoint: RP_IDLE }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ desktop: 'a-idle', version: 2, restorePoint: RP_IDLE }) }),
+      owner: () => ({ token: () => t.admin, path: '/admin/desktops/a-idle/restore', body: json({ restorePoint: RP_IDLE }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ desktop: 'a-idle', version: 2, restorePoint: RP_IDLE, personaVersion: null }) }),
       other: () => ({ path: '/admin/desktops/a-idle/restore', body: json({ restorePoint: RP_IDLE }), status: 403, code: 'FORBIDDEN' }),
     },
     {
