@@ -41,10 +41,13 @@ function pendingOf(state: LocalState, local: LocalCheckout): { pendingBytes: num
 
 export async function agentRound(state: LocalState, api: ApiClient, login: Login, log: AgentLog): Promise<RoundReport> {
   const report: RoundReport = { contacted: 0, offline: false, checkins: 0, rollbacks: 0, restorePoints: 0 };
-  for (const local of state.checkouts()) {
-    if (local.state !== 'active' && local.state !== 'streaming') continue;
+  const held = state.checkouts().filter((c) => c.state === 'active' || c.state === 'streaming');
+  // Lease warnings first: they matter most when the server cannot be reached.
+  for (const local of held) {
     const lease = leaseStatus(state, local);
     if (lease.warning) log('lease-warning', { desktop: local.desktop, leaseExpiresAt: lease.expiresAt }, lease.warning);
+  }
+  for (const local of held) {
     const pending = pendingOf(state, local);
     let reply;
     try {

@@ -94,6 +94,12 @@ describe('fleet: devices, leases, admin, audit', () => {
     expect(refused.code).toBe(11);
     expect(refused.json.error.code).toBe('LEASE_EXPIRED');
     expect(refused.json.error.message).toMatch(/carryon renew short/);
+    // The agent's log says so too, and that the server is away.
+    const agent = await a.cli(['agent', '--once', '--json']);
+    expect(agent.code, agent.stdout + agent.stderr).toBe(0);
+    const events = agent.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(events.find((e) => e.event === 'lease-warning' && e.desktop === 'short')).toMatchObject({ leaseExpiresAt: expect.any(String) });
+    expect(events.some((e) => e.event === 'offline')).toBe(true);
 
 
     // The lease of `desk` has 10 days left; the laptop once saw a time 30 days ahead (its clock was then
