@@ -212,7 +212,7 @@ describe('carryon serve: the disk over NBD', () => {
     expect(qemuIo(expected, first).code).toBe(0);
     // A client writing 4 KiB requests all over 16 MiB (one round trip each), killed while it runs.
     const many: string[] = [];
-    for (let k = 0; k < 3000; k++) many.push('-c', `write -P 0xdd ${24 * MiB + ((k * 7919) % 4096) * 4096} 4096`);
+    for (let k = 0; k < 12000; k++) many.push('-c', `write -P 0xdd ${24 * MiB + ((k * 7919) % 4096) * 4096} 4096`);
     const victim = spawn('qemu-io', ['-f', 'raw', ...many, s.uri], { stdio: 'ignore' });
     const victimExit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => victim.once('exit', (code, signal) => r({ code, signal })));
     await new Promise((r) => setTimeout(r, 300));
