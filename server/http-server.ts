@@ -388,24 +388,23 @@ export class CarryonHttpServer {
     return ingestUpload(this.meta, this.store, this.baseOf(co), bodyOf(req));
   }
 
+  /** The body of a commit or restore point: a bare manifest, or a tar of disk.manifest with the persona (persona-delta.json and push.json). */
+  private async manifestWithPersona(req: http.IncomingMessage, what: string): Promise<{ encoded: Buffer; persona: { delta: unknown; push: PersonaPushInfo } | null }> {
+    if (!(req.headers['content-type'] ?? '').startsWith(CONTENT_TAR)) return { encoded: await readBody(req, MAX_MANIFEST_BYTES), persona: null };
+    const parts = await this.commitParts(req);
+    const encoded = parts.get('disk.manifest');
+    if (!encoded) throw new CarryonError('BAD_REQUEST', `${what} carries disk.manifest`);
+    const snapshot = parts.get('persona-delta.json');
+    const push = parts.get('push.json');
+    if (snapshot && push) return { encoded, persona: { delta: parseJsonPart(snapshot), push: parsePersonaPushInfo(parseJsonPart(push)) } };
+    if (snapshot || push) throw new CarryonError('BAD_REQUEST', 'persona-delta.json and push.json go together');
+    return { encoded, persona: null };
+  }
+
   /** A restore point: like a commit's validation (every block present), but the checkout goes on. */
   private async restorePoint({ req, user, params, actor, claimedDevice }: Ctx) {
     const co = this.activeCheckout(user, params[0]!, claimedDevice);
-    // A bare manifest, or a tar of disk.manifest with the persona (persona-delta.json and push.json), as a commit.
-    let encoded: Buffer;
-    let persona: { delta: unknown; push: PersonaPushInfo } | null = null;
-    if ((req.headers['content-type'] ?? '').startsWith(CONTENT_TAR)) {
-      const parts = await this.commitParts(req);
-      const m = parts.get('disk.manifest');
-      if (!m) throw new CarryonError('BAD_REQUEST', 'a restore point carries disk.manifest');
-      encoded = m;
-      const snapshot = parts.get('persona-delta.json');
-      const push = parts.get('push.json');
-      if (snapshot && push) persona = { delta: parseJsonPart(snapshot), push: parsePersonaPushInfo(parseJsonPart(push)) };
-      else if (snapshot || push) throw new CarryonError('BAD_REQUEST', 'persona-delta.json and push.json go together');
-    } else {
-      encoded = await readBody(req, MAX_MANIFEST_BYTES);
-    }
+    const { encoded, persona } = await this.manifestWithPersona(req, 'a restore point');
     const next = decodeManifest(encoded);
     const id = manifestId(encoded);
     const base = this.baseOf(co);
@@ -427,21 +426,7 @@ export class CarryonHttpServer {
   private async commit({ req, user, params, actor, claimedDevice }: Ctx): Promise<CommitResult> {
     const device = claimedDevice;
     if (!device) throw new CarryonError('BAD_REQUEST', `commit needs the ${HEADER_DEVICE} header`);
-    // A bare manifest commits the disk alone; a tar carries the disk manifest with the persona.
-    let encoded: Buffer;
-    let persona: { delta: unknown; push: PersonaPushInfo } | null = null;
-    if ((req.headers['content-type'] ?? '').startsWith(CONTENT_TAR)) {
-      const parts = await this.commitParts(req);
-      const m = parts.get('disk.manifest');
-      if (!m) throw new CarryonError('BAD_REQUEST', 'a check-in commit carries disk.manifest');
-      encoded = m;
-      const snapshot = parts.get('persona-delta.json');
-      const push = parts.get('push.json');
-      if (snapshot && push) persona = { delta: parseJsonPart(snapshot), push: parsePersonaPushInfo(parseJsonPart(push)) };
-      else if (snapshot || push) throw new CarryonError('BAD_REQUEST', 'persona-delta.json and push.json go together');
-    } else {
-      encoded = await readBody(req, MAX_MANIFEST_BYTES);
-    }
+    const { encoded, persona } = await this.manifestWithPersona(req, 'a check-in commit');
     const next = decodeManifest(encoded);
     const id = manifestId(encoded);
     const co = this.meta.checkoutFor(user, params[0]!);
