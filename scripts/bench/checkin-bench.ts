@@ -15,7 +15,7 @@ import { makeExt4Image } from '../fixtures/ext4-image.js';
 import { compareImages, debugfsSession, listImage, rewriteScattered } from '../fixtures/workloads.js';
 import { carryon, carryonMissing, carryonServer, num, serverGone, str, startServer, type Json, type RunningServer } from '../lib/carryon-cli.js';
 import { mb, mib, parseSize, ratio, secs, table } from '../lib/format.js';
-import { copySparse, requireTool, run, settleBeforeEachRun } from '../lib/proc.js';
+import { copySparse, requireTool, run, settleBeforeEachRun, toolVersion } from '../lib/proc.js';
 import { parseRsyncStats, type Measure } from '../lib/measure.js';
 import { readArgs } from '../lib/args.js';
 
@@ -263,14 +263,7 @@ function checkoutTable(base: Record<string, Measure>, results: WorkloadResult[])
 }
 
 async function toolVersions(): Promise<Record<string, string>> {
-  const first = async (cmd: string, args: string[]): Promise<string> => {
-    try {
-      const r = await run(cmd, args, { okCodes: [1] });
-      return (r.stdout || r.stderr).split('\n')[0]!.trim();
-    } catch {
-      return 'unknown';
-    }
-  };
+  const first = toolVersion;
   return {
     rsync: await first('rsync', ['--version']),
     rdiff: await first('rdiff', ['--version']),

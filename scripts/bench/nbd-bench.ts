@@ -13,7 +13,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { carryon, carryonMissing, carryonServer, CLIENT_BIN, num, serverGone, startServer, str, type Json, type RunningServer } from '../lib/carryon-cli.js';
 import { mb, mib, parseSize, ratio, secs, table } from '../lib/format.js';
-import { copySparse, requireTool, run, settleBeforeEachRun, showCommand, type RunResult } from '../lib/proc.js';
+import { copySparse, requireTool, run, settleBeforeEachRun, showCommand, type RunResult, toolVersion } from '../lib/proc.js';
 import { mulberry32, randomBytesSeeded } from '../lib/prng.js';
 import { readArgs } from '../lib/args.js';
 
@@ -494,14 +494,7 @@ function targets(exp: ExportResult[], ci: CheckinRow[]): string[] {
 }
 
 async function toolVersions(): Promise<Record<string, string>> {
-  const first = async (cmd: string, args: string[]): Promise<string> => {
-    try {
-      const r = await run(cmd, args, { okCodes: [1] });
-      return (r.stdout || r.stderr).split('\n')[0]!.trim();
-    } catch {
-      return 'unknown';
-    }
-  };
+  const first = toolVersion;
   return {
     nbdkit: await first('nbdkit', ['--version']),
     'qemu-nbd': await first('qemu-nbd', ['--version']),

@@ -20,7 +20,7 @@ import { carryon, carryonMissing, carryonServer, num, serverGone, str, startServ
 import { mb, mib, parseSize, percent, ratio, secs, table } from '../lib/format.js';
 import { listHostFiles, looksBinary, looksText, type HostFile } from '../lib/host-files.js';
 import { mulberry32, pick, randInt, randomBytesSeeded, seededRank, shuffled, type Rng } from '../lib/prng.js';
-import { requireTool, run, settleBeforeEachRun } from '../lib/proc.js';
+import { requireTool, run, settleBeforeEachRun, toolVersion } from '../lib/proc.js';
 import { parseRsyncStats, type Measure } from '../lib/measure.js';
 import { readArgs } from '../lib/args.js';
 
@@ -1032,14 +1032,7 @@ class CountingProxy {
 // Report
 
 async function toolVersions(): Promise<Record<string, string>> {
-  const first = async (cmd: string, args: string[]): Promise<string> => {
-    try {
-      const r = await run(cmd, args, { okCodes: [1] });
-      return (r.stdout || r.stderr).split('\n')[0]!.trim();
-    } catch {
-      return 'unknown';
-    }
-  };
+  const first = toolVersion;
   return { rsync: await first('rsync', ['--version']), rdiff: await first('rdiff', ['--version']), zstd: await first('zstd', ['--version']) };
 }
 

@@ -116,3 +116,13 @@ export function aptInstall(packages: string[], log: (line: string) => void): boo
 export async function copySparse(src: string, dst: string): Promise<void> {
   await run('cp', ['--sparse=always', '--', src, dst]);
 }
+
+/** The first line a tool prints about its version, or 'unknown' (benches record what they measured). */
+export async function toolVersion(cmd: string, args: string[]): Promise<string> {
+  try {
+    const r = await run(cmd, args, { okCodes: [1] });
+    return (r.stdout || r.stderr).split('\n')[0]!.trim();
+  } catch {
+    return 'unknown';
+  }
+}
