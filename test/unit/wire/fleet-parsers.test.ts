@@ -1,0 +1,46 @@
+// The fleet requests' parsers (src/wire/api.ts): every bad input is refused with BAD_REQUEST before it
+// reaches the database.
+import { describe, expect, it } from 'vitest';
+import { CarryonError, parseDesktopPolicy, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate } from '../../../src/index.js';
+
+function codeOf(f: () => unknown): string {
+  try {
+    f();
+  } catch (e) {
+    return (e as CarryonError).code;
+  }
+  return 'none';
+}
+
+describe('fleet request parsers', () => {
+  it('heartbeat: non-negative integers, missing ones are 0', () => {
+    expect(parseHeartbeatRequest({ pendingBytes: 5, pendingBlocks: 1 })).toEqual({ pendingBytes: 5, pendingBlocks: 1 });
+    expect(parseHeartbeatRequest({})).toEqual({ pendingBytes: 0, pendingBlocks: 0 });
+    for (const bad of [{ pendingBytes: -1 }, { pendingBytes: 1.5 }, { pendingBlocks: '3' }, { pendingBytes: Number.MAX_VALUE }]) expect(codeOf(() => parseHeartbeatRequest(bad))).toBe('BAD_REQUEST');
+  });
+
+  it('device registration: a UUID and a 1-200 character name', () => {
+    const device = '0b8f6f1e-2c3d-4e5f-8a9b-0c1d2e3f4a5b';
+    expect(parseDeviceRequest({ device, name: 'laptop' })).toEqual({ device, name: 'laptop' });
+    for (const bad of [{}, { device, name: '' }, { device, name: 'x'.repeat(201) }, { device: 'not-a-uuid', name: 'x' }, { device: device.toUpperCase(), name: 'x' }, null]) {
+      expect(codeOf(() => parseDeviceRequest(bad))).toBe('BAD_REQUEST');
+    }
+  });
+
+  it('request updates: a known state and a small object', () => {
+    expect(parseRequestUpdate({ state: 'done', detail: { version: 2 } })).toEqual({ state: 'done', detail: { version: 2 } });
+    expect(parseRequestUpdate({ state: 'in-progress' })).toEqual({ state: 'in-progress', detail: {} });
+    for (const bad of [{ state: 'requested' }, { state: 'DONE' }, { state: 'done', detail: [] }, { state: 'done', detail: 'x' }, { state: 'done', detail: { big: 'x'.repeat(5000) } }]) {
+      expect(codeOf(() => parseRequestUpdate(bad))).toBe('BAD_REQUEST');
+    }
+  });
+
+  it('desktop policy: known fields with the right types; null clears a number', () => {
+    expect(parseDesktopPolicy({ leaseDays: 3, replicateMinutes: null, rollbackKeepsLocal: true, files: 'newest', registry: 'server' }))
+      .toEqual({ leaseDays: 3, replicateMinutes: null, rollbackKeepsLocal: true, files: 'newest', registry: 'server' });
+    expect(parseDesktopPolicy({})).toEqual({});
+    for (const bad of [{ leaseDays: '3' }, { leaseDays: Infinity }, { rollbackKeepsLocal: 1 }, { files: 'mine' }, { registry: 'newest-ish' }, { colour: 'red' }]) {
+      expect(codeOf(() => parseDesktopPolicy(bad)), JSON.stringify(bad)).toBe('BAD_REQUEST');
+    }
+  });
+});
