@@ -203,9 +203,10 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     if (disk.complete) markComplete();
     const now = state.checkout(name)!;
     if (now.state === 'streaming') state.putCheckout({ ...now, cheap: encodeCheap(disk.cheap) });
-    if (socketPath) {
+    for (const p of [socketPath, ctlPath]) {
+      if (!p) continue;
       try {
-        unlinkSync(socketPath);
+        unlinkSync(p);
       } catch {
         /* gone */
       }
