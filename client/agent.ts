@@ -63,6 +63,7 @@ export async function agentRound(state: LocalState, api: ApiClient, login: Login
       continue;
     }
     report.contacted++;
+    state.syncClock(reply.serverTime);
     if (reply.leaseExpiresAt) state.setLease(local.desktop, reply.leaseExpiresAt);
     log('heartbeat', { desktop: local.desktop, leaseExpiresAt: reply.leaseExpiresAt, ...pending, requests: reply.requests.length },
       `${local.desktop}: lease until ${reply.leaseExpiresAt ?? '-'}; ${pending.pendingBlocks} blocks not sent yet`);

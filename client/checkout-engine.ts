@@ -15,6 +15,7 @@ import { Progress } from './progress.js';
 import { ServerBlockSource } from './block-source.js';
 import { DiskLock } from './disk-lock.js';
 import { requireLease } from './lease.js';
+import { MAX_STREAM_BLOCK } from './local-disk.js';
 import { diskStampOf, openLocalDisk, startJournal } from './disk-session.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 
@@ -63,6 +64,9 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   const encoded = await api.manifest(info.checkoutId);
   if (manifestId(encoded) !== info.manifestId) throw new CarryonError('MANIFEST_INVALID', 'the manifest received does not match its id');
   const manifest = decodeManifest(encoded);
+  if (opts.stream && manifest.blockSize > MAX_STREAM_BLOCK) {
+    throw new CarryonError('INVALID_ARGUMENT', `${name} has ${manifest.blockSize / 1024} KiB blocks; a streamed check-out needs ${MAX_STREAM_BLOCK / 1024} KiB or less: check it out without --stream`, { blockSize: manifest.blockSize });
+  }
 
   // What is already on disk: a checked-in copy of this desktop at the same path is updated in place.
   let prior: { manifest: DiskManifest; cheap: BigUint64Array } | null = null;

@@ -363,7 +363,12 @@ export class DiskJournal {
     try {
       if (bufs.length > 0) {
         const b = bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs);
-        writeSync(this.fd, b, 0, b.length, this.end);
+        // Every byte, or a failure: a short write (ENOSPC) taken as whole would make a torn mark look durable.
+        for (let done = 0; done < b.length;) {
+          const n = writeSync(this.fd, b, done, b.length - done, this.end + done);
+          if (n <= 0) throw new CarryonError('IO_ERROR', `short write to ${this.file}`, { file: this.file });
+          done += n;
+        }
         this.end += b.length;
       }
       await new Promise<void>((resolve, reject) => fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));

@@ -32,6 +32,7 @@ export async function renewLease(state: LocalState, api: ApiClient, local: Local
   if (r.rolledBack || r.leaseExpiresAt === null) {
     throw new CarryonError('ROLLED_BACK', `an admin rolled ${local.desktop} back: this copy is no longer the desktop; \`carryon agent\` removes it (or \`carryon discard ${local.desktop}\`)`, { desktop: local.desktop });
   }
+  state.syncClock(r.serverTime);
   state.setLease(local.desktop, r.leaseExpiresAt);
   return r.leaseExpiresAt;
 }

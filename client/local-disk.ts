@@ -27,6 +27,8 @@ export interface BlockSource {
 const READ_AHEAD_BLOCKS = 15;
 /** Background download batches (plaintext): one HTTP request each. */
 const BACKGROUND_BATCH_BYTES = 16 * 1024 * 1024;
+/** The largest block a streamed disk can have: 16 pages, one bit each in a PAGES record. */
+export const MAX_STREAM_BLOCK = 16 * PAGE_BYTES;
 /** Reads this large use the thread pool (measured below). */
 const ASYNC_READ_BYTES = 128 * 1024;
 /** On-demand blocks become durable-local this long after they land (one fdatasync for many). */
@@ -60,6 +62,10 @@ export class LocalDisk implements NbdExport {
 
   constructor(readonly name: string, readonly file: string, readonly manifest: DiskManifest, readonly journal: DiskJournal, readonly cheap: BigUint64Array,
     private source: BlockSource | null) {
+    // Page masks are 16 bits (the journal's PAGES record): streaming needs blocks of at most 16 pages.
+    if (!journal.complete && manifest.blockSize > MAX_STREAM_BLOCK) {
+      throw new CarryonError('INVALID_ARGUMENT', `${name}: a streamed disk needs blocks of at most ${MAX_STREAM_BLOCK / 1024} KiB; this image has ${manifest.blockSize / 1024} KiB blocks: check it out without --stream`);
+    }
     this.fd = openSync(file, 'r+');
     this.size = manifest.size;
     this.bs = manifest.blockSize;
@@ -150,6 +156,7 @@ export class LocalDisk implements NbdExport {
     const length = chunks.reduce((n, c) => n + c.length, 0);
     const marked = this.mark(offset, length);
     const land = (): Promise<void> | void => {
+      if (this.closed) throw new NbdIoError(NBD_ERRNO.ESHUTDOWN, `${this.name} is closing`);
       crashPoint('nbd-write'); // tests: die with the marks durable and the bytes not written
       let pos = offset;
       let list = chunks;
@@ -168,6 +175,7 @@ export class LocalDisk implements NbdExport {
   write(offset: number, data: Buffer, fua: boolean): Promise<void> | void {
     const marked = this.mark(offset, data.length);
     const land = (): Promise<void> | void => {
+      if (this.closed) throw new NbdIoError(NBD_ERRNO.ESHUTDOWN, `${this.name} is closing`);
       crashPoint('nbd-write');
       let done = 0;
       while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, offset + done);
@@ -199,6 +207,7 @@ export class LocalDisk implements NbdExport {
 
   /** Make the dirty marks (and page marks for blocks not yet local) of a write durable before it lands. */
   private mark(offset: number, length: number): Promise<void> | null {
+    if (this.closed) throw new NbdIoError(NBD_ERRNO.ESHUTDOWN, `${this.name} is closing`);
     const [a, b] = this.blocksOf(offset, length);
     if (this.journal.complete) return this.journal.markDirtyRange(a, b);
     return this.markStreaming(offset, length, a, b);
@@ -210,7 +219,9 @@ export class LocalDisk implements NbdExport {
     for (let i = a; i <= b; i++) {
       if (this.journal.isPresent(i)) continue;
       const { from, to } = this.within(i, offset, length);
-      const edge = (x: number): boolean => x % PAGE_BYTES !== 0 && x !== this.manifest.lengthOf(i) && !this.readable(i, x - (x % PAGE_BYTES), x - (x % PAGE_BYTES) + 1);
+      // Only what the journal records counts: bytes landed but not yet fdatasync'ed and marked present could
+      // be lost by a power cut, so a partial page over them must go through the read-modify-write path.
+      const edge = (x: number): boolean => x % PAGE_BYTES !== 0 && x !== this.manifest.lengthOf(i) && !(((this.journal.pages.get(i) ?? 0) >>> Math.floor(x / PAGE_BYTES)) & 1);
       if (edge(from) || edge(to)) rmw.push(i);
     }
     if (rmw.length > 0) {
@@ -248,8 +259,17 @@ export class LocalDisk implements NbdExport {
     }
   }
 
+  /** The first failed fdatasync: the kernel may have dropped the data, and says so only once, so every later flush must fail too. */
+  private syncFailure: unknown = null;
+
   private syncFile(): Promise<void> {
-    return new Promise((resolve, reject) => fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
+    if (this.syncFailure) return Promise.reject(this.syncFailure);
+    return new Promise((resolve, reject) => fdatasync(this.fd, (err) => {
+      if (err) {
+        this.syncFailure ??= err;
+        reject(err);
+      } else resolve();
+    }));
   }
 
   /** Put base bytes of block i into the file, around the pages the VM wrote itself. */
@@ -258,7 +278,7 @@ export class LocalDisk implements NbdExport {
     if (plain.length !== this.manifest.lengthOf(i)) throw new CarryonError('BLOCK_CORRUPT', `block ${i} has ${plain.length} bytes, expected ${this.manifest.lengthOf(i)}`);
     const mask = this.journal.pages.get(i) ?? 0;
     const base = i * this.bs;
-    if (mask === 0) writeSync(this.fd, plain, 0, plain.length, base);
+    if (mask === 0) this.writeAll(plain, 0, plain.length, base);
     else {
       // Runs of pages the VM did not write.
       const pagesN = Math.ceil(plain.length / PAGE_BYTES);
@@ -271,13 +291,23 @@ export class LocalDisk implements NbdExport {
         while (q < pagesN && !(mask & (1 << q))) q++;
         const from = p * PAGE_BYTES;
         const to = Math.min(q * PAGE_BYTES, plain.length);
-        writeSync(this.fd, plain, from, to - from, base + from);
+        this.writeAll(plain, from, to - from, base + from);
         p = q;
       }
     }
     this.cheap[i] = mask === 0 ? this.hasher.hash(plain) : 0n; // 0: unknown, the next full scan hashes it
     this.written[i] = 1;
     this.queuePresent(i);
+  }
+
+  /** pwrite until every byte is written (a short write, e.g. at ENOSPC, must not pass for a whole one). */
+  private writeAll(buf: Buffer, from: number, length: number, position: number): void {
+    if (this.closed) throw new NbdIoError(NBD_ERRNO.ESHUTDOWN, `${this.name} is closing`);
+    for (let done = 0; done < length;) {
+      const n = writeSync(this.fd, buf, from + done, length - done, position + done);
+      if (n <= 0) throw new CarryonError('IO_ERROR', `short write to ${this.file}`, { file: this.file });
+      done += n;
+    }
   }
 
   private queuePresent(i: number): void {
@@ -296,7 +326,12 @@ export class LocalDisk implements NbdExport {
     const list = this.presentQueue;
     this.presentQueue = [];
     this.committing = (async () => {
-      await this.syncFile();
+      try {
+        await this.syncFile();
+      } catch (err) {
+        this.presentQueue.unshift(...list); // not recorded: they stay to be committed (or reported)
+        throw err;
+      }
       this.journal.markPresent(list);
       void this.journal.durable().catch(() => undefined); // progress survives a crash; nobody waits for it
     })().finally(() => {
@@ -413,6 +448,7 @@ export class LocalDisk implements NbdExport {
         await this.commitPresent();
         if (this.journal.complete) break;
         cursor = 0;
+        await new Promise((r) => setTimeout(r, 50)); // let the VM's requests and signals in
         continue;
       }
       this.stats.backgroundBlocks += batch.length;

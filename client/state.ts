@@ -182,8 +182,9 @@ export class LocalState {
     this.db.prepare('DELETE FROM personas WHERE desktop = ?').run(desktop);
   }
 
+  /** A new checkout's secret starts its code numbers over; the same secret again (a resumed checkout) keeps them. */
   setLeaseSecret(desktop: string, secret: Buffer): void {
-    this.db.prepare('UPDATE checkouts SET lease_secret = ? WHERE desktop = ?').run(secret, desktop);
+    this.db.prepare('UPDATE checkouts SET lease_code_seq = CASE WHEN lease_secret = ? THEN lease_code_seq ELSE 0 END, lease_secret = ? WHERE desktop = ?').run(secret, secret, desktop);
   }
 
   leaseSecret(desktop: string): { secret: Buffer | null; seq: number } {
@@ -209,6 +210,15 @@ export class LocalState {
     const t = Math.max(Date.now(), seen);
     if (t > seen) this.set('clockHighWater', String(t));
     return t;
+  }
+
+  /**
+   * The server's time is the truth: after a contact the latest time seen becomes it, so a clock that
+   * once ran ahead (a bad RTC) stops locking leases out once the laptop has talked to the server.
+   */
+  syncClock(serverTime: string): void {
+    const t = Date.parse(serverTime);
+    if (Number.isFinite(t)) this.set('clockHighWater', String(t));
   }
 
   /** Where a checkout's disk journal (dirty map) lives: beside the state, not the disk (which may be anywhere). */

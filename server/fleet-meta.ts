@@ -182,7 +182,8 @@ export class SqliteFleetMeta {
 
   /** Start (or restart, on contact) a checkout's lease: now + its policy. */
   renewLease(co: CheckoutRow, pending?: { bytes: number; blocks: number }): string {
-    const expires = new Date(Date.now() + this.leaseDays(co.desktop_id) * DAY_MS).toISOString();
+    const floor = (this.db.prepare('SELECT lease_floor AS f FROM checkouts WHERE id = ?').get(co.id) as { f: string | null } | undefined)?.f;
+    const expires = new Date(Math.max(Date.now() + this.leaseDays(co.desktop_id) * DAY_MS, floor ? Date.parse(floor) : 0)).toISOString();
     if (pending) {
       this.db.prepare('UPDATE checkouts SET lease_expires_at = ?, last_contact_at = ?, pending_bytes = ?, pending_blocks = ? WHERE id = ?')
         .run(expires, now(), pending.bytes, pending.blocks, co.id);
@@ -225,7 +226,7 @@ export class SqliteFleetMeta {
       const co = this.checkout(checkoutId);
       const from = Math.max(Date.now(), co.leaseExpiresAt ? Date.parse(co.leaseExpiresAt) : 0);
       const expires = new Date(from + days * DAY_MS).toISOString();
-      this.db.prepare('UPDATE checkouts SET lease_expires_at = ? WHERE id = ?').run(expires, checkoutId);
+      this.db.prepare('UPDATE checkouts SET lease_expires_at = ?, lease_floor = ? WHERE id = ?').run(expires, expires, checkoutId);
       this.audit(actor, 'lease.extend', `checkout:${checkoutId}`, { desktop: co.desktop, days, leaseExpiresAt: expires });
       return this.checkout(checkoutId);
     })();

@@ -91,6 +91,8 @@ export class CarryonHttpServer {
     // Admin: who holds what, tokens, leases, the audit log.
     const admin = (h: Handler): Handler => async (c) => {
       if (!c.user.isAdmin) throw new CarryonError('FORBIDDEN', `${c.user.name} is not an admin`);
+      // A laptop's token (perhaps stolen with the laptop) never acts as the admin: only the admin's own token does.
+      if (c.device) throw new CarryonError('FORBIDDEN', 'admin actions need the admin\'s own token, not a device token');
       return h(c);
     };
     r('GET', '/admin/checkouts', admin(async () => ({ checkouts: this.fleet.activeCheckouts() })));

@@ -204,4 +204,11 @@ export const MIGRATIONS: Migration[] = [
       ALTER TABLE restore_points ADD COLUMN persona_snapshot_id TEXT REFERENCES persona_snapshots(id);
     `,
   },
+  {
+    version: 8,
+    why: 'A lease an admin extended (or a lease code granted) is a floor: the device\'s next contact renews from the policy but never to an earlier end than the admin gave.',
+    sql: `
+      ALTER TABLE checkouts ADD COLUMN lease_floor TEXT;
+    `,
+  },
 ];

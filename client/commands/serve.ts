@@ -111,10 +111,14 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     }
     const ctl = net.createServer((c) => {
       let buf = '';
+      let answered = false;
       c.on('error', () => undefined);
       c.on('data', (d) => {
+        if (answered) return;
         buf += d;
+        if (buf.length > 4096) return void c.destroy(); // requests are one short line
         if (!buf.includes('\n')) return;
+        answered = true;
         let reply: Record<string, unknown>;
         try {
           const req = JSON.parse(buf.slice(0, buf.indexOf('\n'))) as { op?: string };

@@ -220,71 +220,71 @@ describe('authorization matrix over every HTTP route', () => {
     // ---- admin
     {
       method: 'GET', route: '/admin/checkouts', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: '/admin/checkouts', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.checkouts.map((c: any) => c.checkoutId)).toContain(CO) }),
+      owner: () => ({ token: () => t.root, path: '/admin/checkouts', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.checkouts.map((c: any) => c.checkoutId)).toContain(CO) }),
       other: () => ({ path: '/admin/checkouts', status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'POST', route: '/admin/checkouts/:id/lease', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: `/admin/checkouts/${CO}/lease`, body: json({ days: 1 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO, user: 'alice' }) }),
+      owner: () => ({ token: () => t.root, path: `/admin/checkouts/${CO}/lease`, body: json({ days: 1 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO, user: 'alice' }) }),
       other: () => ({ path: `/admin/checkouts/${CO}/lease`, body: json({ days: 300 }), status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'POST', route: '/admin/checkouts/:id/checkin', scope: 'admin',
       // asking again hands back the open request
-      owner: () => ({ token: () => t.admin, path: `/admin/checkouts/${CO}/checkin`, headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ id: RID, checkoutId: CO, kind: 'checkin' }) }),
+      owner: () => ({ token: () => t.root, path: `/admin/checkouts/${CO}/checkin`, headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ id: RID, checkoutId: CO, kind: 'checkin' }) }),
       other: () => ({ path: `/admin/checkouts/${CO}/checkin`, status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'POST', route: '/admin/checkouts/:id/lease-code', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: `/admin/checkouts/${CO}/lease-code`, body: json({ days: 2 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ code: expect.any(String), days: 2, desktop: 'a-desk' }) }),
+      owner: () => ({ token: () => t.root, path: `/admin/checkouts/${CO}/lease-code`, body: json({ days: 2 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ code: expect.any(String), days: 2, desktop: 'a-desk' }) }),
       other: () => ({ path: `/admin/checkouts/${CO}/lease-code`, body: json({ days: 300 }), status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'POST', route: '/admin/checkouts/:id/rollback', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: `/admin/checkouts/${CO_RB}/rollback`, headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO_RB, kind: 'rollback' }) }),
+      owner: () => ({ token: () => t.root, path: `/admin/checkouts/${CO_RB}/rollback`, headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO_RB, kind: 'rollback' }) }),
       other: () => ({ path: `/admin/checkouts/${CO_RB}/rollback`, status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'POST', route: '/admin/desktops/:name/restore', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: '/admin/desktops/a-idle/restore', body: json({ restorePoint: RP_IDLE }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ desktop: 'a-idle', version: 2, restorePoint: RP_IDLE, personaVersion: null }) }),
+      owner: () => ({ token: () => t.root, path: '/admin/desktops/a-idle/restore', body: json({ restorePoint: RP_IDLE }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ desktop: 'a-idle', version: 2, restorePoint: RP_IDLE, personaVersion: null }) }),
       other: () => ({ path: '/admin/desktops/a-idle/restore', body: json({ restorePoint: RP_IDLE }), status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'POST', route: '/admin/desktops/:name/policy', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: '/admin/desktops/a-spare/policy', body: json({ rollbackKeepsLocal: false }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ desktop: 'a-spare', rollbackKeepsLocal: false, effectiveLeaseDays: 7 }) }),
+      owner: () => ({ token: () => t.root, path: '/admin/desktops/a-spare/policy', body: json({ rollbackKeepsLocal: false }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ desktop: 'a-spare', rollbackKeepsLocal: false, effectiveLeaseDays: 7 }) }),
       other: () => ({ path: '/admin/desktops/a-spare/policy', body: json({ leaseDays: 300 }), status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'POST', route: '/admin/images/:name/policy', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: '/admin/images/img/policy', body: json({ leaseDays: 7 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ image: 'img', leaseDays: 7 }) }),
+      owner: () => ({ token: () => t.root, path: '/admin/images/img/policy', body: json({ leaseDays: 7 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ image: 'img', leaseDays: 7 }) }),
       other: () => ({ path: '/admin/images/img/policy', body: json({ leaseDays: 300 }), status: 403, code: 'FORBIDDEN' }),
     },
     {
       // the admin deletes a desktop of its own made for this (bob would delete alice's idle one)
       method: 'DELETE', route: '/admin/desktops/:name', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: '/admin/desktops/r-trash', headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ desktop: 'r-trash', versions: 1, restorePoints: 0 }) }),
+      owner: () => ({ token: () => t.root, path: '/admin/desktops/r-trash', headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ desktop: 'r-trash', versions: 1, restorePoints: 0 }) }),
       other: () => ({ path: '/admin/desktops/a-idle', status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'GET', route: '/admin/requests', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: '/admin/requests', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.requests.map((q: any) => q.id)).toContain(RID) }),
+      owner: () => ({ token: () => t.root, path: '/admin/requests', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.requests.map((q: any) => q.id)).toContain(RID) }),
       other: () => ({ path: '/admin/requests', status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'GET', route: '/admin/tokens', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: '/admin/tokens', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.tokens.find((x: any) => x.id === REV_ID)).toMatchObject({ device: D_REV, revokedAt: expect.any(String) }) }),
+      owner: () => ({ token: () => t.root, path: '/admin/tokens', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.tokens.find((x: any) => x.id === REV_ID)).toMatchObject({ device: D_REV, revokedAt: expect.any(String) }) }),
       other: () => ({ path: '/admin/tokens', status: 403, code: 'FORBIDDEN' }),
     },
     {
       // revoking a revoked token answers the token as it is
       method: 'POST', route: '/admin/tokens/:id/revoke', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: `/admin/tokens/${REV_ID}/revoke`, headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ id: REV_ID, revokedAt: expect.any(String) }) }),
+      owner: () => ({ token: () => t.root, path: `/admin/tokens/${REV_ID}/revoke`, headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ id: REV_ID, revokedAt: expect.any(String) }) }),
       // bob would revoke alice's working laptop token
       other: () => ({ path: `/admin/tokens/${tokenIdOf(D1)}/revoke`, status: 403, code: 'FORBIDDEN' }),
     },
     {
       method: 'GET', route: '/admin/audit', scope: 'admin',
-      owner: () => ({ token: () => t.admin, path: '/admin/audit?limit=5', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.audit.length).toBe(5) }),
+      owner: () => ({ token: () => t.root, path: '/admin/audit?limit=5', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.audit.length).toBe(5) }),
       other: () => ({ path: '/admin/audit', status: 403, code: 'FORBIDDEN' }),
     },
     // ---- persona: every route acts on the caller's own persona versions
@@ -484,6 +484,14 @@ describe('authorization matrix over every HTTP route', () => {
       expect(errorOf(await call(route.method, t.rev, o, { [HEADER_DEVICE]: D_REV }))).toEqual({ status: 401, code: 'UNAUTHORIZED' });
       // an admin's revoked token opens no admin route either
       expect(errorOf(await call(route.method, t.adminRev, o, { [HEADER_DEVICE]: D_ADMIN_REV }))).toEqual({ status: 401, code: 'UNAUTHORIZED' });
+    });
+  });
+
+  describe("the admin's own laptop token (a device token) is not the admin: 403 on every admin route", () => {
+    it.each(ROUTES.filter((r) => r.scope === 'admin'))('$method $route', async (route) => {
+      const r = await call(route.method, t.admin, route.owner(), { [HEADER_DEVICE]: D_ADMIN });
+      expect(errorOf(r)).toEqual({ status: 403, code: 'FORBIDDEN' });
+      expect(r.json.error.message).toMatch(/admin's own token/);
     });
   });
 

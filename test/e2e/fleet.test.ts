@@ -80,6 +80,10 @@ describe('fleet: devices, leases, admin, audit', () => {
     const ext = await server.admin(['admin', 'extend', list[0].checkoutId, '--days', '10']);
     expect(ext.code, ext.stderr).toBe(0);
     expect(Date.parse(ext.json.leaseExpiresAt) - Date.parse(r.json.leaseExpiresAt)).toBe(10 * DAY);
+    // The device's next contact renews from the policy (half a day) but never below what the admin gave.
+    const after = await a.cli(['renew', 'desk', '--json']);
+    expect(after.code, after.stderr).toBe(0);
+    expect(after.json.leaseExpiresAt).toBe(ext.json.leaseExpiresAt);
   });
 
   it('an expired lease keeps the disk closed offline (exit 11), and a clock turned back does not reopen it; online, serve renews it; a code from an admin extends it offline, once', async () => {
