@@ -12,7 +12,7 @@ import { ApiClient } from '../api-client.js';
 import { ServerBlockSource } from '../block-source.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
-import { requireLease } from '../lease.js';
+import { leaseStatus, requireLease } from '../lease.js';
 import { openLocalDisk } from '../disk-session.js';
 import { homeOf, LocalState } from '../state.js';
 
@@ -72,7 +72,14 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     const { disk, trust } = await openLocalDisk(state, local, source);
     await disk.journal.beginSession();
     const sockets = new Set<net.Socket>();
+    // Set once the lease runs out while serving: the VM keeps the connections it has (pulling its disk
+    // mid-write would do more harm than good), but no new client is let in until the lease is renewed.
+    let leaseRefusal: string | null = null;
     const server = net.createServer((sock) => {
+      if (leaseRefusal) {
+        log('refused', { reason: 'lease-expired' }, `carryon serve: refused a new NBD client: ${leaseRefusal}`);
+        return void sock.destroy();
+      }
       sockets.add(sock);
       sock.on('close', () => sockets.delete(sock));
       void serveNbdConnection(sock, {
@@ -149,6 +156,40 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       `  dirty map: ${changed} blocks changed since check-out; ${trust.trusted ? (trust.recovered ? 'recovered after an unclean stop' : 'in order') : `the next check-in scans the whole disk (${trust.reason})`}` +
       (disk.complete ? '' : `\n  streaming: ${fmtBytes(p0.localBytes)} of ${fmtBytes(p0.totalBytes)} local; ${source ? (opts.download === false ? 'fetching only what the VM reads' : 'downloading the rest in the background') : 'not logged in: blocks not yet local fail with EIO'}`));
 
+    // The lease is watched while serving too: at its end, renew it if the server answers, else refuse new clients.
+    let leaseTimer: NodeJS.Timeout | null = null;
+    let watching = true;
+    const watchLease = (): void => {
+      if (!watching) return;
+      const now = state.checkout(name);
+      if (!now) return;
+      const st = leaseStatus(state, now);
+      if (st.remainingMs === null) return;
+      if (!st.expired) {
+        leaseTimer = setTimeout(watchLease, Math.min(60_000, st.remainingMs + 250));
+        return;
+      }
+      const renewer = (() => {
+        try {
+          const l = state.login();
+          return new ApiClient({ url: l.url, token: l.token, device: l.device, idleTimeoutMs: 10_000 });
+        } catch {
+          return null;
+        }
+      })();
+      void requireLease(state, now, renewer).then(() => {
+        if (leaseRefusal) log('lease-renewed', {}, `${name}: the lease was renewed; new NBD clients are let in again`);
+        leaseRefusal = null;
+      }, (err: unknown) => {
+        const e = describeFailure(err).error;
+        if (!leaseRefusal) log('lease-expired', { error: e.toJSON() }, `carryon serve: ${e.message} Connected clients keep working; new ones are refused.`);
+        leaseRefusal = e.message;
+      }).finally(() => {
+        renewer?.close();
+        if (watching) leaseTimer = setTimeout(watchLease, 60_000);
+      });
+    };
+    watchLease();
     const markComplete = (): void => {
       const now = state.checkout(name)!;
       if (now.state !== 'streaming') return;
@@ -198,6 +239,8 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
 
     await signalled;
     stop.abort();
+    watching = false;
+    if (leaseTimer) clearTimeout(leaseTimer);
     server.close();
     ctl.close();
     for (const s of sockets) s.destroy();

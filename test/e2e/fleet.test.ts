@@ -2,7 +2,7 @@
 // granted by policy and enforced on the laptop (also against a clock turned back), renewal, the
 // admin's view of checkouts, lease extension, token revocation, and the audit log.
 import Database from 'better-sqlite3';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -23,7 +23,7 @@ describe('fleet: devices, leases, admin, audit', () => {
     await server.init();
     token = await server.addUser('alice');
     expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
-    for (const d of ['desk', 'short', 'forced', 'gone', 'kept', 'doomed']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    for (const d of ['desk', 'short', 'forced', 'gone', 'kept', 'doomed', 'midway']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
     await server.start();
   }, 120_000);
 
@@ -155,6 +155,37 @@ describe('fleet: devices, leases, admin, audit', () => {
     const again = await a.cli(['renew', 'short', '--code', code.json.code, '--json']);
     expect(again.code).toBe(2);
     expect(again.json.error.message).toMatch(/used already/);
+  }, 60_000);
+
+  it('a lease that runs out while serving (and cannot be renewed): serve says so and refuses new clients', async () => {
+    expect((await server.admin(['admin', 'lease-policy', 'desktop', 'midway', '--days', '0.00004'])).code).toBe(0); // ~3.5 s
+    expect((await a.cli(['checkout', 'midway', '--json'])).code).toBe(0);
+    const serve = spawn(process.execPath, [path.join(ROOT, 'bin/carryon.js'), 'serve', 'midway', '--json'], { env: { ...process.env, CARRYON_HOME: a.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const events: any[] = [];
+    let buf = '';
+    serve.stdout!.on('data', (c) => {
+      buf += c;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        events.push(JSON.parse(buf.slice(0, nl)));
+        buf = buf.slice(nl + 1);
+      }
+    });
+    const exited = new Promise<number | null>((r) => serve.once('exit', (code) => r(code)));
+    await expect.poll(() => events.some((e) => e.event === 'listening'), { timeout: 20_000 }).toBe(true);
+    const uri = events.find((e) => e.event === 'listening').uri as string;
+    const port = server.port();
+    await server.stop(); // the lease cannot be renewed
+    await expect.poll(() => events.some((e) => e.event === 'lease-expired'), { timeout: 20_000 }).toBe(true);
+    try {
+      const info = spawnSync('nbdinfo', [uri], { encoding: 'utf8' });
+      expect(info.status).not.toBe(0);
+      await expect.poll(() => events.some((e) => e.event === 'refused'), { timeout: 10_000 }).toBe(true);
+    } finally {
+      await server.start({}, port);
+      serve.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
   }, 60_000);
 
   it('a revoked device token is refused at once (exit 3); the audit log says who did what, when and from where', async () => {
