@@ -10,7 +10,7 @@ import { asCarryonError, CarryonError, decodeManifest, type DeviceRequest } from
 import type { ApiClient } from './api-client.js';
 import { checkinDesktop } from './checkin-engine.js';
 import { DiskLock } from './disk-lock.js';
-import { openJournal, removeJournal } from './disk-session.js';
+import { pendingChanges, removeJournal } from './disk-session.js';
 import { leaseStatus } from './lease.js';
 import { replicateDesktop } from './replicate.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
@@ -25,19 +25,6 @@ export interface RoundReport {
   restorePoints: number;
 }
 
-function pendingOf(state: LocalState, local: LocalCheckout): { pendingBytes: number; pendingBlocks: number } {
-  const opened = openJournal(state, local, true);
-  if (!opened.journal) return { pendingBytes: 0, pendingBlocks: 0 };
-  const m = decodeManifest(local.manifest);
-  let pendingBytes = 0;
-  let pendingBlocks = 0;
-  for (const i of opened.journal.dirtyBlocks()) {
-    pendingBlocks++;
-    pendingBytes += m.lengthOf(i);
-  }
-  void opened.journal.close();
-  return { pendingBytes, pendingBlocks };
-}
 
 export async function agentRound(state: LocalState, api: ApiClient, login: Login, log: AgentLog): Promise<RoundReport> {
   const report: RoundReport = { contacted: 0, offline: false, checkins: 0, rollbacks: 0, restorePoints: 0 };
@@ -48,7 +35,7 @@ export async function agentRound(state: LocalState, api: ApiClient, login: Login
     if (lease.warning) log('lease-warning', { desktop: local.desktop, leaseExpiresAt: lease.expiresAt }, lease.warning);
   }
   for (const local of held) {
-    const pending = pendingOf(state, local);
+    const pending = pendingChanges(state, local);
     let reply;
     try {
       reply = await api.heartbeat(local.checkoutId, pending);

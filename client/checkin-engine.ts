@@ -16,7 +16,7 @@ import { Progress } from './progress.js';
 import { CACHE_LEVEL, type LocalCheckout, type LocalState, type Login } from './state.js';
 import { ServerBlockSource } from './block-source.js';
 import { DiskLock } from './disk-lock.js';
-import { openJournal, openLocalDisk, removeJournal } from './disk-session.js';
+import { openJournal, openLocalDisk, removeJournal, requireCheckedOut } from './disk-session.js';
 import type { BlockSource } from './local-disk.js';
 
 export interface CheckinResult {
@@ -60,16 +60,6 @@ export interface ScanSummary {
   incomplete: boolean;
 }
 
-function requireCheckedOut(state: LocalState, name: string): LocalCheckout {
-  const local = state.checkout(name);
-  if (!local || (local.state !== 'active' && local.state !== 'streaming')) {
-    const why = !local ? 'it is not checked out on this laptop'
-      : local.state === 'downloading' ? `its check-out is incomplete: run \`carryon checkout ${name}\` to finish it`
-      : `it was checked in already (version ${local.version}); check it out again to use it`;
-    throw new CarryonError('NOT_CHECKED_OUT', `${name}: ${why}`, { desktop: name, state: local?.state ?? null });
-  }
-  return local;
-}
 
 /**
  * What changed on the laptop's disk since check-out. With a trustworthy dirty map only the blocks it

@@ -71,3 +71,30 @@ export async function openLocalDisk(state: LocalState, local: LocalCheckout, sou
   const cheap = local.cheap ? decodeCheap(local.cheap) : new BigUint64Array(manifest.count);
   return { disk: new LocalDisk(local.desktop, local.diskPath, manifest, journal, cheap, source), trust };
 }
+
+/** The checkout of `name` that is in use on this laptop (active or streaming), or NOT_CHECKED_OUT saying why not. */
+export function requireCheckedOut(state: LocalState, name: string): LocalCheckout {
+  const local = state.checkout(name);
+  if (!local || (local.state !== 'active' && local.state !== 'streaming')) {
+    const why = !local ? 'it is not checked out on this laptop'
+      : local.state === 'downloading' ? `its check-out is incomplete: run \`carryon checkout ${name}\` to finish it`
+      : `it was checked in already (version ${local.version}); check it out again to use it`;
+    throw new CarryonError('NOT_CHECKED_OUT', `${name}: ${why}`, { desktop: name, state: local?.state ?? null });
+  }
+  return local;
+}
+
+/** What the laptop has not sent since check-out: the blocks its dirty map marks (an upper bound). */
+export function pendingChanges(state: LocalState, local: LocalCheckout): { pendingBytes: number; pendingBlocks: number } {
+  const opened = openJournal(state, local, true);
+  if (!opened.journal) return { pendingBytes: 0, pendingBlocks: 0 };
+  const m = decodeManifest(local.manifest);
+  let pendingBytes = 0;
+  let pendingBlocks = 0;
+  for (const i of opened.journal.dirtyBlocks()) {
+    pendingBlocks++;
+    pendingBytes += m.lengthOf(i);
+  }
+  void opened.journal.close();
+  return { pendingBytes, pendingBlocks };
+}

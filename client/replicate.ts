@@ -11,6 +11,7 @@ import type { ApiClient } from './api-client.js';
 import { ServerBlockSource } from './block-source.js';
 import { scanChanges, uploadChanges } from './checkin-engine.js';
 import { DiskLock } from './disk-lock.js';
+import { requireCheckedOut } from './disk-session.js';
 import type { LocalState } from './state.js';
 
 export interface ReplicateResult {
@@ -31,8 +32,7 @@ export interface ReplicateResult {
 
 export async function replicateDesktop(state: LocalState, api: ApiClient, name: string, quiet: boolean): Promise<ReplicateResult> {
   const t0 = Date.now();
-  const local = state.checkout(name);
-  if (!local || (local.state !== 'active' && local.state !== 'streaming')) throw new CarryonError('NOT_CHECKED_OUT', `${name} is not checked out on this laptop`, { desktop: name });
+  const local = requireCheckedOut(state, name);
   const base = decodeManifest(local.manifest);
   const sentBefore = api.bytesSent;
   const owner = DiskLock.owner(state.home, name);

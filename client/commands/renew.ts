@@ -2,9 +2,9 @@
 // also learns what the laptop has not sent yet: the blocks its dirty map marks), or, offline, with a
 // code an admin read out (src/lease): checked against the checkout's secret, each code used once.
 import type { Command } from 'commander';
-import { CarryonError, decodeLeaseCode, decodeManifest, parseName } from '../../src/index.js';
+import { CarryonError, decodeLeaseCode, parseName } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
-import { openJournal } from '../disk-session.js';
+import { pendingChanges, requireCheckedOut } from '../disk-session.js';
 import { renewLease } from '../lease.js';
 
 export function registerRenew(program: Command): void {
@@ -14,8 +14,7 @@ export function registerRenew(program: Command): void {
     const opts = optsOf(cmd);
     await runCommand(opts, async ({ state, api }) => {
       const name = parseName(desktop, 'desktop');
-      const local = state.checkout(name);
-      if (!local || (local.state !== 'active' && local.state !== 'streaming')) throw new CarryonError('NOT_CHECKED_OUT', `${name} is not checked out on this laptop`, { desktop: name });
+      const local = requireCheckedOut(state, name);
       if (typeof opts.code === 'string') {
         // Offline: the code is checked against the checkout's secret; each code works once.
         const { secret, seq: used } = state.leaseSecret(name);
@@ -27,17 +26,7 @@ export function registerRenew(program: Command): void {
         if (!state.useLeaseCode(name, seq, leaseExpiresAt)) throw new CarryonError('LEASE_CODE_INVALID', 'that lease code was used already on this laptop', { desktop: name, seq });
         return { desktop: name, leaseExpiresAt, pendingBytes: null, pendingBlocks: null, code: { days, seq } };
       }
-      let pendingBlocks = 0;
-      let pendingBytes = 0;
-      const opened = openJournal(state, local, true);
-      if (opened.journal) {
-        const m = decodeManifest(local.manifest);
-        for (const i of opened.journal.dirtyBlocks()) {
-          pendingBlocks++;
-          pendingBytes += m.lengthOf(i);
-        }
-        await opened.journal.close();
-      }
+      const { pendingBytes, pendingBlocks } = pendingChanges(state, local);
       const leaseExpiresAt = await renewLease(state, api(), local, { pendingBytes, pendingBlocks });
       return { desktop: name, leaseExpiresAt, pendingBytes, pendingBlocks, code: null };
     }, (r) => `${r.desktop}: the offline lease now runs until ${r.leaseExpiresAt}${r.code ? ` (code #${r.code.seq}: ${r.code.days} more days)` : ''}`);

@@ -13,7 +13,7 @@ import { ServerBlockSource } from '../block-source.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
 import { leaseStatus, requireLease } from '../lease.js';
-import { openLocalDisk } from '../disk-session.js';
+import { openLocalDisk, requireCheckedOut } from '../disk-session.js';
 import { homeOf, LocalState } from '../state.js';
 
 export function registerServe(program: Command): void {
@@ -44,10 +44,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
   let lock: DiskLock | null = null;
   let api: ApiClient | null = null;
   try {
-    const local = state.checkout(name);
-    if (!local || (local.state !== 'active' && local.state !== 'streaming')) {
-      throw new CarryonError('NOT_CHECKED_OUT', `${name}: ${!local ? 'it is not checked out on this laptop' : local.state === 'downloading' ? 'its check-out is incomplete: run `carryon checkout` again' : 'it was checked in; check it out again to use it'}`, { desktop: name, state: local?.state ?? null });
-    }
+    const local = requireCheckedOut(state, name);
     // An expired offline lease keeps the disk closed, unless the server renews it right now.
     let leaseApi: ApiClient | null = null;
     try {

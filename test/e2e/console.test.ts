@@ -1,12 +1,11 @@
 // The admin web console in a real browser (Debian's chromium, driven by playwright-core): log in with
 // an admin token, see the checkout with its lease countdown, press "Force check-in", watch the
 // laptop's agent complete it; extend a lease; a plain user's token is refused.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, ROOT, TestServer, tmpDir } from './harness.js';
+import { killSpawned, Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, spawnCli, TestServer, tmpDir } from './harness.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 
@@ -18,7 +17,6 @@ describe('admin console (chromium)', () => {
   let userToken = '';
   let browser: Browser;
   let page: Page;
-  let agent: ChildProcess | null = null;
 
   beforeAll(async () => {
     requireTool('chromium');
@@ -40,7 +38,7 @@ describe('admin console (chromium)', () => {
   }, 180_000);
 
   afterAll(async () => {
-    agent?.kill('SIGTERM');
+    killSpawned();
     await browser?.close();
     await server.stop();
     removeTmp(dir);
@@ -85,7 +83,7 @@ describe('admin console (chromium)', () => {
     await row.locator('button[name="checkin"]').click();
     await expect.poll(async () => (await page.locator('#requests tbody').textContent()) ?? '').toMatch(/checkin.*desk.*requested/);
     // The laptop's agent, as its systemd unit would run it.
-    agent = spawn(process.execPath, [path.join(ROOT, 'bin/carryon.js'), 'agent', '--interval', '1', '--json'], { env: { ...process.env, CARRYON_HOME: laptop.home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    spawnCli(laptop, ['agent', '--interval', '1']);
     await expect.poll(async () => (await page.locator('#requests tbody tr', { hasText: 'desk' }).first().textContent()) ?? '', { timeout: 30_000 }).toMatch(/done.*"version":2/);
     // The checkout is gone from the list: the desktop is back on the server, at version 2.
     await expect.poll(() => page.locator('#checkouts tr[data-desktop="desk"]').count(), { timeout: 10_000 }).toBe(0);

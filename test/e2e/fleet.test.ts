@@ -2,11 +2,11 @@
 // granted by policy and enforced on the laptop (also against a clock turned back), renewal, the
 // admin's view of checkouts, lease extension, token revocation, and the audit log.
 import Database from 'better-sqlite3';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Laptop, makeExt4Image, qemuWrite, removeTmp, ROOT, TestServer, tmpDir } from './harness.js';
+import { killSpawned, Laptop, makeExt4Image, qemuWrite, removeTmp, spawnCli, TestServer, tmpDir } from './harness.js';
 
 const DAY = 24 * 3600 * 1000;
 
@@ -28,6 +28,7 @@ describe('fleet: devices, leases, admin, audit', () => {
   }, 120_000);
 
   afterAll(async () => {
+    killSpawned(); // whatever a failed test left running
     await server.stop();
     removeTmp(dir);
   });
@@ -121,20 +122,9 @@ describe('fleet: devices, leases, admin, audit', () => {
     db2.close();
     await server.start({}, port);
     expect((await server.admin(['admin', 'lease-policy', 'desktop', 'short', '--days', '3'])).code).toBe(0);
-    const serve = spawn(process.execPath, [path.join(ROOT, 'bin/carryon.js'), 'serve', 'short', '--json'], { env: { ...process.env, CARRYON_HOME: a.home }, stdio: ['ignore', 'pipe', 'pipe'] });
-    const exited = new Promise<number | null>((r) => serve.once('exit', (code) => r(code)));
-    const listening = await new Promise<any>((resolve, reject) => {
-      let out = '';
-      serve.stdout!.on('data', (c) => {
-        out += c;
-        const line = out.split('\n').find((l) => l.includes('"listening"'));
-        if (line) resolve(JSON.parse(line));
-      });
-      void exited.then((code) => reject(new Error(`serve exited with ${code}: ${out}`)));
-    });
-    expect(listening.desktop).toBe('short');
-    serve.kill('SIGTERM');
-    expect(await exited).toBe(0);
+    const serve = spawnCli(a, ['serve', 'short']);
+    expect((await serve.next('listening')).desktop).toBe('short');
+    expect(await serve.stop()).toBe(0);
     const lease = (await a.cli(['status', 'short', '--json'])).json.desktops[0].lease;
     expect(lease.expired).toBe(false);
     expect(Date.parse(lease.expiresAt)).toBeGreaterThan(Date.now() + 3 * DAY - 60_000);
@@ -160,20 +150,9 @@ describe('fleet: devices, leases, admin, audit', () => {
   it('a lease that runs out while serving (and cannot be renewed): serve says so and refuses new clients', async () => {
     expect((await server.admin(['admin', 'lease-policy', 'desktop', 'midway', '--days', '0.00004'])).code).toBe(0); // ~3.5 s
     expect((await a.cli(['checkout', 'midway', '--json'])).code).toBe(0);
-    const serve = spawn(process.execPath, [path.join(ROOT, 'bin/carryon.js'), 'serve', 'midway', '--json'], { env: { ...process.env, CARRYON_HOME: a.home }, stdio: ['ignore', 'pipe', 'pipe'] });
-    const events: any[] = [];
-    let buf = '';
-    serve.stdout!.on('data', (c) => {
-      buf += c;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        events.push(JSON.parse(buf.slice(0, nl)));
-        buf = buf.slice(nl + 1);
-      }
-    });
-    const exited = new Promise<number | null>((r) => serve.once('exit', (code) => r(code)));
-    await expect.poll(() => events.some((e) => e.event === 'listening'), { timeout: 20_000 }).toBe(true);
-    const uri = events.find((e) => e.event === 'listening').uri as string;
+    const serve = spawnCli(a, ['serve', 'midway']);
+    const events = serve.events;
+    const uri = (await serve.next('listening')).uri as string;
     const port = server.port();
     await server.stop(); // the lease cannot be renewed
     await expect.poll(() => events.some((e) => e.event === 'lease-expired'), { timeout: 20_000 }).toBe(true);
@@ -183,9 +162,8 @@ describe('fleet: devices, leases, admin, audit', () => {
       await expect.poll(() => events.some((e) => e.event === 'refused'), { timeout: 10_000 }).toBe(true);
     } finally {
       await server.start({}, port);
-      serve.kill('SIGTERM');
     }
-    expect(await exited).toBe(0);
+    expect(await serve.stop()).toBe(0);
   }, 60_000);
 
   it('a revoked device token is refused at once (exit 3); the audit log says who did what, when and from where', async () => {
@@ -233,14 +211,12 @@ describe('fleet: devices, leases, admin, audit', () => {
     expect((await server.admin(['admin', 'checkin', held.checkoutId])).json.id).toBe(req.json.id);
 
     // A VM has the disk open through carryon serve: the agent says so and waits.
-    const serve = spawn(process.execPath, [path.join(ROOT, 'bin/carryon.js'), 'serve', 'forced', '--json'], { env: { ...process.env, CARRYON_HOME: b.home }, stdio: ['ignore', 'pipe', 'pipe'] });
-    const exited = new Promise<number | null>((r) => serve.once('exit', (code) => r(code)));
-    await new Promise<void>((resolve) => serve.stdout!.on('data', (c) => String(c).includes('"listening"') && resolve()));
+    const serve = spawnCli(b, ['serve', 'forced']);
+    await serve.next('listening');
     const waiting = await agentOnce();
     expect(waiting.find((e) => e.event === 'waiting')).toMatchObject({ desktop: 'forced', kind: 'checkin' });
     expect((await requestsOf('forced'))[0]).toMatchObject({ state: 'in-progress', detail: { waiting: expect.stringMatching(/in use by carryon serve/) } });
-    serve.kill('SIGTERM');
-    expect(await exited).toBe(0);
+    expect(await serve.stop()).toBe(0);
 
     const done = await agentOnce();
     expect(done.find((e) => e.event === 'checkin-done')).toMatchObject({ desktop: 'forced', version: 2 });
@@ -321,18 +297,8 @@ describe('fleet: devices, leases, admin, audit', () => {
 
   it('the agent keeps running while the server is away and picks up again when it is back', async () => {
     expect((await b.cli(['checkout', 'doomed', '--json'])).code).toBe(0);
-    const agent = spawn(process.execPath, [path.join(ROOT, 'bin/carryon.js'), 'agent', '--interval', '1', '--json'], { env: { ...process.env, CARRYON_HOME: b.home }, stdio: ['ignore', 'pipe', 'pipe'] });
-    const events: any[] = [];
-    let buf = '';
-    agent.stdout!.on('data', (c) => {
-      buf += c;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        events.push(JSON.parse(buf.slice(0, nl)));
-        buf = buf.slice(nl + 1);
-      }
-    });
-    const exited = new Promise<number | null>((r) => agent.once('exit', (code) => r(code)));
+    const agent = spawnCli(b, ['agent', '--interval', '1']);
+    const events = agent.events;
     const seen = (pred: (e: any) => boolean, from = 0): Promise<void> => expect.poll(() => events.slice(from).some(pred), { timeout: 20_000 }).toBe(true);
     await seen((e) => e.event === 'heartbeat' && e.desktop === 'doomed');
     const port = server.port();
@@ -341,8 +307,7 @@ describe('fleet: devices, leases, admin, audit', () => {
     const mark = events.length;
     await server.start({}, port);
     await seen((e) => e.event === 'heartbeat' && e.desktop === 'doomed', mark);
-    agent.kill('SIGTERM');
-    expect(await exited).toBe(0);
+    expect(await agent.stop()).toBe(0);
     expect(events.at(-1).event).toBe('stop');
   }, 60_000);
 

@@ -212,3 +212,59 @@ export async function http(url: string, method: string, pathname: string, token:
   }
   return { status: res.status, json, body: buf };
 }
+
+/** A long-running CLI process (`serve`, `agent`) with `--json`: its events as they arrive. */
+export interface CliProcess {
+  proc: ChildProcess;
+  events: any[];
+  /** The first event of this name (already seen or still to come); 'error' also matches `{error}` lines. */
+  next(event: string): Promise<any>;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stderr(): string;
+  /** SIGTERM, then its exit code. */
+  stop(): Promise<number | null>;
+}
+
+const spawned: ChildProcess[] = [];
+
+/** Kill every CLI process a test started and left running (a failed test's export or agent). */
+export function killSpawned(): void {
+  for (const p of spawned) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+}
+
+export function spawnCli(laptop: Laptop, args: string[], env: Record<string, string> = {}): CliProcess {
+  const proc = spawn(process.execPath, [CLIENT_BIN, ...args, '--json'], { env: { ...process.env, CARRYON_HOME: laptop.home, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  spawned.push(proc);
+  const events: any[] = [];
+  const waiters: Array<{ event: string; resolve: (e: any) => void }> = [];
+  let buf = '';
+  let err = '';
+  proc.stderr!.on('data', (c) => (err += c));
+  proc.stdout!.on('data', (c) => {
+    buf += c;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const e = JSON.parse(buf.slice(0, nl));
+      buf = buf.slice(nl + 1);
+      events.push(e);
+      for (const w of [...waiters]) {
+        if (w.event === e.event || (e.error && w.event === 'error')) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(e);
+        }
+      }
+    }
+  });
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  const next = (event: string): Promise<any> => {
+    const seen = events.find((e) => e.event === event || (e.error && event === 'error'));
+    return seen ? Promise.resolve(seen) : new Promise((resolve) => waiters.push({ event, resolve }));
+  };
+  return {
+    proc, events, next, exit, stderr: () => err,
+    stop: async () => {
+      proc.kill('SIGTERM');
+      return (await exit).code;
+    },
+  };
+}

@@ -1,61 +1,28 @@
 // `carryon serve` with real NBD clients from Debian (qemu-io, nbdcopy, nbdinfo, qemu-img): writes
 // through the export, reads back, check-in from the dirty map; kill -9 of the export and of the
 // client mid-workload; streamed check-outs read while blocks arrive, and offline.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, ROOT, sha256File, TestServer, tmpDir } from './harness.js';
+import { killSpawned, Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, sha256File, spawnCli, TestServer, tmpDir, type CliProcess } from './harness.js';
 
-const CLIENT_BIN = path.join(ROOT, 'bin/carryon.js');
 const MiB = 1024 * 1024;
 
-interface Served {
-  proc: ChildProcess;
+interface Served extends CliProcess {
   socket: string;
   uri: string;
   listening: any;
-  events: any[];
-  /** Resolves with the first event of this name. */
-  next(event: string): Promise<any>;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
 /** Start `carryon serve` as its own process and wait until it listens. */
-const started: ChildProcess[] = [];
-
 function serve(laptop: Laptop, desktop: string, args: string[] = [], env: Record<string, string> = {}): Promise<Served> {
-  const proc = spawn(process.execPath, [CLIENT_BIN, 'serve', desktop, '--json', ...args], { env: { ...process.env, CARRYON_HOME: laptop.home, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  started.push(proc);
-  const events: any[] = [];
-  const waiters: Array<{ event: string; resolve: (e: any) => void }> = [];
-  let buf = '';
-  let stderr = '';
-  proc.stderr!.on('data', (c) => (stderr += c));
-  proc.stdout!.on('data', (c) => {
-    buf += c;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      const e = JSON.parse(line);
-      events.push(e);
-      for (const w of [...waiters]) if (w.event === e.event || (e.error && w.event === 'error')) {
-        waiters.splice(waiters.indexOf(w), 1);
-        w.resolve(e);
-      }
-    }
-  });
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-  const next = (event: string): Promise<any> => {
-    const seen = events.find((e) => e.event === event);
-    return seen ? Promise.resolve(seen) : new Promise((resolve) => waiters.push({ event, resolve }));
-  };
+  const p = spawnCli(laptop, ['serve', desktop, ...args], env);
   return Promise.race([
-    next('listening').then((l) => ({ proc, socket: l.socket, uri: l.uri, listening: l, events, next, exit })),
-    next('error').then((e) => Promise.reject(new Error(`serve failed: ${JSON.stringify(e)}`))),
-    exit.then(({ code }) => Promise.reject(new Error(`serve exited with ${code}: ${stderr}`))),
+    p.next('listening').then((l) => ({ ...p, socket: l.socket, uri: l.uri, listening: l })),
+    p.next('error').then((e) => Promise.reject(new Error(`serve failed: ${JSON.stringify(e)}`))),
+    p.exit.then(({ code }) => Promise.reject(new Error(`serve exited with ${code}: ${p.stderr()}`))),
   ]);
 }
 
@@ -104,7 +71,7 @@ describe('carryon serve: the disk over NBD', () => {
   }, 180_000);
 
   afterAll(async () => {
-    for (const p of started) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL'); // a failed test's export
+    killSpawned(); // a failed test's export
     await server.stop();
     removeTmp(dir);
   });

@@ -2,12 +2,11 @@
 // exports the disk (a point-in-time snapshot), then the laptop is "lost": the admin rolls the checkout
 // back to that restore point and another laptop gets exactly the disk as it was at that instant.
 // Also: the agent's scheduled restore points, and a second restore point sending only what is new.
-import { spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, ROOT, sha256File, TestServer, tmpDir } from './harness.js';
+import { killSpawned, Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, sha256File, spawnCli, TestServer, tmpDir } from './harness.js';
 
 const MiB = 1024 * 1024;
 
@@ -34,22 +33,15 @@ describe('replication: restore points while checked out', () => {
   }, 120_000);
 
   afterAll(async () => {
+    killSpawned();
     await server.stop();
     removeTmp(dir);
   });
 
   it('a restore point taken while serving holds the disk as the VM saw it then; a lost laptop is rolled back to it', async () => {
     expect((await a.cli(['checkout', 'rep', '--json'])).code).toBe(0);
-    const serve = spawn(process.execPath, [path.join(ROOT, 'bin/carryon.js'), 'serve', 'rep', '--json'], { env: { ...process.env, CARRYON_HOME: a.home }, stdio: ['ignore', 'pipe', 'pipe'] });
-    const exited = new Promise<number | null>((r) => serve.once('exit', (code) => r(code)));
-    const uri = await new Promise<string>((resolve) => {
-      let out = '';
-      serve.stdout!.on('data', (c) => {
-        out += c;
-        const line = out.split('\n').find((l) => l.includes('"listening"'));
-        if (line) resolve(JSON.parse(line).uri);
-      });
-    });
+    const serve = spawnCli(a, ['serve', 'rep']);
+    const uri = (await serve.next('listening')).uri as string;
     try {
       const first = [`write -P 0x61 ${MiB} ${256 * 1024}`, `write -P 0x62 ${9 * MiB + 100} 5000`, 'flush'];
       expect(qemuIo(uri, first)).toBe(0);
@@ -90,8 +82,7 @@ describe('replication: restore points while checked out', () => {
       const audit = ((await server.admin(['admin', 'audit'])).json.audit as any[]).map((e) => e.action);
       expect(audit).toEqual(expect.arrayContaining(['restore-point.create', 'checkout.rollback', 'desktop.restore']));
     } finally {
-      serve.kill('SIGTERM');
-      await exited;
+      await serve.stop();
     }
   }, 90_000);
 
