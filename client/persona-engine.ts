@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import {
   applyToRegistry, CarryonError, createCompressStream, createDelta, createSignature, decodePersona, decodeRegFile, decodeVerified, exportRegistry, getBlock,
-  materializePersonaTree, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
+  materializePersonaTree, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
   scanPersonaTree, diffSnapshots, type BlockId, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
@@ -135,32 +135,62 @@ export async function uploadPersona(state: LocalState, api: ApiClient, baseVersi
   let chunks = 0;
   let deltas = 0;
   const sent = new Set<BlockId>();
-  async function* entries(): AsyncGenerator<TarEntry> {
-    for (const f of files) {
-      const old = baseByPath.get(f.path);
-      if (old && old.hash !== f.hash && old.size > 0) {
-        const delta = await deltaOf(state, old, path.join(dir, PROFILE_DIR, ...f.path.split('/')));
-        if (delta && delta.length < f.size / 2) {
-          deltas++;
-          for (const c of f.chunks) sent.add(c);
-          yield { name: personaUploadEntryName({ kind: 'delta', file: f.hash!, base: old.hash! }), data: delta };
-          continue;
-        }
+  // What the server spends taking a request is capped (MAX_PERSONA_UPLOAD_BYTES counts the tar and every
+  // file a delta rebuilds, with its staged base): uploads go in requests of at most UPLOAD_REQUEST_COST.
+  const deltaWorthy = (f: PersonaEntry): PersonaEntry | null => {
+    const old = baseByPath.get(f.path);
+    return old && old.hash !== f.hash && old.size > 0 && old.size + f.size <= MAX_DELTA_REBUILD ? old : null;
+  };
+  // A changed file worth a delta is one unit; any other file's missing chunks are units of their own,
+  // so a large new file is spread over several requests.
+  type Unit = { file: PersonaEntry; old: PersonaEntry } | { chunk: BlockId; size: number };
+  const units: Unit[] = [];
+  for (const f of files) {
+    const old = deltaWorthy(f);
+    if (old) units.push({ file: f, old });
+    else f.chunks.forEach((c, i) => missing.has(c) && units.push({ chunk: c, size: Math.min(PERSONA_CHUNK_BYTES, f.size - i * PERSONA_CHUNK_BYTES) }));
+  }
+  const costOf = (u: Unit): number => ('file' in u ? u.old.size + 2 * u.file.size : u.size);
+  const chunkEntry = async (c: BlockId): Promise<TarEntry | null> => {
+    if (!missing.has(c) || sent.has(c)) return null;
+    sent.add(c);
+    chunks++;
+    return { name: personaUploadEntryName({ kind: 'chunk', id: c }), data: await getBlock(state.cache, c, PERSONA_CHUNK_BYTES) };
+  };
+  async function* entries(batch: Unit[]): AsyncGenerator<TarEntry> {
+    for (const u of batch) {
+      if ('chunk' in u) {
+        const e = await chunkEntry(u.chunk);
+        if (e) yield e;
+        continue;
+      }
+      const f = u.file;
+      const delta = await deltaOf(state, u.old, path.join(dir, PROFILE_DIR, ...f.path.split('/')));
+      if (delta && delta.length < f.size / 2) {
+        deltas++;
+        for (const c of f.chunks) sent.add(c);
+        yield { name: personaUploadEntryName({ kind: 'delta', file: f.hash!, base: u.old.hash! }), data: delta };
+        continue;
       }
       for (const c of f.chunks) {
-        if (!missing.has(c) || sent.has(c)) continue;
-        sent.add(c);
-        chunks++;
-        yield { name: personaUploadEntryName({ kind: 'chunk', id: c }), data: await getBlock(state.cache, c, PERSONA_CHUNK_BYTES) };
+        const e = await chunkEntry(c);
+        if (e) yield e;
       }
     }
   }
-  const tar = packEntries(entries());
-  const body = createCompressStream(3);
-  tar.on('error', (err) => body.destroy(err));
-  await api.personaUpload(baseVersion, tar.pipe(body));
+  for (const batch of batchesOf(units, costOf, UPLOAD_REQUEST_COST)) {
+    const tar = packEntries(entries(batch));
+    const body = createCompressStream(3);
+    tar.on('error', (err) => body.destroy(err));
+    await api.personaUpload(baseVersion, tar.pipe(body));
+  }
   return { files: files.length, chunks, deltas };
 }
+
+/** Per upload request, at most this much server work (half of MAX_PERSONA_UPLOAD_BYTES: room for tar overhead). */
+const UPLOAD_REQUEST_COST = MAX_PERSONA_UPLOAD_BYTES / 2;
+/** A changed file goes as a delta only when it and its base fit one request; a larger one sends its changed chunks. */
+const MAX_DELTA_REBUILD = UPLOAD_REQUEST_COST / 2;
 
 /** An rdiff delta turning the base file (from the cache) into the file on disk; null when too large to send as one entry. */
 async function deltaOf(state: LocalState, base: PersonaEntry, file: string): Promise<Buffer | null> {

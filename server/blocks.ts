@@ -3,7 +3,7 @@
 // Every block enters the store verified, and enters the index only after its file is durable.
 import {
   applyBlockPatch, blockId, CarryonError, decodeManifest, encodeBlock, encodeManifest, getBlock, manifestId, parseUploadEntryName, scanImage, unpackEntries,
-  MAX_UPLOAD_ENTRY_BYTES, type BlockId, type BlockStore, type DiskManifest, type TarEntry, type UploadResult,
+  MAX_UPLOAD_ENTRY_BYTES, MAX_UPLOAD_REQUEST_BYTES, type BlockId, type BlockStore, type DiskManifest, type TarEntry, type UploadResult,
 } from '../src/index.js';
 import type { SqliteMeta } from './meta.js';
 import { crashPoint } from './crash-point.js';
@@ -154,7 +154,7 @@ export async function ingestUpload(meta: SqliteMeta, store: BlockStore, base: Lo
     else result.alreadyHad++;
     result.plainBytes += plain.length;
     crashPoint('upload-block-stored');
-    });
+    }, { maxTotalBytes: MAX_UPLOAD_REQUEST_BYTES });
   } finally {
     await ingest.flush(); // what arrived whole before a failure is kept: a retry need not send it again
   }

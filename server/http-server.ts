@@ -4,15 +4,15 @@ import http from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import {
-  API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, createDecompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
+  API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
   manifestId, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
-  parsePersonaPushInfo, personaId, unpackEntries, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseDesktopPolicy, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
+  parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseDesktopPolicy, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
 } from '../src/index.js';
 import { ingestUpload, ManifestCache, missingForCommit, readAhead } from './blocks.js';
 import { crashPoint } from './crash-point.js';
 import type { PersonaService } from './persona-service.js';
-import { decodeParam, header, readBody, readJson, sendJson } from './http-util.js';
+import { closeAfterAnswer, decodeParam, header, readBody, readJson, requestBody, sendJson } from './http-util.js';
 import type { SqliteMeta, User } from './meta.js';
 import { SqliteFleetMeta, type Actor } from './fleet-meta.js';
 import { Metrics } from './metrics.js';
@@ -153,7 +153,7 @@ export class CarryonHttpServer {
     r('GET', '/persona', (c) => this.sendPersona(c));
     r('POST', '/persona/chunks/get', (c) => this.sendPersonaChunks(c));
     r('POST', '/persona/chunks/missing', async ({ req }) => ({ missing: this.meta.missingBlocks(parseIdList(await readJson(req), MAX_QUERY_IDS)) }));
-    r('PUT', '/persona/blocks', async ({ req, url, user }) => this.personas.ingest(user, intParam(url, 'base'), bodyOf(req)));
+    r('PUT', '/persona/blocks', async ({ req, url, user }) => this.personas.ingest(user, intParam(url, 'base'), requestBody(req, MAX_PERSONA_UPLOAD_BYTES)));
     r('POST', '/persona/push', (c) => this.pushPersona(c));
   }
 
@@ -216,12 +216,10 @@ export class CarryonHttpServer {
       if (gone) this.log({ level: 'warn', msg: 'client closed the connection mid-response', path: url.pathname });
       else if (e.code === 'INTERNAL') this.log({ level: 'error', msg: 'internal error', error: String((err as Error)?.stack ?? err) });
       if (!res.headersSent) {
-        // Unread body bytes would be taken as the next request: close the connection once answered, and
-        // say so first, so that a keep-alive client does not send its next request into a closing socket.
-        const unread = !req.complete;
-        if (unread) res.setHeader('connection', 'close');
+        // Unread body bytes would be taken as the next request: close the connection once answered (and
+        // say so), after reading a bounded rest of the body so that the client can read the answer.
+        if (!req.complete) closeAfterAnswer(req, res);
         sendJson(res, status, { error: e.toJSON() });
-        if (unread) res.once('finish', () => req.socket.destroySoon());
       } else {
         res.destroy(e); // mid-stream: the client sees a truncated body and retries
       }
@@ -308,10 +306,10 @@ export class CarryonHttpServer {
   /** A tar of `persona-delta.json` and `push.json`, and for a check-in `disk.manifest`: the parts of a commit. */
   private async commitParts(req: http.IncomingMessage): Promise<Map<string, Buffer>> {
     const parts = new Map<string, Buffer>();
-    await unpackEntries(bodyOf(req), MAX_PERSONA_SNAPSHOT_BYTES, ({ name, data }) => {
+    await unpackEntries(requestBody(req, MAX_COMMIT_BODY_BYTES), MAX_PERSONA_SNAPSHOT_BYTES, ({ name, data }) => {
       if (!['disk.manifest', 'persona-delta.json', 'push.json'].includes(name) || parts.has(name)) throw new CarryonError('TAR_INVALID', `unexpected commit part ${JSON.stringify(name.slice(0, 100))}`);
       parts.set(name, data);
-    });
+    }, { maxTotalBytes: MAX_COMMIT_BODY_BYTES });
     return parts;
   }
 
@@ -387,7 +385,7 @@ export class CarryonHttpServer {
   private async upload({ req, user, params, claimedDevice }: Ctx) {
     const co = this.activeCheckout(user, params[0]!, claimedDevice);
     // Stream faults are TAR_INVALID from unpackEntries; anything else (a full disk) keeps its own code.
-    return ingestUpload(this.meta, this.store, this.baseOf(co), bodyOf(req));
+    return ingestUpload(this.meta, this.store, this.baseOf(co), requestBody(req, MAX_UPLOAD_REQUEST_BYTES));
   }
 
   /** The body of a commit or restore point: a bare manifest, or a tar of disk.manifest with the persona (persona-delta.json and push.json). */
@@ -475,15 +473,4 @@ function parseJsonPart(buf: Buffer): unknown {
   } catch {
     throw new CarryonError('BAD_REQUEST', 'a JSON part of the request is not valid JSON');
   }
-}
-
-/** The request body, decompressed when it says it is zstd. */
-function bodyOf(req: http.IncomingMessage): NodeJS.ReadableStream {
-  const enc = (req.headers['content-encoding'] ?? 'identity').toLowerCase();
-  if (enc === 'identity') return req;
-  if (enc !== 'zstd') throw new CarryonError('BAD_REQUEST', `unsupported content-encoding ${enc}`);
-  const d = createDecompressStream();
-  req.on('error', (e) => d.destroy(e));
-  d.on('error', () => undefined); // surfaces to the reader as a bad stream
-  return req.pipe(d);
 }

@@ -7,15 +7,12 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import {
-  applyDelta, applySnapshotDelta, blockId, CarryonError, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
+  applyDelta, applySnapshotDelta, blockId, CarryonError, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
   unpackEntries, type BlockId, type BlockStore, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../src/index.js';
 import { BlockIngest, readAhead } from './blocks.js';
 import type { SqliteMeta, User } from './meta.js';
 import type { SqlitePersonaMeta } from './persona-meta.js';
-
-/** Largest file an rdiff delta may rebuild (its base is staged in a temp file, not memory). */
-const MAX_PERSONA_FILE_BYTES = 64 * 1024 * 1024 * 1024;
 
 export class PersonaService {
   constructor(private readonly meta: SqliteMeta, private readonly personas: SqlitePersonaMeta, private readonly store: BlockStore, private readonly tmpRoot: string) {}
@@ -47,8 +44,11 @@ export class PersonaService {
     const ingest = new BlockIngest(this.meta, this.store);
     let chunks = 0;
     let files = 0;
+    // The tar and every rebuilt file count against one budget: see MAX_PERSONA_UPLOAD_BYTES.
+    let budget = MAX_PERSONA_UPLOAD_BYTES;
     try {
       await unpackEntries(body, MAX_PERSONA_ENTRY_BYTES, async ({ name, data }) => {
+        budget -= data.length + 512;
         const e = parsePersonaUploadEntryName(name);
         if (e.kind === 'chunk') {
           if (data.length > PERSONA_CHUNK_BYTES) throw new CarryonError('BLOCK_CORRUPT', `chunk ${e.id.slice(0, 12)}… is larger than ${PERSONA_CHUNK_BYTES} bytes`);
@@ -59,9 +59,14 @@ export class PersonaService {
         }
         const from = baseFiles.get(e.base);
         if (!from) throw new CarryonError('BLOCK_NOT_FOUND', `delta base file ${e.base.slice(0, 12)}… is not in persona version ${baseVersion}`, { id: e.base });
-        chunks += await this.rebuild(from.chunks, data, e.file, ingest);
+        // Staging the base file costs as much as its size: it counts too.
+        budget -= from.size;
+        if (budget < 0) throw new CarryonError('PAYLOAD_TOO_LARGE', `this persona upload rebuilds more than ${MAX_PERSONA_UPLOAD_BYTES} bytes: send it in smaller parts`, { max: MAX_PERSONA_UPLOAD_BYTES });
+        const r = await this.rebuild(from.chunks, data, e.file, ingest, budget);
+        budget -= r.bytes;
+        chunks += r.chunks;
         files++;
-      });
+      }, { maxTotalBytes: MAX_PERSONA_UPLOAD_BYTES });
     } finally {
       await ingest.flush();
     }
@@ -69,7 +74,7 @@ export class PersonaService {
   }
 
   /** Apply an rdiff delta to a base file staged from its chunks; store the result's chunks. */
-  private async rebuild(baseChunks: BlockId[], delta: Buffer, expect: BlockId, ingest: BlockIngest): Promise<number> {
+  private async rebuild(baseChunks: BlockId[], delta: Buffer, expect: BlockId, ingest: BlockIngest, maxBytes: number): Promise<{ chunks: number; bytes: number }> {
     const dir = mkdtempSync(path.join(this.tmpRoot, 'rebuild-'));
     try {
       const staged = path.join(dir, 'base');
@@ -79,6 +84,7 @@ export class PersonaService {
         const whole = createHash('sha256');
         let pending: Buffer = Buffer.alloc(0);
         let stored = 0;
+        let bytes = 0;
         const put = async (chunk: Buffer): Promise<void> => {
           await ingest.add(blockId(chunk), chunk);
           stored++;
@@ -86,6 +92,7 @@ export class PersonaService {
         const out = new Writable({
           write(data: Buffer, _e, cb) {
             whole.update(data);
+            bytes += data.length;
             pending = pending.length ? Buffer.concat([pending, data]) : data;
             (async () => {
               while (pending.length >= PERSONA_CHUNK_BYTES) {
@@ -98,9 +105,9 @@ export class PersonaService {
             (pending.length > 0 ? put(Buffer.from(pending)) : Promise.resolve()).then(() => cb(), cb);
           },
         });
-        await applyDelta(fh, delta, out, { maxOutputBytes: MAX_PERSONA_FILE_BYTES });
+        await applyDelta(fh, delta, out, { maxOutputBytes: maxBytes });
         if (whole.digest('hex') !== expect) throw new CarryonError('BLOCK_CORRUPT', `file rebuilt from a delta does not match its hash ${expect.slice(0, 12)}…`, { id: expect });
-        return stored;
+        return { chunks: stored, bytes };
       } finally {
         await fh.close();
       }

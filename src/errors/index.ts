@@ -9,6 +9,7 @@ export const ERROR_CODES = {
   BAD_REQUEST: { http: 400, exit: 2, what: 'the request is malformed' },
   TAR_INVALID: { http: 400, exit: 6, what: 'a tar stream is truncated or malformed' },
   PAYLOAD_TOO_LARGE: { http: 413, exit: 2, what: 'a request body or entry is larger than allowed' },
+  HEADERS_TOO_LARGE: { http: 431, exit: 2, what: 'the request line or headers are larger than the server accepts' },
   // identity
   UNAUTHORIZED: { http: 401, exit: 3, what: 'no token, or an unknown or revoked token' },
   FORBIDDEN: { http: 403, exit: 3, what: 'the token is valid but may not do this' },
@@ -42,6 +43,9 @@ export const ERROR_CODES = {
   DISK_CHANGED: { http: 422, exit: 6, what: 'the disk image changed while carryon read it (is its VM still running?)' },
   // environment
   SERVER_UNREACHABLE: { http: 502, exit: 7, what: 'the server could not be reached' },
+  REQUEST_TIMEOUT: { http: 408, exit: 7, what: 'the request (or its body) did not arrive in time' },
+  RATE_LIMITED: { http: 429, exit: 7, what: 'this user has too many requests in flight; retry shortly' },
+  DISK_FULL: { http: 507, exit: 12, what: 'no space left on the server or the laptop disk; nothing was lost, free space and retry' },
   IO_ERROR: { http: 500, exit: 9, what: 'a local file operation failed' },
   ABORTED: { http: 499, exit: 10, what: 'the user declined or interrupted the operation' },
   INTERNAL: { http: 500, exit: 1, what: 'an unexpected error (a bug); see the server log' },

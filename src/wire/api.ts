@@ -17,6 +17,14 @@ export const MAX_GET_IDS = 2048;
 export const MAX_QUERY_IDS = 16384;
 /** Largest JSON body accepted. */
 export const MAX_JSON_BYTES = 2 * 1024 * 1024;
+/**
+ * What one block upload request may carry, counted after decompression (the tar: headers, blocks and
+ * patches). The laptop sends batches of at most 256 MiB of blocks; a body that inflates past this is
+ * refused with PAYLOAD_TOO_LARGE as soon as it does.
+ */
+export const MAX_UPLOAD_REQUEST_BYTES = 1024 * 1024 * 1024;
+/** What a commit, persona push or restore point body may inflate to: a manifest and a persona delta. */
+export const MAX_COMMIT_BODY_BYTES = 256 * 1024 * 1024;
 /** Largest upload entry: a 4 MiB block, or a patch of it with its range headers. */
 export const MAX_UPLOAD_ENTRY_BYTES = 4 * 1024 * 1024 + 64 * 1024;
 
@@ -236,6 +244,12 @@ export const HEADER_PERSONA_ID = 'x-carryon-persona-id';
 export const CONTENT_PERSONA = 'application/vnd.carryon.persona+json';
 /** Largest persona upload entry: a 1 MiB chunk, or an rdiff delta of a changed file (else its chunks go). */
 export const MAX_PERSONA_ENTRY_BYTES = 16 * 1024 * 1024;
+/**
+ * What one persona upload request may make the server handle: its tar after decompression plus the
+ * bytes of every file rebuilt from an rdiff delta (a small delta of copy commands can rebuild a large
+ * file). The laptop splits its uploads to stay below it.
+ */
+export const MAX_PERSONA_UPLOAD_BYTES = 1024 * 1024 * 1024;
 /** Largest persona snapshot (its JSON): ~100k files. */
 export const MAX_PERSONA_SNAPSHOT_BYTES = 64 * 1024 * 1024;
 

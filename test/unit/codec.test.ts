@@ -161,6 +161,56 @@ describe('stream codec', () => {
     expect(Buffer.concat(chunks).equals(whole)).toBe(true);
   });
 
+  /** A small zstd frame of `n` zero bytes, made by the zstd CLI (as an attacker would). */
+  function zeroBomb(n: number): Buffer {
+    const r = spawnSync('sh', ['-c', `head -c ${n} /dev/zero | zstd -3 -q -c`], { maxBuffer: 64 * MiB });
+    expect(r.status).toBe(0);
+    return r.stdout;
+  }
+
+  it('a frame that inflates to 1 GiB is decoded a chunk at a time, as slowly as its reader reads', async () => {
+    const bomb = zeroBomb(1024 * MiB);
+    expect(bomb.length).toBeLessThan(64 * 1024);
+    const d = createDecompressStream();
+    Readable.from([bomb]).pipe(d);
+    // Read 64 MiB slowly; the decoder must not run ahead of the reader.
+    const before = process.memoryUsage().arrayBuffers;
+    let got = 0;
+    let peak = 0;
+    for await (const c of d) {
+      got += (c as Buffer).length;
+      peak = Math.max(peak, process.memoryUsage().arrayBuffers - before);
+      if (got >= 64 * MiB) break;
+      await new Promise((r) => setImmediate(r));
+    }
+    expect(got).toBeGreaterThanOrEqual(64 * MiB);
+    expect(peak).toBeLessThan(16 * MiB);
+  });
+
+  it('maxOutputBytes: PAYLOAD_TOO_LARGE as soon as the output passes it', async () => {
+    const d = createDecompressStream({ maxOutputBytes: 8 * MiB });
+    Readable.from([zeroBomb(1024 * MiB)]).pipe(d);
+    let got = 0;
+    const err = await (async () => {
+      for await (const c of d) got += (c as Buffer).length;
+    })().then(() => null, (e: unknown) => e);
+    expect((err as { code?: string }).code).toBe('PAYLOAD_TOO_LARGE');
+    expect(got).toBeLessThanOrEqual(8 * MiB);
+  });
+
+  it('a stream cut inside a frame: TAR_INVALID', async () => {
+    const frame = encodeBlock(randomBytes(prng(231), 300_000));
+    const err = await buffer(Readable.from([frame.subarray(0, frame.length - 10)]).pipe(createDecompressStream())).then(() => null, (e: unknown) => e);
+    expect((err as { code?: string }).code).toBe('TAR_INVALID');
+  });
+
+  it('several frames in a row decode as one stream', async () => {
+    const a = randomBytes(prng(232), 70_000);
+    const b = textBytes(prng(233), 90_000);
+    const out = await buffer(Readable.from([Buffer.concat([encodeBlock(a), encodeBlock(b)])]).pipe(createDecompressStream()));
+    expect(out.equals(Buffer.concat([a, b]))).toBe(true);
+  });
+
   it('fails to decompress garbage', async () => {
     const err = await pipeline(Readable.from([Buffer.from('definitely not zstd data')]), createDecompressStream(), async function* (src) {
       for await (const _ of src) yield _;

@@ -211,11 +211,76 @@ describe('unpackEntries rejects bad streams', () => {
     expect(calls).toEqual(['b/ok']);
   });
 
-  it('reads and drops the rest of the input after a failure', async () => {
+  it('stops reading at the first failure: the rest of the input stays unread', async () => {
     const tar = await packToBuffer(sampleEntries(506).slice(0, 30));
     const input = chunked(tar, 1000);
     await expectCode(() => unpackEntries(input, 10, () => {}), 'PAYLOAD_TOO_LARGE');
-    expect(input.readableEnded).toBe(true);
+    expect(input.readableEnded).toBe(false);
+    let left = 0;
+    for await (const c of input) left += (c as Buffer).length;
+    expect(left).toBeGreaterThan(tar.length - 4 * 1000); // a few chunks in flight at most
+  });
+
+  /** An endless stream: `head` first, then `fill` forever; counts what was read. */
+  function endless(head: Buffer, fill: (n: number) => Buffer): { stream: Readable; read: () => number } {
+    let read = 0;
+    let sentHead = false;
+    const stream = new Readable({
+      read() {
+        const c = sentHead ? fill(64 * 1024) : head;
+        sentHead = true;
+        read += c.length;
+        this.push(c);
+      },
+    });
+    return { stream, read: () => read };
+  }
+
+  it('endless random bytes after the entries: TAR_INVALID at the next header, without reading on', async () => {
+    const good = await packToBuffer(entries);
+    const rng = prng(507);
+    const { stream, read } = endless(good.subarray(0, 5120), (n) => randomBytes(rng, n));
+    const seen: string[] = [];
+    await expectCode(() => unpackEntries(stream, MiB, (e) => void seen.push(e.name)), 'TAR_INVALID');
+    expect(seen).toEqual(['a', 'b']);
+    expect(read()).toBeLessThan(1024 * 1024);
+  });
+
+  it('endless zeros: the archive ends at its two zero blocks and the rest is not read', async () => {
+    const good = await packToBuffer(entries);
+    const { stream, read } = endless(good.subarray(0, 5120), (n) => Buffer.alloc(n));
+    expect(await unpackEntries(stream, MiB, () => {})).toBe(2);
+    expect(read()).toBeLessThan(1024 * 1024);
+  });
+
+  it('an endless stream of entries: PAYLOAD_TOO_LARGE at maxTotalBytes', async () => {
+    const one = (await packToBuffer([{ name: 'x', data: Buffer.alloc(4096, 7) }])).subarray(0, 512 + 4096);
+    const { stream, read } = endless(one, () => one);
+    let n = 0;
+    await expectCode(() => unpackEntries(stream, MiB, () => void n++, { maxTotalBytes: 4 * MiB }), 'PAYLOAD_TOO_LARGE');
+    expect(n).toBeGreaterThan(900);
+    expect(n).toBeLessThan(1024);
+    expect(read()).toBeLessThan(5 * MiB);
+  });
+
+  it('a lone zero block followed by more data: TAR_INVALID', async () => {
+    const good = await packToBuffer(entries);
+    const bad = Buffer.concat([good.subarray(0, 5120), Buffer.alloc(512), good.subarray(0, 512)]);
+    await expectCode(() => unpackEntries(Readable.from([bad]), MiB, () => {}), 'TAR_INVALID');
+  });
+
+  it('a size in base-256 or with junk digits: TAR_INVALID, checked before any byte is buffered', async () => {
+    const good = await packToBuffer(entries);
+    for (const field of [Buffer.from([0x80, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]), Buffer.from('0000000009x\0')]) {
+      const bad = Buffer.from(good);
+      field.copy(bad, 124);
+      // a valid checksum, so only the size field is wrong
+      Buffer.from('        ').copy(bad, 148);
+      let sum = 0;
+      for (let i = 0; i < 512; i++) sum += bad[i]!;
+      Buffer.from(`${sum.toString(8).padStart(6, '0')}\0 `).copy(bad, 148);
+      await expectCode(() => unpackEntries(Readable.from([bad]), MiB, () => {}), 'TAR_INVALID');
+    }
   });
 
   it('a CarryonError from the input stream passes through', async () => {
