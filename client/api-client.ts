@@ -11,6 +11,14 @@ import {
   type DesktopInfo, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
 
+/**
+ * Default: a request with no byte moving for this long fails (a stalled server or a dead link);
+ * CARRYON_IDLE_TIMEOUT (seconds) overrides it for slow links.
+ */
+const DEFAULT_IDLE_MS = Number(process.env.CARRYON_IDLE_TIMEOUT) > 0 ? Number(process.env.CARRYON_IDLE_TIMEOUT) * 1000 : 60_000;
+/** An error answer is a small JSON body: what is read of a longer one. */
+const MAX_ERROR_BODY = 64 * 1024;
+
 export interface ApiClientOptions {
   url: string;
   token: string;
@@ -35,7 +43,13 @@ export class ApiClient {
     this.agent.destroy();
   }
 
-  /** Send one request; resolves with the response once its headers arrive and its status is 2xx. */
+  /** Responses whose connection was closed by the idle timeout (a stalled server), for the error they end with. */
+  private readonly stalled = new WeakMap<http.IncomingMessage, number>();
+
+  /**
+   * Send one request; resolves with the response once its headers arrive and its status is 2xx. An error
+   * answer wins over the broken pipe of an upload it cut short: the upload stops and its error is thrown.
+   */
   private request(method: string, path: string, body: Buffer | Readable | null, headers: Record<string, string> = {}): Promise<http.IncomingMessage> {
     const url = new URL(API_PREFIX + path, this.base);
     const mod = url.protocol === 'https:' ? https : http;
@@ -45,15 +59,30 @@ export class ApiClient {
         agent: this.agent,
         headers: { authorization: `Bearer ${this.opts.token}`, [HEADER_DEVICE]: this.opts.device, ...headers, ...(Buffer.isBuffer(body) ? { 'content-length': String(body.length) } : {}) },
       });
-      req.on('error', (err) => reject(unreachable(this.base, err)));
-      const idle = this.opts.idleTimeoutMs ?? 120_000;
-      req.setTimeout(idle, () => req.destroy(Object.assign(new Error(`no reply for ${idle / 1000} s`), { code: 'ETIMEDOUT' })));
+      let answered: http.IncomingMessage | null = null;
+      req.on('error', (err) => {
+        if (!answered) reject(unreachable(this.base, err));
+      });
+      const idle = this.opts.idleTimeoutMs ?? DEFAULT_IDLE_MS;
+      req.setTimeout(idle, () => {
+        if (answered) this.stalled.set(answered, idle);
+        req.destroy(answered ? undefined : new CarryonError('SERVER_UNREACHABLE', `the server at ${this.base.origin} did not answer for ${idle / 1000} s; it may be overloaded or the network path is down: retry later`,
+          { url: this.base.origin, reason: 'timeout', idleSeconds: idle / 1000 }));
+      });
       req.on('response', (res) => {
+        answered = res;
         if ((res.statusCode ?? 500) < 300) return resolve(res);
+        // Stop sending: the server has refused the request.
+        if (body !== null && !Buffer.isBuffer(body)) {
+          body.unpipe();
+          body.destroy();
+        }
         const parts: Buffer[] = [];
+        let n = 0;
         res.on('data', (c: Buffer) => {
           this.bytesReceived += c.length;
-          parts.push(c);
+          n += c.length;
+          if (n <= MAX_ERROR_BODY) parts.push(c);
         });
         res.on('error', (err) => reject(unreachable(this.base, err)));
         res.on('end', () => {
@@ -63,6 +92,7 @@ export class ApiClient {
           } catch {
             /* not JSON: errorFromBody reports the status */
           }
+          req.destroy(); // an unfinished upload leaves the connection unusable
           reject(errorFromBody(res.statusCode ?? 500, parsed));
         });
       });
@@ -78,8 +108,17 @@ export class ApiClient {
           },
         });
         pipeline(body, count, req).catch((err) => {
-          req.destroy();
-          reject(err instanceof CarryonError ? err : unreachable(this.base, err));
+          if (answered) return; // the answer (an error the server sent) settles it
+          if (err instanceof CarryonError) {
+            req.destroy();
+            return reject(err);
+          }
+          // The server may have answered and closed while we were still sending: give its answer a moment.
+          setTimeout(() => {
+            if (answered) return;
+            req.destroy();
+            reject(unreachable(this.base, err));
+          }, 2_000).unref();
         });
       }
     });
@@ -97,7 +136,7 @@ export class ApiClient {
       }
     } catch (err) {
       if (err instanceof CarryonError) throw err;
-      throw unreachable(this.base, err);
+      throw this.dropError(res, err);
     }
     return Buffer.concat(parts, n);
   }
@@ -161,14 +200,34 @@ export class ApiClient {
       ? { ids, bases: Object.fromEntries(patchBases.bases), baseVersion: patchBases.baseVersion }
       : { ids };
     const res = await this.request('POST', `/checkouts/${checkoutId}/blocks/get`, Buffer.from(JSON.stringify(body)), { 'content-type': 'application/json', accept: CONTENT_TAR });
+    // What a true answer can hold: one entry per id. A server that sends more, or a body that inflates
+    // past it, is refused as soon as it does (and nothing more is read).
+    const maxTotalBytes = ids.length * (maxEntryBytes + 512) + 1024;
+    let entries = 0;
+    return this.readTar(res, maxEntryBytes, maxTotalBytes, async (e) => {
+      if (++entries > ids.length) throw new CarryonError('TAR_INVALID', `the server sent more than the ${ids.length} block(s) asked for`);
+      await onEntry(e);
+    });
+  }
+
+  /** A tar response, decompressed when it says zstd, read to its end-of-archive or first error; the connection is closed on error. */
+  private async readTar(res: http.IncomingMessage, maxEntryBytes: number, maxTotalBytes: number, onEntry: (e: TarEntry) => Promise<void> | void): Promise<number> {
     const counted = this.counted(res);
-    let stream: NodeJS.ReadableStream = counted;
+    let stream: Readable = counted;
     if (res.headers['content-encoding'] === 'zstd') {
-      const z = createDecompressStream();
+      const z = createDecompressStream({ maxOutputBytes: maxTotalBytes });
       counted.on('error', (err) => z.destroy(err));
       stream = counted.pipe(z);
+    } else if (res.headers['content-encoding'] !== undefined && res.headers['content-encoding'] !== 'identity') {
+      res.destroy();
+      throw new CarryonError('TAR_INVALID', `the server sent an unknown content-encoding ${String(res.headers['content-encoding']).slice(0, 40)}`);
     }
-    return unpackEntries(stream, maxEntryBytes, onEntry);
+    try {
+      return await unpackEntries(stream, maxEntryBytes, onEntry, { maxTotalBytes });
+    } catch (err) {
+      res.destroy(); // what follows a refused answer is not read
+      throw err;
+    }
   }
 
   async missing(checkoutId: string, ids: BlockId[]): Promise<BlockId[]> {
@@ -199,7 +258,12 @@ export class ApiClient {
 
   async personaChunks(version: number, ids: BlockId[], onEntry: (e: TarEntry) => Promise<void> | void): Promise<number> {
     const res = await this.request('POST', '/persona/chunks/get', Buffer.from(JSON.stringify({ ids, version })), { 'content-type': 'application/json', accept: CONTENT_TAR });
-    return unpackEntries(this.counted(res), PERSONA_CHUNK_BYTES + 64 * 1024, onEntry);
+    const maxEntryBytes = PERSONA_CHUNK_BYTES + 64 * 1024;
+    let entries = 0;
+    return this.readTar(res, maxEntryBytes, ids.length * (maxEntryBytes + 512) + 1024, async (e) => {
+      if (++entries > ids.length) throw new CarryonError('TAR_INVALID', `the server sent more than the ${ids.length} chunk(s) asked for`);
+      await onEntry(e);
+    });
   }
 
   async personaMissing(ids: BlockId[]): Promise<BlockId[]> {
@@ -225,9 +289,22 @@ export class ApiClient {
         cb(null, chunk);
       },
     }));
-    res.on('error', (err) => counted.destroy(unreachable(this.base, err)));
-    res.on('aborted', () => counted.destroy(new CarryonError('SERVER_UNREACHABLE', 'the connection dropped during a download')));
+    res.on('error', (err) => counted.destroy(this.dropError(res, err)));
+    res.on('aborted', () => counted.destroy(this.dropError(res)));
     return counted;
+  }
+
+  /** Why a response body ended early: the server stalled (our idle timeout), or the connection dropped. */
+  private dropError(res: http.IncomingMessage, err?: unknown): CarryonError {
+    const idle = this.stalled.get(res);
+    if (idle !== undefined) {
+      return new CarryonError('SERVER_UNREACHABLE', `the server stopped sending in the middle of an answer (no bytes for ${idle / 1000} s); it may be overloaded or the network path is down: run the command again to resume`,
+        { url: this.base.origin, reason: 'stalled', idleSeconds: idle / 1000 });
+    }
+    if (err instanceof CarryonError) return err;
+    const code = (err as NodeJS.ErrnoException | undefined)?.code;
+    return new CarryonError('SERVER_UNREACHABLE', `the connection to ${this.base.origin} dropped in the middle of an answer${code ? ` (${code})` : ''}: run the command again to resume`,
+      { url: this.base.origin, reason: 'dropped', errno: code }, err);
   }
 
   discard(checkoutId: string): Promise<{ desktop: string; already: boolean }> {

@@ -126,6 +126,7 @@ async function fromCache(seq: number, jobs: BlockJob[]): Promise<void> {
 async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<void> {
   const byId = new Map(jobs.map((j) => [j.id, j]));
   const w = writer(seq);
+  let stalled = 0;
   for (let attempt = 0; byId.size > 0; attempt++) {
     try {
       const bases = new Map<BlockId, BlockId>();
@@ -146,7 +147,9 @@ async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<voi
     } catch (err) {
       w.flush();
       const retriable = err instanceof CarryonError && (err.code === 'SERVER_UNREACHABLE' || err.code === 'TAR_INVALID');
-      if (!retriable || attempt + 1 >= RETRIES) throw err;
+      // A server that stopped answering gets one more chance, not RETRIES idle timeouts in a row.
+      const stalls = err instanceof CarryonError && (err.data.reason === 'stalled' || err.data.reason === 'timeout') ? ++stalled : 0;
+      if (!retriable || attempt + 1 >= RETRIES || stalls > 1) throw err;
       await new Promise((r) => setTimeout(r, 250 * 2 ** attempt));
     }
   }

@@ -3,6 +3,7 @@
 import http from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import {
   API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
   manifestId, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
@@ -18,6 +19,10 @@ import { SqliteFleetMeta, type Actor } from './fleet-meta.js';
 import { Metrics } from './metrics.js';
 import { CONSOLE_CSP, CONSOLE_HTML } from './console-page.js';
 
+/** A connection with no byte moving either way for this long is closed (a stalled or vanished peer). */
+const IDLE_TIMEOUT_MS = 120_000;
+/** Requests one user may have in flight at once (a laptop uses at most 4 connections per command). */
+const MAX_IN_FLIGHT_PER_USER = 32;
 /** Largest manifest a commit may carry: 128 MiB = 4M blocks, 256 GiB at 64 KiB blocks. */
 const MAX_MANIFEST_BYTES = 128 * 1024 * 1024;
 
@@ -62,6 +67,14 @@ export class CarryonHttpServer {
       });
     });
     this.server.keepAliveTimeout = 30_000;
+    // A whole request may take long (a traveller's upload over a slow link): no cap on its duration, but a
+    // connection that moves no byte for IDLE_TIMEOUT_MS is closed, and headers must arrive in 60 s.
+    this.server.requestTimeout = 0;
+    this.server.headersTimeout = 60_000;
+    this.server.setTimeout(IDLE_TIMEOUT_MS);
+    this.server.maxHeadersCount = 100;
+    // Framing errors (bad request line, headers too large, header timeout) get the same JSON error body.
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket) => this.clientError(err, socket));
     const r = (method: string, path: string, handler: Handler): void => {
       this.routes.push({ method, re: new RegExp(`^${API_PREFIX}${path.replace(/:[a-z]+/g, '([^/]+)')}$`), path, handler });
     };
@@ -180,6 +193,7 @@ export class CarryonHttpServer {
     let user: User | null = null;
     let status = 200;
     let routePath = 'unknown';
+    let admit: (() => void) | null = null;
     // The admin console is a static page; everything it shows comes from the admin API with the admin's token.
     if (req.method === 'GET' && (url.pathname === '/console' || url.pathname === '/')) {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-security-policy': CONSOLE_CSP, 'x-content-type-options': 'nosniff', 'cache-control': 'no-store' });
@@ -204,6 +218,7 @@ export class CarryonHttpServer {
       if (!route) throw new CarryonError('NOT_FOUND', `no route ${req.method} ${url.pathname}`);
       const who = this.authenticate(req);
       user = who.user;
+      admit = this.admit(who.user);
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeParam);
       const actor: Actor = { name: who.user.name, device: who.device ?? header(req, HEADER_DEVICE) ?? null, address: req.socket.remoteAddress ?? null };
       const out = await route.handler({ req, res, url, params, user, device: who.device, claimedDevice: who.device ?? header(req, HEADER_DEVICE), actor });
@@ -224,11 +239,47 @@ export class CarryonHttpServer {
         res.destroy(e); // mid-stream: the client sees a truncated body and retries
       }
     } finally {
+      admit?.();
       const final = res.headersSent ? res.statusCode : status;
       this.metrics.request(req.method ?? '?', routePath, final);
       if (routePath === '/checkouts/:id/commit' && final < 300) this.metrics.commit((Date.now() - started) / 1000);
       this.log({ level: 'info', method: req.method, path: url.pathname, status: final, ms: Date.now() - started, user: user?.name });
     }
+  }
+
+  /** Requests in flight per user: one user (or a stolen token) cannot take every worker from the others. */
+  private readonly inFlight = new Map<number, number>();
+
+  /** Count a request against its user's share; returns the release, or throws RATE_LIMITED. */
+  private admit(user: User): () => void {
+    const n = this.inFlight.get(user.id) ?? 0;
+    if (n >= MAX_IN_FLIGHT_PER_USER) {
+      throw new CarryonError('RATE_LIMITED', `${user.name} already has ${n} requests in flight, the most one user may have; retry when some finish`, { max: MAX_IN_FLIGHT_PER_USER });
+    }
+    this.inFlight.set(user.id, n + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.inFlight.get(user.id) ?? 1) - 1;
+      if (left > 0) this.inFlight.set(user.id, left);
+      else this.inFlight.delete(user.id);
+    };
+  }
+
+  /** Node's parser refused the request before a handler saw it: answer as every other error is answered. */
+  private clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const e = err.code === 'HPE_HEADER_OVERFLOW' ? new CarryonError('HEADERS_TOO_LARGE', 'the request line and headers are over the 16 KiB the server reads')
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'ERR_HTTP_HEADERS_TIMEOUT' ? new CarryonError('REQUEST_TIMEOUT', 'the request headers did not arrive in time')
+        : new CarryonError('BAD_REQUEST', `the request is not valid HTTP/1.1 (${String(err.code ?? 'parse error')})`);
+    this.metrics.failure(e.code);
+    const body = JSON.stringify({ error: e.toJSON() });
+    const status = httpStatusOf(e.code);
+    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
   }
 
   private authenticate(req: http.IncomingMessage): { user: User; device: string | null } {
