@@ -1,6 +1,7 @@
 // The server's block work: publishing an image, accepting uploaded blocks and patches, checking a
-// commit's blocks, and the per-manifest id sets that decide which blocks a checkout may read.
+// commit's blocks, and the scopes that decide which blocks a caller may read or name.
 // Every block enters the store verified, and enters the index only after its file is durable.
+// Storage is deduplicated across users; knowledge is not: a hash is not a capability (BlockScope).
 import {
   applyBlockPatch, blockId, CarryonError, decodeManifest, encodeBlock, encodeManifest, getBlock, manifestId, parseUploadEntryName, scanImage, unpackEntries,
   MAX_UPLOAD_ENTRY_BYTES, MAX_UPLOAD_REQUEST_BYTES, type BlockId, type BlockStore, type DiskManifest, type TarEntry, type UploadResult,
@@ -34,6 +35,30 @@ export class ManifestCache {
   }
 }
 
+/**
+ * What a user may name without sending its bytes: the blocks of the manifests given (their checked-out
+ * version, the image version their desktop derives from) and the blocks they have sent themselves or
+ * that their data held (user_blocks). Every "missing" answer and every commit check is computed here, so
+ * a user learns nothing of, and can reference nothing from, another user's data: a block outside the
+ * scope is "missing" even when the store holds it, and sending it (proof of possession) adds it to the
+ * scope, while the store keeps one copy.
+ */
+export class BlockScope {
+  constructor(private readonly meta: SqliteMeta, readonly userId: number, private readonly manifests: LoadedManifest[] = []) {}
+
+  has(id: BlockId): boolean {
+    for (const m of this.manifests) if (m.ids.has(id)) return true;
+    return this.meta.userHolds(this.userId, id);
+  }
+
+  /** Ids (of those given) outside the scope: the ones to send. */
+  missing(ids: Iterable<BlockId>): BlockId[] {
+    const out: BlockId[] = [];
+    for (const id of ids) if (!this.has(id)) out.push(id);
+    return out;
+  }
+}
+
 /** Index rows are committed after a store sync every this many new blocks (and at the end). */
 const INDEX_BATCH = 256;
 
@@ -42,25 +67,31 @@ const INDEX_BATCH = 256;
  * per-file fsync; every INDEX_BATCH blocks one sync of the store's file system makes them durable and
  * only then are their rows committed, in one transaction. So a row always means a durable block, and
  * a crash loses at most the last unindexed batch, which a re-run sends again. (Per-file fsync plus an
- * autocommit per row measured ~3.4 s for 2,000 uploaded blocks here.)
+ * autocommit per row measured ~3.4 s for 2,000 uploaded blocks here.) With `grantTo`, every block added
+ * (new or already stored) joins that user's scope in the same transaction as its index row.
  */
 export class BlockIngest {
   private rows: Array<[BlockId, number, number]> = [];
+  private grants: BlockId[] = [];
   /** Ids stored but not yet indexed (this batch and the ones whose sync is under way). */
   private readonly unindexed = new Set<BlockId>();
   /** The sync and index commit of earlier batches, chained so rows are committed in order. */
   private indexing: Promise<void> = Promise.resolve();
 
-  constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore) {}
+  constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly grantTo: number | null = null) {}
 
   /** Store a block unless the index or this ingest has it; returns its stored size, or 0 when it was there. */
   async add(id: BlockId, plain: Buffer): Promise<number> {
-    if (this.unindexed.has(id) || this.meta.hasBlock(id)) return 0;
+    if (this.grantTo !== null) this.grants.push(id);
+    if (this.unindexed.has(id) || this.meta.hasBlock(id)) {
+      if (this.grants.length >= INDEX_BATCH) this.startIndexing();
+      return 0;
+    }
     const encoded = encodeBlock(plain);
     await this.store.put(id, encoded, plain);
     this.rows.push([id, plain.length, encoded.length]);
     this.unindexed.add(id);
-    if (this.rows.length >= INDEX_BATCH) this.startIndexing();
+    if (this.rows.length >= INDEX_BATCH || this.grants.length >= INDEX_BATCH) this.startIndexing();
     return encoded.length;
   }
 
@@ -70,10 +101,12 @@ export class BlockIngest {
    */
   private startIndexing(): void {
     const rows = this.rows;
+    const grants = this.grants;
     this.rows = [];
+    this.grants = [];
     const next = this.indexing.then(async () => {
-      await this.store.sync();
-      this.meta.addBlocks(rows);
+      if (rows.length > 0) await this.store.sync();
+      this.meta.addBlocks(rows, this.grantTo === null ? undefined : { userId: this.grantTo, ids: grants });
       for (const [id] of rows) this.unindexed.delete(id);
     });
     next.catch(() => undefined); // not unhandled: flush() rethrows it
@@ -82,7 +115,7 @@ export class BlockIngest {
 
   /** Wait until every block added so far is durable and indexed. */
   async flush(): Promise<void> {
-    if (this.rows.length > 0) this.startIndexing();
+    if (this.rows.length > 0 || this.grants.length > 0) this.startIndexing();
     await this.indexing;
   }
 }
@@ -132,10 +165,10 @@ export async function publishImage(meta: SqliteMeta, store: BlockStore, name: st
  * stored; an entry that fails stops the upload, and blocks stored before it stay (they are valid and
  * a retry need not send them again).
  */
-export async function ingestUpload(meta: SqliteMeta, store: BlockStore, base: LoadedManifest, body: NodeJS.ReadableStream): Promise<UploadResult> {
+export async function ingestUpload(meta: SqliteMeta, store: BlockStore, base: LoadedManifest, scope: BlockScope, body: NodeJS.ReadableStream): Promise<UploadResult> {
   const result: UploadResult = { stored: 0, alreadyHad: 0, plainBytes: 0 };
   const maxBlock = base.manifest.blockSize;
-  const ingest = new BlockIngest(meta, store);
+  const ingest = new BlockIngest(meta, store, scope.userId);
   try {
     await unpackEntries(body, MAX_UPLOAD_ENTRY_BYTES, async ({ name, data }) => {
     const e = parseUploadEntryName(name);
@@ -150,8 +183,11 @@ export async function ingestUpload(meta: SqliteMeta, store: BlockStore, base: Lo
       plain = applyBlockPatch(await getBlock(store, e.base), data, maxBlock);
     }
     if (blockId(plain) !== e.id) throw new CarryonError('BLOCK_CORRUPT', `uploaded block ${e.id.slice(0, 12)}… does not match its hash`, { id: e.id });
-    if ((await ingest.add(e.id, plain)) > 0) result.stored++;
-    else result.alreadyHad++;
+    // "Already had" only for what the sender could name before: whether another user's data holds it is not said.
+    const had = scope.has(e.id);
+    await ingest.add(e.id, plain);
+    if (had) result.alreadyHad++;
+    else result.stored++;
     result.plainBytes += plain.length;
     crashPoint('upload-block-stored');
     }, { maxTotalBytes: MAX_UPLOAD_REQUEST_BYTES });
@@ -161,11 +197,9 @@ export async function ingestUpload(meta: SqliteMeta, store: BlockStore, base: Lo
   return result;
 }
 
-/** The ids of a new manifest that are neither in the base version nor in the block index. */
-export function missingForCommit(meta: SqliteMeta, base: LoadedManifest, next: DiskManifest): BlockId[] {
-  const missing: BlockId[] = [];
-  for (const id of next.uniqueIds()) if (!base.ids.has(id) && !meta.hasBlock(id)) missing.push(id);
-  return missing;
+/** The ids of a new manifest the checkout may not name: outside its scope (see BlockScope). */
+export function missingForCommit(scope: BlockScope, next: DiskManifest): BlockId[] {
+  return scope.missing(next.uniqueIds());
 }
 
 /**

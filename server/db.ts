@@ -26,6 +26,7 @@ export function migrate(db: Db): number {
     if (m.version <= current) continue;
     db.transaction(() => {
       db.exec(m.sql);
+      m.fill?.(db);
       db.pragma(`user_version = ${m.version}`);
     })();
   }

@@ -10,7 +10,7 @@ import {
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
   parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseDesktopPolicy, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
 } from '../src/index.js';
-import { ingestUpload, ManifestCache, missingForCommit, readAhead } from './blocks.js';
+import { BlockScope, ingestUpload, ManifestCache, missingForCommit, readAhead } from './blocks.js';
 import { crashPoint } from './crash-point.js';
 import type { PersonaService } from './persona-service.js';
 import { closeAfterAnswer, decodeParam, header, readBody, readJson, requestBody, sendJson } from './http-util.js';
@@ -165,7 +165,7 @@ export class CarryonHttpServer {
     r('GET', '/admin/audit', admin(async ({ url }) => ({ audit: this.fleet.auditLog(url.searchParams.has('limit') ? intParam(url, 'limit') : 200) })));
     r('GET', '/persona', (c) => this.sendPersona(c));
     r('POST', '/persona/chunks/get', (c) => this.sendPersonaChunks(c));
-    r('POST', '/persona/chunks/missing', async ({ req }) => ({ missing: this.meta.missingBlocks(parseIdList(await readJson(req), MAX_QUERY_IDS)) }));
+    r('POST', '/persona/chunks/missing', async ({ req, user }) => ({ missing: this.personas.missing(user, parseIdList(await readJson(req), MAX_QUERY_IDS)) }));
     r('PUT', '/persona/blocks', async ({ req, url, user }) => this.personas.ingest(user, intParam(url, 'base'), requestBody(req, MAX_PERSONA_UPLOAD_BYTES)));
     r('POST', '/persona/push', (c) => this.pushPersona(c));
   }
@@ -222,7 +222,11 @@ export class CarryonHttpServer {
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeParam);
       const actor: Actor = { name: who.user.name, device: who.device ?? header(req, HEADER_DEVICE) ?? null, address: req.socket.remoteAddress ?? null };
       const out = await route.handler({ req, res, url, params, user, device: who.device, claimedDevice: who.device ?? header(req, HEADER_DEVICE), actor });
-      if (!res.headersSent && out !== undefined) sendJson(res, 200, out);
+      if (!res.headersSent && out !== undefined) {
+        // A handler may stop before the body's end (a tar ends at its end-of-archive blocks): what follows is not read.
+        if (!req.complete) closeAfterAnswer(req, res);
+        sendJson(res, 200, out);
+      }
     } catch (err) {
       const e = asCarryonError(err);
       status = httpStatusOf(e.code);
@@ -302,6 +306,11 @@ export class CarryonHttpServer {
 
   private baseOf(co: { desktop_id: number; base_version: number }) {
     return this.manifests.get(this.meta.versionManifest(co.desktop_id, co.base_version));
+  }
+
+  /** What a checkout may name without sending: its version, its desktop's image version, and its user's own blocks. */
+  private scopeOf(co: { desktop_id: number; base_version: number; user_id: number }): BlockScope {
+    return new BlockScope(this.meta, co.user_id, [this.baseOf(co), this.manifests.get(this.meta.imageManifestOf(co.desktop_id))]);
   }
 
   private async startCheckout({ req, user, params, actor, device: tokenDevice }: Ctx): Promise<CheckoutInfo> {
@@ -429,14 +438,13 @@ export class CarryonHttpServer {
   private async missing({ req, user, params }: Ctx): Promise<{ missing: string[] }> {
     const ids = parseIdList(await readJson(req), MAX_QUERY_IDS);
     // Any state: a client killed after its commit landed asks again before re-committing.
-    this.meta.checkoutFor(user, params[0]!);
-    return { missing: this.meta.missingBlocks(ids) };
+    return { missing: this.scopeOf(this.meta.checkoutFor(user, params[0]!)).missing(ids) };
   }
 
   private async upload({ req, user, params, claimedDevice }: Ctx) {
     const co = this.activeCheckout(user, params[0]!, claimedDevice);
     // Stream faults are TAR_INVALID from unpackEntries; anything else (a full disk) keeps its own code.
-    return ingestUpload(this.meta, this.store, this.baseOf(co), requestBody(req, MAX_UPLOAD_REQUEST_BYTES));
+    return ingestUpload(this.meta, this.store, this.baseOf(co), this.scopeOf(co), requestBody(req, MAX_UPLOAD_REQUEST_BYTES));
   }
 
   /** The body of a commit or restore point: a bare manifest, or a tar of disk.manifest with the persona (persona-delta.json and push.json). */
@@ -462,7 +470,7 @@ export class CarryonHttpServer {
     if (next.blockSize !== base.manifest.blockSize || next.size !== base.manifest.size) {
       throw new CarryonError('MANIFEST_INVALID', 'a restore point must have the checked-out version\'s size and block size');
     }
-    const missing = missingForCommit(this.meta, base, next);
+    const missing = missingForCommit(this.scopeOf(co), next);
     if (missing.length > 0) throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} block(s) the restore point names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
     await this.store.sync();
     this.meta.putManifest(id, encoded, next);
@@ -486,7 +494,7 @@ export class CarryonHttpServer {
       if (next.blockSize !== base.manifest.blockSize) {
         throw new CarryonError('MANIFEST_INVALID', `manifest block size ${next.blockSize} differs from the checked-out version's ${base.manifest.blockSize}`);
       }
-      const missing = missingForCommit(this.meta, base, next);
+      const missing = missingForCommit(this.scopeOf(co), next);
       if (missing.length > 0) {
         throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} block(s) the new version names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
       }

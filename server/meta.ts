@@ -3,6 +3,7 @@
 // Must not know: HTTP, the CLI. Multi-row changes run in one transaction each.
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { CarryonError, type BlockId, type CheckoutHolder, type DesktopInfo, type DiskManifest, type FileMergePolicy, type RegistryMergePolicy } from '../src/index.js';
+import type { Statement } from 'better-sqlite3';
 import type { Db } from './db.js';
 
 export interface User {
@@ -92,20 +93,33 @@ export class SqliteMeta {
     return this.hasBlockStmt.get(id) !== undefined;
   }
 
-  /** Index blocks already durable in the store, in one transaction. */
-  addBlocks(rows: Array<[BlockId, number, number]>): void {
+  /**
+   * Index blocks already durable in the store and record `grant.ids` as sent by `grant.userId`, in one
+   * transaction: a grant is written only once its block is indexed (in this call or before).
+   */
+  addBlocks(rows: Array<[BlockId, number, number]>, grant?: { userId: number; ids: BlockId[] }): void {
     const ins = this.db.prepare('INSERT OR IGNORE INTO blocks (id, plain_size, stored_size, created_at) VALUES (?, ?, ?, ?)');
+    const g = this.db.prepare('INSERT OR IGNORE INTO user_blocks (user_id, block_id) VALUES (?, ?)');
     const t = now();
     this.db.transaction(() => {
       for (const [id, plainSize, storedSize] of rows) ins.run(id, plainSize, storedSize, t);
+      if (grant) for (const id of grant.ids) g.run(grant.userId, id);
     })();
   }
 
-  /** Ids (of those given) the block index lacks. */
-  missingBlocks(ids: Iterable<BlockId>): BlockId[] {
-    const out: BlockId[] = [];
-    for (const id of ids) if (!this.hasBlock(id)) out.push(id);
-    return out;
+  private holdsStmt?: Statement<[number, string]>;
+  /** Whether the user sent this block (or their data held it before migration 9): see server/blocks.ts BlockScope. */
+  userHolds(userId: number, id: BlockId): boolean {
+    this.holdsStmt ??= this.db.prepare<[number, string]>('SELECT 1 FROM user_blocks WHERE user_id = ? AND block_id = ?');
+    return this.holdsStmt.get(userId, id) !== undefined;
+  }
+
+  /** The manifest of the image version a desktop was made from. */
+  imageManifestOf(desktopId: number): BlockId {
+    const row = this.db.prepare('SELECT iv.manifest_id FROM desktops d JOIN image_versions iv ON iv.image_id = d.image_id AND iv.version = d.image_version WHERE d.id = ?').get(desktopId) as
+      { manifest_id: string } | undefined;
+    if (!row) throw new CarryonError('MANIFEST_NOT_FOUND', `the image version of desktop ${desktopId} is not stored`);
+    return row.manifest_id;
   }
 
   // ---- images

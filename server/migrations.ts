@@ -1,10 +1,40 @@
 // Numbered, append-only schema migrations of the server database. Never edit a shipped entry: add one.
 // Each says why it exists. Applied in order inside one transaction each; PRAGMA user_version records
-// the last one applied.
+// the last one applied. A migration that must compute rows from encoded data (manifests, persona
+// snapshots) does it in `fill`, in the same transaction as its SQL.
+import { decodeManifest, decodePersona } from '../src/index.js';
+import type { Db } from './db.js';
+
 export interface Migration {
   version: number;
   why: string;
   sql: string;
+  fill?: (db: Db) => void;
+}
+
+/**
+ * Migration 9's fill: every block a user's data already names, outside the image their desktop derives
+ * from (those are granted through the image), and every chunk of their persona versions.
+ */
+function grantExistingBlocks(db: Db): void {
+  const ins = db.prepare('INSERT OR IGNORE INTO user_blocks (user_id, block_id) VALUES (?, ?)');
+  const manifestIds = (id: string): string[] => decodeManifest((db.prepare('SELECT encoded FROM manifests WHERE id = ?').get(id) as { encoded: Buffer }).encoded).uniqueIds();
+  const desktops = db.prepare(`SELECT d.id, d.user_id, iv.manifest_id AS image_manifest FROM desktops d
+    JOIN image_versions iv ON iv.image_id = d.image_id AND iv.version = d.image_version`).all() as Array<{ id: number; user_id: number; image_manifest: string }>;
+  for (const d of desktops) {
+    const image = new Set(manifestIds(d.image_manifest));
+    const own = db.prepare(`SELECT manifest_id FROM desktop_versions WHERE desktop_id = ? UNION SELECT manifest_id FROM restore_points WHERE desktop_id = ?`).all(d.id, d.id) as Array<{ manifest_id: string }>;
+    for (const { manifest_id } of own) {
+      if (manifest_id === d.image_manifest) continue;
+      for (const id of manifestIds(manifest_id)) if (!image.has(id)) ins.run(d.user_id, id);
+    }
+  }
+  const snapshots = db.prepare(`SELECT user_id, snapshot_id FROM persona_versions
+    UNION SELECT d.user_id, r.persona_snapshot_id FROM restore_points r JOIN desktops d ON d.id = r.desktop_id WHERE r.persona_snapshot_id IS NOT NULL`).all() as Array<{ user_id: number; snapshot_id: string }>;
+  for (const { user_id, snapshot_id } of snapshots) {
+    const snap = decodePersona((db.prepare('SELECT encoded FROM persona_snapshots WHERE id = ?').get(snapshot_id) as { encoded: Buffer }).encoded);
+    for (const f of snap.files) for (const c of f.chunks) ins.run(user_id, c);
+  }
 }
 
 export const MIGRATIONS: Migration[] = [
@@ -210,5 +240,17 @@ export const MIGRATIONS: Migration[] = [
     sql: `
       ALTER TABLE checkouts ADD COLUMN lease_floor TEXT;
     `,
+  },
+  {
+    version: 9,
+    why: 'Blocks are deduplicated across users, but knowing a hash must not let a user read a block: a user may name (in a commit, or learn present through a "missing" query) only a block of the image their desktop derives from, of their checked-out version, or one they have sent themselves (proof of possession) or that their data already held. user_blocks records the last two.',
+    sql: `
+      CREATE TABLE user_blocks (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        block_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, block_id)
+      ) WITHOUT ROWID;
+    `,
+    fill: grantExistingBlocks,
   },
 ];

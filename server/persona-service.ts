@@ -10,7 +10,7 @@ import {
   applyDelta, applySnapshotDelta, blockId, CarryonError, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
   unpackEntries, type BlockId, type BlockStore, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../src/index.js';
-import { BlockIngest, readAhead } from './blocks.js';
+import { BlockIngest, BlockScope, readAhead } from './blocks.js';
 import type { SqliteMeta, User } from './meta.js';
 import type { SqlitePersonaMeta } from './persona-meta.js';
 
@@ -23,6 +23,14 @@ export class PersonaService {
     const v = version === undefined ? current : this.personas.version(user.id, version);
     if (!v) throw new CarryonError('NOT_FOUND', `persona version ${version} does not exist`, { version });
     return { version: v.version, snapshot: this.personas.snapshot(v.snapshotId), createdAt: v.createdAt };
+  }
+
+  /**
+   * Chunks (of those given) the user must send: every chunk not in their own scope (chunks they sent, or
+   * that their persona versions held), whether or not another user's persona holds it.
+   */
+  missing(user: User, ids: Iterable<BlockId>): BlockId[] {
+    return new BlockScope(this.meta, user.id).missing(ids);
   }
 
   /** The encoded chunks of `ids`, each of which must belong to the given version. */
@@ -41,7 +49,7 @@ export class PersonaService {
   async ingest(user: User, baseVersion: number, body: NodeJS.ReadableStream): Promise<{ chunks: number; files: number }> {
     const { snapshot: base } = this.get(user, baseVersion);
     const baseFiles = new Map(base.files.filter((f) => f.kind === 'file').map((f) => [f.hash!, f]));
-    const ingest = new BlockIngest(this.meta, this.store);
+    const ingest = new BlockIngest(this.meta, this.store, user.id);
     let chunks = 0;
     let files = 0;
     // The tar and every rebuilt file count against one budget: see MAX_PERSONA_UPLOAD_BYTES.
@@ -124,7 +132,7 @@ export class PersonaService {
     const baseRow = this.personas.version(user.id, baseVersion);
     if (!baseRow) throw new CarryonError('BAD_REQUEST', `persona base version ${baseVersion} does not exist`);
     const { snapshot } = applySnapshotDelta(this.personas.snapshot(baseRow.snapshotId), delta);
-    const missing = [...new Set(snapshot.files.flatMap((f) => f.chunks))].filter((id) => !this.meta.hasBlock(id));
+    const missing = this.missing(user, new Set(snapshot.files.flatMap((f) => f.chunks)));
     if (missing.length > 0) throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} persona chunk(s) the snapshot names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
     return this.personas.putSnapshot(snapshot).id;
   }
@@ -160,7 +168,7 @@ export class PersonaService {
       merged = r.merged;
       report = r.report;
     }
-    const missing = [...new Set(merged.files.flatMap((f) => f.chunks))].filter((id) => !this.meta.hasBlock(id));
+    const missing = this.missing(user, new Set(merged.files.flatMap((f) => f.chunks)));
     if (missing.length > 0) {
       throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} persona chunk(s) the snapshot names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
     }

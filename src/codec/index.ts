@@ -118,6 +118,8 @@ export function createCompressStream(level = 3): Duplex {
 
 /** Output chunk of the stream decoder: the most it inflates before its reader takes the bytes. */
 const DECODE_CHUNK = 256 * 1024;
+/** Output between two turns of the event loop. */
+const YIELD_BYTES = 4 * 1024 * 1024;
 /** Largest zstd window a stream may ask for (128 MiB): bounds the decoder's own memory. */
 const WINDOW_LOG_MAX = 27;
 
@@ -147,6 +149,7 @@ class BoundedDecompressStream extends Duplex {
   /** ZSTD_decompressStream's last hint: 0 once a frame is complete, so a stream may end there. */
   private hint = 0;
   private readonly out = Buffer.allocUnsafe(DECODE_CHUNK);
+  private yielding = false;
 
   constructor(private readonly maxOutput: number) {
     super({ readableHighWaterMark: DECODE_CHUNK, writableHighWaterMark: DECODE_CHUNK });
@@ -156,12 +159,12 @@ class BoundedDecompressStream extends Duplex {
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     this.input = chunk;
     this.inputDone = cb;
-    this.pump();
+    if (!this.yielding) this.pump();
   }
 
   override _read(): void {
     this.wanted = true;
-    this.pump();
+    if (!this.yielding) this.pump();
   }
 
   override _final(cb: (err?: Error | null) => void): void {
@@ -170,9 +173,24 @@ class BoundedDecompressStream extends Duplex {
     cb();
   }
 
-  /** Inflate while there is input and the reader wants bytes; hand the input back once it is used up. */
+  /**
+   * Inflate while there is input and the reader wants bytes; hand the input back once it is used up.
+   * Every YIELD_BYTES of output it lets the event loop run: a reader that takes each chunk synchronously
+   * would otherwise keep one inflating body on the CPU while other requests wait.
+   */
   private pump(): void {
+    let sinceYield = 0;
     while (this.input !== null && this.wanted) {
+      if (sinceYield >= YIELD_BYTES) {
+        if (!this.yielding) {
+          this.yielding = true;
+          setImmediate(() => {
+            this.yielding = false;
+            this.pump();
+          });
+        }
+        return;
+      }
       let produced: number;
       let consumed: number;
       try {
@@ -183,6 +201,7 @@ class BoundedDecompressStream extends Duplex {
       this.input = this.input.subarray(consumed);
       if (produced > 0) {
         this.produced += produced;
+        sinceYield += produced;
         if (this.produced > this.maxOutput) {
           return this.fail(new CarryonError('PAYLOAD_TOO_LARGE', `the body decompresses to more than ${this.maxOutput} bytes`, { max: this.maxOutput }));
         }

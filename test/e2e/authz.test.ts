@@ -93,6 +93,12 @@ describe('authorization matrix over every HTTP route', () => {
   let deltaOnAlicesFile: Buffer = Buffer.alloc(0); // bob's upload of an rdiff delta based on alice's file
   let before: any = null;
   let CO_BOB = ''; // bob's own checkout of b-desk
+  const D_BOB = 'bbbbbbbb-0000-4000-8000-000000000001';
+  const ALICE_BLOCK_BYTES = Buffer.alloc(65536, 0xa1); // only a-desk@2 holds it
+  const ALICE_BLOCK = blockId(ALICE_BLOCK_BYTES);
+  let bobNamingAlice: Buffer = Buffer.alloc(0); // bob's base manifest with block 2 set to ALICE_BLOCK
+  let bobPushOfAlice: Buffer = Buffer.alloc(0); // bob's persona push naming alice's secret chunk
+  let bobPatchOnAlice: Buffer = Buffer.alloc(0); // an upload of a patch whose base is ALICE_BLOCK
 
   /**
    * One request on a connection of its own (`Connection: close`), head and body in one write. Not the
@@ -320,6 +326,30 @@ describe('authorization matrix over every HTTP route', () => {
     },
   ];
   const label = (r: Route): string => `${r.method} ${r.route}`;
+
+  /**
+   * Cross-user rows: user B, on his own checkout and persona, names A's blocks, chunks or manifest. A
+   * hash is not a capability: B learns nothing of A's data (a "missing" answer says missing), cannot
+   * read it, and cannot commit a version or persona that names it without sending its bytes.
+   */
+  const asBob = { [HEADER_DEVICE]: D_BOB };
+  const CROSS: Record<string, Array<() => Req & Expect>> = {
+    'POST /checkouts/:id/blocks/missing': [() => ({ path: `/checkouts/${CO_BOB}/blocks/missing`, body: json({ ids: [ALICE_BLOCK, firstBlock] }), headers: asBob, status: 200, check: (r) => expect(r.json).toEqual({ missing: [ALICE_BLOCK] }) })],
+    'POST /checkouts/:id/blocks/get': [
+      () => ({ path: `/checkouts/${CO_BOB}/blocks/get`, body: json({ ids: [ALICE_BLOCK] }), headers: asBob, status: 404, code: 'BLOCK_NOT_FOUND' }),
+      // a patch against A's block: the base must be a block of B's own versions
+      () => ({ path: `/checkouts/${CO_BOB}/blocks/get`, body: json({ ids: [firstBlock], bases: { [firstBlock]: ALICE_BLOCK }, baseVersion: 1 }), headers: asBob, status: 404, code: 'BLOCK_NOT_FOUND' }),
+    ],
+    'PUT /checkouts/:id/blocks': [() => ({ path: `/checkouts/${CO_BOB}/blocks`, body: bobPatchOnAlice, headers: { ...asBob, 'content-encoding': 'zstd' }, status: 404, code: 'BLOCK_NOT_FOUND' })],
+    'POST /checkouts/:id/commit': [() => ({ path: `/checkouts/${CO_BOB}/commit`, body: bobNamingAlice, headers: { ...asBob, 'content-type': CONTENT_MANIFEST }, status: 409, code: 'BLOCKS_MISSING', check: (r) => expect(r.json.error.data).toMatchObject({ count: 1, ids: [ALICE_BLOCK] }) })],
+    'POST /checkouts/:id/restore-points': [() => ({ path: `/checkouts/${CO_BOB}/restore-points`, body: bobNamingAlice, headers: { ...asBob, 'content-type': CONTENT_MANIFEST }, status: 409, code: 'BLOCKS_MISSING' })],
+    'GET /desktops/:name/restore-points': [() => ({ path: '/desktops/a-desk/restore-points', headers: asBob, status: 404, code: 'DESKTOP_NOT_FOUND' })],
+    'GET /checkouts/:id/manifest': [() => ({ path: `/checkouts/${CO}/manifest`, headers: asBob, status: 404, code: 'CHECKOUT_NOT_FOUND' })],
+    'POST /persona/chunks/missing': [() => ({ path: '/persona/chunks/missing', body: json({ ids: [CHUNK_A] }), headers: asBob, status: 200, check: (r) => expect(r.json).toEqual({ missing: [CHUNK_A] }) })],
+    'POST /persona/chunks/get': [() => ({ path: '/persona/chunks/get', body: json({ ids: [CHUNK_A], version: 1 }), headers: asBob, status: 404, code: 'BLOCK_NOT_FOUND' })],
+    'PUT /persona/blocks': [() => ({ path: '/persona/blocks?base=1', body: deltaOnAlicesFile, headers: asBob, status: 404, code: 'BLOCK_NOT_FOUND' })],
+    'POST /persona/push': [() => ({ path: '/persona/push', body: bobPushOfAlice, headers: { ...asBob, 'content-type': CONTENT_TAR }, status: 409, code: 'BLOCKS_MISSING', check: (r) => expect(r.json.error.data).toMatchObject({ ids: [CHUNK_A] }) })],
+  };
   /** Answered before authentication (handle() in http-server.ts): static, or counts only, so nothing of anyone's. */
   const PUBLIC = [
     { method: 'GET', path: '/', type: /^text\/html/ },
@@ -404,7 +434,12 @@ describe('authorization matrix over every HTTP route', () => {
     personaPushB = await pushBody(EMPTY_SNAP, EMPTY_SNAP, 1, 'a-desk');
     deltaOnAlicesFile = await tar([{ name: `r/${blockId(Buffer.from('what bob wants'))}/${SNAP_A.files[1]!.hash}`, data: Buffer.from('rs\x026') }]);
 
-    CO_BOB = (await ok('POST', '/desktops/b-desk/checkouts', t.bob, { device: 'bbbbbbbb-0000-4000-8000-000000000001', deviceName: 'bob-laptop' })).checkoutId;
+    CO_BOB = (await ok('POST', '/desktops/b-desk/checkouts', t.bob, { device: D_BOB, deviceName: 'bob-laptop' })).checkoutId;
+    const mb = decodeManifest((await send('GET', `${API_PREFIX}/checkouts/${CO_BOB}/manifest`, t.bob)).body);
+    mb.setId(2, ALICE_BLOCK);
+    bobNamingAlice = encodeManifest(mb);
+    bobPushOfAlice = await pushBody(EMPTY_SNAP, SNAP_A, 1, 'b-desk');
+    bobPatchOnAlice = await tar([{ name: `p/${blockId(Buffer.alloc(65536, 0xa2))}/${ALICE_BLOCK}`, data: Buffer.from([0, 0, 0, 0, 0, 0, 0, 1, 0xa2]) }], true);
 
     // The admin asks for a forced check-in of CO; revokes D_REV over HTTP and D_ADMIN_REV from the CLI.
     RID = (await ok('POST', `/admin/checkouts/${CO}/checkin`, t.root)).id;
@@ -518,6 +553,23 @@ describe('authorization matrix over every HTTP route', () => {
       const sent = `${o.path} ${JSON.stringify(o.headers ?? {})} ${Buffer.isBuffer(o.body) ? o.body.toString('latin1') : (o.body ?? '')}`;
       const answer = r.body.toString('latin1');
       expect(secrets().filter((s) => !sent.includes(s) && answer.includes(s))).toEqual([]);
+    });
+  });
+
+  it('5c. every route that names a block, chunk or manifest has cross-user rows', () => {
+    const naming = ROUTES.map(label).filter((l) => /blocks|chunks|manifest|commit|restore-points$|persona\/push/.test(l) && !l.includes('/admin/'));
+    expect(naming.length).toBeGreaterThanOrEqual(9);
+    expect(naming.filter((l) => !(l in CROSS))).toEqual([]);
+  });
+
+  describe("5c. B on his own checkout and persona, naming A's blocks and chunks: nothing learned, read or committed", () => {
+    it.each(Object.entries(CROSS).flatMap(([route, rows]) => rows.map((row, i) => ({ route, row, i }))))('$route #$i', async ({ route, row }) => {
+      const o = row();
+      const r = await call(route.split(' ')[0]!, t.bob, o);
+      expect(errorOf(r), r.body.toString().slice(0, 300)).toEqual({ status: o.status, code: o.code });
+      o.check?.(r);
+      const sent = `${o.path} ${Buffer.isBuffer(o.body) ? o.body.toString('latin1') : (o.body ?? '')}`;
+      expect(secrets().filter((x) => !sent.includes(x) && r.body.toString('latin1').includes(x))).toEqual([]);
     });
   });
 
@@ -664,5 +716,17 @@ describe('authorization matrix over every HTTP route', () => {
     } finally {
       sock.destroy();
     }
+  });
+
+  it("B sends the bytes of A's block himself (proof of possession): stored once, not reported as already held, and then his to name", async () => {
+    const before = (await server.admin(['status'])).json;
+    const up = await call('PUT', t.bob, { path: `/checkouts/${CO_BOB}/blocks`, body: await tar([{ name: `b/${ALICE_BLOCK}`, data: ALICE_BLOCK_BYTES }], true), headers: { ...asBob, 'content-encoding': 'zstd' } });
+    expect(up.status, up.body.toString()).toBe(200);
+    expect(up.json).toEqual({ stored: 1, alreadyHad: 0, plainBytes: 65536 });
+    const again = await call('POST', t.bob, { path: `/checkouts/${CO_BOB}/blocks/missing`, body: json({ ids: [ALICE_BLOCK] }), headers: asBob });
+    expect(again.json).toEqual({ missing: [] });
+    const after = (await server.admin(['status'])).json;
+    expect(after.blocks).toBe(before.blocks); // deduplicated: no new block stored
+    expect(after.storedBytes).toBe(before.storedBytes);
   });
 });
