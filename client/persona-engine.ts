@@ -38,6 +38,14 @@ export async function fetchPersona(state: LocalState, api: ApiClient, version: n
   const got = await api.persona(version);
   if (personaId(got.encoded) !== got.id) throw new CarryonError('BAD_REQUEST', 'the persona received does not match its id');
   const snapshot = decodePersona(got.encoded);
+  // Checked before anything is fetched or written: a version this laptop cannot use changes nothing here.
+  let regBytes: Uint8Array;
+  try {
+    regBytes = registryFileBytes(snapshot.registry);
+  } catch (err) {
+    throw new CarryonError('BAD_REQUEST', `the server's persona version ${got.version} holds a registry that cannot be read (${(err as Error).message}); nothing was changed on this laptop: ` +
+      'ask an admin to put your persona back to an earlier version (carryon-server persona restore USER VERSION)', { version: got.version });
+  }
   const wanted = [...new Set(snapshot.files.flatMap((f) => f.chunks))];
   const missing: BlockId[] = [];
   for (const id of wanted) if (!(await state.cache.has(id))) missing.push(id);
@@ -58,7 +66,7 @@ export async function fetchPersona(state: LocalState, api: ApiClient, version: n
   })));
   await fs.mkdir(path.join(dir, PROFILE_DIR), { recursive: true });
   await materializePersonaTree(path.join(dir, PROFILE_DIR), snapshot.files, state.cache, previous ? { previous: previous.files } : {});
-  await writeAtomically(path.join(dir, REGISTRY_FILE), registryFileBytes(snapshot.registry));
+  await writeAtomically(path.join(dir, REGISTRY_FILE), regBytes);
   return { version: got.version, snapshot, encoded: got.encoded, chunksFetched: missing.length };
 }
 

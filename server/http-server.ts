@@ -160,6 +160,12 @@ export class CarryonHttpServer {
       if (!Number.isInteger(days)) throw new CarryonError('BAD_REQUEST', 'days must be a whole number');
       return this.fleet.leaseCode(params[0]!, days as number, actor);
     }));
+    r('POST', '/admin/users/:name/persona/restore', admin(async ({ req, params, actor }) => {
+      const version = ((await readJson(req)) as { version?: unknown }).version;
+      if (!Number.isSafeInteger(version) || (version as number) < 1) throw new CarryonError('BAD_REQUEST', 'version must be a persona version number');
+      const user = this.meta.userByName(parseName(params[0], 'user'));
+      return this.personas.restore(user, version as number, (detail) => this.fleet.audit(actor, 'persona.restore', `user:${user.name}`, detail));
+    }));
     r('GET', '/admin/tokens', admin(async () => ({ tokens: this.fleet.tokens() })));
     r('POST', '/admin/tokens/:id/revoke', admin(async ({ params, actor }) => this.fleet.revokeToken(intOf(params[0]!), actor)));
     r('GET', '/admin/audit', admin(async ({ url }) => ({ audit: this.fleet.auditLog(url.searchParams.has('limit') ? intParam(url, 'limit') : 200) })));

@@ -253,4 +253,26 @@ export const MIGRATIONS: Migration[] = [
     `,
     fill: grantExistingBlocks,
   },
+  {
+    version: 10,
+    why: 'An admin can put a user\'s persona back to an earlier version (a bad push, a poisoned registry): the restore is a new version, source "restore", naming the version it copies (restored_from). SQLite cannot change a CHECK constraint in place, so the table is rebuilt.',
+    sql: `
+      CREATE TABLE persona_versions_new (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        version INTEGER NOT NULL,
+        snapshot_id TEXT NOT NULL REFERENCES persona_snapshots(id),
+        source TEXT NOT NULL CHECK (source IN ('initial', 'checkin', 'push', 'restore')),
+        device_name TEXT,
+        checkout_id TEXT,
+        merge_report TEXT,
+        created_at TEXT NOT NULL,
+        restored_from INTEGER,
+        PRIMARY KEY (user_id, version)
+      );
+      INSERT INTO persona_versions_new (user_id, version, snapshot_id, source, device_name, checkout_id, merge_report, created_at)
+        SELECT user_id, version, snapshot_id, source, device_name, checkout_id, merge_report, created_at FROM persona_versions;
+      DROP TABLE persona_versions;
+      ALTER TABLE persona_versions_new RENAME TO persona_versions;
+    `,
+  },
 ];

@@ -7,7 +7,9 @@ import type { Db } from './db.js';
 export interface PersonaVersionRow {
   version: number;
   snapshotId: BlockId;
-  source: 'initial' | 'checkin' | 'push';
+  source: 'initial' | 'checkin' | 'push' | 'restore';
+  /** For source 'restore': the version whose snapshot this one copies (migration 10). */
+  restoredFrom: number | null;
   deviceName: string | null;
   checkoutId: string | null;
   mergeReport: unknown;
@@ -22,10 +24,11 @@ interface Row {
   checkout_id: string | null;
   merge_report: string | null;
   created_at: string;
+  restored_from: number | null;
 }
 
 const toVersion = (r: Row): PersonaVersionRow => ({
-  version: r.version, snapshotId: r.snapshot_id, source: r.source, deviceName: r.device_name, checkoutId: r.checkout_id,
+  version: r.version, snapshotId: r.snapshot_id, source: r.source, restoredFrom: r.restored_from ?? null, deviceName: r.device_name, checkoutId: r.checkout_id,
   mergeReport: r.merge_report === null ? null : JSON.parse(r.merge_report), createdAt: r.created_at,
 });
 
@@ -69,11 +72,11 @@ export class SqlitePersonaMeta {
   }
 
   /** Append a version; run inside the caller's transaction when it goes with a disk commit. */
-  addVersion(userId: number, snapshotId: BlockId, v: { source: 'checkin' | 'push'; deviceName: string; checkoutId: string | null; mergeReport: unknown }): number {
+  addVersion(userId: number, snapshotId: BlockId, v: { source: 'checkin' | 'push' | 'restore'; deviceName: string | null; checkoutId: string | null; mergeReport: unknown; restoredFrom?: number }): number {
     const next = this.current(userId).version + 1;
     this.db
-      .prepare('INSERT INTO persona_versions (user_id, version, snapshot_id, source, device_name, checkout_id, merge_report, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
-      .run(userId, next, snapshotId, v.source, v.deviceName, v.checkoutId, v.mergeReport === null ? null : JSON.stringify(v.mergeReport), new Date().toISOString());
+      .prepare('INSERT INTO persona_versions (user_id, version, snapshot_id, source, device_name, checkout_id, merge_report, created_at, restored_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
+      .run(userId, next, snapshotId, v.source, v.deviceName, v.checkoutId, v.mergeReport === null ? null : JSON.stringify(v.mergeReport), new Date().toISOString(), v.restoredFrom ?? null);
     return next;
   }
 }

@@ -7,7 +7,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import {
-  applyDelta, applySnapshotDelta, blockId, CarryonError, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
+  applyDelta, applySnapshotDelta, blockId, CarryonError, checkRegistryText, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
   unpackEntries, type BlockId, type BlockStore, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../src/index.js';
 import { BlockIngest, BlockScope, readAhead } from './blocks.js';
@@ -137,6 +137,28 @@ export class PersonaService {
     return this.personas.putSnapshot(snapshot).id;
   }
 
+  /**
+   * An admin puts the user's persona back to an earlier version: a new version with that version's
+   * snapshot (history is never rewritten), audited through `audit` in the same transaction. Refused when
+   * that version's own registry is not valid (a persona stored before the server checked registries).
+   */
+  restore(user: User, version: number, audit: (detail: Record<string, unknown>) => void): { user: string; version: number; restoredFrom: number; changed: boolean } {
+    return this.meta.db.transaction(() => {
+      const from = this.personas.version(user.id, version);
+      if (!from) throw new CarryonError('NOT_FOUND', `user ${user.name} has no persona version ${version}`, { user: user.name, version });
+      try {
+        checkRegistryText(this.personas.snapshot(from.snapshotId).registry);
+      } catch (err) {
+        throw new CarryonError('BAD_REQUEST', `persona version ${version} of ${user.name} cannot be restored: ${(err as Error).message}; pick an earlier version (carryon-server persona history ${user.name})`, { user: user.name, version });
+      }
+      const current = this.personas.current(user.id);
+      if (from.snapshotId === current.snapshotId) return { user: user.name, version: current.version, restoredFrom: version, changed: false };
+      const v = this.personas.addVersion(user.id, from.snapshotId, { source: 'restore', deviceName: null, checkoutId: null, mergeReport: null, restoredFrom: version });
+      audit({ version: v, restoredFrom: version, previous: current.version });
+      return { user: user.name, version: v, restoredFrom: version, changed: true };
+    })();
+  }
+
   /** What an earlier commit of this checkout made of the persona (a commit repeated after a crash). */
   committedBy(user: User, checkoutId: string): PersonaCommitResult {
     const row = this.meta.db.prepare('SELECT version, merge_report FROM persona_versions WHERE user_id = ? AND checkout_id = ?').get(user.id, checkoutId) as
@@ -162,6 +184,12 @@ export class PersonaService {
     if (info.baseVersion !== current.version) {
       const base = this.personas.snapshot(baseRow.snapshotId);
       const theirs = this.personas.snapshot(current.snapshotId);
+      try {
+        checkRegistryText(theirs.registry);
+      } catch (err) {
+        throw new CarryonError('BAD_REQUEST', `${user.name}'s current persona version ${current.version} (stored before the server checked registries) cannot be merged: ${(err as Error).message}; ` +
+          `nothing was committed and the laptop keeps its copy: an admin restores an earlier version (carryon-server persona restore ${user.name} VERSION), then run the command again`, { version: current.version });
+      }
       const r = mergePersona(base, ours, theirs, {
         filePolicy: policies.filePolicy, registryPolicy: policies.registryPolicy, device: info.deviceName, oursTime: info.editedAt, theirsTime: Date.parse(current.createdAt),
       });

@@ -5,6 +5,7 @@
 import { CarryonError } from '../errors/index.js';
 import { isBlockId, sha256, type BlockId } from '../hash/index.js';
 import { checkPersonaPath, checkSymlinkTarget, personaPathKey } from './paths.js';
+import { applyToRegistry, decodeRegFile, Registry } from './registry/index.js';
 
 export const PERSONA_FORMAT = 'carryon-persona';
 export const PERSONA_VERSION = 1;
@@ -152,5 +153,21 @@ export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown): { snaps
   const snapshot = decodePersona(candidate);
   const encoded = encodePersona(snapshot);
   if (personaId(encoded) !== d.id) throw bad('applied to the base it does not give the snapshot it names');
+  // A registry every later merge and check-out must parse: refused here, it never becomes a version.
+  if (d.registry !== null) checkRegistryText(snapshot.registry);
   return { snapshot, encoded };
+}
+
+/**
+ * Check that a snapshot's registry is .reg text the persona merge can read ('' is an empty registry):
+ * BAD_REQUEST naming the line and column otherwise, with the parser's own code kept in `data.cause`.
+ */
+export function checkRegistryText(text: string): void {
+  if (text === '') return;
+  try {
+    applyToRegistry(new Registry(), decodeRegFile(Buffer.from(text, 'utf8'), { encoding: 'utf-8' }));
+  } catch (err) {
+    if (!(err instanceof CarryonError)) throw err;
+    throw new CarryonError('BAD_REQUEST', `the persona's registry is not a valid .reg file: ${err.message}`, { ...err.data, cause: err.code }, err);
+  }
 }

@@ -277,6 +277,12 @@ describe('authorization matrix over every HTTP route', () => {
       other: () => ({ path: '/admin/requests', status: 403, code: 'FORBIDDEN' }),
     },
     {
+      // alice's newest version already is version 2: the restore changes nothing (and later rows see the same persona)
+      method: 'POST', route: '/admin/users/:name/persona/restore', scope: 'admin',
+      owner: () => ({ token: () => t.root, path: '/admin/users/alice/persona/restore', body: json({ version: 2 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ user: 'alice', version: 2, restoredFrom: 2, changed: false }) }),
+      other: () => ({ path: '/admin/users/alice/persona/restore', body: json({ version: 1 }), status: 403, code: 'FORBIDDEN' }),
+    },
+    {
       method: 'GET', route: '/admin/tokens', scope: 'admin',
       owner: () => ({ token: () => t.root, path: '/admin/tokens', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.tokens.find((x: any) => x.id === REV_ID)).toMatchObject({ device: D_REV, revokedAt: expect.any(String) }) }),
       other: () => ({ path: '/admin/tokens', status: 403, code: 'FORBIDDEN' }),
