@@ -3,7 +3,7 @@
 // SERVER_UNREACHABLE.
 import http from 'node:http';
 import https from 'node:https';
-import { Readable, Transform } from 'node:stream';
+import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   API_PREFIX, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
@@ -60,6 +60,28 @@ export class ApiClient {
         headers: { authorization: `Bearer ${this.opts.token}`, [HEADER_DEVICE]: this.opts.device, ...headers, ...(Buffer.isBuffer(body) ? { 'content-length': String(body.length) } : {}) },
       });
       let answered: http.IncomingMessage | null = null;
+      // The upload's last stage: forwards to `req` until an error answer detaches it. Then the body is
+      // destroyed without taking `req` (and the answer still being read) down with it, as pipeline would.
+      let detached = false;
+      const sink = new Writable({
+        write: (chunk: Buffer, _e, cb) => {
+          if (detached) return cb();
+          this.bytesSent += chunk.length;
+          if (req.write(chunk)) return cb();
+          const go = (err?: Error): void => {
+            req.off('drain', go);
+            req.off('close', closed);
+            cb(err);
+          };
+          const closed = (): void => go(detached ? undefined : new Error('the connection closed during the upload'));
+          req.once('drain', go);
+          req.once('close', closed);
+        },
+        final: (cb) => {
+          if (!detached) req.end();
+          cb();
+        },
+      });
       req.on('error', (err) => {
         if (!answered) reject(unreachable(this.base, err));
       });
@@ -74,7 +96,7 @@ export class ApiClient {
         if ((res.statusCode ?? 500) < 300) return resolve(res);
         // Stop sending: the server has refused the request.
         if (body !== null && !Buffer.isBuffer(body)) {
-          body.unpipe();
+          detached = true;
           body.destroy();
         }
         const parts: Buffer[] = [];
@@ -101,13 +123,7 @@ export class ApiClient {
         this.bytesSent += body.length;
         req.end(body);
       } else {
-        const count = new Transform({
-          transform: (chunk: Buffer, _e, cb) => {
-            this.bytesSent += chunk.length;
-            cb(null, chunk);
-          },
-        });
-        pipeline(body, count, req).catch((err) => {
+        pipeline(body, sink).catch((err) => {
           if (answered) return; // the answer (an error the server sent) settles it
           if (err instanceof CarryonError) {
             req.destroy();

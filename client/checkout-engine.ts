@@ -2,10 +2,10 @@
 // The disk is assembled in PATH.partial and renamed to PATH only when every block is written, synced
 // and verified, so PATH is never a half-written disk. Re-running after a kill or a dropped connection
 // resumes: verified blocks are already in the cache and are not fetched again.
-import { closeSync, constants as fsc, fdatasyncSync, ftruncateSync, openSync, promises as fs, writeSync } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, fdatasyncSync, ftruncateSync, openSync, promises as fs, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import {
-  CarryonError, CheapHasher, decodeManifest, type CheckoutInfo, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
+  CarryonError, CheapHasher, diskSpace, fmtBytes, decodeManifest, type CheckoutInfo, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -133,7 +133,9 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   const toFetch: BlockId[] = [];
   for (const id of where.keys()) ((await state.cache.has(id)) ? cached : toFetch).push(id);
   const plainOf = (id: BlockId): number => manifest.lengthOf(where.get(id)![0]!);
-  const progress = new Progress(`checkout ${name}`, [...where.keys()].reduce((n, id) => n + plainOf(id), 0), opts.quiet);
+  const totalBytes = [...where.keys()].reduce((n, id) => n + plainOf(id), 0);
+  const progress = new Progress(`checkout ${name}`, totalBytes, opts.quiet);
+  let bytesDone = 0;
   const refetch: BlockId[] = [];
   let written = 0;
   let fetched = 0;
@@ -147,11 +149,15 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
       if (old !== null && (await state.cache.has(old))) baseOf.set(id, old);
     }
   }
+  // A disk that cannot hold the blocks still to write fails now, not half-way (the cache needs about as
+  // much again, compressed; a full disk later is reported the same way and resumes).
+  needSpace(name, partial, [...where.keys()].reduce((n, id) => n + plainOf(id) * where.get(id)!.length, 0));
   const pool = new CheckoutPool({ cacheRoot: state.cache.root, disk: partial, url: login.url, token: login.token, device: login.device, checkoutId: info.checkoutId,
     maxBlock: manifest.blockSize, baseVersion: baseOf.size > 0 ? local!.version : null }, (d) => {
     if (d.cheap === null) return void refetch.push(d.id);
     for (const i of where.get(d.id)!) cheap[i] = d.cheap;
     progress.add(d.plainBytes);
+    bytesDone += d.plainBytes;
     written++;
   });
   const jobs = (ids: BlockId[]): BlockJob[][] =>
@@ -162,8 +168,11 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
     const before = written;
     await pool.run('fetch', jobs(toFetch));
     fetched = written - before;
-  } finally {
     await pool.close(); // commits the workers' cache index and fsyncs the disk
+  } catch (err) {
+    await pool.close().catch(() => undefined); // the first failure is the one to report
+    throw diskFullHint(err, name, [disk, state.cache.root], totalBytes - bytesDone);
+  } finally {
     api.bytesReceived += pool.bytesReceived;
   }
   progress.finish();
@@ -303,4 +312,28 @@ async function finishStream(state: LocalState, api: ApiClient, local: LocalCheck
   } finally {
     lock.release();
   }
+}
+
+/** Refuse early when the file system of `file` lacks room for `bytes` of data (what `file` already holds counts). */
+function needSpace(name: string, file: string, bytes: number): void {
+  let held = 0;
+  try {
+    held = statSync(file).blocks * 512;
+  } catch {
+    /* not there yet */
+  }
+  const { free } = diskSpace(path.dirname(file));
+  const need = bytes - held;
+  if (need > free) {
+    throw new CarryonError('DISK_FULL', `checking out ${name} needs about ${fmtBytes(need)} more on ${path.dirname(file)}, and ${fmtBytes(free)} is free: ` +
+      `free space (or choose another place with --to) and run \`carryon checkout ${name}\` again`, { needBytes: need, freeBytes: free, path: path.dirname(file) });
+  }
+}
+
+/** A full disk met half-way: say how much is still to come and that a re-run resumes. */
+function diskFullHint(err: unknown, name: string, dirs: string[], remaining: number): unknown {
+  if (!(err instanceof CarryonError) || err.code !== 'DISK_FULL' || err.data.needBytes !== undefined) return err;
+  const free = dirs.map((d) => `${fmtBytes(diskSpace(existsSync(d) ? d : path.dirname(d)).free)} free on ${path.dirname(d)}`).join(', ');
+  return new CarryonError('DISK_FULL', `no space left on this laptop while checking out ${name}: about ${fmtBytes(remaining)} of the disk is still to come (and its compressed copy in the cache); ` +
+    `${free}. What arrived is kept: free space and run \`carryon checkout ${name}\` again to resume`, { needBytes: remaining, desktop: name }, err);
 }

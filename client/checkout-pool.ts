@@ -55,13 +55,19 @@ export class CheckoutPool {
     });
   }
 
-  /** Commit the workers' cache index, fsync the disk, stop the workers. */
+  /** Commit the workers' cache index, fsync the disk, stop the workers; the first failure of those is thrown. */
   async close(): Promise<void> {
+    const failures: CarryonError[] = [];
     await Promise.all(this.workers.map((w) => new Promise<void>((resolve) => {
-      w.on('message', (m: WorkerReply) => m.kind === 'closed' && resolve());
+      w.on('message', (m: WorkerReply) => {
+        if (m.kind !== 'closed') return;
+        if (m.code) failures.push(new CarryonError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message ?? 'closing the check-out failed'));
+        resolve();
+      });
       w.once('exit', () => resolve());
       w.postMessage({ kind: 'close' } satisfies WorkerRequest);
     })));
     await Promise.all(this.workers.map((w) => w.terminate()));
+    if (failures.length > 0) throw failures[0];
   }
 }

@@ -6,7 +6,7 @@
 import { closeSync, fdatasync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import {
-  applyBlockPatch, CarryonError, CheapHasher, decodeVerified, encodeBlock, getBlock, MAX_UPLOAD_ENTRY_BYTES, PackBlockStore, parseUploadEntryName, verifyPlain,
+  applyBlockPatch, asCarryonError, CarryonError, CheapHasher, decodeVerified, encodeBlock, getBlock, MAX_UPLOAD_ENTRY_BYTES, PackBlockStore, parseUploadEntryName, verifyPlain,
   type BlockId,
 } from '../src/index.js';
 import { CACHE_LEVEL } from './state.js';
@@ -34,7 +34,7 @@ export type WorkerReply =
   | { kind: 'progress'; seq: number; done: BlockDone[] }
   | { kind: 'finished'; seq: number; bytesReceived: number }
   | { kind: 'error'; seq: number; code: string; message: string }
-  | { kind: 'closed' };
+  | { kind: 'closed'; code?: string; message?: string };
 
 export interface WorkerInit {
   cacheRoot: string;
@@ -179,20 +179,27 @@ const api = new ApiClient({ url: init.url, token: init.token, device: init.devic
 parentPort!.on('message', (msg: WorkerRequest) => {
   if (msg.kind === 'close') {
     api.close();
-    void cache.close().then(async () => {
-      await Promise.all(writebacks);
-      fsyncSync(fd);
+    // A failure here (the disk full when the last appends are flushed) is reported, never left uncaught.
+    void (async () => {
+      let failure: CarryonError | null = null;
+      for (const step of [() => cache.close(), () => Promise.all(writebacks), async () => fsyncSync(fd)]) {
+        try {
+          await step();
+        } catch (err) {
+          failure ??= asCarryonError(err);
+        }
+      }
       closeSync(fd);
-      post({ kind: 'closed' });
-    });
+      post(failure ? { kind: 'closed', code: failure.code, message: failure.message } : { kind: 'closed' });
+    })();
     return;
   }
   const before = api.bytesReceived;
   (msg.kind === 'fetch' ? fetch(api, msg.seq, msg.jobs) : fromCache(msg.seq, msg.jobs)).then(
     () => post({ kind: 'finished', seq: msg.seq, bytesReceived: api.bytesReceived - before }),
     (err: unknown) => {
-      const e = err instanceof CarryonError ? err : new CarryonError('INTERNAL', String((err as Error)?.message ?? err));
-      post({ kind: 'error', seq: msg.seq, code: e.code, message: e.message });
+      const e = asCarryonError(err); // an fs error keeps its meaning (DISK_FULL, IO_ERROR) across the thread
+      post({ kind: 'error', seq: msg.seq, code: e.code, message: e.code === 'INTERNAL' ? String((err as Error)?.message ?? err) : e.message });
     },
   );
 });

@@ -5,7 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
-  API_PREFIX, asCarryonError, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
+  API_PREFIX, asCarryonError, diskSpace, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
   manifestId, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
   parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseDesktopPolicy, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
@@ -23,6 +23,8 @@ import { CONSOLE_CSP, CONSOLE_HTML } from './console-page.js';
 const IDLE_TIMEOUT_MS = 120_000;
 /** Requests one user may have in flight at once (a laptop uses at most 4 connections per command). */
 const MAX_IN_FLIGHT_PER_USER = 32;
+/** Uploads are refused (DISK_FULL) while the data folder has less than this free (start --min-free). */
+const DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024;
 /** Largest manifest a commit may carry: 128 MiB = 4M blocks, 256 GiB at 64 KiB blocks. */
 const MAX_MANIFEST_BYTES = 128 * 1024 * 1024;
 
@@ -54,7 +56,7 @@ export class CarryonHttpServer {
   private readonly liveSockets = new Set<Socket>();
 
   constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly personas: PersonaService, private readonly log: Logger,
-    private readonly fleet: SqliteFleetMeta = new SqliteFleetMeta(meta.db)) {
+    private readonly fleet: SqliteFleetMeta = new SqliteFleetMeta(meta.db), private readonly opts: { dataRoot?: string; minFreeBytes?: number } = {}) {
     this.manifests = new ManifestCache(meta);
     this.server = http.createServer((req, res) => void this.handle(req, res));
     // Bytes in and out, counted per connection (headers included): closed ones added up, open ones read live.
@@ -172,7 +174,10 @@ export class CarryonHttpServer {
     r('GET', '/persona', (c) => this.sendPersona(c));
     r('POST', '/persona/chunks/get', (c) => this.sendPersonaChunks(c));
     r('POST', '/persona/chunks/missing', async ({ req, user }) => ({ missing: this.personas.missing(user, parseIdList(await readJson(req), MAX_QUERY_IDS)) }));
-    r('PUT', '/persona/blocks', async ({ req, url, user }) => this.personas.ingest(user, intParam(url, 'base'), requestBody(req, MAX_PERSONA_UPLOAD_BYTES)));
+    r('PUT', '/persona/blocks', async ({ req, url, user }) => {
+      this.needSpace();
+      return this.personas.ingest(user, intParam(url, 'base'), requestBody(req, MAX_PERSONA_UPLOAD_BYTES));
+    });
     r('POST', '/persona/push', (c) => this.pushPersona(c));
   }
 
@@ -215,7 +220,7 @@ export class CarryonHttpServer {
         liveIn += sock.bytesRead;
         liveOut += sock.bytesWritten;
       }
-      res.end(this.metrics.render(this.meta, this.fleet, liveIn, liveOut));
+      res.end(this.metrics.render(this.meta, this.fleet, liveIn, liveOut, this.opts.dataRoot ? diskSpace(this.opts.dataRoot) : null));
       return;
     }
     try {
@@ -234,12 +239,12 @@ export class CarryonHttpServer {
         sendJson(res, 200, out);
       }
     } catch (err) {
-      const e = asCarryonError(err);
+      const e = forClient(asCarryonError(err));
       status = httpStatusOf(e.code);
       this.metrics.failure(e.code);
       const gone = (err as NodeJS.ErrnoException)?.code === 'ERR_STREAM_PREMATURE_CLOSE';
       if (gone) this.log({ level: 'warn', msg: 'client closed the connection mid-response', path: url.pathname });
-      else if (e.code === 'INTERNAL') this.log({ level: 'error', msg: 'internal error', error: String((err as Error)?.stack ?? err) });
+      else if (e.code === 'INTERNAL' || e.code === 'IO_ERROR' || e.code === 'DISK_FULL') this.log({ level: 'error', msg: e.code === 'INTERNAL' ? 'internal error' : e.message, error: String((err as Error)?.stack ?? err) });
       if (!res.headersSent) {
         // Unread body bytes would be taken as the next request: close the connection once answered (and
         // say so), after reading a bounded rest of the body so that the client can read the answer.
@@ -447,8 +452,20 @@ export class CarryonHttpServer {
     return { missing: this.scopeOf(this.meta.checkoutFor(user, params[0]!)).missing(ids) };
   }
 
+  /**
+   * Refuse to start storing when the data folder's file system is nearly full: a request would fail
+   * half-way anyway, and the last bytes are better left to SQLite for its commits.
+   */
+  private needSpace(): void {
+    if (!this.opts.dataRoot) return;
+    const { free } = diskSpace(this.opts.dataRoot);
+    const min = this.opts.minFreeBytes ?? DEFAULT_MIN_FREE_BYTES;
+    if (free < min) throw new CarryonError('DISK_FULL', `only ${free} bytes are free in the server's data folder, below the ${min} kept in reserve`, { free });
+  }
+
   private async upload({ req, user, params, claimedDevice }: Ctx) {
     const co = this.activeCheckout(user, params[0]!, claimedDevice);
+    this.needSpace();
     // Stream faults are TAR_INVALID from unpackEntries; anything else (a full disk) keeps its own code.
     return ingestUpload(this.meta, this.store, this.baseOf(co), this.scopeOf(co), requestBody(req, MAX_UPLOAD_REQUEST_BYTES));
   }
@@ -538,4 +555,17 @@ function parseJsonPart(buf: Buffer): unknown {
   } catch {
     throw new CarryonError('BAD_REQUEST', 'a JSON part of the request is not valid JSON');
   }
+}
+
+/**
+ * What the client may see of an error: the server's own file and disk failures keep their code but not
+ * their paths or errno text (logged instead), and say what happens next.
+ */
+function forClient(e: CarryonError): CarryonError {
+  if (e.code === 'DISK_FULL') {
+    return new CarryonError('DISK_FULL', 'the server has no space left to store this: nothing was lost and nothing changed; an admin must free space on the server (carryon-server status shows how much is free), then run the command again',
+      { where: 'server' }, e);
+  }
+  if (e.code === 'IO_ERROR') return new CarryonError('IO_ERROR', 'the server could not read or write its data folder; nothing changed: the admin should check the server log', { where: 'server' }, e);
+  return e;
 }

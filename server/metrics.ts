@@ -2,6 +2,7 @@
 // Owns: request and byte counters, failures by error code, commit (check-in) durations as a histogram,
 // and gauges read from the database at scrape time (active checkouts, expired leases, stored bytes).
 // Names only, never user, desktop or token values: a scrape reveals no identities.
+import type { DiskSpace } from '../src/index.js';
 import type { SqliteFleetMeta } from './fleet-meta.js';
 import type { SqliteMeta } from './meta.js';
 
@@ -34,7 +35,7 @@ export class Metrics {
   }
 
   /** `liveIn`/`liveOut`: bytes so far on connections still open. */
-  render(meta: SqliteMeta, fleet: SqliteFleetMeta, liveIn = 0, liveOut = 0): string {
+  render(meta: SqliteMeta, fleet: SqliteFleetMeta, liveIn = 0, liveOut = 0, space: DiskSpace | null = null): string {
     const out: string[] = [];
     const metric = (name: string, type: string, help: string, lines: string[]): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
@@ -47,6 +48,10 @@ export class Metrics {
     metric('carryon_pending_bytes', 'gauge', 'Bytes the devices last reported as not yet sent, summed.', [`carryon_pending_bytes ${active.reduce((n, c) => n + (c.pendingBytes ?? 0), 0)}`]);
     metric('carryon_stored_bytes', 'gauge', 'Bytes in the block store (compressed).', [`carryon_stored_bytes ${s.storedBytes}`]);
     metric('carryon_desktops', 'gauge', 'Desktops.', [`carryon_desktops ${s.desktops}`]);
+    if (space) {
+      metric('carryon_data_free_bytes', 'gauge', 'Bytes free on the file system of the data folder (uploads are refused below 64 MiB).', [`carryon_data_free_bytes ${space.free}`]);
+      metric('carryon_data_size_bytes', 'gauge', 'Size of the file system of the data folder.', [`carryon_data_size_bytes ${space.total}`]);
+    }
     metric('carryon_http_requests_total', 'counter', 'HTTP requests by method, route and status.', [...this.requests].map(([k, v]) => `carryon_http_requests_total{${k}} ${v}`));
     metric('carryon_http_received_bytes_total', 'counter', 'Bytes received over HTTP (headers and bodies).', [`carryon_http_received_bytes_total ${this.bytesIn + liveIn}`]);
     metric('carryon_http_sent_bytes_total', 'counter', 'Bytes sent over HTTP (headers and bodies).', [`carryon_http_sent_bytes_total ${this.bytesOut + liveOut}`]);

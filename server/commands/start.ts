@@ -20,16 +20,19 @@ function parseListen(s: string): { host: string; port: number } {
 export function registerStart(program: Command): void {
   withCommonOptions(program.command('start').description('serve the HTTP API'))
     .option('--listen <host:port>', 'address to listen on; port 0 picks a free one', '127.0.0.1:7480')
+    .option('--min-free <bytes>', 'refuse uploads (DISK_FULL) while the data folder has less than this free (or CARRYON_MIN_FREE)', process.env.CARRYON_MIN_FREE ?? String(64 * 1024 * 1024))
     .action(async (_o, cmd: Command) => {
       const opts = optsOf(cmd);
       try {
         const { host, port } = parseListen(String(opts.listen));
+        const minFreeBytes = Number(opts.minFree);
+        if (!Number.isSafeInteger(minFreeBytes) || minFreeBytes < 0) throw new CarryonError('INVALID_ARGUMENT', `--min-free must be a number of bytes, got ${String(opts.minFree)}`);
         const d = openDataDir(dataDirOf(opts));
         const log = (f: Record<string, unknown>): void => void process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...f })}\n`);
         const meta = new SqliteMeta(d.db);
         const personas = new PersonaService(meta, new SqlitePersonaMeta(d.db), d.store, path.join(d.root, 'tmp'));
         mkdirSync(path.join(d.root, 'tmp'), { recursive: true });
-        const server = new CarryonHttpServer(meta, d.store, personas, log);
+        const server = new CarryonHttpServer(meta, d.store, personas, log, undefined, { dataRoot: d.root, minFreeBytes });
         const url = await server.listen(host, port);
         process.stdout.write(opts.json ? `${JSON.stringify({ url })}\n` : `carryon-server listening on ${url}\n`);
         const stop = async (): Promise<void> => {

@@ -1,5 +1,6 @@
 // carryon-server status: counts, desktops and the stored-versus-logical bytes.
 import type { Command } from 'commander';
+import { diskSpace } from '../../src/index.js';
 import { fmtBytes, withData } from '../cli-util.js';
 import { optsOf, withCommonOptions } from './options.js';
 
@@ -8,10 +9,11 @@ export function registerStatus(program: Command): void {
     await withData(optsOf(cmd), (d, meta) => {
       const s = meta.stats();
       const savedRatio = s.storedBytes > 0 ? s.logicalBytes / s.storedBytes : 0;
-      return { data: d.root, ...s, savingRatio: Number(savedRatio.toFixed(2)), desktops: meta.listDesktops(null), desktopCount: s.desktops };
+      const space = diskSpace(d.root);
+      return { data: d.root, ...s, savingRatio: Number(savedRatio.toFixed(2)), freeBytes: space.free, diskBytes: space.total, desktops: meta.listDesktops(null), desktopCount: s.desktops };
     }, (r) => {
       const lines = [
-        `data ${r.data}`,
+        `data ${r.data}: ${fmtBytes(r.freeBytes)} free of ${fmtBytes(r.diskBytes)}${r.freeBytes < 64 * 1024 * 1024 ? ' (FULL: uploads are refused until space is freed)' : ''}`,
         `${r.users} users, ${r.images} images (${r.imageVersions} versions), ${r.desktopCount} desktops (${r.desktopVersions} versions), ${r.activeCheckouts} checked out`,
         `logical ${fmtBytes(r.logicalBytes)} (${fmtBytes(r.logicalDataBytes)} non-hole) stored as ${fmtBytes(r.storedBytes)} in ${r.blocks} blocks` +
           ` (${fmtBytes(r.uniquePlainBytes)} before compression): ${r.savingRatio}x`,

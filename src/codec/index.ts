@@ -108,7 +108,10 @@ export function createCompressStream(level = 3): Duplex {
       z.end(cb);
     },
     destroy(err, cb) {
-      z.destroy(err ?? undefined);
+      // Only a failure stops the compressor: a plain destroy is autoDestroy after 'finish', which comes
+      // while the compressor may still hold the frame's last bytes for a slow reader (destroying it then
+      // cut uploads short with ERR_STREAM_PREMATURE_CLOSE now and then).
+      if (err) z.destroy(err);
       cb(err);
     },
   });

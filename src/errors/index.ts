@@ -86,6 +86,11 @@ export function exitCodeOf(code: ErrorCode): number {
 export function asCarryonError(err: unknown): CarryonError {
   if (err instanceof CarryonError) return err;
   const e = err as NodeJS.ErrnoException | undefined;
+  // A full disk is its own condition, whoever met it (a file write, or SQLite's SQLITE_FULL): nothing is
+  // lost, and the remedy (free space, retry) differs from other I/O failures.
+  if (e && (e.code === 'ENOSPC' || e.code === 'EDQUOT' || e.code === 'SQLITE_FULL')) {
+    return new CarryonError('DISK_FULL', `no space left on the device${e.path ? ` holding ${e.path}` : ''} (${e.code})`, { errno: e.code, path: e.path }, err);
+  }
   if (e && typeof e.code === 'string' && /^E[A-Z]+$/.test(e.code) && typeof e.syscall === 'string') {
     return new CarryonError('IO_ERROR', `${e.syscall} failed: ${e.message}`, { errno: e.code, path: e.path }, err);
   }

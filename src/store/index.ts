@@ -14,6 +14,7 @@ export { FsBlockStore, syncFileSystem, type FsBlockStoreOptions } from './fs-blo
 export { MemoryBlockStore } from './memory-block-store.js';
 export { PackBlockStore } from './pack-block-store.js';
 export { getBlock, putBlock, checkPut } from './verify.js';
+export { diskSpace, type DiskSpace } from './disk-space.js';
 
 /** Open a store by URL scheme: `file:///path` or a bare path, `pack:///path`, `memory:`. A new backend adds one line. */
 export function openBlockStore(url: string, opts: FsBlockStoreOptions = {}): BlockStore {
