@@ -1,7 +1,8 @@
 // nbd: the server side of the Network Block Device protocol (doc/proto.md of NetworkBlockDevice/nbd):
 // the fixed newstyle handshake, option haggling (GO, INFO, EXPORT_NAME, LIST, ABORT), and the
 // transmission phase with simple replies (READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, DISC; FUA).
-// Owns: parsing every byte a client sends (untrusted) and encoding replies; the NbdExport interface.
+// Owns: parsing every byte a client sends (untrusted) and encoding replies; the NbdExport interface;
+// what one connection may hold in memory (its byte budget), whatever its client does.
 // Must not know: files, checkouts, HTTP. It never opens a listener: the caller accepts connections
 // and hands each socket to serveNbdConnection.
 import type { Duplex } from 'node:stream';
@@ -37,6 +38,14 @@ export const NBD_MAX_PAYLOAD = 32 * 1024 * 1024;
 const MAX_OPTION_BYTES = 64 * 1024;
 /** Requests handled at once per connection; the next header is read when one finishes. */
 const MAX_IN_FLIGHT = 64;
+/**
+ * Bytes one connection may hold before it stops taking requests: replies queued on its socket, plus
+ * the payloads and reply buffers of requests being handled. Checked before each request, so one
+ * request (at most NBD_MAX_PAYLOAD) can go past it. Twice the largest request: a client pipelining
+ * maximum-size reads keeps one being read while one is sent, and a client that never reads its
+ * replies costs no more than this (then it waits: other connections go on).
+ */
+export const NBD_CONNECTION_BUDGET = 2 * NBD_MAX_PAYLOAD;
 
 /** What a connection reads and writes. Offsets and lengths are checked against `size` before any call. */
 export interface NbdExport {
@@ -71,6 +80,8 @@ export interface NbdConnectionOptions {
   list(): string[];
   /** Told of each request that failed, with the errno sent (for logs). */
   onError?(err: unknown, errno: number): void;
+  /** Told when the connection stops taking requests (its budget or request limit is reached) and when it takes them again. */
+  onBackpressure?(waiting: boolean): void;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -301,7 +312,18 @@ export function parseInfoRequest(data: Buffer): { name: string; requests: number
 }
 
 async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdConnectionOptions): Promise<void> {
-  const inFlight = new Set<Promise<void>>();
+  const running = new Set<Promise<void>>();
+  // Bytes of requests being handled (payloads, reply buffers not yet given to the socket); with the
+  // socket's queue and the pending small replies, what the budget bounds.
+  let held = 0;
+  let waiter: (() => void) | null = null;
+  const wake = (): void => {
+    const w = waiter;
+    waiter = null;
+    w?.();
+  };
+  socket.on('drain', wake);
+  socket.on('close', wake);
   // Replies without data (writes, flushes, errors) are gathered and sent once per turn of the event
   // loop: one 16-byte write per request measured as a large share of the write path's time.
   let small: Buffer[] = [];
@@ -319,7 +341,7 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
       sendSmall(); // keep replies in the order they were produced
       socket.cork();
       socket.write(h);
-      socket.write(data);
+      socket.write(data, wake);
       process.nextTick(() => socket.uncork());
       return;
     }
@@ -330,16 +352,22 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
     opts.onError?.(err, errno);
     reply(handle, errno);
   };
-  const track = (p: Promise<void>): void => {
-    inFlight.add(p);
-    void p.finally(() => inFlight.delete(p));
+  const track = (p: Promise<void>, cost: number): void => {
+    held += cost;
+    running.add(p);
+    void p.finally(() => {
+      held -= cost;
+      running.delete(p);
+      wake();
+    });
   };
   // A read whose data is not exactly the length asked would put the stream out of step: EIO instead.
   const answer = (handle: Buffer, out: Buffer | void, expect: number): void => {
     if (out && out.length !== expect) return fail(handle, new NbdIoError(NBD_ERRNO.EIO, `export returned ${out.length} bytes for a read of ${expect}`));
     reply(handle, 0, out ?? undefined);
   };
-  const run = (handle: Buffer, work: () => Promise<Buffer | void> | Buffer | void, expect = 0): void => {
+  /** `cost`: bytes the request holds until it is answered (its payload, or its reply's data). */
+  const run = (handle: Buffer, work: () => Promise<Buffer | void> | Buffer | void, expect = 0, cost = 0): void => {
     let out: Promise<Buffer | void> | Buffer | void;
     try {
       out = work();
@@ -348,7 +376,7 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
     }
     // Most requests finish synchronously (page-cache I/O): answer at once, no promise to track.
     if (!(out instanceof Promise)) return answer(handle, out, expect);
-    track(out.then((b) => answer(handle, b, expect), (err: unknown) => fail(handle, err)));
+    track(out.then((b) => answer(handle, b, expect), (err: unknown) => fail(handle, err)), cost);
   };
   // Read replies are built in reused buffers: header and data in one write, no garbage per request.
   const pool = new ReplyPool();
@@ -359,7 +387,11 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
     handle.copy(buf, 8);
     const send = (): void => {
       sendSmall();
-      socket.write(buf, () => pool.give(buf));
+      // From here the socket's queue counts these bytes; the callback frees them once the kernel has them.
+      socket.write(buf, () => {
+        pool.give(buf);
+        wake();
+      });
     };
     let r: Promise<void> | void;
     try {
@@ -372,81 +404,87 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
     track(r.then(send, (err: unknown) => {
       pool.give(buf);
       fail(handle, err);
-    }));
+    }), buf.length);
   };
-  for (;;) {
-    while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);
-    if (socket.writableLength > 2 * NBD_MAX_PAYLOAD) {
-      await new Promise<void>((r) => {
-        const done = (): void => {
-          socket.off('drain', done);
-          socket.off('close', done);
-          r();
-        };
-        socket.once('drain', done);
-        socket.once('close', done);
-      });
-      if (socket.destroyed) return;
-    }
-    const h = await q.read(28);
-    if (h.readUInt32BE(0) !== NBD_REQUEST_MAGIC) throw new Error('bad request magic');
-    const flags = h.readUInt16BE(4);
-    const type = h.readUInt16BE(6);
-    const handle = Buffer.from(h.subarray(8, 16));
-    const offset = Number(h.readBigUInt64BE(16));
-    const length = h.readUInt32BE(24);
-    const fua = (flags & NBD_CMD_FLAG.FUA) !== 0;
-    const inRange = offset + length <= exp.size;
-    if (type === NBD_CMD.WRITE) {
-      if (length > NBD_MAX_PAYLOAD) throw new Error('write payload too large'); // cannot stay in sync cheaply: close
-      if (exp.writev) {
-        const got = q.readChunks(length);
-        const chunks = got instanceof Promise ? await got : got;
+  const overBudget = (): boolean => held + socket.writableLength + 16 * small.length > NBD_CONNECTION_BUDGET;
+  try {
+    for (;;) {
+      if (running.size >= MAX_IN_FLIGHT || overBudget()) {
+        // Stop taking requests (their bytes wait in the socket, and the ByteQueue pauses it) until replies
+        // reach the kernel or requests finish. A client that never reads its replies stays here.
+        opts.onBackpressure?.(true);
+        while (running.size >= MAX_IN_FLIGHT || overBudget()) {
+          if (socket.destroyed) return;
+          if (small.length > 0) {
+            sendSmall(); // gathered replies must reach the socket before we wait for it to drain
+            continue;
+          }
+          await new Promise<void>((r) => {
+            waiter = r;
+          });
+        }
+        opts.onBackpressure?.(false);
+      }
+      const h = await q.read(28);
+      if (h.readUInt32BE(0) !== NBD_REQUEST_MAGIC) throw new Error('bad request magic');
+      const flags = h.readUInt16BE(4);
+      const type = h.readUInt16BE(6);
+      const handle = Buffer.from(h.subarray(8, 16));
+      const offset = Number(h.readBigUInt64BE(16));
+      const length = h.readUInt32BE(24);
+      const fua = (flags & NBD_CMD_FLAG.FUA) !== 0;
+      const inRange = offset + length <= exp.size;
+      if (type === NBD_CMD.WRITE) {
+        if (length > NBD_MAX_PAYLOAD) throw new Error('write payload too large'); // cannot stay in sync cheaply: close
+        const got = exp.writev ? q.readChunks(length) : q.read(length);
+        const payload = got instanceof Promise ? await got : got;
         if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
         else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
-        else run(handle, () => (length === 0 ? undefined : exp.writev!(offset, chunks, fua)));
+        else if (Array.isArray(payload)) run(handle, () => (length === 0 ? undefined : exp.writev!(offset, payload, fua)), 0, length);
+        else run(handle, () => (length === 0 ? undefined : exp.write(offset, payload, fua)), 0, length);
         continue;
       }
-      const data = await q.read(length);
-      if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
-      else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
-      else run(handle, () => (length === 0 ? undefined : exp.write(offset, data, fua)));
-      continue;
-    }
-    switch (type) {
-      case NBD_CMD.READ:
-        if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
-        else if (length > NBD_MAX_PAYLOAD) reply(handle, NBD_ERRNO.EOVERFLOW);
-        else if (exp.readInto && length > 0) readReply(handle, offset, length);
-        else run(handle, () => (length === 0 ? undefined : exp.read(offset, length)), length);
-        break;
-      case NBD_CMD.DISC:
-        await Promise.allSettled([...inFlight]);
-        sendSmall();
-        socket.end();
-        return;
-      case NBD_CMD.FLUSH: {
-        // Covers every write answered before it arrived; wait for those still running too (stricter, simpler).
-        const before = [...inFlight];
-        run(handle, async () => {
-          await Promise.allSettled(before);
-          await exp.flush();
-        });
-        break;
+      switch (type) {
+        case NBD_CMD.READ:
+          if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
+          else if (length > NBD_MAX_PAYLOAD) reply(handle, NBD_ERRNO.EOVERFLOW);
+          else if (exp.readInto && length > 0) readReply(handle, offset, length);
+          else run(handle, () => (length === 0 ? undefined : exp.read(offset, length)), length, 16 + length);
+          break;
+        case NBD_CMD.DISC:
+          await Promise.allSettled([...running]);
+          sendSmall();
+          socket.end();
+          return;
+        case NBD_CMD.FLUSH: {
+          // Covers every write answered before it arrived; wait for those still running too (stricter, simpler).
+          const before = [...running];
+          run(handle, async () => {
+            await Promise.allSettled(before);
+            await exp.flush();
+          });
+          break;
+        }
+        case NBD_CMD.TRIM:
+        case NBD_CMD.WRITE_ZEROES:
+          if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
+          else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
+          else run(handle, () => (length === 0 ? undefined : exp.zero(offset, length, fua, type === NBD_CMD.TRIM)));
+          break;
+        case NBD_CMD.CACHE: {
+          // A hint: warm (or, streaming, fetch) at most one maximum-size read of it, counted while it runs.
+          const n = Math.min(length, NBD_MAX_PAYLOAD);
+          if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
+          else run(handle, async () => void (n === 0 ? undefined : await exp.read(offset, n)), 0, n);
+          break;
+        }
+        default:
+          reply(handle, NBD_ERRNO.EINVAL);
       }
-      case NBD_CMD.TRIM:
-      case NBD_CMD.WRITE_ZEROES:
-        if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
-        else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
-        else run(handle, () => (length === 0 ? undefined : exp.zero(offset, length, fua, type === NBD_CMD.TRIM)));
-        break;
-      case NBD_CMD.CACHE:
-        if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
-        else run(handle, async () => void (length === 0 ? undefined : await exp.read(offset, Math.min(length, NBD_MAX_PAYLOAD))));
-        break;
-      default:
-        reply(handle, NBD_ERRNO.EINVAL);
     }
+  } finally {
+    socket.off('drain', wake);
+    socket.off('close', wake);
   }
 }
 
