@@ -1,6 +1,7 @@
 // nbd: the server side of the Network Block Device protocol (doc/proto.md of NetworkBlockDevice/nbd):
 // the fixed newstyle handshake, option haggling (GO, INFO, EXPORT_NAME, LIST, ABORT), and the
-// transmission phase with simple replies (READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, DISC; FUA).
+// transmission phase with simple replies (READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, DISC; FUA,
+// NO_HOLE), each request's flags, lengths and range checked against what was negotiated.
 // Owns: parsing every byte a client sends (untrusted) and encoding replies; the NbdExport interface;
 // what one connection may hold in memory (its byte budget), whatever its client does.
 // Must not know: files, checkouts, HTTP. It never opens a listener: the caller accepts connections
@@ -26,10 +27,11 @@ export const NBD_REP = {
 export const NBD_INFO = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const;
 
 export const NBD_TFLAG = {
-  HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, ROTATIONAL: 16, SEND_TRIM: 32, SEND_WRITE_ZEROES: 64, CAN_MULTI_CONN: 256, SEND_CACHE: 1024,
+  HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, ROTATIONAL: 16, SEND_TRIM: 32, SEND_WRITE_ZEROES: 64, SEND_DF: 128, CAN_MULTI_CONN: 256,
+  SEND_CACHE: 1024, SEND_FAST_ZERO: 2048,
 } as const;
 export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6 } as const;
-export const NBD_CMD_FLAG = { FUA: 1, NO_HOLE: 2 } as const;
+export const NBD_CMD_FLAG = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16 } as const;
 export const NBD_ERRNO = { EPERM: 1, EIO: 5, ENOMEM: 12, EINVAL: 22, ENOSPC: 28, EOVERFLOW: 75, ENOTSUP: 95, ESHUTDOWN: 108 } as const;
 
 /** Largest READ/WRITE payload we accept (advertised as the maximum block size). */
@@ -47,7 +49,7 @@ const MAX_IN_FLIGHT = 64;
  */
 export const NBD_CONNECTION_BUDGET = 2 * NBD_MAX_PAYLOAD;
 
-/** What a connection reads and writes. Offsets and lengths are checked against `size` before any call. */
+/** What a connection reads and writes. Flags, offsets and lengths are checked (against `size`) before any call. */
 export interface NbdExport {
   readonly name: string;
   readonly size: number;
@@ -311,7 +313,43 @@ export function parseInfoRequest(data: Buffer): { name: string; requests: number
   return { name, requests };
 }
 
+/**
+ * The errno for a request this server must refuse before doing anything, or 0. Flags are checked
+ * against what this connection negotiated: FUA (advertised on every export) is valid on any command;
+ * NO_HOLE only on WRITE_ZEROES; FAST_ZERO, DF and REQ_ONE never (no SEND_FAST_ZERO, no structured
+ * replies, no BLOCK_STATUS). Lengths were checked against NBD_MAX_PAYLOAD where a payload follows.
+ */
+function checkRequest(exp: NbdExport, tflags: number, type: number, flags: number, offset: number, length: number): number {
+  let allowed = tflags & NBD_TFLAG.SEND_FUA ? NBD_CMD_FLAG.FUA : 0;
+  switch (type) {
+    case NBD_CMD.READ:
+      if (tflags & NBD_TFLAG.SEND_DF) allowed |= NBD_CMD_FLAG.DF;
+      break;
+    case NBD_CMD.WRITE_ZEROES:
+      allowed |= NBD_CMD_FLAG.NO_HOLE; // must be accepted wherever WRITE_ZEROES is; zeros are written, never punched
+      if (tflags & NBD_TFLAG.SEND_FAST_ZERO) allowed |= NBD_CMD_FLAG.FAST_ZERO;
+      break;
+    case NBD_CMD.WRITE:
+    case NBD_CMD.FLUSH:
+    case NBD_CMD.TRIM:
+    case NBD_CMD.CACHE:
+      break;
+    default:
+      return NBD_ERRNO.EINVAL; // unknown, or not negotiated (BLOCK_STATUS)
+  }
+  if ((flags & ~allowed) !== 0) return NBD_ERRNO.EINVAL;
+  if (type === NBD_CMD.FLUSH) return offset === 0 && length === 0 ? 0 : NBD_ERRNO.EINVAL; // reserved fields
+  // A simple reply carries `length` bytes: above the advertised maximum it cannot be sent.
+  if (type === NBD_CMD.READ && length > NBD_MAX_PAYLOAD) return NBD_ERRNO.EINVAL;
+  const writes = type === NBD_CMD.WRITE || type === NBD_CMD.WRITE_ZEROES || type === NBD_CMD.TRIM;
+  if (writes && exp.readOnly) return NBD_ERRNO.EPERM;
+  // offset is a Number: past 2^53 it rounds, but stays above any export size.
+  if (offset + length > exp.size) return type === NBD_CMD.WRITE || type === NBD_CMD.WRITE_ZEROES ? NBD_ERRNO.ENOSPC : NBD_ERRNO.EINVAL;
+  return 0;
+}
+
 async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdConnectionOptions): Promise<void> {
+  const tflags = transmissionFlags(exp);
   const running = new Set<Promise<void>>();
   // Bytes of requests being handled (payloads, reply buffers not yet given to the socket); with the
   // socket's queue and the pending small replies, what the budget bounds.
@@ -432,30 +470,36 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
       const handle = Buffer.from(h.subarray(8, 16));
       const offset = Number(h.readBigUInt64BE(16));
       const length = h.readUInt32BE(24);
+      if (type === NBD_CMD.DISC) {
+        // No reply whatever its flags (nbdkit does the same): finish what is in flight, then close.
+        await Promise.allSettled([...running]);
+        sendSmall();
+        socket.end();
+        return;
+      }
       const fua = (flags & NBD_CMD_FLAG.FUA) !== 0;
-      const inRange = offset + length <= exp.size;
       if (type === NBD_CMD.WRITE) {
-        if (length > NBD_MAX_PAYLOAD) throw new Error('write payload too large'); // cannot stay in sync cheaply: close
+        // The payload follows whatever we answer, so it is read even when refused (the stream stays in
+        // step). Above the maximum we would have to read and drop up to 4 GiB: the spec lets us close.
+        if (length > NBD_MAX_PAYLOAD) throw new Error('write payload too large');
         const got = exp.writev ? q.readChunks(length) : q.read(length);
         const payload = got instanceof Promise ? await got : got;
-        if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
-        else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
+        const errno = checkRequest(exp, tflags, type, flags, offset, length);
+        if (errno !== 0) reply(handle, errno);
         else if (Array.isArray(payload)) run(handle, () => (length === 0 ? undefined : exp.writev!(offset, payload, fua)), 0, length);
         else run(handle, () => (length === 0 ? undefined : exp.write(offset, payload, fua)), 0, length);
         continue;
       }
+      const errno = checkRequest(exp, tflags, type, flags, offset, length);
+      if (errno !== 0) {
+        reply(handle, errno);
+        continue;
+      }
       switch (type) {
         case NBD_CMD.READ:
-          if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
-          else if (length > NBD_MAX_PAYLOAD) reply(handle, NBD_ERRNO.EOVERFLOW);
-          else if (exp.readInto && length > 0) readReply(handle, offset, length);
+          if (exp.readInto && length > 0) readReply(handle, offset, length);
           else run(handle, () => (length === 0 ? undefined : exp.read(offset, length)), length, 16 + length);
           break;
-        case NBD_CMD.DISC:
-          await Promise.allSettled([...running]);
-          sendSmall();
-          socket.end();
-          return;
         case NBD_CMD.FLUSH: {
           // Covers every write answered before it arrived; wait for those still running too (stricter, simpler).
           const before = [...running];
@@ -467,19 +511,15 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
         }
         case NBD_CMD.TRIM:
         case NBD_CMD.WRITE_ZEROES:
-          if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
-          else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
-          else run(handle, () => (length === 0 ? undefined : exp.zero(offset, length, fua, type === NBD_CMD.TRIM)));
+          // No payload travels, so any length up to the export's end is taken (the spec allows it).
+          run(handle, () => (length === 0 ? undefined : exp.zero(offset, length, fua, type === NBD_CMD.TRIM)));
           break;
         case NBD_CMD.CACHE: {
           // A hint: warm (or, streaming, fetch) at most one maximum-size read of it, counted while it runs.
           const n = Math.min(length, NBD_MAX_PAYLOAD);
-          if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
-          else run(handle, async () => void (n === 0 ? undefined : await exp.read(offset, n)), 0, n);
+          run(handle, async () => void (n === 0 ? undefined : await exp.read(offset, n)), 0, n);
           break;
         }
-        default:
-          reply(handle, NBD_ERRNO.EINVAL);
       }
     }
   } finally {

@@ -100,7 +100,8 @@ class MemExport implements NbdExport {
   zero(offset: number, length: number, fua: boolean, trim: boolean): Promise<void> | void {
     this.zeros.push({ offset, length, fua, trim });
     const land = (): void => {
-      this.data.fill(0, offset, offset + length);
+      const end = this.data.length; // a virtual export holds no bytes
+      this.data.fill(0, Math.min(offset, end), Math.min(offset + length, end));
     };
     const g = this.before(offset);
     return g ? g.then(land) : land();
@@ -794,7 +795,7 @@ describe('nbd transmission', () => {
     expect((await cl.read(0, 4)).error).toBe(0); // still in step
   });
 
-  it('out-of-range requests: read → EINVAL, write/zero/trim → ENOSPC, with the connection still in step', async () => {
+  it('out-of-range requests: read/trim/cache → EINVAL, write/zero → ENOSPC, with the connection still in step', async () => {
     const cl = await openExport('disk');
     expect((await cl.read(DISK_SIZE - 10, 11)).error).toBe(NBD_ERRNO.EINVAL);
     expect((await cl.read(DISK_SIZE + 1, 0)).error).toBe(NBD_ERRNO.EINVAL);
@@ -803,7 +804,11 @@ describe('nbd transmission', () => {
     const w = await cl.write(DISK_SIZE - 3, Buffer.from('four'));
     expect(w.error).toBe(NBD_ERRNO.ENOSPC);
     expect((await cl.cmd(NBD_CMD.WRITE_ZEROES, DISK_SIZE, 1)).error).toBe(NBD_ERRNO.ENOSPC);
-    expect((await cl.cmd(NBD_CMD.TRIM, DISK_SIZE - 1, 2)).error).toBe(NBD_ERRNO.ENOSPC);
+    // The spec's error values: ENOSPC for writes (and write zeroes) past the end, EINVAL for reads and trims.
+    expect((await cl.cmd(NBD_CMD.TRIM, DISK_SIZE - 1, 2)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.cmd(NBD_CMD.TRIM, 0xfffffffffffffe00n, 0x400)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.cmd(NBD_CMD.WRITE_ZEROES, 0xfffffffffffffe00n, 0x400)).error).toBe(NBD_ERRNO.ENOSPC);
+    expect((await cl.write(0x7ffffffffffffffen, Buffer.from('wrap'))).error).toBe(NBD_ERRNO.ENOSPC);
     expect(disk.writes).toEqual([]);
     expect(disk.zeros).toEqual([]);
     // The refused write's payload was consumed: the next request is parsed correctly.
@@ -834,10 +839,12 @@ describe('nbd transmission', () => {
     expect((await cl.write(0, Buffer.from('x'))).error).toBe(0);
   });
 
-  it('EOVERFLOW for a read above the maximum payload; a write above it closes the connection', async () => {
+  it('EINVAL for a read above the maximum payload (EOVERFLOW is only for DF or payload-less commands); a write above it closes the connection', async () => {
     const cl = await openExport('big');
     expectBytes((await cl.read(BIG_SIZE - 4096, 4096)).data, Buffer.alloc(4096));
-    expect((await cl.read(0, NBD_MAX_PAYLOAD + 1)).error).toBe(NBD_ERRNO.EOVERFLOW);
+    expect((await cl.read(0, NBD_MAX_PAYLOAD + 1)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.read(0, 0xffffffff)).error).toBe(NBD_ERRNO.EINVAL);
+    expect(big.reads).toEqual([{ offset: BIG_SIZE - 4096, length: 4096 }]);
     expect((await cl.read(0, 16)).error).toBe(0);
     cl.send(NBD_CMD.WRITE, 0, NBD_MAX_PAYLOAD + 1); // payload never sent: the server cannot stay in step
     expect((await cl.c.leftoverAtClose()).length).toBe(0);
@@ -979,6 +986,129 @@ describe('nbd transmission', () => {
     await cl.c.closed;
     await expect((await served).done).resolves.toBeUndefined();
     expect(disk.writes).toEqual([]);
+  });
+});
+
+describe('nbd request checks: flags, lengths, reserved fields', () => {
+  /** A WRITE_ZEROES request header: planted in a refused write's payload, it shows whether the payload was skipped or parsed. */
+  function zeroRequestBytes(offset: number, length: number): Buffer {
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
+    h.writeUInt16BE(NBD_CMD.WRITE_ZEROES, 6);
+    h.writeBigUInt64BE(0xdeadn, 8);
+    h.writeBigUInt64BE(BigInt(offset), 16);
+    h.writeUInt32BE(length, 24);
+    return h;
+  }
+
+  it('unknown flag bits (0x8100) on WRITE and READ → EINVAL: the write is not applied, its payload is skipped, the read sends no data', async () => {
+    const cl = await openExport('disk');
+    disk.data.fill(0x11, 0, 8192);
+    const payload = Buffer.alloc(4096, 0xab);
+    zeroRequestBytes(0, 8192).copy(payload, 0);
+    expect((await cl.write(0, payload, 0x8100)).error).toBe(NBD_ERRNO.EINVAL);
+    const r = await cl.cmd(NBD_CMD.READ, 0, 4096, { flags: 0x8100 }); // reply() expects no data after an error
+    expect(r.error).toBe(NBD_ERRNO.EINVAL);
+    expect(disk.writes).toEqual([]);
+    expect(disk.zeros).toEqual([]);
+    expect(disk.readIntos).toEqual([]);
+    // In step: the next replies match their requests, and the bytes are the old ones.
+    const back = await cl.read(0, 8192);
+    expect(back.error).toBe(0);
+    expect(back.data.every((b) => b === 0x11)).toBe(true);
+    expect((await cl.write(0, Buffer.from('ok'))).error).toBe(0);
+    expect(disk.data.subarray(0, 3).toString('latin1')).toBe('ok\x11');
+  });
+
+  it('each command takes only what was negotiated: FUA on any command, NO_HOLE on WRITE_ZEROES; DF, REQ_ONE, FAST_ZERO and undefined bits → EINVAL, nothing done', async () => {
+    const cl = await openExport('disk');
+    const F = NBD_CMD_FLAG;
+    const C = NBD_CMD;
+    const send = async (type: number, flags: number): Promise<SimpleReply> => {
+      if (type === C.FLUSH) return cl.cmd(type, 0, 0, { flags });
+      if (type === C.WRITE) return cl.cmd(type, 8192, 512, { flags, data: Buffer.alloc(512, 0x77) });
+      const handle = cl.send(type, 8192, 512, { flags });
+      const r = await cl.reply(() => (type === C.READ ? 512 : 0));
+      expect(r.handle).toBe(handle);
+      return r;
+    };
+    const name = (type: number, flags: number): string => `${Object.entries(C).find(([, v]) => v === type)![0]} flags 0x${flags.toString(16)}`;
+    // The spec: FUA is valid on every command once SEND_FUA is advertised (which it always is here).
+    const accepted: Array<[number, number]> = [
+      [C.READ, F.FUA], [C.WRITE, F.FUA], [C.FLUSH, F.FUA], [C.TRIM, F.FUA], [C.CACHE, F.FUA],
+      [C.WRITE_ZEROES, F.FUA], [C.WRITE_ZEROES, F.NO_HOLE], [C.WRITE_ZEROES, F.FUA | F.NO_HOLE],
+    ];
+    for (const [type, flags] of accepted) expect((await send(type, flags)).error, name(type, flags)).toBe(0);
+    const refused: Array<[number, number]> = [
+      [C.READ, F.DF], // DF needs structured replies, which this server never negotiates
+      [C.READ, F.NO_HOLE], [C.READ, F.REQ_ONE], [C.READ, F.FAST_ZERO],
+      [C.WRITE, F.NO_HOLE], [C.WRITE, F.DF], [C.WRITE, F.FUA | F.FAST_ZERO],
+      [C.WRITE_ZEROES, F.FAST_ZERO], // not advertised (no SEND_FAST_ZERO)
+      [C.WRITE_ZEROES, F.NO_HOLE | F.FAST_ZERO], [C.WRITE_ZEROES, F.DF], [C.WRITE_ZEROES, F.REQ_ONE],
+      [C.TRIM, F.NO_HOLE], [C.TRIM, F.FAST_ZERO], [C.FLUSH, F.NO_HOLE], [C.FLUSH, F.DF],
+      [C.CACHE, F.DF], [C.CACHE, F.REQ_ONE], [C.CACHE, F.NO_HOLE],
+    ];
+    for (const type of [C.READ, C.WRITE, C.FLUSH, C.TRIM, C.CACHE, C.WRITE_ZEROES]) {
+      for (let bit = 5; bit < 16; bit++) refused.push([type, 1 << bit]);
+      refused.push([type, F.FUA | 0x8000]);
+    }
+    const calls = (): number[] => [disk.writes.length, disk.zeros.length, disk.reads.length, disk.readIntos.length, disk.flushes];
+    const before = calls();
+    for (const [type, flags] of refused) expect((await send(type, flags)).error, name(type, flags)).toBe(NBD_ERRNO.EINVAL);
+    expect(calls()).toEqual(before);
+    expect(disk.data.subarray(8192, 8192 + 512).every((b) => b === 0)).toBe(true); // the refused writes' bytes never landed
+    expect((await cl.read(8192, 4)).error).toBe(0);
+  });
+
+  it('on a read-only export a WRITE with undefined flags is EINVAL (a malformed request), a well-formed one EPERM; FUA on a read is fine', async () => {
+    const cl = await openExport('ro');
+    expect((await cl.write(0, Buffer.alloc(100, 1), 0x0100)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.write(0, Buffer.alloc(100, 1), NBD_CMD_FLAG.FUA)).error).toBe(NBD_ERRNO.EPERM);
+    expect((await cl.cmd(NBD_CMD.WRITE_ZEROES, 0, 100, { flags: NBD_CMD_FLAG.NO_HOLE })).error).toBe(NBD_ERRNO.EPERM);
+    const h = cl.send(NBD_CMD.READ, 0, 16, { flags: NBD_CMD_FLAG.FUA });
+    const r = await cl.reply(() => 16);
+    expect(r.handle).toBe(h);
+    expect(r.data).toEqual(ro.data.subarray(0, 16));
+    expect(ro.writes).toEqual([]);
+  });
+
+  it('a refused WRITE of the maximum payload (32 MiB) is read through and dropped: the next request is parsed in step', async () => {
+    const cl = await openExport('big');
+    const payload = Buffer.alloc(NBD_MAX_PAYLOAD, 0xcd);
+    for (let at = 0; at + 28 <= payload.length; at += 4 * MiB) zeroRequestBytes(at, 4096).copy(payload, at);
+    expect((await cl.write(0, payload, 0x8100)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.read(0, 16)).error).toBe(0);
+    expect(big.writes).toEqual([]);
+    expect(big.zeros).toEqual([]);
+  });
+
+  it('FLUSH with a nonzero offset or length (reserved fields) → EINVAL without flushing', async () => {
+    const cl = await openExport('disk');
+    expect((await cl.cmd(NBD_CMD.FLUSH, 4096, 0)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.cmd(NBD_CMD.FLUSH, 0, 1)).error).toBe(NBD_ERRNO.EINVAL);
+    expect(disk.flushes).toBe(0);
+    expect((await cl.cmd(NBD_CMD.FLUSH, 0, 0)).error).toBe(0);
+    expect(disk.flushes).toBe(1);
+  });
+
+  it('WRITE_ZEROES, TRIM and CACHE may ask for more than the maximum payload (no payload travels): done, CACHE reads at most one maximum', async () => {
+    const cl = await openExport('big');
+    expect((await cl.cmd(NBD_CMD.WRITE_ZEROES, 0, 0xffffffff)).error).toBe(0);
+    expect((await cl.cmd(NBD_CMD.TRIM, 4096, 0xfffff000)).error).toBe(0);
+    expect(big.zeros).toEqual([
+      { offset: 0, length: 0xffffffff, fua: false, trim: false },
+      { offset: 4096, length: 0xfffff000, fua: false, trim: true },
+    ]);
+    expect((await cl.cmd(NBD_CMD.CACHE, 0, 0xffffffff)).error).toBe(0);
+    expect(big.reads).toEqual([{ offset: 0, length: NBD_MAX_PAYLOAD }]);
+  });
+
+  it('DISC closes the connection whatever its flags (it has no reply to carry an error)', async () => {
+    const served = nextServe();
+    const cl = await openExport('disk');
+    cl.send(NBD_CMD.DISC, 0, 0, { flags: 0x8100 });
+    expect((await cl.c.leftoverAtClose()).length).toBe(0);
+    await expect((await served).done).resolves.toBeUndefined();
   });
 });
 
