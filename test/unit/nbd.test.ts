@@ -1162,10 +1162,12 @@ describe('nbd under a hostile client: what one connection may hold', () => {
     });
     const handles = Array.from({ length: n }, (_, i) => cl.send(NBD_CMD.WRITE, i * len, len, { data: Buffer.alloc(len, i) }));
     // The server says when it stops taking requests; a server without a budget takes all 24 (192 MiB) at once.
+    let raced = false;
     const allTaken = (async (): Promise<void> => {
-      while (slow.calls < n) await new Promise((r) => setTimeout(r, 20));
+      while (!raced && slow.calls < n) await new Promise((r) => setTimeout(r, 20));
     })();
     await Promise.race([paused, allTaken]);
+    raced = true;
     expect(slow.calls).toBeLessThan(n);
     expect(slow.heldBytes()).toBeGreaterThan(NBD_CONNECTION_BUDGET); // it took up to the budget...
     expect(slow.heldBytes()).toBeLessThanOrEqual(NBD_CONNECTION_BUDGET + len); // ...and one request past it, no more
@@ -1196,10 +1198,12 @@ describe('nbd under a hostile client: what one connection may hold', () => {
     const paused = new Promise<void>((resolve) => {
       onPressure = (waiting) => void (waiting && resolve());
     });
+    let raced = false;
     const allTaken = (async (): Promise<void> => {
-      while (big.reads.length < n) await new Promise((r) => setTimeout(r, 20));
+      while (!raced && big.reads.length < n) await new Promise((r) => setTimeout(r, 20));
     })();
     await Promise.race([paused, allTaken]);
+    raced = true;
     expect(big.reads.length).toBeLessThan(n);
     cl.c.sock.resume();
     const seen: bigint[] = [];
