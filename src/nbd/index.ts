@@ -1,7 +1,9 @@
 // nbd: the server side of the Network Block Device protocol (doc/proto.md of NetworkBlockDevice/nbd):
 // the fixed newstyle handshake, option haggling (GO, INFO, EXPORT_NAME, LIST, ABORT), and the
-// transmission phase with simple replies (READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, DISC; FUA).
-// Owns: parsing every byte a client sends (untrusted) and encoding replies; the NbdExport interface.
+// transmission phase with simple replies (READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, DISC; FUA,
+// NO_HOLE), each request's flags, lengths and range checked against what was negotiated.
+// Owns: parsing every byte a client sends (untrusted) and encoding replies; the NbdExport interface;
+// what one connection may hold in memory (its byte budget), whatever its client does.
 // Must not know: files, checkouts, HTTP. It never opens a listener: the caller accepts connections
 // and hands each socket to serveNbdConnection.
 import type { Duplex } from 'node:stream';
@@ -25,10 +27,11 @@ export const NBD_REP = {
 export const NBD_INFO = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const;
 
 export const NBD_TFLAG = {
-  HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, ROTATIONAL: 16, SEND_TRIM: 32, SEND_WRITE_ZEROES: 64, CAN_MULTI_CONN: 256, SEND_CACHE: 1024,
+  HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, ROTATIONAL: 16, SEND_TRIM: 32, SEND_WRITE_ZEROES: 64, SEND_DF: 128, CAN_MULTI_CONN: 256,
+  SEND_CACHE: 1024, SEND_FAST_ZERO: 2048,
 } as const;
 export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6 } as const;
-export const NBD_CMD_FLAG = { FUA: 1, NO_HOLE: 2 } as const;
+export const NBD_CMD_FLAG = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16 } as const;
 export const NBD_ERRNO = { EPERM: 1, EIO: 5, ENOMEM: 12, EINVAL: 22, ENOSPC: 28, EOVERFLOW: 75, ENOTSUP: 95, ESHUTDOWN: 108 } as const;
 
 /** Largest READ/WRITE payload we accept (advertised as the maximum block size). */
@@ -37,8 +40,16 @@ export const NBD_MAX_PAYLOAD = 32 * 1024 * 1024;
 const MAX_OPTION_BYTES = 64 * 1024;
 /** Requests handled at once per connection; the next header is read when one finishes. */
 const MAX_IN_FLIGHT = 64;
+/**
+ * Bytes one connection may hold before it stops taking requests: replies queued on its socket, plus
+ * the payloads and reply buffers of requests being handled. Checked before each request, so one
+ * request (at most NBD_MAX_PAYLOAD) can go past it. Twice the largest request: a client pipelining
+ * maximum-size reads keeps one being read while one is sent, and a client that never reads its
+ * replies costs no more than this (then it waits: other connections go on).
+ */
+export const NBD_CONNECTION_BUDGET = 2 * NBD_MAX_PAYLOAD;
 
-/** What a connection reads and writes. Offsets and lengths are checked against `size` before any call. */
+/** What a connection reads and writes. Flags, offsets and lengths are checked (against `size`) before any call. */
 export interface NbdExport {
   readonly name: string;
   readonly size: number;
@@ -71,6 +82,8 @@ export interface NbdConnectionOptions {
   list(): string[];
   /** Told of each request that failed, with the errno sent (for logs). */
   onError?(err: unknown, errno: number): void;
+  /** Told when the connection stops taking requests (its budget or request limit is reached) and when it takes them again. */
+  onBackpressure?(waiting: boolean): void;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -300,8 +313,55 @@ export function parseInfoRequest(data: Buffer): { name: string; requests: number
   return { name, requests };
 }
 
+/**
+ * The errno for a request this server must refuse before doing anything, or 0. Flags are checked
+ * against what this connection negotiated: FUA (advertised on every export) is valid on any command;
+ * NO_HOLE only on WRITE_ZEROES; FAST_ZERO, DF and REQ_ONE never (no SEND_FAST_ZERO, no structured
+ * replies, no BLOCK_STATUS). Lengths were checked against NBD_MAX_PAYLOAD where a payload follows.
+ */
+function checkRequest(exp: NbdExport, tflags: number, type: number, flags: number, offset: number, length: number): number {
+  let allowed = tflags & NBD_TFLAG.SEND_FUA ? NBD_CMD_FLAG.FUA : 0;
+  switch (type) {
+    case NBD_CMD.READ:
+      if (tflags & NBD_TFLAG.SEND_DF) allowed |= NBD_CMD_FLAG.DF;
+      break;
+    case NBD_CMD.WRITE_ZEROES:
+      allowed |= NBD_CMD_FLAG.NO_HOLE; // must be accepted wherever WRITE_ZEROES is; zeros are written, never punched
+      if (tflags & NBD_TFLAG.SEND_FAST_ZERO) allowed |= NBD_CMD_FLAG.FAST_ZERO;
+      break;
+    case NBD_CMD.WRITE:
+    case NBD_CMD.FLUSH:
+    case NBD_CMD.TRIM:
+    case NBD_CMD.CACHE:
+      break;
+    default:
+      return NBD_ERRNO.EINVAL; // unknown, or not negotiated (BLOCK_STATUS)
+  }
+  if ((flags & ~allowed) !== 0) return NBD_ERRNO.EINVAL;
+  if (type === NBD_CMD.FLUSH) return offset === 0 && length === 0 ? 0 : NBD_ERRNO.EINVAL; // reserved fields
+  // A simple reply carries `length` bytes: above the advertised maximum it cannot be sent.
+  if (type === NBD_CMD.READ && length > NBD_MAX_PAYLOAD) return NBD_ERRNO.EINVAL;
+  const writes = type === NBD_CMD.WRITE || type === NBD_CMD.WRITE_ZEROES || type === NBD_CMD.TRIM;
+  if (writes && exp.readOnly) return NBD_ERRNO.EPERM;
+  // offset is a Number: past 2^53 it rounds, but stays above any export size.
+  if (offset + length > exp.size) return type === NBD_CMD.WRITE || type === NBD_CMD.WRITE_ZEROES ? NBD_ERRNO.ENOSPC : NBD_ERRNO.EINVAL;
+  return 0;
+}
+
 async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdConnectionOptions): Promise<void> {
-  const inFlight = new Set<Promise<void>>();
+  const tflags = transmissionFlags(exp);
+  const running = new Set<Promise<void>>();
+  // Bytes of requests being handled (payloads, reply buffers not yet given to the socket); with the
+  // socket's queue and the pending small replies, what the budget bounds.
+  let held = 0;
+  let waiter: (() => void) | null = null;
+  const wake = (): void => {
+    const w = waiter;
+    waiter = null;
+    w?.();
+  };
+  socket.on('drain', wake);
+  socket.on('close', wake);
   // Replies without data (writes, flushes, errors) are gathered and sent once per turn of the event
   // loop: one 16-byte write per request measured as a large share of the write path's time.
   let small: Buffer[] = [];
@@ -319,7 +379,7 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
       sendSmall(); // keep replies in the order they were produced
       socket.cork();
       socket.write(h);
-      socket.write(data);
+      socket.write(data, wake);
       process.nextTick(() => socket.uncork());
       return;
     }
@@ -330,16 +390,22 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
     opts.onError?.(err, errno);
     reply(handle, errno);
   };
-  const track = (p: Promise<void>): void => {
-    inFlight.add(p);
-    void p.finally(() => inFlight.delete(p));
+  const track = (p: Promise<void>, cost: number): void => {
+    held += cost;
+    running.add(p);
+    void p.finally(() => {
+      held -= cost;
+      running.delete(p);
+      wake();
+    });
   };
   // A read whose data is not exactly the length asked would put the stream out of step: EIO instead.
   const answer = (handle: Buffer, out: Buffer | void, expect: number): void => {
     if (out && out.length !== expect) return fail(handle, new NbdIoError(NBD_ERRNO.EIO, `export returned ${out.length} bytes for a read of ${expect}`));
     reply(handle, 0, out ?? undefined);
   };
-  const run = (handle: Buffer, work: () => Promise<Buffer | void> | Buffer | void, expect = 0): void => {
+  /** `cost`: bytes the request holds until it is answered (its payload, or its reply's data). */
+  const run = (handle: Buffer, work: () => Promise<Buffer | void> | Buffer | void, expect = 0, cost = 0): void => {
     let out: Promise<Buffer | void> | Buffer | void;
     try {
       out = work();
@@ -348,7 +414,7 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
     }
     // Most requests finish synchronously (page-cache I/O): answer at once, no promise to track.
     if (!(out instanceof Promise)) return answer(handle, out, expect);
-    track(out.then((b) => answer(handle, b, expect), (err: unknown) => fail(handle, err)));
+    track(out.then((b) => answer(handle, b, expect), (err: unknown) => fail(handle, err)), cost);
   };
   // Read replies are built in reused buffers: header and data in one write, no garbage per request.
   const pool = new ReplyPool();
@@ -359,7 +425,11 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
     handle.copy(buf, 8);
     const send = (): void => {
       sendSmall();
-      socket.write(buf, () => pool.give(buf));
+      // From here the socket's queue counts these bytes; the callback frees them once the kernel has them.
+      socket.write(buf, () => {
+        pool.give(buf);
+        wake();
+      });
     };
     let r: Promise<void> | void;
     try {
@@ -372,81 +442,89 @@ async function transmit(q: ByteQueue, socket: Duplex, exp: NbdExport, opts: NbdC
     track(r.then(send, (err: unknown) => {
       pool.give(buf);
       fail(handle, err);
-    }));
+    }), buf.length);
   };
-  for (;;) {
-    while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);
-    if (socket.writableLength > 2 * NBD_MAX_PAYLOAD) {
-      await new Promise<void>((r) => {
-        const done = (): void => {
-          socket.off('drain', done);
-          socket.off('close', done);
-          r();
-        };
-        socket.once('drain', done);
-        socket.once('close', done);
-      });
-      if (socket.destroyed) return;
-    }
-    const h = await q.read(28);
-    if (h.readUInt32BE(0) !== NBD_REQUEST_MAGIC) throw new Error('bad request magic');
-    const flags = h.readUInt16BE(4);
-    const type = h.readUInt16BE(6);
-    const handle = Buffer.from(h.subarray(8, 16));
-    const offset = Number(h.readBigUInt64BE(16));
-    const length = h.readUInt32BE(24);
-    const fua = (flags & NBD_CMD_FLAG.FUA) !== 0;
-    const inRange = offset + length <= exp.size;
-    if (type === NBD_CMD.WRITE) {
-      if (length > NBD_MAX_PAYLOAD) throw new Error('write payload too large'); // cannot stay in sync cheaply: close
-      if (exp.writev) {
-        const got = q.readChunks(length);
-        const chunks = got instanceof Promise ? await got : got;
-        if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
-        else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
-        else run(handle, () => (length === 0 ? undefined : exp.writev!(offset, chunks, fua)));
-        continue;
+  const overBudget = (): boolean => held + socket.writableLength + 16 * small.length > NBD_CONNECTION_BUDGET;
+  try {
+    for (;;) {
+      if (running.size >= MAX_IN_FLIGHT || overBudget()) {
+        // Stop taking requests (their bytes wait in the socket, and the ByteQueue pauses it) until replies
+        // reach the kernel or requests finish. A client that never reads its replies stays here.
+        opts.onBackpressure?.(true);
+        while (running.size >= MAX_IN_FLIGHT || overBudget()) {
+          if (socket.destroyed) return;
+          if (small.length > 0) {
+            sendSmall(); // gathered replies must reach the socket before we wait for it to drain
+            continue;
+          }
+          await new Promise<void>((r) => {
+            waiter = r;
+          });
+        }
+        opts.onBackpressure?.(false);
       }
-      const data = await q.read(length);
-      if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
-      else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
-      else run(handle, () => (length === 0 ? undefined : exp.write(offset, data, fua)));
-      continue;
-    }
-    switch (type) {
-      case NBD_CMD.READ:
-        if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
-        else if (length > NBD_MAX_PAYLOAD) reply(handle, NBD_ERRNO.EOVERFLOW);
-        else if (exp.readInto && length > 0) readReply(handle, offset, length);
-        else run(handle, () => (length === 0 ? undefined : exp.read(offset, length)), length);
-        break;
-      case NBD_CMD.DISC:
-        await Promise.allSettled([...inFlight]);
+      const h = await q.read(28);
+      if (h.readUInt32BE(0) !== NBD_REQUEST_MAGIC) throw new Error('bad request magic');
+      const flags = h.readUInt16BE(4);
+      const type = h.readUInt16BE(6);
+      const handle = Buffer.from(h.subarray(8, 16));
+      const offset = Number(h.readBigUInt64BE(16));
+      const length = h.readUInt32BE(24);
+      if (type === NBD_CMD.DISC) {
+        // No reply whatever its flags (nbdkit does the same): finish what is in flight, then close.
+        await Promise.allSettled([...running]);
         sendSmall();
         socket.end();
         return;
-      case NBD_CMD.FLUSH: {
-        // Covers every write answered before it arrived; wait for those still running too (stricter, simpler).
-        const before = [...inFlight];
-        run(handle, async () => {
-          await Promise.allSettled(before);
-          await exp.flush();
-        });
-        break;
       }
-      case NBD_CMD.TRIM:
-      case NBD_CMD.WRITE_ZEROES:
-        if (exp.readOnly) reply(handle, NBD_ERRNO.EPERM);
-        else if (!inRange) reply(handle, NBD_ERRNO.ENOSPC);
-        else run(handle, () => (length === 0 ? undefined : exp.zero(offset, length, fua, type === NBD_CMD.TRIM)));
-        break;
-      case NBD_CMD.CACHE:
-        if (!inRange) reply(handle, NBD_ERRNO.EINVAL);
-        else run(handle, async () => void (length === 0 ? undefined : await exp.read(offset, Math.min(length, NBD_MAX_PAYLOAD))));
-        break;
-      default:
-        reply(handle, NBD_ERRNO.EINVAL);
+      const fua = (flags & NBD_CMD_FLAG.FUA) !== 0;
+      if (type === NBD_CMD.WRITE) {
+        // The payload follows whatever we answer, so it is read even when refused (the stream stays in
+        // step). Above the maximum we would have to read and drop up to 4 GiB: the spec lets us close.
+        if (length > NBD_MAX_PAYLOAD) throw new Error('write payload too large');
+        const got = exp.writev ? q.readChunks(length) : q.read(length);
+        const payload = got instanceof Promise ? await got : got;
+        const errno = checkRequest(exp, tflags, type, flags, offset, length);
+        if (errno !== 0) reply(handle, errno);
+        else if (Array.isArray(payload)) run(handle, () => (length === 0 ? undefined : exp.writev!(offset, payload, fua)), 0, length);
+        else run(handle, () => (length === 0 ? undefined : exp.write(offset, payload, fua)), 0, length);
+        continue;
+      }
+      const errno = checkRequest(exp, tflags, type, flags, offset, length);
+      if (errno !== 0) {
+        reply(handle, errno);
+        continue;
+      }
+      switch (type) {
+        case NBD_CMD.READ:
+          if (exp.readInto && length > 0) readReply(handle, offset, length);
+          else run(handle, () => (length === 0 ? undefined : exp.read(offset, length)), length, 16 + length);
+          break;
+        case NBD_CMD.FLUSH: {
+          // Covers every write answered before it arrived; wait for those still running too (stricter, simpler).
+          const before = [...running];
+          run(handle, async () => {
+            await Promise.allSettled(before);
+            await exp.flush();
+          });
+          break;
+        }
+        case NBD_CMD.TRIM:
+        case NBD_CMD.WRITE_ZEROES:
+          // No payload travels, so any length up to the export's end is taken (the spec allows it).
+          run(handle, () => (length === 0 ? undefined : exp.zero(offset, length, fua, type === NBD_CMD.TRIM)));
+          break;
+        case NBD_CMD.CACHE: {
+          // A hint: warm (or, streaming, fetch) at most one maximum-size read of it, counted while it runs.
+          const n = Math.min(length, NBD_MAX_PAYLOAD);
+          run(handle, async () => void (n === 0 ? undefined : await exp.read(offset, n)), 0, n);
+          break;
+        }
+      }
     }
+  } finally {
+    socket.off('drain', wake);
+    socket.off('close', wake);
   }
 }
 

@@ -1,15 +1,17 @@
 // The NBD server side (src/nbd) over a real Unix socket: a raw-protocol client written here sends
 // exact bytes and reads exact replies (handshake, option haggling, transmission, protocol errors),
 // then libnbd's own tools (nbdinfo, nbdcopy) talk to the same server as real peers.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import readline from 'node:readline';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   NBD_CMD,
   NBD_CMD_FLAG,
+  NBD_CONNECTION_BUDGET,
   NBD_ERRNO,
   NBD_INFO,
   NBD_MAX_PAYLOAD,
@@ -98,7 +100,8 @@ class MemExport implements NbdExport {
   zero(offset: number, length: number, fua: boolean, trim: boolean): Promise<void> | void {
     this.zeros.push({ offset, length, fua, trim });
     const land = (): void => {
-      this.data.fill(0, offset, offset + length);
+      const end = this.data.length; // a virtual export holds no bytes
+      this.data.fill(0, Math.min(offset, end), Math.min(offset + length, end));
     };
     const g = this.before(offset);
     return g ? g.then(land) : land();
@@ -282,8 +285,8 @@ async function readOptReplies(c: RawConn): Promise<OptReply[]> {
 }
 
 /** Connect and read the greeting; send the client flags (FIXED_NEWSTYLE|NO_ZEROES unless told). */
-async function handshake(clientFlags = 3): Promise<{ c: RawConn; greeting: Buffer }> {
-  const c = await RawConn.open(sockPath);
+async function handshake(clientFlags = 3, at = sockPath): Promise<{ c: RawConn; greeting: Buffer }> {
+  const c = await RawConn.open(at);
   conns.push(c);
   const greeting = await c.read(GREETING_BYTES);
   c.write(u32(clientFlags));
@@ -320,9 +323,9 @@ function parseInfos(replies: OptReply[]): ExportInfo {
   return info as ExportInfo;
 }
 
-/** A connection in the transmission phase of `name` (via NBD_OPT_GO). */
-async function openExport(name: string): Promise<Client> {
-  const { c } = await handshake();
+/** A connection in the transmission phase of `name` (via NBD_OPT_GO), to the server under test unless told. */
+async function openExport(name: string, at = sockPath): Promise<Client> {
+  const { c } = await handshake(3, at);
   c.write(optBytes(NBD_OPT.GO, infoPayload(name)));
   const replies = await readOptReplies(c);
   expect(replies.at(-1)!.type).toBe(NBD_REP.ACK);
@@ -372,7 +375,7 @@ class Client {
     return r;
   }
 
-  write(offset: number, data: Buffer, flags = 0): Promise<SimpleReply> {
+  write(offset: bigint | number, data: Buffer, flags = 0): Promise<SimpleReply> {
     return this.cmd(NBD_CMD.WRITE, offset, data.length, { data, flags });
   }
 }
@@ -389,6 +392,9 @@ let disk: MemExportInto;
 let ro: MemExport;
 let big: MemExport;
 const ioErrors: Array<{ err: unknown; errno: number }> = [];
+/** onBackpressure calls of every connection, in order; a waiter for the next one. */
+const pressure: boolean[] = [];
+let onPressure: ((waiting: boolean) => void) | null = null;
 const serves: Array<Promise<void>> = [];
 let onNextServe: ((p: Promise<void>) => void) | null = null;
 let conns: RawConn[] = [];
@@ -408,6 +414,10 @@ beforeAll(async () => {
       lookup: (name) => (name === '' ? disk : exportsByName.get(name) ?? null),
       list: () => [...exportsByName.keys()],
       onError: (err, errno) => void ioErrors.push({ err, errno }),
+      onBackpressure: (waiting) => {
+        pressure.push(waiting);
+        onPressure?.(waiting);
+      },
     });
     serves.push(p);
     const cb = onNextServe;
@@ -440,6 +450,8 @@ beforeEach(() => {
     ['big', big],
   ]);
   ioErrors.length = 0;
+  pressure.length = 0;
+  onPressure = null;
 });
 
 afterEach(() => {
@@ -783,7 +795,7 @@ describe('nbd transmission', () => {
     expect((await cl.read(0, 4)).error).toBe(0); // still in step
   });
 
-  it('out-of-range requests: read → EINVAL, write/zero/trim → ENOSPC, with the connection still in step', async () => {
+  it('out-of-range requests: read/trim/cache → EINVAL, write/zero → ENOSPC, with the connection still in step', async () => {
     const cl = await openExport('disk');
     expect((await cl.read(DISK_SIZE - 10, 11)).error).toBe(NBD_ERRNO.EINVAL);
     expect((await cl.read(DISK_SIZE + 1, 0)).error).toBe(NBD_ERRNO.EINVAL);
@@ -792,7 +804,11 @@ describe('nbd transmission', () => {
     const w = await cl.write(DISK_SIZE - 3, Buffer.from('four'));
     expect(w.error).toBe(NBD_ERRNO.ENOSPC);
     expect((await cl.cmd(NBD_CMD.WRITE_ZEROES, DISK_SIZE, 1)).error).toBe(NBD_ERRNO.ENOSPC);
-    expect((await cl.cmd(NBD_CMD.TRIM, DISK_SIZE - 1, 2)).error).toBe(NBD_ERRNO.ENOSPC);
+    // The spec's error values: ENOSPC for writes (and write zeroes) past the end, EINVAL for reads and trims.
+    expect((await cl.cmd(NBD_CMD.TRIM, DISK_SIZE - 1, 2)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.cmd(NBD_CMD.TRIM, 0xfffffffffffffe00n, 0x400)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.cmd(NBD_CMD.WRITE_ZEROES, 0xfffffffffffffe00n, 0x400)).error).toBe(NBD_ERRNO.ENOSPC);
+    expect((await cl.write(0x7ffffffffffffffen, Buffer.from('wrap'))).error).toBe(NBD_ERRNO.ENOSPC);
     expect(disk.writes).toEqual([]);
     expect(disk.zeros).toEqual([]);
     // The refused write's payload was consumed: the next request is parsed correctly.
@@ -823,10 +839,12 @@ describe('nbd transmission', () => {
     expect((await cl.write(0, Buffer.from('x'))).error).toBe(0);
   });
 
-  it('EOVERFLOW for a read above the maximum payload; a write above it closes the connection', async () => {
+  it('EINVAL for a read above the maximum payload (EOVERFLOW is only for DF or payload-less commands); a write above it closes the connection', async () => {
     const cl = await openExport('big');
     expectBytes((await cl.read(BIG_SIZE - 4096, 4096)).data, Buffer.alloc(4096));
-    expect((await cl.read(0, NBD_MAX_PAYLOAD + 1)).error).toBe(NBD_ERRNO.EOVERFLOW);
+    expect((await cl.read(0, NBD_MAX_PAYLOAD + 1)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.read(0, 0xffffffff)).error).toBe(NBD_ERRNO.EINVAL);
+    expect(big.reads).toEqual([{ offset: BIG_SIZE - 4096, length: 4096 }]);
     expect((await cl.read(0, 16)).error).toBe(0);
     cl.send(NBD_CMD.WRITE, 0, NBD_MAX_PAYLOAD + 1); // payload never sent: the server cannot stay in step
     expect((await cl.c.leftoverAtClose()).length).toBe(0);
@@ -968,6 +986,343 @@ describe('nbd transmission', () => {
     await cl.c.closed;
     await expect((await served).done).resolves.toBeUndefined();
     expect(disk.writes).toEqual([]);
+  });
+});
+
+describe('nbd request checks: flags, lengths, reserved fields', () => {
+  /** A WRITE_ZEROES request header: planted in a refused write's payload, it shows whether the payload was skipped or parsed. */
+  function zeroRequestBytes(offset: number, length: number): Buffer {
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
+    h.writeUInt16BE(NBD_CMD.WRITE_ZEROES, 6);
+    h.writeBigUInt64BE(0xdeadn, 8);
+    h.writeBigUInt64BE(BigInt(offset), 16);
+    h.writeUInt32BE(length, 24);
+    return h;
+  }
+
+  it('unknown flag bits (0x8100) on WRITE and READ → EINVAL: the write is not applied, its payload is skipped, the read sends no data', async () => {
+    const cl = await openExport('disk');
+    disk.data.fill(0x11, 0, 8192);
+    const payload = Buffer.alloc(4096, 0xab);
+    zeroRequestBytes(0, 8192).copy(payload, 0);
+    expect((await cl.write(0, payload, 0x8100)).error).toBe(NBD_ERRNO.EINVAL);
+    const r = await cl.cmd(NBD_CMD.READ, 0, 4096, { flags: 0x8100 }); // reply() expects no data after an error
+    expect(r.error).toBe(NBD_ERRNO.EINVAL);
+    expect(disk.writes).toEqual([]);
+    expect(disk.zeros).toEqual([]);
+    expect(disk.readIntos).toEqual([]);
+    // In step: the next replies match their requests, and the bytes are the old ones.
+    const back = await cl.read(0, 8192);
+    expect(back.error).toBe(0);
+    expect(back.data.every((b) => b === 0x11)).toBe(true);
+    expect((await cl.write(0, Buffer.from('ok'))).error).toBe(0);
+    expect(disk.data.subarray(0, 3).toString('latin1')).toBe('ok\x11');
+  });
+
+  it('each command takes only what was negotiated: FUA on any command, NO_HOLE on WRITE_ZEROES; DF, REQ_ONE, FAST_ZERO and undefined bits → EINVAL, nothing done', async () => {
+    const cl = await openExport('disk');
+    const F = NBD_CMD_FLAG;
+    const C = NBD_CMD;
+    const send = async (type: number, flags: number): Promise<SimpleReply> => {
+      if (type === C.FLUSH) return cl.cmd(type, 0, 0, { flags });
+      if (type === C.WRITE) return cl.cmd(type, 8192, 512, { flags, data: Buffer.alloc(512, 0x77) });
+      const handle = cl.send(type, 8192, 512, { flags });
+      const r = await cl.reply(() => (type === C.READ ? 512 : 0));
+      expect(r.handle).toBe(handle);
+      return r;
+    };
+    const name = (type: number, flags: number): string => `${Object.entries(C).find(([, v]) => v === type)![0]} flags 0x${flags.toString(16)}`;
+    // The spec: FUA is valid on every command once SEND_FUA is advertised (which it always is here).
+    const accepted: Array<[number, number]> = [
+      [C.READ, F.FUA], [C.WRITE, F.FUA], [C.FLUSH, F.FUA], [C.TRIM, F.FUA], [C.CACHE, F.FUA],
+      [C.WRITE_ZEROES, F.FUA], [C.WRITE_ZEROES, F.NO_HOLE], [C.WRITE_ZEROES, F.FUA | F.NO_HOLE],
+    ];
+    for (const [type, flags] of accepted) expect((await send(type, flags)).error, name(type, flags)).toBe(0);
+    const refused: Array<[number, number]> = [
+      [C.READ, F.DF], // DF needs structured replies, which this server never negotiates
+      [C.READ, F.NO_HOLE], [C.READ, F.REQ_ONE], [C.READ, F.FAST_ZERO],
+      [C.WRITE, F.NO_HOLE], [C.WRITE, F.DF], [C.WRITE, F.FUA | F.FAST_ZERO],
+      [C.WRITE_ZEROES, F.FAST_ZERO], // not advertised (no SEND_FAST_ZERO)
+      [C.WRITE_ZEROES, F.NO_HOLE | F.FAST_ZERO], [C.WRITE_ZEROES, F.DF], [C.WRITE_ZEROES, F.REQ_ONE],
+      [C.TRIM, F.NO_HOLE], [C.TRIM, F.FAST_ZERO], [C.FLUSH, F.NO_HOLE], [C.FLUSH, F.DF],
+      [C.CACHE, F.DF], [C.CACHE, F.REQ_ONE], [C.CACHE, F.NO_HOLE],
+    ];
+    for (const type of [C.READ, C.WRITE, C.FLUSH, C.TRIM, C.CACHE, C.WRITE_ZEROES]) {
+      for (let bit = 5; bit < 16; bit++) refused.push([type, 1 << bit]);
+      refused.push([type, F.FUA | 0x8000]);
+    }
+    const calls = (): number[] => [disk.writes.length, disk.zeros.length, disk.reads.length, disk.readIntos.length, disk.flushes];
+    const before = calls();
+    for (const [type, flags] of refused) expect((await send(type, flags)).error, name(type, flags)).toBe(NBD_ERRNO.EINVAL);
+    expect(calls()).toEqual(before);
+    expect(disk.data.subarray(8192, 8192 + 512).every((b) => b === 0)).toBe(true); // the refused writes' bytes never landed
+    expect((await cl.read(8192, 4)).error).toBe(0);
+  });
+
+  it('on a read-only export a WRITE with undefined flags is EINVAL (a malformed request), a well-formed one EPERM; FUA on a read is fine', async () => {
+    const cl = await openExport('ro');
+    expect((await cl.write(0, Buffer.alloc(100, 1), 0x0100)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.write(0, Buffer.alloc(100, 1), NBD_CMD_FLAG.FUA)).error).toBe(NBD_ERRNO.EPERM);
+    expect((await cl.cmd(NBD_CMD.WRITE_ZEROES, 0, 100, { flags: NBD_CMD_FLAG.NO_HOLE })).error).toBe(NBD_ERRNO.EPERM);
+    const h = cl.send(NBD_CMD.READ, 0, 16, { flags: NBD_CMD_FLAG.FUA });
+    const r = await cl.reply(() => 16);
+    expect(r.handle).toBe(h);
+    expect(r.data).toEqual(ro.data.subarray(0, 16));
+    expect(ro.writes).toEqual([]);
+  });
+
+  it('a refused WRITE of the maximum payload (32 MiB) is read through and dropped: the next request is parsed in step', async () => {
+    const cl = await openExport('big');
+    const payload = Buffer.alloc(NBD_MAX_PAYLOAD, 0xcd);
+    for (let at = 0; at + 28 <= payload.length; at += 4 * MiB) zeroRequestBytes(at, 4096).copy(payload, at);
+    expect((await cl.write(0, payload, 0x8100)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.read(0, 16)).error).toBe(0);
+    expect(big.writes).toEqual([]);
+    expect(big.zeros).toEqual([]);
+  });
+
+  it('FLUSH with a nonzero offset or length (reserved fields) → EINVAL without flushing', async () => {
+    const cl = await openExport('disk');
+    expect((await cl.cmd(NBD_CMD.FLUSH, 4096, 0)).error).toBe(NBD_ERRNO.EINVAL);
+    expect((await cl.cmd(NBD_CMD.FLUSH, 0, 1)).error).toBe(NBD_ERRNO.EINVAL);
+    expect(disk.flushes).toBe(0);
+    expect((await cl.cmd(NBD_CMD.FLUSH, 0, 0)).error).toBe(0);
+    expect(disk.flushes).toBe(1);
+  });
+
+  it('WRITE_ZEROES, TRIM and CACHE may ask for more than the maximum payload (no payload travels): done, CACHE reads at most one maximum', async () => {
+    const cl = await openExport('big');
+    expect((await cl.cmd(NBD_CMD.WRITE_ZEROES, 0, 0xffffffff)).error).toBe(0);
+    expect((await cl.cmd(NBD_CMD.TRIM, 4096, 0xfffff000)).error).toBe(0);
+    expect(big.zeros).toEqual([
+      { offset: 0, length: 0xffffffff, fua: false, trim: false },
+      { offset: 4096, length: 0xfffff000, fua: false, trim: true },
+    ]);
+    expect((await cl.cmd(NBD_CMD.CACHE, 0, 0xffffffff)).error).toBe(0);
+    expect(big.reads).toEqual([{ offset: 0, length: NBD_MAX_PAYLOAD }]);
+  });
+
+  it('DISC closes the connection whatever its flags (it has no reply to carry an error)', async () => {
+    const served = nextServe();
+    const cl = await openExport('disk');
+    cl.send(NBD_CMD.DISC, 0, 0, { flags: 0x8100 });
+    expect((await cl.c.leftoverAtClose()).length).toBe(0);
+    await expect((await served).done).resolves.toBeUndefined();
+  });
+});
+
+describe('nbd under a hostile client: what one connection may hold', () => {
+  /** A virtual export whose writes wait until the test lets each one finish; it checks the budget at every call. */
+  class SlowWriteExport extends MemExport {
+    private readonly held: Array<{ length: number; release: () => void }> = [];
+    private readonly started: Array<() => void> = [];
+    calls = 0;
+    maxHeldBytes = 0;
+
+    constructor(name: string, size: number) {
+      super(name, size, false, 4096, true);
+    }
+
+    override write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+      this.writes.push({ offset, length: data.length, fua });
+      this.calls++;
+      const gate = deferred();
+      this.held.push({ length: data.length, release: gate.resolve });
+      this.maxHeldBytes = Math.max(this.maxHeldBytes, this.heldBytes());
+      this.started.shift()?.();
+      return gate.promise.then(() => {
+        this.writesDone++;
+      });
+    }
+
+    heldBytes(): number {
+      return this.held.reduce((n, h) => n + h.length, 0);
+    }
+
+    /** Resolves once a write is waiting to be released. */
+    async waiting(): Promise<void> {
+      if (this.held.length > 0) return;
+      await new Promise<void>((r) => this.started.push(r));
+    }
+
+    releaseOldest(): void {
+      this.held.shift()!.release();
+    }
+  }
+
+  it('writes to a slow export: the connection stops taking requests once the payloads it holds pass its budget, and takes them again as writes finish', async () => {
+    const slow = new SlowWriteExport('slow', 2 ** 30);
+    exportsByName.set('slow', slow);
+    const cl = await openExport('slow');
+    const n = 24;
+    const len = 8 * MiB;
+    const paused = new Promise<void>((resolve) => {
+      onPressure = (waiting) => void (waiting && resolve());
+    });
+    const handles = Array.from({ length: n }, (_, i) => cl.send(NBD_CMD.WRITE, i * len, len, { data: Buffer.alloc(len, i) }));
+    // The server says when it stops taking requests; a server without a budget takes all 24 (192 MiB) at once.
+    let raced = false;
+    const allTaken = (async (): Promise<void> => {
+      while (!raced && slow.calls < n) await new Promise((r) => setTimeout(r, 20));
+    })();
+    await Promise.race([paused, allTaken]);
+    raced = true;
+    expect(slow.calls).toBeLessThan(n);
+    expect(slow.heldBytes()).toBeGreaterThan(NBD_CONNECTION_BUDGET); // it took up to the budget...
+    expect(slow.heldBytes()).toBeLessThanOrEqual(NBD_CONNECTION_BUDGET + len); // ...and one request past it, no more
+    // Each finished write lets one more in; every write is answered and the budget held throughout.
+    for (let done = 0; done < n; done++) {
+      await slow.waiting();
+      slow.releaseOldest();
+    }
+    const seen = new Set<bigint>();
+    for (let k = 0; k < n; k++) {
+      const r = await cl.reply();
+      expect(r.error).toBe(0);
+      seen.add(r.handle);
+    }
+    expect(seen).toEqual(new Set(handles));
+    expect(slow.writes.map((w) => w.offset)).toEqual(handles.map((_, i) => i * len));
+    expect(slow.maxHeldBytes).toBeLessThanOrEqual(NBD_CONNECTION_BUDGET + len);
+    expect(pressure[0]).toBe(true);
+    expect(pressure.at(-1)).toBe(false);
+  });
+
+  it('a client reading its replies slowly gets every 32 MiB read whole and in step after the connection waited for its socket', async () => {
+    const cl = await openExport('big');
+    cl.c.sock.pause(); // let the replies pile up in the server first
+    const n = 8;
+    const handles = Array.from({ length: n }, (_, i) => cl.send(NBD_CMD.READ, BIG_SIZE - (i + 1) * NBD_MAX_PAYLOAD, NBD_MAX_PAYLOAD));
+    const probe = cl.send(NBD_CMD.READ, 0, 4);
+    const paused = new Promise<void>((resolve) => {
+      onPressure = (waiting) => void (waiting && resolve());
+    });
+    let raced = false;
+    const allTaken = (async (): Promise<void> => {
+      while (!raced && big.reads.length < n) await new Promise((r) => setTimeout(r, 20));
+    })();
+    await Promise.race([paused, allTaken]);
+    raced = true;
+    expect(big.reads.length).toBeLessThan(n);
+    cl.c.sock.resume();
+    const seen: bigint[] = [];
+    for (let k = 0; k < n + 1; k++) {
+      const r = await cl.reply((h) => (h === probe ? 4 : NBD_MAX_PAYLOAD));
+      expect(r.error).toBe(0);
+      expect(r.data.length).toBe(r.handle === probe ? 4 : NBD_MAX_PAYLOAD);
+      seen.push(r.handle);
+    }
+    expect(seen).toEqual([...handles, probe]); // a synchronous export answers in order
+    expect(pressure).toContain(false);
+  });
+
+  // The export runs in a child process (the module, which imports nothing at run time, transpiled as it
+  // stands), so its memory is measured alone: VmHWM in /proc is the process's peak resident size.
+  const CHILD = `
+import net from 'node:net';
+import readline from 'node:readline';
+import { readFileSync } from 'node:fs';
+import { serveNbdConnection } from './nbd.mjs';
+let reads = 0, pending = 0, waiting = 0;
+const fill = (offset) => (offset / 4096) & 0xff;
+const exp = {
+  name: 'flood', size: 2 ** 40, readOnly: false, preferredBlockSize: 4096,
+  read: (offset, length) => Buffer.alloc(length, fill(offset)),
+  // Asynchronous, like carryon's reads of 128 KiB and more (thread pool); each fills its reply buffer.
+  readInto(offset, length, into, at) {
+    reads++;
+    pending++;
+    return new Promise((resolve) => setImmediate(() => {
+      into.fill(fill(offset), at, at + length);
+      pending--;
+      resolve();
+    }));
+  },
+  write() {}, zero() {}, flush() {},
+};
+net.createServer((s) => void serveNbdConnection(s, {
+  lookup: () => exp, list: () => ['flood'], onBackpressure: (w) => { waiting += w ? 1 : -1; },
+})).listen(process.argv[2], () => process.stdout.write('listening\\n'));
+readline.createInterface({ input: process.stdin }).on('line', () => {
+  const status = readFileSync('/proc/self/status', 'utf8');
+  const kib = (k) => Number(new RegExp('^' + k + ':\\\\s+(\\\\d+) kB', 'm').exec(status)[1]);
+  process.stdout.write(JSON.stringify({ hwmKiB: kib('VmHWM'), rssKiB: kib('VmRSS'), reads, pending, waiting }) + '\\n');
+});
+`;
+  interface ChildStatus {
+    hwmKiB: number;
+    rssKiB: number;
+    reads: number;
+    pending: number;
+    waiting: number;
+  }
+
+  async function startChildExport(): Promise<{ socket: string; status: () => Promise<ChildStatus>; kill: () => void }> {
+    const ts = (await import('typescript')).default;
+    const src = await fs.readFile(path.join(import.meta.dirname, '../../src/nbd/index.ts'), 'utf8');
+    const js = ts.transpileModule(src, { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } }).outputText;
+    await fs.writeFile(path.join(dir, 'nbd.mjs'), js);
+    await fs.writeFile(path.join(dir, 'child.mjs'), CHILD);
+    const socket = path.join(dir, 'flood.sock');
+    const child = spawn(process.execPath, [path.join(dir, 'child.mjs'), socket], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const lines: string[] = [];
+    const waiters: Array<(line: string) => void> = [];
+    readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+      const w = waiters.shift();
+      if (w) w(line);
+      else lines.push(line);
+    });
+    const next = (): Promise<string> => (lines.length > 0 ? Promise.resolve(lines.shift()!) : new Promise((r) => waiters.push(r)));
+    const exited = new Promise<string>((resolve) => child.once('exit', (code, signal) => resolve(`child export exited (${code ?? signal})`)));
+    const line = await Promise.race([next(), exited]);
+    if (line !== 'listening') throw new Error(line);
+    return {
+      socket,
+      status: async () => {
+        child.stdin!.write('status\n');
+        return JSON.parse(await Promise.race([next(), exited.then((m) => Promise.reject(new Error(m)))])) as ChildStatus;
+      },
+      kill: () => void child.kill('SIGKILL'),
+    };
+  }
+
+  it('a client sending 200 READs of 32 MiB and never reading: the serving process stays under 400 MB and another connection is answered', async () => {
+    const LIMIT_KIB = 400 * 1024;
+    const child = await startChildExport();
+    try {
+      const before = await child.status();
+      const flood = await openExport('flood', child.socket);
+      flood.c.sock.pause(); // never read: the replies stay in the server, past the few KiB the kernel's socket buffers take
+      for (let i = 0; i < 200; i++) flood.send(NBD_CMD.READ, i * NBD_MAX_PAYLOAD, NBD_MAX_PAYLOAD);
+      // Until the server says it stopped taking requests and those it took are done (no timing: it reports),
+      // or has already grown past the limit (a server without a budget takes 64 at once: 2 GiB).
+      let s = await child.status();
+      while (!(s.waiting === 1 && s.pending === 0) && s.hwmKiB < LIMIT_KIB) {
+        await new Promise((r) => setTimeout(r, 50));
+        s = await child.status();
+      }
+      expect(s.hwmKiB).toBeLessThan(LIMIT_KIB);
+      expect(s.reads).toBeLessThanOrEqual(Math.ceil(NBD_CONNECTION_BUDGET / NBD_MAX_PAYLOAD) + 1);
+
+      // Another connection is served meanwhile.
+      const other = await openExport('flood', child.socket);
+      const r = await other.read(7 * 4096, 4096);
+      expect(r.error).toBe(0);
+      expectBytes(r.data, Buffer.alloc(4096, 7));
+      const after = await child.status();
+      console.log(`nbd flood: VmHWM ${Math.round(before.hwmKiB / 1024)} MiB before, ${Math.round(after.hwmKiB / 1024)} MiB after; ${after.reads} of 200 reads taken`);
+      expect(after.hwmKiB).toBeLessThan(LIMIT_KIB);
+
+      // The flooding connection is still in step: its first reply arrives whole once it reads.
+      flood.c.sock.resume();
+      const first = await flood.reply(() => NBD_MAX_PAYLOAD);
+      expect(first.error).toBe(0);
+      expect(first.data.length).toBe(NBD_MAX_PAYLOAD);
+      expect(first.handle).toBe(0x1122334455660000n);
+    } finally {
+      child.kill();
+    }
   });
 });
 
