@@ -147,7 +147,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
       if (old !== null && (await state.cache.has(old))) baseOf.set(id, old);
     }
   }
-  const pool = new CheckoutPool({ cacheRoot: state.cache.root, disk: partial, url: login.url, token: login.token, device: login.device, checkoutId: info.checkoutId,
+  const pool = new CheckoutPool({ cacheRoot: state.cache.root, disk: partial, url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, checkoutId: info.checkoutId,
     maxBlock: manifest.blockSize, baseVersion: baseOf.size > 0 ? local!.version : null }, (d) => {
     if (d.cheap === null) return void refetch.push(d.id);
     for (const i of where.get(d.id)!) cheap[i] = d.cheap;
