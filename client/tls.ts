@@ -76,6 +76,11 @@ export function checkTransport(url: URL, insecureHttp: boolean | undefined): voi
     `or, only on a network you trust, run \`carryon login ${url.origin} --insecure-http\``, { url: url.origin });
 }
 
+/** The server's certificate was refused: like an unreachable server to the agent (try again later), with a reason a human can act on. */
+export function isTlsRefusal(code: string): boolean {
+  return code === 'TLS_UNTRUSTED' || code === 'TLS_CERT_EXPIRED' || code === 'TLS_CERT_NOT_YET_VALID' || code === 'TLS_HOSTNAME_MISMATCH';
+}
+
 const UNTRUSTED = new Set(['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'SELF_SIGNED_CERT_IN_CHAIN',
   'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_UNTRUSTED', 'CERT_SIGNATURE_FAILURE', 'INVALID_CA', 'CERT_REJECTED']);
 

@@ -98,6 +98,8 @@ describe('TLS, plain HTTP, tokens and proxies', () => {
   let token = '';
   let plainToken = '';
   let reloads = 0;
+  /** A laptop left holding alice-desk over https by the cycle test. */
+  let holder: Laptop | null = null;
   let n = 0;
   const laptop = (): Laptop => new Laptop(path.join(dir, `laptop-${++n}`));
 
@@ -190,7 +192,7 @@ describe('TLS, plain HTTP, tokens and proxies', () => {
     expect(co2.code, co2.stderr).toBe(0);
     expect(co2.json.version).toBe(2);
     expect(sha256File(co2.json.disk)).toBe(changed);
-    expect((await b.cli(['discard', 'alice-desk', '--yes'])).code).toBe(0);
+    holder = b;
   }, 120_000);
 
   it('refuses an expired certificate, saying when it expired', async () => {
@@ -241,19 +243,25 @@ describe('TLS, plain HTTP, tokens and proxies', () => {
     }
   });
 
-  it('a laptop logged in keeps its codes when the server changes: a later command is refused as untrusted, not unreachable', async () => {
-    const l = laptop();
-    expect((await l.cli(['login', server.url, '--ca', ca], { CARRYON_TOKEN: token })).code).toBe(0);
+  it('an impostor later (a captive portal, a man in the middle): commands are refused as untrusted, the agent waits as if offline', async () => {
+    const b = holder!;
     const other = makeCert(path.dirname(otherCa), 'impostor', 'IP:127.0.0.1');
     await serve(other);
     try {
-      const r = await l.cli(['checkout', 'alice-desk', '--json']);
+      const r = await b.cli(['checkin', 'alice-desk', '--json']);
       expect(r.code, r.stderr).toBe(12);
       expect(r.json.error.code).toBe('TLS_UNTRUSTED');
       expect(r.json.error.data.issuer).toBe('CN=another CA');
+      const agent = await b.cli(['agent', '--once', '--json']);
+      expect(agent.code, agent.stdout + agent.stderr).toBe(0);
+      const events = agent.stdout.trim().split('\n').map((l) => JSON.parse(l));
+      expect(events.find((e) => e.event === 'offline')).toMatchObject({ desktop: 'alice-desk', code: 'TLS_UNTRUSTED' });
     } finally {
       await serve(good);
     }
+    // The real server again: the same laptop goes on, its CA kept.
+    const d = await b.cli(['discard', 'alice-desk', '--yes', '--json']);
+    expect(d.code, d.stderr).toBe(0);
   });
 
   it('SIGHUP with a renewed certificate: new connections get it; a bad pair keeps the old one serving', async () => {
