@@ -83,6 +83,10 @@ export function isTlsRefusal(code: string): boolean {
 
 const UNTRUSTED = new Set(['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'SELF_SIGNED_CERT_IN_CHAIN',
   'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_UNTRUSTED', 'CERT_SIGNATURE_FAILURE', 'INVALID_CA', 'CERT_REJECTED']);
+/** OpenSSL's other verify failures (as node reports them): a certificate refused for a reason a CA file would not fix. */
+const REFUSED = new Set(['CERT_REVOKED', 'INVALID_PURPOSE', 'PATH_LENGTH_EXCEEDED', 'CERT_CHAIN_TOO_LONG', 'UNABLE_TO_DECRYPT_CERT_SIGNATURE',
+  'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY', 'ERROR_IN_CERT_NOT_BEFORE_FIELD', 'ERROR_IN_CERT_NOT_AFTER_FIELD', 'UNABLE_TO_GET_CRL', 'CRL_HAS_EXPIRED', 'CRL_NOT_YET_VALID',
+  'CRL_SIGNATURE_FAILURE', 'ERR_TLS_CERT_ALTNAME_FORMAT']);
 
 /** A TLS failure as a CarryonError with a sentence naming the problem; null when `err` is not about TLS. */
 export async function tlsFailure(url: URL, err: unknown, extraCa: string | null | undefined): Promise<CarryonError | null> {
@@ -91,7 +95,7 @@ export async function tlsFailure(url: URL, err: unknown, extraCa: string | null 
   const code = String(e?.code ?? '');
   const origin = url.origin;
   const base = { url: origin, errno: code };
-  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID' || code === 'HOSTNAME_MISMATCH') {
     const names = certNames(e.cert);
     const host = url.hostname.replace(/^\[|\]$/g, '');
     const example = names.find((n) => !n.includes('*'));
@@ -108,6 +112,10 @@ export async function tlsFailure(url: URL, err: unknown, extraCa: string | null 
       `${extraCa ? ', nor by the CA given with --ca' : ''}. If the server uses your organisation's own CA, get that CA's certificate (a PEM file) from the admin ` +
       `and run \`carryon login ${origin} --ca FILE\`; if it should have a public certificate, stop: someone may be intercepting the connection`,
       { ...base, subject: peer ? dn(peer.subject) : null, issuer: peer ? dn(peer.issuer) : null, fingerprint256: peer?.fingerprint256 ?? null });
+  }
+  if (REFUSED.has(code)) {
+    return new CarryonError('TLS_UNTRUSTED',
+      `the server at ${origin} presented a certificate this laptop refuses: ${e.message} (${code}). Nothing was sent; the server's admin must fix the certificate`, base);
   }
   if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID') {
     const chain = chainOf(await peerCertificate(url));

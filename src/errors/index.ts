@@ -44,7 +44,7 @@ export const ERROR_CODES = {
   SERVER_UNREACHABLE: { http: 502, exit: 7, what: 'the server could not be reached' },
   // transport security (laptop side: raised before any token leaves the laptop)
   INSECURE_HTTP: { http: 400, exit: 12, what: 'plain http:// to another machine was refused: use https://, or --insecure-http on a network you trust' },
-  TLS_UNTRUSTED: { http: 502, exit: 12, what: "the server's certificate is not signed by a CA this laptop trusts (pass the CA with --ca)" },
+  TLS_UNTRUSTED: { http: 502, exit: 12, what: "the server's certificate is not trusted: signed by a CA this laptop does not know (pass it with --ca), or refused for the reason the message names" },
   TLS_CERT_EXPIRED: { http: 502, exit: 12, what: "the server's certificate has expired" },
   TLS_CERT_NOT_YET_VALID: { http: 502, exit: 12, what: "the server's certificate is not valid yet (or this laptop's clock is wrong)" },
   TLS_HOSTNAME_MISMATCH: { http: 502, exit: 12, what: "the server's certificate is for other host names than the URL's" },

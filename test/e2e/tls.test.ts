@@ -33,9 +33,9 @@ function makeCa(dir: string, cn: string): string {
 }
 
 /** A server certificate from `ca` for subjectAltName `san`, valid for two days or between two dates. */
-function makeCert(ca: string, name: string, san: string, dates?: [start: string, end: string]): { cert: string; key: string } {
+function makeCert(ca: string, name: string, san: string, dates?: [start: string, end: string], eku = 'serverAuth'): { cert: string; key: string } {
   openssl(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`], ca);
-  writeFileSync(path.join(ca, `${name}.ext`), `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
+  writeFileSync(path.join(ca, `${name}.ext`), `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=${eku}\n`);
   openssl(['ca', '-batch', '-notext', '-config', 'ca.cnf', '-cert', 'ca.pem', '-keyfile', 'ca.key', '-in', `${name}.csr`, '-out', `${name}.pem`, '-extfile', `${name}.ext`,
     ...(dates ? ['-startdate', dates[0], '-enddate', dates[1]] : ['-days', '2'])], ca);
   return { cert: path.join(ca, `${name}.pem`), key: path.join(ca, `${name}.key`) };
@@ -237,6 +237,21 @@ describe('TLS, plain HTTP, tokens and proxies', () => {
       expect(r.json.error.code).toBe('TLS_HOSTNAME_MISMATCH');
       expect(r.stderr).toMatch(/a certificate for files\.example\.org, carryon\.example\.org, not for 127\.0\.0\.1/);
       expect(r.json.error.data.names).toEqual(['files.example.org', 'carryon.example.org']);
+      expect(savedLogin(l.home)).toEqual({});
+    } finally {
+      await serve(good);
+    }
+  });
+
+  it('refuses a certificate for another purpose (clients only), saying so', async () => {
+    await serve(makeCert(path.dirname(ca), 'client-only', 'IP:127.0.0.1', undefined, 'clientAuth'));
+    try {
+      const l = laptop();
+      const r = await l.cli(['login', server.url, '--ca', ca, '--json'], { CARRYON_TOKEN: token });
+      expect(r.code, r.stderr).toBe(12);
+      expect(r.json.error.code).toBe('TLS_UNTRUSTED');
+      expect(r.stderr).toMatch(/unsuitable certificate purpose \(INVALID_PURPOSE\)/);
+      expect(r.stderr).toMatch(/the server's admin must fix the certificate/);
       expect(savedLogin(l.home)).toEqual({});
     } finally {
       await serve(good);
