@@ -52,8 +52,8 @@ export function registerStart(program: Command): void {
         if (tls) log(tlsLogLine('TLS certificate loaded', tls.info));
         if (trustProxy.entries.length) log({ level: 'info', msg: 'X-Forwarded-For believed from these proxies only', trustProxy: trustProxy.entries });
         // A renewal (certbot's deploy hook, a cron job): `kill -HUP`. New connections get the new pair.
-        process.on('SIGHUP', () => {
-          if (!certFile || !keyFile) return void log({ level: 'warn', msg: 'SIGHUP ignored: started without --tls-cert, nothing to reload' });
+        // Without TLS, SIGHUP keeps its default (the process ends, as before).
+        if (certFile && keyFile) process.on('SIGHUP', () => {
           try {
             const next = loadTlsPair(certFile, keyFile);
             server.setTls(next);
