@@ -53,6 +53,8 @@ function readTokenFile(file: string, out: NodeJS.WritableStream): string {
 
 /** Ask on the terminal with echo off (raw mode): Enter ends, Backspace and Ctrl-U edit, Ctrl-C aborts. */
 function promptHidden(stdin: tty.ReadStream, out: NodeJS.WritableStream, question: string): Promise<string> {
+  // Echo off before the question shows: whatever is typed after it is never shown.
+  stdin.setRawMode(true);
   out.write(question);
   return new Promise((resolve, reject) => {
     let typed = '';
@@ -74,7 +76,6 @@ function promptHidden(stdin: tty.ReadStream, out: NodeJS.WritableStream, questio
         else if (ch >= ' ') typed += ch;
       }
     };
-    stdin.setRawMode(true);
     stdin.setEncoding('utf8');
     stdin.on('data', onData);
     stdin.resume();
