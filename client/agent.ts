@@ -14,6 +14,7 @@ import { pendingChanges, removeJournal } from './disk-session.js';
 import { leaseStatus } from './lease.js';
 import { replicateDesktop } from './replicate.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
+import { isTlsRefusal } from './tls.js';
 
 export type AgentLog = (event: string, fields: Record<string, unknown>, human: string) => void;
 
@@ -41,9 +42,10 @@ export async function agentRound(state: LocalState, api: ApiClient, login: Login
       reply = await api.heartbeat(local.checkoutId, pending);
     } catch (err) {
       const e = asCarryonError(err);
-      if (e.code === 'SERVER_UNREACHABLE') {
+      // A certificate refused (a captive portal, an expired certificate) is offline too, until someone fixes it.
+      if (e.code === 'SERVER_UNREACHABLE' || isTlsRefusal(e.code)) {
         report.offline = true;
-        log('offline', { desktop: local.desktop, error: e.message }, `${local.desktop}: server unreachable (${e.message}); will try again`);
+        log('offline', { desktop: local.desktop, error: e.message, code: e.code }, `${local.desktop}: ${e.code === 'SERVER_UNREACHABLE' ? 'server unreachable' : e.code} (${e.message}); will try again`);
         break; // the same for every checkout this round
       }
       log('heartbeat-error', { desktop: local.desktop, error: e.toJSON() }, `${local.desktop}: ${e.code}: ${e.message}`);
@@ -110,7 +112,7 @@ async function forcedCheckin(state: LocalState, api: ApiClient, login: Login, lo
   } catch (err) {
     const e = asCarryonError(err);
     // A dropped connection or a VM that grabbed the disk: try again next round. Anything else: the admin must look.
-    const retry = e.code === 'SERVER_UNREACHABLE' || e.code === 'DISK_IN_USE' || e.code === 'DISK_CHANGED';
+    const retry = e.code === 'SERVER_UNREACHABLE' || isTlsRefusal(e.code) || e.code === 'DISK_IN_USE' || e.code === 'DISK_CHANGED';
     await tell(api, local, req, retry ? 'in-progress' : 'failed', { error: e.toJSON() }, log);
     log('checkin-error', { desktop: local.desktop, request: req.id, error: e.toJSON(), retry }, `${local.desktop}: forced check-in ${retry ? 'will be retried' : 'failed'}: ${e.code}: ${e.message}`);
     return false;

@@ -1,6 +1,6 @@
 // ApiClient: the laptop's side of the HTTP API. Counts every body byte in both directions (the
 // figures `--json` reports), turns error bodies back into CarryonErrors, and connection failures into
-// SERVER_UNREACHABLE.
+// SERVER_UNREACHABLE (TLS failures into their own codes, see tls.ts).
 import http from 'node:http';
 import https from 'node:https';
 import { Readable, Transform, Writable } from 'node:stream';
@@ -10,6 +10,7 @@ import {
   encodeBlock, packEntries, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
   type DesktopInfo, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
+import { checkTransport, secureContextFor, tlsFailure } from './tls.js';
 
 /**
  * Default: a request with no byte moving for this long fails (a stalled server or a dead link);
@@ -25,6 +26,10 @@ export interface ApiClientOptions {
   device: string;
   /** A request with no bytes moving for this long fails as SERVER_UNREACHABLE (a hung server, a dead link). */
   idleTimeoutMs?: number;
+  /** A CA certificate (PEM) trusted besides the system store: `carryon login --ca`. */
+  ca?: string | null;
+  /** Plain http:// to a non-loopback host, as the user chose with `carryon login --insecure-http`. */
+  insecureHttp?: boolean;
 }
 
 export class ApiClient {
@@ -35,8 +40,10 @@ export class ApiClient {
 
   constructor(private readonly opts: ApiClientOptions) {
     this.base = new URL(opts.url);
-    const A = this.base.protocol === 'https:' ? https.Agent : http.Agent;
-    this.agent = new A({ keepAlive: true, maxSockets: 4 });
+    checkTransport(this.base, opts.insecureHttp);
+    this.agent = this.base.protocol === 'https:'
+      ? new https.Agent({ keepAlive: true, maxSockets: 4, secureContext: secureContextFor(opts.ca) })
+      : new http.Agent({ keepAlive: true, maxSockets: 4 });
   }
 
   close(): void {
@@ -83,7 +90,7 @@ export class ApiClient {
         },
       });
       req.on('error', (err) => {
-        if (!answered) reject(unreachable(this.base, err));
+        if (!answered) void this.failure(err).then(reject);
       });
       const idle = this.opts.idleTimeoutMs ?? DEFAULT_IDLE_MS;
       req.setTimeout(idle, () => {
@@ -133,11 +140,16 @@ export class ApiClient {
           setTimeout(() => {
             if (answered) return;
             req.destroy();
-            reject(unreachable(this.base, err));
+            void this.failure(err).then(reject);
           }, 2_000).unref();
         });
       }
     });
+  }
+
+  /** A failed request as a CarryonError: its own when it has one, a TLS code, else SERVER_UNREACHABLE. */
+  private async failure(err: unknown): Promise<CarryonError> {
+    return (await tlsFailure(this.base, err, this.opts.ca)) ?? unreachable(this.base, err);
   }
 
   private async readAll(res: http.IncomingMessage, max = 512 * 1024 * 1024): Promise<Buffer> {

@@ -152,7 +152,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   // A disk that cannot hold the blocks still to write fails now, not half-way (the cache needs about as
   // much again, compressed; a full disk later is reported the same way and resumes).
   needSpace(name, partial, [...where.keys()].reduce((n, id) => n + plainOf(id) * where.get(id)!.length, 0));
-  const pool = new CheckoutPool({ cacheRoot: state.cache.root, disk: partial, url: login.url, token: login.token, device: login.device, checkoutId: info.checkoutId,
+  const pool = new CheckoutPool({ cacheRoot: state.cache.root, disk: partial, url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, checkoutId: info.checkoutId,
     maxBlock: manifest.blockSize, baseVersion: baseOf.size > 0 ? local!.version : null }, (d) => {
     if (d.cheap === null) return void refetch.push(d.id);
     for (const i of where.get(d.id)!) cheap[i] = d.cheap;

@@ -42,6 +42,8 @@ export interface WorkerInit {
   url: string;
   token: string;
   device: string;
+  ca: string | null;
+  insecureHttp: boolean;
   checkoutId: string;
   maxBlock: number;
   /** The desktop version the jobs' bases come from, when they have any. */
@@ -175,7 +177,7 @@ async function received(name: string, data: Buffer, byId: Map<BlockId, BlockJob>
   return { id: e.id, plain: applyBlockPatch(base, data, init.maxBlock), encoded: null };
 }
 
-const api = new ApiClient({ url: init.url, token: init.token, device: init.device });
+const api = new ApiClient({ url: init.url, token: init.token, device: init.device, ca: init.ca, insecureHttp: init.insecureHttp });
 parentPort!.on('message', (msg: WorkerRequest) => {
   if (msg.kind === 'close') {
     api.close();

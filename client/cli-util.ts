@@ -36,7 +36,7 @@ export async function runCommand<T>(opts: CommonOpts, body: (s: Session) => Prom
       api: () => {
         if (!client) {
           const l = st.login();
-          client = new ApiClient({ url: l.url, token: l.token, device: l.device });
+          client = new ApiClient({ url: l.url, token: l.token, device: l.device, ca: l.ca, insecureHttp: l.insecureHttp });
         }
         return client;
       },

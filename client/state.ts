@@ -1,5 +1,5 @@
 // LocalState: the laptop's own record, in HOME/state.db (SQLite). Owns: the login (server URL, token,
-// device id), and one row per desktop checked out on this laptop with the manifest it materialized
+// device id, the extra CA from --ca and the --insecure-http choice), and one row per desktop checked out on this laptop with the manifest it materialized
 // and the cheap hash of every block as written. HOME/cache is the block cache shared by all desktops
 // (a PackBlockStore: one file per block was the bottleneck of a check-out).
 // The token is a secret: the home folder is created 0700.
@@ -39,6 +39,10 @@ export interface Login {
   device: string;
   deviceName: string;
   user: string;
+  /** A CA certificate (PEM) trusted besides the system store, from `carryon login --ca`. */
+  ca: string | null;
+  /** The user chose plain http:// to a non-loopback server (`carryon login --insecure-http`). */
+  insecureHttp: boolean;
 }
 
 const MIGRATIONS = [
@@ -129,12 +133,16 @@ export class LocalState {
     return d;
   }
 
+  /** A login replaces the previous one whole: its URL, token, extra CA and --insecure-http choice. */
   saveLogin(l: Omit<Login, 'device'>): Login {
     this.db.transaction(() => {
       this.set('url', l.url);
       this.set('token', l.token);
       this.set('deviceName', l.deviceName);
       this.set('user', l.user);
+      if (l.ca) this.set('ca', l.ca);
+      else this.db.prepare("DELETE FROM config WHERE key = 'ca'").run();
+      this.set('insecureHttp', l.insecureHttp ? '1' : '0');
     })();
     return { ...l, device: this.deviceId() };
   }
@@ -142,8 +150,8 @@ export class LocalState {
   login(): Login {
     const url = this.get('url');
     const token = this.get('token');
-    if (!url || !token) throw new CarryonError('NOT_LOGGED_IN', `no server login in ${this.home}: run \`carryon login URL --token TOKEN\` first`);
-    return { url, token, device: this.deviceId(), deviceName: this.get('deviceName') ?? os.hostname(), user: this.get('user') ?? '' };
+    if (!url || !token) throw new CarryonError('NOT_LOGGED_IN', `no server login in ${this.home}: run \`carryon login URL\` first`);
+    return { url, token, device: this.deviceId(), deviceName: this.get('deviceName') ?? os.hostname(), user: this.get('user') ?? '', ca: this.get('ca') ?? null, insecureHttp: this.get('insecureHttp') === '1' };
   }
 
   checkout(desktop: string): LocalCheckout | null {

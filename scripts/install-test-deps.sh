@@ -4,10 +4,11 @@
 # (libnbd-bin) and qemu-img read `carryon serve` exports back, cmp compares, and zstd checks that our
 # frames are standard. nbdkit and qemu-nbd (qemu-utils) are the NBD servers scripts/bench compares with.
 # chromium runs the admin console's end-to-end tests (driven by the playwright-core npm package; its own
-# browser download is not used). The benchmark peers (rsync, rdiff, casync) come along so that
+# browser download is not used). openssl makes the TLS tests' CAs and certificates; script (bsdutils)
+# gives the login prompt test a terminal. The benchmark peers (rsync, rdiff, casync) come along so that
 # scripts/bench runs on the same machine. A missing tool is a test failure, never a skip.
 set -euo pipefail
-pkgs=(e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium)
+pkgs=(e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -15,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-for t in mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit chromium zstd rsync rdiff casync cmp; do
+for t in mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit chromium zstd rsync rdiff casync cmp openssl script; do
   command -v "$t" >/dev/null || { echo "install-test-deps: $t is still missing" >&2; exit 1; }
 done
 echo "install-test-deps: all peers present"

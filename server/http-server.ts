@@ -1,6 +1,7 @@
 // The HTTP service: routing, authentication, body limits, and the one place where a CarryonError
 // becomes an HTTP response. Handlers parse untrusted input with src/wire parsers, then trust types.
 import http from 'node:http';
+import https from 'node:https';
 import { pipeline } from 'node:stream/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -18,6 +19,11 @@ import type { SqliteMeta, User } from './meta.js';
 import { SqliteFleetMeta, type Actor } from './fleet-meta.js';
 import { Metrics } from './metrics.js';
 import { CONSOLE_CSP, CONSOLE_HTML } from './console-page.js';
+import { ProxyTrust } from './client-address.js';
+import type { TlsPair } from './tls.js';
+
+/** Without --trust-proxy: X-Forwarded-For is never believed. */
+const NO_PROXY = new ProxyTrust('');
 
 /** A connection with no byte moving either way for this long is closed (a stalled or vanished peer). */
 const IDLE_TIMEOUT_MS = 120_000;
@@ -48,17 +54,28 @@ interface Ctx {
 
 type Handler = (ctx: Ctx) => Promise<unknown>;
 
+/** How the service meets the network: HTTPS with this pair (else plain HTTP), and which reverse proxies it believes. */
+export interface ServerOptions {
+  tls?: TlsPair;
+  trustProxy?: ProxyTrust;
+  /** The data folder, whose free space is checked before uploads and reported in /metrics. */
+  dataRoot?: string;
+  /** Uploads are refused below this much free space (default DEFAULT_MIN_FREE_BYTES). */
+  minFreeBytes?: number;
+}
+
 export class CarryonHttpServer {
-  private readonly server: http.Server;
+  private readonly server: http.Server | https.Server;
   private readonly manifests: ManifestCache;
   private readonly routes: Array<{ method: string; re: RegExp; path: string; handler: Handler }> = [];
   readonly metrics = new Metrics();
   private readonly liveSockets = new Set<Socket>();
 
   constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly personas: PersonaService, private readonly log: Logger,
-    private readonly fleet: SqliteFleetMeta = new SqliteFleetMeta(meta.db), private readonly opts: { dataRoot?: string; minFreeBytes?: number } = {}) {
+    private readonly fleet: SqliteFleetMeta = new SqliteFleetMeta(meta.db), private readonly opts: ServerOptions = {}) {
     this.manifests = new ManifestCache(meta);
-    this.server = http.createServer((req, res) => void this.handle(req, res));
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => void this.handle(req, res);
+    this.server = opts.tls ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }, handler) : http.createServer(handler);
     // Bytes in and out, counted per connection (headers included): closed ones added up, open ones read live.
     this.server.on('connection', (sock) => {
       this.liveSockets.add(sock);
@@ -77,6 +94,8 @@ export class CarryonHttpServer {
     this.server.maxHeadersCount = 100;
     // Framing errors (bad request line, headers too large, header timeout) get the same JSON error body.
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket) => this.clientError(err, socket));
+    // A client that refuses our certificate (or speaks plain HTTP to the TLS port): the admin should hear of it.
+    this.server.on('tlsClientError', (err: NodeJS.ErrnoException, sock: Socket) => this.log({ level: 'warn', msg: 'TLS handshake failed', address: sock.remoteAddress ?? null, error: err.code ?? err.message }));
     const r = (method: string, path: string, handler: Handler): void => {
       this.routes.push({ method, re: new RegExp(`^${API_PREFIX}${path.replace(/:[a-z]+/g, '([^/]+)')}$`), path, handler });
     };
@@ -186,9 +205,15 @@ export class CarryonHttpServer {
       this.server.once('error', reject);
       this.server.listen(port, host, () => {
         const a = this.server.address() as AddressInfo;
-        resolve(`http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`);
+        resolve(`${this.opts.tls ? 'https' : 'http'}://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`);
       });
     });
+  }
+
+  /** A renewed certificate: new connections get it, open ones keep theirs. */
+  setTls(pair: TlsPair): void {
+    if (!(this.server instanceof https.Server)) throw new CarryonError('INVALID_ARGUMENT', 'this server was started without --tls-cert');
+    this.server.setSecureContext({ cert: pair.cert, key: pair.key });
   }
 
   close(): Promise<void> {
@@ -227,11 +252,12 @@ export class CarryonHttpServer {
       const route = this.routes.find((r) => r.method === req.method && r.re.test(url.pathname));
       if (route) routePath = route.path;
       if (!route) throw new CarryonError('NOT_FOUND', `no route ${req.method} ${url.pathname}`);
-      const who = this.authenticate(req);
+      const address = (this.opts.trustProxy ?? NO_PROXY).clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for']);
+      const who = this.authenticate(req, address);
       user = who.user;
       admit = this.admit(who.user);
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeParam);
-      const actor: Actor = { name: who.user.name, device: who.device ?? header(req, HEADER_DEVICE) ?? null, address: req.socket.remoteAddress ?? null };
+      const actor: Actor = { name: who.user.name, device: who.device ?? header(req, HEADER_DEVICE) ?? null, address };
       const out = await route.handler({ req, res, url, params, user, device: who.device, claimedDevice: who.device ?? header(req, HEADER_DEVICE), actor });
       if (!res.headersSent && out !== undefined) {
         // A handler may stop before the body's end (a tar ends at its end-of-archive blocks): what follows is not read.
@@ -297,10 +323,10 @@ export class CarryonHttpServer {
     socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
   }
 
-  private authenticate(req: http.IncomingMessage): { user: User; device: string | null } {
+  private authenticate(req: http.IncomingMessage, address: string | null): { user: User; device: string | null } {
     const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
-    if (!m) throw new CarryonError('UNAUTHORIZED', 'missing bearer token: log in with `carryon login URL --token TOKEN`');
-    const who = this.fleet.authenticate(m[1]!, req.socket.remoteAddress ?? null);
+    if (!m) throw new CarryonError('UNAUTHORIZED', 'missing bearer token: log in with `carryon login URL`');
+    const who = this.fleet.authenticate(m[1]!, address);
     if (!who) throw new CarryonError('UNAUTHORIZED', 'the token is unknown or revoked');
     // A device token speaks only for its own device.
     const claimed = header(req, HEADER_DEVICE);

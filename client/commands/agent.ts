@@ -36,7 +36,7 @@ export function registerAgent(program: Command): void {
         let api: ApiClient | null = null;
         try {
           const login = state.login();
-          api = new ApiClient({ url: login.url, token: login.token, device: login.device, idleTimeoutMs: 60_000 });
+          api = new ApiClient({ url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, idleTimeoutMs: 60_000 });
           const r = await agentRound(state, api, login, log);
           log('round', { ...r }, `round done: ${r.contacted} checkout(s) contacted${r.offline ? ', server unreachable' : ''}, ${r.checkins} forced check-in(s), ${r.rollbacks} rollback(s)`);
         } catch (err) {

@@ -49,7 +49,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     let leaseApi: ApiClient | null = null;
     try {
       const l = state.login();
-      leaseApi = new ApiClient({ url: l.url, token: l.token, device: l.device, idleTimeoutMs: 10_000 });
+      leaseApi = new ApiClient({ url: l.url, token: l.token, device: l.device, ca: l.ca, insecureHttp: l.insecureHttp, idleTimeoutMs: 10_000 });
     } catch {
       leaseApi = null;
     }
@@ -61,7 +61,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       try {
         const login = state.login();
         // A VM waits on on-demand reads: a hung server must turn into EIO, not a frozen guest.
-        source = new ServerBlockSource(state, () => (api ??= new ApiClient({ url: login.url, token: login.token, device: login.device, idleTimeoutMs: 20_000 })), local.checkoutId, 16 * 1024 * 1024);
+        source = new ServerBlockSource(state, () => (api ??= new ApiClient({ url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, idleTimeoutMs: 20_000 })), local.checkoutId, 16 * 1024 * 1024);
       } catch {
         source = null; // no login: serve what is local, fail reads of the rest
       }
@@ -169,7 +169,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       const renewer = (() => {
         try {
           const l = state.login();
-          return new ApiClient({ url: l.url, token: l.token, device: l.device, idleTimeoutMs: 10_000 });
+          return new ApiClient({ url: l.url, token: l.token, device: l.device, ca: l.ca, insecureHttp: l.insecureHttp, idleTimeoutMs: 10_000 });
         } catch {
           return null;
         }

@@ -1,9 +1,12 @@
-// carryon-server start: run the HTTP service until SIGINT/SIGTERM.
+// carryon-server start: run the HTTP service until SIGINT/SIGTERM; HTTPS with --tls-cert/--tls-key,
+// whose files are read again on SIGHUP (a renewal: a bad new pair is logged and the old one keeps serving).
 import type { Command } from 'commander';
 import { CarryonError, describeFailure } from '../../src/index.js';
 import { dataDirOf } from '../cli-util.js';
 import { openDataDir } from '../db.js';
 import { CarryonHttpServer } from '../http-server.js';
+import { ProxyTrust, TRUST_PROXY_ENV } from '../client-address.js';
+import { loadTlsPair, type TlsPair } from '../tls.js';
 import { SqliteMeta } from '../meta.js';
 import { SqlitePersonaMeta } from '../persona-meta.js';
 import { PersonaService } from '../persona-service.js';
@@ -17,23 +20,51 @@ function parseListen(s: string): { host: string; port: number } {
   return { host: (m[1] ?? m[2])!, port: Number(m[3]) };
 }
 
+/** Which certificate serves; a warning when it has expired already (clients will refuse it with TLS_CERT_EXPIRED). */
+function tlsLogLine(msg: string, info: TlsPair['info']): Record<string, unknown> {
+  const expired = Date.parse(info.validTo) < Date.now();
+  return { level: expired ? 'warn' : 'info', msg: expired ? `${msg}, but it has EXPIRED: clients refuse it; renew it and send SIGHUP` : msg, ...info };
+}
+
 export function registerStart(program: Command): void {
   withCommonOptions(program.command('start').description('serve the HTTP API'))
     .option('--listen <host:port>', 'address to listen on; port 0 picks a free one', '127.0.0.1:7480')
     .option('--min-free <bytes>', 'refuse uploads (DISK_FULL) while the data folder has less than this free (or CARRYON_MIN_FREE)', process.env.CARRYON_MIN_FREE ?? String(64 * 1024 * 1024))
+    .option('--tls-cert <file>', 'serve HTTPS with this certificate (PEM, intermediates after it); re-read on SIGHUP')
+    .option('--tls-key <file>', 'the private key of --tls-cert (PEM, unencrypted); re-read on SIGHUP')
+    .option('--trust-proxy <addrs>', `reverse proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-For is believed (default: $${TRUST_PROXY_ENV}, else none)`)
     .action(async (_o, cmd: Command) => {
       const opts = optsOf(cmd);
       try {
         const { host, port } = parseListen(String(opts.listen));
         const minFreeBytes = Number(opts.minFree);
         if (!Number.isSafeInteger(minFreeBytes) || minFreeBytes < 0) throw new CarryonError('INVALID_ARGUMENT', `--min-free must be a number of bytes, got ${String(opts.minFree)}`);
+        if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined)) throw new CarryonError('INVALID_ARGUMENT', '--tls-cert and --tls-key go together: give both files, or neither for plain HTTP');
+        const certFile = opts.tlsCert as string | undefined;
+        const keyFile = opts.tlsKey as string | undefined;
+        const tls = certFile && keyFile ? loadTlsPair(certFile, keyFile) : undefined;
+        const trustSpec = (opts.trustProxy as string | undefined) ?? process.env[TRUST_PROXY_ENV];
+        const trustProxy = new ProxyTrust(trustSpec ?? '', opts.trustProxy !== undefined ? '--trust-proxy' : TRUST_PROXY_ENV);
         const d = openDataDir(dataDirOf(opts));
         const log = (f: Record<string, unknown>): void => void process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...f })}\n`);
         const meta = new SqliteMeta(d.db);
         const personas = new PersonaService(meta, new SqlitePersonaMeta(d.db), d.store, path.join(d.root, 'tmp'));
         mkdirSync(path.join(d.root, 'tmp'), { recursive: true });
-        const server = new CarryonHttpServer(meta, d.store, personas, log, undefined, { dataRoot: d.root, minFreeBytes });
+        const server = new CarryonHttpServer(meta, d.store, personas, log, undefined, { tls, trustProxy, dataRoot: d.root, minFreeBytes });
         const url = await server.listen(host, port);
+        if (tls) log(tlsLogLine('TLS certificate loaded', tls.info));
+        if (trustProxy.entries.length) log({ level: 'info', msg: 'X-Forwarded-For believed from these proxies only', trustProxy: trustProxy.entries });
+        // A renewal (certbot's deploy hook, a cron job): `kill -HUP`. New connections get the new pair.
+        // Without TLS, SIGHUP keeps its default (the process ends, as before).
+        if (certFile && keyFile) process.on('SIGHUP', () => {
+          try {
+            const next = loadTlsPair(certFile, keyFile);
+            server.setTls(next);
+            log(tlsLogLine('TLS certificate reloaded', next.info));
+          } catch (err) {
+            log({ level: 'error', msg: 'TLS certificate reload failed; the previous certificate keeps serving', error: err instanceof Error ? err.message : String(err) });
+          }
+        });
         process.stdout.write(opts.json ? `${JSON.stringify({ url })}\n` : `carryon-server listening on ${url}\n`);
         const stop = async (): Promise<void> => {
           await server.close();

@@ -16,6 +16,6 @@ export function registerUserAdd(user: Command): void {
         new SqliteFleetMeta(d.db).audit(cliActor(), 'user.add', `user:${r.user}`, { admin: r.admin });
         return r;
       }, (r) =>
-        `added ${r.admin ? 'admin' : 'user'} ${r.user}\ntoken: ${r.token}\n(shown once: give it to the user for \`carryon login URL --token TOKEN\`)`);
+        `added ${r.admin ? 'admin' : 'user'} ${r.user}\ntoken: ${r.token}\n(shown once: give it to the user for \`carryon login URL\`, which asks for it without echo)`);
     });
 }

@@ -46,6 +46,12 @@ export const ERROR_CODES = {
   REQUEST_TIMEOUT: { http: 408, exit: 7, what: 'the request (or its body) did not arrive in time' },
   RATE_LIMITED: { http: 429, exit: 7, what: 'this user has too many requests in flight; retry shortly' },
   DISK_FULL: { http: 507, exit: 12, what: 'no space left on the server or the laptop disk; nothing was lost, free space and retry' },
+  // transport security (laptop side: raised before any token leaves the laptop)
+  INSECURE_HTTP: { http: 400, exit: 13, what: 'plain http:// to another machine was refused: use https://, or --insecure-http on a network you trust' },
+  TLS_UNTRUSTED: { http: 502, exit: 13, what: "the server's certificate is not trusted: signed by a CA this laptop does not know (pass it with --ca), or refused for the reason the message names" },
+  TLS_CERT_EXPIRED: { http: 502, exit: 13, what: "the server's certificate has expired" },
+  TLS_CERT_NOT_YET_VALID: { http: 502, exit: 13, what: "the server's certificate is not valid yet (or this laptop's clock is wrong)" },
+  TLS_HOSTNAME_MISMATCH: { http: 502, exit: 13, what: "the server's certificate is for other host names than the URL's" },
   IO_ERROR: { http: 500, exit: 9, what: 'a local file operation failed' },
   ABORTED: { http: 499, exit: 10, what: 'the user declined or interrupted the operation' },
   INTERNAL: { http: 500, exit: 1, what: 'an unexpected error (a bug); see the server log' },

@@ -145,8 +145,8 @@ export class TestServer {
     return r.json.token as string;
   }
 
-  async start(env: Record<string, string> = {}, port = 0): Promise<string> {
-    const p = spawn(process.execPath, [SERVER_BIN, 'start', '--data', this.data, '--listen', `127.0.0.1:${port}`], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  async start(env: Record<string, string> = {}, port = 0, args: string[] = []): Promise<string> {
+    const p = spawn(process.execPath, [SERVER_BIN, 'start', '--data', this.data, '--listen', `127.0.0.1:${port}`, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
     // The service's JSON log, kept for post-mortems of a failing test.
     const log = createWriteStream(path.join(this.dir, 'server.log'), { flags: 'a' });
@@ -155,7 +155,7 @@ export class TestServer {
       let out = '';
       p.stdout!.on('data', (c) => {
         out += c;
-        const m = /listening on (http:\/\/\S+)/.exec(out);
+        const m = /listening on (https?:\/\/\S+)/.exec(out);
         if (m) resolve(m[1]!);
       });
       p.on('exit', (code) => reject(new Error(`server exited with ${code} before listening`)));
