@@ -168,7 +168,7 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   state.putCheckout({ ...local, state: 'checked-in', version: commit.version, manifestId: commit.manifestId, manifest: encoded, cheap: scan.incomplete ? null : encodeCheap(scan.cheap) });
   removeJournal(state, name); // keyed to the old version: it would be refused anyway
   // The copy stays as a read-only reference; the desktop now lives on the server.
-  await fs.chmod(local.diskPath, 0o444);
+  await fs.chmod(local.diskPath, 0o400);
   if (held?.withDisk && commit.persona) {
     if (commit.persona.merged) {
       // Bring the folder to what the server now holds (merged edits from elsewhere, conflict copies).

@@ -72,7 +72,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   let prior: { manifest: DiskManifest; cheap: BigUint64Array } | null = null;
   if (ours && local.state === 'checked-in' && local.cheap && (await exists(disk))) {
     prior = { manifest: decodeManifest(local.manifest), cheap: decodeCheap(local.cheap) };
-    await fs.chmod(disk, 0o644);
+    await fs.chmod(disk, 0o600);
     await fs.rename(disk, partial);
   }
   const resumed = info.resumed || local?.state === 'downloading';
@@ -90,7 +90,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   keepSecret();
 
   await fs.mkdir(path.dirname(disk), { recursive: true });
-  const fd = openSync(partial, fsc.O_RDWR | fsc.O_CREAT, 0o644);
+  const fd = openSync(partial, fsc.O_RDWR | fsc.O_CREAT, 0o600);
   const hasher = new CheapHasher();
   const cheap = new BigUint64Array(manifest.count);
   const zeroHashes = new Map<number, bigint>();
@@ -251,7 +251,7 @@ async function startStream(state: LocalState, api: ApiClient, login: Login, name
     manifest: s.encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString(), leaseExpiresAt: info.leaseExpiresAt ?? null });
   await fs.mkdir(path.dirname(disk), { recursive: true });
   if (reuse) await fs.rename(partial, disk);
-  const fd = openSync(disk, reuse ? 'r+' : 'w', 0o644);
+  const fd = openSync(disk, reuse ? 'r+' : 'w', 0o600);
   const cheap = new BigUint64Array(manifest.count);
   const local: number[] = [];
   try {

@@ -14,6 +14,10 @@ import { registerStatus } from './commands/status.js';
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
 
+// Everything carryon writes holds a desktop, a persona or a token: folders 0700 and files 0600 for this
+// user only, whatever the shell's umask.
+process.umask(0o077);
+
 const program = new Command('carryon')
   .version(version)
   .description('carryon: check virtual desktops out to this laptop and back in')

@@ -5,7 +5,7 @@
 // The token is a secret: the home folder is created 0700.
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CarryonError, PackBlockStore, type BlockId } from '../src/index.js';
@@ -95,6 +95,7 @@ export class LocalState {
   constructor(home: string) {
     this.home = home;
     mkdirSync(home, { recursive: true, mode: 0o700 });
+    chmodSync(home, 0o700); // a home made by an older carryon under umask 022 is closed to others too
     this.db = new Database(path.join(home, 'state.db'));
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');

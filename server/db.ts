@@ -2,7 +2,7 @@
 // DATA/carryon.db (SQLite, WAL) and DATA/store/ (FsBlockStore). Several processes may open it at once
 // (the service and admin commands): WAL plus a busy timeout serialises their writes.
 import Database from 'better-sqlite3';
-import { existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { CarryonError, FsBlockStore, type BlockStore } from '../src/index.js';
 import { MIGRATIONS } from './migrations.js';
@@ -42,10 +42,24 @@ function openDb(file: string): Db {
   return db;
 }
 
+/**
+ * The data folder is this user's alone (a folder made under umask 022 by an older version is closed too).
+ * Root working on another user's folder would leave root-owned 0600 files the service cannot read: refused.
+ */
+function closeToOthers(root: string): void {
+  const owner = statSync(root).uid;
+  if (process.getuid?.() === 0 && owner !== 0) {
+    throw new CarryonError('DATA_DIR_INVALID', `${root} belongs to user id ${owner}: run carryon-server as that user (for example sudo -u '#${owner}' carryon-server ...), so that what it writes stays readable by the service`, { data: root, owner });
+  }
+  chmodSync(root, 0o700);
+  if (existsSync(dbPath(root))) chmodSync(dbPath(root), 0o600);
+}
+
 export function initDataDir(root: string): { root: string; created: boolean; schemaVersion: number } {
   const abs = path.resolve(root);
   const created = !existsSync(dbPath(abs));
-  mkdirSync(path.join(abs, 'store'), { recursive: true });
+  mkdirSync(path.join(abs, 'store'), { recursive: true, mode: 0o700 });
+  closeToOthers(abs);
   const db = openDb(dbPath(abs));
   try {
     return { root: abs, created, schemaVersion: migrate(db) };
@@ -60,6 +74,7 @@ export function openDataDir(root: string | undefined): DataDir {
   if (!existsSync(dbPath(abs))) {
     throw new CarryonError('DATA_DIR_INVALID', `${abs} is not a carryon-server data folder: run \`carryon-server init --data ${abs}\` first`, { data: abs });
   }
+  closeToOthers(abs);
   const db = openDb(dbPath(abs));
   migrate(db);
   // Batch durability: BlockIngest syncs the store before it indexes what it wrote.

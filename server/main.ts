@@ -14,6 +14,10 @@ import { registerUserAdd } from './commands/user-add.js';
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
 
+// The data folder holds every user's desktops and the token hashes: folders 0700 and files 0600 for the
+// service's user only, whatever the shell's umask.
+process.umask(0o077);
+
 const program = new Command('carryon-server')
   .version(version)
   .description('carryon server: stores desktops and images, serves check-outs and check-ins')

@@ -49,7 +49,7 @@ export class FsBlockStore implements BlockStore {
     this.ensureDir(path.dirname(final));
     const tmp = path.join(tmpDir, `${id}.${randomBytes(6).toString('hex')}`);
     // Synchronous I/O, as in getEncoded: five small syscalls beat five thread-pool round trips.
-    const fd = openSync(tmp, 'wx', 0o644);
+    const fd = openSync(tmp, 'wx', 0o600);
     try {
       writeSync(fd, encoded);
       if (this.durability === 'fsync') fsyncSync(fd);
