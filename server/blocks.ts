@@ -197,11 +197,6 @@ export async function ingestUpload(meta: SqliteMeta, store: BlockStore, base: Lo
   return result;
 }
 
-/** The ids of a new manifest the checkout may not name: outside its scope (see BlockScope). */
-export function missingForCommit(scope: BlockScope, next: DiskManifest): BlockId[] {
-  return scope.missing(next.uniqueIds());
-}
-
 /**
  * The encoded blocks of `ids` as tar entries, read a window ahead of the consumer so the disk and the
  * socket are busy at once (16 reads in flight: 3x faster than one by one from a cold page cache).

@@ -11,7 +11,7 @@ import {
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
   parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseDesktopPolicy, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
 } from '../src/index.js';
-import { BlockScope, ingestUpload, ManifestCache, missingForCommit, readAhead } from './blocks.js';
+import { BlockScope, ingestUpload, ManifestCache, readAhead } from './blocks.js';
 import { crashPoint } from './crash-point.js';
 import type { PersonaService } from './persona-service.js';
 import { closeAfterAnswer, decodeParam, header, readBody, readJson, requestBody, sendJson } from './http-util.js';
@@ -519,7 +519,7 @@ export class CarryonHttpServer {
     if (next.blockSize !== base.manifest.blockSize || next.size !== base.manifest.size) {
       throw new CarryonError('MANIFEST_INVALID', 'a restore point must have the checked-out version\'s size and block size');
     }
-    const missing = missingForCommit(this.scopeOf(co), next);
+    const missing = this.scopeOf(co).missing(next.uniqueIds());
     if (missing.length > 0) throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} block(s) the restore point names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
     await this.store.sync();
     this.meta.putManifest(id, encoded, next);
@@ -543,7 +543,7 @@ export class CarryonHttpServer {
       if (next.blockSize !== base.manifest.blockSize) {
         throw new CarryonError('MANIFEST_INVALID', `manifest block size ${next.blockSize} differs from the checked-out version's ${base.manifest.blockSize}`);
       }
-      const missing = missingForCommit(this.scopeOf(co), next);
+      const missing = this.scopeOf(co).missing(next.uniqueIds());
       if (missing.length > 0) {
         throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} block(s) the new version names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
       }
