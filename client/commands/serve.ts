@@ -16,6 +16,9 @@ import { leaseStatus, requireLease } from '../lease.js';
 import { openLocalDisk, requireCheckedOut } from '../disk-session.js';
 import { homeOf, LocalState } from '../state.js';
 
+
+/** NBD connections served at once (each bounded by NBD_CONNECTION_BUDGET). */
+const MAX_NBD_CONNECTIONS = 16;
 export function registerServe(program: Command): void {
   withCommonOptions(program.command('serve <desktop>').description('export a checked-out disk over NBD for a VM (tracks every write for a fast check-in)'))
     .option('--socket <path>', 'Unix socket to listen on (default: HOME/run/NAME.nbd)')
@@ -75,6 +78,12 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     const server = net.createServer((sock) => {
       if (leaseRefusal) {
         log('refused', { reason: 'lease-expired' }, `carryon serve: refused a new NBD client: ${leaseRefusal}`);
+        return void sock.destroy();
+      }
+      // Each connection may hold up to its byte budget (src/nbd): a local client opening hundreds of them
+      // must not multiply it without end. QEMU and nbdcopy use at most a handful.
+      if (sockets.size >= MAX_NBD_CONNECTIONS) {
+        log('refused', { reason: 'too-many-connections', max: MAX_NBD_CONNECTIONS }, `carryon serve: refused a new NBD client: ${MAX_NBD_CONNECTIONS} are connected already`);
         return void sock.destroy();
       }
       sockets.add(sock);

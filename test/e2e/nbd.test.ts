@@ -275,6 +275,35 @@ describe('carryon serve: the disk over NBD', () => {
       c.on('close', () => resolve());
       c.on('error', () => undefined);
     });
+    // At most 16 clients at once (each may hold the per-connection budget): the 17th is turned away and
+    // says so; those connected keep being served.
+    const held: net.Socket[] = [];
+    for (let i = 0; i < 16; i++) {
+      const c = net.connect(s.socket);
+      c.on('error', () => undefined);
+      await new Promise<void>((resolve) => c.once('data', () => resolve())); // the server's greeting
+      held.push(c);
+    }
+    const turnedAway = net.connect(s.socket);
+    turnedAway.on('error', () => undefined);
+    let greeted = false;
+    turnedAway.on('data', () => (greeted = true));
+    await new Promise<void>((resolve) => turnedAway.on('close', () => resolve()));
+    expect(greeted).toBe(false);
+    expect(await s.next('refused')).toMatchObject({ reason: 'too-many-connections', max: 16 });
+    for (const c of held) c.destroy();
+    // Once the server has seen those go, a new client is greeted again.
+    let back = false;
+    for (let i = 0; i < 100 && !back; i++) {
+      back = await new Promise<boolean>((resolve) => {
+        const c = net.connect(s.socket);
+        c.on('error', () => resolve(false));
+        c.once('data', () => (c.destroy(), resolve(true)));
+        c.once('close', () => resolve(false));
+      });
+      if (!back) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(back).toBe(true);
     expect(qemuIo(s.uri, [`write -P 0x71 ${MiB} 4096`]).code).toBe(0);
     await stopServe(s);
     // On request the export listens on 127.0.0.1:PORT instead of a Unix socket.
