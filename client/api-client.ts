@@ -6,7 +6,7 @@ import https from 'node:https';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
-  API_PREFIX, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
+  API_PREFIX, CarryonError, parseJson, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
   encodeBlock, packEntries, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
   type DesktopInfo, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
@@ -19,6 +19,8 @@ import { checkTransport, secureContextFor, tlsFailure } from './tls.js';
 const DEFAULT_IDLE_MS = Number(process.env.CARRYON_IDLE_TIMEOUT) > 0 ? Number(process.env.CARRYON_IDLE_TIMEOUT) * 1000 : 60_000;
 /** An error answer is a small JSON body: what is read of a longer one. */
 const MAX_ERROR_BODY = 64 * 1024;
+/** A JSON answer (upload and commit results): small; what is read of a longer one. */
+const MAX_ANSWER_BYTES = 16 * 1024 * 1024;
 
 export interface ApiClientOptions {
   url: string;
@@ -117,7 +119,7 @@ export class ApiClient {
         res.on('end', () => {
           let parsed: unknown = null;
           try {
-            parsed = JSON.parse(Buffer.concat(parts).toString('utf8'));
+            parsed = parseJson(Buffer.concat(parts), 'the error answer');
           } catch {
             /* not JSON: errorFromBody reports the status */
           }
@@ -173,7 +175,7 @@ export class ApiClient {
     const res = await this.request(method, path, body === undefined ? null : Buffer.from(JSON.stringify(body)), body === undefined ? {} : { 'content-type': 'application/json' });
     const buf = await this.readAll(res, 64 * 1024 * 1024);
     try {
-      return JSON.parse(buf.toString('utf8')) as T;
+      return parseJson(buf, `the answer to ${method} ${path}`) as T;
     } catch {
       throw new CarryonError('INTERNAL', `server sent invalid JSON for ${method} ${path}`);
     }
@@ -199,7 +201,7 @@ export class ApiClient {
     const res = persona
       ? await this.request('POST', `/checkouts/${checkoutId}/restore-points`, await tarOf([{ name: 'disk.manifest', data: manifest }, ...persona], true), { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' })
       : await this.request('POST', `/checkouts/${checkoutId}/restore-points`, manifest, { 'content-type': CONTENT_MANIFEST });
-    return JSON.parse((await this.readAll(res)).toString('utf8')) as { id: number; createdAt: string; blocksChanged: number; withPersona: boolean };
+    return parseJson(await this.readAll(res, MAX_ANSWER_BYTES), 'the server\'s answer') as { id: number; createdAt: string; blocksChanged: number; withPersona: boolean };
   }
 
   desktops(): Promise<{ desktops: DesktopInfo[] }> {
@@ -265,7 +267,7 @@ export class ApiClient {
   /** Upload a zstd-compressed tar stream of blocks and patches. */
   async upload(checkoutId: string, body: Readable): Promise<UploadResult> {
     const res = await this.request('PUT', `/checkouts/${checkoutId}/blocks`, body, { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' });
-    return JSON.parse((await this.readAll(res)).toString('utf8')) as UploadResult;
+    return parseJson(await this.readAll(res, MAX_ANSWER_BYTES), 'the server\'s answer') as UploadResult;
   }
 
   /** Commit a check-in: the disk manifest alone, or with the persona (`persona-delta.json`, `push.json`). */
@@ -274,7 +276,7 @@ export class ApiClient {
       ? await this.request('POST', `/checkouts/${checkoutId}/commit`, await tarOf([{ name: 'disk.manifest', data: manifest }, ...persona], true),
         { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' })
       : await this.request('POST', `/checkouts/${checkoutId}/commit`, manifest, { 'content-type': CONTENT_MANIFEST });
-    return JSON.parse((await this.readAll(res)).toString('utf8')) as CommitResult;
+    return parseJson(await this.readAll(res, MAX_ANSWER_BYTES), 'the server\'s answer') as CommitResult;
   }
 
   /** A persona version (default: the newest): its encoded snapshot, version and id. */
@@ -300,13 +302,13 @@ export class ApiClient {
 
   async personaUpload(baseVersion: number, body: Readable): Promise<{ chunks: number; files: number }> {
     const res = await this.request('PUT', `/persona/blocks?base=${baseVersion}`, body, { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' });
-    return JSON.parse((await this.readAll(res)).toString('utf8')) as { chunks: number; files: number };
+    return parseJson(await this.readAll(res, MAX_ANSWER_BYTES), 'the server\'s answer') as { chunks: number; files: number };
   }
 
   /** Push a persona snapshot (persona-only copies) and get the version it became. */
   async personaPush(parts: TarEntry[]): Promise<PersonaCommitResult> {
     const res = await this.request('POST', '/persona/push', await tarOf(parts, true), { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' });
-    return JSON.parse((await this.readAll(res)).toString('utf8')) as PersonaCommitResult;
+    return parseJson(await this.readAll(res, MAX_ANSWER_BYTES), 'the server\'s answer') as PersonaCommitResult;
   }
 
   /** Count a response body's bytes as they are read, and turn a dropped connection into SERVER_UNREACHABLE. */

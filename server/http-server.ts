@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
-  API_PREFIX, asCarryonError, diskSpace, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
+  API_PREFIX, asCarryonError, diskSpace, parseJson, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
   manifestId, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
   parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseDesktopPolicy, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
@@ -415,9 +415,9 @@ export class CarryonHttpServer {
     const snapshot = parts.get('persona-delta.json');
     const info = parts.get('push.json');
     if (!snapshot || !info) throw new CarryonError('BAD_REQUEST', 'a persona push carries persona-delta.json and push.json');
-    const push = parsePersonaPushInfo(parseJsonPart(info));
+    const push = parsePersonaPushInfo(parseJson(info, 'a JSON part of the request'));
     return this.meta.db.transaction(() => {
-      const r = this.personas.commit(user, parseJsonPart(snapshot), push, null);
+      const r = this.personas.commit(user, parseJson(snapshot, 'a JSON part of the request'), push, null);
       if (r.changed) this.fleet.audit(actor, 'persona.push', `user:${user.name}`, { version: r.version, merged: r.merged, desktop: push.desktop });
       return r;
     })();
@@ -504,7 +504,7 @@ export class CarryonHttpServer {
     if (!encoded) throw new CarryonError('BAD_REQUEST', `${what} carries disk.manifest`);
     const snapshot = parts.get('persona-delta.json');
     const push = parts.get('push.json');
-    if (snapshot && push) return { encoded, persona: { delta: parseJsonPart(snapshot), push: parsePersonaPushInfo(parseJsonPart(push)) } };
+    if (snapshot && push) return { encoded, persona: { delta: parseJson(snapshot, 'a JSON part of the request'), push: parsePersonaPushInfo(parseJson(push, 'a JSON part of the request')) } };
     if (snapshot || push) throw new CarryonError('BAD_REQUEST', 'persona-delta.json and push.json go together');
     return { encoded, persona: null };
   }
@@ -575,13 +575,6 @@ function intParam(url: URL, name: string): number {
   return n;
 }
 
-function parseJsonPart(buf: Buffer): unknown {
-  try {
-    return JSON.parse(buf.toString('utf8'));
-  } catch {
-    throw new CarryonError('BAD_REQUEST', 'a JSON part of the request is not valid JSON');
-  }
-}
 
 /**
  * What the client may see of an error: the server's own file and disk failures keep their code but not

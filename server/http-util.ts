@@ -2,7 +2,7 @@
 // they inflate to), JSON answers, and how a connection ends after a refused body.
 import type http from 'node:http';
 import type { Readable } from 'node:stream';
-import { CarryonError, createDecompressStream, MAX_JSON_BYTES } from '../src/index.js';
+import { CarryonError, createDecompressStream, MAX_JSON_BYTES, parseJson } from '../src/index.js';
 
 export function decodeParam(p: string): string {
   try {
@@ -23,27 +23,46 @@ export function sendJson(res: http.ServerResponse, status: number, body: unknown
   res.end(text);
 }
 
-export async function readBody(req: http.IncomingMessage, max: number): Promise<Buffer> {
+/**
+ * The whole body, at most `max` bytes. Read with listeners, not `for await`: leaving such a loop (over the
+ * limit) destroys the request and its socket, and the 413 could then never be sent.
+ */
+export function readBody(req: http.IncomingMessage, max: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > max) throw new CarryonError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes is over the ${max} limit`, { max });
-  const parts: Buffer[] = [];
-  let n = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    n += c.length;
-    if (n > max) throw new CarryonError('PAYLOAD_TOO_LARGE', `request body is over the ${max} byte limit`, { max });
-    parts.push(c);
-  }
-  return Buffer.concat(parts, n);
+  if (declared > max) return Promise.reject(new CarryonError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes is over the ${max} limit`, { max }));
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let n = 0;
+    const done = (): void => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+      req.pause(); // what is left is for closeAfterAnswer to read and drop
+    };
+    const onData = (c: Buffer): void => {
+      n += c.length;
+      if (n <= max) return void parts.push(c);
+      done();
+      reject(new CarryonError('PAYLOAD_TOO_LARGE', `request body is over the ${max} byte limit`, { max }));
+    };
+    const onEnd = (): void => {
+      done();
+      resolve(Buffer.concat(parts, n));
+    };
+    const onError = (err: Error): void => {
+      done();
+      reject(err);
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+  });
 }
 
 export async function readJson(req: http.IncomingMessage): Promise<unknown> {
   const buf = await readBody(req, MAX_JSON_BYTES);
   if (buf.length === 0) return {};
-  try {
-    return JSON.parse(buf.toString('utf8'));
-  } catch {
-    throw new CarryonError('BAD_REQUEST', 'request body is not valid JSON');
-  }
+  return parseJson(buf, 'request body');
 }
 
 /**

@@ -3,6 +3,7 @@
 // snapshot's id (so persona versions are content-addressed like disk manifests).
 // Must not know: the file system, stores, HTTP. Paths here are already validated (see paths.ts).
 import { CarryonError } from '../errors/index.js';
+import { parseJson } from '../json/index.js';
 import { isBlockId, sha256, type BlockId } from '../hash/index.js';
 import { checkPersonaPath, checkSymlinkTarget, personaPathKey } from './paths.js';
 import { applyToRegistry, decodeRegFile, Registry } from './registry/index.js';
@@ -57,9 +58,9 @@ export function decodePersona(buf: Uint8Array, maxBytes = 256 * 1024 * 1024): Pe
   if (buf.length > maxBytes) throw new CarryonError('PAYLOAD_TOO_LARGE', `persona snapshot of ${buf.length} bytes is over ${maxBytes}`);
   let raw: unknown;
   try {
-    raw = JSON.parse(Buffer.from(buf).toString('utf8'));
-  } catch {
-    throw bad('not JSON');
+    raw = parseJson(buf, 'persona snapshot');
+  } catch (err) {
+    throw bad((err as Error).message.replace(/^persona snapshot /, ''));
   }
   const o = raw as { format?: unknown; version?: unknown; files?: unknown; registry?: unknown };
   if (o?.format !== PERSONA_FORMAT) throw bad('wrong format name');

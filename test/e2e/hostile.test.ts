@@ -258,6 +258,16 @@ describe('hostile requests against a real server', () => {
     await bobIsServed();
   });
 
+  it('JSON nested a million levels deep, in a body and in a 16 MB tar part: 400 BAD_REQUEST, refused before it is parsed', async () => {
+    const deep = (n: number): Buffer => Buffer.from('['.repeat(n) + ']'.repeat(n));
+    expectRefused(await send(url(), 'POST', `${API_PREFIX}/checkouts/${CO}/blocks/missing`, t.da, deep(1_000_000), { ...asA, 'content-type': 'application/json' }), 400, 'BAD_REQUEST');
+    const push = await tarBytes([{ name: 'persona-delta.json', data: deep(8_000_000) }, { name: 'push.json', data: Buffer.from(JSON.stringify({ baseVersion: 1, desktop: 'a-desk', deviceName: 'x', editedAt: 0 })) }]);
+    const a = await send(url(), 'POST', `${API_PREFIX}/persona/push`, t.da, await zstdOf([push]), { ...asA, 'content-type': 'application/x-tar', 'content-encoding': 'zstd' });
+    expectRefused(a, 400, 'BAD_REQUEST');
+    expect(a.json.error.message).toMatch(/nests deeper than/);
+    await bobIsServed();
+  });
+
   it('a body in an unknown content-encoding, and a zstd body that is not zstd: clear codes', async () => {
     expectRefused(await send(url(), 'PUT', `${API_PREFIX}/checkouts/${CO}/blocks`, t.da, Buffer.from('x'), { ...asA, 'content-encoding': 'gzip' }), 400, 'BAD_REQUEST');
     expectRefused(await send(url(), 'PUT', `${API_PREFIX}/checkouts/${CO}/blocks`, t.da, Buffer.alloc(4096, 0x41), { ...asA, 'content-encoding': 'zstd' }), 400, 'TAR_INVALID');
