@@ -33,7 +33,7 @@ export interface BlockDone {
 export type WorkerReply =
   | { kind: 'progress'; seq: number; done: BlockDone[] }
   | { kind: 'finished'; seq: number; bytesReceived: number }
-  | { kind: 'error'; seq: number; code: string; message: string }
+  | { kind: 'error'; seq: number; code: string; message: string; data: Record<string, unknown> }
   | { kind: 'closed'; code?: string; message?: string };
 
 export interface WorkerInit {
@@ -201,7 +201,16 @@ parentPort!.on('message', (msg: WorkerRequest) => {
     () => post({ kind: 'finished', seq: msg.seq, bytesReceived: api.bytesReceived - before }),
     (err: unknown) => {
       const e = asCarryonError(err); // an fs error keeps its meaning (DISK_FULL, IO_ERROR) across the thread
-      post({ kind: 'error', seq: msg.seq, code: e.code, message: e.code === 'INTERNAL' ? String((err as Error)?.message ?? err) : e.message });
+      // The error's data crosses too (why a request failed: reason 'stalled'), as JSON like --json prints it.
+      post({ kind: 'error', seq: msg.seq, code: e.code, message: e.code === 'INTERNAL' ? String((err as Error)?.message ?? err) : e.message, data: jsonData(e) });
     },
   );
 });
+
+function jsonData(e: CarryonError): Record<string, unknown> {
+  try {
+    return JSON.parse(JSON.stringify(e.data)) as Record<string, unknown>;
+  } catch {
+    return {};
+  }
+}
