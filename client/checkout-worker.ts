@@ -148,6 +148,13 @@ async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<voi
       if (byId.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${byId.size} requested block(s)`);
     } catch (err) {
       w.flush();
+      // Every block asked for arrived verified, and then the answer went wrong (more entries than asked
+      // for, junk where its end belongs): a server that breaks the protocol is reported, not ignored
+      // because nothing is left to ask for. Only a connection dropped after the last block is harmless.
+      if (byId.size === 0) {
+        if (err instanceof CarryonError && err.code === 'SERVER_UNREACHABLE') break;
+        throw err;
+      }
       const retriable = err instanceof CarryonError && (err.code === 'SERVER_UNREACHABLE' || err.code === 'TAR_INVALID');
       // A server that stopped answering gets one more chance, not RETRIES idle timeouts in a row.
       const stalls = err instanceof CarryonError && (err.data.reason === 'stalled' || err.data.reason === 'timeout') ? ++stalled : 0;
