@@ -108,13 +108,10 @@ export class ApiClient {
         }
         const parts: Buffer[] = [];
         let n = 0;
-        res.on('data', (c: Buffer) => {
-          this.bytesReceived += c.length;
-          n += c.length;
-          if (n <= MAX_ERROR_BODY) parts.push(c);
-        });
-        res.on('error', (err) => reject(unreachable(this.base, err)));
-        res.on('end', () => {
+        let settled = false;
+        const settle = (): void => {
+          if (settled) return;
+          settled = true;
           let parsed: unknown = null;
           try {
             parsed = JSON.parse(Buffer.concat(parts).toString('utf8'));
@@ -123,7 +120,17 @@ export class ApiClient {
           }
           req.destroy(); // an unfinished upload leaves the connection unusable
           reject(errorFromBody(res.statusCode ?? 500, parsed));
+        };
+        res.on('data', (c: Buffer) => {
+          this.bytesReceived += c.length;
+          n += c.length;
+          if (n <= MAX_ERROR_BODY) parts.push(c);
+          // An error answer is small: one that goes on past the limit is not read to its end (an endless
+          // body was read for as long as the server sent it).
+          else settle();
         });
+        res.on('error', (err) => reject(unreachable(this.base, err)));
+        res.on('end', settle);
       });
       if (body === null) req.end();
       else if (Buffer.isBuffer(body)) {
