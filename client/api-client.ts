@@ -7,7 +7,7 @@ import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   API_PREFIX, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
-  encodeBlock, packEntries, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
+  encodeBlock, packEntries, parseCheckoutInfo, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
   type DesktopInfo, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
 import { checkTransport, secureContextFor, tlsFailure } from './tls.js';
@@ -217,8 +217,8 @@ export class ApiClient {
     return this.json('GET', `/desktops/${encodeURIComponent(name)}`);
   }
 
-  startCheckout(name: string, deviceName: string): Promise<CheckoutInfo> {
-    return this.json('POST', `/desktops/${encodeURIComponent(name)}/checkouts`, { device: this.opts.device, deviceName });
+  async startCheckout(name: string, deviceName: string): Promise<CheckoutInfo> {
+    return parseCheckoutInfo(await this.json('POST', `/desktops/${encodeURIComponent(name)}/checkouts`, { device: this.opts.device, deviceName }));
   }
 
   async manifest(checkoutId: string): Promise<Buffer> {
