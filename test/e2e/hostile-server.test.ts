@@ -55,7 +55,7 @@ function makeImage(seed: string): Buffer {
 // ---- raw tar and zstd, for answers our encoders would never produce
 
 /** A ustar header: any name, type flag ('0' file, '1' hard link, '2' symlink, '5' folder), size up to 8 GiB - 1. */
-function tarHeader(name: string, size: number, type = '0', linkname = '', prefix = ''): Buffer {
+function tarHeader(name: string, size: number, type = '0', linkname = ''): Buffer {
   const b = Buffer.alloc(512);
   b.write(name, 0, 100, 'utf8');
   b.write('0000644\0', 100);
@@ -67,7 +67,6 @@ function tarHeader(name: string, size: number, type = '0', linkname = '', prefix
   b.write(linkname, 157, 100, 'utf8');
   b.write('ustar\0', 257);
   b.write('00', 263);
-  b.write(prefix, 345, 155, 'utf8');
   b.write('        ', 148);
   let sum = 0;
   for (const x of b) sum += x;
@@ -75,9 +74,9 @@ function tarHeader(name: string, size: number, type = '0', linkname = '', prefix
   return b;
 }
 
-function tarEntry(name: string, data: Buffer, type = '0', linkname = '', prefix = ''): Buffer {
+function tarEntry(name: string, data: Buffer, type = '0', linkname = ''): Buffer {
   const pad = (512 - (data.length % 512)) % 512;
-  return Buffer.concat([tarHeader(name, data.length, type, linkname, prefix), data, Buffer.alloc(pad)]);
+  return Buffer.concat([tarHeader(name, data.length, type, linkname), data, Buffer.alloc(pad)]);
 }
 
 type ZBlock = { raw: Buffer } | { rle: number };
@@ -115,7 +114,6 @@ function zeroRun(total: number): ZBlock[] {
 // ---- the fake server
 
 interface Ctx {
-  req: http.IncomingMessage;
   res: http.ServerResponse;
   body: any;
 }
@@ -260,7 +258,7 @@ class FakeServer {
     const raw = await buffer(req);
     const body = raw.length > 0 ? JSON.parse(raw.toString('utf8')) : null;
     const device = String(req.headers[HEADER_DEVICE] ?? '');
-    const ctx: Ctx = { req, res, body };
+    const ctx: Ctx = { res, body };
     const route = `${req.method} ${p}`;
     let m: RegExpExecArray | null;
     if (route === 'GET /v1/whoami') return this.json(res, { user: 'alice', admin: false });
