@@ -7,7 +7,7 @@ import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   API_PREFIX, CarryonError, parseJson, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
-  encodeBlock, packEntries, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
+  encodeBlock, packEntries, parseCheckoutInfo, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
   type DesktopInfo, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
 import { checkTransport, secureContextFor, tlsFailure } from './tls.js';
@@ -110,13 +110,10 @@ export class ApiClient {
         }
         const parts: Buffer[] = [];
         let n = 0;
-        res.on('data', (c: Buffer) => {
-          this.bytesReceived += c.length;
-          n += c.length;
-          if (n <= MAX_ERROR_BODY) parts.push(c);
-        });
-        res.on('error', (err) => reject(unreachable(this.base, err)));
-        res.on('end', () => {
+        let settled = false;
+        const settle = (): void => {
+          if (settled) return;
+          settled = true;
           let parsed: unknown = null;
           try {
             parsed = parseJson(Buffer.concat(parts), 'the error answer');
@@ -125,7 +122,17 @@ export class ApiClient {
           }
           req.destroy(); // an unfinished upload leaves the connection unusable
           reject(errorFromBody(res.statusCode ?? 500, parsed));
+        };
+        res.on('data', (c: Buffer) => {
+          this.bytesReceived += c.length;
+          n += c.length;
+          if (n <= MAX_ERROR_BODY) parts.push(c);
+          // An error answer is small: one that goes on past the limit is not read to its end (an endless
+          // body was read for as long as the server sent it).
+          else settle();
         });
+        res.on('error', (err) => reject(unreachable(this.base, err)));
+        res.on('end', settle);
       });
       if (body === null) req.end();
       else if (Buffer.isBuffer(body)) {
@@ -212,8 +219,8 @@ export class ApiClient {
     return this.json('GET', `/desktops/${encodeURIComponent(name)}`);
   }
 
-  startCheckout(name: string, deviceName: string): Promise<CheckoutInfo> {
-    return this.json('POST', `/desktops/${encodeURIComponent(name)}/checkouts`, { device: this.opts.device, deviceName });
+  async startCheckout(name: string, deviceName: string): Promise<CheckoutInfo> {
+    return parseCheckoutInfo(await this.json('POST', `/desktops/${encodeURIComponent(name)}/checkouts`, { device: this.opts.device, deviceName }));
   }
 
   async manifest(checkoutId: string): Promise<Buffer> {
@@ -252,12 +259,15 @@ export class ApiClient {
       res.destroy();
       throw new CarryonError('TAR_INVALID', `the server sent an unknown content-encoding ${String(res.headers['content-encoding']).slice(0, 40)}`);
     }
+    let count: number;
     try {
-      return await unpackEntries(stream, maxEntryBytes, onEntry, { maxTotalBytes });
+      count = await unpackEntries(stream, maxEntryBytes, onEntry, { maxTotalBytes });
     } catch (err) {
       res.destroy(); // what follows a refused answer is not read
       throw err;
     }
+    await finishAnswer(res, stream);
+    return count;
   }
 
   async missing(checkoutId: string, ids: BlockId[]): Promise<BlockId[]> {
@@ -355,3 +365,36 @@ async function tarOf(entries: TarEntry[], compress = false): Promise<Buffer> {
   const tar = Buffer.concat(parts);
   return compress ? encodeBlock(tar, 3) : tar; // encodeBlock: a plain zstd frame of any size
 }
+
+/** What an answer may still hold after its tar ended (a zstd frame's last bytes): more, and the connection is dropped. */
+const MAX_AFTER_TAR = 64 * 1024;
+
+/**
+ * Read an answer to its end once its tar has ended, so the connection can be used again; an answer that
+ * goes on past MAX_AFTER_TAR (or does not end within seconds) is dropped with its connection instead of
+ * keeping a request slot busy until the idle timeout.
+ */
+function finishAnswer(res: http.IncomingMessage, stream: Readable): Promise<void> {
+  if (res.complete && stream.readableEnded) return Promise.resolve();
+  return new Promise((resolve) => {
+    let extra = 0;
+    const drop = (): void => {
+      clearTimeout(timer);
+      res.destroy();
+      resolve();
+    };
+    const timer = setTimeout(drop, 5_000);
+    timer.unref();
+    stream.on('data', (c: Buffer) => {
+      extra += c.length;
+      if (extra > MAX_AFTER_TAR) drop();
+    });
+    stream.on('error', drop);
+    stream.once('end', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    stream.resume();
+  });
+}
+

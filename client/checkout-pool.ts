@@ -43,7 +43,7 @@ export class CheckoutPool {
         if (m.kind === 'finished') {
           this.bytesReceived += m.bytesReceived;
           resolve();
-        } else reject(new CarryonError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
+        } else reject(new CarryonError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message, m.data));
       };
       const onError = (err: Error): void => {
         w.off('message', onMessage);

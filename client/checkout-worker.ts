@@ -33,7 +33,7 @@ export interface BlockDone {
 export type WorkerReply =
   | { kind: 'progress'; seq: number; done: BlockDone[] }
   | { kind: 'finished'; seq: number; bytesReceived: number }
-  | { kind: 'error'; seq: number; code: string; message: string }
+  | { kind: 'error'; seq: number; code: string; message: string; data: Record<string, unknown> }
   | { kind: 'closed'; code?: string; message?: string };
 
 export interface WorkerInit {
@@ -148,6 +148,13 @@ async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<voi
       if (byId.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${byId.size} requested block(s)`);
     } catch (err) {
       w.flush();
+      // Every block asked for arrived verified, and then the answer went wrong (more entries than asked
+      // for, junk where its end belongs): a server that breaks the protocol is reported, not ignored
+      // because nothing is left to ask for. Only a connection dropped after the last block is harmless.
+      if (byId.size === 0) {
+        if (err instanceof CarryonError && err.code === 'SERVER_UNREACHABLE') break;
+        throw err;
+      }
       const retriable = err instanceof CarryonError && (err.code === 'SERVER_UNREACHABLE' || err.code === 'TAR_INVALID');
       // A server that stopped answering gets one more chance, not RETRIES idle timeouts in a row.
       const stalls = err instanceof CarryonError && (err.data.reason === 'stalled' || err.data.reason === 'timeout') ? ++stalled : 0;
@@ -201,7 +208,16 @@ parentPort!.on('message', (msg: WorkerRequest) => {
     () => post({ kind: 'finished', seq: msg.seq, bytesReceived: api.bytesReceived - before }),
     (err: unknown) => {
       const e = asCarryonError(err); // an fs error keeps its meaning (DISK_FULL, IO_ERROR) across the thread
-      post({ kind: 'error', seq: msg.seq, code: e.code, message: e.code === 'INTERNAL' ? String((err as Error)?.message ?? err) : e.message });
+      // The error's data crosses too (why a request failed: reason 'stalled'), as JSON like --json prints it.
+      post({ kind: 'error', seq: msg.seq, code: e.code, message: e.code === 'INTERNAL' ? String((err as Error)?.message ?? err) : e.message, data: jsonData(e) });
     },
   );
 });
+
+function jsonData(e: CarryonError): Record<string, unknown> {
+  try {
+    return JSON.parse(JSON.stringify(e.data)) as Record<string, unknown>;
+  } catch {
+    return {};
+  }
+}

@@ -116,7 +116,9 @@ export function errorFromBody(status: number, body: unknown): CarryonError {
 /** How a CLI reports a failure: the text for stderr, the JSON line for stdout with --json, the exit code. */
 export function describeFailure(err: unknown): { text: string; json: string; exitCode: number; error: CarryonError } {
   const e = asCarryonError(err);
-  const cause = e.code === 'INTERNAL' && err instanceof Error ? `\n${err.stack ?? err.message}` : '';
+  // The stack of an unexpected throw helps a bug report; a CarryonError's message was written for the
+  // user (also an INTERNAL one, such as a server answer that is not a carryon error body): no stack.
+  const cause = e.code === 'INTERNAL' && err instanceof Error && !(err instanceof CarryonError) ? `\n${err.stack ?? err.message}` : '';
   return {
     text: `error ${e.code}: ${e.message}${cause}`,
     json: JSON.stringify({ error: e.toJSON() }),

@@ -64,6 +64,33 @@ export interface CheckoutInfo {
   leaseSecret: string;
 }
 
+/**
+ * A check-out answer as the laptop receives it, checked field by field: its values go into the laptop's
+ * state and into request paths, so a server that sends other types (a number for the lease secret, text
+ * for the version) is refused here, before anything is written, instead of failing later with a stack
+ * trace or leaving a checkout of version "1; …" in the laptop's state. INTERNAL, like an answer that is
+ * not JSON: the server broke the protocol.
+ */
+export function parseCheckoutInfo(body: unknown): CheckoutInfo {
+  const b = (body ?? {}) as Record<string, unknown>;
+  const bad = (field: string, what: string): CarryonError =>
+    new CarryonError('INTERNAL', `the server's check-out answer is malformed: ${field} is not ${what}`, { field });
+  if (typeof b.checkoutId !== 'string' || !/^[A-Za-z0-9-]{1,64}$/.test(b.checkoutId)) throw bad('checkoutId', 'an id of letters, digits and dashes');
+  if (typeof b.desktop !== 'string' || !NAME_RE.test(b.desktop)) throw bad('desktop', 'a desktop name');
+  if (!Number.isSafeInteger(b.version) || (b.version as number) < 1) throw bad('version', 'a version number');
+  if (!isBlockId(b.manifestId)) throw bad('manifestId', 'a manifest id');
+  if (typeof b.resumed !== 'boolean') throw bad('resumed', 'true or false');
+  if (!Number.isSafeInteger(b.personaVersion) || (b.personaVersion as number) < 0) throw bad('personaVersion', 'a persona version number');
+  // Optional for servers without leases: absent or null.
+  if (b.leaseExpiresAt != null && (typeof b.leaseExpiresAt !== 'string' || Number.isNaN(Date.parse(b.leaseExpiresAt)))) throw bad('leaseExpiresAt', 'a time');
+  if (b.leaseDays != null && (typeof b.leaseDays !== 'number' || !Number.isFinite(b.leaseDays))) throw bad('leaseDays', 'a number');
+  if (b.leaseSecret != null && (typeof b.leaseSecret !== 'string' || !/^[A-Za-z0-9+/]{0,1024}={0,2}$/.test(b.leaseSecret))) throw bad('leaseSecret', 'base64 text');
+  return {
+    checkoutId: b.checkoutId, desktop: b.desktop, version: b.version as number, manifestId: b.manifestId, resumed: b.resumed, personaVersion: b.personaVersion as number,
+    leaseExpiresAt: b.leaseExpiresAt as string, leaseDays: b.leaseDays as number, leaseSecret: b.leaseSecret as string,
+  };
+}
+
 /** A laptop's periodic contact while it holds a checkout: what it has not sent yet. */
 export interface HeartbeatRequest {
   pendingBytes: number;

@@ -173,18 +173,18 @@ describe('stream codec', () => {
     expect(bomb.length).toBeLessThan(64 * 1024);
     const d = createDecompressStream();
     Readable.from([bomb]).pipe(d);
-    // Read 64 MiB slowly; the decoder must not run ahead of the reader.
-    const before = process.memoryUsage().arrayBuffers;
+    // Read 64 MiB slowly; the decoder must not run ahead of the reader: what it holds for the reader
+    // stays within a few output chunks (a process-wide memory figure would count garbage not yet collected).
     let got = 0;
     let peak = 0;
     for await (const c of d) {
       got += (c as Buffer).length;
-      peak = Math.max(peak, process.memoryUsage().arrayBuffers - before);
+      peak = Math.max(peak, d.readableLength);
       if (got >= 64 * MiB) break;
       await new Promise((r) => setImmediate(r));
     }
     expect(got).toBeGreaterThanOrEqual(64 * MiB);
-    expect(peak).toBeLessThan(16 * MiB);
+    expect(peak).toBeLessThanOrEqual(MiB);
   });
 
   it('maxOutputBytes: PAYLOAD_TOO_LARGE as soon as the output passes it', async () => {

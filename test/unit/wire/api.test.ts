@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   blockId,
   MAX_GET_IDS,
+  parseCheckoutInfo,
   parseCheckoutRequest,
   parseIdList,
   parseName,
@@ -119,5 +120,34 @@ describe('parseCheckoutRequest', () => {
     ['a newline at the end', { device: 'abcd1234\n' }],
   ])('rejects %s with BAD_REQUEST', async (_what, body) => {
     await expectCode(() => parseCheckoutRequest(body), 'BAD_REQUEST');
+  });
+});
+
+describe('parseCheckoutInfo (a server answer the laptop receives)', () => {
+  const good = {
+    checkoutId: '6f1c8c2e-6d8e-4b8e-9a51-1c7d2f0a9b01', desktop: 'desk', version: 3, manifestId: A, resumed: false, personaVersion: 2,
+    leaseExpiresAt: '2030-01-01T00:00:00.000Z', leaseDays: 30, leaseSecret: Buffer.alloc(32, 7).toString('base64'),
+  };
+
+  it('keeps a well-formed answer, without fields it does not know; the lease fields may be absent', () => {
+    expect(parseCheckoutInfo({ ...good, extra: 'x' })).toEqual(good);
+    const { leaseExpiresAt: _e, leaseDays: _d, leaseSecret: _s, ...bare } = good;
+    expect(parseCheckoutInfo(bare)).toMatchObject(bare);
+  });
+
+  it.each<[string, Record<string, unknown>]>([
+    ['a checkout id with a slash', { checkoutId: '../../persona' }],
+    ['a checkout id that is an object', { checkoutId: { x: 1 } }],
+    ['a desktop name with a slash', { desktop: 'a/b' }],
+    ['a version as text', { version: '1; DROP TABLE checkouts' }],
+    ['version 0', { version: 0 }],
+    ['a manifest id that is not hex', { manifestId: 'z'.repeat(64) }],
+    ['resumed as text', { resumed: 'yes' }],
+    ['a persona version as text', { personaVersion: '2' }],
+    ['a lease expiry that is not a time', { leaseExpiresAt: 'soon' }],
+    ['a lease secret that is a number', { leaseSecret: 42 }],
+    ['a lease secret that is not base64', { leaseSecret: 'a b' }],
+  ])('refuses %s with INTERNAL (the server broke the protocol)', async (_what, change) => {
+    await expectCode(() => parseCheckoutInfo({ ...good, ...change }), 'INTERNAL');
   });
 });
