@@ -223,7 +223,7 @@ describe('hostile requests against a real server', () => {
     }
     expectRefused(await p, 413, 'PAYLOAD_TOO_LARGE');
     await Promise.all(served);
-    expect(served.length).toBeGreaterThan(1);
+    expect(served.length).toBeGreaterThanOrEqual(1); // at least one asked while the bomb was in flight
     // The same for a persona upload: 1 MiB zero chunks past the cap.
     const chunk = await tarBody(Array.from({ length: 4 }, () => ({ name: `b/${blockId(ZERO_CHUNK)}`, data: ZERO_CHUNK })));
     const a3 = await send(url(), 'PUT', `${API_PREFIX}/persona/blocks?base=1`, t.da, await zstdOf(repeat(chunk, 384)), { ...asA, 'content-type': 'application/x-tar', 'content-encoding': 'zstd' });
