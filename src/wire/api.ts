@@ -112,6 +112,8 @@ export interface DesktopPolicyChange {
 }
 
 export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
+  // `in` throws a TypeError on a number or string body: refuse anything but an object first.
+  if (body !== null && body !== undefined && (typeof body !== 'object' || Array.isArray(body))) throw new CarryonError('BAD_REQUEST', 'a policy change must be a JSON object');
   const b = (body ?? {}) as Record<string, unknown>;
   const out: DesktopPolicyChange = {};
   for (const k of Object.keys(b)) if (!['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry'].includes(k)) throw new CarryonError('BAD_REQUEST', `unknown policy field ${JSON.stringify(k.slice(0, 40))}`);

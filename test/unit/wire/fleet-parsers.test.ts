@@ -43,4 +43,13 @@ describe('fleet request parsers', () => {
       expect(codeOf(() => parseDesktopPolicy(bad)), JSON.stringify(bad)).toBe('BAD_REQUEST');
     }
   });
+
+  // Found by the fuzz target json-desktop-policy: a JSON body that is not an object (`14`, `true`,
+  // `"x"`) made `'leaseDays' in body` throw a TypeError, answered as INTERNAL instead of 400.
+  it('desktop policy: a body that is not an object is BAD_REQUEST, not a TypeError', () => {
+    for (const bad of [14, -0.5, true, false, '', 'leaseDays', [], [{ leaseDays: 3 }]]) {
+      expect(codeOf(() => parseDesktopPolicy(bad)), JSON.stringify(bad)).toBe('BAD_REQUEST');
+    }
+    expect(parseDesktopPolicy(null)).toEqual({});
+  });
 });
