@@ -1,7 +1,7 @@
 // The HTTP API between carryon and carryon-server: routes, headers, body shapes and their parsers.
 // Both sides import these, so a field renamed here breaks the compiler, not a user. Documented in
 // docs/protocol.md.
-import { CarryonError } from '../errors/index.js';
+import { CarryonError, shownValue } from '../errors/index.js';
 import { isBlockId, type BlockId } from '../hash/index.js';
 import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy } from '../persona/index.js';
 
@@ -227,7 +227,7 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** Names of users, images and desktops: safe in URLs, paths and logs. */
 export function parseName(s: unknown, what: string): string {
   if (typeof s !== 'string' || !NAME_RE.test(s)) {
-    throw new CarryonError('INVALID_ARGUMENT', `${what} name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`, { value: String(s).slice(0, 80) });
+    throw new CarryonError('INVALID_ARGUMENT', `${what} name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`, { value: shownValue(s) });
   }
   return s;
 }
