@@ -2,7 +2,7 @@
 // Owns: the entry and snapshot types, their validation, and the canonical encoding whose SHA-256 is a
 // snapshot's id (so persona versions are content-addressed like disk manifests).
 // Must not know: the file system, stores, HTTP. Paths here are already validated (see paths.ts).
-import { CarryonError } from '../errors/index.js';
+import { CarryonError, shownValue } from '../errors/index.js';
 import { isBlockId, sha256, type BlockId } from '../hash/index.js';
 import { checkPersonaPath, checkSymlinkTarget, personaPathKey } from './paths.js';
 
@@ -62,7 +62,7 @@ export function decodePersona(buf: Uint8Array, maxBytes = 256 * 1024 * 1024): Pe
   }
   const o = raw as { format?: unknown; version?: unknown; files?: unknown; registry?: unknown };
   if (o?.format !== PERSONA_FORMAT) throw bad('wrong format name');
-  if (o.version !== PERSONA_VERSION) throw bad(`unsupported version ${String(o.version)}`);
+  if (o.version !== PERSONA_VERSION) throw bad(`unsupported version ${shownValue(o.version)}`);
   if (!Array.isArray(o.files)) throw bad('files is not a list');
   if (typeof o.registry !== 'string') throw bad('registry is not text');
   const seen = new Set<string>();
@@ -87,7 +87,7 @@ export function decodePersona(buf: Uint8Array, maxBytes = 256 * 1024 * 1024): Pe
       if (!isBlockId(hash)) throw bad(`${e.path}: file without a content hash`, where);
       if (!Array.isArray(chunks) || !chunks.every(isBlockId)) throw bad(`${e.path}: chunks are not block ids`, where);
       if (chunks.length !== Math.ceil((e.size as number) / PERSONA_CHUNK_BYTES)) throw bad(`${e.path}: ${chunks.length} chunks for ${String(e.size)} bytes`, where);
-    } else if (hash !== null || (Array.isArray(chunks) && chunks.length > 0) || e.size !== 0) {
+    } else if (hash !== null || !Array.isArray(chunks) || chunks.length > 0 || e.size !== 0) {
       throw bad(`${e.path}: only files have content`, where);
     }
     if (e.kind === 'symlink' && typeof e.target !== 'string') throw bad(`${e.path}: symlink without a target`, where);
@@ -141,7 +141,7 @@ export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown): { snaps
   if (personaId(encodePersona(base)) !== d.baseId) throw bad('it was made against another base version');
   const files = new Map(base.files.map((e) => [e.path, e]));
   for (const p of d.remove) {
-    if (typeof p !== 'string' || !files.delete(p)) throw bad(`removes ${JSON.stringify(String(p).slice(0, 200))}, which the base does not hold`);
+    if (typeof p !== 'string' || !files.delete(p)) throw bad(`removes ${JSON.stringify(shownValue(p, 200))}, which the base does not hold`);
   }
   for (const e of d.upsert) {
     if (typeof (e as PersonaEntry)?.path !== 'string') throw bad('an entry has no path');
