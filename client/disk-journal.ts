@@ -149,12 +149,25 @@ export class DiskJournal {
       if (j.end < size) {
         j.tornTail = true;
         // A crash can only tear the last group commit; a whole record after the break means damage.
-        if (hasRecordAfter(body.subarray(off + 1, got))) j.untrusted ??= 'the dirty map is damaged in the middle (not a torn tail)';
+        const damaged = hasRecordAfter(body.subarray(off + 1, got)) && j.untrusted === null;
+        if (damaged) j.untrusted = 'the dirty map is damaged in the middle (not a torn tail)';
         if (readOnly) {
           j.closed = true; // appends would land after garbage
           return j;
         }
         ftruncateSync(fd, j.end);
+        // The cut drops the whole records after the damage, marks among them: the verdict goes on file
+        // too, or the next open would trust the shorter map.
+        if (damaged) {
+          const r = record(REC.UNTRUSTED, Buffer.from(j.untrusted!, 'utf8'));
+          for (let done = 0; done < r.length;) {
+            const n = writeSync(fd, r, done, r.length - done, j.end + done);
+            if (n <= 0) throw new CarryonError('IO_ERROR', `short write to ${file}`, { file });
+            done += n;
+          }
+          j.end += r.length;
+          j.lastType = REC.UNTRUSTED;
+        }
         fdatasyncSync(fd);
       }
       return j;
