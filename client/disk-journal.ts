@@ -177,23 +177,25 @@ export class DiskJournal {
     }
   }
 
+  /** Replays one record: all of it, or (when any part is invalid) none of it. A mark kept from a record
+   *  that the repair then cuts would let markDirty skip the write-ahead record for that block. */
   private apply(type: number, p: Buffer): boolean {
     switch (type) {
       case REC.DIRTY:
       case REC.PRESENT:
         if (p.length % 4 !== 0) return false;
+        for (let k = 0; k < p.length; k += 4) if (p.readUInt32LE(k) >= this.count) return false;
         for (let k = 0; k < p.length; k += 4) {
           const i = p.readUInt32LE(k);
-          if (i >= this.count) return false;
           if (type === REC.DIRTY) this.setDirty(i);
           else this.setPresent(i);
         }
         break;
       case REC.PAGES:
         if (p.length % 6 !== 0) return false;
+        for (let k = 0; k < p.length; k += 6) if (p.readUInt32LE(k) >= this.count) return false;
         for (let k = 0; k < p.length; k += 6) {
           const i = p.readUInt32LE(k);
-          if (i >= this.count) return false;
           this.setDirty(i);
           if (this.present && !this.present[i]) this.pages.set(i, (this.pages.get(i) ?? 0) | p.readUInt16LE(k + 4));
         }
