@@ -88,6 +88,10 @@ export interface RunOptions {
   maxFailures?: number;
   /** Called before each iteration (a watchdog reads it). */
   onIteration?(n: number): void;
+  /** First iteration (a run resumed after a watchdog stopped it); the corpus inputs are iterations 0.. */
+  startAt?: number;
+  /** Given the report so far about once a second (a watchdog keeps it in case the run is stopped). */
+  onProgress?(r: FuzzReport): void;
 }
 
 /** The input of iteration `n`: the corpus inputs first, unchanged, then mutations of them. */
@@ -100,7 +104,7 @@ export function inputFor(target: FuzzTarget, corpus: readonly Buffer[], seed: nu
   return out;
 }
 
-type Outcome = { kind: 'accepted' } | { kind: 'rejected'; code: ErrorCode } | { kind: 'failure'; type: FailureType; message: string; stack?: string };
+export type Outcome = { kind: 'accepted' } | { kind: 'rejected'; code: ErrorCode } | { kind: 'failure'; type: FailureType; message: string; stack?: string };
 
 const HANG = Symbol('hang');
 
@@ -133,6 +137,31 @@ export async function evaluate(target: FuzzTarget, input: Buffer): Promise<Outco
   return { kind: 'failure', type: 'raw-error', message: `${err?.name ?? typeof e}: ${err?.message ?? String(e)}`, stack: err?.stack, allocationShare };
 }
 
+/** The failure signature of an outcome (null when it is not a failure). */
+export function failureSignature(o: Outcome): string | null {
+  return o.kind === 'failure' ? signature(o.type, o.message, o.stack) : null;
+}
+
+/**
+ * A smaller input that fails the same way (same signature): ranges removed, halves first, then ever
+ * smaller pieces, within `budget` calls. Hangs are not minimized (each try would cost a timeout).
+ */
+export async function minimize(target: FuzzTarget, input: Buffer, budget = 400): Promise<Buffer> {
+  const want = failureSignature(await evaluate(target, input));
+  if (want === null || want.startsWith('hang')) return input;
+  let best = input;
+  let calls = 1;
+  for (let piece = Math.max(1, best.length >> 1); piece >= 1 && calls < budget; piece = piece === 1 ? 0 : Math.max(1, piece >> 1)) {
+    for (let at = 0; at < best.length && calls < budget;) {
+      const cand = Buffer.concat([best.subarray(0, at), best.subarray(at + piece)]);
+      calls++;
+      if (failureSignature(await evaluate(target, cand)) === want) best = cand;
+      else at += piece;
+    }
+  }
+  return best;
+}
+
 /** One bug, one entry: a raw error by its type and where it was thrown, others by their message
  *  with numbers and quoted text taken out. */
 function signature(type: FailureType, message: string, stack?: string): string {
@@ -160,6 +189,7 @@ export async function runFuzz(spec: TargetSpec, opts: RunOptions): Promise<FuzzR
   const seen = new Set<string>();
   const maxFailures = opts.maxFailures ?? 10;
   let current = -1;
+  let lastProgress = Date.now();
   let currentInput: Buffer = Buffer.alloc(0);
   const record = (iteration: number, input: Buffer, type: FailureType, message: string, stack?: string): void => {
     const sig = signature(type, message, stack);
@@ -179,7 +209,7 @@ export async function runFuzz(spec: TargetSpec, opts: RunOptions): Promise<FuzzR
     if (corpus.length === 0) throw new Error(`fuzz target ${spec.name} has an empty corpus`);
     const deadline = opts.seconds === undefined ? Infinity : started + opts.seconds * 1000;
     const limit = opts.iterations ?? Infinity;
-    for (let n = 0; n < limit && (n < corpus.length || Date.now() < deadline) && seen.size < maxFailures; n++) {
+    for (let n = opts.startAt ?? 0; n < limit && (n < corpus.length || Date.now() < deadline) && seen.size < maxFailures; n++) {
       opts.onIteration?.(n);
       const input = inputFor(target, corpus, opts.seed, n);
       current = n;
@@ -192,6 +222,10 @@ export async function runFuzz(spec: TargetSpec, opts: RunOptions): Promise<FuzzR
         if (n < corpus.length) record(n, input, 'seed-rejected', `corpus input ${n} was rejected with ${o.code}`);
         report.codes[o.code] = (report.codes[o.code] ?? 0) + 1;
       } else record(n, input, o.type, o.message, o.stack);
+      if (opts.onProgress && Date.now() - lastProgress >= 1000) {
+        lastProgress = Date.now();
+        opts.onProgress({ ...report, codes: { ...report.codes }, failures: [...report.failures], ms: Date.now() - started });
+      }
     }
   } finally {
     process.off('uncaughtException', uncaught);

@@ -354,7 +354,7 @@ function mutateJsonOnce(rng: Rng, value: Json, others: readonly Json[], keys: re
         const n = one === 0 ? 0 : Math.min(1 + below(rng, 3000), Math.ceil(MAX_JSON_MUTANT_BYTES / one));
         put(s.parent, s.key, chance(rng, 0.5) ? Array.from({ length: n }, () => cur[0]!) : []);
       }
-      else put(s.parent, s.key, String(cur));
+      else put(s.parent, s.key, typeof cur === 'string' ? `${cur}${cur}` : JSON.stringify(cur) ?? 'null');
       break;
     default: // rename a key
       if (!Array.isArray(s.parent) && s.parent !== (root as unknown)) {
