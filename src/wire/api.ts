@@ -140,6 +140,21 @@ export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
   return out;
 }
 
+/** An admin's lease extension (`whole`: false) or lease code (`whole`: true): `{"days": n}`. */
+export function parseDaysRequest(body: unknown, whole: boolean): number {
+  const days = ((body ?? {}) as { days?: unknown }).days;
+  if (whole ? !Number.isInteger(days) : typeof days !== 'number') throw new CarryonError('BAD_REQUEST', whole ? 'days must be a whole number' : 'days must be a number');
+  return days as number;
+}
+
+/** An admin's rollback or restore: `{"restorePoint": id}`, which a rollback may leave out. */
+export function parseRestorePointRequest(body: unknown, required: boolean): number | undefined {
+  const point = ((body ?? {}) as { restorePoint?: unknown }).restorePoint;
+  if (point === undefined && !required) return undefined;
+  if (!Number.isSafeInteger(point)) throw new CarryonError('BAD_REQUEST', 'restorePoint must be a restore point id');
+  return point as number;
+}
+
 /** `carryon login`: this laptop's id (made once per home) and a name people recognise. */
 export function parseDeviceRequest(body: unknown): { device: string; name: string } {
   const b = (body ?? {}) as Record<string, unknown>;

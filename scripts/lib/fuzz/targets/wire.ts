@@ -8,6 +8,7 @@ import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES } from '../../../../src/pe
 import {
   MAX_GET_IDS,
   parseCheckoutRequest,
+  parseDaysRequest,
   parseDesktopPolicy,
   parseDeviceRequest,
   parseGetBlocksRequest,
@@ -17,6 +18,7 @@ import {
   parsePersonaPushInfo,
   parsePersonaUploadEntryName,
   parseRequestUpdate,
+  parseRestorePointRequest,
   parseUploadEntryName,
   personaUploadEntryName,
   uploadEntryName,
@@ -172,6 +174,40 @@ const JSON_PARSERS: JsonParser[] = [
       check(Number.isSafeInteger(p.baseVersion) && p.baseVersion >= 1 && isNonNegInt(p.editedAt), 'numbers out of shape');
       check(parseName(p.desktop, 'desktop') === p.desktop && p.deviceName.length >= 1 && p.deviceName.length <= 128, 'names out of shape');
     },
+  },
+  {
+    // A lease extension takes any number, a lease code a whole one: both parsers, one body.
+    name: 'days', codes: ['BAD_REQUEST'], keys: ['days'], idempotent: true,
+    parse: (b) => {
+      const days = parseDaysRequest(b, false);
+      let whole: number | undefined;
+      try {
+        whole = parseDaysRequest(b, true);
+      } catch (err) {
+        if (!(err instanceof CarryonError) || err.code !== 'BAD_REQUEST') throw err;
+      }
+      check(whole === undefined || (whole === days && Number.isInteger(whole)), 'the lease-code parser accepted what the lease parser reads otherwise');
+      return { days };
+    },
+    bodies: [{ days: 7 }, { days: 0.5 }],
+    invariants: (r) => check(typeof (r as { days: unknown }).days === 'number', 'days is not a number'),
+  },
+  {
+    // A rollback may leave the restore point out, a restore may not: both parsers, one body.
+    name: 'restore-point', codes: ['BAD_REQUEST'], keys: ['restorePoint'],
+    parse: (b) => {
+      const optional = parseRestorePointRequest(b, false);
+      let required: number | undefined;
+      try {
+        required = parseRestorePointRequest(b, true);
+      } catch (err) {
+        if (!(err instanceof CarryonError) || err.code !== 'BAD_REQUEST') throw err;
+      }
+      check(required === undefined || required === optional, 'the two restore-point parsers disagree');
+      check(optional === undefined || (Number.isSafeInteger(optional) && required === optional), 'a restore point that is not an id');
+      return optional;
+    },
+    bodies: [{ restorePoint: 3 }, {}],
   },
 ];
 
