@@ -2,6 +2,7 @@
 import type { TargetSpec } from '../harness.js';
 import { blockPatchTarget, codecTarget, manifestTarget } from './binary.js';
 import { journalTarget } from './journal.js';
+import { leaseCodeTarget } from './lease.js';
 import { nbdTarget } from './nbd.js';
 import { personaDeltaTarget, personaSnapshotTarget, regFileTarget } from './persona.js';
 import { rdiffDeltaTarget, rdiffSignatureTarget } from './rdiff.js';
@@ -11,6 +12,7 @@ import { jsonTargets, wireNamesTarget } from './wire.js';
 export const TARGET_GROUPS: Record<string, TargetSpec[]> = {
   binary: [manifestTarget, blockPatchTarget, codecTarget],
   wire: [wireNamesTarget, ...jsonTargets],
+  lease: [leaseCodeTarget],
   tar: [tarTarget],
   persona: [regFileTarget, personaSnapshotTarget, personaDeltaTarget],
   rdiff: [rdiffDeltaTarget, rdiffSignatureTarget],
