@@ -84,11 +84,41 @@ export interface HeartbeatReply {
   lastRestorePointAt: string | null;
 }
 
+/**
+ * The length of JSON.stringify(v) when it is at most `max` characters and `v` nests at most `maxDepth`
+ * deep, else null. Iterative and stopped at the limit: JSON.stringify recurses, and a JSON body nested
+ * some thousands deep (a few KiB of `[`) overflows its stack with a RangeError.
+ */
+function boundedJsonLength(v: unknown, max: number, maxDepth: number): number | null {
+  let n = 0;
+  const todo: Array<[unknown, number]> = [[v, 0]];
+  while (todo.length > 0) {
+    const [x, depth] = todo.pop()!;
+    if (x === null || typeof x !== 'object') n += (JSON.stringify(x) ?? 'null').length;
+    else if (depth >= maxDepth) return null;
+    else {
+      const keys = Array.isArray(x) ? null : Object.keys(x);
+      const count = keys ? keys.length : (x as unknown[]).length;
+      n += 2 + Math.max(0, count - 1);
+      if (n > max) return null;
+      if (keys) {
+        for (const k of keys) {
+          n += JSON.stringify(k).length + 1;
+          if (n > max) return null;
+          todo.push([(x as Record<string, unknown>)[k], depth + 1]);
+        }
+      } else for (const c of x as unknown[]) todo.push([c, depth + 1]);
+    }
+    if (n > max) return null;
+  }
+  return n;
+}
+
 export function parseRequestUpdate(body: unknown): { state: 'in-progress' | 'done' | 'failed'; detail: Record<string, unknown> } {
   const b = (body ?? {}) as Record<string, unknown>;
   if (b.state !== 'in-progress' && b.state !== 'done' && b.state !== 'failed') throw new CarryonError('BAD_REQUEST', 'state must be in-progress, done or failed');
   const detail = b.detail ?? {};
-  if (typeof detail !== 'object' || detail === null || Array.isArray(detail) || JSON.stringify(detail).length > 4096) throw new CarryonError('BAD_REQUEST', 'detail must be an object of at most 4 KiB');
+  if (typeof detail !== 'object' || detail === null || Array.isArray(detail) || boundedJsonLength(detail, 4096, 32) === null) throw new CarryonError('BAD_REQUEST', 'detail must be an object of at most 4 KiB, nested at most 32 deep');
   return { state: b.state, detail: detail as Record<string, unknown> };
 }
 

@@ -53,6 +53,18 @@ describe('fleet request parsers', () => {
     expect(parseDesktopPolicy(null)).toEqual({});
   });
 
+  // Found by the fuzz target json-request-update: a detail nested some thousands deep (a 40 KB body)
+  // made JSON.stringify(detail) overflow its stack: a RangeError, answered as INTERNAL.
+  it('request updates: a detail nested deep is BAD_REQUEST, not a RangeError', () => {
+    const deep = JSON.parse(`{"a":${'['.repeat(20000)}${']'.repeat(20000)}}`);
+    expect(codeOf(() => parseRequestUpdate({ state: 'done', detail: deep }))).toBe('BAD_REQUEST');
+    expect(codeOf(() => parseRequestUpdate({ state: 'done', detail: { a: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]] } }))).toBe('BAD_REQUEST');
+    expect(parseRequestUpdate({ state: 'done', detail: { error: { code: 'IO_ERROR', message: 'x', data: { errno: 'ENOSPC', list: [1, [2]] } } } }).detail).toMatchObject({ error: { code: 'IO_ERROR' } });
+    // The size limit is the length of its JSON, as before.
+    expect(codeOf(() => parseRequestUpdate({ state: 'done', detail: { s: 'x'.repeat(4089) } }))).toBe('BAD_REQUEST');
+    expect(parseRequestUpdate({ state: 'done', detail: { s: 'x'.repeat(4088) } }).detail).toEqual({ s: 'x'.repeat(4088) });
+  });
+
   // The admin routes for leases, lease codes, rollbacks and restores read these fields inline as
   // `(body as {days}).days`: a JSON body of `null` threw a TypeError there (an INTERNAL 500, not a 400).
   // Moved here while fuzzing the JSON request parsers; the fuzz targets json-days and json-restore-point
