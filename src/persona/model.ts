@@ -132,6 +132,25 @@ export function diffSnapshots(base: PersonaSnapshot, next: PersonaSnapshot): Per
   };
 }
 
+const ENTRY_FIELDS = ['path', 'kind', 'mode', 'mtimeMs', 'size', 'hash', 'chunks', 'target'] as const;
+
+/**
+ * An upserted entry cut down to the fields of an entry, each a JSON primitive (chunks: a list of them),
+ * before the candidate is written out as JSON: other fields, and values nested thousands deep (which
+ * overflow JSON.stringify's stack), never reach it. decodePersona then checks the values themselves.
+ */
+function entryFields(e: Record<string, unknown>, bad: (why: string) => CarryonError): PersonaEntry {
+  const flat = (v: unknown): boolean => v === null || typeof v !== 'object';
+  const out: Record<string, unknown> = {};
+  for (const k of ENTRY_FIELDS) {
+    const v = e[k];
+    if (v === undefined) continue;
+    if (!(flat(v) || (k === 'chunks' && Array.isArray(v) && v.every(flat)))) throw bad(`entry ${JSON.stringify(shownValue(e.path, 200))}: ${k} is not a ${k === 'chunks' ? 'list of ' : ''}plain value`);
+    out[k] = v;
+  }
+  return out as unknown as PersonaEntry;
+}
+
 /** Rebuild the sender's snapshot from our copy of the base; anything inconsistent is BAD_REQUEST. */
 export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown): { snapshot: PersonaSnapshot; encoded: Buffer } {
   const d = raw as Partial<PersonaDelta> | null;
@@ -145,7 +164,7 @@ export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown): { snaps
   }
   for (const e of d.upsert) {
     if (typeof (e as PersonaEntry)?.path !== 'string') throw bad('an entry has no path');
-    files.set((e as PersonaEntry).path, e as PersonaEntry);
+    files.set((e as PersonaEntry).path, entryFields(e as unknown as Record<string, unknown>, bad));
   }
   // Re-encode and decode: the full validation (paths, kinds, chunk counts, collisions) runs on the result.
   const candidate = Buffer.from(JSON.stringify({ format: PERSONA_FORMAT, version: PERSONA_VERSION, files: [...files.values()], registry: d.registry ?? base.registry }));

@@ -54,6 +54,18 @@ describe('applySnapshotDelta', () => {
     expect(applySnapshotDelta(base, d).snapshot.files.map((e) => e.path)).toEqual(['Documents']);
   });
 
+  // Found by the fuzz target persona-delta: an upserted entry with a field nested some thousands deep
+  // (a few KiB of `[`) made JSON.stringify of the candidate overflow its stack (a RangeError).
+  it('refuses an entry whose fields are nested deep with BAD_REQUEST, and ignores unknown fields', () => {
+    const deep = JSON.parse(`${'['.repeat(20000)}${']'.repeat(20000)}`);
+    const d = JSON.parse(JSON.stringify(diffSnapshots(next, base)));
+    for (const field of ['chunks', 'hash', 'mode', 'target']) {
+      expect(codeOf(() => applySnapshotDelta(next, { ...d, upsert: [{ ...d.upsert[0], [field]: deep }] })), field).toBe('BAD_REQUEST');
+    }
+    // A field the format does not have is left out, however deep.
+    expect(applySnapshotDelta(next, { ...d, upsert: [{ ...d.upsert[0], junk: deep }] }).snapshot.files).toEqual(base.files.slice().sort((a, b) => (a.path < b.path ? -1 : 1)));
+  });
+
   // A `remove` entry {"toString": true} made String(p) in the message throw a TypeError.
   it('refuses a removed path that is an object without a callable toString with BAD_REQUEST', () => {
     const d = { ...JSON.parse(JSON.stringify(diffSnapshots(base, next))), remove: [{ toString: true }] };
