@@ -273,9 +273,10 @@ function interestingValue(rng: Rng, depth = 0): Json {
     case 7:
       return depth > 3 ? {} : Object.fromEntries(Array.from({ length: below(rng, 3) }, () => [choose(rng, INTERESTING_STRINGS), interestingValue(rng, depth + 1)]));
     default: {
-      // deep nesting: a recursive validator's stack
+      // Deep nesting, for a recursive validator's (or JSON.stringify's) stack: a few levels, or
+      // thousands (V8's JSON.stringify overflows somewhere past 4000 here).
       let v: Json = 1;
-      for (let k = 1 + below(rng, 600); k > 0; k--) v = chance(rng, 0.5) ? [v] : { a: v };
+      for (let k = 1 + (chance(rng, 0.3) ? 3000 + below(rng, 30000) : below(rng, 600)); k > 0; k--) v = chance(rng, 0.7) ? [v] : { a: v };
       return v;
     }
   }
@@ -298,13 +299,41 @@ function put(parent: Json[] | Record<string, Json>, key: string | number, v: Jso
   Object.defineProperty(parent, key, { value: v, writable: true, enumerable: true, configurable: true });
 }
 
-/** A deep copy as JSON.parse makes it (own `__proto__` keys kept); nesting too deep to copy stays shared. */
+/** A deep copy as JSON.parse makes it (own `__proto__` keys kept), at any depth. */
 function clone<T extends Json>(v: T): T {
-  try {
-    return JSON.parse(JSON.stringify(v)) as T;
-  } catch {
-    return v;
+  return JSON.parse(writeJson(v)) as T;
+}
+
+class Literal {
+  constructor(readonly text: string) {}
+}
+
+/** JSON.stringify without recursion: a value nested 100,000 deep is text like any other. */
+export function writeJson(v: Json): string {
+  const out: string[] = [];
+  const todo: Array<Json | Literal> = [v];
+  while (todo.length > 0) {
+    const t = todo.pop()!;
+    if (t instanceof Literal) out.push(t.text);
+    else if (t === null || typeof t !== 'object') out.push(JSON.stringify(t) ?? 'null');
+    else if (Array.isArray(t)) {
+      out.push('[');
+      todo.push(new Literal(']'));
+      for (let i = t.length - 1; i >= 0; i--) {
+        todo.push(t[i] === undefined ? null : t[i]!);
+        if (i > 0) todo.push(new Literal(','));
+      }
+    } else {
+      out.push('{');
+      todo.push(new Literal('}'));
+      const keys = Object.keys(t);
+      for (let i = keys.length - 1; i >= 0; i--) {
+        todo.push(t[keys[i]!]!, new Literal(`${JSON.stringify(keys[i])}:`));
+        if (i > 0) todo.push(new Literal(','));
+      }
+    }
   }
+  return out.join('');
 }
 
 function subtrees(v: Json): Json[] {
@@ -350,11 +379,11 @@ function mutateJsonOnce(rng: Rng, value: Json, others: readonly Json[], keys: re
     }
     case 8: // array: emptied, or one element repeated many times
       if (Array.isArray(cur)) {
-        const one = cur.length > 0 ? (JSON.stringify(cur[0]) ?? '').length + 1 : 0;
+        const one = cur.length > 0 ? writeJson(cur[0]!).length + 1 : 0;
         const n = one === 0 ? 0 : Math.min(1 + below(rng, 3000), Math.ceil(MAX_JSON_MUTANT_BYTES / one));
         put(s.parent, s.key, chance(rng, 0.5) ? Array.from({ length: n }, () => cur[0]!) : []);
       }
-      else put(s.parent, s.key, typeof cur === 'string' ? `${cur}${cur}` : JSON.stringify(cur) ?? 'null');
+      else put(s.parent, s.key, typeof cur === 'string' ? `${cur}${cur}` : writeJson(cur));
       break;
     default: // rename a key
       if (!Array.isArray(s.parent) && s.parent !== (root as unknown)) {
@@ -367,7 +396,7 @@ function mutateJsonOnce(rng: Rng, value: Json, others: readonly Json[], keys: re
 
 /** JSON text of a value that a JSON.parse of any body could give (so no NaN, no undefined). */
 export function jsonText(v: Json): Buffer {
-  return Buffer.from(JSON.stringify(v) ?? 'null', 'utf8');
+  return Buffer.from(writeJson(v), 'utf8');
 }
 
 /**
