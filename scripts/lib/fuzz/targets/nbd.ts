@@ -288,6 +288,7 @@ function checkExchange(input: Buffer, out: Buffer, exports: Map<string, CheckedE
   // Transmission: the client's requests, and a model of the export's bytes.
   const model = Buffer.alloc(exp.size);
   const pending = new Map<string, Array<{ type: number; offset: bigint; length: number; expect: Buffer | null }>>();
+  let disconnected = false;
   for (;;) {
     const h = take(i, 28);
     if (!h || h.readUInt32BE(0) !== NBD_REQUEST_MAGIC) break;
@@ -296,7 +297,10 @@ function checkExchange(input: Buffer, out: Buffer, exports: Map<string, CheckedE
     const offset = h.readBigUInt64BE(16);
     const length = h.readUInt32BE(24);
     const inRange = offset + BigInt(length) <= BigInt(exp.size);
-    if (type === NBD_CMD.DISC) break;
+    if (type === NBD_CMD.DISC) {
+      disconnected = true;
+      break;
+    }
     let expect: Buffer | null = null;
     if (type === NBD_CMD.WRITE) {
       if (length > NBD_MAX_PAYLOAD) break;
@@ -326,6 +330,11 @@ function checkExchange(input: Buffer, out: Buffer, exports: Map<string, CheckedE
       check(q.expect !== null && data.equals(q.expect), `READ(${q.offset}, ${q.length}) returned other bytes than the writes before it left`);
     }
     check(errno !== 0 || q.type !== NBD_CMD.READ || q.expect !== null, 'a READ outside the export succeeded');
+  }
+  // A client that says goodbye (NBD_CMD_DISC) gets the answers to everything it asked before.
+  if (disconnected) {
+    const unanswered = [...pending.values()].reduce((n, l) => n + l.length, 0);
+    check(unanswered === 0, `${unanswered} requests before NBD_CMD_DISC were never answered`);
   }
 }
 
