@@ -8,7 +8,7 @@
 // seed and iteration alone; the failing bytes are also written to a reproducer file.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CarryonError, type ErrorCode } from '../../../src/errors/index.js';
+import { CarryonError, shownValue, type ErrorCode } from '../../../src/errors/index.js';
 import { metered, resetMeter } from './alloc-meter.js';
 import { below, chance, iterationRng, mutateBytes, type MutationHints, type Rng } from './mutate.js';
 
@@ -134,7 +134,7 @@ export async function evaluate(target: FuzzTarget, input: Buffer): Promise<Outco
     return { kind: 'failure', type: 'unexpected-code', message: `${e.code}: ${e.message}`, stack: e.stack, allocationShare };
   }
   const err = e as Error | undefined;
-  return { kind: 'failure', type: 'raw-error', message: `${err?.name ?? typeof e}: ${err?.message ?? String(e)}`, stack: err?.stack, allocationShare };
+  return { kind: 'failure', type: 'raw-error', message: `${err?.name ?? typeof e}: ${err?.message ?? shownValue(e)}`, stack: err?.stack, allocationShare };
 }
 
 /** The failure signature of an outcome (null when it is not a failure). */
@@ -201,7 +201,7 @@ export async function runFuzz(spec: TargetSpec, opts: RunOptions): Promise<FuzzR
   };
   // An error thrown outside the call's promise chain (an 'error' event nobody listens to) is the
   // current input's doing.
-  const uncaught = (err: unknown): void => record(current, currentInput, 'uncaught', String((err as Error)?.stack ?? err));
+  const uncaught = (err: unknown): void => record(current, currentInput, 'uncaught', (err as Error)?.stack ?? shownValue(err, 2000));
   process.on('uncaughtException', uncaught);
   process.on('unhandledRejection', uncaught);
   try {
