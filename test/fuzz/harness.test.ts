@@ -93,7 +93,7 @@ describe('fuzz harness', () => {
     const json = [Buffer.from('{"a":[1,"b",null],"c":{"d":true}}'), Buffer.from('[]'), Buffer.from('7')];
     let changed = 0;
     let parsed = 0;
-    for (let n = 0; n < 3000; n++) {
+    for (let n = 0; n < 1500; n++) {
       const rng = iterationRng(3, n);
       const src = inputs[n % 3]!;
       const out = mutateBytes(rng, src, inputs, { dictionary: ['tok'], fields: () => [{ offset: 0, width: 4, littleEndian: true }] });
@@ -107,8 +107,8 @@ describe('fuzz harness', () => {
         // damaged text, for the boundary to refuse
       }
     }
-    expect(changed).toBeGreaterThan(1900); // of the 2000 non-empty inputs
-    expect(parsed).toBeGreaterThan(2000);
-    expect(parsed).toBeLessThan(3000);
+    expect(changed).toBeGreaterThan(950); // of the 1000 non-empty inputs
+    expect(parsed).toBeGreaterThan(1000);
+    expect(parsed).toBeLessThan(1500);
   });
 });

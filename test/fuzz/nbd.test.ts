@@ -4,5 +4,5 @@ import { nbdTarget } from '../../scripts/lib/fuzz/targets/nbd.js';
 import { fuzzTarget } from './fuzz-suite.js';
 
 describe('fuzz: NBD', () => {
-  fuzzTarget(nbdTarget, 1500);
+  fuzzTarget(nbdTarget, 1200);
 });

@@ -5,5 +5,5 @@ import { fuzzTarget } from './fuzz-suite.js';
 
 describe('fuzz: wire names and JSON request bodies', () => {
   fuzzTarget(wireNamesTarget, 4000);
-  for (const t of jsonTargets) fuzzTarget(t, 1500);
+  for (const t of jsonTargets) fuzzTarget(t, 1000);
 });
