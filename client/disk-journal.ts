@@ -149,12 +149,25 @@ export class DiskJournal {
       if (j.end < size) {
         j.tornTail = true;
         // A crash can only tear the last group commit; a whole record after the break means damage.
-        if (hasRecordAfter(body.subarray(off + 1, got))) j.untrusted ??= 'the dirty map is damaged in the middle (not a torn tail)';
+        const damaged = hasRecordAfter(body.subarray(off + 1, got)) && j.untrusted === null;
+        if (damaged) j.untrusted = 'the dirty map is damaged in the middle (not a torn tail)';
         if (readOnly) {
           j.closed = true; // appends would land after garbage
           return j;
         }
         ftruncateSync(fd, j.end);
+        // The cut drops the whole records after the damage, marks among them: the verdict goes on file
+        // too, or the next open would trust the shorter map.
+        if (damaged) {
+          const r = record(REC.UNTRUSTED, Buffer.from(j.untrusted!, 'utf8'));
+          for (let done = 0; done < r.length;) {
+            const n = writeSync(fd, r, done, r.length - done, j.end + done);
+            if (n <= 0) throw new CarryonError('IO_ERROR', `short write to ${file}`, { file });
+            done += n;
+          }
+          j.end += r.length;
+          j.lastType = REC.UNTRUSTED;
+        }
         fdatasyncSync(fd);
       }
       return j;
@@ -164,23 +177,25 @@ export class DiskJournal {
     }
   }
 
+  /** Replays one record: all of it, or (when any part is invalid) none of it. A mark kept from a record
+   *  that the repair then cuts would let markDirty skip the write-ahead record for that block. */
   private apply(type: number, p: Buffer): boolean {
     switch (type) {
       case REC.DIRTY:
       case REC.PRESENT:
         if (p.length % 4 !== 0) return false;
+        for (let k = 0; k < p.length; k += 4) if (p.readUInt32LE(k) >= this.count) return false;
         for (let k = 0; k < p.length; k += 4) {
           const i = p.readUInt32LE(k);
-          if (i >= this.count) return false;
           if (type === REC.DIRTY) this.setDirty(i);
           else this.setPresent(i);
         }
         break;
       case REC.PAGES:
         if (p.length % 6 !== 0) return false;
+        for (let k = 0; k < p.length; k += 6) if (p.readUInt32LE(k) >= this.count) return false;
         for (let k = 0; k < p.length; k += 6) {
           const i = p.readUInt32LE(k);
-          if (i >= this.count) return false;
           this.setDirty(i);
           if (this.present && !this.present[i]) this.pages.set(i, (this.pages.get(i) ?? 0) | p.readUInt16LE(k + 4));
         }

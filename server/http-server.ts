@@ -9,7 +9,8 @@ import {
   API_PREFIX, asCarryonError, diskSpace, parseJson, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, encodeBlockPatch, getBlock, uploadEntryName, decodeManifest, HEADER_DEVICE, httpStatusOf,
   manifestId, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
-  parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseDesktopPolicy, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
+  parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseDesktopPolicy,
+  parseDaysRequest, parseRestorePointRequest, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
 } from '../src/index.js';
 import { BlockScope, ingestUpload, ManifestCache, readAhead } from './blocks.js';
 import { crashPoint } from './crash-point.js';
@@ -131,20 +132,15 @@ export class CarryonHttpServer {
     };
     r('GET', '/admin/checkouts', admin(async () => ({ checkouts: this.fleet.activeCheckouts() })));
     r('POST', '/admin/checkouts/:id/lease', admin(async ({ req, params, actor }) => {
-      const days = (await readJson(req) as { days?: unknown }).days;
-      if (typeof days !== 'number') throw new CarryonError('BAD_REQUEST', 'days must be a number');
-      return this.fleet.extendLease(params[0]!, days, actor);
+      return this.fleet.extendLease(params[0]!, parseDaysRequest(await readJson(req), false), actor);
     }));
     r('POST', '/admin/checkouts/:id/checkin', admin(async ({ params, actor }) => this.fleet.requestCheckin(params[0]!, actor)));
     r('POST', '/admin/checkouts/:id/rollback', admin(async ({ req, params, actor }) => {
-      const body = (await readJson(req)) as { restorePoint?: unknown };
-      if (body.restorePoint !== undefined && !Number.isSafeInteger(body.restorePoint)) throw new CarryonError('BAD_REQUEST', 'restorePoint must be a restore point id');
-      return this.fleet.rollback(params[0]!, actor, body.restorePoint as number | undefined);
+      return this.fleet.rollback(params[0]!, actor, parseRestorePointRequest(await readJson(req), false));
     }));
     r('POST', '/admin/desktops/:name/restore', admin(async ({ req, params, actor }) => {
-      const point = ((await readJson(req)) as { restorePoint?: unknown }).restorePoint;
-      if (!Number.isSafeInteger(point)) throw new CarryonError('BAD_REQUEST', 'restorePoint must be a restore point id');
-      return this.fleet.restoreDesktop(parseName(params[0], 'desktop'), point as number, actor);
+      const point = parseRestorePointRequest(await readJson(req), true)!;
+      return this.fleet.restoreDesktop(parseName(params[0], 'desktop'), point, actor);
     }));
     r('GET', '/desktops/:name/restore-points', async ({ user, params }) => ({ restorePoints: this.fleet.restorePoints(this.meta.desktopFor(user, parseName(params[0], 'desktop')).id) }));
     r('POST', '/checkouts/:id/restore-points', (c) => this.restorePoint(c));
@@ -177,9 +173,7 @@ export class CarryonHttpServer {
       return this.fleet.updateRequest(co.id, intOf(params[1]!), state, detail, actor);
     });
     r('POST', '/admin/checkouts/:id/lease-code', admin(async ({ req, params, actor }) => {
-      const days = (await readJson(req) as { days?: unknown }).days;
-      if (!Number.isInteger(days)) throw new CarryonError('BAD_REQUEST', 'days must be a whole number');
-      return this.fleet.leaseCode(params[0]!, days as number, actor);
+      return this.fleet.leaseCode(params[0]!, parseDaysRequest(await readJson(req), true), actor);
     }));
     r('POST', '/admin/users/:name/persona/restore', admin(async ({ req, params, actor }) => {
       const version = ((await readJson(req)) as { version?: unknown }).version;

@@ -103,6 +103,19 @@ export function asCarryonError(err: unknown): CarryonError {
   return new CarryonError('INTERNAL', 'internal error', {}, err);
 }
 
+/**
+ * A short printable form of an untrusted value for messages and error data. Never throws: String()
+ * and template literals do on a JSON object such as {"toString": 1} (no callable toString).
+ */
+export function shownValue(v: unknown, max = 80): string {
+  if (typeof v === 'string') return v.slice(0, max);
+  try {
+    return (JSON.stringify(v) ?? typeof v).slice(0, max);
+  } catch {
+    return typeof v;
+  }
+}
+
 /** Rebuild the error a server sent as `{error:{code,message,data}}`. */
 export function errorFromBody(status: number, body: unknown): CarryonError {
   const e = (body as { error?: { code?: unknown; message?: unknown; data?: unknown } } | null)?.error;

@@ -2,7 +2,7 @@
 // Owns: the entry and snapshot types, their validation, and the canonical encoding whose SHA-256 is a
 // snapshot's id (so persona versions are content-addressed like disk manifests).
 // Must not know: the file system, stores, HTTP. Paths here are already validated (see paths.ts).
-import { CarryonError } from '../errors/index.js';
+import { CarryonError, shownValue } from '../errors/index.js';
 import { parseJson } from '../json/index.js';
 import { isBlockId, sha256, type BlockId } from '../hash/index.js';
 import { checkPersonaPath, checkSymlinkTarget, personaPathKey } from './paths.js';
@@ -64,7 +64,7 @@ export function decodePersona(buf: Uint8Array, maxBytes = 256 * 1024 * 1024): Pe
   }
   const o = raw as { format?: unknown; version?: unknown; files?: unknown; registry?: unknown };
   if (o?.format !== PERSONA_FORMAT) throw bad('wrong format name');
-  if (o.version !== PERSONA_VERSION) throw bad(`unsupported version ${String(o.version)}`);
+  if (o.version !== PERSONA_VERSION) throw bad(`unsupported version ${shownValue(o.version)}`);
   if (!Array.isArray(o.files)) throw bad('files is not a list');
   if (typeof o.registry !== 'string') throw bad('registry is not text');
   const seen = new Set<string>();
@@ -89,7 +89,7 @@ export function decodePersona(buf: Uint8Array, maxBytes = 256 * 1024 * 1024): Pe
       if (!isBlockId(hash)) throw bad(`${e.path}: file without a content hash`, where);
       if (!Array.isArray(chunks) || !chunks.every(isBlockId)) throw bad(`${e.path}: chunks are not block ids`, where);
       if (chunks.length !== Math.ceil((e.size as number) / PERSONA_CHUNK_BYTES)) throw bad(`${e.path}: ${chunks.length} chunks for ${String(e.size)} bytes`, where);
-    } else if (hash !== null || (Array.isArray(chunks) && chunks.length > 0) || e.size !== 0) {
+    } else if (hash !== null || !Array.isArray(chunks) || chunks.length > 0 || e.size !== 0) {
       throw bad(`${e.path}: only files have content`, where);
     }
     if (e.kind === 'symlink' && typeof e.target !== 'string') throw bad(`${e.path}: symlink without a target`, where);
@@ -134,6 +134,25 @@ export function diffSnapshots(base: PersonaSnapshot, next: PersonaSnapshot): Per
   };
 }
 
+const ENTRY_FIELDS = ['path', 'kind', 'mode', 'mtimeMs', 'size', 'hash', 'chunks', 'target'] as const;
+
+/**
+ * An upserted entry cut down to the fields of an entry, each a JSON primitive (chunks: a list of them),
+ * before the candidate is written out as JSON: other fields, and values nested thousands deep (which
+ * overflow JSON.stringify's stack), never reach it. decodePersona then checks the values themselves.
+ */
+function entryFields(e: Record<string, unknown>, bad: (why: string) => CarryonError): PersonaEntry {
+  const flat = (v: unknown): boolean => v === null || typeof v !== 'object';
+  const out: Record<string, unknown> = {};
+  for (const k of ENTRY_FIELDS) {
+    const v = e[k];
+    if (v === undefined) continue;
+    if (!(flat(v) || (k === 'chunks' && Array.isArray(v) && v.every(flat)))) throw bad(`entry ${JSON.stringify(shownValue(e.path, 200))}: ${k} is not a ${k === 'chunks' ? 'list of ' : ''}plain value`);
+    out[k] = v;
+  }
+  return out as unknown as PersonaEntry;
+}
+
 /** Rebuild the sender's snapshot from our copy of the base; anything inconsistent is BAD_REQUEST. */
 export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown): { snapshot: PersonaSnapshot; encoded: Buffer } {
   const d = raw as Partial<PersonaDelta> | null;
@@ -143,11 +162,11 @@ export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown): { snaps
   if (personaId(encodePersona(base)) !== d.baseId) throw bad('it was made against another base version');
   const files = new Map(base.files.map((e) => [e.path, e]));
   for (const p of d.remove) {
-    if (typeof p !== 'string' || !files.delete(p)) throw bad(`removes ${JSON.stringify(String(p).slice(0, 200))}, which the base does not hold`);
+    if (typeof p !== 'string' || !files.delete(p)) throw bad(`removes ${JSON.stringify(shownValue(p, 200))}, which the base does not hold`);
   }
   for (const e of d.upsert) {
     if (typeof (e as PersonaEntry)?.path !== 'string') throw bad('an entry has no path');
-    files.set((e as PersonaEntry).path, e as PersonaEntry);
+    files.set((e as PersonaEntry).path, entryFields(e as unknown as Record<string, unknown>, bad));
   }
   // Re-encode and decode: the full validation (paths, kinds, chunk counts, collisions) runs on the result.
   const candidate = Buffer.from(JSON.stringify({ format: PERSONA_FORMAT, version: PERSONA_VERSION, files: [...files.values()], registry: d.registry ?? base.registry }));

@@ -1,7 +1,7 @@
 // The HTTP API between carryon and carryon-server: routes, headers, body shapes and their parsers.
 // Both sides import these, so a field renamed here breaks the compiler, not a user. Documented in
 // docs/protocol.md.
-import { CarryonError } from '../errors/index.js';
+import { CarryonError, shownValue } from '../errors/index.js';
 import { isBlockId, type BlockId } from '../hash/index.js';
 import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy } from '../persona/index.js';
 
@@ -119,11 +119,41 @@ export interface HeartbeatReply {
   lastRestorePointAt: string | null;
 }
 
+/**
+ * The length of JSON.stringify(v) when it is at most `max` characters and `v` nests at most `maxDepth`
+ * deep, else null. Iterative and stopped at the limit: JSON.stringify recurses, and a JSON body nested
+ * some thousands deep (a few KiB of `[`) overflows its stack with a RangeError.
+ */
+function boundedJsonLength(v: unknown, max: number, maxDepth: number): number | null {
+  let n = 0;
+  const todo: Array<[unknown, number]> = [[v, 0]];
+  while (todo.length > 0) {
+    const [x, depth] = todo.pop()!;
+    if (x === null || typeof x !== 'object') n += (JSON.stringify(x) ?? 'null').length;
+    else if (depth >= maxDepth) return null;
+    else {
+      const keys = Array.isArray(x) ? null : Object.keys(x);
+      const count = keys ? keys.length : (x as unknown[]).length;
+      n += 2 + Math.max(0, count - 1);
+      if (n > max) return null;
+      if (keys) {
+        for (const k of keys) {
+          n += JSON.stringify(k).length + 1;
+          if (n > max) return null;
+          todo.push([(x as Record<string, unknown>)[k], depth + 1]);
+        }
+      } else for (const c of x as unknown[]) todo.push([c, depth + 1]);
+    }
+    if (n > max) return null;
+  }
+  return n;
+}
+
 export function parseRequestUpdate(body: unknown): { state: 'in-progress' | 'done' | 'failed'; detail: Record<string, unknown> } {
   const b = (body ?? {}) as Record<string, unknown>;
   if (b.state !== 'in-progress' && b.state !== 'done' && b.state !== 'failed') throw new CarryonError('BAD_REQUEST', 'state must be in-progress, done or failed');
   const detail = b.detail ?? {};
-  if (typeof detail !== 'object' || detail === null || Array.isArray(detail) || JSON.stringify(detail).length > 4096) throw new CarryonError('BAD_REQUEST', 'detail must be an object of at most 4 KiB');
+  if (typeof detail !== 'object' || detail === null || Array.isArray(detail) || boundedJsonLength(detail, 4096, 32) === null) throw new CarryonError('BAD_REQUEST', 'detail must be an object of at most 4 KiB, nested at most 32 deep');
   return { state: b.state, detail: detail as Record<string, unknown> };
 }
 
@@ -147,6 +177,8 @@ export interface DesktopPolicyChange {
 }
 
 export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
+  // `in` throws a TypeError on a number or string body: refuse anything but an object first.
+  if (body !== null && body !== undefined && (typeof body !== 'object' || Array.isArray(body))) throw new CarryonError('BAD_REQUEST', 'a policy change must be a JSON object');
   const b = (body ?? {}) as Record<string, unknown>;
   const out: DesktopPolicyChange = {};
   for (const k of Object.keys(b)) if (!['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry'].includes(k)) throw new CarryonError('BAD_REQUEST', `unknown policy field ${JSON.stringify(k.slice(0, 40))}`);
@@ -171,6 +203,21 @@ export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
     out.registry = b.registry as RegistryMergePolicy;
   }
   return out;
+}
+
+/** An admin's lease extension (`whole`: false) or lease code (`whole`: true): `{"days": n}`. */
+export function parseDaysRequest(body: unknown, whole: boolean): number {
+  const days = ((body ?? {}) as { days?: unknown }).days;
+  if (whole ? !Number.isInteger(days) : typeof days !== 'number') throw new CarryonError('BAD_REQUEST', whole ? 'days must be a whole number' : 'days must be a number');
+  return days as number;
+}
+
+/** An admin's rollback or restore: `{"restorePoint": id}`, which a rollback may leave out. */
+export function parseRestorePointRequest(body: unknown, required: boolean): number | undefined {
+  const point = ((body ?? {}) as { restorePoint?: unknown }).restorePoint;
+  if (point === undefined && !required) return undefined;
+  if (!Number.isSafeInteger(point)) throw new CarryonError('BAD_REQUEST', 'restorePoint must be a restore point id');
+  return point as number;
 }
 
 /** `carryon login`: this laptop's id (made once per home) and a name people recognise. */
@@ -260,7 +307,7 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** Names of users, images and desktops: safe in URLs, paths and logs. */
 export function parseName(s: unknown, what: string): string {
   if (typeof s !== 'string' || !NAME_RE.test(s)) {
-    throw new CarryonError('INVALID_ARGUMENT', `${what} name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`, { value: String(s).slice(0, 80) });
+    throw new CarryonError('INVALID_ARGUMENT', `${what} name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`, { value: shownValue(s) });
   }
   return s;
 }

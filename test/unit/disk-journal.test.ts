@@ -376,12 +376,71 @@ describe('DiskJournal: crash safety', () => {
         writeFileSync(bad, b);
         const j = track(DiskJournal.open(bad, KEY, manifest()));
         const want = model(recs.slice(0, k), true);
-        if (k < recs.length - 1) want.untrusted = 'the dirty map is damaged in the middle (not a torn tail)';
+        const damaged = k < recs.length - 1;
+        if (damaged) want.untrusted = 'the dirty map is damaged in the middle (not a torn tail)';
         expect(stateOf(j), `record ${k}, byte ${at - r.start}`).toEqual(want);
-        expect(statSync(bad).size).toBe(r.start);
+        // Cut at the damage; the verdict is appended as an UNTRUSTED record.
+        expect(statSync(bad).size).toBe(damaged ? r.start + 12 + Buffer.byteLength(want.untrusted!) : r.start);
         await closeAll();
       }
     }
+  });
+
+  // Found by the fuzz target disk-journal: the repair cut the whole records after the damage (DIRTY
+  // marks among them) but kept the "damaged" verdict in memory only, so the next open trusted the
+  // shorter map, and a check-in would have skipped blocks the VM wrote.
+  it('damage in the middle stays untrusted after the repair: the next open does not trust the shorter map', async () => {
+    const { bytes, recs } = await busyStreamingJournal();
+    const k = recs.findIndex((r) => r.type === REC.DIRTY);
+    expect(k).toBeGreaterThanOrEqual(0);
+    const b = Buffer.from(bytes);
+    b[recs[k]!.start + 12] ^= 0x01; // a flipped bit in the payload of a DIRTY record
+    const bad = path.join(dir, 'bad.journal');
+    writeFileSync(bad, b);
+    const first = track(DiskJournal.open(bad, KEY, manifest()));
+    expect(first.untrustedReason).toMatch(/damaged in the middle/);
+    expect(first.trust(stampFile(disk)).trusted).toBe(false);
+    await closeAll();
+    for (const readOnly of [false, true]) {
+      const again = track(DiskJournal.open(bad, KEY, manifest(), readOnly));
+      expect(again.untrustedReason, `readOnly ${readOnly}`).toMatch(/damaged in the middle/);
+      expect(again.trust(stampFile(disk)).trusted).toBe(false);
+      await closeAll();
+    }
+    // Appends after the verdict land after it and keep it.
+    const more = track(DiskJournal.open(bad, KEY, manifest()));
+    await more.markDirty([3]);
+    await closeAll();
+    expect(track(DiskJournal.open(bad, KEY, manifest())).untrustedReason).toMatch(/damaged in the middle/);
+    await closeAll();
+  });
+
+  // Found by the fuzz target disk-journal: a checksummed DIRTY record naming [2, a block past the end]
+  // stopped replay, but only after marking block 2. The repair cut the record, so block 2 was dirty in
+  // memory with no mark on file: markDirty([2]) then wrote nothing ahead of the VM's write, and after a
+  // crash the next open forgot block 2.
+  it('a record with one bad block index is refused whole: no block of it is marked', async () => {
+    const j = create(false, null);
+    await j.markDirty([9]);
+    await closeAll();
+    const payload = Buffer.alloc(8);
+    payload.writeUInt32LE(2, 0);
+    payload.writeUInt32LE(COUNT + 5, 4);
+    const type = Buffer.alloc(4);
+    type.writeUInt32LE(REC.DIRTY);
+    const head = Buffer.alloc(12);
+    head.writeUInt32LE(payload.length, 0);
+    type.copy(head, 4);
+    head.writeUInt32LE(crc32(Buffer.concat([type, payload])), 8);
+    writeFileSync(jfile, Buffer.concat([readFileSync(jfile), head, payload]));
+    for (const readOnly of [true, false]) {
+      expect(reopen(jfile, readOnly).dirtyBlocks(), `readOnly ${readOnly}`).toEqual([9]);
+      await closeAll();
+    }
+    const k = reopen();
+    await k.markDirty([2]);
+    expect(dirtyOnFile()).toEqual(new Set([2, 9]));
+    await closeAll();
   });
 
   it('a read-only open of a torn journal leaves the file as it was and takes no marks', async () => {

@@ -11,6 +11,7 @@ import {
   exitCodeOf,
   httpStatusOf,
   isErrorCode,
+  shownValue,
   type ErrorCode,
 } from '../../src/index.js';
 import { caught } from './helpers.js';
@@ -166,5 +167,19 @@ describe('describeFailure', () => {
     expect(f.text).toContain('secret-detail-123');
     expect(f.json).not.toContain('secret-detail-123');
     expect(JSON.parse(f.json).error.code).toBe('INTERNAL');
+  });
+});
+
+describe('shownValue', () => {
+  it('shows any untrusted value, short, without throwing', () => {
+    expect(shownValue('x'.repeat(100))).toBe('x'.repeat(80));
+    expect(shownValue(42)).toBe('42');
+    expect(shownValue(null)).toBe('null');
+    expect(shownValue(undefined)).toBe('undefined');
+    expect(shownValue(['a'])).toBe('["a"]');
+    // String() throws on these: no callable toString or valueOf.
+    expect(shownValue(JSON.parse('{"toString":1,"valueOf":2}'))).toBe('{"toString":1,"valueOf":2}');
+    expect(shownValue(Object.create(null))).toBe('{}');
+    expect(shownValue(10n)).toBe('bigint');
   });
 });

@@ -6,6 +6,7 @@ import {
   parseCheckoutRequest,
   parseIdList,
   parseName,
+  parsePersonaPushInfo,
   parseUploadEntryName,
   uploadEntryName,
 } from '../../../src/index.js';
@@ -93,6 +94,14 @@ describe('parseName', () => {
       expect(err.message).toContain('desktop');
     },
   );
+
+  // Found by the fuzz target json-persona-push: {"desktop": {"toString": true}} made String(value)
+  // in the error's data throw a TypeError ("Cannot convert object to primitive value").
+  it('rejects an object without a callable toString with INVALID_ARGUMENT, not a TypeError', async () => {
+    const err = await expectCode(() => parseName(JSON.parse('{"toString":true,"valueOf":1}'), 'desktop'), 'INVALID_ARGUMENT');
+    expect(err.data.value).toBe('{"toString":true,"valueOf":1}');
+    await expectCode(() => parsePersonaPushInfo({ baseVersion: 1, editedAt: 0, desktop: { toString: 1 } }), 'INVALID_ARGUMENT');
+  });
 });
 
 describe('parseCheckoutRequest', () => {

@@ -1,7 +1,7 @@
 // The fleet requests' parsers (src/wire/api.ts): every bad input is refused with BAD_REQUEST before it
 // reaches the database.
 import { describe, expect, it } from 'vitest';
-import { CarryonError, parseDesktopPolicy, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate } from '../../../src/index.js';
+import { CarryonError, parseDaysRequest, parseDesktopPolicy, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseRestorePointRequest } from '../../../src/index.js';
 
 function codeOf(f: () => unknown): string {
   try {
@@ -42,5 +42,46 @@ describe('fleet request parsers', () => {
     for (const bad of [{ leaseDays: '3' }, { leaseDays: Infinity }, { rollbackKeepsLocal: 1 }, { files: 'mine' }, { registry: 'newest-ish' }, { colour: 'red' }]) {
       expect(codeOf(() => parseDesktopPolicy(bad)), JSON.stringify(bad)).toBe('BAD_REQUEST');
     }
+  });
+
+  // Found by the fuzz target json-desktop-policy: a JSON body that is not an object (`14`, `true`,
+  // `"x"`) made `'leaseDays' in body` throw a TypeError, answered as INTERNAL instead of 400.
+  it('desktop policy: a body that is not an object is BAD_REQUEST, not a TypeError', () => {
+    for (const bad of [14, -0.5, true, false, '', 'leaseDays', [], [{ leaseDays: 3 }]]) {
+      expect(codeOf(() => parseDesktopPolicy(bad)), JSON.stringify(bad)).toBe('BAD_REQUEST');
+    }
+    expect(parseDesktopPolicy(null)).toEqual({});
+  });
+
+  // Found by the fuzz target json-request-update: a detail nested some thousands deep (a 40 KB body)
+  // made JSON.stringify(detail) overflow its stack: a RangeError, answered as INTERNAL.
+  it('request updates: a detail nested deep is BAD_REQUEST, not a RangeError', () => {
+    const deep = JSON.parse(`{"a":${'['.repeat(20000)}${']'.repeat(20000)}}`);
+    expect(codeOf(() => parseRequestUpdate({ state: 'done', detail: deep }))).toBe('BAD_REQUEST');
+    expect(codeOf(() => parseRequestUpdate({ state: 'done', detail: { a: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]] } }))).toBe('BAD_REQUEST');
+    expect(parseRequestUpdate({ state: 'done', detail: { error: { code: 'IO_ERROR', message: 'x', data: { errno: 'ENOSPC', list: [1, [2]] } } } }).detail).toMatchObject({ error: { code: 'IO_ERROR' } });
+    // The size limit is the length of its JSON, as before.
+    expect(codeOf(() => parseRequestUpdate({ state: 'done', detail: { s: 'x'.repeat(4089) } }))).toBe('BAD_REQUEST');
+    expect(parseRequestUpdate({ state: 'done', detail: { s: 'x'.repeat(4088) } }).detail).toEqual({ s: 'x'.repeat(4088) });
+  });
+
+  // The admin routes for leases, lease codes, rollbacks and restores read these fields inline as
+  // `(body as {days}).days`: a JSON body of `null` threw a TypeError there (an INTERNAL 500, not a 400).
+  // Moved here while fuzzing the JSON request parsers; the fuzz targets json-days and json-restore-point
+  // cover them now.
+  it('days: a number for a lease extension, a whole number for a lease code; a null body is BAD_REQUEST', () => {
+    expect(parseDaysRequest({ days: 2.5 }, false)).toBe(2.5);
+    expect(parseDaysRequest({ days: 3 }, true)).toBe(3);
+    for (const bad of [null, {}, [], 5, 'x', { days: '3' }, { days: null }]) expect(codeOf(() => parseDaysRequest(bad, false)), JSON.stringify(bad)).toBe('BAD_REQUEST');
+    expect(codeOf(() => parseDaysRequest({ days: 2.5 }, true))).toBe('BAD_REQUEST');
+    expect(codeOf(() => parseDaysRequest(null, true))).toBe('BAD_REQUEST');
+  });
+
+  it('restore point: an id, optional for a rollback; a null body is no point or BAD_REQUEST, never a TypeError', () => {
+    expect(parseRestorePointRequest({ restorePoint: 7 }, true)).toBe(7);
+    expect(parseRestorePointRequest({}, false)).toBeUndefined();
+    expect(parseRestorePointRequest(null, false)).toBeUndefined();
+    for (const bad of [null, {}, { restorePoint: '7' }, { restorePoint: 1.5 }, { restorePoint: 2 ** 53 }]) expect(codeOf(() => parseRestorePointRequest(bad, true)), JSON.stringify(bad)).toBe('BAD_REQUEST');
+    expect(codeOf(() => parseRestorePointRequest({ restorePoint: null }, false))).toBe('BAD_REQUEST');
   });
 });
