@@ -15,7 +15,7 @@ import {
 import { BlockScope, ingestUpload, ManifestCache, readAhead } from './blocks.js';
 import { crashPoint } from './crash-point.js';
 import type { PersonaService } from './persona-service.js';
-import { closeAfterAnswer, decodeParam, header, readBody, readJson, requestBody, sendJson } from './http-util.js';
+import { decodeParam, header, readBody, readJson, requestBody, sendJson } from './http-util.js';
 import type { SqliteMeta, User } from './meta.js';
 import { SqliteFleetMeta, type Actor } from './fleet-meta.js';
 import { Metrics } from './metrics.js';
@@ -253,11 +253,7 @@ export class CarryonHttpServer {
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeParam);
       const actor: Actor = { name: who.user.name, device: who.device ?? header(req, HEADER_DEVICE) ?? null, address };
       const out = await route.handler({ req, res, url, params, user, device: who.device, claimedDevice: who.device ?? header(req, HEADER_DEVICE), actor });
-      if (!res.headersSent && out !== undefined) {
-        // A handler may stop before the body's end (a tar ends at its end-of-archive blocks): what follows is not read.
-        if (!req.complete) closeAfterAnswer(req, res);
-        sendJson(res, 200, out);
-      }
+      if (!res.headersSent && out !== undefined) sendJson(req, res, 200, out);
     } catch (err) {
       const e = forClient(asCarryonError(err));
       status = httpStatusOf(e.code);
@@ -266,10 +262,7 @@ export class CarryonHttpServer {
       if (gone) this.log({ level: 'warn', msg: 'client closed the connection mid-response', path: url.pathname });
       else if (e.code === 'INTERNAL' || e.code === 'IO_ERROR' || e.code === 'DISK_FULL') this.log({ level: 'error', msg: e.code === 'INTERNAL' ? 'internal error' : e.message, error: String((err as Error)?.stack ?? err) });
       if (!res.headersSent) {
-        // Unread body bytes would be taken as the next request: close the connection once answered (and
-        // say so), after reading a bounded rest of the body so that the client can read the answer.
-        if (!req.complete) closeAfterAnswer(req, res);
-        sendJson(res, status, { error: e.toJSON() });
+        sendJson(req, res, status, { error: e.toJSON() }); // an unread rest of the body is read (bounded), then the connection closes
       } else {
         res.destroy(e); // mid-stream: the client sees a truncated body and retries
       }

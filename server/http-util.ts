@@ -17,7 +17,12 @@ export function header(req: http.IncomingMessage, name: string): string | undefi
   return Array.isArray(v) ? v[0] : v;
 }
 
-export function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+/**
+ * Answer in JSON. A request whose body was not read to its end (refused early, or a tar that ended
+ * before its body did) has its connection closed after the answer (see closeAfterAnswer).
+ */
+export function sendJson(req: http.IncomingMessage, res: http.ServerResponse, status: number, body: unknown): void {
+  if (!req.complete) closeAfterAnswer(req, res);
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   res.end(text);
