@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import {
   applyToRegistry, CarryonError, createCompressStream, createDelta, createSignature, decodePersona, decodeRegFile, decodeVerified, exportRegistry, getBlock,
-  materializePersonaTree, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
+  materializePersonaTree, registryFromText, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
   scanPersonaTree, diffSnapshots, type BlockId, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
@@ -20,9 +20,7 @@ export const PROFILE_DIR = 'profile';
 
 /** The snapshot's registry (canonical UTF-8 .reg text) as regedit writes a file: UTF-16LE with BOM, CRLF. */
 function registryFileBytes(text: string): Uint8Array {
-  const reg = new Registry();
-  if (text) applyToRegistry(reg, decodeRegFile(Buffer.from(text, 'utf8'), { encoding: 'utf-8' }));
-  return exportRegistry(reg, { version: 'v5', encoding: 'utf-16le', bom: true });
+  return exportRegistry(registryFromText(text), { version: 'v5', encoding: 'utf-16le', bom: true });
 }
 
 /** Any .reg file (either format, any encoding) as the snapshot's canonical registry text; '' when empty. */

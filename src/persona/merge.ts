@@ -8,9 +8,9 @@
 // an edit beats a deletion; two different edits of the same thing are settled by a policy, and every
 // such conflict is listed in the MergeReport.
 import { CarryonError } from '../errors/index.js';
-import type { PersonaEntry, PersonaSnapshot } from './model.js';
+import { registryFromText, type PersonaEntry, type PersonaSnapshot } from './model.js';
 import { PERSONA_MAX_NAME_BYTES, PERSONA_MAX_PATH_BYTES, personaPathKey } from './paths.js';
-import { applyToRegistry, decodeRegFile, exportRegistry, keyPathId, Registry, valueNameId, type RegistryValue } from './registry/index.js';
+import { exportRegistry, keyPathId, Registry, valueNameId, type RegistryValue } from './registry/index.js';
 
 /** Same file changed differently on both sides: keep both (the laptop's copy renamed), the newer, the server's, or the laptop's. */
 export type FileMergePolicy = 'keep-both' | 'newest' | 'server' | 'laptop';
@@ -491,7 +491,7 @@ function parseRegistryText(text: string, what: string): RegTree {
   if (text === '') return tree;
   let reg: Registry;
   try {
-    reg = applyToRegistry(new Registry(), decodeRegFile(Buffer.from(text, 'utf8'), { encoding: 'utf-8' }));
+    reg = registryFromText(text);
   } catch (err) {
     if (err instanceof CarryonError) throw new CarryonError(err.code, `${what}: ${err.message}`, err.data, err);
     throw err;

@@ -178,14 +178,19 @@ export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown): { snaps
   return { snapshot, encoded };
 }
 
+/** A snapshot's registry text (canonical UTF-8 .reg; '' is empty) as a registry; the parser's errors pass through. */
+export function registryFromText(text: string): Registry {
+  const reg = new Registry();
+  return text === '' ? reg : applyToRegistry(reg, decodeRegFile(Buffer.from(text, 'utf8'), { encoding: 'utf-8' }));
+}
+
 /**
  * Check that a snapshot's registry is .reg text the persona merge can read ('' is an empty registry):
  * BAD_REQUEST naming the line and column otherwise, with the parser's own code kept in `data.cause`.
  */
 export function checkRegistryText(text: string): void {
-  if (text === '') return;
   try {
-    applyToRegistry(new Registry(), decodeRegFile(Buffer.from(text, 'utf8'), { encoding: 'utf-8' }));
+    registryFromText(text);
   } catch (err) {
     if (!(err instanceof CarryonError)) throw err;
     throw new CarryonError('BAD_REQUEST', `the persona's registry is not a valid .reg file: ${err.message}`, { ...err.data, cause: err.code }, err);
