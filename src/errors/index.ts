@@ -52,6 +52,10 @@ export const ERROR_CODES = {
   TLS_CERT_EXPIRED: { http: 502, exit: 13, what: "the server's certificate has expired" },
   TLS_CERT_NOT_YET_VALID: { http: 502, exit: 13, what: "the server's certificate is not valid yet (or this laptop's clock is wrong)" },
   TLS_HOSTNAME_MISMATCH: { http: 502, exit: 13, what: "the server's certificate is for other host names than the URL's" },
+  // encryption at rest (laptop side)
+  KEYS_LOCKED: { http: 423, exit: 14, what: 'the encrypted local copy is locked: run `carryon unlock`, or give the passphrase (terminal, --passphrase-file or CARRYON_PASSPHRASE)' },
+  WRONG_PASSPHRASE: { http: 403, exit: 14, what: 'the passphrase does not open this laptop\'s keys' },
+  RECOVERY_CODE_INVALID: { http: 400, exit: 2, what: 'a recovery code is mistyped or belongs to another copy' },
   IO_ERROR: { http: 500, exit: 9, what: 'a local file operation failed' },
   ABORTED: { http: 499, exit: 10, what: 'the user declined or interrupted the operation' },
   INTERNAL: { http: 500, exit: 1, what: 'an unexpected error (a bug); see the server log' },

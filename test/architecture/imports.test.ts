@@ -26,8 +26,8 @@ function target(file: string, spec: string): string | null {
   return path.relative(ROOT, path.resolve(path.dirname(file), spec));
 }
 
-const SRC_LAYERS = ['errors', 'units', 'json', 'hash', 'codec', 'delta', 'rdiff', 'nbd', 'store', 'manifest', 'disk', 'persona', 'lease', 'wire'];
-const LAYER_RANK: Record<string, number> = { errors: 0, units: 0, json: 1, hash: 1, codec: 2, delta: 2, rdiff: 2, nbd: 2, store: 3, manifest: 3, disk: 4, persona: 5, lease: 2, wire: 6 };
+const SRC_LAYERS = ['errors', 'units', 'json', 'hash', 'crypto', 'codec', 'delta', 'rdiff', 'nbd', 'store', 'manifest', 'disk', 'persona', 'lease', 'wire'];
+const LAYER_RANK: Record<string, number> = { errors: 0, units: 0, json: 1, hash: 1, crypto: 1, codec: 2, delta: 2, rdiff: 2, nbd: 2, store: 3, manifest: 3, disk: 4, persona: 5, lease: 2, wire: 6 };
 
 describe('architecture', () => {
   const edges: Array<{ from: string; to: string }> = [];
