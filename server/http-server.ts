@@ -346,7 +346,7 @@ export class CarryonHttpServer {
     const leaseExpiresAt = this.fleet.renewLease(row);
     if (!resumed) this.fleet.audit({ ...actor, device }, 'checkout.start', `desktop:${params[0]!}`, { checkoutId: row.id, version: row.base_version, deviceName });
     return { checkoutId: row.id, desktop: params[0]!, version: row.base_version, manifestId: mid, resumed, personaVersion, leaseExpiresAt, leaseDays: this.fleet.leaseDays(row.desktop_id),
-      leaseSecret: this.fleet.leaseSecret(row.id).toString('base64') };
+      leaseSecret: this.fleet.leaseSecret(row.id).toString('base64'), encryption: { required: false, escrowKey: null } };
   }
 
   /** A laptop's contact: the lease starts over, and the server learns what it has not sent yet. */

@@ -62,6 +62,30 @@ export interface CheckoutInfo {
   leaseDays: number;
   /** Base64 secret for offline lease codes (src/lease): only the device holding the checkout gets it. */
   leaseSecret: string;
+  /**
+   * Encryption at rest (docs/encryption.md): whether the laptop must encrypt its copy, and the server's
+   * escrow public key (X25519, SPKI DER base64) to seal the copy's data key to before any block is sent.
+   * Absent from servers older than encryption: treated as not required.
+   */
+  encryption: { required: boolean; escrowKey: string | null };
+}
+
+/** `PUT /v1/checkouts/:id/escrow`: the copy's data key sealed to the escrow key (src/crypto sealToEscrow, aad = checkout id). */
+export interface EscrowRequest {
+  /** base64 of the sealed key, at most MAX_ESCROW_BYTES. */
+  sealed: string;
+  /** keyCheck(dataKey): 16 hex characters, shown to the admin with the recovery code. */
+  keyCheck: string;
+}
+
+/** `POST /v1/admin/checkouts/:id/recovery-code` (admin): the recovery code of a checkout's data key. */
+export interface RecoveryCodeAnswer {
+  checkoutId: string;
+  desktop: string;
+  device: string;
+  deviceName: string;
+  keyCheck: string;
+  code: string;
 }
 
 /**
@@ -85,9 +109,14 @@ export function parseCheckoutInfo(body: unknown): CheckoutInfo {
   if (b.leaseExpiresAt != null && (typeof b.leaseExpiresAt !== 'string' || Number.isNaN(Date.parse(b.leaseExpiresAt)))) throw bad('leaseExpiresAt', 'a time');
   if (b.leaseDays != null && (typeof b.leaseDays !== 'number' || !Number.isFinite(b.leaseDays))) throw bad('leaseDays', 'a number');
   if (b.leaseSecret != null && (typeof b.leaseSecret !== 'string' || !/^[A-Za-z0-9+/]{0,1024}={0,2}$/.test(b.leaseSecret))) throw bad('leaseSecret', 'base64 text');
+  const enc = (b.encryption ?? { required: false, escrowKey: null }) as Record<string, unknown>;
+  if (typeof enc !== 'object' || typeof enc.required !== 'boolean') throw bad('encryption.required', 'true or false');
+  if (enc.escrowKey != null && (typeof enc.escrowKey !== 'string' || !/^[A-Za-z0-9+/]{1,200}={0,2}$/.test(enc.escrowKey))) throw bad('encryption.escrowKey', 'base64 text');
+  if (enc.required && enc.escrowKey == null) throw bad('encryption.escrowKey', 'present although encryption is required');
   return {
     checkoutId: b.checkoutId, desktop: b.desktop, version: b.version as number, manifestId: b.manifestId, resumed: b.resumed, personaVersion: b.personaVersion as number,
     leaseExpiresAt: b.leaseExpiresAt as string, leaseDays: b.leaseDays as number, leaseSecret: b.leaseSecret as string,
+    encryption: { required: enc.required, escrowKey: (enc.escrowKey as string | null | undefined) ?? null },
   };
 }
 
