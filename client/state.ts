@@ -8,7 +8,8 @@ import { randomUUID } from 'node:crypto';
 import { chmodSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CarryonError, PackBlockStore, type BlockId } from '../src/index.js';
+import { CarryonError, PackBlockStore, SealedBlockStore, type BlockId, type BlockStore } from '../src/index.js';
+import { KeyRing } from './keyring.js';
 
 /** streaming: checked out with --stream; the disk is usable (through `carryon serve`) while blocks still arrive. */
 export type LocalCheckoutState = 'downloading' | 'streaming' | 'active' | 'checked-in';
@@ -72,6 +73,10 @@ const MIGRATIONS = [
   // 5: the checkout's secret for offline lease codes, and the last code number used (each works once).
   `ALTER TABLE checkouts ADD COLUMN lease_secret BLOB;
    ALTER TABLE checkouts ADD COLUMN lease_code_seq INTEGER NOT NULL DEFAULT 0;`,
+  // 6: encryption at rest: each encrypted copy's data key, wrapped by the passphrase's KEK (client/keyring.ts).
+  // Its own table: the key outlives a check-in (the copy stays encrypted for the next trip) and dies with
+  // the copy (rollback, discard), which deletes the row (crypto-shredding).
+  `CREATE TABLE copy_keys (desktop TEXT PRIMARY KEY, wrapped BLOB NOT NULL, key_check TEXT NOT NULL, created_at TEXT NOT NULL);`,
 ];
 
 export interface LocalPersonaCopy {
@@ -91,6 +96,8 @@ export class LocalState {
   readonly home: string;
   readonly db: Database.Database;
   readonly cache: PackBlockStore;
+  readonly keys: KeyRing;
+  private readonly vaultCaches = new Map<string, SealedBlockStore>();
 
   constructor(home: string) {
     this.home = home;
@@ -100,6 +107,8 @@ export class LocalState {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.pragma('busy_timeout = 10000');
+    // Deleted rows (a shredded key, a replaced token) are zeroed in the file, not left in free pages.
+    this.db.pragma('secure_delete = ON');
     const v = this.db.pragma('user_version', { simple: true }) as number;
     MIGRATIONS.forEach((sql, i) => {
       if (i + 1 <= v) return;
@@ -109,9 +118,31 @@ export class LocalState {
       })();
     });
     this.cache = new PackBlockStore(path.join(home, 'cache'));
+    this.keys = new KeyRing(this.db, home);
+  }
+
+  /**
+   * The block cache of a desktop's copy: the shared cache for a plaintext copy; for an encrypted one,
+   * its own sealed cache (HOME/vaults/NAME/cache), removed whole when the copy is shredded.
+   */
+  cacheOf(desktop: string): BlockStore {
+    const key = this.keys.dataKey(desktop);
+    if (!key) return this.cache;
+    let c = this.vaultCaches.get(desktop);
+    if (!c) {
+      c = new SealedBlockStore(new PackBlockStore(this.vaultCacheRoot(desktop), { opaque: true }), key);
+      this.vaultCaches.set(desktop, c);
+    }
+    return c;
+  }
+
+  vaultCacheRoot(desktop: string): string {
+    return path.join(this.home, 'vaults', desktop, 'cache');
   }
 
   async close(): Promise<void> {
+    for (const c of this.vaultCaches.values()) await c.close();
+    this.vaultCaches.clear();
     await this.cache.close();
     this.db.close();
   }
@@ -138,7 +169,7 @@ export class LocalState {
   saveLogin(l: Omit<Login, 'device'>): Login {
     this.db.transaction(() => {
       this.set('url', l.url);
-      this.set('token', l.token);
+      this.set('token', this.keys.storedToken(l.token));
       this.set('deviceName', l.deviceName);
       this.set('user', l.user);
       if (l.ca) this.set('ca', l.ca);
@@ -152,7 +183,7 @@ export class LocalState {
     const url = this.get('url');
     const token = this.get('token');
     if (!url || !token) throw new CarryonError('NOT_LOGGED_IN', `no server login in ${this.home}: run \`carryon login URL\` first`);
-    return { url, token, device: this.deviceId(), deviceName: this.get('deviceName') ?? os.hostname(), user: this.get('user') ?? '', ca: this.get('ca') ?? null, insecureHttp: this.get('insecureHttp') === '1' };
+    return { url, token: this.keys.openToken(token), device: this.deviceId(), deviceName: this.get('deviceName') ?? os.hostname(), user: this.get('user') ?? '', ca: this.get('ca') ?? null, insecureHttp: this.get('insecureHttp') === '1' };
   }
 
   checkout(desktop: string): LocalCheckout | null {

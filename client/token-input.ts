@@ -52,7 +52,7 @@ function readTokenFile(file: string, out: NodeJS.WritableStream): string {
 }
 
 /** Ask on the terminal with echo off (raw mode): Enter ends, Backspace and Ctrl-U edit, Ctrl-C aborts. */
-function promptHidden(stdin: tty.ReadStream, out: NodeJS.WritableStream, question: string): Promise<string> {
+export function promptHidden(stdin: tty.ReadStream, out: NodeJS.WritableStream, question: string, what = 'token'): Promise<string> {
   // Echo off before the question shows: whatever is typed after it is never shown.
   stdin.setRawMode(true);
   out.write(question);
@@ -69,8 +69,8 @@ function promptHidden(stdin: tty.ReadStream, out: NodeJS.WritableStream, questio
     const onData = (chunk: string): void => {
       for (const ch of chunk) {
         if (ch === '\r' || ch === '\n') return finish();
-        if (ch === '\u0003') return finish(new CarryonError('ABORTED', 'login interrupted at the token prompt'));
-        if (ch === '\u0004') return typed === '' ? finish(new CarryonError('ABORTED', 'no token typed (end of input)')) : finish();
+        if (ch === '\u0003') return finish(new CarryonError('ABORTED', `interrupted at the ${what} prompt`));
+        if (ch === '\u0004') return typed === '' ? finish(new CarryonError('ABORTED', `no ${what} typed (end of input)`)) : finish();
         if (ch === '\u007f' || ch === '\b') typed = typed.slice(0, -1);
         else if (ch === '\u0015') typed = '';
         else if (ch >= ' ') typed += ch;

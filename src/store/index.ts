@@ -13,6 +13,7 @@ export type { BlockStore } from './block-store.js';
 export { FsBlockStore, syncFileSystem, type FsBlockStoreOptions } from './fs-block-store.js';
 export { MemoryBlockStore } from './memory-block-store.js';
 export { PackBlockStore } from './pack-block-store.js';
+export { SealedBlockStore } from './sealed-block-store.js';
 export { getBlock, putBlock, checkPut } from './verify.js';
 export { diskSpace, type DiskSpace } from './disk-space.js';
 

@@ -41,7 +41,11 @@ export class PackBlockStore implements BlockStore {
   private readonly unsynced = new Set<number>();
   private readonly stmts: { lookup: Database.Statement; packName: Database.Statement; del: Database.Statement; ins: Database.Statement };
 
-  constructor(root: string) {
+  /** opaque: entries are someone else's bytes under someone else's names (SealedBlockStore verified them before sealing). */
+  private readonly opaque: boolean;
+
+  constructor(root: string, opts: { opaque?: boolean } = {}) {
+    this.opaque = opts.opaque === true;
     this.root = path.resolve(root);
     mkdirSync(path.join(this.root, 'packs'), { recursive: true });
     this.db = new Database(path.join(this.root, 'index.db'));
@@ -92,7 +96,8 @@ export class PackBlockStore implements BlockStore {
   }
 
   async put(id: BlockId, encoded: Uint8Array, plain?: Uint8Array): Promise<void> {
-    checkPut(id, encoded, plain);
+    if (!this.opaque) checkPut(id, encoded, plain);
+    else if (!isBlockId(id)) throw new Error('PackBlockStore: an opaque name is 64 hex characters');
     // Only this instance's unindexed puts are checked: a block the index already holds keeps its row
     // (INSERT OR IGNORE), so a repeated put changes nothing visible and costs no index lookup.
     if (this.pending.has(id)) return;
