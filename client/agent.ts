@@ -6,7 +6,8 @@
 // blocks no other checkout on this laptop uses). An unreachable server is not an error: next round.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { asCarryonError, CarryonError, decodeManifest, type DeviceRequest } from '../src/index.js';
+import { asCarryonError, CarryonError, decodeManifest, fmtBytes, type DeviceRequest } from '../src/index.js';
+import { shredCopy } from './shred.js';
 import type { ApiClient } from './api-client.js';
 import { checkinDesktop } from './checkin-engine.js';
 import { DiskLock } from './disk-lock.js';
@@ -163,10 +164,14 @@ async function rollbackLocal(state: LocalState, api: ApiClient, local: LocalChec
         removedBlocks++;
       }
     }
+    // An encrypted copy: its key goes at once (unless the copy is kept aside, which still needs it) and
+    // with it the copy's own cache.
+    const shred = keptAt ? { shredded: false, freedBytes: 0 } : await shredCopy(state, local.desktop);
     state.removeCheckout(local.desktop);
-    await tell(api, local, req, 'done', { keptAt, removedBlocks }, log);
-    log('rollback-done', { desktop: local.desktop, request: req.id, keptAt, removedBlocks },
-      `${local.desktop}: rolled back by an admin: local copy ${keptAt ? `kept aside in ${keptAt}` : 'removed'}, ${removedBlocks} cache blocks removed`);
+    await tell(api, local, req, 'done', { keptAt, removedBlocks, keyShredded: shred.shredded }, log);
+    log('rollback-done', { desktop: local.desktop, request: req.id, keptAt, removedBlocks, keyShredded: shred.shredded, vaultFreedBytes: shred.freedBytes },
+      `${local.desktop}: rolled back by an admin: local copy ${keptAt ? `kept aside in ${keptAt}` : 'removed'}, ${removedBlocks} cache blocks removed` +
+      (shred.shredded ? `; its encryption key destroyed and its encrypted cache (${fmtBytes(shred.freedBytes)}) removed` : ''));
     return true;
   } catch (err) {
     const e = err instanceof CarryonError ? err : asCarryonError(err);

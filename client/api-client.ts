@@ -7,7 +7,7 @@ import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   API_PREFIX, CarryonError, parseJson, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
-  encodeBlock, packEntries, parseCheckoutInfo, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult,
+  encodeBlock, packEntries, parseCheckoutInfo, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult, type EscrowRequest,
   type DesktopInfo, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
 import { checkTransport, secureContextFor, tlsFailure } from './tls.js';
@@ -221,6 +221,11 @@ export class ApiClient {
 
   async startCheckout(name: string, deviceName: string): Promise<CheckoutInfo> {
     return parseCheckoutInfo(await this.json('POST', `/desktops/${encodeURIComponent(name)}/checkouts`, { device: this.opts.device, deviceName }));
+  }
+
+  /** Deposit the copy's data key, sealed to the server's escrow key, before any block comes down. */
+  async depositEscrow(checkoutId: string, req: EscrowRequest): Promise<void> {
+    await this.json('PUT', `/checkouts/${checkoutId}/escrow`, req);
   }
 
   async manifest(checkoutId: string): Promise<Buffer> {

@@ -1,24 +1,23 @@
 // ServerBlockSource: where a streamed disk's missing blocks come from: the laptop's block cache
 // first (a block this laptop already holds for another desktop or version), then the server, with
 // every block verified against its id and kept in the cache for the next check-in's patches.
-import { CarryonError, decodeVerified, getBlock, MAX_UPLOAD_ENTRY_BYTES, type BlockId } from '../src/index.js';
+import { CarryonError, decodeVerified, getBlock, MAX_UPLOAD_ENTRY_BYTES, type BlockId, type BlockStore } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import type { BlockSource } from './local-disk.js';
-import type { LocalState } from './state.js';
 
 export class ServerBlockSource implements BlockSource {
-  constructor(private readonly state: LocalState, private readonly api: () => ApiClient, private readonly checkoutId: string, private readonly maxBlock: number) {}
+  constructor(private readonly cache: BlockStore, private readonly api: () => ApiClient, private readonly checkoutId: string, private readonly maxBlock: number) {}
 
   async fetch(ids: BlockId[], onBlock: (id: BlockId, plain: Buffer) => void): Promise<void> {
     const remote: BlockId[] = [];
     for (const id of ids) {
-      if (await this.state.cache.has(id)) {
+      if (await this.cache.has(id)) {
         try {
-          onBlock(id, await getBlock(this.state.cache, id, this.maxBlock));
+          onBlock(id, await getBlock(this.cache, id, this.maxBlock));
           continue;
         } catch (err) {
           if (!(err instanceof CarryonError) || (err.code !== 'BLOCK_CORRUPT' && err.code !== 'BLOCK_NOT_FOUND')) throw err;
-          await this.state.cache.delete(id); // torn by a crash: fetch it again
+          await this.cache.delete(id); // torn by a crash: fetch it again
         }
       }
       remote.push(id);
@@ -28,7 +27,7 @@ export class ServerBlockSource implements BlockSource {
     await this.api().getBlocks(this.checkoutId, remote, MAX_UPLOAD_ENTRY_BYTES, async ({ name, data }) => {
       if (!want.has(name)) throw new CarryonError('TAR_INVALID', `server sent block ${name.slice(0, 12)}… that was not asked for`);
       const plain = decodeVerified(name, data, this.maxBlock);
-      await this.state.cache.put(name, data, plain);
+      await this.cache.put(name, data, plain);
       want.delete(name);
       onBlock(name, plain);
     });

@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs';
 import {
   CarryonError, createCompressStream, decodeCheap, decodeManifest, encodeBlock, encodeBlockPatch, encodeCheap, encodeManifest, getBlock, manifestId,
-  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, uploadEntryName, verifyPlain, decodePersona, encodePersona, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type DiskManifest, type TarEntry,
+  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, SectorCipher, SECTOR_BYTES, uploadEntryName, verifyPlain, decodePersona, encodePersona, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type BlockStore, type DiskManifest, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -16,6 +16,7 @@ import { Progress } from './progress.js';
 import { CACHE_LEVEL, type LocalCheckout, type LocalState, type Login } from './state.js';
 import { ServerBlockSource } from './block-source.js';
 import { DiskLock } from './disk-lock.js';
+import { DiskIo } from './disk-io.js';
 import { openJournal, openLocalDisk, removeJournal, requireCheckedOut } from './disk-session.js';
 import type { BlockSource } from './local-disk.js';
 
@@ -100,7 +101,7 @@ export async function scanChanges(state: LocalState, name: string, quiet: boolea
     const blocks = opened.journal.dirtyBlocks();
     await opened.journal.close();
     const progress = new Progress(`scan ${name} (dirty map)`, blocks.reduce((n, i) => n + base.lengthOf(i), 0), quiet);
-    const scan = await rescanBlocks(local.diskPath, blocks, previous, (d) => progress.update(d));
+    const scan = await rescanBlocks(local.diskPath, blocks, previous, (d) => progress.update(d), decryptorOf(state, name));
     progress.finish();
     return summary(scan, 'dirty-map', opened.trust.reason, incomplete, t0);
   }
@@ -108,7 +109,7 @@ export async function scanChanges(state: LocalState, name: string, quiet: boolea
   const reason = opened.journal ? opened.trust.reason : opened.reason;
   const size = (await fs.stat(local.diskPath)).size;
   const progress = new Progress(`scan ${name} (full: ${reason})`, size, quiet);
-  const scan = await scanImage(local.diskPath, { blockSize: base.blockSize, previous, onProgress: (d) => progress.update(d) });
+  const scan = await scanImage(local.diskPath, { blockSize: base.blockSize, previous, onProgress: (d) => progress.update(d), decrypt: decryptorOf(state, name) });
   progress.finish();
   return summary(scan, 'full', reason, incomplete, t0);
 }
@@ -133,7 +134,7 @@ export async function checkinDesktop(state: LocalState, api: ApiClient, login: L
 async function checkinLocked(state: LocalState, api: ApiClient, login: Login, name: string, opts: { quiet: boolean }): Promise<CheckinResult> {
   const t0 = Date.now();
   const pre = state.checkout(name)!;
-  const scan = await scanChanges(state, name, opts.quiet, new ServerBlockSource(state, () => api, pre.checkoutId, decodeManifest(pre.manifest).blockSize));
+  const scan = await scanChanges(state, name, opts.quiet, new ServerBlockSource(state.cacheOf(name), () => api, pre.checkoutId, decodeManifest(pre.manifest).blockSize));
   const before = await diskStamp(state, name);
   const local = state.checkout(name)!;
   const base = decodeManifest(local.manifest);
@@ -209,6 +210,7 @@ export async function uploadChanges(state: LocalState, api: ApiClient, local: Lo
   let asPatch = 0;
   let plainUploaded = 0;
   const fh = readBlock ? null : await fs.open(local.diskPath, 'r');
+  const io = fh ? DiskIo.forKey(fh.fd, base.size, state.keys.dataKey(local.desktop), local.diskPath) : null;
   try {
     for (const batch of batchesOf(missing, (id) => next.lengthOf(firstIndex.get(id)!), UPLOAD_BATCH_BYTES)) {
       async function* entries(): AsyncGenerator<TarEntry> {
@@ -218,16 +220,16 @@ export async function uploadChanges(state: LocalState, api: ApiClient, local: Lo
           if (readBlock) plain = await readBlock(i, id);
           else {
             plain = Buffer.allocUnsafe(next.lengthOf(i));
-            await fh!.read(plain, 0, plain.length, i * next.blockSize);
+            await io!.read(plain, 0, plain.length, i * next.blockSize);
           }
           if (!isVerified(id, plain)) {
             throw new CarryonError('DISK_CHANGED', `block ${i} of ${local.diskPath} changed while it was being sent: stop the VM using it and try again`, { block: i });
           }
           // Keep the new block locally: the next check-in patches against it, a re-check-out reuses it.
-          await state.cache.put(id, encodeBlock(plain, CACHE_LEVEL), plain);
+          await state.cacheOf(local.desktop).put(id, encodeBlock(plain, CACHE_LEVEL), plain);
           const baseId = base.blockSize === next.blockSize && i < base.count ? base.idAt(i) : null;
           let entry: TarEntry = { name: uploadEntryName({ kind: 'block', id }), data: plain };
-          const basePlain = baseId === null ? null : await cachedBlock(state, baseId, base.blockSize);
+          const basePlain = baseId === null ? null : await cachedBlock(state.cacheOf(local.desktop), baseId, base.blockSize);
           if (basePlain !== null && baseId !== null) {
             const patch = encodeBlockPatch(basePlain, plain);
             if (patch.length < plain.length) {
@@ -255,10 +257,18 @@ export async function uploadChanges(state: LocalState, api: ApiClient, local: Lo
   return { blocksUploaded: missing.length, asPatch, plainUploaded };
 }
 
+/** How a scan reads an encrypted copy's file (undefined: plaintext). */
+function decryptorOf(state: LocalState, desktop: string): ((data: Buffer, position: number) => void) | undefined {
+  const key = state.keys.dataKey(desktop);
+  if (!key) return undefined;
+  const cipher = SectorCipher.fromDataKey(key);
+  return (data, position) => cipher.decrypt(data, position / SECTOR_BYTES);
+}
+
 /** A block from the laptop cache, or null when it is absent or fails verification (then the block goes whole). */
-async function cachedBlock(state: LocalState, id: BlockId, maxBytes: number): Promise<Buffer | null> {
+async function cachedBlock(cache: BlockStore, id: BlockId, maxBytes: number): Promise<Buffer | null> {
   try {
-    return await getBlock(state.cache, id, maxBytes);
+    return await getBlock(cache, id, maxBytes);
   } catch (err) {
     if (err instanceof CarryonError && (err.code === 'BLOCK_NOT_FOUND' || err.code === 'BLOCK_CORRUPT')) return null;
     throw err;

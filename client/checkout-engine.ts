@@ -5,7 +5,7 @@
 import { closeSync, constants as fsc, existsSync, fdatasyncSync, ftruncateSync, openSync, promises as fs, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import {
-  CarryonError, CheapHasher, diskSpace, fmtBytes, decodeManifest, type CheckoutInfo, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
+  CarryonError, CheapHasher, diskSpace, keyCheck, sealToEscrow, fmtBytes, decodeManifest, type CheckoutInfo, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -18,6 +18,7 @@ import { requireLease } from './lease.js';
 import { MAX_STREAM_BLOCK } from './local-disk.js';
 import { diskStampOf, openLocalDisk, startJournal } from './disk-session.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
+import { defaultSources } from './keyring.js';
 
 export interface CheckoutResult {
   desktop: string;
@@ -43,7 +44,8 @@ export interface CheckoutResult {
 /** Fetch batches of up to this much plaintext: big enough to amortise a request, small enough to retry. */
 const BATCH_BYTES = 16 * 1024 * 1024;
 
-export async function checkoutDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { to?: string; personaTo?: string; quiet: boolean; stream?: boolean }): Promise<CheckoutResult> {
+export async function checkoutDesktop(state: LocalState, api: ApiClient, login: Login, name: string,
+  opts: { to?: string; personaTo?: string; quiet: boolean; stream?: boolean; passphraseFile?: string; encrypt?: boolean }): Promise<CheckoutResult> {
   const t0 = Date.now();
   const local = state.checkout(name);
   if (local?.state === 'streaming' && !opts.stream) return finishStream(state, api, local, opts.quiet, t0);
@@ -67,6 +69,15 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   if (opts.stream && manifest.blockSize > MAX_STREAM_BLOCK) {
     throw new CarryonError('INVALID_ARGUMENT', `${name} has ${manifest.blockSize / 1024} KiB blocks; a streamed check-out needs ${MAX_STREAM_BLOCK / 1024} KiB or less: check it out without --stream`, { blockSize: manifest.blockSize });
   }
+
+  // Encryption at rest: a copy keeps its key across trips; the policy can require one for a new copy.
+  const enc = await prepareEncryption(state, api, name, info, opts.passphraseFile, opts.encrypt === true);
+  if (enc.fresh && ours && (await exists(disk))) {
+    // A plaintext copy from an earlier trip cannot be updated in place under a new key: start over.
+    await fs.rm(disk, { force: true });
+    await fs.rm(partial, { force: true });
+  }
+  const cache = state.cacheOf(name);
 
   // What is already on disk: a checked-in copy of this desktop at the same path is updated in place.
   let prior: { manifest: DiskManifest; cheap: BigUint64Array } | null = null;
@@ -131,7 +142,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
 
   const cached: BlockId[] = [];
   const toFetch: BlockId[] = [];
-  for (const id of where.keys()) ((await state.cache.has(id)) ? cached : toFetch).push(id);
+  for (const id of where.keys()) ((await cache.has(id)) ? cached : toFetch).push(id);
   const plainOf = (id: BlockId): number => manifest.lengthOf(where.get(id)![0]!);
   const totalBytes = [...where.keys()].reduce((n, id) => n + plainOf(id), 0);
   const progress = new Progress(`checkout ${name}`, totalBytes, opts.quiet);
@@ -146,13 +157,14 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
     for (const id of toFetch) {
       const i = where.get(id)![0]!;
       const old = i < samePriorBs.manifest.count && samePriorBs.manifest.lengthOf(i) === manifest.lengthOf(i) ? samePriorBs.manifest.idAt(i) : null;
-      if (old !== null && (await state.cache.has(old))) baseOf.set(id, old);
+      if (old !== null && (await cache.has(old))) baseOf.set(id, old);
     }
   }
   // A disk that cannot hold the blocks still to write fails now, not half-way (the cache needs about as
   // much again, compressed; a full disk later is reported the same way and resumes).
   needSpace(name, partial, [...where.keys()].reduce((n, id) => n + plainOf(id) * where.get(id)!.length, 0));
-  const pool = new CheckoutPool({ cacheRoot: state.cache.root, disk: partial, url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, checkoutId: info.checkoutId,
+  const cacheRoot = enc.key ? state.vaultCacheRoot(name) : state.cache.root;
+  const pool = new CheckoutPool({ cacheRoot, dataKey: enc.key ? enc.key.toString('base64') : null, disk: partial, url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, checkoutId: info.checkoutId,
     maxBlock: manifest.blockSize, baseVersion: baseOf.size > 0 ? local!.version : null }, (d) => {
     if (d.cheap === null) return void refetch.push(d.id);
     for (const i of where.get(d.id)!) cheap[i] = d.cheap;
@@ -171,7 +183,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
     await pool.close(); // commits the workers' cache index and fsyncs the disk
   } catch (err) {
     await pool.close().catch(() => undefined); // the first failure is the one to report
-    throw diskFullHint(err, name, [disk, state.cache.root], totalBytes - bytesDone);
+    throw diskFullHint(err, name, [disk, cacheRoot], totalBytes - bytesDone);
   } finally {
     api.bytesReceived += pool.bytesReceived;
   }
@@ -190,6 +202,26 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'active', version: info.version, manifestId: info.manifestId,
     manifest: encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: local?.state === 'downloading' ? local.startedAt : new Date().toISOString() });
   return { ...result, bytesReceived: api.bytesReceived, seconds: (Date.now() - t0) / 1000, maxRssBytes: maxRss(), persona };
+}
+
+/**
+ * The copy's data key: the one it has (a copy stays encrypted), or a new one when the desktop's policy
+ * requires encryption (making the laptop's keyring first if it has none). The key is deposited with
+ * the server, sealed to its escrow key, before any block comes down: the server refuses blocks of a
+ * required-encrypted checkout until then.
+ */
+async function prepareEncryption(state: LocalState, api: ApiClient, name: string, info: CheckoutInfo, passphraseFile: string | undefined, asked: boolean): Promise<{ key: Buffer | null; fresh: boolean }> {
+  let key = state.keys.isEncrypted(name) ? state.keys.dataKey(name) : null;
+  let fresh = false;
+  if (!key && (info.encryption.required || asked)) {
+    await state.keys.ensure(defaultSources(passphraseFile), info.encryption.required ? `${name} must be encrypted on this laptop (your admin's policy)` : `${name} is to be encrypted on this laptop (--encrypt)`);
+    key = state.keys.createDataKey(name);
+    fresh = true;
+  }
+  if (key && info.encryption.escrowKey) {
+    await api.depositEscrow(info.checkoutId, { sealed: sealToEscrow(info.encryption.escrowKey, key, info.checkoutId).toString('base64'), keyCheck: keyCheck(key) });
+  }
+  return { key, fresh };
 }
 
 /** Bring a persona version (default: the newest) into `dir` and record it as this laptop's copy. */
@@ -295,7 +327,7 @@ async function finishStream(state: LocalState, api: ApiClient, local: LocalCheck
   const lock = DiskLock.acquire(state.home, local.desktop, 'checkout');
   try {
     const manifest = decodeManifest(local.manifest);
-    const { disk } = await openLocalDisk(state, local, new ServerBlockSource(state, () => api, local.checkoutId, manifest.blockSize));
+    const { disk } = await openLocalDisk(state, local, new ServerBlockSource(state.cacheOf(local.desktop), () => api, local.checkoutId, manifest.blockSize));
     const progress = new Progress(`checkout ${local.desktop}`, disk.size, quiet);
     try {
       await disk.download((p) => progress.update(p.localBytes));

@@ -6,8 +6,8 @@
 import { closeSync, fdatasync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import {
-  applyBlockPatch, asCarryonError, CarryonError, CheapHasher, decodeVerified, encodeBlock, getBlock, MAX_UPLOAD_ENTRY_BYTES, PackBlockStore, parseUploadEntryName, verifyPlain,
-  type BlockId,
+  applyBlockPatch, asCarryonError, CarryonError, CheapHasher, decodeVerified, encodeBlock, getBlock, MAX_UPLOAD_ENTRY_BYTES, PackBlockStore, parseUploadEntryName, SealedBlockStore, SectorCipher, SECTOR_BYTES, verifyPlain,
+  type BlockId, type BlockStore,
 } from '../src/index.js';
 import { CACHE_LEVEL } from './state.js';
 import { ApiClient } from './api-client.js';
@@ -48,12 +48,16 @@ export interface WorkerInit {
   maxBlock: number;
   /** The desktop version the jobs' bases come from, when they have any. */
   baseVersion: number | null;
+  /** An encrypted copy's data key (base64; in memory only): the disk gets XTS sectors, the cache is sealed. */
+  dataKey: string | null;
 }
 
 const RETRIES = 4;
 const init = workerData as WorkerInit;
-const cache = new PackBlockStore(init.cacheRoot);
+const dataKey = init.dataKey ? Buffer.from(init.dataKey, 'base64') : null;
+const cache: BlockStore = dataKey ? new SealedBlockStore(new PackBlockStore(init.cacheRoot, { opaque: true }), dataKey) : new PackBlockStore(init.cacheRoot);
 const fd = openSync(init.disk, 'r+');
+const cipher = dataKey ? SectorCipher.fromDataKey(dataKey) : null;
 const hasher = new CheapHasher();
 const scratch = Buffer.allocUnsafe(init.maxBlock);
 const post = (m: WorkerReply): void => parentPort!.postMessage(m);
@@ -69,6 +73,8 @@ const run = { buf: Buffer.allocUnsafe(RUN_BYTES), start: 0, len: 0 };
 
 function writeRun(): void {
   if (run.len === 0) return;
+  // Runs start at block boundaries and end at one (or at the disk's end): whole XTS sectors.
+  cipher?.encrypt(run.buf.subarray(0, run.len), run.start / SECTOR_BYTES);
   writeSync(fd, run.buf, 0, run.len, run.start);
   unflushed += run.len;
   run.len = 0;
@@ -80,7 +86,11 @@ function writeRun(): void {
 
 function writeAt(plain: Buffer, offset: number): void {
   if (run.len > 0 && (offset !== run.start + run.len || run.len + plain.length > RUN_BYTES)) writeRun();
-  if (plain.length > RUN_BYTES) return void writeSync(fd, plain, 0, plain.length, offset);
+  if (plain.length > RUN_BYTES) {
+    const out = cipher ? Buffer.allocUnsafe(plain.length) : plain;
+    cipher?.encrypt(plain, offset / SECTOR_BYTES, out);
+    return void writeSync(fd, out, 0, out.length, offset);
+  }
   if (run.len === 0) run.start = offset;
   plain.copy(run.buf, run.len);
   run.len += plain.length;
@@ -191,7 +201,7 @@ parentPort!.on('message', (msg: WorkerRequest) => {
     // A failure here (the disk full when the last appends are flushed) is reported, never left uncaught.
     void (async () => {
       let failure: CarryonError | null = null;
-      for (const step of [() => cache.close(), () => Promise.all(writebacks), async () => fsyncSync(fd)]) {
+      for (const step of [async () => cache.close?.(), () => Promise.all(writebacks), async () => fsyncSync(fd)]) {
         try {
           await step();
         } catch (err) {

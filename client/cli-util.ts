@@ -3,14 +3,17 @@ import type { Command } from 'commander';
 import { describeFailure } from '../src/index.js';
 import { ApiClient } from './api-client.js';
 import { homeOf, LocalState, type Login } from './state.js';
+import { defaultSources, PASSPHRASE_ENV } from './keyring.js';
 
 export interface CommonOpts {
   home?: string;
   json?: boolean;
+  passphraseFile?: string;
 }
 
 export function withCommonOptions(cmd: Command): Command {
-  return cmd.option('--home <dir>', 'laptop state folder (default: $CARRYON_HOME or ~/.carryon)').option('--json', 'print one JSON object as the result');
+  return cmd.option('--home <dir>', 'laptop state folder (default: $CARRYON_HOME or ~/.carryon)').option('--json', 'print one JSON object as the result')
+    .option('--passphrase-file <file>', `the passphrase of this laptop's encrypted desktops, from the first line of FILE (- for stdin); also $${PASSPHRASE_ENV}; else the agent (\`carryon unlock\`) or a prompt`);
 }
 
 export function optsOf(cmd: Command): CommonOpts & Record<string, unknown> {
@@ -24,12 +27,15 @@ export interface Session {
 }
 
 /** Run a command with the laptop state open; print the result; map failures to exit codes. */
-export async function runCommand<T>(opts: CommonOpts, body: (s: Session) => Promise<T>, human: (r: T) => string): Promise<void> {
+export async function runCommand<T>(opts: CommonOpts, body: (s: Session) => Promise<T>, human: (r: T) => string, how: { unlock?: boolean } = {}): Promise<void> {
   let state: LocalState | null = null;
   let client: ApiClient | null = null;
   try {
     state = new LocalState(homeOf(opts.home));
     const st = state;
+    // Encrypted desktops: the key from the agent, the file or the environment, else asked on a terminal
+    // once. Without any of them the command goes on locked and stops with KEYS_LOCKED where it needs a key.
+    if (how.unlock !== false && st.keys.exists()) await st.keys.unlock(defaultSources(opts.passphraseFile));
     const session: Session = {
       state: st,
       login: () => st.login(),

@@ -69,7 +69,8 @@ export async function openLocalDisk(state: LocalState, local: LocalCheckout, sou
     if (!trust.trusted && journal.untrustedReason === null) await journal.markUntrusted(trust.reason!);
   }
   const cheap = local.cheap ? decodeCheap(local.cheap) : new BigUint64Array(manifest.count);
-  return { disk: new LocalDisk(local.desktop, local.diskPath, manifest, journal, cheap, source), trust };
+  // An encrypted copy's key (KEYS_LOCKED when the keyring is locked): every byte goes through XTS.
+  return { disk: new LocalDisk(local.desktop, local.diskPath, manifest, journal, cheap, source, state.keys.dataKey(local.desktop)), trust };
 }
 
 /** The checkout of `name` that is in use on this laptop (active or streaming), or NOT_CHECKED_OUT saying why not. */

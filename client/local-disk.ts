@@ -11,11 +11,12 @@
 // Disk I/O is synchronous on purpose: each request's bookkeeping and its pwrite happen in one turn of
 // the event loop, so a download landing in between cannot interleave with a VM write. Page-cache
 // reads and writes of 64 KiB-1 MiB take tens of microseconds here; only fsyncs go to the thread pool.
-import { closeSync, fdatasync, openSync, read as fsRead, readSync, writeSync, writevSync } from 'node:fs';
+import { closeSync, fdatasync, openSync } from 'node:fs';
 import { blockId, CarryonError, CheapHasher, DiskManifest, encodeBlock, isAllZero, NbdIoError, NBD_ERRNO, type BlockId, type NbdExport } from '../src/index.js';
 import { CACHE_LEVEL } from './state.js';
 import { crashPoint } from './crash-point.js';
 import { PAGE_BYTES, stampOf, type DiskJournal } from './disk-journal.js';
+import { DiskIo } from './disk-io.js';
 
 /** Where blocks that are not local yet come from (the laptop cache, then the server). */
 export interface BlockSource {
@@ -44,6 +45,8 @@ export class LocalDisk implements NbdExport {
   readonly readOnly = false;
   readonly preferredBlockSize = 4096;
   private readonly fd: number;
+  /** Reads and writes of the file: decrypted and encrypted here when the copy is encrypted at rest. */
+  private readonly io: DiskIo;
   private readonly bs: number;
   private readonly hasher = new CheapHasher();
   /** Blocks whose bytes are in the file (maybe not yet fdatasync'ed); the journal's present map lags it. */
@@ -61,13 +64,14 @@ export class LocalDisk implements NbdExport {
   stats = { readBytes: 0, writeBytes: 0, flushes: 0, onDemandBlocks: 0, backgroundBlocks: 0 };
 
   constructor(readonly name: string, readonly file: string, readonly manifest: DiskManifest, readonly journal: DiskJournal, readonly cheap: BigUint64Array,
-    private source: BlockSource | null) {
+    private source: BlockSource | null, dataKey: Buffer | null = null) {
     // Page masks are 16 bits (the journal's PAGES record): streaming needs blocks of at most 16 pages.
     if (!journal.complete && manifest.blockSize > MAX_STREAM_BLOCK) {
       throw new CarryonError('INVALID_ARGUMENT', `${name}: a streamed disk needs blocks of at most ${MAX_STREAM_BLOCK / 1024} KiB; this image has ${manifest.blockSize / 1024} KiB blocks: check it out without --stream`);
     }
     this.fd = openSync(file, 'r+');
     this.size = manifest.size;
+    this.io = DiskIo.forKey(this.fd, manifest.size, dataKey, file);
     this.bs = manifest.blockSize;
     this.written = new Uint8Array(manifest.count);
   }
@@ -129,24 +133,12 @@ export class LocalDisk implements NbdExport {
 
   /** Large reads go to the thread pool: the copy out of the page cache then overlaps the socket sends. */
   private async readPool(offset: number, length: number, buf: Buffer, at: number): Promise<void> {
-    let got = 0;
-    while (got < length) {
-      const n = await new Promise<number>((resolve, reject) => fsRead(this.fd, buf, at + got, length - got, offset + got, (err, k) => (err ? reject(err) : resolve(k))));
-      if (n === 0) break;
-      got += n;
-    }
-    if (got < length) buf.fill(0, at + got, at + length);
+    await this.io.read(buf, at, length, offset);
     this.stats.readBytes += length;
   }
 
   private readLocal(offset: number, length: number, buf: Buffer, at: number): void {
-    let got = 0;
-    while (got < length) {
-      const n = readSync(this.fd, buf, at + got, length - got, offset + got);
-      if (n === 0) break;
-      got += n;
-    }
-    if (got < length) buf.fill(0, at + got, at + length); // a sparse tail past the file's end reads as zeros
+    this.io.readSync(buf, at, length, offset); // a sparse tail past the file's end reads as zeros
     this.stats.readBytes += length;
   }
 
@@ -158,13 +150,7 @@ export class LocalDisk implements NbdExport {
     const land = (): Promise<void> | void => {
       if (this.closed) throw new NbdIoError(NBD_ERRNO.ESHUTDOWN, `${this.name} is closing`);
       crashPoint('nbd-write'); // tests: die with the marks durable and the bytes not written
-      let pos = offset;
-      let list = chunks;
-      while (list.length > 0) {
-        const n = writevSync(this.fd, list, pos);
-        pos += n;
-        list = skipBytes(list, n);
-      }
+      this.io.writevSync(chunks, offset);
       this.stats.writeBytes += length;
       if (fua) return this.syncFile();
     };
@@ -177,8 +163,7 @@ export class LocalDisk implements NbdExport {
     const land = (): Promise<void> | void => {
       if (this.closed) throw new NbdIoError(NBD_ERRNO.ESHUTDOWN, `${this.name} is closing`);
       crashPoint('nbd-write');
-      let done = 0;
-      while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, offset + done);
+      this.io.writeSync(data, 0, data.length, offset);
       this.stats.writeBytes += data.length;
       this.afterWrite(offset, data.length);
       if (fua) return this.syncFile();
@@ -193,7 +178,8 @@ export class LocalDisk implements NbdExport {
     await this.mark(offset, length);
     for (let done = 0; done < length;) {
       const n = Math.min(LocalDisk.zeros.length, length - done);
-      done += writeSync(this.fd, LocalDisk.zeros, 0, n, offset + done);
+      this.io.writeSync(LocalDisk.zeros, 0, n, offset + done);
+      done += n;
     }
     this.afterWrite(offset, length);
     if (fua) await this.syncFile();
@@ -303,11 +289,7 @@ export class LocalDisk implements NbdExport {
   /** pwrite until every byte is written (a short write, e.g. at ENOSPC, must not pass for a whole one). */
   private writeAll(buf: Buffer, from: number, length: number, position: number): void {
     if (this.closed) throw new NbdIoError(NBD_ERRNO.ESHUTDOWN, `${this.name} is closing`);
-    for (let done = 0; done < length;) {
-      const n = writeSync(this.fd, buf, from + done, length - done, position + done);
-      if (n <= 0) throw new CarryonError('IO_ERROR', `short write to ${this.file}`, { file: this.file });
-      done += n;
-    }
+    this.io.writeSync(buf, from, length, position);
   }
 
   private queuePresent(i: number): void {
@@ -507,20 +489,4 @@ export class LocalDisk implements NbdExport {
     if (this.presentTimer) clearTimeout(this.presentTimer);
     closeSync(this.fd);
   }
-}
-
-/** The rest of a chunk list after its first n bytes (a short writev). */
-function skipBytes(list: Buffer[], n: number): Buffer[] {
-  const out = [...list];
-  while (n > 0 && out.length > 0) {
-    const c = out[0]!;
-    if (c.length <= n) {
-      n -= c.length;
-      out.shift();
-    } else {
-      out[0] = c.subarray(n);
-      n = 0;
-    }
-  }
-  return out;
 }

@@ -11,6 +11,7 @@ import { registerRenew } from './commands/renew.js';
 import { registerReplicate } from './commands/replicate.js';
 import { registerServe } from './commands/serve.js';
 import { registerStatus } from './commands/status.js';
+import { registerUnlock } from './commands/unlock.js';
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
 
@@ -35,6 +36,7 @@ registerReplicate(program);
 registerStatus(program);
 registerDiscard(program);
 registerPersona(program);
+registerUnlock(program);
 
 program.exitOverride((err) => {
   process.exit(err.exitCode === 0 ? 0 : 2);

@@ -45,11 +45,11 @@ export async function replicateDesktop(state: LocalState, api: ApiClient, name: 
     next = decodeManifest(Buffer.from(snap.manifest, 'base64'));
     changed = snap.changed;
     pauseMs = snap.pauseMs;
-    up = await uploadChanges(state, api, local, base, next, changed, `replicate ${name}`, quiet, (i: number, id: BlockId) => getBlock(state.cache, id, base.lengthOf(i)));
+    up = await uploadChanges(state, api, local, base, next, changed, `replicate ${name}`, quiet, (i: number, id: BlockId) => getBlock(state.cacheOf(name), id, base.lengthOf(i)));
   } else {
     const lock = DiskLock.acquire(state.home, name, 'replicate');
     try {
-      const scan = await scanChanges(state, name, quiet, new ServerBlockSource(state, () => api, local.checkoutId, base.blockSize));
+      const scan = await scanChanges(state, name, quiet, new ServerBlockSource(state.cacheOf(name), () => api, local.checkoutId, base.blockSize));
       next = scan.manifest;
       changed = scan.changed;
       up = await uploadChanges(state, api, state.checkout(name)!, base, next, changed, `replicate ${name}`, quiet);

@@ -136,6 +136,17 @@ export class LocalState {
     return c;
   }
 
+  /** Close an encrypted copy's cache (before its folder is removed). */
+  async closeVault(desktop: string): Promise<void> {
+    const c = this.vaultCaches.get(desktop);
+    this.vaultCaches.delete(desktop);
+    await c?.close();
+  }
+
+  vaultRoot(desktop: string): string {
+    return path.join(this.home, 'vaults', desktop);
+  }
+
   vaultCacheRoot(desktop: string): string {
     return path.join(this.home, 'vaults', desktop, 'cache');
   }

@@ -3,7 +3,9 @@
 // an admin asked (forced check-in, rollback). It survives the server going away and coming back;
 // SIGINT/SIGTERM stop it between rounds.
 import type { Command } from 'commander';
-import { describeFailure } from '../../src/index.js';
+import { CarryonError, describeFailure } from '../../src/index.js';
+import { giveAgentKek, serveKeys } from '../key-agent.js';
+import { defaultSources } from '../keyring.js';
 import { agentRound, type AgentLog } from '../agent.js';
 import { ApiClient } from '../api-client.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
@@ -30,11 +32,28 @@ export function registerAgent(program: Command): void {
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
       log('start', { interval: interval / 1000 }, `carryon agent: one round every ${interval / 1000} s`);
+      // The key agent: \`carryon unlock\` gives it the key of the encrypted desktops, in memory only.
+      const home = homeOf(opts.home as string | undefined);
+      const keyAgent = serveKeys(home, (what) => log('keys', { what }, `carryon agent: ${what}`));
+      {
+        const st = new LocalState(home);
+        try {
+          if (st.keys.exists() && (await st.keys.unlock(defaultSources(opts.passphraseFile as string | undefined), false))) await giveAgentKek(home, st.keys.currentKek());
+        } catch (err) {
+          log('error', { error: describeFailure(err).error.toJSON() }, `carryon agent: ${describeFailure(err).text}`);
+        } finally {
+          await st.close();
+        }
+      }
       while (!stopping) {
         // A fresh state and client each round: commands run between rounds (checkout, serve) are seen.
-        const state = new LocalState(homeOf(opts.home as string | undefined));
+        const state = new LocalState(home);
         let api: ApiClient | null = null;
         try {
+          if (state.keys.exists() && !(await state.keys.unlock(defaultSources(), false))) {
+            log('locked', {}, 'carryon agent: the encrypted desktops are locked: run `carryon unlock` (the agent needs the key to reach the server and to check in)');
+            throw new CarryonError('KEYS_LOCKED', 'waiting for `carryon unlock`');
+          }
           const login = state.login();
           api = new ApiClient({ url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, idleTimeoutMs: 60_000 });
           const r = await agentRound(state, api, login, log);
@@ -55,6 +74,7 @@ export function registerAgent(program: Command): void {
           };
         });
       }
+      await keyAgent.close();
       log('stop', {}, 'carryon agent stopped');
     });
 }

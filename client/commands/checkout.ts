@@ -12,6 +12,7 @@ export function registerCheckout(program: Command): void {
   withCommonOptions(program.command('checkout <desktop>').description('check a desktop out to this laptop (only missing blocks are downloaded)'))
     .option('--to <path>', 'where to put the raw disk image (default: HOME/desktops/NAME/disk.raw)')
     .option('--persona-to <dir>', 'where to put the persona: profile/ and registry.reg (default: beside the disk, in persona/)')
+    .option('--encrypt', "encrypt this laptop's copy even where the desktop's policy does not require it (a copy once encrypted stays so)")
     .option('--stream', 'return once the manifest and persona are here; `carryon serve` fetches blocks as the VM reads them and downloads the rest')
     .option('--persona-only', 'bring only the persona (profile files and registry); the disk stays free for others')
     .action(async (desktop: string, _o, cmd: Command) => {
@@ -22,7 +23,7 @@ export function registerCheckout(program: Command): void {
           `edit profile/ and registry.reg there, then \`carryon persona push ${r.desktop}\``);
         return;
       }
-      await runCommand(opts, (s) => checkoutDesktop(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), { to: opts.to as string | undefined, personaTo: opts.personaTo as string | undefined, quiet: opts.json === true, stream: opts.stream === true }), (r) =>
+      await runCommand(opts, (s) => checkoutDesktop(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), { to: opts.to as string | undefined, personaTo: opts.personaTo as string | undefined, quiet: opts.json === true, stream: opts.stream === true, passphraseFile: opts.passphraseFile, encrypt: opts.encrypt === true }), (r) =>
         r.streaming
           ? `checked out ${r.desktop} version ${r.version} to ${r.disk} for streaming: ${r.streaming.localBlocks} of ${r.streaming.blocks} blocks local\n` +
             `start it now with \`carryon serve ${r.desktop}\` (blocks are fetched as the VM reads them, the rest downloads in the background);\n` +

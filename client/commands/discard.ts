@@ -2,7 +2,8 @@
 import { promises as fs } from 'node:fs';
 import readline from 'node:readline/promises';
 import type { Command } from 'commander';
-import { CarryonError, parseName } from '../../src/index.js';
+import { CarryonError, fmtBytes, parseName } from '../../src/index.js';
+import { shredCopy } from '../shred.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
 import { removeJournal } from '../disk-session.js';
@@ -44,15 +45,18 @@ export function registerDiscard(program: Command): void {
           await fs.rm(path.join(s.state.home, 'run', `${name}.progress.json`), { force: true });
           s.state.removeCheckout(name);
         }
+        // An encrypted copy's key is destroyed, and its encrypted cache removed with it.
+        const shred = await shredCopy(s.state, name);
         // The persona copy goes with it: its unpushed edits are what discarding throws away.
         if (persona) {
           await fs.rm(persona.dir, { recursive: true, force: true });
           s.state.removePersona(name);
         }
-        return { desktop: name, disk: local?.diskPath ?? null, persona: persona?.dir ?? null, removed: true, server };
+        return { desktop: name, disk: local?.diskPath ?? null, persona: persona?.dir ?? null, removed: true, server, keyShredded: shred.shredded, vaultFreedBytes: shred.freedBytes };
         } finally {
           lock?.release();
         }
-      }, (r) => `discarded ${r.desktop}: removed ${[r.disk, r.persona].filter(Boolean).join(' and ')}; server checkout ${r.server}`);
+      }, (r) => `discarded ${r.desktop}: removed ${[r.disk, r.persona].filter(Boolean).join(' and ')}; server checkout ${r.server}` +
+        (r.keyShredded ? `; its encryption key destroyed and its encrypted cache (${fmtBytes(r.vaultFreedBytes)}) removed` : ''));
     });
 }

@@ -15,6 +15,7 @@ import { DiskLock } from '../disk-lock.js';
 import { leaseStatus, requireLease } from '../lease.js';
 import { openLocalDisk, requireCheckedOut } from '../disk-session.js';
 import { homeOf, LocalState } from '../state.js';
+import { defaultSources } from '../keyring.js';
 
 
 /** NBD connections served at once (each bounded by NBD_CONNECTION_BUDGET). */
@@ -47,6 +48,8 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
   let lock: DiskLock | null = null;
   let api: ApiClient | null = null;
   try {
+    // An encrypted desktop: the key from the agent, --passphrase-file or the environment, else asked here.
+    if (state.keys.exists()) await state.keys.unlock(defaultSources(opts.passphraseFile as string | undefined));
     const local = requireCheckedOut(state, name);
     // An expired offline lease keeps the disk closed, unless the server renews it right now.
     let leaseApi: ApiClient | null = null;
@@ -64,7 +67,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       try {
         const login = state.login();
         // A VM waits on on-demand reads: a hung server must turn into EIO, not a frozen guest.
-        source = new ServerBlockSource(state, () => (api ??= new ApiClient({ url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, idleTimeoutMs: 20_000 })), local.checkoutId, 16 * 1024 * 1024);
+        source = new ServerBlockSource(state.cacheOf(local.desktop), () => (api ??= new ApiClient({ url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, idleTimeoutMs: 20_000 })), local.checkoutId, 16 * 1024 * 1024);
       } catch {
         source = null; // no login: serve what is local, fail reads of the rest
       }
@@ -137,9 +140,9 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
           const req = JSON.parse(buf.slice(0, buf.indexOf('\n'))) as { op?: string };
           if (req.op !== 'snapshot') throw new CarryonError('BAD_REQUEST', `unknown control request ${String(req.op)}`);
           const t0 = Date.now();
-          const snap = disk.snapshot(state.cache);
+          const snap = disk.snapshot(state.cacheOf(local.desktop));
           const pauseMs = Date.now() - t0;
-          void snap.stored.then(() => state.cache.sync()).then(() => {
+          void snap.stored.then(() => state.cacheOf(local.desktop).sync()).then(() => {
             log('snapshot', { blocksChanged: snap.changed.length, pauseMs }, `snapshot for a restore point: ${snap.changed.length} blocks changed since check-out (the VM waited ${pauseMs} ms)`);
             c.end(`${JSON.stringify({ manifest: encodeManifest(snap.manifest).toString('base64'), changed: snap.changed, pauseMs })}\n`);
           }, (err: unknown) => c.end(`${describeFailure(err).json}\n`));

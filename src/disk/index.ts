@@ -20,6 +20,8 @@ export interface ScanOptions {
   onChanged?: (index: number, id: BlockId, plain: Buffer) => Promise<void> | void;
   onProgress?: (bytesRead: number, totalBytes: number) => void;
   signal?: AbortSignal;
+  /** Turns the file's bytes at `position` (a block boundary) into plaintext in place: an encrypted copy. */
+  decrypt?: (data: Buffer, position: number) => void;
 }
 
 export interface ScanResult {
@@ -57,6 +59,7 @@ export async function scanImage(file: string, opts: ScanOptions): Promise<ScanRe
       pos += bytesRead;
       const buf = bufs[k]!;
       pending = pos < size ? readAt(k ^ 1, pos) : null;
+      opts.decrypt?.(buf.subarray(0, bytesRead), here);
       opts.signal?.throwIfAborted();
       for (let off = 0; off < bytesRead; off += opts.blockSize) {
         const i = (here + off) / opts.blockSize;
@@ -104,7 +107,8 @@ export function decodeCheap(buf: Uint8Array): BigUint64Array {
  * known to equal `previous`: the cost grows with the change, not with the disk. Same result shape
  * as scanImage. The image must still have the previous manifest's size.
  */
-export async function rescanBlocks(file: string, blocks: number[], previous: ScanPrevious, onProgress?: (bytesRead: number, totalBytes: number) => void): Promise<ScanResult> {
+export async function rescanBlocks(file: string, blocks: number[], previous: ScanPrevious, onProgress?: (bytesRead: number, totalBytes: number) => void,
+  decrypt?: ScanOptions['decrypt']): Promise<ScanResult> {
   const prev = previous.manifest;
   const fh = await fs.open(file, 'r');
   try {
@@ -126,6 +130,7 @@ export async function rescanBlocks(file: string, blocks: number[], previous: Sca
       const len = (blocks[j - 1]! - first) * prev.blockSize + prev.lengthOf(blocks[j - 1]!);
       const { bytesRead: n } = await fh.read(buf, 0, len, start);
       if (n !== len) throw new CarryonError('DISK_CHANGED', `disk image ${file} shrank while it was read`, { file });
+      decrypt?.(buf.subarray(0, len), start);
       for (let t = k; t < j; t++) {
         const i = blocks[t]!;
         const off = (i - first) * prev.blockSize;

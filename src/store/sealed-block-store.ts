@@ -25,7 +25,8 @@ export class SealedBlockStore implements BlockStore {
   async put(id: BlockId, encoded: Uint8Array, plain?: Uint8Array): Promise<void> {
     checkPut(id, encoded, plain);
     const name = this.nameOf(id);
-    if (await this.inner.has(name)) return;
+    // Sealed and handed on before any await: a caller's synchronous pass (serve's snapshot) stays one.
+    // The inner put is idempotent, so a block stored twice keeps one index row.
     await this.inner.put(name, seal(this.key, Buffer.concat([Buffer.from(id, 'hex'), encoded]), name));
   }
 
