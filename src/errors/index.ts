@@ -53,6 +53,7 @@ export const ERROR_CODES = {
   TLS_CERT_NOT_YET_VALID: { http: 502, exit: 13, what: "the server's certificate is not valid yet (or this laptop's clock is wrong)" },
   TLS_HOSTNAME_MISMATCH: { http: 502, exit: 13, what: "the server's certificate is for other host names than the URL's" },
   IO_ERROR: { http: 500, exit: 9, what: 'a local file operation failed' },
+  FUSE_UNAVAILABLE: { http: 500, exit: 9, what: 'serve --file needs nbdfuse (libnbd-bin), fusermount3 (fuse3) and a usable /dev/fuse; one is missing or refused the mount' },
   ABORTED: { http: 499, exit: 10, what: 'the user declined or interrupted the operation' },
   INTERNAL: { http: 500, exit: 1, what: 'an unexpected error (a bug); see the server log' },
 } as const;
