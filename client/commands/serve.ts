@@ -3,6 +3,8 @@
 // map, so the next check-in reads only what changed. A streamed check-out keeps downloading in the
 // background while the VM runs; reads of blocks not yet local are fetched first.
 // Runs in the foreground until SIGINT or SIGTERM, then flushes and closes the map cleanly.
+// With --file DIR it also shows the export as a plain file, DIR/NAME.raw, through nbdfuse (FUSE), for
+// hypervisors that need a file (VirtualBox, VMware): their writes go through the same dirty map.
 import { writeFileSync, renameSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -12,6 +14,7 @@ import { ApiClient } from '../api-client.js';
 import { ServerBlockSource } from '../block-source.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
+import { checkMountDir, FuseFile, requireFuse } from '../fuse-file.js';
 import { leaseStatus, requireLease } from '../lease.js';
 import { openLocalDisk, requireCheckedOut } from '../disk-session.js';
 import { homeOf, LocalState } from '../state.js';
@@ -25,6 +28,7 @@ export function registerServe(program: Command): void {
     .option('--socket <path>', 'Unix socket to listen on (default: HOME/run/NAME.nbd)')
     .option('--port <n>', 'listen on 127.0.0.1:PORT instead of a Unix socket (0: any free port)')
     .option('--no-download', 'streamed check-outs: fetch only what the VM reads, no background download')
+    .option('--file <dir>', 'also show the disk as a plain file DIR/NAME.raw (nbdfuse) for VirtualBox or VMware; writes to it go through the dirty map')
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
       try {
@@ -51,6 +55,12 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     // An encrypted desktop: the key from the agent, --passphrase-file or the environment, else asked here.
     if (state.keys.exists()) await state.keys.unlock(defaultSources(opts.passphraseFile as string | undefined));
     const local = requireCheckedOut(state, name);
+    // --file: refuse before anything starts when FUSE cannot work or the folder is a bad place.
+    let mountDir: string | null = null;
+    if (opts.file !== undefined) {
+      requireFuse();
+      mountDir = checkMountDir(String(opts.file), state.home);
+    }
     // An expired offline lease keeps the disk closed, unless the server renews it right now.
     let leaseApi: ApiClient | null = null;
     try {
@@ -155,13 +165,28 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     });
     await new Promise<void>((resolve) => ctl.listen(ctlPath, resolve));
     const port = socketPath ? null : (server.address() as net.AddressInfo).port;
+    let fuse: FuseFile | null = null;
+    if (mountDir) {
+      try {
+        fuse = await FuseFile.mount({ dir: mountDir, fileName: `${name}.raw`, socket: socketPath, port, pidFile: path.join(state.home, 'run', `${name}.nbdfuse.pid`), size: disk.size });
+      } catch (err) {
+        server.close();
+        ctl.close();
+        for (const s of sockets) s.destroy();
+        await disk.close();
+        for (const p of [socketPath, ctlPath]) if (p) try { unlinkSync(p); } catch { /* gone */ }
+        throw err;
+      }
+    }
     const uri = socketPath ? `nbd+unix:///${name}?socket=${socketPath}` : `nbd://127.0.0.1:${port}/${name}`;
     const qemu = socketPath ? `nbd:unix:${socketPath}:exportname=${name}` : `nbd:127.0.0.1:${port}:exportname=${name}`;
     const changed = disk.journal.dirtyCount;
     const p0 = disk.progress();
-    log('listening', { desktop: name, uri, socket: socketPath, port, size: disk.size, blocksChanged: changed, dirtyMap: trust, localBytes: p0.localBytes, totalBytes: p0.totalBytes },
+    log('listening', { desktop: name, uri, socket: socketPath, port, size: disk.size, blocksChanged: changed, dirtyMap: trust, localBytes: p0.localBytes, totalBytes: p0.totalBytes, ...(fuse ? { file: fuse.file } : {}) },
       `serving ${name} (${fmtBytes(disk.size)}) on ${uri}\n` +
       `  qemu:  qemu-system-x86_64 -drive file=${qemu},format=raw,if=virtio,cache=none ...\n` +
+      (fuse ? `  file:  ${fuse.file} (raw, through nbdfuse): give it to VirtualBox or VMware as a raw disk (docs/hypervisors.md)\n` +
+        `  stop:  shut down the VM, then Ctrl-C here or kill -TERM ${process.pid} (fusermount3 -u ${fuse.dir} also stops it)\n` : '') +
       `  dirty map: ${changed} blocks changed since check-out; ${trust.trusted ? (trust.recovered ? 'recovered after an unclean stop' : 'in order') : `the next check-in scans the whole disk (${trust.reason})`}` +
       (disk.complete ? '' : `\n  streaming: ${fmtBytes(p0.localBytes)} of ${fmtBytes(p0.totalBytes)} local; ${source ? (opts.download === false ? 'fetching only what the VM reads' : 'downloading the rest in the background') : 'not logged in: blocks not yet local fail with EIO'}`));
 
@@ -246,7 +271,21 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       })();
     }
 
-    await signalled;
+    // With --file, nbdfuse ending on its own (fusermount3 -u by the user, or a crash) stops the export too.
+    const cause = await Promise.race([signalled.then(() => 'signal' as const), ...(fuse ? [fuse.exited.then(() => 'file-exited' as const)] : [])]);
+    let fileFailure: CarryonError | null = null;
+    if (fuse) {
+      if (cause === 'file-exited') {
+        const { code, signal } = await fuse.exited;
+        const words = fuse.lastWords();
+        if (code === 0) log('file-unmounted', { file: fuse.file }, `${fuse.file} was unmounted: stopping`);
+        else {
+          fileFailure = new CarryonError('IO_ERROR', `nbdfuse exited (${signal ?? `code ${code}`})${words ? `: ${words}` : ''}; ${fuse.file} is gone and the export was stopped. Every write acknowledged to the VM is in the disk and the dirty map`, { file: fuse.file, code, signal });
+          log('file-exited', { file: fuse.file, code, signal, message: words }, `carryon serve: ${fileFailure.message}`);
+        }
+      }
+      await fuse.unmount(log);
+    }
     stop.abort();
     watching = false;
     if (leaseTimer) clearTimeout(leaseTimer);
@@ -267,7 +306,8 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         /* gone */
       }
     }
-    log('stopped', { desktop: name, ...disk.stats, blocksChanged: disk.journal.dirtyCount }, `stopped serving ${name}: ${disk.journal.dirtyCount} blocks changed since check-out; the dirty map is closed cleanly`);
+    log('stopped', { desktop: name, ...disk.stats, blocksChanged: disk.journal.dirtyCount }, `stopped serving ${name}: ${disk.journal.dirtyCount} blocks changed since check-out; the dirty map is closed cleanly${fuse ? `; ${fuse.file} is unmounted` : ''}`);
+    if (fileFailure) throw fileFailure;
   } finally {
     (api as ApiClient | null)?.close();
     lock?.release();

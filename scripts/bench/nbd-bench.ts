@@ -223,10 +223,10 @@ async function waitForNbd(d: Daemon, timeoutMs = 30_000): Promise<Json> {
   }
 }
 
-/** `carryon serve DESK --socket SOCK --json`; resolves on its "listening" event. */
-async function startCarryonServe(home: string, desk: string, socket: string): Promise<{ daemon: Daemon; listening: Json }> {
+/** `carryon serve DESK --socket SOCK --json [extra]`; resolves on its "listening" event. */
+async function startCarryonServe(home: string, desk: string, socket: string, extra: string[] = []): Promise<{ daemon: Daemon; listening: Json }> {
   const uri = `nbd+unix:///${desk}?socket=${socket}`;
-  const { daemon, exited } = spawnDaemon('carryon serve', process.execPath, [CLIENT_BIN, 'serve', desk, '--socket', socket, '--json'], uri, { ...process.env, CARRYON_HOME: home });
+  const { daemon, exited } = spawnDaemon('carryon serve', process.execPath, [CLIENT_BIN, 'serve', desk, '--socket', socket, '--json', ...extra], uri, { ...process.env, CARRYON_HOME: home });
   const until = Date.now() + 60_000;
   for (;;) {
     const line = daemon.lines.find((l) => l.includes('"listening"'));
@@ -331,6 +331,54 @@ async function measureExport(server: ServerName, disk: string, size: number, wri
     if (gone !== undefined) throw new Error(`${daemon.name} exited (${gone}) during the measurements:\n${daemon.tail()}`);
     const st = await stop(daemon);
     return { server, command: daemon.command, nbdinfo: info, read, write, qemuImgBench: qb, stopSeconds: st.seconds, stopped: st.stopped };
+  } finally {
+    if (daemon.exitedWith() === undefined) await daemon.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 1b: the same export as a plain file (`carryon serve --file DIR`, nbdfuse), against NBD itself
+
+interface FuseResult {
+  command: string;
+  file: string;
+  /** One stream, 1 MiB requests: dd on the file, nbdcopy with one connection and one request over NBD. */
+  seqRead: { file: Runs; nbd: Runs };
+  seqWrite: { file: Runs; nbd: Runs };
+  /** nbdcopy's defaults (parallel requests) reading the file, and reading the NBD URI. */
+  parRead: { file: Runs; nbd: Runs };
+}
+
+const NBD_SEQ = ['--no-extents', '--connections=1', '--requests=1', '--request-size=1048576'];
+const DD_READ = (file: string): string[] => [`if=${file}`, 'of=/dev/null', 'bs=1M', 'status=none'];
+const DD_WRITE = (src: string, file: string): string[] => [`if=${src}`, `of=${file}`, 'bs=1M', 'conv=notrunc,nocreat', 'status=none'];
+
+async function measureFuse(home: string, desk: string, socket: string, mountDir: string, size: number, writeSource: string, repeat: number): Promise<FuseResult> {
+  requireTool('nbdfuse', 'libnbd-bin');
+  requireTool('fusermount3', 'fuse3');
+  await warmCache(writeSource);
+  const { daemon, listening } = await startCarryonServe(home, desk, socket, ['--file', mountDir]);
+  try {
+    const file = str(listening, 'file');
+    log(`  carryon serve --file: ${daemon.command}\n    file ${file}`);
+    const times = async (cmd: string, args: string[]): Promise<number[]> => {
+      const out: number[] = [];
+      for (let i = 0; i < repeat; i++) out.push((await run(cmd, args)).seconds);
+      return out;
+    };
+    const pair = async (what: string, file_: [string, string[]], nbd: [string, string[]]): Promise<{ file: Runs; nbd: Runs }> => {
+      const f = summarize(size, await times(...file_));
+      const n = summarize(size, await times(...nbd));
+      log(`    ${what}: file ${f.mbPerSec.map((r) => r.toFixed(0)).join(', ')} MB/s; NBD ${n.mbPerSec.map((r) => r.toFixed(0)).join(', ')} MB/s; file / NBD (median) ${ratio(f.median, n.median)}`);
+      return { file: f, nbd: n };
+    };
+    const seqRead = await pair('sequential read, 1 MiB, one stream', ['dd', DD_READ(file)], ['nbdcopy', [...NBD_SEQ, daemon.uri, 'null:']]);
+    const seqWrite = await pair('sequential write, 1 MiB, one stream', ['dd', DD_WRITE(writeSource, file)], ['nbdcopy', [...NBD_SEQ, writeSource, daemon.uri]]);
+    const parRead = await pair('read, nbdcopy defaults', ['nbdcopy', ['--no-extents', file, 'null:']], ['nbdcopy', NBDCOPY_READ(daemon.uri)]);
+    const gone = daemon.exitedWith();
+    if (gone !== undefined) throw new Error(`carryon serve --file exited (${gone}) during the measurements:\n${daemon.tail()}`);
+    await stopCarryonServe(daemon);
+    return { command: daemon.command, file, seqRead, seqWrite, parRead };
   } finally {
     if (daemon.exitedWith() === undefined) await daemon.stop();
   }
@@ -528,6 +576,7 @@ async function main(): Promise<number> {
     process.exit(130); // carryon-cli's exit hook kills carryon-server
   });
   const exportRows: ExportResult[] = [];
+  let fuseRow: FuseResult | null = null;
   const checkinRows: CheckinRow[] = [];
   try {
     log(`nbd-bench: ${human(o.size)} random image; check-in sizes ${o.checkinSizes.map(human).join(', ')}; ${o.repeat} runs; ${cpus().length} cores, node ${process.version}`);
@@ -602,6 +651,13 @@ async function main(): Promise<number> {
           log(`  ${SERVER_TITLE[s]} FAILED: ${e instanceof Error ? e.message : String(e)}`);
         }
       }
+      log(`\n== the export as a plain file (serve --file, nbdfuse) against NBD, ${human(o.size)}, ${o.repeat} runs`);
+      try {
+        fuseRow = await measureFuse(home, 'nbd-export', sock('carryon-file'), join(work, 'vm-file'), o.size, writeSource, o.repeat);
+      } catch (e) {
+        failed = true;
+        log(`  serve --file FAILED: ${e instanceof Error ? e.message : String(e)}`);
+      }
       rmSync(writeSource, { force: true });
     }
 
@@ -636,6 +692,14 @@ async function main(): Promise<number> {
       console.log(`qemu-img bench: ${showCommand('qemu-img', QEMU_BENCH('URI', false))} (and -w for writes; sequential 4 KiB from offset 0)`);
       for (const r of exportRows) console.log(`${SERVER_TITLE[r.server]}: ${r.command}`);
     }
+    if (fuseRow) {
+      const f = fuseRow;
+      console.log(`\n| serve --file (nbdfuse) | file median MB/s | NBD median MB/s | file / NBD |\n|---|---:|---:|---:|`);
+      for (const [what, r] of [['sequential read, 1 MiB, one stream', f.seqRead], ['sequential write, 1 MiB, one stream', f.seqWrite], ['read, nbdcopy defaults', f.parRead]] as const) {
+        console.log(`| ${what} | ${r.file.median.toFixed(0)} | ${r.nbd.median.toFixed(0)} | ${ratio(r.file.median, r.nbd.median)} |`);
+      }
+      console.log(`file: dd ${DD_READ('FILE').join(' ')} / dd ${DD_WRITE('SRC', 'FILE').join(' ')} / nbdcopy --no-extents FILE null:; NBD: nbdcopy ${NBD_SEQ.join(' ')} URI null: (and SRC URI) / ${showCommand('nbdcopy', NBDCOPY_READ('URI'))}`);
+    }
     if (checkinRows.length) {
       console.log(checkinTable(checkinRows, o.writes));
       const m = checkinRows.filter((r) => r.map).sort((a, b) => a.size - b.size);
@@ -663,6 +727,7 @@ async function main(): Promise<number> {
       images: { base: { size: o.size, note: 'seeded AES-CTR bytes, fully allocated' }, checkin: Object.fromEntries([...checkinImages].map(([s, i]) => [label(s), { size: s, dataBytes: i.dataBytes, extents: i.extents }])) },
       publishes,
       export: exportRows,
+      fuseFile: fuseRow,
       checkin: checkinRows,
       targets: targets(exportRows, checkinRows),
       totalSeconds: (Date.now() - started) / 1000,
