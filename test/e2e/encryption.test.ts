@@ -1,0 +1,200 @@
+// Encryption at rest on the laptop (docs/encryption.md): a real ext4 image checked out encrypted,
+// served over NBD to qemu-io and nbdcopy, written, checked in; no 4 KiB sample of its plaintext and
+// not the device token is found in any file under the laptop home; the passphrase's refusals; the
+// agent holding the key for the session; a discard destroys the key and gives the space back.
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { killSpawned, Laptop, makeExt4Image, removeTmp, requireTool, sha256File, spawnCli, TestServer, tmpDir } from './harness.js';
+
+const SECTOR = 4096;
+const PASS = 'correct horse battery staple';
+// A cheap keyring KDF for the test (the default costs 2^17); the passphrase comes from the environment.
+const KEYS = { CARRYON_PASSPHRASE: PASS, CARRYON_KDF_LOG_N: '12' };
+
+/** Every regular file under dir (sockets and the like skipped), recursively. */
+function filesUnder(dir: string): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) out.push(...filesUnder(p));
+    else if (e.isFile()) out.push(p);
+  }
+  return out;
+}
+
+function bytesUnder(dir: string): number {
+  return filesUnder(dir).reduce((n, f) => n + statSync(f).blocks * 512, 0);
+}
+
+/** Which of the needles occur in any file under dir (each file read whole). */
+function foundUnder(dir: string, needles: Buffer[]): Array<{ file: string; needle: number }> {
+  const hits: Array<{ file: string; needle: number }> = [];
+  for (const f of filesUnder(dir)) {
+    const data = readFileSync(f);
+    needles.forEach((n, k) => {
+      if (data.includes(n)) hits.push({ file: path.relative(dir, f), needle: k });
+    });
+  }
+  return hits;
+}
+
+function varied(s: Buffer): boolean {
+  if (new Set(s).size < 64) return false;
+  let run = 1;
+  for (let i = 1; i < s.length; i++) {
+    run = s[i] === s[i - 1] ? run + 1 : 1;
+    if (run >= 8) return false;
+  }
+  return true;
+}
+
+/** Distinct non-zero 4 KiB sectors of a file, spread over it: what a thief would look for. */
+function samplesOf(file: string, count: number): Buffer[] {
+  const data = readFileSync(file);
+  const candidates: Buffer[] = [];
+  const seen = new Set<string>();
+  for (let o = 0; o + SECTOR <= data.length; o += SECTOR) {
+    const s = data.subarray(o, o + SECTOR);
+    // Real content only: sectors with runs of one byte (padding, metadata) would also match unrelated
+    // files, and make a substring search crawl through zeros.
+    if (!varied(s)) continue;
+    const k = s.toString('base64');
+    if (seen.has(k)) continue;
+    seen.add(k);
+    candidates.push(Buffer.from(s));
+  }
+  const step = Math.max(1, Math.floor(candidates.length / count));
+  return candidates.filter((_, i) => i % step === 0).slice(0, count);
+}
+
+describe('encryption at rest on the laptop', () => {
+  const dir = tmpDir('encryption');
+  const server = new TestServer(dir);
+  const image = path.join(dir, 'golden.raw');
+  const a = new Laptop(path.join(dir, 'laptop-a'));
+  const b = new Laptop(path.join(dir, 'laptop-b'));
+  const patch = randomBytes(1024 * 1024);
+  let token = '';
+  let expected = '';
+
+  beforeAll(async () => {
+    for (const t of ['qemu-io', 'nbdcopy', 'mke2fs']) requireTool(t);
+    makeExt4Image(image, 48, 24);
+    await server.init();
+    token = await server.addUser('alice');
+    expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
+    for (const d of ['enc', 'enc2']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    await server.start();
+    for (const l of [a, b]) expect((await l.cli(['login', server.url, '--token', token])).code).toBe(0);
+    writeFileSync(path.join(dir, 'patch.bin'), patch);
+    // The disk as it must be after the writes below.
+    const want = readFileSync(image);
+    patch.copy(want, 8 * 1024 * 1024);
+    patch.copy(want, 12345, 0, SECTOR); // unaligned: read-modify-write of two sectors
+    writeFileSync(path.join(dir, 'expected.raw'), want);
+    expected = sha256File(path.join(dir, 'expected.raw'));
+  }, 180_000);
+
+  afterAll(async () => {
+    killSpawned();
+    await server.stop();
+    removeTmp(dir);
+  });
+
+  it('checks out encrypted, serves and takes writes over NBD, checks in; no plaintext sample nor the token under the home', async () => {
+    const co = await a.cli(['checkout', 'enc', '--encrypt', '--json'], KEYS);
+    expect(co.code, co.stderr).toBe(0);
+    const disk = co.json.disk as string;
+    // The file holds ciphertext from the start: the image's sectors are not in it.
+    const samples = samplesOf(image, 48);
+    expect(samples.length).toBeGreaterThanOrEqual(32);
+    expect(foundUnder(a.home, samples)).toEqual([]);
+
+    const serve = spawnCli(a, ['serve', 'enc'], KEYS);
+    const l = await serve.next('listening');
+    const w = spawnSync('qemu-io', ['-f', 'raw', '-c', `write -s ${path.join(dir, 'patch.bin')} ${8 * 1024 * 1024} ${patch.length}`, '-c', `write -s ${path.join(dir, 'patch.bin')} 12345 ${SECTOR}`, l.uri], { encoding: 'utf8' });
+    expect(w.status, w.stderr).toBe(0);
+    const back = path.join(dir, 'back.raw');
+    const r = spawnSync('nbdcopy', [l.uri, back], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    expect(sha256File(back)).toBe(expected);
+    expect(await serve.stop()).toBe(0);
+
+    const written = [...Array(patch.length / SECTOR).keys()].filter((i) => i % 16 === 0).map((i) => patch.subarray(i * SECTOR, (i + 1) * SECTOR));
+    expect(foundUnder(a.home, [...samples, ...written])).toEqual([]);
+    expect(readFileSync(disk).subarray(8 * 1024 * 1024, 8 * 1024 * 1024 + SECTOR).equals(patch.subarray(0, SECTOR))).toBe(false);
+
+    const ci = await a.cli(['checkin', 'enc', '--json'], KEYS);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.json.scanMode).toBe('dirty-map');
+    // What was sent is the plaintext: a plain copy on another laptop is the expected disk.
+    const cob = await b.cli(['checkout', 'enc', '--json']);
+    expect(cob.code, cob.stderr).toBe(0);
+    expect(sha256File(cob.json.disk)).toBe(expected);
+
+    // After the check-in (its blocks went into the sealed cache): still nothing, and never the token.
+    expect(foundUnder(a.home, [...samples, ...written, Buffer.from(token)])).toEqual([]);
+    // The plain laptop, by contrast, holds both (the search finds what it looks for).
+    expect(foundUnder(b.home, [samples[0]!, Buffer.from(token)]).length).toBeGreaterThanOrEqual(2);
+    expect((await b.cli(['checkin', 'enc'])).code).toBe(0);
+  }, 180_000);
+
+  it('refuses a wrong or missing passphrase with a clear error and changes nothing', async () => {
+    const co = await a.cli(['checkout', 'enc', '--json'], KEYS); // again, in place: the copy stays encrypted
+    expect(co.code, co.stderr).toBe(0);
+    const disk = co.json.disk as string;
+    const before = sha256File(disk);
+    const locked = await a.cli(['checkin', 'enc'], { CARRYON_PASSPHRASE: '' });
+    expect(locked.code).toBe(14);
+    expect(locked.stderr).toMatch(/KEYS_LOCKED/);
+    expect(locked.stderr).toMatch(/carryon unlock/);
+    const wrong = await a.cli(['checkin', 'enc'], { CARRYON_PASSPHRASE: 'not the passphrase' });
+    expect(wrong.code).toBe(14);
+    expect(wrong.stderr).toMatch(/WRONG_PASSPHRASE/);
+    expect(wrong.stderr).toMatch(/recovery code/);
+    expect(sha256File(disk)).toBe(before);
+    // status works locked: it reads no data
+    const st = await a.cli(['status', 'enc']);
+    expect(st.code, st.stderr).toBe(0);
+  }, 120_000);
+
+  it('the agent holds the key for the session: unlock once, then commands need no passphrase; lock closes again', async () => {
+    const agent = spawnCli(a, ['agent', '--interval', '3600'], { CARRYON_PASSPHRASE: '' });
+    await agent.next('start');
+    const passFile = path.join(dir, 'pass.txt');
+    writeFileSync(passFile, `${PASS}\n`, { mode: 0o600 });
+    const un = await a.cli(['unlock', '--passphrase-file', passFile]);
+    expect(un.code, un.stderr).toBe(0);
+    expect(un.stdout).toMatch(/agent holds the key/);
+    const serve = spawnCli(a, ['serve', 'enc'], { CARRYON_PASSPHRASE: '' });
+    await serve.next('listening');
+    expect(await serve.stop()).toBe(0);
+    const lock = await a.cli(['lock']);
+    expect(lock.code, lock.stderr).toBe(0);
+    const after = await a.cli(['serve', 'enc'], { CARRYON_PASSPHRASE: '' });
+    expect(after.code).toBe(14);
+    expect(after.stderr).toMatch(/KEYS_LOCKED/);
+    expect(await agent.stop()).toBe(0);
+  }, 120_000);
+
+  it('a discard destroys the key and removes the encrypted cache: the home shrinks by what the desktop used', async () => {
+    const co = await a.cli(['checkout', 'enc2', '--encrypt', '--json'], KEYS);
+    expect(co.code, co.stderr).toBe(0);
+    const before = bytesUnder(a.home);
+    const d = await a.cli(['discard', 'enc2', '--yes', '--json'], KEYS);
+    expect(d.code, d.stderr).toBe(0);
+    expect(d.json.keyShredded).toBe(true);
+    const after = bytesUnder(a.home);
+    // The disk's data (~24 MiB of files) and its sealed cache are gone.
+    expect(before - after).toBeGreaterThan(40 * 1024 * 1024);
+    expect(filesUnder(a.home).some((f) => f.includes(`${path.sep}vaults${path.sep}enc2`))).toBe(false);
+    // The key's row is gone from the laptop state (its key check no longer there).
+    const db = readFileSync(path.join(a.home, 'state.db'));
+    expect(db.includes(Buffer.from('copy:enc2'))).toBe(false);
+    const again = await a.cli(['discard', 'enc2', '--yes'], KEYS);
+    expect(again.code).toBe(8);
+  }, 120_000);
+});
