@@ -2,10 +2,11 @@
 import { promises as fs } from 'node:fs';
 import readline from 'node:readline/promises';
 import type { Command } from 'commander';
-import { CarryonError, parseName } from '../../src/index.js';
+import { CarryonError, fmtBytes, parseName } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
 import { removeJournal } from '../disk-session.js';
+import { wipeDesktopBlocks } from '../wipe.js';
 import path from 'node:path';
 
 async function confirm(question: string): Promise<boolean> {
@@ -42,17 +43,17 @@ export function registerDiscard(program: Command): void {
           await fs.rm(`${local.diskPath}.partial`, { force: true });
           removeJournal(s.state, name);
           await fs.rm(path.join(s.state.home, 'run', `${name}.progress.json`), { force: true });
-          s.state.removeCheckout(name);
         }
         // The persona copy goes with it: its unpushed edits are what discarding throws away.
-        if (persona) {
-          await fs.rm(persona.dir, { recursive: true, force: true });
-          s.state.removePersona(name);
-        }
-        return { desktop: name, disk: local?.diskPath ?? null, persona: persona?.dir ?? null, removed: true, server };
+        if (persona) await fs.rm(persona.dir, { recursive: true, force: true });
+        // Its cache blocks that nothing else here uses are wiped (the rows still name them), then the rows go.
+        const wipe = await wipeDesktopBlocks(s.state, name, persona?.snapshot ?? null);
+        if (local) s.state.removeCheckout(name);
+        if (persona) s.state.removePersona(name);
+        return { desktop: name, disk: local?.diskPath ?? null, persona: persona?.dir ?? null, removed: true, server, removedBlocks: wipe.removedBlocks, freedBytes: wipe.freedBytes };
         } finally {
           lock?.release();
         }
-      }, (r) => `discarded ${r.desktop}: removed ${[r.disk, r.persona].filter(Boolean).join(' and ')}; server checkout ${r.server}`);
+      }, (r) => `discarded ${r.desktop}: removed ${[r.disk, r.persona].filter(Boolean).join(' and ')}; ${r.removedBlocks} cache blocks removed, ${fmtBytes(r.freedBytes)} freed; server checkout ${r.server}`);
     });
 }
