@@ -2,11 +2,12 @@
 // (the lease starts over; it learns the bytes not sent yet), send a restore point when the desktop's
 // replication policy says one is due, then carry out what an admin asked:
 // a forced check-in (a real check-in: nothing is lost; it waits while a VM has the disk open) or a
-// rollback (the copy is removed, or kept aside when the desktop's policy says so, with the cache
-// blocks no other checkout on this laptop uses). An unreachable server is not an error: next round.
+// rollback (the copy is removed, or kept aside when the desktop's policy says so; either way the cache
+// blocks no other checkout on this laptop uses are wiped: dropped, then the cache compacted so their
+// bytes leave the pack files, client/wipe.ts). An unreachable server is not an error: next round.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { asCarryonError, CarryonError, decodeManifest, fmtBytes, type DeviceRequest } from '../src/index.js';
+import { asCarryonError, CarryonError, fmtBytes, type DeviceRequest } from '../src/index.js';
 import { shredCopy } from './shred.js';
 import type { ApiClient } from './api-client.js';
 import { checkinDesktop } from './checkin-engine.js';
@@ -16,6 +17,7 @@ import { leaseStatus } from './lease.js';
 import { replicateDesktop } from './replicate.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 import { isTlsRefusal } from './tls.js';
+import { wipeDesktopBlocks } from './wipe.js';
 
 export type AgentLog = (event: string, fields: Record<string, unknown>, human: string) => void;
 
@@ -142,36 +144,18 @@ async function rollbackLocal(state: LocalState, api: ApiClient, local: LocalChec
     }
     removeJournal(state, local.desktop);
     await fs.rm(path.join(state.home, 'run', `${local.desktop}.progress.json`), { force: true });
-    // Cache blocks of this copy that no other checkout here needs.
-    const others = new Set<string>();
-    for (const o of state.checkouts()) {
-      if (o.desktop === local.desktop) continue;
-      const m = decodeManifest(o.manifest);
-      for (let i = 0; i < m.count; i++) {
-        const id = m.idAt(i);
-        if (id) others.add(id);
-      }
-    }
-    const mine = decodeManifest(local.manifest);
-    let removedBlocks = 0;
-    const seen = new Set<string>();
-    for (let i = 0; i < mine.count; i++) {
-      const id = mine.idAt(i);
-      if (!id || others.has(id) || seen.has(id)) continue;
-      seen.add(id);
-      if (await state.cache.has(id)) {
-        await state.cache.delete(id);
-        removedBlocks++;
-      }
-    }
+    // Cache blocks of this copy that no other checkout here needs: out of the index, then out of the packs.
+    const wipe = await wipeDesktopBlocks(state, local.desktop, persona?.withDisk ? persona.snapshot : null);
+    const { removedBlocks, freedBytes } = wipe;
     // An encrypted copy: its key goes at once (unless the copy is kept aside, which still needs it) and
-    // with it the copy's own cache.
+    // with it the copy's own sealed cache.
     const shred = keptAt ? { shredded: false, freedBytes: 0 } : await shredCopy(state, local.desktop);
     state.removeCheckout(local.desktop);
-    await tell(api, local, req, 'done', { keptAt, removedBlocks, keyShredded: shred.shredded }, log);
-    log('rollback-done', { desktop: local.desktop, request: req.id, keptAt, removedBlocks, keyShredded: shred.shredded, vaultFreedBytes: shred.freedBytes },
-      `${local.desktop}: rolled back by an admin: local copy ${keptAt ? `kept aside in ${keptAt}` : 'removed'}, ${removedBlocks} cache blocks removed` +
-      (shred.shredded ? `; its encryption key destroyed and its encrypted cache (${fmtBytes(shred.freedBytes)}) removed` : ''));
+    await tell(api, local, req, 'done', { keptAt, removedBlocks, freedBytes: freedBytes + shred.freedBytes, keyShredded: shred.shredded }, log);
+    log('rollback-done', { desktop: local.desktop, request: req.id, keptAt, removedBlocks, freedBytes: freedBytes + shred.freedBytes, packsBusy: wipe.packsBusy, keyShredded: shred.shredded },
+      `${local.desktop}: rolled back by an admin: local copy ${keptAt ? `kept aside in ${keptAt}` : 'removed'}, ${removedBlocks} cache blocks removed, ${fmtBytes(freedBytes + shred.freedBytes)} freed` +
+      (shred.shredded ? '; its encryption key destroyed (crypto-shredding)' : '') +
+      (wipe.packsBusy > 0 ? ` (${wipe.packsBusy} cache packs in use by another carryon process are compacted later)` : ''));
     return true;
   } catch (err) {
     const e = err instanceof CarryonError ? err : asCarryonError(err);

@@ -221,6 +221,10 @@ export class LocalState {
     return r ? { desktop: r.desktop as string, server: r.server as string, version: r.version as number, snapshot: r.snapshot as Buffer, dir: r.dir as string, withDisk: r.with_disk === 1 } : null;
   }
 
+  personas(): LocalPersonaCopy[] {
+    return (this.db.prepare('SELECT desktop FROM personas ORDER BY desktop').all() as Array<{ desktop: string }>).map((r) => this.persona(r.desktop)!);
+  }
+
   putPersona(p: LocalPersonaCopy): void {
     this.db
       .prepare(`INSERT INTO personas (desktop, server, version, snapshot, dir, with_disk, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)

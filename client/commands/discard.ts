@@ -7,6 +7,7 @@ import { shredCopy } from '../shred.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
 import { removeJournal } from '../disk-session.js';
+import { wipeDesktopBlocks } from '../wipe.js';
 import path from 'node:path';
 
 async function confirm(question: string): Promise<boolean> {
@@ -43,20 +44,21 @@ export function registerDiscard(program: Command): void {
           await fs.rm(`${local.diskPath}.partial`, { force: true });
           removeJournal(s.state, name);
           await fs.rm(path.join(s.state.home, 'run', `${name}.progress.json`), { force: true });
-          s.state.removeCheckout(name);
         }
-        // An encrypted copy's key is destroyed, and its encrypted cache removed with it.
-        const shred = await shredCopy(s.state, name);
         // The persona copy goes with it: its unpushed edits are what discarding throws away.
-        if (persona) {
-          await fs.rm(persona.dir, { recursive: true, force: true });
-          s.state.removePersona(name);
-        }
-        return { desktop: name, disk: local?.diskPath ?? null, persona: persona?.dir ?? null, removed: true, server, keyShredded: shred.shredded, vaultFreedBytes: shred.freedBytes };
+        if (persona) await fs.rm(persona.dir, { recursive: true, force: true });
+        // Its cache blocks that nothing else here uses are wiped (the rows still name them), then the rows go.
+        const wipe = await wipeDesktopBlocks(s.state, name, persona?.snapshot ?? null);
+        // An encrypted copy's key is destroyed, and its sealed cache removed with it.
+        const shred = await shredCopy(s.state, name);
+        if (local) s.state.removeCheckout(name);
+        if (persona) s.state.removePersona(name);
+        const freedBytes = wipe.freedBytes + shred.freedBytes;
+        return { desktop: name, disk: local?.diskPath ?? null, persona: persona?.dir ?? null, removed: true, server, removedBlocks: wipe.removedBlocks, freedBytes, keyShredded: shred.shredded };
         } finally {
           lock?.release();
         }
-      }, (r) => `discarded ${r.desktop}: removed ${[r.disk, r.persona].filter(Boolean).join(' and ')}; server checkout ${r.server}` +
-        (r.keyShredded ? `; its encryption key destroyed and its encrypted cache (${fmtBytes(r.vaultFreedBytes)}) removed` : ''));
+      }, (r) => `discarded ${r.desktop}: removed ${[r.disk, r.persona].filter(Boolean).join(' and ')}; ${r.removedBlocks} cache blocks removed, ${fmtBytes(r.freedBytes)} freed` +
+        (r.keyShredded ? '; its encryption key destroyed (crypto-shredding)' : '') + `; server checkout ${r.server}`);
     });
 }

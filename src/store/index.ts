@@ -12,7 +12,7 @@ import { PackBlockStore } from './pack-block-store.js';
 export type { BlockStore } from './block-store.js';
 export { FsBlockStore, syncFileSystem, type FsBlockStoreOptions } from './fs-block-store.js';
 export { MemoryBlockStore } from './memory-block-store.js';
-export { PackBlockStore } from './pack-block-store.js';
+export { PackBlockStore, type CompactOptions, type CompactReport } from './pack-block-store.js';
 export { SealedBlockStore } from './sealed-block-store.js';
 export { getBlock, putBlock, checkPut } from './verify.js';
 export { diskSpace, type DiskSpace } from './disk-space.js';
