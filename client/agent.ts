@@ -13,6 +13,7 @@ import { DiskLock } from './disk-lock.js';
 import { pendingChanges, removeJournal } from './disk-session.js';
 import { leaseStatus } from './lease.js';
 import { replicateDesktop } from './replicate.js';
+import { noteRollback } from './rollback.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 import { isTlsRefusal } from './tls.js';
 
@@ -39,7 +40,7 @@ export async function agentRound(state: LocalState, api: ApiClient, login: Login
     const pending = pendingChanges(state, local);
     let reply;
     try {
-      reply = await api.heartbeat(local.checkoutId, pending);
+      reply = await api.heartbeat(local.checkoutId, { ...pending, leaseCodeSeq: state.leaseSecret(local.desktop).seq });
     } catch (err) {
       const e = asCarryonError(err);
       // A certificate refused (a captive portal, an expired certificate) is offline too, until someone fixes it.
@@ -53,6 +54,7 @@ export async function agentRound(state: LocalState, api: ApiClient, login: Login
     }
     report.contacted++;
     state.syncClock(reply.serverTime);
+    if (reply.rolledBack) noteRollback(state, local.desktop, local.checkoutId, reply.rollback);
     if (reply.leaseExpiresAt) state.setLease(local.desktop, reply.leaseExpiresAt);
     log('heartbeat', { desktop: local.desktop, leaseExpiresAt: reply.leaseExpiresAt, ...pending, requests: reply.requests.length },
       `${local.desktop}: lease until ${reply.leaseExpiresAt ?? '-'}; ${pending.pendingBlocks} blocks not sent yet`);
@@ -163,6 +165,7 @@ async function rollbackLocal(state: LocalState, api: ApiClient, local: LocalChec
         removedBlocks++;
       }
     }
+    state.finishRollback(local.desktop, local.checkoutId, keptAt);
     state.removeCheckout(local.desktop);
     await tell(api, local, req, 'done', { keptAt, removedBlocks }, log);
     log('rollback-done', { desktop: local.desktop, request: req.id, keptAt, removedBlocks },
