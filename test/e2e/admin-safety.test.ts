@@ -52,11 +52,13 @@ describe('admin actions lose no writes and say what they did', () => {
     for (const d of ['rb', 'rb2']) expect((await server.admin(['admin', 'rollback', await checkoutIdOf(d)])).code).toBe(0);
 
     // The laptop has not heard of it yet; serve asks the server (reachable) before opening the disk.
-    const serve = await laptop.cli(['serve', 'rb', '--json']);
-    expect(serve.code).toBe(8);
-    expect(serve.json.error.code).toBe('ROLLED_BACK');
-    expect(serve.json.error.message).toMatch(/rolled rb back at .*carryon agent/);
-    expect(serve.json.error.data.rolledBackBy).toMatch(/^cli:/);
+    const serve = spawnCli(laptop, ['serve', 'rb']);
+    const first = await Promise.race([serve.next('error'), serve.next('listening')]);
+    if (first.event === 'listening') await serve.stop(); // today's bug: the VM could write on
+    expect(first.error?.code).toBe('ROLLED_BACK');
+    expect((await serve.exit).code).toBe(8);
+    expect(first.error.message).toMatch(/rolled rb back at .*carryon agent/);
+    expect(first.error.data.rolledBackBy).toMatch(/^cli:/);
 
     // Status says so (not a live checkout with a lease), in JSON and in words.
     const st = (await laptop.cli(['status', 'rb', '--json'])).json.desktops[0];
