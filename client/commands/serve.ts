@@ -65,7 +65,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         } catch (err) {
           const e = describeFailure(err).error;
           if (e.code === 'ROLLED_BACK') throw err;
-          log('offline', { code: e.code, error: e.message }, `carryon serve: could not ask the server (${e.code}: ${e.message}); going on under the offline lease`);
+          log('offline', { code: e.code, message: e.message }, `carryon serve: could not ask the server (${e.code}: ${e.message}); going on under the offline lease`);
         }
       }
       return requireLease(state, state.checkout(name)!, null);
