@@ -9,7 +9,7 @@ import type { LocalRollback, LocalState } from './state.js';
 /** What happens to the copy, as a sentence for the traveller. */
 export function rollbackSentence(rb: LocalRollback): string {
   const head = `an admin (${rb.by}) rolled ${rb.desktop} back at ${rb.at}`;
-  if (rb.doneAt) return `${head}; your copy was ${rb.keptAt ? `kept at ${rb.keptAt}` : 'removed'}`;
+  if (rb.doneAt) return `${head}; your copy was ${rb.keptAt ? `kept at ${rb.keptAt}` : 'removed'}; \`carryon checkout ${rb.desktop}\` gets the desktop as the server has it`;
   return `${head}; your copy at ${rb.diskPath} is no longer the desktop and cannot be checked in: ` +
     `\`carryon agent\` ${rb.keepLocal ? 'moves it aside (to HOME/kept/)' : 'deletes it'} at its next round; copy out what you need before that, ` +
     `then \`carryon checkout ${rb.desktop}\` for the desktop as the server has it`;
