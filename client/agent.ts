@@ -15,6 +15,7 @@ import { DiskLock } from './disk-lock.js';
 import { pendingChanges, removeJournal } from './disk-session.js';
 import { leaseStatus } from './lease.js';
 import { replicateDesktop } from './replicate.js';
+import { noteRollback } from './rollback.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 import { isTlsRefusal } from './tls.js';
 import { wipeDesktopBlocks } from './wipe.js';
@@ -42,7 +43,7 @@ export async function agentRound(state: LocalState, api: ApiClient, login: Login
     const pending = pendingChanges(state, local);
     let reply;
     try {
-      reply = await api.heartbeat(local.checkoutId, pending);
+      reply = await api.heartbeat(local.checkoutId, { ...pending, leaseCodeSeq: state.leaseSecret(local.desktop).seq });
     } catch (err) {
       const e = asCarryonError(err);
       // A certificate refused (a captive portal, an expired certificate) is offline too, until someone fixes it.
@@ -56,6 +57,7 @@ export async function agentRound(state: LocalState, api: ApiClient, login: Login
     }
     report.contacted++;
     state.syncClock(reply.serverTime);
+    if (reply.rolledBack) noteRollback(state, local.desktop, local.checkoutId, reply.rollback);
     if (reply.leaseExpiresAt) state.setLease(local.desktop, reply.leaseExpiresAt);
     log('heartbeat', { desktop: local.desktop, leaseExpiresAt: reply.leaseExpiresAt, ...pending, requests: reply.requests.length },
       `${local.desktop}: lease until ${reply.leaseExpiresAt ?? '-'}; ${pending.pendingBlocks} blocks not sent yet`);
@@ -150,6 +152,7 @@ async function rollbackLocal(state: LocalState, api: ApiClient, local: LocalChec
     // An encrypted copy: its key goes at once (unless the copy is kept aside, which still needs it) and
     // with it the copy's own sealed cache.
     const shred = keptAt ? { shredded: false, freedBytes: 0 } : await shredCopy(state, local.desktop);
+    state.finishRollback(local.desktop, local.checkoutId, keptAt);
     state.removeCheckout(local.desktop);
     await tell(api, local, req, 'done', { keptAt, removedBlocks, freedBytes: freedBytes + shred.freedBytes, keyShredded: shred.shredded }, log);
     log('rollback-done', { desktop: local.desktop, request: req.id, keptAt, removedBlocks, freedBytes: freedBytes + shred.freedBytes, packsBusy: wipe.packsBusy, keyShredded: shred.shredded },

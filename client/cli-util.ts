@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { describeFailure } from '../src/index.js';
 import { ApiClient } from './api-client.js';
+import { learnFromError } from './rollback.js';
 import { homeOf, LocalState, type Login } from './state.js';
 import { defaultSources, PASSPHRASE_ENV } from './keyring.js';
 
@@ -49,7 +50,9 @@ export async function runCommand<T>(opts: CommonOpts, body: (s: Session) => Prom
     };
     const r = await body(session);
     process.stdout.write(opts.json ? `${JSON.stringify(r)}\n` : `${human(r)}\n`);
-  } catch (err) {
+  } catch (caught) {
+    // A rollback heard of here is recorded, and told with the laptop's own sentence.
+    const err = state ? learnFromError(state, caught) : caught;
     const f = describeFailure(err);
     if (opts.json) process.stdout.write(`${f.json}\n`);
     process.stderr.write(`carryon: ${f.text}\n`);

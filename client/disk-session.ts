@@ -6,6 +6,7 @@ import { CarryonError, decodeCheap, decodeManifest, type DiskManifest } from '..
 import { DiskJournal, journalKey, stampOf, type DiskStamp, type JournalTrust } from './disk-journal.js';
 import { LocalDisk, type BlockSource } from './local-disk.js';
 import type { LocalCheckout, LocalState } from './state.js';
+import { knownRollback, rolledBackError } from './rollback.js';
 
 export function diskStampOf(file: string): DiskStamp {
   const fd = openSync(file, 'r');
@@ -82,6 +83,9 @@ export function requireCheckedOut(state: LocalState, name: string): LocalCheckou
       : `it was checked in already (version ${local.version}); check it out again to use it`;
     throw new CarryonError('NOT_CHECKED_OUT', `${name}: ${why}`, { desktop: name, state: local?.state ?? null });
   }
+  // Rolled back by an admin (learned earlier, perhaps by another command): the copy is no longer the desktop.
+  const rb = knownRollback(state, name);
+  if (rb) throw rolledBackError(rb);
   return local;
 }
 

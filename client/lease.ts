@@ -3,6 +3,7 @@
 // so turning the clock back does not extend a lease. Commands that open the disk call requireLease.
 import { CarryonError } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
+import { noteRollback, rolledBackError } from './rollback.js';
 import type { LocalCheckout, LocalState } from './state.js';
 
 /** Warn when less than this is left (or a fifth of the lease, if that is shorter). */
@@ -21,16 +22,23 @@ export function leaseStatus(state: LocalState, local: LocalCheckout): LeaseStatu
   const left = Date.parse(local.leaseExpiresAt) - state.monotonicNow();
   const expired = left <= 0;
   const warning = expired
-    ? `the offline lease of ${local.desktop} ran out at ${local.leaseExpiresAt}: connect to the server and run \`carryon renew ${local.desktop}\``
-    : left < WARN_MS ? `the offline lease of ${local.desktop} ends in ${Math.max(1, Math.round(left / 60_000))} min (${local.leaseExpiresAt}): connect to the server and run \`carryon renew ${local.desktop}\`` : null;
+    ? `the offline lease of ${local.desktop} ran out at ${local.leaseExpiresAt}: ${howToRenew(local.desktop)}`
+    : left < WARN_MS ? `the offline lease of ${local.desktop} ends in ${Math.max(1, Math.round(left / 60_000))} min (${local.leaseExpiresAt}): ${howToRenew(local.desktop)}` : null;
   return { expiresAt: local.leaseExpiresAt, remainingMs: left, expired, warning };
+}
+
+/** The two ways to renew, for a traveller who may be far from the office network. */
+export function howToRenew(desktop: string): string {
+  return `connect to the office network and run \`carryon renew ${desktop}\`; offline, call your admin, who can read you a lease code ` +
+    `(\`carryon-server admin lease-code\`), and run \`carryon renew ${desktop} --code CODE\``;
 }
 
 /** Tell the server we are here: the lease starts over; it learns what has not been sent yet. */
 export async function renewLease(state: LocalState, api: ApiClient, local: LocalCheckout, pending = { pendingBytes: 0, pendingBlocks: 0 }): Promise<string> {
-  const r = await api.heartbeat(local.checkoutId, pending);
+  const r = await api.heartbeat(local.checkoutId, { ...pending, leaseCodeSeq: state.leaseSecret(local.desktop).seq });
   if (r.rolledBack || r.leaseExpiresAt === null) {
-    throw new CarryonError('ROLLED_BACK', `an admin rolled ${local.desktop} back: this copy is no longer the desktop; \`carryon agent\` removes it (or \`carryon discard ${local.desktop}\`)`, { desktop: local.desktop });
+    const rb = noteRollback(state, local.desktop, local.checkoutId, r.rollback);
+    throw rb ? rolledBackError(rb) : new CarryonError('ROLLED_BACK', `an admin rolled ${local.desktop} back: this copy is no longer the desktop; \`carryon agent\` removes it`, { desktop: local.desktop });
   }
   state.syncClock(r.serverTime);
   state.setLease(local.desktop, r.leaseExpiresAt);
@@ -53,5 +61,5 @@ export async function requireLease(state: LocalState, local: LocalCheckout, api:
     }
   }
   throw new CarryonError('LEASE_EXPIRED', `the offline lease of ${local.desktop} ran out at ${local.leaseExpiresAt}; the disk stays closed until the lease is renewed: ` +
-    `connect to the office network and run \`carryon renew ${local.desktop}\`. Your data is safe on this laptop.`, { desktop: local.desktop, leaseExpiresAt: local.leaseExpiresAt });
+    `${howToRenew(local.desktop)}. Your data is safe on this laptop.`, { desktop: local.desktop, leaseExpiresAt: local.leaseExpiresAt });
 }

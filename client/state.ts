@@ -73,11 +73,30 @@ const MIGRATIONS = [
   // 5: the checkout's secret for offline lease codes, and the last code number used (each works once).
   `ALTER TABLE checkouts ADD COLUMN lease_secret BLOB;
    ALTER TABLE checkouts ADD COLUMN lease_code_seq INTEGER NOT NULL DEFAULT 0;`,
-  // 6: encryption at rest: each encrypted copy's data key, wrapped by the passphrase's KEK (client/keyring.ts).
+  // 6: rollbacks this laptop learned of (from any command's contact with the server), kept after the agent
+  // removed the copy, so `carryon status` says who rolled the desktop back, when, and where the copy went.
+  // A new checkout of the same desktop replaces its row.
+  `CREATE TABLE rollbacks (
+     desktop TEXT PRIMARY KEY, checkout_id TEXT NOT NULL, rolled_back_by TEXT NOT NULL, rolled_back_at TEXT NOT NULL,
+     keep_local INTEGER NOT NULL, disk_path TEXT NOT NULL, learned_at TEXT NOT NULL, done_at TEXT, kept_at TEXT);`,
+  // 7: encryption at rest: each encrypted copy's data key, wrapped by the passphrase's KEK (client/keyring.ts).
   // Its own table: the key outlives a check-in (the copy stays encrypted for the next trip) and dies with
   // the copy (rollback, discard), which deletes the row (crypto-shredding).
   `CREATE TABLE copy_keys (desktop TEXT PRIMARY KEY, wrapped BLOB NOT NULL, key_check TEXT NOT NULL, created_at TEXT NOT NULL);`,
 ];
+
+/** A rollback this laptop learned of; doneAt is set once the agent removed (or kept aside) the copy. */
+export interface LocalRollback {
+  desktop: string;
+  checkoutId: string;
+  by: string;
+  at: string;
+  keepLocal: boolean;
+  diskPath: string;
+  learnedAt: string;
+  doneAt: string | null;
+  keptAt: string | null;
+}
 
 export interface LocalPersonaCopy {
   desktop: string;
@@ -214,6 +233,34 @@ export class LocalState {
           manifest_id = excluded.manifest_id, manifest = excluded.manifest, cheap = excluded.cheap, disk_path = excluded.disk_path,
           started_at = excluded.started_at, updated_at = excluded.updated_at, lease_expires_at = COALESCE(excluded.lease_expires_at, checkouts.lease_expires_at)`)
       .run({ ...c, leaseExpiresAt: c.leaseExpiresAt ?? null, updatedAt: new Date().toISOString() });
+    // A new checkout of a desktop rolled back before: the old rollback is history.
+    this.db.prepare('DELETE FROM rollbacks WHERE desktop = ? AND checkout_id <> ?').run(c.desktop, c.checkoutId);
+  }
+
+  /** Record that an admin rolled this laptop's checkout back (learned at any contact); the first report wins. */
+  recordRollback(desktop: string, checkoutId: string, info: { by: string; at: string; keepLocal: boolean }): LocalRollback | null {
+    const local = this.checkout(desktop);
+    if (!local || local.checkoutId !== checkoutId) return this.rollback(desktop);
+    this.db.prepare(`INSERT INTO rollbacks (desktop, checkout_id, rolled_back_by, rolled_back_at, keep_local, disk_path, learned_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+      ON CONFLICT(desktop) DO UPDATE SET checkout_id = excluded.checkout_id, rolled_back_by = excluded.rolled_back_by, rolled_back_at = excluded.rolled_back_at,
+        keep_local = excluded.keep_local, disk_path = excluded.disk_path, learned_at = excluded.learned_at, done_at = NULL, kept_at = NULL
+      WHERE rollbacks.checkout_id <> excluded.checkout_id`)
+      .run(desktop, checkoutId, info.by, info.at, info.keepLocal ? 1 : 0, local.diskPath, new Date().toISOString());
+    return this.rollback(desktop);
+  }
+
+  /** The agent carried the rollback out: the copy was removed, or kept aside at keptAt. */
+  finishRollback(desktop: string, checkoutId: string, keptAt: string | null): void {
+    this.db.prepare('UPDATE rollbacks SET done_at = ?, kept_at = ? WHERE desktop = ? AND checkout_id = ?').run(new Date().toISOString(), keptAt, desktop, checkoutId);
+  }
+
+  rollback(desktop: string): LocalRollback | null {
+    const r = this.db.prepare('SELECT * FROM rollbacks WHERE desktop = ?').get(desktop) as Record<string, unknown> | undefined;
+    return r ? rowToRollback(r) : null;
+  }
+
+  rollbacks(): LocalRollback[] {
+    return (this.db.prepare('SELECT * FROM rollbacks ORDER BY desktop').all() as Record<string, unknown>[]).map(rowToRollback);
   }
 
   persona(desktop: string): LocalPersonaCopy | null {
@@ -284,6 +331,13 @@ export class LocalState {
   removeCheckout(desktop: string): void {
     this.db.prepare('DELETE FROM checkouts WHERE desktop = ?').run(desktop);
   }
+}
+
+function rowToRollback(r: Record<string, unknown>): LocalRollback {
+  return {
+    desktop: r.desktop as string, checkoutId: r.checkout_id as string, by: r.rolled_back_by as string, at: r.rolled_back_at as string, keepLocal: r.keep_local === 1,
+    diskPath: r.disk_path as string, learnedAt: r.learned_at as string, doneAt: (r.done_at as string | null) ?? null, keptAt: (r.kept_at as string | null) ?? null,
+  };
 }
 
 function rowToCheckout(r: Record<string, unknown>): LocalCheckout {

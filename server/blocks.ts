@@ -7,6 +7,7 @@ import {
   MAX_UPLOAD_ENTRY_BYTES, MAX_UPLOAD_REQUEST_BYTES, type BlockId, type BlockStore, type DiskManifest, type TarEntry, type UploadResult,
 } from '../src/index.js';
 import type { SqliteMeta } from './meta.js';
+import type { Actor } from './audit.js';
 import { crashPoint } from './crash-point.js';
 
 export interface LoadedManifest {
@@ -133,7 +134,7 @@ export interface PublishResult {
   storedBytes: number;
 }
 
-export async function publishImage(meta: SqliteMeta, store: BlockStore, name: string, file: string, blockSize: number, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
+export async function publishImage(meta: SqliteMeta, store: BlockStore, name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
   let newBlocks = 0;
   let newPlainBytes = 0;
   let storedBytes = 0;
@@ -153,7 +154,7 @@ export async function publishImage(meta: SqliteMeta, store: BlockStore, name: st
   const encoded = encodeManifest(manifest);
   const id = manifestId(encoded);
   meta.putManifest(id, encoded, manifest);
-  const version = meta.publishImageVersion(name, id);
+  const version = meta.publishImageVersion(name, id, actor, { size: manifest.size, blockSize, newBlocks });
   let holes = 0;
   for (let i = 0; i < manifest.count; i++) if (manifest.isHole(i)) holes++;
   return { image: name, version, manifestId: id, size: manifest.size, blockSize, blocks: manifest.count, holes, newBlocks, newPlainBytes, storedBytes };

@@ -16,6 +16,7 @@ export const CONSOLE_HTML = `<!doctype html>
   th { background: #f4f4f4; }
   .expired { color: #b00; font-weight: bold; } .warn { color: #b60; }
   button { margin-right: 4px; } #error { color: #b00; } .muted { color: #777; }
+  #notice { background: #eef6ee; } #notice:empty { display: none; } #notice code { font-size: 1.2em; }
 </style>
 </head>
 <body>
@@ -27,6 +28,7 @@ export const CONSOLE_HTML = `<!doctype html>
 <div id="app" hidden>
   <p><span id="whoami"></span> · <a href="#" id="logout">log out</a> · <span class="muted" id="updated"></span></p>
   <p id="error" role="alert"></p>
+  <p id="notice" role="status"></p>
   <h2>Checkouts</h2>
   <table id="checkouts">
     <thead><tr><th>desktop</th><th>user</th><th>device</th><th>since</th><th>lease</th><th>last contact</th><th>pending</th><th>requests</th><th>actions</th></tr></thead>
@@ -44,7 +46,7 @@ export const CONSOLE_HTML = `<!doctype html>
   function token() { return sessionStorage.getItem('carryon-token'); }
   function call(method, path, body) {
     return fetch(API + path, { method: method, headers: Object.assign({ authorization: 'Bearer ' + token() }, body ? { 'content-type': 'application/json' } : {}), body: body ? JSON.stringify(body) : undefined })
-      .then(function (r) { return r.json().then(function (j) { if (!r.ok) throw new Error((j.error && (j.error.code + ': ' + j.error.message)) || ('HTTP ' + r.status)); return j; }); });
+      .then(function (r) { return r.json().then(function (j) { if (!r.ok) { var e = new Error((j.error && (j.error.code + ': ' + j.error.message)) || ('HTTP ' + r.status)); e.status = r.status; throw e; } return j; }); });
   }
   function cell(tr, text, cls) { var td = document.createElement('td'); td.textContent = text == null ? '' : String(text); if (cls) td.className = cls; tr.appendChild(td); return td; }
   function bytes(n) { if (n == null) return 'unknown'; var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB']; var i = 0; while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; } return n.toFixed(i ? 1 : 0) + ' ' + u[i]; }
@@ -54,6 +56,10 @@ export const CONSOLE_HTML = `<!doctype html>
     if (s <= 0) return { text: 'expired', cls: 'expired' };
     var d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60), sec = s % 60;
     return { text: (d ? d + 'd ' : '') + h + 'h ' + m + 'm ' + sec + 's', cls: s < 86400 ? 'warn' : '' };
+  }
+  function notice(before, code, after) {
+    var p = document.getElementById('notice'); p.textContent = before;
+    if (code) { var k = document.createElement('code'); k.textContent = code; p.appendChild(k); p.appendChild(document.createTextNode(after)); }
   }
   function showError(e) { document.getElementById('error').textContent = e ? String(e.message || e) : ''; }
   function button(td, label, name, action) { var b = document.createElement('button'); b.textContent = label; b.name = name; b.onclick = action; td.appendChild(b); }
@@ -67,7 +73,20 @@ export const CONSOLE_HTML = `<!doctype html>
       cell(tr, c.openRequests.map(function (q) { return q.kind + ': ' + q.state; }).join(', '), 'open-requests');
       var td = cell(tr, '');
       button(td, 'Force check-in', 'checkin', function () { call('POST', '/admin/checkouts/' + c.checkoutId + '/checkin').then(refresh, showError); });
-      button(td, 'Extend lease', 'extend', function () { var d = Number(prompt('Extend the lease of ' + c.desktop + ' by how many days?', '7')); if (d > 0) call('POST', '/admin/checkouts/' + c.checkoutId + '/lease', { days: d }).then(refresh, showError); });
+      button(td, 'Extend lease', 'extend', function () {
+        var d = Number(prompt('Extend the lease of ' + c.desktop + ' by how many days?', '7'));
+        if (d > 0) call('POST', '/admin/checkouts/' + c.checkoutId + '/lease', { days: d }).then(function (x) {
+          notice('The server\u2019s lease of ' + x.desktop + ' now ends ' + x.leaseExpiresAt + '. The laptop (' + x.deviceName + ') learns this only at its next contact with the server (last contact: ' + (x.lastContactAt || 'never') + '). If it is offline, press \u201cLease code\u201d and read the code to the user.');
+          return refresh();
+        }, showError);
+      });
+      button(td, 'Lease code', 'lease-code', function () {
+        var d = Number(prompt('A code to extend the lease of ' + c.desktop + ' offline by how many whole days (1-255)?', '7'));
+        if (d > 0) call('POST', '/admin/checkouts/' + c.checkoutId + '/lease-code', { days: d }).then(function (x) {
+          notice('Lease code for ' + x.desktop + ': ', x.code, ' \u2014 the user types: carryon renew ' + x.desktop + ' --code ' + x.code + '. The lease then runs until ' + x.leaseExpiresAt + '. The server\u2019s lease moves when the laptop reports the code, at its next contact.');
+          return refresh();
+        }, showError);
+      });
       button(td, 'Roll back', 'rollback', function () { if (confirm('Roll ' + c.desktop + ' back to its last server version? Changes on the laptop not checked in are discarded.')) call('POST', '/admin/checkouts/' + c.checkoutId + '/rollback').then(refresh, showError); });
       tb.appendChild(tr);
     });
@@ -81,17 +100,30 @@ export const CONSOLE_HTML = `<!doctype html>
   function refresh() {
     return Promise.all([call('GET', '/admin/checkouts'), call('GET', '/admin/requests'), call('GET', '/admin/audit?limit=100')]).then(function (r) {
       data.checkouts = r[0].checkouts; renderCheckouts();
-      renderRows('#requests', r[1].requests, [function (q) { return q.id; }, function (q) { return q.kind; }, function (q) { return q.desktop; }, function (q) { return q.state; }, function (q) { return q.requestedBy; }, function (q) { return q.updatedAt; }, function (q) { return q.detail; }]);
-      renderRows('#audit', r[2].audit, [function (a) { return a.at; }, function (a) { return a.actor + (a.device ? ' @ ' + a.device : ''); }, function (a) { return a.address; }, function (a) { return a.action; }, function (a) { return a.target; }, function (a) { return a.detail; }]);
+      renderRows('#requests', r[1].requests, [function (q) { return q.id; }, function (q) { return q.kind; }, function (q) { return q.desktop; }, function (q) { return q.state; }, function (q) { return q.requestedBy; }, function (q) { return q.updatedAt; }, function (q) { return q.summary; }]);
+      renderRows('#audit', r[2].audit, [function (a) { return a.at; }, function (a) { return a.actor + (a.device ? ' on ' + (a.deviceName || a.device) : ''); }, function (a) { return a.address; }, function (a) { return a.action; }, function (a) { return a.target; }, function (a) { return a.detail; }]);
       document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString(); showError(null);
-    }, showError);
+    }, function (e) {
+      // A token revoked (or refused) meanwhile: polling again would only fail again; back to the login.
+      if (e.status === 401 || e.status === 403) return logOut(e.message + ' \u2014 log in again with the admin\u2019s own token');
+      showError(e);
+    });
+  }
+  var timers = [];
+  function logOut(why) {
+    timers.forEach(clearInterval); timers = [];
+    sessionStorage.removeItem('carryon-token');
+    document.getElementById('app').hidden = true; document.getElementById('login').hidden = false;
+    showLoginError(why);
   }
   function start() {
     call('GET', '/whoami').then(function (w) {
       if (!w.admin) throw new Error(w.user + ' is not an admin');
+      if (w.device) throw new Error('This is the token of the laptop \u201c' + (w.deviceName || w.device) + '\u201d (a device token, made by carryon login), not ' + w.user + '\u2019s own admin token: admin actions never accept a laptop\u2019s token. Paste the token that carryon-server user add ' + w.user + ' --admin printed (or ask for a new admin user).');
       document.getElementById('whoami').textContent = 'logged in as ' + w.user;
       document.getElementById('login').hidden = true; document.getElementById('app').hidden = false;
-      refresh(); setInterval(refresh, 2000); setInterval(tick, 1000);
+      var p = document.getElementById('login-error'); if (p) p.textContent = '';
+      refresh(); timers.push(setInterval(refresh, 2000), setInterval(tick, 1000));
     }).catch(function (e) { sessionStorage.removeItem('carryon-token'); document.getElementById('login').hidden = false; showLoginError(e); });
   }
   function showLoginError(e) { var p = document.getElementById('login-error'); if (!p) { p = document.createElement('p'); p.id = 'login-error'; p.style.color = '#b00'; document.getElementById('login').appendChild(p); } p.textContent = String(e.message || e); }

@@ -2,7 +2,8 @@
 // Owns: minting device tokens (stored as SHA-256 only), listing and revoking tokens, computing a
 // checkout's lease from policy, heartbeats, and appending audit rows. Must not know: HTTP, the CLI.
 import { createHash, randomBytes } from 'node:crypto';
-import { CarryonError, encodeLeaseCode } from '../src/index.js';
+import { CarryonError, encodeLeaseCode, fmtBytes, leaseCodeEnd } from '../src/index.js';
+import { appendAudit, type Actor } from './audit.js';
 import type { Db } from './db.js';
 import { SqlitePersonaMeta } from './persona-meta.js';
 import type { CheckoutRow, User } from './meta.js';
@@ -14,13 +15,7 @@ const DAY_MS = 24 * 3600 * 1000;
 const now = (): string => new Date().toISOString();
 export const hashToken = (token: string): Buffer => createHash('sha256').update(token).digest();
 
-/** Who did something, and from where: every audit row carries one. */
-export interface Actor {
-  /** A user name, or `cli:<os user>` for the server's own command line. */
-  name: string;
-  device?: string | null;
-  address?: string | null;
-}
+export type { Actor } from './audit.js';
 
 export interface TokenInfo {
   id: number;
@@ -61,6 +56,8 @@ export interface AdminRequest {
   state: RequestState;
   requestedBy: string;
   detail: unknown;
+  /** The detail as a sentence for the admin (CLI and console). */
+  summary: string;
   createdAt: string;
   updatedAt: string;
 }
@@ -83,6 +80,8 @@ export interface AuditRow {
   at: string;
   actor: string;
   device: string | null;
+  /** The name the device registered with (null for the server's command line or a user token without a device). */
+  deviceName: string | null;
   address: string | null;
   action: string;
   target: string | null;
@@ -96,16 +95,14 @@ export class SqliteFleetMeta {
   constructor(readonly db: Db) {}
 
   audit(actor: Actor, action: string, target: string | null, detail: Record<string, unknown> = {}): void {
-    this.db
-      .prepare('INSERT INTO audit (at, actor, device, address, action, target, detail) VALUES (?, ?, ?, ?, ?, ?, ?)')
-      .run(now(), actor.name, actor.device ?? null, actor.address ?? null, action, target, JSON.stringify(detail));
+    appendAudit(this.db, actor, action, target, detail);
   }
 
   auditLog(limit = 200, since?: number): AuditRow[] {
     const rows = this.db
-      .prepare('SELECT * FROM audit WHERE id > ? ORDER BY id DESC LIMIT ?')
-      .all(since ?? 0, Math.min(Math.max(1, limit), 10_000)) as Array<Omit<AuditRow, 'detail'> & { detail: string | null }>;
-    return rows.map((r) => ({ ...r, detail: r.detail ? (JSON.parse(r.detail) as unknown) : null }));
+      .prepare('SELECT a.*, dv.name AS device_name FROM audit a LEFT JOIN devices dv ON dv.id = a.device WHERE a.id > ? ORDER BY a.id DESC LIMIT ?')
+      .all(since ?? 0, Math.min(Math.max(1, limit), 10_000)) as Array<Omit<AuditRow, 'detail' | 'deviceName'> & { detail: string | null; device_name: string | null }>;
+    return rows.map(({ device_name, ...r }) => ({ ...r, deviceName: device_name, detail: r.detail ? (JSON.parse(r.detail) as unknown) : null }));
   }
 
   /** The user (and device, for a device token) behind a bearer token; null when unknown or revoked. */
@@ -145,6 +142,10 @@ export class SqliteFleetMeta {
       this.audit(actor, 'device.register', `device:${deviceId}`, { user: user.name, name, again: existing !== undefined });
     })();
     return { device: deviceId, token };
+  }
+
+  deviceName(id: string): string | null {
+    return (this.db.prepare('SELECT name FROM devices WHERE id = ?').get(id) as { name: string } | undefined)?.name ?? null;
   }
 
   tokens(): TokenInfo[] {
@@ -204,18 +205,41 @@ export class SqliteFleetMeta {
   }
 
   /**
-   * A code the user types on the laptop, offline, to extend its lease by `days` (read over the phone).
-   * The server's own view of the lease moves the same way.
+   * A code the user types on the laptop, offline, to extend its lease (read over the phone). It carries
+   * the new end itself (`days` from the later of now and the lease's end, to the whole hour), so both
+   * sides agree on it. The server's lease does not move until the laptop reports the code used (useLeaseCodes).
    */
-  leaseCode(checkoutId: string, days: number, actor: Actor): { code: string; days: number; seq: number; leaseExpiresAt: string; desktop: string } {
+  leaseCode(checkoutId: string, days: number, actor: Actor): { code: string; days: number; seq: number; leaseExpiresAt: string; desktop: string; checkoutId: string; serverLeaseExpiresAt: string | null; lastContactAt: string | null } {
+    if (!Number.isInteger(days) || days < 1 || days > 255) throw new CarryonError('INVALID_ARGUMENT', 'a lease code extends by 1 to 255 whole days');
     return this.db.transaction(() => {
       const co = this.checkout(checkoutId);
       const seq = (this.db.prepare('SELECT lease_code_seq AS s FROM checkouts WHERE id = ?').get(checkoutId) as { s: number }).s + 1;
-      const code = encodeLeaseCode(this.leaseSecret(checkoutId), checkoutId, days, seq);
+      const until = leaseCodeEnd(Math.max(Date.now(), co.leaseExpiresAt ? Date.parse(co.leaseExpiresAt) : 0) + days * DAY_MS);
+      const code = encodeLeaseCode(this.leaseSecret(checkoutId), checkoutId, until, seq);
+      const leaseExpiresAt = new Date(until).toISOString();
       this.db.prepare('UPDATE checkouts SET lease_code_seq = ? WHERE id = ?').run(seq, checkoutId);
-      const ext = this.extendLease(checkoutId, days, actor);
-      this.audit(actor, 'lease.code', `desktop:${co.desktop}`, { checkoutId, days, seq });
-      return { code, days, seq, leaseExpiresAt: ext.leaseExpiresAt!, desktop: co.desktop };
+      this.db.prepare('INSERT INTO lease_codes (checkout_id, seq, days, lease_expires_at, issued_by, issued_at) VALUES (?, ?, ?, ?, ?, ?)').run(checkoutId, seq, days, leaseExpiresAt, actor.name, now());
+      this.audit(actor, 'lease.code', `desktop:${co.desktop}`, { checkoutId, days, seq, leaseExpiresAt });
+      return { code, days, seq, leaseExpiresAt, desktop: co.desktop, checkoutId, serverLeaseExpiresAt: co.leaseExpiresAt, lastContactAt: co.lastContactAt };
+    })();
+  }
+
+  /**
+   * The laptop reports the newest lease code it used (at any contact): codes up to it not applied yet
+   * become the lease's floor now. A code never shortens a lease.
+   */
+  useLeaseCodes(co: CheckoutRow, usedSeq: number, actor: Actor): void {
+    if (!(usedSeq > 0)) return;
+    this.db.transaction(() => {
+      const codes = this.db.prepare('SELECT seq, lease_expires_at AS until FROM lease_codes WHERE checkout_id = ? AND seq <= ? AND used_at IS NULL ORDER BY seq').all(co.id, usedSeq) as Array<{ seq: number; until: string }>;
+      for (const c of codes) {
+        const r = this.db.prepare('SELECT lease_expires_at AS e, lease_floor AS f FROM checkouts WHERE id = ?').get(co.id) as { e: string | null; f: string | null };
+        const later = (a: string | null): string => (a && Date.parse(a) > Date.parse(c.until) ? a : c.until);
+        this.db.prepare('UPDATE checkouts SET lease_expires_at = ?, lease_floor = ? WHERE id = ?').run(later(r.e), later(r.f), co.id);
+        this.db.prepare('UPDATE lease_codes SET used_at = ? WHERE checkout_id = ? AND seq = ?').run(now(), co.id, c.seq);
+        const desktop = (this.db.prepare('SELECT name FROM desktops WHERE id = ?').get(co.desktop_id) as { name: string }).name;
+        this.audit(actor, 'lease.code-used', `desktop:${desktop}`, { checkoutId: co.id, seq: c.seq, leaseExpiresAt: c.until });
+      }
     })();
   }
 
@@ -249,9 +273,10 @@ export class SqliteFleetMeta {
   private requestSelect = `SELECT r.*, d.name AS desktop FROM admin_requests r JOIN checkouts c ON c.id = r.checkout_id JOIN desktops d ON d.id = c.desktop_id`;
 
   private toRequest(r: Record<string, unknown>): AdminRequest {
+    const detail = r.detail ? (JSON.parse(r.detail as string) as unknown) : null;
     return {
       id: r.id as number, checkoutId: r.checkout_id as string, desktop: r.desktop as string, kind: r.kind as RequestKind, state: r.state as RequestState,
-      requestedBy: r.requested_by as string, detail: r.detail ? (JSON.parse(r.detail as string) as unknown) : null, createdAt: r.created_at as string, updatedAt: r.updated_at as string,
+      requestedBy: r.requested_by as string, detail, summary: describeRequest(r.kind as RequestKind, r.state as RequestState, detail), createdAt: r.created_at as string, updatedAt: r.updated_at as string,
     };
   }
 
@@ -426,4 +451,28 @@ export class SqliteFleetMeta {
     if (!r) throw new CarryonError('CHECKOUT_NOT_FOUND', `no active checkout ${id}`, { checkoutId: id });
     return this.toSummary(r);
   }
+}
+
+/**
+ * A request's detail (reported by the device, parsed at the boundary as a bounded JSON object) as a
+ * sentence: what happened, and for a failure what the device said.
+ */
+export function describeRequest(kind: RequestKind, state: RequestState, detail: unknown): string {
+  const d = (detail && typeof detail === 'object' && !Array.isArray(detail) ? detail : {}) as Record<string, unknown>;
+  const str = (v: unknown): string | null => (typeof v === 'string' && v.length > 0 ? v.slice(0, 500) : null);
+  const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+  const parts: string[] = [];
+  if (kind === 'rollback' && typeof d.keepLocal === 'boolean') parts.push(d.keepLocal ? 'the laptop keeps its copy aside' : 'the laptop deletes its copy');
+  if (str(d.reason)) parts.push(`ended: ${str(d.reason)}`);
+  if (str(d.waiting)) parts.push(`waiting: ${str(d.waiting)}`);
+  if (str(d.startedAt) && state === 'in-progress') parts.push(`started ${str(d.startedAt)}`);
+  if (num(d.version) !== null) parts.push(`checked in as version ${num(d.version)}`);
+  if (num(d.bytesSent) !== null) parts.push(`${fmtBytes(num(d.bytesSent)!)} sent`);
+  if (str(d.scanMode)) parts.push(d.scanMode === 'dirty-map' ? 'read only the blocks written' : 'scanned the whole disk');
+  if (kind === 'rollback' && state === 'done') parts.push(str(d.keptAt) ? `copy kept at ${str(d.keptAt)} on the laptop` : 'copy removed from the laptop');
+  if (num(d.removedBlocks) !== null) parts.push(`${num(d.removedBlocks)} cache blocks removed`);
+  const err = d.error && typeof d.error === 'object' ? (d.error as Record<string, unknown>) : null;
+  if (err) parts.push(`${state === 'failed' ? 'failed' : 'last try failed'}: ${str(err.code) ?? 'error'}: ${str(err.message) ?? ''}`.trim());
+  if (parts.length === 0) return state === 'requested' ? 'waiting for the laptop\'s next contact' : '';
+  return parts.join('; ');
 }

@@ -100,7 +100,8 @@ export class CarryonHttpServer {
     const r = (method: string, path: string, handler: Handler): void => {
       this.routes.push({ method, re: new RegExp(`^${API_PREFIX}${path.replace(/:[a-z]+/g, '([^/]+)')}$`), path, handler });
     };
-    r('GET', '/whoami', async ({ user }) => ({ user: user.name, admin: user.isAdmin }));
+    // device: set for a laptop's device token (the console refuses those: admin actions need the admin's own token).
+    r('GET', '/whoami', async ({ user, device }) => ({ user: user.name, admin: user.isAdmin, device, deviceName: device ? this.fleet.deviceName(device) : null }));
     r('GET', '/desktops', async ({ user }) => ({ desktops: this.meta.listDesktops(user) }));
     r('GET', '/desktops/:name', async ({ user, params }) => this.meta.desktopInfo(this.meta.desktopFor(user, parseName(params[0], 'desktop'))));
     r('POST', '/desktops/:name/checkouts', (c) => this.startCheckout(c));
@@ -112,9 +113,7 @@ export class CarryonHttpServer {
     r('DELETE', '/checkouts/:id', async ({ user, params, actor, claimedDevice }) => {
       const held = this.meta.checkoutFor(user, params[0]!);
       if (claimedDevice !== undefined && held.device !== claimedDevice) throw new CarryonError('FORBIDDEN', `checkout ${held.id} is held by another device`, { checkoutId: held.id });
-      const out = this.meta.discardCheckout(user, params[0]!);
-      if (!out.already) this.fleet.audit(actor, 'checkout.discard', `desktop:${out.desktop}`, { checkoutId: params[0] });
-      return out;
+      return this.meta.discardCheckout(user, params[0]!, actor);
     });
     r('POST', '/checkouts/:id/heartbeat', (c) => this.heartbeat(c));
     r('POST', '/devices', async ({ req, user, actor, device: tokenDevice }) => {
@@ -150,10 +149,7 @@ export class CarryonHttpServer {
       if (p.leaseDays !== undefined) this.fleet.setLeaseDays('desktop', name, p.leaseDays, actor);
       if (p.replicateMinutes !== undefined) this.fleet.setReplicateMinutes(name, p.replicateMinutes, actor);
       if (p.rollbackKeepsLocal !== undefined) this.fleet.setRollbackKeepsLocal(name, p.rollbackKeepsLocal, actor);
-      if (p.files !== undefined || p.registry !== undefined) {
-        this.meta.setDesktopPolicies(name, p.files, p.registry);
-        this.fleet.audit(actor, 'desktop.merge-policy', `desktop:${name}`, { files: p.files ?? null, registry: p.registry ?? null });
-      }
+      if (p.files !== undefined || p.registry !== undefined) this.meta.setDesktopPolicies(name, p.files, p.registry, actor);
       return this.fleet.desktopPolicy(name);
     }));
     r('POST', '/admin/images/:name/policy', admin(async ({ req, params, actor }) => {
@@ -323,7 +319,7 @@ export class CarryonHttpServer {
 
   private activeCheckout(user: User, id: string, device: string | undefined) {
     const co = this.meta.checkoutFor(user, id);
-    if (co.state !== 'active') throw new CarryonError('CHECKOUT_NOT_FOUND', `checkout ${id} has ended (${co.state})`, { checkoutId: id, state: co.state });
+    if (co.state !== 'active') throw this.meta.endedError(co);
     if (device !== undefined && co.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${id} is held by another device`, { checkoutId: id });
     return co;
   }
@@ -340,27 +336,29 @@ export class CarryonHttpServer {
   private async startCheckout({ req, user, params, actor, device: tokenDevice }: Ctx): Promise<CheckoutInfo> {
     const { device, deviceName } = parseCheckoutRequest(await readJson(req));
     if (tokenDevice && device !== tokenDevice) throw new CarryonError('FORBIDDEN', 'this token belongs to another device');
-    const { row, resumed, manifestId: mid } = this.meta.startCheckout(user, parseName(params[0], 'desktop'), device, deviceName);
+    const { row, resumed, manifestId: mid } = this.meta.startCheckout(user, parseName(params[0], 'desktop'), device, deviceName, actor);
     // The persona version the laptop gets with the disk: the base of its check-in's merge.
     const personaVersion = row.persona_base_version ?? this.meta.setCheckoutPersonaBase(row.id, this.personas.get(user).version);
     const leaseExpiresAt = this.fleet.renewLease(row);
-    if (!resumed) this.fleet.audit({ ...actor, device }, 'checkout.start', `desktop:${params[0]!}`, { checkoutId: row.id, version: row.base_version, deviceName });
     return { checkoutId: row.id, desktop: params[0]!, version: row.base_version, manifestId: mid, resumed, personaVersion, leaseExpiresAt, leaseDays: this.fleet.leaseDays(row.desktop_id),
       leaseSecret: this.fleet.leaseSecret(row.id).toString('base64'), encryption: { required: false, escrowKey: null } };
   }
 
   /** A laptop's contact: the lease starts over, and the server learns what it has not sent yet. */
-  private async heartbeat({ req, user, params, claimedDevice }: Ctx): Promise<HeartbeatReply> {
+  private async heartbeat({ req, user, params, claimedDevice, actor }: Ctx): Promise<HeartbeatReply> {
     const pending = parseHeartbeatRequest(await readJson(req));
     const device = claimedDevice;
     const ended = this.meta.checkoutFor(user, params[0]!);
     const requests = (id: string) => this.fleet.requests(id, true).map((r) => ({ id: r.id, kind: r.kind, state: r.state, detail: r.detail }));
     // A rolled-back checkout has ended, but its device must still hear of it (once per contact until done).
-    if (ended.state === 'discarded' && ended.end_reason === 'rollback') {
+    const rollback = this.meta.rollbackOf(ended);
+    if (rollback) {
       if (device !== undefined && ended.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${ended.id} is held by another device`, { checkoutId: ended.id });
-      return { checkoutId: ended.id, leaseExpiresAt: null, leaseDays: 0, serverTime: new Date().toISOString(), rolledBack: true, requests: requests(ended.id), replicateEveryMinutes: null, lastRestorePointAt: null };
+      return { checkoutId: ended.id, leaseExpiresAt: null, leaseDays: 0, serverTime: new Date().toISOString(), rolledBack: true, rollback, requests: requests(ended.id), replicateEveryMinutes: null, lastRestorePointAt: null };
     }
     const co = this.activeCheckout(user, params[0]!, device);
+    // Lease codes used offline first: they are floors the renewal below respects.
+    this.fleet.useLeaseCodes(co, pending.leaseCodeSeq ?? 0, actor);
     const leaseExpiresAt = this.fleet.renewLease(co, { bytes: pending.pendingBytes, blocks: pending.pendingBlocks });
     const last = this.fleet.checkout(co.id).lastRestorePoint;
     return { checkoutId: co.id, leaseExpiresAt, leaseDays: this.fleet.leaseDays(co.desktop_id), serverTime: new Date().toISOString(), rolledBack: false, requests: requests(co.id),

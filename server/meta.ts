@@ -4,6 +4,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { CarryonError, type BlockId, type CheckoutHolder, type DesktopInfo, type DiskManifest, type FileMergePolicy, type RegistryMergePolicy } from '../src/index.js';
 import type { Statement } from 'better-sqlite3';
+import { appendAudit, type Actor } from './audit.js';
 import type { Db } from './db.js';
 
 export interface User {
@@ -49,7 +50,7 @@ export class SqliteMeta {
   constructor(readonly db: Db) {}
 
   // ---- users and tokens
-  addUser(name: string, admin: boolean): { user: string; token: string; admin: boolean } {
+  addUser(name: string, admin: boolean, actor: Actor): { user: string; token: string; admin: boolean } {
     const token = `co_${randomBytes(32).toString('base64url')}`;
     this.db.transaction(() => {
       if (this.db.prepare('SELECT 1 FROM users WHERE name = ?').get(name)) {
@@ -57,6 +58,7 @@ export class SqliteMeta {
       }
       const r = this.db.prepare('INSERT INTO users (name, is_admin, created_at) VALUES (?, ?, ?)').run(name, admin ? 1 : 0, now());
       this.db.prepare('INSERT INTO tokens (user_id, token_hash, created_at) VALUES (?, ?, ?)').run(r.lastInsertRowid, hashToken(token), now());
+      appendAudit(this.db, actor, 'user.add', `user:${name}`, { admin });
     })();
     return { user: name, token, admin };
   }
@@ -123,18 +125,19 @@ export class SqliteMeta {
   }
 
   // ---- images
-  publishImageVersion(name: string, manifestId: BlockId): number {
+  publishImageVersion(name: string, manifestId: BlockId, actor: Actor, detail: Record<string, unknown> = {}): number {
     return this.db.transaction(() => {
       let img = this.db.prepare('SELECT id FROM images WHERE name = ?').get(name) as { id: number } | undefined;
       if (!img) img = { id: Number(this.db.prepare('INSERT INTO images (name, created_at) VALUES (?, ?)').run(name, now()).lastInsertRowid) };
       const v = (this.db.prepare('SELECT COALESCE(MAX(version), 0) AS v FROM image_versions WHERE image_id = ?').get(img.id) as { v: number }).v + 1;
       this.db.prepare('INSERT INTO image_versions (image_id, version, manifest_id, created_at) VALUES (?, ?, ?, ?)').run(img.id, v, manifestId, now());
+      appendAudit(this.db, actor, 'image.publish', `image:${name}`, { version: v, manifestId, ...detail });
       return v;
     })();
   }
 
   // ---- desktops
-  createDesktop(name: string, userName: string, imageName: string): DesktopInfo {
+  createDesktop(name: string, userName: string, imageName: string, actor: Actor): DesktopInfo {
     this.db.transaction(() => {
       const user = this.userByName(userName);
       const img = this.db
@@ -150,6 +153,7 @@ export class SqliteMeta {
         .run(name, user.id, img.id, img.version, t, t);
       // A linked clone: version 1 is the image's manifest itself, so it costs no block storage.
       this.db.prepare('INSERT INTO desktop_versions (desktop_id, version, manifest_id, created_at) VALUES (?, 1, ?, ?)').run(r.lastInsertRowid, img.manifest_id, t);
+      appendAudit(this.db, actor, 'desktop.create', `desktop:${name}`, { user: userName, image: imageName, imageVersion: img.version });
     })();
     return this.desktopInfo(this.desktopByName(name));
   }
@@ -172,12 +176,16 @@ export class SqliteMeta {
     return { filePolicy: row.file_policy, registryPolicy: row.registry_policy };
   }
 
-  setDesktopPolicies(name: string, files?: FileMergePolicy, registry?: RegistryMergePolicy): { desktop: string; filePolicy: FileMergePolicy; registryPolicy: RegistryMergePolicy } {
-    const d = this.desktopByName(name);
-    if (files) this.db.prepare('UPDATE desktops SET file_policy = ? WHERE id = ?').run(files, d.id);
-    if (registry) this.db.prepare('UPDATE desktops SET registry_policy = ? WHERE id = ?').run(registry, d.id);
-    const row = this.db.prepare('SELECT file_policy, registry_policy FROM desktops WHERE id = ?').get(d.id) as { file_policy: FileMergePolicy; registry_policy: RegistryMergePolicy };
-    return { desktop: d.name, filePolicy: row.file_policy, registryPolicy: row.registry_policy };
+  /** Set a desktop's merge policies; a change (not a mere look) is audited. */
+  setDesktopPolicies(name: string, files: FileMergePolicy | undefined, registry: RegistryMergePolicy | undefined, actor: Actor): { desktop: string; filePolicy: FileMergePolicy; registryPolicy: RegistryMergePolicy } {
+    return this.db.transaction(() => {
+      const d = this.desktopByName(name);
+      if (files) this.db.prepare('UPDATE desktops SET file_policy = ? WHERE id = ?').run(files, d.id);
+      if (registry) this.db.prepare('UPDATE desktops SET registry_policy = ? WHERE id = ?').run(registry, d.id);
+      if (files || registry) appendAudit(this.db, actor, 'desktop.merge-policy', `desktop:${d.name}`, { files: files ?? null, registry: registry ?? null });
+      const row = this.db.prepare('SELECT file_policy, registry_policy FROM desktops WHERE id = ?').get(d.id) as { file_policy: FileMergePolicy; registry_policy: RegistryMergePolicy };
+      return { desktop: d.name, filePolicy: row.file_policy, registryPolicy: row.registry_policy };
+    })();
   }
 
   desktopByName(name: string): DesktopRow {
@@ -230,8 +238,34 @@ export class SqliteMeta {
     return row;
   }
 
+  /**
+   * Who rolled a checkout back, when, and whether its laptop keeps its copy aside (from the rollback
+   * request, migration 4); null when the checkout did not end by a rollback.
+   */
+  rollbackOf(co: CheckoutRow): { by: string; at: string; keepLocal: boolean } | null {
+    if (co.end_reason !== 'rollback') return null;
+    const r = this.db.prepare("SELECT requested_by, created_at, detail FROM admin_requests WHERE checkout_id = ? AND kind = 'rollback' ORDER BY id DESC LIMIT 1").get(co.id) as
+      { requested_by: string; created_at: string; detail: string | null } | undefined;
+    const keepLocal = r?.detail ? (JSON.parse(r.detail) as { keepLocal?: boolean }).keepLocal === true : false;
+    return { by: r?.requested_by ?? 'an admin', at: r?.created_at ?? co.ended_at ?? '', keepLocal };
+  }
+
+  /**
+   * The one answer for a checkout that has ended, from every route that needs it active (blocks,
+   * uploads, restore points, commit): a rollback is ROLLED_BACK, saying who and when; the rest CHECKOUT_NOT_FOUND.
+   */
+  endedError(co: CheckoutRow): CarryonError {
+    const rb = this.rollbackOf(co);
+    const desktop = (this.db.prepare('SELECT name FROM desktops WHERE id = ?').get(co.desktop_id) as { name: string } | undefined)?.name ?? null;
+    if (rb) {
+      return new CarryonError('ROLLED_BACK', `${rb.by} rolled ${desktop ?? 'this desktop'} back at ${rb.at}: this checkout has ended and its copy can no longer be checked in`,
+        { checkoutId: co.id, desktop, rolledBackBy: rb.by, rolledBackAt: rb.at, keepLocal: rb.keepLocal });
+    }
+    return new CarryonError('CHECKOUT_NOT_FOUND', `checkout ${co.id} has ended (${co.state})`, { checkoutId: co.id, state: co.state });
+  }
+
   /** Start a checkout, or hand back the one this device already holds (a resumed check-out). */
-  startCheckout(user: User, desktopName: string, device: string, deviceName: string): { row: CheckoutRow; resumed: boolean; manifestId: BlockId } {
+  startCheckout(user: User, desktopName: string, device: string, deviceName: string, actor: Actor): { row: CheckoutRow; resumed: boolean; manifestId: BlockId } {
     return this.db.transaction(() => {
       const d = this.desktopFor(user, desktopName);
       const held = this.activeCheckout(d.id);
@@ -244,6 +278,7 @@ export class SqliteMeta {
       this.db
         .prepare("INSERT INTO checkouts (id, desktop_id, user_id, device, device_name, base_version, state, started_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?)")
         .run(id, d.id, user.id, device, deviceName, d.version, now());
+      appendAudit(this.db, { ...actor, device }, 'checkout.start', `desktop:${d.name}`, { checkoutId: id, version: d.version, deviceName });
       return { row: this.checkoutFor(user, id), resumed: false, manifestId: d.manifest_id };
     })();
   }
@@ -264,7 +299,7 @@ export class SqliteMeta {
       if (co.state === 'committed' && co.committed_manifest === manifestId) {
         return { version: co.committed_version!, previousVersion: co.base_version, already: true, desktop: d.name };
       }
-      if (co.state !== 'active') throw new CarryonError('CHECKOUT_NOT_FOUND', `checkout ${checkoutId} has ended (${co.state})`, { checkoutId, state: co.state });
+      if (co.state !== 'active') throw this.endedError(co);
       if (co.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${checkoutId} is held by another device`, { checkoutId });
       if (d.version !== co.base_version) {
         throw new CarryonError('VERSION_CONFLICT', `desktop ${d.name} is at version ${d.version}, not ${co.base_version} as when checked out`, { desktop: d.name });
@@ -284,12 +319,13 @@ export class SqliteMeta {
     })();
   }
 
-  discardCheckout(user: User, checkoutId: string): { desktop: string; already: boolean } {
+  discardCheckout(user: User, checkoutId: string, actor: Actor): { desktop: string; already: boolean } {
     return this.db.transaction(() => {
       const co = this.checkoutFor(user, checkoutId);
       const d = this.db.prepare('SELECT name FROM desktops WHERE id = ?').get(co.desktop_id) as { name: string };
       if (co.state !== 'active') return { desktop: d.name, already: true };
       this.db.prepare("UPDATE checkouts SET state = 'discarded', ended_at = ? WHERE id = ?").run(now(), checkoutId);
+      appendAudit(this.db, actor, 'checkout.discard', `desktop:${d.name}`, { checkoutId });
       return { desktop: d.name, already: false };
     })();
   }

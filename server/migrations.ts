@@ -275,4 +275,20 @@ export const MIGRATIONS: Migration[] = [
       ALTER TABLE persona_versions_new RENAME TO persona_versions;
     `,
   },
+  {
+    version: 11,
+    why: 'A lease code carries the lease end itself (the server and the laptop computed it from different clocks and days), and making one no longer moves the server\'s lease: the code is recorded here and applied (as a floor) once the laptop reports it used, at its next contact.',
+    sql: `
+      CREATE TABLE lease_codes (
+        checkout_id TEXT NOT NULL REFERENCES checkouts(id),
+        seq INTEGER NOT NULL,
+        days INTEGER NOT NULL,
+        lease_expires_at TEXT NOT NULL,
+        issued_by TEXT NOT NULL,
+        issued_at TEXT NOT NULL,
+        used_at TEXT,
+        PRIMARY KEY (checkout_id, seq)
+      );
+    `,
+  },
 ];

@@ -19,16 +19,16 @@ export function registerRenew(program: Command): void {
         // Offline: the code is checked against the checkout's secret; each code works once.
         const { secret, seq: used } = state.leaseSecret(name);
         if (!secret) throw new CarryonError('LEASE_CODE_INVALID', `${name} was checked out before lease codes existed: renew it online`, { desktop: name });
-        const { days, seq } = decodeLeaseCode(secret, local.checkoutId, opts.code);
-        if (seq <= used) throw new CarryonError('LEASE_CODE_INVALID', `that lease code (#${seq}) was used already on this laptop`, { desktop: name, seq });
-        const from = Math.max(state.monotonicNow(), local.leaseExpiresAt ? Date.parse(local.leaseExpiresAt) : 0);
-        const leaseExpiresAt = new Date(from + days * 24 * 3600 * 1000).toISOString();
-        if (!state.useLeaseCode(name, seq, leaseExpiresAt)) throw new CarryonError('LEASE_CODE_INVALID', 'that lease code was used already on this laptop', { desktop: name, seq });
-        return { desktop: name, leaseExpiresAt, pendingBytes: null, pendingBlocks: null, code: { days, seq } };
+        const { untilMs, seq } = decodeLeaseCode(secret, local.checkoutId, opts.code);
+        if (seq <= used) throw new CarryonError('LEASE_CODE_INVALID', `that lease code (#${seq}) was used already on this laptop: ask your admin for a new one`, { desktop: name, seq });
+        // The code carries the lease's end, as the server computed it: both sides agree, whatever the clocks say.
+        const leaseExpiresAt = new Date(Math.max(untilMs, local.leaseExpiresAt ? Date.parse(local.leaseExpiresAt) : 0)).toISOString();
+        if (!state.useLeaseCode(name, seq, leaseExpiresAt)) throw new CarryonError('LEASE_CODE_INVALID', 'that lease code was used already on this laptop: ask your admin for a new one', { desktop: name, seq });
+        return { desktop: name, leaseExpiresAt, pendingBytes: null, pendingBlocks: null, code: { seq, grantsUntil: new Date(untilMs).toISOString() } };
       }
       const { pendingBytes, pendingBlocks } = pendingChanges(state, local);
       const leaseExpiresAt = await renewLease(state, api(), local, { pendingBytes, pendingBlocks });
       return { desktop: name, leaseExpiresAt, pendingBytes, pendingBlocks, code: null };
-    }, (r) => `${r.desktop}: the offline lease now runs until ${r.leaseExpiresAt}${r.code ? ` (code #${r.code.seq}: ${r.code.days} more days)` : ''}`);
+    }, (r) => `${r.desktop}: the offline lease now runs until ${r.leaseExpiresAt}${r.code ? ` (lease code #${r.code.seq}; the server learns of it at this laptop's next contact)` : ''}`);
   });
 }

@@ -15,8 +15,9 @@ import { ServerBlockSource } from '../block-source.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
 import { checkMountDir, FuseFile, requireFuse } from '../fuse-file.js';
-import { leaseStatus, requireLease } from '../lease.js';
-import { openLocalDisk, requireCheckedOut } from '../disk-session.js';
+import { leaseStatus, renewLease, requireLease } from '../lease.js';
+import { learnFromError } from '../rollback.js';
+import { openLocalDisk, pendingChanges, requireCheckedOut } from '../disk-session.js';
 import { homeOf, LocalState } from '../state.js';
 import { defaultSources } from '../keyring.js';
 
@@ -54,14 +55,15 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
   try {
     // An encrypted desktop: the key from the agent, --passphrase-file or the environment, else asked here.
     if (state.keys.exists()) await state.keys.unlock(defaultSources(opts.passphraseFile as string | undefined));
-    const local = requireCheckedOut(state, name);
+    const local = requireCheckedOut(state, name); // ROLLED_BACK too, when a rollback is known here already
     // --file: refuse before anything starts when FUSE cannot work or the folder is a bad place.
     let mountDir: string | null = null;
     if (opts.file !== undefined) {
       requireFuse();
       mountDir = checkMountDir(String(opts.file), state.home);
     }
-    // An expired offline lease keeps the disk closed, unless the server renews it right now.
+    // Ask the server first when it answers (a short wait): a checkout an admin rolled back must not be
+    // written any more (ROLLED_BACK), and the lease starts over. Offline, the lease rules decide alone.
     let leaseApi: ApiClient | null = null;
     try {
       const l = state.login();
@@ -69,7 +71,18 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     } catch {
       leaseApi = null;
     }
-    const lease = await requireLease(state, local, leaseApi).finally(() => leaseApi?.close());
+    const lease = await (async () => {
+      if (leaseApi) {
+        try {
+          await renewLease(state, leaseApi, local, pendingChanges(state, local));
+        } catch (err) {
+          const e = describeFailure(err).error;
+          if (e.code === 'ROLLED_BACK') throw err;
+          log('offline', { code: e.code, message: e.message }, `carryon serve: could not ask the server (${e.code}: ${e.message}); going on under the offline lease`);
+        }
+      }
+      return requireLease(state, state.checkout(name)!, null);
+    })().finally(() => leaseApi?.close());
     if (lease.warning) log('lease-warning', { leaseExpiresAt: lease.expiresAt, remainingMs: lease.remainingMs }, `carryon serve: ${lease.warning}`);
     lock = DiskLock.acquire(state.home, name, 'serve');
     let source: ServerBlockSource | null = null;
@@ -308,6 +321,8 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     }
     log('stopped', { desktop: name, ...disk.stats, blocksChanged: disk.journal.dirtyCount }, `stopped serving ${name}: ${disk.journal.dirtyCount} blocks changed since check-out; the dirty map is closed cleanly${fuse ? `; ${fuse.file} is unmounted` : ''}`);
     if (fileFailure) throw fileFailure;
+  } catch (err) {
+    throw learnFromError(state, err);
   } finally {
     (api as ApiClient | null)?.close();
     lock?.release();

@@ -10,15 +10,22 @@ import { DiskLock } from '../disk-lock.js';
 import { leaseStatus, type LeaseStatus } from '../lease.js';
 import { openJournal } from '../disk-session.js';
 import { fmtBytes } from '../progress.js';
-import type { LocalCheckout, LocalState } from '../state.js';
+import { knownRollback, rollbackSentence } from '../rollback.js';
+import type { LocalCheckout, LocalRollback, LocalState } from '../state.js';
 
 export function registerStatus(program: Command): void {
   withCommonOptions(program.command('status [desktop]').description('show checkouts on this laptop: download progress, changes since check-out')).action(async (desktop: string | undefined, _o, cmd: Command) => {
     const opts = optsOf(cmd);
     await runCommand(opts, async ({ state }) => {
       const rows = desktop ? [state.checkout(parseName(desktop, 'desktop'))].filter((r) => r !== null) : state.checkouts();
-      const desktops = [];
+      const desktops: Array<Record<string, unknown>> = [];
       for (const r of rows) desktops.push(await describe(state, r, opts.json === true));
+      // Rollbacks the agent has carried out: the checkout is gone, the traveller still needs to know why and where the copy went.
+      for (const rb of state.rollbacks()) {
+        if (rb.doneAt && (!desktop || rb.desktop === desktop) && !desktops.some((d) => d.desktop === rb.desktop)) {
+          desktops.push({ desktop: rb.desktop, state: 'rolled-back', disk: rb.diskPath, rolledBack: rollbackJson(rb), message: rollbackSentence(rb) });
+        }
+      }
       return { home: state.home, desktops, ...(desktop && desktops.length === 0 ? { note: `${desktop} is not checked out on this laptop` } : {}) };
     }, (r) => {
       if (r.desktops.length === 0) return r.note ?? `nothing checked out on this laptop (${r.home})`;
@@ -31,6 +38,9 @@ async function describe(state: LocalState, r: LocalCheckout, quiet: boolean): Pr
   const m = decodeManifest(r.manifest);
   const entry: Record<string, unknown> = { desktop: r.desktop, state: r.state, version: r.version, disk: r.diskPath, server: r.server, size: m.size, since: r.startedAt };
   if (r.state !== 'active' && r.state !== 'streaming') return entry;
+  // Rolled back by an admin: the lease means nothing any more; say what happened and what comes next.
+  const rb = knownRollback(state, r.desktop);
+  if (rb) return { ...entry, state: 'rolled-back', rolledBack: rollbackJson(rb), message: rollbackSentence(rb) };
   const lease = leaseStatus(state, r);
   entry.lease = lease;
   const owner = DiskLock.owner(state.home, r.desktop);
@@ -73,7 +83,12 @@ function readProgress(state: LocalState, desktop: string): { rateBytesPerSec: nu
   }
 }
 
+function rollbackJson(rb: LocalRollback): Record<string, unknown> {
+  return { by: rb.by, at: rb.at, keepLocal: rb.keepLocal, done: rb.doneAt !== null, keptAt: rb.keptAt, removed: rb.doneAt !== null && rb.keptAt === null };
+}
+
 function human(d: Record<string, unknown>): string {
+  if (d.state === 'rolled-back') return `${d.desktop}: ROLLED BACK: ${d.message as string}`;
   const head = `${d.desktop} version ${d.version} at ${d.disk} (${fmtBytes(d.size as number)})`;
   if (d.state === 'downloading') return `${head}: check-out incomplete: run \`carryon checkout ${d.desktop}\` again to resume`;
   if (d.state === 'checked-in') return `${head}: checked in (the file is a read-only copy of that version)`;

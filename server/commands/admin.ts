@@ -46,7 +46,10 @@ export function registerAdmin(program: Command): void {
     .requiredOption('--days <n>', 'days to add (from now, or from the current expiry if later)')
     .action(async (checkout: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => new SqliteFleetMeta(d.db).extendLease(checkout, positive(opts.days, '--days'), cliActor()), (c) => `${c.desktop}: lease now ends ${c.leaseExpiresAt} (${until(c.leaseExpiresAt)})`);
+      await withData(opts, (d) => new SqliteFleetMeta(d.db).extendLease(checkout, positive(opts.days, '--days'), cliActor()), (c) =>
+        `${c.desktop}: the server's lease now ends ${c.leaseExpiresAt} (${until(c.leaseExpiresAt)}).\n` +
+        `The laptop (${c.deviceName}) learns this only at its next contact with the server (last contact ${ago(c.lastContactAt)}); until then its own lease still ends where it did.\n` +
+        `If the laptop is offline, read the user a lease code instead: carryon-server admin lease-code ${c.checkoutId} --days N (the user types it into \`carryon renew ${c.desktop} --code CODE\`)`);
     });
 
   withCommonOptions(admin.command('lease-code <checkout>').description('a code the user types offline (`carryon renew NAME --code CODE`) to extend the lease by N days'))
@@ -54,7 +57,9 @@ export function registerAdmin(program: Command): void {
     .action(async (checkout: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
       await withData(opts, (d) => new SqliteFleetMeta(d.db).leaseCode(checkout, Number(opts.days), cliActor()), (r) =>
-        `lease code for ${r.desktop}, ${r.days} more days (code #${r.seq}):\n  ${r.code}\nthe user types: carryon renew ${r.desktop} --code ${r.code}`);
+        `lease code for ${r.desktop} (code #${r.seq}): the lease runs until ${r.leaseExpiresAt} once it is typed\n  ${r.code}\n` +
+        `the user types: carryon renew ${r.desktop} --code ${r.code}\n` +
+        `The server's lease stays at ${r.serverLeaseExpiresAt ?? '-'} until the laptop reports the code used, at its next contact.`);
     });
 
   withCommonOptions(admin.command('lease-policy <kind> <name>').description('offline lease length of a desktop or an image (kind: desktop or image)'))
@@ -128,7 +133,7 @@ export function registerAdmin(program: Command): void {
 
   withCommonOptions(admin.command('requests').description('forced check-ins and rollbacks, and how far each got')).action(async (_o, cmd: Command) => {
     await withData(optsOf(cmd), (d) => ({ requests: new SqliteFleetMeta(d.db).requests() }), (r) => r.requests.length === 0 ? 'no requests' : r.requests.map((q) =>
-      `#${q.id} ${q.kind} ${q.desktop}: ${q.state} (by ${q.requestedBy} at ${q.createdAt}, updated ${q.updatedAt})${q.detail ? ` ${JSON.stringify(q.detail)}` : ''}`).join('\n'));
+      `#${q.id} ${q.kind} ${q.desktop}: ${q.state} (by ${q.requestedBy} at ${q.createdAt}, updated ${q.updatedAt})${q.summary ? `: ${q.summary}` : ''}`).join('\n'));
   });
 
   withCommonOptions(admin.command('tokens').description('every token: user, device, created, last used, revoked')).action(async (_o, cmd: Command) => {
@@ -143,6 +148,6 @@ export function registerAdmin(program: Command): void {
   withCommonOptions(admin.command('audit').description('the audit log, newest first')).option('--limit <n>', 'rows', '50').action(async (_o, cmd: Command) => {
     const opts = optsOf(cmd);
     await withData(opts, (d) => ({ audit: new SqliteFleetMeta(d.db).auditLog(positive(opts.limit, '--limit')) }), (r) => r.audit.map((a) =>
-      `${a.at} ${a.actor}${a.device ? `@${a.device}` : ''}${a.address ? ` from ${a.address}` : ''}: ${a.action} ${a.target ?? ''} ${JSON.stringify(a.detail)}`).join('\n'));
+      `${a.at} ${a.actor}${a.device ? ` on ${a.deviceName ?? 'unregistered device'} (${a.device})` : ''}${a.address ? ` from ${a.address}` : ''}: ${a.action} ${a.target ?? ''} ${JSON.stringify(a.detail)}`).join('\n'));
   });
 }

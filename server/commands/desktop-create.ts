@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { CarryonError, parseName } from '../../src/index.js';
 import { withData } from '../cli-util.js';
+import { cliActor } from './admin.js';
 import { optsOf, withCommonOptions } from './options.js';
 
 export function registerDesktopCreate(desktop: Command): void {
@@ -12,7 +13,7 @@ export function registerDesktopCreate(desktop: Command): void {
       const opts = optsOf(cmd);
       await withData(opts, (_d, meta) => {
         if (typeof opts.user !== 'string' || typeof opts.image !== 'string') throw new CarryonError('INVALID_ARGUMENT', '--user and --image are required');
-        return meta.createDesktop(parseName(name, 'desktop'), parseName(opts.user, 'user'), parseName(opts.image, 'image'));
+        return meta.createDesktop(parseName(name, 'desktop'), parseName(opts.user, 'user'), parseName(opts.image, 'image'), cliActor());
       }, (r) => `created desktop ${r.name} for ${r.user} from image ${r.image} (version ${r.version}, linked clone)`);
     });
 }

@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { CarryonError, FILE_MERGE_POLICIES, parseName, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy } from '../../src/index.js';
 import { withData } from '../cli-util.js';
+import { cliActor } from './admin.js';
 import { optsOf, withCommonOptions } from './options.js';
 
 export function registerDesktopPolicy(desktop: Command): void {
@@ -15,7 +16,7 @@ export function registerDesktopPolicy(desktop: Command): void {
         const registry = opts.registry as string | undefined;
         if (files !== undefined && !FILE_MERGE_POLICIES.includes(files as FileMergePolicy)) throw new CarryonError('INVALID_ARGUMENT', `--files must be one of ${FILE_MERGE_POLICIES.join(', ')}`);
         if (registry !== undefined && !REGISTRY_MERGE_POLICIES.includes(registry as RegistryMergePolicy)) throw new CarryonError('INVALID_ARGUMENT', `--registry must be one of ${REGISTRY_MERGE_POLICIES.join(', ')}`);
-        return meta.setDesktopPolicies(parseName(name, 'desktop'), files as FileMergePolicy | undefined, registry as RegistryMergePolicy | undefined);
+        return meta.setDesktopPolicies(parseName(name, 'desktop'), files as FileMergePolicy | undefined, registry as RegistryMergePolicy | undefined, cliActor());
       }, (r) => `${r.desktop}: files ${r.filePolicy}, registry ${r.registryPolicy}`);
     });
 }

@@ -2,7 +2,6 @@
 import type { Command } from 'commander';
 import { parseName } from '../../src/index.js';
 import { withData } from '../cli-util.js';
-import { SqliteFleetMeta } from '../fleet-meta.js';
 import { cliActor } from './admin.js';
 import { optsOf, withCommonOptions } from './options.js';
 
@@ -11,10 +10,8 @@ export function registerUserAdd(user: Command): void {
     .option('--admin', 'the user is an administrator')
     .action(async (name: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d, meta) => {
-        const r = meta.addUser(parseName(name, 'user'), opts.admin === true);
-        new SqliteFleetMeta(d.db).audit(cliActor(), 'user.add', `user:${r.user}`, { admin: r.admin });
-        return r;
+      await withData(opts, (_d, meta) => {
+        return meta.addUser(parseName(name, 'user'), opts.admin === true, cliActor());
       }, (r) =>
         `added ${r.admin ? 'admin' : 'user'} ${r.user}\ntoken: ${r.token}\n(shown once: give it to the user for \`carryon login URL\`, which asks for it without echo)`);
     });

@@ -1,15 +1,25 @@
 // lease: offline lease-extension codes, shared by the server (which makes them) and the laptop
 // (which checks them without the network). Owns the code format; knows nothing of HTTP or storage.
-// A code carries: days (1-255), a sequence number (1-65535, each code used once, increasing) and the
-// first 8 bytes of HMAC-SHA256(checkout secret, "carryon-lease-code\n" + checkoutId + days + seq).
-// 11 bytes in Crockford base32: 18 characters, shown in groups of 6, easy to read over the phone.
+// A code carries the lease's new end itself, so the server and the laptop agree on it whatever their
+// clocks say and whenever the code is typed: the end as whole hours since the Unix epoch (3 bytes, to
+// the year 3883), a sequence number (2 bytes, 1-65535, each code used once, increasing) and the first
+// 8 bytes of HMAC-SHA256(checkout secret, "carryon-lease-code-2\n" + checkoutId + hours + seq).
+// 13 bytes in Crockford base32: 21 characters, shown in groups of 7, easy to read over the phone.
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { CarryonError } from '../errors/index.js';
 
 const ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 
-function mac(secret: Buffer, checkoutId: string, days: number, seq: number): Buffer {
-  return createHmac('sha256', secret).update(`carryon-lease-code\n${checkoutId}\n${days}\n${seq}`).digest().subarray(0, 8);
+const HOUR_MS = 3600 * 1000;
+const MAX_HOURS = 0xffffff;
+
+function mac(secret: Buffer, checkoutId: string, hours: number, seq: number): Buffer {
+  return createHmac('sha256', secret).update(`carryon-lease-code-2\n${checkoutId}\n${hours}\n${seq}`).digest().subarray(0, 8);
+}
+
+/** The end a code can carry for a wish: rounded up to a whole hour (codes count in hours). */
+export function leaseCodeEnd(ms: number): number {
+  return Math.ceil(ms / HOUR_MS) * HOUR_MS;
 }
 
 function base32(buf: Buffer): string {
@@ -49,24 +59,26 @@ function unbase32(s: string): Buffer | null {
   return Buffer.from(bytes);
 }
 
-export function encodeLeaseCode(secret: Buffer, checkoutId: string, days: number, seq: number): string {
-  if (!Number.isInteger(days) || days < 1 || days > 255) throw new CarryonError('INVALID_ARGUMENT', 'a lease code extends by 1 to 255 whole days');
+/** A code granting the lease until `untilMs` (a whole hour: see leaseCodeEnd), code number `seq`. */
+export function encodeLeaseCode(secret: Buffer, checkoutId: string, untilMs: number, seq: number): string {
+  const hours = untilMs / HOUR_MS;
+  if (!Number.isInteger(hours) || hours < 1 || hours > MAX_HOURS) throw new CarryonError('INVALID_ARGUMENT', 'a lease code ends at a whole hour after 1970 and before 3883');
   if (!Number.isInteger(seq) || seq < 1 || seq > 65535) throw new CarryonError('INVALID_ARGUMENT', 'lease code sequence out of range');
-  const b = Buffer.alloc(11);
-  b[0] = days;
-  b.writeUInt16BE(seq, 1);
-  mac(secret, checkoutId, days, seq).copy(b, 3);
-  return base32(b).match(/.{1,6}/g)!.join('-');
+  const b = Buffer.alloc(13);
+  b.writeUIntBE(hours, 0, 3);
+  b.writeUInt16BE(seq, 3);
+  mac(secret, checkoutId, hours, seq).copy(b, 5);
+  return base32(b).match(/.{1,7}/g)!.join('-');
 }
 
-/** Check a code typed by a user; returns what it grants. Fails with LEASE_CODE_INVALID. */
-export function decodeLeaseCode(secret: Buffer, checkoutId: string, code: string): { days: number; seq: number } {
+/** Check a code typed by a user; returns the lease end it grants (ms) and its number. Fails with LEASE_CODE_INVALID. */
+export function decodeLeaseCode(secret: Buffer, checkoutId: string, code: string): { untilMs: number; seq: number } {
   const clean = code.toUpperCase().replace(/[\s-]/g, '');
-  const b = clean.length === 18 ? unbase32(clean) : null;
-  const bad = new CarryonError('LEASE_CODE_INVALID', 'that lease code is not valid for this checkout: check it with your admin (18 characters, like ABC123-DEF456-GHJ789)');
-  if (!b || b.length !== 11) throw bad;
-  const days = b[0]!;
-  const seq = b.readUInt16BE(1);
-  if (days < 1 || seq < 1 || !timingSafeEqual(b.subarray(3), mac(secret, checkoutId, days, seq))) throw bad;
-  return { days, seq };
+  const b = clean.length === 21 ? unbase32(clean) : null;
+  const bad = new CarryonError('LEASE_CODE_INVALID', 'that lease code is not valid for this checkout: check it with your admin (21 characters, like ABC1234-DEF5678-GHJ9KMN)');
+  if (!b || b.length !== 13) throw bad;
+  const hours = b.readUIntBE(0, 3);
+  const seq = b.readUInt16BE(3);
+  if (hours < 1 || seq < 1 || !timingSafeEqual(b.subarray(5), mac(secret, checkoutId, hours, seq))) throw bad;
+  return { untilMs: hours * HOUR_MS, seq };
 }

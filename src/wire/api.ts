@@ -124,6 +124,8 @@ export function parseCheckoutInfo(body: unknown): CheckoutInfo {
 export interface HeartbeatRequest {
   pendingBytes: number;
   pendingBlocks: number;
+  /** The newest offline lease code used on the laptop (0: none): the server applies it to its lease. */
+  leaseCodeSeq?: number;
 }
 
 /** Something an admin asked of a checkout's device (force check-in, rollback), and how far it got. */
@@ -141,6 +143,8 @@ export interface HeartbeatReply {
   leaseDays: number;
   serverTime: string;
   rolledBack: boolean;
+  /** With rolledBack: who rolled the checkout back, when, and whether the laptop keeps its copy aside. */
+  rollback?: { by: string; at: string; keepLocal: boolean } | null;
   /** Open requests for this device to carry out. */
   requests: DeviceRequest[];
   /** How often the agent should send a restore point (null: never on its own). */
@@ -193,7 +197,7 @@ export function parseHeartbeatRequest(body: unknown): HeartbeatRequest {
     if (!Number.isSafeInteger(v) || (v as number) < 0) throw new CarryonError('BAD_REQUEST', `${k} must be a non-negative integer`);
     return v as number;
   };
-  return { pendingBytes: n('pendingBytes'), pendingBlocks: n('pendingBlocks') };
+  return { pendingBytes: n('pendingBytes'), pendingBlocks: n('pendingBlocks'), leaseCodeSeq: n('leaseCodeSeq') };
 }
 
 /** An admin's policy change for a desktop; every field optional; null clears a setting. */

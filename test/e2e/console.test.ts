@@ -1,6 +1,7 @@
 // The admin web console in a real browser (Debian's chromium, driven by playwright-core): log in with
 // an admin token, see the checkout with its lease countdown, press "Force check-in", watch the
 // laptop's agent complete it; extend a lease; a plain user's token is refused.
+import Database from 'better-sqlite3';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
@@ -56,6 +57,26 @@ describe('admin console (chromium)', () => {
     expect(await page.isVisible('#app')).toBe(false);
   });
 
+  it("an admin's device token (from `carryon login` on a laptop) is refused at login with a sentence, not accepted and then failing every poll", async () => {
+    const adminLaptop = new Laptop(path.join(dir, 'admin-laptop'));
+    expect((await adminLaptop.cli(['login', server.url, '--token', adminToken, '--device-name', 'root-laptop'])).code).toBe(0);
+    const db = new Database(path.join(adminLaptop.home, 'state.db'), { readonly: true });
+    const deviceToken = (db.prepare("SELECT value FROM config WHERE key = 'token'").get() as { value: string }).value;
+    db.close();
+    const failed: string[] = [];
+    const onResponse = (r: { status(): number; url(): string }): void => { if (r.status() === 403) failed.push(r.url()); };
+    page.on('response', onResponse);
+    try {
+      await logIn(deviceToken);
+      await expect.poll(async () => (await page.textContent('#login-error')) ?? '').toMatch(/token of the laptop .root-laptop. \(a device token.*carryon-server user add root --admin/);
+      expect(await page.isVisible('#app')).toBe(false);
+      expect(await page.isVisible('#login')).toBe(true);
+      expect(failed).toEqual([]); // no admin call was even tried
+    } finally {
+      page.off('response', onResponse);
+    }
+  });
+
   it('an admin sees every checkout with a live lease countdown and the device', async () => {
     await logIn(adminToken);
     await page.waitForSelector('#checkouts tr[data-desktop="desk"]');
@@ -74,8 +95,21 @@ describe('admin console (chromium)', () => {
     page.once('dialog', (d) => void d.accept('3'));
     await row.locator('button[name="extend"]').click();
     await expect.poll(async () => Date.parse((await page.locator('#checkouts tr[data-desktop="other"] td.lease').getAttribute('data-expires'))!) - before).toBe(3 * 86400 * 1000);
+    // The console says the laptop learns it only at its next contact, and offers a lease code.
+    await expect.poll(async () => (await page.textContent('#notice')) ?? '').toMatch(/learns this only at its next contact.*Lease code/);
     await expect.poll(async () => (await page.locator('#audit tbody').textContent()) ?? '').toMatch(/lease\.extend/);
     expect(await page.locator('#audit tbody tr', { hasText: 'lease.extend' }).first().textContent()).toContain('root');
+  });
+
+  it('"Lease code" shows a code and the command the user types; the server lease does not move until the code is used', async () => {
+    const row = page.locator('#checkouts tr[data-desktop="other"]');
+    const before = await row.locator('td.lease').getAttribute('data-expires');
+    page.once('dialog', (d) => void d.accept('2'));
+    await row.locator('button[name="lease-code"]').click();
+    await expect.poll(async () => (await page.textContent('#notice')) ?? '').toMatch(/Lease code for other: [0-9A-Z]{7}-[0-9A-Z]{7}-[0-9A-Z]{7} .*carryon renew other --code [0-9A-Z-]{23}/);
+    expect(await page.locator('#notice code').textContent()).toMatch(/^[0-9A-Z]{7}-[0-9A-Z]{7}-[0-9A-Z]{7}$/);
+    await expect.poll(async () => (await page.locator('#audit tbody').textContent()) ?? '').toMatch(/lease\.code/);
+    expect(await page.locator('#checkouts tr[data-desktop="other"] td.lease').getAttribute('data-expires')).toBe(before);
   });
 
   it('"Force check-in" is queued; the agent on the laptop completes it; the console shows requested, then done', async () => {
@@ -84,7 +118,9 @@ describe('admin console (chromium)', () => {
     await expect.poll(async () => (await page.locator('#requests tbody').textContent()) ?? '').toMatch(/checkin.*desk.*requested/);
     // The laptop's agent, as its systemd unit would run it.
     spawnCli(laptop, ['agent', '--interval', '1']);
-    await expect.poll(async () => (await page.locator('#requests tbody tr', { hasText: 'desk' }).first().textContent()) ?? '', { timeout: 30_000 }).toMatch(/done.*"version":2/);
+    await expect.poll(async () => (await page.locator('#requests tbody tr', { hasText: 'desk' }).first().textContent()) ?? '', { timeout: 30_000 }).toMatch(/done.*checked in as version 2; .* sent; (read only the blocks written|scanned the whole disk)/);
+    // Details are sentences, not JSON.
+    expect((await page.locator('#requests tbody').textContent()) ?? '').not.toMatch(/[{}"]/);
     // The checkout is gone from the list: the desktop is back on the server, at version 2.
     await expect.poll(() => page.locator('#checkouts tr[data-desktop="desk"]').count(), { timeout: 10_000 }).toBe(0);
     const audit = (await page.locator('#audit tbody').textContent()) ?? '';

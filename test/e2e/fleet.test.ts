@@ -133,14 +133,17 @@ describe('fleet: devices, leases, admin, audit', () => {
     const held = ((await server.admin(['admin', 'checkouts'])).json.checkouts as any[]).find((c) => c.desktop === 'short');
     const code = await server.admin(['admin', 'lease-code', held.checkoutId, '--days', '2']);
     expect(code.code, code.stderr).toBe(0);
-    expect(code.json.code).toMatch(/^[0-9A-Z]{6}-[0-9A-Z]{6}-[0-9A-Z]{6}$/);
+    expect(code.json.code).toMatch(/^[0-9A-Z]{7}-[0-9A-Z]{7}-[0-9A-Z]{7}$/);
     const typo = code.json.code.slice(0, -1) + (code.json.code.endsWith('0') ? '1' : '0');
     const wrong = await a.cli(['renew', 'short', '--code', typo, '--json']);
     expect(wrong.code).toBe(2);
     expect(wrong.json.error.code).toBe('LEASE_CODE_INVALID');
     const ok = await a.cli(['renew', 'short', '--code', code.json.code.toLowerCase(), '--json']);
     expect(ok.code, ok.stderr).toBe(0);
-    expect(Date.parse(ok.json.leaseExpiresAt) - Date.parse(lease.expiresAt)).toBe(2 * DAY);
+    // The code carries its end: 2 days past the lease, to the whole hour, as the server said.
+    expect(ok.json.leaseExpiresAt).toBe(code.json.leaseExpiresAt);
+    expect(Date.parse(ok.json.leaseExpiresAt) - Date.parse(lease.expiresAt)).toBeGreaterThanOrEqual(2 * DAY);
+    expect(Date.parse(ok.json.leaseExpiresAt) - Date.parse(lease.expiresAt)).toBeLessThan(2 * DAY + 3600 * 1000);
     expect((await a.cli(['status', 'short', '--json'])).json.desktops[0].lease.expired).toBe(false);
     const again = await a.cli(['renew', 'short', '--code', code.json.code, '--json']);
     expect(again.code).toBe(2);
@@ -254,9 +257,10 @@ describe('fleet: devices, leases, admin, audit', () => {
     const keptAt = done.find((e) => e.desktop === 'kept').keptAt as string;
     expect(existsSync(path.join(keptAt, 'disk.raw'))).toBe(true);
     expect(done.find((e) => e.desktop === 'gone').keptAt).toBeNull();
-    const st = (await b.cli(['status', '--json'])).json.desktops.map((d: any) => d.desktop);
-    expect(st).not.toContain('gone');
-    expect(st).not.toContain('kept');
+    // The checkouts are gone; status says what happened to each copy.
+    const st = (await b.cli(['status', '--json'])).json.desktops as any[];
+    expect(st.find((d) => d.desktop === 'gone')).toMatchObject({ state: 'rolled-back', rolledBack: { done: true, removed: true } });
+    expect(st.find((d) => d.desktop === 'kept')).toMatchObject({ state: 'rolled-back', rolledBack: { done: true, removed: false, keptAt } });
     for (const d of ['gone', 'kept']) expect((await requestsOf(d))[0]).toMatchObject({ kind: 'rollback', state: 'done' });
   }, 60_000);
 

@@ -14,9 +14,10 @@ function codeOf(f: () => unknown): string {
 
 describe('fleet request parsers', () => {
   it('heartbeat: non-negative integers, missing ones are 0', () => {
-    expect(parseHeartbeatRequest({ pendingBytes: 5, pendingBlocks: 1 })).toEqual({ pendingBytes: 5, pendingBlocks: 1 });
-    expect(parseHeartbeatRequest({})).toEqual({ pendingBytes: 0, pendingBlocks: 0 });
-    for (const bad of [{ pendingBytes: -1 }, { pendingBytes: 1.5 }, { pendingBlocks: '3' }, { pendingBytes: Number.MAX_VALUE }]) expect(codeOf(() => parseHeartbeatRequest(bad))).toBe('BAD_REQUEST');
+    expect(parseHeartbeatRequest({ pendingBytes: 5, pendingBlocks: 1 })).toEqual({ pendingBytes: 5, pendingBlocks: 1, leaseCodeSeq: 0 });
+    expect(parseHeartbeatRequest({ pendingBytes: 5, pendingBlocks: 1, leaseCodeSeq: 3 })).toEqual({ pendingBytes: 5, pendingBlocks: 1, leaseCodeSeq: 3 });
+    expect(parseHeartbeatRequest({})).toEqual({ pendingBytes: 0, pendingBlocks: 0, leaseCodeSeq: 0 });
+    for (const bad of [{ pendingBytes: -1 }, { pendingBytes: 1.5 }, { pendingBlocks: '3' }, { pendingBytes: Number.MAX_VALUE }, { leaseCodeSeq: -2 }]) expect(codeOf(() => parseHeartbeatRequest(bad))).toBe('BAD_REQUEST');
   });
 
   it('device registration: a UUID and a 1-200 character name', () => {

@@ -111,11 +111,11 @@ const JSON_PARSERS: JsonParser[] = [
     },
   },
   {
-    name: 'heartbeat', parse: parseHeartbeatRequest, codes: ['BAD_REQUEST'], keys: ['pendingBytes', 'pendingBlocks'], idempotent: true,
-    bodies: [{ pendingBytes: 0, pendingBlocks: 0 }, { pendingBytes: 123456789, pendingBlocks: 3 }, {}],
+    name: 'heartbeat', parse: parseHeartbeatRequest, codes: ['BAD_REQUEST'], keys: ['pendingBytes', 'pendingBlocks', 'leaseCodeSeq'], idempotent: true,
+    bodies: [{ pendingBytes: 0, pendingBlocks: 0 }, { pendingBytes: 123456789, pendingBlocks: 3 }, { pendingBytes: 1, pendingBlocks: 1, leaseCodeSeq: 2 }, {}],
     invariants: (r) => {
-      const h = r as { pendingBytes: unknown; pendingBlocks: unknown };
-      check(isNonNegInt(h.pendingBytes) && isNonNegInt(h.pendingBlocks), 'pending counts are not non-negative integers');
+      const h = r as { pendingBytes: unknown; pendingBlocks: unknown; leaseCodeSeq: unknown };
+      check(isNonNegInt(h.pendingBytes) && isNonNegInt(h.pendingBlocks) && isNonNegInt(h.leaseCodeSeq), 'pending counts or the lease code number are not non-negative integers');
     },
   },
   {
