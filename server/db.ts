@@ -1,10 +1,11 @@
 // The server's data folder and database: layout, opening with WAL, and migrations.
-// DATA/carryon.db (SQLite, WAL) and DATA/store/ (FsBlockStore). Several processes may open it at once
+// DATA/carryon.db (SQLite, WAL), DATA/store/ (FsBlockStore) and DATA/escrow/ (the escrow key pair, server/escrow.ts). Several processes may open it at once
 // (the service and admin commands): WAL plus a busy timeout serialises their writes.
 import Database from 'better-sqlite3';
 import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { CarryonError, FsBlockStore, type BlockStore } from '../src/index.js';
+import { ensureEscrowKeys } from './escrow.js';
 import { MIGRATIONS } from './migrations.js';
 
 export type Db = Database.Database;
@@ -55,14 +56,16 @@ function closeToOthers(root: string): void {
   if (existsSync(dbPath(root))) chmodSync(dbPath(root), 0o600);
 }
 
-export function initDataDir(root: string): { root: string; created: boolean; schemaVersion: number } {
+export function initDataDir(root: string): { root: string; created: boolean; schemaVersion: number; escrowKey: string; escrowKeyCreated: boolean } {
   const abs = path.resolve(root);
   const created = !existsSync(dbPath(abs));
   mkdirSync(path.join(abs, 'store'), { recursive: true, mode: 0o700 });
   closeToOthers(abs);
   const db = openDb(dbPath(abs));
   try {
-    return { root: abs, created, schemaVersion: migrate(db) };
+    const schemaVersion = migrate(db);
+    const escrow = ensureEscrowKeys(abs);
+    return { root: abs, created, schemaVersion, escrowKey: escrow.publicKey, escrowKeyCreated: escrow.created };
   } finally {
     db.close();
   }

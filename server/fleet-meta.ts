@@ -2,7 +2,7 @@
 // Owns: minting device tokens (stored as SHA-256 only), listing and revoking tokens, computing a
 // checkout's lease from policy, heartbeats, and appending audit rows. Must not know: HTTP, the CLI.
 import { createHash, randomBytes } from 'node:crypto';
-import { CarryonError, encodeLeaseCode, fmtBytes, leaseCodeEnd } from '../src/index.js';
+import { CarryonError, DEFAULT_ENCRYPTION_POLICY, encodeLeaseCode, fmtBytes, leaseCodeEnd, type EncryptionPolicy } from '../src/index.js';
 import { appendAudit, type Actor } from './audit.js';
 import type { Db } from './db.js';
 import { SqlitePersonaMeta } from './persona-meta.js';
@@ -43,6 +43,10 @@ export interface CheckoutSummary {
   lastRestorePoint: { id: number; at: string } | null;
   /** Admin requests not finished yet (force check-in). */
   openRequests: Array<{ id: number; kind: RequestKind; state: RequestState }>;
+  /** Whether this checkout must be encrypted (decided from the policy when it started; migration 11). */
+  encryptionRequired: boolean;
+  /** The escrowed data key's public fingerprint, once the laptop deposited it. */
+  escrow: { keyCheck: string; depositedAt: string } | null;
 }
 
 export type RequestKind = 'checkin' | 'rollback';
@@ -181,6 +185,24 @@ export class SqliteFleetMeta {
     this.audit(actor, `${kind}.lease-policy`, `${kind}:${name}`, { leaseDays: days });
   }
 
+  /** Encryption policy of a desktop: its own setting, else its image's, else required (migration 11). */
+  encryptionPolicy(desktopId: number): { own: EncryptionPolicy | null; image: EncryptionPolicy | null; effective: EncryptionPolicy } {
+    const r = this.db.prepare('SELECT d.encryption AS d, i.encryption AS i FROM desktops d JOIN images i ON i.id = d.image_id WHERE d.id = ?').get(desktopId) as
+      { d: EncryptionPolicy | null; i: EncryptionPolicy | null } | undefined;
+    if (!r) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop with id ${desktopId}`);
+    return { own: r.d, image: r.i, effective: r.d ?? r.i ?? DEFAULT_ENCRYPTION_POLICY };
+  }
+
+  /** Whether laptops must encrypt their copies of a desktop, or of an image's desktops (null: follow the image, then the default). Applies to check-outs that start from now on. */
+  setEncryption(kind: 'desktop' | 'image', name: string, policy: EncryptionPolicy | null, actor: Actor): void {
+    if (policy !== null && policy !== 'required' && policy !== 'off') throw new CarryonError('INVALID_ARGUMENT', 'encryption must be required or off (or cleared)');
+    this.db.transaction(() => {
+      const r = this.db.prepare(`UPDATE ${kind === 'desktop' ? 'desktops' : 'images'} SET encryption = ? WHERE name = ?`).run(policy, name);
+      if (r.changes === 0) throw new CarryonError(kind === 'desktop' ? 'DESKTOP_NOT_FOUND' : 'IMAGE_NOT_FOUND', `no ${kind} named ${name}`, { [kind]: name });
+      this.audit(actor, `${kind}.encryption-policy`, `${kind}:${name}`, { encryption: policy });
+    })();
+  }
+
   /** Start (or restart, on contact) a checkout's lease: now + its policy. */
   renewLease(co: CheckoutRow, pending?: { bytes: number; blocks: number }): string {
     const floor = (this.db.prepare('SELECT lease_floor AS f FROM checkouts WHERE id = ?').get(co.id) as { f: string | null } | undefined)?.f;
@@ -257,8 +279,8 @@ export class SqliteFleetMeta {
   }
 
   private summarySelect = `SELECT c.id, d.name AS desktop, u.name AS user, c.device, c.device_name, c.started_at, c.base_version,
-      c.lease_expires_at, c.last_contact_at, c.pending_bytes, c.pending_blocks
-    FROM checkouts c JOIN desktops d ON d.id = c.desktop_id JOIN users u ON u.id = c.user_id`;
+      c.lease_expires_at, c.last_contact_at, c.pending_bytes, c.pending_blocks, c.encryption_required, e.key_check AS escrow_key_check, e.created_at AS escrow_at
+    FROM checkouts c JOIN desktops d ON d.id = c.desktop_id JOIN users u ON u.id = c.user_id LEFT JOIN checkout_escrows e ON e.checkout_id = c.id`;
 
   private toSummary(r: Record<string, unknown>): CheckoutSummary {
     return {
@@ -267,6 +289,8 @@ export class SqliteFleetMeta {
       lastContactAt: (r.last_contact_at as string | null) ?? null, pendingBytes: (r.pending_bytes as number | null) ?? null, pendingBlocks: (r.pending_blocks as number | null) ?? null,
       openRequests: this.requests(r.id as string, true).map((q) => ({ id: q.id, kind: q.kind, state: q.state })),
       lastRestorePoint: ((p) => (p ? { id: p.id, at: p.created_at } : null))(this.db.prepare('SELECT id, created_at FROM restore_points WHERE checkout_id = ? ORDER BY id DESC LIMIT 1').get(r.id) as { id: number; created_at: string } | undefined),
+      encryptionRequired: r.encryption_required === 1,
+      escrow: r.escrow_key_check ? { keyCheck: r.escrow_key_check as string, depositedAt: r.escrow_at as string } : null,
     };
   }
 
@@ -429,11 +453,21 @@ export class SqliteFleetMeta {
   }
 
   /** A desktop's fleet and merge policies, as set (null: the default applies). */
-  desktopPolicy(name: string): { desktop: string; leaseDays: number | null; effectiveLeaseDays: number; replicateMinutes: number | null; rollbackKeepsLocal: boolean; files: string; registry: string } {
+  desktopPolicy(name: string): { desktop: string; leaseDays: number | null; effectiveLeaseDays: number; replicateMinutes: number | null; rollbackKeepsLocal: boolean; files: string; registry: string;
+    encryption: EncryptionPolicy | null; effectiveEncryption: EncryptionPolicy } {
     const r = this.db.prepare('SELECT id, lease_days, replicate_minutes, rollback_keeps_local, file_policy, registry_policy FROM desktops WHERE name = ?').get(name) as
       { id: number; lease_days: number | null; replicate_minutes: number | null; rollback_keeps_local: number; file_policy: string; registry_policy: string } | undefined;
     if (!r) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${name}`, { desktop: name });
-    return { desktop: name, leaseDays: r.lease_days, effectiveLeaseDays: this.leaseDays(r.id), replicateMinutes: r.replicate_minutes, rollbackKeepsLocal: r.rollback_keeps_local === 1, files: r.file_policy, registry: r.registry_policy };
+    const enc = this.encryptionPolicy(r.id);
+    return { desktop: name, leaseDays: r.lease_days, effectiveLeaseDays: this.leaseDays(r.id), replicateMinutes: r.replicate_minutes, rollbackKeepsLocal: r.rollback_keeps_local === 1, files: r.file_policy, registry: r.registry_policy,
+      encryption: enc.own, effectiveEncryption: enc.effective };
+  }
+
+  /** An image's own policies (its desktops follow them unless they set their own). */
+  imagePolicy(name: string): { image: string; leaseDays: number | null; encryption: EncryptionPolicy | null; effectiveEncryption: EncryptionPolicy } {
+    const r = this.db.prepare('SELECT lease_days, encryption FROM images WHERE name = ?').get(name) as { lease_days: number | null; encryption: EncryptionPolicy | null } | undefined;
+    if (!r) throw new CarryonError('IMAGE_NOT_FOUND', `no image named ${name}`, { image: name });
+    return { image: name, leaseDays: r.lease_days, encryption: r.encryption, effectiveEncryption: r.encryption ?? DEFAULT_ENCRYPTION_POLICY };
   }
 
   setRollbackKeepsLocal(desktop: string, keep: boolean, actor: Actor): void {

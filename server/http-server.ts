@@ -10,7 +10,7 @@ import {
   manifestId, MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, type BlockStore, type CheckoutInfo,
   type CommitResult, type TarEntry, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS, MAX_PERSONA_SNAPSHOT_BYTES,
   parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseDesktopPolicy,
-  parseDaysRequest, parseRestorePointRequest, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo,
+  parseDaysRequest, parseRestorePointRequest, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo, parseEscrowRequest, type EscrowAnswer,
 } from '../src/index.js';
 import { BlockScope, ingestUpload, ManifestCache, readAhead } from './blocks.js';
 import { crashPoint } from './crash-point.js';
@@ -22,6 +22,7 @@ import { Metrics } from './metrics.js';
 import { CONSOLE_CSP, CONSOLE_HTML } from './console-page.js';
 import { ProxyTrust } from './client-address.js';
 import type { TlsPair } from './tls.js';
+import { EscrowService } from './escrow.js';
 
 /** Without --trust-proxy: X-Forwarded-For is never believed. */
 const NO_PROXY = new ProxyTrust('');
@@ -71,10 +72,13 @@ export class CarryonHttpServer {
   private readonly routes: Array<{ method: string; re: RegExp; path: string; handler: Handler }> = [];
   readonly metrics = new Metrics();
   private readonly liveSockets = new Set<Socket>();
+  /** Data keys escrowed by laptops, the ESCROW_MISSING gate and recovery codes (escrow.pub in the data folder). */
+  private readonly escrow: EscrowService;
 
   constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly personas: PersonaService, private readonly log: Logger,
     private readonly fleet: SqliteFleetMeta = new SqliteFleetMeta(meta.db), private readonly opts: ServerOptions = {}) {
     this.manifests = new ManifestCache(meta);
+    this.escrow = new EscrowService(meta.db, opts.dataRoot ?? null, fleet);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => void this.handle(req, res);
     this.server = opts.tls ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }, handler) : http.createServer(handler);
     // Bytes in and out, counted per connection (headers included): closed ones added up, open ones read live.
@@ -116,6 +120,7 @@ export class CarryonHttpServer {
       return this.meta.discardCheckout(user, params[0]!, actor);
     });
     r('POST', '/checkouts/:id/heartbeat', (c) => this.heartbeat(c));
+    r('PUT', '/checkouts/:id/escrow', (c) => this.depositEscrow(c));
     r('POST', '/devices', async ({ req, user, actor, device: tokenDevice }) => {
       // Only the user's own token registers devices: a laptop's token (perhaps stolen) must not mint others.
       if (tokenDevice) throw new CarryonError('FORBIDDEN', 'a device token cannot register devices: log in with the user token');
@@ -149,15 +154,18 @@ export class CarryonHttpServer {
       if (p.leaseDays !== undefined) this.fleet.setLeaseDays('desktop', name, p.leaseDays, actor);
       if (p.replicateMinutes !== undefined) this.fleet.setReplicateMinutes(name, p.replicateMinutes, actor);
       if (p.rollbackKeepsLocal !== undefined) this.fleet.setRollbackKeepsLocal(name, p.rollbackKeepsLocal, actor);
+      if (p.encryption !== undefined) this.fleet.setEncryption('desktop', name, p.encryption, actor);
       if (p.files !== undefined || p.registry !== undefined) this.meta.setDesktopPolicies(name, p.files, p.registry, actor);
       return this.fleet.desktopPolicy(name);
     }));
     r('POST', '/admin/images/:name/policy', admin(async ({ req, params, actor }) => {
       const name = parseName(params[0], 'image');
       const p = parseDesktopPolicy(await readJson(req));
-      if (p.leaseDays === undefined || Object.keys(p).length !== 1) throw new CarryonError('BAD_REQUEST', 'an image policy sets leaseDays only');
-      this.fleet.setLeaseDays('image', name, p.leaseDays, actor);
-      return { image: name, leaseDays: p.leaseDays };
+      const keys = Object.keys(p);
+      if (keys.length === 0 || keys.some((k) => k !== 'leaseDays' && k !== 'encryption')) throw new CarryonError('BAD_REQUEST', 'an image policy sets leaseDays and encryption only');
+      if (p.leaseDays !== undefined) this.fleet.setLeaseDays('image', name, p.leaseDays, actor);
+      if (p.encryption !== undefined) this.fleet.setEncryption('image', name, p.encryption, actor);
+      return this.fleet.imagePolicy(name);
     }));
     r('DELETE', '/admin/desktops/:name', admin(async ({ params, actor }) => this.fleet.deleteDesktop(parseName(params[0], 'desktop'), actor)));
     r('GET', '/admin/requests', admin(async () => ({ requests: this.fleet.requests() })));
@@ -168,6 +176,8 @@ export class CarryonHttpServer {
       if (device !== undefined && co.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${co.id} is held by another device`, { checkoutId: co.id });
       return this.fleet.updateRequest(co.id, intOf(params[1]!), state, detail, actor);
     });
+    // The escrow private key stays in the data folder (or offline): only the code crosses the network.
+    r('POST', '/admin/checkouts/:id/recovery-code', admin(async ({ params, actor }) => this.escrow.recoveryCode({ checkoutId: params[0]! }, actor)));
     r('POST', '/admin/checkouts/:id/lease-code', admin(async ({ req, params, actor }) => {
       return this.fleet.leaseCode(params[0]!, parseDaysRequest(await readJson(req), true), actor);
     }));
@@ -341,7 +351,17 @@ export class CarryonHttpServer {
     const personaVersion = row.persona_base_version ?? this.meta.setCheckoutPersonaBase(row.id, this.personas.get(user).version);
     const leaseExpiresAt = this.fleet.renewLease(row);
     return { checkoutId: row.id, desktop: params[0]!, version: row.base_version, manifestId: mid, resumed, personaVersion, leaseExpiresAt, leaseDays: this.fleet.leaseDays(row.desktop_id),
-      leaseSecret: this.fleet.leaseSecret(row.id).toString('base64'), encryption: { required: false, escrowKey: null } };
+      leaseSecret: this.fleet.leaseSecret(row.id).toString('base64'), encryption: this.escrow.checkoutEncryption(row) };
+  }
+
+  /** The laptop holding a checkout escrows its copy's data key, sealed to the server's escrow key. */
+  private async depositEscrow({ req, user, params, actor, claimedDevice }: Ctx): Promise<EscrowAnswer> {
+    const { sealed, keyCheck } = parseEscrowRequest(await readJson(req));
+    const co = this.activeCheckout(user, params[0]!, claimedDevice);
+    // Only the holder's laptop: its device named, and the checkout its user's own (an admin's token does not deposit for another's copy).
+    if (claimedDevice === undefined) throw new CarryonError('BAD_REQUEST', `an escrow deposit needs the ${HEADER_DEVICE} header`);
+    if (co.user_id !== user.id) throw new CarryonError('FORBIDDEN', `checkout ${co.id} is another user's: only the laptop holding it escrows its key`, { checkoutId: co.id });
+    return this.escrow.deposit(co, sealed, keyCheck, actor);
   }
 
   /** A laptop's contact: the lease starts over, and the server learns what it has not sent yet. */
@@ -365,8 +385,10 @@ export class CarryonHttpServer {
       replicateEveryMinutes: this.fleet.replicateMinutes(co.desktop_id), lastRestorePointAt: last?.at ?? null };
   }
 
-  private async sendPersona({ res, url, user }: Ctx): Promise<undefined> {
+  private async sendPersona({ res, url, user, claimedDevice }: Ctx): Promise<undefined> {
     const v = url.searchParams.has('version') ? intParam(url, 'version') : undefined;
+    // The registry and file list are persona data too: not to a device whose copy must be encrypted and is not yet.
+    this.escrow.requireEscrowForDevice(user.id, claimedDevice);
     const p = this.personas.get(user, v);
     const encoded = encodePersona(p.snapshot);
     res.writeHead(200, { 'content-type': CONTENT_PERSONA, 'content-length': encoded.length, [HEADER_PERSONA_VERSION]: String(p.version), [HEADER_PERSONA_ID]: personaId(encoded) });
@@ -374,11 +396,12 @@ export class CarryonHttpServer {
     return undefined;
   }
 
-  private async sendPersonaChunks({ req, res, user }: Ctx): Promise<undefined> {
+  private async sendPersonaChunks({ req, res, user, claimedDevice }: Ctx): Promise<undefined> {
     const body = await readJson(req);
     const ids = parseIdList(body, MAX_GET_IDS);
     const version = (body as { version?: unknown }).version;
     if (!Number.isSafeInteger(version)) throw new CarryonError('BAD_REQUEST', 'version must be a persona version number');
+    this.escrow.requireEscrowForDevice(user.id, claimedDevice);
     const entries = this.personas.chunks(user, version as number, ids);
     res.writeHead(200, { 'content-type': CONTENT_TAR });
     await pipeline(packEntries(entries), res);
@@ -419,6 +442,8 @@ export class CarryonHttpServer {
   private async sendBlocks({ req, res, user, params, claimedDevice }: Ctx): Promise<undefined> {
     const { ids, bases, baseVersion } = parseGetBlocksRequest(await readJson(req));
     const co = this.activeCheckout(user, params[0]!, claimedDevice);
+    // No desktop data to a copy that must be encrypted before its key is escrowed (an old carryon would write it in plaintext).
+    this.escrow.requireEscrow(co);
     const base = this.baseOf(co);
     // A checkout reads only the blocks of its own version: ids are not capabilities.
     for (const id of ids) if (!base.ids.has(id)) throw new CarryonError('BLOCK_NOT_FOUND', `block ${id.slice(0, 12)}… is not part of this checkout`, { id });

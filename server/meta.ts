@@ -2,7 +2,7 @@
 // Owns: users and tokens, manifests, the block index, images, desktops and their versions, checkouts.
 // Must not know: HTTP, the CLI. Multi-row changes run in one transaction each.
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { CarryonError, type BlockId, type CheckoutHolder, type DesktopInfo, type DiskManifest, type FileMergePolicy, type RegistryMergePolicy } from '../src/index.js';
+import { CarryonError, DEFAULT_ENCRYPTION_POLICY, type BlockId, type CheckoutHolder, type DesktopInfo, type DiskManifest, type EncryptionPolicy, type FileMergePolicy, type RegistryMergePolicy } from '../src/index.js';
 import type { Statement } from 'better-sqlite3';
 import { appendAudit, type Actor } from './audit.js';
 import type { Db } from './db.js';
@@ -24,6 +24,8 @@ interface DesktopRow {
   size: number;
   block_size: number;
   updated_at: string;
+  /** Effective: the desktop's own, else its image's, else the default (migration 11). */
+  encryption: EncryptionPolicy;
 }
 
 export interface CheckoutRow {
@@ -137,7 +139,8 @@ export class SqliteMeta {
   }
 
   // ---- desktops
-  createDesktop(name: string, userName: string, imageName: string, actor: Actor): DesktopInfo {
+  /** `encryption`: the desktop's own policy (default: none of its own, so it follows its image, then 'required'). */
+  createDesktop(name: string, userName: string, imageName: string, actor: Actor, encryption: EncryptionPolicy | null = null): DesktopInfo {
     this.db.transaction(() => {
       const user = this.userByName(userName);
       const img = this.db
@@ -149,8 +152,8 @@ export class SqliteMeta {
       }
       const t = now();
       const r = this.db
-        .prepare('INSERT INTO desktops (name, user_id, image_id, image_version, version, created_at, updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)')
-        .run(name, user.id, img.id, img.version, t, t);
+        .prepare('INSERT INTO desktops (name, user_id, image_id, image_version, version, created_at, updated_at, encryption) VALUES (?, ?, ?, ?, 1, ?, ?, ?)')
+        .run(name, user.id, img.id, img.version, t, t, encryption);
       // A linked clone: version 1 is the image's manifest itself, so it costs no block storage.
       this.db.prepare('INSERT INTO desktop_versions (desktop_id, version, manifest_id, created_at) VALUES (?, 1, ?, ?)').run(r.lastInsertRowid, img.manifest_id, t);
       appendAudit(this.db, actor, 'desktop.create', `desktop:${name}`, { user: userName, image: imageName, imageVersion: img.version });
@@ -158,7 +161,8 @@ export class SqliteMeta {
     return this.desktopInfo(this.desktopByName(name));
   }
 
-  private desktopSelect = `SELECT d.id, d.name, d.user_id, u.name AS user_name, i.name AS image_name, d.version, dv.manifest_id, m.size, m.block_size, d.updated_at
+  private desktopSelect = `SELECT d.id, d.name, d.user_id, u.name AS user_name, i.name AS image_name, d.version, dv.manifest_id, m.size, m.block_size, d.updated_at,
+    COALESCE(d.encryption, i.encryption, '${DEFAULT_ENCRYPTION_POLICY}') AS encryption
     FROM desktops d JOIN users u ON u.id = d.user_id JOIN images i ON i.id = d.image_id
     JOIN desktop_versions dv ON dv.desktop_id = d.id AND dv.version = d.version JOIN manifests m ON m.id = dv.manifest_id`;
 
@@ -213,6 +217,7 @@ export class SqliteMeta {
       blockSize: row.block_size,
       updatedAt: row.updated_at,
       checkout: co ? this.holder(co) : null,
+      encryption: row.encryption,
     };
   }
 

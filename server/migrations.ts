@@ -291,4 +291,23 @@ export const MIGRATIONS: Migration[] = [
       );
     `,
   },
+  {
+    version: 12,
+    why: 'Encryption at rest: laptops encrypt their copy under a data key per copy, sealed to the server\'s escrow public key (DATA/escrow/escrow.pub) so an admin can recover it. Policy per image and per desktop (NULL: the desktop follows its image, the image the default, required). Desktops that exist now are set to off explicitly: their laptops already hold plaintext copies made by a carryon that cannot encrypt, and a required policy would stop them from checking out again until every laptop is updated; an admin turns it on per desktop. A checkout records the requirement it started under (existing ones: not required), so changing the policy never strands a copy already handed out; checkout_escrows keeps each checkout\'s sealed key and its key check (never the key).',
+    sql: `
+      ALTER TABLE images ADD COLUMN encryption TEXT CHECK (encryption IN ('required', 'off'));
+      ALTER TABLE desktops ADD COLUMN encryption TEXT CHECK (encryption IN ('required', 'off'));
+      UPDATE desktops SET encryption = 'off';
+      ALTER TABLE checkouts ADD COLUMN encryption_required INTEGER;
+      UPDATE checkouts SET encryption_required = 0;
+      CREATE TABLE checkout_escrows (
+        checkout_id TEXT PRIMARY KEY REFERENCES checkouts(id) ON DELETE CASCADE,
+        -- the data key sealed to the escrow public key (src/crypto sealToEscrow, aad = checkout id)
+        sealed BLOB NOT NULL,
+        -- keyCheck(data key): 16 hex, public; tells the right recovery code from another copy's
+        key_check TEXT NOT NULL,
+        created_at TEXT NOT NULL
+      );
+    `,
+  },
 ];

@@ -5,7 +5,8 @@ import os from 'node:os';
 import type { Command } from 'commander';
 import { CarryonError, fmtBytes, parseName } from '../../src/index.js';
 import { withData } from '../cli-util.js';
-import { SqliteFleetMeta, type Actor } from '../fleet-meta.js';
+import { EscrowService } from '../escrow.js';
+import { SqliteFleetMeta, type Actor, type CheckoutSummary } from '../fleet-meta.js';
 import { optsOf, withCommonOptions } from './options.js';
 
 export function cliActor(): Actor {
@@ -31,6 +32,11 @@ function until(iso: string | null): string {
   return s < 7200 ? `${Math.round(s / 60)} min left` : s < 172_800 ? `${Math.round(s / 3600)} h left` : `${Math.round(s / 86400)} days left`;
 }
 
+function encryptionOf(c: CheckoutSummary): string {
+  if (c.escrow) return `encrypted (key check ${c.escrow.keyCheck})`;
+  return c.encryptionRequired ? 'encryption required, key NOT escrowed yet (no data sent)' : 'not encrypted';
+}
+
 export function registerAdmin(program: Command): void {
   const admin = program.command('admin').description('fleet control: checkouts, leases, device tokens, audit log');
 
@@ -39,8 +45,25 @@ export function registerAdmin(program: Command): void {
       r.checkouts.length === 0 ? 'no active checkouts' : r.checkouts.map((c) =>
         `${c.desktop} (v${c.baseVersion}) by ${c.user} on ${c.deviceName} since ${c.since}; lease ${until(c.leaseExpiresAt)} (${c.leaseExpiresAt ?? '-'}); ` +
         `last contact ${ago(c.lastContactAt)}; pending ${c.pendingBytes === null ? 'unknown' : `${fmtBytes(c.pendingBytes)} in ${c.pendingBlocks} blocks`}; ` +
-        `last restore point ${c.lastRestorePoint ? `#${c.lastRestorePoint.id} ${ago(c.lastRestorePoint.at)}` : 'none'}; checkout ${c.checkoutId}`).join('\n'));
+        `last restore point ${c.lastRestorePoint ? `#${c.lastRestorePoint.id} ${ago(c.lastRestorePoint.at)}` : 'none'}; ${encryptionOf(c)}; checkout ${c.checkoutId}`).join('\n'));
   });
+
+  withCommonOptions(admin.command('recovery-code <desktop>').description("the recovery code of a laptop copy's data key (the user forgot the passphrase): read it out; audited"))
+    .option('--checkout <id>', "that checkout's copy (default: the desktop's current checkout, else its latest one with an escrowed key)")
+    .option('--escrow-key <file>', 'the escrow private key, when it was moved out of DATA/escrow/escrow.key')
+    .action(async (desktop: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await withData(opts, (d) => {
+        const escrow = new EscrowService(d.db, d.root, new SqliteFleetMeta(d.db));
+        const checkoutId = opts.checkout === undefined ? undefined : String(opts.checkout);
+        return escrow.recoveryCode({ desktop: parseName(desktop, 'desktop'), checkoutId }, cliActor(), opts.escrowKey === undefined ? undefined : String(opts.escrowKey));
+      }, (r) => [
+        `recovery code for ${r.desktop} on ${r.deviceName} (checkout ${r.checkoutId}, key check ${r.keyCheck}):`,
+        `  ${r.code}`,
+        `read it out group by group; the user types: carryon unlock ${r.desktop} --recovery-code ${r.code}`,
+        `(the laptop checks the code against key check ${r.keyCheck} before using it; this reveal is in the audit log)`,
+      ].join('\n'));
+    });
 
   withCommonOptions(admin.command('extend <checkout>').description("push a checkout's offline lease out by N days"))
     .requiredOption('--days <n>', 'days to add (from now, or from the current expiry if later)')

@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { CarryonError, describeFailure } from '../../src/index.js';
 import { dataDirOf } from '../cli-util.js';
 import { openDataDir } from '../db.js';
+import { ensureEscrowKeys } from '../escrow.js';
 import { CarryonHttpServer } from '../http-server.js';
 import { ProxyTrust, TRUST_PROXY_ENV } from '../client-address.js';
 import { loadTlsPair, type TlsPair } from '../tls.js';
@@ -47,6 +48,8 @@ export function registerStart(program: Command): void {
         const trustProxy = new ProxyTrust(trustSpec ?? '', opts.trustProxy !== undefined ? '--trust-proxy' : TRUST_PROXY_ENV);
         const d = openDataDir(dataDirOf(opts));
         const log = (f: Record<string, unknown>): void => void process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...f })}\n`);
+        // A data folder made before encryption at rest gets its escrow key pair now.
+        if (ensureEscrowKeys(d.root).created) log({ level: 'warn', msg: 'escrow key pair made in DATA/escrow: keep a copy of escrow.key somewhere safe (or move it offline)', dir: path.join(d.root, 'escrow') });
         const meta = new SqliteMeta(d.db);
         const personas = new PersonaService(meta, new SqlitePersonaMeta(d.db), d.store, path.join(d.root, 'tmp'));
         mkdirSync(path.join(d.root, 'tmp'), { recursive: true });

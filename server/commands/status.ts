@@ -20,7 +20,7 @@ export function registerStatus(program: Command): void {
       ];
       for (const dk of r.desktops) {
         const co = dk.checkout ? `checked out by ${dk.checkout.user} on ${dk.checkout.deviceName} since ${dk.checkout.since}` : 'on the server';
-        lines.push(`  ${dk.name} (${dk.user}, image ${dk.image}) version ${dk.version}, ${fmtBytes(dk.size)}: ${co}`);
+        lines.push(`  ${dk.name} (${dk.user}, image ${dk.image}) version ${dk.version}, ${fmtBytes(dk.size)}, encryption ${dk.encryption ?? 'off'}: ${co}`);
       }
       return lines.join('\n');
     });

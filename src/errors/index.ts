@@ -56,6 +56,9 @@ export const ERROR_CODES = {
   KEYS_LOCKED: { http: 423, exit: 14, what: 'the encrypted local copy is locked: run `carryon unlock`, or give the passphrase (terminal, --passphrase-file or CARRYON_PASSPHRASE)' },
   WRONG_PASSPHRASE: { http: 403, exit: 14, what: 'the passphrase does not open this laptop\'s keys' },
   RECOVERY_CODE_INVALID: { http: 400, exit: 2, what: 'a recovery code is mistyped or belongs to another copy' },
+  // encryption at rest (server side)
+  ESCROW_MISSING: { http: 409, exit: 14, what: "this checkout's data key is not escrowed: the server sends no desktop data until the laptop (an up-to-date carryon) encrypts its copy and escrows the key" },
+  ESCROW_KEY_ABSENT: { http: 409, exit: 14, what: "the escrow private key is not in the server's data folder (moved offline): `carryon-server admin recovery-code --escrow-key FILE`" },
   IO_ERROR: { http: 500, exit: 9, what: 'a local file operation failed' },
   FUSE_UNAVAILABLE: { http: 500, exit: 9, what: 'serve --file needs nbdfuse (libnbd-bin), fusermount3 (fuse3) and a usable /dev/fuse; one is missing or refused the mount' },
   ABORTED: { http: 499, exit: 10, what: 'the user declined or interrupted the operation' },

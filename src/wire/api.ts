@@ -1,6 +1,7 @@
 // The HTTP API between carryon and carryon-server: routes, headers, body shapes and their parsers.
 // Both sides import these, so a field renamed here breaks the compiler, not a user. Documented in
 // docs/protocol.md.
+import { MAX_ESCROW_BYTES, SEAL_OVERHEAD } from '../crypto/index.js';
 import { CarryonError, shownValue } from '../errors/index.js';
 import { isBlockId, type BlockId } from '../hash/index.js';
 import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy } from '../persona/index.js';
@@ -47,7 +48,15 @@ export interface DesktopInfo {
   blockSize: number;
   updatedAt: string;
   checkout: CheckoutHolder | null;
+  /** The desktop's effective encryption policy (its own, else its image's, else 'required'). Absent from older servers. */
+  encryption?: EncryptionPolicy;
 }
+
+/** Whether a laptop must encrypt its copy of a desktop (docs/security.md#escrow). */
+export type EncryptionPolicy = 'required' | 'off';
+export const ENCRYPTION_POLICIES: readonly EncryptionPolicy[] = ['required', 'off'];
+/** A desktop or image with no setting of its own: new desktops are encrypted. */
+export const DEFAULT_ENCRYPTION_POLICY: EncryptionPolicy = 'required';
 
 export interface CheckoutInfo {
   checkoutId: string;
@@ -76,6 +85,44 @@ export interface EscrowRequest {
   sealed: string;
   /** keyCheck(dataKey): 16 hex characters, shown to the admin with the recovery code. */
   keyCheck: string;
+}
+
+/** The answer to an escrow deposit: what the server holds for the checkout (`already`: it held it before this request). */
+export interface EscrowAnswer {
+  checkoutId: string;
+  keyCheck: string;
+  depositedAt: string;
+  already: boolean;
+}
+
+/** An escrow blob is `version(1) | X25519 SPKI DER (44) | nonce, sealed key, tag` (src/crypto sealToEscrow). */
+const ESCROW_VERSION = 1;
+const X25519_SPKI_PREFIX = Buffer.from('302a300506032b656e032100', 'hex');
+const BASE64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/**
+ * `PUT /v1/checkouts/:id/escrow`, checked at the server's boundary: canonical base64 of at most
+ * MAX_ESCROW_BYTES that has the shape of an escrow blob (its version, an X25519 public key, room for a
+ * sealed key), and a 16-hex key check. The server cannot open it without the escrow private key, so the
+ * shape is all it can check here.
+ */
+export function parseEscrowRequest(body: unknown): { sealed: Buffer; keyCheck: string } {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new CarryonError('BAD_REQUEST', 'an escrow deposit must be a JSON object {"sealed", "keyCheck"}');
+  const b = body as Record<string, unknown>;
+  for (const k of Object.keys(b)) if (k !== 'sealed' && k !== 'keyCheck') throw new CarryonError('BAD_REQUEST', `unknown escrow field ${JSON.stringify(k.slice(0, 40))}`);
+  if (typeof b.sealed !== 'string') throw new CarryonError('BAD_REQUEST', 'sealed must be the base64 of the sealed data key');
+  // Bounded before decoding: 4 characters per 3 bytes.
+  if (b.sealed.length > Math.ceil(MAX_ESCROW_BYTES / 3) * 4) {
+    throw new CarryonError('BAD_REQUEST', `sealed is longer than an escrowed key can be (at most ${MAX_ESCROW_BYTES} bytes once decoded)`, { max: MAX_ESCROW_BYTES });
+  }
+  if (!BASE64_RE.test(b.sealed)) throw new CarryonError('BAD_REQUEST', 'sealed is not base64');
+  const sealed = Buffer.from(b.sealed, 'base64');
+  if (sealed.length > MAX_ESCROW_BYTES) throw new CarryonError('BAD_REQUEST', `sealed is ${sealed.length} bytes, more than an escrowed key can be (${MAX_ESCROW_BYTES})`, { max: MAX_ESCROW_BYTES });
+  if (sealed.length < 1 + X25519_SPKI_PREFIX.length + 32 + SEAL_OVERHEAD + 16 || sealed[0] !== ESCROW_VERSION || !sealed.subarray(1, 1 + X25519_SPKI_PREFIX.length).equals(X25519_SPKI_PREFIX)) {
+    throw new CarryonError('BAD_REQUEST', 'sealed is not a data key sealed to the escrow key (version 1, an X25519 ephemeral key, then the sealed key)');
+  }
+  if (typeof b.keyCheck !== 'string' || !/^[0-9a-f]{16}$/.test(b.keyCheck)) throw new CarryonError('BAD_REQUEST', 'keyCheck must be 16 lowercase hex characters');
+  return { sealed, keyCheck: b.keyCheck };
 }
 
 /** `POST /v1/admin/checkouts/:id/recovery-code` (admin): the recovery code of a checkout's data key. */
@@ -207,6 +254,8 @@ export interface DesktopPolicyChange {
   rollbackKeepsLocal?: boolean;
   files?: FileMergePolicy;
   registry?: RegistryMergePolicy;
+  /** null: follow the image (then the default, 'required'). */
+  encryption?: EncryptionPolicy | null;
 }
 
 export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
@@ -214,7 +263,7 @@ export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
   if (body !== null && body !== undefined && (typeof body !== 'object' || Array.isArray(body))) throw new CarryonError('BAD_REQUEST', 'a policy change must be a JSON object');
   const b = (body ?? {}) as Record<string, unknown>;
   const out: DesktopPolicyChange = {};
-  for (const k of Object.keys(b)) if (!['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry'].includes(k)) throw new CarryonError('BAD_REQUEST', `unknown policy field ${JSON.stringify(k.slice(0, 40))}`);
+  for (const k of Object.keys(b)) if (!['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry', 'encryption'].includes(k)) throw new CarryonError('BAD_REQUEST', `unknown policy field ${JSON.stringify(k.slice(0, 40))}`);
   const num = (k: 'leaseDays' | 'replicateMinutes'): void => {
     if (!(k in b)) return;
     const v = b[k];
@@ -234,6 +283,10 @@ export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
   if ('registry' in b) {
     if (!REGISTRY_MERGE_POLICIES.includes(b.registry as RegistryMergePolicy)) throw new CarryonError('BAD_REQUEST', `registry must be one of ${REGISTRY_MERGE_POLICIES.join(', ')}`);
     out.registry = b.registry as RegistryMergePolicy;
+  }
+  if ('encryption' in b) {
+    if (b.encryption !== null && !ENCRYPTION_POLICIES.includes(b.encryption as EncryptionPolicy)) throw new CarryonError('BAD_REQUEST', `encryption must be one of ${ENCRYPTION_POLICIES.join(', ')}, or null to follow the image`);
+    out.encryption = b.encryption as EncryptionPolicy | null;
   }
   return out;
 }

@@ -12,8 +12,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  API_PREFIX, blockId, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, decodeManifest, DiskManifest, encodeManifest, encodePersona, HEADER_DEVICE, manifestId,
-  packEntries, personaId, sha256, type PersonaEntry, type PersonaSnapshot, type TarEntry,
+  API_PREFIX, blockId, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, decodeManifest, decodeRecoveryCode, DiskManifest, encodeManifest, encodeRecoveryCode, encodePersona, HEADER_DEVICE, keyCheck, manifestId,
+  newDataKey, packEntries, personaId, sealToEscrow, sha256, type PersonaEntry, type PersonaSnapshot, type TarEntry,
 } from '../../src/index.js';
 import { removeTmp, ROOT, TestServer, tmpDir } from './harness.js';
 
@@ -99,6 +99,9 @@ describe('authorization matrix over every HTTP route', () => {
   let bobNamingAlice: Buffer = Buffer.alloc(0); // bob's base manifest with block 2 set to ALICE_BLOCK
   let bobPushOfAlice: Buffer = Buffer.alloc(0); // bob's persona push naming alice's secret chunk
   let bobPatchOnAlice: Buffer = Buffer.alloc(0); // an upload of a patch whose base is ALICE_BLOCK
+  const DATA_KEY_A = newDataKey(); // the data key of alice's copy of a-desk (CO), escrowed in the setup
+  let escrowA = ''; // its escrow deposit body (sealed to the server's escrow key, aad CO)
+  let escrowKey = ''; // the server's escrow public key, from the check-out answer
 
   /**
    * One request on a connection of its own (`Connection: close`), head and body in one write. Not the
@@ -212,6 +215,13 @@ describe('authorization matrix over every HTTP route', () => {
       other: () => ({ path: `/checkouts/${CO}/heartbeat`, body: json({ pendingBytes: 0, pendingBlocks: 0 }), headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
     },
     {
+      // the deposit made in the setup, again: idempotent
+      method: 'PUT', route: '/checkouts/:id/escrow', scope: 'checkout',
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/escrow`, body: escrowA, headers: asD1, status: 200, check: (r) => expect(r.json).toMatchObject({ checkoutId: CO, keyCheck: keyCheck(DATA_KEY_A), already: true }) }),
+      // bob would replace alice's escrowed key with one he knows
+      other: () => ({ path: `/checkouts/${CO}/escrow`, body: escrowA, headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
+    },
+    {
       method: 'POST', route: '/checkouts/:id/requests/:rid', scope: 'checkout',
       owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/requests/${RID}`, body: json({ state: 'in-progress' }), headers: asD1, status: 200, check: (r) => expect(r.json).toMatchObject({ id: RID, checkoutId: CO, state: 'in-progress' }) }),
       other: () => ({ path: `/checkouts/${CO}/requests/${RID}`, body: json({ state: 'failed' }), headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
@@ -241,6 +251,14 @@ describe('authorization matrix over every HTTP route', () => {
       other: () => ({ path: `/admin/checkouts/${CO}/checkin`, status: 403, code: 'FORBIDDEN' }),
     },
     {
+      method: 'POST', route: '/admin/checkouts/:id/recovery-code', scope: 'admin',
+      owner: () => ({ token: () => t.root, path: `/admin/checkouts/${CO}/recovery-code`, headers: asAdminDevice, status: 200, check: (r) => {
+        expect(r.json).toMatchObject({ checkoutId: CO, desktop: 'a-desk', device: D1, deviceName: 'a-laptop', keyCheck: keyCheck(DATA_KEY_A) });
+        expect(decodeRecoveryCode(r.json.code).equals(DATA_KEY_A)).toBe(true);
+      } }),
+      other: () => ({ path: `/admin/checkouts/${CO}/recovery-code`, status: 403, code: 'FORBIDDEN' }),
+    },
+    {
       method: 'POST', route: '/admin/checkouts/:id/lease-code', scope: 'admin',
       owner: () => ({ token: () => t.root, path: `/admin/checkouts/${CO}/lease-code`, body: json({ days: 2 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ code: expect.any(String), days: 2, desktop: 'a-desk' }) }),
       other: () => ({ path: `/admin/checkouts/${CO}/lease-code`, body: json({ days: 300 }), status: 403, code: 'FORBIDDEN' }),
@@ -262,7 +280,7 @@ describe('authorization matrix over every HTTP route', () => {
     },
     {
       method: 'POST', route: '/admin/images/:name/policy', scope: 'admin',
-      owner: () => ({ token: () => t.root, path: '/admin/images/img/policy', body: json({ leaseDays: 7 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ image: 'img', leaseDays: 7 }) }),
+      owner: () => ({ token: () => t.root, path: '/admin/images/img/policy', body: json({ leaseDays: 7 }), headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toEqual({ image: 'img', leaseDays: 7, encryption: null, effectiveEncryption: 'required' }) }),
       other: () => ({ path: '/admin/images/img/policy', body: json({ leaseDays: 300 }), status: 403, code: 'FORBIDDEN' }),
     },
     {
@@ -414,7 +432,13 @@ describe('authorization matrix over every HTTP route', () => {
     expect(await ok('PUT', `/checkouts/${first}/blocks`, t.d1, await tar([{ name: `b/${blockId(own)}`, data: own }], true), { ...asD1, 'content-encoding': 'zstd' })).toMatchObject({ stored: 1 });
     m1.setId(2, blockId(own));
     expect(await ok('POST', `/checkouts/${first}/commit`, t.d1, encodeManifest(m1), { ...asD1, 'content-type': CONTENT_MANIFEST })).toMatchObject({ version: 2 });
-    CO = (await start('a-desk')).checkoutId;
+    const coInfo = await start('a-desk');
+    CO = coInfo.checkoutId;
+    // alice's laptop escrows the data key of its copy of a-desk (the desktop does not require it: any copy may)
+    escrowKey = coInfo.encryption.escrowKey;
+    expect(coInfo.encryption).toEqual({ required: false, escrowKey: expect.stringMatching(/^[A-Za-z0-9+/]+=*$/) });
+    escrowA = json({ sealed: sealToEscrow(escrowKey, DATA_KEY_A, CO).toString('base64'), keyCheck: keyCheck(DATA_KEY_A) });
+    expect(await ok('PUT', `/checkouts/${CO}/escrow`, t.d1, Buffer.from(escrowA), asD1)).toMatchObject({ checkoutId: CO, already: false });
     CO_SPARE = (await start('a-spare')).checkoutId;
     CO_RB = (await start('a-rollback')).checkoutId;
     const m = await send('GET', `${API_PREFIX}/checkouts/${CO}/manifest`, t.d1, undefined, asD1);
@@ -633,6 +657,11 @@ describe('authorization matrix over every HTTP route', () => {
     expect(audit.filter((a) => a.action === 'restore-point.create').map((a) => a.target).sort()).toEqual(['desktop:a-desk', 'desktop:a-idle']);
     expect(one('desktop.restore')).toMatchObject({ actor: 'root', device: D_ADMIN, address: expect.stringMatching(/127\.0\.0\.1$/), target: 'desktop:a-idle', detail: { restorePoint: RP_IDLE, version: 2 } });
     expect(one('checkin.in-progress')).toMatchObject({ actor: 'alice', device: D1, detail: { checkoutId: CO, request: RID } });
+    // the setup's deposit (the owner's second one changed nothing), and the admin's one reveal
+    expect(one('escrow.deposit')).toMatchObject({ actor: 'alice', device: D1, target: 'desktop:a-desk', detail: { checkoutId: CO, keyCheck: keyCheck(DATA_KEY_A) } });
+    expect(one('escrow.reveal')).toMatchObject({ actor: 'root', device: D_ADMIN, address: expect.stringMatching(/127\.0\.0\.1$/), target: 'desktop:a-desk', detail: { checkoutId: CO, device: D1, keyCheck: keyCheck(DATA_KEY_A) } });
+    // never the code itself
+    expect(JSON.stringify(audit)).not.toContain(encodeRecoveryCode(DATA_KEY_A));
     expect(audit.filter((a) => a.action === 'device.register').map((a) => a.target).sort()).toEqual([D1, D2, D_REV, D_NEW, D_ADMIN, D_ADMIN_REV].map((d) => `device:${d}`).sort());
     // bob was refused everywhere: after the setup he appears nowhere
     expect(audit.filter((a) => a.id > before.audit[0].id && JSON.stringify(a).includes('bob'))).toEqual([]);
@@ -667,6 +696,7 @@ describe('authorization matrix over every HTTP route', () => {
       ['PUT', 'blocks (upload)', () => `/checkouts/${CO_P}/blocks`, () => emptyZstdTar, { 'content-encoding': 'zstd' }],
       ['POST', 'restore-points', () => `/checkouts/${CO_P}/restore-points`, () => probeManifest, { 'content-type': CONTENT_MANIFEST }],
       ['POST', 'requests/:rid (report on the admin\'s forced check-in)', () => `/checkouts/${CO_P}/requests/${RID_P}`, () => json({ state: 'done' }), {}],
+      ['PUT', 'escrow (a key for the holder\'s copy)', () => `/checkouts/${CO_P}/escrow`, () => json({ sealed: sealToEscrow(escrowKey, DATA_KEY_A, CO_P).toString('base64'), keyCheck: keyCheck(DATA_KEY_A) }), {}],
     ];
     for (const [method, what, p, body, headers] of cases) {
       it(`control: ${method} ${what} with the other device's own id in the header is 403`, async () => {

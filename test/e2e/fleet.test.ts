@@ -277,7 +277,7 @@ describe('fleet: devices, leases, admin, audit', () => {
     }
     expect((await (await call('/admin/desktops/desk/policy', {})).json()) as any).toMatchObject({ leaseDays: 2, replicateMinutes: 90 });
     const img = await call('/admin/images/golden/policy', { leaseDays: 3 });
-    expect(await img.json()).toEqual({ image: 'golden', leaseDays: 3 });
+    expect(await img.json()).toEqual({ image: 'golden', leaseDays: 3, encryption: null, effectiveEncryption: 'required' });
     const audit = ((await server.admin(['admin', 'audit'])).json.audit as any[]).filter((e) => e.actor === 'ops').map((e) => e.action);
     expect(audit).toEqual(expect.arrayContaining(['desktop.lease-policy', 'desktop.replicate-policy', 'desktop.rollback-policy', 'desktop.merge-policy', 'image.lease-policy']));
   });

@@ -1,7 +1,10 @@
 // The fleet requests' parsers (src/wire/api.ts): every bad input is refused with BAD_REQUEST before it
 // reaches the database.
 import { describe, expect, it } from 'vitest';
-import { CarryonError, parseDaysRequest, parseDesktopPolicy, parseDeviceRequest, parseHeartbeatRequest, parseRequestUpdate, parseRestorePointRequest } from '../../../src/index.js';
+import {
+  CarryonError, keyCheck, MAX_ESCROW_BYTES, newEscrowKeyPair, parseDaysRequest, parseDesktopPolicy, parseDeviceRequest, parseEscrowRequest, parseHeartbeatRequest, parseRequestUpdate,
+  parseRestorePointRequest, sealToEscrow,
+} from '../../../src/index.js';
 
 function codeOf(f: () => unknown): string {
   try {
@@ -43,6 +46,45 @@ describe('fleet request parsers', () => {
     for (const bad of [{ leaseDays: '3' }, { leaseDays: Infinity }, { rollbackKeepsLocal: 1 }, { files: 'mine' }, { registry: 'newest-ish' }, { colour: 'red' }]) {
       expect(codeOf(() => parseDesktopPolicy(bad)), JSON.stringify(bad)).toBe('BAD_REQUEST');
     }
+  });
+
+  it('desktop policy: encryption is required, off, or null (follow the image)', () => {
+    expect(parseDesktopPolicy({ encryption: 'required' })).toEqual({ encryption: 'required' });
+    expect(parseDesktopPolicy({ encryption: 'off', leaseDays: 2 })).toEqual({ encryption: 'off', leaseDays: 2 });
+    expect(parseDesktopPolicy({ encryption: null })).toEqual({ encryption: null });
+    for (const bad of [{ encryption: 'on' }, { encryption: true }, { encryption: 'REQUIRED' }, { encryption: '' }]) expect(codeOf(() => parseDesktopPolicy(bad)), JSON.stringify(bad)).toBe('BAD_REQUEST');
+  });
+
+  describe('escrow deposit', () => {
+    const pub = newEscrowKeyPair().publicKey;
+    const key = Buffer.alloc(32, 9);
+    const sealed = sealToEscrow(pub, key, 'co-1');
+    const good = { sealed: sealed.toString('base64'), keyCheck: keyCheck(key) };
+
+    it('a real seal and its key check', () => {
+      const r = parseEscrowRequest(good);
+      expect(r.sealed.equals(sealed)).toBe(true);
+      expect(r.keyCheck).toBe(keyCheck(key));
+      expect(sealed.length).toBeLessThanOrEqual(MAX_ESCROW_BYTES);
+    });
+
+    it.each([
+      ['not an object', 'x'], ['null', null], ['an array', [good]], ['an extra field', { ...good, dataKey: key.toString('hex') }],
+      ['no sealed', { keyCheck: good.keyCheck }], ['sealed a number', { ...good, sealed: 5 }], ['sealed empty', { ...good, sealed: '' }],
+      ['url-safe base64', { ...good, sealed: good.sealed.replace(/\+/g, '-').replace(/\//g, '_') + (good.sealed.includes('+') || good.sealed.includes('/') ? '' : '-') }],
+      ['base64 without padding', { ...good, sealed: Buffer.concat([sealed, Buffer.from([1])]).toString('base64').replace(/=+$/, '') }],
+      ['base64 with a newline', { ...good, sealed: `${good.sealed.slice(0, 20)}
+${good.sealed.slice(20)}` }],
+      ['one byte over the limit', { ...good, sealed: Buffer.concat([sealed, Buffer.alloc(MAX_ESCROW_BYTES + 1 - sealed.length)]).toString('base64') }],
+      ['a megabyte', { ...good, sealed: 'QUFB'.repeat(1 << 18) }],
+      ['another format version', { ...good, sealed: Buffer.concat([Buffer.from([2]), sealed.subarray(1)]).toString('base64') }],
+      ['not an X25519 key', { ...good, sealed: Buffer.concat([Buffer.from([1]), Buffer.alloc(44, 0x30), sealed.subarray(45)]).toString('base64') }],
+      ['too short for a sealed key', { ...good, sealed: sealed.subarray(0, 45 + 28 + 15).toString('base64') }],
+      ['keyCheck short', { ...good, keyCheck: good.keyCheck.slice(1) }], ['keyCheck upper case', { ...good, keyCheck: good.keyCheck.toUpperCase() }],
+      ['keyCheck not hex', { ...good, keyCheck: 'zzzzzzzzzzzzzzzz' }], ['keyCheck a number', { ...good, keyCheck: 1234567890123456 }],
+    ])('%s: BAD_REQUEST', (_what, body) => {
+      expect(codeOf(() => parseEscrowRequest(body))).toBe('BAD_REQUEST');
+    });
   });
 
   // Found by the fuzz target json-desktop-policy: a JSON body that is not an object (`14`, `true`,

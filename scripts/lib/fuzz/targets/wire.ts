@@ -2,15 +2,18 @@
 // desktop names, and every JSON request parser of src/wire/api.ts. A JSON target's input is the
 // request body as bytes: the server's boundary (readJson) turns an empty body into {} and text that is
 // not JSON into BAD_REQUEST, then the parser gets whatever JSON value it was.
+import { keyCheck, MAX_ESCROW_BYTES, newEscrowKeyPair, sealToEscrow } from '../../../../src/crypto/index.js';
 import { CarryonError } from '../../../../src/errors/index.js';
 import { blockId, isBlockId } from '../../../../src/hash/index.js';
 import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES } from '../../../../src/persona/index.js';
+import { ENCRYPTION_POLICIES } from '../../../../src/wire/index.js';
 import {
   MAX_GET_IDS,
   parseCheckoutRequest,
   parseDaysRequest,
   parseDesktopPolicy,
   parseDeviceRequest,
+  parseEscrowRequest,
   parseGetBlocksRequest,
   parseHeartbeatRequest,
   parseIdList,
@@ -119,8 +122,8 @@ const JSON_PARSERS: JsonParser[] = [
     },
   },
   {
-    name: 'desktop-policy', parse: parseDesktopPolicy, codes: ['BAD_REQUEST'], keys: ['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry'], idempotent: true,
-    bodies: [{ leaseDays: 14 }, { replicateMinutes: null, rollbackKeepsLocal: true }, { files: 'keep-both', registry: 'newest' }, {}],
+    name: 'desktop-policy', parse: parseDesktopPolicy, codes: ['BAD_REQUEST'], keys: ['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry', 'encryption'], idempotent: true,
+    bodies: [{ leaseDays: 14 }, { replicateMinutes: null, rollbackKeepsLocal: true }, { files: 'keep-both', registry: 'newest' }, {}, { encryption: 'off' }, { encryption: null, leaseDays: 3 }],
     invariants: (r) => {
       const p = r as Record<string, unknown>;
       for (const [k, v] of Object.entries(p)) {
@@ -128,8 +131,24 @@ const JSON_PARSERS: JsonParser[] = [
         else if (k === 'rollbackKeepsLocal') check(typeof v === 'boolean', 'rollbackKeepsLocal is not a boolean');
         else if (k === 'files') check(FILE_MERGE_POLICIES.includes(v as never), 'files policy outside its set');
         else if (k === 'registry') check(REGISTRY_MERGE_POLICIES.includes(v as never), 'registry policy outside its set');
+        else if (k === 'encryption') check(v === null || ENCRYPTION_POLICIES.includes(v as never), 'encryption policy outside its set');
         else check(false, `unknown policy field ${k} accepted`);
       }
+    },
+  },
+  {
+    // A laptop's escrow deposit: a real seal (fixed bytes would do as well; the parser checks shape only).
+    name: 'escrow', parse: parseEscrowRequest, codes: ['BAD_REQUEST'], keys: ['sealed', 'keyCheck'],
+    bodies: ((): Json[] => {
+      const pub = newEscrowKeyPair().publicKey;
+      const key = Buffer.alloc(32, 7);
+      return [{ sealed: sealToEscrow(pub, key, 'checkout-1').toString('base64'), keyCheck: keyCheck(key) }, { sealed: sealToEscrow(pub, key.subarray(0, 16), 'c').toString('base64'), keyCheck: '0123456789abcdef' }];
+    })(),
+    invariants: (r, body) => {
+      const e = r as { sealed: Buffer; keyCheck: string };
+      check(Buffer.isBuffer(e.sealed) && e.sealed.length <= MAX_ESCROW_BYTES && e.sealed[0] === 1, 'sealed out of shape');
+      check(e.sealed.toString('base64') === (body as { sealed: string }).sealed, 'sealed does not round-trip to the base64 sent');
+      check(/^[0-9a-f]{16}$/.test(e.keyCheck), 'keyCheck out of shape');
     },
   },
   {
