@@ -34,7 +34,7 @@ export function registerUnlock(program: Command): void {
         const head = r.recovered ? `${r.desktop} recovered${r.newPassphrase ? ' under the new passphrase (other encrypted desktops here need their own recovery codes; log in again if asked)' : ''}` : 'unlocked';
         return r.agent ? `${head}: the agent holds the key until \`carryon lock\` or it stops` :
           `${head}, but no agent is running to keep the key: each command will ask again. Start \`carryon agent\` (the systemd user unit in the README), then \`carryon unlock\``;
-      });
+      }, { unlock: opts.recoveryCode === undefined }); // a recovery needs no old passphrase
     });
 
   withCommonOptions(program.command('lock').description('make the agent forget the key: encrypted desktops need the passphrase again'))

@@ -70,6 +70,14 @@ function samplesOf(file: string, count: number): Buffer[] {
   return candidates.filter((_, i) => i % step === 0).slice(0, count);
 }
 
+/** The export's `listening` event, or the reason serve exited instead. */
+async function listening(p: ReturnType<typeof spawnCli>): Promise<any> {
+  return Promise.race([
+    p.next('listening'),
+    p.exit.then(({ code }) => Promise.reject(new Error(`serve exited with ${code}: ${p.stderr()}`))),
+  ]);
+}
+
 describe('encryption at rest on the laptop', () => {
   const dir = tmpDir('encryption');
   const server = new TestServer(dir);
@@ -114,7 +122,7 @@ describe('encryption at rest on the laptop', () => {
     expect(foundUnder(a.home, samples)).toEqual([]);
 
     const serve = spawnCli(a, ['serve', 'enc'], KEYS);
-    const l = await serve.next('listening');
+    const l = await listening(serve);
     const w = spawnSync('qemu-io', ['-f', 'raw', '-c', `write -s ${path.join(dir, 'patch.bin')} ${8 * 1024 * 1024} ${patch.length}`, '-c', `write -s ${path.join(dir, 'patch.bin')} 12345 ${SECTOR}`, l.uri], { encoding: 'utf8' });
     expect(w.status, w.stderr).toBe(0);
     const back = path.join(dir, 'back.raw');
@@ -137,8 +145,8 @@ describe('encryption at rest on the laptop', () => {
 
     // After the check-in (its blocks went into the sealed cache): still nothing, and never the token.
     expect(foundUnder(a.home, [...samples, ...written, Buffer.from(token)])).toEqual([]);
-    // The plain laptop, by contrast, holds both (the search finds what it looks for).
-    expect(foundUnder(b.home, [samples[0]!, Buffer.from(token)]).length).toBeGreaterThanOrEqual(2);
+    // The plain laptop, by contrast, holds the samples (the search finds what it looks for).
+    expect(foundUnder(b.home, samples).length).toBeGreaterThan(samples.length / 2);
     expect((await b.cli(['checkin', 'enc'])).code).toBe(0);
   }, 180_000);
 
@@ -170,7 +178,7 @@ describe('encryption at rest on the laptop', () => {
     expect(un.code, un.stderr).toBe(0);
     expect(un.stdout).toMatch(/agent holds the key/);
     const serve = spawnCli(a, ['serve', 'enc'], { CARRYON_PASSPHRASE: '' });
-    await serve.next('listening');
+    await listening(serve);
     expect(await serve.stop()).toBe(0);
     const lock = await a.cli(['lock']);
     expect(lock.code, lock.stderr).toBe(0);
@@ -180,16 +188,59 @@ describe('encryption at rest on the laptop', () => {
     expect(await agent.stop()).toBe(0);
   }, 120_000);
 
+  it('a desktop whose policy requires encryption is encrypted without asking, its key escrowed; a recovery code from an admin opens it when the passphrase is forgotten', async () => {
+    for (const n of ['req', 'req2']) expect((await server.admin(['desktop', 'create', n, '--user', 'alice', '--image', 'golden', '--encryption', 'required'])).code).toBe(0);
+    const c = new Laptop(path.join(dir, 'laptop-c'));
+    const d = new Laptop(path.join(dir, 'laptop-d'));
+    for (const l of [c, d]) expect((await l.cli(['login', server.url, '--token', token])).code).toBe(0);
+    // No passphrase and no terminal: refused before any block comes down, with what to do.
+    const none = await d.cli(['checkout', 'req2']);
+    expect(none.code).toBe(14);
+    expect(none.stderr).toMatch(/KEYS_LOCKED.*must be encrypted.*--passphrase-file/s);
+    expect(filesUnder(d.home).some((f) => f.endsWith('disk.raw') || f.endsWith('disk.raw.partial'))).toBe(false);
+
+    const co = await c.cli(['checkout', 'req', '--json'], KEYS);
+    expect(co.code, co.stderr).toBe(0);
+    expect(foundUnder(c.home, samplesOf(image, 16))).toEqual([]);
+    const list = await server.admin(['admin', 'checkouts']);
+    expect(JSON.stringify(list.json)).toMatch(/"keyCheck":"[0-9a-f]{16}"/);
+
+    // The passphrase is forgotten: an admin reads out the recovery code, the user sets a new passphrase.
+    const rc = await server.admin(['admin', 'recovery-code', 'req']);
+    expect(rc.code, rc.stderr).toBe(0);
+    const code = rc.json.code as string;
+    expect(code).toMatch(/^([0-9A-Z]{4}-){13}[0-9A-Z]{4}$/);
+    const forgot = await c.cli(['serve', 'req'], { CARRYON_PASSPHRASE: 'a brand new passphrase' });
+    expect(forgot.code).toBe(14);
+    const NEW = { CARRYON_PASSPHRASE: 'a brand new passphrase', CARRYON_KDF_LOG_N: '12' };
+    const typo = await c.cli(['unlock', 'req', '--recovery-code', code.replace(/^./, (ch) => (ch === 'A' ? 'B' : 'A'))], NEW);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toMatch(/RECOVERY_CODE_INVALID/);
+    const un = await c.cli(['unlock', 'req', '--recovery-code', code.toLowerCase()], NEW);
+    expect(un.code, un.stderr).toBe(0);
+    expect(un.stdout).toMatch(/req recovered under the new passphrase/);
+    // The copy opens under the new passphrase: what the export serves is the desktop.
+    const serve = spawnCli(c, ['serve', 'req'], NEW);
+    const l = await listening(serve);
+    const back = path.join(dir, 'recovered.raw');
+    const r = spawnSync('nbdcopy', [l.uri, back], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    expect(sha256File(back)).toBe(sha256File(image));
+    expect(await serve.stop()).toBe(0);
+  }, 180_000);
+
   it('a discard destroys the key and removes the encrypted cache: the home shrinks by what the desktop used', async () => {
     const co = await a.cli(['checkout', 'enc2', '--encrypt', '--json'], KEYS);
     expect(co.code, co.stderr).toBe(0);
     const before = bytesUnder(a.home);
+    const used = statSync(co.json.disk).blocks * 512 + bytesUnder(path.join(a.home, 'vaults', 'enc2'));
+    expect(used).toBeGreaterThan(24 * 1024 * 1024);
     const d = await a.cli(['discard', 'enc2', '--yes', '--json'], KEYS);
     expect(d.code, d.stderr).toBe(0);
     expect(d.json.keyShredded).toBe(true);
     const after = bytesUnder(a.home);
-    // The disk's data (~24 MiB of files) and its sealed cache are gone.
-    expect(before - after).toBeGreaterThan(40 * 1024 * 1024);
+    // The disk file and its sealed cache are gone: the home shrank by at least what the desktop used.
+    expect(before - after).toBeGreaterThanOrEqual(used);
     expect(filesUnder(a.home).some((f) => f.includes(`${path.sep}vaults${path.sep}enc2`))).toBe(false);
     // The key's row is gone from the laptop state (its key check no longer there).
     const db = readFileSync(path.join(a.home, 'state.db'));
