@@ -5,7 +5,7 @@
 // the real CLIs as processes. See README.md beside this file for what each number means.
 //
 // Usage: node dist/scripts/bench/checkin-bench.js [--size 1G] [--payload 650M] [--workloads small,large,fs]
-//        [--out results.json] [--keep] [--no-carryon] [--seed N]
+//        [--out results.json] [--keep] [--no-carryon] [--seed N] [--encryption N]
 
 import { cpus } from 'node:os';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -30,6 +30,8 @@ interface Options {
   keep: boolean;
   carryon: boolean;
   seed: number;
+  /** Rounds of cold check-outs plain and encrypted (0: none). */
+  encryption: number;
 }
 
 type WorkloadName = 'small' | 'large' | 'fs';
@@ -49,10 +51,12 @@ const USAGE = `usage: checkin-bench.js [--size 1G] [--payload 650M] [--workloads
   --workloads  which changes to measure, comma-separated (default small,large,fs)
   --out        also write all results as JSON to FILE
   --keep       keep the temp folder (images, stores, homes)
-  --no-carryon measure only the peers (rsync, rdiff, casync, zstd)`;
+  --no-carryon measure only the peers (rsync, rdiff, casync, zstd)
+  --encryption N  also N rounds of cold check-outs of v0 into empty homes, plain and encrypted at rest
+               (--encrypt), alternating; prints medians and encrypted / plain (--workloads none: only that)`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { size: 1024 ** 3, payload: 0, workloads: ['small', 'large', 'fs'], keep: false, carryon: true, seed: 100 };
+  const o: Options = { size: 1024 ** 3, payload: 0, workloads: ['small', 'large', 'fs'], keep: false, carryon: true, seed: 100, encryption: 0 };
   let payloadGiven = false;
   for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
@@ -60,7 +64,8 @@ function parseOptions(argv: string[]): Options {
       o.payload = parseSize(value());
       payloadGiven = true;
     } else if (a === '--workloads') {
-      o.workloads = value().split(',').map((w) => {
+      const list = value();
+      o.workloads = list === 'none' ? [] : list.split(',').map((w) => {
         if (!(w in WORKLOADS)) throw new Error(`unknown workload "${w}" (small, large, fs)`);
         return w as WorkloadName;
       });
@@ -68,6 +73,10 @@ function parseOptions(argv: string[]): Options {
     else if (a === '--keep') o.keep = true;
     else if (a === '--no-carryon') o.carryon = false;
     else if (a === '--seed') o.seed = Number(value());
+    else if (a === '--encryption') {
+      o.encryption = Number(value());
+      if (!Number.isInteger(o.encryption) || o.encryption < 1) throw new Error(`--encryption takes a number of rounds\n${USAGE}`);
+    }
     else if (a === '--help' || a === '-h') {
       console.log(USAGE);
       process.exit(0);
@@ -221,6 +230,56 @@ async function measureCarryon(rig: CarryonRig, w: WorkloadName, seed: number, v1
   log(`  carryon: checkin ${mb(r.checkin.bytes)} MB in ${secs(r.checkin.seconds)} s (${ci.json.blocksChanged} blocks changed, ${ci.json.blocksAsPatch ?? '?'} as patches); ` +
     `warm re-checkout ${mb(r.warmCheckout.bytes)} MB in ${secs(r.warmCheckout.seconds)} s; cold checkout ${mb(r.coldCheckout.bytes)} MB in ${secs(r.coldCheckout.seconds)} s`);
   return r;
+}
+
+interface EncryptionCheckouts {
+  plain: Measure[];
+  encrypted: Measure[];
+}
+
+/**
+ * Cold check-outs of v0 into an empty home, plain and encrypted at rest (AES-256-XTS disk, sealed cache),
+ * `rounds` times each, the order alternating per round. Every round: new homes, new desktops, and an
+ * untimed `sync` before each check-out (run() does it). The plain disk must equal v0 byte for byte, the
+ * encrypted one must not (its file holds ciphertext; the e2e tests check what it decrypts to).
+ */
+async function measureEncryptedCheckouts(rig: CarryonRig, v0: string, rounds: number, dir: string): Promise<EncryptionCheckouts> {
+  const out: EncryptionCheckouts = { plain: [], encrypted: [] };
+  for (let r = 0; r < rounds; r++) {
+    const order: ('plain' | 'encrypted')[] = r % 2 === 0 ? ['plain', 'encrypted'] : ['encrypted', 'plain'];
+    for (const way of order) {
+      const desk = `enc-${way}-${r}`;
+      const home = join(dir, `home-${way}-${r}`);
+      mkdirSync(home);
+      await carryonServer(rig.data, 'desktop', 'create', desk, '--user', 'bench', '--image', 'golden');
+      await carryon(home, 'login', rig.server.url, '--token', rig.token);
+      const disk = join(home, 'disk.raw');
+      const co = await carryon(home, 'checkout', desk, '--to', disk, ...(way === 'encrypted' ? ['--encrypt'] : []));
+      const same = await run('cmp', ['-s', disk, v0], { okCodes: [1] });
+      if ((same.code === 0) !== (way === 'plain')) throw new Error(`the ${way} check-out's disk ${same.code === 0 ? 'equals' : 'differs from'} v0`);
+      out[way].push(fromCli(co.json, 'bytesReceived', co.seconds, `cold ${way} checkout into an empty home`));
+      log(`  ${way} cold check-out, round ${r + 1}: ${mb(num(co.json, 'bytesReceived'))} MB in ${secs(co.seconds)} s`);
+      rmSync(home, { recursive: true, force: true });
+    }
+  }
+  return out;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+function encryptionTable(e: EncryptionCheckouts): string {
+  const row = (way: 'plain' | 'encrypted'): string[] => {
+    const t = e[way].map((m) => m.seconds);
+    return [`carryon checkout, cold, ${way}`, mb(median(e[way].map((m) => m.bytes))), secs(median(t)), `${secs(Math.min(...t))}-${secs(Math.max(...t))}`, t.map((x) => secs(x)).join(', ')];
+  };
+  const ratioMedian = median(e.encrypted.map((m) => m.seconds)) / median(e.plain.map((m) => m.seconds));
+  return `\nCold check-out, plain vs encrypted at rest (empty home each time, ${e.plain.length} rounds, alternating order)\n` +
+    table(['check-out', 'MB', 'median s', 'min-max s', 'every run'], [row('plain'), row('encrypted')]) +
+    `\nencrypted / plain (medians): ${ratioMedian.toFixed(2)}x; target at most 1.15x: ${ratioMedian <= 1.15 ? 'MET' : 'NOT MET'}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -386,6 +445,21 @@ async function main(): Promise<number> {
       if (!o.keep) rmSync(dir, { recursive: true, force: true });
     }
 
+    let encryption: EncryptionCheckouts | undefined;
+    if (rig && o.encryption > 0) {
+      log(`\n== cold check-outs, plain and encrypted at rest, ${o.encryption} rounds`);
+      process.env.CARRYON_PASSPHRASE ??= 'checkin-bench passphrase';
+      process.env.CARRYON_KDF_LOG_N ??= '12'; // scrypt once per command; 2^17 would add ~1 s to every encrypted run
+      const dir = join(work, 'encryption');
+      mkdirSync(dir);
+      try {
+        encryption = await measureEncryptedCheckouts(rig, v0, o.encryption, dir);
+      } catch (e) {
+        failed = true;
+        log(`  FAILED: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+
     if (rig) {
       const st = await carryonServer(rig.data, 'status');
       report.serverStatus = st.json;
@@ -393,7 +467,8 @@ async function main(): Promise<number> {
 
     console.log(`\nResults (MB = 10^6 bytes; times are wall seconds on ${cpus().length} cores, warm page cache)`);
     for (const r of results) console.log(workloadTable(r));
-    console.log(checkoutTable(base, results));
+    if (results.length) console.log(checkoutTable(base, results));
+    if (encryption) console.log(encryptionTable(encryption));
     if (carryonSkipped) console.log(`\ncarryon rows: ${carryonSkipped}`);
     console.log(`\nrdiff rows: "+ signature" adds the ${mb(base.rdiffSignature.bytes)} MB signature of v0 that the server would send first; "delta only" assumes the laptop kept it.`);
     console.log(`total bench time ${secs((Date.now() - started) / 1000)} s`);
@@ -407,6 +482,7 @@ async function main(): Promise<number> {
       carryonPublish: rig?.publish,
       baselines: base,
       workloads: results,
+      encryptionCheckouts: encryption,
       totalSeconds: (Date.now() - started) / 1000,
     });
     if (o.out) {

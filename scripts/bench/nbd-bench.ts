@@ -5,10 +5,11 @@
 // See README.md beside this file for what each number means.
 //
 // Usage: node dist/scripts/bench/nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3]
-//        [--parts export,checkin] [--writes 160] [--flush] [--out results.json] [--keep] [--seed N]
+//        [--parts export,checkin,encryption] [--writes 160] [--flush] [--cpu-prof DIR] [--out results.json]
+//        [--keep] [--seed N]
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { carryon, carryonMissing, carryonServer, CLIENT_BIN, num, serverGone, startServer, str, type Json, type RunningServer } from '../lib/carryon-cli.js';
@@ -16,11 +17,13 @@ import { mb, mib, parseSize, ratio, secs, table } from '../lib/format.js';
 import { copySparse, requireTool, run, settleBeforeEachRun, showCommand, type RunResult, toolVersion } from '../lib/proc.js';
 import { mulberry32, randomBytesSeeded } from '../lib/prng.js';
 import { readArgs } from '../lib/args.js';
+import { cipherBench, cipherMedian, randomWriteBench, type CipherBenchRow } from '../lib/xts-alternatives.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
 
-type Part = 'export' | 'checkin';
+type Part = 'export' | 'checkin' | 'encryption';
+const PARTS: Part[] = ['export', 'checkin', 'encryption'];
 
 interface Options {
   size: number;
@@ -31,6 +34,8 @@ interface Options {
   flush: boolean;
   /** nbdcopy --connections (0: nbdcopy's default, multi-conn). QEMU uses one connection per disk. */
   connections: number;
+  /** Write V8 CPU profiles of the encryption part's serve processes into this folder. */
+  cpuProf?: string;
   out?: string;
   keep: boolean;
   seed: number;
@@ -45,32 +50,35 @@ const QEMU_BENCH_COUNT = 50_000;
 /** Data extents of the larger check-in images, one at each GiB boundary past the base image. */
 const EXTRA_EXTENT = 64 * MiB;
 
-const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin] [--writes 160] [--flush] [--connections N] [--out FILE] [--keep] [--seed N]
+const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin,encryption] [--writes 160] [--flush] [--connections N] [--cpu-prof DIR] [--out FILE] [--keep] [--seed N]
   --size           the random image of the export measurements, also the data of every check-in image (default 1G)
   --checkin-sizes  apparent sizes of the check-in images, comma-separated (default 1G,8G)
   --repeat         runs of each throughput measurement (default 3): best and median are reported
-  --parts          export (throughput), checkin (dirty map vs full scan), or both (default)
+  --parts          export (throughput), checkin (dirty map vs full scan), encryption (the same disk served
+                   encrypted at rest and plain, same clients, and the same check-in both ways); default all
   --writes         scattered 64 KiB writes of the check-in change (default 160, i.e. 10 MiB)
   --connections N  nbdcopy --connections=N (default: nbdcopy's own, multi-conn; QEMU uses 1 per disk)
+  --cpu-prof DIR   node --cpu-prof for the encryption part's two serve processes, profiles into DIR
   --flush          nbdcopy --flush on the write runs (the servers then fsync: disk speed, not server speed)
   --out            also write all results as JSON to FILE
   --keep           keep the temp folder (images, server store, laptop home)
   --seed           seed of the image bytes, the write offsets and their data (default 7)`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: ['export', 'checkin'], writes: 160, flush: false, connections: 0, keep: false, seed: 7 };
+  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: [...PARTS], writes: 160, flush: false, connections: 0, keep: false, seed: 7 };
   for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
     else if (a === '--checkin-sizes') o.checkinSizes = value().split(',').map(parseSize);
     else if (a === '--repeat') o.repeat = Number(value());
     else if (a === '--parts') {
       o.parts = value().split(',').map((p) => {
-        if (p !== 'export' && p !== 'checkin') throw new Error(`unknown part "${p}" (export, checkin)`);
-        return p;
+        if (!PARTS.includes(p as Part)) throw new Error(`unknown part "${p}" (${PARTS.join(', ')})`);
+        return p as Part;
       });
     } else if (a === '--writes') o.writes = Number(value());
     else if (a === '--flush') o.flush = true;
     else if (a === '--connections') o.connections = Number(value());
+    else if (a === '--cpu-prof') o.cpuProf = value();
     else if (a === '--out') o.out = value();
     else if (a === '--keep') o.keep = true;
     else if (a === '--seed') o.seed = Number(value());
@@ -224,9 +232,9 @@ async function waitForNbd(d: Daemon, timeoutMs = 30_000): Promise<Json> {
 }
 
 /** `carryon serve DESK --socket SOCK --json [extra]`; resolves on its "listening" event. */
-async function startCarryonServe(home: string, desk: string, socket: string, extra: string[] = []): Promise<{ daemon: Daemon; listening: Json }> {
+async function startCarryonServe(home: string, desk: string, socket: string, extra: string[] = [], nodeArgs: string[] = []): Promise<{ daemon: Daemon; listening: Json }> {
   const uri = `nbd+unix:///${desk}?socket=${socket}`;
-  const { daemon, exited } = spawnDaemon('carryon serve', process.execPath, [CLIENT_BIN, 'serve', desk, '--socket', socket, '--json', ...extra], uri, { ...process.env, CARRYON_HOME: home });
+  const { daemon, exited } = spawnDaemon('carryon serve', process.execPath, [...nodeArgs, CLIENT_BIN, 'serve', desk, '--socket', socket, '--json', ...extra], uri, { ...process.env, CARRYON_HOME: home });
   const until = Date.now() + 60_000;
   for (;;) {
     const line = daemon.lines.find((l) => l.includes('"listening"'));
@@ -487,6 +495,206 @@ async function measureCheckin(home: string, desk: string, diskPath: string, sock
 }
 
 // ---------------------------------------------------------------------------------------------
+// Part 3: encryption at rest. The same image checked out twice, plain and encrypted (AES-256-XTS per
+// 4 KiB sector), both served by carryon serve at once and measured by the same clients in alternating
+// order; then the same kind of change checked in from each through the dirty map; then the cipher
+// itself in this process, against the alternative ways to compute it (scripts/lib/xts-alternatives.ts).
+
+type Way = 'plain' | 'encrypted';
+const WAYS: Way[] = ['plain', 'encrypted'];
+
+interface WaySamples {
+  readMbps: number[];
+  writeMbps: number[];
+  read4kIops: number[];
+  write4kIops: number[];
+  /** CPU seconds (user + system) of the serve process per GiB moved, per nbdcopy run. */
+  readCpuPerGiB: number[];
+  writeCpuPerGiB: number[];
+  checkoutSeconds: number;
+  /** Dirty-map check-ins: the CLI's seconds, and the process wall time. */
+  checkinSeconds: number[];
+  checkinWallSeconds: number[];
+  checkinScanMode: string[];
+  checkinBytesSent: number[];
+}
+
+interface EncryptionResult {
+  ways: Record<Way, WaySamples>;
+  cipher: CipherBenchRow[];
+  randomWrites: { sector4k: number[]; unit64k: number[] };
+  commands: Record<Way, string>;
+  cpuProfiles?: string;
+}
+
+const medianOf = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length === 0 ? NaN : s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const spread = (xs: number[], digits = 0): string => (xs.length ? `${Math.min(...xs).toFixed(digits)}-${Math.max(...xs).toFixed(digits)}` : '-');
+
+/** User + system CPU seconds of a process so far (all its threads), from /proc. */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+const CLOCK_TICKS = 100;
+
+async function measureEncryption(home: string, work: string, run_: string, size: number, writeSource: string, o: Options): Promise<EncryptionResult> {
+  const ways = Object.fromEntries(WAYS.map((w) => [w, { readMbps: [], writeMbps: [], read4kIops: [], write4kIops: [], readCpuPerGiB: [], writeCpuPerGiB: [], checkoutSeconds: 0, checkinSeconds: [], checkinWallSeconds: [], checkinScanMode: [], checkinBytesSent: [] }])) as unknown as Record<Way, WaySamples>;
+  const desk = (w: Way, what: 'nbd' | 'ci'): string => `enc-${what}-${w}`;
+  const encArgs = (w: Way): string[] => (w === 'encrypted' ? ['--encrypt'] : []);
+  const nodeArgs = (w: Way): string[] => (o.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${o.cpuProf}`, `--cpu-prof-name=serve-${w}-${Date.now()}.cpuprofile`] : []);
+  // Alternate which way goes first in each round, so drift in the machine's load falls on both alike.
+  const order = (round: number): Way[] => (round % 2 === 0 ? WAYS : [...WAYS].reverse());
+
+  // Throughput: both exports up at once
+  const daemons = {} as Record<Way, Daemon>;
+  const commands = {} as Record<Way, string>;
+  try {
+    for (const w of WAYS) {
+      const co = await carryon(home, 'checkout', desk(w, 'nbd'), '--to', join(work, `enc-${w}`, 'disk.raw'), ...encArgs(w));
+      ways[w].checkoutSeconds = co.seconds;
+      log(`  ${w}: checked out ${desk(w, 'nbd')} in ${secs(co.seconds)} s${w === 'encrypted' ? ` (encrypted: ${JSON.stringify(co.json.encrypted ?? co.json.encryption ?? '?')})` : ''}`);
+      const sock = join(run_, `enc-${w}.sock`);
+      daemons[w] = (await startCarryonServe(home, desk(w, 'nbd'), sock, [], nodeArgs(w))).daemon;
+      await waitForNbd(daemons[w]);
+      commands[w] = daemons[w].command;
+    }
+    await warmCache(writeSource);
+    for (const w of WAYS) await warmCache(join(work, `enc-${w}`, 'disk.raw'));
+    const timed = async (w: Way, args: string[]): Promise<{ seconds: number; cpu: number }> => {
+      const c0 = cpuSeconds(daemons[w].pid);
+      const r = await run('nbdcopy', args);
+      return { seconds: r.seconds, cpu: cpuSeconds(daemons[w].pid) - c0 };
+    };
+    for (let r = 0; r < o.repeat; r++) {
+      for (const w of order(r)) {
+        const x = await timed(w, NBDCOPY_READ(daemons[w].uri));
+        ways[w].readMbps.push(size / 1e6 / x.seconds);
+        ways[w].readCpuPerGiB.push((x.cpu * GiB) / size);
+      }
+    }
+    for (let r = 0; r < o.repeat; r++) {
+      for (const w of order(r)) {
+        const x = await timed(w, NBDCOPY_WRITE(writeSource, daemons[w].uri));
+        ways[w].writeMbps.push(size / 1e6 / x.seconds);
+        ways[w].writeCpuPerGiB.push((x.cpu * GiB) / size);
+      }
+    }
+    for (let r = 0; r < o.repeat; r++) {
+      for (const w of order(r)) {
+        const q = await qemuImgBench(daemons[w].uri);
+        if (!q || 'error' in q) throw new Error(`qemu-img bench on the ${w} export: ${q && 'error' in q ? q.error : 'no result'}`);
+        ways[w].read4kIops.push(q.readIops);
+        ways[w].write4kIops.push(q.writeIops);
+      }
+    }
+    for (const w of WAYS) {
+      const s = ways[w];
+      log(`  ${w}: nbdcopy read ${s.readMbps.map((x) => x.toFixed(0)).join(', ')} MB/s (serve CPU ${s.readCpuPerGiB.map((x) => x.toFixed(2)).join(', ')} s/GiB); ` +
+        `write ${s.writeMbps.map((x) => x.toFixed(0)).join(', ')} MB/s (CPU ${s.writeCpuPerGiB.map((x) => x.toFixed(2)).join(', ')} s/GiB); ` +
+        `4 KiB read ${s.read4kIops.map((x) => x.toFixed(0)).join(', ')}/s, write ${s.write4kIops.map((x) => x.toFixed(0)).join(', ')}/s`);
+    }
+    for (const w of WAYS) {
+      const gone = daemons[w].exitedWith();
+      if (gone !== undefined) throw new Error(`the ${w} carryon serve exited (${gone}) during the measurements:\n${daemons[w].tail()}`);
+      await stopCarryonServe(daemons[w]);
+    }
+  } finally {
+    for (const w of WAYS) if (daemons[w] && daemons[w].exitedWith() === undefined) await daemons[w].stop();
+  }
+  if (o.cpuProf) log(`  CPU profiles of both serve processes in ${o.cpuProf}`);
+
+  // Check-in: per round and way, a fresh change of the same size at the same offsets (new data each
+  // time, so neither finds its blocks on the server already) written through carryon serve, then checked in.
+  const dir = join(work, 'enc-ci');
+  const c0 = makeChange(join(dir, 'offsets'), size, o.writes, o.seed, 100);
+  for (let r = 0; r < o.repeat; r++) {
+    for (const w of order(r)) {
+      const change = makeChange(join(dir, `r${r}-${w}`), size, o.writes, o.seed, 101 + 2 * r + (w === 'encrypted' ? 1 : 0), c0.offsets);
+      await carryon(home, 'checkout', desk(w, 'ci'), '--to', join(dir, w, 'disk.raw'), ...encArgs(w));
+      const { daemon } = await startCarryonServe(home, desk(w, 'ci'), join(run_, `enc-ci-${w}.sock`));
+      try {
+        await run('qemu-io', ['-f', 'raw', daemon.uri, ...change.qemuIoCommands]);
+      } finally {
+        if (daemon.exitedWith() === undefined) await stopCarryonServe(daemon);
+      }
+      const ci = await carryon(home, 'checkin', desk(w, 'ci'));
+      ways[w].checkinSeconds.push(num(ci.json, 'seconds'));
+      ways[w].checkinWallSeconds.push(ci.seconds);
+      ways[w].checkinScanMode.push(str(ci.json, 'scanMode'));
+      ways[w].checkinBytesSent.push(num(ci.json, 'bytesSent'));
+      rmSync(join(dir, `r${r}-${w}`), { recursive: true, force: true });
+    }
+  }
+  for (const w of WAYS) {
+    const s = ways[w];
+    log(`  ${w}: dirty-map check-in ${s.checkinSeconds.map((x) => secs(x)).join(', ')} s (wall ${s.checkinWallSeconds.map((x) => secs(x)).join(', ')} s), mode ${[...new Set(s.checkinScanMode)].join('/')}, sent ${s.checkinBytesSent.map((x) => mb(x)).join(', ')} MB`);
+  }
+  rmSync(dir, { recursive: true, force: true });
+
+  // The cipher alone, in this process: today's way and the alternatives, interleaved.
+  const key = randomBytesSeeded(o.seed, 0x500000, 64);
+  const rounds = Math.max(3, o.repeat);
+  const cipher = cipherBench(key, [4096, 65536, 262144], 64 * MiB, rounds, (n) => randomBytesSeeded(o.seed, 0x510000, n));
+  for (const row of cipher) log(`  cipher: ${row.what}: ${row.mbPerSec.map((x) => x.toFixed(0)).join(', ')} MB/s`);
+  const rwFile = join(work, 'enc-random-writes.raw');
+  writeRandom(rwFile, 0, 256 * MiB, o.seed, 0x520000);
+  const randomWrites = randomWriteBench(key, rwFile, 256 * MiB, 20_000, rounds, (n) => randomBytesSeeded(o.seed, 0x530000, n));
+  rmSync(rwFile, { force: true });
+  log(`  4 KiB random writes to a file (pwrite, page cache): 4 KiB units ${randomWrites.sector4k.map((x) => x.toFixed(0)).join(', ')}/s; 64 KiB units (read-modify-write) ${randomWrites.unit64k.map((x) => x.toFixed(0)).join(', ')}/s`);
+  return { ways, cipher, randomWrites, commands, cpuProfiles: o.cpuProf };
+}
+
+function encryptionReport(e: EncryptionResult, size: number, repeat: number, writes: number): string {
+  const p = e.ways.plain;
+  const x = e.ways.encrypted;
+  const row = (what: string, a: number[], b: number[], digits = 0, lowerIsBetter = false): string[] => [
+    what, `${medianOf(a).toFixed(digits)} (${spread(a, digits)})`, `${medianOf(b).toFixed(digits)} (${spread(b, digits)})`,
+    lowerIsBetter ? ratio(medianOf(b), medianOf(a)) : ratio(medianOf(b), medianOf(a)),
+  ];
+  const body = [
+    row('nbdcopy read, MB/s', p.readMbps, x.readMbps),
+    row('nbdcopy write, MB/s', p.writeMbps, x.writeMbps),
+    row('qemu-img bench 4 KiB read, req/s', p.read4kIops, x.read4kIops),
+    row('qemu-img bench 4 KiB write, req/s', p.write4kIops, x.write4kIops),
+    row('serve CPU per GiB read, s', p.readCpuPerGiB, x.readCpuPerGiB, 2, true),
+    row('serve CPU per GiB written, s', p.writeCpuPerGiB, x.writeCpuPerGiB, 2, true),
+    row(`dirty-map check-in of ${writes} x 64 KiB, s`, p.checkinSeconds, x.checkinSeconds, 2, true),
+    row('the same, process wall time, s', p.checkinWallSeconds, x.checkinWallSeconds, 2, true),
+  ];
+  let out = `\nEncryption at rest: the same ${human(size)} image served plain and encrypted (AES-256-XTS, 4 KiB sectors) by carryon serve, ${repeat} runs each, alternating; median (min-max)\n` +
+    table(['measure', 'plain', 'encrypted', 'encrypted / plain'], body);
+  const cipherRows = e.cipher.map((r) => [r.what, `${cipherMedian(r).toFixed(0)} (${spread(r.mbPerSec)})`]);
+  out += `\n\nThe cipher alone (encrypt, one thread, MB/s, median (min-max) of interleaved rounds)\n` + table(['way', 'MB/s'], cipherRows);
+  out += `\n4 KiB random writes (encrypt + pwrite, page cache): 4 KiB units ${medianOf(e.randomWrites.sector4k).toFixed(0)}/s (${spread(e.randomWrites.sector4k)}); ` +
+    `64 KiB units, read-modify-write ${medianOf(e.randomWrites.unit64k).toFixed(0)}/s (${spread(e.randomWrites.unit64k)})`;
+  return out;
+}
+
+function encryptionTargets(e: EncryptionResult): string[] {
+  const p = e.ways.plain;
+  const x = e.ways.encrypted;
+  const met = (ok: boolean): string => (ok ? 'MET' : 'NOT MET');
+  const r = (a: number[], b: number[]): number => medianOf(b) / medianOf(a);
+  const out = [
+    `encrypted NBD read at least 0.85x of plain (nbdcopy median ${r(p.readMbps, x.readMbps).toFixed(2)}x, 4 KiB ${r(p.read4kIops, x.read4kIops).toFixed(2)}x): ${met(r(p.readMbps, x.readMbps) >= 0.85 && r(p.read4kIops, x.read4kIops) >= 0.85)}`,
+    `encrypted NBD write at least 0.85x of plain (nbdcopy median ${r(p.writeMbps, x.writeMbps).toFixed(2)}x, 4 KiB ${r(p.write4kIops, x.write4kIops).toFixed(2)}x): ${met(r(p.writeMbps, x.writeMbps) >= 0.85 && r(p.write4kIops, x.write4kIops) >= 0.85)}`,
+  ];
+  const ci = r(p.checkinSeconds, x.checkinSeconds);
+  const noise = (Math.max(...p.checkinSeconds) - Math.min(...p.checkinSeconds)) / medianOf(p.checkinSeconds);
+  out.push(`dirty-map check-in unchanged within noise (encrypted / plain ${ci.toFixed(2)}x; plain's own spread ${(noise * 100).toFixed(0)}% of its median): ${met(Math.abs(ci - 1) <= Math.max(noise, 0.1))}`);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
 
 function exportTable(rows: ExportResult[], size: number, repeat: number): string {
@@ -557,6 +765,12 @@ async function toolVersions(): Promise<Record<string, string>> {
 async function main(): Promise<number> {
   settleBeforeEachRun(true);
   const o = parseOptions(process.argv.slice(2));
+  if (o.parts.includes('encryption')) {
+    // The encrypted copy's keyring: a passphrase for this run, and scrypt at 2^12 instead of 2^17
+    // (the KDF runs once per command, not per byte: it changes no throughput, only start-up).
+    process.env.CARRYON_PASSPHRASE ??= 'nbd-bench passphrase';
+    process.env.CARRYON_KDF_LOG_N ??= '12';
+  }
   flushWrites = o.flush;
   connections = o.connections;
   for (const [tool, pkg] of [['nbdkit', 'nbdkit'], ['qemu-nbd', 'qemu-utils'], ['qemu-io', 'qemu-utils'], ['qemu-img', 'qemu-utils'], ['nbdcopy', 'libnbd-bin'], ['nbdinfo', 'libnbd-bin']] as const) {
@@ -577,6 +791,7 @@ async function main(): Promise<number> {
   });
   const exportRows: ExportResult[] = [];
   let fuseRow: FuseResult | null = null;
+  let encryptionRow: EncryptionResult | null = null;
   const checkinRows: CheckinRow[] = [];
   try {
     log(`nbd-bench: ${human(o.size)} random image; check-in sizes ${o.checkinSizes.map(human).join(', ')}; ${o.repeat} runs; ${cpus().length} cores, node ${process.version}`);
@@ -589,7 +804,7 @@ async function main(): Promise<number> {
     const base = join(work, 'base.raw');
     writeRandom(base, 0, o.size, o.seed, STREAM.image);
     const writeSource = join(work, 'write-source.raw');
-    if (o.parts.includes('export')) writeRandom(writeSource, 0, o.size, o.seed, STREAM.writeSource);
+    if (o.parts.includes('export') || o.parts.includes('encryption')) writeRandom(writeSource, 0, o.size, o.seed, STREAM.writeSource);
     log(`base image and write source (random, fully allocated) in ${secs((Date.now() - t) / 1000)} s`);
     const checkinImages = new Map<number, { file: string; dataBytes: number; extents: number[] }>();
     if (o.parts.includes('checkin')) {
@@ -621,7 +836,10 @@ async function main(): Promise<number> {
       for (const d of desks) await carryonServer(data, 'desktop', 'create', d, '--user', 'bench', '--image', image, '--encryption', 'off');
     };
     log(`carryon-server at ${server.url}`);
-    if (o.parts.includes('export') || checkinImages.has(o.size)) await publish(`golden-${label(o.size)}`, base, [...(o.parts.includes('export') ? ['nbd-export'] : []), ...(checkinImages.has(o.size) ? [`ci-${label(o.size)}`] : [])]);
+    const encDesks = o.parts.includes('encryption') ? WAYS.flatMap((w) => [`enc-nbd-${w}`, `enc-ci-${w}`]) : [];
+    if (o.parts.includes('export') || o.parts.includes('encryption') || checkinImages.has(o.size)) {
+      await publish(`golden-${label(o.size)}`, base, [...(o.parts.includes('export') ? ['nbd-export'] : []), ...(checkinImages.has(o.size) ? [`ci-${label(o.size)}`] : []), ...encDesks]);
+    }
     for (const [s, img] of checkinImages) if (s !== o.size) await publish(`golden-${label(s)}`, img.file, [`ci-${label(s)}`]);
 
     // Part 1
@@ -659,8 +877,20 @@ async function main(): Promise<number> {
         failed = true;
         log(`  serve --file FAILED: ${e instanceof Error ? e.message : String(e)}`);
       }
-      rmSync(writeSource, { force: true });
     }
+
+    // Part 3
+    if (o.parts.includes('encryption')) {
+      log(`\n== encryption at rest: the same ${human(o.size)} image served plain and encrypted, ${o.repeat} runs each, alternating`);
+      if (o.cpuProf) mkdirSync(o.cpuProf, { recursive: true });
+      try {
+        encryptionRow = await measureEncryption(home, work, run_, o.size, writeSource, o);
+      } catch (e) {
+        failed = true;
+        log(`  encryption part FAILED: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+    rmSync(writeSource, { force: true });
 
     // Part 2
     if (o.parts.includes('checkin')) {
@@ -710,8 +940,9 @@ async function main(): Promise<number> {
         if (r.error) console.log(`${human(r.size)}: failed: ${r.error.split('\n')[0]}`);
       }
     }
+    if (encryptionRow) console.log(encryptionReport(encryptionRow, o.size, o.repeat, o.writes));
     console.log('\nTargets (from the issue; printed, not asserted):');
-    for (const line of targets(exportRows, checkinRows)) console.log(`  ${line}`);
+    for (const line of [...targets(exportRows, checkinRows), ...(encryptionRow ? encryptionTargets(encryptionRow) : [])]) console.log(`  ${line}`);
     console.log(`\ntotal bench time ${secs((Date.now() - started) / 1000)} s`);
 
     Object.assign(report, {
@@ -729,8 +960,9 @@ async function main(): Promise<number> {
       publishes,
       export: exportRows,
       fuseFile: fuseRow,
+      encryption: encryptionRow,
       checkin: checkinRows,
-      targets: targets(exportRows, checkinRows),
+      targets: [...targets(exportRows, checkinRows), ...(encryptionRow ? encryptionTargets(encryptionRow) : [])],
       totalSeconds: (Date.now() - started) / 1000,
     });
     if (o.out) {
