@@ -4,6 +4,7 @@ import readline from 'node:readline/promises';
 import type { Command } from 'commander';
 import { CarryonError, fmtBytes, parseName } from '../../src/index.js';
 import { shredCopy } from '../shred.js';
+import { closePersonaVault } from '../persona-vault.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
 import { removeJournal } from '../disk-session.js';
@@ -45,7 +46,9 @@ export function registerDiscard(program: Command): void {
           await fs.rm(path.join(s.state.home, 'run', `${name}.progress.json`), { force: true });
           s.state.removeCheckout(name);
         }
-        // An encrypted copy's key is destroyed, and its encrypted cache removed with it.
+        // An encrypted copy's persona vault is unmounted first (even while a file in it is open: the
+        // copy is going), then its key is destroyed and its vault (cache, persona) removed with it.
+        if (persona) await closePersonaVault(s.state, persona.dir, true);
         const shred = await shredCopy(s.state, name);
         // The persona copy goes with it: its unpushed edits are what discarding throws away.
         if (persona) {
