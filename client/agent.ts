@@ -9,6 +9,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { asCarryonError, CarryonError, fmtBytes, type DeviceRequest } from '../src/index.js';
 import { shredCopy } from './shred.js';
+import { closePersonaVault, isPersonaVault, personaCipherDir } from './persona-vault.js';
 import type { ApiClient } from './api-client.js';
 import { checkinDesktop } from './checkin-engine.js';
 import { DiskLock } from './disk-lock.js';
@@ -132,11 +133,16 @@ async function rollbackLocal(state: LocalState, api: ApiClient, local: LocalChec
     const keep = (req.detail as { keepLocal?: boolean } | null)?.keepLocal === true;
     const persona = state.persona(local.desktop);
     let keptAt: string | null = null;
+    // An encrypted persona is unmounted first: its vault is kept aside or destroyed below.
+    const vaulted = persona?.withDisk === true && isPersonaVault(state, local.desktop);
+    if (vaulted) await closePersonaVault(state, persona!.dir, true);
     if (keep) {
       keptAt = path.join(state.home, 'kept', `${local.desktop}-${new Date().toISOString().replace(/[:.]/g, '-')}`);
       await fs.mkdir(keptAt, { recursive: true });
       await moveIfThere(local.diskPath, path.join(keptAt, path.basename(local.diskPath)));
-      if (persona?.withDisk) await moveIfThere(persona.dir, path.join(keptAt, 'persona'));
+      // Kept encrypted: the ciphertext folder, which the copy's key (kept too) opens with gocryptfs.
+      if (vaulted) await moveIfThere(personaCipherDir(state, local.desktop), path.join(keptAt, 'persona.enc'));
+      else if (persona?.withDisk) await moveIfThere(persona.dir, path.join(keptAt, 'persona'));
     }
     await fs.rm(local.diskPath, { force: true });
     await fs.rm(`${local.diskPath}.partial`, { force: true });
@@ -147,7 +153,7 @@ async function rollbackLocal(state: LocalState, api: ApiClient, local: LocalChec
     removeJournal(state, local.desktop);
     await fs.rm(path.join(state.home, 'run', `${local.desktop}.progress.json`), { force: true });
     // Cache blocks of this copy that no other checkout here needs: out of the index, then out of the packs.
-    const wipe = await wipeDesktopBlocks(state, local.desktop, persona?.withDisk ? persona.snapshot : null);
+    const wipe = await wipeDesktopBlocks(state, local.desktop, persona?.withDisk && !state.keys.isEncrypted(local.desktop) ? persona.snapshot : null);
     const { removedBlocks, freedBytes } = wipe;
     // An encrypted copy: its key goes at once (unless the copy is kept aside, which still needs it) and
     // with it the copy's own sealed cache.

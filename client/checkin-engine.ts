@@ -12,6 +12,7 @@ import { batchesOf } from './batches.js';
 import { crashPoint } from './crash-point.js';
 import { maxRss } from './checkout-engine.js';
 import { diffPersona, fetchPersona, personaPushParts, scanPersona, uploadPersona, type PersonaDiff } from './persona-engine.js';
+import { personaFolder } from './persona-vault.js';
 import { Progress } from './progress.js';
 import { CACHE_LEVEL, type LocalCheckout, type LocalState, type Login } from './state.js';
 import { ServerBlockSource } from './block-source.js';
@@ -152,11 +153,12 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   let personaDiff: PersonaDiff | null = null;
   let scanned: PersonaSnapshot | null = null;
   if (held?.withDisk) {
+    const dir = await personaFolder(state, held);
     const base = decodePersona(held.snapshot);
-    const ours = await scanPersona(state, held.dir, base);
+    const ours = await scanPersona(state, name, dir, base);
     scanned = ours.snapshot;
     personaDiff = diffPersona(base, ours.snapshot);
-    await uploadPersona(state, api, held.version, base, ours.snapshot, held.dir);
+    await uploadPersona(state, api, name, held.version, base, ours.snapshot, dir);
     const push: PersonaPushInfo = { baseVersion: held.version, desktop: name, deviceName: login.deviceName, editedAt: ours.editedAt };
     personaParts = personaPushParts(base, ours.snapshot, push);
   }
@@ -173,7 +175,7 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   if (held?.withDisk && commit.persona) {
     if (commit.persona.merged) {
       // Bring the folder to what the server now holds (merged edits from elsewhere, conflict copies).
-      const p = await fetchPersona(state, api, commit.persona.version, held.dir, scanned);
+      const p = await fetchPersona(state, api, name, commit.persona.version, held.dir, scanned);
       state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
     } else {
       // Nothing was merged in: the new version is the folder as scanned; no need to download it.

@@ -5,12 +5,13 @@
 import { closeSync, constants as fsc, existsSync, fdatasyncSync, ftruncateSync, openSync, promises as fs, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import {
-  CarryonError, CheapHasher, diskSpace, keyCheck, sealToEscrow, fmtBytes, decodeManifest, type CheckoutInfo, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest,
+  CarryonError, CheapHasher, diskSpace, keyCheck, sealToEscrow, fmtBytes, decodeManifest, type CheckoutInfo, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest, type PersonaSnapshot,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
 import { CheckoutPool, type BlockJob } from './checkout-pool.js';
-import { fetchPersona } from './persona-engine.js';
+import { diffPersona, fetchPersona, scanPersona } from './persona-engine.js';
+import { checkMountPoint, closePersonaVault, defaultPersonaMount, isPersonaVault, openPersonaVault, requirePersonaVault } from './persona-vault.js';
 import { Progress } from './progress.js';
 import { ServerBlockSource } from './block-source.js';
 import { DiskLock } from './disk-lock.js';
@@ -62,6 +63,11 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
     throw new CarryonError('LOCAL_PATH_CONFLICT', `${partial} exists and is not carryon's: remove it or choose another --to`, { path: partial });
   }
 
+  // An encrypted copy's persona needs gocryptfs: say so before the server opens a checkout.
+  if (opts.encrypt === true || state.keys.isEncrypted(name)) {
+    requirePersonaVault();
+    if (opts.personaTo !== undefined) checkMountPoint(state.home, opts.personaTo);
+  }
   const info = await api.startCheckout(name, login.deviceName);
   const encoded = await api.manifest(info.checkoutId);
   if (manifestId(encoded) !== info.manifestId) throw new CarryonError('MANIFEST_INVALID', 'the manifest received does not match its id');
@@ -72,6 +78,11 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
 
   // Encryption at rest: a copy keeps its key across trips; the policy can require one for a new copy.
   const enc = await prepareEncryption(state, api, name, info, opts.passphraseFile, opts.encrypt === true);
+  if (enc.key) {
+    // Its persona will need gocryptfs and a mount point outside the home: refuse now, before any download.
+    requirePersonaVault();
+    if (opts.personaTo !== undefined) checkMountPoint(state.home, opts.personaTo);
+  }
   if (enc.fresh && ours && (await exists(disk))) {
     // A plaintext copy from an earlier trip cannot be updated in place under a new key: start over.
     await fs.rm(disk, { force: true });
@@ -198,7 +209,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   await startJournal(state, { desktop: name, checkoutId: info.checkoutId, manifestId: info.manifestId }, manifest, false, diskStampOf(disk)).close();
   // The persona comes with the disk: the version the server recorded with this checkout.
   const personaDir = path.resolve(opts.personaTo ?? path.join(path.dirname(disk), 'persona'));
-  const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true);
+  const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true, opts.personaTo);
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'active', version: info.version, manifestId: info.manifestId,
     manifest: encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: local?.state === 'downloading' ? local.startedAt : new Date().toISOString() });
   return { ...result, bytesReceived: api.bytesReceived, seconds: (Date.now() - t0) / 1000, maxRssBytes: maxRss(), persona };
@@ -225,11 +236,41 @@ async function prepareEncryption(state: LocalState, api: ApiClient, name: string
 }
 
 /** Bring a persona version (default: the newest) into `dir` and record it as this laptop's copy. */
-export async function checkoutPersona(state: LocalState, api: ApiClient, login: Login, name: string, version: number | undefined, dir: string, withDisk: boolean) {
+/**
+ * Bring a persona version (default: the newest) into its folder and record it as this laptop's copy.
+ * A plaintext copy goes into `plainDir`. An encrypted copy's persona goes into its gocryptfs vault,
+ * mounted at `to` (--persona-to), where it was mounted before, or the default mount point outside the home.
+ */
+export async function checkoutPersona(state: LocalState, api: ApiClient, login: Login, name: string, version: number | undefined, plainDir: string, withDisk: boolean, to?: string) {
   const held = state.persona(name);
-  const previous = held && held.dir === dir ? decodePersona(held.snapshot) : null;
-  const p = await fetchPersona(state, api, version, dir, previous);
+  let dir = plainDir;
+  let previous: PersonaSnapshot | null = null;
+  let plainLeftover: string | null = null;
+  if (state.keys.isEncrypted(name)) {
+    const heldVault = held && isPersonaVault(state, name) ? held.dir : null;
+    dir = path.resolve(to ?? heldVault ?? defaultPersonaMount(name));
+    if (heldVault && heldVault !== dir) {
+      const c = await closePersonaVault(state, heldVault, false);
+      if (c.busy) throw new CarryonError('LOCAL_PATH_CONFLICT', `the persona of ${name} is mounted at ${heldVault} and in use there (${c.busy}): close what uses it, then run the check-out again`, { path: heldVault });
+    }
+    if (held && !heldVault) {
+      // A plaintext persona folder from before this copy was encrypted: its edits must not be lost.
+      const base = decodePersona(held.snapshot);
+      const d = diffPersona(base, (await scanPersona(state, name, held.dir, base)).snapshot);
+      if (d.added.length + d.changed.length + d.deleted.length > 0 || d.registryChanged) {
+        throw new CarryonError('LOCAL_PATH_CONFLICT', `${held.dir} holds persona edits not sent yet, and ${name} is now encrypted on this laptop: ` +
+          `run \`carryon persona push ${name}\` first (or discard them), then check out again`, { path: held.dir });
+      }
+      plainLeftover = held.dir;
+    }
+    await openPersonaVault(state, name, dir);
+    if (heldVault && held && heldVault === dir) previous = decodePersona(held.snapshot);
+  } else if (held && held.dir === dir) {
+    previous = decodePersona(held.snapshot);
+  }
+  const p = await fetchPersona(state, api, name, version, dir, previous);
   state.putPersona({ desktop: name, server: login.url, version: p.version, snapshot: p.encoded, dir, withDisk });
+  if (plainLeftover) await fs.rm(plainLeftover, { recursive: true, force: true });
   return { dir, version: p.version, files: p.snapshot.files.filter((f) => f.kind === 'file').length, chunksFetched: p.chunksFetched };
 }
 
@@ -307,7 +348,7 @@ async function startStream(state: LocalState, api: ApiClient, login: Login, name
   await journal.closeClean(diskStampOf(disk));
   await journal.close();
   const personaDir = path.resolve(s.personaTo ?? path.join(path.dirname(disk), 'persona'));
-  const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true);
+  const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true, s.personaTo);
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'streaming', version: info.version, manifestId: info.manifestId,
     manifest: s.encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: s.local?.state === 'downloading' ? s.local.startedAt : new Date().toISOString() });
   return { desktop: name, disk, version: info.version, manifestId: info.manifestId, size: manifest.size, blocks: manifest.count, blocksFetched: 0, blocksFromCache: 0,

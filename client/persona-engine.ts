@@ -9,7 +9,7 @@ import { Readable } from 'node:stream';
 import {
   applyToRegistry, CarryonError, createCompressStream, createDelta, createSignature, decodePersona, decodeRegFile, decodeVerified, exportRegistry, getBlock,
   materializePersonaTree, registryFromText, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
-  scanPersonaTree, diffSnapshots, type BlockId, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
+  scanPersonaTree, diffSnapshots, type BlockId, type BlockStore, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -31,7 +31,7 @@ export function canonicalRegistry(bytes: Uint8Array): string {
 }
 
 /** Download a persona version (default: the newest) into `dir`, fetching only chunks the laptop cache lacks. */
-export async function fetchPersona(state: LocalState, api: ApiClient, version: number | undefined, dir: string, previous: PersonaSnapshot | null):
+export async function fetchPersona(state: LocalState, api: ApiClient, desktop: string, version: number | undefined, dir: string, previous: PersonaSnapshot | null):
   Promise<{ version: number; snapshot: PersonaSnapshot; encoded: Buffer; chunksFetched: number }> {
   const got = await api.persona(version);
   if (personaId(got.encoded) !== got.id) throw new CarryonError('BAD_REQUEST', 'the persona received does not match its id');
@@ -44,9 +44,11 @@ export async function fetchPersona(state: LocalState, api: ApiClient, version: n
     throw new CarryonError('BAD_REQUEST', `the server's persona version ${got.version} holds a registry that cannot be read (${(err as Error).message}); nothing was changed on this laptop: ` +
       'ask an admin to put your persona back to an earlier version (carryon-server persona restore USER VERSION)', { version: got.version });
   }
+  // An encrypted copy's chunks go into its own sealed cache, a plaintext copy's into the shared one.
+  const cache = state.cacheOf(desktop);
   const wanted = [...new Set(snapshot.files.flatMap((f) => f.chunks))];
   const missing: BlockId[] = [];
-  for (const id of wanted) if (!(await state.cache.has(id))) missing.push(id);
+  for (const id of wanted) if (!(await cache.has(id))) missing.push(id);
   // Two requests in flight: the server reads one batch while this side verifies the other.
   const queue = [...batchesOf(missing, () => PERSONA_CHUNK_BYTES, 32 * PERSONA_CHUNK_BYTES, MAX_GET_IDS)];
   await Promise.all([0, 1].map(async () => {
@@ -54,7 +56,7 @@ export async function fetchPersona(state: LocalState, api: ApiClient, version: n
       const pending = new Set(batch);
       await api.personaChunks(got.version, batch, async ({ name, data }) => {
         if (!pending.delete(name)) throw new CarryonError('TAR_INVALID', `server sent chunk ${name.slice(0, 12)}… that was not asked for`);
-        await state.cache.put(name, data, decodeVerified(name, data, PERSONA_CHUNK_BYTES));
+        await cache.put(name, data, decodeVerified(name, data, PERSONA_CHUNK_BYTES));
       });
       if (pending.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${pending.size} requested chunk(s)`);
     }
@@ -63,7 +65,7 @@ export async function fetchPersona(state: LocalState, api: ApiClient, version: n
     throw err;
   })));
   await fs.mkdir(path.join(dir, PROFILE_DIR), { recursive: true });
-  await materializePersonaTree(path.join(dir, PROFILE_DIR), snapshot.files, state.cache, previous ? { previous: previous.files } : {});
+  await materializePersonaTree(path.join(dir, PROFILE_DIR), snapshot.files, cache, previous ? { previous: previous.files } : {});
   await writeAtomically(path.join(dir, REGISTRY_FILE), regBytes);
   return { version: got.version, snapshot, encoded: got.encoded, chunksFetched: missing.length };
 }
@@ -81,8 +83,8 @@ export interface LocalPersona {
 }
 
 /** Read the persona folder back into a snapshot; new file contents go into the laptop cache as chunks. */
-export async function scanPersona(state: LocalState, dir: string, base: PersonaSnapshot): Promise<LocalPersona> {
-  const scan = await scanPersonaTree(path.join(dir, PROFILE_DIR), state.cache, { previous: base });
+export async function scanPersona(state: LocalState, desktop: string, dir: string, base: PersonaSnapshot): Promise<LocalPersona> {
+  const scan = await scanPersonaTree(path.join(dir, PROFILE_DIR), state.cacheOf(desktop), { previous: base });
   const regPath = path.join(dir, REGISTRY_FILE);
   const regBytes = await fs.readFile(regPath).catch(() => null);
   const registry = regBytes ? canonicalRegistry(regBytes) : '';
@@ -129,7 +131,8 @@ export function diffPersona(base: PersonaSnapshot, ours: PersonaSnapshot): Perso
  * base version when the server has that and the delta is small enough, else its chunks. Returns the
  * number of entries sent.
  */
-export async function uploadPersona(state: LocalState, api: ApiClient, baseVersion: number, base: PersonaSnapshot, ours: PersonaSnapshot, dir: string): Promise<{ files: number; chunks: number; deltas: number }> {
+export async function uploadPersona(state: LocalState, api: ApiClient, desktop: string, baseVersion: number, base: PersonaSnapshot, ours: PersonaSnapshot, dir: string): Promise<{ files: number; chunks: number; deltas: number }> {
+  const cache = state.cacheOf(desktop);
   // Only chunks the base version lacks can be missing on the server (it holds every chunk of a version).
   const inBase = new Set(base.files.flatMap((f) => f.chunks));
   const all = [...new Set(ours.files.flatMap((f) => f.chunks))].filter((id) => !inBase.has(id));
@@ -161,7 +164,7 @@ export async function uploadPersona(state: LocalState, api: ApiClient, baseVersi
     if (!missing.has(c) || sent.has(c)) return null;
     sent.add(c);
     chunks++;
-    return { name: personaUploadEntryName({ kind: 'chunk', id: c }), data: await getBlock(state.cache, c, PERSONA_CHUNK_BYTES) };
+    return { name: personaUploadEntryName({ kind: 'chunk', id: c }), data: await getBlock(cache, c, PERSONA_CHUNK_BYTES) };
   };
   async function* entries(batch: Unit[]): AsyncGenerator<TarEntry> {
     for (const u of batch) {
@@ -171,7 +174,7 @@ export async function uploadPersona(state: LocalState, api: ApiClient, baseVersi
         continue;
       }
       const f = u.file;
-      const delta = await deltaOf(state, u.old, path.join(dir, PROFILE_DIR, ...f.path.split('/')));
+      const delta = await deltaOf(cache, u.old, path.join(dir, PROFILE_DIR, ...f.path.split('/')));
       if (delta && delta.length < f.size / 2) {
         deltas++;
         for (const c of f.chunks) sent.add(c);
@@ -199,9 +202,9 @@ const UPLOAD_REQUEST_COST = MAX_PERSONA_UPLOAD_BYTES / 2;
 const MAX_DELTA_REBUILD = UPLOAD_REQUEST_COST / 2;
 
 /** An rdiff delta turning the base file (from the cache) into the file on disk; null when too large to send as one entry. */
-async function deltaOf(state: LocalState, base: PersonaEntry, file: string): Promise<Buffer | null> {
+async function deltaOf(cache: BlockStore, base: PersonaEntry, file: string): Promise<Buffer | null> {
   async function* baseBytes(): AsyncGenerator<Buffer> {
-    for (const c of base.chunks) yield await getBlock(state.cache, c, PERSONA_CHUNK_BYTES);
+    for (const c of base.chunks) yield await getBlock(cache, c, PERSONA_CHUNK_BYTES);
   }
   // The signature stays on the laptop, so its size costs nothing on the wire: 2 KiB blocks (librsync's
   // default is ~sqrt(size), 13.6 KB for a 185 MB mailbox) make each scattered edit cost 2 KiB, not 13.6

@@ -7,6 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { CarryonError, decodeManifest, decodePersona, encodeManifest, getBlock, type BlockId, type DiskManifest, type TarEntry } from '../src/index.js';
 import { personaPushParts, scanPersona, uploadPersona } from './persona-engine.js';
+import { personaFolder } from './persona-vault.js';
 import type { ApiClient } from './api-client.js';
 import { ServerBlockSource } from './block-source.js';
 import { scanChanges, uploadChanges } from './checkin-engine.js';
@@ -61,9 +62,10 @@ export async function replicateDesktop(state: LocalState, api: ApiClient, name: 
   let personaParts: TarEntry[] | undefined;
   const held = state.persona(name);
   if (held?.withDisk) {
+    const dir = await personaFolder(state, held);
     const pbase = decodePersona(held.snapshot);
-    const ours = await scanPersona(state, held.dir, pbase);
-    await uploadPersona(state, api, held.version, pbase, ours.snapshot, held.dir);
+    const ours = await scanPersona(state, name, dir, pbase);
+    await uploadPersona(state, api, name, held.version, pbase, ours.snapshot, dir);
     personaParts = personaPushParts(pbase, ours.snapshot, { baseVersion: held.version, desktop: name, deviceName: state.login().deviceName, editedAt: ours.editedAt });
   }
   const rp = await api.restorePoint(local.checkoutId, encodeManifest(next), personaParts);

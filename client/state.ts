@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { chmodSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CarryonError, PackBlockStore, SealedBlockStore, type BlockId, type BlockStore } from '../src/index.js';
+import { CarryonError, PackBlockStore, seal, SealedBlockStore, subkey, tryOpen, type BlockId, type BlockStore } from '../src/index.js';
 import { KeyRing } from './keyring.js';
 
 /** streaming: checked out with --stream; the disk is usable (through `carryon serve`) while blocks still arrive. */
@@ -106,6 +106,9 @@ export interface LocalPersonaCopy {
   dir: string;
   withDisk: boolean;
 }
+
+/** A persona snapshot sealed under the copy's data key ('persona-state' subkey): file names and the registry are persona data too. */
+const SEALED_SNAPSHOT = Buffer.from('carryon-sealed-persona-v1:');
 
 export function homeOf(opt: string | undefined): string {
   return path.resolve(opt ?? process.env.CARRYON_HOME ?? path.join(os.homedir(), '.carryon'));
@@ -265,11 +268,35 @@ export class LocalState {
 
   persona(desktop: string): LocalPersonaCopy | null {
     const r = this.db.prepare('SELECT * FROM personas WHERE desktop = ?').get(desktop) as Record<string, unknown> | undefined;
-    return r ? { desktop: r.desktop as string, server: r.server as string, version: r.version as number, snapshot: r.snapshot as Buffer, dir: r.dir as string, withDisk: r.with_disk === 1 } : null;
+    return r ? this.rowToPersona(r) : null;
   }
 
   personas(): LocalPersonaCopy[] {
-    return (this.db.prepare('SELECT desktop FROM personas ORDER BY desktop').all() as Array<{ desktop: string }>).map((r) => this.persona(r.desktop)!);
+    return (this.db.prepare('SELECT * FROM personas ORDER BY desktop').all() as Record<string, unknown>[]).map((r) => this.rowToPersona(r));
+  }
+
+  /** The snapshot of an encrypted copy is opened when first read (it needs the key; dir and version do not). */
+  private rowToPersona(r: Record<string, unknown>): LocalPersonaCopy {
+    const desktop = r.desktop as string;
+    const stored = r.snapshot as Buffer;
+    const copy = { desktop, server: r.server as string, version: r.version as number, dir: r.dir as string, withDisk: r.with_disk === 1 } as LocalPersonaCopy;
+    let opened: Buffer | null = null;
+    Object.defineProperty(copy, 'snapshot', { enumerable: true, get: () => (opened ??= this.openSnapshot(desktop, stored)) });
+    return copy;
+  }
+
+  private sealSnapshot(desktop: string, snapshot: Buffer): Buffer {
+    const key = this.keys.dataKey(desktop);
+    if (!key) return snapshot;
+    return Buffer.concat([SEALED_SNAPSHOT, seal(subkey(key, 'persona-state'), snapshot, `persona:${desktop}`)]);
+  }
+
+  private openSnapshot(desktop: string, stored: Buffer): Buffer {
+    if (!stored.subarray(0, SEALED_SNAPSHOT.length).equals(SEALED_SNAPSHOT)) return stored;
+    const key = this.keys.dataKey(desktop);
+    const plain = key ? tryOpen(subkey(key, 'persona-state'), stored.subarray(SEALED_SNAPSHOT.length), `persona:${desktop}`) : null;
+    if (!plain) throw new CarryonError('KEYS_LOCKED', `the persona record of ${desktop} is encrypted and its key is gone or wrong: discard the copy (\`carryon discard ${desktop}\`) and check it out again`, { desktop });
+    return plain;
   }
 
   putPersona(p: LocalPersonaCopy): void {
@@ -277,7 +304,7 @@ export class LocalState {
       .prepare(`INSERT INTO personas (desktop, server, version, snapshot, dir, with_disk, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT(desktop) DO UPDATE SET server = excluded.server, version = excluded.version, snapshot = excluded.snapshot, dir = excluded.dir,
           with_disk = excluded.with_disk, updated_at = excluded.updated_at`)
-      .run(p.desktop, p.server, p.version, p.snapshot, p.dir, p.withDisk ? 1 : 0, new Date().toISOString());
+      .run(p.desktop, p.server, p.version, this.sealSnapshot(p.desktop, p.snapshot), p.dir, p.withDisk ? 1 : 0, new Date().toISOString());
   }
 
   removePersona(desktop: string): void {

@@ -37,7 +37,8 @@ export async function wipeDesktopBlocks(state: LocalState, desktop: string, pers
   const others = new Set<BlockId>();
   for (const c of state.checkouts()) manifestIds(c.manifest, c.desktop === desktop ? mine : others);
   if (persona) personaIds(persona, mine);
-  for (const p of state.personas()) if (!(persona && p.desktop === desktop)) personaIds(p.snapshot, others);
+  // An encrypted copy's chunks live in its own vault, never in the shared cache: skip it (its record is sealed).
+  for (const p of state.personas()) if (!(persona && p.desktop === desktop) && !state.keys.isEncrypted(p.desktop)) personaIds(p.snapshot, others);
   let removedBlocks = 0;
   for (const id of mine) {
     if (others.has(id) || !(await state.cache.has(id))) continue;

@@ -41,6 +41,6 @@ async function checkoutPersonaOnly(state: LocalState, api: ApiClient, login: Log
   await api.desktop(name); // DESKTOP_NOT_FOUND before anything is written
   const held = state.persona(name);
   const dir = path.resolve(to ?? held?.dir ?? path.join(state.home, 'desktops', name, 'persona'));
-  const r = await checkoutPersona(state, api, login, name, undefined, dir, held?.withDisk ?? false);
+  const r = await checkoutPersona(state, api, login, name, undefined, dir, held?.withDisk ?? false, to);
   return { desktop: name, ...r, bytesReceived: api.bytesReceived };
 }

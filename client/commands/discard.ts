@@ -4,6 +4,7 @@ import readline from 'node:readline/promises';
 import type { Command } from 'commander';
 import { CarryonError, fmtBytes, parseName } from '../../src/index.js';
 import { shredCopy } from '../shred.js';
+import { closePersonaVault } from '../persona-vault.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
 import { removeJournal } from '../disk-session.js';
@@ -45,10 +46,14 @@ export function registerDiscard(program: Command): void {
           removeJournal(s.state, name);
           await fs.rm(path.join(s.state.home, 'run', `${name}.progress.json`), { force: true });
         }
+        // An encrypted copy's persona vault is unmounted first (even while a file in it is open: the
+        // copy is going); its key is destroyed below and its vault (cache, persona) removed with it.
+        if (persona) await closePersonaVault(s.state, persona.dir, true);
+        const encrypted = s.state.keys.isEncrypted(name);
         // The persona copy goes with it: its unpushed edits are what discarding throws away.
         if (persona) await fs.rm(persona.dir, { recursive: true, force: true });
         // Its cache blocks that nothing else here uses are wiped (the rows still name them), then the rows go.
-        const wipe = await wipeDesktopBlocks(s.state, name, persona?.snapshot ?? null);
+        const wipe = await wipeDesktopBlocks(s.state, name, encrypted ? null : persona?.snapshot ?? null); // an encrypted copy's chunks are in its vault
         // An encrypted copy's key is destroyed, and its sealed cache removed with it.
         const shred = await shredCopy(s.state, name);
         if (local) s.state.removeCheckout(name);

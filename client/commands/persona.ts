@@ -5,17 +5,20 @@ import type { Command } from 'commander';
 import { applyToRegistry, CarryonError, decodePersona, decodeRegFile, encodePersona, exportRegistry, parseName, Registry, type PersonaPushInfo } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
 import { diffPersona, fetchPersona, personaPushParts, REGISTRY_FILE, scanPersona, uploadPersona } from '../persona-engine.js';
+import { personaFolder } from '../persona-vault.js';
 
-function heldPersona(s: Session, name: string) {
+/** The persona copy, its folder ready (an encrypted copy's vault mounted). */
+async function heldPersona(s: Session, name: string) {
   const held = s.state.persona(name);
   if (!held) throw new CarryonError('NOT_CHECKED_OUT', `the persona of ${name} is not on this laptop: \`carryon checkout ${name}\` (or with --persona-only) brings it`, { desktop: name });
+  await personaFolder(s.state, held);
   return held;
 }
 
 async function localChanges(s: Session, name: string) {
-  const held = heldPersona(s, name);
+  const held = await heldPersona(s, name);
   const base = decodePersona(held.snapshot);
-  const ours = await scanPersona(s.state, held.dir, base);
+  const ours = await scanPersona(s.state, name, held.dir, base);
   return { held, base, ours, diff: diffPersona(base, ours.snapshot) };
 }
 
@@ -44,13 +47,13 @@ export function registerPersona(program: Command): void {
         const name = parseName(desktop, 'desktop');
         const { held, base, ours, diff } = await localChanges(s, name);
         const api = s.api();
-        const sent = await uploadPersona(s.state, api, held.version, base, ours.snapshot, held.dir);
+        const sent = await uploadPersona(s.state, api, name, held.version, base, ours.snapshot, held.dir);
         const push: PersonaPushInfo = { baseVersion: held.version, desktop: name, deviceName: s.login().deviceName, editedAt: ours.editedAt };
         const r = await api.personaPush(personaPushParts(base, ours.snapshot, push));
         // The copy now follows the new version: downloaded when edits from elsewhere were merged in,
         // else it is the folder as scanned.
         if (r.merged) {
-          const p = await fetchPersona(s.state, api, r.version, held.dir, ours.snapshot);
+          const p = await fetchPersona(s.state, api, name, r.version, held.dir, ours.snapshot);
           s.state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
         } else {
           s.state.putPersona({ ...held, version: r.version, snapshot: encodePersona(ours.snapshot) });
@@ -66,7 +69,7 @@ export function registerPersona(program: Command): void {
     .action(async (desktop: string, file: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
       await runCommand(opts, async (s) => {
-        const held = heldPersona(s, parseName(desktop, 'desktop'));
+        const held = await heldPersona(s, parseName(desktop, 'desktop'));
         const target = path.join(held.dir, REGISTRY_FILE);
         const current = await fs.readFile(target).catch(() => null);
         const registry = current ? applyToRegistry(new Registry(), decodeRegFile(current)) : new Registry();

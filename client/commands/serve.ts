@@ -18,6 +18,7 @@ import { checkMountDir, FuseFile, requireFuse } from '../fuse-file.js';
 import { leaseStatus, renewLease, requireLease } from '../lease.js';
 import { learnFromError } from '../rollback.js';
 import { openLocalDisk, pendingChanges, requireCheckedOut } from '../disk-session.js';
+import { personaFolder } from '../persona-vault.js';
 import { homeOf, LocalState } from '../state.js';
 import { defaultSources } from '../keyring.js';
 
@@ -56,6 +57,9 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     // An encrypted desktop: the key from the agent, --passphrase-file or the environment, else asked here.
     if (state.keys.exists()) await state.keys.unlock(defaultSources(opts.passphraseFile as string | undefined));
     const local = requireCheckedOut(state, name); // ROLLED_BACK too, when a rollback is known here already
+    // An encrypted copy's persona: mounted for the session, so the user can work in it beside the VM.
+    const persona = state.persona(name);
+    if (persona?.withDisk) await personaFolder(state, persona);
     // --file: refuse before anything starts when FUSE cannot work or the folder is a bad place.
     let mountDir: string | null = null;
     if (opts.file !== undefined) {

@@ -16,8 +16,8 @@ export const SEAL_OVERHEAD = NONCE_BYTES + TAG_BYTES;
 const ZERO_SECTOR = Buffer.alloc(SECTOR_BYTES);
 
 /** Subkeys of a data key, one per use, so no key ever serves two schemes. */
-export type SubkeyUse = 'disk' | 'cache' | 'cache-index' | 'persona' | 'check';
-const SUBKEY_BYTES: Record<SubkeyUse, number> = { disk: 64, cache: 32, 'cache-index': 32, persona: 32, check: 32 };
+export type SubkeyUse = 'disk' | 'cache' | 'cache-index' | 'persona' | 'persona-state' | 'check';
+const SUBKEY_BYTES: Record<SubkeyUse, number> = { disk: 64, cache: 32, 'cache-index': 32, persona: 32, 'persona-state': 32, check: 32 };
 
 export function newDataKey(): Buffer {
   return randomBytes(DATA_KEY_BYTES);

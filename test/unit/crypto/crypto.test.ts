@@ -117,7 +117,7 @@ describe('seal (AES-256-GCM)', () => {
 describe('keys', () => {
   it('derives distinct subkeys per use and a stable check', () => {
     const k = newDataKey();
-    const uses = ['disk', 'cache', 'cache-index', 'persona', 'check'] as const;
+    const uses = ['disk', 'cache', 'cache-index', 'persona', 'persona-state', 'check'] as const;
     const hexes = uses.map((u) => subkey(k, u).toString('hex'));
     expect(new Set(hexes).size).toBe(uses.length);
     expect(subkey(k, 'disk').length).toBe(64);
