@@ -94,8 +94,9 @@ async function main(): Promise<void> {
     const token = await step('carryon-server user add alice', async () => str((await carryonServer(data, 'user', 'add', 'alice')).json, 'token'), () => 'got a token');
     const pub = await step('carryon-server image publish golden golden.raw', async () => (await carryonServer(data, 'image', 'publish', 'golden', golden)).json,
       (j) => `version ${j.version}, ${j.blocks} blocks, ${mb(num(j, 'storedBytes'))} MB stored for a ${mb(num(j, 'size'))} MB image`);
-    // Encryption off for now: this laptop CLI does not encrypt or escrow its copy yet, and a desktop that
-    // requires it (the default) gets no blocks before the escrow (ESCROW_MISSING). The laptop side flips it.
+    // Encryption off here: an encrypted copy keeps its persona in a gocryptfs vault (FUSE), which the
+    // demo's one-line install (npm only) does not bring; test/e2e/encryption.test.ts and
+    // persona-vault.test.ts run the encrypted cycle with those tools installed.
     await step('carryon-server desktop create alice-desk --user alice --image golden --encryption off',
       () => carryonServer(data, 'desktop', 'create', 'alice-desk', '--user', 'alice', '--image', 'golden', '--encryption', 'off'));
 
