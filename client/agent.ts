@@ -14,6 +14,7 @@ import type { ApiClient } from './api-client.js';
 import { checkinDesktop } from './checkin-engine.js';
 import { DiskLock } from './disk-lock.js';
 import { pendingChanges, removeJournal } from './disk-session.js';
+import { describeWriters, diskWriters } from './disk-users.js';
 import { leaseStatus } from './lease.js';
 import { replicateDesktop } from './replicate.js';
 import { noteRollback } from './rollback.js';
@@ -96,18 +97,30 @@ async function tell(api: ApiClient, local: LocalCheckout, req: DeviceRequest, st
   }
 }
 
-/** A VM still has the disk: say so to the admin and wait for the next round. */
-async function busy(home: string, api: ApiClient, local: LocalCheckout, req: DeviceRequest, log: AgentLog): Promise<boolean> {
+/**
+ * A VM still has the disk: say so to the admin and wait for the next round. `writers`: also wait while
+ * any other process has the disk file open for writing (a VM run on the raw file), not only carryon serve.
+ */
+async function busy(home: string, api: ApiClient, local: LocalCheckout, req: DeviceRequest, log: AgentLog, writers = false): Promise<boolean> {
   const owner = DiskLock.owner(home, local.desktop);
-  if (!owner) return false;
-  const waiting = `the disk is in use by carryon ${owner.purpose} (pid ${owner.pid}): it runs when the VM is shut down`;
-  log('waiting', { desktop: local.desktop, request: req.id, kind: req.kind, owner }, `${local.desktop}: ${req.kind} requested by an admin; ${waiting}`);
+  let waiting: string;
+  let fields: Record<string, unknown>;
+  if (owner) {
+    waiting = `the disk is in use by carryon ${owner.purpose} (pid ${owner.pid}): it runs when the VM is shut down`;
+    fields = { owner };
+  } else {
+    const users = writers ? diskWriters(local.diskPath) : [];
+    if (users.length === 0) return false;
+    waiting = `${describeWriters(local.diskPath, users)}: it runs once that is closed (the VM shut down)`;
+    fields = { writers: users };
+  }
+  log('waiting', { desktop: local.desktop, request: req.id, kind: req.kind, ...fields, waiting }, `${local.desktop}: ${req.kind} requested by an admin; waiting: ${waiting}`);
   await tell(api, local, req, 'in-progress', { waiting }, log);
   return true;
 }
 
 async function forcedCheckin(state: LocalState, api: ApiClient, login: Login, local: LocalCheckout, req: DeviceRequest, log: AgentLog): Promise<boolean> {
-  if (await busy(state.home, api, local, req, log)) return false;
+  if (await busy(state.home, api, local, req, log, true)) return false;
   await tell(api, local, req, 'in-progress', { startedAt: new Date().toISOString() }, log);
   log('checkin', { desktop: local.desktop, request: req.id }, `${local.desktop}: checking in, as an admin asked (#${req.id})`);
   try {

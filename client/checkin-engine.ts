@@ -9,7 +9,7 @@ import {
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
-import { crashPoint } from './crash-point.js';
+import { crashPoint, pausePoint } from './crash-point.js';
 import { maxRss } from './checkout-engine.js';
 import { diffPersona, fetchPersona, personaPushParts, scanPersona, uploadPersona, type PersonaDiff } from './persona-engine.js';
 import { personaFolder } from './persona-vault.js';
@@ -18,7 +18,9 @@ import { CACHE_LEVEL, type LocalCheckout, type LocalState, type Login } from './
 import { ServerBlockSource } from './block-source.js';
 import { DiskLock } from './disk-lock.js';
 import { DiskIo } from './disk-io.js';
-import { openJournal, openLocalDisk, removeJournal, requireCheckedOut } from './disk-session.js';
+import { sameStamp, type DiskStamp } from './disk-journal.js';
+import { describeWriters, diskWriters } from './disk-users.js';
+import { decryptorOf, diskStampOf, openJournal, openLocalDisk, refuseDiskWriters, removeJournal, requireCheckedOut, stampBeforeRead, startJournal } from './disk-session.js';
 import type { BlockSource } from './local-disk.js';
 
 export interface CheckinResult {
@@ -60,6 +62,8 @@ export interface ScanSummary {
   bytesRead: number;
   /** Not every block is on this laptop (a streamed check-out): the copy must not be reused as a base. */
   incomplete: boolean;
+  /** The disk's stamp taken before any of it was read: the scan holds for the file only while it is unchanged. */
+  stamp: DiskStamp;
 }
 
 
@@ -96,6 +100,8 @@ export async function scanChanges(state: LocalState, name: string, quiet: boolea
       local = state.checkout(name)!;
     }
   }
+  // Stamped before reading: a write during the scan changes it, and the check-in then refuses to commit.
+  const stamp = await stampBeforeRead(local.diskPath);
   const opened = openJournal(state, local);
   const previous = { manifest: base, cheap: local.cheap ? decodeCheap(local.cheap) : new BigUint64Array(base.count) };
   if (opened.journal && opened.trust.trusted) {
@@ -104,28 +110,33 @@ export async function scanChanges(state: LocalState, name: string, quiet: boolea
     const progress = new Progress(`scan ${name} (dirty map)`, blocks.reduce((n, i) => n + base.lengthOf(i), 0), quiet);
     const scan = await rescanBlocks(local.diskPath, blocks, previous, (d) => progress.update(d), decryptorOf(state, name));
     progress.finish();
-    return summary(scan, 'dirty-map', opened.trust.reason, incomplete, t0);
+    return summary(scan, 'dirty-map', opened.trust.reason, incomplete, t0, stamp);
   }
   if (opened.journal) await opened.journal.close();
   const reason = opened.journal ? opened.trust.reason : opened.reason;
   const size = (await fs.stat(local.diskPath)).size;
   const progress = new Progress(`scan ${name} (full: ${reason})`, size, quiet);
-  const scan = await scanImage(local.diskPath, { blockSize: base.blockSize, previous, onProgress: (d) => progress.update(d), decrypt: decryptorOf(state, name) });
+  const scan = await scanImage(local.diskPath, { blockSize: base.blockSize, previous, decrypt: decryptorOf(state, name), onProgress: (d) => {
+    progress.update(d);
+    pausePoint('full-scan'); // tests: a write in the middle of the scan
+  } });
   progress.finish();
-  return summary(scan, 'full', reason, incomplete, t0);
+  return summary(scan, 'full', reason, incomplete, t0, stamp);
 }
 
-function summary(scan: { manifest: DiskManifest; cheap: BigUint64Array; changed: number[]; bytesRead: number }, mode: ScanSummary['mode'], reason: string | null, incomplete: boolean, t0: number): ScanSummary {
+function summary(scan: { manifest: DiskManifest; cheap: BigUint64Array; changed: number[]; bytesRead: number }, mode: ScanSummary['mode'], reason: string | null, incomplete: boolean, t0: number, stamp: DiskStamp): ScanSummary {
   let bytesChanged = 0;
   for (const i of scan.changed) bytesChanged += scan.manifest.lengthOf(i);
-  return { manifest: scan.manifest, cheap: scan.cheap, changed: scan.changed, bytesChanged, seconds: (Date.now() - t0) / 1000, mode, reason, bytesRead: scan.bytesRead, incomplete };
+  return { manifest: scan.manifest, cheap: scan.cheap, changed: scan.changed, bytesChanged, seconds: (Date.now() - t0) / 1000, mode, reason, bytesRead: scan.bytesRead, incomplete, stamp };
 }
 
 export async function checkinDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { quiet: boolean }): Promise<CheckinResult> {
-  requireCheckedOut(state, name);
-  // No `carryon serve` may write while we read; a VM run straight on the file is caught by the stamp checks.
+  const local = requireCheckedOut(state, name);
+  // No `carryon serve` may write while we read, nor a VM run straight on the file (an open handle for
+  // writing, or QEMU's lock); a writer that escapes both is caught by the stamp checks.
   const lock = DiskLock.acquire(state.home, name, 'check-in');
   try {
+    refuseDiskWriters(local.diskPath, name, 'a check-in now');
     return await checkinLocked(state, api, login, name, opts);
   } finally {
     lock.release();
@@ -136,17 +147,15 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   const t0 = Date.now();
   const pre = state.checkout(name)!;
   const scan = await scanChanges(state, name, opts.quiet, new ServerBlockSource(state.cacheOf(name), () => api, pre.checkoutId, decodeManifest(pre.manifest).blockSize));
-  const before = await diskStamp(state, name);
+  const before = scan.stamp;
   const local = state.checkout(name)!;
   const base = decodeManifest(local.manifest);
   const next = scan.manifest;
 
   const up = await uploadChanges(state, api, local, base, next, scan.changed, `checkin ${name}`, opts.quiet);
 
-  // A write after the scan would be missing from the new version while the laptop copy keeps it.
-  if ((await diskStamp(state, name)) !== before) {
-    throw new CarryonError('DISK_CHANGED', `${local.diskPath} was written during the check-in: shut down the VM using it, then run the check-in again`, { disk: local.diskPath });
-  }
+  // A write since the scan began may be missing from the new version while the laptop copy keeps it.
+  requireUnchanged(local.diskPath, before);
   // The persona goes in the same commit: disk and persona become new versions together, or neither.
   const held = state.persona(name);
   let personaParts: TarEntry[] | undefined;
@@ -169,7 +178,10 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   if (commit.manifestId !== manifestId(encoded)) throw new CarryonError('INTERNAL', 'server committed a different manifest than sent');
   // An incomplete streamed copy keeps no cheap hashes: a later check-out must not take its missing blocks as current.
   state.putCheckout({ ...local, state: 'checked-in', version: commit.version, manifestId: commit.manifestId, manifest: encoded, cheap: scan.incomplete ? null : encodeCheap(scan.cheap) });
-  removeJournal(state, name); // keyed to the old version: it would be refused anyway
+  // The copy as checked in, stamped as it was before the scan (and still was after the upload): a later
+  // write to the file is noticed by `status` and by a re-check-out in place, never taken for this version.
+  if (scan.incomplete) removeJournal(state, name);
+  else await startJournal(state, { desktop: name, checkoutId: local.checkoutId, manifestId: commit.manifestId }, next, false, before).close();
   // The copy stays as a read-only reference; the desktop now lives on the server.
   await fs.chmod(local.diskPath, 0o400);
   if (held?.withDisk && commit.persona) {
@@ -259,13 +271,6 @@ export async function uploadChanges(state: LocalState, api: ApiClient, local: Lo
   return { blocksUploaded: missing.length, asPatch, plainUploaded };
 }
 
-/** How a scan reads an encrypted copy's file (undefined: plaintext). */
-function decryptorOf(state: LocalState, desktop: string): ((data: Buffer, position: number) => void) | undefined {
-  const key = state.keys.dataKey(desktop);
-  if (!key) return undefined;
-  const cipher = SectorCipher.fromDataKey(key);
-  return (data, position) => cipher.decrypt(data, position / SECTOR_BYTES);
-}
 
 /** A block from the laptop cache, or null when it is absent or fails verification (then the block goes whole). */
 async function cachedBlock(cache: BlockStore, id: BlockId, maxBytes: number): Promise<Buffer | null> {
@@ -286,10 +291,16 @@ function isVerified(id: BlockId, plain: Buffer): boolean {
   }
 }
 
-/** Size and modification time of the checked-out disk, to notice writes during a check-in. */
-async function diskStamp(state: LocalState, name: string): Promise<string> {
-  const local = state.checkout(name);
-  if (local?.state !== 'active' && local?.state !== 'streaming') return ''; // scanChanges reports why
-  const st = await fs.stat(local.diskPath, { bigint: true }).catch(() => null);
-  return st ? `${st.size}:${st.mtimeNs}` : 'gone';
+/** DISK_CHANGED (nothing committed) when the disk's stamp is no longer the one taken before the scan. */
+function requireUnchanged(file: string, before: DiskStamp): void {
+  let now: DiskStamp | null = null;
+  try {
+    now = diskStampOf(file);
+  } catch {
+    /* gone */
+  }
+  if (now && sameStamp(now, before)) return;
+  const writers = diskWriters(file);
+  throw new CarryonError('DISK_CHANGED', `${file} was written while the check-in read it${writers.length > 0 ? ` (${describeWriters(file, writers)})` : ''}, so nothing was committed: ` +
+    'shut down the VM (or stop the process) using it, then run the check-in again', { disk: file, writers });
 }

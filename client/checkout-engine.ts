@@ -17,7 +17,7 @@ import { ServerBlockSource } from './block-source.js';
 import { DiskLock } from './disk-lock.js';
 import { requireLease } from './lease.js';
 import { MAX_STREAM_BLOCK } from './local-disk.js';
-import { diskStampOf, openLocalDisk, startJournal } from './disk-session.js';
+import { diskStampOf, openLocalDisk, outsideChanges, refuseDiskWriters, startJournal } from './disk-session.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 import { defaultSources } from './keyring.js';
 
@@ -40,6 +40,20 @@ export interface CheckoutResult {
   persona: { dir: string; version: number; files: number; chunksFetched: number } | null;
   /** checkout --stream: how much is local when the command returns. */
   streaming?: { localBlocks: number; blocks: number };
+  /**
+   * A copy updated in place had been written outside carryon after its check-in: those blocks were
+   * kept and marked for the next check-in (the desktop was still at the version checked in), or
+   * replaced by the new version's (it had moved on). Null when the copy was as checked in.
+   */
+  outsideWrites?: { blocks: number; kept: boolean; reason: string } | null;
+}
+
+/** Blocks of a checked-in copy written outside carryon since, and whether the re-check-out keeps them. */
+interface Stray {
+  blocks: Set<number>;
+  cheap: BigUint64Array;
+  keep: boolean;
+  reason: string;
 }
 
 /** Fetch batches of up to this much plaintext: big enough to amortise a request, small enough to retry. */
@@ -62,6 +76,16 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   if (!ours && (await exists(partial)) && local?.state !== 'downloading') {
     throw new CarryonError('LOCAL_PATH_CONFLICT', `${partial} exists and is not carryon's: remove it or choose another --to`, { path: partial });
   }
+  // A checked-in copy to update in place: nothing may be writing it, and writes made to it since its
+  // check-in are found now (never taken for the version's bytes).
+  const inPlace = ours && local.state === 'checked-in' && local.cheap !== null && (await exists(disk));
+  let outside: Awaited<ReturnType<typeof outsideChanges>> = null;
+  if (inPlace) {
+    refuseDiskWriters(disk, name, 'updating it in place now');
+    const progress = new Progress(`check ${name} (written after check-in?)`, decodeManifest(local.manifest).size, opts.quiet);
+    outside = await outsideChanges(state, local, (d) => progress.update(d));
+    progress.finish();
+  }
 
   // An encrypted copy's persona needs gocryptfs: say so before the server opens a checkout.
   if (opts.encrypt === true || state.keys.isEncrypted(name)) {
@@ -83,7 +107,8 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
     requirePersonaVault();
     if (opts.personaTo !== undefined) checkMountPoint(state.home, opts.personaTo);
   }
-  if (enc.fresh && ours && (await exists(disk))) {
+  const startOver = enc.fresh && ours && (await exists(disk));
+  if (startOver) {
     // A plaintext copy from an earlier trip cannot be updated in place under a new key: start over.
     await fs.rm(disk, { force: true });
     await fs.rm(partial, { force: true });
@@ -92,8 +117,16 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
 
   // What is already on disk: a checked-in copy of this desktop at the same path is updated in place.
   let prior: { manifest: DiskManifest; cheap: BigUint64Array } | null = null;
-  if (ours && local.state === 'checked-in' && local.cheap && (await exists(disk))) {
-    prior = { manifest: decodeManifest(local.manifest), cheap: decodeCheap(local.cheap) };
+  let stray: Stray | null = null;
+  if (outside && outside.blocks.length > 0) {
+    // Still the version checked in: the outside writes are the desktop's newest bytes, kept and sent at
+    // the next check-in. A newer version: they were made to a copy that is no longer the desktop, and
+    // its blocks replace them (as do all of a copy started over).
+    const keep = !startOver && info.manifestId === local!.manifestId && outside.size === manifest.size;
+    stray = { blocks: new Set(outside.blocks), cheap: outside.cheap, keep, reason: outside.reason };
+  }
+  if (inPlace && !startOver) {
+    prior = { manifest: decodeManifest(local.manifest), cheap: decodeCheap(local.cheap!) };
     await fs.chmod(disk, 0o600);
     await fs.rename(disk, partial);
   }
@@ -103,7 +136,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
     if (info.leaseSecret) state.setLeaseSecret(name, Buffer.from(info.leaseSecret, 'base64'));
   };
   if (opts.stream) {
-    const r = await startStream(state, api, login, name, { info, encoded, manifest, disk, prior, local, personaTo: opts.personaTo, resumed, t0 });
+    const r = await startStream(state, api, login, name, { info, encoded, manifest, disk, prior, stray, local, personaTo: opts.personaTo, resumed, t0 });
     keepSecret();
     return r;
   }
@@ -131,13 +164,14 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
       const id = manifest.idAt(i);
       const unchanged = samePrior && i < samePrior.manifest.count && samePrior.manifest.lengthOf(i) === manifest.lengthOf(i) &&
         samePrior.manifest.ids.compare(manifest.ids, i * 32, i * 32 + 32, i * 32, i * 32 + 32) === 0;
-      if (unchanged) {
-        cheap[i] = samePrior.cheap[i]!;
+      const outsideWrite = samePrior !== null && stray !== null && stray.blocks.has(i);
+      if (unchanged && (!outsideWrite || stray!.keep)) {
+        cheap[i] = outsideWrite ? stray!.cheap[i]! : samePrior.cheap[i]!;
         continue;
       }
       if (id === null) {
         // A hole: a fresh file reads zeros already; an old copy needs them written.
-        if (samePrior && i < samePrior.manifest.count && !samePrior.manifest.isHole(i)) zeroIdx.push(i);
+        if (samePrior && i < samePrior.manifest.count && (!samePrior.manifest.isHole(i) || outsideWrite)) zeroIdx.push(i);
         cheap[i] = zeroHash(manifest.lengthOf(i));
         continue;
       }
@@ -205,14 +239,22 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   // The cache is not fsynced: a block lost to a power cut fails verification and is fetched again.
   await fs.rename(partial, disk);
   await syncDir(path.dirname(disk));
-  // The dirty map starts empty, stamped with the disk as written: writes by anything but `carryon serve` are noticed.
-  await startJournal(state, { desktop: name, checkoutId: info.checkoutId, manifestId: info.manifestId }, manifest, false, diskStampOf(disk)).close();
+  // The dirty map starts empty (but for outside writes kept), stamped with the disk as written: writes by
+  // anything but `carryon serve` are noticed.
+  const journal = startJournal(state, { desktop: name, checkoutId: info.checkoutId, manifestId: info.manifestId }, manifest, false, null);
+  if (stray?.keep) await journal.markDirty([...stray.blocks].sort((x, y) => x - y));
+  await journal.closeClean(diskStampOf(disk));
+  await journal.close();
   // The persona comes with the disk: the version the server recorded with this checkout.
   const personaDir = path.resolve(opts.personaTo ?? path.join(path.dirname(disk), 'persona'));
   const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true, opts.personaTo);
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'active', version: info.version, manifestId: info.manifestId,
     manifest: encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: local?.state === 'downloading' ? local.startedAt : new Date().toISOString() });
-  return { ...result, bytesReceived: api.bytesReceived, seconds: (Date.now() - t0) / 1000, maxRssBytes: maxRss(), persona };
+  return { ...result, bytesReceived: api.bytesReceived, seconds: (Date.now() - t0) / 1000, maxRssBytes: maxRss(), persona, outsideWrites: strayReport(stray) };
+}
+
+function strayReport(stray: Stray | null): CheckoutResult['outsideWrites'] {
+  return stray ? { blocks: stray.blocks.size, kept: stray.keep, reason: stray.reason } : null;
 }
 
 /**
@@ -304,6 +346,7 @@ interface StreamStart {
   manifest: DiskManifest;
   disk: string;
   prior: { manifest: DiskManifest; cheap: BigUint64Array } | null;
+  stray: Stray | null;
   local: LocalCheckout | null;
   personaTo: string | undefined;
   resumed: boolean;
@@ -320,6 +363,7 @@ async function startStream(state: LocalState, api: ApiClient, login: Login, name
   // A copy renamed aside by the caller comes back: in streaming mode the file is used in place.
   const partial = `${disk}.partial`;
   const reuse = s.prior && s.prior.manifest.blockSize === manifest.blockSize && (await exists(partial)) ? s.prior : null;
+  const stray = reuse ? s.stray : null;
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'downloading', version: info.version, manifestId: info.manifestId,
     manifest: s.encoded, cheap: null, diskPath: disk, startedAt: new Date().toISOString(), leaseExpiresAt: info.leaseExpiresAt ?? null });
   await fs.mkdir(path.dirname(disk), { recursive: true });
@@ -333,8 +377,9 @@ async function startStream(state: LocalState, api: ApiClient, login: Login, name
       const zeros = Buffer.alloc(manifest.blockSize);
       for (let i = 0; i < manifest.count; i++) {
         const was = i < reuse.manifest.count && reuse.manifest.lengthOf(i) === manifest.lengthOf(i);
-        if (was && reuse.manifest.ids.compare(manifest.ids, i * 32, i * 32 + 32, i * 32, i * 32 + 32) === 0) {
-          cheap[i] = reuse.cheap[i]!;
+        const outsideWrite = stray !== null && stray.blocks.has(i);
+        if (was && reuse.manifest.ids.compare(manifest.ids, i * 32, i * 32 + 32, i * 32, i * 32 + 32) === 0 && (!outsideWrite || stray!.keep)) {
+          cheap[i] = outsideWrite ? stray!.cheap[i]! : reuse.cheap[i]!;
           local.push(i);
         } else if (manifest.isHole(i)) writeSync(fd, zeros, 0, manifest.lengthOf(i), i * manifest.blockSize); // old bytes where the new version has a hole
       }
@@ -345,6 +390,7 @@ async function startStream(state: LocalState, api: ApiClient, login: Login, name
   }
   const journal = startJournal(state, { desktop: name, checkoutId: info.checkoutId, manifestId: info.manifestId }, manifest, true, null);
   journal.markPresent(local);
+  if (stray?.keep) await journal.markDirty([...stray.blocks].sort((x, y) => x - y)); // kept outside writes go up at the next check-in
   await journal.closeClean(diskStampOf(disk));
   await journal.close();
   const personaDir = path.resolve(s.personaTo ?? path.join(path.dirname(disk), 'persona'));
@@ -353,7 +399,7 @@ async function startStream(state: LocalState, api: ApiClient, login: Login, name
     manifest: s.encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: s.local?.state === 'downloading' ? s.local.startedAt : new Date().toISOString() });
   return { desktop: name, disk, version: info.version, manifestId: info.manifestId, size: manifest.size, blocks: manifest.count, blocksFetched: 0, blocksFromCache: 0,
     blocksWritten: 0, bytesReceived: api.bytesReceived, resumed: s.resumed, alreadyCheckedOut: false, seconds: (Date.now() - s.t0) / 1000, maxRssBytes: maxRss(), persona,
-    streaming: { localBlocks: local.length + countHoles(manifest), blocks: manifest.count } };
+    streaming: { localBlocks: local.length + countHoles(manifest), blocks: manifest.count }, outsideWrites: strayReport(s.stray && (reuse ? s.stray : { ...s.stray, keep: false })) };
 }
 
 function countHoles(m: DiskManifest): number {

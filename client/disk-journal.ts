@@ -34,7 +34,7 @@ export function stampOf(fd: number): DiskStamp {
   return { size: Number(st.size), mtimeNs: st.mtimeNs, ino: st.ino };
 }
 
-function sameStamp(a: DiskStamp, b: DiskStamp): boolean {
+export function sameStamp(a: DiskStamp, b: DiskStamp): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ino === b.ino;
 }
 

@@ -2,8 +2,9 @@
 // LocalDisk over both. Also the journal's start at check-out. Callers hold the DiskLock.
 import { existsSync, mkdirSync, openSync, closeSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
-import { CarryonError, decodeCheap, decodeManifest, type DiskManifest } from '../src/index.js';
+import { CarryonError, decodeCheap, decodeManifest, scanImage, SectorCipher, SECTOR_BYTES, type DiskManifest } from '../src/index.js';
 import { DiskJournal, journalKey, stampOf, type DiskStamp, type JournalTrust } from './disk-journal.js';
+import { describeWriters, diskWriters } from './disk-users.js';
 import { LocalDisk, type BlockSource } from './local-disk.js';
 import type { LocalCheckout, LocalState } from './state.js';
 import { knownRollback, rolledBackError } from './rollback.js';
@@ -15,6 +16,62 @@ export function diskStampOf(file: string): DiskStamp {
   } finally {
     closeSync(fd);
   }
+}
+
+/** File times move in coarse ticks (jiffies, a few ms): a stamp younger than this may be "racy". */
+const RACY_STAMP_MS = 20;
+
+/**
+ * The disk's stamp, to be taken BEFORE its bytes are read: if it is the same after the read, nothing
+ * wrote the file meanwhile. A write in the same clock tick as the file's last modification leaves its
+ * mtime unchanged, so a stamp that recent waits until the clock has moved past it and is taken again:
+ * from then on every write changes the mtime.
+ */
+export async function stampBeforeRead(file: string): Promise<DiskStamp> {
+  for (let tries = 0; ; tries++) {
+    const s = diskStampOf(file);
+    const ageMs = Number(BigInt(Date.now()) * 1_000_000n - s.mtimeNs) / 1e6;
+    if (ageMs < 0 || ageMs > RACY_STAMP_MS || tries >= 20) return s;
+    await new Promise((r) => setTimeout(r, RACY_STAMP_MS - ageMs + 2));
+  }
+}
+
+/** Refuse (DISK_IN_USE, naming them) when another process has the disk open for writing: a VM run on the raw file. */
+export function refuseDiskWriters(file: string, desktop: string, what: string): void {
+  const writers = diskWriters(file);
+  if (writers.length === 0) return;
+  throw new CarryonError('DISK_IN_USE', `${describeWriters(file, writers)}: ${what} would miss its later writes; shut down the VM (or stop the process) using it, then try again`,
+    { desktop, disk: file, writers });
+}
+
+/**
+ * Blocks of a checked-in copy whose bytes are no longer those checked in: the copy was written outside
+ * carryon after its check-in. The journal left by the check-in vouches for an untouched copy (its clean
+ * stamp still matches) without reading it; otherwise the whole copy is read and each block's cheap
+ * hash compared with the one recorded at check-in (`withoutRecord: false`: not when the record is missing).
+ */
+export async function outsideChanges(state: LocalState, local: LocalCheckout, onProgress?: (bytes: number) => void, opts: { withoutRecord?: boolean } = {}): Promise<{ blocks: number[]; cheap: BigUint64Array; size: number; reason: string } | null> {
+  const manifest = decodeManifest(local.manifest);
+  const previous = { manifest, cheap: decodeCheap(local.cheap!) };
+  const opened = openJournal(state, local, true);
+  let reason: string;
+  if (opened.journal) {
+    const j = opened.journal;
+    await j.close();
+    if (opened.trust.trusted && !opened.trust.recovered && j.dirtyCount === 0) return null;
+    reason = opened.trust.trusted ? 'its record of the check-in was not closed cleanly' : `the disk file was modified outside carryon after it was checked in as version ${local.version}`;
+  } else if (opts.withoutRecord === false) return null; // a copy checked in by an older carryon: not read just to look
+  else reason = `there is no record of the copy as checked in (${opened.reason})`;
+  const scan = await scanImage(local.diskPath, { blockSize: manifest.blockSize, previous, decrypt: decryptorOf(state, local.desktop), onProgress: onProgress ? (d) => onProgress(d) : undefined });
+  return { blocks: scan.changed.filter((i) => i < manifest.count), cheap: scan.cheap, size: scan.manifest.size, reason };
+}
+
+/** How a scan reads an encrypted copy's file (undefined: plaintext). */
+export function decryptorOf(state: LocalState, desktop: string): ((data: Buffer, position: number) => void) | undefined {
+  const key = state.keys.dataKey(desktop);
+  if (!key) return undefined;
+  const cipher = SectorCipher.fromDataKey(key);
+  return (data, position) => cipher.decrypt(data, position / SECTOR_BYTES);
 }
 
 /** A fresh journal for a checkout just made: complete (`stamp` = the disk as written) or streaming. */

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { parseName } from '../../src/index.js';
 import path from 'node:path';
-import { checkoutDesktop, checkoutPersona } from '../checkout-engine.js';
+import { checkoutDesktop, checkoutPersona, type CheckoutResult } from '../checkout-engine.js';
 import type { ApiClient } from '../api-client.js';
 import type { LocalState, Login } from '../state.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
@@ -27,13 +27,21 @@ export function registerCheckout(program: Command): void {
         r.streaming
           ? `checked out ${r.desktop} version ${r.version} to ${r.disk} for streaming: ${r.streaming.localBlocks} of ${r.streaming.blocks} blocks local\n` +
             `start it now with \`carryon serve ${r.desktop}\` (blocks are fetched as the VM reads them, the rest downloads in the background);\n` +
-            `\`carryon status\` says when it is ready to travel` + (r.persona ? `\npersona version ${r.persona.version} in ${r.persona.dir}: ${r.persona.files} files` : '')
+            `\`carryon status\` says when it is ready to travel` + outsideLine(r) + (r.persona ? `\npersona version ${r.persona.version} in ${r.persona.dir}: ${r.persona.files} files` : '')
           : r.alreadyCheckedOut
           ? `${r.desktop} is already checked out here at ${r.disk} (version ${r.version})`
           : `checked out ${r.desktop} version ${r.version} to ${r.disk}\n${fmtBytes(r.size)} disk: ${r.blocksFetched} blocks downloaded, ${r.blocksFromCache} from the local cache; ` +
-            `${fmtBytes(r.bytesReceived)} received in ${r.seconds.toFixed(1)} s${r.resumed ? ' (resumed)' : ''}` +
+            `${fmtBytes(r.bytesReceived)} received in ${r.seconds.toFixed(1)} s${r.resumed ? ' (resumed)' : ''}` + outsideLine(r) +
             (r.persona ? `\npersona version ${r.persona.version} in ${r.persona.dir}: ${r.persona.files} files` : ''));
     });
+}
+
+/** The copy updated in place had been written after its check-in: say what became of those writes. */
+function outsideLine(r: CheckoutResult): string {
+  const o = r.outsideWrites;
+  if (!o || o.blocks === 0) return '';
+  return `\nNOTE: ${o.reason}: ${o.blocks} blocks differed from that version; ` +
+    (o.kept ? 'they were kept (the desktop is still at that version) and the next check-in sends them' : `version ${r.version}'s blocks replaced them`);
 }
 
 /** A persona-only copy: no checkout, nothing locked; pushed back with `carryon persona push`. */

@@ -1,6 +1,7 @@
 // carryon status [NAME]: what is checked out on this laptop, how much of a streamed disk is local,
-// and what changed since check-out (from the dirty map when it can be trusted, else by a full scan).
-import { readFileSync } from 'node:fs';
+// and what changed since check-out (from the dirty map when it can be trusted, else by a full scan);
+// for a checked-in copy, whether it was written outside carryon after its check-in.
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { decodeManifest, fmtDuration, parseName } from '../../src/index.js';
@@ -8,7 +9,8 @@ import { scanChanges } from '../checkin-engine.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
 import { leaseStatus, type LeaseStatus } from '../lease.js';
-import { openJournal } from '../disk-session.js';
+import { openJournal, outsideChanges } from '../disk-session.js';
+import { describeWriters, diskWriters } from '../disk-users.js';
 import { fmtBytes } from '../progress.js';
 import { knownRollback, rollbackSentence } from '../rollback.js';
 import type { LocalCheckout, LocalRollback, LocalState } from '../state.js';
@@ -37,6 +39,11 @@ export function registerStatus(program: Command): void {
 async function describe(state: LocalState, r: LocalCheckout, quiet: boolean): Promise<Record<string, unknown>> {
   const m = decodeManifest(r.manifest);
   const entry: Record<string, unknown> = { desktop: r.desktop, state: r.state, version: r.version, disk: r.diskPath, server: r.server, size: m.size, since: r.startedAt };
+  if (r.state === 'checked-in' && r.cheap && existsSync(r.diskPath)) {
+    // The copy must still be the version checked in: a write since is not on the server.
+    const o = await outsideChanges(state, r, undefined, { withoutRecord: false });
+    entry.changedAfterCheckin = o && { reason: o.reason, blocksChanged: o.blocks.length, bytesChanged: o.blocks.reduce((n, i) => n + m.lengthOf(i), 0), sizeChanged: o.size !== m.size };
+  }
   if (r.state !== 'active' && r.state !== 'streaming') return entry;
   // Rolled back by an admin: the lease means nothing any more; say what happened and what comes next.
   const rb = knownRollback(state, r.desktop);
@@ -45,6 +52,10 @@ async function describe(state: LocalState, r: LocalCheckout, quiet: boolean): Pr
   entry.lease = lease;
   const owner = DiskLock.owner(state.home, r.desktop);
   entry.servedBy = owner?.purpose === 'serve' ? owner.pid : null;
+  // A VM run on the raw file (or any other process writing it): a check-in waits for it.
+  const writers = diskWriters(r.diskPath, { exclude: owner && owner.pid > 0 ? [owner.pid] : [] });
+  entry.openForWriting = writers;
+  if (writers.length > 0) entry.openForWritingText = describeWriters(r.diskPath, writers);
   const opened = openJournal(state, r, true);
   if (opened.journal) {
     const j = opened.journal;
@@ -91,8 +102,17 @@ function human(d: Record<string, unknown>): string {
   if (d.state === 'rolled-back') return `${d.desktop}: ROLLED BACK: ${d.message as string}`;
   const head = `${d.desktop} version ${d.version} at ${d.disk} (${fmtBytes(d.size as number)})`;
   if (d.state === 'downloading') return `${head}: check-out incomplete: run \`carryon checkout ${d.desktop}\` again to resume`;
-  if (d.state === 'checked-in') return `${head}: checked in (the file is a read-only copy of that version)`;
+  if (d.state === 'checked-in') {
+    const line = `${head}: checked in (the file is a read-only copy of that version)`;
+    const c = d.changedAfterCheckin as { reason: string; blocksChanged: number; bytesChanged: number; sizeChanged: boolean } | null | undefined;
+    if (!c) return line;
+    if (c.blocksChanged === 0 && !c.sizeChanged) return line; // touched, but every block still holds the version
+    return `${line}\n  WARNING: ${c.reason}: ${c.blocksChanged} blocks (${fmtBytes(c.bytesChanged)})${c.sizeChanged ? ' and its size' : ''} differ from that version, and these writes are NOT on the server.\n` +
+      `  \`carryon checkout ${d.desktop}\` updates the copy in place: while the desktop is still at version ${d.version} it keeps these writes and the next check-in sends them; ` +
+      'if the desktop has moved on, the newer version\'s blocks replace them';
+  }
   const lines = [`${head}: checked out since ${d.since}${d.servedBy ? `; served over NBD by pid ${d.servedBy}` : ''}`];
+  if (d.openForWritingText) lines.push(`  in use: ${d.openForWritingText} (a check-in waits until it is closed)`);
   const lease = d.lease as LeaseStatus;
   if (lease.warning) lines.push(`  WARNING: ${lease.warning}`);
   else if (lease.expiresAt) lines.push(`  offline lease until ${lease.expiresAt} (${fmtDuration(lease.remainingMs! / 1000)} left)`);

@@ -30,7 +30,7 @@ export const ERROR_CODES = {
   BLOCKS_MISSING: { http: 409, exit: 5, what: 'a commit names blocks the server does not hold' },
   NOT_CHECKED_OUT: { http: 409, exit: 8, what: 'this laptop holds no active checkout of that desktop' },
   LOCAL_PATH_CONFLICT: { http: 409, exit: 8, what: 'the target path exists and is not ours to overwrite' },
-  DISK_IN_USE: { http: 409, exit: 8, what: 'another carryon process (serve, check-in) has the local disk open' },
+  DISK_IN_USE: { http: 409, exit: 8, what: 'another process (carryon serve or check-in, a VM on the raw file) has the local disk open for writing' },
   DISK_INCOMPLETE: { http: 409, exit: 8, what: 'part of a streamed disk is not on this laptop yet and the server cannot be reached' },
   ROLLED_BACK: { http: 409, exit: 8, what: 'an admin rolled this checkout back; the laptop copy is no longer the desktop' },
   LEASE_CODE_INVALID: { http: 400, exit: 2, what: 'a lease code is mistyped, used already, or for another checkout' },
