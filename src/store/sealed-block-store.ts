@@ -61,7 +61,10 @@ export class SealedBlockStore implements BlockStore {
   }
 
   async *list(): AsyncIterable<BlockId> {
-    for await (const name of this.inner.list()) {
+    // Names first: opening entries reads the backend, which may not be used while its own listing runs.
+    const names: string[] = [];
+    for await (const name of this.inner.list()) names.push(name);
+    for (const name of names) {
       try {
         yield (await this.open(name)).id;
       } catch {
