@@ -290,7 +290,7 @@ export async function checkoutPersona(state: LocalState, api: ApiClient, login: 
   let plainLeftover: string | null = null;
   if (state.keys.isEncrypted(name)) {
     const heldVault = held && isPersonaVault(state, name) ? held.dir : null;
-    dir = path.resolve(to ?? heldVault ?? defaultPersonaMount(name));
+    dir = path.resolve(to ?? heldVault ?? defaultPersonaMount(state.home, name));
     if (heldVault && heldVault !== dir) {
       const c = await closePersonaVault(state, heldVault, false);
       if (c.busy) throw new CarryonError('LOCAL_PATH_CONFLICT', `the persona of ${name} is mounted at ${heldVault} and in use there (${c.busy}): close what uses it, then run the check-out again`, { path: heldVault });

@@ -1,10 +1,11 @@
 // PersonaVault: the persona copy of an encrypted desktop, kept at rest only as gocryptfs ciphertext
 // (HOME/vaults/NAME/persona.enc, so shredding the copy's vault removes it) and seen by the user through a
-// FUSE mount OUTSIDE the home ($XDG_RUNTIME_DIR/carryon/NAME/persona by default): every edit goes
+// FUSE mount OUTSIDE the home ($XDG_RUNTIME_DIR/carryon/HOMETAG/NAME/persona by default): every edit goes
 // through gocryptfs straight into ciphertext, and a search of the home never reads through the mount.
 // gocryptfs's password is hex(subkey(dataKey, 'persona')), given on stdin, never written anywhere.
 // Owns: the cipher folder, mounting and unmounting, the default mount point. Must not know: snapshots,
 // merges, the server. docs/encryption.md ("The persona") has the reasons.
+import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { accessSync, constants as fsc, existsSync, lstatSync, mkdirSync, openSync, closeSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { promises as fs } from 'node:fs';
@@ -35,11 +36,13 @@ export function isPersonaVault(state: LocalState, desktop: string): boolean {
  * folder ($XDG_RUNTIME_DIR, else /run/user/UID: a per-user tmpfs), else a 0700 folder of this user in
  * the temp folder. The mount point itself holds nothing: what it shows is the vault's.
  */
-export function defaultPersonaMount(desktop: string): string {
+export function defaultPersonaMount(home: string, desktop: string): string {
   const uid = process.getuid?.() ?? 0;
+  // One folder per carryon home: two homes of one user (two servers, tests) may hold desktops of one name.
+  const tag = createHash('sha256').update(realOrSelf(home)).digest('hex').slice(0, 8);
   const xdg = process.env.XDG_RUNTIME_DIR;
-  if (xdg && path.isAbsolute(xdg)) return path.join(xdg, 'carryon', desktop, 'persona');
-  if (existsSync(`/run/user/${uid}`)) return path.join(`/run/user/${uid}`, 'carryon', desktop, 'persona');
+  if (xdg && path.isAbsolute(xdg)) return path.join(xdg, 'carryon', tag, desktop, 'persona');
+  if (existsSync(`/run/user/${uid}`)) return path.join(`/run/user/${uid}`, 'carryon', tag, desktop, 'persona');
   const own = path.join(os.tmpdir(), `carryon-${uid}`);
   mkdirSync(own, { recursive: true, mode: 0o700 });
   const st = lstatSync(own);
@@ -47,7 +50,7 @@ export function defaultPersonaMount(desktop: string): string {
   if (!st.isDirectory() || st.uid !== uid || (st.mode & 0o077) !== 0) {
     throw new CarryonError('LOCAL_PATH_CONFLICT', `${own} is not a private folder of this user, and there is no $XDG_RUNTIME_DIR: give the persona's place with --persona-to DIR (outside the carryon home)`, { path: own });
   }
-  return path.join(own, desktop, 'persona');
+  return path.join(own, tag, desktop, 'persona');
 }
 
 /** A mount point inside the home would let anything that reads the home (a backup, a search) read the plaintext. */

@@ -167,15 +167,17 @@ describe('escrow of laptop data keys (server side)', () => {
     expect((await call('POST', `/checkouts/${co}/heartbeat`, t.d1, { pendingBytes: 0, pendingBlocks: 0 }, asD1)).status).toBe(200);
   });
 
-  it("today's laptop CLI checking out such a desktop stops with ESCROW_MISSING (exit 14) and the sentence", async () => {
+  // The deposit through the CLI, with a passphrase, is in encryption.test.ts (the audit checks below count deposits here).
+  it('the laptop CLI must encrypt such a desktop: without a passphrase it stops before the checkout gets any block (KEYS_LOCKED, exit 14)', async () => {
     const laptop = new Laptop(path.join(dir, 'laptop'));
     const tokenFile = path.join(dir, 'token');
     writeFileSync(tokenFile, `${t.alice}\n`, { mode: 0o600 });
     expect((await laptop.cli(['login', server.url, '--token-file', tokenFile, '--device-name', 'cli-laptop'])).code).toBe(0);
-    const r = await laptop.cli(['checkout', 'cli-desk']);
-    expect(r.code, r.stderr).toBe(14);
-    expect(r.stderr).toContain('error ESCROW_MISSING');
-    expect(r.stderr).toContain('update carryon on this laptop; it must encrypt this desktop');
+    const locked = await laptop.cli(['checkout', 'cli-desk']);
+    expect(locked.code, locked.stderr).toBe(14);
+    expect(locked.stderr).toContain('error KEYS_LOCKED');
+    expect(locked.stderr).toContain('must be encrypted on this laptop');
+    expect(existsSync(path.join(laptop.home, 'desktops', 'cli-desk', 'disk.raw.partial'))).toBe(false);
   });
 
   it('bad deposits answer 400 with the reason and store nothing', async () => {
@@ -210,7 +212,8 @@ describe('escrow of laptop data keys (server side)', () => {
     expect(errorOf(await deposit(co, key, t.bob, asD1))).toEqual({ status: 404, code: 'CHECKOUT_NOT_FOUND' });
     expect((await checkoutRow(co)).escrow).toBeNull();
     expect((await audit()).filter((a) => a.action === 'escrow.deposit')).toEqual([]);
-    expect(errorOf(await call('POST', `/checkouts/${co}/blocks/get`, t.d1, { ids: [firstBlock] }, asD1))).toEqual({ status: 409, code: 'ESCROW_MISSING' });
+    const gate = await call('POST', `/checkouts/${co}/blocks/get`, t.d1, { ids: [firstBlock] }, asD1);
+    expect(errorOf(gate), JSON.stringify(gate.json)).toEqual({ status: 409, code: 'ESCROW_MISSING' });
   });
 
   const deskKey = newDataKey();

@@ -6,7 +6,8 @@
 // is gone and nothing is mounted. Without gocryptfs: PERSONA_VAULT_UNAVAILABLE before the server opens a
 // checkout. gocryptfs and fusermount3 are required: missing, this test fails.
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Laptop, removeTmp, requireTool, TestServer, tmpDir } from './harness.js';
@@ -72,7 +73,9 @@ describe('the persona of an encrypted copy is encrypted at rest', () => {
   const d = new Laptop(path.join(dir, 'laptop-d'));
   const runA = path.join(dir, 'run-a'); // laptop A's $XDG_RUNTIME_DIR: outside its home
   const envA = { CARRYON_PASSPHRASE: 'correct horse battery', CARRYON_KDF_LOG_N: '12', XDG_RUNTIME_DIR: runA };
-  const mountA = path.join(runA, 'carryon', 'desk', 'persona');
+  // Under the runtime folder, one folder per carryon home (8 hex of SHA-256 of its real path), then the desktop.
+  const homeTag = createHash('sha256').update(path.join(realpathSync(dir), 'laptop-a')).digest('hex').slice(0, 8);
+  const mountA = path.join(runA, 'carryon', homeTag, 'desk', 'persona');
   const seedProfile = path.join(seed.home, 'desktops', 'desk', 'persona', 'profile');
   const files: Record<string, Buffer> = {
     'Documents/notes.txt': Buffer.from('line one\n'.repeat(40)),
