@@ -201,8 +201,9 @@ export class KeyRing {
       const st = this.stored;
       const tried = st ? await this.unlock(src).catch(() => null) : null;
       if (!tried) {
-        // Forgotten: a new keyring. Other copies wrapped under the old one need their own codes.
-        this.db.prepare("DELETE FROM config WHERE key = 'keyring'").run();
+        // Forgotten: a new keyring. Other copies wrapped under the old one need their own codes; the old
+        // keyring is kept aside (not deleted), so those wraps stay openable should the passphrase come back.
+        this.db.prepare("UPDATE config SET key = ? WHERE key = 'keyring'").run(`keyring-before-${new Date().toISOString()}`);
         await this.ensure(src, `recovering ${desktop}`);
         fresh = true;
       }

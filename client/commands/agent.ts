@@ -3,7 +3,7 @@
 // an admin asked (forced check-in, rollback). It survives the server going away and coming back;
 // SIGINT/SIGTERM stop it between rounds.
 import type { Command } from 'commander';
-import { CarryonError, describeFailure } from '../../src/index.js';
+import { describeFailure } from '../../src/index.js';
 import { giveAgentKek, serveKeys } from '../key-agent.js';
 import { defaultSources } from '../keyring.js';
 import { agentRound, type AgentLog } from '../agent.js';
@@ -45,19 +45,24 @@ export function registerAgent(program: Command): void {
           await st.close();
         }
       }
+      let saidLocked = false;
       while (!stopping) {
         // A fresh state and client each round: commands run between rounds (checkout, serve) are seen.
         const state = new LocalState(home);
         let api: ApiClient | null = null;
         try {
-          if (state.keys.exists() && !(await state.keys.unlock(defaultSources(), false))) {
-            log('locked', {}, 'carryon agent: the encrypted desktops are locked: run `carryon unlock` (the agent needs the key to reach the server and to check in)');
-            throw new CarryonError('KEYS_LOCKED', 'waiting for `carryon unlock`');
+          const locked = state.keys.exists() && !(await state.keys.unlock(defaultSources(), false));
+          if (locked) {
+            // The token is sealed too: nothing to do until the user unlocks (said once, not every round).
+            if (!saidLocked) log('locked', {}, 'carryon agent: the encrypted desktops are locked: run `carryon unlock` (the agent needs the key to reach the server and to check in)');
+            saidLocked = true;
+          } else {
+            saidLocked = false;
+            const login = state.login();
+            api = new ApiClient({ url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, idleTimeoutMs: 60_000 });
+            const r = await agentRound(state, api, login, log);
+            log('round', { ...r }, `round done: ${r.contacted} checkout(s) contacted${r.offline ? ', server unreachable' : ''}, ${r.checkins} forced check-in(s), ${r.rollbacks} rollback(s)`);
           }
-          const login = state.login();
-          api = new ApiClient({ url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, idleTimeoutMs: 60_000 });
-          const r = await agentRound(state, api, login, log);
-          log('round', { ...r }, `round done: ${r.contacted} checkout(s) contacted${r.offline ? ', server unreachable' : ''}, ${r.checkins} forced check-in(s), ${r.rollbacks} rollback(s)`);
         } catch (err) {
           const f = describeFailure(err);
           log('error', { error: f.error.toJSON() }, `carryon agent: ${f.text}`);

@@ -45,7 +45,7 @@ export function keyCheck(dataKey: Buffer): string {
  *
  * A last sector shorter than 4 KiB (disks of any size) is XTS with ciphertext stealing when it has at
  * least 16 bytes; the rare tail under 16 bytes is XORed with AES-256-ECB(sector tweak | 0xff…) of the
- * second XTS key half: length-preserving, and only ever the last bytes of an odd-sized disk.
+ * second XTS key half (see tinyTail): length-preserving, and only ever the last bytes of an odd-sized disk.
  */
 export class SectorCipher {
   private readonly key: Buffer;
@@ -95,16 +95,19 @@ export class SectorCipher {
     }
   }
 
+  /**
+   * A tail under 16 bytes: XOR with a secret pad, except that the one input mapping to zeros (the pad
+   * itself) maps to itself, so that zeros keep meaning "never written" and the map stays a bijection
+   * (its own inverse). What it reveals: whether the tail is zero, or equal to the secret pad.
+   */
   private tinyTail(unit: Buffer, out: Buffer): void {
     const block = Buffer.alloc(16, 0xff);
     this.tweak.copy(block, 0, 0, 8);
     const e = createCipheriv('aes-256-ecb', this.key.subarray(32), null).setAutoPadding(false);
     const pad = e.update(block);
-    for (let i = 0; i < unit.length; i++) out[i] = unit[i]! ^ pad[i]!;
-    // A tail that happens to encrypt to zeros would read back as a hole: impossible to store, refuse.
-    if (out.subarray(0, unit.length).equals(ZERO_SECTOR.subarray(0, unit.length)) && !unit.equals(ZERO_SECTOR.subarray(0, unit.length))) {
-      throw new CarryonError('INTERNAL', 'sector cipher: tail encrypts to zeros');
-    }
+    const x = Buffer.alloc(unit.length);
+    for (let i = 0; i < unit.length; i++) x[i] = unit[i]! ^ pad[i]!;
+    (x.equals(ZERO_SECTOR.subarray(0, unit.length)) ? unit : x).copy(out);
   }
 }
 
