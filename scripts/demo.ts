@@ -3,12 +3,13 @@
 // real files; changes made the way a VM makes them (ext4 file edits via debugfs, raw writes via
 // qemu-io); then proof that the second laptop gets exactly the first laptop's disk, and what moved;
 // then the VM's way: laptop B serves the disk over NBD (`carryon serve`), qemu-io writes through it, and
-// the check-in reads only the blocks the dirty map marked.
+// the check-in reads only the blocks the dirty map marked; last, a third laptop takes a desktop under
+// the default policy (encrypted at rest), and the demo searches its home for the image's plaintext.
 // Owns only orchestration and printing; the work is done by the carryon CLIs, run as processes.
 //
 // Usage: node dist/scripts/demo.js [--keep]
 
-import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeExt4Image } from './fixtures/ext4-image.js';
@@ -20,7 +21,7 @@ import { aptInstall, findTool, run } from './lib/proc.js';
 
 const IMAGE_BYTES = 256 * 1024 * 1024;
 const PAYLOAD_BYTES = 150 * 1024 * 1024;
-const TOTAL_STEPS = 18;
+const TOTAL_STEPS = 21;
 
 const keep = process.argv.includes('--keep');
 let stepNo = 0;
@@ -78,8 +79,11 @@ async function main(): Promise<void> {
       // qemu-io plays the VM: raw writes, and writes through `carryon serve` over NBD.
       if (!findTool('qemu-io')) aptInstall(['qemu-utils'], (l) => console.log(`        ${l}`));
       if (!findTool('cmp')) throw new Error('cmp not found: apt-get install -y diffutils');
+      // An encrypted copy keeps its persona in a gocryptfs folder (FUSE): the encrypted part needs both.
+      if (!findTool('gocryptfs') || !findTool('fusermount3')) aptInstall(['gocryptfs', 'fuse3'], (l) => console.log(`        ${l}`));
       return findTool('qemu-io');
-    }, (q) => (q ? `all present, qemu-io at ${q}` : 'qemu-io missing: raw writes will be skipped'));
+    }, (q) => (q ? `all present, qemu-io at ${q}` : 'qemu-io missing: raw writes will be skipped') +
+      (findTool('gocryptfs') && findTool('fusermount3') ? '' : '; gocryptfs or fuse3 missing: the encrypted part will be skipped'));
 
     const golden = join(work, 'golden.raw');
     await step(`Build a ${IMAGE_BYTES / 2 ** 20} MiB ext4 image with ~${PAYLOAD_BYTES / 2 ** 20} MiB of real files from /usr`, () =>
@@ -94,9 +98,8 @@ async function main(): Promise<void> {
     const token = await step('carryon-server user add alice', async () => str((await carryonServer(data, 'user', 'add', 'alice')).json, 'token'), () => 'got a token');
     const pub = await step('carryon-server image publish golden golden.raw', async () => (await carryonServer(data, 'image', 'publish', 'golden', golden)).json,
       (j) => `version ${j.version}, ${j.blocks} blocks, ${mb(num(j, 'storedBytes'))} MB stored for a ${mb(num(j, 'size'))} MB image`);
-    // Encryption off here: an encrypted copy keeps its persona in a gocryptfs vault (FUSE), which the
-    // demo's one-line install (npm only) does not bring; test/e2e/encryption.test.ts and
-    // persona-vault.test.ts run the encrypted cycle with those tools installed.
+    // The first desktop is kept in plaintext on the laptops, so the demo can show the disks with cmp and
+    // edit them with debugfs; the second (alice-travel, below) takes the default policy: encrypted.
     await step('carryon-server desktop create alice-desk --user alice --image golden --encryption off',
       () => carryonServer(data, 'desktop', 'create', 'alice-desk', '--user', 'alice', '--image', 'golden', '--encryption', 'off'));
 
@@ -158,6 +161,8 @@ async function main(): Promise<void> {
       }, (j) => `version ${j.version}: ${mb(num(j, 'bytesReceived'), 2)} MB received; identical, byte for byte`);
     }
 
+    await encryptedTrip(work, data, url, token, golden);
+
     const status = await step('carryon-server status', async () => (await carryonServer(data, 'status')).json,
       (j) => `${mb(num(j, 'storedBytes'))} MB stored for ${mb(num(j, 'logicalBytes'))} MB of logical disk data`);
 
@@ -171,6 +176,76 @@ async function main(): Promise<void> {
     await cleanup().catch(() => {});
     throw e;
   }
+}
+
+/**
+ * A traveller's laptop under the default policy: the copy is encrypted (disk, cache, persona, token),
+ * written through the export, checked in; then no 4 KiB sample of the image is found in any file of
+ * its home; then a discard destroys its key.
+ */
+async function encryptedTrip(work: string, data: string, url: string, token: string, golden: string): Promise<void> {
+  const homeC = join(work, 'laptop-c');
+  mkdirSync(homeC);
+  const ready = Boolean(findTool('gocryptfs') && findTool('fusermount3') && findTool('qemu-io'));
+  const skipped = 'skipped: needs gocryptfs, fuse3 and qemu-io (apt-get install -y gocryptfs fuse3 qemu-utils)';
+  // The passphrase from the environment, as a script would give it (a person types it, or `carryon unlock`).
+  process.env.CARRYON_PASSPHRASE ??= 'demo passphrase, not for real use';
+  const co = await step('Laptop C: carryon checkout alice-travel (a new desktop: the default policy requires encryption)', async () => {
+    if (!ready) return null;
+    await carryonServer(data, 'desktop', 'create', 'alice-travel', '--user', 'alice', '--image', 'golden');
+    await carryon(homeC, 'login', url, '--token', token);
+    return (await carryon(homeC, 'checkout', 'alice-travel')).json;
+  }, (j) => (j ? `${j.disk}: ${mb(num(j, 'bytesReceived'))} MB received, written encrypted (AES-256-XTS); key escrowed with the server` : skipped));
+  if (!co) return;
+  await step('Laptop C: carryon serve alice-travel, qemu-io writes through NBD, carryon checkin; then search every file of its home', async () => {
+    const serve = await startServe(homeC, 'alice-travel');
+    try {
+      await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x5c ${64 * 1024 * 1024} 1m`, '-c', 'flush', str(serve.listening, 'uri')]);
+    } finally {
+      await serve.stop();
+    }
+    const ci = (await carryon(homeC, 'checkin', 'alice-travel')).json;
+    const samples = varied4k(golden, 32);
+    return { ci, samples: samples.length, found: samplesUnder(homeC, samples), inPlain: samplesUnder(join(work, 'laptop-a'), samples) };
+  }, (r) => `version ${r.ci.version}: ${r.found} of ${r.samples} 4 KiB samples of the image found under laptop C's home ` +
+    `(${r.inPlain} of ${r.samples} under plaintext laptop A's)`);
+  await step('Laptop C: carryon discard alice-travel --yes (crypto-shredding)', async () => (await carryon(homeC, 'discard', 'alice-travel', '--yes')).json,
+    (j) => `key destroyed: ${String(j.keyShredded)}; ${mb(num(j, 'freedBytes'))} MB of cache freed`);
+}
+
+/** Up to `count` distinct 4 KiB sectors of real content (no runs of one byte), spread over the file. */
+function varied4k(file: string, count: number): Buffer[] {
+  const data = readFileSync(file);
+  const out: Buffer[] = [];
+  for (let o = 0; o + 4096 <= data.length; o += 4096) {
+    const s = data.subarray(o, o + 4096);
+    if (new Set(s).size < 64) continue;
+    let run = 1;
+    let ok = true;
+    for (let i = 1; i < s.length && ok; i++) ok = (run = s[i] === s[i - 1] ? run + 1 : 1) < 8;
+    if (ok) out.push(Buffer.from(s));
+  }
+  const step = Math.max(1, Math.floor(out.length / count));
+  return out.filter((_, i) => i % step === 0).slice(0, count);
+}
+
+/** How many of the samples occur in some regular file under dir. */
+function samplesUnder(dir: string, samples: Buffer[]): number {
+  const found = new Set<number>();
+  const walk = (d: string): void => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile()) {
+        const bytes = readFileSync(p);
+        samples.forEach((s, k) => {
+          if (!found.has(k) && bytes.includes(s)) found.add(k);
+        });
+      }
+    }
+  };
+  walk(dir);
+  return found.size;
 }
 
 /** `carryon serve DESKTOP --json` as a child process; resolves on its "listening" event. */
