@@ -2,7 +2,7 @@
 // and data folders, and a small ext4 image built from real files with mke2fs -d.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, cpSync, createWriteStream, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync } from 'node:fs';
+import { closeSync, cpSync, createWriteStream, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -46,6 +46,11 @@ export function tmpDir(prefix: string): string {
 
 /** Remove a test's temp folder (images are hundreds of MiB); CARRYON_KEEP_TMP=1 keeps it for a post-mortem. */
 export function removeTmp(dir: string): void {
+  // Encrypted personas still mounted (a laptop home that was never locked): their vaults are under dir.
+  for (const line of readFileSync('/proc/mounts', 'utf8').split('\n')) {
+    const [source, target, type] = line.split(' ');
+    if (type?.startsWith('fuse') && (source?.startsWith(dir) || target?.startsWith(dir))) spawnSync('fusermount3', ['-u', '-z', target!.replace(/\\040/g, ' ')]);
+  }
   if (process.env.CARRYON_KEEP_TMP !== '1') rmSync(dir, { recursive: true, force: true });
 }
 
