@@ -229,6 +229,24 @@ describe('encryption at rest on the laptop', () => {
     expect(await serve.stop()).toBe(0);
   }, 180_000);
 
+  it('an admin rollback of an encrypted copy: the agent destroys its key at once, removes it and its vault; the home shrinks by what it used', async () => {
+    expect((await server.admin(['desktop', 'create', 'enc3', '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    const co = await a.cli(['checkout', 'enc3', '--encrypt', '--json'], KEYS);
+    expect(co.code, co.stderr).toBe(0);
+    const used = statSync(co.json.disk).blocks * 512 + bytesUnder(path.join(a.home, 'vaults', 'enc3'));
+    const before = bytesUnder(a.home);
+    const held = ((await server.admin(['admin', 'checkouts'])).json.checkouts as any[]).find((c) => c.desktop === 'enc3');
+    expect((await server.admin(['admin', 'rollback', held.checkoutId])).code).toBe(0);
+    const agent = await a.cli(['agent', '--once'], KEYS);
+    expect(agent.code, agent.stderr).toBe(0);
+    expect(agent.stderr).toMatch(/enc3: rolled back by an admin: local copy removed.*its encryption key destroyed/);
+    expect(before - bytesUnder(a.home)).toBeGreaterThanOrEqual(used);
+    expect(filesUnder(a.home).some((f) => f.includes(`${path.sep}vaults${path.sep}enc3`))).toBe(false);
+    expect(readFileSync(path.join(a.home, 'state.db')).includes(Buffer.from('copy:enc3'))).toBe(false);
+    const st = await a.cli(['status', 'enc3']);
+    expect(st.stdout + st.stderr).toMatch(/ROLLED BACK: an admin/);
+  }, 120_000);
+
   it('a discard destroys the key and removes the encrypted cache: the home shrinks by what the desktop used', async () => {
     const co = await a.cli(['checkout', 'enc2', '--encrypt', '--json'], KEYS);
     expect(co.code, co.stderr).toBe(0);
