@@ -3,31 +3,16 @@
 // not the device token is found in any file under the laptop home; the passphrase's refusals; the
 // agent holding the key for the session; a discard destroys the key and gives the space back.
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { killSpawned, Laptop, makeExt4Image, removeTmp, requireTool, sha256File, spawnCli, TestServer, tmpDir } from './harness.js';
+import { allocatedUnder, filesUnder, killSpawned, Laptop, makeExt4Image, removeTmp, requireTool, sha256File, spawnCli, TestServer, tmpDir } from './harness.js';
 
 const SECTOR = 4096;
 const PASS = 'correct horse battery staple';
 // A cheap keyring KDF for the test (the default costs 2^17); the passphrase comes from the environment.
 const KEYS = { CARRYON_PASSPHRASE: PASS, CARRYON_KDF_LOG_N: '12' };
-
-/** Every regular file under dir (sockets and the like skipped), recursively. */
-function filesUnder(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) out.push(...filesUnder(p));
-    else if (e.isFile()) out.push(p);
-  }
-  return out;
-}
-
-function bytesUnder(dir: string): number {
-  return filesUnder(dir).reduce((n, f) => n + statSync(f).blocks * 512, 0);
-}
 
 /** Which of the needles occur in any file under dir (each file read whole). */
 function foundUnder(dir: string, needles: Buffer[]): Array<{ file: string; needle: number }> {
@@ -233,14 +218,14 @@ describe('encryption at rest on the laptop', () => {
     expect((await server.admin(['desktop', 'create', 'enc3', '--user', 'alice', '--image', 'golden'])).code).toBe(0);
     const co = await a.cli(['checkout', 'enc3', '--encrypt', '--json'], KEYS);
     expect(co.code, co.stderr).toBe(0);
-    const used = statSync(co.json.disk).blocks * 512 + bytesUnder(path.join(a.home, 'vaults', 'enc3'));
-    const before = bytesUnder(a.home);
+    const used = statSync(co.json.disk).blocks * 512 + allocatedUnder(path.join(a.home, 'vaults', 'enc3'));
+    const before = allocatedUnder(a.home);
     const held = ((await server.admin(['admin', 'checkouts'])).json.checkouts as any[]).find((c) => c.desktop === 'enc3');
     expect((await server.admin(['admin', 'rollback', held.checkoutId])).code).toBe(0);
     const agent = await a.cli(['agent', '--once'], KEYS);
     expect(agent.code, agent.stderr).toBe(0);
     expect(agent.stderr).toMatch(/enc3: rolled back by an admin: local copy removed.*its encryption key destroyed/);
-    expect(before - bytesUnder(a.home)).toBeGreaterThanOrEqual(used);
+    expect(before - allocatedUnder(a.home)).toBeGreaterThanOrEqual(used);
     expect(filesUnder(a.home).some((f) => f.includes(`${path.sep}vaults${path.sep}enc3`))).toBe(false);
     expect(readFileSync(path.join(a.home, 'state.db')).includes(Buffer.from('copy:enc3'))).toBe(false);
     const st = await a.cli(['status', 'enc3']);
@@ -250,13 +235,13 @@ describe('encryption at rest on the laptop', () => {
   it('a discard destroys the key and removes the encrypted cache: the home shrinks by what the desktop used', async () => {
     const co = await a.cli(['checkout', 'enc2', '--encrypt', '--json'], KEYS);
     expect(co.code, co.stderr).toBe(0);
-    const before = bytesUnder(a.home);
-    const used = statSync(co.json.disk).blocks * 512 + bytesUnder(path.join(a.home, 'vaults', 'enc2'));
+    const before = allocatedUnder(a.home);
+    const used = statSync(co.json.disk).blocks * 512 + allocatedUnder(path.join(a.home, 'vaults', 'enc2'));
     expect(used).toBeGreaterThan(24 * 1024 * 1024);
     const d = await a.cli(['discard', 'enc2', '--yes', '--json'], KEYS);
     expect(d.code, d.stderr).toBe(0);
     expect(d.json.keyShredded).toBe(true);
-    const after = bytesUnder(a.home);
+    const after = allocatedUnder(a.home);
     // The disk file and its sealed cache are gone: the home shrank by at least what the desktop used.
     expect(before - after).toBeGreaterThanOrEqual(used);
     expect(filesUnder(a.home).some((f) => f.includes(`${path.sep}vaults${path.sep}enc2`))).toBe(false);

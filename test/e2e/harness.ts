@@ -54,6 +54,16 @@ export function removeTmp(dir: string): void {
   if (process.env.CARRYON_KEEP_TMP !== '1') rmSync(dir, { recursive: true, force: true });
 }
 
+/** Every regular file under dir, recursively (sockets and the like left out). */
+export function filesUnder(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+}
+
+/** Allocated bytes of every file under dir (what `du` counts: a sparse disk counts its data only). */
+export function allocatedUnder(dir: string): number {
+  return filesUnder(dir).reduce((a, f) => a + statSync(f).blocks * 512, 0);
+}
+
 export function requireTool(name: string): void {
   const r = spawnSync('sh', ['-c', `command -v ${name}`]);
   if (r.status !== 0) throw new Error(`${name} is not installed: run scripts/install-test-deps.sh (CI installs it)`);

@@ -7,7 +7,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { killSpawned, Laptop, makeExt4Image, removeTmp, requireTool, sha256File, spawnCli, TestServer, tmpDir, type CliProcess } from './harness.js';
+import { filesUnder, killSpawned, Laptop, makeExt4Image, removeTmp, requireTool, sha256File, spawnCli, TestServer, tmpDir, type CliProcess } from './harness.js';
 
 const MiB = 1024 * 1024;
 const BLOCK = 64 * 1024;
@@ -38,17 +38,6 @@ function mounts(): Array<{ point: string; fstype: string }> {
     const sep = f.indexOf('-');
     return { point: f[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))), fstype: f[sep + 1]! };
   });
-}
-
-/** Every regular file under a folder. */
-function filesUnder(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) out.push(...filesUnder(p));
-    else if (e.isFile()) out.push(p);
-  }
-  return out;
 }
 
 /** Bytes nobody else writes: a seeded xorshift stream. */

@@ -4,11 +4,11 @@
 // checked out; then an admin rolls it back and the agent acts, or the user discards it. The home is
 // measured in allocated bytes (du), and every file under it is searched for 4 KiB samples of the disk.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { prng, randomBytes } from '../unit/helpers.js';
-import { killSpawned, Laptop, removeTmp, requireTool, TestServer, tmpDir } from './harness.js';
+import { allocatedUnder, filesUnder, killSpawned, Laptop, removeTmp, requireTool, TestServer, tmpDir } from './harness.js';
 
 /** An ext4 image holding `payloadMiB` of seeded random files (plus directories and metadata). */
 function makeRandomExt4(out: string, sizeMiB: number, payloadMiB: number): void {
@@ -37,15 +37,6 @@ function dataSamples(image: string, want: number): Buffer[] {
   }
   const step = Math.max(1, Math.floor(pages.length / want));
   return pages.filter((_, i) => i % step === 0).slice(0, want);
-}
-
-function filesUnder(dir: string): string[] {
-  return readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
-}
-
-/** Allocated bytes of every file under `dir` (what `du` counts: a sparse disk counts its data only). */
-function allocated(dir: string): number {
-  return filesUnder(dir).reduce((a, f) => a + statSync(f).blocks * 512, 0);
 }
 
 /** Files under `dir` holding at least one of the samples, with how many each holds. */
@@ -87,15 +78,15 @@ describe('wipe: a rollback or a discard frees the space and leaves no data behin
 
   /** Check out `trip`; the home's size before and after, the cache's growth, and where the samples are. */
   async function checkout(): Promise<{ before: number; after: number; used: number }> {
-    const before = allocated(laptop.home);
+    const before = allocatedUnder(laptop.home);
     const packs = path.join(laptop.home, 'cache', 'packs');
-    const packsBefore = existsSync(packs) ? allocated(packs) : 0;
+    const packsBefore = existsSync(packs) ? allocatedUnder(packs) : 0;
     const co = await laptop.cli(['checkout', 'trip', '--json']);
     expect(co.code, co.stderr).toBe(0);
-    const after = allocated(laptop.home);
+    const after = allocatedUnder(laptop.home);
     // What the desktop uses: its disk file and the cache's pack bytes for it (the cache's index and the
     // state database are the home's own, made at the first check-out, and stay).
-    const used = statSync(co.json.disk).blocks * 512 + allocated(packs) - packsBefore;
+    const used = statSync(co.json.disk).blocks * 512 + allocatedUnder(packs) - packsBefore;
     expect(samples.length).toBeGreaterThanOrEqual(300);
     // The control: the data is there, in the disk and in the cache's packs (zstd stores it as raw blocks).
     const hits = filesHolding(laptop.home, samples);
@@ -114,7 +105,7 @@ describe('wipe: a rollback or a discard frees the space and leaves no data behin
     const agent = await laptop.cli(['agent', '--once']); // the human log goes to stderr
     expect(agent.code, agent.stderr).toBe(0);
     expect(agent.stderr).toMatch(/trip: rolled back by an admin: local copy removed/);
-    const gone = allocated(laptop.home);
+    const gone = allocatedUnder(laptop.home);
     const m = /trip: rolled back by an admin: local copy removed, (\d+) cache blocks removed, ([\d.]+) MiB freed/.exec(agent.stderr);
     console.log(`rollback: home ${after} B with the desktop (it used ${used} B: disk and cache packs), ${gone} B after the agent (${before} B before the check-out); agent: ${m?.[0]}`);
     expect(filesHolding(laptop.home, samples)).toEqual({});
@@ -132,7 +123,7 @@ describe('wipe: a rollback or a discard frees the space and leaves no data behin
     const { before, after, used } = await checkout();
     const d = await laptop.cli(['discard', 'trip', '--yes', '--json']);
     expect(d.code, d.stderr).toBe(0);
-    const gone = allocated(laptop.home);
+    const gone = allocatedUnder(laptop.home);
     console.log(`discard: home ${after} B with the desktop (it used ${used} B: disk and cache packs), ${gone} B after discard (${before} B before the check-out); freedBytes ${d.json.freedBytes}`);
     expect(filesHolding(laptop.home, samples)).toEqual({});
     expect(after - gone).toBeGreaterThanOrEqual(used);
