@@ -139,7 +139,8 @@ async function forcedCheckin(state: LocalState, api: ApiClient, login: Login, lo
 }
 
 async function rollbackLocal(state: LocalState, api: ApiClient, local: LocalCheckout, req: DeviceRequest, log: AgentLog): Promise<boolean> {
-  if (await busy(state.home, api, local, req, log)) return false;
+  // Not under a running VM either (one on the raw file included): the user copies out what they need first.
+  if (await busy(state.home, api, local, req, log, true)) return false;
   const lock = DiskLock.acquire(state.home, local.desktop, 'rollback');
   try {
     await tell(api, local, req, 'in-progress', {}, log);

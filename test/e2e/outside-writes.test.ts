@@ -80,7 +80,7 @@ describe('writes outside carryon around check-ins', () => {
     await server.init();
     const token = await server.addUser('alice');
     expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
-    for (const d of ['forced', 'forced-qemu', 'scan', 'after']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    for (const d of ['forced', 'forced-qemu', 'scan', 'after', 'rolled']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
     await server.start();
     for (const l of [a, b]) expect((await l.cli(['login', server.url, '--token', token])).code).toBe(0);
   }, 120_000);
@@ -208,6 +208,25 @@ describe('writes outside carryon around check-ins', () => {
       },
     }, co.json.disk);
   }, 120_000);
+
+  it('a rollback waits too while a process writes disk.raw (the user copies out what they need); then the copy goes', async () => {
+    const co = await b.cli(['checkout', 'rolled', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    const proc = spawn(process.execPath, [writerScript, co.json.disk], { stdio: ['pipe', 'pipe', 'inherit'] });
+    children.push(proc);
+    await printed(proc, 'first');
+    expect((await server.admin(['admin', 'rollback', await checkoutIdOf('rolled')])).code).toBe(0);
+    const events = await agentOnce(b);
+    const waiting = events.find((e) => e.event === 'waiting');
+    expect(waiting, JSON.stringify(events)).toMatchObject({ desktop: 'rolled', kind: 'rollback', writers: [{ pid: proc.pid, command: 'node' }] });
+    expect(events.some((e) => e.event === 'rollback-done')).toBe(false);
+    expect(existsSync(co.json.disk)).toBe(true);
+    proc.stdin!.end();
+    expect(await exited(proc)).toBe(0);
+    const after = await agentOnce(b);
+    expect(after.some((e) => e.event === 'rollback-done' && e.desktop === 'rolled'), JSON.stringify(after)).toBe(true);
+    expect(existsSync(co.json.disk)).toBe(false);
+  });
 
   it('a write in the middle of a full scan: DISK_CHANGED, nothing committed; a re-run commits it', async () => {
     const co = await b.cli(['checkout', 'scan', '--json']);
