@@ -39,7 +39,11 @@ export function registerStatus(program: Command): void {
 async function describe(state: LocalState, r: LocalCheckout, quiet: boolean): Promise<Record<string, unknown>> {
   const m = decodeManifest(r.manifest);
   const entry: Record<string, unknown> = { desktop: r.desktop, state: r.state, version: r.version, disk: r.diskPath, server: r.server, size: m.size, since: r.startedAt };
-  if (r.state === 'checked-in' && r.cheap && existsSync(r.diskPath)) {
+  // Encrypted at rest, and whether this command holds the key (a locked copy can be listed, not read).
+  const encrypted = state.keys.isEncrypted(r.desktop);
+  const locked = encrypted && !state.keys.isUnlocked();
+  entry.encryption = { encrypted, locked };
+  if (!locked && r.state === 'checked-in' && r.cheap && existsSync(r.diskPath)) {
     // The copy must still be the version checked in: a write since is not on the server.
     const o = await outsideChanges(state, r, undefined, { withoutRecord: false });
     entry.changedAfterCheckin = o && { reason: o.reason, blocksChanged: o.blocks.length, bytesChanged: o.blocks.reduce((n, i) => n + m.lengthOf(i), 0), sizeChanged: o.size !== m.size };
@@ -79,7 +83,7 @@ async function describe(state: LocalState, r: LocalCheckout, quiet: boolean): Pr
     entry.dirtyMap = { trusted: false, reason: opened.reason, recovered: false };
   }
   // Without a usable map, and with nobody writing, a full scan gives the exact change.
-  if (r.state === 'active' && !(entry.dirtyMap as { trusted: boolean }).trusted && !owner) {
+  if (r.state === 'active' && !(entry.dirtyMap as { trusted: boolean }).trusted && !owner && !locked) {
     const s = await scanChanges(state, r.desktop, quiet);
     Object.assign(entry, { blocksChanged: s.changed.length, bytesChanged: s.bytesChanged });
   }
@@ -100,12 +104,14 @@ function rollbackJson(rb: LocalRollback): Record<string, unknown> {
 
 function human(d: Record<string, unknown>): string {
   if (d.state === 'rolled-back') return `${d.desktop}: ROLLED BACK: ${d.message as string}`;
-  const head = `${d.desktop} version ${d.version} at ${d.disk} (${fmtBytes(d.size as number)})`;
+  const enc = d.encryption as { encrypted: boolean; locked: boolean } | undefined;
+  const head = `${d.desktop} version ${d.version} at ${d.disk} (${fmtBytes(d.size as number)}${enc?.encrypted ? ', encrypted at rest' : ''})`;
+  const lockedLine = enc?.locked ? '\n  encrypted and locked: `carryon unlock` (or give the passphrase) to use it' : '';
   if (d.state === 'downloading') return `${head}: check-out incomplete: run \`carryon checkout ${d.desktop}\` again to resume`;
   if (d.state === 'checked-in') {
     const line = `${head}: checked in (the file is a read-only copy of that version)`;
     const c = d.changedAfterCheckin as { reason: string; blocksChanged: number; bytesChanged: number; sizeChanged: boolean } | null | undefined;
-    if (!c) return line;
+    if (!c) return line + lockedLine;
     if (c.blocksChanged === 0 && !c.sizeChanged) return line; // touched, but every block still holds the version
     return `${line}\n  WARNING: ${c.reason}: ${c.blocksChanged} blocks (${fmtBytes(c.bytesChanged)})${c.sizeChanged ? ' and its size' : ''} differ from that version, and these writes are NOT on the server.\n` +
       `  \`carryon checkout ${d.desktop}\` updates the copy in place: while the desktop is still at version ${d.version} it keeps these writes and the next check-in sends them; ` +
@@ -126,6 +132,7 @@ function human(d: Record<string, unknown>): string {
   const map = d.dirtyMap as { trusted: boolean; reason: string | null; recovered: boolean };
   if (d.blocksChanged !== undefined) lines.push(`  ${d.blocksChanged} blocks changed (${fmtBytes(d.bytesChanged as number)}) since check-out (full scan: ${map.reason})`);
   else if (map.trusted) lines.push(`  ${d.blocksWritten} blocks written (${fmtBytes(d.bytesWritten as number)}) since check-out; the check-in reads only these${map.recovered && !d.servedBy ? ' (map recovered after an unclean stop)' : ''}`);
+  else if (d.blocksChanged === undefined && enc?.locked) lines.push(`  the next check-in scans the whole disk: ${map.reason} (not counted while locked)`);
   else lines.push(`  the next check-in scans the whole disk: ${map.reason}`);
-  return lines.join('\n');
+  return lines.join('\n') + lockedLine;
 }

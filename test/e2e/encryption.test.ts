@@ -152,6 +152,10 @@ describe('encryption at rest on the laptop', () => {
     // status works locked: it reads no data
     const st = await a.cli(['status', 'enc']);
     expect(st.code, st.stderr).toBe(0);
+    expect(st.stdout).toMatch(/encrypted at rest/);
+    expect(st.stdout).toMatch(/encrypted and locked: `carryon unlock`/);
+    const open = await a.cli(['status', 'enc', '--json'], KEYS);
+    expect(open.json.desktops[0].encryption).toEqual({ encrypted: true, locked: false });
   }, 120_000);
 
   it('the agent holds the key for the session: unlock once, then commands need no passphrase; lock closes again', async () => {
