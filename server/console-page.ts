@@ -31,7 +31,7 @@ export const CONSOLE_HTML = `<!doctype html>
   <p id="notice" role="status"></p>
   <h2>Checkouts</h2>
   <table id="checkouts">
-    <thead><tr><th>desktop</th><th>user</th><th>device</th><th>since</th><th>lease</th><th>last contact</th><th>pending</th><th>requests</th><th>actions</th></tr></thead>
+    <thead><tr><th>desktop</th><th>user</th><th>device</th><th>since</th><th>lease</th><th>last contact</th><th>pending</th><th>encryption</th><th>requests</th><th>actions</th></tr></thead>
     <tbody></tbody>
   </table>
   <h2>Requests</h2>
@@ -70,6 +70,7 @@ export const CONSOLE_HTML = `<!doctype html>
       cell(tr, c.desktop); cell(tr, c.user); cell(tr, c.deviceName); cell(tr, c.since);
       var cd = countdown(c.leaseExpiresAt); var lease = cell(tr, cd.text, cd.cls + ' lease'); lease.dataset.expires = c.leaseExpiresAt || '';
       cell(tr, c.lastContactAt || 'never'); cell(tr, c.pendingBytes == null ? 'unknown' : bytes(c.pendingBytes) + ' in ' + c.pendingBlocks + ' blocks', 'pending');
+      cell(tr, c.escrow ? 'encrypted (key check ' + c.escrow.keyCheck + ')' : c.encryptionRequired ? 'required; key not escrowed yet' : 'plaintext copy', 'encryption');
       cell(tr, c.openRequests.map(function (q) { return q.kind + ': ' + q.state; }).join(', '), 'open-requests');
       var td = cell(tr, '');
       button(td, 'Force check-in', 'checkin', function () { call('POST', '/admin/checkouts/' + c.checkoutId + '/checkin').then(refresh, showError); });
@@ -85,6 +86,11 @@ export const CONSOLE_HTML = `<!doctype html>
         if (d > 0) call('POST', '/admin/checkouts/' + c.checkoutId + '/lease-code', { days: d }).then(function (x) {
           notice('Lease code for ' + x.desktop + ': ', x.code, ' \u2014 the user types: carryon renew ' + x.desktop + ' --code ' + x.code + '. The lease then runs until ' + x.leaseExpiresAt + '. The server\u2019s lease moves when the laptop reports the code, at its next contact.');
           return refresh();
+        }, showError);
+      });
+      if (c.escrow) button(td, 'Recovery code', 'recovery-code', function () {
+        if (confirm('Show the recovery code of ' + c.desktop + ' on ' + c.deviceName + '? It opens that laptop\u2019s encrypted copy; the reveal is audited.')) call('POST', '/admin/checkouts/' + c.checkoutId + '/recovery-code').then(function (x) {
+          notice('Recovery code for ' + x.desktop + ' on ' + x.deviceName + ' (key check ' + x.keyCheck + '): ', x.code, ' \u2014 the user types: carryon unlock ' + x.desktop + ' --recovery-code CODE, then chooses a new passphrase.');
         }, showError);
       });
       button(td, 'Roll back', 'rollback', function () { if (confirm('Roll ' + c.desktop + ' back to its last server version? Changes on the laptop not checked in are discarded.')) call('POST', '/admin/checkouts/' + c.checkoutId + '/rollback').then(refresh, showError); });

@@ -30,9 +30,12 @@ describe('admin console (chromium)', () => {
     adminToken = adm.json.token;
     expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
     for (const d of ['desk', 'other']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    expect((await server.admin(['desktop', 'create', 'secret', '--user', 'alice', '--image', 'golden', '--encryption', 'required'])).code).toBe(0);
     await server.start();
     expect((await laptop.cli(['login', server.url, '--token', userToken, '--device-name', 'alice-laptop'])).code).toBe(0);
     for (const d of ['desk', 'other']) expect((await laptop.cli(['checkout', d])).code).toBe(0);
+    const enc = await laptop.cli(['checkout', 'secret'], { CARRYON_PASSPHRASE: 'console test passphrase', CARRYON_KDF_LOG_N: '10' });
+    expect(enc.code, enc.stderr).toBe(0);
     qemuWrite(path.join(laptop.home, 'desktops', 'desk', 'disk.raw'), [[0x3c, 3 * 1024 * 1024, 65536]]);
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'] });
     page = await browser.newPage();
@@ -89,6 +92,18 @@ describe('admin console (chromium)', () => {
     expect(await page.locator('#checkouts tr[data-desktop="other"]').count()).toBe(1);
   });
 
+  it('shows which copies are encrypted; "Recovery code" reads out the code and the command, audited', async () => {
+    const row = page.locator('#checkouts tr[data-desktop="secret"]');
+    await expect.poll(async () => (await row.locator('td.encryption').textContent()) ?? '').toMatch(/^encrypted \(key check [0-9a-f]{16}\)$/);
+    expect(await page.locator('#checkouts tr[data-desktop="desk"] td.encryption').textContent()).toBe('plaintext copy');
+    expect(await page.locator('#checkouts tr[data-desktop="desk"] button[name="recovery-code"]').count()).toBe(0);
+    page.once('dialog', (d) => void d.accept());
+    await row.locator('button[name="recovery-code"]').click();
+    await expect.poll(async () => (await page.textContent('#notice')) ?? '').toMatch(/Recovery code for secret on alice-laptop .*carryon unlock secret --recovery-code CODE/);
+    expect(await page.locator('#notice code').textContent()).toMatch(/^([0-9A-Z]{4}-){13}[0-9A-Z]{4}$/);
+    await expect.poll(async () => (await page.locator('#audit tbody').textContent()) ?? '').toMatch(/escrow\.reveal/);
+  });
+
   it('"Extend lease" pushes the lease out; the audit log shows who did it', async () => {
     const row = page.locator('#checkouts tr[data-desktop="other"]');
     const before = Date.parse((await row.locator('td.lease').getAttribute('data-expires'))!);
@@ -117,7 +132,8 @@ describe('admin console (chromium)', () => {
     await row.locator('button[name="checkin"]').click();
     await expect.poll(async () => (await page.locator('#requests tbody').textContent()) ?? '').toMatch(/checkin.*desk.*requested/);
     // The laptop's agent, as its systemd unit would run it.
-    spawnCli(laptop, ['agent', '--interval', '1']);
+    // This laptop holds an encrypted copy too: its token is sealed, so the agent needs the passphrase.
+    spawnCli(laptop, ['agent', '--interval', '1'], { CARRYON_PASSPHRASE: 'console test passphrase' });
     await expect.poll(async () => (await page.locator('#requests tbody tr', { hasText: 'desk' }).first().textContent()) ?? '', { timeout: 30_000 }).toMatch(/done.*checked in as version 2; .* sent; (read only the blocks written|scanned the whole disk)/);
     // Details are sentences, not JSON.
     expect((await page.locator('#requests tbody').textContent()) ?? '').not.toMatch(/[{}"]/);
