@@ -7,6 +7,8 @@ import type { ApiClient } from '../api-client.js';
 import type { LocalState, Login } from '../state.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { fmtBytes } from '../progress.js';
+import { defaultSources } from '../keyring.js';
+import { checkMountPoint, requirePersonaVault } from '../persona-vault.js';
 
 export function registerCheckout(program: Command): void {
   withCommonOptions(program.command('checkout <desktop>').description('check a desktop out to this laptop (only missing blocks are downloaded)'))
@@ -18,7 +20,7 @@ export function registerCheckout(program: Command): void {
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
       if (opts.personaOnly === true) {
-        await runCommand(opts, (s) => checkoutPersonaOnly(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), opts.personaTo as string | undefined), (r) =>
+        await runCommand(opts, (s) => checkoutPersonaOnly(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), opts.personaTo as string | undefined, { encrypt: opts.encrypt === true, passphraseFile: opts.passphraseFile }), (r) =>
           `persona of ${r.desktop} version ${r.version} in ${r.dir}: ${r.files} files (${r.chunksFetched} chunks downloaded)\n` +
           `edit profile/ and registry.reg there, then \`carryon persona push ${r.desktop}\``);
         return;
@@ -45,8 +47,16 @@ function outsideLine(r: CheckoutResult): string {
 }
 
 /** A persona-only copy: no checkout, nothing locked; pushed back with `carryon persona push`. */
-async function checkoutPersonaOnly(state: LocalState, api: ApiClient, login: Login, name: string, to: string | undefined) {
-  await api.desktop(name); // DESKTOP_NOT_FOUND before anything is written
+async function checkoutPersonaOnly(state: LocalState, api: ApiClient, login: Login, name: string, to: string | undefined, enc: { encrypt: boolean; passphraseFile?: string }) {
+  const info = await api.desktop(name); // DESKTOP_NOT_FOUND before anything is written
+  // The desktop's policy holds for its persona alone too. There is no checkout, so no escrow: a
+  // forgotten passphrase loses only edits not pushed yet (the server keeps every persona version).
+  if (!state.keys.isEncrypted(name) && (info.encryption === 'required' || enc.encrypt)) {
+    requirePersonaVault();
+    if (to !== undefined) checkMountPoint(state.home, to);
+    await state.keys.ensure(defaultSources(enc.passphraseFile), info.encryption === 'required' ? `the persona of ${name} must be encrypted on this laptop (your admin's policy)` : `the persona of ${name} is to be encrypted on this laptop (--encrypt)`);
+    state.keys.createDataKey(name);
+  }
   const held = state.persona(name);
   const dir = path.resolve(to ?? held?.dir ?? path.join(state.home, 'desktops', name, 'persona'));
   const r = await checkoutPersona(state, api, login, name, undefined, dir, held?.withDisk ?? false, to);

@@ -208,4 +208,20 @@ describe('the persona of an encrypted copy is encrypted at rest', () => {
     expect(existsSync(path.join(a.home, 'vaults', 'desk'))).toBe(false);
     expect(existsSync(mountA)).toBe(false);
   }, 60_000);
+
+  it('a persona-only copy of a desktop whose policy requires encryption is encrypted too', async () => {
+    expect((await server.admin(['desktop', 'create', 'desk-req', '--user', 'alice', '--image', 'img', '--encryption', 'required'])).code).toBe(0);
+    const runD = path.join(dir, 'run-d');
+    const envD = { ...envA, XDG_RUNTIME_DIR: runD };
+    const co = await d.cli(['checkout', 'desk-req', '--persona-only', '--json'], envD);
+    expect(co.code, co.stderr).toBe(0);
+    expect(co.json.dir.startsWith(runD)).toBe(true);
+    expect(mountsUnder(co.json.dir)).toEqual([co.json.dir]);
+    expect(readFileSync(path.join(co.json.dir, 'profile', 'Documents', 'notes.txt')).length).toBeGreaterThan(0);
+    expect(findSamples(d.home, Object.values(files).flatMap(samplesOf))).toEqual([]);
+    const dc = await d.cli(['discard', 'desk-req', '--yes', '--json'], envD);
+    expect(dc.code, dc.stderr).toBe(0);
+    expect(dc.json.keyShredded).toBe(true);
+    expect(mountsUnder(runD)).toEqual([]);
+  }, 60_000);
 });
