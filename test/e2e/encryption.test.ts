@@ -2,12 +2,12 @@
 // served over NBD to qemu-io and nbdcopy, written, checked in; no 4 KiB sample of its plaintext and
 // not the device token is found in any file under the laptop home; the passphrase's refusals; the
 // agent holding the key for the session; a discard destroys the key and gives the space back.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { allocatedUnder, filesUnder, killSpawned, Laptop, makeExt4Image, removeTmp, requireTool, sha256File, spawnCli, TestServer, tmpDir } from './harness.js';
+import { allocatedUnder, filesUnder, killSpawned, Laptop, makeExt4Image, removeTmp, requireTool, ROOT, sha256File, spawnCli, TestServer, tmpDir } from './harness.js';
 
 const SECTOR = 4096;
 const PASS = 'correct horse battery staple';
@@ -234,6 +234,45 @@ describe('encryption at rest on the laptop', () => {
     expect(readFileSync(path.join(a.home, 'state.db')).includes(Buffer.from('copy:enc3'))).toBe(false);
     const st = await a.cli(['status', 'enc3']);
     expect(st.stdout + st.stderr).toMatch(/ROLLED BACK: an admin/);
+  }, 120_000);
+
+  it('on a terminal, the first encrypted check-out asks for a new passphrase twice (not echoed); later commands ask once', async () => {
+    requireTool('script');
+    expect((await server.admin(['desktop', 'create', 'tty', '--user', 'alice', '--image', 'golden', '--encryption', 'required'])).code).toBe(0);
+    const e = new Laptop(path.join(dir, 'laptop-e'));
+    expect((await e.cli(['login', server.url, '--token', token])).code).toBe(0);
+    const env: NodeJS.ProcessEnv = { ...process.env, CARRYON_HOME: e.home, CARRYON_KDF_LOG_N: '12' };
+    delete env.CARRYON_PASSPHRASE;
+    const secret = 'typed at the prompt 42';
+    /** Run the CLI on a pseudo-terminal (util-linux script), answering each prompt as it appears. */
+    const onTerminal = async (args: string, answers: Array<[prompt: string, reply: string]>): Promise<{ code: number | null; out: string }> => {
+      const p = spawn('script', ['-qec', `'${process.execPath}' '${path.join(ROOT, 'bin/carryon.js')}' ${args}`, '/dev/null'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      let next = 0;
+      let from = 0; // each prompt is looked for after the previous answer
+      p.stdout.on('data', (c) => {
+        out += c;
+        const at = next < answers.length ? out.indexOf(answers[next]![0], from) : -1;
+        if (at >= 0) {
+          from = at + answers[next]![0].length;
+          p.stdin.write(`${answers[next++]![1]}\r`);
+        }
+      });
+      const code = await new Promise<number | null>((resolve) => p.on('exit', resolve));
+      return { code, out };
+    };
+    const co = await onTerminal('checkout tty', [['new passphrase (not shown): ', secret], ['the same again: ', secret]]);
+    expect(co.out).toMatch(/must be encrypted on this laptop.*choose a passphrase/s);
+    expect(co.out).toMatch(/checked out tty/);
+    expect(co.out).not.toContain(secret);
+    expect(co.code).toBe(0);
+    const st = await onTerminal('status tty', [["passphrase for this laptop's encrypted desktops (not shown): ", secret]]);
+    expect(st.code, st.out).toBe(0);
+    expect(st.out).toMatch(/tty version 1 .*encrypted at rest/);
+    expect(st.out).not.toMatch(/locked/);
+    const bad = await onTerminal('status tty', [["passphrase for this laptop's encrypted desktops (not shown): ", 'not it at all']]);
+    expect(bad.code).toBe(14);
+    expect(bad.out).toMatch(/WRONG_PASSPHRASE/);
   }, 120_000);
 
   it('a discard destroys the key and removes the encrypted cache: the home shrinks by what the desktop used', async () => {
