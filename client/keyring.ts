@@ -199,7 +199,8 @@ export class KeyRing {
     let fresh = false;
     if (!this.kek) {
       const st = this.stored;
-      const tried = st ? await this.unlock(src).catch(() => null) : null;
+      // Never ask for the old passphrase here: the user came with a code because it is forgotten.
+      const tried = st ? await this.unlock(src, false).catch(() => null) : null;
       if (!tried) {
         // Forgotten: a new keyring. Other copies wrapped under the old one need their own codes; the old
         // keyring is kept aside (not deleted), so those wraps stay openable should the passphrase come back.
