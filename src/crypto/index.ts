@@ -6,7 +6,7 @@
 // cipher through a small native addon when it is built (native-xts.ts; same OpenSSL, one call per run of sectors).
 import { createCipheriv, createDecipheriv, createHash, createHmac, createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes, scrypt, type KeyObject } from 'node:crypto';
 import { CarryonError } from '../errors/index.js';
-import { loadNativeXts } from './native-xts.js';
+import { loadNativeXts, type NativeXts } from './native-xts.js';
 
 /** The disk's encryption unit: one XTS data unit per 4 KiB, the sector number as tweak. */
 export const SECTOR_BYTES = 4096;
@@ -64,6 +64,7 @@ export function sectorCipherImplementation(): { implementation: SectorCipherImpl
 export class SectorCipher {
   private readonly key: Buffer;
   private readonly tweak = Buffer.alloc(16);
+  private readonly addon: NativeXts | null;
   private readonly native: unknown;
   readonly implementation: SectorCipherImplementation;
 
@@ -81,6 +82,7 @@ export class SectorCipher {
         throw new CarryonError('INVALID_ARGUMENT', `XTS key refused: ${(err as Error).message}`, {}, err);
       }
     }
+    this.addon = addon;
     this.implementation = addon ? 'native' : 'js';
   }
 
@@ -98,19 +100,18 @@ export class SectorCipher {
   }
 
   private run(enc: boolean, src: Uint8Array, sector: number, dst: Uint8Array): void {
-    if (dst.length < src.length) throw new CarryonError('INVALID_ARGUMENT', 'sector cipher: output shorter than input');
+    const n = src.length;
+    if (dst.length < n) throw new CarryonError('INVALID_ARGUMENT', 'sector cipher: output shorter than input');
     if (!Number.isSafeInteger(sector) || sector < 0) throw new CarryonError('INVALID_ARGUMENT', `sector cipher: sector ${sector} is not a non-negative integer`);
-    const s = Buffer.from(src.buffer, src.byteOffset, src.length);
-    const d = Buffer.from(dst.buffer, dst.byteOffset, src.length);
-    if (s.buffer === d.buffer && s.byteOffset !== d.byteOffset && s.byteOffset < d.byteOffset + d.length && d.byteOffset < s.byteOffset + s.length) {
+    if (src.buffer === dst.buffer && src.byteOffset !== dst.byteOffset && src.byteOffset < dst.byteOffset + n && dst.byteOffset < src.byteOffset + n) {
       throw new CarryonError('INVALID_ARGUMENT', 'sector cipher: input and output overlap without being the same bytes');
     }
-    if (this.native === undefined) return this.runJs(enc, s, sector, d);
-    // Whole units and a last unit of >= 16 bytes in one native call; a tail under 16 bytes here.
-    const last = s.length % SECTOR_BYTES;
-    const cut = last > 0 && last < 16 ? s.length - last : s.length;
-    if (cut > 0) loadNativeXts().addon!.run(this.native, enc, cut === s.length ? s : s.subarray(0, cut), cut === s.length ? d : d.subarray(0, cut), sector);
-    if (cut < s.length) this.runJs(enc, s.subarray(cut), sector + cut / SECTOR_BYTES, d.subarray(cut));
+    if (this.addon === null) return this.runJs(enc, Buffer.from(src.buffer, src.byteOffset, n), sector, Buffer.from(dst.buffer, dst.byteOffset, n));
+    // Whole units and a last unit of >= 16 bytes in one native call; a tail under 16 bytes in JavaScript.
+    const last = n % SECTOR_BYTES;
+    const cut = last > 0 && last < 16 ? n - last : n;
+    if (cut > 0) this.addon.run(this.native, enc, cut === n ? src : src.subarray(0, cut), dst.length === cut ? dst : dst.subarray(0, cut), sector);
+    if (cut < n) this.runJs(enc, Buffer.from(src.buffer, src.byteOffset + cut, n - cut), sector + cut / SECTOR_BYTES, Buffer.from(dst.buffer, dst.byteOffset + cut, n - cut));
   }
 
   private runJs(enc: boolean, s: Buffer, sector: number, d: Buffer): void {
