@@ -1,5 +1,6 @@
 // Other ways to compute carryon's disk cipher, for the benchmark to measure against src/crypto's
-// SectorCipher (AES-256-XTS, one `createCipheriv('aes-256-xts')` per 4 KiB sector) in the same run.
+// SectorCipher (AES-256-XTS per 4 KiB sector: the native addon, and its fallback of one
+// `createCipheriv('aes-256-xts')` per sector) in the same run.
 // Owns: the alternatives and an in-process micro-benchmark of them. Nothing here is used by carryon
 // itself; an alternative moves into src/crypto only when it is measurably faster and gives the same
 // bytes (test/unit/scripts/xts-alternatives.test.ts checks that against createCipheriv).
@@ -10,7 +11,7 @@
 //   Two OpenSSL calls per request instead of three per sector, but two JavaScript passes over the data.
 // - xtsUnits: XTS with larger data units (e.g. 64 KiB): fewer calls, but a different on-disk format, and
 //   a 4 KiB write becomes read-decrypt-modify-encrypt-write of a whole unit. Measured, not adoptable.
-// - xtsNoFinal: today's loop without the (empty) final() per sector.
+// - xtsNoFinal: the JavaScript loop without the (empty) final() per sector.
 
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
