@@ -6,7 +6,12 @@
 import { read as fsRead, readSync, writeSync, writevSync } from 'node:fs';
 import { CarryonError, SECTOR_BYTES, SectorCipher } from '../src/index.js';
 
+/** Scratch for encrypted writes up to this size is kept and reused (writes are synchronous); larger ones allocate. */
+const SCRATCH_MAX = 4 * 1024 * 1024;
+
 export class DiskIo {
+  private scratch: Buffer | null = null;
+
   constructor(readonly fd: number, readonly size: number, readonly cipher: SectorCipher | null, private readonly file: string) {}
 
   static forKey(fd: number, size: number, dataKey: Buffer | null, file: string): DiskIo {
@@ -81,26 +86,47 @@ export class DiskIo {
     tmp.copy(buf, at, pos - a, pos - a + len);
   }
 
+  /** A buffer of n bytes for ciphertext about to be written (reused: its bytes are dead once the write returns). */
+  private tmp(n: number): Buffer {
+    if (n > SCRATCH_MAX) return Buffer.allocUnsafe(n);
+    if (!this.scratch || this.scratch.length < n) this.scratch = Buffer.allocUnsafe(Math.max(n, 64 * 1024));
+    return this.scratch.subarray(0, n);
+  }
+
   /** Write all of buf[at, at+len) at pos (never a short write: throws). The caller's buffer is not changed. */
   writeSync(buf: Buffer, at: number, len: number, pos: number): void {
     if (!this.cipher) return this.rawWriteSync(buf, at, len, pos);
     const { a, b } = this.span(pos, len);
-    const tmp = Buffer.allocUnsafe(b - a);
-    if (a !== pos || b !== pos + len) {
+    const tmp = this.tmp(b - a);
+    if (a === pos && b === pos + len) {
+      // Whole sectors: encrypted straight from the caller's buffer into the scratch.
+      this.cipher.encrypt(buf.subarray(at, at + len), a / SECTOR_BYTES, tmp);
+    } else {
       // Part of a sector: its other bytes come from the file (read-modify-write).
       this.rawReadSync(tmp, 0, tmp.length, a);
       this.cipher.decrypt(tmp, a / SECTOR_BYTES);
+      buf.copy(tmp, pos - a, at, at + len);
+      this.cipher.encrypt(tmp, a / SECTOR_BYTES);
     }
-    buf.copy(tmp, pos - a, at, at + len);
-    this.cipher.encrypt(tmp, a / SECTOR_BYTES);
     this.rawWriteSync(tmp, 0, tmp.length, a);
   }
 
   /** Several buffers back to back from pos: one writev for a plaintext file. */
   writevSync(chunks: Buffer[], pos: number): void {
     if (this.cipher) {
-      const all = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-      return this.writeSync(all, 0, all.length, pos);
+      if (chunks.length === 1) return this.writeSync(chunks[0]!, 0, chunks[0]!.length, pos);
+      const len = chunks.reduce((n, c) => n + c.length, 0);
+      const { a, b } = this.span(pos, len);
+      if (a !== pos || b !== pos + len) {
+        const all = Buffer.concat(chunks, len);
+        return this.writeSync(all, 0, len, pos);
+      }
+      // Whole sectors (socket chunks need not be): gathered into the scratch once, encrypted there in place.
+      const tmp = this.tmp(len);
+      let at = 0;
+      for (const c of chunks) at += c.copy(tmp, at);
+      this.cipher.encrypt(tmp, pos / SECTOR_BYTES);
+      return this.rawWriteSync(tmp, 0, len, pos);
     }
     let list = chunks;
     while (list.length > 0) {

@@ -12,7 +12,7 @@
 // the event loop, so a download landing in between cannot interleave with a VM write. Page-cache
 // reads and writes of 64 KiB-1 MiB take tens of microseconds here; only fsyncs go to the thread pool.
 import { closeSync, fdatasync, openSync } from 'node:fs';
-import { blockId, CarryonError, CheapHasher, DiskManifest, encodeBlock, isAllZero, NbdIoError, NBD_ERRNO, type BlockId, type NbdExport } from '../src/index.js';
+import { blockId, CarryonError, CheapHasher, DiskManifest, encodeBlock, isAllZero, NbdIoError, NBD_ERRNO, type BlockId, type NbdExport, type SectorCipherImplementation } from '../src/index.js';
 import { CACHE_LEVEL } from './state.js';
 import { crashPoint } from './crash-point.js';
 import { PAGE_BYTES, stampOf, type DiskJournal } from './disk-journal.js';
@@ -74,6 +74,11 @@ export class LocalDisk implements NbdExport {
     this.io = DiskIo.forKey(this.fd, manifest.size, dataKey, file);
     this.bs = manifest.blockSize;
     this.written = new Uint8Array(manifest.count);
+  }
+
+  /** The copy's disk cipher: null for a plaintext copy, else 'native' (the XTS addon) or 'js' (the slower fallback). */
+  get cipher(): SectorCipherImplementation | null {
+    return this.io.cipher?.implementation ?? null;
   }
 
   setSource(source: BlockSource | null): void {

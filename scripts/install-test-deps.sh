@@ -8,10 +8,12 @@
 # gives the login prompt test a terminal. GNU time (/usr/bin/time) reports a CLI run's peak memory in the
 # hostile-server tests. nbdfuse (libnbd-bin) and fusermount3 (fuse3) show `carryon serve --file`'s
 # export as a plain file in a FUSE mount (the serve --file tests; they also need /dev/fuse). gocryptfs keeps an
-# encrypted copy's persona encrypted at rest, mounted through FUSE (test/e2e/persona-vault.test.ts). The benchmark peers (rsync, rdiff, casync) come along so that
+# encrypted copy's persona encrypted at rest, mounted through FUSE (test/e2e/persona-vault.test.ts). python3, make
+# and a C compiler (build-essential) let `npm ci` build native/xts, the disk cipher's addon, with node-gyp
+# (test/unit/crypto/native-xts.test.ts fails if the cipher fell back to JavaScript). The benchmark peers (rsync, rdiff, casync) come along so that
 # scripts/bench runs on the same machine. A missing tool is a test failure, never a skip.
 set -euo pipefail
-pkgs=(e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs)
+pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -19,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-for t in mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script; do
+for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script; do
   command -v "$t" >/dev/null || { echo "install-test-deps: $t is still missing" >&2; exit 1; }
 done
 [ -x /usr/bin/time ] || { echo "install-test-deps: /usr/bin/time (GNU time) is still missing" >&2; exit 1; }

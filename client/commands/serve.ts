@@ -9,7 +9,7 @@ import { writeFileSync, renameSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { CarryonError, describeFailure, encodeCheap, encodeManifest, fmtBytes, fmtDuration, parseName, serveNbdConnection, NBD_ERRNO } from '../../src/index.js';
+import { CarryonError, describeFailure, encodeCheap, encodeManifest, fmtBytes, fmtDuration, parseName, sectorCipherImplementation, serveNbdConnection, NBD_ERRNO } from '../../src/index.js';
 import { ApiClient } from '../api-client.js';
 import { ServerBlockSource } from '../block-source.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
@@ -199,11 +199,12 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     const qemu = socketPath ? `nbd:unix:${socketPath}:exportname=${name}` : `nbd:127.0.0.1:${port}:exportname=${name}`;
     const changed = disk.journal.dirtyCount;
     const p0 = disk.progress();
-    log('listening', { desktop: name, uri, socket: socketPath, port, size: disk.size, blocksChanged: changed, dirtyMap: trust, localBytes: p0.localBytes, totalBytes: p0.totalBytes, ...(fuse ? { file: fuse.file } : {}) },
+    log('listening', { desktop: name, uri, socket: socketPath, port, size: disk.size, blocksChanged: changed, dirtyMap: trust, localBytes: p0.localBytes, totalBytes: p0.totalBytes, cipher: disk.cipher, ...(fuse ? { file: fuse.file } : {}) },
       `serving ${name} (${fmtBytes(disk.size)}) on ${uri}\n` +
       `  qemu:  qemu-system-x86_64 -drive file=${qemu},format=raw,if=virtio,cache=none ...\n` +
       (fuse ? `  file:  ${fuse.file} (raw, through nbdfuse): give it to VirtualBox or VMware as a raw disk (docs/hypervisors.md)\n` +
         `  stop:  shut down the VM, then Ctrl-C here or kill -TERM ${process.pid} (fusermount3 -u ${fuse.dir} also stops it)\n` : '') +
+      (disk.cipher === 'js' ? `  encrypted at rest with the slower JavaScript cipher: the native XTS addon is not in use (${sectorCipherImplementation().detail}); \`npm run build:native\` in carryon's folder builds it\n` : '') +
       `  dirty map: ${changed} blocks changed since check-out; ${trust.trusted ? (trust.recovered ? 'recovered after an unclean stop' : 'in order') : `the next check-in scans the whole disk (${trust.reason})`}` +
       (disk.complete ? '' : `\n  streaming: ${fmtBytes(p0.localBytes)} of ${fmtBytes(p0.totalBytes)} local; ${source ? (opts.download === false ? 'fetching only what the VM reads' : 'downloading the rest in the background') : 'not logged in: blocks not yet local fail with EIO'}`));
 

@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { decodeManifest, fmtDuration, parseName } from '../../src/index.js';
+import { decodeManifest, fmtDuration, parseName, sectorCipherImplementation } from '../../src/index.js';
 import { scanChanges } from '../checkin-engine.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
@@ -28,7 +28,9 @@ export function registerStatus(program: Command): void {
           desktops.push({ desktop: rb.desktop, state: 'rolled-back', disk: rb.diskPath, rolledBack: rollbackJson(rb), message: rollbackSentence(rb) });
         }
       }
-      return { home: state.home, desktops, ...(desktop && desktops.length === 0 ? { note: `${desktop} is not checked out on this laptop` } : {}) };
+      // How an encrypted copy's sectors are (de)crypted in this install: 'native' (the XTS addon) or 'js'.
+      const diskCipher = sectorCipherImplementation();
+      return { home: state.home, diskCipher, desktops, ...(desktop && desktops.length === 0 ? { note: `${desktop} is not checked out on this laptop` } : {}) };
     }, (r) => {
       if (r.desktops.length === 0) return r.note ?? `nothing checked out on this laptop (${r.home})`;
       return r.desktops.map(human).join('\n');

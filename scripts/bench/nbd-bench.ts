@@ -232,9 +232,9 @@ async function waitForNbd(d: Daemon, timeoutMs = 30_000): Promise<Json> {
 }
 
 /** `carryon serve DESK --socket SOCK --json [extra]`; resolves on its "listening" event. */
-async function startCarryonServe(home: string, desk: string, socket: string, extra: string[] = [], nodeArgs: string[] = []): Promise<{ daemon: Daemon; listening: Json }> {
+async function startCarryonServe(home: string, desk: string, socket: string, extra: string[] = [], nodeArgs: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<{ daemon: Daemon; listening: Json }> {
   const uri = `nbd+unix:///${desk}?socket=${socket}`;
-  const { daemon, exited } = spawnDaemon('carryon serve', process.execPath, [...nodeArgs, CLIENT_BIN, 'serve', desk, '--socket', socket, '--json', ...extra], uri, { ...process.env, CARRYON_HOME: home });
+  const { daemon, exited } = spawnDaemon('carryon serve', process.execPath, [...nodeArgs, CLIENT_BIN, 'serve', desk, '--socket', socket, '--json', ...extra], uri, { ...process.env, CARRYON_HOME: home, ...env });
   const until = Date.now() + 60_000;
   for (;;) {
     const line = daemon.lines.find((l) => l.includes('"listening"'));
@@ -499,9 +499,14 @@ async function measureCheckin(home: string, desk: string, diskPath: string, sock
 // 4 KiB sector), both served by carryon serve at once and measured by the same clients in alternating
 // order; then the same kind of change checked in from each through the dirty map; then the cipher
 // itself in this process, against the alternative ways to compute it (scripts/lib/xts-alternatives.ts).
+// Throughput also runs a third export, encrypted with the JavaScript cipher (CARRYON_XTS=js: one
+// createCipheriv per sector, what SectorCipher does without the native addon), in the same rounds.
 
-type Way = 'plain' | 'encrypted';
+type Way = 'plain' | 'encrypted' | 'encrypted-js';
+/** The check-in part and the targets: plain against encrypted with the cipher this install uses. */
 const WAYS: Way[] = ['plain', 'encrypted'];
+/** The throughput part. */
+const NBD_WAYS: Way[] = ['plain', 'encrypted', 'encrypted-js'];
 
 interface WaySamples {
   readMbps: number[];
@@ -524,6 +529,8 @@ interface EncryptionResult {
   cipher: CipherBenchRow[];
   randomWrites: { sector4k: number[]; unit64k: number[] };
   commands: Record<Way, string>;
+  /** The `cipher` of each serve's listening event: null (plain), 'native' or 'js'. */
+  ciphers: Record<Way, string | null>;
   cpuProfiles?: string;
 }
 
@@ -547,68 +554,80 @@ function cpuSeconds(pid: number): number {
 const CLOCK_TICKS = 100;
 
 async function measureEncryption(home: string, work: string, run_: string, size: number, writeSource: string, o: Options): Promise<EncryptionResult> {
-  const ways = Object.fromEntries(WAYS.map((w) => [w, { readMbps: [], writeMbps: [], read4kIops: [], write4kIops: [], readCpuPerGiB: [], writeCpuPerGiB: [], checkoutSeconds: 0, checkinSeconds: [], checkinWallSeconds: [], checkinScanMode: [], checkinBytesSent: [] }])) as unknown as Record<Way, WaySamples>;
+  const ways = Object.fromEntries(NBD_WAYS.map((w) => [w, { readMbps: [], writeMbps: [], read4kIops: [], write4kIops: [], readCpuPerGiB: [], writeCpuPerGiB: [], checkoutSeconds: 0, checkinSeconds: [], checkinWallSeconds: [], checkinScanMode: [], checkinBytesSent: [] }])) as unknown as Record<Way, WaySamples>;
   const desk = (w: Way, what: 'nbd' | 'ci'): string => `enc-${what}-${w}`;
-  const encArgs = (w: Way): string[] => (w === 'encrypted' ? ['--encrypt'] : []);
+  const encArgs = (w: Way): string[] => (w === 'plain' ? [] : ['--encrypt']);
+  const serveEnv = (w: Way): NodeJS.ProcessEnv => (w === 'encrypted-js' ? { CARRYON_XTS: 'js' } : {});
   const nodeArgs = (w: Way): string[] => (o.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${o.cpuProf}`, `--cpu-prof-name=serve-${w}-${Date.now()}.cpuprofile`] : []);
   // Alternate which way goes first in each round, so drift in the machine's load falls on both alike.
   const order = (round: number): Way[] => (round % 2 === 0 ? WAYS : [...WAYS].reverse());
+  // Three ways: each takes each position once in three rounds (and reversed in the next three).
+  const nbdOrder = (round: number): Way[] => {
+    const k = round % 3;
+    const rot = [...NBD_WAYS.slice(k), ...NBD_WAYS.slice(0, k)];
+    return Math.floor(round / 3) % 2 === 0 ? rot : rot.reverse();
+  };
 
   // Throughput: both exports up at once
   const daemons = {} as Record<Way, Daemon>;
   const commands = {} as Record<Way, string>;
+  const ciphers = {} as Record<Way, string | null>;
   try {
-    for (const w of WAYS) {
+    for (const w of NBD_WAYS) {
       const co = await carryon(home, 'checkout', desk(w, 'nbd'), '--to', join(work, `enc-${w}`, 'disk.raw'), ...encArgs(w));
       ways[w].checkoutSeconds = co.seconds;
-      log(`  ${w}: checked out ${desk(w, 'nbd')} in ${secs(co.seconds)} s${w === 'encrypted' ? ` (encrypted: ${JSON.stringify(co.json.encrypted ?? co.json.encryption ?? '?')})` : ''}`);
+      log(`  ${w}: checked out ${desk(w, 'nbd')} in ${secs(co.seconds)} s${w !== 'plain' ? ` (encrypted: ${JSON.stringify(co.json.encrypted ?? co.json.encryption ?? '?')})` : ''}`);
       const sock = join(run_, `enc-${w}.sock`);
-      daemons[w] = (await startCarryonServe(home, desk(w, 'nbd'), sock, [], nodeArgs(w))).daemon;
+      const started = await startCarryonServe(home, desk(w, 'nbd'), sock, [], nodeArgs(w), serveEnv(w));
+      daemons[w] = started.daemon;
+      ciphers[w] = (started.listening.cipher as string | null | undefined) ?? null;
+      log(`  ${w}: carryon serve's cipher: ${String(ciphers[w])}`);
+      if (w === 'encrypted' && ciphers[w] !== 'native') log('  WARNING: the encrypted export is not on the native XTS addon (npm run build:native); its row measures the JavaScript cipher');
       await waitForNbd(daemons[w]);
       commands[w] = daemons[w].command;
     }
     await warmCache(writeSource);
-    for (const w of WAYS) await warmCache(join(work, `enc-${w}`, 'disk.raw'));
+    for (const w of NBD_WAYS) await warmCache(join(work, `enc-${w}`, 'disk.raw'));
     const timed = async (w: Way, args: string[]): Promise<{ seconds: number; cpu: number }> => {
       const c0 = cpuSeconds(daemons[w].pid);
       const r = await run('nbdcopy', args);
       return { seconds: r.seconds, cpu: cpuSeconds(daemons[w].pid) - c0 };
     };
     for (let r = 0; r < o.repeat; r++) {
-      for (const w of order(r)) {
+      for (const w of nbdOrder(r)) {
         const x = await timed(w, NBDCOPY_READ(daemons[w].uri));
         ways[w].readMbps.push(size / 1e6 / x.seconds);
         ways[w].readCpuPerGiB.push((x.cpu * GiB) / size);
       }
     }
     for (let r = 0; r < o.repeat; r++) {
-      for (const w of order(r)) {
+      for (const w of nbdOrder(r)) {
         const x = await timed(w, NBDCOPY_WRITE(writeSource, daemons[w].uri));
         ways[w].writeMbps.push(size / 1e6 / x.seconds);
         ways[w].writeCpuPerGiB.push((x.cpu * GiB) / size);
       }
     }
     for (let r = 0; r < o.repeat; r++) {
-      for (const w of order(r)) {
+      for (const w of nbdOrder(r)) {
         const q = await qemuImgBench(daemons[w].uri);
         if (!q || 'error' in q) throw new Error(`qemu-img bench on the ${w} export: ${q && 'error' in q ? q.error : 'no result'}`);
         ways[w].read4kIops.push(q.readIops);
         ways[w].write4kIops.push(q.writeIops);
       }
     }
-    for (const w of WAYS) {
+    for (const w of NBD_WAYS) {
       const s = ways[w];
       log(`  ${w}: nbdcopy read ${s.readMbps.map((x) => x.toFixed(0)).join(', ')} MB/s (serve CPU ${s.readCpuPerGiB.map((x) => x.toFixed(2)).join(', ')} s/GiB); ` +
         `write ${s.writeMbps.map((x) => x.toFixed(0)).join(', ')} MB/s (CPU ${s.writeCpuPerGiB.map((x) => x.toFixed(2)).join(', ')} s/GiB); ` +
         `4 KiB read ${s.read4kIops.map((x) => x.toFixed(0)).join(', ')}/s, write ${s.write4kIops.map((x) => x.toFixed(0)).join(', ')}/s`);
     }
-    for (const w of WAYS) {
+    for (const w of NBD_WAYS) {
       const gone = daemons[w].exitedWith();
       if (gone !== undefined) throw new Error(`the ${w} carryon serve exited (${gone}) during the measurements:\n${daemons[w].tail()}`);
       await stopCarryonServe(daemons[w]);
     }
   } finally {
-    for (const w of WAYS) if (daemons[w] && daemons[w].exitedWith() === undefined) await daemons[w].stop();
+    for (const w of NBD_WAYS) if (daemons[w] && daemons[w].exitedWith() === undefined) await daemons[w].stop();
   }
   if (o.cpuProf) log(`  CPU profiles of both serve processes in ${o.cpuProf}`);
 
@@ -650,28 +669,30 @@ async function measureEncryption(home: string, work: string, run_: string, size:
   const randomWrites = randomWriteBench(key, rwFile, 256 * MiB, 20_000, rounds, (n) => randomBytesSeeded(o.seed, 0x530000, n));
   rmSync(rwFile, { force: true });
   log(`  4 KiB random writes to a file (pwrite, page cache): 4 KiB units ${randomWrites.sector4k.map((x) => x.toFixed(0)).join(', ')}/s; 64 KiB units (read-modify-write) ${randomWrites.unit64k.map((x) => x.toFixed(0)).join(', ')}/s`);
-  return { ways, cipher, randomWrites, commands, cpuProfiles: o.cpuProf };
+  return { ways, cipher, randomWrites, commands, ciphers, cpuProfiles: o.cpuProf };
 }
 
 function encryptionReport(e: EncryptionResult, size: number, repeat: number, writes: number): string {
   const p = e.ways.plain;
   const x = e.ways.encrypted;
-  const row = (what: string, a: number[], b: number[], digits = 0, lowerIsBetter = false): string[] => [
-    what, `${medianOf(a).toFixed(digits)} (${spread(a, digits)})`, `${medianOf(b).toFixed(digits)} (${spread(b, digits)})`,
-    lowerIsBetter ? ratio(medianOf(b), medianOf(a)) : ratio(medianOf(b), medianOf(a)),
+  const j = e.ways['encrypted-js'];
+  const cell = (a: number[], digits: number): string => (a.length ? `${medianOf(a).toFixed(digits)} (${spread(a, digits)})` : '-');
+  const row = (what: string, a: number[], b: number[], c: number[], digits = 0): string[] => [
+    what, cell(a, digits), cell(b, digits), ratio(medianOf(b), medianOf(a)), cell(c, digits), c.length ? ratio(medianOf(c), medianOf(a)) : '-',
   ];
   const body = [
-    row('nbdcopy read, MB/s', p.readMbps, x.readMbps),
-    row('nbdcopy write, MB/s', p.writeMbps, x.writeMbps),
-    row('qemu-img bench 4 KiB read, req/s', p.read4kIops, x.read4kIops),
-    row('qemu-img bench 4 KiB write, req/s', p.write4kIops, x.write4kIops),
-    row('serve CPU per GiB read, s', p.readCpuPerGiB, x.readCpuPerGiB, 2, true),
-    row('serve CPU per GiB written, s', p.writeCpuPerGiB, x.writeCpuPerGiB, 2, true),
-    row(`dirty-map check-in of ${writes} x 64 KiB, s`, p.checkinSeconds, x.checkinSeconds, 2, true),
-    row('the same, process wall time, s', p.checkinWallSeconds, x.checkinWallSeconds, 2, true),
+    row('nbdcopy read, MB/s', p.readMbps, x.readMbps, j.readMbps),
+    row('nbdcopy write, MB/s', p.writeMbps, x.writeMbps, j.writeMbps),
+    row('qemu-img bench 4 KiB read, req/s', p.read4kIops, x.read4kIops, j.read4kIops),
+    row('qemu-img bench 4 KiB write, req/s', p.write4kIops, x.write4kIops, j.write4kIops),
+    row('serve CPU per GiB read, s', p.readCpuPerGiB, x.readCpuPerGiB, j.readCpuPerGiB, 2),
+    row('serve CPU per GiB written, s', p.writeCpuPerGiB, x.writeCpuPerGiB, j.writeCpuPerGiB, 2),
+    row(`dirty-map check-in of ${writes} x 64 KiB, s`, p.checkinSeconds, x.checkinSeconds, [], 2),
+    row('the same, process wall time, s', p.checkinWallSeconds, x.checkinWallSeconds, [], 2),
   ];
   let out = `\nEncryption at rest: the same ${human(size)} image served plain and encrypted (AES-256-XTS, 4 KiB sectors) by carryon serve, ${repeat} runs each, alternating; median (min-max)\n` +
-    table(['measure', 'plain', 'encrypted', 'encrypted / plain'], body);
+    `ciphers: encrypted = ${String(e.ciphers.encrypted)}, encrypted-js = ${String(e.ciphers['encrypted-js'])}\n` +
+    table(['measure', 'plain', 'encrypted', 'encrypted / plain', 'encrypted, JS cipher', 'JS / plain'], body);
   const cipherRows = e.cipher.map((r) => [r.what, `${cipherMedian(r).toFixed(0)} (${spread(r.mbPerSec)})`]);
   out += `\n\nThe cipher alone (encrypt, one thread, MB/s, median (min-max) of interleaved rounds)\n` + table(['way', 'MB/s'], cipherRows);
   out += `\n4 KiB random writes (encrypt + pwrite, page cache): 4 KiB units ${medianOf(e.randomWrites.sector4k).toFixed(0)}/s (${spread(e.randomWrites.sector4k)}); ` +
@@ -836,7 +857,7 @@ async function main(): Promise<number> {
       for (const d of desks) await carryonServer(data, 'desktop', 'create', d, '--user', 'bench', '--image', image, '--encryption', 'off');
     };
     log(`carryon-server at ${server.url}`);
-    const encDesks = o.parts.includes('encryption') ? WAYS.flatMap((w) => [`enc-nbd-${w}`, `enc-ci-${w}`]) : [];
+    const encDesks = o.parts.includes('encryption') ? [...NBD_WAYS.map((w) => `enc-nbd-${w}`), ...WAYS.map((w) => `enc-ci-${w}`)] : [];
     if (o.parts.includes('export') || o.parts.includes('encryption') || checkinImages.has(o.size)) {
       await publish(`golden-${label(o.size)}`, base, [...(o.parts.includes('export') ? ['nbd-export'] : []), ...(checkinImages.has(o.size) ? [`ci-${label(o.size)}`] : []), ...encDesks]);
     }

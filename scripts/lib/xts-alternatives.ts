@@ -1,5 +1,6 @@
 // Other ways to compute carryon's disk cipher, for the benchmark to measure against src/crypto's
-// SectorCipher (AES-256-XTS, one `createCipheriv('aes-256-xts')` per 4 KiB sector) in the same run.
+// SectorCipher (AES-256-XTS per 4 KiB sector: the native addon, and its fallback of one
+// `createCipheriv('aes-256-xts')` per sector) in the same run.
 // Owns: the alternatives and an in-process micro-benchmark of them. Nothing here is used by carryon
 // itself; an alternative moves into src/crypto only when it is measurably faster and gives the same
 // bytes (test/unit/scripts/xts-alternatives.test.ts checks that against createCipheriv).
@@ -10,11 +11,12 @@
 //   Two OpenSSL calls per request instead of three per sector, but two JavaScript passes over the data.
 // - xtsUnits: XTS with larger data units (e.g. 64 KiB): fewer calls, but a different on-disk format, and
 //   a 4 KiB write becomes read-decrypt-modify-encrypt-write of a whole unit. Measured, not adoptable.
-// - xtsNoFinal: today's loop without the (empty) final() per sector.
+// - xtsNoFinal: the JavaScript loop without the (empty) final() per sector.
 
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { SECTOR_BYTES, SectorCipher } from '../../src/crypto/index.js';
+import { loadNativeXts } from '../../src/crypto/native-xts.js';
 
 const WORDS_PER_SECTOR = SECTOR_BYTES / 4;
 
@@ -148,7 +150,8 @@ function rate(bytes: number, f: () => void): number {
  * other processes falls on all of them alike). Random, non-zero data (no hole shortcut).
  */
 export function cipherBench(key: Buffer, sizes: number[], totalBytes: number, rounds: number, random: (n: number) => Buffer): CipherBenchRow[] {
-  const sc = new SectorCipher(key);
+  const sc = new SectorCipher(key, { implementation: 'js' });
+  const native = loadNativeXts().addon ? new SectorCipher(key, { implementation: 'native' }) : null;
   const ecb = new EcbXts(key);
   const rows: CipherBenchRow[] = [];
   for (const size of sizes) {
@@ -156,7 +159,8 @@ export function cipherBench(key: Buffer, sizes: number[], totalBytes: number, ro
     random(size).copy(buf);
     const count = Math.max(1, Math.floor(totalBytes / size));
     const ways: [string, () => void][] = [
-      ['SectorCipher (createCipheriv per 4 KiB, today)', () => { for (let i = 0; i < count; i++) sc.encrypt(buf, i * 64); }],
+      ...(native ? [['SectorCipher native (one addon call per buffer)', () => { for (let i = 0; i < count; i++) native.encrypt(buf, i * 64); }] as [string, () => void]] : []),
+      ['SectorCipher js (createCipheriv per 4 KiB)', () => { for (let i = 0; i < count; i++) sc.encrypt(buf, i * 64); }],
       ['createCipheriv per 4 KiB without final() (same bytes)', () => { for (let i = 0; i < count; i++) xtsNoFinal(key, buf, i * 64); }],
       ['EcbXts (2 ECB calls per buffer, tweaks in JS; same bytes)', () => { for (let i = 0; i < count; i++) ecb.encrypt(buf, i * 64); }],
       ...(size >= 65536 ? [['XTS with 64 KiB units (other format)', () => { for (let i = 0; i < count; i++) xtsUnits(true, key, 65536, buf, i * 4); }] as [string, () => void]] : []),

@@ -108,6 +108,8 @@ describe('encryption at rest on the laptop', () => {
 
     const serve = spawnCli(a, ['serve', 'enc'], KEYS);
     const l = await listening(serve);
+    // The native XTS addon serves it (npm ci builds it); the JavaScript fallback only when asked for.
+    expect(l.cipher).toBe(process.env.CARRYON_XTS === 'js' ? 'js' : 'native');
     const w = spawnSync('qemu-io', ['-f', 'raw', '-c', `write -s ${path.join(dir, 'patch.bin')} ${8 * 1024 * 1024} ${patch.length}`, '-c', `write -s ${path.join(dir, 'patch.bin')} 12345 ${SECTOR}`, l.uri], { encoding: 'utf8' });
     expect(w.status, w.stderr).toBe(0);
     const back = path.join(dir, 'back.raw');
@@ -150,12 +152,13 @@ describe('encryption at rest on the laptop', () => {
     expect(wrong.stderr).toMatch(/recovery code/);
     expect(sha256File(disk)).toBe(before);
     // status works locked: it reads no data
-    const st = await a.cli(['status', 'enc']);
+    const st = await a.cli(['status', 'enc', '--json']);
     expect(st.code, st.stderr).toBe(0);
     expect(st.stdout).toMatch(/encrypted at rest/);
     expect(st.stdout).toMatch(/encrypted and locked: `carryon unlock`/);
     const open = await a.cli(['status', 'enc', '--json'], KEYS);
     expect(open.json.desktops[0].encryption).toEqual({ encrypted: true, locked: false });
+    expect(open.json.diskCipher.implementation).toBe(process.env.CARRYON_XTS === 'js' ? 'js' : 'native');
   }, 120_000);
 
   it('the agent holds the key for the session: unlock once, then commands need no passphrase; lock closes again', async () => {

@@ -89,6 +89,7 @@ describe('carryon serve: the disk over NBD', () => {
     const s = await serve(a, 'd-io');
     expect(s.listening.size).toBe(size);
     expect(s.listening.dirtyMap.trusted).toBe(true);
+    expect(s.listening.cipher).toBeNull(); // a plaintext copy
     const info = JSON.parse(tool('nbdinfo', ['--json', s.uri]).stdout);
     expect(info.exports[0]['export-size']).toBe(size);
     expect(info.exports[0].can_flush && info.exports[0].can_fua && info.exports[0].can_trim && info.exports[0].can_zero).toBe(true);
