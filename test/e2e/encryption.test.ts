@@ -152,7 +152,7 @@ describe('encryption at rest on the laptop', () => {
     expect(wrong.stderr).toMatch(/recovery code/);
     expect(sha256File(disk)).toBe(before);
     // status works locked: it reads no data
-    const st = await a.cli(['status', 'enc', '--json']);
+    const st = await a.cli(['status', 'enc']);
     expect(st.code, st.stderr).toBe(0);
     expect(st.stdout).toMatch(/encrypted at rest/);
     expect(st.stdout).toMatch(/encrypted and locked: `carryon unlock`/);
