@@ -76,6 +76,9 @@ export class DiskIo {
     if (!this.cipher) return this.rawRead(buf, at, len, pos);
     const { a, b } = this.span(pos, len);
     if (a === pos && b === pos + len) {
+      // With the addon, the read and its decryption both happen on a worker thread.
+      const off = this.cipher.preadDecrypt(this.fd, buf.subarray(at, at + len), pos);
+      if (off) return off;
       await this.rawRead(buf, at, len, pos);
       this.cipher.decrypt(buf.subarray(at, at + len), a / SECTOR_BYTES);
       return;

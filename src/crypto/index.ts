@@ -114,6 +114,25 @@ export class SectorCipher {
     if (cut < n) this.runJs(enc, Buffer.from(src.buffer, src.byteOffset + cut, n - cut), sector + cut / SECTOR_BYTES, Buffer.from(dst.buffer, dst.byteOffset + cut, n - cut));
   }
 
+  /**
+   * Read dst.length bytes of the file `fd` at `position` (a sector boundary; zeros past its end) and
+   * decrypt them, both on a worker thread: a large read of an encrypted disk then costs the calling
+   * thread nothing. Null without the addon: the caller reads, then decrypts.
+   */
+  preadDecrypt(fd: number, dst: Uint8Array, position: number): Promise<void> | null {
+    if (this.addon === null || position % SECTOR_BYTES !== 0) return null;
+    const sector = position / SECTOR_BYTES;
+    const n = dst.length;
+    const last = n % SECTOR_BYTES;
+    return this.addon.preadDecrypt(this.native, fd, dst, position, sector).then(() => {
+      // A tail under 16 bytes (an odd-sized disk's last bytes) was read, not decrypted: JavaScript's.
+      if (last > 0 && last < 16) {
+        const tail = Buffer.from(dst.buffer, dst.byteOffset + n - last, last);
+        this.runJs(false, tail, sector + (n - last) / SECTOR_BYTES, tail);
+      }
+    });
+  }
+
   private runJs(enc: boolean, s: Buffer, sector: number, d: Buffer): void {
     for (let at = 0, n = sector; at < s.length; at += SECTOR_BYTES, n++) {
       const len = Math.min(SECTOR_BYTES, s.length - at);

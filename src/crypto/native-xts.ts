@@ -12,6 +12,8 @@ export interface NativeXts {
   create(key: Uint8Array): unknown;
   /** XTS over src into dst (same length; the same bytes or disjoint) from sector `sector`; whole units of >= 16 bytes. */
   run(ctx: unknown, encrypt: boolean, src: Uint8Array, dst: Uint8Array, sector: number): void;
+  /** Read dst.length bytes of fd at position (zeros past the end) and decrypt them, on a libuv worker thread; units under 16 bytes stay as read. */
+  preadDecrypt(ctx: unknown, fd: number, dst: Uint8Array, position: number, sector: number): Promise<void>;
   /** The OpenSSL the addon runs on (node's own). */
   openssl: string;
 }
@@ -31,7 +33,7 @@ export function loadNativeXts(): { addon: NativeXts | null; reason: string } {
     if (!existsSync(file)) continue;
     try {
       const addon = createRequire(import.meta.url)(file) as NativeXts;
-      if (typeof addon.create !== 'function' || typeof addon.run !== 'function') return (loaded = { addon: null, reason: `${file} is not carryon's XTS addon` });
+      if (typeof addon.create !== 'function' || typeof addon.run !== 'function' || typeof addon.preadDecrypt !== 'function') return (loaded = { addon: null, reason: `${file} is not carryon's XTS addon` });
       return (loaded = { addon, reason: file });
     } catch (err) {
       return (loaded = { addon: null, reason: `${file} did not load: ${(err as Error).message}` });

@@ -146,3 +146,41 @@ describe.skipIf(process.env.CARRYON_XTS === 'js')('SectorCipher native against c
     expect(() => new SectorCipher(Buffer.concat([half, half]), { implementation: 'native' })).toThrow(CarryonError);
   });
 });
+
+describe.skipIf(process.env.CARRYON_XTS === 'js')('SectorCipher.preadDecrypt (read and decrypt on a worker thread)', () => {
+  it('gives the plaintext of any sector-aligned range, zeros past the end, and an odd tail decrypted', async () => {
+    const { mkdtempSync, openSync, writeSync, closeSync } = await import('node:fs');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const cipher = SectorCipher.fromDataKey(newDataKey());
+    // 7 sectors, one of them a hole, then a 5-byte tail: an odd-sized disk.
+    const plain = Buffer.concat([bytes(3 * SECTOR_BYTES, 5), Buffer.alloc(SECTOR_BYTES), bytes(3 * SECTOR_BYTES + 5, 6)]);
+    const stored = Buffer.alloc(plain.length);
+    cipher.encrypt(plain, 0, stored);
+    const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'xts-pread-')), 'disk');
+    const fd = openSync(file, 'w+');
+    writeSync(fd, stored, 0, stored.length, 0);
+    try {
+      const whole = Buffer.alloc(plain.length);
+      const p = cipher.preadDecrypt(fd, whole, 0);
+      expect(p).not.toBeNull(); // the addon is in use (this file runs only on the native path)
+      await p;
+      expect(whole).toEqual(plain);
+      const mid = Buffer.alloc(2 * SECTOR_BYTES);
+      await cipher.preadDecrypt(fd, mid, 2 * SECTOR_BYTES);
+      expect(mid).toEqual(plain.subarray(2 * SECTOR_BYTES, 4 * SECTOR_BYTES));
+      // The tail unit as the file ends (callers clamp reads to the disk's size): decrypted by the JS side.
+      const tail = Buffer.alloc(5);
+      await cipher.preadDecrypt(fd, tail, 7 * SECTOR_BYTES);
+      expect(tail).toEqual(plain.subarray(7 * SECTOR_BYTES));
+      // Past the end of the file: zeros, a hole.
+      const past = Buffer.alloc(2 * SECTOR_BYTES, 0xee);
+      await cipher.preadDecrypt(fd, past, 8 * SECTOR_BYTES);
+      expect(past.every((b) => b === 0)).toBe(true);
+      expect(cipher.preadDecrypt(fd, Buffer.alloc(16), 100)).toBeNull(); // not a sector boundary: the caller's
+    } finally {
+      closeSync(fd);
+    }
+    await expect(cipher.preadDecrypt(fd, Buffer.alloc(SECTOR_BYTES), 0)).rejects.toMatchObject({ code: 'EBADF', syscall: 'pread' });
+  });
+});
