@@ -20,6 +20,7 @@ import { MAX_STREAM_BLOCK } from './local-disk.js';
 import { diskStampOf, openLocalDisk, outsideChanges, refuseDiskWriters, startJournal } from './disk-session.js';
 import type { LocalCheckout, LocalState, Login } from './state.js';
 import { defaultSources } from './keyring.js';
+import { wipeDesktopBlocks } from './wipe.js';
 
 export interface CheckoutResult {
   desktop: string;
@@ -109,9 +110,11 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   }
   const startOver = enc.fresh && ours && (await exists(disk));
   if (startOver) {
-    // A plaintext copy from an earlier trip cannot be updated in place under a new key: start over.
+    // A plaintext copy from an earlier trip cannot be updated in place under a new key: start over, and
+    // take its plaintext blocks out of the shared cache too (nothing of this desktop stays readable).
     await fs.rm(disk, { force: true });
     await fs.rm(partial, { force: true });
+    await wipeDesktopBlocks(state, name, null);
   }
   const cache = state.cacheOf(name);
 

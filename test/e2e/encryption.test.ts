@@ -278,6 +278,22 @@ describe('encryption at rest on the laptop', () => {
     expect(bad.out).toMatch(/WRONG_PASSPHRASE/);
   }, 120_000);
 
+  it('a desktop whose policy turns to required: the next check-out encrypts the copy and takes its plaintext out of the laptop', async () => {
+    expect((await server.admin(['desktop', 'create', 'flip', '--user', 'alice', '--image', 'golden', '--encryption', 'off'])).code).toBe(0);
+    const f = new Laptop(path.join(dir, 'laptop-f'));
+    expect((await f.cli(['login', server.url, '--token', token])).code).toBe(0);
+    const samples = samplesOf(image, 32);
+    expect((await f.cli(['checkout', 'flip'])).code).toBe(0);
+    expect(foundUnder(f.home, samples).length).toBeGreaterThan(0); // plaintext, as the policy allowed
+    expect((await f.cli(['checkin', 'flip'])).code).toBe(0);
+    expect((await server.admin(['desktop', 'policy', 'flip', '--encryption', 'required'])).code).toBe(0);
+    const co = await f.cli(['checkout', 'flip', '--json'], KEYS);
+    expect(co.code, co.stderr).toBe(0);
+    expect(foundUnder(f.home, samples)).toEqual([]);
+    const st = await f.cli(['status', 'flip', '--json'], KEYS);
+    expect(st.json.desktops[0].encryption).toEqual({ encrypted: true, locked: false });
+  }, 120_000);
+
   it('a discard destroys the key and removes the encrypted cache: the home shrinks by what the desktop used', async () => {
     const co = await a.cli(['checkout', 'enc2', '--encrypt', '--json'], KEYS);
     expect(co.code, co.stderr).toBe(0);
