@@ -251,10 +251,11 @@ async function measureEncryptedCheckouts(rig: CarryonRig, v0: string, rounds: nu
       const desk = `enc-${way}-${r}`;
       const home = join(dir, `home-${way}-${r}`);
       mkdirSync(home);
-      await carryonServer(rig.data, 'desktop', 'create', desk, '--user', 'bench', '--image', 'golden');
+      // The policy decides (required is the default for new desktops): off for the plain way.
+      await carryonServer(rig.data, 'desktop', 'create', desk, '--user', 'bench', '--image', 'golden', '--encryption', way === 'plain' ? 'off' : 'required');
       await carryon(home, 'login', rig.server.url, '--token', rig.token);
       const disk = join(home, 'disk.raw');
-      const co = await carryon(home, 'checkout', desk, '--to', disk, ...(way === 'encrypted' ? ['--encrypt'] : []));
+      const co = await carryon(home, 'checkout', desk, '--to', disk);
       const same = await run('cmp', ['-s', disk, v0], { okCodes: [1] });
       if ((same.code === 0) !== (way === 'plain')) throw new Error(`the ${way} check-out's disk ${same.code === 0 ? 'equals' : 'differs from'} v0`);
       out[way].push(fromCli(co.json, 'bytesReceived', co.seconds, `cold ${way} checkout into an empty home`));

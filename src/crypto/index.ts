@@ -4,7 +4,7 @@
 // passphrase KDF (scrypt), sealing a key to the server's escrow public key (X25519), and recovery
 // codes. Must not know: files, the CLI, the server. Everything here is Node's crypto (OpenSSL), the disk
 // cipher through a small native addon when it is built (native-xts.ts; same OpenSSL, one call per run of sectors).
-import { createCipheriv, createDecipheriv, createHash, createHmac, createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes, scrypt, type KeyObject } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomFillSync, createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes, scrypt, type KeyObject } from 'node:crypto';
 import { CarryonError } from '../errors/index.js';
 import { loadNativeXts, type NativeXts } from './native-xts.js';
 
@@ -175,13 +175,18 @@ export class SectorCipher {
  * AES-256-GCM with a random 96-bit nonce: `nonce(12) | ciphertext | tag(16)`. `aad` binds the sealed
  * bytes to where they belong (a block id, a checkout id), so a sealed value moved elsewhere fails to open.
  */
-export function seal(key: Buffer, plain: Uint8Array, aad: string | Uint8Array): Buffer {
-  const nonce = randomBytes(NONCE_BYTES);
-  const c = createCipheriv('aes-256-gcm', key, nonce);
+export function seal(key: Buffer, plain: Uint8Array | Uint8Array[], aad: string | Uint8Array): Buffer {
+  // Several parts are sealed as their concatenation, written once into the result (no joined copy first).
+  const parts = Array.isArray(plain) ? plain : [plain];
+  const out = Buffer.allocUnsafe(NONCE_BYTES + parts.reduce((n, p) => n + p.length, 0) + TAG_BYTES);
+  randomFillSync(out, 0, NONCE_BYTES);
+  const c = createCipheriv('aes-256-gcm', key, out.subarray(0, NONCE_BYTES));
   c.setAAD(typeof aad === 'string' ? Buffer.from(aad) : aad);
-  const body = c.update(plain);
+  let at = NONCE_BYTES;
+  for (const p of parts) at += c.update(p).copy(out, at);
   c.final();
-  return Buffer.concat([nonce, body, c.getAuthTag()]);
+  c.getAuthTag().copy(out, at);
+  return out;
 }
 
 /** Open a seal; null when the key is wrong, the aad differs or a byte was changed. */

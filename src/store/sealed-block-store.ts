@@ -27,7 +27,7 @@ export class SealedBlockStore implements BlockStore {
     const name = this.nameOf(id);
     // Sealed and handed on before any await: a caller's synchronous pass (serve's snapshot) stays one.
     // The inner put is idempotent, so a block stored twice keeps one index row.
-    await this.inner.put(name, seal(this.key, Buffer.concat([Buffer.from(id, 'hex'), encoded]), name));
+    await this.inner.put(name, seal(this.key, [Buffer.from(id, 'hex'), encoded], name));
   }
 
   private async open(name: string): Promise<{ id: BlockId; encoded: Buffer }> {
