@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { chmodSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CarryonError, PackBlockStore, seal, SealedBlockStore, subkey, tryOpen, type BlockId, type BlockStore } from '../src/index.js';
+import { CARRYON_VERSION, CarryonError, migrateSqliteSync, PackBlockStore, seal, SealedBlockStore, subkey, tryOpen, type BlockId, type BlockStore, type MigrationSet } from '../src/index.js';
 import { KeyRing } from './keyring.js';
 
 /** streaming: checked out with --stream; the disk is usable (through `carryon serve`) while blocks still arrive. */
@@ -85,6 +85,8 @@ const MIGRATIONS = [
   `CREATE TABLE copy_keys (desktop TEXT PRIMARY KEY, wrapped BLOB NOT NULL, key_check TEXT NOT NULL, created_at TEXT NOT NULL);`,
 ];
 
+const LAPTOP_SCHEMA: MigrationSet = { what: 'laptop state', migrations: MIGRATIONS.map((sql, i) => ({ version: i + 1, why: '', sqlite: sql })) };
+
 /** A rollback this laptop learned of; doneAt is set once the agent removed (or kept aside) the copy. */
 export interface LocalRollback {
   desktop: string;
@@ -131,14 +133,7 @@ export class LocalState {
     this.db.pragma('busy_timeout = 10000');
     // Deleted rows (a shredded key, a replaced token) are zeroed in the file, not left in free pages.
     this.db.pragma('secure_delete = ON');
-    const v = this.db.pragma('user_version', { simple: true }) as number;
-    MIGRATIONS.forEach((sql, i) => {
-      if (i + 1 <= v) return;
-      this.db.transaction(() => {
-        this.db.exec(sql);
-        this.db.pragma(`user_version = ${i + 1}`);
-      })();
-    });
+    migrateSqliteSync(this.db, LAPTOP_SCHEMA, path.join(home, 'state.db'), `carryon ${CARRYON_VERSION}`);
     this.cache = new PackBlockStore(path.join(home, 'cache'));
     this.keys = new KeyRing(this.db, home);
   }

@@ -6,7 +6,7 @@ import {
   applyBlockPatch, blockId, CarryonError, decodeManifest, encodeBlock, encodeManifest, getBlock, manifestId, parseUploadEntryName, scanImage, unpackEntries,
   MAX_UPLOAD_ENTRY_BYTES, MAX_UPLOAD_REQUEST_BYTES, type BlockId, type BlockStore, type DiskManifest, type TarEntry, type UploadResult,
 } from '../src/index.js';
-import type { SqliteMeta } from './meta.js';
+import type { Meta } from './meta.js';
 import type { Actor } from './audit.js';
 import { crashPoint } from './crash-point.js';
 
@@ -19,16 +19,16 @@ export interface LoadedManifest {
 /** Decoded manifests with their id sets, kept for the few checkouts in flight. */
 export class ManifestCache {
   private readonly map = new Map<BlockId, LoadedManifest>();
-  constructor(private readonly meta: SqliteMeta, private readonly max = 8) {}
+  constructor(private readonly meta: Meta, private readonly max = 8) {}
 
-  get(id: BlockId): LoadedManifest {
+  async get(id: BlockId): Promise<LoadedManifest> {
     const hit = this.map.get(id);
     if (hit) {
       this.map.delete(id);
       this.map.set(id, hit);
       return hit;
     }
-    const manifest = decodeManifest(this.meta.getManifest(id));
+    const manifest = decodeManifest(await this.meta.getManifest(id));
     const loaded = { id, manifest, ids: new Set(manifest.uniqueIds()) };
     this.map.set(id, loaded);
     if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
@@ -45,18 +45,19 @@ export class ManifestCache {
  * scope, while the store keeps one copy.
  */
 export class BlockScope {
-  constructor(private readonly meta: SqliteMeta, readonly userId: number, private readonly manifests: LoadedManifest[] = []) {}
+  constructor(private readonly meta: Meta, readonly userId: number, private readonly manifests: LoadedManifest[] = []) {}
 
-  has(id: BlockId): boolean {
-    for (const m of this.manifests) if (m.ids.has(id)) return true;
-    return this.meta.userHolds(this.userId, id);
+  async has(id: BlockId): Promise<boolean> {
+    return (await this.missing([id])).length === 0;
   }
 
   /** Ids (of those given) outside the scope: the ones to send. */
-  missing(ids: Iterable<BlockId>): BlockId[] {
-    const out: BlockId[] = [];
-    for (const id of ids) if (!this.has(id)) out.push(id);
-    return out;
+  async missing(ids: Iterable<BlockId>): Promise<BlockId[]> {
+    const rest: BlockId[] = [];
+    for (const id of ids) if (!this.manifests.some((m) => m.ids.has(id))) rest.push(id);
+    if (rest.length === 0) return rest;
+    const held = await this.meta.userHolds(this.userId, rest);
+    return rest.filter((id) => !held.has(id));
   }
 }
 
@@ -79,12 +80,12 @@ export class BlockIngest {
   /** The sync and index commit of earlier batches, chained so rows are committed in order. */
   private indexing: Promise<void> = Promise.resolve();
 
-  constructor(private readonly meta: SqliteMeta, private readonly store: BlockStore, private readonly grantTo: number | null = null) {}
+  constructor(private readonly meta: Meta, private readonly store: BlockStore, private readonly grantTo: number | null = null) {}
 
   /** Store a block unless the index or this ingest has it; returns its stored size, or 0 when it was there. */
   async add(id: BlockId, plain: Buffer): Promise<number> {
     if (this.grantTo !== null) this.grants.push(id);
-    if (this.unindexed.has(id) || this.meta.hasBlock(id)) {
+    if (this.unindexed.has(id) || await this.meta.hasBlock(id)) {
       if (this.grants.length >= INDEX_BATCH) this.startIndexing();
       return 0;
     }
@@ -107,7 +108,7 @@ export class BlockIngest {
     this.grants = [];
     const next = this.indexing.then(async () => {
       if (rows.length > 0) await this.store.sync();
-      this.meta.addBlocks(rows, this.grantTo === null ? undefined : { userId: this.grantTo, ids: grants });
+      await this.meta.addBlocks(rows, this.grantTo === null ? undefined : { userId: this.grantTo, ids: grants });
       for (const [id] of rows) this.unindexed.delete(id);
     });
     next.catch(() => undefined); // not unhandled: flush() rethrows it
@@ -134,7 +135,7 @@ export interface PublishResult {
   storedBytes: number;
 }
 
-export async function publishImage(meta: SqliteMeta, store: BlockStore, name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
+export async function publishImage(meta: Meta, store: BlockStore, name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
   let newBlocks = 0;
   let newPlainBytes = 0;
   let storedBytes = 0;
@@ -153,8 +154,8 @@ export async function publishImage(meta: SqliteMeta, store: BlockStore, name: st
   await ingest.flush();
   const encoded = encodeManifest(manifest);
   const id = manifestId(encoded);
-  meta.putManifest(id, encoded, manifest);
-  const version = meta.publishImageVersion(name, id, actor, { size: manifest.size, blockSize, newBlocks });
+  await meta.putManifest(id, encoded, manifest);
+  const version = await meta.publishImageVersion(name, id, actor, { size: manifest.size, blockSize, newBlocks });
   let holes = 0;
   for (let i = 0; i < manifest.count; i++) if (manifest.isHole(i)) holes++;
   return { image: name, version, manifestId: id, size: manifest.size, blockSize, blocks: manifest.count, holes, newBlocks, newPlainBytes, storedBytes };
@@ -166,7 +167,7 @@ export async function publishImage(meta: SqliteMeta, store: BlockStore, name: st
  * stored; an entry that fails stops the upload, and blocks stored before it stay (they are valid and
  * a retry need not send them again).
  */
-export async function ingestUpload(meta: SqliteMeta, store: BlockStore, base: LoadedManifest, scope: BlockScope, body: NodeJS.ReadableStream): Promise<UploadResult> {
+export async function ingestUpload(meta: Meta, store: BlockStore, base: LoadedManifest, scope: BlockScope, body: NodeJS.ReadableStream): Promise<UploadResult> {
   const result: UploadResult = { stored: 0, alreadyHad: 0, plainBytes: 0 };
   const maxBlock = base.manifest.blockSize;
   const ingest = new BlockIngest(meta, store, scope.userId);
@@ -185,7 +186,7 @@ export async function ingestUpload(meta: SqliteMeta, store: BlockStore, base: Lo
     }
     if (blockId(plain) !== e.id) throw new CarryonError('BLOCK_CORRUPT', `uploaded block ${e.id.slice(0, 12)}… does not match its hash`, { id: e.id });
     // "Already had" only for what the sender could name before: whether another user's data holds it is not said.
-    const had = scope.has(e.id);
+    const had = await scope.has(e.id);
     await ingest.add(e.id, plain);
     if (had) result.alreadyHad++;
     else result.stored++;

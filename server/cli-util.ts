@@ -1,7 +1,6 @@
 // Server CLI glue: the data folder option, human vs --json output, and failures as exit codes.
 import { describeFailure, fmtBytes } from '../src/index.js';
-import { openDataDir, type DataDir } from './db.js';
-import { SqliteMeta } from './meta.js';
+import { openParts, type ServerParts } from './services/parts.js';
 
 export interface GlobalOpts {
   data?: string;
@@ -12,14 +11,17 @@ export function dataDirOf(opts: GlobalOpts): string | undefined {
   return opts.data ?? process.env.CARRYON_DATA;
 }
 
-/** Run a command body with an opened data folder; print its result; map failures to exit codes. */
-export async function withData<T>(opts: GlobalOpts, body: (d: DataDir, meta: SqliteMeta) => Promise<T> | T, human: (r: T) => string): Promise<void> {
+/**
+ * Run a command body with the server's parts opened (the same services the HTTP routes call); print its
+ * result; map failures to exit codes.
+ */
+export async function withData<T>(opts: GlobalOpts, body: (p: ServerParts) => Promise<T> | T, human: (r: T) => string): Promise<void> {
   await run(opts, async () => {
-    const d = openDataDir(dataDirOf(opts));
+    const p = openParts(dataDirOf(opts));
     try {
-      return await body(d, new SqliteMeta(d.db));
+      return await body(p);
     } finally {
-      d.close();
+      await p.close();
     }
   }, human);
 }

@@ -4,34 +4,26 @@
 import Database from 'better-sqlite3';
 import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { CarryonError, FsBlockStore, type BlockStore } from '../src/index.js';
+import { CarryonError, CARRYON_VERSION, FsBlockStore, migrateSqliteSync, type BlockStore } from '../src/index.js';
 import { ensureEscrowKeys } from './escrow.js';
-import { MIGRATIONS } from './migrations.js';
+import { SERVER_SCHEMA } from './migrations.js';
+import { SqliteSql } from './sql/sqlite.js';
 
 export type Db = Database.Database;
 
 export interface DataDir {
   root: string;
-  db: Db;
+  /** The database through the async interface every repository uses. */
+  sql: SqliteSql;
   store: BlockStore;
-  close(): void;
 }
 
 export function dbPath(root: string): string {
   return path.join(root, 'carryon.db');
 }
 
-export function migrate(db: Db): number {
-  const current = db.pragma('user_version', { simple: true }) as number;
-  for (const m of MIGRATIONS) {
-    if (m.version <= current) continue;
-    db.transaction(() => {
-      db.exec(m.sql);
-      m.fill?.(db);
-      db.pragma(`user_version = ${m.version}`);
-    })();
-  }
-  return MIGRATIONS[MIGRATIONS.length - 1]!.version;
+export function migrate(db: Db, where = db.name): number {
+  return migrateSqliteSync(db, SERVER_SCHEMA, where, `carryon-server ${CARRYON_VERSION}`);
 }
 
 function openDb(file: string): Db {
@@ -82,5 +74,5 @@ export function openDataDir(root: string | undefined): DataDir {
   migrate(db);
   // Batch durability: BlockIngest syncs the store before it indexes what it wrote.
   const store = new FsBlockStore(path.join(abs, 'store'), { durability: 'batch' });
-  return { root: abs, db, store, close: () => db.close() };
+  return { root: abs, sql: new SqliteSql(db), store };
 }

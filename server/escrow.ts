@@ -12,8 +12,8 @@ import path from 'node:path';
 import {
   CarryonError, encodeRecoveryCode, keyCheck, newEscrowKeyPair, openEscrow, type EscrowAnswer, type RecoveryCodeAnswer,
 } from '../src/index.js';
-import type { Db } from './db.js';
-import type { Actor, SqliteFleetMeta } from './fleet-meta.js';
+import type { Sql } from '../src/index.js';
+import type { Actor, FleetMeta } from './fleet-meta.js';
 import type { CheckoutRow } from './meta.js';
 
 export interface EscrowPaths {
@@ -124,7 +124,7 @@ export class EscrowService {
   private pub: string | null | undefined;
 
   /** `dataRoot` null: no escrow key pair (a server without a data folder cannot require encryption). */
-  constructor(private readonly db: Db, private readonly dataRoot: string | null, private readonly fleet: SqliteFleetMeta) {}
+  constructor(private readonly db: Sql, private readonly dataRoot: string | null, private readonly fleet: FleetMeta) {}
 
   /** The public key laptops seal to, read once from DATA/escrow/escrow.pub. */
   publicKey(): string | null {
@@ -140,25 +140,25 @@ export class EscrowService {
    * anyone asks (at check-out), then fixed, so a policy changed later applies to new check-outs only and
    * never strands a copy already handed out.
    */
-  required(co: CheckoutRef): boolean {
-    const row = this.db.prepare('SELECT encryption_required AS r FROM checkouts WHERE id = ?').get(co.id) as { r: number | null } | undefined;
+  async required(co: CheckoutRef): Promise<boolean> {
+    const row = (await this.db.get('SELECT encryption_required AS r FROM checkouts WHERE id = ?', [co.id])) as { r: number | null } | undefined;
     if (!row) throw new CarryonError('CHECKOUT_NOT_FOUND', `no checkout ${co.id}`, { checkoutId: co.id });
     if (row.r !== null) return row.r === 1;
-    const wanted = this.fleet.encryptionPolicy(co.desktop_id).effective === 'required' ? 1 : 0;
-    this.db.prepare('UPDATE checkouts SET encryption_required = ? WHERE id = ? AND encryption_required IS NULL').run(wanted, co.id);
-    return (this.db.prepare('SELECT encryption_required AS r FROM checkouts WHERE id = ?').get(co.id) as { r: number }).r === 1;
+    const wanted = (await this.fleet.encryptionPolicy(co.desktop_id)).effective === 'required' ? 1 : 0;
+    (await this.db.run('UPDATE checkouts SET encryption_required = ? WHERE id = ? AND encryption_required IS NULL', [wanted, co.id]));
+    return ((await this.db.get('SELECT encryption_required AS r FROM checkouts WHERE id = ?', [co.id])) as { r: number }).r === 1;
   }
 
   /** The `encryption` field of a check-out answer: the escrow key is sent whenever the server has one. */
-  checkoutEncryption(co: CheckoutRef): { required: boolean; escrowKey: string | null } {
+  async checkoutEncryption(co: CheckoutRef): Promise<{ required: boolean; escrowKey: string | null }> {
     const escrowKey = this.publicKey();
-    const required = this.required(co);
+    const required = await this.required(co);
     if (required && escrowKey === null) throw new CarryonError('INTERNAL', 'encryption is required but the server has no escrow key (DATA/escrow/escrow.pub): restart carryon-server to make one');
     return { required, escrowKey };
   }
 
-  private escrowOf(checkoutId: string): EscrowRow | null {
-    const r = this.db.prepare('SELECT sealed, key_check, created_at FROM checkout_escrows WHERE checkout_id = ?').get(checkoutId) as { sealed: Buffer; key_check: string; created_at: string } | undefined;
+  private async escrowOf(checkoutId: string): Promise<EscrowRow | null> {
+    const r = (await this.db.get('SELECT sealed, key_check, created_at FROM checkout_escrows WHERE checkout_id = ?', [checkoutId])) as { sealed: Buffer; key_check: string; created_at: string } | undefined;
     return r ? { sealed: r.sealed, keyCheck: r.key_check, depositedAt: r.created_at } : null;
   }
 
@@ -168,9 +168,9 @@ export class EscrowService {
    * checkout that has one is refused: the copy's key never changes, and the one escrowed may be the
    * only way back into it. The caller has checked that the checkout is active and the device its holder.
    */
-  deposit(co: CheckoutRef, sealed: Buffer, check: string, actor: Actor): EscrowAnswer {
-    return this.db.transaction((): EscrowAnswer => {
-      const have = this.escrowOf(co.id);
+  async deposit(co: CheckoutRef, sealed: Buffer, check: string, actor: Actor): Promise<EscrowAnswer> {
+    return this.db.transaction(async (): Promise<EscrowAnswer> => {
+      const have = await this.escrowOf(co.id);
       if (have) {
         if (have.keyCheck === check) return { checkoutId: co.id, keyCheck: have.keyCheck, depositedAt: have.depositedAt, already: true };
         throw new CarryonError('CHECKOUT_CONFLICT',
@@ -178,17 +178,17 @@ export class EscrowService {
           'a copy keeps the key it escrowed. If this laptop lost that key, discard the checkout and check out again', { checkoutId: co.id, keyCheck: have.keyCheck });
       }
       const at = new Date().toISOString();
-      this.db.prepare('INSERT INTO checkout_escrows (checkout_id, sealed, key_check, created_at) VALUES (?, ?, ?, ?)').run(co.id, sealed, check, at);
-      const desktop = (this.db.prepare('SELECT name FROM desktops WHERE id = ?').get(co.desktop_id) as { name: string }).name;
-      this.fleet.audit(actor, 'escrow.deposit', `desktop:${desktop}`, { checkoutId: co.id, keyCheck: check });
+      (await this.db.run('INSERT INTO checkout_escrows (checkout_id, sealed, key_check, created_at) VALUES (?, ?, ?, ?)', [co.id, sealed, check, at]));
+      const desktop = ((await this.db.get('SELECT name FROM desktops WHERE id = ?', [co.desktop_id])) as { name: string }).name;
+      await this.fleet.audit(actor, 'escrow.deposit', `desktop:${desktop}`, { checkoutId: co.id, keyCheck: check });
       return { checkoutId: co.id, keyCheck: check, depositedAt: at, already: false };
-    })();
+    });
   }
 
   /** Refuse desktop data (disk blocks) for a checkout that must be encrypted and has not escrowed its key. */
-  requireEscrow(co: CheckoutRef): void {
-    if (!this.required(co) || this.escrowOf(co.id)) return;
-    const desktop = (this.db.prepare('SELECT name FROM desktops WHERE id = ?').get(co.desktop_id) as { name: string }).name;
+  async requireEscrow(co: CheckoutRef): Promise<void> {
+    if (!(await this.required(co)) || (await this.escrowOf(co.id))) return;
+    const desktop = ((await this.db.get('SELECT name FROM desktops WHERE id = ?', [co.desktop_id])) as { name: string }).name;
     throw missing(co.id, desktop);
   }
 
@@ -197,11 +197,11 @@ export class EscrowService {
    * escrow yet (the persona is the user's, not a checkout's: the device's own checkouts decide). With
    * no device named (a user token without the device header), every active checkout of the user counts.
    */
-  requireEscrowForDevice(userId: number, device: string | undefined): void {
-    const rows = this.db.prepare(`SELECT c.id, c.desktop_id, d.name AS desktop FROM checkouts c JOIN desktops d ON d.id = c.desktop_id
-      WHERE c.user_id = ? AND c.state = 'active' AND (? IS NULL OR c.device = ?) AND NOT EXISTS (SELECT 1 FROM checkout_escrows e WHERE e.checkout_id = c.id)
-      ORDER BY c.started_at`).all(userId, device ?? null, device ?? null) as Array<{ id: string; desktop_id: number; desktop: string }>;
-    for (const r of rows) if (this.required(r)) throw missing(r.id, r.desktop);
+  async requireEscrowForDevice(userId: number, device: string | undefined): Promise<void> {
+    const rows = (await this.db.all(`SELECT c.id, c.desktop_id, d.name AS desktop FROM checkouts c JOIN desktops d ON d.id = c.desktop_id
+      WHERE c.user_id = ? AND c.state = 'active' AND (CAST(? AS TEXT) IS NULL OR c.device = ?) AND NOT EXISTS (SELECT 1 FROM checkout_escrows e WHERE e.checkout_id = c.id)
+      ORDER BY c.started_at`, [userId, device ?? null, device ?? null])) as Array<{ id: string; desktop_id: number; desktop: string }>;
+    for (const r of rows) if (await this.required(r)) throw missing(r.id, r.desktop);
   }
 
   /**
@@ -210,26 +210,26 @@ export class EscrowService {
    * escrow, else its latest checkout that has one. `keyFile`: the escrow private key (default:
    * DATA/escrow/escrow.key). Audited as escrow.reveal before the code is returned.
    */
-  recoveryCode(target: { desktop?: string; checkoutId?: string }, actor: Actor, keyFile?: string): RecoveryCodeAnswer {
+  async recoveryCode(target: { desktop?: string; checkoutId?: string }, actor: Actor, keyFile?: string): Promise<RecoveryCodeAnswer> {
     const select = `SELECT c.id, c.device, c.device_name, c.state, d.name AS desktop FROM checkouts c JOIN desktops d ON d.id = c.desktop_id`;
     type Row = { id: string; device: string; device_name: string; state: string; desktop: string };
     let row: Row | undefined;
     if (target.checkoutId !== undefined) {
-      row = this.db.prepare(`${select} WHERE c.id = ?`).get(target.checkoutId) as Row | undefined;
+      row = (await this.db.get(`${select} WHERE c.id = ?`, [target.checkoutId])) as Row | undefined;
       if (!row || (target.desktop !== undefined && row.desktop !== target.desktop)) {
         throw new CarryonError('CHECKOUT_NOT_FOUND', `no checkout ${target.checkoutId}${target.desktop !== undefined ? ` of desktop ${target.desktop}` : ''}`, { checkoutId: target.checkoutId });
       }
     } else if (target.desktop !== undefined) {
-      if (!this.db.prepare('SELECT 1 FROM desktops WHERE name = ?').get(target.desktop)) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${target.desktop}`, { desktop: target.desktop });
-      row = this.db.prepare(`${select} JOIN checkout_escrows e ON e.checkout_id = c.id WHERE d.name = ?
-        ORDER BY c.state = 'active' DESC, c.started_at DESC, e.created_at DESC LIMIT 1`).get(target.desktop) as Row | undefined;
+      if (!(await this.db.get('SELECT 1 FROM desktops WHERE name = ?', [target.desktop]))) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${target.desktop}`, { desktop: target.desktop });
+      row = (await this.db.get(`${select} JOIN checkout_escrows e ON e.checkout_id = c.id WHERE d.name = ?
+        ORDER BY c.state = 'active' DESC, c.started_at DESC, e.created_at DESC LIMIT 1`, [target.desktop])) as Row | undefined;
       if (!row) {
         throw new CarryonError('ESCROW_MISSING', `desktop ${target.desktop} has no escrowed key: no laptop has encrypted a copy of it with this server (\`carryon-server admin checkouts\` shows which checkouts are encrypted)`, { desktop: target.desktop });
       }
     } else {
       throw new CarryonError('INVALID_ARGUMENT', 'name a desktop or a checkout');
     }
-    const e = this.escrowOf(row.id);
+    const e = await this.escrowOf(row.id);
     if (!e) {
       throw new CarryonError('ESCROW_MISSING', `checkout ${row.id} of ${row.desktop} (on ${row.device_name}) has no escrowed key: its laptop did not encrypt that copy, so there is nothing to recover`,
         { checkoutId: row.id, desktop: row.desktop });
@@ -249,7 +249,7 @@ export class EscrowService {
       throw new CarryonError('RECOVERY_CODE_INVALID', `the escrowed key of checkout ${row.id} does not match the key check its laptop sent (${e.keyCheck}): that escrow cannot be trusted, no code is given`, { checkoutId: row.id });
     }
     // The audit row is written before the code leaves this function: a reveal is never unrecorded.
-    this.fleet.audit(actor, 'escrow.reveal', `desktop:${row.desktop}`, { checkoutId: row.id, device: row.device, deviceName: row.device_name, keyCheck: e.keyCheck });
+    await this.fleet.audit(actor, 'escrow.reveal', `desktop:${row.desktop}`, { checkoutId: row.id, device: row.device, deviceName: row.device_name, keyCheck: e.keyCheck });
     return { checkoutId: row.id, desktop: row.desktop, device: row.device, deviceName: row.device_name, keyCheck: e.keyCheck, code: encodeRecoveryCode(key) };
   }
 

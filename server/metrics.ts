@@ -3,8 +3,8 @@
 // and gauges read from the database at scrape time (active checkouts, expired leases, stored bytes).
 // Names only, never user, desktop or token values: a scrape reveals no identities.
 import type { DiskSpace } from '../src/index.js';
-import type { SqliteFleetMeta } from './fleet-meta.js';
-import type { SqliteMeta } from './meta.js';
+import type { FleetMeta } from './fleet-meta.js';
+import type { Meta } from './meta.js';
 
 const COMMIT_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 
@@ -35,13 +35,13 @@ export class Metrics {
   }
 
   /** `liveIn`/`liveOut`: bytes so far on connections still open. */
-  render(meta: SqliteMeta, fleet: SqliteFleetMeta, liveIn = 0, liveOut = 0, space: DiskSpace | null = null): string {
+  async render(meta: Meta, fleet: FleetMeta, liveIn = 0, liveOut = 0, space: DiskSpace | null = null): Promise<string> {
     const out: string[] = [];
     const metric = (name: string, type: string, help: string, lines: string[]): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
     };
-    const s = meta.stats();
-    const active = fleet.activeCheckouts();
+    const s = await meta.stats();
+    const active = await fleet.activeCheckouts();
     const now = Date.now();
     metric('carryon_active_checkouts', 'gauge', 'Checkouts currently held by a device.', [`carryon_active_checkouts ${active.length}`]);
     metric('carryon_expired_leases', 'gauge', 'Active checkouts whose offline lease has run out.', [`carryon_expired_leases ${active.filter((c) => c.leaseExpiresAt && Date.parse(c.leaseExpiresAt) < now).length}`]);

@@ -1,16 +1,11 @@
 // Numbered, append-only schema migrations of the server database. Never edit a shipped entry: add one.
-// Each says why it exists. Applied in order inside one transaction each; PRAGMA user_version records
-// the last one applied. A migration that must compute rows from encoded data (manifests, persona
-// snapshots) does it in `fill`, in the same transaction as its SQL.
-import { decodeManifest, decodePersona } from '../src/index.js';
+// Each says why it exists. Applied by the one runner (src/sql) in order, one transaction each; it
+// records each version and refuses a database newer than this list. Versions 1-12 are SQLite history;
+// PostgreSQL starts from POSTGRES_BASELINE (the schema as of 12) and every later step gives both forms.
+// A migration that must compute rows from encoded data does it in `fill`, in the same transaction.
+import { decodeManifest, decodePersona, type Migration, type MigrationSet } from '../src/index.js';
 import type { Db } from './db.js';
-
-export interface Migration {
-  version: number;
-  why: string;
-  sql: string;
-  fill?: (db: Db) => void;
-}
+import { POSTGRES_BASELINE } from './sql/postgres-baseline.js';
 
 /**
  * Migration 9's fill: every block a user's data already names, outside the image their desktop derives
@@ -41,7 +36,7 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 1,
     why: 'The foundation: users with hashed tokens, content-addressed manifests and a block index, images and desktops as chains of versions, and checkouts with at most one active per desktop.',
-    sql: `
+    sqlite: `
       CREATE TABLE users (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
@@ -124,7 +119,7 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 2,
     why: 'The persona: each user has a chain of immutable persona versions (content-addressed snapshots of the profile tree and registry, file contents as chunks in the block store); a checkout records the persona version it started from, so a check-in can merge three ways; each desktop chooses how conflicting edits resolve.',
-    sql: `
+    sqlite: `
       CREATE TABLE persona_snapshots (
         id TEXT PRIMARY KEY,
         encoded BLOB NOT NULL,
@@ -152,7 +147,7 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 3,
     why: 'Fleet control, part 1: each laptop is a device with its own token (stored hashed, listable, revocable); every checkout carries an offline lease (days from the desktop, else the image, else 7) and the last contact and pending bytes its device reported; an append-only audit log of every state change says who, what, when and from where.',
-    sql: `
+    sqlite: `
       CREATE TABLE devices (
         id TEXT PRIMARY KEY,
         user_id INTEGER NOT NULL REFERENCES users(id),
@@ -184,7 +179,7 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 4,
     why: 'Fleet control, part 2: admin requests queued for a device (force check-in, rollback) with their state as the device reports it; a checkout ended by a rollback says so (end_reason), so the device is told at its next contact; per desktop, whether a rollback keeps the laptop copy aside.',
-    sql: `
+    sqlite: `
       CREATE TABLE admin_requests (
         id INTEGER PRIMARY KEY,
         checkout_id TEXT NOT NULL REFERENCES checkouts(id),
@@ -203,7 +198,7 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 5,
     why: 'Offline lease codes: each checkout gets a random secret shared with its laptop at check-out, so an admin can extend a lease with a short code (an HMAC over the checkout, the days and a sequence number) that the laptop checks without the network, read over the phone.',
-    sql: `
+    sqlite: `
       ALTER TABLE checkouts ADD COLUMN lease_secret BLOB;
       ALTER TABLE checkouts ADD COLUMN lease_code_seq INTEGER NOT NULL DEFAULT 0;
     `,
@@ -211,7 +206,7 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 6,
     why: 'Replication while checked out: a device sends its changed blocks as a restore point without ending its checkout (a lost laptop loses at most the time since the last one); an admin can make a restore point the desktop\'s next version; per desktop, how often the agent replicates.',
-    sql: `
+    sqlite: `
       CREATE TABLE restore_points (
         id INTEGER PRIMARY KEY,
         desktop_id INTEGER NOT NULL REFERENCES desktops(id),
@@ -230,21 +225,21 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 7,
     why: 'Restore points carry the persona too: the snapshot of the laptop\'s profile and registry at that moment (content-addressed, its chunks in the block store), made a persona version when the admin restores the point.',
-    sql: `
+    sqlite: `
       ALTER TABLE restore_points ADD COLUMN persona_snapshot_id TEXT REFERENCES persona_snapshots(id);
     `,
   },
   {
     version: 8,
     why: 'A lease an admin extended (or a lease code granted) is a floor: the device\'s next contact renews from the policy but never to an earlier end than the admin gave.',
-    sql: `
+    sqlite: `
       ALTER TABLE checkouts ADD COLUMN lease_floor TEXT;
     `,
   },
   {
     version: 9,
     why: 'Blocks are deduplicated across users, but knowing a hash must not let a user read a block: a user may name (in a commit, or learn present through a "missing" query) only a block of the image their desktop derives from, of their checked-out version, or one they have sent themselves (proof of possession) or that their data already held. user_blocks records the last two.',
-    sql: `
+    sqlite: `
       CREATE TABLE user_blocks (
         user_id INTEGER NOT NULL REFERENCES users(id),
         block_id TEXT NOT NULL,
@@ -256,7 +251,7 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 10,
     why: 'An admin can put a user\'s persona back to an earlier version (a bad push, a poisoned registry): the restore is a new version, source "restore", naming the version it copies (restored_from). SQLite cannot change a CHECK constraint in place, so the table is rebuilt.',
-    sql: `
+    sqlite: `
       CREATE TABLE persona_versions_new (
         user_id INTEGER NOT NULL REFERENCES users(id),
         version INTEGER NOT NULL,
@@ -278,7 +273,7 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 11,
     why: 'A lease code carries the lease end itself (the server and the laptop computed it from different clocks and days), and making one no longer moves the server\'s lease: the code is recorded here and applied (as a floor) once the laptop reports it used, at its next contact.',
-    sql: `
+    sqlite: `
       CREATE TABLE lease_codes (
         checkout_id TEXT NOT NULL REFERENCES checkouts(id),
         seq INTEGER NOT NULL,
@@ -294,7 +289,7 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 12,
     why: 'Encryption at rest: laptops encrypt their copy under a data key per copy, sealed to the server\'s escrow public key (DATA/escrow/escrow.pub) so an admin can recover it. Policy per image and per desktop (NULL: the desktop follows its image, the image the default, required). Desktops that exist now are set to off explicitly: their laptops already hold plaintext copies made by a carryon that cannot encrypt, and a required policy would stop them from checking out again until every laptop is updated; an admin turns it on per desktop. A checkout records the requirement it started under (existing ones: not required), so changing the policy never strands a copy already handed out; checkout_escrows keeps each checkout\'s sealed key and its key check (never the key).',
-    sql: `
+    sqlite: `
       ALTER TABLE images ADD COLUMN encryption TEXT CHECK (encryption IN ('required', 'off'));
       ALTER TABLE desktops ADD COLUMN encryption TEXT CHECK (encryption IN ('required', 'off'));
       UPDATE desktops SET encryption = 'off';
@@ -311,3 +306,9 @@ export const MIGRATIONS: Migration[] = [
     `,
   },
 ];
+
+export const SERVER_SCHEMA: MigrationSet = {
+  what: 'server database',
+  migrations: MIGRATIONS,
+  baselines: [{ dialect: 'postgres', version: 12, sql: POSTGRES_BASELINE }],
+};

@@ -1,8 +1,8 @@
-// SqlitePersonaMeta: the server's persona versions. Each user has a chain of immutable versions, each
+// PersonaMeta: the server's persona versions, over the async `Sql` interface. Each user has a chain of immutable versions, each
 // naming a content-addressed snapshot (src/persona/model.ts); version 1 is the empty persona, made the
 // first time a user's persona is asked for.
 import { decodePersona, encodePersona, personaId, type BlockId, type PersonaSnapshot } from '../src/index.js';
-import type { Db } from './db.js';
+import type { Sql } from '../src/index.js';
 
 export interface PersonaVersionRow {
   version: number;
@@ -32,51 +32,55 @@ const toVersion = (r: Row): PersonaVersionRow => ({
   mergeReport: r.merge_report === null ? null : JSON.parse(r.merge_report), createdAt: r.created_at,
 });
 
-export class SqlitePersonaMeta {
-  constructor(readonly db: Db) {}
+export class PersonaMeta {
+  constructor(readonly db: Sql) {}
 
-  putSnapshot(p: PersonaSnapshot): { id: BlockId; encoded: Buffer } {
+  async putSnapshot(p: PersonaSnapshot): Promise<{ id: BlockId; encoded: Buffer }> {
     const encoded = encodePersona(p);
     const id = personaId(encoded);
-    this.db.prepare('INSERT OR IGNORE INTO persona_snapshots (id, encoded, created_at) VALUES (?, ?, ?)').run(id, encoded, new Date().toISOString());
+    await this.db.run('INSERT INTO persona_snapshots (id, encoded, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING', [id, encoded, new Date().toISOString()]);
     return { id, encoded };
   }
 
-  snapshot(id: BlockId): PersonaSnapshot {
-    const row = this.db.prepare('SELECT encoded FROM persona_snapshots WHERE id = ?').get(id) as { encoded: Buffer } | undefined;
+  async snapshot(id: BlockId): Promise<PersonaSnapshot> {
+    const row = (await this.db.get('SELECT encoded FROM persona_snapshots WHERE id = ?', [id])) as { encoded: Buffer } | undefined;
     if (!row) throw new Error(`persona snapshot ${id} is missing`); // the schema's references make this a bug
     return decodePersona(row.encoded);
   }
 
   /** The user's newest version, creating the empty version 1 when there is none yet. */
-  current(userId: number): PersonaVersionRow {
-    const row = this.db.prepare('SELECT * FROM persona_versions WHERE user_id = ? ORDER BY version DESC LIMIT 1').get(userId) as Row | undefined;
+  async current(userId: number): Promise<PersonaVersionRow> {
+    const row = (await this.db.get('SELECT * FROM persona_versions WHERE user_id = ? ORDER BY version DESC LIMIT 1', [userId])) as Row | undefined;
     if (row) return toVersion(row);
-    return this.db.transaction(() => {
-      const again = this.db.prepare('SELECT * FROM persona_versions WHERE user_id = ? ORDER BY version DESC LIMIT 1').get(userId) as Row | undefined;
+    return this.db.transaction(async () => {
+      const again = (await this.db.get('SELECT * FROM persona_versions WHERE user_id = ? ORDER BY version DESC LIMIT 1', [userId])) as Row | undefined;
       if (again) return toVersion(again);
-      const { id } = this.putSnapshot({ files: [], registry: '' });
-      this.db.prepare("INSERT INTO persona_versions (user_id, version, snapshot_id, source, created_at) VALUES (?, 1, ?, 'initial', ?)").run(userId, id, new Date().toISOString());
-      return this.version(userId, 1)!;
-    })();
+      const { id } = await this.putSnapshot({ files: [], registry: '' });
+      (await this.db.run("INSERT INTO persona_versions (user_id, version, snapshot_id, source, created_at) VALUES (?, 1, ?, 'initial', ?)", [userId, id, new Date().toISOString()]));
+      return (await this.version(userId, 1))!;
+    });
   }
 
-  version(userId: number, version: number): PersonaVersionRow | null {
-    const row = this.db.prepare('SELECT * FROM persona_versions WHERE user_id = ? AND version = ?').get(userId, version) as Row | undefined;
+  async version(userId: number, version: number): Promise<PersonaVersionRow | null> {
+    const row = (await this.db.get('SELECT * FROM persona_versions WHERE user_id = ? AND version = ?', [userId, version])) as Row | undefined;
     return row ? toVersion(row) : null;
   }
 
-  history(userId: number): PersonaVersionRow[] {
-    this.current(userId);
-    return (this.db.prepare('SELECT * FROM persona_versions WHERE user_id = ? ORDER BY version').all(userId) as Row[]).map(toVersion);
+  async history(userId: number): Promise<PersonaVersionRow[]> {
+    await this.current(userId);
+    return ((await this.db.all('SELECT * FROM persona_versions WHERE user_id = ? ORDER BY version', [userId])) as Row[]).map(toVersion);
   }
 
   /** Append a version; run inside the caller's transaction when it goes with a disk commit. */
-  addVersion(userId: number, snapshotId: BlockId, v: { source: 'checkin' | 'push' | 'restore'; deviceName: string | null; checkoutId: string | null; mergeReport: unknown; restoredFrom?: number }): number {
-    const next = this.current(userId).version + 1;
-    this.db
-      .prepare('INSERT INTO persona_versions (user_id, version, snapshot_id, source, device_name, checkout_id, merge_report, created_at, restored_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
-      .run(userId, next, snapshotId, v.source, v.deviceName, v.checkoutId, v.mergeReport === null ? null : JSON.stringify(v.mergeReport), new Date().toISOString(), v.restoredFrom ?? null);
+  async addVersion(userId: number, snapshotId: BlockId, v: { source: 'checkin' | 'push' | 'restore'; deviceName: string | null; checkoutId: string | null; mergeReport: unknown; restoredFrom?: number }): Promise<number> {
+    const next = (await this.current(userId)).version + 1;
+    (await this.db.run('INSERT INTO persona_versions (user_id, version, snapshot_id, source, device_name, checkout_id, merge_report, created_at, restored_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', [userId, next, snapshotId, v.source, v.deviceName, v.checkoutId, v.mergeReport === null ? null : JSON.stringify(v.mergeReport), new Date().toISOString(), v.restoredFrom ?? null]));
     return next;
+  }
+
+  /** The version an earlier commit of this checkout made, with its merge report; null when it made none. */
+  async committedBy(userId: number, checkoutId: string): Promise<{ version: number; mergeReport: unknown } | null> {
+    const row = await this.db.get<{ version: number; merge_report: string | null }>('SELECT version, merge_report FROM persona_versions WHERE user_id = ? AND checkout_id = ?', [userId, checkoutId]);
+    return row ? { version: row.version, mergeReport: row.merge_report === null ? null : JSON.parse(row.merge_report) } : null;
   }
 }

@@ -16,3 +16,5 @@ export * from './disk/index.js';
 export * from './persona/index.js';
 export * from './lease/index.js';
 export * from './wire/index.js';
+export * from './version/index.js';
+export * from './sql/index.js';

@@ -5,8 +5,7 @@ import os from 'node:os';
 import type { Command } from 'commander';
 import { CarryonError, fmtBytes, parseName } from '../../src/index.js';
 import { withData } from '../cli-util.js';
-import { EscrowService } from '../escrow.js';
-import { SqliteFleetMeta, type Actor, type CheckoutSummary } from '../fleet-meta.js';
+import type { Actor, CheckoutSummary } from '../fleet-meta.js';
 import { optsOf, withCommonOptions } from './options.js';
 
 export function cliActor(): Actor {
@@ -41,7 +40,7 @@ export function registerAdmin(program: Command): void {
   const admin = program.command('admin').description('fleet control: checkouts, leases, device tokens, audit log');
 
   withCommonOptions(admin.command('checkouts').description('active checkouts: user, device, since, lease expiry, last contact, bytes pending')).action(async (_o, cmd: Command) => {
-    await withData(optsOf(cmd), (d) => ({ checkouts: new SqliteFleetMeta(d.db).activeCheckouts() }), (r) =>
+    await withData(optsOf(cmd), async (d) => ({ checkouts: await d.fleet.activeCheckouts() }), (r) =>
       r.checkouts.length === 0 ? 'no active checkouts' : r.checkouts.map((c) =>
         `${c.desktop} (v${c.baseVersion}) by ${c.user} on ${c.deviceName} since ${c.since}; lease ${until(c.leaseExpiresAt)} (${c.leaseExpiresAt ?? '-'}); ` +
         `last contact ${ago(c.lastContactAt)}; pending ${c.pendingBytes === null ? 'unknown' : `${fmtBytes(c.pendingBytes)} in ${c.pendingBlocks} blocks`}; ` +
@@ -54,9 +53,8 @@ export function registerAdmin(program: Command): void {
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
       await withData(opts, (d) => {
-        const escrow = new EscrowService(d.db, d.root, new SqliteFleetMeta(d.db));
         const checkoutId = opts.checkout === undefined ? undefined : String(opts.checkout);
-        return escrow.recoveryCode({ desktop: parseName(desktop, 'desktop'), checkoutId }, cliActor(), opts.escrowKey === undefined ? undefined : String(opts.escrowKey));
+        return d.escrow.recoveryCode({ desktop: parseName(desktop, 'desktop'), checkoutId }, cliActor(), opts.escrowKey === undefined ? undefined : String(opts.escrowKey));
       }, (r) => [
         `recovery code for ${r.desktop} on ${r.deviceName} (checkout ${r.checkoutId}, key check ${r.keyCheck}):`,
         `  ${r.code}`,
@@ -69,7 +67,7 @@ export function registerAdmin(program: Command): void {
     .requiredOption('--days <n>', 'days to add (from now, or from the current expiry if later)')
     .action(async (checkout: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => new SqliteFleetMeta(d.db).extendLease(checkout, positive(opts.days, '--days'), cliActor()), (c) =>
+      await withData(opts, (d) => d.fleet.extendLease(checkout, positive(opts.days, '--days'), cliActor()), (c) =>
         `${c.desktop}: the server's lease now ends ${c.leaseExpiresAt} (${until(c.leaseExpiresAt)}).\n` +
         `The laptop (${c.deviceName}) learns this only at its next contact with the server (last contact ${ago(c.lastContactAt)}); until then its own lease still ends where it did.\n` +
         `If the laptop is offline, read the user a lease code instead: carryon-server admin lease-code ${c.checkoutId} --days N (the user types it into \`carryon renew ${c.desktop} --code CODE\`)`);
@@ -79,7 +77,7 @@ export function registerAdmin(program: Command): void {
     .requiredOption('--days <n>', 'whole days, 1-255')
     .action(async (checkout: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => new SqliteFleetMeta(d.db).leaseCode(checkout, Number(opts.days), cliActor()), (r) =>
+      await withData(opts, (d) => d.fleet.leaseCode(checkout, Number(opts.days), cliActor()), (r) =>
         `lease code for ${r.desktop} (code #${r.seq}): the lease runs until ${r.leaseExpiresAt} once it is typed\n  ${r.code}\n` +
         `the user types: carryon renew ${r.desktop} --code ${r.code}\n` +
         `The server's lease stays at ${r.serverLeaseExpiresAt ?? '-'} until the laptop reports the code used, at its next contact.`);
@@ -90,23 +88,24 @@ export function registerAdmin(program: Command): void {
     .option('--clear', 'remove the setting (fall back to the image, then to 7 days)')
     .action(async (kind: string, name: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => {
+      await withData(opts, async (d) => {
         if (kind !== 'desktop' && kind !== 'image') throw new CarryonError('INVALID_ARGUMENT', 'kind must be desktop or image');
         const days = opts.clear === true ? null : positive(opts.days, '--days');
-        new SqliteFleetMeta(d.db).setLeaseDays(kind, parseName(name, kind === 'desktop' ? 'desktop' : 'image'), days, cliActor());
+        if (kind === 'desktop') await d.desktops.setDesktopPolicy(parseName(name, 'desktop'), { leaseDays: days }, cliActor());
+        else await d.desktops.setImagePolicy(parseName(name, 'image'), { leaseDays: days }, cliActor());
         return { [kind]: name, leaseDays: days };
       }, (r) => `${kind} ${name}: lease ${r.leaseDays === null ? 'follows the default' : `${r.leaseDays} days`}`);
     });
 
   withCommonOptions(admin.command('checkin <checkout>').description("force a check-in: queued; the device's agent checks in at its next contact")).action(async (checkout: string, _o, cmd: Command) => {
-    await withData(optsOf(cmd), (d) => new SqliteFleetMeta(d.db).requestCheckin(checkout, cliActor()), (r) => `check-in of ${r.desktop} requested (#${r.id}, ${r.state}); follow it with \`carryon-server admin requests\``);
+    await withData(optsOf(cmd), (d) => d.fleet.requestCheckin(checkout, cliActor()), (r) => `check-in of ${r.desktop} requested (#${r.id}, ${r.state}); follow it with \`carryon-server admin requests\``);
   });
 
   withCommonOptions(admin.command('rollback <checkout>').description('end a checkout now; the desktop stays at its last server version (or becomes a restore point); the device removes its copy at its next contact'))
     .option('--to-point <id>', 'make this restore point the desktop\'s next version (see `admin restore-points`)')
     .action(async (checkout: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => new SqliteFleetMeta(d.db).rollback(checkout, cliActor(), opts.toPoint === undefined ? undefined : positive(opts.toPoint, '--to-point')), (r) =>
+      await withData(opts, (d) => d.fleet.rollback(checkout, cliActor(), opts.toPoint === undefined ? undefined : positive(opts.toPoint, '--to-point')), (r) =>
         `${r.desktop} rolled back: free to check out again; the device is told at its next contact (#${r.id}${(r.detail as { keepLocal?: boolean } | null)?.keepLocal ? ', it keeps its copy aside' : ''})`);
     });
 
@@ -114,14 +113,14 @@ export function registerAdmin(program: Command): void {
     .option('--keep', 'keep it aside').option('--no-keep', 'delete it (default)')
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => {
-        new SqliteFleetMeta(d.db).setRollbackKeepsLocal(parseName(desktop, 'desktop'), opts.keep === true, cliActor());
+      await withData(opts, async (d) => {
+        await d.desktops.setDesktopPolicy(parseName(desktop, 'desktop'), { rollbackKeepsLocal: opts.keep === true }, cliActor());
         return { desktop, keepLocal: opts.keep === true };
       }, (r) => `${r.desktop}: a rollback ${r.keepLocal ? 'keeps the laptop copy aside' : 'deletes the laptop copy'}`);
     });
 
   withCommonOptions(admin.command('restore-points <desktop>').description("a desktop's restore points, newest first")).action(async (desktop: string, _o, cmd: Command) => {
-    await withData(optsOf(cmd), (d, meta) => ({ restorePoints: new SqliteFleetMeta(d.db).restorePoints(meta.desktopByName(parseName(desktop, 'desktop')).id) }), (r) =>
+    await withData(optsOf(cmd), async (d) => ({ restorePoints: await d.desktops.restorePoints(null, parseName(desktop, 'desktop')) }), (r) =>
       r.restorePoints.length === 0 ? 'no restore points' : r.restorePoints.map((p) => `#${p.id} ${p.createdAt} from ${p.deviceName}: ${p.blocksChanged} blocks changed over version ${p.baseVersion}`).join('\n'));
   });
 
@@ -129,7 +128,7 @@ export function registerAdmin(program: Command): void {
     .requiredOption('--point <id>', 'restore point id')
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => new SqliteFleetMeta(d.db).restoreDesktop(parseName(desktop, 'desktop'), positive(opts.point, '--point'), cliActor()), (r) =>
+      await withData(opts, (d) => d.desktops.restoreDesktop(parseName(desktop, 'desktop'), positive(opts.point, '--point'), cliActor()), (r) =>
         `${r.desktop} is now version ${r.version}, from restore point #${r.restorePoint}`);
     });
 
@@ -137,9 +136,9 @@ export function registerAdmin(program: Command): void {
     .option('--minutes <n>', 'minutes between restore points').option('--clear', 'no scheduled restore points')
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => {
+      await withData(opts, async (d) => {
         const minutes = opts.clear === true ? null : positive(opts.minutes, '--minutes');
-        new SqliteFleetMeta(d.db).setReplicateMinutes(parseName(desktop, 'desktop'), minutes, cliActor());
+        await d.desktops.setDesktopPolicy(parseName(desktop, 'desktop'), { replicateMinutes: minutes }, cliActor());
         return { desktop, replicateEveryMinutes: minutes };
       }, (r) => `${r.desktop}: ${r.replicateEveryMinutes === null ? 'no scheduled restore points' : `a restore point every ${r.replicateEveryMinutes} min`}`);
     });
@@ -150,27 +149,27 @@ export function registerAdmin(program: Command): void {
       const opts = optsOf(cmd);
       await withData(opts, (d) => {
         if (opts.yes !== true) throw new CarryonError('ABORTED', `deleting ${desktop} removes its versions and restore points: pass --yes`);
-        return new SqliteFleetMeta(d.db).deleteDesktop(parseName(desktop, 'desktop'), cliActor());
+        return d.desktops.deleteDesktop(parseName(desktop, 'desktop'), cliActor());
       }, (r) => `deleted ${r.desktop}: ${r.versions} versions, ${r.restorePoints} restore points`);
     });
 
   withCommonOptions(admin.command('requests').description('forced check-ins and rollbacks, and how far each got')).action(async (_o, cmd: Command) => {
-    await withData(optsOf(cmd), (d) => ({ requests: new SqliteFleetMeta(d.db).requests() }), (r) => r.requests.length === 0 ? 'no requests' : r.requests.map((q) =>
+    await withData(optsOf(cmd), async (d) => ({ requests: await d.fleet.requests() }), (r) => r.requests.length === 0 ? 'no requests' : r.requests.map((q) =>
       `#${q.id} ${q.kind} ${q.desktop}: ${q.state} (by ${q.requestedBy} at ${q.createdAt}, updated ${q.updatedAt})${q.summary ? `: ${q.summary}` : ''}`).join('\n'));
   });
 
   withCommonOptions(admin.command('tokens').description('every token: user, device, created, last used, revoked')).action(async (_o, cmd: Command) => {
-    await withData(optsOf(cmd), (d) => ({ tokens: new SqliteFleetMeta(d.db).tokens() }), (r) => r.tokens.map((t) =>
+    await withData(optsOf(cmd), async (d) => ({ tokens: await d.fleet.tokens() }), (r) => r.tokens.map((t) =>
       `#${t.id} ${t.user}${t.device ? ` device ${t.deviceName} (${t.device})` : ' (user token)'} created ${t.createdAt}, last used ${ago(t.lastUsedAt)}${t.revokedAt ? `, REVOKED ${t.revokedAt}` : ''}`).join('\n'));
   });
 
   withCommonOptions(admin.command('revoke <token-id>').description('revoke a token (the device must log in again)')).action(async (id: string, _o, cmd: Command) => {
-    await withData(optsOf(cmd), (d) => new SqliteFleetMeta(d.db).revokeToken(positive(id, 'token id'), cliActor()), (t) => `token #${t.id} of ${t.user} revoked at ${t.revokedAt}`);
+    await withData(optsOf(cmd), (d) => d.fleet.revokeToken(positive(id, 'token id'), cliActor()), (t) => `token #${t.id} of ${t.user} revoked at ${t.revokedAt}`);
   });
 
   withCommonOptions(admin.command('audit').description('the audit log, newest first')).option('--limit <n>', 'rows', '50').action(async (_o, cmd: Command) => {
     const opts = optsOf(cmd);
-    await withData(opts, (d) => ({ audit: new SqliteFleetMeta(d.db).auditLog(positive(opts.limit, '--limit')) }), (r) => r.audit.map((a) =>
+    await withData(opts, async (d) => ({ audit: await d.fleet.auditLog(positive(opts.limit, '--limit')) }), (r) => r.audit.map((a) =>
       `${a.at} ${a.actor}${a.device ? ` on ${a.deviceName ?? 'unregistered device'} (${a.device})` : ''}${a.address ? ` from ${a.address}` : ''}: ${a.action} ${a.target ?? ''} ${JSON.stringify(a.detail)}`).join('\n'));
   });
 }

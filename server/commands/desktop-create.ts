@@ -13,9 +13,9 @@ export function registerDesktopCreate(desktop: Command): void {
     .option('--encryption <policy>', 'laptops must encrypt their copy: required or off (default: follow the image, else required)')
     .action(async (name: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (_d, meta) => {
+      await withData(opts, (d) => {
         if (typeof opts.user !== 'string' || typeof opts.image !== 'string') throw new CarryonError('INVALID_ARGUMENT', '--user and --image are required');
-        return meta.createDesktop(parseName(name, 'desktop'), parseName(opts.user, 'user'), parseName(opts.image, 'image'), cliActor(), encryptionOption(opts.encryption) ?? null);
+        return d.desktops.createDesktop(parseName(name, 'desktop'), parseName(opts.user, 'user'), parseName(opts.image, 'image'), cliActor(), encryptionOption(opts.encryption) ?? null);
       }, (r) => `created desktop ${r.name} for ${r.user} from image ${r.image} (version ${r.version}, linked clone; encryption ${r.encryption})`);
     });
 }

@@ -3,7 +3,6 @@
 import type { Command } from 'commander';
 import { CarryonError, ENCRYPTION_POLICIES, FILE_MERGE_POLICIES, parseName, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy } from '../../src/index.js';
 import { withData } from '../cli-util.js';
-import { SqliteFleetMeta } from '../fleet-meta.js';
 import { cliActor } from './admin.js';
 import { optsOf, withCommonOptions } from './options.js';
 import { encryptionOption } from './image-policy.js';
@@ -15,18 +14,20 @@ export function registerDesktopPolicy(desktop: Command): void {
     .option('--encryption <policy>', `laptops must encrypt their copy: ${ENCRYPTION_POLICIES.join(', ')}, or default (follow the image, else required); applies to check-outs from now on`)
     .action(async (name: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d, meta) => {
+      await withData(opts, async (d) => {
         const files = opts.files as string | undefined;
         const registry = opts.registry as string | undefined;
         if (files !== undefined && !FILE_MERGE_POLICIES.includes(files as FileMergePolicy)) throw new CarryonError('INVALID_ARGUMENT', `--files must be one of ${FILE_MERGE_POLICIES.join(', ')}`);
         if (registry !== undefined && !REGISTRY_MERGE_POLICIES.includes(registry as RegistryMergePolicy)) throw new CarryonError('INVALID_ARGUMENT', `--registry must be one of ${REGISTRY_MERGE_POLICIES.join(', ')}`);
         const encryption = encryptionOption(opts.encryption);
-        const desktopName = parseName(name, 'desktop');
-        const fleet = new SqliteFleetMeta(d.db);
-        if (encryption !== undefined) fleet.setEncryption('desktop', desktopName, encryption, cliActor());
-        const merge = meta.setDesktopPolicies(desktopName, files as FileMergePolicy | undefined, registry as RegistryMergePolicy | undefined, cliActor());
-        const p = fleet.desktopPolicy(desktopName);
-        return { ...merge, encryption: p.encryption, effectiveEncryption: p.effectiveEncryption };
+        const change = {
+          ...(files !== undefined ? { files: files as FileMergePolicy } : {}),
+          ...(registry !== undefined ? { registry: registry as RegistryMergePolicy } : {}),
+          ...(encryption !== undefined ? { encryption } : {}),
+        };
+        // The same service call as POST /admin/desktops/:name/policy: validated and audited alike.
+        const p = await d.desktops.setDesktopPolicy(parseName(name, 'desktop'), change, cliActor());
+        return { desktop: p.desktop, filePolicy: p.files, registryPolicy: p.registry, encryption: p.encryption, effectiveEncryption: p.effectiveEncryption };
       }, (r) => `${r.desktop}: files ${r.filePolicy}, registry ${r.registryPolicy}, encryption ${r.effectiveEncryption}${r.encryption === null ? ' (from its image or the default)' : ''}`);
     });
 }

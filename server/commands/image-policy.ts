@@ -3,7 +3,6 @@
 import type { Command } from 'commander';
 import { CarryonError, ENCRYPTION_POLICIES, parseName, type EncryptionPolicy } from '../../src/index.js';
 import { withData } from '../cli-util.js';
-import { SqliteFleetMeta } from '../fleet-meta.js';
 import { cliActor } from './admin.js';
 import { optsOf, withCommonOptions } from './options.js';
 
@@ -20,12 +19,11 @@ export function registerImagePolicy(image: Command): void {
     .option('--encryption <policy>', `${ENCRYPTION_POLICIES.join(', ')}, or default (required); applies to check-outs from now on`)
     .action(async (name: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => {
+      await withData(opts, async (d) => {
         const encryption = encryptionOption(opts.encryption);
         const imageName = parseName(name, 'image');
-        const fleet = new SqliteFleetMeta(d.db);
-        if (encryption !== undefined) fleet.setEncryption('image', imageName, encryption, cliActor());
-        return fleet.imagePolicy(imageName);
+        if (encryption === undefined) return d.desktops.imagePolicy(imageName);
+        return d.desktops.setImagePolicy(imageName, { encryption }, cliActor());
       }, (r) => `image ${r.image}: encryption ${r.effectiveEncryption}${r.encryption === null ? ' (the default)' : ''} for desktops without their own setting; lease ${r.leaseDays === null ? 'follows the default' : `${r.leaseDays} days`}`);
     });
 }

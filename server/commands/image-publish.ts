@@ -1,7 +1,6 @@
 // carryon-server image publish NAME FILE: store a new version of a golden image.
 import type { Command } from 'commander';
 import { checkBlockSize, DEFAULT_BLOCK_SIZE, parseName } from '../../src/index.js';
-import { publishImage } from '../blocks.js';
 import { fmtBytes, withData } from '../cli-util.js';
 import { cliActor } from './admin.js';
 import { optsOf, withCommonOptions } from './options.js';
@@ -11,7 +10,7 @@ export function registerImagePublish(image: Command): void {
     .option('--block-size <bytes>', 'block size, a power of two from 4096 to 4194304', String(DEFAULT_BLOCK_SIZE))
     .action(async (name: string, file: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d, meta) => publishImage(meta, d.store, parseName(name, 'image'), file, checkBlockSize(Number(opts.blockSize)), cliActor()), (r) =>
+      await withData(opts, (d) => d.desktops.publishImage(parseName(name, 'image'), file, checkBlockSize(Number(opts.blockSize)), cliActor()), (r) =>
         `published ${r.image} version ${r.version}: ${fmtBytes(r.size)} in ${r.blocks} blocks (${r.holes} holes), ` +
         `${r.newBlocks} new blocks stored as ${fmtBytes(r.storedBytes)}\nmanifest ${r.manifestId}`);
     });

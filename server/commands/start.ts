@@ -3,15 +3,11 @@
 import type { Command } from 'commander';
 import { CarryonError, describeFailure } from '../../src/index.js';
 import { dataDirOf } from '../cli-util.js';
-import { openDataDir } from '../db.js';
 import { ensureEscrowKeys } from '../escrow.js';
 import { CarryonHttpServer } from '../http-server.js';
 import { ProxyTrust, TRUST_PROXY_ENV } from '../client-address.js';
 import { loadTlsPair, type TlsPair } from '../tls.js';
-import { SqliteMeta } from '../meta.js';
-import { SqlitePersonaMeta } from '../persona-meta.js';
-import { PersonaService } from '../persona-service.js';
-import { mkdirSync } from 'node:fs';
+import { openParts } from '../services/parts.js';
 import path from 'node:path';
 import { optsOf, withCommonOptions } from './options.js';
 
@@ -46,14 +42,11 @@ export function registerStart(program: Command): void {
         const tls = certFile && keyFile ? loadTlsPair(certFile, keyFile) : undefined;
         const trustSpec = (opts.trustProxy as string | undefined) ?? process.env[TRUST_PROXY_ENV];
         const trustProxy = new ProxyTrust(trustSpec ?? '', opts.trustProxy !== undefined ? '--trust-proxy' : TRUST_PROXY_ENV);
-        const d = openDataDir(dataDirOf(opts));
+        const d = openParts(dataDirOf(opts), { minFreeBytes });
         const log = (f: Record<string, unknown>): void => void process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...f })}\n`);
         // A data folder made before encryption at rest gets its escrow key pair now.
         if (ensureEscrowKeys(d.root).created) log({ level: 'warn', msg: 'escrow key pair made in DATA/escrow: keep a copy of escrow.key somewhere safe (or move it offline)', dir: path.join(d.root, 'escrow') });
-        const meta = new SqliteMeta(d.db);
-        const personas = new PersonaService(meta, new SqlitePersonaMeta(d.db), d.store, path.join(d.root, 'tmp'));
-        mkdirSync(path.join(d.root, 'tmp'), { recursive: true });
-        const server = new CarryonHttpServer(meta, d.store, personas, log, undefined, { tls, trustProxy, dataRoot: d.root, minFreeBytes });
+        const server = new CarryonHttpServer(d, log, { tls, trustProxy, dataRoot: d.root });
         const url = await server.listen(host, port);
         if (tls) log(tlsLogLine('TLS certificate loaded', tls.info));
         if (trustProxy.entries.length) log({ level: 'info', msg: 'X-Forwarded-For believed from these proxies only', trustProxy: trustProxy.entries });
@@ -71,7 +64,7 @@ export function registerStart(program: Command): void {
         process.stdout.write(opts.json ? `${JSON.stringify({ url })}\n` : `carryon-server listening on ${url}\n`);
         const stop = async (): Promise<void> => {
           await server.close();
-          d.close();
+          await d.close();
           process.exit(0);
         };
         process.once('SIGINT', () => void stop());

@@ -6,11 +6,11 @@ import { optsOf, withCommonOptions } from './options.js';
 
 export function registerStatus(program: Command): void {
   withCommonOptions(program.command('status').description('show users, images, desktops, checkouts and storage use')).action(async (_o, cmd: Command) => {
-    await withData(optsOf(cmd), (d, meta) => {
-      const s = meta.stats();
+    await withData(optsOf(cmd), async (d) => {
+      const s = await d.desktops.stats();
       const savedRatio = s.storedBytes > 0 ? s.logicalBytes / s.storedBytes : 0;
       const space = diskSpace(d.root);
-      return { data: d.root, ...s, savingRatio: Number(savedRatio.toFixed(2)), freeBytes: space.free, diskBytes: space.total, desktops: meta.listDesktops(null), desktopCount: s.desktops };
+      return { data: d.root, ...s, savingRatio: Number(savedRatio.toFixed(2)), freeBytes: space.free, diskBytes: space.total, desktops: await d.desktops.list(null), desktopCount: s.desktops };
     }, (r) => {
       const lines = [
         `data ${r.data}: ${fmtBytes(r.freeBytes)} free of ${fmtBytes(r.diskBytes)}${r.freeBytes < 64 * 1024 * 1024 ? ' (FULL: uploads are refused until space is freed)' : ''}`,

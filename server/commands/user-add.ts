@@ -10,8 +10,8 @@ export function registerUserAdd(user: Command): void {
     .option('--admin', 'the user is an administrator')
     .action(async (name: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (_d, meta) => {
-        return meta.addUser(parseName(name, 'user'), opts.admin === true, cliActor());
+      await withData(opts, (d) => {
+        return d.desktops.addUser(parseName(name, 'user'), opts.admin === true, cliActor());
       }, (r) =>
         `added ${r.admin ? 'admin' : 'user'} ${r.user}\ntoken: ${r.token}\n(shown once: give it to the user for \`carryon login URL\`, which asks for it without echo)`);
     });

@@ -36,6 +36,7 @@ export const ERROR_CODES = {
   LEASE_CODE_INVALID: { http: 400, exit: 2, what: 'a lease code is mistyped, used already, or for another checkout' },
   LEASE_EXPIRED: { http: 403, exit: 11, what: "the checkout's offline lease ran out: renew it online or with a code from an admin" },
   DATA_DIR_INVALID: { http: 500, exit: 8, what: 'the server data folder is missing or not initialised' },
+  SCHEMA_TOO_NEW: { http: 500, exit: 8, what: 'the database was upgraded by a newer carryon; run that version (this one changed nothing)' },
   // integrity
   BLOCK_CORRUPT: { http: 422, exit: 6, what: 'block bytes do not match their hash' },
   MANIFEST_INVALID: { http: 422, exit: 6, what: 'a manifest is malformed or inconsistent' },
@@ -45,6 +46,7 @@ export const ERROR_CODES = {
   SERVER_UNREACHABLE: { http: 502, exit: 7, what: 'the server could not be reached' },
   REQUEST_TIMEOUT: { http: 408, exit: 7, what: 'the request (or its body) did not arrive in time' },
   RATE_LIMITED: { http: 429, exit: 7, what: 'this user has too many requests in flight; retry shortly' },
+  META_UNAVAILABLE: { http: 503, exit: 7, what: "the server's metadata database (PostgreSQL) cannot be reached or refused the connection; retry shortly" },
   DISK_FULL: { http: 507, exit: 12, what: 'no space left on the server or the laptop disk; nothing was lost, free space and retry' },
   // transport security (laptop side: raised before any token leaves the laptop)
   INSECURE_HTTP: { http: 400, exit: 13, what: 'plain http:// to another machine was refused: use https://, or --insecure-http on a network you trust' },

@@ -387,7 +387,7 @@ describe('a data folder made before encryption at rest', () => {
     const db = new Database(path.join(server.data, 'carryon.db'));
     db.pragma('journal_mode = WAL');
     for (const m of MIGRATIONS.filter((x) => x.version <= 10)) {
-      db.exec(m.sql);
+      db.exec(m.sqlite!);
       m.fill?.(db);
     }
     db.pragma('user_version = 10');

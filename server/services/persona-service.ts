@@ -1,6 +1,8 @@
-// The server's persona work: serving a version and its chunks, taking uploaded chunks and rdiff
-// deltas, and committing a laptop's snapshot as a new version, merged three ways with what the
-// server received meanwhile. Chunks enter the store through BlockIngest (verified, then indexed).
+// PersonaService: the server's persona work, for the HTTP routes and the CLI alike: serving a version
+// and its chunks (only to a device allowed to hold them), taking uploaded chunks and rdiff deltas,
+// committing a laptop's snapshot as a new version merged three ways with what the server received
+// meanwhile (a push on its own, or inside a check-in's transaction), an admin's restore, with audit
+// rows. Chunks enter the store through BlockIngest (verified, then indexed). Must not know: HTTP.
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { promises as fs } from 'node:fs';
@@ -9,33 +11,47 @@ import { Writable } from 'node:stream';
 import {
   applyDelta, applySnapshotDelta, blockId, CarryonError, checkRegistryText, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
   unpackEntries, type BlockId, type BlockStore, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
-} from '../src/index.js';
-import { BlockIngest, BlockScope, readAhead } from './blocks.js';
-import type { SqliteMeta, User } from './meta.js';
-import type { SqlitePersonaMeta } from './persona-meta.js';
+} from '../../src/index.js';
+import type { Actor } from '../audit.js';
+import { BlockIngest, BlockScope, readAhead } from '../blocks.js';
+import type { EscrowService } from '../escrow.js';
+import type { FleetMeta } from '../fleet-meta.js';
+import type { Meta, User } from '../meta.js';
+import type { PersonaMeta, PersonaVersionRow } from '../persona-meta.js';
 
 export class PersonaService {
-  constructor(private readonly meta: SqliteMeta, private readonly personas: SqlitePersonaMeta, private readonly store: BlockStore, private readonly tmpRoot: string) {}
+  constructor(private readonly meta: Meta, private readonly personas: PersonaMeta, private readonly fleet: FleetMeta, private readonly escrow: EscrowService,
+    private readonly store: BlockStore, private readonly tmpRoot: string, private readonly needSpace: () => void = () => undefined) {}
 
   /** A version of the user's persona (default: the newest). */
-  get(user: User, version?: number): { version: number; snapshot: PersonaSnapshot; createdAt: string } {
-    const current = this.personas.current(user.id);
-    const v = version === undefined ? current : this.personas.version(user.id, version);
+  async get(user: User, version?: number): Promise<{ version: number; snapshot: PersonaSnapshot; createdAt: string }> {
+    const current = await this.personas.current(user.id);
+    const v = version === undefined ? current : await this.personas.version(user.id, version);
     if (!v) throw new CarryonError('NOT_FOUND', `persona version ${version} does not exist`, { version });
-    return { version: v.version, snapshot: this.personas.snapshot(v.snapshotId), createdAt: v.createdAt };
+    return { version: v.version, snapshot: await this.personas.snapshot(v.snapshotId), createdAt: v.createdAt };
   }
 
   /**
    * Chunks (of those given) the user must send: every chunk not in their own scope (chunks they sent, or
    * that their persona versions held), whether or not another user's persona holds it.
    */
-  missing(user: User, ids: Iterable<BlockId>): BlockId[] {
+  missing(user: User, ids: Iterable<BlockId>): Promise<BlockId[]> {
     return new BlockScope(this.meta, user.id).missing(ids);
   }
 
+  /**
+   * A version for a device to download. The registry and file list are persona data too: not to a
+   * device whose copy must be encrypted and has not escrowed its key yet.
+   */
+  async forDevice(user: User, device: string | undefined, version?: number): Promise<{ version: number; snapshot: PersonaSnapshot; createdAt: string }> {
+    await this.escrow.requireEscrowForDevice(user.id, device);
+    return this.get(user, version);
+  }
+
   /** The encoded chunks of `ids`, each of which must belong to the given version. */
-  chunks(user: User, version: number, ids: BlockId[]): AsyncGenerator<TarEntry> {
-    const { snapshot } = this.get(user, version);
+  async chunks(user: User, device: string | undefined, version: number, ids: BlockId[]): Promise<AsyncGenerator<TarEntry>> {
+    await this.escrow.requireEscrowForDevice(user.id, device);
+    const { snapshot } = await this.get(user, version);
     const allowed = new Set(snapshot.files.flatMap((f) => f.chunks));
     for (const id of ids) if (!allowed.has(id)) throw new CarryonError('BLOCK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is not part of persona version ${version}`, { id });
     return readAhead(this.store, ids, 4); // 1 MiB chunks: a few in flight keep the disk busy
@@ -47,7 +63,8 @@ export class PersonaService {
    * by its id; a rebuilt file must hash to `file`. What arrived before a failure stays stored.
    */
   async ingest(user: User, baseVersion: number, body: NodeJS.ReadableStream): Promise<{ chunks: number; files: number }> {
-    const { snapshot: base } = this.get(user, baseVersion);
+    this.needSpace();
+    const { snapshot: base } = await this.get(user, baseVersion);
     const baseFiles = new Map(base.files.filter((f) => f.kind === 'file').map((f) => [f.hash!, f]));
     const ingest = new BlockIngest(this.meta, this.store, user.id);
     let chunks = 0;
@@ -128,13 +145,13 @@ export class PersonaService {
    * The laptop's persona for a restore point: rebuilt from its base version and the delta, every chunk
    * present, stored content-addressed. No version is made (the restore point keeps the id).
    */
-  snapshotFor(user: User, delta: unknown, baseVersion: number): BlockId {
-    const baseRow = this.personas.version(user.id, baseVersion);
+  async snapshotFor(user: User, delta: unknown, baseVersion: number): Promise<BlockId> {
+    const baseRow = await this.personas.version(user.id, baseVersion);
     if (!baseRow) throw new CarryonError('BAD_REQUEST', `persona base version ${baseVersion} does not exist`);
-    const { snapshot } = applySnapshotDelta(this.personas.snapshot(baseRow.snapshotId), delta);
-    const missing = this.missing(user, new Set(snapshot.files.flatMap((f) => f.chunks)));
+    const { snapshot } = applySnapshotDelta(await this.personas.snapshot(baseRow.snapshotId), delta);
+    const missing = await this.missing(user, new Set(snapshot.files.flatMap((f) => f.chunks)));
     if (missing.length > 0) throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} persona chunk(s) the snapshot names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
-    return this.personas.putSnapshot(snapshot).id;
+    return (await this.personas.putSnapshot(snapshot)).id;
   }
 
   /**
@@ -142,29 +159,28 @@ export class PersonaService {
    * snapshot (history is never rewritten), audited through `audit` in the same transaction. Refused when
    * that version's own registry is not valid (a persona stored before the server checked registries).
    */
-  restore(user: User, version: number, audit: (detail: Record<string, unknown>) => void): { user: string; version: number; restoredFrom: number; changed: boolean } {
-    return this.meta.db.transaction(() => {
-      const from = this.personas.version(user.id, version);
+  async restore(user: User, version: number, actor: Actor): Promise<{ user: string; version: number; restoredFrom: number; changed: boolean }> {
+    return this.meta.db.transaction(async () => {
+      const from = await this.personas.version(user.id, version);
       if (!from) throw new CarryonError('NOT_FOUND', `user ${user.name} has no persona version ${version}`, { user: user.name, version });
       try {
-        checkRegistryText(this.personas.snapshot(from.snapshotId).registry);
+        checkRegistryText((await this.personas.snapshot(from.snapshotId)).registry);
       } catch (err) {
         throw new CarryonError('BAD_REQUEST', `persona version ${version} of ${user.name} cannot be restored: ${(err as Error).message}; pick an earlier version (carryon-server persona history ${user.name})`, { user: user.name, version });
       }
-      const current = this.personas.current(user.id);
+      const current = await this.personas.current(user.id);
       if (from.snapshotId === current.snapshotId) return { user: user.name, version: current.version, restoredFrom: version, changed: false };
-      const v = this.personas.addVersion(user.id, from.snapshotId, { source: 'restore', deviceName: null, checkoutId: null, mergeReport: null, restoredFrom: version });
-      audit({ version: v, restoredFrom: version, previous: current.version });
+      const v = await this.personas.addVersion(user.id, from.snapshotId, { source: 'restore', deviceName: null, checkoutId: null, mergeReport: null, restoredFrom: version });
+      await this.fleet.audit(actor, 'persona.restore', `user:${user.name}`, { version: v, restoredFrom: version, previous: current.version });
       return { user: user.name, version: v, restoredFrom: version, changed: true };
-    })();
+    });
   }
 
   /** What an earlier commit of this checkout made of the persona (a commit repeated after a crash). */
-  committedBy(user: User, checkoutId: string): PersonaCommitResult {
-    const row = this.meta.db.prepare('SELECT version, merge_report FROM persona_versions WHERE user_id = ? AND checkout_id = ?').get(user.id, checkoutId) as
-      { version: number; merge_report: string | null } | undefined;
-    if (!row) return { version: this.personas.current(user.id).version, changed: false, merged: false, report: null };
-    return { version: row.version, changed: true, merged: row.merge_report !== null, report: row.merge_report === null ? null : JSON.parse(row.merge_report) };
+  async committedBy(user: User, checkoutId: string): Promise<PersonaCommitResult> {
+    const row = await this.personas.committedBy(user.id, checkoutId);
+    if (!row) return { version: (await this.personas.current(user.id)).version, changed: false, merged: false, report: null };
+    return { version: row.version, changed: true, merged: row.mergeReport !== null, report: row.mergeReport };
   }
 
   /**
@@ -172,18 +188,18 @@ export class PersonaService {
    * commits the disk, when there is one. When the server moved on since `info.baseVersion`, the three
    * versions are merged with the desktop's policies and the report is kept with the new version.
    */
-  commit(user: User, delta: unknown, info: PersonaPushInfo, checkoutId: string | null): PersonaCommitResult {
+  async commit(user: User, delta: unknown, info: PersonaPushInfo, checkoutId: string | null): Promise<PersonaCommitResult> {
     // The laptop sends what changed since its base version; rebuilt here, it must name the same snapshot.
-    const baseRow = this.personas.version(user.id, info.baseVersion);
+    const baseRow = await this.personas.version(user.id, info.baseVersion);
     if (!baseRow) throw new CarryonError('BAD_REQUEST', `persona base version ${info.baseVersion} does not exist`);
-    const { snapshot: ours } = applySnapshotDelta(this.personas.snapshot(baseRow.snapshotId), delta);
-    const policies = this.meta.desktopPolicies(user, info.desktop);
-    const current = this.personas.current(user.id);
+    const { snapshot: ours } = applySnapshotDelta(await this.personas.snapshot(baseRow.snapshotId), delta);
+    const policies = await this.meta.desktopPolicies(user, info.desktop);
+    const current = await this.personas.current(user.id);
     let merged = ours;
     let report: unknown = null;
     if (info.baseVersion !== current.version) {
-      const base = this.personas.snapshot(baseRow.snapshotId);
-      const theirs = this.personas.snapshot(current.snapshotId);
+      const base = await this.personas.snapshot(baseRow.snapshotId);
+      const theirs = await this.personas.snapshot(current.snapshotId);
       try {
         checkRegistryText(theirs.registry);
       } catch (err) {
@@ -196,13 +212,40 @@ export class PersonaService {
       merged = r.merged;
       report = r.report;
     }
-    const missing = this.missing(user, new Set(merged.files.flatMap((f) => f.chunks)));
+    const missing = await this.missing(user, new Set(merged.files.flatMap((f) => f.chunks)));
     if (missing.length > 0) {
       throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} persona chunk(s) the snapshot names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
     }
-    const { id } = this.personas.putSnapshot(merged);
+    const { id } = await this.personas.putSnapshot(merged);
     if (id === current.snapshotId) return { version: current.version, changed: false, merged: report !== null, report };
-    const version = this.personas.addVersion(user.id, id, { source: checkoutId ? 'checkin' : 'push', deviceName: info.deviceName, checkoutId, mergeReport: report });
+    const version = await this.personas.addVersion(user.id, id, { source: checkoutId ? 'checkin' : 'push', deviceName: info.deviceName, checkoutId, mergeReport: report });
     return { version, changed: true, merged: report !== null, report };
+  }
+
+  /** A persona push without a check-in (`carryon persona push`): the new version and its audit row together. */
+  async push(user: User, delta: unknown, info: PersonaPushInfo, actor: Actor): Promise<PersonaCommitResult> {
+    return this.meta.db.transaction(async () => {
+      const r = await this.commit(user, delta, info, null);
+      if (r.changed) await this.fleet.audit(actor, 'persona.push', `user:${user.name}`, { version: r.version, merged: r.merged, desktop: info.desktop });
+      return r;
+    });
+  }
+
+  /** Every version of a user's persona with its size, for `carryon-server persona history`. */
+  async history(user: User): Promise<Array<PersonaVersionRow & { files: number; bytes: number; conflicts: number }>> {
+    const out = [];
+    for (const v of await this.personas.history(user.id)) {
+      const s = await this.personas.snapshot(v.snapshotId);
+      const conflicts = (v.mergeReport as { conflicts?: unknown[] } | null)?.conflicts?.length ?? 0;
+      out.push({ ...v, files: s.files.filter((f) => f.kind === 'file').length, bytes: s.files.reduce((n, f) => n + f.size, 0), conflicts });
+    }
+    return out;
+  }
+
+  /** One version's row and contents (default: the newest). */
+  async show(user: User, version?: number): Promise<PersonaVersionRow & { snapshot: PersonaSnapshot }> {
+    const v = version === undefined ? await this.personas.current(user.id) : await this.personas.version(user.id, version);
+    if (!v) throw new CarryonError('INVALID_ARGUMENT', `user ${user.name} has no persona version ${String(version)}`, { user: user.name, version });
+    return { ...v, snapshot: await this.personas.snapshot(v.snapshotId) };
   }
 }

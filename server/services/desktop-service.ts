@@ -1,0 +1,93 @@
+// DesktopService: users, images and desktops as an admin manages them, from the HTTP API or the
+// server's command line alike. Owns: validation, one transaction per change, and its audit row (so
+// `carryon-server desktop policy` and POST /admin/desktops/:name/policy record the same change the
+// same way). Must not know: HTTP, commander, which engine holds the metadata.
+import { CarryonError, type BlockStore, type DesktopInfo, type DesktopPolicyChange, type EncryptionPolicy } from '../../src/index.js';
+import type { Actor } from '../audit.js';
+import { publishImage, type PublishResult } from '../blocks.js';
+import type { FleetMeta, RestorePoint } from '../fleet-meta.js';
+import type { Meta, User } from '../meta.js';
+
+export type DesktopPolicy = Awaited<ReturnType<FleetMeta['desktopPolicy']>>;
+export type ImagePolicy = Awaited<ReturnType<FleetMeta['imagePolicy']>>;
+
+export class DesktopService {
+  constructor(private readonly meta: Meta, private readonly fleet: FleetMeta, private readonly store: BlockStore) {}
+
+  addUser(name: string, admin: boolean, actor: Actor): Promise<{ user: string; token: string; admin: boolean }> {
+    return this.meta.addUser(name, admin, actor);
+  }
+
+  user(name: string): Promise<User> {
+    return this.meta.userByName(name);
+  }
+
+  /** Store FILE's blocks (verified, deduplicated) and make its manifest the image's next version. */
+  publishImage(name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
+    return publishImage(this.meta, this.store, name, file, blockSize, actor, onProgress);
+  }
+
+  createDesktop(name: string, user: string, image: string, actor: Actor, encryption: EncryptionPolicy | null = null): Promise<DesktopInfo> {
+    return this.meta.createDesktop(name, user, image, actor, encryption);
+  }
+
+  /** The desktops `user` may see (all of them for an admin; every one for null, the server's CLI). */
+  list(user: User | null): Promise<DesktopInfo[]> {
+    return this.meta.listDesktops(user);
+  }
+
+  async info(user: User, name: string): Promise<DesktopInfo> {
+    return this.meta.desktopInfo(await this.meta.desktopFor(user, name));
+  }
+
+  /** Change any of a desktop's policies at once: all or nothing, each changed setting audited. */
+  async setDesktopPolicy(name: string, p: DesktopPolicyChange, actor: Actor): Promise<DesktopPolicy> {
+    return this.meta.db.transaction(async () => {
+      await this.meta.desktopByName(name); // DESKTOP_NOT_FOUND before anything else
+      if (p.leaseDays !== undefined) await this.fleet.setLeaseDays('desktop', name, p.leaseDays, actor);
+      if (p.replicateMinutes !== undefined) await this.fleet.setReplicateMinutes(name, p.replicateMinutes, actor);
+      if (p.rollbackKeepsLocal !== undefined) await this.fleet.setRollbackKeepsLocal(name, p.rollbackKeepsLocal, actor);
+      if (p.encryption !== undefined) await this.fleet.setEncryption('desktop', name, p.encryption, actor);
+      if (p.files !== undefined || p.registry !== undefined) await this.meta.setDesktopPolicies(name, p.files, p.registry, actor);
+      return this.fleet.desktopPolicy(name);
+    });
+  }
+
+  desktopPolicy(name: string): Promise<DesktopPolicy> {
+    return this.fleet.desktopPolicy(name);
+  }
+
+  /** An image sets its desktops' lease length and encryption (a desktop's own setting wins). */
+  async setImagePolicy(name: string, p: DesktopPolicyChange, actor: Actor): Promise<ImagePolicy> {
+    const keys = Object.keys(p);
+    if (keys.some((k) => k !== 'leaseDays' && k !== 'encryption')) throw new CarryonError('BAD_REQUEST', 'an image policy sets leaseDays and encryption only');
+    return this.meta.db.transaction(async () => {
+      await this.fleet.imagePolicy(name); // IMAGE_NOT_FOUND before anything else
+      if (p.leaseDays !== undefined) await this.fleet.setLeaseDays('image', name, p.leaseDays, actor);
+      if (p.encryption !== undefined) await this.fleet.setEncryption('image', name, p.encryption, actor);
+      return this.fleet.imagePolicy(name);
+    });
+  }
+
+  imagePolicy(name: string): Promise<ImagePolicy> {
+    return this.fleet.imagePolicy(name);
+  }
+
+  deleteDesktop(name: string, actor: Actor) {
+    return this.fleet.deleteDesktop(name, actor);
+  }
+
+  restoreDesktop(name: string, point: number, actor: Actor) {
+    return this.fleet.restoreDesktop(name, point, actor);
+  }
+
+  /** A desktop's restore points, newest first; a user sees only their own desktops'. */
+  async restorePoints(user: User | null, name: string): Promise<RestorePoint[]> {
+    const d = user ? await this.meta.desktopFor(user, name) : await this.meta.desktopByName(name);
+    return this.fleet.restorePoints(d.id);
+  }
+
+  stats() {
+    return this.meta.stats();
+  }
+}

@@ -1,0 +1,66 @@
+// The server's parts, opened once per process: the metadata database behind `Sql`, the block store,
+// the repositories over them and the services the HTTP routes and the CLI commands both call.
+// Owns: which engine backs what (the data folder's SQLite file and store by default) and the order of
+// closing. Must not know: HTTP, commander.
+import os from 'node:os';
+import path from 'node:path';
+import { mkdirSync } from 'node:fs';
+import type { BlockStore, Sql } from '../../src/index.js';
+import { openDataDir } from '../db.js';
+import { EscrowService } from '../escrow.js';
+import { FleetMeta } from '../fleet-meta.js';
+import { Meta } from '../meta.js';
+import { PersonaMeta } from '../persona-meta.js';
+import { CheckoutService, spaceCheck } from './checkout-service.js';
+import { DesktopService } from './desktop-service.js';
+import { PersonaService } from './persona-service.js';
+
+export interface ServerParts {
+  /** The data folder: escrow key pair, staging space (tmp/), and by default the database and store. */
+  root: string;
+  sql: Sql;
+  store: BlockStore;
+  meta: Meta;
+  fleet: FleetMeta;
+  personaMeta: PersonaMeta;
+  escrow: EscrowService;
+  personas: PersonaService;
+  desktops: DesktopService;
+  checkouts: CheckoutService;
+  close(): Promise<void>;
+}
+
+export interface PartsOptions {
+  /** Uploads are refused (DISK_FULL) while the data folder has less than this free (default 64 MiB). */
+  minFreeBytes?: number;
+}
+
+/**
+ * Every repository and service over one metadata database and one block store. `root`: the data folder
+ * (escrow keys, staging); null for a server without one (the conformance suites).
+ */
+export function buildParts(sql: Sql, store: BlockStore, root: string | null, opts: PartsOptions = {}): ServerParts {
+  const tmp = root ? path.join(root, 'tmp') : os.tmpdir();
+  if (root) mkdirSync(tmp, { recursive: true, mode: 0o700 });
+  const meta = new Meta(sql);
+  const fleet = new FleetMeta(sql);
+  const personaMeta = new PersonaMeta(sql);
+  const escrow = new EscrowService(sql, root, fleet);
+  const needSpace = spaceCheck(root, opts.minFreeBytes);
+  const personas = new PersonaService(meta, personaMeta, fleet, escrow, store, tmp, needSpace);
+  const desktops = new DesktopService(meta, fleet, store);
+  const checkouts = new CheckoutService(meta, fleet, personas, escrow, store, needSpace);
+  return {
+    root: root ?? '', sql, store, meta, fleet, personaMeta, escrow, personas, desktops, checkouts,
+    close: async () => {
+      await store.close?.();
+      await sql.close();
+    },
+  };
+}
+
+/** Open the data folder (migrating its database) and build every service over it. */
+export function openParts(dataRoot: string | undefined, opts: PartsOptions = {}): ServerParts {
+  const d = openDataDir(dataRoot);
+  return buildParts(d.sql, d.store, d.root, opts);
+}

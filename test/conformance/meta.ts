@@ -1,0 +1,241 @@
+// The metadata conformance suite: every engine behind `Sql` (SQLite, PostgreSQL) runs it with one call,
+// through the server's own services (no SQL here), so the rules the service layer promises hold on each:
+// one active checkout per desktop, an atomic check-in (version N or N+1, never both, never mixed), a
+// lease code used once, admin requests moving through their states once, an audit row for every change.
+// `setup` gives a fresh, migrated database; `connect` opens one more connection to the same database
+// (another server instance: a new pool for PostgreSQL; SQLite serves one process, so it hands back the
+// same connection and the races run on its in-process queue).
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  blockId, CarryonError, DiskManifest, encodeBlock, encodeManifest, manifestId, MemoryBlockStore, type BlockStore, type ErrorCode, type Sql,
+} from '../../src/index.js';
+import { buildParts, type ServerParts } from '../../server/services/parts.js';
+import type { User } from '../../server/meta.js';
+
+export interface MetaSetup {
+  sql: Sql;
+  connect: () => Promise<Sql>;
+  cleanup: () => Promise<void>;
+}
+
+const actor = { name: 'conformance', device: null, address: 'local' };
+
+async function codeOf(p: Promise<unknown>): Promise<ErrorCode | 'ok'> {
+  try {
+    await p;
+    return 'ok';
+  } catch (err) {
+    if (err instanceof CarryonError) return err.code;
+    throw err;
+  }
+}
+
+/** A manifest of `n` distinct 4 KiB blocks (stored in `store`), stored in the metadata too. */
+async function manifestOf(parts: ServerParts, store: BlockStore, seed: number, n = 4): Promise<{ id: string; encoded: Buffer; m: DiskManifest }> {
+  const m = new DiskManifest(n * 4096, 4096);
+  const rows: Array<[string, number, number]> = [];
+  for (let i = 0; i < n; i++) {
+    const plain = Buffer.alloc(4096, (seed * 31 + i) & 0xff);
+    plain.writeUInt32LE(seed, 0);
+    plain.writeUInt32LE(i, 4);
+    const id = blockId(plain);
+    const enc = encodeBlock(plain);
+    await store.put(id, enc, plain);
+    rows.push([id, plain.length, enc.length]);
+    m.setId(i, id);
+  }
+  await parts.meta.addBlocks(rows);
+  const encoded = encodeManifest(m);
+  const id = manifestId(encoded);
+  await parts.meta.putManifest(id, encoded, m);
+  return { id, encoded, m };
+}
+
+export function runMetaConformance(name: string, setup: () => Promise<MetaSetup>): void {
+  describe(`metadata conformance: ${name}`, () => {
+    let env: MetaSetup;
+    let store: MemoryBlockStore;
+    let a: ServerParts;
+    let extra: Sql[];
+    let alice: User;
+
+    /** A second server instance over the same database and store. */
+    async function instance(): Promise<ServerParts> {
+      const sql = await env.connect();
+      if (sql !== env.sql) extra.push(sql);
+      return buildParts(sql, store, null);
+    }
+
+    /** An image, and a desktop `name` of alice's made from it (encryption off: no escrow involved). */
+    async function desktop(name: string, seed = 1): Promise<void> {
+      const img = await manifestOf(a, store, seed);
+      await a.meta.publishImageVersion(`img-${name}`, img.id, actor);
+      await a.desktops.createDesktop(name, 'alice', `img-${name}`, actor, 'off');
+    }
+
+    async function auditCount(action: string): Promise<number> {
+      return (await a.fleet.auditLog(10_000)).filter((r) => r.action === action).length;
+    }
+
+    beforeEach(async () => {
+      env = await setup();
+      store = new MemoryBlockStore();
+      extra = [];
+      a = buildParts(env.sql, store, null);
+      await a.desktops.addUser('alice', false, actor);
+      await a.desktops.addUser('root', true, actor);
+      alice = await a.meta.userByName('alice');
+    });
+
+    afterEach(async () => {
+      for (const s of extra) await s.close();
+      await env.sql.close();
+      await env.cleanup();
+    });
+
+    it('users: a name is taken once; a token finds its user; a revoked token finds nobody', async () => {
+      expect(await codeOf(a.desktops.addUser('alice', false, actor))).toBe('ALREADY_EXISTS');
+      const { token } = await a.desktops.addUser('bob', false, actor);
+      const who = await a.fleet.authenticate(token, '127.0.0.1');
+      expect(who?.user.name).toBe('bob');
+      await a.fleet.revokeToken(who!.tokenId, actor);
+      expect(await a.fleet.authenticate(token, '127.0.0.1')).toBeNull();
+      expect(await a.fleet.authenticate('co_not-a-token', null)).toBeNull();
+      expect(await auditCount('user.add')).toBe(3);
+      expect(await auditCount('token.revoke')).toBe(1);
+    });
+
+    it('integers past 2^31 and binary values come back as they went in', async () => {
+      const big = new DiskManifest(3 * 2 ** 32 + 4096, 4 * 1024 * 1024);
+      const encoded = encodeManifest(big);
+      const id = manifestId(encoded);
+      await a.meta.putManifest(id, encoded, big);
+      await a.meta.putManifest(id, encoded, big); // idempotent
+      expect((await a.meta.getManifest(id)).equals(encoded)).toBe(true);
+      await a.meta.publishImageVersion('huge', id, actor);
+      await a.desktops.createDesktop('huge-1', 'alice', 'huge', actor, 'off');
+      expect((await a.desktops.info(alice, 'huge-1')).size).toBe(3 * 2 ** 32 + 4096);
+      expect((await a.desktops.stats()).logicalBytes).toBe(2 * (3 * 2 ** 32 + 4096));
+    });
+
+    it('desktops: unique names; a user sees only their own; policies change together and are audited', async () => {
+      await desktop('d1');
+      expect(await codeOf(a.desktops.createDesktop('d1', 'alice', 'img-d1', actor))).toBe('ALREADY_EXISTS');
+      await a.desktops.addUser('carol', false, actor);
+      const carol = await a.meta.userByName('carol');
+      expect(await a.desktops.list(carol)).toEqual([]);
+      expect(await codeOf(a.desktops.info(carol, 'd1'))).toBe('DESKTOP_NOT_FOUND');
+      expect((await a.desktops.list(alice)).map((d) => d.name)).toEqual(['d1']);
+      const p = await a.desktops.setDesktopPolicy('d1', { leaseDays: 3, files: 'laptop', encryption: 'required' }, actor);
+      expect(p).toMatchObject({ leaseDays: 3, files: 'laptop', encryption: 'required', effectiveEncryption: 'required' });
+      // All or nothing: a bad lease length leaves the merge policy as it was too.
+      expect(await codeOf(a.desktops.setDesktopPolicy('d1', { files: 'server', leaseDays: 9999 }, actor))).toBe('INVALID_ARGUMENT');
+      expect((await a.desktops.desktopPolicy('d1')).files).toBe('laptop');
+      expect(await auditCount('desktop.lease-policy')).toBe(1);
+      expect(await auditCount('desktop.merge-policy')).toBe(1);
+      expect(await auditCount('desktop.encryption-policy')).toBe(1);
+    });
+
+    it('one active checkout per desktop, however many devices race for it (two instances)', async () => {
+      await desktop('race');
+      const b = await instance();
+      const tries = Array.from({ length: 12 }, (_, i) => codeOf((i % 2 ? b : a).checkouts.start(alice, 'race', `dev-${i}`, `laptop ${i}`, actor)));
+      const codes = await Promise.all(tries);
+      expect(codes.filter((c) => c === 'ok')).toHaveLength(1);
+      expect(codes.filter((c) => c === 'CHECKOUT_CONFLICT')).toHaveLength(11);
+      expect(await a.fleet.activeCheckouts()).toHaveLength(1);
+      expect(await auditCount('checkout.start')).toBe(1);
+      // The holder resumes; nobody else gets in.
+      const holder = (await a.fleet.activeCheckouts())[0]!;
+      const again = await b.checkouts.start(alice, 'race', holder.device, holder.deviceName, actor);
+      expect(again.resumed).toBe(true);
+      expect(again.checkoutId).toBe(holder.checkoutId);
+    });
+
+    it('a check-in moves the desktop from N to N+1 once; repeats answer the same; a stale checkout gets VERSION_CONFLICT', async () => {
+      await desktop('ci');
+      const b = await instance();
+      const co = await a.checkouts.start(alice, 'ci', 'dev-a', 'laptop a', actor);
+      const next = await manifestOf(a, store, 99);
+      // The user must hold the blocks they name: sent by them (proof of possession).
+      await a.meta.addBlocks([], { userId: alice.id, ids: next.m.uniqueIds() });
+      const commits = await Promise.all([a, b, a, b].map((p) => p.checkouts.commit(alice, co.checkoutId, 'dev-a', next.encoded, null, actor)));
+      expect(new Set(commits.map((c) => c.version))).toEqual(new Set([2]));
+      expect(commits.filter((c) => !c.alreadyCommitted)).toHaveLength(1);
+      const info = await a.desktops.info(alice, 'ci');
+      expect(info.version).toBe(2);
+      expect(info.manifestId).toBe(next.id);
+      expect(info.checkout).toBeNull();
+      expect(await auditCount('checkout.commit')).toBe(1);
+      // A block the user cannot name: BLOCKS_MISSING, and nothing moves.
+      const co2 = await a.checkouts.start(alice, 'ci', 'dev-a', 'laptop a', actor);
+      const foreign = await manifestOf(a, store, 7);
+      expect(await codeOf(a.checkouts.commit(alice, co2.checkoutId, 'dev-a', foreign.encoded, null, actor))).toBe('BLOCKS_MISSING');
+      expect((await a.desktops.info(alice, 'ci')).version).toBe(2);
+      // Another device cannot commit this checkout.
+      expect(await codeOf(a.checkouts.commit(alice, co2.checkoutId, 'dev-b', next.encoded, null, actor))).toBe('FORBIDDEN');
+    });
+
+    it('an offline lease code works once, even reported to two instances at once', async () => {
+      await desktop('lease');
+      const b = await instance();
+      const co = await a.checkouts.start(alice, 'lease', 'dev-a', 'laptop a', actor);
+      const code = await a.fleet.leaseCode(co.checkoutId, 30, actor);
+      expect(code.seq).toBe(1);
+      const beats = await Promise.all([a, b, a, b].map((p) => p.checkouts.heartbeat(alice, co.checkoutId, 'dev-a', { pendingBytes: 0, pendingBlocks: 0, leaseCodeSeq: 1 }, actor)));
+      for (const h of beats) expect(Date.parse(h.leaseExpiresAt!)).toBeGreaterThanOrEqual(Date.parse(code.leaseExpiresAt));
+      expect(await auditCount('lease.code-used')).toBe(1);
+      expect(await auditCount('lease.code')).toBe(1);
+    });
+
+    it('an admin request moves through its states once, whichever instance hears of it', async () => {
+      await desktop('req');
+      const b = await instance();
+      const co = await a.checkouts.start(alice, 'req', 'dev-a', 'laptop a', actor);
+      const r = await a.fleet.requestCheckin(co.checkoutId, actor);
+      expect(r.state).toBe('requested');
+      // A second request while one is open is the same request.
+      expect((await b.fleet.requestCheckin(co.checkoutId, actor)).id).toBe(r.id);
+      await Promise.all([a, b, a].map((p) => p.checkouts.updateRequest(alice, co.checkoutId, r.id, 'dev-a', 'in-progress', {}, actor)));
+      await Promise.all([b, a, b].map((p) => p.checkouts.updateRequest(alice, co.checkoutId, r.id, 'dev-a', 'done', { version: 1 }, actor)));
+      expect((await a.fleet.request(r.id)).state).toBe('done');
+      expect(await auditCount('checkin.request')).toBe(1);
+      expect(await auditCount('checkin.in-progress')).toBe(1);
+      expect(await auditCount('checkin.done')).toBe(1);
+    });
+
+    it('a user\'s first persona version is made once under concurrent first reads', async () => {
+      const b = await instance();
+      const got = await Promise.all([a, b, a, b, a].map((p) => p.personas.get(alice)));
+      expect(new Set(got.map((g) => g.version))).toEqual(new Set([1]));
+      expect(await a.personaMeta.history(alice.id)).toHaveLength(1);
+    });
+
+    it('a rolled-back checkout ends at once; the desktop is free; deleting it is refused while held and audited when done', async () => {
+      await desktop('rb');
+      const co = await a.checkouts.start(alice, 'rb', 'dev-a', 'laptop a', actor);
+      expect(await codeOf(a.desktops.deleteDesktop('rb', actor))).toBe('CHECKOUT_CONFLICT');
+      await a.fleet.rollback(co.checkoutId, actor);
+      expect(await codeOf(a.checkouts.heartbeat(alice, co.checkoutId, 'dev-b', { pendingBytes: 0, pendingBlocks: 0 }, actor))).toBe('FORBIDDEN');
+      const hb = await a.checkouts.heartbeat(alice, co.checkoutId, 'dev-a', { pendingBytes: 0, pendingBlocks: 0 }, actor);
+      expect(hb.rolledBack).toBe(true);
+      expect((await a.desktops.info(alice, 'rb')).checkout).toBeNull();
+      const del = await a.desktops.deleteDesktop('rb', actor);
+      expect(del.desktop).toBe('rb');
+      expect(await codeOf(a.desktops.info(alice, 'rb'))).toBe('DESKTOP_NOT_FOUND');
+      expect(await auditCount('checkout.rollback')).toBe(1);
+      expect(await auditCount('desktop.delete')).toBe(1);
+    });
+
+    it('a failed change leaves nothing behind: no row, no audit', async () => {
+      await desktop('tx');
+      const before = (await a.fleet.auditLog(10_000)).length;
+      expect(await codeOf(a.desktops.createDesktop('tx2', 'nobody', 'img-tx', actor))).toBe('USER_NOT_FOUND');
+      expect(await codeOf(a.desktops.createDesktop('tx2', 'alice', 'no-image', actor))).toBe('IMAGE_NOT_FOUND');
+      expect(await codeOf(a.desktops.setImagePolicy('img-tx', { leaseDays: 2, encryption: 'bogus' as never }, actor))).toBe('INVALID_ARGUMENT');
+      expect((await a.desktops.imagePolicy('img-tx')).leaseDays).toBeNull();
+      expect((await a.fleet.auditLog(10_000)).length).toBe(before);
+      expect((await a.desktops.list(null)).map((d) => d.name)).toEqual(['tx']);
+    });
+  });
+}
