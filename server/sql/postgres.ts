@@ -9,8 +9,9 @@
 //   transaction opened inside joins it. A serialization failure (40001) or deadlock (40P01) rolls back
 //   and runs fn again after a jittered, growing pause, a bounded number of times.
 // - A database that cannot be reached (refused, shut down, starting, a broken connection: class 08,
-//   57P01-03) is CarryonError META_UNAVAILABLE naming host:port, never the password. Connecting is
-//   retried briefly, since nothing was sent yet; a query that may have reached the server is not.
+//   57P01-03) is CarryonError META_UNAVAILABLE naming host:port, never the password. Outside a
+//   transaction, connecting and a query that certainly did not run are retried briefly; a query that
+//   may have run is not, nor is anything inside a transaction (its COMMIT may have landed).
 // - Every other database error (a unique violation 23505 above all: callers rely on constraints to
 //   hold rules across servers) reaches the caller as pg's own DatabaseError, `code` intact.
 import { AsyncLocalStorage } from 'node:async_hooks';
@@ -134,8 +135,21 @@ export function isConnectionError(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string' && (CONNECTION_CODES.has(code) || code.startsWith('08'))) return true;
   // pg's own messages for a socket that ended or a connect that timed out carry no code.
-  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(err.message);
+  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|not queryable/i.test(err.message);
 }
+
+/**
+ * A connection failure after which the query certainly did not run: the connection was known dead
+ * before it was sent, or the server answered it with a FATAL shutdown error (nothing commits after that).
+ * A socket that just closed ("Connection terminated") leaves it unknown, and is not retried.
+ */
+function neverRan(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return code === '57P01' || code === '57P02' || code === '57P03' || /not queryable/i.test((err as Error).message ?? '');
+}
+
+/** Checked-out clients whose 'error' event we listen to (see connect()). */
+const listened = new WeakSet<pg.PoolClient>();
 
 const SERIALIZATION_CODES = new Set(['40001', '40P01']);
 function isSerializationFailure(err: unknown): boolean {
@@ -198,7 +212,15 @@ export class PostgresSql implements Sql {
   private async connect(): Promise<pg.PoolClient> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.pool.connect();
+        const client = await this.pool.connect();
+        // pg-pool listens for a connection's 'error' only while it is idle; one that dies while we hold
+        // it (between two queries of a transaction) would emit an unhandled 'error' and end the
+        // process. The next query on it fails instead, and that failure is handled where it happens.
+        if (!listened.has(client)) {
+          listened.add(client);
+          client.on('error', () => undefined);
+        }
+        return client;
       } catch (err) {
         if (!isConnectionError(err)) throw err;
         if (attempt >= this.connectAttempts || !retryableConnect(err)) throw this.unavailable(err);
@@ -223,15 +245,27 @@ export class PostgresSql implements Sql {
         throw isConnectionError(err) ? this.unavailable(err) : err;
       }
     }
-    const client = await this.connect();
-    try {
-      const out = await client.query(text, values);
-      client.release();
-      return out;
-    } catch (err) {
-      // A connection that failed is not given back to the pool.
-      client.release(isConnectionError(err) ? (err as Error) : undefined);
-      throw isConnectionError(err) ? this.unavailable(err) : err;
+    return this.outside((client) => client.query(text, values));
+  }
+
+  /** A query outside any transaction, on a pooled connection; run again if it certainly did not run. */
+  private async outside<R>(f: (client: pg.PoolClient) => Promise<R>): Promise<R> {
+    for (let attempt = 1; ; attempt++) {
+      const client = await this.connect();
+      try {
+        const out = await f(client);
+        client.release();
+        return out;
+      } catch (err) {
+        if (!isConnectionError(err)) {
+          client.release();
+          throw err;
+        }
+        // A connection that failed is not given back to the pool.
+        client.release(err as Error);
+        if (attempt >= this.connectAttempts || !neverRan(err)) throw this.unavailable(err);
+        await sleep(100 * 2 ** attempt * (0.5 + Math.random()));
+      }
     }
   }
 
@@ -261,14 +295,7 @@ export class PostgresSql implements Sql {
       }
       return;
     }
-    const client = await this.connect();
-    try {
-      await client.query(sql);
-      client.release();
-    } catch (err) {
-      client.release(isConnectionError(err) ? (err as Error) : undefined);
-      throw isConnectionError(err) ? this.unavailable(err) : err;
-    }
+    await this.outside((client) => client.query(sql));
   }
 
   async transaction<T>(fn: () => Promise<T>): Promise<T> {

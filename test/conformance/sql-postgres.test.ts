@@ -333,6 +333,33 @@ describe('PostgresSql specifics', () => {
     await expect(openSql('/var/lib/carryon/carryon.db', serverLikeSet(), 'x')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
   });
 
+  it('a connection killed by the server: inside a transaction META_UNAVAILABLE (no crash), outside it the next query works', async () => {
+    const db = await freshDatabase();
+    const sql = new PostgresSql(db.url);
+    const kill = () => admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [db.name]);
+    try {
+      await sql.exec('CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)');
+      const err = (await sql.transaction(async () => {
+        await sql.run("INSERT INTO kv VALUES ('a', 'x')");
+        await kill();
+        await new Promise((r) => setTimeout(r, 100));
+        await sql.run("INSERT INTO kv VALUES ('b', 'y')");
+      }).then(() => null, (e: unknown) => e)) as CarryonError;
+      expect(err).toBeInstanceOf(CarryonError);
+      expect(err.code).toBe('META_UNAVAILABLE');
+      expect(await sql.all('SELECT k FROM kv')).toEqual([]);
+      // Idle pooled connections killed: the pool drops them, the next queries open new ones.
+      await Promise.all([sql.get('SELECT 1'), sql.get('SELECT 2'), sql.get('SELECT 3')]);
+      await kill();
+      await new Promise((r) => setTimeout(r, 100));
+      expect(await Promise.all([sql.get('SELECT 1 AS n'), sql.get('SELECT 2 AS n')])).toEqual([{ n: 1 }, { n: 2 }]);
+      expect(await sql.transaction(() => sql.run("INSERT INTO kv VALUES ('c', 'z')"))).toEqual({ changes: 1 });
+    } finally {
+      await sql.close();
+      await db.cleanup();
+    }
+  });
+
   it('after the server restarts, the next query outside a transaction works again', async () => {
     const sql = new PostgresSql(dbUrl('carryon'));
     try {
