@@ -11,9 +11,11 @@
 # encrypted copy's persona encrypted at rest, mounted through FUSE (test/e2e/persona-vault.test.ts). python3, make
 # and a C compiler (build-essential) let `npm ci` build native/xts, the disk cipher's addon, with node-gyp
 # (test/unit/crypto/native-xts.test.ts fails if the cipher fell back to JavaScript). The benchmark peers (rsync, rdiff, casync) come along so that
-# scripts/bench runs on the same machine. A missing tool is a test failure, never a skip.
+# scripts/bench runs on the same machine. postgresql (Debian's 15) runs the PostgreSQL metadata tests: scripts/pg.sh
+# starts a private cluster with its initdb and pg_ctl (test/conformance/sql-postgres.test.ts). A missing tool is a
+# test failure, never a skip.
 set -euo pipefail
-pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs)
+pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs postgresql)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -21,9 +23,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script; do
+for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql; do
   command -v "$t" >/dev/null || { echo "install-test-deps: $t is still missing" >&2; exit 1; }
 done
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "install-test-deps: initdb (postgresql) is still missing" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "install-test-deps: /usr/bin/time (GNU time) is still missing" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "install-test-deps: /dev/fuse is missing (modprobe fuse; in a container: --device /dev/fuse)" >&2; exit 1; }
 echo "install-test-deps: all peers present"

@@ -16,6 +16,8 @@ export type SqlValue = string | number | bigint | Buffer | Uint8Array | null;
  *   calls, found by async context) sees and commits together, or none does when fn throws. A
  *   transaction opened inside another joins it. The engine may run fn more than once (PostgreSQL
  *   retries a serialization failure), so fn must do nothing but queries and pure computation.
+ * - A query that fails inside fn must fail fn (PostgreSQL aborts the whole transaction at the first
+ *   failed statement): never catch a constraint violation to carry on; write ON CONFLICT DO NOTHING.
  * - Transactions of one database are serializable: the result is as if they ran one at a time.
  * - Integer columns come back as JS numbers, BLOB/BYTEA columns as Buffers.
  */
@@ -118,9 +120,17 @@ export function migrateSqliteSync(db: Database.Database, set: MigrationSet, wher
  */
 export async function migrateSql(sql: Sql, set: MigrationSet, where: string, by: string): Promise<number> {
   if (sql.dialect === 'sqlite') throw new CarryonError('INTERNAL', 'SQLite databases migrate through migrateSqliteSync');
-  await sql.exec(HISTORY_POSTGRES);
+  // Two instances starting on a fresh database race here: CREATE TABLE IF NOT EXISTS is not atomic in
+  // PostgreSQL (the loser fails with 23505 on a catalog index, 42P07, or 42710 on the row type). The
+  // table exists either way; the lock below orders everything after it.
+  await sql.exec(HISTORY_POSTGRES).catch((err: unknown) => {
+    const code = (err as { code?: unknown }).code;
+    if (code !== '23505' && code !== '42P07' && code !== '42710') throw err;
+  });
   return sql.transaction(async () => {
-    // One migrator at a time across instances; the lock ends with the transaction.
+    // One migrator at a time across instances; the lock ends with the transaction. It must be the
+    // first statement: under SERIALIZABLE the snapshot is taken at the first query, and one taken
+    // before the lock could read an empty history and apply the baseline a second time.
     await sql.exec('LOCK TABLE schema_migrations IN EXCLUSIVE MODE');
     const row = await sql.get<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations');
     const current = row?.v ?? 0;
