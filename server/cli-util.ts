@@ -5,6 +5,9 @@ import { openParts, type ServerParts } from './services/parts.js';
 export interface GlobalOpts {
   data?: string;
   json?: boolean;
+  /** The metadata database (postgres://...) and block store URLs, when not the data folder's own. */
+  meta?: string;
+  store?: string;
 }
 
 export function dataDirOf(opts: GlobalOpts): string | undefined {
@@ -17,7 +20,7 @@ export function dataDirOf(opts: GlobalOpts): string | undefined {
  */
 export async function withData<T>(opts: GlobalOpts, body: (p: ServerParts) => Promise<T> | T, human: (r: T) => string): Promise<void> {
   await run(opts, async () => {
-    const p = openParts(dataDirOf(opts));
+    const p = await openParts(dataDirOf(opts), { meta: opts.meta, store: opts.store });
     try {
       return await body(p);
     } finally {

@@ -11,8 +11,8 @@ export function registerInit(program: Command): void {
     await run(opts, async () => {
       const dir = dataDirOf(opts);
       if (!dir) throw new CarryonError('INVALID_ARGUMENT', 'pass --data DIR or set CARRYON_DATA');
-      return initDataDir(dir);
-    }, (r) => `${r.created ? 'initialised' : 'already initialised'} ${r.root} (schema version ${r.schemaVersion})` +
+      return initDataDir(dir, { meta: opts.meta, store: opts.store });
+    }, (r) => `${r.created ? 'initialised' : 'already initialised'} ${r.root} (schema version ${r.schemaVersion})\nmetadata: ${r.meta}\nblocks: ${r.store}` +
       (r.escrowKeyCreated ? `\nescrow key pair made in ${r.root}/escrow: laptops seal their data keys to escrow.pub; keep a copy of escrow.key somewhere safe (or move it offline: docs/security.md, "Escrow of the laptops' data keys")` : ''));
   });
 }

@@ -42,7 +42,7 @@ export function registerStart(program: Command): void {
         const tls = certFile && keyFile ? loadTlsPair(certFile, keyFile) : undefined;
         const trustSpec = (opts.trustProxy as string | undefined) ?? process.env[TRUST_PROXY_ENV];
         const trustProxy = new ProxyTrust(trustSpec ?? '', opts.trustProxy !== undefined ? '--trust-proxy' : TRUST_PROXY_ENV);
-        const d = openParts(dataDirOf(opts), { minFreeBytes });
+        const d = await openParts(dataDirOf(opts), { minFreeBytes, meta: opts.meta as string | undefined, store: opts.store as string | undefined });
         const log = (f: Record<string, unknown>): void => void process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...f })}\n`);
         // A data folder made before encryption at rest gets its escrow key pair now.
         if (ensureEscrowKeys(d.root).created) log({ level: 'warn', msg: 'escrow key pair made in DATA/escrow: keep a copy of escrow.key somewhere safe (or move it offline)', dir: path.join(d.root, 'escrow') });
@@ -50,6 +50,7 @@ export function registerStart(program: Command): void {
         const url = await server.listen(host, port);
         if (tls) log(tlsLogLine('TLS certificate loaded', tls.info));
         if (trustProxy.entries.length) log({ level: 'info', msg: 'X-Forwarded-For believed from these proxies only', trustProxy: trustProxy.entries });
+        log({ level: 'info', msg: 'backends', meta: d.where.meta, store: d.where.store });
         // A renewal (certbot's deploy hook, a cron job): `kill -HUP`. New connections get the new pair.
         // Without TLS, SIGHUP keeps its default (the process ends, as before).
         if (certFile && keyFile) process.on('SIGHUP', () => {

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { mkdirSync } from 'node:fs';
 import type { BlockStore, Sql } from '../../src/index.js';
-import { openDataDir } from '../db.js';
+import { openDataDir, type Backends } from '../db.js';
 import { EscrowService } from '../escrow.js';
 import { FleetMeta } from '../fleet-meta.js';
 import { Meta } from '../meta.js';
@@ -59,8 +59,8 @@ export function buildParts(sql: Sql, store: BlockStore, root: string | null, opt
   };
 }
 
-/** Open the data folder (migrating its database) and build every service over it. */
-export function openParts(dataRoot: string | undefined, opts: PartsOptions = {}): ServerParts {
-  const d = openDataDir(dataRoot);
-  return buildParts(d.sql, d.store, d.root, opts);
+/** Open the data folder and its backends (migrating the database) and build every service over them. */
+export async function openParts(dataRoot: string | undefined, opts: PartsOptions & Backends = {}): Promise<ServerParts & { where: { meta: string; store: string } }> {
+  const d = await openDataDir(dataRoot, { meta: opts.meta, store: opts.store });
+  return { ...buildParts(d.sql, d.store, d.root, opts), where: { meta: d.meta, store: d.storeUrl } };
 }

@@ -8,8 +8,8 @@ import { runMetaConformance } from './meta.js';
 
 runMetaConformance('SQLite', async () => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'carryon-meta-'));
-  initDataDir(dir);
-  const d = openDataDir(dir);
+  await initDataDir(dir);
+  const d = await openDataDir(dir);
   return {
     sql: d.sql,
     connect: async () => d.sql,
