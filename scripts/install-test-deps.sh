@@ -11,9 +11,12 @@
 # encrypted copy's persona encrypted at rest, mounted through FUSE (test/e2e/persona-vault.test.ts). python3, make
 # and a C compiler (build-essential) let `npm ci` build native/xts, the disk cipher's addon, with node-gyp
 # (test/unit/crypto/native-xts.test.ts fails if the cipher fell back to JavaScript). The benchmark peers (rsync, rdiff, casync) come along so that
-# scripts/bench runs on the same machine. A missing tool is a test failure, never a skip.
+# scripts/bench runs on the same machine. ceph-mon, ceph-osd and radosgw (Ceph's S3 gateway) are the real
+# object store S3BlockStore is tested and benchmarked against: scripts/rgw.sh starts a private one-node
+# cluster on 127.0.0.1 (test/conformance/s3-block-store.test.ts, scripts/bench/s3-bench.ts); curl creates
+# its bucket. A missing tool is a test failure, never a skip.
 set -euo pipefail
-pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs)
+pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs ceph-mon ceph-osd radosgw curl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -21,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script; do
+for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl; do
   command -v "$t" >/dev/null || { echo "install-test-deps: $t is still missing" >&2; exit 1; }
 done
 [ -x /usr/bin/time ] || { echo "install-test-deps: /usr/bin/time (GNU time) is still missing" >&2; exit 1; }
