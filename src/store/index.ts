@@ -15,6 +15,7 @@ export { FsBlockStore, syncFileSystem, type FsBlockStoreOptions } from './fs-blo
 export { MemoryBlockStore } from './memory-block-store.js';
 export { PackBlockStore, type CompactOptions, type CompactReport } from './pack-block-store.js';
 export { SealedBlockStore } from './sealed-block-store.js';
+export { S3Client, type S3Stats, type S3Object } from './s3-client.js';
 export { S3BlockStore, parseS3Url, type S3BlockStoreOptions, type S3BlockStoreStats, type S3CompactOptions, type S3CompactReport } from './s3-block-store.js';
 export { getBlock, putBlock, checkPut } from './verify.js';
 export { diskSpace, type DiskSpace } from './disk-space.js';
