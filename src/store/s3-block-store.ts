@@ -103,6 +103,8 @@ export interface S3CompactOptions {
   smallPackBytes?: number;
   /** Unreferenced packs (and index objects whose pack is gone) older than this are deleted (default 1 h). */
   orphanGraceMs?: number;
+  /** Test hook: called after step 1 (copies uploaded) and step 2 (old index objects deleted); a throw there is a crash. */
+  onStep?: (step: 'copied' | 'unindexed') => void;
 }
 
 export interface S3CompactReport {
@@ -734,6 +736,7 @@ export class S3BlockStore implements BlockStore {
     for (const b of batches) if (b.entries.size > 0 || b.tombstones.length > 0) this.sealBatch(b);
     while (this.sealed.length > 0) await this.drain();
     report.blocksMoved = copied.size;
+    opts.onStep?.('copied');
 
     // 2. The index objects of the dropped packs (and the consolidated ones) go: their packs are unreferenced.
     const indexesToDelete = goingIndexes.filter((p) => indexObjs.has(p));
@@ -742,6 +745,7 @@ export class S3BlockStore implements BlockStore {
       this.dropIndex(pack);
     });
     report.indexesDeleted = indexesToDelete.length;
+    opts.onStep?.('unindexed');
     // 3. Then the packs, and orphans (a pack without an index, older than the grace period).
     const own = new Set(this.sealed.map((b) => b.pack));
     const orphans = [...packObjs.keys()].filter((p) => !this.indexes.has(p) && !drop.has(p) && !own.has(p) && now - packObjs.get(p)!.lastModified > grace);

@@ -233,6 +233,38 @@ describe('S3BlockStore on Ceph RGW', () => {
     }
   });
 
+  it('a compaction that crashes after either step loses no live block, and the next one finishes the job', async () => {
+    for (const crashAt of ['copied', 'unindexed'] as const) {
+      const prefix = freshPrefix();
+      const blocks = randomBlocks(crashAt === 'copied' ? 71 : 72, 16, 20_000);
+      const one = new S3BlockStore(opts(prefix));
+      for (const s of blocks) await one.put(s.id, s.encoded, s.plain);
+      await one.sync();
+      for (const s of blocks.slice(0, 12)) await one.delete(s.id); // 4 of 16 live: the pack is rewritten
+      await one.sync();
+      const crash = await one.compact({ smallPackBytes: 0, onStep: (step) => {
+        if (step === crashAt) throw new Error(`crash after ${step}`);
+      } }).then(() => null, (e: unknown) => e);
+      expect((crash as Error).message).toBe(`crash after ${crashAt}`);
+      await one.close();
+      const two = new S3BlockStore(opts(prefix));
+      try {
+        const live = blocks.slice(12);
+        expect(await listAll(two)).toEqual(live.map((s) => s.id).sort());
+        for (const s of live) expect((await two.getEncoded(s.id)).equals(s.encoded)).toBe(true);
+        for (const s of blocks.slice(0, 12)) expect(await two.has(s.id)).toBe(false);
+        await two.compact({ smallPackBytes: 0, orphanGraceMs: 0 });
+        const c = await census(prefix);
+        expect(c.packs).toBe(1); // only the rewritten one
+        expect(c.indexes).toBe(1);
+        expect(await listAll(two)).toEqual(live.map((s) => s.id).sort());
+        for (const s of live) expect((await two.getEncoded(s.id)).equals(s.encoded)).toBe(true);
+      } finally {
+        await two.close();
+      }
+    }
+  });
+
   it('checking in 64 MiB of 64 KiB random blocks with a sync every 256 blocks makes at most one PUT per 8 MiB; checking out reads ~8 MiB a GET', async () => {
     const prefix = freshPrefix();
     const blocks = randomBlocks(51, 1024);
