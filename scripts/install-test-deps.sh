@@ -12,10 +12,14 @@
 # and a C compiler (build-essential) let `npm ci` build native/xts, the disk cipher's addon, with node-gyp
 # (test/unit/crypto/native-xts.test.ts fails if the cipher fell back to JavaScript). The benchmark peers (rsync, rdiff, casync) come along so that
 # scripts/bench runs on the same machine. postgresql (Debian's 15) runs the PostgreSQL metadata tests: scripts/pg.sh
-# starts a private cluster with its initdb and pg_ctl (test/conformance/sql-postgres.test.ts). A missing tool is a
-# test failure, never a skip.
+# starts a private cluster with its initdb and pg_ctl (test/conformance/sql-postgres.test.ts, meta-postgres.test.ts).
+# ceph-mon, ceph-osd and radosgw (Ceph's S3 gateway) are the real object store S3BlockStore is tested and
+# benchmarked against: scripts/rgw.sh starts a private one-node cluster on 127.0.0.1
+# (test/conformance/s3-block-store.test.ts, scripts/bench/s3-bench.ts); curl creates its bucket. haproxy is the
+# load balancer in front of two server instances (scripts/scale-out.sh, test/e2e/scale-out.test.ts).
+# A missing tool is a test failure, never a skip.
 set -euo pipefail
-pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs postgresql)
+pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs postgresql ceph-mon ceph-osd radosgw curl haproxy)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -23,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql; do
+for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl haproxy; do
   command -v "$t" >/dev/null || { echo "install-test-deps: $t is still missing" >&2; exit 1; }
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "install-test-deps: initdb (postgresql) is still missing" >&2; exit 1; }

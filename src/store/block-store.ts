@@ -25,6 +25,12 @@ export interface BlockStore {
   sync(): Promise<void>;
   /** Size in bytes of the stored (encoded) block, or null when absent. */
   size(id: BlockId): Promise<number | null>;
+  /**
+   * The encoded blocks of `ids`, in the same order, as getEncoded would return them one by one. Optional:
+   * a store whose reads cost a request each (S3) joins neighbouring blocks into one read; callers that
+   * read many blocks use it when present (server/blocks.ts readAhead).
+   */
+  getEncodedMany?(ids: readonly BlockId[]): Promise<Buffer[]>;
   /** Release files and handles (sync first). Optional: stores holding nothing open omit it. */
   close?(): Promise<void>;
 }
