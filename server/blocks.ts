@@ -9,6 +9,7 @@ import {
 import type { Meta } from './meta.js';
 import type { Actor } from './audit.js';
 import { crashPoint } from './crash-point.js';
+import type { IngestLease, IngestLeases } from './gc.js';
 
 export interface LoadedManifest {
   id: BlockId;
@@ -51,13 +52,24 @@ export class BlockScope {
     return (await this.missing([id])).length === 0;
   }
 
-  /** Ids (of those given) outside the scope: the ones to send. */
+  /**
+   * Ids (of those given) outside the scope: the ones to send. Those in scope through the user's own
+   * blocks are marked seen: the caller will rely on them, so GC spares them for its grace period (blocks
+   * of the scope's manifests are referenced by live versions already).
+   */
   async missing(ids: Iterable<BlockId>): Promise<BlockId[]> {
+    return (await this.split(ids)).missing;
+  }
+
+  /** `missing`, and the ids in scope only through the user's own blocks (not through the scope's manifests). */
+  async split(ids: Iterable<BlockId>): Promise<{ missing: BlockId[]; owned: BlockId[] }> {
     const rest: BlockId[] = [];
     for (const id of ids) if (!this.manifests.some((m) => m.ids.has(id))) rest.push(id);
-    if (rest.length === 0) return rest;
+    if (rest.length === 0) return { missing: rest, owned: [] };
     const held = await this.meta.userHolds(this.userId, rest);
-    return rest.filter((id) => !held.has(id));
+    const owned = rest.filter((id) => held.has(id));
+    if (owned.length > 0) await this.meta.touchBlocks(owned);
+    return { missing: rest.filter((id) => !held.has(id)), owned };
   }
 }
 
@@ -80,10 +92,16 @@ export class BlockIngest {
   /** The sync and index commit of earlier batches, chained so rows are committed in order. */
   private indexing: Promise<void> = Promise.resolve();
 
-  constructor(private readonly meta: Meta, private readonly store: BlockStore, private readonly grantTo: number | null = null) {}
+  /** The ingest lease (server/gc.ts) this upload holds from its first block to its flush. */
+  private lease: Promise<IngestLease> | null = null;
+
+  constructor(private readonly meta: Meta, private readonly store: BlockStore, private readonly grantTo: number | null = null, private readonly leases: IngestLeases | null = null) {}
 
   /** Store a block unless the index or this ingest has it; returns its stored size, or 0 when it was there. */
   async add(id: BlockId, plain: Buffer): Promise<number> {
+    // No store write before the lease: a collector sweeping now must finish first, or it could delete
+    // bytes this upload finds present.
+    if (this.leases) await (this.lease ??= this.leases.acquire());
     if (this.grantTo !== null) this.grants.push(id);
     if (this.unindexed.has(id) || await this.meta.hasBlock(id)) {
       if (this.grants.length >= INDEX_BATCH) this.startIndexing();
@@ -108,17 +126,24 @@ export class BlockIngest {
     this.grants = [];
     const next = this.indexing.then(async () => {
       if (rows.length > 0) await this.store.sync();
-      await this.meta.addBlocks(rows, this.grantTo === null ? undefined : { userId: this.grantTo, ids: grants });
+      const lease = this.lease ? (await this.lease).id : undefined;
+      await this.meta.addBlocks(rows, this.grantTo === null ? undefined : { userId: this.grantTo, ids: grants }, lease);
       for (const [id] of rows) this.unindexed.delete(id);
     });
     next.catch(() => undefined); // not unhandled: flush() rethrows it
     this.indexing = next;
   }
 
-  /** Wait until every block added so far is durable and indexed. */
+  /** Wait until every block added so far is durable and indexed; the lease is given back either way. */
   async flush(): Promise<void> {
-    if (this.rows.length > 0 || this.grants.length > 0) this.startIndexing();
-    await this.indexing;
+    try {
+      if (this.rows.length > 0 || this.grants.length > 0) this.startIndexing();
+      await this.indexing;
+    } finally {
+      const lease = this.lease;
+      this.lease = null;
+      if (lease) await lease.then((l) => l.release(), () => undefined);
+    }
   }
 }
 
@@ -135,11 +160,11 @@ export interface PublishResult {
   storedBytes: number;
 }
 
-export async function publishImage(meta: Meta, store: BlockStore, name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
+export async function publishImage(meta: Meta, store: BlockStore, leases: IngestLeases | null, name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
   let newBlocks = 0;
   let newPlainBytes = 0;
   let storedBytes = 0;
-  const ingest = new BlockIngest(meta, store);
+  const ingest = new BlockIngest(meta, store, null, leases);
   const { manifest } = await scanImage(file, {
     blockSize,
     onProgress,
@@ -167,10 +192,10 @@ export async function publishImage(meta: Meta, store: BlockStore, name: string, 
  * stored; an entry that fails stops the upload, and blocks stored before it stay (they are valid and
  * a retry need not send them again).
  */
-export async function ingestUpload(meta: Meta, store: BlockStore, base: LoadedManifest, scope: BlockScope, body: NodeJS.ReadableStream): Promise<UploadResult> {
+export async function ingestUpload(meta: Meta, store: BlockStore, leases: IngestLeases | null, base: LoadedManifest, scope: BlockScope, body: NodeJS.ReadableStream): Promise<UploadResult> {
   const result: UploadResult = { stored: 0, alreadyHad: 0, plainBytes: 0 };
   const maxBlock = base.manifest.blockSize;
-  const ingest = new BlockIngest(meta, store, scope.userId);
+  const ingest = new BlockIngest(meta, store, scope.userId, leases);
   try {
     await unpackEntries(body, MAX_UPLOAD_ENTRY_BYTES, async ({ name, data }) => {
     const e = parseUploadEntryName(name);

@@ -11,6 +11,7 @@ import { registerInit } from './commands/init.js';
 import { registerPersona } from './commands/persona.js';
 import { registerStart } from './commands/start.js';
 import { registerStatus } from './commands/status.js';
+import { registerGc } from './commands/gc.js';
 import { registerUserAdd } from './commands/user-add.js';
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
@@ -38,6 +39,7 @@ registerDesktopCreate(desktop);
 registerDesktopPolicy(desktop);
 registerPersona(program);
 registerStatus(program);
+registerGc(program);
 registerAdmin(program);
 
 program.exitOverride((err) => {

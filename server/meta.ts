@@ -93,16 +93,48 @@ export class Meta {
 
   /**
    * Index blocks already durable in the store and record `grant.ids` as sent by `grant.userId`, in one
-   * transaction: a grant is written only once its block is indexed (in this call or before).
+   * transaction: a grant is written only for a block indexed (in this call or before), and marks it seen
+   * (the sender relies on it). `lease`: the upload's ingest lease (server/gc.ts), which must still be
+   * held: a collector that took it back may have swept bytes this upload found present.
    */
-  async addBlocks(rows: Array<[BlockId, number, number]>, grant?: { userId: number; ids: BlockId[] }): Promise<void> {
+  async addBlocks(rows: Array<[BlockId, number, number]>, grant?: { userId: number; ids: BlockId[] }, lease?: string): Promise<void> {
     const t = now();
     await this.db.transaction(async () => {
+      if (lease !== undefined && !(await this.db.get('SELECT 1 AS x FROM ingest_leases WHERE id = ?', [lease]))) {
+        throw new CarryonError('SERVER_BUSY', 'this upload stalled for longer than its lease and the server reclaimed it; nothing was lost: run the command again', { lease });
+      }
       for (const [id, plainSize, storedSize] of rows) {
         await this.db.run('INSERT INTO blocks (id, plain_size, stored_size, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING', [id, plainSize, storedSize, t]);
       }
-      if (grant) for (const id of grant.ids) await this.db.run('INSERT INTO user_blocks (user_id, block_id) VALUES (?, ?) ON CONFLICT DO NOTHING', [grant.userId, id]);
+      if (grant && grant.ids.length > 0) {
+        for (let i = 0; i < grant.ids.length; i += 500) {
+          const part = grant.ids.slice(i, i + 500);
+          const marks = part.map(() => '?').join(', ');
+          await this.db.run(`INSERT INTO user_blocks (user_id, block_id) SELECT ?, id FROM blocks WHERE id IN (${marks}) ON CONFLICT DO NOTHING`, [grant.userId, ...part]);
+          await this.db.run(`UPDATE blocks SET seen_at = ? WHERE id IN (${marks})`, [t, ...part]);
+        }
+      }
     });
+  }
+
+  /** Mark blocks as relied upon now (a client was told it need not send them): GC spares them for its grace period. */
+  async touchBlocks(ids: BlockId[]): Promise<void> {
+    const t = now();
+    for (let i = 0; i < ids.length; i += 500) {
+      const part = ids.slice(i, i + 500);
+      await this.db.run(`UPDATE blocks SET seen_at = ? WHERE id IN (${part.map(() => '?').join(', ')})`, [t, ...part]);
+    }
+  }
+
+  /** Of `ids`, those without an index row (run inside a commit's transaction: a collector may have removed one). */
+  async unindexed(ids: BlockId[]): Promise<BlockId[]> {
+    const out: BlockId[] = [];
+    for (let i = 0; i < ids.length; i += 500) {
+      const part = ids.slice(i, i + 500);
+      const have = new Set((await this.db.all<{ id: string }>(`SELECT id FROM blocks WHERE id IN (${part.map(() => '?').join(', ')})`, part)).map((r) => r.id));
+      for (const id of part) if (!have.has(id)) out.push(id);
+    }
+    return out;
   }
 
   /** Which of `ids` the user sent (or their data held before migration 9): see server/blocks.ts BlockScope. */

@@ -10,6 +10,7 @@ import { loadTlsPair, type TlsPair } from '../tls.js';
 import { openParts } from '../services/parts.js';
 import path from 'node:path';
 import { optsOf, withCommonOptions } from './options.js';
+import { parseDuration } from './gc.js';
 
 function parseListen(s: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
@@ -29,6 +30,8 @@ export function registerStart(program: Command): void {
     .option('--min-free <bytes>', 'refuse uploads (DISK_FULL) while the data folder has less than this free (or CARRYON_MIN_FREE)', process.env.CARRYON_MIN_FREE ?? String(64 * 1024 * 1024))
     .option('--tls-cert <file>', 'serve HTTPS with this certificate (PEM, intermediates after it); re-read on SIGHUP')
     .option('--tls-key <file>', 'the private key of --tls-cert (PEM, unencrypted); re-read on SIGHUP')
+    .option('--gc-every <duration>', 'run garbage collection this often (e.g. 24h; 0 turns it off); one instance at a time collects', process.env.CARRYON_GC_EVERY ?? '24h')
+    .option('--gc-grace <duration>', 'garbage collection spares blocks created or used within this long', process.env.CARRYON_GC_GRACE ?? '6h')
     .option('--trust-proxy <addrs>', `reverse proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-For is believed (default: $${TRUST_PROXY_ENV}, else none)`)
     .action(async (_o, cmd: Command) => {
       const opts = optsOf(cmd);
@@ -51,6 +54,17 @@ export function registerStart(program: Command): void {
         if (tls) log(tlsLogLine('TLS certificate loaded', tls.info));
         if (trustProxy.entries.length) log({ level: 'info', msg: 'X-Forwarded-For believed from these proxies only', trustProxy: trustProxy.entries });
         log({ level: 'info', msg: 'backends', meta: d.where.meta, store: d.where.store });
+        // Scheduled collection: another instance collecting at the same time makes this run a no-op (SERVER_BUSY).
+        const gcEvery = parseDuration(opts.gcEvery, '--gc-every');
+        if (gcEvery > 2 ** 31 - 1) throw new CarryonError('INVALID_ARGUMENT', '--gc-every must be at most 24d');
+        const gcGrace = parseDuration(opts.gcGrace, '--gc-grace');
+        const gcTimer = gcEvery > 0 ? setInterval(() => {
+          d.gc.run({ name: 'gc-schedule', device: null, address: 'local' }, { graceMs: gcGrace }).then(
+            (r) => log({ level: 'info', msg: 'garbage collection', condemned: r.condemned, swept: r.swept, sweepPostponed: r.sweepPostponed, storedBytesAfter: r.storedBytesAfter }),
+            (err: unknown) => log({ level: (err as CarryonError)?.code === 'SERVER_BUSY' ? 'info' : 'error', msg: 'garbage collection did not run', error: err instanceof Error ? err.message : String(err) }),
+          );
+        }, gcEvery) : null;
+        gcTimer?.unref();
         // A renewal (certbot's deploy hook, a cron job): `kill -HUP`. New connections get the new pair.
         // Without TLS, SIGHUP keeps its default (the process ends, as before).
         if (certFile && keyFile) process.on('SIGHUP', () => {

@@ -12,6 +12,7 @@ import { BlockScope, ingestUpload, ManifestCache, readAhead, type LoadedManifest
 import { crashPoint } from '../crash-point.js';
 import type { EscrowService } from '../escrow.js';
 import type { FleetMeta } from '../fleet-meta.js';
+import type { IngestLeases } from '../gc.js';
 import type { CheckoutRow, Meta, User } from '../meta.js';
 import type { PersonaService } from './persona-service.js';
 
@@ -44,9 +45,11 @@ export interface BlockStream {
 
 export class CheckoutService {
   private readonly manifests: ManifestCache;
+  /** Test seam: runs between a commit's block checks and its transaction (where a collector may strike). */
+  beforeCommitTransaction: (() => Promise<void>) | null = null;
 
   constructor(private readonly meta: Meta, private readonly fleet: FleetMeta, private readonly personas: PersonaService, private readonly escrow: EscrowService,
-    private readonly store: BlockStore, private readonly needSpace: () => void) {
+    private readonly store: BlockStore, private readonly needSpace: () => void, private readonly leases: IngestLeases | null = null) {
     this.manifests = new ManifestCache(meta);
   }
 
@@ -184,7 +187,7 @@ export class CheckoutService {
   async upload(user: User, id: string, device: string | undefined, body: NodeJS.ReadableStream): Promise<UploadResult> {
     const co = await this.active(user, id, device);
     this.needSpace();
-    return ingestUpload(this.meta, this.store, await this.baseOf(co), await this.scopeOf(co), body);
+    return ingestUpload(this.meta, this.store, this.leases, await this.baseOf(co), await this.scopeOf(co), body);
   }
 
   /** A restore point: like a commit's validation (every block present), but the checkout goes on. */
@@ -196,13 +199,16 @@ export class CheckoutService {
     if (next.blockSize !== base.manifest.blockSize || next.size !== base.manifest.size) {
       throw new CarryonError('MANIFEST_INVALID', 'a restore point must have the checked-out version\'s size and block size');
     }
-    const missing = await (await this.scopeOf(co)).missing(next.uniqueIds());
+    const { missing, owned } = await (await this.scopeOf(co)).split(next.uniqueIds());
     if (missing.length > 0) throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} block(s) the restore point names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
     await this.store.sync();
     await this.meta.putManifest(mid, encoded, next);
     let changed = 0;
     for (let i = 0; i < next.count; i++) if (next.ids.compare(base.manifest.ids, i * 32, i * 32 + 32, i * 32, i * 32 + 32) !== 0) changed++;
     return this.meta.db.transaction(async () => {
+      await this.meta.putManifest(mid, encoded, next);
+      const gone = await this.meta.unindexed(owned);
+      if (gone.length > 0) throw new CarryonError('BLOCKS_MISSING', `the server lacks ${gone.length} block(s) the restore point names (removed by garbage collection meanwhile); upload them again`, { count: gone.length, ids: gone.slice(0, 16) });
       const personaSnapshot = persona ? await this.personas.snapshotFor(user, persona.delta, persona.push.baseVersion) : null;
       return this.fleet.addRestorePoint(co, mid, changed, actor, personaSnapshot);
     });
@@ -218,12 +224,17 @@ export class CheckoutService {
     const next = decodeManifest(encoded);
     const mid = manifestId(encoded);
     const co = await this.meta.checkoutFor(user, id);
+    // The blocks named only through the user's own (not through the checked-out or image version): the
+    // commit transaction checks they are still indexed (a garbage collection may have condemned one).
+    let owned: BlockId[] = [];
     if (co.state === 'active') {
       const base = await this.baseOf(co);
       if (next.blockSize !== base.manifest.blockSize) {
         throw new CarryonError('MANIFEST_INVALID', `manifest block size ${next.blockSize} differs from the checked-out version's ${base.manifest.blockSize}`);
       }
-      const missing = await (await this.scopeOf(co)).missing(next.uniqueIds());
+      const split = await (await this.scopeOf(co)).split(next.uniqueIds());
+      const missing = split.missing;
+      owned = split.owned;
       if (missing.length > 0) {
         throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} block(s) the new version names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
       }
@@ -231,8 +242,15 @@ export class CheckoutService {
       await this.meta.putManifest(mid, encoded, next);
     }
     crashPoint('commit-before-transaction');
+    await this.beforeCommitTransaction?.();
     return this.meta.db.transaction(async (): Promise<CommitResult> => {
+      // Again inside: a collection may have removed the manifest row, which nothing named until now.
+      if (co.state === 'active') await this.meta.putManifest(mid, encoded, next);
       const r = await this.meta.commitCheckout(user, co.id, device, mid);
+      if (!r.already) {
+        const gone = await this.meta.unindexed(owned);
+        if (gone.length > 0) throw new CarryonError('BLOCKS_MISSING', `the server lacks ${gone.length} block(s) the new version names (removed by garbage collection meanwhile); upload them again`, { count: gone.length, ids: gone.slice(0, 16) });
+      }
       let p: PersonaCommitResult | undefined;
       if (persona && r.already) p = await this.personas.committedBy(user, co.id);
       else if (persona) p = await this.personas.commit(user, persona.delta, persona.push, co.id);

@@ -6,13 +6,14 @@ import { CarryonError, type BlockStore, type DesktopInfo, type DesktopPolicyChan
 import type { Actor } from '../audit.js';
 import { publishImage, type PublishResult } from '../blocks.js';
 import type { FleetMeta, RestorePoint } from '../fleet-meta.js';
+import type { IngestLeases } from '../gc.js';
 import type { Meta, User } from '../meta.js';
 
 export type DesktopPolicy = Awaited<ReturnType<FleetMeta['desktopPolicy']>>;
 export type ImagePolicy = Awaited<ReturnType<FleetMeta['imagePolicy']>>;
 
 export class DesktopService {
-  constructor(private readonly meta: Meta, private readonly fleet: FleetMeta, private readonly store: BlockStore) {}
+  constructor(private readonly meta: Meta, private readonly fleet: FleetMeta, private readonly store: BlockStore, private readonly leases: IngestLeases | null = null) {}
 
   addUser(name: string, admin: boolean, actor: Actor): Promise<{ user: string; token: string; admin: boolean }> {
     return this.meta.addUser(name, admin, actor);
@@ -24,7 +25,7 @@ export class DesktopService {
 
   /** Store FILE's blocks (verified, deduplicated) and make its manifest the image's next version. */
   publishImage(name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
-    return publishImage(this.meta, this.store, name, file, blockSize, actor, onProgress);
+    return publishImage(this.meta, this.store, this.leases, name, file, blockSize, actor, onProgress);
   }
 
   createDesktop(name: string, user: string, image: string, actor: Actor, encryption: EncryptionPolicy | null = null): Promise<DesktopInfo> {

@@ -9,6 +9,7 @@ import type { BlockStore, Sql } from '../../src/index.js';
 import { openDataDir, type Backends } from '../db.js';
 import { EscrowService } from '../escrow.js';
 import { FleetMeta } from '../fleet-meta.js';
+import { GarbageCollector, IngestLeases } from '../gc.js';
 import { Meta } from '../meta.js';
 import { PersonaMeta } from '../persona-meta.js';
 import { CheckoutService, spaceCheck } from './checkout-service.js';
@@ -27,6 +28,8 @@ export interface ServerParts {
   personas: PersonaService;
   desktops: DesktopService;
   checkouts: CheckoutService;
+  /** Removes blocks nothing references (server/gc.ts); one at a time across instances. */
+  gc: GarbageCollector;
   close(): Promise<void>;
 }
 
@@ -47,11 +50,12 @@ export function buildParts(sql: Sql, store: BlockStore, root: string | null, opt
   const personaMeta = new PersonaMeta(sql);
   const escrow = new EscrowService(sql, root, fleet);
   const needSpace = spaceCheck(root, opts.minFreeBytes);
-  const personas = new PersonaService(meta, personaMeta, fleet, escrow, store, tmp, needSpace);
-  const desktops = new DesktopService(meta, fleet, store);
-  const checkouts = new CheckoutService(meta, fleet, personas, escrow, store, needSpace);
+  const leases = new IngestLeases(sql);
+  const personas = new PersonaService(meta, personaMeta, fleet, escrow, store, tmp, needSpace, leases);
+  const desktops = new DesktopService(meta, fleet, store, leases);
+  const checkouts = new CheckoutService(meta, fleet, personas, escrow, store, needSpace, leases);
   return {
-    root: root ?? '', sql, store, meta, fleet, personaMeta, escrow, personas, desktops, checkouts,
+    root: root ?? '', sql, store, meta, fleet, personaMeta, escrow, personas, desktops, checkouts, gc: new GarbageCollector(sql, store),
     close: async () => {
       await store.close?.();
       await sql.close();

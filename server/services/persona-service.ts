@@ -16,12 +16,13 @@ import type { Actor } from '../audit.js';
 import { BlockIngest, BlockScope, readAhead } from '../blocks.js';
 import type { EscrowService } from '../escrow.js';
 import type { FleetMeta } from '../fleet-meta.js';
+import type { IngestLeases } from '../gc.js';
 import type { Meta, User } from '../meta.js';
 import type { PersonaMeta, PersonaVersionRow } from '../persona-meta.js';
 
 export class PersonaService {
   constructor(private readonly meta: Meta, private readonly personas: PersonaMeta, private readonly fleet: FleetMeta, private readonly escrow: EscrowService,
-    private readonly store: BlockStore, private readonly tmpRoot: string, private readonly needSpace: () => void = () => undefined) {}
+    private readonly store: BlockStore, private readonly tmpRoot: string, private readonly needSpace: () => void = () => undefined, private readonly leases: IngestLeases | null = null) {}
 
   /** A version of the user's persona (default: the newest). */
   async get(user: User, version?: number): Promise<{ version: number; snapshot: PersonaSnapshot; createdAt: string }> {
@@ -66,7 +67,7 @@ export class PersonaService {
     this.needSpace();
     const { snapshot: base } = await this.get(user, baseVersion);
     const baseFiles = new Map(base.files.filter((f) => f.kind === 'file').map((f) => [f.hash!, f]));
-    const ingest = new BlockIngest(this.meta, this.store, user.id);
+    const ingest = new BlockIngest(this.meta, this.store, user.id, this.leases);
     let chunks = 0;
     let files = 0;
     // The tar and every rebuilt file count against one budget: see MAX_PERSONA_UPLOAD_BYTES.

@@ -46,6 +46,7 @@ export const ERROR_CODES = {
   SERVER_UNREACHABLE: { http: 502, exit: 7, what: 'the server could not be reached' },
   REQUEST_TIMEOUT: { http: 408, exit: 7, what: 'the request (or its body) did not arrive in time' },
   RATE_LIMITED: { http: 429, exit: 7, what: 'this user has too many requests in flight; retry shortly' },
+  SERVER_BUSY: { http: 503, exit: 7, what: 'the server is busy with maintenance (garbage collection) or reclaimed a stalled upload; nothing was lost: retry shortly' },
   META_UNAVAILABLE: { http: 503, exit: 7, what: "the server's metadata database (PostgreSQL) cannot be reached or refused the connection; retry shortly" },
   DISK_FULL: { http: 507, exit: 12, what: 'no space left on the server or the laptop disk; nothing was lost, free space and retry' },
   // transport security (laptop side: raised before any token leaves the laptop)

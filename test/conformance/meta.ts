@@ -7,10 +7,14 @@
 // same connection and the races run on its in-process queue).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  blockId, CarryonError, DiskManifest, encodeBlock, encodeManifest, manifestId, MemoryBlockStore, type BlockStore, type ErrorCode, type Sql,
+  blockId, CarryonError, DiskManifest, encodeBlock, encodeManifest, manifestId, MemoryBlockStore, packEntries, uploadEntryName, type BlockStore, type ErrorCode, type Sql,
 } from '../../src/index.js';
 import { buildParts, type ServerParts } from '../../server/services/parts.js';
+import { decodeManifest } from '../../src/index.js';
+
+const decodeManifestOf = (b: Buffer): DiskManifest => decodeManifest(b);
 import type { User } from '../../server/meta.js';
+import { IngestLeases } from '../../server/gc.js';
 
 export interface MetaSetup {
   sql: Sql;
@@ -236,6 +240,157 @@ export function runMetaConformance(name: string, setup: () => Promise<MetaSetup>
       expect((await a.desktops.imagePolicy('img-tx')).leaseDays).toBeNull();
       expect((await a.fleet.auditLog(10_000)).length).toBe(before);
       expect((await a.desktops.list(null)).map((d) => d.name)).toEqual(['tx']);
+    });
+
+    /** New content for desktop `name`: its checked-out version with blocks [from, from+n) replaced, uploaded as a laptop would, then committed. */
+    async function checkIn(p: ServerParts, name: string, device: string, seed: number): Promise<{ version: number; ids: string[] }> {
+      for (let attempt = 0; ; attempt++) {
+        const co = await p.checkouts.start(alice, name, device, device, actor);
+        const base = decodeManifestOf(await p.checkouts.manifest(alice, co.checkoutId));
+        const next = new DiskManifest(base.size, base.blockSize, Buffer.from(base.ids));
+        const blocks: Array<{ id: string; plain: Buffer }> = [];
+        for (let i = 0; i < 2; i++) {
+          const plain = Buffer.alloc(base.blockSize, (seed + i) & 0xff);
+          plain.writeUInt32LE(seed, 8);
+          plain.writeUInt32LE(i, 12);
+          blocks.push({ id: blockId(plain), plain });
+          next.setId(i, blockId(plain));
+        }
+        const missing = await p.checkouts.missing(alice, co.checkoutId, blocks.map((b) => b.id));
+        const body = packEntries(blocks.filter((b) => missing.includes(b.id)).map((b) => ({ name: uploadEntryName({ kind: 'block', id: b.id }), data: b.plain })));
+        await p.checkouts.upload(alice, co.checkoutId, device, body);
+        try {
+          const r = await p.checkouts.commit(alice, co.checkoutId, device, encodeManifest(next), null, actor);
+          return { version: r.version, ids: next.uniqueIds() };
+        } catch (err) {
+          // A collection removed a block between the upload and the commit: the laptop sends it again.
+          if (!(err instanceof CarryonError && err.code === 'BLOCKS_MISSING') || attempt > 5) throw err;
+        }
+      }
+    }
+
+    it('gc: a deleted desktop\'s own blocks go (rows and bytes), the image\'s stay; a dry run changes nothing', async () => {
+      await desktop('keep', 11);
+      await desktop('drop', 12);
+      await checkIn(a, 'keep', 'dev-k', 100);
+      const gone = await checkIn(a, 'drop', 'dev-d', 200);
+      const imageIds = new Set(decodeManifestOf(await a.meta.getManifest(await a.meta.imageManifestOf((await a.meta.desktopByName('drop')).id))).uniqueIds());
+      const own = gone.ids.filter((id) => !imageIds.has(id));
+      expect(own).toHaveLength(2);
+      await a.desktops.deleteDesktop('drop', actor);
+      const dry = await a.gc.run(actor, { graceMs: 0, dryRun: true });
+      expect(dry.condemned.blocks).toBe(2);
+      for (const id of own) expect(await store.has(id)).toBe(true);
+      const before = (await a.desktops.stats()).storedBytes;
+      const r = await a.gc.run(actor, { graceMs: 0 });
+      expect(r.condemned).toEqual(dry.condemned);
+      expect(r.swept.blocks).toBe(2);
+      expect(r.storedBytesAfter).toBe(before - r.condemned.bytes);
+      for (const id of own) expect(await store.has(id)).toBe(false);
+      // Everything still named is readable: the kept desktop and the deleted one's image.
+      for (const m of [await a.meta.versionManifest((await a.meta.desktopByName('keep')).id, 2), await a.meta.imageManifestOf((await a.meta.desktopByName('keep')).id)]) {
+        for (const id of decodeManifestOf(await a.meta.getManifest(m)).uniqueIds()) expect(await store.has(id), id).toBe(true);
+      }
+      expect(await auditCount('gc.run')).toBe(1);
+      // Nothing left to do.
+      expect((await a.gc.run(actor, { graceMs: 0 })).condemned.blocks).toBe(0);
+    });
+
+    it('gc: spares what is younger than the grace, and deletes bytes stored but never indexed (an upload that died)', async () => {
+      await desktop('young', 21);
+      await checkIn(a, 'young', 'dev-y', 300);
+      await a.desktops.deleteDesktop('young', actor);
+      const plain = Buffer.alloc(4096, 7);
+      await store.put(blockId(plain), encodeBlock(plain), plain);
+      const r = await a.gc.run(actor, { graceMs: 3600_000 });
+      expect(r.condemned.blocks).toBe(0);
+      expect(r.spared.blocks).toBeGreaterThanOrEqual(2);
+      expect(r.swept.orphans).toBe(1);
+      expect(await store.has(blockId(plain))).toBe(false);
+    });
+
+    it('gc: the sweep waits for uploads in progress (their lease), and never deletes under one', async () => {
+      await desktop('lease-gc', 31);
+      await checkIn(a, 'lease-gc', 'dev-l', 400);
+      await a.desktops.deleteDesktop('lease-gc', actor);
+      const lease = await new IngestLeases(env.sql).acquire();
+      const r = await a.gc.run(actor, { graceMs: 0, sweepWaitMs: 300 });
+      expect(r.condemned.blocks).toBe(2); // its own two (the image's blocks stay: the image is live)
+      expect(r.sweepPostponed).toBe(true);
+      expect(r.swept.blocks).toBe(0);
+      await lease.release();
+      const again = await a.gc.run(actor, { graceMs: 0 });
+      expect(again.sweepPostponed).toBe(false);
+      expect(again.swept.blocks).toBe(2);
+    });
+
+    it('gc racing check-ins on two instances (grace 0, the worst case) never loses a block a version names', async () => {
+      const b = await instance();
+      const c = await instance();
+      for (const n of ['r1', 'r2', 'r3']) await desktop(n, n.charCodeAt(1));
+      const done = { stop: false, runs: 0 };
+      const collector = (async () => {
+        while (!done.stop) {
+          try {
+            await c.gc.run(actor, { graceMs: 0, sweepWaitMs: 50 });
+            done.runs++;
+          } catch (err) {
+            if (!(err instanceof CarryonError && err.code === 'SERVER_BUSY')) throw err;
+          }
+          await new Promise((r) => setTimeout(r, 5)); // a scheduled collector runs now and then, not in a tight loop
+        }
+      })();
+      const versions: Record<string, number> = {};
+      await Promise.all(['r1', 'r2', 'r3'].map(async (n, k) => {
+        for (let round = 0; round < 6; round++) {
+          const p = (round + k) % 2 ? a : b;
+          versions[n] = (await checkIn(p, n, `dev-${n}`, 1000 * (k + 1) + round)).version;
+        }
+      }));
+      done.stop = true;
+      await collector;
+      const last = await a.gc.run(actor, { graceMs: 0 });
+      expect(done.runs + 1).toBeGreaterThan(1);
+      for (const n of ['r1', 'r2', 'r3']) {
+        const d = await a.meta.desktopByName(n);
+        expect(d.version).toBe(versions[n]);
+        expect(d.version).toBe(7);
+        for (const m of [d.manifest_id, await a.meta.imageManifestOf(d.id)]) {
+          for (const id of decodeManifestOf(await a.meta.getManifest(m)).uniqueIds()) {
+            expect(await store.has(id), `${n}: ${id}`).toBe(true);
+            expect(await a.meta.hasBlock(id), `${n}: ${id}`).toBe(true);
+          }
+        }
+      }
+      // Every version is history that stays: per desktop its image's 4 blocks and 2 per check-in.
+      expect(last.referencedBlocks).toBe(3 * (4 + 6 * 2));
+      expect(last.condemned.blocks).toBe(0);
+    });
+
+    it('gc: a collection between a check-in\'s block checks and its commit makes the commit fail (BLOCKS_MISSING), never name a removed block', async () => {
+      await desktop('window', 41);
+      a.checkouts.beforeCommitTransaction = async () => {
+        a.checkouts.beforeCommitTransaction = null;
+        await new Promise((r) => setTimeout(r, 5)); // the uploaded blocks are older than the collector's cutoff
+        const r = await a.gc.run(actor, { graceMs: 0 });
+        expect(r.condemned.blocks).toBe(2); // uploaded, checked, not yet named by any version
+      };
+      const co = await a.checkouts.start(alice, 'window', 'dev-w', 'dev-w', actor);
+      const base = decodeManifestOf(await a.checkouts.manifest(alice, co.checkoutId));
+      const next = new DiskManifest(base.size, base.blockSize, Buffer.from(base.ids));
+      const blocks = [0, 1].map((i) => {
+        const plain = Buffer.alloc(base.blockSize, 0x40 + i);
+        next.setId(i, blockId(plain));
+        return { id: blockId(plain), plain };
+      });
+      const send = () => a.checkouts.upload(alice, co.checkoutId, 'dev-w', packEntries(blocks.map((b) => ({ name: uploadEntryName({ kind: 'block', id: b.id }), data: b.plain }))));
+      await send();
+      expect(await codeOf(a.checkouts.commit(alice, co.checkoutId, 'dev-w', encodeManifest(next), null, actor))).toBe('BLOCKS_MISSING');
+      expect((await a.meta.desktopByName('window')).version).toBe(1);
+      // The laptop sends them again and commits: every block of the new version is there.
+      await send();
+      expect((await a.checkouts.commit(alice, co.checkoutId, 'dev-w', encodeManifest(next), null, actor)).version).toBe(2);
+      for (const b of blocks) expect(await store.has(b.id)).toBe(true);
     });
   });
 }

@@ -3,7 +3,11 @@
 import Database from 'better-sqlite3';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { latestVersion } from '../../src/index.js';
+import { SERVER_SCHEMA } from '../../server/migrations.js';
 import { Laptop, removeTmp, TestServer, tmpDir } from './harness.js';
+
+const LATEST = latestVersion(SERVER_SCHEMA);
 
 function withDb<T>(file: string, f: (db: Database.Database) => T): T {
   const db = new Database(file);
@@ -26,7 +30,7 @@ describe('schema versions', () => {
 
   it('init records each version it applied, with the carryon release that applied it', () => {
     const rows = withDb(path.join(server.data, 'carryon.db'), (db) => db.prepare('SELECT version, by_carryon FROM schema_migrations ORDER BY version').all()) as Array<{ version: number; by_carryon: string }>;
-    expect(rows.map((r) => r.version)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    expect(rows.map((r) => r.version)).toEqual(Array.from({ length: LATEST }, (_, i) => i + 1));
     expect(rows[0]!.by_carryon).toMatch(/^carryon-server \d+\.\d+\.\d+/);
   });
 
@@ -40,7 +44,7 @@ describe('schema versions', () => {
       const r = await server.admin(args);
       expect(r.code).toBe(8);
       expect(r.json.error.code).toBe('SCHEMA_TOO_NEW');
-      expect(r.json.error.message).toMatch(/schema version 99, but this carryon knows versions up to 12/);
+      expect(r.json.error.message).toContain(`schema version 99, but this carryon knows versions up to ${LATEST}`);
       expect(r.stderr).toMatch(/a newer carryon has upgraded it/);
     }
     await expect(server.start()).rejects.toThrow(/exited with 8/);
@@ -48,7 +52,7 @@ describe('schema versions', () => {
       expect(db.pragma('user_version', { simple: true })).toBe(99);
       expect(db.prepare('SELECT COUNT(*) AS n FROM schema_migrations').get()).toEqual(before);
       expect(db.prepare("SELECT COUNT(*) AS n FROM users WHERE name = 'eve'").get()).toEqual({ n: 0 });
-      db.pragma('user_version = 12');
+      db.pragma(`user_version = ${LATEST}`);
     });
     expect((await server.admin(['status'])).code).toBe(0);
   });
@@ -59,7 +63,7 @@ describe('schema versions', () => {
     expect((await server.admin(['status'])).code).toBe(0);
     expect((await server.admin(['status'])).code).toBe(0);
     const rows = withDb(file, (db) => db.prepare('SELECT version, by_carryon FROM schema_migrations').all()) as Array<{ version: number; by_carryon: string }>;
-    expect(rows).toEqual([{ version: 12, by_carryon: 'an earlier carryon (found at this version)' }]);
+    expect(rows).toEqual([{ version: LATEST, by_carryon: 'an earlier carryon (found at this version)' }]);
   });
 
   it('laptop state from a newer carryon is refused the same way, and the copy is untouched', async () => {
