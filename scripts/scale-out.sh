@@ -60,16 +60,22 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 load_ports() { [ -f "$DIR/ports.env" ] && . "$DIR/ports.env"; return 0; }
 
-# One instance: `node bin/carryon-server.js start` in its own session (a Ctrl-C in the caller's
-# terminal does not reach it), its pid recorded, its URL once it listens.
+# spawn PIDFILE CMD...: CMD in the background in a session of its own (a Ctrl-C in the caller's terminal
+# does not reach it), its pid in PIDFILE. No subshell stays behind holding the caller's stdout (a
+# caller reading it to the end would wait for as long as CMD runs); the caller redirects CMD's output.
+spawn() {
+  local pidf=$1; shift
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pidf" "$@" </dev/null &
+}
+
+# One instance: `node bin/carryon-server.js start`, its pid recorded; returns once it listens.
 start_instance() { # start_instance N PORT
   local n=$1 port=$2 data="$DIR/instance$1" pidf="$RUN/instance$1.pid" out="$LOGS/instance$1.out" t; t=$(now)
   step "instance$n 127.0.0.1:$port"
   if pid_alive "$pidf" && port_open "$port"; then done_ "already running (pid $(cat "$pidf"), http://127.0.0.1:$port)"; return; fi
   : >"$out"
-  (cd "$ROOT" && setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pidf" \
-     node bin/carryon-server.js start --data "$data" --listen "127.0.0.1:$port" --trust-proxy 127.0.0.1 \
-     >"$out" 2>>"$LOGS/instance$n.log" </dev/null &)
+  spawn "$pidf" node "$ROOT/bin/carryon-server.js" start --data "$data" --listen "127.0.0.1:$port" --trust-proxy 127.0.0.1 \
+    >"$out" 2>>"$LOGS/instance$n.log"
   local end=$(( $(date +%s) + 60 ))
   until grep -q 'listening on' "$out" 2>/dev/null; do
     if [ -f "$pidf" ] && ! kill -0 "$(cat "$pidf")" 2>/dev/null; then
@@ -207,8 +213,7 @@ do_start() {
   "$HAPROXY" -c -q -f "$DIR/haproxy.cfg" || die "haproxy refused $DIR/haproxy.cfg"
   if pid_alive "$RUN/haproxy.pid"; then done_ "already running (pid $(cat "$RUN/haproxy.pid"))"
   else
-    (setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$RUN/haproxy.pid" "$HAPROXY" -db -f "$DIR/haproxy.cfg" \
-       >>"$LOGS/haproxy.log" 2>&1 </dev/null &)
+    spawn "$RUN/haproxy.pid" "$HAPROXY" -db -f "$DIR/haproxy.cfg" >>"$LOGS/haproxy.log" 2>&1
     local end=$(( $(date +%s) + 20 ))
     until curl -sf -o /dev/null "http://127.0.0.1:$STATS_PORT/;csv" && curl -s "http://127.0.0.1:$STATS_PORT/;csv" | grep -q '^carryon,instance2,.*,UP,'; do
       pid_alive "$RUN/haproxy.pid" || die "haproxy exited: $(tail -n 5 "$LOGS/haproxy.log")"
@@ -237,7 +242,7 @@ stop_pid() { # stop_pid PIDFILE NAME
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
-    echo "stopped $2 (pid $pid)" >&2
+    echo "stopped $2 (pid $pid)"
   fi
   rm -f "$1"
 }
@@ -246,8 +251,8 @@ do_stop() {
   stop_pid "$RUN/haproxy.pid" haproxy
   stop_pid "$RUN/instance1.pid" instance1
   stop_pid "$RUN/instance2.pid" instance2
-  if [ -d "$DIR/rgw" ]; then bash "$ROOT/scripts/rgw.sh" stop "$DIR/rgw" >&2; fi
-  if [ -d "$DIR/pg" ]; then bash "$ROOT/scripts/pg.sh" stop "$DIR/pg" >&2 && echo "stopped postgresql" >&2; fi
+  if [ -d "$DIR/rgw" ]; then bash "$ROOT/scripts/rgw.sh" stop "$DIR/rgw"; fi
+  if [ -d "$DIR/pg" ]; then bash "$ROOT/scripts/pg.sh" stop "$DIR/pg" && echo "stopped postgresql"; fi
   # Ceph's objects lived in memory; metadata and data folders without them would name missing blocks.
   rm -rf "$DIR/pg" "$DIR/rgw" "$DIR/instance1" "$DIR/instance2" "$RUN" "$DIR/ports.env" "$DIR/scale-out.json" "$DIR/haproxy.cfg"
   echo "scale-out.sh: stopped; logs kept in $LOGS"
