@@ -65,7 +65,9 @@ load_ports() { [ -f "$DIR/ports.env" ] && . "$DIR/ports.env"; return 0; }
 # caller reading it to the end would wait for as long as CMD runs); the caller redirects CMD's output.
 spawn() {
   local pidf=$1; shift
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pidf" "$@" </dev/null &
+  rm -f "$pidf"
+  # Written whole (rename), so a reader never sees it empty.
+  setsid bash -c 'echo $$ >"$1.new" && mv "$1.new" "$1"; shift; exec "$@"' _ "$pidf" "$@" </dev/null &
 }
 
 # One instance: `node bin/carryon-server.js start`, its pid recorded; returns once it listens.
