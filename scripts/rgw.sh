@@ -6,6 +6,8 @@
 #   scripts/rgw.sh start DIR [PORT]   start (or say it already runs); PORT defaults to 7480
 #   scripts/rgw.sh env DIR            print CARRYON_S3_URL=... and AWS_* lines (source-able)
 #   scripts/rgw.sh stop DIR           kill every daemon of DIR and remove its cluster state (logs stay)
+#   scripts/rgw.sh restart DIR        the gateway only: kill radosgw (-9 with KILL=1) and start it again
+#                                     on the same port; the mon and the OSD, and so every object, stay
 #
 # What runs: one mon (msgr2 on a free port), one OSD, radosgw with the beast frontend on
 # 127.0.0.1:PORT (tcp_nodelay=1: without it small responses wait ~40 ms for delayed ACKs). No
@@ -25,7 +27,7 @@ BUCKET=carryon
 RGW_NAME=client.rgw.carryon
 
 die() { echo "rgw.sh: $*" >&2; exit 1; }
-usage() { die "usage: rgw.sh start DIR [PORT] | stop DIR | env DIR"; }
+usage() { die "usage: rgw.sh start DIR [PORT] | stop DIR | restart DIR | env DIR"; }
 
 need_bins() {
   local missing=()
@@ -187,6 +189,25 @@ EOF
   echo "rgw.sh: radosgw on 127.0.0.1:$PORT ($store), bucket $BUCKET (DIR $DIR)"
 }
 
+# radosgw alone, as a crash or an upgrade of the gateway would: stop and start would wipe the
+# cluster (memstore keeps objects only while the OSD runs).
+do_restart() {
+  need_bins
+  pid_alive "$DIR/run/osd.0.pid" && pid_alive "$DIR/run/mon.a.pid" || die "no running cluster in $DIR (run: rgw.sh start $DIR)"
+  PORT=$(cat "$DIR/port")
+  if pid_alive "$DIR/run/rgw.pid"; then
+    local pid; pid=$(cat "$DIR/run/rgw.pid")
+    local sig=TERM; [ "${KILL:-}" = 1 ] && sig=KILL
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$DIR/run/rgw.pid"
+  timeout 60 radosgw -c "$DIR/ceph.conf" -n "$RGW_NAME" || die "radosgw did not start: $(tail -3 "$DIR/log/rgw.log")"
+  wait_for 90 "radosgw" rgw_answers
+  echo "rgw.sh: radosgw restarted on 127.0.0.1:$PORT (DIR $DIR)"
+}
+
 cmd=${1:-}; DIR=${2:-}
 [ -n "$cmd" ] && [ -n "$DIR" ] || usage
 DIR=$(realpath -m "$DIR")
@@ -198,6 +219,8 @@ case "$cmd" in
   stop)
     do_stop
     echo "rgw.sh: stopped (DIR $DIR)" ;;
+  restart)
+    do_restart ;;
   env)
     [ -f "$DIR/env" ] || die "no cluster started in $DIR"
     cat "$DIR/env" ;;

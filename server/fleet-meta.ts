@@ -355,6 +355,15 @@ export class FleetMeta {
     });
   }
 
+  /**
+   * A check-in committed: the checkout's open forced check-in is done, whoever checked in (the agent for
+   * the request, or the user with `carryon checkin`). In the commit's transaction, so it moves once
+   * however many instances hear of it; the agent's own report afterwards finds it final.
+   */
+  async finishCheckinRequests(checkoutId: string, version: number, actor: Actor): Promise<void> {
+    for (const r of (await this.requests(checkoutId, true)).filter((q) => q.kind === 'checkin')) await this.updateRequest(checkoutId, r.id, 'done', { version }, actor);
+  }
+
   // ---- restore points (migration 6)
   private rpSelect = 'SELECT r.*, d.name AS desktop FROM restore_points r JOIN desktops d ON d.id = r.desktop_id';
 

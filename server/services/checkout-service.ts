@@ -255,6 +255,7 @@ export class CheckoutService {
       if (persona && r.already) p = await this.personas.committedBy(user, co.id);
       else if (persona) p = await this.personas.commit(user, persona.delta, persona.push, co.id);
       if (!r.already) await this.fleet.audit(actor, 'checkout.commit', `desktop:${r.desktop}`, { checkoutId: co.id, from: r.previousVersion, to: r.version, persona: p?.version ?? null });
+      if (!r.already) await this.fleet.finishCheckinRequests(co.id, r.version, actor);
       return { desktop: r.desktop, version: r.version, manifestId: mid, previousVersion: r.previousVersion, alreadyCommitted: r.already, ...(p ? { persona: p } : {}) };
     });
   }

@@ -208,6 +208,21 @@ export function runMetaConformance(name: string, setup: () => Promise<MetaSetup>
       expect(await auditCount('checkin.done')).toBe(1);
     });
 
+    it('a check-in by hand finishes the open forced check-in, once, while the agent\'s late reports change nothing', async () => {
+      await desktop('req-hand');
+      const b = await instance();
+      const co = await a.checkouts.start(alice, 'req-hand', 'dev-a', 'laptop a', actor);
+      const r = await a.fleet.requestCheckin(co.checkoutId, actor);
+      const next = await manifestOf(a, store, 98);
+      await a.meta.addBlocks([], { userId: alice.id, ids: next.m.uniqueIds() });
+      await Promise.all([a, b, a, b].map((p) => p.checkouts.commit(alice, co.checkoutId, 'dev-a', next.encoded, null, actor)));
+      expect(await a.fleet.request(r.id)).toMatchObject({ state: 'done', detail: { version: 2 } });
+      await Promise.all([a, b].map((p) => p.checkouts.updateRequest(alice, co.checkoutId, r.id, 'dev-a', 'in-progress', {}, actor)));
+      expect((await b.fleet.request(r.id)).state).toBe('done');
+      expect(await auditCount('checkin.in-progress')).toBe(0);
+      expect(await auditCount('checkin.done')).toBe(1);
+    });
+
     it('a user\'s first persona version is made once under concurrent first reads', async () => {
       const b = await instance();
       const got = await Promise.all([a, b, a, b, a].map((p) => p.personas.get(alice)));
