@@ -173,7 +173,18 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   }
   const encoded = encodeManifest(next);
   crashPoint('checkin-before-commit');
-  const commit = await api.commit(local.checkoutId, encoded, personaParts);
+  pausePoint('checkin-before-commit'); // tests: a garbage collection between the upload and the commit
+  let commit: Awaited<ReturnType<ApiClient['commit']>>;
+  try {
+    commit = await api.commit(local.checkoutId, encoded, personaParts);
+  } catch (err) {
+    // The server's garbage collection removed a block between our upload and the commit (it keeps
+    // nothing it cannot name): ask again what it lacks, send that, and commit once more.
+    if (!(err instanceof CarryonError && err.code === 'BLOCKS_MISSING')) throw err;
+    await uploadChanges(state, api, local, base, next, scan.changed, `checkin ${name} (again)`, opts.quiet);
+    requireUnchanged(local.diskPath, before);
+    commit = await api.commit(local.checkoutId, encoded, personaParts);
+  }
   crashPoint('checkin-after-commit');
   if (commit.manifestId !== manifestId(encoded)) throw new CarryonError('INTERNAL', 'server committed a different manifest than sent');
   // An incomplete streamed copy keeps no cheap hashes: a later check-out must not take its missing blocks as current.

@@ -361,7 +361,8 @@ export class FleetMeta {
    * however many instances hear of it; the agent's own report afterwards finds it final.
    */
   async finishCheckinRequests(checkoutId: string, version: number, actor: Actor): Promise<void> {
-    for (const r of (await this.requests(checkoutId, true)).filter((q) => q.kind === 'checkin')) await this.updateRequest(checkoutId, r.id, 'done', { version }, actor);
+    // Only those no agent has taken up: an agent working on one (in-progress) reports it done itself, with what it sent.
+    for (const r of (await this.requests(checkoutId, true)).filter((q) => q.kind === 'checkin' && q.state === 'requested')) await this.updateRequest(checkoutId, r.id, 'done', { version }, actor);
   }
 
   // ---- restore points (migration 6)

@@ -14,11 +14,15 @@ export function parseDuration(v: unknown, what: string): number {
   return Math.round(Number(m[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 's') as 's' | 'm' | 'h' | 'd']);
 }
 
+function fmtSeconds(s: number): string {
+  return s >= 3600 && s % 3600 === 0 ? `${s / 3600} h` : s >= 60 && s % 60 === 0 ? `${s / 60} min` : `${s} s`;
+}
+
 export function describeGc(r: GcReport): string {
   const lines = [
     `${r.dryRun ? 'dry run: would remove' : 'removed'} ${r.condemned.blocks} unreferenced blocks (${fmtBytes(r.condemned.bytes)} stored) from the index` +
       ` (live: ${r.referencedBlocks} blocks in ${r.liveManifests} manifests and ${r.livePersonaSnapshots} persona snapshots)`,
-    `spared ${r.spared.blocks} unreferenced blocks (${fmtBytes(r.spared.bytes)}) younger than the ${r.graceSeconds} s grace or in use by a check-in in progress`,
+    `spared ${r.spared.blocks} unreferenced blocks (${fmtBytes(r.spared.bytes)}) younger than the ${fmtSeconds(r.graceSeconds)} grace or in use by a check-in in progress`,
     `${r.dryRun ? 'would remove' : 'removed'} ${r.manifestsRemoved} manifests and ${r.personaSnapshotsRemoved} persona snapshots nothing names`,
   ];
   if (!r.dryRun) {
