@@ -73,6 +73,9 @@ export class BlockScope {
   }
 }
 
+/** Uploaded blocks are looked up in the index this many at a time (≤ 4 MiB of 64 KiB blocks held). */
+const UPLOAD_LOOKUP_BATCH = 64;
+
 /** Index rows are committed after a store sync every this many new blocks (and at the end). */
 const INDEX_BATCH = 256;
 
@@ -99,20 +102,34 @@ export class BlockIngest {
 
   /** Store a block unless the index or this ingest has it; returns its stored size, or 0 when it was there. */
   async add(id: BlockId, plain: Buffer): Promise<number> {
+    return (await this.addMany([{ id, plain }]))[0]!;
+  }
+
+  /**
+   * `add` for several blocks with one index lookup (a round trip each to PostgreSQL: per block, they
+   * were most of a check-in's transactions).
+   */
+  async addMany(blocks: Array<{ id: BlockId; plain: Buffer }>): Promise<number[]> {
     // No store write before the lease: a collector sweeping now must finish first, or it could delete
     // bytes this upload finds present.
     if (this.leases) await (this.lease ??= this.leases.acquire());
-    if (this.grantTo !== null) this.grants.push(id);
-    if (this.unindexed.has(id) || await this.meta.hasBlock(id)) {
-      if (this.grants.length >= INDEX_BATCH) this.startIndexing();
-      return 0;
+    const ask = [...new Set(blocks.map((b) => b.id).filter((id) => !this.unindexed.has(id)))];
+    const absent = new Set(ask.length > 0 ? await this.meta.unindexed(ask) : []);
+    const sizes: number[] = [];
+    for (const { id, plain } of blocks) {
+      if (this.grantTo !== null) this.grants.push(id);
+      if (this.unindexed.has(id) || !absent.has(id)) {
+        sizes.push(0);
+        continue;
+      }
+      const encoded = encodeBlock(plain);
+      await this.store.put(id, encoded, plain);
+      this.rows.push([id, plain.length, encoded.length]);
+      this.unindexed.add(id);
+      sizes.push(encoded.length);
     }
-    const encoded = encodeBlock(plain);
-    await this.store.put(id, encoded, plain);
-    this.rows.push([id, plain.length, encoded.length]);
-    this.unindexed.add(id);
     if (this.rows.length >= INDEX_BATCH || this.grants.length >= INDEX_BATCH) this.startIndexing();
-    return encoded.length;
+    return sizes;
   }
 
   /**
@@ -196,30 +213,45 @@ export async function ingestUpload(meta: Meta, store: BlockStore, leases: Ingest
   const result: UploadResult = { stored: 0, alreadyHad: 0, plainBytes: 0 };
   const maxBlock = base.manifest.blockSize;
   const ingest = new BlockIngest(meta, store, scope.userId, leases);
+  // Verified blocks wait here to be looked up and stored UPLOAD_LOOKUP_BATCH at a time.
+  let pending: Array<{ id: BlockId; plain: Buffer }> = [];
+  const drain = async (): Promise<void> => {
+    const batch = pending;
+    pending = [];
+    if (batch.length === 0) return;
+    // "Already had" only for what the sender could name before: whether another user's data holds it is not said.
+    const missing = new Set((await scope.split(batch.map((b) => b.id))).missing);
+    await ingest.addMany(batch);
+    for (const b of batch) {
+      if (missing.has(b.id)) result.stored++;
+      else result.alreadyHad++;
+      result.plainBytes += b.plain.length;
+      crashPoint('upload-block-stored');
+    }
+  };
   try {
     await unpackEntries(body, MAX_UPLOAD_ENTRY_BYTES, async ({ name, data }) => {
-    const e = parseUploadEntryName(name);
-    let plain: Buffer;
-    if (e.kind === 'block') {
-      if (data.length > maxBlock) throw new CarryonError('BLOCK_CORRUPT', `block ${e.id.slice(0, 12)}… is larger than the block size ${maxBlock}`, { id: e.id });
-      plain = data;
-    } else {
-      if (!base.ids.has(e.base)) { // a block of a committed version is in the store by construction
-        throw new CarryonError('BLOCK_NOT_FOUND', `patch base ${e.base.slice(0, 12)}… is not a block of the checked-out version`, { id: e.base });
+      const e = parseUploadEntryName(name);
+      let plain: Buffer;
+      if (e.kind === 'block') {
+        if (data.length > maxBlock) throw new CarryonError('BLOCK_CORRUPT', `block ${e.id.slice(0, 12)}… is larger than the block size ${maxBlock}`, { id: e.id });
+        plain = data;
+      } else {
+        if (!base.ids.has(e.base)) { // a block of a committed version is in the store by construction
+          throw new CarryonError('BLOCK_NOT_FOUND', `patch base ${e.base.slice(0, 12)}… is not a block of the checked-out version`, { id: e.base });
+        }
+        plain = applyBlockPatch(await getBlock(store, e.base), data, maxBlock);
       }
-      plain = applyBlockPatch(await getBlock(store, e.base), data, maxBlock);
-    }
-    if (blockId(plain) !== e.id) throw new CarryonError('BLOCK_CORRUPT', `uploaded block ${e.id.slice(0, 12)}… does not match its hash`, { id: e.id });
-    // "Already had" only for what the sender could name before: whether another user's data holds it is not said.
-    const had = await scope.has(e.id);
-    await ingest.add(e.id, plain);
-    if (had) result.alreadyHad++;
-    else result.stored++;
-    result.plainBytes += plain.length;
-    crashPoint('upload-block-stored');
+      if (blockId(plain) !== e.id) throw new CarryonError('BLOCK_CORRUPT', `uploaded block ${e.id.slice(0, 12)}… does not match its hash`, { id: e.id });
+      pending.push({ id: e.id, plain });
+      if (pending.length >= UPLOAD_LOOKUP_BATCH) await drain();
     }, { maxTotalBytes: MAX_UPLOAD_REQUEST_BYTES });
+    await drain();
   } finally {
-    await ingest.flush(); // what arrived whole before a failure is kept: a retry need not send it again
+    // What arrived whole and verified before a failure is kept (best effort: the failure is what the
+    // client hears): a retry need not send it again.
+    await drain().catch(() => undefined);
+    await ingest.flush();
   }
   return result;
 }
