@@ -28,16 +28,8 @@ mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
 RUN="$DIR/run"; LOGS="$DIR/logs"
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    port_open "$p" || { echo "$p"; return; }
-  done
-  die "no free port found on 127.0.0.1"
-}
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# shellcheck source=lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 now() { date +%s.%N; }
 took() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
 step() { printf "%-34s" "$1"; }

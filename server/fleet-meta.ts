@@ -347,7 +347,9 @@ export class FleetMeta {
     return this.db.transaction(async () => {
       const r = await this.request(id);
       if (r.checkoutId !== checkoutId) throw new CarryonError('NOT_FOUND', `no admin request ${id} for checkout ${checkoutId}`, { request: id });
-      if (r.state === 'done' || r.state === 'failed') return r; // final: a late report changes nothing
+      // Final: a late report changes nothing, except that the agent's own "done" may add what it sent to a
+      // request the commit closed first (finishCheckinRequests), without a second audit row.
+      if (r.state === 'failed' || (r.state === 'done' && state !== 'done')) return r;
       const merged = { ...((r.detail as Record<string, unknown> | null) ?? {}), ...detail };
       (await this.db.run('UPDATE admin_requests SET state = ?, detail = ?, updated_at = ? WHERE id = ?', [state, JSON.stringify(merged), now(), id]));
       if (state !== r.state) await this.audit(actor, `${r.kind}.${state}`, `desktop:${r.desktop}`, { checkoutId, request: id, ...detail });
@@ -361,8 +363,7 @@ export class FleetMeta {
    * however many instances hear of it; the agent's own report afterwards finds it final.
    */
   async finishCheckinRequests(checkoutId: string, version: number, actor: Actor): Promise<void> {
-    // Only those no agent has taken up: an agent working on one (in-progress) reports it done itself, with what it sent.
-    for (const r of (await this.requests(checkoutId, true)).filter((q) => q.kind === 'checkin' && q.state === 'requested')) await this.updateRequest(checkoutId, r.id, 'done', { version }, actor);
+    for (const r of (await this.requests(checkoutId, true)).filter((q) => q.kind === 'checkin')) await this.updateRequest(checkoutId, r.id, 'done', { version }, actor);
   }
 
   // ---- restore points (migration 6)

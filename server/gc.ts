@@ -25,6 +25,7 @@ import os from 'node:os';
 import { CarryonError, decodeManifest, decodePersona, type BlockId, type BlockStore, type Sql } from '../src/index.js';
 import type { Actor } from './audit.js';
 import { appendAudit } from './audit.js';
+import { Meta } from './meta.js';
 
 /** How long an ingest lease lasts without renewal; renewed every third of it while the upload runs. */
 export const LEASE_MS = 120_000;
@@ -118,7 +119,11 @@ type Compactable = BlockStore & { compact?: (opts?: unknown) => Promise<unknown>
 export class GarbageCollector {
   private readonly holder = `${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
 
-  constructor(private readonly sql: Sql, private readonly store: Compactable) {}
+  private readonly meta: Meta;
+
+  constructor(private readonly sql: Sql, private readonly store: Compactable) {
+    this.meta = new Meta(sql);
+  }
 
   /** One collection. Refused (SERVER_BUSY) while another collector, on any instance, holds gc_state. */
   async run(actor: Actor, opts: GcOptions = {}): Promise<GcReport> {
@@ -180,14 +185,14 @@ export class GarbageCollector {
       // listing is not a candidate; one listed is deleted only if it still has no row under the sweep).
       const listed: BlockId[] = [];
       for await (const id of this.store.list()) listed.push(id);
-      const orphanCandidates = await this.withoutRows(listed);
+      const orphanCandidates = await this.meta.unindexed(listed);
       if (await this.startSweep(opts.sweepWaitMs ?? 60_000)) {
         try {
           const handled = new Set<BlockId>();
           for (const c of await this.sql.all<{ block_id: string; stored_size: number }>('SELECT block_id, stored_size FROM gc_condemned')) {
             handled.add(c.block_id);
             // A row back since (the block was uploaded again): its bytes stay.
-            if ((await this.withoutRows([c.block_id])).length === 1) {
+            if ((await this.meta.unindexed([c.block_id])).length === 1) {
               await this.store.delete(c.block_id);
               report.swept.blocks++;
               report.swept.bytes += c.stored_size;
@@ -198,7 +203,7 @@ export class GarbageCollector {
               await breathe();
             }
           }
-          for (const id of await this.withoutRows(orphanCandidates)) {
+          for (const id of await this.meta.unindexed(orphanCandidates)) {
             if (handled.has(id)) continue; // condemned: deleted above
             const size = (await this.store.size(id)) ?? 0;
             await this.store.delete(id);
@@ -274,16 +279,6 @@ export class GarbageCollector {
       } else s++;
     }
     return { manifests: m, snapshots: s };
-  }
-
-  private async withoutRows(ids: BlockId[]): Promise<BlockId[]> {
-    const out: BlockId[] = [];
-    for (let i = 0; i < ids.length; i += 500) {
-      const part = ids.slice(i, i + 500);
-      const have = new Set((await this.sql.all<{ id: string }>(`SELECT id FROM blocks WHERE id IN (${part.map(() => '?').join(', ')})`, part)).map((r) => r.id));
-      for (const id of part) if (!have.has(id)) out.push(id);
-    }
-    return out;
   }
 
   private async storedBytes(): Promise<number> {

@@ -32,6 +32,45 @@ function grantExistingBlocks(db: Db): void {
   }
 }
 
+/** Migration 13's tables: one text for both engines, which differ in 64-bit and identity columns only. */
+function gcTables(big: string, id: string): string {
+  return `
+      -- When the server last told a client it may rely on this block without sending it (a "missing"
+      -- answer through the user's own blocks, an upload that found it stored): GC spares it for a grace period after.
+      ALTER TABLE blocks ADD COLUMN seen_at TEXT;
+      -- One row per upload in progress (checkout blocks, persona chunks, image publish), renewed while it runs.
+      CREATE TABLE ingest_leases (
+        id TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+      );
+      -- The one garbage collector at a time (across instances): who, in which phase, until when.
+      CREATE TABLE gc_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        holder TEXT,
+        phase TEXT CHECK (phase IN ('mark', 'sweep')),
+        started_at TEXT,
+        expires_at TEXT
+      );
+      INSERT INTO gc_state (id) VALUES (1);
+      -- Blocks whose index row GC removed, waiting for the sweep to delete their bytes.
+      CREATE TABLE gc_condemned (
+        block_id TEXT PRIMARY KEY,
+        stored_size ${big} NOT NULL,
+        condemned_at TEXT NOT NULL
+      );
+      CREATE TABLE gc_runs (
+        id ${id},
+        started_at TEXT NOT NULL,
+        finished_at TEXT NOT NULL,
+        by_whom TEXT NOT NULL,
+        dry_run INTEGER NOT NULL,
+        report TEXT NOT NULL
+      );
+    `;
+}
+
 export const MIGRATIONS: Migration[] = [
   {
     version: 1,
@@ -308,76 +347,8 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 13,
     why: 'Garbage collection (server/gc.ts): deleted desktops, expired restore points and failed uploads leave blocks nobody references. A collector marks what live versions, images, restore points and personas reference, removes the index rows of the rest once they are older than a grace period and unseen for as long (blocks.seen_at: the last time a client was told it may rely on one), then deletes their bytes while no upload is in progress (ingest_leases; gc_state makes uploads wait during that short sweep). The first migration written for both engines.',
-    sqlite: `
-      -- When the server last told a client it may rely on this block without sending it (a "missing"
-      -- answer through the user's own blocks, an upload that found it stored): GC spares it for a grace period after.
-      ALTER TABLE blocks ADD COLUMN seen_at TEXT;
-      -- One row per upload in progress (checkout blocks, persona chunks, image publish), renewed while it runs.
-      CREATE TABLE ingest_leases (
-        id TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        started_at TEXT NOT NULL,
-        expires_at TEXT NOT NULL
-      );
-      -- The one garbage collector at a time (across instances): who, in which phase, until when.
-      CREATE TABLE gc_state (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        holder TEXT,
-        phase TEXT CHECK (phase IN ('mark', 'sweep')),
-        started_at TEXT,
-        expires_at TEXT
-      );
-      INSERT INTO gc_state (id) VALUES (1);
-      -- Blocks whose index row GC removed, waiting for the sweep to delete their bytes.
-      CREATE TABLE gc_condemned (
-        block_id TEXT PRIMARY KEY,
-        stored_size INTEGER NOT NULL,
-        condemned_at TEXT NOT NULL
-      );
-      CREATE TABLE gc_runs (
-        id INTEGER PRIMARY KEY,
-        started_at TEXT NOT NULL,
-        finished_at TEXT NOT NULL,
-        by_whom TEXT NOT NULL,
-        dry_run INTEGER NOT NULL,
-        report TEXT NOT NULL
-      );
-    `,
-    postgres: `
-      -- When the server last told a client it may rely on this block without sending it (a "missing"
-      -- answer through the user's own blocks, an upload that found it stored): GC spares it for a grace period after.
-      ALTER TABLE blocks ADD COLUMN seen_at TEXT;
-      -- One row per upload in progress (checkout blocks, persona chunks, image publish), renewed while it runs.
-      CREATE TABLE ingest_leases (
-        id TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        started_at TEXT NOT NULL,
-        expires_at TEXT NOT NULL
-      );
-      -- The one garbage collector at a time (across instances): who, in which phase, until when.
-      CREATE TABLE gc_state (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        holder TEXT,
-        phase TEXT CHECK (phase IN ('mark', 'sweep')),
-        started_at TEXT,
-        expires_at TEXT
-      );
-      INSERT INTO gc_state (id) VALUES (1);
-      -- Blocks whose index row GC removed, waiting for the sweep to delete their bytes.
-      CREATE TABLE gc_condemned (
-        block_id TEXT PRIMARY KEY,
-        stored_size BIGINT NOT NULL,
-        condemned_at TEXT NOT NULL
-      );
-      CREATE TABLE gc_runs (
-        id INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-        started_at TEXT NOT NULL,
-        finished_at TEXT NOT NULL,
-        by_whom TEXT NOT NULL,
-        dry_run INTEGER NOT NULL,
-        report TEXT NOT NULL
-      );
-    `,
+    sqlite: gcTables('INTEGER', 'INTEGER PRIMARY KEY'),
+    postgres: gcTables('BIGINT', 'INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY'),
   },
 ];
 

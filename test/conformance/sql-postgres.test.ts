@@ -6,7 +6,6 @@
 import Database from 'better-sqlite3';
 import { execFile } from 'node:child_process';
 import { existsSync, promises as fs, readdirSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -18,6 +17,7 @@ import { describeMetaUrl, isUniqueViolation, openSql } from '../../server/sql/op
 import { POSTGRES_BASELINE } from '../../server/sql/postgres-baseline.js';
 import { numberPlaceholders, PostgresSql } from '../../server/sql/postgres.js';
 import { runSqlConformance } from './sql.js';
+import { freePort } from '../lib/pg-cluster.js';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -27,17 +27,6 @@ let dir = '';
 let port = 0;
 let admin: pg.Client;
 let dbSeq = 0;
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 function serverBinariesPresent(): boolean {
   const base = '/usr/lib/postgresql';

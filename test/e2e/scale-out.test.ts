@@ -12,6 +12,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../lib/pg-cluster.js';
 import { Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, ROOT, run, sha256File, tmpDir, type RunResult } from './harness.js';
+import { mulberry32 } from '../../scripts/lib/prng.js';
 
 const execFileP = promisify(execFile);
 const SCALE_OUT = path.join(ROOT, 'scripts/scale-out.sh');
@@ -25,18 +26,6 @@ interface Setup {
   haproxy: { log: string };
 }
 
-/** A seeded generator (mulberry32): the same writes every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 describe('scale-out: two instances, PostgreSQL, Ceph RGW, HAProxy', () => {
   const dir = tmpDir('scale-out');
   const setupDir = path.join(dir, 'setup');
@@ -44,7 +33,7 @@ describe('scale-out: two instances, PostgreSQL, Ceph RGW, HAProxy', () => {
   let so: Setup;
   let token = '';
   let db: pg.Client;
-  const rand = prng(20261202);
+  const rand = mulberry32(20261202); // the same writes every run
   /** Audit rows the test caused, by action: compared with the database at the end. */
   const did = new Map<string, number>();
   const count = (action: string, n = 1): void => void did.set(action, (did.get(action) ?? 0) + n);
