@@ -205,7 +205,7 @@ export class PostgresSql implements Sql {
 
   private unavailable(err: unknown): CarryonError {
     const reason = err instanceof Error ? err.message : String(err);
-    return new CarryonError('META_UNAVAILABLE', `the metadata database (PostgreSQL at ${this.where}) cannot be reached: ${reason}`, { where: this.where }, err);
+    return new CarryonError('META_UNAVAILABLE', `the metadata database (PostgreSQL at ${this.where}) cannot be reached: ${reason}; check that PostgreSQL is running there and that --meta (or CARRYON_META, or DATA/backends.json) names it; nothing was changed`, { where: this.where }, err);
   }
 
   /** A pooled connection; connecting is retried with a short pause (the query has not been sent). */

@@ -234,7 +234,7 @@ export function parseS3Url(url: string, env: NodeJS.ProcessEnv = process.env): S
     throw new CarryonError('INVALID_ARGUMENT', `s3+http:// (plain http) is only for a loopback host; use s3:// (https) for ${u.host}`, { host: u.host });
   }
   const [bucket, ...rest] = u.pathname.replace(/^\/+/, '').split('/');
-  if (!bucket || !/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) throw new CarryonError('INVALID_ARGUMENT', `an S3 block store URL names a bucket after the host: ${shown}`);
+  if (!bucket || !/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) throw new CarryonError('INVALID_ARGUMENT', `an S3 block store URL names a bucket after the host (3-63 lowercase letters, digits, dots or hyphens, as S3 requires): ${shown}`);
   const accessKeyId = u.username ? decodeURIComponent(u.username) : env.AWS_ACCESS_KEY_ID;
   const secretAccessKey = u.password ? decodeURIComponent(u.password) : env.AWS_SECRET_ACCESS_KEY;
   if (!accessKeyId || !secretAccessKey) {
