@@ -48,10 +48,6 @@ export class ManifestCache {
 export class BlockScope {
   constructor(private readonly meta: Meta, readonly userId: number, private readonly manifests: LoadedManifest[] = []) {}
 
-  async has(id: BlockId): Promise<boolean> {
-    return (await this.missing([id])).length === 0;
-  }
-
   /**
    * Ids (of those given) outside the scope: the ones to send. Those in scope through the user's own
    * blocks are marked seen: the caller will rely on them, so GC spares them for its grace period (blocks

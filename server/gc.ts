@@ -7,7 +7,8 @@
 // 1. Mark: every block id named by a live manifest (desktop_versions, image_versions, restore_points)
 //    or a live persona snapshot (persona_versions, restore_points).
 // 2. Condemn: delete the index rows (and user grants) of unmarked blocks created and last seen before
-//    now - grace, in small transactions whose WHERE re-checks created_at and seen_at. A client is only
+//    now - grace, in small transactions whose WHERE re-checks created_at and seen_at, each first marking
+//    what versions created since the collection began (less a margin) name. A client is only
 //    ever told it may skip sending a block through a live manifest (marked) or through its own blocks,
 //    and that answer sets seen_at (BlockScope.split, BlockIngest): such a block is spared. A check-in
 //    re-reads, inside its commit transaction, that every block it names outside its base manifests still
@@ -33,6 +34,11 @@ export const LEASE_MS = 120_000;
 const SWEEP_WAIT_MS = 120_000;
 /** How long the collector holds gc_state without renewing it (a dead collector's hold expires). */
 const GC_HOLD_MS = 10 * 60_000;
+/**
+ * Versions created this long before a collection started are read again inside each condemnation: covers a
+ * commit transaction still open when the mark read its lists, and clocks of instances that differ by less.
+ */
+const RECENT_MARGIN_MS = 10 * 60_000;
 /** Default grace: a block younger than this, or seen more recently, is never collected. */
 export const DEFAULT_GRACE_MS = 6 * 3600_000;
 
@@ -153,8 +159,9 @@ export class GarbageCollector {
       };
       if (dryRun) {
         report.condemned = { blocks: condemn.length, bytes: condemn.reduce((n, c) => n + c.size, 0) };
-        report.manifestsRemoved = (await this.deadMetadata(manifests, snapshots, cutoff, true)).manifests;
-        report.personaSnapshotsRemoved = (await this.deadMetadata(manifests, snapshots, cutoff, true)).snapshots;
+        const dead = await this.deadMetadata(manifests, snapshots, cutoff, true);
+        report.manifestsRemoved = dead.manifests;
+        report.personaSnapshotsRemoved = dead.snapshots;
         report.finishedAt = iso(Date.now());
         return report;
       }
@@ -162,10 +169,15 @@ export class GarbageCollector {
       const at = iso(Date.now());
       for (let i = 0; i < condemn.length; i += 200) {
         const part = condemn.slice(i, i + 200).map((c) => c.id);
-        const marks = part.map(() => '?').join(', ');
         const gone = await this.sql.transaction(async () => {
+          // Versions committed since the mark read its lists name blocks the mark did not see: mark them
+          // too, in this transaction (a commit racing it then conflicts with it, or is seen by it).
+          await this.markRecent(referenced, manifests, snapshots, iso(started - RECENT_MARGIN_MS));
+          const keep = part.filter((id) => !referenced.has(id));
+          if (keep.length === 0) return [];
+          const m1 = keep.map(() => '?').join(', ');
           const rows = await this.sql.all<{ id: string; stored_size: number }>(
-            `DELETE FROM blocks WHERE id IN (${marks}) AND created_at < ? AND (seen_at IS NULL OR seen_at < ?) RETURNING id, stored_size`, [...part, cutoff, cutoff]);
+            `DELETE FROM blocks WHERE id IN (${m1}) AND created_at < ? AND (seen_at IS NULL OR seen_at < ?) RETURNING id, stored_size`, [...keep, cutoff, cutoff]);
           if (rows.length === 0) return rows;
           const ids = rows.map((r) => r.id);
           const m2 = ids.map(() => '?').join(', ');
@@ -227,6 +239,27 @@ export class GarbageCollector {
       return report;
     } finally {
       if (!dryRun) await this.release();
+    }
+  }
+
+  /** Add what versions, image versions, restore points and persona versions created since `since` name. */
+  private async markRecent(referenced: Set<BlockId>, manifests: Set<string>, snapshots: Set<string>, since: string): Promise<void> {
+    const ms = await this.sql.all<{ id: string }>(
+      'SELECT manifest_id AS id FROM desktop_versions WHERE created_at >= ? UNION SELECT manifest_id FROM image_versions WHERE created_at >= ? UNION SELECT manifest_id FROM restore_points WHERE created_at >= ?',
+      [since, since, since]);
+    for (const { id } of ms) {
+      if (manifests.has(id)) continue;
+      manifests.add(id);
+      const row = await this.sql.get<{ encoded: Buffer }>('SELECT encoded FROM manifests WHERE id = ?', [id]);
+      if (row) for (const b of decodeManifest(row.encoded).uniqueIds()) referenced.add(b);
+    }
+    const ss = await this.sql.all<{ id: string }>(
+      'SELECT snapshot_id AS id FROM persona_versions WHERE created_at >= ? UNION SELECT persona_snapshot_id FROM restore_points WHERE created_at >= ? AND persona_snapshot_id IS NOT NULL', [since, since]);
+    for (const { id } of ss) {
+      if (snapshots.has(id)) continue;
+      snapshots.add(id);
+      const row = await this.sql.get<{ encoded: Buffer }>('SELECT encoded FROM persona_snapshots WHERE id = ?', [id]);
+      if (row) for (const f of decodePersona(row.encoded).files) for (const c of f.chunks) referenced.add(c);
     }
   }
 

@@ -8,6 +8,10 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSyn
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { filesUnder, killSpawned, Laptop, makeExt4Image, removeTmp, requireTool, sha256File, spawnCli, TestServer, tmpDir, type CliProcess } from './harness.js';
+import { seededBytes } from '../unit/helpers.js';
+
+/** Bytes nobody else writes. */
+const pattern = (seed: number, length: number): Buffer => seededBytes(length, seed);
 
 const MiB = 1024 * 1024;
 const BLOCK = 64 * 1024;
@@ -38,19 +42,6 @@ function mounts(): Array<{ point: string; fstype: string }> {
     const sep = f.indexOf('-');
     return { point: f[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))), fstype: f[sep + 1]! };
   });
-}
-
-/** Bytes nobody else writes: a seeded xorshift stream. */
-function pattern(seed: number, length: number): Buffer {
-  const b = Buffer.alloc(length);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
 }
 
 function childPids(pid: number): number[] {

@@ -8,18 +8,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DiskIo } from '../../client/disk-io.js';
 import { newDataKey, SECTOR_BYTES, subkey } from '../../src/index.js';
-
-function bytes(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
+import { seededBytes as bytes } from './helpers.js';
 
 /** The file an encrypted copy of `plain` must be: XTS per sector, zero sectors left zero (>= 16-byte tails only). */
 function expectedFile(key: Buffer, plain: Buffer): Buffer {

@@ -9,6 +9,19 @@ import { CarryonError, type ErrorCode } from '../../src/index.js';
 /** mulberry32: a tiny deterministic PRNG yielding uint32 values (shared with the fixtures). */
 export const prng = mulberry32u32;
 
+/** `n` seeded bytes (xorshift32), the same on every run: data no other test writes. */
+export function seededBytes(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
+}
+
 /** A random integer in [0, n). */
 export function randInt(rng: () => number, n: number): number {
   return n <= 0 ? 0 : rng() % n;

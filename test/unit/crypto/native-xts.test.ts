@@ -5,6 +5,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { CarryonError, SECTOR_BYTES, SectorCipher, newDataKey, sectorCipherImplementation, subkey } from '../../../src/index.js';
+import { seededBytes as bytes } from '../helpers.js';
 
 /** carryon's format from Node's crypto directly: one createCipheriv per sector; >= 16 bytes per unit. */
 function perSector(key: Buffer, first: number, data: Buffer, decrypt = false): Buffer {
@@ -18,19 +19,6 @@ function perSector(key: Buffer, first: number, data: Buffer, decrypt = false): B
     Buffer.concat([c.update(unit), c.final()]).copy(out, at);
   }
   return out;
-}
-
-/** Seeded bytes (xorshift), so a failure is the same on every run. */
-function bytes(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
 }
 
 describe('the native XTS addon', () => {
