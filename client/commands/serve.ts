@@ -207,7 +207,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     const lines = guestLines({ name, socket: socketPath, port, share });
     const changed = disk.journal.dirtyCount;
     const p0 = disk.progress();
-    const shareNote = share ? `  profile: ${share.path} shared as 9p tag ${share.tag} (in the guest: ${GUEST_SCRIPTS_DIR}/carryon-logon.sh USER; --no-persona-share leaves it out)\n`
+    const shareNote = share ? `  profile: ${share.path} shared as 9p tag ${share.tag}; copy ${GUEST_SCRIPTS_DIR} into a Linux guest and run carryon-logon.sh USER at logon, carryon-logoff.sh USER at logoff (docs/hypervisors.md); --no-persona-share leaves it out\n`
       : opts.personaShare === false ? '  profile: not shared (--no-persona-share)\n' : `  profile: not shared: this check-out holds no persona\n`;
     log('listening', { desktop: name, uri, socket: socketPath, port, size: disk.size, blocksChanged: changed, dirtyMap: trust, localBytes: p0.localBytes, totalBytes: p0.totalBytes, cipher: disk.cipher, ...(fuse ? { file: fuse.file } : {}),
       personaShare: share, qemuArgs: lines.qemuArgs, qemuLine: lines.qemuLine, libvirtXml: lines.libvirtXml, guestScripts: GUEST_SCRIPTS_DIR },

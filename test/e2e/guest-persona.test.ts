@@ -7,7 +7,7 @@
 // The guest console goes to DIR/console.log (CARRYON_KEEP_TMP=1 keeps it).
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { killSpawned, Laptop, removeTmp, requireTool, ROOT, spawnCli, TestServer, tmpDir } from './harness.js';
@@ -34,13 +34,16 @@ function staticElf(file: string): boolean {
   return true;
 }
 
-/** The guest's /init: load the modules in order, write the disk, then two sessions through the shipped scripts. */
-const INIT = `#!/bin/busybox sh
+/** The start of every guest's /init: busybox's applets, the kernel's folders, the modules in order. */
+const INIT_HEAD = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 fail() { echo "CARRYON-GUEST-FAIL $*"; poweroff -f; }
 for m in $(cat /modules/order); do insmod /modules/$m.ko || fail "insmod $m"; done
-mkdir -p /disk /run /var/lib
+`;
+
+/** Write the disk, then two sessions through the shipped scripts: mount mode, then sync mode. */
+const INIT = `${INIT_HEAD}mkdir -p /disk /run /var/lib
 mount -t ext4 /dev/vda /disk || fail "mount the NBD disk"
 echo "written inside the guest" > /disk/from-guest.txt
 umount /disk || fail "umount the disk"
@@ -65,19 +68,40 @@ poweroff -f
 `;
 
 /** A busybox-static initramfs (cpio newc) with the modules, the shipped guest scripts and INIT. */
-function buildInitramfs(dir: string, k: ReturnType<typeof kernel>, uid: number, gid: number): string {
-  const root = path.join(dir, 'initramfs');
+function buildInitramfs(dir: string, k: ReturnType<typeof kernel>, init: string): string {
+  const root = path.join(dir, `initramfs-${sha(init).slice(0, 8)}`);
   for (const d of ['bin', 'modules', 'carryon', 'etc', 'proc', 'sys', 'dev', 'home']) mkdirSync(path.join(root, d), { recursive: true });
   copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
   chmodSync(path.join(root, 'bin', 'busybox'), 0o755);
   for (const m of [...k.order.map((m) => `${m}.ko`), 'order']) copyFileSync(path.join(k.modules, m), path.join(root, 'modules', m));
   for (const f of readdirSync(path.join(ROOT, 'guest', 'linux'))) copyFileSync(path.join(ROOT, 'guest', 'linux', f), path.join(root, 'carryon', f));
   // alice has the laptop user's uid, as docs/hypervisors.md asks (mount mode refuses a different one).
-  writeFileSync(path.join(root, 'etc', 'passwd'), `root:x:0:0:root:/root:/bin/sh\nalice:x:${uid}:${gid}:Alice:/home/alice:/bin/sh\n`);
-  writeFileSync(path.join(root, 'init'), INIT, { mode: 0o755 });
-  const out = path.join(dir, 'initrd.cpio');
+  writeFileSync(path.join(root, 'etc', 'passwd'), `root:x:0:0:root:/root:/bin/sh\nalice:x:${process.getuid!()}:${process.getgid!()}:Alice:/home/alice:/bin/sh\n`);
+  writeFileSync(path.join(root, 'init'), init, { mode: 0o755 });
+  const out = `${root}.cpio`;
   const r = spawnSync('sh', ['-c', `cd "${root}" && find . | cpio -o -H newc -R 0:0 --quiet > "${out}"`]);
   if (r.status !== 0) throw new Error(`cpio failed: ${r.stderr}`);
+  return out;
+}
+
+/**
+ * Boot Debian's kernel with `init` as /init and `vmArgs` (what serve emitted); the guest's console goes to
+ * `log`. Resolves with the console once the guest powered off having printed CARRYON-GUEST-DONE.
+ */
+async function bootGuest(init: string, vmArgs: string[], log: string): Promise<string> {
+  const k = kernel();
+  const initrd = buildInitramfs(path.dirname(log), k, init);
+  const qemu = spawn('qemu-system-x86_64', ['-accel', 'tcg', '-nodefaults', '-nographic', '-no-reboot', '-m', '256', '-serial', `file:${log}`,
+    '-kernel', k.vmlinuz, '-initrd', initrd, '-append', 'console=ttyS0 quiet panic=-1', ...vmArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let qemuErr = '';
+  qemu.stderr!.on('data', (c) => (qemuErr += c));
+  const guardian = setTimeout(() => qemu.kill('SIGKILL'), 150_000); // a hung guest fails the test, it does not hang it
+  const code = await new Promise<number | null>((resolve) => qemu.once('exit', (c) => resolve(c)));
+  clearTimeout(guardian);
+  const out = existsSync(log) ? readFileSync(log, 'utf8') : '';
+  expect(out, `guest console (${log}):\n${out.slice(-3000)}\nqemu: ${qemuErr}`).toContain('CARRYON-GUEST-DONE');
+  expect(out).not.toContain('CARRYON-GUEST-FAIL');
+  expect(code).toBe(0);
   return out;
 }
 
@@ -144,14 +168,7 @@ describe('the persona inside a Linux guest (real kernel under QEMU)', () => {
     expect(ev.libvirtXml).toContain(`<source dir='${realProfile}'/>`);
     expect(ev.libvirtXml).toContain(`<host transport='unix' socket='${ev.socket}'/>`);
 
-    const k = kernel();
-    const initrd = buildInitramfs(dir, k, process.getuid!(), process.getgid!());
-    // Exactly the arguments serve emitted, after the machine's own settings.
-    const qemu = spawn('qemu-system-x86_64', ['-accel', 'tcg', '-nodefaults', '-nographic', '-no-reboot', '-m', '256', '-serial', `file:${consoleLog}`,
-      '-kernel', k.vmlinuz, '-initrd', initrd, '-append', 'console=ttyS0 quiet panic=-1', ...ev.qemuArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let qemuErr = '';
-    qemu.stderr!.on('data', (c) => (qemuErr += c));
-    const qemuExit = new Promise<number | null>((resolve) => qemu.once('exit', (code) => resolve(code)));
+    const guest = bootGuest(INIT, ev.qemuArgs, consoleLog);
 
     // Meanwhile, before the guest's check-in, device B changes another file.
     writeFileSync(path.join(profileB, '.config', 'app.conf'), 'theme=dark\n');
@@ -159,13 +176,7 @@ describe('the persona inside a Linux guest (real kernel under QEMU)', () => {
     expect(p3.code, p3.stderr).toBe(0);
     expect(p3.json.version).toBe(3);
 
-    const guardian = setTimeout(() => qemu.kill('SIGKILL'), 150_000); // a hung guest fails the test, it does not hang it
-    const code = await qemuExit;
-    clearTimeout(guardian);
-    const out = existsSync(consoleLog) ? readFileSync(consoleLog, 'utf8') : '';
-    expect(out, `guest console (${consoleLog}):\n${out.slice(-3000)}\nqemu: ${qemuErr}`).toContain('CARRYON-GUEST-DONE');
-    expect(out).not.toContain('CARRYON-GUEST-FAIL');
-    expect(code).toBe(0);
+    const out = await guest;
     expect(out).toMatch(/CARRYON-GUEST-HOME 9p/); // the home was the share itself in session 1
     expect(await serve.stop()).toBe(0);
 
@@ -212,4 +223,48 @@ describe('the persona inside a Linux guest (real kernel under QEMU)', () => {
     expect(ev.libvirtXml).not.toContain('<filesystem');
     expect(await serve.stop()).toBe(0);
   });
+
+  it('what a guest plants that leaves the profile (symlinks out, a FIFO) stops the check-in, named, and changes nothing', async () => {
+    const serve = spawnCli(a, ['serve', 'desk']);
+    const ev = await serve.next('listening');
+    expect(ev.personaShare.path).toBe(realpathSync(profileA));
+    const out = await bootGuest(`${INIT_HEAD}
+mkdir -p /run /var/lib
+/carryon/carryon-logon.sh alice || fail "logon"
+H=/home/alice
+ln -s /etc/passwd $H/passwd-link
+ln -s ../../../registry.reg $H/Documents/up-link
+if mkfifo $H/pipe; then echo CARRYON-GUEST-FIFO created; else echo CARRYON-GUEST-FIFO refused; fi
+printf 'fine\\n' > $H/Documents/fine.txt
+/carryon/carryon-logoff.sh alice || fail "logoff"
+echo CARRYON-GUEST-DONE
+poweroff -f
+`, ev.qemuArgs, path.join(dir, 'plant', 'console.log'));
+    expect(await serve.stop()).toBe(0);
+    // 9p with security_model=none keeps a guest symlink a symlink on the laptop (mapped-xattr would turn it
+    // into a plain file holding the target): what the check-in scans is what the guest sees.
+    expect(readlinkSync(path.join(profileA, 'passwd-link'))).toBe('/etc/passwd');
+    // QEMU 7.2's 9p answers mknod of a FIFO with ENXIO here; should a later one create it, the scan refuses it.
+    const fifo = /CARRYON-GUEST-FIFO created/.test(out);
+    expect(fifo ? lstatSync(path.join(profileA, 'pipe')).isFIFO() : !existsSync(path.join(profileA, 'pipe'))).toBe(true);
+    const history = async () => (await server.admin(['persona', 'history', 'alice'])).json.versions.length as number;
+    const before = await history();
+    const named = new Set<string>();
+    for (;;) {
+      const ci = await a.cli(['checkin', 'desk', '--json']);
+      if (ci.code === 0) break;
+      expect(ci.code, ci.stderr).toBe(2);
+      expect(ci.json.error.code).toBe('BAD_REQUEST');
+      const p = ci.json.error.data.path as string;
+      expect(['passwd-link', 'Documents/up-link', 'pipe']).toContain(p);
+      expect(named.has(p)).toBe(false);
+      named.add(p);
+      expect(await history()).toBe(before);
+      rmSync(path.join(profileA, ...p.split('/'))); // what the user does: take it out of the profile
+    }
+    expect([...named].sort()).toEqual(['Documents/up-link', 'passwd-link', ...(fifo ? ['pipe'] : [])]);
+    const latest = (await server.admin(['persona', 'show', 'alice'])).json;
+    expect(latest.version).toBe(before + 1);
+    expect(latest.files.map((f: { path: string }) => f.path)).toContain('Documents/fine.txt');
+  }, 240_000);
 });
