@@ -5,6 +5,7 @@
 # host folder each way and times, inside the guest (/proc/uptime, 10 ms), writing N small files, listing
 # them, reading them back cold, and writing and reading one large file. Numbers go to docs/decisions.md.
 #   sh scripts/bench/guest-share-bench.sh [N_SMALL=500] [LARGE_MIB=64] [RUNS=1]
+#   VIRTIOFS_CACHE=auto|none|always (virtiofsd's -o cache=, default auto)
 # Needs qemu-system-x86, busybox-static, cpio, and root for virtiofsd (its namespace sandbox).
 set -eu
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -54,7 +55,7 @@ while [ $r -lt "$runs" ]; do
   rm -rf "$work/share9p" && mkdir "$work/share9p"
   boot 9p -virtfs "local,path=$work/share9p,mount_tag=carryon-profile,security_model=none,id=profile"
   rm -rf "$work/sharevfs" && mkdir "$work/sharevfs"
-  /usr/lib/qemu/virtiofsd --socket-path="$work/vfs.sock" -o source="$work/sharevfs" -o cache=auto > "$work/virtiofsd.log" 2>&1 &
+  /usr/lib/qemu/virtiofsd --socket-path="$work/vfs.sock" -o source="$work/sharevfs" -o cache="${VIRTIOFS_CACHE:-auto}" > "$work/virtiofsd.log" 2>&1 &
   echo $! > "$work/vfs.pid"
   i=0; while [ ! -S "$work/vfs.sock" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
   boot virtiofs -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
