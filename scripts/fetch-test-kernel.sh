@@ -11,7 +11,13 @@ set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 dir=${CARRYON_TEST_KERNEL_DIR:-$repo/.cache/test-kernel}
 die() { echo "fetch-test-kernel: $*" >&2; exit 1; }
-ver=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: linux-image-\([0-9].*-amd64\)$/\1/p' | head -n 1)
+current() { apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: linux-image-\([0-9].*-amd64\)$/\1/p' | head -n 1; }
+ver=$(current)
+if [ -z "$ver" ]; then # a fresh machine may have no package lists yet
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq || true
+  ver=$(current)
+fi
 [ -n "$ver" ] || die "apt-cache knows no linux-image-amd64: run apt-get update (Debian amd64 only)"
 # The modules, in the order the guest's /init loads them (each after what it depends on, from the .ko's
 # own "depends=" field).
@@ -37,5 +43,7 @@ done
 echo "$mods" > "$work/out/modules/order"
 rm -rf "${dir:?}/$ver"
 mv "$work/out" "$dir/$ver"
+# Kernels an older run fetched (Debian moved on since) are of no more use.
+for old in "$dir"/*-amd64; do [ "$old" = "$dir/$ver" ] || rm -rf "$old"; done
 echo "$ver" > "$dir/current"
 echo "fetch-test-kernel: $ver in $dir/$ver ($(du -sh "$dir/$ver" | cut -f1))"

@@ -115,7 +115,7 @@ describe('the persona inside a Linux guest (real kernel under QEMU)', () => {
   const consoleLog = path.join(dir, 'console.log');
 
   beforeAll(async () => {
-    for (const t of ['qemu-system-x86_64', 'cpio', 'mke2fs']) requireTool(t);
+    for (const t of ['qemu-system-x86_64', 'cpio', 'mke2fs', 'debugfs']) requireTool(t);
     if (!existsSync('/bin/busybox') || !staticElf('/bin/busybox')) throw new Error('/bin/busybox must be busybox-static: run scripts/install-test-deps.sh');
     kernel();
     await server.init();
@@ -215,6 +215,9 @@ describe('the persona inside a Linux guest (real kernel under QEMU)', () => {
   it('--no-persona-share leaves the profile out of the lines', async () => {
     const co = await a.cli(['checkout', 'desk', '--json']);
     expect(co.code, co.stderr).toBe(0);
+    // The new disk version holds what the guest wrote to its disk over NBD.
+    const cat = spawnSync('debugfs', ['-R', 'cat /from-guest.txt', co.json.disk], { encoding: 'utf8' });
+    expect(cat.stdout).toBe('written inside the guest\n');
     const serve = spawnCli(a, ['serve', 'desk', '--no-persona-share']);
     const ev = await serve.next('listening');
     expect(ev.personaShare).toBeNull();
