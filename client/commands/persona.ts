@@ -6,6 +6,7 @@ import { applyToRegistry, CarryonError, decodePersona, decodeRegFile, encodePers
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
 import { diffPersona, fetchPersona, personaPushParts, REGISTRY_FILE, scanPersona, uploadPersona } from '../persona-engine.js';
 import { personaFolder } from '../persona-vault.js';
+import { registerPersonaStream } from './persona-stream.js';
 
 /** The persona copy, its folder ready (an encrypted copy's vault mounted). */
 async function heldPersona(s: Session, name: string) {
@@ -63,6 +64,8 @@ export function registerPersona(program: Command): void {
         `${r.merged ? ', merged with edits made elsewhere' : ''}; ${r.sent.deltas} files as deltas, ${r.sent.chunks} chunks sent` +
         ((r.report as { conflicts?: Array<{ path: string; resolution: string }> } | null)?.conflicts?.map((c) => `\n  conflict ${c.path}: ${c.resolution}`).join('') ?? ''));
     });
+
+  registerPersonaStream(persona);
 
   const reg = persona.command('reg').description('registry of the persona copy');
   withCommonOptions(reg.command('import <desktop> <file>').description('apply a .reg file (values set, "name"=- and [-key] deletions) to the persona registry'))
