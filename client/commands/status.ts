@@ -1,4 +1,4 @@
-// carryon status [NAME]: what is checked out on this laptop, how much of a streamed disk is local,
+// carryon status [NAME]: what is checked out on this laptop, how much of a streamed disk or persona is local,
 // and what changed since check-out (from the dirty map when it can be trusted, else by a full scan);
 // for a checked-in copy, whether it was written outside carryon after its check-in.
 import { existsSync, readFileSync } from 'node:fs';

@@ -59,11 +59,12 @@ describe('streamed persona (FUSE, just in time)', () => {
   const expected = new Map<string, string>(); // path -> sha256 of what the server holds
   let totalChunks = 0;
   let mountProc: CliProcess | null = null;
+  let token = '';
 
   beforeAll(async () => {
     for (const t of ['fusermount3', 'ls']) requireTool(t);
     await server.init();
-    const token = await server.addUser('alice');
+    token = await server.addUser('alice');
     spawnSync('truncate', ['-s', '4M', path.join(dir, 'img.raw')]);
     expect((await server.admin(['image', 'publish', 'img', path.join(dir, 'img.raw')])).code).toBe(0);
     expect((await server.admin(['desktop', 'create', 'desk', '--user', 'alice', '--image', 'img'])).code).toBe(0);
@@ -235,8 +236,42 @@ describe('streamed persona (FUSE, just in time)', () => {
     await m.next('complete');
     expect(await progress(c)).toMatchObject({ readyToTravel: true, mountedAt: mountC });
     for (const [rel, hash] of expected) expect(sha(readFileSync(path.join(mountC, rel))), rel).toBe(hash);
-    expect(await m.stop()).toBe(0);
+    // `carryon persona unmount` from another shell: the mount process stops on its own, cleanly.
+    const u = await c.cli(['persona', 'unmount', 'desk', '--json']);
+    expect(u.code, u.stderr).toBe(0);
+    expect(u.json).toMatchObject({ unmounted: true, at: mountC });
+    expect(await m.exit).toEqual({ code: 0, signal: null });
+    expect(m.events.find((e) => e.event === 'stopped')).toMatchObject({ lazy: false, chunksLocal: totalChunks });
     expect(mounted(mountC)).toBe(false);
     expect((await progress(c)).mountedAt).toBeNull();
   }, 300_000);
+
+  it('bad input: clear errors, stable codes, nothing changed', async () => {
+    // A whole copy is not streamed: nothing to mount or fetch; and a stream is not made over it.
+    const whole = await source.cli(['persona', 'mount', 'desk', '--at', path.join(dir, 'view-src'), '--json']);
+    expect(whole.code).not.toBe(0);
+    expect(whole.json.error.code).toBe('INVALID_ARGUMENT');
+    expect(whole.json.error.message).toMatch(/whole copy, not streamed/);
+    const over = await source.cli(['checkout', 'desk', '--persona-only', '--stream', '--json']);
+    expect(over.json.error.code).toBe('LOCAL_PATH_CONFLICT');
+    // Not on this laptop at all.
+    const none = await new Laptop(path.join(dir, 'laptop-x')).cli(['persona', 'fetch', 'desk', '--json']);
+    expect(none.json.error.code).toBe('NOT_CHECKED_OUT');
+    // A mount folder that holds files is refused; the folder is left as it was.
+    const busy = path.join(dir, 'busy');
+    mkdirSync(busy);
+    writeFileSync(path.join(busy, 'mine.txt'), 'keep');
+    const r = await a.cli(['persona', 'mount', 'desk', '--at', busy, '--json']);
+    expect(r.json.error.code).toBe('INVALID_ARGUMENT');
+    expect(r.json.error.message).toMatch(/not empty/);
+    expect(readdirSync(busy)).toEqual(['mine.txt']);
+    expect(mounted(busy)).toBe(false);
+    // A streamed check-out into a folder that holds files is refused before anything is fetched.
+    const d = new Laptop(path.join(dir, 'laptop-d'));
+    expect((await d.cli(['login', server.url, '--token', token, '--device-name', 'laptop-D'])).code).toBe(0);
+    const into = await d.cli(['checkout', 'desk', '--persona-only', '--stream', '--persona-to', busy, '--json']);
+    expect(into.json.error.code).toBe('LOCAL_PATH_CONFLICT');
+    expect(readdirSync(busy)).toEqual(['mine.txt']);
+    expect((await d.cli(['status', '--json'])).json.streamedPersonas).toEqual([]);
+  }, 120_000);
 });
