@@ -462,10 +462,11 @@ export class PersonaMount {
   }
 }
 
-export async function unmountRecorded(dir: string): Promise<MountRecord | null> {
+/** Unmount the recorded mount of the copy in `dir`; `lazy` (the copy is being discarded) even while in use. */
+export async function unmountRecorded(dir: string, lazy = false): Promise<MountRecord | null> {
   const r = mountRecord(dir);
   if (!r) return null;
-  if (!(await fusermount(['-u', r.at]))) {
+  if (!(await fusermount(['-u', r.at])) && !(lazy && (await fusermount(['-u', '-z', r.at])))) {
     throw new CarryonError('LOCAL_PATH_CONFLICT', `the persona mounted at ${r.at} is in use: close the applications using it, then run this again`, { path: r.at });
   }
   return r;

@@ -116,8 +116,9 @@ async function mount(name: string, opts: Record<string, unknown>): Promise<void>
     }
     (api as ApiClient | null)?.close(); // ends a download under way: what landed is kept
     await download.catch(() => undefined);
-    await clearMountRecord(held.dir);
-    const p1 = await streamProgress(state, name);
+    await clearMountRecord(held.dir).catch(() => undefined);
+    // Discarded meanwhile (`carryon discard` unmounts first): nothing left to count.
+    const p1 = await streamProgress(state, name).catch(() => ({ chunks: 0, chunksLocal: 0, bytes: 0, bytesLocal: 0, readyToTravel: false }));
     log('stopped', { desktop: name, at, lazy, hydrated: hydrator.hydratedNow, chunksFetched: hydrator.chunksFetched, ...p1 },
       `stopped showing the persona of ${name}${lazy ? ' (unmounted lazily: it goes away when the last application closes its files)' : ''}; ` +
       `${hydrator.hydratedNow} files fetched on open; ${p1.chunksLocal} of ${p1.chunks} chunks local`);

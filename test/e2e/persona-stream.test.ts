@@ -6,7 +6,7 @@
 // partial file taken as an edit; `persona fetch` and the background download bring the copy to 100%,
 // and its content equals the server's.
 import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -273,5 +273,17 @@ describe('streamed persona (FUSE, just in time)', () => {
     expect(into.json.error.code).toBe('LOCAL_PATH_CONFLICT');
     expect(readdirSync(busy)).toEqual(['mine.txt']);
     expect((await d.cli(['status', '--json'])).json.streamedPersonas).toEqual([]);
+  }, 120_000);
+
+  it('discard of a mounted streamed persona unmounts it; the mount process stops', async () => {
+    const m = spawnCli(a, ['persona', 'mount', 'desk', '--at', mountA, '--no-download']);
+    await m.next('mounted');
+    expect(mounted(mountA)).toBe(true);
+    const r = await a.cli(['discard', 'desk', '--yes', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await m.exit).toEqual({ code: 0, signal: null });
+    expect(mounted(mountA)).toBe(false);
+    expect((await a.cli(['status', '--json'])).json.streamedPersonas).toEqual([]);
+    expect(existsSync(path.join(a.home, 'desktops', 'desk', 'persona'))).toBe(false);
   }, 120_000);
 });
