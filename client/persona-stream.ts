@@ -23,7 +23,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import {
-  CarryonError, decodePersona, decodeVerified, exportRegistry, getBlock, MAX_GET_IDS, registryFromText, PERSONA_CHUNK_BYTES, personaId, type BlockId, type BlockStore, type PersonaEntry,
+  CarryonError, decodePersona, decodeVerified, exportRegistry, getBlock, MAX_GET_IDS, registryFromText, PERSONA_CHUNK_BYTES, personaId, type BlockId, type BlockStore, type PersonaEntry, type PersonaSnapshot,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { crashPoint } from './crash-point.js';
@@ -195,6 +195,24 @@ export async function fetchAllChunks(state: LocalState, api: ApiClient, name: st
   return missing.length;
 }
 
+/**
+ * Before a streamed copy is pushed: the base chunks of every file changed since the base, fetched when
+ * the cache lacks them (a file replaced whole through the mount was never fetched), so the upload can
+ * send it as a delta. Returns how many were fetched.
+ */
+export async function fetchDeltaBases(state: LocalState, api: ApiClient, name: string, version: number, base: PersonaSnapshot, ours: PersonaSnapshot): Promise<number> {
+  const cache = state.cacheOf(name);
+  const now = new Map(ours.files.map((f) => [f.path, f]));
+  const missing = new Set<BlockId>();
+  for (const b of base.files) {
+    const o = now.get(b.path);
+    if (b.kind !== 'file' || !o || o.kind !== 'file' || o.hash === b.hash) continue;
+    for (const c of b.chunks) if (!missing.has(c) && !(await cache.has(c))) missing.add(c);
+  }
+  if (missing.size > 0) await fetchChunks(api, cache, version, [...missing]);
+  return missing.size;
+}
+
 /** What the mount process knows of the copy: reloaded when a push or check-in moved it to another version. */
 interface Current {
   version: number;
@@ -278,25 +296,11 @@ export class Hydrator {
   }
 
   /**
-   * Helper request R: a rename is about to replace `rel` (an application saving through a temp file).
-   * A placeholder's chunks are fetched first (not written out): the next push sends the new content as a
-   * delta against them. Offline the rename goes ahead; the push then needs the server anyway.
+   * Helper request R: `rel`'s content is about to be replaced whole (a rename over it, an open with
+   * O_TRUNC, a truncate to 0): nothing to fetch, even offline. The push fetches the old content's chunks
+   * then, as the base of its delta (fetchDeltaBases).
    */
-  async replaced(rel: string): Promise<number> {
-    const e = await this.placeholder(rel).catch(() => null);
-    if (e && e.size > 0) {
-      const cache = this.state.cacheOf(this.name);
-      const missing: BlockId[] = [];
-      for (const c of new Set(e.chunks)) if (!(await cache.has(c))) missing.push(c);
-      if (missing.length > 0) {
-        try {
-          await fetchChunks(this.api(), cache, this.current!.version, missing);
-          this.chunksFetched += missing.length;
-        } catch (err) {
-          this.log('replaced-offline', { path: rel, message: (err as Error).message }, `carryon persona: ${rel} was replaced before its old content was fetched (${(err as Error).message})`);
-        }
-      }
-    }
+  replaced(rel: string): Promise<number> {
     return this.gone(rel);
   }
 

@@ -13,9 +13,9 @@
  *   helper -> parent on stdout:  "<id> O <hexpath>"  make this file whole before it is used
  *                                "<id> D <hexpath>"  make every file under this folder whole (a rename)
  *                                "<id> G <hexpath>"  this name is being removed or created
- *                                "<id> R <hexpath>"  a rename is about to replace this name (a save
- *                                                    through a temp file): the parent keeps the old
- *                                                    content's chunks, the base of the check-in's delta
+ *                                "<id> R <hexpath>"  this file's content is about to be replaced whole
+ *                                                    (a rename over it, an open with O_TRUNC, a truncate
+ *                                                    to 0): no need to fetch it, even offline
  *                                "0 READY"           mounted
  *   parent -> helper on stdin:   "<id> <errno>"      0 = go ahead; else the operation fails with it
  * When stdin closes (the parent died) the helper exits at once; mounted with auto_unmount, fusermount3
@@ -287,7 +287,7 @@ static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_inf
 
 static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
   if (fi) return ftruncate(fi->fh, size) < 0 ? -errno : 0;
-  int e = ask('O', path);
+  int e = ask(size == 0 ? 'R' : 'O', path);
   if (e) return -e;
   int fd = openat(root_fd, rel(path), O_WRONLY | O_NOFOLLOW);
   if (fd < 0) return -errno;
@@ -303,7 +303,8 @@ static int op_utimens(const char *path, const struct timespec tv[2], struct fuse
 }
 
 static int op_open(const char *path, struct fuse_file_info *fi) {
-  int e = ask('O', path);
+  /* O_TRUNC discards the content: a save over a file never fetched works offline too. */
+  int e = ask((fi->flags & O_TRUNC) && (fi->flags & O_ACCMODE) != O_RDONLY ? 'R' : 'O', path);
   if (e) return -e;
   int fd = openat(root_fd, rel(path), fi->flags & ~O_NOFOLLOW);
   if (fd < 0) return -errno;
@@ -313,7 +314,8 @@ static int op_open(const char *path, struct fuse_file_info *fi) {
 
 static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
   struct stat st;
-  int e = fstatat(root_fd, rel(path), &st, AT_SYMLINK_NOFOLLOW) == 0 ? ask('O', path) : ask('G', path);
+  int e = fstatat(root_fd, rel(path), &st, AT_SYMLINK_NOFOLLOW) != 0 ? ask('G', path)
+        : ask((fi->flags & O_TRUNC) && (fi->flags & O_ACCMODE) != O_RDONLY ? 'R' : 'O', path);
   if (e) return -e;
   int fd = openat(root_fd, rel(path), fi->flags | O_CREAT, mode);
   if (fd < 0) return -errno;

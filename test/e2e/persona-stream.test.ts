@@ -6,7 +6,7 @@
 // partial file taken as an edit; `persona fetch` and the background download bring the copy to 100%,
 // and its content equals the server's.
 import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -153,6 +153,15 @@ describe('streamed persona (FUSE, just in time)', () => {
     expect(ev.message).toContain('`carryon persona fetch desk`');
     // A file fetched before still opens offline.
     expect(sha(readFileSync(path.join(mountA, relOf(5))))).toBe(expected.get(relOf(5)));
+    // Saving over files never fetched needs nothing from the server: an open with O_TRUNC, and a
+    // save through a temp file renamed over the old one.
+    writeFileSync(path.join(mountA, relOf(10)), 'saved offline\n');
+    writeFileSync(path.join(mountA, 'Documents', 'report.tmp'), 'renamed over\n');
+    renameSync(path.join(mountA, 'Documents', 'report.tmp'), path.join(mountA, relOf(11)));
+    expected.set(relOf(10), sha(Buffer.from('saved offline\n')));
+    expected.set(relOf(11), sha(Buffer.from('renamed over\n')));
+    expect(readFileSync(path.join(mountA, relOf(11)), 'utf8')).toBe('renamed over\n');
+    expect(mountProc!.events.filter((e) => e.event === 'unavailable').map((e) => e.path)).toEqual([relOf(6)]);
     await server.start({}, port);
   }, 120_000);
 
@@ -171,16 +180,18 @@ describe('streamed persona (FUSE, just in time)', () => {
 
     const st = await a.cli(['persona', 'status', 'desk', '--json']);
     expect(st.code, st.stderr).toBe(0);
-    expect(st.json).toMatchObject({ added: ['Documents/new.txt'], changed: ['Documents/d1/file9.bin', 'Documents/notes.txt'], deleted: [] });
+    expect(st.json).toMatchObject({ added: ['Documents/new.txt'], changed: ['Documents/d1/file9.bin', relOf(10), relOf(11), 'Documents/notes.txt'], deleted: [] });
     const push = await a.cli(['persona', 'push', 'desk', '--json']);
     expect(push.code, push.stderr).toBe(0);
     expect(push.json).toMatchObject({ version: 3, merged: false });
-    totalChunks += 1; // new.txt; file9 and notes.txt each swapped one chunk for another
-    // Only what changed went up: the edited file as a delta or its changed chunk, and two small files.
+    // new.txt; file9 and notes.txt each swapped one chunk for another; file10 and file11 went from 9 to 1.
+    totalChunks += 1 - 2 * (Math.ceil(sizeOf(10) / MiB) - 1);
+    // Only what changed went up: the edited file as a delta or its changed chunk, and four small files.
     expect(push.json.bytesSent).toBeLessThan(2 * MiB);
     // The files never opened are still placeholders: the push read none of them.
-    // Version 3's chunks on this laptop: file5's 9 and file9's 9 (8 fetched, 1 new), notes and new.txt.
-    expect((await progress(a)).chunksLocal).toBe(20);
+    // Version 3's chunks on this laptop: file5's 9, file9's 9 (8 fetched, 1 new), notes, new.txt,
+    // file10 and file11 (the push fetched their old chunks as delta bases: not part of version 3).
+    expect((await progress(a)).chunksLocal).toBe(22);
 
     expect(await mountProc!.stop()).toBe(0);
     expect(mountProc!.events.find((e) => e.event === 'stopped')).toMatchObject({ lazy: false });
