@@ -428,7 +428,9 @@ export class PersonaMount {
   }
 
   static async start(dir: string, at: string, hydrator: Hydrator): Promise<PersonaMount> {
-    const proc = spawn(helperPath(), [path.join(dir, PROFILE_DIR), at], { stdio: ['pipe', 'pipe', 'pipe'] });
+    // Its own process group: Ctrl-C reaches only this process, which unmounts cleanly (waiting while an
+    // application has a file open); if this process dies, the helper sees its stdin close and exits.
+    const proc = spawn(helperPath(), [path.join(dir, PROFILE_DIR), at], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     const m = new PersonaMount(at, proc);
     const ready = new Promise<void>((resolve, reject) => {
       proc.once('error', reject);

@@ -109,10 +109,14 @@ async function mount(name: string, opts: Record<string, unknown>): Promise<void>
     const cause = await Promise.race([signalled.then(() => 'signal' as const), m.exited.then(() => 'exited' as const)]);
     stop.abort();
     let lazy = false;
+    let failure: CarryonError | null = null;
     if (cause === 'signal') lazy = (await m.unmount()).lazy;
     else {
       const { code, signal } = await m.exited;
-      if (code !== 0) log('helper-exited', { code, signal, message: m.lastWords() }, `carryon persona: the FUSE helper stopped (${signal ?? `code ${code}`}): ${m.lastWords()}; the copy keeps every write it acknowledged`);
+      if (code !== 0) {
+        failure = new CarryonError('IO_ERROR', `the persona's FUSE helper stopped (${signal ?? `code ${code}`})${m.lastWords() ? `: ${m.lastWords()}` : ''}; the copy keeps every write it acknowledged: mount again with \`carryon persona mount ${name}\``, { code, signal });
+        log('helper-exited', { code, signal, message: m.lastWords() }, `carryon persona: ${failure.message}`);
+      }
     }
     (api as ApiClient | null)?.close(); // ends a download under way: what landed is kept
     await download.catch(() => undefined);
@@ -122,6 +126,7 @@ async function mount(name: string, opts: Record<string, unknown>): Promise<void>
     log('stopped', { desktop: name, at, lazy, hydrated: hydrator.hydratedNow, chunksFetched: hydrator.chunksFetched, ...p1 },
       `stopped showing the persona of ${name}${lazy ? ' (unmounted lazily: it goes away when the last application closes its files)' : ''}; ` +
       `${hydrator.hydratedNow} files fetched on open; ${p1.chunksLocal} of ${p1.chunks} chunks local`);
+    if (failure) throw failure;
   } finally {
     (api as ApiClient | null)?.close();
     await state.close();

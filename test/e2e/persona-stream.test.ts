@@ -47,6 +47,21 @@ function mounted(dir: string): boolean {
   }
 }
 
+/** The pids whose parent is `pid` (from /proc: the mount process's FUSE helper). */
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(name));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return out;
+}
+
 describe('streamed persona (FUSE, just in time)', () => {
   const dir = tmpDir('pstream');
   const server = new TestServer(dir);
@@ -216,6 +231,19 @@ describe('streamed persona (FUSE, just in time)', () => {
     // The placeholder is intact, and the fetched copy left under a temp name is no file of the profile.
     const backing = path.join(a.home, 'desktops', 'desk', 'persona', 'profile');
     expect(lstatSync(path.join(backing, relOf(20))).blocks).toBe(0);
+  }, 120_000);
+
+  it('the FUSE helper killed: the mount goes away and the mount process fails with IO_ERROR, saying what to do', async () => {
+    const m = spawnCli(a, ['persona', 'mount', 'desk', '--at', mountA, '--no-download']);
+    await m.next('mounted');
+    const helper = childrenOf(m.proc.pid!);
+    expect(helper).toHaveLength(1);
+    process.kill(helper[0]!, 'SIGKILL');
+    expect((await m.exit).code).toBe(9);
+    expect((await m.next('error')).error).toMatchObject({ code: 'IO_ERROR' });
+    expect(m.events.find((e) => e.event === 'helper-exited')).toMatchObject({ signal: 'SIGKILL' });
+    expect((await m.next('error')).error.message).toContain('carryon persona mount desk');
+    await expect.poll(() => mounted(mountA), { timeout: 30_000 }).toBe(false);
   }, 120_000);
 
   it('`carryon persona fetch` downloads the rest; every file then opens, equal to the server\'s', async () => {
