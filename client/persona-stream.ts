@@ -249,13 +249,18 @@ export class Hydrator {
     return this.current;
   }
 
-  private async record(rel: string): Promise<void> {
+  /**
+   * Log `rel` as no longer a placeholder. `durable` (a removal or replacement) syncs the log: its content
+   * may come to match the entry's size and mtime again (cp -p), and only the log then tells it is not a
+   * placeholder. A file made whole needs no sync: lost, the next open rewrites the same bytes.
+   */
+  private async record(rel: string, durable = true): Promise<void> {
     if (this.logged.has(rel)) return;
     this.logged.add(rel);
     const fh = await fs.open(this.logPath, 'a');
     try {
       await fh.write(`${Buffer.from(rel, 'utf8').toString('hex')}\n`);
-      await fh.sync();
+      if (durable) await fh.sync();
     } finally {
       await fh.close();
     }
@@ -365,7 +370,7 @@ export class Hydrator {
       }
       crashPoint('persona-hydrate-rename'); // tests: a crash with the whole file written under its temp name
       await fs.rename(tmp, abs);
-      await this.record(rel);
+      await this.record(rel, false);
       this.hydratedNow++;
       this.log('hydrated', { path: rel, size: e.size, chunks: e.chunks.length }, `carryon persona: fetched ${rel} (${e.size} bytes)`);
       return 0;

@@ -2,7 +2,7 @@
 // profile of --size bytes (8 MiB files of AES-CTR bytes: every chunk distinct) is pushed by one device;
 // laptop A checks it out with --persona-only --stream and mounts it (--no-download, so nothing moves
 // unless asked). Measured, in this order: listing the whole tree (lstat of every entry); the first open
-// of files never fetched (chunks over loopback HTTP, written whole, renamed); a second open of the same
+// of small files and of 8 MiB files never fetched (chunks over loopback HTTP, written whole, renamed); a second open of the same
 // files; `carryon persona fetch` of the rest; the first read of every file once its chunks are local
 // (made whole from the cache); the read throughput of whole files through the mount against the same
 // files read directly from the backing folder. Warm page cache; loopback server on the same machine.
@@ -86,6 +86,9 @@ try {
     mkdirSync(join(profile, `Documents/d${i % 8}`), { recursive: true });
     writeFileSync(join(profile, relOf(i)), seeded(i, FILE));
   }
+  // Small files, as an application's settings: what a user waits for most often.
+  mkdirSync(join(profile, 'AppData'), { recursive: true });
+  for (let i = 0; i < 16; i++) writeFileSync(join(profile, 'AppData', `settings${i}.ini`), seeded(1000 + i, 4096));
   await carryon(src, 'persona', 'push', 'desk');
   await carryon(a, 'checkout', 'desk', '--persona-only', '--stream');
 
@@ -103,6 +106,13 @@ try {
   rows.push(['list the whole tree (lstat every entry)', `${entries} entries`, `${(now() - t).toFixed(1)} ms`]);
 
   const buf = Buffer.allocUnsafe(MiB);
+  const small: number[] = [];
+  for (let i = 0; i < 16; i++) {
+    t = now();
+    closeSync(openSync(join(at, 'AppData', `settings${i}.ini`), 'r'));
+    small.push(now() - t);
+  }
+  rows.push(['first open, from the server (4 KiB file)', 'median of 16', `${median(small).toFixed(1)} ms`]);
   const cold: number[] = [];
   const warm: number[] = [];
   for (let i = 0; i < 8; i++) {
