@@ -81,6 +81,7 @@ export async function checkoutStreamedPersona(state: LocalState, api: ApiClient,
   const got = await api.persona();
   if (personaId(got.encoded) !== got.id) throw new CarryonError('BAD_REQUEST', 'the persona received does not match its id');
   const snapshot = decodePersona(got.encoded);
+  checkNesting(snapshot.files);
   const regBytes = exportRegistry(registryFromText(snapshot.registry), { version: 'v5', encoding: 'utf-16le', bom: true });
   const root = path.join(dir, PROFILE_DIR);
   await fs.mkdir(path.join(dir, STREAM_DIR), { recursive: true });
@@ -116,6 +117,22 @@ export async function checkoutStreamedPersona(state: LocalState, api: ApiClient,
   await fs.writeFile(path.join(dir, STREAM_DIR, LOG_FILE), '');
   state.putPersona({ desktop: name, server: login.url, version: got.version, snapshot: got.encoded, dir, withDisk: false });
   return { dir, version: got.version, files: snapshot.files.filter((f) => f.kind === 'file').length, chunksFetched: 0, streamed: true, already: false };
+}
+
+/**
+ * Nothing may sit under a file or a symlink (decodePersona checks each path alone): placeholders are
+ * written straight from the snapshot, and a symlink on the way would take a write elsewhere.
+ */
+export function checkNesting(files: readonly PersonaEntry[]): void {
+  const kinds = new Map(files.map((f) => [f.path, f.kind]));
+  for (const f of files) {
+    for (let i = f.path.indexOf('/'); i > 0; i = f.path.indexOf('/', i + 1)) {
+      const up = kinds.get(f.path.slice(0, i));
+      if (up !== undefined && up !== 'dir') {
+        throw new CarryonError('BAD_REQUEST', `persona snapshot is invalid: ${JSON.stringify(f.path)} is under a ${up}; nothing was written on this laptop`, { path: f.path });
+      }
+    }
+  }
 }
 
 /** The held copy of a streamed persona, or NOT_CHECKED_OUT / INVALID_ARGUMENT saying what to do. */

@@ -6,7 +6,7 @@ import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, st
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CarryonError, encodePersona, scanPersonaTree, type PersonaEntry } from '../../src/index.js';
-import { Hydrator, STREAM_DIR } from '../../client/persona-stream.js';
+import { checkNesting, Hydrator, STREAM_DIR } from '../../client/persona-stream.js';
 import { LocalState } from '../../client/state.js';
 import { seededBytes, tempDir } from './helpers.js';
 
@@ -111,5 +111,25 @@ describe('Hydrator', () => {
     expect(events.filter((x) => x.event === 'hydrated').map((x) => x.fields.path).sort()).toEqual(['Documents/big.bin', 'Documents/small.txt']);
     expect(readFileSync(path.join(copy, 'profile', 'Documents', 'small.txt'), 'utf8')).toBe('hello\n');
     expect(existsSync(path.join(copy, 'profile', 'Documents', 'big.bin'))).toBe(true);
+  });
+});
+
+describe('checkNesting (a streamed check-out writes placeholders straight from the snapshot)', () => {
+  const entry = (p: string, kind: PersonaEntry['kind']): PersonaEntry => ({ path: p, kind, mode: 0o644, mtimeMs: 0, size: 0, hash: null, chunks: [], ...(kind === 'symlink' ? { target: 'x' } : {}) });
+  it('accepts files under folders, listed or not', () => {
+    expect(() => checkNesting([entry('a', 'dir'), entry('a/b', 'file'), entry('c/d/e', 'file')])).not.toThrow();
+  });
+  it('refuses anything under a symlink or a file, with BAD_REQUEST naming it', () => {
+    for (const up of ['symlink', 'file'] as const) {
+      let err: unknown = null;
+      try {
+        checkNesting([entry('a', up), entry('a/b/c', 'file')]);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(CarryonError);
+      expect((err as CarryonError).code).toBe('BAD_REQUEST');
+      expect((err as CarryonError).data.path).toBe('a/b/c');
+    }
   });
 });
