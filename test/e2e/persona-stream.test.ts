@@ -311,6 +311,11 @@ describe('streamed persona (FUSE, just in time)', () => {
     const into = await d.cli(['checkout', 'desk', '--persona-only', '--stream', '--persona-to', busy, '--json']);
     expect(into.json.error.code).toBe('LOCAL_PATH_CONFLICT');
     expect(readdirSync(busy)).toEqual(['mine.txt']);
+    // An encrypted copy cannot be streamed (yet): refused, nothing made.
+    const enc = await d.cli(['checkout', 'desk', '--persona-only', '--stream', '--encrypt', '--persona-to', path.join(dir, 'enc'), '--json']);
+    expect(enc.json.error.code).toBe('INVALID_ARGUMENT');
+    expect(enc.json.error.message).toMatch(/without --stream/);
+    expect(existsSync(path.join(dir, 'enc'))).toBe(false);
     expect((await d.cli(['status', '--json'])).json.streamedPersonas).toEqual([]);
   }, 120_000);
 
