@@ -11,6 +11,7 @@ import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
 import { CheckoutPool, type BlockJob } from './checkout-pool.js';
 import { diffPersona, fetchPersona, scanPersona } from './persona-engine.js';
+import { writeRegistryScope } from './persona-registry.js';
 import { checkMountPoint, closePersonaVault, defaultPersonaMount, isPersonaVault, openPersonaVault, requirePersonaVault } from './persona-vault.js';
 import { Progress } from './progress.js';
 import { ServerBlockSource } from './block-source.js';
@@ -315,6 +316,8 @@ export async function checkoutPersona(state: LocalState, api: ApiClient, login: 
   }
   const p = await fetchPersona(state, api, name, version, dir, previous);
   state.putPersona({ desktop: name, server: login.url, version: p.version, snapshot: p.encoded, dir, withDisk });
+  // The desktop's registry scope, for `carryon persona status` and `reg import/export` offline.
+  await writeRegistryScope(dir, (await api.desktop(name)).registryScope);
   if (plainLeftover) await fs.rm(plainLeftover, { recursive: true, force: true });
   return { dir, version: p.version, files: p.snapshot.files.filter((f) => f.kind === 'file').length, chunksFetched: p.chunksFetched };
 }

@@ -17,9 +17,12 @@
 # benchmarked against: scripts/rgw.sh starts a private one-node cluster on 127.0.0.1
 # (test/conformance/s3-block-store.test.ts, scripts/bench/s3-bench.ts); curl creates its bucket. haproxy is the
 # load balancer in front of two server instances (scripts/scale-out.sh, test/e2e/scale-out.test.ts).
+# hivexregedit (libwin-hivex-perl, on Debian's hivex library) and hivexsh (libhivex-bin) read and write
+# Windows registry hives (NTUSER.DAT) for `carryon persona reg import/export` (test/e2e/persona-hive.test.ts,
+# test/unit/hive.test.ts); xz unpacks the real NTUSER.DAT fixture (test/fixtures/hives/).
 # A missing tool is a test failure, never a skip.
 set -euo pipefail
-pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs postgresql ceph-mon ceph-osd radosgw curl haproxy)
+pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs postgresql ceph-mon ceph-osd radosgw curl haproxy libhivex-bin libwin-hivex-perl xz-utils)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -27,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl haproxy; do
+for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl haproxy hivexregedit hivexsh xz; do
   command -v "$t" >/dev/null || { echo "install-test-deps: $t is still missing" >&2; exit 1; }
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "install-test-deps: initdb (postgresql) is still missing" >&2; exit 1; }

@@ -4,7 +4,7 @@
 import { MAX_ESCROW_BYTES, SEAL_OVERHEAD } from '../crypto/index.js';
 import { CarryonError, shownValue } from '../errors/index.js';
 import { isBlockId, type BlockId } from '../hash/index.js';
-import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy } from '../persona/index.js';
+import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy, type RegistryScope } from '../persona/index.js';
 
 export const API_PREFIX = '/v1';
 export const HEADER_DEVICE = 'x-carryon-device';
@@ -50,6 +50,11 @@ export interface DesktopInfo {
   checkout: CheckoutHolder | null;
   /** The desktop's effective encryption policy (its own, else its image's, else 'required'). Absent from older servers. */
   encryption?: EncryptionPolicy;
+  /**
+   * The registry keys its persona carries (docs/persona.md#registry-scope): include null = all of
+   * HKEY_CURRENT_USER; exclude with the default list expanded. Absent from older servers.
+   */
+  registryScope?: RegistryScope;
 }
 
 /** Whether a laptop must encrypt its copy of a desktop (docs/security.md#escrow). */
@@ -256,6 +261,10 @@ export interface DesktopPolicyChange {
   registry?: RegistryMergePolicy;
   /** null: follow the image (then the default, 'required'). */
   encryption?: EncryptionPolicy | null;
+  /** Registry key patterns the persona carries; null: all of HKEY_CURRENT_USER. */
+  registryInclude?: string[] | null;
+  /** Registry key patterns it leaves out ('@default' = the default list); null: the default list. */
+  registryExclude?: string[] | null;
 }
 
 export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
@@ -263,7 +272,7 @@ export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
   if (body !== null && body !== undefined && (typeof body !== 'object' || Array.isArray(body))) throw new CarryonError('BAD_REQUEST', 'a policy change must be a JSON object');
   const b = (body ?? {}) as Record<string, unknown>;
   const out: DesktopPolicyChange = {};
-  for (const k of Object.keys(b)) if (!['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry', 'encryption'].includes(k)) throw new CarryonError('BAD_REQUEST', `unknown policy field ${JSON.stringify(k.slice(0, 40))}`);
+  for (const k of Object.keys(b)) if (!['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry', 'encryption', 'registryInclude', 'registryExclude'].includes(k)) throw new CarryonError('BAD_REQUEST', `unknown policy field ${JSON.stringify(k.slice(0, 40))}`);
   const num = (k: 'leaseDays' | 'replicateMinutes'): void => {
     if (!(k in b)) return;
     const v = b[k];
@@ -287,6 +296,13 @@ export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
   if ('encryption' in b) {
     if (b.encryption !== null && !ENCRYPTION_POLICIES.includes(b.encryption as EncryptionPolicy)) throw new CarryonError('BAD_REQUEST', `encryption must be one of ${ENCRYPTION_POLICIES.join(', ')}, or null to follow the image`);
     out.encryption = b.encryption as EncryptionPolicy | null;
+  }
+  for (const k of ['registryInclude', 'registryExclude'] as const) {
+    if (!(k in b)) continue;
+    const v = b[k];
+    if (v !== null && !(Array.isArray(v) && v.every((x) => typeof x === 'string'))) throw new CarryonError('BAD_REQUEST', `${k} must be a list of registry key patterns, or null for the default`);
+    // The patterns themselves are checked where they are stored (parseKeyPatternList), for every entry point.
+    out[k] = v as string[] | null;
   }
   return out;
 }
@@ -453,4 +469,10 @@ export interface PersonaCommitResult {
   /** Whether edits made meanwhile elsewhere were merged in (the report says how). */
   merged: boolean;
   report: unknown;
+  /**
+   * Registry keys the laptop sent that this desktop's scope leaves out (outside its include list, in
+   * its exclude list, or outside HKEY_CURRENT_USER in a version stored before that rule): dropped, not
+   * stored. At most 50 paths are listed; `count` is all of them. Absent when none.
+   */
+  registryDropped?: { count: number; keys: string[] };
 }

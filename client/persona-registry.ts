@@ -1,0 +1,82 @@
+// The registry side of a persona copy on the laptop: reading whatever the user gives as a registry (a
+// .reg file in any of regedit's encodings, or a hive such as NTUSER.DAT through hivex), the desktop's
+// registry scope as the server last said it (registry-scope.json beside registry.reg), and the
+// persona's registry.reg itself. Must not know: HTTP, the upload path.
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import {
+  applyToRegistry, CarryonError, decodeRegFile, DEFAULT_REGISTRY_SCOPE, exportRegistry, HKCU, parseKeyPatternList, Registry, sniffRegistryInput, type RegistryFile, type RegistryScope,
+} from '../src/index.js';
+import { readHive } from './hive.js';
+import { REGISTRY_FILE } from './persona-engine.js';
+
+/** Beside registry.reg: the desktop's include/exclude lists, written at check-out (absent: the defaults). */
+export const SCOPE_FILE = 'registry-scope.json';
+
+export async function writeRegistryScope(dir: string, scope: RegistryScope | undefined): Promise<void> {
+  if (!scope) return; // an older server: the default scope is assumed
+  const file = path.join(dir, SCOPE_FILE);
+  const tmp = `${file}.${process.pid}.tmp`;
+  await fs.writeFile(tmp, `${JSON.stringify({ include: scope.include, exclude: scope.exclude }, null, 2)}\n`);
+  await fs.rename(tmp, file);
+}
+
+/** The scope the server gave at the last check-out; the default scope when there is none (or it is unreadable). */
+export async function readRegistryScope(dir: string): Promise<{ scope: RegistryScope; fromServer: boolean }> {
+  const raw = await fs.readFile(path.join(dir, SCOPE_FILE), 'utf8').catch(() => null);
+  if (raw === null) return { scope: DEFAULT_REGISTRY_SCOPE, fromServer: false };
+  try {
+    const o = JSON.parse(raw) as { include: string[] | null; exclude: string[] };
+    return { scope: { include: o.include === null ? null : parseKeyPatternList(o.include, 'include'), exclude: parseKeyPatternList(o.exclude, 'exclude') }, fromServer: true };
+  } catch {
+    return { scope: DEFAULT_REGISTRY_SCOPE, fromServer: false };
+  }
+}
+
+/** The copy's registry.reg (empty when absent). Read as it is: an old version's other root keys are tolerated here. */
+export async function readPersonaRegistry(dir: string): Promise<Registry> {
+  const bytes = await fs.readFile(path.join(dir, REGISTRY_FILE)).catch(() => null);
+  return bytes ? applyToRegistry(new Registry(), decodeRegFile(bytes)) : new Registry();
+}
+
+export async function writePersonaRegistry(dir: string, reg: Registry): Promise<string> {
+  const target = path.join(dir, REGISTRY_FILE);
+  const tmp = `${target}.${process.pid}.tmp`;
+  await fs.writeFile(tmp, exportRegistry(reg, { version: 'v5', encoding: 'utf-16le', bom: true }));
+  await fs.rename(tmp, target);
+  return target;
+}
+
+export interface RegistryInput {
+  kind: 'reg' | 'hive';
+  /** A .reg file's sections in order (edits); for a hive, its whole content as one set of keys. */
+  file: RegistryFile | null;
+  /** A hive's whole registry. */
+  registry: Registry | null;
+}
+
+/**
+ * A registry the user gives: a hive (regf) through hivex, else a .reg file, which must name only
+ * HKEY_CURRENT_USER keys (REGISTRY_OUTSIDE_HKCU naming the line otherwise). Anything else is
+ * REG_FILE_UNSUPPORTED saying what it looks like.
+ */
+export async function readRegistryInput(file: string): Promise<RegistryInput> {
+  const fh = await fs.open(file, 'r').catch((err: NodeJS.ErrnoException) => {
+    throw new CarryonError('INVALID_ARGUMENT', `cannot read ${file}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`, { file });
+  });
+  let head: Buffer;
+  try {
+    const buf = Buffer.alloc(512);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+    head = buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+  if (sniffRegistryInput(head, file) === 'hive') return { kind: 'hive', file: null, registry: await readHive(file) };
+  return { kind: 'reg', file: decodeRegFile(await fs.readFile(file), { onlyRoot: HKCU }), registry: null };
+}
+
+/** The registry the input stands for when taken whole: a hive's, or a .reg file applied to an empty registry. */
+export function wholeRegistry(input: RegistryInput): Registry {
+  return input.registry ?? applyToRegistry(new Registry(), input.file!);
+}
