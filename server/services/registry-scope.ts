@@ -63,7 +63,7 @@ export function scopeCommitRegistries(base: PersonaSnapshot, ours: PersonaSnapsh
   }
   const scoped = (snap: PersonaSnapshot, reg: Registry): { snap: PersonaSnapshot; dropped: string[] } => {
     const r = filterRegistry(reg, filter);
-    return r.dropped.length === 0 ? { snap, dropped: [] } : { snap: { ...snap, registry: canonical(r.kept) }, dropped: r.dropped.map((d) => d.path) };
+    return r.kept.size === reg.size ? { snap, dropped: [] } : { snap: { ...snap, registry: canonical(r.kept) }, dropped: r.dropped.map((d) => d.path) };
   };
   const o = scoped(ours, oursReg);
   const b = scoped(base, baseReg);

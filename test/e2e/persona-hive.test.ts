@@ -156,4 +156,22 @@ describe('persona registry: hives, HKEY_CURRENT_USER only, include/exclude lists
     expect(ch.json).toMatchObject({ kind: 'changes', valuesDeleted: 1, keysDeleted: 1 });
     expect(decodeRegDword(registryOf(readFileSync(path.join(dir, 'guest-logoff.reg'))).getValue('HKEY_CURRENT_USER\\Software\\Vendor', 'Gone')!.data)).toBe(1);
   }, 60_000);
+
+  it("a guest's logoff export (reg.exe's layout) replaces the registry within the lists; the next changes file for that guest is empty", async () => {
+    const logoff = path.join(personaDir, 'registry-logoff.reg');
+    writeFileSync(logoff, readFileSync(path.join(ROOT, 'test/fixtures/reg-exe/hkcu-export.reg')));
+    const imp = await a.cli(['persona', 'reg', 'import', 'desk', logoff, '--replace', '--json']);
+    expect(imp.code, imp.stderr).toBe(0);
+    expect(imp.json).toMatchObject({ kind: 'reg', replaced: true, dropped: 1 }); // Environment: not in the include list
+    const reg = registryOf(readFileSync(regPath));
+    expect(reg.getValue('HKEY_CURRENT_USER\\Software\\Vendor', 'Theme')).toBeUndefined(); // the guest no longer had it
+    expect(decodeRegSz(reg.getValue('HKEY_CURRENT_USER\\Software\\Vendor\\Editor', null)!.data)).toBe('default value');
+    expect(reg.hasKey('HKEY_CURRENT_USER\\Environment')).toBe(false);
+    const st = await a.cli(['persona', 'status', 'desk', '--json']);
+    expect(st.json.registryChanged).toBe(true);
+    expect(st.json.registryDropped).toEqual([]);
+    const ch = await a.cli(['persona', 'reg', 'export', 'desk', path.join(personaDir, 'registry-changes.reg'), '--changes-since', logoff, '--json']);
+    expect(ch.code, ch.stderr).toBe(0);
+    expect(ch.json).toMatchObject({ valuesSet: 0, valuesDeleted: 0, keysDeleted: 0 });
+  }, 60_000);
 });

@@ -149,7 +149,7 @@ export class ScopeFilter {
 
 export interface ScopedRegistry {
   kept: Registry;
-  /** Keys left out (full paths, as held), each with why and how many values it had. */
+  /** Keys left out (full paths, as held), each with why and how many values it had; empty keys merely not included are not listed. */
   dropped: Array<{ path: string; reason: 'root' | 'excluded' | 'not-included'; values: number }>;
 }
 
@@ -161,7 +161,8 @@ export function filterRegistry(reg: Registry, scope: RegistryScope | ScopeFilter
   for (const k of reg.keys()) {
     const reason = f.reason(k.path);
     if (reason) {
-      dropped.push({ path: k.path, reason, values: k.values.length });
+      // An empty key outside the include list (the root, a parent of an included key) loses nothing.
+      if (reason !== 'not-included' || k.values.length > 0) dropped.push({ path: k.path, reason, values: k.values.length });
       continue;
     }
     kept.createKey(k.path);
