@@ -23,16 +23,45 @@ function canonical(reg: Registry): string {
   return reg.size === 0 ? '' : Buffer.from(exportRegistry(reg, { version: 'v5', encoding: 'utf-8', bom: false })).toString('utf8');
 }
 
+/** A `[path]` or `[-path]` line of .reg text: its line number, the path, and how many value lines follow it. */
+interface Header {
+  line: number;
+  path: string;
+  values: number;
+}
+
+/**
+ * The key lines of .reg text that already parsed, by a line scan: in a .reg file a line whose first
+ * non-blank character is `[` is always a key line (values start with `"` or `@`, hex continuations
+ * with blanks and a digit, comments with `;`). Far cheaper than building a Registry of 100,000 keys.
+ */
+export function keyHeaders(text: string): Header[] {
+  const out: Header[] = [];
+  let line = 0;
+  let at = 0;
+  while (at <= text.length) {
+    let end = text.indexOf('\n', at);
+    if (end < 0) end = text.length;
+    line++;
+    let i = at;
+    while (i < end && (text.charCodeAt(i) === 0x20 || text.charCodeAt(i) === 0x09)) i++;
+    const c = text.charCodeAt(i);
+    if (c === 0x5b) {
+      const close = text.lastIndexOf(']', end);
+      const raw = text.slice(i + 1, close > i ? close : end);
+      out.push({ line, path: raw.startsWith('-') ? raw.slice(1) : raw, values: 0 });
+    } else if ((c === 0x22 || c === 0x40) && out.length > 0) {
+      out[out.length - 1]!.values++;
+    }
+    at = end + 1;
+  }
+  return out;
+}
+
 /** Line (1-based) of the `[path]` line naming `path` in .reg text, or null. */
 export function lineOfKey(text: string, path: string): number | null {
   const id = keyPathId(path);
-  let line = 0;
-  for (const raw of text.split('\n')) {
-    line++;
-    const l = raw.replace(/\r$/, '').trim();
-    if (l.startsWith('[') && l.endsWith(']') && keyPathId(l.slice(1, -1)) === id) return line;
-  }
-  return null;
+  return keyHeaders(text).find((h) => keyPathId(h.path) === id)?.line ?? null;
 }
 
 function sameKey(a: Registry, b: Registry, path: string): boolean {
@@ -45,42 +74,56 @@ function sameKey(a: Registry, b: Registry, path: string): boolean {
   });
 }
 
+/** Whether any key of the text lies outside the scope (an empty key merely not included does not count). */
+function anyOutside(headers: Header[], filter: ScopeFilter): boolean {
+  return headers.some((h) => {
+    const r = filter.reason(h.path);
+    return r !== null && (r !== 'not-included' || h.values > 0);
+  });
+}
+
 /**
  * Applies `scope` to a commit's three registries. Nothing happens when the laptop's registry equals its
  * base's (it sent no registry change). REGISTRY_OUTSIDE_HKCU when the laptop added or changed a key
- * under another root; a text is rewritten only when a key is dropped from it.
+ * under another root; a text is parsed and rewritten only when a key is dropped from it, so a commit
+ * whose registries are all inside the scope costs a line scan of each.
  */
 export function scopeCommitRegistries(base: PersonaSnapshot, ours: PersonaSnapshot, theirs: PersonaSnapshot, scope: RegistryScope): ScopedCommit {
   if (ours.registry === base.registry) return { base, ours, theirs };
   const filter = new ScopeFilter(scope);
-  const oursReg = registryFromText(ours.registry);
-  const baseReg = registryFromText(base.registry);
-  for (const k of oursReg.keys()) {
-    if (rootKeyOf(k.path) === HKCU || sameKey(oursReg, baseReg, k.path)) continue;
-    const line = lineOfKey(ours.registry, k.path);
-    throw new CarryonError('REGISTRY_OUTSIDE_HKCU', `${line !== null ? `line ${line} of the persona's registry: ` : ''}key [${k.path}] is outside ${HKCU}: a persona holds the user's own registry alone; ` +
-      `nothing was stored: remove the sections under ${rootKeyOf(k.path) ?? 'that root'} from registry.reg and run the command again`, { line, key: k.path.slice(0, 300) });
-  }
-  const scoped = (snap: PersonaSnapshot, reg: Registry): { snap: PersonaSnapshot; dropped: string[] } => {
-    const r = filterRegistry(reg, filter);
-    return r.kept.size === reg.size ? { snap, dropped: [] } : { snap: { ...snap, registry: canonical(r.kept) }, dropped: r.dropped.map((d) => d.path) };
-  };
-  const o = scoped(ours, oursReg);
-  const b = scoped(base, baseReg);
-  let t = b;
-  if (theirs !== base) {
-    // A current version that cannot be parsed is left as it is: the merge refuses it with its own advice.
-    let theirsReg: Registry | null = null;
-    try {
-      theirsReg = registryFromText(theirs.registry);
-    } catch {
-      theirsReg = null;
+  const oursHeaders = keyHeaders(ours.registry);
+  const foreign = oursHeaders.filter((h) => rootKeyOf(h.path) !== HKCU);
+  let oursReg: Registry | null = null;
+  let baseReg: Registry | null = null;
+  if (foreign.length > 0) {
+    oursReg = registryFromText(ours.registry);
+    baseReg = registryFromText(base.registry);
+    const deletions = new Set(keyHeaders(ours.registry).filter((h) => !oursReg!.hasKey(h.path)).map((h) => h.path));
+    for (const h of foreign) {
+      if (!deletions.has(h.path) && sameKey(oursReg, baseReg, h.path)) continue;
+      throw new CarryonError('REGISTRY_OUTSIDE_HKCU', `line ${h.line} of the persona's registry: key [${h.path}] is outside ${HKCU}: a persona holds the user's own registry alone; ` +
+        `nothing was stored: remove the sections under ${rootKeyOf(h.path) ?? 'that root'} from registry.reg and run the command again`, { line: h.line, key: h.path.slice(0, 300) });
     }
-    t = theirsReg ? scoped(theirs, theirsReg) : { snap: theirs, dropped: [] };
   }
+  const scoped = (snap: PersonaSnapshot, headers: Header[] | null, parsed: Registry | null): { snap: PersonaSnapshot; dropped: string[]; reg: Registry | null } => {
+    if (!anyOutside(headers ?? keyHeaders(snap.registry), filter)) return { snap, dropped: [], reg: parsed };
+    let reg = parsed;
+    try {
+      reg ??= registryFromText(snap.registry);
+    } catch {
+      // A stored version that cannot be parsed is left as it is: the merge refuses it with its own advice.
+      return { snap, dropped: [], reg: null };
+    }
+    const r = filterRegistry(reg, filter);
+    return { snap: { ...snap, registry: canonical(r.kept) }, dropped: r.dropped.map((d) => d.path), reg };
+  };
+  const o = scoped(ours, oursHeaders, oursReg);
+  const b = scoped(base, null, baseReg);
+  const t = theirs === base ? b : scoped(theirs, null, null);
   // Report what the laptop sent that is not stored; keys it merely carried back from an old version are
   // dropped without a word about each (they were not the user's edits).
-  const sent = o.dropped.filter((p) => !sameKey(oursReg, baseReg, p));
+  // (b.reg is parsed exactly when the base itself had keys outside the scope: else every one is new.)
+  const sent = b.reg && o.reg ? o.dropped.filter((p) => !sameKey(o.reg!, b.reg!, p)) : o.dropped;
   return {
     base: b.snap, ours: o.snap, theirs: t.snap,
     ...(sent.length > 0 ? { dropped: { count: sent.length, keys: sent.slice(0, LISTED) } } : {}),

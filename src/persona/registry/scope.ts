@@ -153,12 +153,15 @@ export interface ScopedRegistry {
   dropped: Array<{ path: string; reason: 'root' | 'excluded' | 'not-included'; values: number }>;
 }
 
-/** The keys of `reg` inside the scope (a copy), and what was left out. */
+/** The keys of `reg` inside the scope (`reg` itself when all are; else a copy), and what was left out. */
 export function filterRegistry(reg: Registry, scope: RegistryScope | ScopeFilter): ScopedRegistry {
   const f = scope instanceof ScopeFilter ? scope : new ScopeFilter(scope);
+  // Most registries lie wholly inside their scope: then `reg` itself is the answer, not a copy.
+  const keys = reg.keys();
+  if (keys.every((k) => f.has(k.path))) return { kept: reg, dropped: [] };
   const kept = new Registry();
   const dropped: ScopedRegistry['dropped'] = [];
-  for (const k of reg.keys()) {
+  for (const k of keys) {
     const reason = f.reason(k.path);
     if (reason) {
       // An empty key outside the include list (the root, a parent of an included key) loses nothing.
