@@ -11,7 +11,7 @@ import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
 import { CheckoutPool, type BlockJob } from './checkout-pool.js';
 import { diffPersona, fetchPersona, scanPersona } from './persona-engine.js';
-import { writeRegistryScope } from './persona-registry.js';
+import { GUEST_CHANGES_FILE, GUEST_LOGOFF_FILE, writeGuestChanges, writeRegistryScope } from './persona-registry.js';
 import { checkMountPoint, closePersonaVault, defaultPersonaMount, isPersonaVault, openPersonaVault, requirePersonaVault } from './persona-vault.js';
 import { Progress } from './progress.js';
 import { ServerBlockSource } from './block-source.js';
@@ -318,8 +318,11 @@ export async function checkoutPersona(state: LocalState, api: ApiClient, login: 
   state.putPersona({ desktop: name, server: login.url, version: p.version, snapshot: p.encoded, dir, withDisk });
   // The desktop's registry scope, for `carryon persona status` and `reg import/export` offline.
   await writeRegistryScope(dir, (await api.desktop(name)).registryScope);
+  // A Windows guest that logged off into this folder gets what changed since, at its next logon. The
+  // persona is in place already: a logoff file that cannot be read is reported, not a failed check-out.
+  const guestChanges = await writeGuestChanges(dir).catch((err: Error) => ({ error: `${GUEST_LOGOFF_FILE} was not turned into ${GUEST_CHANGES_FILE}: ${err.message}` }));
   if (plainLeftover) await fs.rm(plainLeftover, { recursive: true, force: true });
-  return { dir, version: p.version, files: p.snapshot.files.filter((f) => f.kind === 'file').length, chunksFetched: p.chunksFetched };
+  return { dir, version: p.version, files: p.snapshot.files.filter((f) => f.kind === 'file').length, chunksFetched: p.chunksFetched, guestChanges };
 }
 
 export function maxRss(): number {

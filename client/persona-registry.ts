@@ -1,17 +1,42 @@
 // The registry side of a persona copy on the laptop: reading whatever the user gives as a registry (a
 // .reg file in any of regedit's encodings, or a hive such as NTUSER.DAT through hivex), the desktop's
-// registry scope as the server last said it (registry-scope.json beside registry.reg), and the
-// persona's registry.reg itself. Must not know: HTTP, the upload path.
+// registry scope as the server last said it (registry-scope.json beside registry.reg), the persona's
+// registry.reg itself, and the two files a Windows guest's scripts exchange through the shared folder
+// (registry-logoff.reg from the guest, registry-changes.reg for it). Must not know: HTTP, the upload path.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import {
-  applyToRegistry, CarryonError, decodeRegFile, DEFAULT_REGISTRY_SCOPE, exportRegistry, HKCU, parseKeyPatternList, Registry, sniffRegistryInput, type RegistryFile, type RegistryScope,
+  applyToRegistry, CarryonError, decodeRegFile, DEFAULT_REGISTRY_SCOPE, encodeRegFile, exportRegistry, HKCU, parseKeyPatternList, Registry, registryChanges, ScopeFilter, sniffRegistryInput,
+  type RegistryFile, type RegistryScope,
 } from '../src/index.js';
 import { readHive } from './hive.js';
 import { REGISTRY_FILE } from './persona-engine.js';
 
 /** Beside registry.reg: the desktop's include/exclude lists, written at check-out (absent: the defaults). */
 export const SCOPE_FILE = 'registry-scope.json';
+/** Beside registry.reg, written by the Windows guest's logoff script: its HKEY_CURRENT_USER (`reg export HKCU`). */
+export const GUEST_LOGOFF_FILE = 'registry-logoff.reg';
+/** Beside registry.reg, for the Windows guest's logon script: what turns the guest's registry into the persona's. */
+export const GUEST_CHANGES_FILE = 'registry-changes.reg';
+
+/**
+ * When a Windows guest left its logoff export in the persona folder, writes the changes from it to
+ * the persona (registryChanges within the scope: sets, "name"=- and [-Key]) for its next logon, and
+ * returns how many sections; null when there is no logoff export (no Windows guest uses this folder).
+ */
+export async function writeGuestChanges(dir: string): Promise<number | null> {
+  const logoff = path.join(dir, GUEST_LOGOFF_FILE);
+  const bytes = await fs.readFile(logoff).catch(() => null);
+  if (!bytes) return null;
+  const guest = applyToRegistry(new Registry(), decodeRegFile(bytes, { onlyRoot: HKCU }));
+  const { scope } = await readRegistryScope(dir);
+  const changes = registryChanges(guest, await readPersonaRegistry(dir), new ScopeFilter(scope));
+  const file = path.join(dir, GUEST_CHANGES_FILE);
+  const tmp = `${file}.${process.pid}.tmp`;
+  await fs.writeFile(tmp, encodeRegFile(changes));
+  await fs.rename(tmp, file);
+  return changes.sections.length;
+}
 
 export async function writeRegistryScope(dir: string, scope: RegistryScope | undefined): Promise<void> {
   if (!scope) return; // an older server: the default scope is assumed

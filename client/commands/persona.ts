@@ -8,7 +8,7 @@ import {
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
 import { writeHive } from '../hive.js';
 import { diffPersona, fetchPersona, personaPushParts, scanPersona, uploadPersona } from '../persona-engine.js';
-import { readPersonaRegistry, readRegistryInput, readRegistryScope, wholeRegistry, writePersonaRegistry } from '../persona-registry.js';
+import { readPersonaRegistry, readRegistryInput, readRegistryScope, wholeRegistry, writeGuestChanges, writePersonaRegistry } from '../persona-registry.js';
 import { personaFolder } from '../persona-vault.js';
 
 /** The persona copy, its folder ready (an encrypted copy's vault mounted). */
@@ -64,6 +64,7 @@ export function registerPersona(program: Command): void {
         if (r.merged || r.registryDropped) {
           const p = await fetchPersona(s.state, api, name, r.version, held.dir, ours.snapshot);
           s.state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
+          await writeGuestChanges(held.dir); // a Windows guest's next logon takes the merged registry
         } else {
           s.state.putPersona({ ...held, version: r.version, snapshot: encodePersona(ours.snapshot) });
         }

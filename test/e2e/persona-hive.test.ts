@@ -174,4 +174,16 @@ describe('persona registry: hives, HKEY_CURRENT_USER only, include/exclude lists
     expect(ch.code, ch.stderr).toBe(0);
     expect(ch.json).toMatchObject({ valuesSet: 0, valuesDeleted: 0, keysDeleted: 0 });
   }, 60_000);
+
+  it('a check-out into a folder where a Windows guest logged off writes registry-changes.reg for its next logon', async () => {
+    writeFileSync(path.join(dir, 'font.reg'), regFile(['[HKEY_CURRENT_USER\\Software\\Vendor\\Editor]', '"Font"="Mono"', '"Empty"=-']));
+    expect((await a.cli(['persona', 'reg', 'import', 'desk', path.join(dir, 'font.reg')])).code).toBe(0);
+    const push = await a.cli(['persona', 'push', 'desk', '--json']);
+    expect(push.code, push.stderr).toBe(0);
+    const co = await a.cli(['checkout', 'desk', '--persona-only', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    expect(co.json.guestChanges).toBe(1);
+    const t = readFileSync(path.join(personaDir, 'registry-changes.reg')).toString('utf16le', 2);
+    expect(t).toBe('Windows Registry Editor Version 5.00\r\n\r\n[HKEY_CURRENT_USER\\Software\\Vendor\\Editor]\r\n"Font"="Mono"\r\n"Empty"=-\r\n\r\n');
+  }, 60_000);
 });
