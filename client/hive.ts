@@ -58,25 +58,63 @@ function said(stderr: string): string {
   return stderr.split('\n').filter((l) => l.trim() !== '').slice(0, 3).join(' / ').slice(0, 400) || 'no message';
 }
 
+export interface HiveContent {
+  registry: Registry;
+  /**
+   * Keys and values the hive holds that a persona cannot carry (a NUL inside a name: Windows allows it
+   * through the native API, the .reg form cannot hold it), left out: `[key]` or `[key] "value"`, NUL shown as \0.
+   */
+  skipped: string[];
+}
+
 /** The hive's keys and values, under HKEY_CURRENT_USER (an NTUSER.DAT is that user's HKEY_CURRENT_USER). */
-export async function readHive(file: string): Promise<Registry> {
+export async function readHive(file: string): Promise<HiveContent> {
   const r = await runHivex(['--export', '--prefix', HKCU, file, '\\'], REG_MAX_FILE_BYTES);
   if (r.code !== 0) {
     throw new CarryonError('REG_FILE_UNSUPPORTED', `${file} starts like a registry hive but hivex cannot read it (${said(r.stderr)}): is it damaged, or was it copied while Windows had it loaded? ` +
       'Copy NTUSER.DAT while the user is logged off, or use `reg export HKCU FILE` inside Windows instead', { file });
   }
+  const { text, skipped } = withoutNulNames(r.stdout.toString('utf8'));
   try {
-    return applyToRegistry(new Registry(), hivexExportToFile(r.stdout));
+    return { registry: applyToRegistry(new Registry(), hivexExportToFile(Buffer.from(text, 'utf8'))), skipped };
   } catch (err) {
     // The position is in hivex's text, which the user never sees: name the key instead.
     const line = err instanceof CarryonError ? (err.data.line as number | undefined) : undefined;
     if (line === undefined) throw err;
-    const text = r.stdout.toString('utf8').split('\n');
+    const lines = text.split('\n');
     let k = line - 1;
-    while (k > 0 && !text[k]!.startsWith('[')) k--;
-    const shown = (text[k] ?? '').replace(/\0/g, '\\0').slice(0, 200);
+    while (k > 0 && !lines[k]!.startsWith('[')) k--;
+    const shown = (lines[k] ?? '').slice(0, 200);
     throw new CarryonError('REG_FILE_UNSUPPORTED', `${file}: the hive holds a key or value a persona cannot carry, at ${shown}: ${(err as Error).message.replace(/^line \d+, column \d+: /, '')}`, { file, key: shown });
   }
+}
+
+/**
+ * hivex's export without the keys and values whose names hold a NUL (a key line with one drops the
+ * key and its values; a value line with one, that value). Data never holds a raw NUL in the text:
+ * hivex writes every value as hex.
+ */
+export function withoutNulNames(text: string): { text: string; skipped: string[] } {
+  if (!text.includes('\0')) return { text, skipped: [] };
+  const skipped: string[] = [];
+  const out: string[] = [];
+  let inSkipped = false;
+  let header = '';
+  for (const line of text.split('\n')) {
+    if (line.startsWith('[')) {
+      header = line;
+      inSkipped = line.includes('\0');
+      if (inSkipped) skipped.push(line.replace(/\0/g, '\\0'));
+      else out.push(line);
+    } else if (inSkipped) {
+      continue;
+    } else if (line.includes('\0')) {
+      skipped.push(`${header} ${line.slice(0, line.indexOf('=')).replace(/\0/g, '\\0')}`);
+    } else {
+      out.push(line);
+    }
+  }
+  return { text: out.join('\n'), skipped };
 }
 
 /** hivexregedit --export's text (UTF-8, LF) as a RegistryFile; the hive root, when it holds no values, is left out. */
@@ -137,7 +175,7 @@ export function encodeForHivexMerge(file: RegistryFile, existing: (path: string)
  * Writes `out`: a copy of the hive `base` with `changes` merged in (hivexregedit --merge, as regedit
  * /s would apply them). The copy is written beside `out` and renamed over it only when hivex succeeded.
  */
-// `baseRegistry` is readHive(base): hivex's export names every key of a hive, so its keys tell which
+// `baseRegistry` is readHive(base).registry: hivex's export names every key of a hive, so its keys tell which
 // parents exist.
 export async function writeHive(base: string, out: string, changes: RegistryFile, baseRegistry: Registry): Promise<void> {
   const tmp = `${out}.${process.pid}.tmp`;

@@ -78,6 +78,8 @@ export interface RegistryInput {
   file: RegistryFile | null;
   /** A hive's whole registry. */
   registry: Registry | null;
+  /** A hive's keys and values left out (names with a NUL inside; see readHive). */
+  skipped: string[];
 }
 
 /**
@@ -97,8 +99,11 @@ export async function readRegistryInput(file: string): Promise<RegistryInput> {
   } finally {
     await fh.close();
   }
-  if (sniffRegistryInput(head, file) === 'hive') return { kind: 'hive', file: null, registry: await readHive(file) };
-  return { kind: 'reg', file: decodeRegFile(await fs.readFile(file), { onlyRoot: HKCU }), registry: null };
+  if (sniffRegistryInput(head, file) === 'hive') {
+    const h = await readHive(file);
+    return { kind: 'hive', file: null, registry: h.registry, skipped: h.skipped };
+  }
+  return { kind: 'reg', file: decodeRegFile(await fs.readFile(file), { onlyRoot: HKCU }), registry: null, skipped: [] };
 }
 
 /** The registry the input stands for when taken whole: a hive's, or a .reg file applied to an empty registry. */

@@ -104,8 +104,9 @@ export function registerPersona(program: Command): void {
           next = applyToRegistry(current.clone(), { ...input.file!, sections });
         }
         const target = await writePersonaRegistry(held.dir, next);
-        return { desktop, registry: target, kind: input.kind, replaced: input.kind === 'hive' || opts.replace === true, keys: next.size, dropped: dropped.length, droppedKeys: dropped.slice(0, 20) };
+        return { desktop, registry: target, kind: input.kind, replaced: input.kind === 'hive' || opts.replace === true, keys: next.size, dropped: dropped.length, droppedKeys: dropped.slice(0, 20), unreadable: input.skipped };
       }, (r) => `${r.replaced ? 'replaced the registry in' : 'applied the edits to'} ${r.registry} from a ${r.kind === 'hive' ? 'registry hive' : '.reg file'} (${r.keys} keys); the next check-in or push sends it` +
+        (r.unreadable.length > 0 ? `\n${r.unreadable.length} key(s) or value(s) of the hive have a NUL inside their name, which a .reg file cannot hold; left out:${r.unreadable.slice(0, 20).map((k) => `\n  - ${k}`).join('')}` : '') +
         (r.dropped > 0 ? `\n${r.dropped} key(s) outside this desktop's registry scope were left out (carryon persona status ${r.desktop} lists the scope):${r.droppedKeys.map((k) => `\n  - ${k}`).join('')}${r.dropped > r.droppedKeys.length ? '\n  ...' : ''}` : ''));
     });
 
@@ -125,6 +126,7 @@ export function registerPersona(program: Command): void {
           if (since !== undefined) throw new CarryonError('INVALID_ARGUMENT', '--base and --changes-since do not go together: a hive written with --base is already changed from that hive only where the persona differs');
           const input = await readRegistryInput(base);
           if (input.kind !== 'hive') throw new CarryonError('INVALID_ARGUMENT', `--base ${base} is a .reg file: give the user's hive (NTUSER.DAT from C:\\Users\\NAME, or C:\\Users\\Default\\NTUSER.DAT for a new user)`, { file: base });
+          // (keys of the base the persona cannot name, such as NUL names, are neither changed nor deleted)
           const changes = registryChanges(input.registry!, persona, filter);
           await writeHive(base, out, changes, input.registry!);
           return { desktop, out, kind: 'hive', ...countChanges(changes) };

@@ -139,7 +139,7 @@ describe('persona registry: hives, HKEY_CURRENT_USER only, include/exclude lists
     const hx = await a.cli(['persona', 'reg', 'export', 'desk', out, '--base', ntuser, '--json']);
     expect(hx.code, hx.stderr).toBe(0);
     expect(hx.json.valuesSet).toBe(1); // Theme: the rest of the hive already matches the persona
-    const hive = await readHive(out);
+    const hive = (await readHive(out)).registry;
     expect(decodeRegSz(hive.getValue('HKEY_CURRENT_USER\\Software\\Vendor', 'Theme')!.data)).toBe('dark');
     expect(hive.keys().some((k) => k.path.startsWith('HKEY_CURRENT_USER\\Environment'))).toBe(true); // outside the lists: kept as the guest had it
     // the guest's last logoff export had Gone=1 and an old key: the changes delete both, regedit style
