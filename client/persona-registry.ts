@@ -39,8 +39,11 @@ export async function writeGuestChanges(dir: string): Promise<number | null> {
 }
 
 export async function writeRegistryScope(dir: string, scope: RegistryScope | undefined): Promise<void> {
-  if (!scope) return; // an older server: the default scope is assumed
   const file = path.join(dir, SCOPE_FILE);
+  if (!scope) {
+    await fs.rm(file, { force: true }); // an older server: the default scope is assumed, not an old answer
+    return;
+  }
   const tmp = `${file}.${process.pid}.tmp`;
   await fs.writeFile(tmp, `${JSON.stringify({ include: scope.include, exclude: scope.exclude }, null, 2)}\n`);
   await fs.rename(tmp, file);
