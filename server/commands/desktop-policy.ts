@@ -2,7 +2,7 @@
 // [--registry-exclude K]...: how persona conflicts resolve for a desktop, whether its laptops must
 // encrypt their copies, and which registry keys (below HKEY_CURRENT_USER) its persona carries.
 import type { Command } from 'commander';
-import { CarryonError, ENCRYPTION_POLICIES, FILE_MERGE_POLICIES, parseName, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy } from '../../src/index.js';
+import { CarryonError, DEFAULT_REGISTRY_EXCLUDES, ENCRYPTION_POLICIES, FILE_MERGE_POLICIES, parseName, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy } from '../../src/index.js';
 import { withData } from '../cli-util.js';
 import { cliActor } from './admin.js';
 import { optsOf, withCommonOptions } from './options.js';
@@ -46,6 +46,6 @@ export function registerDesktopPolicy(desktop: Command): void {
           registryInclude: p.registryInclude, registryExclude: p.registryExclude, registryScope: p.registryScope };
       }, (r) => `${r.desktop}: files ${r.filePolicy}, registry ${r.registryPolicy}, encryption ${r.effectiveEncryption}${r.encryption === null ? ' (from its image or the default)' : ''}\n` +
         `registry keys carried: ${r.registryInclude === null ? 'all of HKEY_CURRENT_USER' : r.registryInclude.join('; ')}\n` +
-        `registry keys left out: ${r.registryExclude === null ? `the default list (${r.registryScope.exclude.length} patterns)` : r.registryScope.exclude.join('; ') || 'none'}`);
+        `registry keys left out: ${(r.registryExclude ?? ['@default']).map((p) => (p === '@default' ? `the default list (${DEFAULT_REGISTRY_EXCLUDES.length} patterns: docs/persona.md)` : p)).join('; ') || 'none'}`);
     });
 }
