@@ -7,7 +7,7 @@
 // long as the laptop sends them back unchanged (they came from the server); they are dropped from the
 // new version. A key outside HKEY_CURRENT_USER the laptop added or changed is refused with its line.
 import {
-  CarryonError, exportRegistry, filterRegistry, HKCU, keyPathId, registryFromText, rootKeyOf, ScopeFilter, type PersonaSnapshot, type Registry, type RegistryScope,
+  CarryonError, exportRegistry, filterRegistry, HKCU, keyPathId, regKeyLines as keyHeaders, registryFromText, rootKeyOf, ScopeFilter, type PersonaSnapshot, type Registry, type RegistryScope, type RegKeyLine as Header,
 } from '../../src/index.js';
 
 const LISTED = 50;
@@ -23,42 +23,9 @@ function canonical(reg: Registry): string {
   return reg.size === 0 ? '' : Buffer.from(exportRegistry(reg, { version: 'v5', encoding: 'utf-8', bom: false })).toString('utf8');
 }
 
-/** A `[path]` or `[-path]` line of .reg text: its line number, the path, and how many value lines follow it. */
-interface Header {
-  line: number;
-  path: string;
-  values: number;
-}
-
-/**
- * The key lines of .reg text that already parsed, by a line scan: in a .reg file a line whose first
- * non-blank character is `[` is always a key line (values start with `"` or `@`, hex continuations
- * with blanks and a digit, comments with `;`). Far cheaper than building a Registry of 100,000 keys.
- */
-export function keyHeaders(text: string): Header[] {
-  const out: Header[] = [];
-  let line = 0;
-  let at = 0;
-  while (at <= text.length) {
-    let end = text.indexOf('\n', at);
-    if (end < 0) end = text.length;
-    line++;
-    let i = at;
-    while (i < end && (text.charCodeAt(i) === 0x20 || text.charCodeAt(i) === 0x09)) i++;
-    const c = text.charCodeAt(i);
-    if (c === 0x5b) {
-      const close = text.lastIndexOf(']', end);
-      const raw = text.slice(i + 1, close > i ? close : end);
-      out.push({ line, path: raw.startsWith('-') ? raw.slice(1) : raw, values: 0 });
-    } else if ((c === 0x22 || c === 0x40) && out.length > 0) {
-      out[out.length - 1]!.values++;
-    }
-    at = end + 1;
-  }
-  return out;
-}
-
 /** Line (1-based) of the `[path]` line naming `path` in .reg text, or null. */
+export { keyHeaders };
+
 export function lineOfKey(text: string, path: string): number | null {
   const id = keyPathId(path);
   return keyHeaders(text).find((h) => keyPathId(h.path) === id)?.line ?? null;

@@ -37,6 +37,10 @@ describe('scopeCommitRegistries', () => {
     const err = await expectCode(() => scopeCommitRegistries(snap(VENDOR), added, snap(VENDOR), DEFAULT_REGISTRY_SCOPE), 'REGISTRY_OUTSIDE_HKCU');
     expect(err.data.line).toBe(6);
     expect(err.message).toMatch(/^line 6 of the persona's registry: key \[HKEY_USERS\\S-1-5-21-1-2-3-1001\\Software\] is outside HKEY_CURRENT_USER/);
+    // CR-only line ends (the parser accepts them) do not hide a key from the line scan
+    const crOnly = { files: [], registry: `Windows Registry Editor Version 5.00\r\r${VENDOR.join('\r')}\r\r  [HKEY_LOCAL_MACHINE\\SOFTWARE\\Evil]\r"Run"="calc.exe"\r` };
+    const cr = await expectCode(() => scopeCommitRegistries(snap(VENDOR), crOnly, snap(VENDOR), DEFAULT_REGISTRY_SCOPE), 'REGISTRY_OUTSIDE_HKCU');
+    expect(cr.data.line).toBe(6);
     const changed = snap([...VENDOR, '', '[HKEY_LOCAL_MACHINE\\SOFTWARE\\Old]', '"x"="2"']);
     await expectCode(() => scopeCommitRegistries(base, changed, base, DEFAULT_REGISTRY_SCOPE), 'REGISTRY_OUTSIDE_HKCU');
   });
