@@ -40,12 +40,20 @@ export async function writeGuestChanges(dir: string): Promise<number | null> {
 
 export async function writeRegistryScope(dir: string, scope: RegistryScope | undefined): Promise<void> {
   const file = path.join(dir, SCOPE_FILE);
-  if (!scope) {
-    await fs.rm(file, { force: true }); // an older server: the default scope is assumed, not an old answer
+  // The server's answer is checked like any input from it; an older server sends none, and one that
+  // sends lists this carryon cannot read gets the default scope assumed, not an old answer kept.
+  let checked: RegistryScope | null = null;
+  try {
+    if (scope) checked = { include: scope.include === null ? null : parseKeyPatternList(scope.include, 'include'), exclude: parseKeyPatternList(scope.exclude, 'exclude') };
+  } catch {
+    checked = null;
+  }
+  if (!checked) {
+    await fs.rm(file, { force: true });
     return;
   }
   const tmp = `${file}.${process.pid}.tmp`;
-  await fs.writeFile(tmp, `${JSON.stringify({ include: scope.include, exclude: scope.exclude }, null, 2)}\n`);
+  await fs.writeFile(tmp, `${JSON.stringify({ include: checked.include, exclude: checked.exclude }, null, 2)}\n`);
   await fs.rename(tmp, file);
 }
 
