@@ -316,8 +316,9 @@ export async function checkoutPersona(state: LocalState, api: ApiClient, login: 
   }
   const p = await fetchPersona(state, api, name, version, dir, previous);
   state.putPersona({ desktop: name, server: login.url, version: p.version, snapshot: p.encoded, dir, withDisk });
-  // The desktop's registry scope, for `carryon persona status` and `reg import/export` offline.
-  await writeRegistryScope(dir, (await api.desktop(name)).registryScope);
+  // The desktop's registry scope, for `carryon persona status` and `reg import/export` offline. Only
+  // advice to the user (the server applies the scope itself): a server that cannot say leaves the default.
+  await writeRegistryScope(dir, await api.desktop(name).then((d) => d.registryScope, () => undefined));
   // A Windows guest that logged off into this folder gets what changed since, at its next logon. The
   // persona is in place already: a logoff file that cannot be read is reported, not a failed check-out.
   const guestChanges = await writeGuestChanges(dir).catch((err: Error) => ({ error: `${GUEST_LOGOFF_FILE} was not turned into ${GUEST_CHANGES_FILE}: ${err.message}` }));

@@ -216,8 +216,9 @@ export function registryChanges(from: Registry, to: Registry, scope: RegistrySco
     sections.push({ kind: 'delete-key', path: k.path });
     deletedPrefix = id;
   }
-  for (const k of toKeys.values()) {
-    const old = from.getKey(k.path);
+  const fromById = new Map(fromKeys.map((k) => [keyPathId(k.path), k]));
+  for (const [id, k] of toKeys) {
+    const old = fromById.get(id);
     const oldValues = new Map((old?.values ?? []).map((v) => [valueNameId(v.name), v]));
     const edits: RegKeySection['values'] = [];
     for (const v of k.values) {
