@@ -4,7 +4,7 @@
 import { MAX_ESCROW_BYTES, SEAL_OVERHEAD } from '../crypto/index.js';
 import { CarryonError, shownValue } from '../errors/index.js';
 import { isBlockId, type BlockId } from '../hash/index.js';
-import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy, type RegistryScope } from '../persona/index.js';
+import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy, type RegistryScope, MAX_SCOPE_PATTERNS } from '../persona/index.js';
 
 export const API_PREFIX = '/v1';
 export const HEADER_DEVICE = 'x-carryon-device';
@@ -82,6 +82,8 @@ export interface CheckoutInfo {
    * Absent from servers older than encryption: treated as not required.
    */
   encryption: { required: boolean; escrowKey: string | null };
+  /** The registry keys the desktop's persona carries (as DesktopInfo.registryScope). Absent from older servers. */
+  registryScope?: RegistryScope;
 }
 
 /** `PUT /v1/checkouts/:id/escrow`: the copy's data key sealed to the escrow key (src/crypto sealToEscrow, aad = checkout id). */
@@ -165,10 +167,15 @@ export function parseCheckoutInfo(body: unknown): CheckoutInfo {
   if (typeof enc !== 'object' || typeof enc.required !== 'boolean') throw bad('encryption.required', 'true or false');
   if (enc.escrowKey != null && (typeof enc.escrowKey !== 'string' || !/^[A-Za-z0-9+/]{1,200}={0,2}$/.test(enc.escrowKey))) throw bad('encryption.escrowKey', 'base64 text');
   if (enc.required && enc.escrowKey == null) throw bad('encryption.escrowKey', 'present although encryption is required');
+  // Optional (older servers send none); the patterns themselves are checked where the laptop keeps them.
+  const scope = b.registryScope as { include?: unknown; exclude?: unknown } | null | undefined;
+  const list = (v: unknown): v is string[] => Array.isArray(v) && v.length <= MAX_SCOPE_PATTERNS && v.every((x) => typeof x === 'string' && x.length <= 1024);
+  if (scope != null && (typeof scope !== 'object' || !(scope.include === null || list(scope.include)) || !list(scope.exclude))) throw bad('registryScope', 'two lists of registry key patterns');
   return {
     checkoutId: b.checkoutId, desktop: b.desktop, version: b.version as number, manifestId: b.manifestId, resumed: b.resumed, personaVersion: b.personaVersion as number,
     leaseExpiresAt: b.leaseExpiresAt as string, leaseDays: b.leaseDays as number, leaseSecret: b.leaseSecret as string,
     encryption: { required: enc.required, escrowKey: (enc.escrowKey as string | null | undefined) ?? null },
+    ...(scope != null ? { registryScope: { include: scope.include as string[] | null, exclude: scope.exclude as string[] } } : {}),
   };
 }
 

@@ -26,11 +26,13 @@ describe('persona registry: hives, HKEY_CURRENT_USER only, include/exclude lists
   const regPath = path.join(personaDir, 'registry.reg');
   const ntuser = path.join(dir, 'NTUSER.DAT');
   let adminToken = '';
+  let aliceToken = '';
 
   beforeAll(async () => {
     writeFileSync(ntuser, execFileSync('xz', ['-dc', path.join(ROOT, 'test/fixtures/hives/regipy-NTUSER.DAT.xz')], { maxBuffer: 16 << 20 }));
     await server.init();
     const token = await server.addUser('alice');
+    aliceToken = token;
     adminToken = (await server.admin(['user', 'add', 'ops', '--admin'])).json.token;
     spawnSync('truncate', ['-s', '4M', path.join(dir, 'img.raw')]);
     expect((await server.admin(['image', 'publish', 'img', path.join(dir, 'img.raw')])).code).toBe(0);
@@ -185,5 +187,14 @@ describe('persona registry: hives, HKEY_CURRENT_USER only, include/exclude lists
     expect(co.json.guestChanges).toBe(1);
     const t = readFileSync(path.join(personaDir, 'registry-changes.reg')).toString('utf16le', 2);
     expect(t).toBe('Windows Registry Editor Version 5.00\r\n\r\n[HKEY_CURRENT_USER\\Software\\Vendor\\Editor]\r\n"Font"="Mono"\r\n"Empty"=-\r\n\r\n');
+  }, 60_000);
+
+  it('a disk check-out brings the lists with the checkout itself', async () => {
+    const b = new Laptop(path.join(dir, 'laptop-b'));
+    expect((await b.cli(['login', server.url, '--token', aliceToken, '--device-name', 'laptop-b'])).code).toBe(0);
+    const co = await b.cli(['checkout', 'desk', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    const scope = JSON.parse(readFileSync(path.join(co.json.persona.dir, 'registry-scope.json'), 'utf8'));
+    expect(scope).toEqual({ include: ['Software', 'Control Panel', 'Console', 'AppEvents'], exclude: expect.arrayContaining(['Software\\Vendor\\Cache', 'Software\\**\\*MRU*']) });
   }, 60_000);
 });
