@@ -196,8 +196,9 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   // The copy stays as a read-only reference; the desktop now lives on the server.
   await fs.chmod(local.diskPath, 0o400);
   if (held?.withDisk && commit.persona) {
-    if (commit.persona.merged) {
-      // Bring the folder to what the server now holds (merged edits from elsewhere, conflict copies).
+    if (commit.persona.merged || commit.persona.registryDropped) {
+      // Bring the folder to what the server now holds (merged edits from elsewhere, conflict copies,
+      // registry keys outside the desktop's scope dropped).
       const p = await fetchPersona(state, api, name, commit.persona.version, held.dir, scanned);
       state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
     } else {

@@ -5,12 +5,13 @@
 import { closeSync, constants as fsc, existsSync, fdatasyncSync, ftruncateSync, openSync, promises as fs, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import {
-  CarryonError, CheapHasher, diskSpace, keyCheck, sealToEscrow, fmtBytes, decodeManifest, type CheckoutInfo, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest, type PersonaSnapshot,
+  CarryonError, CheapHasher, diskSpace, keyCheck, sealToEscrow, fmtBytes, decodeManifest, type CheckoutInfo, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest, type PersonaSnapshot, type RegistryScope,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
 import { CheckoutPool, type BlockJob } from './checkout-pool.js';
 import { diffPersona, fetchPersona, scanPersona } from './persona-engine.js';
+import { GUEST_CHANGES_FILE, GUEST_LOGOFF_FILE, writeGuestChanges, writeRegistryScope } from './persona-registry.js';
 import { checkMountPoint, closePersonaVault, defaultPersonaMount, isPersonaVault, openPersonaVault, requirePersonaVault } from './persona-vault.js';
 import { Progress } from './progress.js';
 import { ServerBlockSource } from './block-source.js';
@@ -250,7 +251,7 @@ export async function checkoutDesktop(state: LocalState, api: ApiClient, login: 
   await journal.close();
   // The persona comes with the disk: the version the server recorded with this checkout.
   const personaDir = path.resolve(opts.personaTo ?? path.join(path.dirname(disk), 'persona'));
-  const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true, opts.personaTo);
+  const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true, opts.personaTo, info.registryScope);
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'active', version: info.version, manifestId: info.manifestId,
     manifest: encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: local?.state === 'downloading' ? local.startedAt : new Date().toISOString() });
   return { ...result, bytesReceived: api.bytesReceived, seconds: (Date.now() - t0) / 1000, maxRssBytes: maxRss(), persona, outsideWrites: strayReport(stray) };
@@ -286,7 +287,8 @@ async function prepareEncryption(state: LocalState, api: ApiClient, name: string
  * A plaintext copy goes into `plainDir`. An encrypted copy's persona goes into its gocryptfs vault,
  * mounted at `to` (--persona-to), where it was mounted before, or the default mount point outside the home.
  */
-export async function checkoutPersona(state: LocalState, api: ApiClient, login: Login, name: string, version: number | undefined, plainDir: string, withDisk: boolean, to?: string) {
+export async function checkoutPersona(state: LocalState, api: ApiClient, login: Login, name: string, version: number | undefined, plainDir: string, withDisk: boolean, to?: string,
+  registryScope?: RegistryScope) {
   const held = state.persona(name);
   let dir = plainDir;
   let previous: PersonaSnapshot | null = null;
@@ -315,8 +317,14 @@ export async function checkoutPersona(state: LocalState, api: ApiClient, login: 
   }
   const p = await fetchPersona(state, api, name, version, dir, previous);
   state.putPersona({ desktop: name, server: login.url, version: p.version, snapshot: p.encoded, dir, withDisk });
+  // The desktop's registry scope as the checkout (or the desktop's info) gave it, for `carryon persona
+  // status` and `reg import/export` offline; absent from an older server: the default is assumed.
+  await writeRegistryScope(dir, registryScope);
+  // A Windows guest that logged off into this folder gets what changed since, at its next logon. The
+  // persona is in place already: a logoff file that cannot be read is reported, not a failed check-out.
+  const guestChanges = await writeGuestChanges(dir).catch((err: Error) => ({ error: `${GUEST_LOGOFF_FILE} was not turned into ${GUEST_CHANGES_FILE}: ${err.message}` }));
   if (plainLeftover) await fs.rm(plainLeftover, { recursive: true, force: true });
-  return { dir, version: p.version, files: p.snapshot.files.filter((f) => f.kind === 'file').length, chunksFetched: p.chunksFetched };
+  return { dir, version: p.version, files: p.snapshot.files.filter((f) => f.kind === 'file').length, chunksFetched: p.chunksFetched, guestChanges };
 }
 
 export function maxRss(): number {
@@ -397,7 +405,7 @@ async function startStream(state: LocalState, api: ApiClient, login: Login, name
   await journal.closeClean(diskStampOf(disk));
   await journal.close();
   const personaDir = path.resolve(s.personaTo ?? path.join(path.dirname(disk), 'persona'));
-  const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true, s.personaTo);
+  const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true, s.personaTo, info.registryScope);
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'streaming', version: info.version, manifestId: info.manifestId,
     manifest: s.encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: s.local?.state === 'downloading' ? s.local.startedAt : new Date().toISOString() });
   return { desktop: name, disk, version: info.version, manifestId: info.manifestId, size: manifest.size, blocks: manifest.count, blocksFetched: 0, blocksFromCache: 0,

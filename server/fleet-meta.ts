@@ -2,7 +2,7 @@
 // Owns: minting device tokens (stored as SHA-256 only), listing and revoking tokens, computing a
 // checkout's lease from policy, heartbeats, and appending audit rows. Must not know: HTTP, the CLI.
 import { createHash, randomBytes } from 'node:crypto';
-import { CarryonError, DEFAULT_ENCRYPTION_POLICY, encodeLeaseCode, fmtBytes, leaseCodeEnd, type EncryptionPolicy } from '../src/index.js';
+import { CarryonError, DEFAULT_ENCRYPTION_POLICY, encodeLeaseCode, fmtBytes, leaseCodeEnd, registryScopeFromStored, type EncryptionPolicy, type RegistryScope } from '../src/index.js';
 import { appendAudit, type Actor } from './audit.js';
 import type { Sql } from '../src/index.js';
 import { PersonaMeta } from './persona-meta.js';
@@ -454,13 +454,16 @@ export class FleetMeta {
 
   /** A desktop's fleet and merge policies, as set (null: the default applies). */
   async desktopPolicy(name: string): Promise<{ desktop: string; leaseDays: number | null; effectiveLeaseDays: number; replicateMinutes: number | null; rollbackKeepsLocal: boolean; files: string; registry: string;
-    encryption: EncryptionPolicy | null; effectiveEncryption: EncryptionPolicy }> {
-    const r = (await this.db.get('SELECT id, lease_days, replicate_minutes, rollback_keeps_local, file_policy, registry_policy FROM desktops WHERE name = ?', [name])) as
-      { id: number; lease_days: number | null; replicate_minutes: number | null; rollback_keeps_local: number; file_policy: string; registry_policy: string } | undefined;
+    encryption: EncryptionPolicy | null; effectiveEncryption: EncryptionPolicy; registryInclude: string[] | null; registryExclude: string[] | null; registryScope: RegistryScope }> {
+    const r = (await this.db.get('SELECT id, lease_days, replicate_minutes, rollback_keeps_local, file_policy, registry_policy, registry_include, registry_exclude FROM desktops WHERE name = ?', [name])) as
+      { id: number; lease_days: number | null; replicate_minutes: number | null; rollback_keeps_local: number; file_policy: string; registry_policy: string; registry_include: string | null; registry_exclude: string | null } | undefined;
     if (!r) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${name}`, { desktop: name });
     const enc = await this.encryptionPolicy(r.id);
     return { desktop: name, leaseDays: r.lease_days, effectiveLeaseDays: await this.leaseDays(r.id), replicateMinutes: r.replicate_minutes, rollbackKeepsLocal: r.rollback_keeps_local === 1, files: r.file_policy, registry: r.registry_policy,
-      encryption: enc.own, effectiveEncryption: enc.effective };
+      encryption: enc.own, effectiveEncryption: enc.effective,
+      registryInclude: r.registry_include === null ? null : (JSON.parse(r.registry_include) as string[]),
+      registryExclude: r.registry_exclude === null ? null : (JSON.parse(r.registry_exclude) as string[]),
+      registryScope: registryScopeFromStored(r.registry_include, r.registry_exclude) };
   }
 
   /** An image's own policies (its desktops follow them unless they set their own). */

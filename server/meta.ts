@@ -3,7 +3,8 @@
 // Must not know: HTTP, the CLI, which engine it runs on. Multi-row changes run in one transaction each
 // (joining the caller's when there is one). Services (server/services) call it; handlers do not.
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { CarryonError, DEFAULT_ENCRYPTION_POLICY, type BlockId, type CheckoutHolder, type DesktopInfo, type DiskManifest, type EncryptionPolicy, type FileMergePolicy, type RegistryMergePolicy } from '../src/index.js';
+import { CarryonError, DEFAULT_ENCRYPTION_POLICY, type BlockId, type CheckoutHolder, type DesktopInfo, type DiskManifest, type EncryptionPolicy, type FileMergePolicy, type RegistryMergePolicy,
+  parseKeyPatternList, registryScopeFromStored, type RegistryScope } from '../src/index.js';
 import { appendAudit, type Actor } from './audit.js';
 import type { Sql } from '../src/index.js';
 
@@ -26,6 +27,9 @@ interface DesktopRow {
   updated_at: string;
   /** Effective: the desktop's own, else its image's, else the default (migration 11). */
   encryption: EncryptionPolicy;
+  /** JSON lists of key patterns, or NULL for the defaults (migration 14). */
+  registry_include: string | null;
+  registry_exclude: string | null;
 }
 
 export interface CheckoutRow {
@@ -189,7 +193,7 @@ export class Meta {
   }
 
   private desktopSelect = `SELECT d.id, d.name, d.user_id, u.name AS user_name, i.name AS image_name, d.version, dv.manifest_id, m.size, m.block_size, d.updated_at,
-    COALESCE(d.encryption, i.encryption, '${DEFAULT_ENCRYPTION_POLICY}') AS encryption
+    d.registry_include, d.registry_exclude, COALESCE(d.encryption, i.encryption, '${DEFAULT_ENCRYPTION_POLICY}') AS encryption
     FROM desktops d JOIN users u ON u.id = d.user_id JOIN images i ON i.id = d.image_id
     JOIN desktop_versions dv ON dv.desktop_id = d.id AND dv.version = d.version JOIN manifests m ON m.id = dv.manifest_id`;
 
@@ -201,10 +205,27 @@ export class Meta {
   }
 
   /** How a desktop's persona conflicts resolve (migration 2). */
-  async desktopPolicies(user: User, name: string): Promise<{ filePolicy: FileMergePolicy; registryPolicy: RegistryMergePolicy }> {
+  async desktopPolicies(user: User, name: string): Promise<{ filePolicy: FileMergePolicy; registryPolicy: RegistryMergePolicy; registryScope: RegistryScope }> {
     const d = await this.desktopFor(user, name);
     const row = (await this.db.get('SELECT file_policy, registry_policy FROM desktops WHERE id = ?', [d.id])) as { file_policy: FileMergePolicy; registry_policy: RegistryMergePolicy };
-    return { filePolicy: row.file_policy, registryPolicy: row.registry_policy };
+    return { filePolicy: row.file_policy, registryPolicy: row.registry_policy, registryScope: registryScopeFromStored(d.registry_include, d.registry_exclude) };
+  }
+
+  /**
+   * Set a desktop's registry key lists (migration 14): `include` null = all of HKEY_CURRENT_USER,
+   * `exclude` null = the default list. Patterns are checked here (parseKeyPatternList); a change is audited.
+   */
+  async setRegistryScope(name: string, include: string[] | null | undefined, exclude: string[] | null | undefined, actor: Actor): Promise<void> {
+    if (include === undefined && exclude === undefined) return;
+    const inc = include === undefined || include === null ? include : parseKeyPatternList(include, 'include');
+    const exc = exclude === undefined || exclude === null ? exclude : parseKeyPatternList(exclude, 'exclude');
+    if (inc && inc.length === 0) throw new CarryonError('INVALID_ARGUMENT', 'an empty include list would carry no registry at all: give at least one key pattern, or reset it to all of HKEY_CURRENT_USER (null; --registry-include-all)');
+    await this.db.transaction(async () => {
+      const d = await this.desktopByName(name);
+      if (inc !== undefined) await this.db.run('UPDATE desktops SET registry_include = ? WHERE id = ?', [inc === null ? null : JSON.stringify(inc), d.id]);
+      if (exc !== undefined) await this.db.run('UPDATE desktops SET registry_exclude = ? WHERE id = ?', [exc === null ? null : JSON.stringify(exc), d.id]);
+      await appendAudit(this.db, actor, 'desktop.registry-scope', `desktop:${d.name}`, { ...(inc !== undefined ? { include: inc } : {}), ...(exc !== undefined ? { exclude: exc } : {}) });
+    });
   }
 
   /** Set a desktop's merge policies; a change (not a mere look) is audited. */
@@ -247,6 +268,7 @@ export class Meta {
       updatedAt: row.updated_at,
       checkout: co ? await this.holder(co) : null,
       encryption: row.encryption,
+      registryScope: registryScopeFromStored(row.registry_include, row.registry_exclude),
     };
   }
 

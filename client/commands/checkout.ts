@@ -69,7 +69,7 @@ async function checkoutPersonaOnly(state: LocalState, api: ApiClient, login: Log
   }
   const held = state.persona(name);
   const dir = path.resolve(to ?? held?.dir ?? path.join(state.home, 'desktops', name, 'persona'));
-  const r = await checkoutPersona(state, api, login, name, undefined, dir, held?.withDisk ?? false, to);
+  const r = await checkoutPersona(state, api, login, name, undefined, dir, held?.withDisk ?? false, to, info.registryScope);
   return { desktop: name, ...r, bytesReceived: api.bytesReceived };
 }
 

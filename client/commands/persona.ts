@@ -1,10 +1,14 @@
-// carryon persona status|diff|push|reg import: the persona copy on this laptop.
+// carryon persona status|diff|push|reg import|reg export: the persona copy on this laptop.
 import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import type { Command } from 'commander';
-import { applyToRegistry, CarryonError, decodePersona, decodeRegFile, encodePersona, exportRegistry, parseName, Registry, type PersonaPushInfo } from '../../src/index.js';
+import {
+  applyToRegistry, CarryonError, decodePersona, encodePersona, encodeRegFile, filterRegistry, parseName, registryChanges, registryFromText, registryToFile, ScopeFilter,
+  type PersonaPushInfo, type Registry, type RegistryFile,
+} from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
-import { diffPersona, fetchPersona, personaPushParts, REGISTRY_FILE, scanPersona, uploadPersona } from '../persona-engine.js';
+import { writeHive } from '../hive.js';
+import { diffPersona, fetchPersona, personaPushParts, scanPersona, uploadPersona } from '../persona-engine.js';
+import { readPersonaRegistry, readRegistryInput, readRegistryScope, wholeRegistry, writeGuestChanges, writePersonaRegistry } from '../persona-registry.js';
 import { personaFolder } from '../persona-vault.js';
 import { registerPersonaStream } from './persona-stream.js';
 import { fetchDeltaBases, isStreamed } from '../persona-stream.js';
@@ -32,10 +36,15 @@ export function registerPersona(program: Command): void {
       .action(async (desktop: string, _o, cmd: Command) => {
         const opts = optsOf(cmd);
         await runCommand(opts, async (s) => {
-          const { held, diff } = await localChanges(s, parseName(desktop, 'desktop'));
-          return { desktop, dir: held.dir, version: held.version, withDisk: held.withDisk, ...diff };
+          const { held, ours, diff } = await localChanges(s, parseName(desktop, 'desktop'));
+          // Keys the server will drop at the next check-in or push: outside the desktop's registry scope.
+          const { scope, fromServer } = await readRegistryScope(held.dir);
+          const outside = diff.registryChanged ? filterRegistry(registryFromText(ours.snapshot.registry), scope).dropped : [];
+          return { desktop, dir: held.dir, version: held.version, withDisk: held.withDisk, ...diff, registryScope: { ...scope, fromServer }, registryDropped: outside.map((d) => ({ key: d.path, reason: d.reason })) };
         }, (r) => {
-          const head = `persona of ${r.desktop} (version ${r.version}) in ${r.dir}: ${r.added.length} added, ${r.changed.length} changed, ${r.deleted.length} deleted; registry ${r.registryChanged ? 'changed' : 'unchanged'}`;
+          const head = `persona of ${r.desktop} (version ${r.version}) in ${r.dir}: ${r.added.length} added, ${r.changed.length} changed, ${r.deleted.length} deleted; registry ${r.registryChanged ? 'changed' : 'unchanged'}` +
+            (r.registryDropped.length > 0 ? `\n${r.registryDropped.length} registry key(s) are outside this desktop's registry scope and will be dropped at the next check-in or push:` +
+              r.registryDropped.slice(0, 20).map((d) => `\n  - ${d.key} (${d.reason === 'root' ? 'not HKEY_CURRENT_USER: refused unless it came from the server unchanged' : d.reason})`).join('') : '');
           if (verb === 'status') return head;
           return [head, ...r.added.map((p) => `  + ${p}`), ...r.changed.map((p) => `  ~ ${p}`), ...r.deleted.map((p) => `  - ${p}`)].join('\n');
         });
@@ -56,35 +65,101 @@ export function registerPersona(program: Command): void {
         const r = await api.personaPush(personaPushParts(base, ours.snapshot, push));
         // The copy now follows the new version: downloaded when edits from elsewhere were merged in,
         // else it is the folder as scanned.
-        if (r.merged) {
+        if (r.merged || r.registryDropped) {
           const p = await fetchPersona(s.state, api, name, r.version, held.dir, ours.snapshot);
           s.state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
+          await writeGuestChanges(held.dir); // a Windows guest's next logon takes the merged registry
         } else {
           s.state.putPersona({ ...held, version: r.version, snapshot: encodePersona(ours.snapshot) });
         }
         return { desktop: name, ...r, changes: diff, sent, bytesSent: api.bytesSent };
       }, (r) => `persona of ${r.desktop}: ${r.changed ? `version ${r.version}` : `unchanged (version ${r.version})`}` +
         `${r.merged ? ', merged with edits made elsewhere' : ''}; ${r.sent.deltas} files as deltas, ${r.sent.chunks} chunks sent` +
+        (r.registryDropped ? `\n${r.registryDropped.count} registry key(s) outside this desktop's registry scope were dropped, not stored: ${r.registryDropped.keys.slice(0, 5).join('; ')}${r.registryDropped.count > 5 ? '; ...' : ''}` : '') +
         ((r.report as { conflicts?: Array<{ path: string; resolution: string }> } | null)?.conflicts?.map((c) => `\n  conflict ${c.path}: ${c.resolution}`).join('') ?? ''));
     });
 
   registerPersonaStream(persona);
 
-  const reg = persona.command('reg').description('registry of the persona copy');
-  withCommonOptions(reg.command('import <desktop> <file>').description('apply a .reg file (values set, "name"=- and [-key] deletions) to the persona registry'))
+  const reg = persona.command('reg').description('registry of the persona copy (HKEY_CURRENT_USER): .reg files and hives (NTUSER.DAT)');
+  withCommonOptions(reg.command('import <desktop> <file>').description('apply a .reg file ("name"=- and [-key] deletions honoured) or a registry hive (NTUSER.DAT) to the persona registry'))
+    .option('--replace', 'the file is the whole HKEY_CURRENT_USER (as `reg export HKCU FILE` writes it at logoff): the persona registry becomes it; what it lacks is deleted (a hive always replaces)')
     .action(async (desktop: string, file: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
       await runCommand(opts, async (s) => {
         const held = await heldPersona(s, parseName(desktop, 'desktop'));
-        const target = path.join(held.dir, REGISTRY_FILE);
-        const current = await fs.readFile(target).catch(() => null);
-        const registry = current ? applyToRegistry(new Registry(), decodeRegFile(current)) : new Registry();
-        const edits = decodeRegFile(await fs.readFile(file));
-        applyToRegistry(registry, edits);
-        const tmp = `${target}.${process.pid}.tmp`;
-        await fs.writeFile(tmp, exportRegistry(registry, { version: 'v5', encoding: 'utf-16le', bom: true }));
-        await fs.rename(tmp, target);
-        return { desktop, registry: target, sections: edits.sections.length, keys: registry.size };
-      }, (r) => `applied ${r.sections} section(s) to ${r.registry} (${r.keys} keys); the next check-in or push sends it`);
+        const { scope } = await readRegistryScope(held.dir);
+        const filter = new ScopeFilter(scope);
+        const input = await readRegistryInput(file);
+        const current = await readPersonaRegistry(held.dir);
+        let next: Registry;
+        let dropped: string[];
+        if (input.kind === 'hive' || opts.replace) {
+          // Within the scope the file is the registry; keys outside the scope stay as they were.
+          const whole = filterRegistry(wholeRegistry(input), filter);
+          dropped = whole.dropped.map((d) => d.path);
+          next = whole.kept;
+          for (const k of filterRegistry(current, filter).dropped) {
+            next.createKey(k.path);
+            for (const v of current.getKey(k.path)!.values) next.setValue(k.path, v);
+          }
+        } else {
+          // Edits: those on keys outside the desktop's scope are left out (the server would drop them).
+          const sections = input.file!.sections.filter((sec) => filter.has(sec.path));
+          dropped = input.file!.sections.filter((sec) => !filter.has(sec.path)).map((sec) => sec.path);
+          next = applyToRegistry(current.clone(), { ...input.file!, sections });
+        }
+        const target = await writePersonaRegistry(held.dir, next);
+        return { desktop, registry: target, kind: input.kind, replaced: input.kind === 'hive' || opts.replace === true, keys: next.size, dropped: dropped.length, droppedKeys: dropped.slice(0, 20), unreadable: input.skipped };
+      }, (r) => `${r.replaced ? 'replaced the registry in' : 'applied the edits to'} ${r.registry} from a ${r.kind === 'hive' ? 'registry hive' : '.reg file'} (${r.keys} keys); the next check-in or push sends it` +
+        (r.unreadable.length > 0 ? `\n${r.unreadable.length} key(s) or value(s) of the hive have a NUL inside their name, which a .reg file cannot hold; left out:${r.unreadable.slice(0, 20).map((k) => `\n  - ${k}`).join('')}` : '') +
+        (r.dropped > 0 ? `\n${r.dropped} key(s) outside this desktop's registry scope were left out (carryon persona status ${r.desktop} lists the scope):${r.droppedKeys.map((k) => `\n  - ${k}`).join('')}${r.dropped > r.droppedKeys.length ? '\n  ...' : ''}` : ''));
     });
+
+  withCommonOptions(reg.command('export <desktop> <out>').description('write the persona registry for a Windows guest: a .reg file (UTF-16LE, as regedit writes it) or, with --base, a hive (NTUSER.DAT)'))
+    .option('--changes-since <file>', 'only what turns this registry (a .reg file or hive: what the guest has, e.g. its last logoff export) into the persona: values set, "name"=- and [-key] deletions, within the desktop\'s scope')
+    .option('--base <hive>', "write a hive: a copy of this hive (the guest user's NTUSER.DAT) with the persona's registry merged in (deletions included)")
+    .action(async (desktop: string, out: string, _o, cmd: Command) => {
+      const opts = optsOf(cmd);
+      await runCommand(opts, async (s) => {
+        const held = await heldPersona(s, parseName(desktop, 'desktop'));
+        const { scope } = await readRegistryScope(held.dir);
+        const filter = new ScopeFilter(scope);
+        const persona = await readPersonaRegistry(held.dir);
+        const base = opts.base as string | undefined;
+        const since = opts.changesSince as string | undefined;
+        if (base !== undefined) {
+          if (since !== undefined) throw new CarryonError('INVALID_ARGUMENT', '--base and --changes-since do not go together: a hive written with --base is already changed from that hive only where the persona differs');
+          const input = await readRegistryInput(base);
+          if (input.kind !== 'hive') throw new CarryonError('INVALID_ARGUMENT', `--base ${base} is a .reg file: give the user's hive (NTUSER.DAT from C:\\Users\\NAME, or C:\\Users\\Default\\NTUSER.DAT for a new user)`, { file: base });
+          // (keys of the base the persona cannot name, such as NUL names, are neither changed nor deleted)
+          const changes = registryChanges(input.registry!, persona, filter);
+          await writeHive(base, out, changes, input.registry!);
+          return { desktop, out, kind: 'hive', ...countChanges(changes) };
+        }
+        let file: RegistryFile;
+        if (since !== undefined) {
+          file = registryChanges(wholeRegistry(await readRegistryInput(since)), persona, filter);
+        } else {
+          const kept = filterRegistry(persona, filter).kept;
+          file = registryToFile(kept, { version: 'v5', encoding: 'utf-16le', bom: true });
+        }
+        const tmp = `${out}.${process.pid}.tmp`;
+        await fs.writeFile(tmp, encodeRegFile(file));
+        await fs.rename(tmp, out);
+        return { desktop, out, kind: since !== undefined ? 'changes' : 'reg', ...countChanges(file) };
+      }, (r) => `wrote ${r.out} (${r.kind === 'hive' ? 'registry hive' : r.kind === 'changes' ? 'changes as regedit applies them' : 'the whole registry, UTF-16LE'}): ` +
+        `${r.valuesSet} value(s) set, ${r.valuesDeleted} deleted, ${r.keysDeleted} key(s) deleted`);
+    });
+}
+
+function countChanges(file: RegistryFile): { valuesSet: number; valuesDeleted: number; keysDeleted: number } {
+  let valuesSet = 0;
+  let valuesDeleted = 0;
+  let keysDeleted = 0;
+  for (const sec of file.sections) {
+    if (sec.kind === 'delete-key') keysDeleted++;
+    else for (const v of sec.values) v.kind === 'set' ? valuesSet++ : valuesDeleted++;
+  }
+  return { valuesSet, valuesDeleted, keysDeleted };
 }

@@ -81,7 +81,8 @@ export class CheckoutService {
       const personaVersion = row.persona_base_version ?? await this.meta.setCheckoutPersonaBase(row.id, (await this.personas.get(user)).version);
       const leaseExpiresAt = await this.fleet.renewLease(row);
       return { checkoutId: row.id, desktop, version: row.base_version, manifestId: mid, resumed, personaVersion, leaseExpiresAt, leaseDays: await this.fleet.leaseDays(row.desktop_id),
-        leaseSecret: (await this.fleet.leaseSecret(row.id)).toString('base64'), encryption: await this.escrow.checkoutEncryption(row) };
+        leaseSecret: (await this.fleet.leaseSecret(row.id)).toString('base64'), encryption: await this.escrow.checkoutEncryption(row),
+        registryScope: (await this.meta.desktopPolicies(user, desktop)).registryScope };
     });
   }
 

@@ -50,6 +50,7 @@ export class DesktopService {
       if (p.rollbackKeepsLocal !== undefined) await this.fleet.setRollbackKeepsLocal(name, p.rollbackKeepsLocal, actor);
       if (p.encryption !== undefined) await this.fleet.setEncryption('desktop', name, p.encryption, actor);
       if (p.files !== undefined || p.registry !== undefined) await this.meta.setDesktopPolicies(name, p.files, p.registry, actor);
+      await this.meta.setRegistryScope(name, p.registryInclude, p.registryExclude, actor);
       return this.fleet.desktopPolicy(name);
     });
   }

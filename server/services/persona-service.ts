@@ -19,6 +19,7 @@ import type { FleetMeta } from '../fleet-meta.js';
 import type { IngestLeases } from '../gc.js';
 import type { Meta, User } from '../meta.js';
 import type { PersonaMeta, PersonaVersionRow } from '../persona-meta.js';
+import { scopeCommitRegistries } from './registry-scope.js';
 
 export class PersonaService {
   constructor(private readonly meta: Meta, private readonly personas: PersonaMeta, private readonly fleet: FleetMeta, private readonly escrow: EscrowService,
@@ -193,14 +194,19 @@ export class PersonaService {
     // The laptop sends what changed since its base version; rebuilt here, it must name the same snapshot.
     const baseRow = await this.personas.version(user.id, info.baseVersion);
     if (!baseRow) throw new CarryonError('BAD_REQUEST', `persona base version ${info.baseVersion} does not exist`);
-    const { snapshot: ours } = applySnapshotDelta(await this.personas.snapshot(baseRow.snapshotId), delta);
+    const baseSnap = await this.personas.snapshot(baseRow.snapshotId);
+    const { snapshot: sent } = applySnapshotDelta(baseSnap, delta);
     const policies = await this.meta.desktopPolicies(user, info.desktop);
     const current = await this.personas.current(user.id);
+    // HKEY_CURRENT_USER only, and the desktop's include/exclude lists: refused or dropped before any merge.
+    const scoped = scopeCommitRegistries(baseSnap, sent, info.baseVersion === current.version ? baseSnap : await this.personas.snapshot(current.snapshotId), policies.registryScope);
+    const ours = scoped.ours;
+    const dropped = scoped.dropped ? { registryDropped: scoped.dropped } : {};
     let merged = ours;
     let report: unknown = null;
     if (info.baseVersion !== current.version) {
-      const base = await this.personas.snapshot(baseRow.snapshotId);
-      const theirs = await this.personas.snapshot(current.snapshotId);
+      const base = scoped.base;
+      const theirs = scoped.theirs;
       try {
         checkRegistryText(theirs.registry);
       } catch (err) {
@@ -218,9 +224,9 @@ export class PersonaService {
       throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} persona chunk(s) the snapshot names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
     }
     const { id } = await this.personas.putSnapshot(merged);
-    if (id === current.snapshotId) return { version: current.version, changed: false, merged: report !== null, report };
+    if (id === current.snapshotId) return { version: current.version, changed: false, merged: report !== null, report, ...dropped };
     const version = await this.personas.addVersion(user.id, id, { source: checkoutId ? 'checkin' : 'push', deviceName: info.deviceName, checkoutId, mergeReport: report });
-    return { version, changed: true, merged: report !== null, report };
+    return { version, changed: true, merged: report !== null, report, ...dropped };
   }
 
   /** A persona push without a check-in (`carryon persona push`): the new version and its audit row together. */

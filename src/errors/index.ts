@@ -8,6 +8,8 @@ export const ERROR_CODES = {
   INVALID_ARGUMENT: { http: 400, exit: 2, what: 'a command-line argument or request field is invalid' },
   BAD_REQUEST: { http: 400, exit: 2, what: 'the request is malformed' },
   TAR_INVALID: { http: 400, exit: 6, what: 'a tar stream is truncated or malformed' },
+  REGISTRY_OUTSIDE_HKCU: { http: 400, exit: 2, what: 'a .reg file or persona registry names keys outside HKEY_CURRENT_USER (HKEY_LOCAL_MACHINE, HKEY_USERS, ...): a persona holds the user\'s own registry alone' },
+  REG_FILE_UNSUPPORTED: { http: 400, exit: 2, what: 'the file is neither a .reg file nor a registry hive (regf): the message says what it looks like' },
   PAYLOAD_TOO_LARGE: { http: 413, exit: 2, what: 'a request body or entry is larger than allowed' },
   HEADERS_TOO_LARGE: { http: 431, exit: 2, what: 'the request line or headers are larger than the server accepts' },
   // identity
@@ -64,6 +66,7 @@ export const ERROR_CODES = {
   ESCROW_KEY_ABSENT: { http: 409, exit: 14, what: "the escrow private key is not in the server's data folder (moved offline): `carryon-server admin recovery-code --escrow-key FILE`" },
   IO_ERROR: { http: 500, exit: 9, what: "a local file operation failed, or the block store's object store (S3) failed or could not be reached" },
   FUSE_UNAVAILABLE: { http: 500, exit: 9, what: 'serve --file needs nbdfuse (libnbd-bin), and a streamed persona the carryon-persona-fuse helper (built from libfuse3-dev), both with fusermount3 (fuse3) and a usable /dev/fuse; one is missing or refused the mount' },
+  HIVEX_UNAVAILABLE: { http: 500, exit: 9, what: "registry hives (NTUSER.DAT) are read and written with Debian's hivex: hivexregedit (package libwin-hivex-perl) is missing or failed" },
   PERSONA_VAULT_UNAVAILABLE: { http: 500, exit: 9, what: "an encrypted copy's persona lives in a gocryptfs vault: gocryptfs, fusermount3 (fuse3) or /dev/fuse is missing, or the mount was refused" },
   ABORTED: { http: 499, exit: 10, what: 'the user declined or interrupted the operation' },
   INTERNAL: { http: 500, exit: 1, what: 'an unexpected error (a bug); see the server log' },

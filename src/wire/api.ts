@@ -4,7 +4,7 @@
 import { MAX_ESCROW_BYTES, SEAL_OVERHEAD } from '../crypto/index.js';
 import { CarryonError, shownValue } from '../errors/index.js';
 import { isBlockId, type BlockId } from '../hash/index.js';
-import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy } from '../persona/index.js';
+import { FILE_MERGE_POLICIES, REGISTRY_MERGE_POLICIES, type FileMergePolicy, type RegistryMergePolicy, type RegistryScope, MAX_SCOPE_PATTERNS } from '../persona/index.js';
 
 export const API_PREFIX = '/v1';
 export const HEADER_DEVICE = 'x-carryon-device';
@@ -50,6 +50,11 @@ export interface DesktopInfo {
   checkout: CheckoutHolder | null;
   /** The desktop's effective encryption policy (its own, else its image's, else 'required'). Absent from older servers. */
   encryption?: EncryptionPolicy;
+  /**
+   * The registry keys its persona carries (docs/persona.md#registry-scope): include null = all of
+   * HKEY_CURRENT_USER; exclude with the default list expanded. Absent from older servers.
+   */
+  registryScope?: RegistryScope;
 }
 
 /** Whether a laptop must encrypt its copy of a desktop (docs/security.md#escrow). */
@@ -77,6 +82,8 @@ export interface CheckoutInfo {
    * Absent from servers older than encryption: treated as not required.
    */
   encryption: { required: boolean; escrowKey: string | null };
+  /** The registry keys the desktop's persona carries (as DesktopInfo.registryScope). Absent from older servers. */
+  registryScope?: RegistryScope;
 }
 
 /** `PUT /v1/checkouts/:id/escrow`: the copy's data key sealed to the escrow key (src/crypto sealToEscrow, aad = checkout id). */
@@ -160,10 +167,15 @@ export function parseCheckoutInfo(body: unknown): CheckoutInfo {
   if (typeof enc !== 'object' || typeof enc.required !== 'boolean') throw bad('encryption.required', 'true or false');
   if (enc.escrowKey != null && (typeof enc.escrowKey !== 'string' || !/^[A-Za-z0-9+/]{1,200}={0,2}$/.test(enc.escrowKey))) throw bad('encryption.escrowKey', 'base64 text');
   if (enc.required && enc.escrowKey == null) throw bad('encryption.escrowKey', 'present although encryption is required');
+  // Optional (older servers send none); the patterns themselves are checked where the laptop keeps them.
+  const scope = b.registryScope as { include?: unknown; exclude?: unknown } | null | undefined;
+  const list = (v: unknown): v is string[] => Array.isArray(v) && v.length <= MAX_SCOPE_PATTERNS && v.every((x) => typeof x === 'string' && x.length <= 1024);
+  if (scope != null && (typeof scope !== 'object' || !(scope.include === null || list(scope.include)) || !list(scope.exclude))) throw bad('registryScope', 'two lists of registry key patterns');
   return {
     checkoutId: b.checkoutId, desktop: b.desktop, version: b.version as number, manifestId: b.manifestId, resumed: b.resumed, personaVersion: b.personaVersion as number,
     leaseExpiresAt: b.leaseExpiresAt as string, leaseDays: b.leaseDays as number, leaseSecret: b.leaseSecret as string,
     encryption: { required: enc.required, escrowKey: (enc.escrowKey as string | null | undefined) ?? null },
+    ...(scope != null ? { registryScope: { include: scope.include as string[] | null, exclude: scope.exclude as string[] } } : {}),
   };
 }
 
@@ -256,6 +268,10 @@ export interface DesktopPolicyChange {
   registry?: RegistryMergePolicy;
   /** null: follow the image (then the default, 'required'). */
   encryption?: EncryptionPolicy | null;
+  /** Registry key patterns the persona carries; null: all of HKEY_CURRENT_USER. */
+  registryInclude?: string[] | null;
+  /** Registry key patterns it leaves out ('@default' = the default list); null: the default list. */
+  registryExclude?: string[] | null;
 }
 
 export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
@@ -263,7 +279,7 @@ export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
   if (body !== null && body !== undefined && (typeof body !== 'object' || Array.isArray(body))) throw new CarryonError('BAD_REQUEST', 'a policy change must be a JSON object');
   const b = (body ?? {}) as Record<string, unknown>;
   const out: DesktopPolicyChange = {};
-  for (const k of Object.keys(b)) if (!['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry', 'encryption'].includes(k)) throw new CarryonError('BAD_REQUEST', `unknown policy field ${JSON.stringify(k.slice(0, 40))}`);
+  for (const k of Object.keys(b)) if (!['leaseDays', 'replicateMinutes', 'rollbackKeepsLocal', 'files', 'registry', 'encryption', 'registryInclude', 'registryExclude'].includes(k)) throw new CarryonError('BAD_REQUEST', `unknown policy field ${JSON.stringify(k.slice(0, 40))}`);
   const num = (k: 'leaseDays' | 'replicateMinutes'): void => {
     if (!(k in b)) return;
     const v = b[k];
@@ -287,6 +303,13 @@ export function parseDesktopPolicy(body: unknown): DesktopPolicyChange {
   if ('encryption' in b) {
     if (b.encryption !== null && !ENCRYPTION_POLICIES.includes(b.encryption as EncryptionPolicy)) throw new CarryonError('BAD_REQUEST', `encryption must be one of ${ENCRYPTION_POLICIES.join(', ')}, or null to follow the image`);
     out.encryption = b.encryption as EncryptionPolicy | null;
+  }
+  for (const k of ['registryInclude', 'registryExclude'] as const) {
+    if (!(k in b)) continue;
+    const v = b[k];
+    if (v !== null && !(Array.isArray(v) && v.every((x) => typeof x === 'string'))) throw new CarryonError('BAD_REQUEST', `${k} must be a list of registry key patterns, or null for the default`);
+    // The patterns themselves are checked where they are stored (parseKeyPatternList), for every entry point.
+    out[k] = v as string[] | null;
   }
   return out;
 }
@@ -453,4 +476,10 @@ export interface PersonaCommitResult {
   /** Whether edits made meanwhile elsewhere were merged in (the report says how). */
   merged: boolean;
   report: unknown;
+  /**
+   * Registry keys the laptop sent that this desktop's scope leaves out (outside its include list, in
+   * its exclude list, or outside HKEY_CURRENT_USER in a version stored before that rule): dropped, not
+   * stored. At most 50 paths are listed; `count` is all of them. Absent when none.
+   */
+  registryDropped?: { count: number; keys: string[] };
 }

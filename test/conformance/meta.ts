@@ -10,7 +10,7 @@ import {
   blockId, CarryonError, DiskManifest, encodeBlock, encodeManifest, manifestId, MemoryBlockStore, packEntries, uploadEntryName, type BlockStore, type ErrorCode, type Sql,
 } from '../../src/index.js';
 import { buildParts, type ServerParts } from '../../server/services/parts.js';
-import { decodeManifest } from '../../src/index.js';
+import { decodeManifest, DEFAULT_REGISTRY_EXCLUDES } from '../../src/index.js';
 
 const decodeManifestOf = (b: Buffer): DiskManifest => decodeManifest(b);
 import type { User } from '../../server/meta.js';
@@ -138,6 +138,18 @@ export function runMetaConformance(name: string, setup: () => Promise<MetaSetup>
       expect(await auditCount('desktop.lease-policy')).toBe(1);
       expect(await auditCount('desktop.merge-policy')).toBe(1);
       expect(await auditCount('desktop.encryption-policy')).toBe(1);
+      // Registry lists (migration 14): defaults until set; a bad pattern changes nothing, the merge policy included.
+      expect((await a.desktops.desktopPolicy('d1')).registryScope).toEqual({ include: null, exclude: [...DEFAULT_REGISTRY_EXCLUDES] });
+      expect(await codeOf(a.desktops.setDesktopPolicy('d1', { files: 'server', registryExclude: ['HKEY_USERS\\S-1-5-21'] }, actor))).toBe('INVALID_ARGUMENT');
+      expect((await a.desktops.desktopPolicy('d1')).files).toBe('laptop');
+      const r = await a.desktops.setDesktopPolicy('d1', { registryInclude: ['Software\\Vendor'], registryExclude: ['@default', 'Software\\Vendor\\Cache'] }, actor);
+      expect(r).toMatchObject({ registryInclude: ['Software\\Vendor'], registryExclude: ['@default', 'Software\\Vendor\\Cache'] });
+      expect(r.registryScope.exclude).toEqual([...DEFAULT_REGISTRY_EXCLUDES, 'Software\\Vendor\\Cache']);
+      expect((await a.desktops.info(alice, 'd1')).registryScope).toEqual(r.registryScope);
+      expect((await a.meta.desktopPolicies(alice, 'd1')).registryScope).toEqual(r.registryScope);
+      await a.desktops.setDesktopPolicy('d1', { registryInclude: null, registryExclude: null }, actor);
+      expect((await a.desktops.desktopPolicy('d1')).registryScope).toEqual({ include: null, exclude: [...DEFAULT_REGISTRY_EXCLUDES] });
+      expect(await auditCount('desktop.registry-scope')).toBe(2);
     });
 
     it('one active checkout per desktop, however many devices race for it (two instances)', async () => {

@@ -2,7 +2,7 @@
 // and imports the rest; this parser refuses the file and names the line and column instead.
 import { CarryonError, type ErrorCode } from '../../errors/index.js';
 import { ansiToData, HEADER_REGEDIT4, HEADER_V5, hexStringsAreAnsi, isStringType } from './ansi.js';
-import { keyPathProblem, valueNameProblem } from './names.js';
+import { keyPathProblem, rootKeyOf, valueNameProblem } from './names.js';
 import { BOM_UTF16LE, BOM_UTF8, decodeCp1252, decodeUtf16le, decodeUtf8OrNull, encodeUtf16le, invalidUtf8At } from './text-encoding.js';
 import {
   REG_BINARY,
@@ -13,6 +13,7 @@ import {
   REG_SZ,
   type RegDecodeOptions,
   type RegFileEncoding,
+  type RegRootKey,
   type RegFileVersion,
   type RegKeyDeletion,
   type RegKeySection,
@@ -147,6 +148,7 @@ class RegParser {
     private readonly encoding: RegFileEncoding,
     private readonly bom: boolean,
     private readonly limits: Limits,
+    private readonly onlyRoot: RegRootKey | undefined = undefined,
   ) {}
 
   private fail(at: number, message: string, code: ErrorCode = MALFORMED, extra: Record<string, unknown> = {}): never {
@@ -252,6 +254,11 @@ class RegParser {
     const problem = keyPathProblem(path);
     if (problem) this.fail(i + problem.offset, problem.message);
     if (deleted && !path.includes('\\')) this.fail(i, 'a root key cannot be deleted');
+    const root = rootKeyOf(path);
+    if (this.onlyRoot && root !== this.onlyRoot) {
+      this.fail(i, `key ${root} is outside ${this.onlyRoot}: a persona holds the user's own registry (${this.onlyRoot}) alone; ` +
+        `remove the sections under ${root} from the file and run the command again`, 'REGISTRY_OUTSIDE_HKCU', { root });
+    }
     this.expectLineEnd(close + 1, "the key's ']'");
     return deleted ? ({ kind: 'delete-key', path } satisfies RegKeyDeletion) : ({ kind: 'key', path, values: [] } satisfies RegKeySection);
   }
@@ -426,5 +433,5 @@ export function decodeRegFile(bytes: Uint8Array, options: RegDecodeOptions = {})
     throw new CarryonError('PAYLOAD_TOO_LARGE', `a .reg file of ${bytes.length} bytes is larger than the ${limits.maxFileBytes} allowed`, { size: bytes.length, limit: limits.maxFileBytes });
   }
   const { text, encoding, bom } = decodeText(bytes, options.encoding);
-  return new RegParser(text, encoding, bom, limits).parse();
+  return new RegParser(text, encoding, bom, limits, options.onlyRoot).parse();
 }

@@ -3,6 +3,9 @@
 // Editor Version 5.00" (UTF-16LE with BOM as regedit writes it, or UTF-8) and "REGEDIT4" (ANSI
 // code page, or UTF-8); the Registry snapshot with regedit's import semantics (applyToRegistry) and
 // its canonical export (exportRegistry); typed views of value data (encodeRegSz/decodeRegSz, ...).
+// Scope (scope.ts): a persona holds HKEY_CURRENT_USER alone, narrowed per desktop by include and
+// exclude key patterns; registryChanges gives the .reg (with `"name"=-` and `[-Key]`) that turns one
+// registry into another within a scope. sniff.ts tells a .reg from a hive (regf) or other bytes.
 // Must not know: where .reg files come from or go (disk, HTTP, checkouts), stores, manifests, the
 // merge policy built on top, or a live Windows registry.
 // Terms: key path = root key + backslash-separated key names (HKEY_CURRENT_USER\Software\Foo);
@@ -49,6 +52,24 @@ export {
 export { decodeRegFile } from './decode.js';
 export { encodeRegFile, wrapHexData, HEX_WRAP_COLUMNS } from './encode.js';
 export { keyPathId, valueNameId, foldName, rootKeyOf, keyPathProblem } from './names.js';
+export {
+  HKCU,
+  DEFAULT_REGISTRY_EXCLUDES,
+  DEFAULT_EXCLUDES_TOKEN,
+  DEFAULT_REGISTRY_SCOPE,
+  MAX_SCOPE_PATTERNS,
+  ScopeFilter,
+  parseKeyPattern,
+  parseKeyPatternList,
+  effectiveExcludes,
+  registryScopeFromStored,
+  filterRegistry,
+  registryChanges,
+  type RegistryScope,
+  type ScopedRegistry,
+} from './scope.js';
+export { REGF_MAGIC, sniffRegistryInput, type RegistryInputKind } from './sniff.js';
+export { regKeyLines, type RegKeyLine } from './key-lines.js';
 export { Registry, applyToRegistry, registryToFile, exportRegistry, type RegistryValue, type RegistryKey, type RegExportOptions } from './registry.js';
 export {
   encodeRegSz,

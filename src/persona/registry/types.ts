@@ -95,6 +95,11 @@ export interface RegDecodeOptions {
    * `encoding` of a file you wrote to read it back exactly.
    */
   encoding?: RegFileEncoding;
+  /**
+   * Refuse a key (set or deleted) under any other root with REGISTRY_OUTSIDE_HKCU, naming its line:
+   * a persona holds HKEY_CURRENT_USER alone.
+   */
+  onlyRoot?: RegRootKey;
   maxFileBytes?: number;
   maxLineChars?: number;
   maxValueBytes?: number;

@@ -145,6 +145,12 @@ describe('parseCheckoutInfo (a server answer the laptop receives)', () => {
     expect(parseCheckoutInfo(bare)).toMatchObject(bare);
   });
 
+  it('keeps the registry scope when the server sends one', () => {
+    const registryScope = { include: ['Software\\Vendor'], exclude: ['Software\\**\\*MRU*'] };
+    expect(parseCheckoutInfo({ ...good, registryScope }).registryScope).toEqual(registryScope);
+    expect(parseCheckoutInfo(good).registryScope).toBeUndefined();
+  });
+
   it.each<[string, Record<string, unknown>]>([
     ['a checkout id with a slash', { checkoutId: '../../persona' }],
     ['a checkout id that is an object', { checkoutId: { x: 1 } }],
@@ -157,6 +163,9 @@ describe('parseCheckoutInfo (a server answer the laptop receives)', () => {
     ['a lease expiry that is not a time', { leaseExpiresAt: 'soon' }],
     ['a lease secret that is a number', { leaseSecret: 42 }],
     ['a lease secret that is not base64', { leaseSecret: 'a b' }],
+    ['a registry scope that is text', { registryScope: 'all' }],
+    ['a registry scope whose exclude list holds a number', { registryScope: { include: null, exclude: [1] } }],
+    ['a registry scope without an exclude list', { registryScope: { include: ['Software'] } }],
   ])('refuses %s with INTERNAL (the server broke the protocol)', async (_what, change) => {
     await expectCode(() => parseCheckoutInfo({ ...good, ...change }), 'INTERNAL');
   });

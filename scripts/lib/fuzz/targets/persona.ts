@@ -12,6 +12,7 @@ import {
   diffSnapshots,
   encodePersona,
   encodeRegFile,
+  regKeyLines,
   exportRegistry,
   personaId,
   personaPathKey,
@@ -85,6 +86,8 @@ export const regFileTarget: TargetSpec = {
         Buffer.from(`REGEDIT4\r\n[${KEY}\\\u00e9]\r\n"\u00e9"=hex(2):e9,80,00\r\n"m"=hex(7):61,00,00\r\n"s"=hex(1):00,61\r\n`, 'latin1'),
         utf16(`Windows Registry Editor Version 5.00\r\n[${KEY}\\\udc00]\r\n"\ud800\\r\\n"="\udfff\\n"\r\n`),
         utf16(`Windows Registry Editor Version 5.00\r\n[${KEY}]\r\n"x"=hex:01,\\`),
+        // CR-only line ends and a key under another root: every key must still be found by a line scan.
+        Buffer.from(`Windows Registry Editor Version 5.00\r\r  [HKEY_LOCAL_MACHINE\\SOFTWARE\\X]\r"a"="b"\r[-${KEY}\\Gone]\r`, 'utf8'),
       );
       return out;
     },
@@ -97,6 +100,13 @@ export const regFileTarget: TargetSpec = {
       const g = decodeRegFile(y, { encoding: f.encoding });
       check(deepEqual(g, f), 'decodeRegFile(encodeRegFile(f)) differs from f');
       check(Buffer.from(encodeRegFile(g)).equals(Buffer.from(y)), 'encodeRegFile is not a fixed point');
+      // The server's line scan (regKeyLines) finds exactly the keys the parser found, in order, so a key
+      // outside HKEY_CURRENT_USER cannot hide from it (CR-only line ends, blanks, comments).
+      if (f.encoding !== 'windows-1252') {
+        const body = Buffer.from(input).subarray(f.bom ? (f.encoding === 'utf-16le' ? 2 : 3) : 0);
+        const text = body.toString(f.encoding === 'utf-16le' ? 'utf16le' : 'utf8');
+        check(deepEqual(regKeyLines(text).map((h) => h.path), f.sections.map((sec) => sec.path)), 'regKeyLines disagrees with decodeRegFile about the keys');
+      }
       // The persona's registry text: import into a Registry, export as v5 UTF-8; that text is canonical.
       const reg = applyToRegistry(new Registry(), f);
       let text: string;
