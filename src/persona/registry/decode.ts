@@ -197,7 +197,8 @@ class RegParser {
     if (j < this.end && this.text.charCodeAt(j) !== SEMI) this.fail(j, `unexpected text after ${what} (only a ';' comment may follow)`);
   }
 
-  parse(): RegistryFile {
+  /** Parses the whole text; each section goes to `onSection` once its last value line is read. */
+  parse(onSection: (s: RegSection) => void): { version: RegFileVersion; encoding: RegFileEncoding; bom: boolean } {
     const nul = this.text.indexOf('\0');
     if (nul >= 0) {
       const p = positionOf(this.text, nul);
@@ -206,7 +207,6 @@ class RegParser {
     }
     this.nextLine();
     this.header();
-    const sections: RegSection[] = [];
     let current: RegSection | null = null;
     while (this.nextLine()) {
       const i = this.skipBlanks(this.start);
@@ -214,8 +214,8 @@ class RegParser {
       const c = this.text.charCodeAt(i);
       if (c === SEMI) continue;
       if (c === LBRACKET) {
+        if (current) onSection(current);
         current = this.keyLine(i);
-        sections.push(current);
       } else if (c === AT || c === QUOTE) {
         if (!current) this.fail(i, 'a value line must come after a key line such as [HKEY_CURRENT_USER\\Software]');
         if (current.kind === 'delete-key') this.fail(i, 'a value line cannot follow a key deletion [-...] (regedit ignores it)');
@@ -224,7 +224,8 @@ class RegParser {
         this.fail(i, `expected '[', '@', '"' or ';' at the start of a line`);
       }
     }
-    return { version: this.version, encoding: this.encoding, bom: this.bom, sections };
+    if (current) onSection(current);
+    return { version: this.version, encoding: this.encoding, bom: this.bom };
   }
 
   private header(): void {
@@ -417,6 +418,17 @@ class RegParser {
 
 /** Parses a .reg file (regedit's v5 or REGEDIT4 format). Throws a CarryonError naming line and column. */
 export function decodeRegFile(bytes: Uint8Array, options: RegDecodeOptions = {}): RegistryFile {
+  const sections: RegSection[] = [];
+  return { ...decodeRegSections(bytes, (s) => sections.push(s), options), sections };
+}
+
+/**
+ * decodeRegFile one section at a time: `onSection` gets each section, in file order, as soon as it is
+ * complete, so a large file never has all its values in memory at once (a 100,000-key registry's
+ * value objects took ~200 MB). A section passed on is not used again by the parser. Nothing is passed
+ * on past an error, but sections before it have been.
+ */
+export function decodeRegSections(bytes: Uint8Array, onSection: (s: RegSection) => void, options: RegDecodeOptions = {}): { version: RegFileVersion; encoding: RegFileEncoding; bom: boolean } {
   const limits: Limits = {
     maxFileBytes: options.maxFileBytes ?? REG_MAX_FILE_BYTES,
     maxLineChars: options.maxLineChars ?? REG_MAX_LINE_CHARS,
@@ -426,5 +438,5 @@ export function decodeRegFile(bytes: Uint8Array, options: RegDecodeOptions = {})
     throw new CarryonError('PAYLOAD_TOO_LARGE', `a .reg file of ${bytes.length} bytes is larger than the ${limits.maxFileBytes} allowed`, { size: bytes.length, limit: limits.maxFileBytes });
   }
   const { text, encoding, bom } = decodeText(bytes, options.encoding);
-  return new RegParser(text, encoding, bom, limits).parse();
+  return new RegParser(text, encoding, bom, limits).parse(onSection);
 }
