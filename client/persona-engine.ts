@@ -6,10 +6,11 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
 import {
-  applyToRegistry, CarryonError, createCompressStream, createDelta, createSignature, decodePersona, decodeRegFile, decodeVerified, exportRegistry, getBlock,
-  materializePersonaTree, registryFromText, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
-  scanPersonaTree, diffSnapshots, type BlockId, type BlockStore, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
+  applyRegistryPatch, canonicalForm, canonicalRegistryText, CarryonError, checkRegistryText, createCompressStream, createDelta, createSignature, decodePersona, decodeVerified, getBlock,
+  makeRegistryPatch, materializePersonaTree, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName,
+  registryTextFileBytes, scanPersonaTree, diffSnapshots, type BlockId, type BlockStore, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type RegistryPatch, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -18,16 +19,22 @@ import type { LocalState } from './state.js';
 export const REGISTRY_FILE = 'registry.reg';
 export const PROFILE_DIR = 'profile';
 
+/**
+ * Per-value times of change, beside registry.reg (inside the vault for an encrypted copy, as registry
+ * names are persona data): for each value changed since the base version, a hash of its line and when
+ * carryon first saw it so. Reset by moving to another base (its id is in the file).
+ */
+export const REGISTRY_TIMES_FILE = 'registry-times.json';
+
 /** The snapshot's registry (canonical UTF-8 .reg text) as regedit writes a file: UTF-16LE with BOM, CRLF. */
 function registryFileBytes(text: string): Uint8Array {
-  return exportRegistry(registryFromText(text), { version: 'v5', encoding: 'utf-16le', bom: true });
+  checkRegistryText(text);
+  return registryTextFileBytes(canonicalForm(text, 'registry'));
 }
 
 /** Any .reg file (either format, any encoding) as the snapshot's canonical registry text; '' when empty. */
 export function canonicalRegistry(bytes: Uint8Array): string {
-  const reg = applyToRegistry(new Registry(), decodeRegFile(bytes));
-  if (reg.size === 0) return '';
-  return Buffer.from(exportRegistry(reg, { version: 'v5', encoding: 'utf-8', bom: false })).toString('utf8');
+  return canonicalRegistryText(bytes);
 }
 
 /** Download a persona version (default: the newest) into `dir`, fetching only chunks the laptop cache lacks. */
@@ -77,32 +84,80 @@ async function writeAtomically(file: string, bytes: Uint8Array): Promise<void> {
 }
 
 export interface LocalPersona {
+  /** The profile as scanned; its registry is what the patch makes of the base's (a spelling-only edit is no change). */
   snapshot: PersonaSnapshot;
-  /** Newest modification among what changed since the base (ms): "newest wins" compares it. */
+  /** Newest modification among what changed since the base (ms): "newest wins" compares it for files. */
   editedAt: number;
+  /** The registry's changes since the base. */
+  registryPatch: RegistryPatch;
+  /** Per value edit of the patch, in its order: when carryon first saw the value as it is now (ms). */
+  registryTimes: number[];
+}
+
+interface TimesFile {
+  format: 'carryon-registry-times';
+  version: 1;
+  /** The base snapshot id the times are relative to. */
+  base: string;
+  /** [value key, first 32 hex digits of the SHA-256 of its line (null: deleted), ms]. */
+  values: Array<[string, string | null, number]>;
+}
+
+const lineHash = (line: string | null): string | null => (line === null ? null : createHash('sha256').update(line).digest('hex').slice(0, 32));
+
+/**
+ * The time of each value edit: kept from the last scan when the value is still as it was then, else
+ * `seenAt` (registry.reg's mtime: the edit is at most that old). Writes the times file when it changed.
+ */
+async function registryEditTimes(dir: string, baseId: string, patch: RegistryPatch, seenAt: number): Promise<number[]> {
+  const file = path.join(dir, REGISTRY_TIMES_FILE);
+  const known = new Map<string, { h: string | null; t: number }>();
+  try {
+    const old = JSON.parse(await fs.readFile(file, 'utf8')) as TimesFile;
+    if (old.format === 'carryon-registry-times' && old.base === baseId && Array.isArray(old.values)) {
+      for (const [k, h, t] of old.values) if (typeof k === 'string' && Number.isSafeInteger(t)) known.set(k, { h, t });
+    }
+  } catch {
+    // none yet, or unreadable: every edit is dated now
+  }
+  const values: TimesFile['values'] = patch.edits.map((e) => {
+    const h = lineHash(e.line);
+    const was = known.get(e.key);
+    return [e.key, h, was && was.h === h ? was.t : seenAt];
+  });
+  const changed = values.length !== known.size || values.some(([k, h, t]) => known.get(k)?.h !== h || known.get(k)?.t !== t);
+  if (changed) {
+    if (values.length === 0) await fs.rm(file, { force: true });
+    else await writeAtomically(file, Buffer.from(JSON.stringify({ format: 'carryon-registry-times', version: 1, base: baseId, values } satisfies TimesFile)));
+  }
+  return values.map(([, , t]) => t);
 }
 
 /** Read the persona folder back into a snapshot; new file contents go into the laptop cache as chunks. */
-export async function scanPersona(state: LocalState, desktop: string, dir: string, base: PersonaSnapshot): Promise<LocalPersona> {
+export async function scanPersona(state: LocalState, desktop: string, dir: string, base: PersonaSnapshot, baseId: string): Promise<LocalPersona> {
   const scan = await scanPersonaTree(path.join(dir, PROFILE_DIR), state.cacheOf(desktop), { previous: base });
   const regPath = path.join(dir, REGISTRY_FILE);
-  const regBytes = await fs.readFile(regPath).catch(() => null);
-  const registry = regBytes ? canonicalRegistry(regBytes) : '';
+  const regStat = await fs.stat(regPath).catch(() => null);
+  const baseText = canonicalForm(base.registry, "this copy's base registry");
+  const patch = makeRegistryPatch(baseText, regStat ? canonicalRegistryText(await fs.readFile(regPath)) : '');
+  const registry = patch.text === '' ? base.registry : applyRegistryPatch(baseText, patch.text).text;
+  const registryTimes = await registryEditTimes(dir, baseId, patch, Math.round(regStat?.mtimeMs ?? Date.now()));
   const baseByPath = new Map(base.files.map((f) => [f.path, f]));
   let editedAt = 0;
   for (const f of scan.files) {
     const b = baseByPath.get(f.path);
     if (!b || b.hash !== f.hash || b.kind !== f.kind || b.target !== f.target) editedAt = Math.max(editedAt, f.mtimeMs);
   }
-  if (registry !== base.registry && regBytes) editedAt = Math.max(editedAt, (await fs.stat(regPath)).mtimeMs);
+  if (registry !== base.registry && regStat) editedAt = Math.max(editedAt, regStat.mtimeMs);
   if (scan.files.length < base.files.length || editedAt === 0) editedAt = Math.max(editedAt, Date.now());
-  return { snapshot: { files: scan.files, registry }, editedAt: Math.round(editedAt) };
+  return { snapshot: { files: scan.files, registry }, editedAt: Math.round(editedAt), registryPatch: patch, registryTimes };
 }
 
-/** The parts of a push or check-in commit: what changed since the base snapshot, and who and when. */
-export function personaPushParts(base: PersonaSnapshot, ours: PersonaSnapshot, push: PersonaPushInfo): TarEntry[] {
+/** The parts of a push or check-in commit: what changed since the base snapshot (id `baseId`), and who and when. */
+export function personaPushParts(base: PersonaSnapshot, baseId: string, ours: LocalPersona, push: PersonaPushInfo): TarEntry[] {
+  const delta = diffSnapshots(base, ours.snapshot, { baseId, patch: ours.registryPatch, times: ours.registryTimes });
   return [
-    { name: 'persona-delta.json', data: Buffer.from(JSON.stringify(diffSnapshots(base, ours))) },
+    { name: 'persona-delta.json', data: Buffer.from(JSON.stringify(delta)) },
     { name: 'push.json', data: Buffer.from(JSON.stringify(push)) },
   ];
 }

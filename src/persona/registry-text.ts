@@ -150,20 +150,62 @@ export class RegistryLines {
   text(): string {
     if (this.keys.size === 0) return '';
     const order = [...this.keys.keys()].map((id) => [keyOrder(id), id] as const).sort((a, b) => cmp(a[0], b[0]));
-    const parts: string[] = [REG_TEXT_HEADER];
+    // Paths are already spelled consistently (record), so the writer's respelling changes nothing.
+    const w = new TextWriter();
     for (const [, id] of order) {
       const k = this.keys.get(id)!;
-      parts.push('\r\n[', k.path, ']\r\n');
-      for (const n of [...k.values.keys()].sort(cmp)) parts.push(k.values.get(n)!, '\r\n');
+      w.key(k.path, [...k.values.keys()].sort(cmp).map((n) => k.values.get(n)!));
     }
-    parts.push('\r\n');
-    return parts.join('');
+    return w.text();
   }
 }
 
-/** Any .reg file (either format, any encoding) as canonical registry text; '' when it holds no key. */
+/**
+ * Any .reg file (either format, any encoding) as canonical registry text; '' when it holds no key.
+ * A file whose keys come in canonical order (ours, and regedit's exports: Windows enumerates subkeys
+ * sorted) with no `[-key]` goes straight to text, one key at a time; any other is built in a
+ * RegistryLines first.
+ */
 export function canonicalRegistryText(bytes: Uint8Array, options: RegDecodeOptions = {}): string {
-  return new RegistryLines().applyFile(bytes, options).text();
+  return sortedFileText(bytes, options) ?? new RegistryLines().applyFile(bytes, options).text();
+}
+
+const UNSORTED = new Error('unsorted');
+
+/** canonicalRegistryText of a file in canonical key order, or null when it is not in that order. */
+function sortedFileText(bytes: Uint8Array, options: RegDecodeOptions): string | null {
+  const w = new TextWriter();
+  let cur: { path: string; id: string; order: string; values: Map<string, string> } | null = null;
+  const flush = (): void => {
+    if (cur) w.key(cur.path, [...cur.values.entries()].sort((a, b) => cmp(a[0], b[0])).map((e) => e[1]));
+  };
+  try {
+    decodeRegSections(bytes, (s) => {
+      if (s.kind === 'delete-key') throw UNSORTED;
+      const id = keyPathId(s.path);
+      if (cur?.id !== id) {
+        const order = keyOrder(id);
+        if (cur && !(cur.order < order)) throw UNSORTED;
+        flush();
+        cur = { path: s.path, id, order, values: new Map() };
+      }
+      for (const v of s.values) {
+        const n = valueNameId(v.name);
+        if (v.kind === 'delete') {
+          cur.values.delete(n);
+          continue;
+        }
+        const line = encodeRegValueLine(v, 'utf-8');
+        const old = cur.values.get(n);
+        cur.values.set(n, old === undefined ? line : respell(line, old));
+      }
+    }, options);
+  } catch (err) {
+    if (err === UNSORTED) return null;
+    throw err;
+  }
+  flush();
+  return w.text();
 }
 
 /** Canonical text as regedit writes a file: UTF-16LE with a BOM (the same text, so the same CRLF layout). */
@@ -279,6 +321,8 @@ export function canonicalForm(text: string, what: string): string {
  */
 class TextWriter {
   private readonly parts: string[] = [REG_TEXT_HEADER];
+  /** Joined runs of parts: lines become garbage young instead of living until the end (~100 MB less at 100,000 keys). */
+  private readonly chunks: string[] = [];
   private keys = 0;
   private prevIds: string[] = [];
   private prevParts: string[] = [];
@@ -305,12 +349,18 @@ class TextWriter {
     this.parts.push('\r\n[', parts.join('\\'), ']\r\n');
     for (const l of lines) this.parts.push(l, '\r\n');
     this.keys++;
+    if (this.parts.length >= 8192) {
+      this.chunks.push(this.parts.join(''));
+      this.parts.length = 0;
+    }
   }
 
   text(): string {
     if (this.keys === 0) return '';
     this.parts.push('\r\n');
-    return this.parts.join('');
+    this.chunks.push(this.parts.join(''));
+    this.parts.length = 0;
+    return this.chunks.join('');
   }
 }
 
@@ -419,6 +469,18 @@ interface PatchKey {
  */
 export function applyRegistryPatch(baseText: string, patch: string): { text: string; edits: RegistryPatchEdit[] } {
   if (patch === '') return { text: baseText, edits: [] };
+  return applyRegChanges(baseText, Buffer.from(patch, 'utf8'), { encoding: 'utf-8' }, true);
+}
+
+/**
+ * A .reg file of changes (any format regedit reads: `carryon persona reg import`) applied to canonical
+ * text as regedit imports it; parse errors pass through with their line and column.
+ */
+export function applyRegFileToText(baseText: string, bytes: Uint8Array, options: RegDecodeOptions = {}): string {
+  return applyRegChanges(baseText, bytes, options, false).text;
+}
+
+function applyRegChanges(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean): { text: string; edits: RegistryPatchEdit[] } {
   const keys = new Map<string, PatchKey>();
   const deletions = new Set<string>();
   const edits: RegistryPatchEdit[] = [];
@@ -433,7 +495,7 @@ export function applyRegistryPatch(baseText: string, patch: string): { text: str
   };
   let version: string;
   try {
-    ({ version } = decodeRegSections(Buffer.from(patch, 'utf8'), (s) => {
+    ({ version } = decodeRegSections(bytes, (s) => {
       const id = keyPathId(s.path);
       if (s.kind === 'delete-key') {
         for (const k of [...keys.keys()]) if (k === id || k.startsWith(`${id}\\`)) keys.delete(k);
@@ -454,12 +516,12 @@ export function applyRegistryPatch(baseText: string, patch: string): { text: str
         k.values.set(n, line);
         edits.push({ key: valueKey(id, n), line });
       }
-    }, { encoding: 'utf-8' }));
+    }, options));
   } catch (err) {
-    if (err instanceof CarryonError) throw new CarryonError('BAD_REQUEST', `the registry patch is not a valid .reg file: ${err.message}`, { ...err.data, cause: err.code }, err);
+    if (isPatch && err instanceof CarryonError) throw new CarryonError('BAD_REQUEST', `the registry patch is not a valid .reg file: ${err.message}`, { ...err.data, cause: err.code }, err);
     throw err;
   }
-  if (version !== 'v5') throw new CarryonError('BAD_REQUEST', 'the registry patch must be a "Windows Registry Editor Version 5.00" file');
+  if (isPatch && version !== 'v5') throw new CarryonError('BAD_REQUEST', 'the registry patch must be a "Windows Registry Editor Version 5.00" file');
   const sorted = [...keys.values()].sort((x, y) => cmp(x.order, y.order));
   const b = new RegTextCursor(baseText, 'base registry');
   const w = new TextWriter();
@@ -501,6 +563,13 @@ export function applyRegistryPatch(baseText: string, patch: string): { text: str
     i++;
   }
   return { text: w.text(), edits };
+}
+
+/** How many keys canonical text holds. */
+export function countRegistryKeys(text: string): number {
+  let n = 0;
+  for (let i = text.indexOf('\r\n\r\n['); i >= 0; i = text.indexOf('\r\n\r\n[', i + 4)) n++;
+  return n;
 }
 
 /**

@@ -3,7 +3,7 @@
 import { CarryonError, type ErrorCode } from '../../errors/index.js';
 import { ansiToData, HEADER_REGEDIT4, HEADER_V5, hexStringsAreAnsi, isStringType } from './ansi.js';
 import { keyPathProblem, valueNameProblem } from './names.js';
-import { BOM_UTF16LE, BOM_UTF8, decodeCp1252, decodeUtf16le, decodeUtf8OrNull, encodeUtf16le, invalidUtf8At } from './text-encoding.js';
+import { BOM_UTF16LE, BOM_UTF8, decodeCp1252, decodeUtf16leCompact, decodeUtf8OrNull, encodeUtf16le, invalidUtf8At } from './text-encoding.js';
 import {
   REG_BINARY,
   REG_DWORD,
@@ -82,7 +82,7 @@ function decodeText(bytes: Uint8Array, forced: RegFileEncoding | undefined): { t
   if (encoding === 'utf-16le') {
     if (!hasUtf16Bom) throw positionError(MALFORMED, 1, 1, 'UTF-16LE text must start with the byte-order mark FF FE, as regedit requires');
     const body = bytes.subarray(2);
-    const text = decodeUtf16le(body.subarray(0, body.length & ~1));
+    const text = decodeUtf16leCompact(body.subarray(0, body.length & ~1));
     if (body.length % 2 !== 0) {
       const p = positionOf(text, text.length);
       throw positionError(MALFORMED, p.line, p.column, 'UTF-16LE text ends in the middle of a character (odd number of bytes)');
