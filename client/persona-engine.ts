@@ -103,6 +103,9 @@ interface TimesFile {
   values: Array<[string, string | null, number]>;
 }
 
+/** Beyond this many changed values, per-value times are not kept across scans (see registryEditTimes). */
+export const MAX_TIMED_EDITS = 10_000;
+
 const lineHash = (line: string | null): string | null => (line === null ? null : createHash('sha256').update(line).digest('hex').slice(0, 32));
 
 /**
@@ -111,6 +114,12 @@ const lineHash = (line: string | null): string | null => (line === null ? null :
  */
 async function registryEditTimes(dir: string, baseId: string, patch: RegistryPatch, seenAt: number): Promise<number[]> {
   const file = path.join(dir, REGISTRY_TIMES_FILE);
+  // A whole registry's worth of edits (a first import): all dated by the file, none remembered (the file
+  // would hold a hash a value, ~25 MB for 250,000 values); the next base starts the record afresh.
+  if (patch.edits.length > MAX_TIMED_EDITS) {
+    await fs.rm(file, { force: true });
+    return patch.edits.map(() => seenAt);
+  }
   const known = new Map<string, { h: string | null; t: number }>();
   try {
     const old = JSON.parse(await fs.readFile(file, 'utf8')) as TimesFile;

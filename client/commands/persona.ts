@@ -2,7 +2,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { applyRegFileToText, canonicalRegistryText, CarryonError, countRegistryKeys, decodePersona, decodeRegSections, encodePersona, parseName, personaId, registryTextFileBytes, type PersonaPushInfo } from '../../src/index.js';
+import { applyRegFileToText, canonicalRegistryText, CarryonError, countRegistryKeys, decodePersona, encodePersona, parseName, personaId, registryTextFileBytes, type PersonaPushInfo } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
 import { diffPersona, fetchPersona, personaPushParts, REGISTRY_FILE, scanPersona, uploadPersona } from '../persona-engine.js';
 import { personaFolder } from '../persona-vault.js';
@@ -73,15 +73,17 @@ export function registerPersona(program: Command): void {
         const held = await heldPersona(s, parseName(desktop, 'desktop'));
         const target = path.join(held.dir, REGISTRY_FILE);
         // Line by line (src/persona/registry-text.ts): a 100,000-key registry imports in ~0.2 GB, not ~0.9.
+        // The file is read first: a bad one is reported before anything else is touched.
         const edits = await fs.readFile(file);
-        let sections = 0;
-        decodeRegSections(edits, () => void sections++);
+        const count = { sections: 0 };
         const current = await fs.readFile(target).catch(() => null);
-        const text = applyRegFileToText(current ? canonicalRegistryText(current) : '', edits);
+        const base = current ? canonicalRegistryText(current) : '';
+        // Into an empty registry the file is the registry; else it is applied as regedit would.
+        const text = base === '' ? canonicalRegistryText(edits, {}, count) : applyRegFileToText(base, edits, {}, count);
         const tmp = `${target}.${process.pid}.tmp`;
         await fs.writeFile(tmp, registryTextFileBytes(text));
         await fs.rename(tmp, target);
-        return { desktop, registry: target, sections, keys: countRegistryKeys(text) };
+        return { desktop, registry: target, sections: count.sections, keys: countRegistryKeys(text) };
       }, (r) => `applied ${r.sections} section(s) to ${r.registry} (${r.keys} keys); the next check-in or push sends it`);
     });
 }

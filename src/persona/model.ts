@@ -2,6 +2,7 @@
 // Owns: the entry and snapshot types, their validation, and the canonical encoding whose SHA-256 is a
 // snapshot's id (so persona versions are content-addressed like disk manifests).
 // Must not know: the file system, stores, HTTP. Paths here are already validated (see paths.ts).
+import { createHash } from 'node:crypto';
 import { CarryonError, shownValue } from '../errors/index.js';
 import { parseJson } from '../json/index.js';
 import { isBlockId, sha256, type BlockId } from '../hash/index.js';
@@ -41,16 +42,44 @@ export interface PersonaSnapshot {
   registry: string;
 }
 
-/** The canonical encoding: JSON with a fixed key order, entries sorted; its SHA-256 is the snapshot id. */
-export function encodePersona(p: PersonaSnapshot): Buffer {
+/**
+ * The canonical encoding's pieces, in order: JSON with a fixed key order, entries sorted, the registry
+ * last and escaped a slice at a time, so a large registry is never held twice more as one JSON string.
+ */
+function* encodedPieces(p: PersonaSnapshot): Generator<Buffer> {
   const files = [...p.files].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)).map((e) => ({
     path: e.path, kind: e.kind, mode: e.mode, mtimeMs: e.mtimeMs, size: e.size, hash: e.hash, chunks: e.chunks, ...(e.kind === 'symlink' ? { target: e.target } : {}),
   }));
-  return Buffer.from(JSON.stringify({ format: PERSONA_FORMAT, version: PERSONA_VERSION, files, registry: p.registry }));
+  const head = JSON.stringify({ format: PERSONA_FORMAT, version: PERSONA_VERSION, files });
+  yield Buffer.from(`${head.slice(0, -1)},"registry":"`);
+  const r = p.registry;
+  for (let i = 0; i < r.length; ) {
+    let end = Math.min(r.length, i + REGISTRY_SLICE_CHARS);
+    // Never between the halves of a surrogate pair: JSON.stringify would escape each half alone.
+    const last = r.charCodeAt(end - 1);
+    if (end < r.length && last >= 0xd800 && last <= 0xdbff) end--;
+    yield Buffer.from(JSON.stringify(r.slice(i, end)).slice(1, -1));
+    i = end;
+  }
+  yield Buffer.from('"}');
+}
+
+const REGISTRY_SLICE_CHARS = 1 << 20;
+
+/** The canonical encoding: JSON with a fixed key order, entries sorted; its SHA-256 is the snapshot id. */
+export function encodePersona(p: PersonaSnapshot): Buffer {
+  return Buffer.concat([...encodedPieces(p)]);
 }
 
 export function personaId(encoded: Uint8Array): BlockId {
   return sha256(encoded).toString('hex');
+}
+
+/** personaId(encodePersona(p)) without holding the encoding. */
+export function personaSnapshotId(p: PersonaSnapshot): BlockId {
+  const h = createHash('sha256');
+  for (const piece of encodedPieces(p)) h.update(piece);
+  return h.digest('hex');
 }
 
 /** Decode and validate a snapshot from an untrusted source; every problem is BAD_REQUEST naming the entry. */
@@ -140,8 +169,8 @@ export function diffSnapshots(base: PersonaSnapshot, next: PersonaSnapshot, opts
   const after = new Set(next.files.map((e) => e.path));
   const patch = opts.patch ?? (next.registry === base.registry ? { text: '', edits: [] } : makeRegistryPatch(canonicalForm(base.registry, 'base registry'), canonicalForm(next.registry, "laptop's registry")));
   return {
-    baseId: opts.baseId ?? personaId(encodePersona(base)),
-    id: personaId(encodePersona(next)),
+    baseId: opts.baseId ?? personaSnapshotId(base),
+    id: personaSnapshotId(next),
     upsert: next.files.filter((e) => !before.has(e.path) || !sameEntry(before.get(e.path)!, e)),
     remove: base.files.filter((e) => !after.has(e.path)).map((e) => e.path),
     registryPatch: patch.text,
@@ -171,9 +200,13 @@ function entryFields(e: Record<string, unknown>, bad: (why: string) => CarryonEr
 /** What applySnapshotDelta rebuilt: the sender's snapshot, its encoding, and its registry values' times of change. */
 export interface AppliedDelta {
   snapshot: PersonaSnapshot;
-  encoded: Buffer;
-  /** Per value key the patch changed: when the laptop changed it; null for a version 1 delta (no per-value times). */
-  registryTimes: Map<string, number> | null;
+  /** Its id (personaId of its encoding). */
+  id: BlockId;
+  /**
+   * Per value key the patch changed: when the laptop changed it; null for a version 1 delta (no
+   * per-value times). Built on demand: only a merge needs it.
+   */
+  registryTimes: () => Map<string, number> | null;
 }
 
 /**
@@ -189,7 +222,7 @@ export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown, baseId?:
     throw bad('registryPatch must be text and registryTimes a list of times in ms');
   }
   if (!v2 && d.registry !== null && typeof d.registry !== 'string') throw bad('registry must be text or null');
-  if ((baseId ?? personaId(encodePersona(base))) !== d.baseId) throw bad('it was made against another base version');
+  if ((baseId ?? personaSnapshotId(base)) !== d.baseId) throw bad('it was made against another base version');
   const files = new Map(base.files.map((e) => [e.path, e]));
   for (const p of d.remove) {
     if (typeof p !== 'string' || !files.delete(p)) throw bad(`removes ${JSON.stringify(shownValue(p, 200))}, which the base does not hold`);
@@ -202,14 +235,17 @@ export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown, baseId?:
   // The registry stays out of that round trip (tens of MB for a large one): it is rebuilt below.
   const checked = decodePersona(Buffer.from(JSON.stringify({ format: PERSONA_FORMAT, version: PERSONA_VERSION, files: [...files.values()], registry: '' })));
   let registry = base.registry;
-  let registryTimes: Map<string, number> | null = null;
+  let registryTimes: () => Map<string, number> | null = () => null;
   if (v2) {
+    const times = d.registryTimes!;
     if (d.registryPatch !== '') {
       const applied = applyRegistryPatch(canonicalForm(base.registry, 'the base version\'s registry'), d.registryPatch!);
-      if (applied.edits.length !== d.registryTimes!.length) throw bad(`registryTimes holds ${d.registryTimes!.length} times for the patch's ${applied.edits.length} value edits`);
+      if (applied.edits.length !== times.length) throw bad(`registryTimes holds ${times.length} times for the patch's ${applied.edits.length} value edits`);
       registry = applied.text;
-      registryTimes = new Map(applied.edits.map((e, i) => [e.key, d.registryTimes![i]!]));
-    } else registryTimes = new Map();
+      const keys = applied.edits.map((e) => e.key);
+      registryTimes = () => new Map(keys.map((k, i) => [k, times[i]!]));
+    } else if (times.length > 0) throw bad(`registryTimes holds ${times.length} times for an empty patch`);
+    else registryTimes = () => new Map();
   } else if (typeof d.registry === 'string') {
     // A registry every later merge and check-out must parse: refused here, it never becomes a version.
     checkRegistryText(d.registry);
@@ -217,9 +253,8 @@ export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown, baseId?:
     registry = d.registry;
   }
   const snapshot: PersonaSnapshot = { files: checked.files, registry };
-  const encoded = encodePersona(snapshot);
-  if (personaId(encoded) !== d.id) throw bad('applied to the base it does not give the snapshot it names');
-  return { snapshot, encoded, registryTimes };
+  if (personaSnapshotId(snapshot) !== d.id) throw bad('applied to the base it does not give the snapshot it names');
+  return { snapshot, id: d.id, registryTimes };
 }
 
 /** Value keys (registry-text.ts valueKey) by their key path and value name, for tests and tools. */

@@ -166,14 +166,22 @@ export class RegistryLines {
  * sorted) with no `[-key]` goes straight to text, one key at a time; any other is built in a
  * RegistryLines first.
  */
-export function canonicalRegistryText(bytes: Uint8Array, options: RegDecodeOptions = {}): string {
-  return sortedFileText(bytes, options) ?? new RegistryLines().applyFile(bytes, options).text();
+export function canonicalRegistryText(bytes: Uint8Array, options: RegDecodeOptions = {}, count?: { sections: number }): string {
+  const sorted = sortedFileText(bytes, options, count);
+  if (sorted !== null) return sorted;
+  const lines = new RegistryLines();
+  if (count) count.sections = 0;
+  decodeRegSections(bytes, (s) => {
+    if (count) count.sections++;
+    lines.apply(s);
+  }, options);
+  return lines.text();
 }
 
 const UNSORTED = new Error('unsorted');
 
 /** canonicalRegistryText of a file in canonical key order, or null when it is not in that order. */
-function sortedFileText(bytes: Uint8Array, options: RegDecodeOptions): string | null {
+function sortedFileText(bytes: Uint8Array, options: RegDecodeOptions, count?: { sections: number }): string | null {
   const w = new TextWriter();
   let cur: { path: string; id: string; order: string; values: Map<string, string> } | null = null;
   const flush = (): void => {
@@ -181,6 +189,7 @@ function sortedFileText(bytes: Uint8Array, options: RegDecodeOptions): string | 
   };
   try {
     decodeRegSections(bytes, (s) => {
+      if (count) count.sections++;
       if (s.kind === 'delete-key') throw UNSORTED;
       const id = keyPathId(s.path);
       if (cur?.id !== id) {
@@ -476,11 +485,103 @@ export function applyRegistryPatch(baseText: string, patch: string): { text: str
  * A .reg file of changes (any format regedit reads: `carryon persona reg import`) applied to canonical
  * text as regedit imports it; parse errors pass through with their line and column.
  */
-export function applyRegFileToText(baseText: string, bytes: Uint8Array, options: RegDecodeOptions = {}): string {
-  return applyRegChanges(baseText, bytes, options, false).text;
+export function applyRegFileToText(baseText: string, bytes: Uint8Array, options: RegDecodeOptions = {}, count?: { sections: number }): string {
+  return applyRegChanges(baseText, bytes, options, false, count).text;
 }
 
-function applyRegChanges(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean): { text: string; edits: RegistryPatchEdit[] } {
+function applyRegChanges(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count?: { sections: number }): { text: string; edits: RegistryPatchEdit[] } {
+  try {
+    const sorted = applySorted(baseText, bytes, options, isPatch, count);
+    if (sorted) return sorted;
+  } catch (err) {
+    if (isPatch && err instanceof CarryonError) throw new CarryonError('BAD_REQUEST', `the registry patch is not a valid .reg file: ${err.message}`, { ...err.data, cause: err.code }, err);
+    throw err;
+  }
+  if (count) count.sections = 0;
+  return applyOverlay(baseText, bytes, options, isPatch, count);
+}
+
+/**
+ * applyRegChanges for a file whose sections come in canonical key order, each key once (what
+ * makeRegistryPatch writes): one pass over the base and the file together, holding no overlay. Null
+ * when the file is not in that order (after which the overlay does the work).
+ */
+function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count?: { sections: number }): { text: string; edits: RegistryPatchEdit[] } | null {
+  const b = new RegTextCursor(baseText, 'base registry');
+  const w = new TextWriter();
+  const edits: RegistryPatchEdit[] = [];
+  /** Orders of the `[-key]` sections whose subtree the walk is in, outermost first. */
+  const deleted: string[] = [];
+  const under = (order: string): boolean => {
+    while (deleted.length > 0) {
+      const top = deleted[deleted.length - 1]!;
+      if (order === top || order.startsWith(`${top}\0`)) return true;
+      deleted.pop();
+    }
+    return false;
+  };
+  const emitBaseBefore = (order: string | null): void => {
+    for (let k = b.key; k && (order === null || k.order < order); k = b.next()) if (!under(k.order)) w.key(k.path, k.values.map((v) => v.line));
+  };
+  let prev: string | null = null;
+  let version: string;
+  try {
+    ({ version } = decodeRegSections(bytes, (s) => {
+      if (count) count.sections++;
+      const id = keyPathId(s.path);
+      const order = keyOrder(id);
+      if (prev !== null && !(prev < order)) throw UNSORTED;
+      prev = order;
+      emitBaseBefore(order);
+      if (s.kind === 'delete-key') {
+        under(order);
+        deleted.push(order);
+        return;
+      }
+      const mine = new Map<string, string | null>();
+      for (const v of s.values) {
+        const n = valueNameId(v.name);
+        if (v.kind === 'delete') {
+          mine.set(n, null);
+          edits.push({ key: valueKey(id, n), line: null });
+          continue;
+        }
+        const old = mine.get(n);
+        const line = old ? respell(encodeRegValueLine(v, 'utf-8'), old) : encodeRegValueLine(v, 'utf-8');
+        mine.set(n, line);
+        edits.push({ key: valueKey(id, n), line });
+      }
+      const ev = [...mine.entries()].sort((x, y) => cmp(x[0], y[0]));
+      const bk = b.key?.order === order ? b.key : undefined;
+      const gone = under(order);
+      const bv = bk && !gone ? bk.values : [];
+      const lines: string[] = [];
+      for (let p = 0, q = 0; p < bv.length || q < ev.length; ) {
+        const x = bv[p];
+        const y = ev[q];
+        const d = !y ? -1 : !x ? 1 : cmp(x.id, y[0]);
+        if (d < 0) {
+          lines.push(x!.line);
+          p++;
+        } else {
+          if (y![1] !== null) lines.push(d === 0 ? respell(y![1], x!.line) : y![1]);
+          if (d === 0) p++;
+          q++;
+        }
+      }
+      if (bk) b.next();
+      w.key(bk && !gone ? bk.path : canonicalRoot(s.path), lines, bk && !gone ? undefined : b.key?.path);
+    }, options));
+  } catch (err) {
+    if (err === UNSORTED) return null;
+    throw err;
+  }
+  if (isPatch && version !== 'v5') throw new CarryonError('BAD_REQUEST', 'the registry patch must be a "Windows Registry Editor Version 5.00" file');
+  emitBaseBefore(null);
+  return { text: w.text(), edits };
+}
+
+function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count?: { sections: number }): { text: string; edits: RegistryPatchEdit[] } {
   const keys = new Map<string, PatchKey>();
   const deletions = new Set<string>();
   const edits: RegistryPatchEdit[] = [];
@@ -496,6 +597,7 @@ function applyRegChanges(baseText: string, bytes: Uint8Array, options: RegDecode
   let version: string;
   try {
     ({ version } = decodeRegSections(bytes, (s) => {
+      if (count) count.sections++;
       const id = keyPathId(s.path);
       if (s.kind === 'delete-key') {
         for (const k of [...keys.keys()]) if (k === id || k.startsWith(`${id}\\`)) keys.delete(k);
