@@ -142,13 +142,56 @@ async function registryEditTimes(dir: string, baseId: string, patch: RegistryPat
   return values.map(([, , t]) => t);
 }
 
+const READ_PIECE = 1 << 20;
+
+/**
+ * registry.reg as canonical text. The file as checkout wrote it is UTF-16LE, and its text usually
+ * ASCII: such a file is read a piece at a time into its ASCII half (never 44 MB of UTF-16 beside its
+ * text), and when that is the base's text itself (no edit since checkout) nothing is parsed at all.
+ * Any other file is read whole and parsed as it is.
+ */
+async function readRegistryText(file: string, size: number, baseText: string): Promise<string> {
+  const whole = async (): Promise<string> => canonicalRegistryText(await fs.readFile(file));
+  if (size < 4 || size % 2 !== 0) return whole();
+  const fh = await fs.open(file, 'r');
+  let ascii: Buffer;
+  try {
+    const bom = Buffer.alloc(2);
+    await fh.read(bom, 0, 2, 0);
+    if (bom[0] !== 0xff || bom[1] !== 0xfe) return await whole();
+    ascii = Buffer.allocUnsafe((size - 2) / 2);
+    const piece = Buffer.allocUnsafe(READ_PIECE);
+    let at = 0;
+    for (let pos = 2; pos < size; ) {
+      const { bytesRead } = await fh.read(piece, 0, Math.min(READ_PIECE, size - pos), pos);
+      if (bytesRead === 0 || bytesRead % 2 !== 0) return await whole();
+      for (let i = 0; i < bytesRead; i += 2) {
+        const lo = piece[i]!;
+        if (piece[i + 1] !== 0 || lo >= 0x80) return await whole();
+        ascii[at++] = lo;
+      }
+      pos += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+  if (baseText !== '' && ascii.length === baseText.length) {
+    let same = true;
+    for (let i = 0; i < ascii.length && same; i++) same = ascii[i] === baseText.charCodeAt(i);
+    if (same) return baseText;
+  }
+  // ASCII reads the same as UTF-8; a REGEDIT4 header is left to the full reader (its strings are ANSI).
+  if (!ascii.subarray(0, 40).toString('latin1').trimStart().startsWith('Windows Registry Editor Version 5.00')) return whole();
+  return canonicalRegistryText(ascii, { encoding: 'utf-8' });
+}
+
 /** Read the persona folder back into a snapshot; new file contents go into the laptop cache as chunks. */
 export async function scanPersona(state: LocalState, desktop: string, dir: string, base: PersonaSnapshot, baseId: string): Promise<LocalPersona> {
   const scan = await scanPersonaTree(path.join(dir, PROFILE_DIR), state.cacheOf(desktop), { previous: base });
   const regPath = path.join(dir, REGISTRY_FILE);
   const regStat = await fs.stat(regPath).catch(() => null);
   const baseText = canonicalForm(base.registry, "this copy's base registry");
-  const patch = makeRegistryPatch(baseText, regStat ? canonicalRegistryText(await fs.readFile(regPath)) : '');
+  const patch = makeRegistryPatch(baseText, regStat ? await readRegistryText(regPath, regStat.size, baseText) : '');
   const registry = patch.text === '' ? base.registry : applyRegistryPatch(baseText, patch.text).text;
   const registryTimes = await registryEditTimes(dir, baseId, patch, Math.round(regStat?.mtimeMs ?? Date.now()));
   const baseByPath = new Map(base.files.map((f) => [f.path, f]));

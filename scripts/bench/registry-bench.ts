@@ -5,7 +5,8 @@
 // registry change; a check-in with one dword changed (the difference of the two is what the value
 // costs); a check-in merged with a push another device made meanwhile (one value each). Bytes are
 // `bytesSent` of `carryon checkin --json`; the CLI's peak RSS is /usr/bin/time's; the server's is its
-// VmHWM (/proc/PID/status), reset before each step through /proc/PID/clear_refs.
+// VmHWM (/proc/PID/status) over the step, the server started afresh (same port) before each step: a
+// long-running server's RSS stays at its highest step (V8 and malloc keep what they grew to).
 //
 // Usage: node dist/scripts/bench/registry-bench.js [--keys 100000] [--seed 1] [--out FILE] [--keep]
 
@@ -68,9 +69,6 @@ function serverPeak(server: RunningServer): number {
   return Number(m[1]) * 1024;
 }
 
-function resetServerPeak(server: RunningServer): void {
-  writeFileSync(`/proc/${server.pid}/clear_refs`, '5'); // 5: reset the peak RSS (proc(5))
-}
 
 interface Row {
   step: string;
@@ -116,8 +114,10 @@ async function main(): Promise<void> {
 
     const co = await cli(homeA, 'checkout', DESK);
     const personaDir = str(co.json.persona as Json, 'dir');
+    const listen = new URL(server.url).host;
     const step = async (name: string, fn: () => Promise<{ json: Json; maxRss: number; seconds: number }>, bytes = true): Promise<Json> => {
-      resetServerPeak(server!);
+      await server!.stop();
+      server = await startServer(data, 30_000, listen);
       const r = await fn();
       const row: Row = { step: name, cliMaxRss: r.maxRss, serverMaxRss: serverPeak(server!), seconds: r.seconds, ...(bytes ? { bytesSent: num(r.json, 'bytesSent') } : {}) };
       rows.push(row);

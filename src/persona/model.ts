@@ -8,7 +8,7 @@ import { parseJson } from '../json/index.js';
 import { isBlockId, sha256, type BlockId } from '../hash/index.js';
 import { checkPersonaPath, checkSymlinkTarget, personaPathKey } from './paths.js';
 import { applyToRegistry, decodeRegFile, decodeRegSections, keyPathId, Registry, valueNameId } from './registry/index.js';
-import { applyRegistryPatch, canonicalForm, isCanonicalRegistryText, makeRegistryPatch, valueKey, type RegistryPatch } from './registry-text.js';
+import { applyRegistryPatch, canonicalForm, registryPatchEditKeys, isCanonicalRegistryText, makeRegistryPatch, valueKey, type RegistryPatch } from './registry-text.js';
 
 export const PERSONA_FORMAT = 'carryon-persona';
 export const PERSONA_VERSION = 1;
@@ -239,11 +239,11 @@ export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown, baseId?:
   if (v2) {
     const times = d.registryTimes!;
     if (d.registryPatch !== '') {
-      const applied = applyRegistryPatch(canonicalForm(base.registry, 'the base version\'s registry'), d.registryPatch!);
-      if (applied.edits.length !== times.length) throw bad(`registryTimes holds ${times.length} times for the patch's ${applied.edits.length} value edits`);
+      const patch = d.registryPatch!;
+      const applied = applyRegistryPatch(canonicalForm(base.registry, 'the base version\'s registry'), patch, { edits: false });
+      if (applied.editCount !== times.length) throw bad(`registryTimes holds ${times.length} times for the patch's ${applied.editCount} value edits`);
       registry = applied.text;
-      const keys = applied.edits.map((e) => e.key);
-      registryTimes = () => new Map(keys.map((k, i) => [k, times[i]!]));
+      registryTimes = () => new Map(registryPatchEditKeys(patch).map((k, i) => [k, times[i]!]));
     } else if (times.length > 0) throw bad(`registryTimes holds ${times.length} times for an empty patch`);
     else registryTimes = () => new Map();
   } else if (typeof d.registry === 'string') {

@@ -476,9 +476,26 @@ interface PatchKey {
  * canonical text `base`, as regedit would import it, giving canonical text. Also returns the patch's
  * value edits in file order. The patch must be a v5 .reg file in UTF-8; '' changes nothing.
  */
-export function applyRegistryPatch(baseText: string, patch: string): { text: string; edits: RegistryPatchEdit[] } {
-  if (patch === '') return { text: baseText, edits: [] };
-  return applyRegChanges(baseText, Buffer.from(patch, 'utf8'), { encoding: 'utf-8' }, true);
+export function applyRegistryPatch(baseText: string, patch: string, opts: { edits?: boolean } = {}): AppliedChanges {
+  if (patch === '') return { text: baseText, edits: [], editCount: 0 };
+  return applyRegChanges(baseText, Buffer.from(patch, 'utf8'), { encoding: 'utf-8' }, true, undefined, opts.edits ?? true);
+}
+
+/** What applying a file of changes gave: the text, and the value edits in file order (only their number when not asked for). */
+export interface AppliedChanges {
+  text: string;
+  edits: RegistryPatchEdit[];
+  editCount: number;
+}
+
+/** The value keys a patch edits, in its order (its times go with them). */
+export function registryPatchEditKeys(patch: string): string[] {
+  const keys: string[] = [];
+  if (patch === '') return keys;
+  decodeRegSections(Buffer.from(patch, 'utf8'), (s) => {
+    if (s.kind === 'key') for (const v of s.values) keys.push(valueKey(keyPathId(s.path), valueNameId(v.name)));
+  }, { encoding: 'utf-8' });
+  return keys;
 }
 
 /**
@@ -489,16 +506,16 @@ export function applyRegFileToText(baseText: string, bytes: Uint8Array, options:
   return applyRegChanges(baseText, bytes, options, false, count).text;
 }
 
-function applyRegChanges(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count?: { sections: number }): { text: string; edits: RegistryPatchEdit[] } {
+function applyRegChanges(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count?: { sections: number }, keep = true): AppliedChanges {
   try {
-    const sorted = applySorted(baseText, bytes, options, isPatch, count);
+    const sorted = applySorted(baseText, bytes, options, isPatch, count, keep);
     if (sorted) return sorted;
   } catch (err) {
     if (isPatch && err instanceof CarryonError) throw new CarryonError('BAD_REQUEST', `the registry patch is not a valid .reg file: ${err.message}`, { ...err.data, cause: err.code }, err);
     throw err;
   }
   if (count) count.sections = 0;
-  return applyOverlay(baseText, bytes, options, isPatch, count);
+  return applyOverlay(baseText, bytes, options, isPatch, count, keep);
 }
 
 /**
@@ -506,10 +523,15 @@ function applyRegChanges(baseText: string, bytes: Uint8Array, options: RegDecode
  * makeRegistryPatch writes): one pass over the base and the file together, holding no overlay. Null
  * when the file is not in that order (after which the overlay does the work).
  */
-function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count?: { sections: number }): { text: string; edits: RegistryPatchEdit[] } | null {
+function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count: { sections: number } | undefined, keep: boolean): AppliedChanges | null {
   const b = new RegTextCursor(baseText, 'base registry');
   const w = new TextWriter();
   const edits: RegistryPatchEdit[] = [];
+  let editCount = 0;
+  const edit = (key: string, n: string, line: string | null): void => {
+    editCount++;
+    if (keep) edit(key, n, line);
+  };
   /** Orders of the `[-key]` sections whose subtree the walk is in, outermost first. */
   const deleted: string[] = [];
   const under = (order: string): boolean => {
@@ -543,13 +565,13 @@ function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOpti
         const n = valueNameId(v.name);
         if (v.kind === 'delete') {
           mine.set(n, null);
-          edits.push({ key: valueKey(id, n), line: null });
+          edit(id, n, null);
           continue;
         }
         const old = mine.get(n);
         const line = old ? respell(encodeRegValueLine(v, 'utf-8'), old) : encodeRegValueLine(v, 'utf-8');
         mine.set(n, line);
-        edits.push({ key: valueKey(id, n), line });
+        edit(id, n, line);
       }
       const ev = [...mine.entries()].sort((x, y) => cmp(x[0], y[0]));
       const bk = b.key?.order === order ? b.key : undefined;
@@ -578,13 +600,18 @@ function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOpti
   }
   if (isPatch && version !== 'v5') throw new CarryonError('BAD_REQUEST', 'the registry patch must be a "Windows Registry Editor Version 5.00" file');
   emitBaseBefore(null);
-  return { text: w.text(), edits };
+  return { text: w.text(), edits, editCount };
 }
 
-function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count?: { sections: number }): { text: string; edits: RegistryPatchEdit[] } {
+function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count: { sections: number } | undefined, keep: boolean): AppliedChanges {
   const keys = new Map<string, PatchKey>();
   const deletions = new Set<string>();
   const edits: RegistryPatchEdit[] = [];
+  let editCount = 0;
+  const edit = (key: string, n: string, line: string | null): void => {
+    editCount++;
+    if (keep) edit(key, n, line);
+  };
   const deletedAt = (id: string): boolean => {
     if (deletions.size === 0) return false;
     for (let a = id; ; ) {
@@ -610,13 +637,13 @@ function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOpt
         const n = valueNameId(v.name);
         if (v.kind === 'delete') {
           k.values.set(n, null);
-          edits.push({ key: valueKey(id, n), line: null });
+          edit(id, n, null);
           continue;
         }
         const old = k.values.get(n);
         const line = old ? respell(encodeRegValueLine(v, 'utf-8'), old) : encodeRegValueLine(v, 'utf-8');
         k.values.set(n, line);
-        edits.push({ key: valueKey(id, n), line });
+        edit(id, n, line);
       }
     }, options));
   } catch (err) {
@@ -664,7 +691,7 @@ function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOpt
     w.key(gone ? e!.path : bk!.path, lines, gone ? b.key?.path : undefined);
     i++;
   }
-  return { text: w.text(), edits };
+  return { text: w.text(), edits, editCount };
 }
 
 /** How many keys canonical text holds. */
