@@ -530,7 +530,7 @@ function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOpti
   let editCount = 0;
   const edit = (key: string, n: string, line: string | null): void => {
     editCount++;
-    if (keep) edit(key, n, line);
+    if (keep) edits.push({ key: valueKey(key, n), line });
   };
   /** Orders of the `[-key]` sections whose subtree the walk is in, outermost first. */
   const deleted: string[] = [];
@@ -610,7 +610,7 @@ function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOpt
   let editCount = 0;
   const edit = (key: string, n: string, line: string | null): void => {
     editCount++;
-    if (keep) edit(key, n, line);
+    if (keep) edits.push({ key: valueKey(key, n), line });
   };
   const deletedAt = (id: string): boolean => {
     if (deletions.size === 0) return false;
