@@ -192,8 +192,11 @@ export async function scanPersona(state: LocalState, desktop: string, dir: strin
   const regStat = await fs.stat(regPath).catch(() => null);
   const baseText = canonicalForm(base.registry, "this copy's base registry");
   const patch = makeRegistryPatch(baseText, regStat ? await readRegistryText(regPath, regStat.size, baseText) : '');
-  const registry = patch.text === '' ? base.registry : applyRegistryPatch(baseText, patch.text).text;
   const registryTimes = await registryEditTimes(dir, baseId, patch, Math.round(regStat?.mtimeMs ?? Date.now()));
+  // The edits' lines are slices of the file's text: dropped here, that text is free before the patch
+  // is applied (another text as large).
+  patch.edits = [];
+  const registry = patch.text === '' ? base.registry : applyRegistryPatch(baseText, patch.text, { edits: false }).text;
   const baseByPath = new Map(base.files.map((f) => [f.path, f]));
   let editedAt = 0;
   for (const f of scan.files) {

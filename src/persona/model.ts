@@ -8,7 +8,7 @@ import { parseJson } from '../json/index.js';
 import { isBlockId, sha256, type BlockId } from '../hash/index.js';
 import { checkPersonaPath, checkSymlinkTarget, personaPathKey } from './paths.js';
 import { applyToRegistry, decodeRegFile, decodeRegSections, keyPathId, Registry, valueNameId } from './registry/index.js';
-import { applyRegistryPatch, canonicalForm, registryPatchEditKeys, isCanonicalRegistryText, makeRegistryPatch, valueKey, type RegistryPatch } from './registry-text.js';
+import { applyRegistryPatch, canonicalForm, registryPatchEditKeys, withCanonical, isCanonicalRegistryText, makeRegistryPatch, valueKey, type RegistryPatch } from './registry-text.js';
 
 export const PERSONA_FORMAT = 'carryon-persona';
 export const PERSONA_VERSION = 1;
@@ -66,9 +66,17 @@ function* encodedPieces(p: PersonaSnapshot): Generator<Buffer> {
 
 const REGISTRY_SLICE_CHARS = 1 << 20;
 
-/** The canonical encoding: JSON with a fixed key order, entries sorted; its SHA-256 is the snapshot id. */
+/**
+ * The canonical encoding: JSON with a fixed key order, entries sorted; its SHA-256 is the snapshot id.
+ * Two passes over the pieces (measure, then copy) so only the result is held, not it and its pieces.
+ */
 export function encodePersona(p: PersonaSnapshot): Buffer {
-  return Buffer.concat([...encodedPieces(p)]);
+  let n = 0;
+  for (const piece of encodedPieces(p)) n += piece.length;
+  const out = Buffer.allocUnsafe(n);
+  let at = 0;
+  for (const piece of encodedPieces(p)) at += piece.copy(out, at);
+  return out;
 }
 
 export function personaId(encoded: Uint8Array): BlockId {
@@ -240,7 +248,7 @@ export function applySnapshotDelta(base: PersonaSnapshot, raw: unknown, baseId?:
     const times = d.registryTimes!;
     if (d.registryPatch !== '') {
       const patch = d.registryPatch!;
-      const applied = applyRegistryPatch(canonicalForm(base.registry, 'the base version\'s registry'), patch, { edits: false });
+      const applied = withCanonical(base.registry, 'the base version\'s registry', (b) => applyRegistryPatch(b, patch, { edits: false }));
       if (applied.editCount !== times.length) throw bad(`registryTimes holds ${times.length} times for the patch's ${applied.editCount} value edits`);
       registry = applied.text;
       registryTimes = () => new Map(registryPatchEditKeys(patch).map((k, i) => [k, times[i]!]));

@@ -248,7 +248,20 @@ export function sameValueLine(a: TextValue | undefined, b: TextValue | undefined
 }
 
 function notCanonical(what: string, at: number, why: string): CarryonError {
-  return new CarryonError('BAD_REQUEST', `${what} is not canonical registry text (offset ${at}: ${why})`, { offset: at });
+  return new CarryonError('BAD_REQUEST', `${what} is not canonical registry text (offset ${at}: ${why})`, { offset: at, notCanonical: true });
+}
+
+/**
+ * fn(text), or when text turns out not to be canonical, fn(its canonical form): canonical text (all
+ * that carryon writes) is walked once instead of checked first and walked again.
+ */
+export function withCanonical<T>(text: string, what: string, fn: (canonical: string) => T): T {
+  try {
+    return fn(text);
+  } catch (err) {
+    if (!(err instanceof CarryonError && err.data.notCanonical === true)) throw err;
+    return fn(canonicalForm(text, what));
+  }
 }
 
 /** Key by key through canonical text, checking its layout and order as it goes. */
