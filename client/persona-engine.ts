@@ -26,10 +26,24 @@ export const PROFILE_DIR = 'profile';
  */
 export const REGISTRY_TIMES_FILE = 'registry-times.json';
 
-/** The snapshot's registry (canonical UTF-8 .reg text) as regedit writes a file: UTF-16LE with BOM, CRLF. */
-function registryFileBytes(text: string): Uint8Array {
-  checkRegistryText(text);
-  return registryTextFileBytes(canonicalForm(text, 'registry'));
+/**
+ * Write canonical registry text as regedit writes a file (UTF-16LE with BOM, CRLF: registryTextFileBytes),
+ * a slice at a time through a temp file and a rename: 44 MB of UTF-16 for a 100,000-key registry is
+ * never held at once.
+ */
+export async function writeRegistryFile(file: string, text: string): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fh = await fs.open(tmp, 'w');
+  try {
+    if (text === '') await fh.write(registryTextFileBytes(''));
+    else {
+      await fh.write(Buffer.from([0xff, 0xfe]));
+      for (let i = 0; i < text.length; i += READ_PIECE) await fh.write(Buffer.from(text.slice(i, i + READ_PIECE), 'utf16le'));
+    }
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, file);
 }
 
 /** Any .reg file (either format, any encoding) as the snapshot's canonical registry text; '' when empty. */
@@ -44,9 +58,10 @@ export async function fetchPersona(state: LocalState, api: ApiClient, desktop: s
   if (personaId(got.encoded) !== got.id) throw new CarryonError('BAD_REQUEST', 'the persona received does not match its id');
   const snapshot = decodePersona(got.encoded);
   // Checked before anything is fetched or written: a version this laptop cannot use changes nothing here.
-  let regBytes: Uint8Array;
+  let regText: string;
   try {
-    regBytes = registryFileBytes(snapshot.registry);
+    checkRegistryText(snapshot.registry);
+    regText = canonicalForm(snapshot.registry, 'registry');
   } catch (err) {
     throw new CarryonError('BAD_REQUEST', `the server's persona version ${got.version} holds a registry that cannot be read (${(err as Error).message}); nothing was changed on this laptop: ` +
       'ask an admin to put your persona back to an earlier version (carryon-server persona restore USER VERSION)', { version: got.version });
@@ -73,7 +88,7 @@ export async function fetchPersona(state: LocalState, api: ApiClient, desktop: s
   })));
   await fs.mkdir(path.join(dir, PROFILE_DIR), { recursive: true });
   await materializePersonaTree(path.join(dir, PROFILE_DIR), snapshot.files, cache, previous ? { previous: previous.files } : {});
-  await writeAtomically(path.join(dir, REGISTRY_FILE), regBytes);
+  await writeRegistryFile(path.join(dir, REGISTRY_FILE), regText);
   return { version: got.version, snapshot, encoded: got.encoded, chunksFetched: missing.length };
 }
 

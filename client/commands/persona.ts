@@ -2,9 +2,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { applyRegFileToText, canonicalRegistryText, CarryonError, countRegistryKeys, decodePersona, encodePersona, parseName, personaId, registryTextFileBytes, type PersonaPushInfo } from '../../src/index.js';
+import { applyRegFileToText, canonicalRegistryText, CarryonError, countRegistryKeys, decodePersona, encodePersona, parseName, personaId, type PersonaPushInfo } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
-import { diffPersona, fetchPersona, personaPushParts, REGISTRY_FILE, scanPersona, uploadPersona } from '../persona-engine.js';
+import { diffPersona, fetchPersona, personaPushParts, REGISTRY_FILE, scanPersona, uploadPersona, writeRegistryFile } from '../persona-engine.js';
 import { personaFolder } from '../persona-vault.js';
 
 /** The persona copy, its folder ready (an encrypted copy's vault mounted). */
@@ -80,9 +80,7 @@ export function registerPersona(program: Command): void {
         const base = current ? canonicalRegistryText(current) : '';
         // Into an empty registry the file is the registry; else it is applied as regedit would.
         const text = base === '' ? canonicalRegistryText(edits, {}, count) : applyRegFileToText(base, edits, {}, count);
-        const tmp = `${target}.${process.pid}.tmp`;
-        await fs.writeFile(tmp, registryTextFileBytes(text));
-        await fs.rename(tmp, target);
+        await writeRegistryFile(target, text);
         return { desktop, registry: target, sections: count.sections, keys: countRegistryKeys(text) };
       }, (r) => `applied ${r.sections} section(s) to ${r.registry} (${r.keys} keys); the next check-in or push sends it`);
     });
