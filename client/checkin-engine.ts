@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs';
 import {
   CarryonError, createCompressStream, decodeCheap, decodeManifest, encodeBlock, encodeBlockPatch, encodeCheap, encodeManifest, getBlock, manifestId,
-  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, SectorCipher, SECTOR_BYTES, uploadEntryName, verifyPlain, decodePersona, encodePersona, personaId, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type BlockStore, type DiskManifest, type TarEntry,
+  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, SectorCipher, SECTOR_BYTES, uploadEntryName, verifyPlain, decodePersona, encodePersona, personaId, personaSnapshotId, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type BlockStore, type DiskManifest, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -203,7 +203,8 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
       state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
     } else {
       // Nothing was merged in: the new version is the folder as scanned; no need to download it.
-      state.putPersona({ ...held, version: commit.persona.version, snapshot: encodePersona(scanned!) });
+      // Unchanged since the base: its stored encoding is the new version's (no 26 MB re-encoding for a 100,000-key registry).
+      state.putPersona({ ...held, version: commit.persona.version, snapshot: personaSnapshotId(scanned!) === personaId(held.snapshot) ? held.snapshot : encodePersona(scanned!) });
     }
   }
   return {

@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import {
   applyRegistryPatch, canonicalForm, canonicalRegistryText, CarryonError, checkRegistryText, createCompressStream, createDelta, createSignature, decodePersona, decodeVerified, getBlock,
   makeRegistryPatch, materializePersonaTree, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName,
-  registryTextFileBytes, scanPersonaTree, diffSnapshots, type BlockId, type BlockStore, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type RegistryPatch, type TarEntry,
+  registryTextFileBytes, REG_TEXT_HEADER, scanPersonaTree, diffSnapshots, type BlockId, type BlockStore, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type RegistryPatch, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -162,11 +162,13 @@ const READ_PIECE = 1 << 20;
 /**
  * registry.reg as canonical text. The file as checkout wrote it is UTF-16LE, and its text usually
  * ASCII: such a file is read a piece at a time into its ASCII half (never 44 MB of UTF-16 beside its
- * text), and when that is the base's text itself (no edit since checkout) nothing is parsed at all.
- * Any other file is read whole and parsed as it is.
+ * text). When that is the base's text itself (no edit since checkout) nothing is parsed; when it differs
+ * from it in a stretch of keys, only those keys are parsed and spliced into the base's text (`spliced`:
+ * the caller's walk checks the result is in canonical order, and reads the file whole if not). Any
+ * other file is read whole and parsed as it is.
  */
-async function readRegistryText(file: string, size: number, baseText: string): Promise<string> {
-  const whole = async (): Promise<string> => canonicalRegistryText(await fs.readFile(file));
+async function readRegistryText(file: string, size: number, baseText: string): Promise<{ text: string; spliced: boolean }> {
+  const whole = async (): Promise<{ text: string; spliced: boolean }> => ({ text: canonicalRegistryText(await fs.readFile(file)), spliced: false });
   if (size < 4 || size % 2 !== 0) return whole();
   const fh = await fs.open(file, 'r');
   let ascii: Buffer;
@@ -190,14 +192,36 @@ async function readRegistryText(file: string, size: number, baseText: string): P
   } finally {
     await fh.close();
   }
-  if (baseText !== '' && ascii.length === baseText.length) {
-    let same = true;
-    for (let i = 0; i < ascii.length && same; i++) same = ascii[i] === baseText.charCodeAt(i);
-    if (same) return baseText;
-  }
   // ASCII reads the same as UTF-8; a REGEDIT4 header is left to the full reader (its strings are ANSI).
-  if (!ascii.subarray(0, 40).toString('latin1').trimStart().startsWith('Windows Registry Editor Version 5.00')) return whole();
-  return canonicalRegistryText(ascii, { encoding: 'utf-8' });
+  if (!ascii.subarray(0, 40).toString('latin1').trimStart().startsWith(REG_TEXT_HEADER.trimEnd())) return whole();
+  const spliced = baseText === '' ? null : spliceEdits(ascii, baseText);
+  if (spliced !== null) return { text: spliced, spliced: spliced !== baseText };
+  return { text: canonicalRegistryText(ascii, { encoding: 'utf-8' }), spliced: false };
+}
+
+/**
+ * The base's canonical text with the keys where `file` (ASCII .reg text) differs from it replaced by
+ * those keys of the file, canonical; the base itself when they are equal; null when the difference
+ * touches the header or the text's end.
+ */
+function spliceEdits(file: Buffer, base: string): string | null {
+  const n = Math.min(file.length, base.length);
+  let p = 0;
+  while (p < n && file[p] === base.charCodeAt(p)) p++;
+  if (p === file.length && p === base.length) return base;
+  let q = 0;
+  while (q < n - p && file[file.length - 1 - q] === base.charCodeAt(base.length - 1 - q)) q++;
+  // Whole key sections ("\r\n[" starts one in canonical text: no value line starts with '[').
+  const start = base.lastIndexOf('\r\n[', p - 3);
+  if (start < REG_TEXT_HEADER.length || q < 2) return null;
+  const endBase = base.length - q;
+  let end = base.indexOf('\r\n[', endBase);
+  if (end < 0) end = base.length - 2;
+  if (end < endBase) return null;
+  const region = file.subarray(start, end + file.length - base.length);
+  const text = canonicalRegistryText(Buffer.concat([Buffer.from(REG_TEXT_HEADER), region, Buffer.from('\r\n')]), { encoding: 'utf-8' });
+  const keys = text === '' ? '' : text.slice(REG_TEXT_HEADER.length, -2);
+  return base.slice(0, start) + keys + base.slice(end);
 }
 
 /** Read the persona folder back into a snapshot; new file contents go into the laptop cache as chunks. */
@@ -206,7 +230,15 @@ export async function scanPersona(state: LocalState, desktop: string, dir: strin
   const regPath = path.join(dir, REGISTRY_FILE);
   const regStat = await fs.stat(regPath).catch(() => null);
   const baseText = canonicalForm(base.registry, "this copy's base registry");
-  const patch = makeRegistryPatch(baseText, regStat ? await readRegistryText(regPath, regStat.size, baseText) : '');
+  const ours = regStat ? await readRegistryText(regPath, regStat.size, baseText) : { text: '', spliced: false };
+  let patch: RegistryPatch;
+  try {
+    patch = makeRegistryPatch(baseText, ours.text);
+  } catch (err) {
+    // Keys edited out of order (or added twice): the splice is not canonical; the whole file is.
+    if (!(ours.spliced && err instanceof CarryonError && err.data.notCanonical === true)) throw err;
+    patch = makeRegistryPatch(baseText, canonicalRegistryText(await fs.readFile(regPath)));
+  }
   const registryTimes = await registryEditTimes(dir, baseId, patch, Math.round(regStat?.mtimeMs ?? Date.now()));
   // The edits' lines are slices of the file's text: dropped here, that text is free before the patch
   // is applied (another text as large).
