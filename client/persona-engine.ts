@@ -240,10 +240,10 @@ export async function scanPersona(state: LocalState, desktop: string, dir: strin
     patch = makeRegistryPatch(baseText, canonicalRegistryText(await fs.readFile(regPath)));
   }
   const registryTimes = await registryEditTimes(dir, baseId, patch, Math.round(regStat?.mtimeMs ?? Date.now()));
-  // The edits' lines are slices of the file's text: dropped here, that text is free before the patch
-  // is applied (another text as large).
+  // Ours is what the patch makes of the base unless it spells a name otherwise (then it is applied; the
+  // edits' lines, slices of the file's text, are dropped first so that text is free by then).
   patch.edits = [];
-  const registry = patch.text === '' ? base.registry : applyRegistryPatch(baseText, patch.text, { edits: false }).text;
+  const registry = patch.text === '' ? base.registry : patch.exact ? ours.text : applyRegistryPatch(baseText, patch.text, { edits: false }).text;
   const baseByPath = new Map(base.files.map((f) => [f.path, f]));
   let editedAt = 0;
   for (const f of scan.files) {

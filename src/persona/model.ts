@@ -175,7 +175,7 @@ const sameEntry = (a: PersonaEntry, b: PersonaEntry): boolean =>
 export function diffSnapshots(base: PersonaSnapshot, next: PersonaSnapshot, opts: { baseId?: BlockId; patch?: RegistryPatch; times?: number[]; time?: number } = {}): PersonaDelta {
   const before = new Map(base.files.map((e) => [e.path, e]));
   const after = new Set(next.files.map((e) => e.path));
-  const patch = opts.patch ?? (next.registry === base.registry ? { text: '', edits: [] } : makeRegistryPatch(canonicalForm(base.registry, 'base registry'), canonicalForm(next.registry, "laptop's registry")));
+  const patch = opts.patch ?? (next.registry === base.registry ? { text: '', edits: [], exact: true } : makeRegistryPatch(canonicalForm(base.registry, 'base registry'), canonicalForm(next.registry, "laptop's registry")));
   return {
     baseId: opts.baseId ?? personaSnapshotId(base),
     id: personaSnapshotId(next),

@@ -353,6 +353,17 @@ class TextWriter {
 
   key(path: string, lines: readonly string[], peek?: string): void {
     if (!this.enabled) return;
+    this.parts.push('\r\n[', this.spell(path, peek), ']\r\n');
+    for (const l of lines) this.parts.push(l, '\r\n');
+    this.keys++;
+    if (this.parts.length >= 8192) {
+      this.chunks.push(this.parts.join(''));
+      this.parts.length = 0;
+    }
+  }
+
+  /** The path as the next key would be written (see the class comment); it becomes the key written before. */
+  spell(path: string, peek?: string): string {
     const parts = canonicalRoot(path).split('\\');
     const ids = parts.map(foldName);
     let k = 0;
@@ -368,13 +379,7 @@ class TextWriter {
     }
     this.prevIds = ids;
     this.prevParts = parts;
-    this.parts.push('\r\n[', parts.join('\\'), ']\r\n');
-    for (const l of lines) this.parts.push(l, '\r\n');
-    this.keys++;
-    if (this.parts.length >= 8192) {
-      this.chunks.push(this.parts.join(''));
-      this.parts.length = 0;
-    }
+    return parts.join('\\');
   }
 
   text(): string {
@@ -402,6 +407,11 @@ export interface RegistryPatch {
   text: string;
   /** Its value edits in file order (the per-value edit times go in this order). */
   edits: RegistryPatchEdit[];
+  /**
+   * Applying it to the base gives `ours` exactly (no spelling of ours that applying would change), so
+   * the caller may take `ours` instead of applying.
+   */
+  exact: boolean;
 }
 
 /**
@@ -416,6 +426,9 @@ export function makeRegistryPatch(baseText: string, oursText: string): RegistryP
   const parts: string[] = [];
   const edits: RegistryPatchEdit[] = [];
   let deleted: string | null = null; // order of the last key deleted whole, + NUL
+  // The spelling applying would give each key of ours (registry-text's writer rules), to tell `exact`.
+  const speller = new TextWriter(false);
+  let exact = true;
   const under = (order: string): boolean => deleted !== null && order.startsWith(deleted);
   while (b.key || o.key) {
     const bk = b.key;
@@ -430,15 +443,17 @@ export function makeRegistryPatch(baseText: string, oursText: string): RegistryP
       continue;
     }
     if (c > 0 || under(ok!.order)) {
+      if (c === 0) b.next();
+      if (speller.spell(ok!.path, b.key?.path) !== ok!.path) exact = false;
       parts.push('\r\n[', ok!.path, ']\r\n');
       for (const v of ok!.values) {
         parts.push(v.line, '\r\n');
         edits.push({ key: valueKey(ok!.id, v.id), line: v.line });
       }
-      if (c === 0) b.next();
       o.next();
       continue;
     }
+    if (speller.spell(bk!.path) !== ok!.path) exact = false;
     const lines: string[] = [];
     const bv = bk!.values;
     const ov = ok!.values;
@@ -455,6 +470,7 @@ export function makeRegistryPatch(baseText: string, oursText: string): RegistryP
         edits.push({ key: valueKey(ok!.id, y!.id), line: y!.line });
         j++;
       } else {
+        if (x!.head !== y!.head || !y!.line.startsWith(x!.line.slice(0, x!.head))) exact = false;
         if (!sameValueLine(x, y)) {
           lines.push(y!.line);
           edits.push({ key: valueKey(ok!.id, y!.id), line: y!.line });
@@ -470,10 +486,10 @@ export function makeRegistryPatch(baseText: string, oursText: string): RegistryP
     b.next();
     o.next();
   }
-  if (parts.length === 0) return { text: '', edits: [] };
+  if (parts.length === 0) return { text: '', edits: [], exact };
   parts.unshift(REG_TEXT_HEADER);
   parts.push('\r\n');
-  return { text: parts.join(''), edits };
+  return { text: parts.join(''), edits, exact };
 }
 
 interface PatchKey {

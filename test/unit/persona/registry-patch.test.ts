@@ -75,7 +75,8 @@ describe('registry patch: make and apply', () => {
       [registryValueKey(K, 'added'), '"added"="n"'], [registryValueKey(K, 'change'), '"change"="new"'], [registryValueKey(K, 'drop'), null],
     ]);
     expect(applyRegistryPatch(base, p.text).text).toBe(ours);
-    expect(makeRegistryPatch(base, base)).toEqual({ text: '', edits: [] });
+    expect(p.exact).toBe(true);
+    expect(makeRegistryPatch(base, base)).toEqual({ text: '', edits: [], exact: true });
     expect(applyRegistryPatch(base, '').text).toBe(base);
   });
 
@@ -90,6 +91,7 @@ describe('registry patch: make and apply', () => {
     const ours = regText({ [K.toLowerCase().replace('hkey_current_user', 'HKEY_CURRENT_USER')]: { KEEP: 'k', Change: 'new', drop: 'd' }, [`${K}\\gone`]: { A: '1' }, [`${K}\\Gone\\Deeper`]: { b: '2' }, [`${K}\\Other`]: { o: 'o' } });
     const p = makeRegistryPatch(base, ours);
     expect(p.edits.map((e) => e.key)).toEqual([registryValueKey(K, 'change')]);
+    expect(p.exact).toBe(false); // applying keeps the base's spellings, so it does not give `ours` back
     const applied = applyRegistryPatch(base, p.text).text;
     expect(regSpec(applied)[K]).toEqual({ change: 'new', drop: 'd', keep: 'k' }); // base's spelling of "change"
     // A patch written by hand in other cases applies to the same values.
@@ -143,6 +145,11 @@ describe('registry patch: make and apply', () => {
       const o = regText(spec());
       const p = makeRegistryPatch(b, o);
       expect(applyRegistryPatch(b, p.text).text, `seed ${seed}`).toBe(o);
+      expect(p.exact, `seed ${seed}`).toBe(true);
+      // Ours spelled differently: when the patch says exact, applying must give ours to the byte.
+      const odd = regText(Object.fromEntries(Object.entries(regSpec(o)).map(([k, v]) => [randInt(rng, 2) ? k.replace('Software', 'SOFTWARE') : k, v])));
+      const q = makeRegistryPatch(b, odd);
+      expect(q.exact === (applyRegistryPatch(b, q.text).text === odd), `seed ${seed}`).toBe(true);
     }
   });
 });
