@@ -167,7 +167,7 @@ const READ_PIECE = 1 << 20;
  * the caller's walk checks the result is in canonical order, and reads the file whole if not). Any
  * other file is read whole and parsed as it is.
  */
-async function readRegistryText(file: string, size: number, baseText: string): Promise<{ text: string; spliced: boolean }> {
+export async function readRegistryText(file: string, size: number, baseText: string): Promise<{ text: string; spliced: boolean }> {
   const whole = async (): Promise<{ text: string; spliced: boolean }> => ({ text: canonicalRegistryText(await fs.readFile(file)), spliced: false });
   if (size < 4 || size % 2 !== 0) return whole();
   const fh = await fs.open(file, 'r');
