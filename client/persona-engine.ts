@@ -151,8 +151,9 @@ async function registryEditTimes(dir: string, baseId: string, patch: RegistryPat
   });
   const changed = values.length !== known.size || values.some(([k, h, t]) => known.get(k)?.h !== h || known.get(k)?.t !== t);
   if (changed) {
-    if (values.length === 0) await fs.rm(file, { force: true });
-    else await writeAtomically(file, Buffer.from(JSON.stringify({ format: 'carryon-registry-times', version: 1, base: baseId, values } satisfies TimesFile)));
+    // Best effort: a folder this process cannot write to still scans; its edits are then dated anew each time.
+    await (values.length === 0 ? fs.rm(file, { force: true }) : writeAtomically(file, Buffer.from(JSON.stringify({ format: 'carryon-registry-times', version: 1, base: baseId, values } satisfies TimesFile))))
+      .catch(() => undefined);
   }
   return values.map(([, , t]) => t);
 }
