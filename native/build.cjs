@@ -3,9 +3,14 @@
 // does not fail the install: the disk cipher then runs its slower JavaScript loop (same bytes), which
 // `carryon status --json` and serve's "listening" line report as cipher "js", and which the test suite
 // refuses (test/unit/crypto/native-xts.test.ts) unless CARRYON_XTS=js says it is meant.
+// It also builds native/persona-fuse (the streamed persona's FUSE helper, a small program linked against
+// libfuse3: Debian's libfuse3-dev at build time, fuse3 at run time). Without it everything but
+// `carryon checkout --persona-only --stream` works, and that says FUSE_UNAVAILABLE with what to install.
 'use strict';
 const { spawnSync } = require('node:child_process');
 const path = require('node:path');
+
+buildPersonaFuse();
 
 if (process.env.CARRYON_XTS === 'js') {
   console.log('carryon: CARRYON_XTS=js, not building the native XTS addon');
@@ -21,4 +26,19 @@ if (r.status !== 0) {
       '.\ncarryon: encrypted disks still work, with the slower JavaScript cipher (same on-disk bytes).' +
       '\ncarryon: to build it: install python3, make and a C compiler, then `npm run build:native`.\n',
   );
+}
+
+function buildPersonaFuse() {
+  const fs = require('node:fs');
+  const dir = path.join(__dirname, 'persona-fuse');
+  const flags = spawnSync('pkg-config', ['--cflags', '--libs', 'fuse3'], { encoding: 'utf8' });
+  if (flags.status !== 0) {
+    console.warn('carryon: WARNING: libfuse3 headers not found (pkg-config fuse3): the streamed persona is not built.\n' +
+      'carryon: to build it: apt install libfuse3-dev pkg-config, then `npm run build:native`.');
+    return;
+  }
+  fs.mkdirSync(path.join(dir, 'build'), { recursive: true });
+  const cc = process.env.CC || 'cc';
+  const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', '-o', path.join('build', 'carryon-persona-fuse'), 'persona-fuse.c', ...flags.stdout.trim().split(/\s+/), '-lpthread'], { cwd: dir, stdio: 'inherit' });
+  if (r.status !== 0) console.warn('carryon: WARNING: native/persona-fuse did not build: the streamed persona is unavailable (everything else works).');
 }

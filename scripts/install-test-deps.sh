@@ -17,9 +17,15 @@
 # benchmarked against: scripts/rgw.sh starts a private one-node cluster on 127.0.0.1
 # (test/conformance/s3-block-store.test.ts, scripts/bench/s3-bench.ts); curl creates its bucket. haproxy is the
 # load balancer in front of two server instances (scripts/scale-out.sh, test/e2e/scale-out.test.ts).
+# qemu-system-x86 boots a real Linux guest (Debian's own kernel, fetched once by scripts/fetch-test-kernel.sh
+# into .cache/test-kernel) from a busybox-static initramfs that cpio packs: the guest mounts the persona's
+# profile over 9p and runs guest/linux's logon/logoff scripts (test/e2e/guest-persona.test.ts,
+# scripts/bench/guest-share-bench.sh, which also uses virtiofsd from qemu-system-common).
+# libfuse3-dev and pkg-config let `npm ci` build native/persona-fuse, the streamed persona's FUSE helper
+# (test/e2e/persona-stream.test.ts mounts a profile through it with fusermount3 from fuse3).
 # A missing tool is a test failure, never a skip.
 set -euo pipefail
-pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs postgresql ceph-mon ceph-osd radosgw curl haproxy)
+pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs postgresql ceph-mon ceph-osd radosgw curl haproxy qemu-system-x86 busybox-static cpio libfuse3-dev pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -27,10 +33,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl haproxy; do
+for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl haproxy qemu-system-x86_64 cpio pkg-config; do
   command -v "$t" >/dev/null || { echo "install-test-deps: $t is still missing" >&2; exit 1; }
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "install-test-deps: initdb (postgresql) is still missing" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "install-test-deps: /usr/bin/time (GNU time) is still missing" >&2; exit 1; }
+pkg-config --exists fuse3 || { echo "install-test-deps: libfuse3 headers (libfuse3-dev) are still missing" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "install-test-deps: /dev/fuse is missing (modprobe fuse; in a container: --device /dev/fuse)" >&2; exit 1; }
+[ -x /bin/busybox ] || { echo "install-test-deps: /bin/busybox (busybox-static) is still missing" >&2; exit 1; }
+[ -x /usr/lib/qemu/virtiofsd ] || { echo "install-test-deps: /usr/lib/qemu/virtiofsd (qemu-system-common) is missing" >&2; exit 1; }
+sh "$(dirname "$0")/fetch-test-kernel.sh" || { echo "install-test-deps: no test kernel (scripts/fetch-test-kernel.sh failed)" >&2; exit 1; }
 echo "install-test-deps: all peers present"

@@ -9,16 +9,26 @@ import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { fmtBytes } from '../progress.js';
 import { defaultSources } from '../keyring.js';
 import { checkMountPoint, requirePersonaVault } from '../persona-vault.js';
+import { checkoutStreamedPersona, requirePersonaFuse } from '../persona-stream.js';
 
 export function registerCheckout(program: Command): void {
   withCommonOptions(program.command('checkout <desktop>').description('check a desktop out to this laptop (only missing blocks are downloaded)'))
     .option('--to <path>', 'where to put the raw disk image (default: HOME/desktops/NAME/disk.raw)')
     .option('--persona-to <dir>', 'where to put the persona: profile/ and registry.reg (default: beside the disk, in persona/)')
     .option('--encrypt', "encrypt this laptop's copy even where the desktop's policy does not require it (a copy once encrypted stays so)")
-    .option('--stream', 'return once the manifest and persona are here; `carryon serve` fetches blocks as the VM reads them and downloads the rest')
+    .option('--stream', 'return once the manifest and persona are here; `carryon serve` fetches blocks as the VM reads them and downloads the rest (with --persona-only: the file list now, each file when first opened through `carryon persona mount`)')
     .option('--persona-only', 'bring only the persona (profile files and registry); the disk stays free for others')
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
+      if (opts.personaOnly === true && opts.stream === true) {
+        await runCommand(opts, (s) => checkoutPersonaStreamed(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), opts.personaTo as string | undefined, opts.encrypt === true), (r) =>
+          r.already
+            ? `the persona of ${r.desktop} is already streamed here (version ${r.version}, in ${r.dir})`
+            : `persona of ${r.desktop} version ${r.version} in ${r.dir}: ${r.files} files listed, none downloaded yet\n` +
+              `show it with \`carryon persona mount ${r.desktop}\` (files come down when first opened, the rest in the background); ` +
+              `\`carryon persona fetch ${r.desktop}\` downloads everything before you travel`);
+        return;
+      }
       if (opts.personaOnly === true) {
         await runCommand(opts, (s) => checkoutPersonaOnly(s.state, s.api(), s.login(), parseName(desktop, 'desktop'), opts.personaTo as string | undefined, { encrypt: opts.encrypt === true, passphraseFile: opts.passphraseFile }), (r) =>
           `persona of ${r.desktop} version ${r.version} in ${r.dir}: ${r.files} files (${r.chunksFetched} chunks downloaded)\n` +
@@ -60,5 +70,15 @@ async function checkoutPersonaOnly(state: LocalState, api: ApiClient, login: Log
   const held = state.persona(name);
   const dir = path.resolve(to ?? held?.dir ?? path.join(state.home, 'desktops', name, 'persona'));
   const r = await checkoutPersona(state, api, login, name, undefined, dir, held?.withDisk ?? false, to);
+  return { desktop: name, ...r, bytesReceived: api.bytesReceived };
+}
+
+/** checkout --persona-only --stream: the file list now, each file's bytes when first opened. */
+async function checkoutPersonaStreamed(state: LocalState, api: ApiClient, login: Login, name: string, to: string | undefined, encrypt: boolean) {
+  requirePersonaFuse(); // before anything is written: without FUSE a streamed copy could not be opened
+  const info = await api.desktop(name); // DESKTOP_NOT_FOUND before anything is written
+  const held = state.persona(name);
+  const dir = path.resolve(to ?? held?.dir ?? path.join(state.home, 'desktops', name, 'persona'));
+  const r = await checkoutStreamedPersona(state, api, login, name, dir, encrypt || info.encryption === 'required' || state.keys.isEncrypted(name));
   return { desktop: name, ...r, bytesReceived: api.bytesReceived };
 }

@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { CarryonError, fmtBytes, parseName } from '../../src/index.js';
 import { shredCopy } from '../shred.js';
 import { closePersonaVault } from '../persona-vault.js';
+import { isStreamed, unmountRecorded } from '../persona-stream.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
 import { removeJournal } from '../disk-session.js';
@@ -49,6 +50,8 @@ export function registerDiscard(program: Command): void {
         // An encrypted copy's persona vault is unmounted first (even while a file in it is open: the
         // copy is going); its key is destroyed below and its vault (cache, persona) removed with it.
         if (persona) await closePersonaVault(s.state, persona.dir, true);
+        // A streamed persona's mount goes the same way: its process then stops on its own.
+        if (persona && isStreamed(persona.dir)) await unmountRecorded(persona.dir, true);
         const encrypted = s.state.keys.isEncrypted(name);
         // The persona copy goes with it: its unpushed edits are what discarding throws away.
         if (persona) await fs.rm(persona.dir, { recursive: true, force: true });

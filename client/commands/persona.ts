@@ -6,6 +6,8 @@ import { applyRegFileToText, canonicalRegistryText, CarryonError, countRegistryK
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
 import { diffPersona, fetchPersona, personaPushParts, REGISTRY_FILE, scanPersona, uploadPersona, writeRegistryFile } from '../persona-engine.js';
 import { personaFolder } from '../persona-vault.js';
+import { registerPersonaStream } from './persona-stream.js';
+import { fetchDeltaBases, isStreamed } from '../persona-stream.js';
 
 /** The persona copy, its folder ready (an encrypted copy's vault mounted). */
 async function heldPersona(s: Session, name: string) {
@@ -48,6 +50,8 @@ export function registerPersona(program: Command): void {
         const name = parseName(desktop, 'desktop');
         const { held, base, baseId, ours, diff } = await localChanges(s, name);
         const api = s.api();
+        // A streamed copy: files replaced whole through its mount may have bases never fetched.
+        if (isStreamed(held.dir)) await fetchDeltaBases(s.state, api, name, held.version, base, ours.snapshot);
         const sent = await uploadPersona(s.state, api, name, held.version, base, ours.snapshot, held.dir);
         const push: PersonaPushInfo = { baseVersion: held.version, desktop: name, deviceName: s.login().deviceName, editedAt: ours.editedAt };
         const r = await api.personaPush(personaPushParts(base, baseId, ours, push));
@@ -64,6 +68,8 @@ export function registerPersona(program: Command): void {
         `${r.merged ? ', merged with edits made elsewhere' : ''}; ${r.sent.deltas} files as deltas, ${r.sent.chunks} chunks sent` +
         ((r.report as { conflicts?: Array<{ path: string; resolution: string }> } | null)?.conflicts?.map((c) => `\n  conflict ${c.path}: ${c.resolution}`).join('') ?? ''));
     });
+
+  registerPersonaStream(persona);
 
   const reg = persona.command('reg').description('registry of the persona copy');
   withCommonOptions(reg.command('import <desktop> <file>').description('apply a .reg file (values set, "name"=- and [-key] deletions) to the persona registry'))

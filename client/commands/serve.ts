@@ -5,6 +5,9 @@
 // Runs in the foreground until SIGINT or SIGTERM, then flushes and closes the map cleanly.
 // With --file DIR it also shows the export as a plain file, DIR/NAME.raw, through nbdfuse (FUSE), for
 // hypervisors that need a file (VirtualBox, VMware): their writes go through the same dirty map.
+// It also offers the persona's profile folder to a Linux guest (9p, QEMU's -virtfs: QEMU itself serves
+// it, nothing to start here) and prints the QEMU and libvirt lines for both; --no-persona-share leaves the
+// profile out. The folder shared is the one the next check-in scans, so guest edits become persona edits.
 import { writeFileSync, renameSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -19,6 +22,8 @@ import { leaseStatus, renewLease, requireLease } from '../lease.js';
 import { learnFromError } from '../rollback.js';
 import { openLocalDisk, pendingChanges, requireCheckedOut } from '../disk-session.js';
 import { personaFolder } from '../persona-vault.js';
+import { PROFILE_DIR } from '../persona-engine.js';
+import { GUEST_SCRIPTS_DIR, guestLines, profileShareOf, type ProfileShare } from '../guest-share.js';
 import { homeOf, LocalState } from '../state.js';
 import { defaultSources } from '../keyring.js';
 
@@ -31,6 +36,7 @@ export function registerServe(program: Command): void {
     .option('--port <n>', 'listen on 127.0.0.1:PORT instead of a Unix socket (0: any free port)')
     .option('--no-download', 'streamed check-outs: fetch only what the VM reads, no background download')
     .option('--file <dir>', 'also show the disk as a plain file DIR/NAME.raw (nbdfuse) for VirtualBox or VMware; writes to it go through the dirty map')
+    .option('--no-persona-share', 'do not offer the persona\'s profile folder to the VM (9p tag carryon-profile; see docs/hypervisors.md)')
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
       try {
@@ -60,6 +66,8 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     // An encrypted copy's persona: mounted for the session, so the user can work in it beside the VM.
     const persona = state.persona(name);
     if (persona?.withDisk) await personaFolder(state, persona);
+    // The profile share: exactly the folder the next check-in scans (checked to be a real folder first).
+    const share: ProfileShare | null = opts.personaShare !== false && persona?.withDisk ? profileShareOf(path.join(persona.dir, PROFILE_DIR)) : null;
     // --file: refuse before anything starts when FUSE cannot work or the folder is a bad place.
     let mountDir: string | null = null;
     if (opts.file !== undefined) {
@@ -196,12 +204,17 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       }
     }
     const uri = socketPath ? `nbd+unix:///${name}?socket=${socketPath}` : `nbd://127.0.0.1:${port}/${name}`;
-    const qemu = socketPath ? `nbd:unix:${socketPath}:exportname=${name}` : `nbd:127.0.0.1:${port}:exportname=${name}`;
+    const lines = guestLines({ name, socket: socketPath, port, share });
     const changed = disk.journal.dirtyCount;
     const p0 = disk.progress();
-    log('listening', { desktop: name, uri, socket: socketPath, port, size: disk.size, blocksChanged: changed, dirtyMap: trust, localBytes: p0.localBytes, totalBytes: p0.totalBytes, cipher: disk.cipher, ...(fuse ? { file: fuse.file } : {}) },
+    const shareNote = share ? `  profile: ${share.path} shared as 9p tag ${share.tag}; copy ${GUEST_SCRIPTS_DIR} into a Linux guest and run carryon-logon.sh USER at logon, carryon-logoff.sh USER at logoff (docs/hypervisors.md); --no-persona-share leaves it out\n`
+      : opts.personaShare === false ? '  profile: not shared (--no-persona-share)\n' : `  profile: not shared: this check-out holds no persona\n`;
+    log('listening', { desktop: name, uri, socket: socketPath, port, size: disk.size, blocksChanged: changed, dirtyMap: trust, localBytes: p0.localBytes, totalBytes: p0.totalBytes, cipher: disk.cipher, ...(fuse ? { file: fuse.file } : {}),
+      personaShare: share, qemuArgs: lines.qemuArgs, qemuLine: lines.qemuLine, libvirtXml: lines.libvirtXml, guestScripts: GUEST_SCRIPTS_DIR },
       `serving ${name} (${fmtBytes(disk.size)}) on ${uri}\n` +
-      `  qemu:  qemu-system-x86_64 -drive file=${qemu},format=raw,if=virtio,cache=none ...\n` +
+      `  qemu:  ${lines.qemuLine} ...\n` +
+      shareNote +
+      `  libvirt (in <devices>):\n${lines.libvirtXml.replace(/^/gm, '    ')}\n` +
       (fuse ? `  file:  ${fuse.file} (raw, through nbdfuse): give it to VirtualBox or VMware as a raw disk (docs/hypervisors.md)\n` +
         `  stop:  shut down the VM, then Ctrl-C here or kill -TERM ${process.pid} (fusermount3 -u ${fuse.dir} also stops it)\n` : '') +
       (disk.cipher === 'js' ? `  encrypted at rest with the slower JavaScript cipher: the native XTS addon is not in use (${sectorCipherImplementation().detail}); \`npm run build:native\` in carryon's folder builds it\n` : '') +

@@ -1,4 +1,4 @@
-// carryon status [NAME]: what is checked out on this laptop, how much of a streamed disk is local,
+// carryon status [NAME]: what is checked out on this laptop, how much of a streamed disk or persona is local,
 // and what changed since check-out (from the dirty map when it can be trusted, else by a full scan);
 // for a checked-in copy, whether it was written outside carryon after its check-in.
 import { existsSync, readFileSync } from 'node:fs';
@@ -14,6 +14,7 @@ import { describeWriters, diskWriters } from '../disk-users.js';
 import { fmtBytes } from '../progress.js';
 import { knownRollback, rollbackSentence } from '../rollback.js';
 import type { LocalCheckout, LocalRollback, LocalState } from '../state.js';
+import { isStreamed, mountRecord, streamProgress, type StreamProgress } from '../persona-stream.js';
 
 export function registerStatus(program: Command): void {
   withCommonOptions(program.command('status [desktop]').description('show checkouts on this laptop: download progress, changes since check-out')).action(async (desktop: string | undefined, _o, cmd: Command) => {
@@ -30,10 +31,12 @@ export function registerStatus(program: Command): void {
       }
       // How an encrypted copy's sectors are (de)crypted in this install: 'native' (the XTS addon) or 'js'.
       const diskCipher = sectorCipherImplementation();
-      return { home: state.home, diskCipher, desktops, ...(desktop && desktops.length === 0 ? { note: `${desktop} is not checked out on this laptop` } : {}) };
+      // Streamed personas: how much is local, whether one is shown through a mount now.
+      const streamed = await streamedPersonas(state, desktop);
+      return { home: state.home, diskCipher, desktops, streamedPersonas: streamed, ...(desktop && desktops.length === 0 && streamed.length === 0 ? { note: `${desktop} is not checked out on this laptop` } : {}) };
     }, (r) => {
-      if (r.desktops.length === 0) return r.note ?? `nothing checked out on this laptop (${r.home})`;
-      return r.desktops.map(human).join('\n');
+      if (r.desktops.length === 0 && r.streamedPersonas.length === 0) return r.note ?? `nothing checked out on this laptop (${r.home})`;
+      return [...r.desktops.map(human), ...r.streamedPersonas.map(humanStream)].join('\n');
     });
   });
 }
@@ -90,6 +93,22 @@ async function describe(state: LocalState, r: LocalCheckout, quiet: boolean): Pr
     Object.assign(entry, { blocksChanged: s.changed.length, bytesChanged: s.bytesChanged });
   }
   return entry;
+}
+
+async function streamedPersonas(state: LocalState, desktop: string | undefined): Promise<Array<{ desktop: string; dir: string; version: number; mountedAt: string | null } & StreamProgress>> {
+  const out = [];
+  for (const p of state.personas()) {
+    if ((desktop && p.desktop !== desktop) || !isStreamed(p.dir)) continue;
+    out.push({ desktop: p.desktop, dir: p.dir, version: p.version, mountedAt: mountRecord(p.dir)?.at ?? null, ...(await streamProgress(state, p.desktop)) });
+  }
+  return out;
+}
+
+function humanStream(p: { desktop: string; dir: string; version: number; mountedAt: string | null } & StreamProgress): string {
+  const pct = p.bytes === 0 ? 100 : (100 * p.bytesLocal) / p.bytes;
+  return `persona of ${p.desktop} version ${p.version}, streamed, in ${p.dir}${p.mountedAt ? `; shown at ${p.mountedAt}` : '; not mounted (`carryon persona mount ' + p.desktop + '`)'}\n` +
+    (p.readyToTravel ? '  every file is local: ready to travel'
+      : `  NOT ready to travel: ${fmtBytes(p.bytesLocal)} of ${fmtBytes(p.bytes)} local (${pct.toFixed(1)}%); files never opened need the server: \`carryon persona fetch ${p.desktop}\``);
 }
 
 function readProgress(state: LocalState, desktop: string): { rateBytesPerSec: number } | null {

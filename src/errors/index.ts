@@ -63,7 +63,7 @@ export const ERROR_CODES = {
   ESCROW_MISSING: { http: 409, exit: 14, what: "this checkout's data key is not escrowed: the server sends no desktop data until the laptop (an up-to-date carryon) encrypts its copy and escrows the key" },
   ESCROW_KEY_ABSENT: { http: 409, exit: 14, what: "the escrow private key is not in the server's data folder (moved offline): `carryon-server admin recovery-code --escrow-key FILE`" },
   IO_ERROR: { http: 500, exit: 9, what: "a local file operation failed, or the block store's object store (S3) failed or could not be reached" },
-  FUSE_UNAVAILABLE: { http: 500, exit: 9, what: 'serve --file needs nbdfuse (libnbd-bin), fusermount3 (fuse3) and a usable /dev/fuse; one is missing or refused the mount' },
+  FUSE_UNAVAILABLE: { http: 500, exit: 9, what: 'serve --file needs nbdfuse (libnbd-bin), and a streamed persona the carryon-persona-fuse helper (built from libfuse3-dev), both with fusermount3 (fuse3) and a usable /dev/fuse; one is missing or refused the mount' },
   PERSONA_VAULT_UNAVAILABLE: { http: 500, exit: 9, what: "an encrypted copy's persona lives in a gocryptfs vault: gocryptfs, fusermount3 (fuse3) or /dev/fuse is missing, or the mount was refused" },
   ABORTED: { http: 499, exit: 10, what: 'the user declined or interrupted the operation' },
   INTERNAL: { http: 500, exit: 1, what: 'an unexpected error (a bug); see the server log' },

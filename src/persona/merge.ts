@@ -299,10 +299,14 @@ class FileMerge {
       else s.filesSameOnBoth++;
       return;
     }
-    // Only one side changed the content (the other touched mtime or the name's case): take that side.
+    // Only one side changed the content (the other touched mtime or the name's case): take that side,
+    // under the other side's new spelling when only that side renamed it, so an edit and a case-only
+    // rename (Notes.txt to notes.txt) both survive.
     if (sameContent(o, b) || sameContent(t, b)) {
       const [winner, origin]: [PersonaEntry | undefined, Side] = sameContent(o, b) ? [t, 'theirs'] : [o, 'ours'];
-      this.put(winner, origin);
+      const renamer = origin === 'ours' ? t : o;
+      const respelled = winner && renamer && b && winner.path === b.path && renamer.path !== b.path;
+      this.put(respelled ? { ...winner, path: renamer.path } : winner, origin);
       if (!winner) s.filesDeleted++;
       else if (origin === 'ours') s.filesFromOurs++;
       else s.filesFromTheirs++;

@@ -115,7 +115,7 @@ export function findCaseCollisions(paths: readonly string[]): Array<[string, str
  */
 export function checkSymlinkTarget(linkPath: string, target: string): string {
   const bad = (rule: string, why: string): CarryonError =>
-    new CarryonError('BAD_REQUEST', `symlink ${shown(linkPath)} -> ${typeof target === 'string' ? shown(target) : '?'} is refused: ${why}`, {
+    new CarryonError('BAD_REQUEST', `symlink ${shown(linkPath)} -> ${typeof target === 'string' ? shown(target) : '?'} is refused: ${why}; a persona's symlinks stay inside the profile: remove it, or make it a relative link to something in the profile`, {
       path: linkPath.slice(0, 300), target: typeof target === 'string' ? target.slice(0, 300) : null, rule,
     });
   if (typeof target !== 'string') throw bad('not-text', 'the target is not text');

@@ -163,6 +163,25 @@ describe('persona check-out, push, check-in and merge', () => {
     rmSync(path.join(profileA, 'Documents', 'aux.txt'));
   });
 
+  it('a case-only rename on one laptop and an edit of the same file on another both survive', async () => {
+    writeFileSync(path.join(profileB, 'Documents', 'todo.txt'), 'pack\npassport\n');
+    const pb = await b.cli(['persona', 'push', 'desk', '--json']);
+    expect(pb.code, pb.stderr).toBe(0);
+    // A, still on the version before B's push, renames the file (case only) and pushes.
+    const { renameSync } = await import('node:fs');
+    renameSync(path.join(profileA, 'Documents', 'todo.txt'), path.join(profileA, 'Documents', 'ToDo.txt'));
+    const pa = await a.cli(['persona', 'push', 'desk', '--json']);
+    expect(pa.code, pa.stderr).toBe(0);
+    expect(pa.json.merged).toBe(true);
+    expect(pa.json.report.conflicts).toEqual([]);
+    const show = await server.admin(['persona', 'show', 'alice']);
+    const paths = show.json.files.map((f: { path: string }) => f.path);
+    expect(paths).toContain('Documents/ToDo.txt');
+    expect(paths).not.toContain('Documents/todo.txt');
+    expect(readFileSync(path.join(profileA, 'Documents', 'ToDo.txt'), 'utf8')).toBe('pack\npassport\n');
+    expect(spawnSync('test', ['-e', path.join(profileA, 'Documents', 'todo.txt')]).status).toBe(1);
+  });
+
   it('discard throws away the persona copy with the disk', async () => {
     const d = await b.cli(['discard', 'desk', '--yes', '--json']);
     expect(d.code, d.stderr).toBe(0);

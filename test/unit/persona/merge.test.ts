@@ -212,11 +212,27 @@ describe('mergePersona: files', () => {
 });
 
 describe('mergePersona: case-insensitive paths', () => {
-  it('an edit of Doc.txt and a case-only rename to doc.txt are one file: the edit wins', () => {
+  it('an edit of Doc.txt and a case-only rename to doc.txt are one file: the edit is kept under the new name', () => {
     const base = snap([file('Doc.txt', 'base')]);
     const { merged, report } = mergePersona(base, snap([file('Doc.txt', 'ours', 5)]), snap([file('doc.txt', 'base')]), opts());
-    expect(tree(merged)).toEqual({ 'Doc.txt': h('ours') });
+    expect(tree(merged)).toEqual({ 'doc.txt': h('ours') });
     expect(report.conflicts).toEqual([]);
+  });
+
+  it('keeps the laptop\'s case-only rename of a file the server edited', () => {
+    const base = snap([file('Notes.txt', 'base')]);
+    const { merged, report } = mergePersona(base, snap([file('notes.txt', 'base')]), snap([file('Notes.txt', 'theirs', 5)]), opts());
+    expect(tree(merged)).toEqual({ 'notes.txt': h('theirs') });
+    expect(report.conflicts).toEqual([]);
+  });
+
+  it('keeps a folder\'s case-only rename when the other side edits a file inside it', () => {
+    const base = snap([dir('Docs'), file('Docs/a', 'a')]);
+    const ours = snap([dir('docs'), file('docs/a', 'a')]);
+    const theirs = snap([dir('Docs'), file('Docs/a', 'a2'), file('Docs/b', 'b')]);
+    const { merged } = mergePersona(base, ours, theirs, opts());
+    expect(tree(merged)).toEqual({ docs: 'dir', 'docs/a': h('a2'), 'docs/b': h('b') });
+    expect(consistencyProblems(merged)).toEqual([]);
   });
 
   it('edits of Doc.txt and doc.txt on the two sides conflict as one file', () => {
