@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs';
 import {
   CarryonError, createCompressStream, decodeCheap, decodeManifest, encodeBlock, encodeBlockPatch, encodeCheap, encodeManifest, getBlock, manifestId,
-  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, SectorCipher, SECTOR_BYTES, uploadEntryName, verifyPlain, decodePersona, encodePersona, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type BlockStore, type DiskManifest, type TarEntry,
+  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, SectorCipher, SECTOR_BYTES, uploadEntryName, verifyPlain, decodePersona, encodePersona, personaId, personaSnapshotId, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type BlockStore, type DiskManifest, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -164,12 +164,13 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   if (held?.withDisk) {
     const dir = await personaFolder(state, held);
     const base = decodePersona(held.snapshot);
-    const ours = await scanPersona(state, name, dir, base);
+    const baseId = personaId(held.snapshot);
+    const ours = await scanPersona(state, name, dir, base, baseId);
     scanned = ours.snapshot;
     personaDiff = diffPersona(base, ours.snapshot);
     await uploadPersona(state, api, name, held.version, base, ours.snapshot, dir);
     const push: PersonaPushInfo = { baseVersion: held.version, desktop: name, deviceName: login.deviceName, editedAt: ours.editedAt };
-    personaParts = personaPushParts(base, ours.snapshot, push);
+    personaParts = personaPushParts(base, baseId, ours, push);
   }
   const encoded = encodeManifest(next);
   crashPoint('checkin-before-commit');
@@ -203,7 +204,8 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
       state.putPersona({ ...held, version: p.version, snapshot: p.encoded });
     } else {
       // Nothing was merged in: the new version is the folder as scanned; no need to download it.
-      state.putPersona({ ...held, version: commit.persona.version, snapshot: encodePersona(scanned!) });
+      // Unchanged since the base: its stored encoding is the new version's (no 26 MB re-encoding for a 100,000-key registry).
+      state.putPersona({ ...held, version: commit.persona.version, snapshot: personaSnapshotId(scanned!) === personaId(held.snapshot) ? held.snapshot : encodePersona(scanned!) });
     }
   }
   return {

@@ -5,7 +5,7 @@
 import { closeSync, constants as fsc, existsSync, fdatasyncSync, ftruncateSync, openSync, promises as fs, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import {
-  CarryonError, CheapHasher, diskSpace, keyCheck, sealToEscrow, fmtBytes, decodeManifest, type CheckoutInfo, decodePersona, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest, type PersonaSnapshot, type RegistryScope,
+  CarryonError, CheapHasher, diskSpace, keyCheck, sealToEscrow, fmtBytes, decodeManifest, type CheckoutInfo, decodePersona, personaId, encodeCheap, decodeCheap, manifestId, MAX_GET_IDS, type BlockId, type DiskManifest, type PersonaSnapshot, type RegistryScope,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -303,7 +303,7 @@ export async function checkoutPersona(state: LocalState, api: ApiClient, login: 
     if (held && !heldVault) {
       // A plaintext persona folder from before this copy was encrypted: its edits must not be lost.
       const base = decodePersona(held.snapshot);
-      const d = diffPersona(base, (await scanPersona(state, name, held.dir, base)).snapshot);
+      const d = diffPersona(base, (await scanPersona(state, name, held.dir, base, personaId(held.snapshot))).snapshot);
       if (d.added.length + d.changed.length + d.deleted.length > 0 || d.registryChanged) {
         throw new CarryonError('LOCAL_PATH_CONFLICT', `${held.dir} holds persona edits not sent yet, and ${name} is now encrypted on this laptop: ` +
           `run \`carryon persona push ${name}\` first (or discard them), then check out again`, { path: held.dir });

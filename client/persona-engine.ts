@@ -6,10 +6,11 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
 import {
-  applyToRegistry, CarryonError, createCompressStream, createDelta, createSignature, decodePersona, decodeRegFile, decodeVerified, exportRegistry, getBlock,
-  materializePersonaTree, registryFromText, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
-  scanPersonaTree, diffSnapshots, type BlockId, type BlockStore, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
+  applyRegistryPatch, canonicalForm, canonicalRegistryText, CarryonError, checkRegistryText, createCompressStream, createDelta, createSignature, decodePersona, decodeVerified, getBlock,
+  makeRegistryPatch, materializePersonaTree, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName,
+  registryTextFileBytes, REG_TEXT_HEADER, scanPersonaTree, diffSnapshots, type BlockId, type BlockStore, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type RegistryPatch, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -18,16 +19,36 @@ import type { LocalState } from './state.js';
 export const REGISTRY_FILE = 'registry.reg';
 export const PROFILE_DIR = 'profile';
 
-/** The snapshot's registry (canonical UTF-8 .reg text) as regedit writes a file: UTF-16LE with BOM, CRLF. */
-function registryFileBytes(text: string): Uint8Array {
-  return exportRegistry(registryFromText(text), { version: 'v5', encoding: 'utf-16le', bom: true });
+/**
+ * Per-value times of change, beside registry.reg (inside the vault for an encrypted copy, as registry
+ * names are persona data): for each value changed since the base version, a hash of its line and when
+ * carryon first saw it so. Reset by moving to another base (its id is in the file).
+ */
+export const REGISTRY_TIMES_FILE = 'registry-times.json';
+
+/**
+ * Write canonical registry text as regedit writes a file (UTF-16LE with BOM, CRLF: registryTextFileBytes),
+ * a slice at a time through a temp file and a rename: 44 MB of UTF-16 for a 100,000-key registry is
+ * never held at once.
+ */
+export async function writeRegistryFile(file: string, text: string): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fh = await fs.open(tmp, 'w');
+  try {
+    if (text === '') await fh.write(registryTextFileBytes(''));
+    else {
+      await fh.write(Buffer.from([0xff, 0xfe]));
+      for (let i = 0; i < text.length; i += READ_PIECE) await fh.write(Buffer.from(text.slice(i, i + READ_PIECE), 'utf16le'));
+    }
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, file);
 }
 
 /** Any .reg file (either format, any encoding) as the snapshot's canonical registry text; '' when empty. */
 export function canonicalRegistry(bytes: Uint8Array): string {
-  const reg = applyToRegistry(new Registry(), decodeRegFile(bytes));
-  if (reg.size === 0) return '';
-  return Buffer.from(exportRegistry(reg, { version: 'v5', encoding: 'utf-8', bom: false })).toString('utf8');
+  return canonicalRegistryText(bytes);
 }
 
 /** Download a persona version (default: the newest) into `dir`, fetching only chunks the laptop cache lacks. */
@@ -37,9 +58,10 @@ export async function fetchPersona(state: LocalState, api: ApiClient, desktop: s
   if (personaId(got.encoded) !== got.id) throw new CarryonError('BAD_REQUEST', 'the persona received does not match its id');
   const snapshot = decodePersona(got.encoded);
   // Checked before anything is fetched or written: a version this laptop cannot use changes nothing here.
-  let regBytes: Uint8Array;
+  let regText: string;
   try {
-    regBytes = registryFileBytes(snapshot.registry);
+    checkRegistryText(snapshot.registry);
+    regText = canonicalForm(snapshot.registry, 'registry');
   } catch (err) {
     throw new CarryonError('BAD_REQUEST', `the server's persona version ${got.version} holds a registry that cannot be read (${(err as Error).message}); nothing was changed on this laptop: ` +
       'ask an admin to put your persona back to an earlier version (carryon-server persona restore USER VERSION)', { version: got.version });
@@ -66,7 +88,7 @@ export async function fetchPersona(state: LocalState, api: ApiClient, desktop: s
   })));
   await fs.mkdir(path.join(dir, PROFILE_DIR), { recursive: true });
   await materializePersonaTree(path.join(dir, PROFILE_DIR), snapshot.files, cache, previous ? { previous: previous.files } : {});
-  await writeAtomically(path.join(dir, REGISTRY_FILE), regBytes);
+  await writeRegistryFile(path.join(dir, REGISTRY_FILE), regText);
   return { version: got.version, snapshot, encoded: got.encoded, chunksFetched: missing.length };
 }
 
@@ -77,32 +99,168 @@ async function writeAtomically(file: string, bytes: Uint8Array): Promise<void> {
 }
 
 export interface LocalPersona {
+  /** The profile as scanned; its registry is what the patch makes of the base's (a spelling-only edit is no change). */
   snapshot: PersonaSnapshot;
-  /** Newest modification among what changed since the base (ms): "newest wins" compares it. */
+  /** Newest modification among what changed since the base (ms): "newest wins" compares it for files. */
   editedAt: number;
+  /** The registry's changes since the base. */
+  registryPatch: RegistryPatch;
+  /** Per value edit of the patch, in its order: when carryon first saw the value as it is now (ms). */
+  registryTimes: number[];
+}
+
+interface TimesFile {
+  format: 'carryon-registry-times';
+  version: 1;
+  /** The base snapshot id the times are relative to. */
+  base: string;
+  /** [value key, first 32 hex digits of the SHA-256 of its line (null: deleted), ms]. */
+  values: Array<[string, string | null, number]>;
+}
+
+/** Beyond this many changed values, per-value times are not kept across scans (see registryEditTimes). */
+export const MAX_TIMED_EDITS = 10_000;
+
+const lineHash = (line: string | null): string | null => (line === null ? null : createHash('sha256').update(line).digest('hex').slice(0, 32));
+
+/**
+ * The time of each value edit: kept from the last scan when the value is still as it was then, else
+ * `seenAt` (registry.reg's mtime: the edit is at most that old). Writes the times file when it changed.
+ */
+async function registryEditTimes(dir: string, baseId: string, patch: RegistryPatch, seenAt: number): Promise<number[]> {
+  const file = path.join(dir, REGISTRY_TIMES_FILE);
+  // A whole registry's worth of edits (a first import): all dated by the file, none remembered (the file
+  // would hold a hash a value, ~25 MB for 250,000 values); the next base starts the record afresh.
+  if (patch.edits.length > MAX_TIMED_EDITS) {
+    await fs.rm(file, { force: true });
+    return patch.edits.map(() => seenAt);
+  }
+  const known = new Map<string, { h: string | null; t: number }>();
+  try {
+    const old = JSON.parse(await fs.readFile(file, 'utf8')) as TimesFile;
+    if (old.format === 'carryon-registry-times' && old.base === baseId && Array.isArray(old.values)) {
+      for (const [k, h, t] of old.values) if (typeof k === 'string' && Number.isSafeInteger(t)) known.set(k, { h, t });
+    }
+  } catch {
+    // none yet, or unreadable: every edit is dated now
+  }
+  const values: TimesFile['values'] = patch.edits.map((e) => {
+    const h = lineHash(e.line);
+    const was = known.get(e.key);
+    return [e.key, h, was && was.h === h ? was.t : seenAt];
+  });
+  const changed = values.length !== known.size || values.some(([k, h, t]) => known.get(k)?.h !== h || known.get(k)?.t !== t);
+  if (changed) {
+    // Best effort: a folder this process cannot write to still scans; its edits are then dated anew each time.
+    await (values.length === 0 ? fs.rm(file, { force: true }) : writeAtomically(file, Buffer.from(JSON.stringify({ format: 'carryon-registry-times', version: 1, base: baseId, values } satisfies TimesFile))))
+      .catch(() => undefined);
+  }
+  return values.map(([, , t]) => t);
+}
+
+const READ_PIECE = 1 << 20;
+
+/**
+ * registry.reg as canonical text. The file as checkout wrote it is UTF-16LE, and its text usually
+ * ASCII: such a file is read a piece at a time into its ASCII half (never 44 MB of UTF-16 beside its
+ * text). When that is the base's text itself (no edit since checkout) nothing is parsed; when it differs
+ * from it in a stretch of keys, only those keys are parsed and spliced into the base's text (`spliced`:
+ * the caller's walk checks the result is in canonical order, and reads the file whole if not). Any
+ * other file is read whole and parsed as it is.
+ */
+export async function readRegistryText(file: string, size: number, baseText: string): Promise<{ text: string; spliced: boolean }> {
+  const whole = async (): Promise<{ text: string; spliced: boolean }> => ({ text: canonicalRegistryText(await fs.readFile(file)), spliced: false });
+  if (size < 4 || size % 2 !== 0) return whole();
+  const fh = await fs.open(file, 'r');
+  let ascii: Buffer;
+  try {
+    const bom = Buffer.alloc(2);
+    await fh.read(bom, 0, 2, 0);
+    if (bom[0] !== 0xff || bom[1] !== 0xfe) return await whole();
+    ascii = Buffer.allocUnsafe((size - 2) / 2);
+    const piece = Buffer.allocUnsafe(READ_PIECE);
+    let at = 0;
+    for (let pos = 2; pos < size; ) {
+      const { bytesRead } = await fh.read(piece, 0, Math.min(READ_PIECE, size - pos), pos);
+      if (bytesRead === 0 || bytesRead % 2 !== 0) return await whole();
+      for (let i = 0; i < bytesRead; i += 2) {
+        const lo = piece[i]!;
+        if (piece[i + 1] !== 0 || lo >= 0x80) return await whole();
+        ascii[at++] = lo;
+      }
+      pos += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+  // ASCII reads the same as UTF-8; a REGEDIT4 header is left to the full reader (its strings are ANSI).
+  if (!ascii.subarray(0, 40).toString('latin1').trimStart().startsWith(REG_TEXT_HEADER.trimEnd())) return whole();
+  const spliced = baseText === '' ? null : spliceEdits(ascii, baseText);
+  if (spliced !== null) return { text: spliced, spliced: spliced !== baseText };
+  return { text: canonicalRegistryText(ascii, { encoding: 'utf-8' }), spliced: false };
+}
+
+/**
+ * The base's canonical text with the keys where `file` (ASCII .reg text) differs from it replaced by
+ * those keys of the file, canonical; the base itself when they are equal; null when the difference
+ * touches the header or the text's end.
+ */
+function spliceEdits(file: Buffer, base: string): string | null {
+  const n = Math.min(file.length, base.length);
+  let p = 0;
+  while (p < n && file[p] === base.charCodeAt(p)) p++;
+  if (p === file.length && p === base.length) return base;
+  let q = 0;
+  while (q < n - p && file[file.length - 1 - q] === base.charCodeAt(base.length - 1 - q)) q++;
+  // Whole key sections ("\r\n[" starts one in canonical text: no value line starts with '[').
+  const start = base.lastIndexOf('\r\n[', p - 3);
+  if (start < REG_TEXT_HEADER.length || q < 2) return null;
+  const endBase = base.length - q;
+  let end = base.indexOf('\r\n[', endBase);
+  if (end < 0) end = base.length - 2;
+  if (end < endBase) return null;
+  const region = file.subarray(start, end + file.length - base.length);
+  const text = canonicalRegistryText(Buffer.concat([Buffer.from(REG_TEXT_HEADER), region, Buffer.from('\r\n')]), { encoding: 'utf-8' });
+  const keys = text === '' ? '' : text.slice(REG_TEXT_HEADER.length, -2);
+  return base.slice(0, start) + keys + base.slice(end);
 }
 
 /** Read the persona folder back into a snapshot; new file contents go into the laptop cache as chunks. */
-export async function scanPersona(state: LocalState, desktop: string, dir: string, base: PersonaSnapshot): Promise<LocalPersona> {
+export async function scanPersona(state: LocalState, desktop: string, dir: string, base: PersonaSnapshot, baseId: string): Promise<LocalPersona> {
   const scan = await scanPersonaTree(path.join(dir, PROFILE_DIR), state.cacheOf(desktop), { previous: base });
   const regPath = path.join(dir, REGISTRY_FILE);
-  const regBytes = await fs.readFile(regPath).catch(() => null);
-  const registry = regBytes ? canonicalRegistry(regBytes) : '';
+  const regStat = await fs.stat(regPath).catch(() => null);
+  const baseText = canonicalForm(base.registry, "this copy's base registry");
+  const ours = regStat ? await readRegistryText(regPath, regStat.size, baseText) : { text: '', spliced: false };
+  let patch: RegistryPatch;
+  try {
+    patch = makeRegistryPatch(baseText, ours.text);
+  } catch (err) {
+    // Keys edited out of order (or added twice): the splice is not canonical; the whole file is.
+    if (!(ours.spliced && err instanceof CarryonError && err.data.notCanonical === true)) throw err;
+    patch = makeRegistryPatch(baseText, canonicalRegistryText(await fs.readFile(regPath)));
+  }
+  const registryTimes = await registryEditTimes(dir, baseId, patch, Math.round(regStat?.mtimeMs ?? Date.now()));
+  // Ours is what the patch makes of the base unless it spells a name otherwise (then it is applied; the
+  // edits' lines, slices of the file's text, are dropped first so that text is free by then).
+  patch.edits = [];
+  const registry = patch.text === '' ? base.registry : patch.exact ? ours.text : applyRegistryPatch(baseText, patch.text, { edits: false }).text;
   const baseByPath = new Map(base.files.map((f) => [f.path, f]));
   let editedAt = 0;
   for (const f of scan.files) {
     const b = baseByPath.get(f.path);
     if (!b || b.hash !== f.hash || b.kind !== f.kind || b.target !== f.target) editedAt = Math.max(editedAt, f.mtimeMs);
   }
-  if (registry !== base.registry && regBytes) editedAt = Math.max(editedAt, (await fs.stat(regPath)).mtimeMs);
+  if (registry !== base.registry && regStat) editedAt = Math.max(editedAt, regStat.mtimeMs);
   if (scan.files.length < base.files.length || editedAt === 0) editedAt = Math.max(editedAt, Date.now());
-  return { snapshot: { files: scan.files, registry }, editedAt: Math.round(editedAt) };
+  return { snapshot: { files: scan.files, registry }, editedAt: Math.round(editedAt), registryPatch: patch, registryTimes };
 }
 
-/** The parts of a push or check-in commit: what changed since the base snapshot, and who and when. */
-export function personaPushParts(base: PersonaSnapshot, ours: PersonaSnapshot, push: PersonaPushInfo): TarEntry[] {
+/** The parts of a push or check-in commit: what changed since the base snapshot (id `baseId`), and who and when. */
+export function personaPushParts(base: PersonaSnapshot, baseId: string, ours: LocalPersona, push: PersonaPushInfo): TarEntry[] {
+  const delta = diffSnapshots(base, ours.snapshot, { baseId, patch: ours.registryPatch, times: ours.registryTimes });
   return [
-    { name: 'persona-delta.json', data: Buffer.from(JSON.stringify(diffSnapshots(base, ours))) },
+    { name: 'persona-delta.json', data: Buffer.from(JSON.stringify(delta)) },
     { name: 'push.json', data: Buffer.from(JSON.stringify(push)) },
   ];
 }

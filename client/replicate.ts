@@ -5,7 +5,7 @@
 // laptop cache (its control socket), so the restore point is what the VM saw at one instant.
 import net from 'node:net';
 import path from 'node:path';
-import { CarryonError, decodeManifest, decodePersona, encodeManifest, getBlock, type BlockId, type DiskManifest, type TarEntry } from '../src/index.js';
+import { CarryonError, decodeManifest, decodePersona, encodeManifest, personaId, getBlock, type BlockId, type DiskManifest, type TarEntry } from '../src/index.js';
 import { personaPushParts, scanPersona, uploadPersona } from './persona-engine.js';
 import { personaFolder } from './persona-vault.js';
 import type { ApiClient } from './api-client.js';
@@ -64,9 +64,10 @@ export async function replicateDesktop(state: LocalState, api: ApiClient, name: 
   if (held?.withDisk) {
     const dir = await personaFolder(state, held);
     const pbase = decodePersona(held.snapshot);
-    const ours = await scanPersona(state, name, dir, pbase);
+    const pbaseId = personaId(held.snapshot);
+    const ours = await scanPersona(state, name, dir, pbase, pbaseId);
     await uploadPersona(state, api, name, held.version, pbase, ours.snapshot, dir);
-    personaParts = personaPushParts(pbase, ours.snapshot, { baseVersion: held.version, desktop: name, deviceName: state.login().deviceName, editedAt: ours.editedAt });
+    personaParts = personaPushParts(pbase, pbaseId, ours, { baseVersion: held.version, desktop: name, deviceName: state.login().deviceName, editedAt: ours.editedAt });
   }
   const rp = await api.restorePoint(local.checkoutId, encodeManifest(next), personaParts);
   return { desktop: name, restorePoint: rp.id, createdAt: rp.createdAt, withPersona: rp.withPersona, blocksChanged: changed.length, blocksUploaded: up.blocksUploaded, bytesSent: api.bytesSent - sentBefore,

@@ -183,8 +183,8 @@ export class CarryonHttpServer {
     r('POST', '/admin/tokens/:id/revoke', admin(async ({ params, actor }) => fleet.revokeToken(intOf(params[0]!), actor)));
     r('GET', '/admin/audit', admin(async ({ url }) => ({ audit: await fleet.auditLog(url.searchParams.has('limit') ? intParam(url, 'limit') : 200) })));
     r('GET', '/persona', async ({ res, url, user, claimedDevice }) => {
-      const p = await personas.forDevice(user, claimedDevice, url.searchParams.has('version') ? intParam(url, 'version') : undefined);
-      const encoded = encodePersona(p.snapshot);
+      const p = await personas.encodedForDevice(user, claimedDevice, url.searchParams.has('version') ? intParam(url, 'version') : undefined);
+      const encoded = p.encoded;
       res.writeHead(200, { 'content-type': CONTENT_PERSONA, 'content-length': encoded.length, [HEADER_PERSONA_VERSION]: String(p.version), [HEADER_PERSONA_ID]: personaId(encoded) });
       res.end(encoded);
       return undefined;

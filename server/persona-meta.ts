@@ -1,7 +1,7 @@
 // PersonaMeta: the server's persona versions, over the async `Sql` interface. Each user has a chain of immutable versions, each
 // naming a content-addressed snapshot (src/persona/model.ts); version 1 is the empty persona, made the
 // first time a user's persona is asked for.
-import { decodePersona, encodePersona, personaId, type BlockId, type PersonaSnapshot } from '../src/index.js';
+import { decodePersona, encodePersona, personaSnapshotId, type BlockId, type PersonaSnapshot } from '../src/index.js';
 import type { Sql } from '../src/index.js';
 
 export interface PersonaVersionRow {
@@ -35,11 +35,20 @@ const toVersion = (r: Row): PersonaVersionRow => ({
 export class PersonaMeta {
   constructor(readonly db: Sql) {}
 
-  async putSnapshot(p: PersonaSnapshot): Promise<{ id: BlockId; encoded: Buffer }> {
+  /** Store a snapshot (content-addressed: one already stored is not encoded again). */
+  async putSnapshot(p: PersonaSnapshot): Promise<{ id: BlockId }> {
+    const id = personaSnapshotId(p);
+    if (await this.db.get('SELECT 1 AS one FROM persona_snapshots WHERE id = ?', [id])) return { id };
     const encoded = encodePersona(p);
-    const id = personaId(encoded);
     await this.db.run('INSERT INTO persona_snapshots (id, encoded, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING', [id, encoded, new Date().toISOString()]);
-    return { id, encoded };
+    return { id };
+  }
+
+  /** A stored snapshot's canonical encoding, as stored (its SHA-256 is `id`). */
+  async encoded(id: BlockId): Promise<Buffer> {
+    const row = (await this.db.get('SELECT encoded FROM persona_snapshots WHERE id = ?', [id])) as { encoded: Buffer } | undefined;
+    if (!row) throw new Error(`persona snapshot ${id} is missing`); // the schema's references make this a bug
+    return row.encoded;
   }
 
   async snapshot(id: BlockId): Promise<PersonaSnapshot> {

@@ -2,7 +2,7 @@
 import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import {
-  applyToRegistry, CarryonError, decodePersona, encodePersona, encodeRegFile, filterRegistry, parseName, registryChanges, registryFromText, registryToFile, ScopeFilter,
+  applyToRegistry, CarryonError, decodePersona, encodePersona, encodeRegFile, filterRegistry, parseName, personaId, registryChanges, registryFromText, registryToFile, ScopeFilter,
   type PersonaPushInfo, type Registry, type RegistryFile,
 } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
@@ -24,8 +24,9 @@ async function heldPersona(s: Session, name: string) {
 async function localChanges(s: Session, name: string) {
   const held = await heldPersona(s, name);
   const base = decodePersona(held.snapshot);
-  const ours = await scanPersona(s.state, name, held.dir, base);
-  return { held, base, ours, diff: diffPersona(base, ours.snapshot) };
+  const baseId = personaId(held.snapshot);
+  const ours = await scanPersona(s.state, name, held.dir, base, baseId);
+  return { held, base, baseId, ours, diff: diffPersona(base, ours.snapshot) };
 }
 
 export function registerPersona(program: Command): void {
@@ -56,13 +57,13 @@ export function registerPersona(program: Command): void {
       const opts = optsOf(cmd);
       await runCommand(opts, async (s) => {
         const name = parseName(desktop, 'desktop');
-        const { held, base, ours, diff } = await localChanges(s, name);
+        const { held, base, baseId, ours, diff } = await localChanges(s, name);
         const api = s.api();
         // A streamed copy: files replaced whole through its mount may have bases never fetched.
         if (isStreamed(held.dir)) await fetchDeltaBases(s.state, api, name, held.version, base, ours.snapshot);
         const sent = await uploadPersona(s.state, api, name, held.version, base, ours.snapshot, held.dir);
         const push: PersonaPushInfo = { baseVersion: held.version, desktop: name, deviceName: s.login().deviceName, editedAt: ours.editedAt };
-        const r = await api.personaPush(personaPushParts(base, ours.snapshot, push));
+        const r = await api.personaPush(personaPushParts(base, baseId, ours, push));
         // The copy now follows the new version: downloaded when edits from elsewhere were merged in,
         // else it is the folder as scanned.
         if (r.merged || r.registryDropped) {

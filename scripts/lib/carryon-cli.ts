@@ -110,9 +110,9 @@ export function serverGone(server: RunningServer): string | undefined {
   return `carryon-server exited (${how}) while still needed${hint}; its last lines:\n${server.logTail()}`;
 }
 
-/** `carryon-server start --listen 127.0.0.1:0`; resolves once its first line gives the URL. */
-export function startServer(data: string, timeoutMs = 30_000): Promise<RunningServer> {
-  const child = spawn(process.execPath, [SERVER_BIN, 'start', '--listen', '127.0.0.1:0'], {
+/** `carryon-server start --listen 127.0.0.1:0` (or `listen`); resolves once its first line gives the URL. */
+export function startServer(data: string, timeoutMs = 30_000, listen = '127.0.0.1:0'): Promise<RunningServer> {
+  const child = spawn(process.execPath, [SERVER_BIN, 'start', '--listen', listen], {
     env: { ...process.env, CARRYON_DATA: data },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

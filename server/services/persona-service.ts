@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import {
-  applyDelta, applySnapshotDelta, blockId, CarryonError, checkRegistryText, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
+  applyDelta, applySnapshotDelta, blockId, canonicalForm, CarryonError, checkRegistryText, getBlock, lookupValueLines, mergePersona, sameValueLine, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
   unpackEntries, type BlockId, type BlockStore, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../../src/index.js';
 import type { Actor } from '../audit.js';
@@ -48,6 +48,18 @@ export class PersonaService {
   async forDevice(user: User, device: string | undefined, version?: number): Promise<{ version: number; snapshot: PersonaSnapshot; createdAt: string }> {
     await this.escrow.requireEscrowForDevice(user.id, device);
     return this.get(user, version);
+  }
+
+  /**
+   * forDevice, as the stored canonical encoding (what GET /persona sends): not decoded and encoded again,
+   * which for a 100,000-key registry held ~150 MB more.
+   */
+  async encodedForDevice(user: User, device: string | undefined, version?: number): Promise<{ version: number; encoded: Buffer }> {
+    await this.escrow.requireEscrowForDevice(user.id, device);
+    const current = await this.personas.current(user.id);
+    const v = version === undefined ? current : await this.personas.version(user.id, version);
+    if (!v) throw new CarryonError('NOT_FOUND', `persona version ${version} does not exist`, { version });
+    return { version: v.version, encoded: await this.personas.encoded(v.snapshotId) };
   }
 
   /** The encoded chunks of `ids`, each of which must belong to the given version. */
@@ -150,7 +162,7 @@ export class PersonaService {
   async snapshotFor(user: User, delta: unknown, baseVersion: number): Promise<BlockId> {
     const baseRow = await this.personas.version(user.id, baseVersion);
     if (!baseRow) throw new CarryonError('BAD_REQUEST', `persona base version ${baseVersion} does not exist`);
-    const { snapshot } = applySnapshotDelta(await this.personas.snapshot(baseRow.snapshotId), delta);
+    const { snapshot } = applySnapshotDelta(await this.personas.snapshot(baseRow.snapshotId), delta, baseRow.snapshotId);
     const missing = await this.missing(user, new Set(snapshot.files.flatMap((f) => f.chunks)));
     if (missing.length > 0) throw new CarryonError('BLOCKS_MISSING', `the server lacks ${missing.length} persona chunk(s) the snapshot names; upload them first`, { count: missing.length, ids: missing.slice(0, 16) });
     return (await this.personas.putSnapshot(snapshot)).id;
@@ -195,7 +207,7 @@ export class PersonaService {
     const baseRow = await this.personas.version(user.id, info.baseVersion);
     if (!baseRow) throw new CarryonError('BAD_REQUEST', `persona base version ${info.baseVersion} does not exist`);
     const baseSnap = await this.personas.snapshot(baseRow.snapshotId);
-    const { snapshot: sent } = applySnapshotDelta(baseSnap, delta);
+    const { snapshot: sent, registryTimes: timesOf } = applySnapshotDelta(baseSnap, delta, baseRow.snapshotId);
     const policies = await this.meta.desktopPolicies(user, info.desktop);
     const current = await this.personas.current(user.id);
     // HKEY_CURRENT_USER only, and the desktop's include/exclude lists: refused or dropped before any merge.
@@ -213,8 +225,15 @@ export class PersonaService {
         throw new CarryonError('BAD_REQUEST', `${user.name}'s current persona version ${current.version} (stored before the server checked registries) cannot be merged: ${(err as Error).message}; ` +
           `nothing was committed and the laptop keeps its copy: an admin restores an earlier version (carryon-server persona restore ${user.name} VERSION), then run the command again`, { version: current.version });
       }
+      // Per-value "newest wins": the laptop's time for each value it changed, the server's for each of
+      // those values its side changed too (the commit time of the version that last changed it).
+      const registryTimes = timesOf();
+      const theirsTimes = policies.registryPolicy === 'newest' && registryTimes && registryTimes.size > 0
+        ? await this.serverValueTimes(user.id, baseRow.version, current, base.registry, theirs.registry, registryTimes)
+        : undefined;
       const r = mergePersona(base, ours, theirs, {
         filePolicy: policies.filePolicy, registryPolicy: policies.registryPolicy, device: info.deviceName, oursTime: info.editedAt, theirsTime: Date.parse(current.createdAt),
+        ...(registryTimes ? { registryTimes: { ours: registryTimes, ...(theirsTimes ? { theirs: theirsTimes } : {}) } } : {}),
       });
       merged = r.merged;
       report = r.report;
@@ -227,6 +246,34 @@ export class PersonaService {
     if (id === current.snapshotId) return { version: current.version, changed: false, merged: report !== null, report, ...dropped };
     const version = await this.personas.addVersion(user.id, id, { source: checkoutId ? 'checkin' : 'push', deviceName: info.deviceName, checkoutId, mergeReport: report });
     return { version, changed: true, merged: report !== null, report, ...dropped };
+  }
+
+  /**
+   * For each value the laptop changed that the server's side changed too (differently from the base):
+   * the commit time of the newest version after `baseVersion` that changed it. Versions are read one at
+   * a time from the newest back, only as far as a value is still unresolved.
+   */
+  private async serverValueTimes(userId: number, baseVersion: number, current: PersonaVersionRow, baseText: string, theirsText: string, ours: ReadonlyMap<string, number>): Promise<Map<string, number>> {
+    const wanted = new Set(ours.keys());
+    const inBase = lookupValueLines(canonicalForm(baseText, 'base registry'), wanted);
+    let later = lookupValueLines(canonicalForm(theirsText, "server's registry"), wanted);
+    const open = new Set([...wanted].filter((k) => !sameValueLine(later.get(k), inBase.get(k))));
+    const times = new Map<string, number>();
+    let row = current;
+    while (open.size > 0 && row.version > baseVersion + 1) {
+      const prev = await this.personas.version(userId, row.version - 1);
+      if (!prev) break;
+      const earlier = prev.snapshotId === row.snapshotId ? later : lookupValueLines(canonicalForm((await this.personas.snapshot(prev.snapshotId)).registry, 'registry'), open);
+      for (const k of [...open]) {
+        if (sameValueLine(earlier.get(k), later.get(k))) continue;
+        times.set(k, Date.parse(row.createdAt));
+        open.delete(k);
+      }
+      later = earlier;
+      row = prev;
+    }
+    for (const k of open) times.set(k, Date.parse(row.createdAt)); // changed by the first version after the base
+    return times;
   }
 
   /** A persona push without a check-in (`carryon persona push`): the new version and its audit row together. */

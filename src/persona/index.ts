@@ -7,6 +7,8 @@
 // entry = one file, folder or symlink; chunk = a PERSONA_CHUNK_BYTES piece of a file, stored as a block.
 export * from './registry/index.js';
 export * from './merge.js';
+export * from './registry-text.js';
+export * from './registry-merge.js';
 export * from './model.js';
 export * from './paths.js';
 export * from './tree.js';

@@ -8,9 +8,10 @@
 // an edit beats a deletion; two different edits of the same thing are settled by a policy, and every
 // such conflict is listed in the MergeReport.
 import { CarryonError } from '../errors/index.js';
-import { registryFromText, type PersonaEntry, type PersonaSnapshot } from './model.js';
+import type { PersonaEntry, PersonaSnapshot } from './model.js';
 import { PERSONA_MAX_NAME_BYTES, PERSONA_MAX_PATH_BYTES, personaPathKey } from './paths.js';
-import { exportRegistry, keyPathId, Registry, valueNameId, type RegistryValue } from './registry/index.js';
+import { mergeRegistryText } from './registry-merge.js';
+import { canonicalForm } from './registry-text.js';
 
 /** Same file changed differently on both sides: keep both (the laptop's copy renamed), the newer, the server's, or the laptop's. */
 export type FileMergePolicy = 'keep-both' | 'newest' | 'server' | 'laptop';
@@ -29,6 +30,11 @@ export interface MergeOptions {
   oursTime: number;
   /** When the server's current version was committed, ms since the epoch. */
   theirsTime: number;
+  /**
+   * Per registry value (registry-text.ts valueKey): when each side changed it, for 'newest'. A value
+   * with no time here falls back to oursTime / theirsTime.
+   */
+  registryTimes?: { ours?: ReadonlyMap<string, number>; theirs?: ReadonlyMap<string, number> };
 }
 
 export type MergeConflictReason = 'both-modified' | 'modify-delete' | 'both-added' | 'type-clash' | 'key-deleted-value-modified';
@@ -477,158 +483,6 @@ class FileMerge {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Registry
-
-interface TreeKey {
-  /** Full path as the snapshot spells it. */
-  path: string;
-  /** By valueNameId. */
-  values: Map<string, RegistryValue>;
-}
-
-/** Held keys by keyPathId. Parents a file never names are implicit (Windows creates them on import). */
-type RegTree = Map<string, TreeKey>;
-
-/** A snapshot's registry text as a tree; '' is an empty registry. */
-function parseRegistryText(text: string, what: string): RegTree {
-  const tree: RegTree = new Map();
-  if (text === '') return tree;
-  let reg: Registry;
-  try {
-    reg = registryFromText(text);
-  } catch (err) {
-    if (err instanceof CarryonError) throw new CarryonError(err.code, `${what}: ${err.message}`, err.data, err);
-    throw err;
-  }
-  for (const k of reg.keys()) tree.set(keyPathId(k.path), { path: k.path, values: new Map(k.values.map((v) => [valueNameId(v.name), v])) });
-  return tree;
-}
-
-/** The canonical .reg text of a tree: the codec's export as v5 UTF-8 without BOM; '' for an empty tree. */
-function formatRegistryText(tree: RegTree): string {
-  if (tree.size === 0) return '';
-  const reg = new Registry();
-  // Parents first, so that every key takes its parent's spelling as the codec keeps the first one.
-  const keys = [...tree.entries()].sort((a, b) => cmp(a[0].replaceAll('\\', '\0'), b[0].replaceAll('\\', '\0')));
-  for (const [, k] of keys) {
-    reg.createKey(k.path);
-    for (const v of k.values.values()) reg.setValue(k.path, v);
-  }
-  return Buffer.from(exportRegistry(reg, { version: 'v5', encoding: 'utf-8', bom: false })).toString('utf8');
-}
-
-function sameValue(a: RegistryValue | undefined, b: RegistryValue | undefined): boolean {
-  if (!a || !b) return a === b;
-  return a.type === b.type && a.data.length === b.data.length && Buffer.from(a.data.buffer, a.data.byteOffset, a.data.length).equals(b.data);
-}
-
-function valuePath(keyPath: string, name: string | null): string {
-  return `${keyPath}\\${name === null || name === '' ? '@' : name}`;
-}
-
-function parentId(id: string): string | null {
-  const i = id.lastIndexOf('\\');
-  return i < 0 ? null : id.slice(0, i);
-}
-
-interface RegistryMerge {
-  tree: RegTree;
-  conflicts: MergeConflict[];
-  stats: { valuesFromOurs: number; valuesFromTheirs: number; valuesSameOnBoth: number; valuesDeleted: number; valuesUnchanged: number };
-}
-
-/** The three-way merge of registry trees, at the granularity of (key path, value name). */
-function mergeRegistryTrees(base: RegTree, ours: RegTree, theirs: RegTree, opts: MergeOptions): RegistryMerge {
-  const stats = { valuesFromOurs: 0, valuesFromTheirs: 0, valuesSameOnBoth: 0, valuesDeleted: 0, valuesUnchanged: 0 };
-  const conflicts: MergeConflict[] = [];
-  const tree: RegTree = new Map();
-  const policy = opts.registryPolicy;
-  const byPolicy: Side = policy === 'laptop' ? 'ours' : policy === 'server' ? 'theirs' : opts.oursTime > opts.theirsTime ? 'ours' : 'theirs';
-  const why = policy === 'newest' ? ' (newer write)' : ' (policy)';
-  /** Base keys one side deleted while the other kept them: which side deleted them. */
-  const deletedBy = new Map<string, Side>();
-  const ids = [...new Set([...base.keys(), ...ours.keys(), ...theirs.keys()])].sort(cmp);
-  for (const id of ids) {
-    const bk = base.get(id);
-    const ok = ours.get(id);
-    const tk = theirs.get(id);
-    const keyDeleter: Side | null = bk && !ok && tk ? 'ours' : bk && ok && !tk ? 'theirs' : null;
-    if (keyDeleter) deletedBy.set(id, keyDeleter);
-    // The key itself, three-way: a side that left its presence as it was follows the other side.
-    const present = !!ok === !!bk ? !!tk : !!ok;
-    const path = (tk ?? ok ?? bk)!.path;
-    const values = new Map<string, RegistryValue>();
-    const names = [...new Set([...(bk?.values.keys() ?? []), ...(ok?.values.keys() ?? []), ...(tk?.values.keys() ?? [])])].sort(cmp);
-    for (const n of names) {
-      const b = bk?.values.get(n);
-      const o = ok?.values.get(n);
-      const t = tk?.values.get(n);
-      let kept: RegistryValue | undefined;
-      let from: Side;
-      if (sameValue(o, b) || sameValue(t, b)) {
-        // One side left it as it was: the other side's value (or deletion) wins.
-        [kept, from] = sameValue(o, b) ? [t, 'theirs'] : [o, 'ours'];
-        if (!kept) stats.valuesDeleted += b ? 1 : 0;
-        else if (sameValue(kept, b)) stats.valuesUnchanged++;
-        else if (from === 'ours') stats.valuesFromOurs++;
-        else stats.valuesFromTheirs++;
-      } else if (sameValue(o, t)) {
-        [kept, from] = [t, 'theirs'];
-        if (!kept) stats.valuesDeleted++;
-        else stats.valuesSameOnBoth++;
-      } else if (!o || !t) {
-        // Deleted on one side (the value, or its whole key), changed on the other: the change wins.
-        [kept, from] = o ? [o, 'ours'] : [t!, 'theirs'];
-        if (from === 'ours') stats.valuesFromOurs++;
-        else stats.valuesFromTheirs++;
-        if (keyDeleter === null) {
-          conflicts.push({
-            kind: 'registry', path: valuePath(path, kept.name), reason: 'modify-delete', kept: from,
-            resolution: `kept the ${sideName(from)}'s changed value; the ${sideName(otherSide(from))} had deleted it`,
-          });
-        }
-      } else {
-        from = byPolicy;
-        kept = from === 'ours' ? o : t;
-        if (from === 'ours') stats.valuesFromOurs++;
-        else stats.valuesFromTheirs++;
-        conflicts.push({
-          kind: 'registry', path: valuePath(path, kept.name), reason: b ? 'both-modified' : 'both-added', kept: from,
-          resolution: `kept the ${sideName(from)}'s value${why}; the ${sideName(otherSide(from))}'s dropped`,
-        });
-      }
-      if (!kept) continue;
-      values.set(n, kept);
-      if (keyDeleter) {
-        // A value that survives in a key one side deleted is one the other side changed or added.
-        conflicts.push({
-          kind: 'registry', path: valuePath(path, kept.name), reason: 'key-deleted-value-modified', kept: otherSide(keyDeleter),
-          resolution: `kept the key with the ${sideName(otherSide(keyDeleter))}'s changed value; the ${sideName(keyDeleter)} had deleted the key`,
-        });
-      }
-    }
-    if (present || values.size > 0) tree.set(id, { path, values });
-  }
-  // A key the other side added below a key one side deleted keeps that key alive (as its parent): report
-  // the topmost such new key once.
-  for (const [id, key] of tree) {
-    if (base.has(id)) continue;
-    const up = parentId(id);
-    if (up !== null && tree.has(up) && !base.has(up)) continue; // its new parent is reported instead
-    for (let a = up; a !== null; a = parentId(a)) {
-      const deleter = deletedBy.get(a);
-      if (!deleter) continue;
-      conflicts.push({
-        kind: 'registry', path: key.path, reason: 'key-deleted-value-modified', kept: otherSide(deleter),
-        resolution: `kept the ${sideName(otherSide(deleter))}'s new key, and so the key above it that the ${sideName(deleter)} had deleted`,
-      });
-      break;
-    }
-  }
-  return { tree, conflicts, stats };
-}
-
-// ---------------------------------------------------------------------------------------------------
 // The whole persona
 
 function sortConflicts(list: MergeConflict[]): MergeConflict[] {
@@ -646,15 +500,15 @@ export function mergePersona(base: PersonaSnapshot, ours: PersonaSnapshot, their
   const fm = new FileMerge(base, ours, theirs, opts);
   const files = fm.run();
   const fileConflicts = sortConflicts([...fm.conflicts.values()]);
-  const reg = mergeRegistryTrees(
-    parseRegistryText(base.registry, 'base registry'),
-    parseRegistryText(ours.registry, "laptop's registry"),
-    parseRegistryText(theirs.registry, "server's registry"),
-    opts,
+  // One side left the text as it was: the other side's text is the result, as it is; the walk still
+  // counts the values for the report.
+  const same = ours.registry === base.registry || ours.registry === theirs.registry ? theirs.registry : theirs.registry === base.registry ? ours.registry : null;
+  const reg = mergeRegistryText(
+    canonicalForm(base.registry, 'base registry'), canonicalForm(ours.registry, "laptop's registry"), canonicalForm(theirs.registry, "server's registry"),
+    { policy: opts.registryPolicy, oursTime: opts.oursTime, theirsTime: opts.theirsTime, oursTimes: opts.registryTimes?.ours, theirsTimes: opts.registryTimes?.theirs, output: same === null },
   );
   const registryConflicts = sortConflicts(reg.conflicts);
-  const registry =
-    ours.registry === base.registry || ours.registry === theirs.registry ? theirs.registry : theirs.registry === base.registry ? ours.registry : formatRegistryText(reg.tree);
+  const registry = same ?? reg.text!;
   return {
     merged: { files, registry },
     report: {

@@ -95,6 +95,15 @@ function valueLine(v: RegValueEdit, where: Record<string, unknown>, encoding: Re
 }
 
 /**
+ * One value line as encodeRegFile writes it in a file of `encoding` (v5), without the line break: a
+ * long hex value holds its `\` + CRLF + two spaces continuations. Throws INVALID_ARGUMENT as
+ * encodeRegFile does for a value it cannot write losslessly.
+ */
+export function encodeRegValueLine(v: RegValueEdit, encoding: RegFileEncoding = 'utf-8'): string {
+  return valueLine(v, { name: v.name }, encoding, false);
+}
+
+/**
  * Writes a .reg file exactly as regedit would: for a file regedit exported (v5: UTF-16LE with BOM;
  * REGEDIT4: ANSI), `encodeRegFile(decodeRegFile(bytes))` gives back the same bytes. For every file,
  * `decodeRegFile(encodeRegFile(f), { encoding: f.encoding })` deep-equals `f`. Throws

@@ -49,9 +49,9 @@ export {
   type RegistryFile,
   type RegDecodeOptions,
 } from './types.js';
-export { decodeRegFile } from './decode.js';
-export { encodeRegFile, wrapHexData, HEX_WRAP_COLUMNS } from './encode.js';
-export { keyPathId, valueNameId, foldName, rootKeyOf, keyPathProblem } from './names.js';
+export { decodeRegFile, decodeRegSections } from './decode.js';
+export { encodeRegFile, encodeRegValueLine, wrapHexData, HEX_WRAP_COLUMNS } from './encode.js';
+export { keyPathId, valueNameId, foldName, rootKeyOf, keyPathProblem, canonicalRoot } from './names.js';
 export {
   HKCU,
   DEFAULT_REGISTRY_EXCLUDES,
