@@ -46,11 +46,14 @@ export async function fetchPersona(state: LocalState, api: ApiClient, desktop: s
   }
   // An encrypted copy's chunks go into its own sealed cache, a plaintext copy's into the shared one.
   const cache = state.cacheOf(desktop);
-  const wanted = [...new Set(snapshot.files.flatMap((f) => f.chunks))];
+  // Each chunk's real size: most profile files are far smaller than a chunk, and batches counted as
+  // whole chunks made a check-out of 18k small files ~600 requests (each one a snapshot lookup).
+  const sizes = new Map<BlockId, number>();
+  for (const f of snapshot.files) f.chunks.forEach((c, i) => sizes.set(c, Math.min(PERSONA_CHUNK_BYTES, f.size - i * PERSONA_CHUNK_BYTES)));
   const missing: BlockId[] = [];
-  for (const id of wanted) if (!(await cache.has(id))) missing.push(id);
+  for (const id of sizes.keys()) if (!(await cache.has(id))) missing.push(id);
   // Two requests in flight: the server reads one batch while this side verifies the other.
-  const queue = [...batchesOf(missing, () => PERSONA_CHUNK_BYTES, 32 * PERSONA_CHUNK_BYTES, MAX_GET_IDS)];
+  const queue = [...batchesOf(missing, (id) => sizes.get(id)! + 512, 32 * PERSONA_CHUNK_BYTES, MAX_GET_IDS)];
   await Promise.all([0, 1].map(async () => {
     for (let batch = queue.shift(); batch; batch = queue.shift()) {
       const pending = new Set(batch);
@@ -187,14 +190,34 @@ export async function uploadPersona(state: LocalState, api: ApiClient, desktop: 
       }
     }
   }
-  for (const batch of batchesOf(units, costOf, UPLOAD_REQUEST_COST)) {
+  // Many chunks (a first push, a new large file) go as the zstd frames the cache holds, in a body sent
+  // as is: compressing them again for the wire, and the server compressing them again to store them,
+  // was most of a first push's time. A few go in the one zstd stream with the deltas, where the stream's
+  // shared context makes small files smaller.
+  const chunkUnits = units.filter((u): u is { chunk: BlockId; size: number } => 'chunk' in u);
+  const bulk = chunkUnits.reduce((n, u) => n + u.size, 0) >= BULK_CHUNK_BYTES;
+  async function* encodedEntries(batch: Array<{ chunk: BlockId }>): AsyncGenerator<TarEntry> {
+    for (const u of batch) {
+      if (!missing.has(u.chunk) || sent.has(u.chunk)) continue;
+      sent.add(u.chunk);
+      chunks++;
+      yield { name: personaUploadEntryName({ kind: 'encoded', id: u.chunk }), data: await cache.getEncoded(u.chunk) };
+    }
+  }
+  if (bulk) {
+    for (const batch of batchesOf(chunkUnits, costOf, UPLOAD_REQUEST_COST)) await api.personaUpload(baseVersion, packEntries(encodedEntries(batch)), false);
+  }
+  for (const batch of batchesOf(bulk ? units.filter((u) => 'file' in u) : units, costOf, UPLOAD_REQUEST_COST)) {
     const tar = packEntries(entries(batch));
     const body = createCompressStream(3);
     tar.on('error', (err) => body.destroy(err));
-    await api.personaUpload(baseVersion, tar.pipe(body));
+    await api.personaUpload(baseVersion, tar.pipe(body), true);
   }
   return { files: files.length, chunks, deltas };
 }
+
+/** From this many bytes of whole chunks on, an upload sends them as stored (see uploadPersona). */
+const BULK_CHUNK_BYTES = 8 * 1024 * 1024;
 
 /** Per upload request, at most this much server work (half of MAX_PERSONA_UPLOAD_BYTES: room for tar overhead). */
 const UPLOAD_REQUEST_COST = MAX_PERSONA_UPLOAD_BYTES / 2;

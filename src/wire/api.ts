@@ -413,18 +413,24 @@ export const MAX_PERSONA_UPLOAD_BYTES = 1024 * 1024 * 1024;
 /** Largest persona snapshot (its JSON): ~100k files. */
 export const MAX_PERSONA_SNAPSHOT_BYTES = 64 * 1024 * 1024;
 
-/** Persona upload entries: a chunk (`b/<id>`), or a whole file rebuilt from an rdiff delta against a file of the base version. */
-export type PersonaUploadEntry = { kind: 'chunk'; id: BlockId } | { kind: 'delta'; file: BlockId; base: BlockId };
+/**
+ * Persona upload entries: a chunk's plaintext (`b/<id>`), a chunk as the one zstd frame the stores keep
+ * (`z/<id>`: sent as the laptop cache holds it, so a bulk upload is compressed once, on the laptop, not
+ * again for the wire and again by the server), or a whole file rebuilt from an rdiff delta against a file
+ * of the base version (`r/<file>/<base>`).
+ */
+export type PersonaUploadEntry = { kind: 'chunk'; id: BlockId } | { kind: 'encoded'; id: BlockId } | { kind: 'delta'; file: BlockId; base: BlockId };
 
 export function personaUploadEntryName(e: PersonaUploadEntry): string {
-  return e.kind === 'chunk' ? `b/${e.id}` : `r/${e.file}/${e.base}`;
+  return e.kind === 'chunk' ? `b/${e.id}` : e.kind === 'encoded' ? `z/${e.id}` : `r/${e.file}/${e.base}`;
 }
 
 export function parsePersonaUploadEntryName(name: string): PersonaUploadEntry {
   const parts = name.split('/');
   if (parts[0] === 'b' && parts.length === 2 && isBlockId(parts[1])) return { kind: 'chunk', id: parts[1] };
+  if (parts[0] === 'z' && parts.length === 2 && isBlockId(parts[1])) return { kind: 'encoded', id: parts[1] };
   if (parts[0] === 'r' && parts.length === 3 && isBlockId(parts[1]) && isBlockId(parts[2])) return { kind: 'delta', file: parts[1], base: parts[2] };
-  throw new CarryonError('TAR_INVALID', `persona upload entry name ${JSON.stringify(name.slice(0, 200))} is neither b/<id> nor r/<file>/<base>`);
+  throw new CarryonError('TAR_INVALID', `persona upload entry name ${JSON.stringify(name.slice(0, 200))} is neither b/<id>, z/<id> nor r/<file>/<base>`);
 }
 
 /** What goes with a laptop's persona snapshot when it is pushed or checked in. */
