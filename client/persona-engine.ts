@@ -7,8 +7,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import {
-  applyToRegistry, CarryonError, createCompressStream, createDelta, createSignature, decodePersona, decodeRegFile, decodeVerified, exportRegistry, getBlock,
-  materializePersonaTree, registryFromText, MAX_GET_IDS, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
+  applyToRegistry, CarryonError, createAlignedDelta, createCompressStream, createDelta, createSignature, decodePersona, encodeChunkDelta, MAX_CHUNK_DELTA_BASES, decodeRegFile, decodeVerified, exportRegistry, getBlock,
+  materializePersonaTree, registryFromText, MAX_GET_IDS, MAX_PERSONA_UPLOAD_BYTES, MAX_QUERY_IDS, packEntries, PERSONA_CHUNK_BYTES, personaId, personaUploadEntryName, Registry,
   scanPersonaTree, diffSnapshots, type BlockId, type BlockStore, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
@@ -130,11 +130,12 @@ export function diffPersona(base: PersonaSnapshot, ours: PersonaSnapshot): Perso
 }
 
 /**
- * Send the server the file contents of `ours` it lacks: a changed file as an rdiff delta against its
- * base version when the server has that and the delta is small enough, else its chunks. Returns the
- * number of entries sent.
+ * Send the server the file contents of `ours` it lacks. A chunk of a changed file goes as an rdiff delta
+ * against the chunk at the same place in the file's base version (or that chunk and its neighbours,
+ * when an insertion shifted the bytes) when that is smaller; any other missing chunk goes whole.
+ * Returns what was sent.
  */
-export async function uploadPersona(state: LocalState, api: ApiClient, desktop: string, baseVersion: number, base: PersonaSnapshot, ours: PersonaSnapshot, dir: string): Promise<{ files: number; chunks: number; deltas: number }> {
+export async function uploadPersona(state: LocalState, api: ApiClient, desktop: string, baseVersion: number, base: PersonaSnapshot, ours: PersonaSnapshot, _dir: string): Promise<{ files: number; chunks: number; deltas: number }> {
   const cache = state.cacheOf(desktop);
   // Only chunks the base version lacks can be missing on the server (it holds every chunk of a version).
   const inBase = new Set(base.files.flatMap((f) => f.chunks));
@@ -146,68 +147,59 @@ export async function uploadPersona(state: LocalState, api: ApiClient, desktop: 
   const files = ours.files.filter((f) => f.kind === 'file' && f.chunks.some((c) => missing.has(c)));
   let chunks = 0;
   let deltas = 0;
-  const sent = new Set<BlockId>();
-  // What the server spends taking a request is capped (MAX_PERSONA_UPLOAD_BYTES counts the tar and every
-  // file a delta rebuilds, with its staged base): uploads go in requests of at most UPLOAD_REQUEST_COST.
-  const deltaWorthy = (f: PersonaEntry): PersonaEntry | null => {
-    const old = baseByPath.get(f.path);
-    return old && old.hash !== f.hash && old.size > 0 && old.size + f.size <= MAX_DELTA_REBUILD ? old : null;
-  };
-  // A changed file worth a delta is one unit; any other file's missing chunks are units of their own,
-  // so a large new file is spread over several requests.
-  type Unit = { file: PersonaEntry; old: PersonaEntry } | { chunk: BlockId; size: number };
+  // One unit per missing chunk, each sent once; `old` when the file has a base version to diff against.
+  type Unit = { id: BlockId; size: number; index: number; old: PersonaEntry | null };
   const units: Unit[] = [];
+  const queued = new Set<BlockId>();
   for (const f of files) {
-    const old = deltaWorthy(f);
-    if (old) units.push({ file: f, old });
-    else f.chunks.forEach((c, i) => missing.has(c) && units.push({ chunk: c, size: Math.min(PERSONA_CHUNK_BYTES, f.size - i * PERSONA_CHUNK_BYTES) }));
+    const b = baseByPath.get(f.path);
+    const old = b && b.hash !== f.hash && b.chunks.length > 0 ? b : null;
+    f.chunks.forEach((c, i) => {
+      if (!missing.has(c) || queued.has(c)) return;
+      queued.add(c);
+      units.push({ id: c, size: Math.min(PERSONA_CHUNK_BYTES, f.size - i * PERSONA_CHUNK_BYTES), index: i, old });
+    });
   }
-  const costOf = (u: Unit): number => ('file' in u ? u.old.size + 2 * u.file.size : u.size);
-  const chunkEntry = async (c: BlockId): Promise<TarEntry | null> => {
-    if (!missing.has(c) || sent.has(c)) return null;
-    sent.add(c);
+  // What the server spends taking a request is capped (MAX_PERSONA_UPLOAD_BYTES counts the tar and what a
+  // delta makes it stage and rebuild): uploads go in requests of at most UPLOAD_REQUEST_COST.
+  const costOf = (u: Unit): number => (u.old ? (MAX_CHUNK_DELTA_BASES + 1) * PERSONA_CHUNK_BYTES : u.size + 1024);
+  const plainEntry = async (u: Unit): Promise<TarEntry> => {
     chunks++;
-    return { name: personaUploadEntryName({ kind: 'chunk', id: c }), data: await getBlock(cache, c, PERSONA_CHUNK_BYTES) };
+    return { name: personaUploadEntryName({ kind: 'chunk', id: u.id }), data: await getBlock(cache, u.id, PERSONA_CHUNK_BYTES) };
   };
   async function* entries(batch: Unit[]): AsyncGenerator<TarEntry> {
     for (const u of batch) {
-      if ('chunk' in u) {
-        const e = await chunkEntry(u.chunk);
-        if (e) yield e;
+      if (!u.old) {
+        yield await plainEntry(u);
         continue;
       }
-      const f = u.file;
-      const delta = await deltaOf(cache, u.old, path.join(dir, PROFILE_DIR, ...f.path.split('/')));
-      if (delta && delta.length < f.size / 2) {
+      const next = await getBlock(cache, u.id, PERSONA_CHUNK_BYTES);
+      const d = await chunkDeltaOf(cache, u.old, u.index, next);
+      if (d) {
         deltas++;
-        for (const c of f.chunks) sent.add(c);
-        yield { name: personaUploadEntryName({ kind: 'delta', file: f.hash!, base: u.old.hash! }), data: delta };
-        continue;
-      }
-      for (const c of f.chunks) {
-        const e = await chunkEntry(c);
-        if (e) yield e;
+        yield { name: personaUploadEntryName({ kind: 'chunk-delta', id: u.id }), data: encodeChunkDelta(d.bases, d.delta) };
+      } else {
+        chunks++;
+        yield { name: personaUploadEntryName({ kind: 'chunk', id: u.id }), data: next };
       }
     }
   }
-  // Many chunks (a first push, a new large file) go as the zstd frames the cache holds, in a body sent
-  // as is: compressing them again for the wire, and the server compressing them again to store them,
-  // was most of a first push's time. A few go in the one zstd stream with the deltas, where the stream's
-  // shared context makes small files smaller.
-  const chunkUnits = units.filter((u): u is { chunk: BlockId; size: number } => 'chunk' in u);
-  const bulk = chunkUnits.reduce((n, u) => n + u.size, 0) >= BULK_CHUNK_BYTES;
-  async function* encodedEntries(batch: Array<{ chunk: BlockId }>): AsyncGenerator<TarEntry> {
+  // Many whole chunks (a first push, a new large file) go as the zstd frames the cache holds, in a body
+  // sent as is: compressing them again for the wire, and the server compressing them again to store
+  // them, was most of a first push's time. A few go in the one zstd stream with the deltas, where the
+  // stream's shared context makes small files smaller.
+  const whole = units.filter((u) => !u.old);
+  const bulk = whole.reduce((n, u) => n + u.size, 0) >= BULK_CHUNK_BYTES;
+  async function* encodedEntries(batch: Unit[]): AsyncGenerator<TarEntry> {
     for (const u of batch) {
-      if (!missing.has(u.chunk) || sent.has(u.chunk)) continue;
-      sent.add(u.chunk);
       chunks++;
-      yield { name: personaUploadEntryName({ kind: 'encoded', id: u.chunk }), data: await cache.getEncoded(u.chunk) };
+      yield { name: personaUploadEntryName({ kind: 'encoded', id: u.id }), data: await cache.getEncoded(u.id) };
     }
   }
   if (bulk) {
-    for (const batch of batchesOf(chunkUnits, costOf, UPLOAD_REQUEST_COST)) await api.personaUpload(baseVersion, packEntries(encodedEntries(batch)), false);
+    for (const batch of batchesOf(whole, costOf, UPLOAD_REQUEST_COST)) await api.personaUpload(baseVersion, packEntries(encodedEntries(batch)), false);
   }
-  for (const batch of batchesOf(bulk ? units.filter((u) => 'file' in u) : units, costOf, UPLOAD_REQUEST_COST)) {
+  for (const batch of batchesOf(bulk ? units.filter((u) => u.old) : units, costOf, UPLOAD_REQUEST_COST)) {
     const tar = packEntries(entries(batch));
     const body = createCompressStream(3);
     tar.on('error', (err) => body.destroy(err));
@@ -216,41 +208,36 @@ export async function uploadPersona(state: LocalState, api: ApiClient, desktop: 
   return { files: files.length, chunks, deltas };
 }
 
+/** Per upload request, at most this much server work (half of MAX_PERSONA_UPLOAD_BYTES: room for tar overhead). */
+const UPLOAD_REQUEST_COST = MAX_PERSONA_UPLOAD_BYTES / 2;
 /** From this many bytes of whole chunks on, an upload sends them as stored (see uploadPersona). */
 const BULK_CHUNK_BYTES = 8 * 1024 * 1024;
 
-/** Per upload request, at most this much server work (half of MAX_PERSONA_UPLOAD_BYTES: room for tar overhead). */
-const UPLOAD_REQUEST_COST = MAX_PERSONA_UPLOAD_BYTES / 2;
-/** A changed file goes as a delta only when it and its base fit one request; a larger one sends its changed chunks. */
-const MAX_DELTA_REBUILD = UPLOAD_REQUEST_COST / 2;
-
-/** An rdiff delta turning the base file (from the cache) into the file on disk; null when too large to send as one entry. */
-async function deltaOf(cache: BlockStore, base: PersonaEntry, file: string): Promise<Buffer | null> {
-  async function* baseBytes(): AsyncGenerator<Buffer> {
-    for (const c of base.chunks) yield await getBlock(cache, c, PERSONA_CHUNK_BYTES);
+/**
+ * The smallest delta that makes chunk `index` of a changed file (`next`, its plaintext) from its base
+ * version `old`, or null when none is smaller than the chunk itself. First by position (an edit in place
+ * or an append: the changed bytes exactly, at memory-compare speed), then, when more than half the
+ * chunk differs in place, an rdiff delta against the base's chunks around that index (an insertion or
+ * deletion shifts what follows it by less than a chunk, so it is still found there).
+ */
+async function chunkDeltaOf(cache: BlockStore, old: PersonaEntry, index: number, next: Buffer): Promise<{ bases: BlockId[]; delta: Buffer } | null> {
+  let best: { bases: BlockId[]; delta: Buffer } | null = null;
+  if (index < old.chunks.length) {
+    const same = old.chunks[index]!;
+    const delta = createAlignedDelta(await getBlock(cache, same, PERSONA_CHUNK_BYTES), next, next.length / 2);
+    if (delta) best = { bases: [same], delta };
   }
-  // The signature stays on the laptop, so its size costs nothing on the wire: 2 KiB blocks (librsync's
-  // default is ~sqrt(size), 13.6 KB for a 185 MB mailbox) make each scattered edit cost 2 KiB, not 13.6
-  // (measured by scripts/bench/persona-bench.ts: the inbox's 4-byte "read" flags alone cost 1.4 MB).
-  // MD4 strong sums: 264 MB/s here against 83 MB/s for our TypeScript BLAKE2b. A collision cannot slip
-  // through: the server checks the rebuilt file against its SHA-256 and refuses a mismatch.
-  const signature = await createSignature(Readable.from(baseBytes()), {
-    baseSize: base.size, blockLength: base.size > 4 * 1024 * 1024 ? 2048 : 0, strongSum: 'md4',
-  });
-  const parts: Buffer[] = [];
-  let n = 0;
-  for await (const piece of createDelta(signature, Readable.from((async function* () {
-    const fh = await fs.open(file, 'r');
-    try {
-      const buf = Buffer.allocUnsafe(PERSONA_CHUNK_BYTES);
-      for (let r; (r = await fh.read(buf, 0, buf.length, null)).bytesRead > 0; ) yield Buffer.from(buf.subarray(0, r.bytesRead));
-    } finally {
-      await fh.close();
-    }
-  })()))) {
-    n += piece.length;
-    if (n > MAX_PERSONA_ENTRY_BYTES) return null;
-    parts.push(piece);
+  if (!best) {
+    const lo = Math.max(0, Math.min(index, old.chunks.length) - 1);
+    const bases = old.chunks.slice(lo, Math.min(old.chunks.length, lo + MAX_CHUNK_DELTA_BASES));
+    const window = Buffer.concat(await Promise.all(bases.map((b) => getBlock(cache, b, PERSONA_CHUNK_BYTES))));
+    // The signature never leaves the laptop: MD4 strong sums (264 MB/s here against 83 MB/s for our
+    // TypeScript BLAKE2b); the server checks the rebuilt chunk against its id, so a collision can only fail.
+    const signature = await createSignature(window, { baseSize: window.length, strongSum: 'md4' });
+    const parts: Buffer[] = [];
+    for await (const piece of createDelta(signature, next)) parts.push(piece);
+    best = { bases, delta: Buffer.concat(parts) };
   }
-  return Buffer.concat(parts, n);
+  // A delta goes through the same zstd stream as a whole chunk would: it pays when it is smaller.
+  return best.delta.length + 1 + 32 * best.bases.length < next.length ? best : null;
 }

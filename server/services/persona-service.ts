@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import {
-  applyDelta, applySnapshotDelta, blockId, CarryonError, checkRegistryText, decodeVerified, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
+  applyDelta, applySnapshotDelta, blockId, CarryonError, checkRegistryText, decodeVerified, getBlock, mergePersona, MAX_PERSONA_ENTRY_BYTES, MAX_PERSONA_UPLOAD_BYTES, parseChunkDelta, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES,
   unpackEntries, type BlockId, type BlockStore, type PersonaCommitResult, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../../src/index.js';
 import type { Actor } from '../audit.js';
@@ -98,7 +98,7 @@ export class PersonaService {
    */
   async ingest(user: User, baseVersion: number, body: NodeJS.ReadableStream): Promise<{ chunks: number; files: number }> {
     this.needSpace();
-    const baseFiles = (await this.indexOf(user, baseVersion)).fileByHash;
+    const { fileByHash: baseFiles, chunks: baseChunks } = await this.indexOf(user, baseVersion);
     const ingest = new BlockIngest(this.meta, this.store, user.id, this.leases);
     let chunks = 0;
     let files = 0;
@@ -133,6 +133,21 @@ export class PersonaService {
           budget -= plain.length;
           group.push({ id: e.id, plain, encoded: data });
           groupBytes += plain.length + data.length;
+          chunks++;
+          if (group.length >= INGEST_GROUP || groupBytes >= INGEST_GROUP * PERSONA_CHUNK_BYTES) await store();
+          return;
+        }
+        if (e.kind === 'chunk-delta') {
+          const { bases, delta } = parseChunkDelta(data);
+          // Staging the bases and rebuilding count against the request's budget like a file delta's.
+          budget -= bases.length * PERSONA_CHUNK_BYTES + PERSONA_CHUNK_BYTES;
+          if (budget < 0) throw new CarryonError('PAYLOAD_TOO_LARGE', `this persona upload rebuilds more than ${MAX_PERSONA_UPLOAD_BYTES} bytes: send it in smaller parts`, { max: MAX_PERSONA_UPLOAD_BYTES });
+          for (const b of bases) if (!baseChunks.has(b)) throw new CarryonError('BLOCK_NOT_FOUND', `delta base chunk ${b.slice(0, 12)}… is not in persona version ${baseVersion}`, { id: b });
+          const base = Buffer.concat(await Promise.all(bases.map((b) => getBlock(this.store, b, PERSONA_CHUNK_BYTES))));
+          const plain = await applyDeltaInMemory(base, delta, PERSONA_CHUNK_BYTES);
+          if (blockId(plain) !== e.id) throw new CarryonError('BLOCK_CORRUPT', `chunk rebuilt from a delta does not match its hash ${e.id.slice(0, 12)}…`, { id: e.id });
+          group.push({ id: e.id, plain });
+          groupBytes += plain.length;
           chunks++;
           if (group.length >= INGEST_GROUP || groupBytes >= INGEST_GROUP * PERSONA_CHUNK_BYTES) await store();
           return;
@@ -305,4 +320,17 @@ export class PersonaService {
     if (!v) throw new CarryonError('INVALID_ARGUMENT', `user ${user.name} has no persona version ${String(version)}`, { user: user.name, version });
     return { ...v, snapshot: await this.personas.snapshot(v.snapshotId) };
   }
+}
+
+/** Apply an rdiff delta to a base held in memory; more than `max` bytes of output is PAYLOAD_TOO_LARGE. */
+async function applyDeltaInMemory(base: Buffer, delta: Buffer, max: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  const out = new Writable({
+    write(data: Buffer, _e, cb) {
+      parts.push(data);
+      cb();
+    },
+  });
+  await applyDelta(base, delta, out, { maxOutputBytes: max });
+  return Buffer.concat(parts);
 }
