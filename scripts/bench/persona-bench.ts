@@ -33,6 +33,8 @@ interface Options {
   out?: string;
   keep: boolean;
   carryon: boolean;
+  /** The server's block store: its default (a file per block) or `pack` (PackBlockStore, pack:// URL). */
+  serverStore: 'default' | 'pack';
 }
 
 const USAGE = `usage: persona-bench.js [--size 1G] [--seed N] [--out FILE] [--keep] [--no-carryon]
@@ -40,16 +42,22 @@ const USAGE = `usage: persona-bench.js [--size 1G] [--seed N] [--out FILE] [--ke
   --seed       picks the files and the edits (default 300)
   --out        also write all results as JSON to FILE
   --keep       keep the temp folder (trees, server, laptop homes)
-  --no-carryon measure only the peers (rsync, rdiff + zstd)`;
+  --no-carryon measure only the peers (rsync, rdiff + zstd)
+  --server-store default|pack   the server's block store: a file per block (default) or pack files`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { size: 1024 ** 3, seed: 300, keep: false, carryon: true };
+  const o: Options = { size: 1024 ** 3, seed: 300, keep: false, carryon: true, serverStore: 'default' };
   for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
     else if (a === '--seed') o.seed = Number(value());
     else if (a === '--out') o.out = value();
     else if (a === '--keep') o.keep = true;
     else if (a === '--no-carryon') o.carryon = false;
+    else if (a === '--server-store') {
+      const v = value();
+      if (v !== 'default' && v !== 'pack') throw new Error(`--server-store takes default or pack\n${USAGE}`);
+      o.serverStore = v;
+    }
     else if (a === '--help' || a === '-h') {
       console.log(USAGE);
       process.exit(0);
@@ -944,9 +952,9 @@ const DESK = 'bench-persona';
 /** The CLI's own JSON, with the byte count we compare and the process wall time (its own `seconds` kept as cliSeconds). */
 const fromCli = (j: Json, bytesKey: string, seconds: number, note: string): Measure => ({ ...j, cliSeconds: j.seconds, bytes: num(j, bytesKey), seconds, note });
 
-async function startCarryon(work: string): Promise<CarryonRig> {
+async function startCarryon(work: string, store: Options['serverStore']): Promise<CarryonRig> {
   const data = join(work, 'server');
-  await carryonServer(data, 'init');
+  await carryonServer(data, 'init', ...(store === 'pack' ? ['--store', `pack://${join(work, 'server-packs')}`] : []));
   const server = await startServer(data);
   try {
     const token = str((await carryonServer(data, 'user', 'add', USER)).json, 'token');
@@ -1055,7 +1063,7 @@ async function main(): Promise<number> {
     process.exit(130);
   });
   try {
-    log(`persona-bench: ${mib(o.size)} generated profile, seed ${o.seed}; ${cpus().length} cores, node ${process.version}`);
+    log(`persona-bench: ${mib(o.size)} generated profile, seed ${o.seed}; ${cpus().length} cores, node ${process.version}; server store: ${o.serverStore}`);
     log(`temp folder ${work}`);
 
     // The profile (v2)
@@ -1087,7 +1095,7 @@ async function main(): Promise<number> {
     const carryonRes: Record<string, Measure> = {};
     if (!carryonSkipped) {
       try {
-        rig = await startCarryon(work);
+        rig = await startCarryon(work, o.serverStore);
       } catch (e) {
         carryonSkipped = `carryon setup failed: ${e instanceof Error ? e.message : String(e)}`;
         log(`  ${carryonSkipped}`);
@@ -1230,7 +1238,7 @@ async function main(): Promise<number> {
       when: new Date().toISOString(),
       machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version },
       tools: await toolVersions(),
-      options: { size: o.size, seed: o.seed, carryon: carryonSkipped ? `skipped: ${carryonSkipped}` : true },
+      options: { size: o.size, seed: o.seed, serverStore: o.serverStore, carryon: carryonSkipped ? `skipped: ${carryonSkipped}` : true },
       profile: { files: gen.files.length, bytes: gen.bytes, byKind: gen.byKind, mailMessages: gen.mailMessages, feeds: gen.feeds, shortfall: gen.shortfall, generateSeconds: gen.seconds, treeZstd, treeUnzstd },
       edits: { edited: edits.edited, counts: edits.counts, rawBytes: raw.bytes, zstdBytes: floor.bytes, records: edits.records, treeDiff: { changed: d.changed.length, added: d.added.length, removed: d.removed.length } },
       carryon: carryonRes,
