@@ -54,23 +54,114 @@ export async function fetchPersona(state: LocalState, api: ApiClient, desktop: s
   for (const id of sizes.keys()) if (!(await cache.has(id))) missing.push(id);
   // Two requests in flight: the server reads one batch while this side verifies the other.
   const queue = [...batchesOf(missing, (id) => sizes.get(id)! + 512, 32 * PERSONA_CHUNK_BYTES, MAX_GET_IDS)];
-  await Promise.all([0, 1].map(async () => {
+  const arriving = new ArrivingChunks(cache, missing);
+  const fetchAll = Promise.all([0, 1].map(async () => {
     for (let batch = queue.shift(); batch; batch = queue.shift()) {
       const pending = new Set(batch);
       await api.personaChunks(got.version, batch, async ({ name, data }) => {
         if (!pending.delete(name)) throw new CarryonError('TAR_INVALID', `server sent chunk ${name.slice(0, 12)}… that was not asked for`);
         await cache.put(name, data, decodeVerified(name, data, PERSONA_CHUNK_BYTES));
+        arriving.arrived(name);
       });
       if (pending.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${pending.size} requested chunk(s)`);
     }
   }).map((p) => p.catch((err: unknown) => {
     queue.length = 0; // the other request stops after its batch
+    arriving.fail(err);
     throw err;
   })));
-  await fs.mkdir(path.join(dir, PROFILE_DIR), { recursive: true });
-  await materializePersonaTree(path.join(dir, PROFILE_DIR), snapshot.files, cache, previous ? { previous: previous.files } : {});
+  const root = path.join(dir, PROFILE_DIR);
+  // Into an empty folder (a first check-out), files are written while their chunks arrive, in the order
+  // both take (the snapshot's path order): the download and the writing overlap. A failure then leaves
+  // some files in a folder that held nothing, and no record of a copy, so the next attempt starts over.
+  // A folder that holds anything gets it all first: a failure there must change nothing.
+  if (!previous && (await isEmptyOrAbsent(root))) {
+    await fs.mkdir(root, { recursive: true });
+    const written = materializePersonaTree(root, snapshot.files, arriving, {});
+    const [f, w] = await Promise.allSettled([fetchAll, written.catch((err: unknown) => {
+      queue.length = 0;
+      throw err;
+    })]);
+    if (f.status === 'rejected') throw f.reason;
+    if (w.status === 'rejected') throw w.reason;
+  } else {
+    await fetchAll;
+    await fs.mkdir(root, { recursive: true });
+    await materializePersonaTree(root, snapshot.files, cache, previous ? { previous: previous.files } : {});
+  }
   await writeAtomically(path.join(dir, REGISTRY_FILE), regBytes);
   return { version: got.version, snapshot, encoded: got.encoded, chunksFetched: missing.length };
+}
+
+async function isEmptyOrAbsent(dir: string): Promise<boolean> {
+  try {
+    return (await fs.readdir(dir)).length === 0;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw err;
+  }
+}
+
+/**
+ * The cache as materialize sees it while a download is under way: a chunk being fetched counts as
+ * present, and reading it waits until it is in the cache (verified). A failed download fails the waits.
+ */
+class ArrivingChunks implements BlockStore {
+  private readonly expected: Set<BlockId>;
+  private readonly waits = new Map<BlockId, Array<{ resolve: () => void; reject: (err: unknown) => void }>>();
+  private failure: { err: unknown } | null = null;
+
+  constructor(private readonly cache: BlockStore, expected: readonly BlockId[]) {
+    this.expected = new Set(expected);
+  }
+
+  arrived(id: BlockId): void {
+    this.expected.delete(id);
+    for (const w of this.waits.get(id) ?? []) w.resolve();
+    this.waits.delete(id);
+  }
+
+  fail(err: unknown): void {
+    this.failure ??= { err };
+    for (const ws of this.waits.values()) for (const w of ws) w.reject(err);
+    this.waits.clear();
+  }
+
+  async has(id: BlockId): Promise<boolean> {
+    return this.expected.has(id) || this.cache.has(id);
+  }
+
+  async getEncoded(id: BlockId): Promise<Buffer> {
+    if (this.expected.has(id)) {
+      if (this.failure) throw this.failure.err;
+      await new Promise<void>((resolve, reject) => {
+        const ws = this.waits.get(id) ?? [];
+        ws.push({ resolve, reject });
+        this.waits.set(id, ws);
+      });
+    }
+    return this.cache.getEncoded(id);
+  }
+
+  put(id: BlockId, encoded: Uint8Array, plain?: Uint8Array): Promise<void> {
+    return this.cache.put(id, encoded, plain);
+  }
+
+  delete(id: BlockId): Promise<void> {
+    return this.cache.delete(id);
+  }
+
+  list(): AsyncIterable<BlockId> {
+    return this.cache.list();
+  }
+
+  sync(): Promise<void> {
+    return this.cache.sync();
+  }
+
+  size(id: BlockId): Promise<number | null> {
+    return this.cache.size(id);
+  }
 }
 
 async function writeAtomically(file: string, bytes: Uint8Array): Promise<void> {
