@@ -174,11 +174,21 @@ export interface LocalPersona {
   snapshot: PersonaSnapshot;
   /** Newest modification among what changed since the base (ms): "newest wins" compares it. */
   editedAt: number;
+  /** Chunks of new files already sent while scanning (scanPersona with `upload`). */
+  chunksSentEarly: number;
 }
 
 /** Read the persona folder back into a snapshot; new file contents go into the laptop cache as chunks. */
-export async function scanPersona(state: LocalState, desktop: string, dir: string, base: PersonaSnapshot): Promise<LocalPersona> {
-  const scan = await scanPersonaTree(path.join(dir, PROFILE_DIR), state.cacheOf(desktop), { previous: base });
+export async function scanPersona(state: LocalState, desktop: string, dir: string, base: PersonaSnapshot, upload?: { api: ApiClient; baseVersion: number }): Promise<LocalPersona> {
+  const early = upload ? new EarlyUpload(upload.api, upload.baseVersion, state.cacheOf(desktop), base) : null;
+  let scan: Awaited<ReturnType<typeof scanPersonaTree>>;
+  try {
+    scan = await scanPersonaTree(path.join(dir, PROFILE_DIR), state.cacheOf(desktop), { previous: base, onNewChunk: early ? (c) => early.add(c) : undefined });
+  } catch (err) {
+    await early?.finish(true); // the upload under way ends with what it holds; nothing more is sent
+    throw err;
+  }
+  await early?.finish(false);
   const regPath = path.join(dir, REGISTRY_FILE);
   const regBytes = await fs.readFile(regPath).catch(() => null);
   const registry = regBytes ? canonicalRegistry(regBytes) : '';
@@ -190,7 +200,84 @@ export async function scanPersona(state: LocalState, desktop: string, dir: strin
   }
   if (registry !== base.registry && regBytes) editedAt = Math.max(editedAt, (await fs.stat(regPath)).mtimeMs);
   if (scan.files.length < base.files.length || editedAt === 0) editedAt = Math.max(editedAt, Date.now());
-  return { snapshot: { files: scan.files, registry }, editedAt: Math.round(editedAt) };
+  return { snapshot: { files: scan.files, registry }, editedAt: Math.round(editedAt), chunksSentEarly: early?.sent ?? 0 };
+}
+
+/**
+ * Chunks of new files sent while the scan goes on (a first push of a whole profile): the laptop hashes
+ * and compresses while the server verifies and stores, instead of one waiting for the other. Only files
+ * the base lacks, and only past BULK_CHUNK_BYTES of them (a few new files go in uploadPersona's zstd
+ * stream, where they compress better); a changed file's chunks wait for uploadPersona, which sends them
+ * as deltas. Chunks sent before a failure stay on the server unreferenced, as those of any interrupted
+ * upload do, until its garbage collection; uploadPersona then sends whatever is still missing.
+ */
+class EarlyUpload {
+  private readonly queue: Array<{ id: BlockId; size: number }> = [];
+  private held = 0;
+  private wake: (() => void) | null = null;
+  private done = false;
+  private running: Promise<void> | null = null;
+  private error: unknown = null;
+  private readonly inBase: Set<string>;
+  /** Chunks put into an upload body (the server has them once the request succeeded). */
+  sent = 0;
+
+  constructor(private readonly api: ApiClient, private readonly baseVersion: number, private readonly cache: BlockStore, base: PersonaSnapshot) {
+    this.inBase = new Set(base.files.map((f) => f.path));
+  }
+
+  add(c: { path: string; id: BlockId; size: number }): void {
+    if (this.inBase.has(c.path) || this.error) return;
+    this.queue.push(c);
+    this.held += c.size;
+    if (!this.running && this.held >= BULK_CHUNK_BYTES) {
+      this.running = this.run().catch((err: unknown) => {
+        this.error = err; // uploadPersona sends what did not arrive
+      });
+    }
+    this.wake?.();
+  }
+
+  async finish(failed: boolean): Promise<void> {
+    if (failed) this.queue.length = 0;
+    this.done = true;
+    this.wake?.();
+    await this.running;
+  }
+
+  /** The next ids to ask about: up to 256 once that many are queued, or what is left when the scan ended. */
+  private async next(): Promise<Array<{ id: BlockId; size: number }>> {
+    while (this.queue.length < 256 && !this.done) await new Promise<void>((resolve) => (this.wake = resolve));
+    this.wake = null;
+    return this.queue.splice(0, 256);
+  }
+
+  private async run(): Promise<void> {
+    for (;;) {
+      let cost = 0;
+      let more = true;
+      const self = this;
+      // One request until UPLOAD_REQUEST_COST, then the next: each body streams while the scan feeds it.
+      async function* entries(): AsyncGenerator<TarEntry> {
+        while (cost < UPLOAD_REQUEST_COST) {
+          const batch = await self.next();
+          if (batch.length === 0) {
+            more = false;
+            return;
+          }
+          const missing = new Set(await self.api.personaMissing(batch.map((c) => c.id)));
+          for (const c of batch) {
+            if (!missing.delete(c.id)) continue;
+            cost += c.size + 1024;
+            self.sent++;
+            yield { name: personaUploadEntryName({ kind: 'encoded', id: c.id }), data: await self.cache.getEncoded(c.id) };
+          }
+        }
+      }
+      await this.api.personaUpload(this.baseVersion, packEntries(entries()), false);
+      if (!more) return;
+    }
+  }
 }
 
 /** The parts of a push or check-in commit: what changed since the base snapshot, and who and when. */

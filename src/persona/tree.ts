@@ -37,6 +37,8 @@ export interface PersonaScanOptions {
   /** The last snapshot of this folder: a file with the same path, size and mtime reuses its hash and chunks unread. */
   previous?: PersonaSnapshot;
   onProgress?: (p: PersonaScanProgress) => void;
+  /** Called for each chunk this scan put into the store (absent before), with the file it belongs to. */
+  onNewChunk?: (c: { path: string; id: BlockId; size: number }) => void;
   /** zstd level for new chunks (the codec's default when omitted). */
   level?: number;
 }
@@ -195,7 +197,7 @@ export async function scanPersonaTree(root: string, store: BlockStore, opts: Per
         if (p && p.kind === 'file' && p.size === st.size && p.mtimeMs === base.mtimeMs && p.hash) {
           files.push({ ...base, kind, size: p.size, hash: p.hash, chunks: [...p.chunks] });
         } else {
-          files.push(await readFileEntry(abs, rel, store, opts.level, totals));
+          files.push(await readFileEntry(abs, rel, store, opts, totals));
         }
       } else {
         throw new CarryonError('BAD_REQUEST', `${JSON.stringify(rel)} is ${describeOther(st)}; a persona holds only files, folders and symlinks (move it out of the profile)`, { path: rel, rule: 'special-file' });
@@ -209,7 +211,7 @@ export async function scanPersonaTree(root: string, store: BlockStore, opts: Per
 }
 
 /** Read one file in chunks, store new chunks, and describe it. Retries when the file changes meanwhile. */
-async function readFileEntry(abs: string, rel: string, store: BlockStore, level: number | undefined, totals: { newChunks: number; bytesRead: number }): Promise<PersonaEntry> {
+async function readFileEntry(abs: string, rel: string, store: BlockStore, opts: PersonaScanOptions, totals: { newChunks: number; bytesRead: number }): Promise<PersonaEntry> {
   for (let attempt = 1; ; attempt++) {
     // O_NOFOLLOW and O_NONBLOCK: if the name became a symlink or a FIFO since lstat, fail or return at once.
     const fd = ioSync('opening', rel, () => openSync(abs, FS.O_RDONLY | FS.O_NOFOLLOW | FS.O_NONBLOCK));
@@ -238,8 +240,9 @@ async function readFileEntry(abs: string, rel: string, store: BlockStore, level:
         whole?.update(chunk);
         const id = blockId(chunk);
         if (!(await store.has(id))) {
-          await putBlock(store, chunk, level);
+          await putBlock(store, chunk, opts.level);
           totals.newChunks++;
+          opts.onNewChunk?.({ path: rel, id, size: n });
         }
         chunks.push(id);
         off += n;
