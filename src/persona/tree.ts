@@ -61,6 +61,11 @@ export interface PersonaMaterializeOptions {
    * is simply made to match: whatever differs is replaced, whatever is extra is removed.
    */
   previous?: readonly PersonaEntry[];
+  /**
+   * A chunk's plaintext when the caller already holds it, checked against its id (a check-out writing
+   * files while their chunks arrive): then it is not read and decoded from the store again.
+   */
+  plainOf?: (id: BlockId) => Promise<Buffer | undefined>;
 }
 
 export interface PersonaMaterializeResult {
@@ -482,7 +487,7 @@ export async function materializePersonaTree(
       } else {
         // A file that replaces one is synced before its rename (the old bytes must survive a crash);
         // new files are made durable all at once by the file-system sync at the end.
-        await writeFileEntry(absDir, abs, e, store, disk.has(rel));
+        await writeFileEntry(absDir, abs, e, store, disk.has(rel), opts.plainOf);
         touchedDirs.add(absDir);
         written++;
       }
@@ -545,7 +550,7 @@ function tempName(absDir: string): string {
 }
 
 /** Write a file's chunks to a temporary name beside it, check it, set mode and mtime, sync if asked, rename over. */
-async function writeFileEntry(absDir: string, abs: string, e: PersonaEntry, store: BlockStore, sync: boolean): Promise<void> {
+async function writeFileEntry(absDir: string, abs: string, e: PersonaEntry, store: BlockStore, sync: boolean, plainOf?: (id: BlockId) => Promise<Buffer | undefined>): Promise<void> {
   const rel = e.path;
   const tmp = tempName(absDir);
   const fd = ioSync('creating', rel, () => openSync(tmp, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, 0o600));
@@ -563,7 +568,7 @@ async function writeFileEntry(absDir: string, abs: string, e: PersonaEntry, stor
     const scratch = single ? undefined : Buffer.allocUnsafe(PERSONA_CHUNK_BYTES);
     let off = 0;
     for (const id of e.chunks) {
-      const plain = single ? await getBlock(store, id, PERSONA_CHUNK_BYTES) : decodeBlock(await store.getEncoded(id), PERSONA_CHUNK_BYTES, scratch);
+      const plain = (await plainOf?.(id)) ?? (single ? await getBlock(store, id, PERSONA_CHUNK_BYTES) : decodeBlock(await store.getEncoded(id), PERSONA_CHUNK_BYTES, scratch));
       const expected = Math.min(PERSONA_CHUNK_BYTES, e.size - off);
       if (plain.length !== expected) {
         throw new CarryonError('MANIFEST_INVALID', `persona entry ${JSON.stringify(rel)}: chunk ${id.slice(0, 12)}… holds ${plain.length} bytes where ${expected} belong`, { path: rel, id });
