@@ -68,7 +68,8 @@ export class PersonaService {
 
   /** A version's chunk set and files by hash, from the cache when this snapshot was indexed lately. */
   private async indexOf(user: User, version: number): Promise<SnapshotIndex> {
-    const row = await this.personas.version(user.id, version);
+    const current = await this.personas.current(user.id); // makes the empty version 1 of a new user
+    const row = current.version === version ? current : await this.personas.version(user.id, version);
     if (!row) throw new CarryonError('NOT_FOUND', `persona version ${version} does not exist`, { version });
     let ix = this.indexes.get(row.snapshotId);
     if (ix) {
