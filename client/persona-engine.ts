@@ -71,6 +71,7 @@ export async function fetchPersona(state: LocalState, api: ApiClient, desktop: s
     arriving.fail(err);
     throw err;
   })));
+  fetchAll.catch(() => undefined); // awaited below, after a few awaits: a fast failure must not go unhandled meanwhile
   const root = path.join(dir, PROFILE_DIR);
   // Into an empty folder (a first check-out), files are written while their chunks arrive, in the order
   // both take (the snapshot's path order): the download and the writing overlap. A failure then leaves
