@@ -315,8 +315,9 @@ export class ApiClient {
     return (await this.json<{ missing: BlockId[] }>('POST', '/persona/chunks/missing', { ids })).missing;
   }
 
-  async personaUpload(baseVersion: number, body: Readable): Promise<{ chunks: number; files: number }> {
-    const res = await this.request('PUT', `/persona/blocks?base=${baseVersion}`, body, { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' });
+  /** A tar of persona upload entries; `compressed`: the body is one zstd stream (else sent as is). */
+  async personaUpload(baseVersion: number, body: Readable, compressed: boolean): Promise<{ chunks: number; files: number }> {
+    const res = await this.request('PUT', `/persona/blocks?base=${baseVersion}`, body, { 'content-type': CONTENT_TAR, ...(compressed ? { 'content-encoding': 'zstd' } : {}) });
     return parseJson(await this.readAll(res, MAX_ANSWER_BYTES), 'the server\'s answer') as { chunks: number; files: number };
   }
 

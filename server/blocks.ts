@@ -105,20 +105,22 @@ export class BlockIngest {
    * `add` for several blocks with one index lookup (a round trip each to PostgreSQL: per block, they
    * were most of a check-in's transactions).
    */
-  async addMany(blocks: Array<{ id: BlockId; plain: Buffer }>): Promise<number[]> {
+  async addMany(blocks: Array<{ id: BlockId; plain: Buffer; encoded?: Buffer }>): Promise<number[]> {
     // No store write before the lease: a collector sweeping now must finish first, or it could delete
     // bytes this upload finds present.
     if (this.leases) await (this.lease ??= this.leases.acquire());
     const ask = [...new Set(blocks.map((b) => b.id).filter((id) => !this.unindexed.has(id)))];
     const absent = new Set(ask.length > 0 ? await this.meta.unindexed(ask) : []);
     const sizes: number[] = [];
-    for (const { id, plain } of blocks) {
+    for (const { id, plain, encoded: given } of blocks) {
       if (this.grantTo !== null) this.grants.push(id);
       if (this.unindexed.has(id) || !absent.has(id)) {
         sizes.push(0);
         continue;
       }
-      const encoded = encodeBlock(plain);
+      // A frame the caller decoded and verified (a persona chunk sent encoded) is kept as it came: no
+      // second compression.
+      const encoded = given ?? encodeBlock(plain);
       await this.store.put(id, encoded, plain);
       this.rows.push([id, plain.length, encoded.length]);
       this.unindexed.add(id);

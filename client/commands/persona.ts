@@ -21,11 +21,12 @@ async function heldPersona(s: Session, name: string) {
   return held;
 }
 
-async function localChanges(s: Session, name: string) {
+/** `upload`: new files' chunks are sent while the scan reads them (a push). */
+async function localChanges(s: Session, name: string, upload = false) {
   const held = await heldPersona(s, name);
   const base = decodePersona(held.snapshot);
   const baseId = personaId(held.snapshot);
-  const ours = await scanPersona(s.state, name, held.dir, base, baseId);
+  const ours = await scanPersona(s.state, name, held.dir, base, baseId, upload ? { api: s.api(), baseVersion: held.version } : undefined);
   return { held, base, baseId, ours, diff: diffPersona(base, ours.snapshot) };
 }
 
@@ -57,11 +58,12 @@ export function registerPersona(program: Command): void {
       const opts = optsOf(cmd);
       await runCommand(opts, async (s) => {
         const name = parseName(desktop, 'desktop');
-        const { held, base, baseId, ours, diff } = await localChanges(s, name);
+        const { held, base, baseId, ours, diff } = await localChanges(s, name, true);
         const api = s.api();
         // A streamed copy: files replaced whole through its mount may have bases never fetched.
         if (isStreamed(held.dir)) await fetchDeltaBases(s.state, api, name, held.version, base, ours.snapshot);
-        const sent = await uploadPersona(s.state, api, name, held.version, base, ours.snapshot, held.dir);
+        const rest = await uploadPersona(s.state, api, name, held.version, base, ours.snapshot, held.dir);
+        const sent = { ...rest, chunks: rest.chunks + ours.chunksSentEarly };
         const push: PersonaPushInfo = { baseVersion: held.version, desktop: name, deviceName: s.login().deviceName, editedAt: ours.editedAt };
         const r = await api.personaPush(personaPushParts(base, baseId, ours, push));
         // The copy now follows the new version: downloaded when edits from elsewhere were merged in,

@@ -33,6 +33,8 @@ interface Options {
   out?: string;
   keep: boolean;
   carryon: boolean;
+  /** The server's block store: its default (a file per block) or `pack` (PackBlockStore, pack:// URL). */
+  serverStore: 'default' | 'pack';
 }
 
 const USAGE = `usage: persona-bench.js [--size 1G] [--seed N] [--out FILE] [--keep] [--no-carryon]
@@ -40,16 +42,22 @@ const USAGE = `usage: persona-bench.js [--size 1G] [--seed N] [--out FILE] [--ke
   --seed       picks the files and the edits (default 300)
   --out        also write all results as JSON to FILE
   --keep       keep the temp folder (trees, server, laptop homes)
-  --no-carryon measure only the peers (rsync, rdiff + zstd)`;
+  --no-carryon measure only the peers (rsync, rdiff + zstd)
+  --server-store default|pack   the server's block store: a file per block (default) or pack files`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { size: 1024 ** 3, seed: 300, keep: false, carryon: true };
+  const o: Options = { size: 1024 ** 3, seed: 300, keep: false, carryon: true, serverStore: 'default' };
   for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
     else if (a === '--seed') o.seed = Number(value());
     else if (a === '--out') o.out = value();
     else if (a === '--keep') o.keep = true;
     else if (a === '--no-carryon') o.carryon = false;
+    else if (a === '--server-store') {
+      const v = value();
+      if (v !== 'default' && v !== 'pack') throw new Error(`--server-store takes default or pack\n${USAGE}`);
+      o.serverStore = v;
+    }
     else if (a === '--help' || a === '-h') {
       console.log(USAGE);
       process.exit(0);
@@ -944,9 +952,9 @@ const DESK = 'bench-persona';
 /** The CLI's own JSON, with the byte count we compare and the process wall time (its own `seconds` kept as cliSeconds). */
 const fromCli = (j: Json, bytesKey: string, seconds: number, note: string): Measure => ({ ...j, cliSeconds: j.seconds, bytes: num(j, bytesKey), seconds, note });
 
-async function startCarryon(work: string): Promise<CarryonRig> {
+async function startCarryon(work: string, store: Options['serverStore']): Promise<CarryonRig> {
   const data = join(work, 'server');
-  await carryonServer(data, 'init');
+  await carryonServer(data, 'init', ...(store === 'pack' ? ['--store', `pack://${join(work, 'server-packs')}`] : []));
   const server = await startServer(data);
   try {
     const token = str((await carryonServer(data, 'user', 'add', USER)).json, 'token');
@@ -1055,7 +1063,7 @@ async function main(): Promise<number> {
     process.exit(130);
   });
   try {
-    log(`persona-bench: ${mib(o.size)} generated profile, seed ${o.seed}; ${cpus().length} cores, node ${process.version}`);
+    log(`persona-bench: ${mib(o.size)} generated profile, seed ${o.seed}; ${cpus().length} cores, node ${process.version}; server store: ${o.serverStore}`);
     log(`temp folder ${work}`);
 
     // The profile (v2)
@@ -1069,16 +1077,25 @@ async function main(): Promise<number> {
     for (const [k, v] of Object.entries(gen.byKind)) log(`  ${k.padEnd(9)} ${String(v.files).padStart(6)} files ${mb(v.bytes).padStart(9)} MB`);
     for (const [k, v] of Object.entries(gen.feeds)) if (v.wraps > 0) log(`  note: the ${k} feed ran out of host files and started over (${v.wraps}x): later mail, PST or video bytes repeat earlier ones`);
     for (const [k, v] of Object.entries(gen.shortfall)) log(`  note: not enough host files for ${k}: ${mb(v)} MB went to the next category`);
-    const tz = await run('sh', ['-c', 'tar -C "$1" -cf - . | zstd -3 -q -c | wc -c', 'sh', generated]);
-    const treeZstd: Measure = { bytes: Number(tz.stdout.trim()), seconds: tz.seconds, note: 'tar of the whole profile as one zstd -3 stream' };
+    // The peers of a first push and of a check-out: the whole profile as one zstd -3 stream, and back.
+    const tarZst = join(work, 'profile.tar.zst');
+    const tz = await run('sh', ['-c', 'tar -C "$1" -cf - . | zstd -3 -q -c > "$2"', 'sh', generated, tarZst]);
+    const treeZstd: Measure = { bytes: statSync(tarZst).size, seconds: tz.seconds, note: 'tar of the whole profile as one zstd -3 stream (written to a file)' };
     log(`  tar | zstd -3 of the profile: ${mb(treeZstd.bytes)} MB in ${secs(tz.seconds)} s`);
+    const untarDir = join(work, 'untar');
+    mkdirSync(untarDir);
+    const tx = await run('sh', ['-c', 'zstd -d -q -c "$2" | tar -C "$1" -xf -', 'sh', untarDir, tarZst]);
+    const treeUnzstd: Measure = { bytes: treeZstd.bytes, seconds: tx.seconds, note: '`zstd -d | tar x` of that stream into an empty folder' };
+    log(`  zstd -d | tar x of it: ${secs(tx.seconds)} s`);
+    rmSync(untarDir, { recursive: true, force: true });
+    rmSync(tarZst, { force: true });
 
     // Laptop B pushes it as v2; laptop A checks the desktop out (disk + persona v2).
     let profileA: string;
     const carryonRes: Record<string, Measure> = {};
     if (!carryonSkipped) {
       try {
-        rig = await startCarryon(work);
+        rig = await startCarryon(work, o.serverStore);
       } catch (e) {
         carryonSkipped = `carryon setup failed: ${e instanceof Error ? e.message : String(e)}`;
         log(`  ${carryonSkipped}`);
@@ -1191,6 +1208,8 @@ async function main(): Promise<number> {
     if (ci) {
       const verdict = ci.bytes < ref ? `carryon sends ${ratio(ci.bytes, ref)} of rsync -az's bytes: target met` : `carryon sends ${ratio(ci.bytes, ref)} of rsync -az's bytes: target (fewer than rsync -z) NOT met`;
       console.log(`\n${verdict}`);
+      const t = ci.seconds / peers.rsyncZ!.seconds;
+      console.log(`carryon checkin takes ${t.toFixed(2)}x rsync -az's wall time (${secs(ci.seconds)} s against ${secs(peers.rsyncZ!.seconds)} s): target (at most 2x) ${t <= 2 ? 'met' : 'NOT met'}`);
       const routes = [...Object.entries(ci.routes as Record<string, RouteBytes>)].sort((a, b) => b[1].sent + b[1].received - a[1].sent - a[1].received);
       console.log('\n' + table(['carryon checkin, by request (counting proxy)', 'requests', 'sent MB', 'received MB'],
         routes.map(([route, r]) => [route, String(r.requests), mb(r.sent, 3), mb(r.received, 3)])));
@@ -1200,12 +1219,17 @@ async function main(): Promise<number> {
     console.log(`rdiff rows: renamed files matched to their old name by content (${renames.size}) and sent as deltas against it; sent whole they would cost ${mb(rd.renamesWhole)} MB. No file names, deletions or mtimes counted.`);
     console.log(`rsync rows: --delete added so deletions reach the copy; renames are a deletion plus a new file (no --fuzzy).`);
     if (rig) {
-      console.log('\n' + table(['baseline (v2)', 'MB', 's', 'vs tar|zstd'], [
-        ['profile size (raw)', mb(gen.bytes), '-', '-'],
-        ['tar | zstd -3 of the profile', mb(treeZstd.bytes), secs(treeZstd.seconds), '1.00x'],
-        ['carryon persona push from laptop B (v2)', mb(carryonRes.push!.bytes), secs(carryonRes.push!.seconds), ratio(carryonRes.push!.bytes, treeZstd.bytes)],
-        ['carryon checkout on laptop A (disk + v2)', mb(carryonRes.checkout!.bytes), secs(carryonRes.checkout!.seconds), ratio(carryonRes.checkout!.bytes, treeZstd.bytes)],
+      const pushT = carryonRes.push!.seconds / treeZstd.seconds;
+      const coT = carryonRes.checkout!.seconds / treeUnzstd.seconds;
+      console.log('\n' + table(['baseline (v2)', 'MB', 's', 'bytes vs tar|zstd', 'time vs peer'], [
+        ['profile size (raw)', mb(gen.bytes), '-', '-', '-'],
+        ['tar | zstd -3 of the profile', mb(treeZstd.bytes), secs(treeZstd.seconds), '1.00x', '-'],
+        ['zstd -d | tar x of it', mb(treeZstd.bytes), secs(treeUnzstd.seconds), '1.00x', '-'],
+        ['carryon persona push from laptop B (v2)', mb(carryonRes.push!.bytes), secs(carryonRes.push!.seconds), ratio(carryonRes.push!.bytes, treeZstd.bytes), `${pushT.toFixed(2)}x tar | zstd -3`],
+        ['carryon checkout on laptop A (disk + v2)', mb(carryonRes.checkout!.bytes), secs(carryonRes.checkout!.seconds), ratio(carryonRes.checkout!.bytes, treeZstd.bytes), `${coT.toFixed(2)}x zstd -d | tar x`],
       ]));
+      console.log(`first push: ${pushT.toFixed(2)}x tar | zstd -3's wall time: target (at most 2x) ${pushT <= 2 ? 'met' : 'NOT met'}; ` +
+        `check-out: ${coT.toFixed(2)}x zstd -d | tar x's: target (at most 2x) ${coT <= 2 ? 'met' : 'NOT met'}`);
     }
     if (carryonSkipped) console.log(`\ncarryon rows: ${carryonSkipped}`);
     console.log(`total bench time ${secs((Date.now() - started) / 1000)} s`);
@@ -1214,8 +1238,8 @@ async function main(): Promise<number> {
       when: new Date().toISOString(),
       machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version },
       tools: await toolVersions(),
-      options: { size: o.size, seed: o.seed, carryon: carryonSkipped ? `skipped: ${carryonSkipped}` : true },
-      profile: { files: gen.files.length, bytes: gen.bytes, byKind: gen.byKind, mailMessages: gen.mailMessages, feeds: gen.feeds, shortfall: gen.shortfall, generateSeconds: gen.seconds, treeZstd },
+      options: { size: o.size, seed: o.seed, serverStore: o.serverStore, carryon: carryonSkipped ? `skipped: ${carryonSkipped}` : true },
+      profile: { files: gen.files.length, bytes: gen.bytes, byKind: gen.byKind, mailMessages: gen.mailMessages, feeds: gen.feeds, shortfall: gen.shortfall, generateSeconds: gen.seconds, treeZstd, treeUnzstd },
       edits: { edited: edits.edited, counts: edits.counts, rawBytes: raw.bytes, zstdBytes: floor.bytes, records: edits.records, treeDiff: { changed: d.changed.length, added: d.added.length, removed: d.removed.length } },
       carryon: carryonRes,
       carryonPredicted: plan,

@@ -31,7 +31,7 @@ const MAX_CHAIN = 64;
 const GOLDEN = 0x9e3779b1 | 0;
 
 /** Delta bytes, gathered into OUT_CHUNK-sized buffers. */
-class DeltaWriter {
+export class DeltaWriter {
   ready: Buffer[] = [];
   private buf = Buffer.allocUnsafe(OUT_CHUNK);
   private used = 0;

@@ -28,5 +28,6 @@ export {
 } from './format.js';
 export { createSignature, parseSignature, type RdiffSignature, type SignatureOptions } from './signature.js';
 export { createDelta } from './delta.js';
+export { createAlignedDelta } from './aligned.js';
 export { applyDelta, type ApplyDeltaOptions, type RandomAccessBase } from './patch.js';
 export type { ByteSource } from './source.js';

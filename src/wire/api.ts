@@ -436,18 +436,43 @@ export const MAX_PERSONA_UPLOAD_BYTES = 1024 * 1024 * 1024;
 /** Largest persona snapshot (its JSON): ~100k files. */
 export const MAX_PERSONA_SNAPSHOT_BYTES = 64 * 1024 * 1024;
 
-/** Persona upload entries: a chunk (`b/<id>`), or a whole file rebuilt from an rdiff delta against a file of the base version. */
-export type PersonaUploadEntry = { kind: 'chunk'; id: BlockId } | { kind: 'delta'; file: BlockId; base: BlockId };
+/**
+ * Persona upload entries: a chunk's plaintext (`b/<id>`), a chunk as the one zstd frame the stores keep
+ * (`z/<id>`: sent as the laptop cache holds it, so a bulk upload is compressed once, on the laptop, not
+ * again for the wire and again by the server), a chunk rebuilt from an rdiff delta against one to
+ * MAX_CHUNK_DELTA_BASES chunks of the base version (`c/<id>`, data: encodeChunkDelta), or a whole file
+ * rebuilt from an rdiff delta against a file of the base version (`r/<file>/<base>`).
+ */
+export type PersonaUploadEntry = { kind: 'chunk'; id: BlockId } | { kind: 'encoded'; id: BlockId } | { kind: 'chunk-delta'; id: BlockId } | { kind: 'delta'; file: BlockId; base: BlockId };
 
 export function personaUploadEntryName(e: PersonaUploadEntry): string {
-  return e.kind === 'chunk' ? `b/${e.id}` : `r/${e.file}/${e.base}`;
+  if (e.kind === 'delta') return `r/${e.file}/${e.base}`;
+  return `${e.kind === 'chunk' ? 'b' : e.kind === 'encoded' ? 'z' : 'c'}/${e.id}`;
+}
+
+/** Most base chunks a chunk delta may name: the chunk at the same index and its two neighbours. */
+export const MAX_CHUNK_DELTA_BASES = 3;
+
+/** A `c/<id>` entry's data: a count byte, that many 32-byte base chunk ids (their bytes concatenated are the delta's base), the rdiff delta. */
+export function encodeChunkDelta(bases: readonly BlockId[], delta: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from([bases.length]), ...bases.map((b) => Buffer.from(b, 'hex')), delta]);
+}
+
+export function parseChunkDelta(data: Buffer): { bases: BlockId[]; delta: Buffer } {
+  const n = data[0] ?? 0;
+  if (n < 1 || n > MAX_CHUNK_DELTA_BASES || data.length < 1 + 32 * n) throw new CarryonError('TAR_INVALID', `a chunk delta must name 1 to ${MAX_CHUNK_DELTA_BASES} base chunks`);
+  const bases: BlockId[] = [];
+  for (let i = 0; i < n; i++) bases.push(data.toString('hex', 1 + 32 * i, 33 + 32 * i));
+  return { bases, delta: data.subarray(1 + 32 * n) };
 }
 
 export function parsePersonaUploadEntryName(name: string): PersonaUploadEntry {
   const parts = name.split('/');
   if (parts[0] === 'b' && parts.length === 2 && isBlockId(parts[1])) return { kind: 'chunk', id: parts[1] };
+  if (parts[0] === 'z' && parts.length === 2 && isBlockId(parts[1])) return { kind: 'encoded', id: parts[1] };
+  if (parts[0] === 'c' && parts.length === 2 && isBlockId(parts[1])) return { kind: 'chunk-delta', id: parts[1] };
   if (parts[0] === 'r' && parts.length === 3 && isBlockId(parts[1]) && isBlockId(parts[2])) return { kind: 'delta', file: parts[1], base: parts[2] };
-  throw new CarryonError('TAR_INVALID', `persona upload entry name ${JSON.stringify(name.slice(0, 200))} is neither b/<id> nor r/<file>/<base>`);
+  throw new CarryonError('TAR_INVALID', `persona upload entry name ${JSON.stringify(name.slice(0, 200))} is none of b/<id>, z/<id>, c/<id>, r/<file>/<base>`);
 }
 
 /** What goes with a laptop's persona snapshot when it is pushed or checked in. */

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { API_PREFIX, blockId, createCompressStream, HEADER_DEVICE, packEntries, type TarEntry } from '../../src/index.js';
+import { API_PREFIX, blockId, createAlignedDelta, createCompressStream, encodeBlock, encodeChunkDelta, HEADER_DEVICE, packEntries, type TarEntry } from '../../src/index.js';
 import { removeTmp, TestServer, tmpDir } from './harness.js';
 
 const MiB = 1024 * 1024;
@@ -271,6 +271,25 @@ describe('hostile requests against a real server', () => {
   it('a body in an unknown content-encoding, and a zstd body that is not zstd: clear codes', async () => {
     expectRefused(await send(url(), 'PUT', `${API_PREFIX}/checkouts/${CO}/blocks`, t.da, Buffer.from('x'), { ...asA, 'content-encoding': 'gzip' }), 400, 'BAD_REQUEST');
     expectRefused(await send(url(), 'PUT', `${API_PREFIX}/checkouts/${CO}/blocks`, t.da, Buffer.alloc(4096, 0x41), { ...asA, 'content-encoding': 'zstd' }), 400, 'TAR_INVALID');
+    await bobIsServed();
+  });
+
+  it('persona chunks sent encoded (z/) or as chunk deltas (c/) that do not check out: clear codes, nothing stored', async () => {
+    const put = (entries: TarEntry[]): Promise<Answer> => tarBytes(entries).then((body) => send(url(), 'PUT', `${API_PREFIX}/persona/blocks?base=1`, t.da, body, { ...asA, 'content-type': 'application/x-tar' }));
+    const other = Buffer.from('not the bytes this id names');
+    // A frame that decodes to other bytes than its id names.
+    expectRefused(await put([{ name: `z/${blockId(ZERO_CHUNK)}`, data: encodeBlock(other) }]), 422, 'BLOCK_CORRUPT');
+    // A right frame padded with a zstd skippable frame far past a chunk: it would be stored padding and all.
+    const skippable = Buffer.alloc(8 + 2 * MiB);
+    skippable.writeUInt32LE(0x184d2a50, 0);
+    skippable.writeUInt32LE(2 * MiB, 4);
+    expectRefused(await put([{ name: `z/${blockId(ZERO_CHUNK)}`, data: Buffer.concat([encodeBlock(ZERO_CHUNK), skippable]) }]), 422, 'BLOCK_CORRUPT');
+    // A chunk delta whose base is in alice's scope (she sent it) but not in the version it claims to diff against.
+    const delta = createAlignedDelta(ZERO_CHUNK, other)!;
+    expectRefused(await put([{ name: `c/${blockId(other)}`, data: encodeChunkDelta([blockId(ZERO_CHUNK)], delta) }]), 404, 'BLOCK_NOT_FOUND');
+    // A chunk delta naming no base, or more than three.
+    expectRefused(await put([{ name: `c/${blockId(other)}`, data: Buffer.concat([Buffer.from([0]), delta]) }]), 400, 'TAR_INVALID');
+    expectRefused(await put([{ name: `c/${blockId(other)}`, data: encodeChunkDelta(Array.from({ length: 4 }, () => blockId(ZERO_CHUNK)), delta) }]), 400, 'TAR_INVALID');
     await bobIsServed();
   });
 
