@@ -122,14 +122,16 @@ export function registryChangesText(fromText: string, toText: string, scope: Reg
         // `from` has it and the scope leaves it out: untouched, as with a key of `from` alone.
         continue;
       }
+      // Values set first (in name order), then those gone: the order registryChanges writes them in.
       const lines: string[] = [];
+      const gone: string[] = [];
       const ov = old?.values ?? [];
       for (let i = 0, j = 0; i < ov.length || j < k.values.length; ) {
         const o = ov[i];
         const v = k.values[j];
         const d = !v ? -1 : !o ? 1 : o.id < v.id ? -1 : o.id > v.id ? 1 : 0;
         if (d < 0) {
-          lines.push(`${o!.line.slice(0, o!.head)}-`);
+          gone.push(`${o!.line.slice(0, o!.head)}-`);
           i++;
         } else if (d > 0) {
           lines.push(v!.line);
@@ -140,6 +142,7 @@ export function registryChangesText(fromText: string, toText: string, scope: Reg
           j++;
         }
       }
+      lines.push(...gone);
       if (lines.length > 0 || !old) sets.push('\r\n[', k.path, ']\r\n', ...lines.map((l) => `${l}\r\n`));
     }
     if (deletions.length === 0 && sets.length === 0) return '';
