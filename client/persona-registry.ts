@@ -6,10 +6,10 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import {
-  applyToRegistry, canonicalRegistryText, CarryonError, decodeRegFile, DEFAULT_REGISTRY_SCOPE, encodeRegFile, exportRegistry, HKCU, parseKeyPatternList, Registry, registryChangesFile, ScopeFilter,
+  canonicalRegistryText, CarryonError, DEFAULT_REGISTRY_SCOPE, encodeRegFile, HKCU, parseKeyPatternList, registryChangesFile, ScopeFilter,
   sniffRegistryInput, type RegistryScope,
 } from '../src/index.js';
-import { readHive } from './hive.js';
+import { readHiveText } from './hive.js';
 import { REGISTRY_FILE, writeRegistryFile } from './persona-engine.js';
 
 /** Beside registry.reg: the desktop's include/exclude lists, written at check-out (absent: the defaults). */
@@ -82,18 +82,12 @@ export async function writePersonaRegistryText(dir: string, text: string): Promi
   return target;
 }
 
-/** The copy's registry.reg as a Registry (for writing a hive, whose merge needs value objects). */
-export async function readPersonaRegistry(dir: string): Promise<Registry> {
-  const bytes = await fs.readFile(path.join(dir, REGISTRY_FILE)).catch(() => null);
-  return bytes ? applyToRegistry(new Registry(), decodeRegFile(bytes)) : new Registry();
-}
-
 export interface RegistryInput {
   kind: 'reg' | 'hive';
   /** A .reg file's bytes (decoded where they are applied, section by section: never held as value objects). */
   bytes: Buffer | null;
-  /** A hive's whole registry. */
-  registry: Registry | null;
+  /** A hive's whole registry, as canonical text. */
+  text: string | null;
   /** A hive's keys and values left out (names with a NUL inside; see readHive). */
   skipped: string[];
 }
@@ -116,14 +110,14 @@ export async function readRegistryInput(file: string): Promise<RegistryInput> {
     await fh.close();
   }
   if (sniffRegistryInput(head, file) === 'hive') {
-    const h = await readHive(file);
-    return { kind: 'hive', bytes: null, registry: h.registry, skipped: h.skipped };
+    const h = await readHiveText(file);
+    return { kind: 'hive', bytes: null, text: h.text, skipped: h.skipped };
   }
-  return { kind: 'reg', bytes: await fs.readFile(file), registry: null, skipped: [] };
+  return { kind: 'reg', bytes: await fs.readFile(file), text: null, skipped: [] };
 }
 
 /** The registry the input stands for when taken whole, as canonical text: a hive's, or a .reg file applied to an empty registry. */
 export function wholeRegistryText(input: RegistryInput): string {
-  if (input.registry) return input.registry.size === 0 ? '' : Buffer.from(exportRegistry(input.registry, { version: 'v5', encoding: 'utf-8', bom: false })).toString('utf8');
+  if (input.text !== null) return input.text;
   return canonicalRegistryText(input.bytes!, { onlyRoot: HKCU });
 }

@@ -2,13 +2,13 @@
 import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import {
-  applyRegFileToText, CarryonError, countRegistryKeys, decodePersona, encodePersona, encodeRegFile, filterRegistryText, HKCU, joinRegistryTexts, parseName, personaId, registryChanges,
-  registryChangesFile, registryTextFileBytes, ScopeFilter, selectKeys, type PersonaPushInfo, type RegistryFile,
+  applyRegFileToText, CarryonError, countRegistryKeys, decodePersona, encodePersona, encodeRegFile, filterRegistryText, HKCU, joinRegistryTexts, keyPathId, parseName, personaId,
+  registryChangesFile, RegTextCursor, registryTextFileBytes, ScopeFilter, selectKeys, type PersonaPushInfo, type RegistryFile,
 } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
 import { writeHive } from '../hive.js';
 import { diffPersona, fetchPersona, personaPushParts, scanPersona, uploadPersona } from '../persona-engine.js';
-import { readPersonaRegistry, readPersonaRegistryText, readRegistryInput, readRegistryScope, wholeRegistryText, writeGuestChanges, writePersonaRegistryText } from '../persona-registry.js';
+import { readPersonaRegistryText, readRegistryInput, readRegistryScope, wholeRegistryText, writeGuestChanges, writePersonaRegistryText } from '../persona-registry.js';
 import { personaFolder } from '../persona-vault.js';
 import { registerPersonaStream } from './persona-stream.js';
 import { fetchDeltaBases, isStreamed } from '../persona-stream.js';
@@ -139,9 +139,10 @@ export function registerPersona(program: Command): void {
           const input = await readRegistryInput(base);
           if (input.kind !== 'hive') throw new CarryonError('INVALID_ARGUMENT', `--base ${base} is a .reg file: give the user's hive (NTUSER.DAT from C:\\Users\\NAME, or C:\\Users\\Default\\NTUSER.DAT for a new user)`, { file: base });
           // (keys of the base the persona cannot name, such as NUL names, are neither changed nor deleted)
-          // A hive is merged by hivexregedit from value objects: the persona is parsed whole here alone.
-          const changes = registryChanges(input.registry!, await readPersonaRegistry(held.dir), filter);
-          await writeHive(base, out, changes, input.registry!);
+          const hiveKeys = new Set<string>();
+          for (const c = new RegTextCursor(input.text!); c.key; c.next()) hiveKeys.add(c.key.id);
+          const changes = registryChangesFile(input.text!, await readPersonaRegistryText(held.dir), filter);
+          await writeHive(base, out, changes, { hasKey: (p) => hiveKeys.has(keyPathId(p)) });
           return { desktop, out, kind: 'hive', ...countChanges(changes) };
         }
         const persona = await readPersonaRegistryText(held.dir);
