@@ -7,7 +7,7 @@
 // long as the laptop sends them back unchanged (they came from the server); they are dropped from the
 // new version. A key outside HKEY_CURRENT_USER the laptop added or changed is refused with its line.
 import {
-  CarryonError, filterRegistryText, HKCU, keyPathId, regKeyLines as keyHeaders, RegTextCursor, rootKeyOf, sameValueLine, ScopeFilter, withCanonical,
+  CarryonError, filterRegistryText, forEachRegKeyLine, HKCU, keyPathId, regKeyLines as keyHeaders, RegTextCursor, rootKeyOf, sameValueLine, ScopeFilter, withCanonical,
   type PersonaSnapshot, type RegistryScope, type RegKeyLine as Header, type TextValue,
 } from '../../src/index.js';
 
@@ -45,12 +45,17 @@ function sameValues(x: TextValue[] | undefined, y: TextValue[] | undefined): boo
   return x.every((v, i) => v.id === y[i]!.id && sameValueLine(v, y[i]));
 }
 
-/** Whether any key of the text lies outside the scope (an empty key merely not included does not count). */
-function anyOutside(headers: Header[], filter: ScopeFilter): boolean {
-  return headers.some((h) => {
-    const r = filter.reason(h.path);
-    return r !== null && (r !== 'not-included' || h.values > 0);
-  });
+/** Whether a key line names a key outside the scope (an empty key merely not included does not count). */
+function outside(h: Header, filter: ScopeFilter): boolean {
+  const r = filter.reason(h.path);
+  return r !== null && (r !== 'not-included' || h.values > 0);
+}
+
+/** Whether any key of the text lies outside the scope: a line scan that keeps no list of 100,000 keys. */
+function anyOutside(text: string, filter: ScopeFilter): boolean {
+  let found = false;
+  forEachRegKeyLine(text, (h) => (found = outside(h, filter)));
+  return found;
 }
 
 /**
@@ -63,8 +68,13 @@ function anyOutside(headers: Header[], filter: ScopeFilter): boolean {
 export function scopeCommitRegistries(base: PersonaSnapshot, ours: PersonaSnapshot, theirs: PersonaSnapshot, scope: RegistryScope): ScopedCommit {
   if (ours.registry === base.registry) return { base, ours, theirs };
   const filter = new ScopeFilter(scope);
-  const oursHeaders = keyHeaders(ours.registry);
-  const foreign = oursHeaders.filter((h) => rootKeyOf(h.path) !== HKCU);
+  // One scan of the laptop's text: its keys under another root (with their lines), and whether any key is outside the scope.
+  const foreign: Header[] = [];
+  let oursOutside = false;
+  forEachRegKeyLine(ours.registry, (h) => {
+    if (rootKeyOf(h.path) !== HKCU) foreign.push(h);
+    if (!oursOutside && outside(h, filter)) oursOutside = true;
+  });
   if (foreign.length > 0) {
     const ids = new Set(foreign.map((h) => keyPathId(h.path)));
     const mine = keyValues(ours.registry, ids);
@@ -77,8 +87,8 @@ export function scopeCommitRegistries(base: PersonaSnapshot, ours: PersonaSnapsh
         `nothing was stored: remove the sections under ${rootKeyOf(h.path) ?? 'that root'} from registry.reg and run the command again`, { line: h.line, key: h.path.slice(0, 300) });
     }
   }
-  const scoped = (snap: PersonaSnapshot, headers: Header[] | null): { snap: PersonaSnapshot; dropped: Map<string, TextValue[]> | null; paths: string[] } => {
-    if (!anyOutside(headers ?? keyHeaders(snap.registry), filter)) return { snap, dropped: null, paths: [] };
+  const scoped = (snap: PersonaSnapshot, isOutside: boolean | null): { snap: PersonaSnapshot; dropped: Map<string, TextValue[]> | null; paths: string[] } => {
+    if (!(isOutside ?? anyOutside(snap.registry, filter))) return { snap, dropped: null, paths: [] };
     let r;
     try {
       r = filterRegistryText(snap.registry, filter);
@@ -88,7 +98,7 @@ export function scopeCommitRegistries(base: PersonaSnapshot, ours: PersonaSnapsh
     }
     return { snap: { ...snap, registry: r.text }, dropped: new Map(r.dropped.map((d) => [keyPathId(d.path), d.values])), paths: r.dropped.map((d) => d.path) };
   };
-  const o = scoped(ours, oursHeaders);
+  const o = scoped(ours, oursOutside);
   const b = scoped(base, null);
   const t = theirs === base ? b : scoped(theirs, null);
   // Report what the laptop sent that is not stored; keys it merely carried back from an old version are
