@@ -1,6 +1,6 @@
-// Registry hives (regf files such as NTUSER.DAT) through Debian's hivex: reading one into a Registry
-// under HKEY_CURRENT_USER, and merging a .reg change set into a copy of one. Owns the command lines
-// of `hivexregedit` and the two spots where its .reg dialect differs from regedit's: it writes the
+// Registry hives (regf files such as NTUSER.DAT) through Debian's hivex: reading one as canonical
+// registry text (or a Registry, for tests and tools) under HKEY_CURRENT_USER, and merging a .reg
+// change set into a copy of one. Owns the command lines of `hivexregedit` and the two spots where its .reg dialect differs from regedit's: it writes the
 // hive's root as `[HKEY_CURRENT_USER\]`, and it creates a key only when its parent exists. Must not
 // know: personas, servers, where the files come from. Hive parsing itself is hivex's (a well-kept
 // C library, fuzzed upstream): no regf parser of our own.
@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import {
-  applyToRegistry, CarryonError, decodeRegFile, HKCU, keyPathId, REG_MAX_FILE_BYTES, REG_DWORD, Registry, type RegistryFile, type RegSection,
+  canonicalRegistryText, CarryonError, decodeRegFile, HKCU, keyPathId, REG_MAX_FILE_BYTES, REG_DWORD, Registry, registryFromText, selectKeys, type RegistryFile, type RegSection,
 } from '../src/index.js';
 
 export const HIVEXREGEDIT = 'hivexregedit';
@@ -69,6 +69,12 @@ export interface HiveContent {
 
 /** The hive's keys and values, under HKEY_CURRENT_USER (an NTUSER.DAT is that user's HKEY_CURRENT_USER). */
 export async function readHive(file: string): Promise<HiveContent> {
+  const h = await readHiveText(file);
+  return { registry: registryFromText(h.text), skipped: h.skipped };
+}
+
+/** readHive as canonical registry text (src/persona/registry-text.ts), never a Registry of value objects. */
+export async function readHiveText(file: string): Promise<{ text: string; skipped: string[] }> {
   const r = await runHivex(['--export', '--prefix', HKCU, file, '\\'], REG_MAX_FILE_BYTES);
   if (r.code !== 0) {
     throw new CarryonError('REG_FILE_UNSUPPORTED', `${file} starts like a registry hive but hivex cannot read it (${said(r.stderr)}): is it damaged, or was it copied while Windows had it loaded? ` +
@@ -76,7 +82,9 @@ export async function readHive(file: string): Promise<HiveContent> {
   }
   const { text, skipped } = withoutNulNames(r.stdout.toString('utf8'));
   try {
-    return { registry: applyToRegistry(new Registry(), hivexExportToFile(Buffer.from(text, 'utf8'))), skipped };
+    // (the hive's root key, named with no values, is not a key of the persona: hivexExportToFile's rule)
+    const all = canonicalRegistryText(hivexFixedRoot(text), { encoding: 'utf-8', onlyRoot: HKCU });
+    return { text: selectKeys(all, (k) => k.values.length > 0 || k.path.includes('\\')), skipped };
   } catch (err) {
     // The position is in hivex's text, which the user never sees: name the key instead.
     const line = err instanceof CarryonError ? (err.data.line as number | undefined) : undefined;
@@ -119,12 +127,18 @@ export function withoutNulNames(text: string): { text: string; skipped: string[]
 
 /** hivexregedit --export's text (UTF-8, LF) as a RegistryFile; the hive root, when it holds no values, is left out. */
 export function hivexExportToFile(text: Buffer): RegistryFile {
-  // Its root comes out as `[HKEY_CURRENT_USER\]`, which regedit (and our parser) reads as a key path
-  // ending in a backslash: the root key is HKEY_CURRENT_USER itself.
-  const fixed = Buffer.from(text.toString('utf8').replace(/^\[HKEY_CURRENT_USER\\\]$/m, `[${HKCU}]`), 'utf8');
+  const fixed = hivexFixedRoot(text.toString('utf8'));
   const file = decodeRegFile(fixed, { encoding: 'utf-8', onlyRoot: HKCU });
   file.sections = file.sections.filter((s) => !(s.kind === 'key' && s.values.length === 0 && !s.path.includes('\\')));
   return file;
+}
+
+/**
+ * hivex's export with its root line fixed: it comes out as `[HKEY_CURRENT_USER\]`, which regedit (and
+ * our parser) reads as a key path ending in a backslash: the root key is HKEY_CURRENT_USER itself.
+ */
+function hivexFixedRoot(text: string): Buffer {
+  return Buffer.from(text.replace(/^\[HKEY_CURRENT_USER\\\]$/m, `[${HKCU}]`), 'utf8');
 }
 
 /**
@@ -175,9 +189,9 @@ export function encodeForHivexMerge(file: RegistryFile, existing: (path: string)
  * Writes `out`: a copy of the hive `base` with `changes` merged in (hivexregedit --merge, as regedit
  * /s would apply them). The copy is written beside `out` and renamed over it only when hivex succeeded.
  */
-// `baseRegistry` is readHive(base).registry: hivex's export names every key of a hive, so its keys tell which
-// parents exist.
-export async function writeHive(base: string, out: string, changes: RegistryFile, baseRegistry: Registry): Promise<void> {
+// `baseRegistry` holds readHive(base)'s keys (a Registry, or a set of key ids from its text): hivex's
+// export names every key of a hive, so its keys tell which parents exist.
+export async function writeHive(base: string, out: string, changes: RegistryFile, baseRegistry: { hasKey(path: string): boolean }): Promise<void> {
   const tmp = `${out}.${process.pid}.tmp`;
   const regFile = `${out}.${process.pid}.reg`;
   try {

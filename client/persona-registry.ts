@@ -6,11 +6,11 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import {
-  applyToRegistry, CarryonError, decodeRegFile, DEFAULT_REGISTRY_SCOPE, encodeRegFile, exportRegistry, HKCU, parseKeyPatternList, Registry, registryChanges, ScopeFilter, sniffRegistryInput,
-  type RegistryFile, type RegistryScope,
+  canonicalRegistryText, CarryonError, DEFAULT_REGISTRY_SCOPE, encodeRegFile, HKCU, parseKeyPatternList, registryChangesFile, ScopeFilter,
+  sniffRegistryInput, type RegistryScope,
 } from '../src/index.js';
-import { readHive } from './hive.js';
-import { REGISTRY_FILE } from './persona-engine.js';
+import { readHiveText } from './hive.js';
+import { REGISTRY_FILE, writeRegistryFile } from './persona-engine.js';
 
 /** Beside registry.reg: the desktop's include/exclude lists, written at check-out (absent: the defaults). */
 export const SCOPE_FILE = 'registry-scope.json';
@@ -28,9 +28,9 @@ export async function writeGuestChanges(dir: string): Promise<number | null> {
   const logoff = path.join(dir, GUEST_LOGOFF_FILE);
   const bytes = await fs.readFile(logoff).catch(() => null);
   if (!bytes) return null;
-  const guest = applyToRegistry(new Registry(), decodeRegFile(bytes, { onlyRoot: HKCU }));
+  const guest = canonicalRegistryText(bytes, { onlyRoot: HKCU });
   const { scope } = await readRegistryScope(dir);
-  const changes = registryChanges(guest, await readPersonaRegistry(dir), new ScopeFilter(scope));
+  const changes = registryChangesFile(guest, await readPersonaRegistryText(dir), new ScopeFilter(scope));
   const file = path.join(dir, GUEST_CHANGES_FILE);
   const tmp = `${file}.${process.pid}.tmp`;
   await fs.writeFile(tmp, encodeRegFile(changes));
@@ -69,26 +69,25 @@ export async function readRegistryScope(dir: string): Promise<{ scope: RegistryS
   }
 }
 
-/** The copy's registry.reg (empty when absent). Read as it is: an old version's other root keys are tolerated here. */
-export async function readPersonaRegistry(dir: string): Promise<Registry> {
+/** The copy's registry.reg as canonical text ('' when absent). Read as it is: an old version's other root keys are tolerated here. */
+export async function readPersonaRegistryText(dir: string): Promise<string> {
   const bytes = await fs.readFile(path.join(dir, REGISTRY_FILE)).catch(() => null);
-  return bytes ? applyToRegistry(new Registry(), decodeRegFile(bytes)) : new Registry();
+  return bytes ? canonicalRegistryText(bytes) : '';
 }
 
-export async function writePersonaRegistry(dir: string, reg: Registry): Promise<string> {
+/** Canonical registry text written as the copy's registry.reg (UTF-16LE, as regedit writes it). */
+export async function writePersonaRegistryText(dir: string, text: string): Promise<string> {
   const target = path.join(dir, REGISTRY_FILE);
-  const tmp = `${target}.${process.pid}.tmp`;
-  await fs.writeFile(tmp, exportRegistry(reg, { version: 'v5', encoding: 'utf-16le', bom: true }));
-  await fs.rename(tmp, target);
+  await writeRegistryFile(target, text);
   return target;
 }
 
 export interface RegistryInput {
   kind: 'reg' | 'hive';
-  /** A .reg file's sections in order (edits); for a hive, its whole content as one set of keys. */
-  file: RegistryFile | null;
-  /** A hive's whole registry. */
-  registry: Registry | null;
+  /** A .reg file's bytes (decoded where they are applied, section by section: never held as value objects). */
+  bytes: Buffer | null;
+  /** A hive's whole registry, as canonical text. */
+  text: string | null;
   /** A hive's keys and values left out (names with a NUL inside; see readHive). */
   skipped: string[];
 }
@@ -111,13 +110,14 @@ export async function readRegistryInput(file: string): Promise<RegistryInput> {
     await fh.close();
   }
   if (sniffRegistryInput(head, file) === 'hive') {
-    const h = await readHive(file);
-    return { kind: 'hive', file: null, registry: h.registry, skipped: h.skipped };
+    const h = await readHiveText(file);
+    return { kind: 'hive', bytes: null, text: h.text, skipped: h.skipped };
   }
-  return { kind: 'reg', file: decodeRegFile(await fs.readFile(file), { onlyRoot: HKCU }), registry: null, skipped: [] };
+  return { kind: 'reg', bytes: await fs.readFile(file), text: null, skipped: [] };
 }
 
-/** The registry the input stands for when taken whole: a hive's, or a .reg file applied to an empty registry. */
-export function wholeRegistry(input: RegistryInput): Registry {
-  return input.registry ?? applyToRegistry(new Registry(), input.file!);
+/** The registry the input stands for when taken whole, as canonical text: a hive's, or a .reg file applied to an empty registry. */
+export function wholeRegistryText(input: RegistryInput): string {
+  if (input.text !== null) return input.text;
+  return canonicalRegistryText(input.bytes!, { onlyRoot: HKCU });
 }

@@ -23,7 +23,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import {
-  CarryonError, decodePersona, decodeVerified, exportRegistry, getBlock, MAX_GET_IDS, registryFromText, PERSONA_CHUNK_BYTES, personaId, type BlockId, type BlockStore, type PersonaEntry, type PersonaSnapshot,
+  CarryonError, decodePersona, canonicalForm, decodeVerified, getBlock, MAX_GET_IDS, PERSONA_CHUNK_BYTES, registryTextFileBytes, personaId, type BlockId, type BlockStore, type PersonaEntry, type PersonaSnapshot,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { crashPoint } from './crash-point.js';
@@ -82,7 +82,8 @@ export async function checkoutStreamedPersona(state: LocalState, api: ApiClient,
   if (personaId(got.encoded) !== got.id) throw new CarryonError('BAD_REQUEST', 'the persona received does not match its id');
   const snapshot = decodePersona(got.encoded);
   checkNesting(snapshot.files);
-  const regBytes = exportRegistry(registryFromText(snapshot.registry), { version: 'v5', encoding: 'utf-16le', bom: true });
+  // Canonical text as regedit writes it (no Registry of value objects: ~900 MB at 100,000 keys).
+  const regBytes = registryTextFileBytes(canonicalForm(snapshot.registry, "the persona's registry"));
   const root = path.join(dir, PROFILE_DIR);
   await fs.mkdir(path.join(dir, STREAM_DIR), { recursive: true });
   await fs.mkdir(root, { recursive: true });

@@ -2,13 +2,13 @@
 import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import {
-  applyToRegistry, CarryonError, decodePersona, encodePersona, encodeRegFile, filterRegistry, parseName, personaId, registryChanges, registryFromText, registryToFile, ScopeFilter,
-  type PersonaPushInfo, type Registry, type RegistryFile,
+  applyRegFileToText, CarryonError, countRegistryKeys, decodePersona, encodePersona, encodeRegFile, filterRegistryText, HKCU, joinRegistryTexts, keyPathId, parseName, personaId,
+  registryChangesFile, RegTextCursor, registryTextFileBytes, ScopeFilter, selectKeys, type PersonaPushInfo, type RegistryFile,
 } from '../../src/index.js';
 import { optsOf, runCommand, withCommonOptions, type Session } from '../cli-util.js';
 import { writeHive } from '../hive.js';
 import { diffPersona, fetchPersona, personaPushParts, scanPersona, uploadPersona } from '../persona-engine.js';
-import { readPersonaRegistry, readRegistryInput, readRegistryScope, wholeRegistry, writeGuestChanges, writePersonaRegistry } from '../persona-registry.js';
+import { readPersonaRegistryText, readRegistryInput, readRegistryScope, wholeRegistryText, writeGuestChanges, writePersonaRegistryText } from '../persona-registry.js';
 import { personaFolder } from '../persona-vault.js';
 import { registerPersonaStream } from './persona-stream.js';
 import { fetchDeltaBases, isStreamed } from '../persona-stream.js';
@@ -41,7 +41,7 @@ export function registerPersona(program: Command): void {
           const { held, ours, diff } = await localChanges(s, parseName(desktop, 'desktop'));
           // Keys the server will drop at the next check-in or push: outside the desktop's registry scope.
           const { scope, fromServer } = await readRegistryScope(held.dir);
-          const outside = diff.registryChanged ? filterRegistry(registryFromText(ours.snapshot.registry), scope).dropped : [];
+          const outside = diff.registryChanged ? filterRegistryText(ours.snapshot.registry, scope, { keepText: false }).dropped : [];
           return { desktop, dir: held.dir, version: held.version, withDisk: held.withDisk, ...diff, registryScope: { ...scope, fromServer }, registryDropped: outside.map((d) => ({ key: d.path, reason: d.reason })) };
         }, (r) => {
           const head = `persona of ${r.desktop} (version ${r.version}) in ${r.dir}: ${r.added.length} added, ${r.changed.length} changed, ${r.deleted.length} deleted; registry ${r.registryChanged ? 'changed' : 'unchanged'}` +
@@ -94,26 +94,32 @@ export function registerPersona(program: Command): void {
         const { scope } = await readRegistryScope(held.dir);
         const filter = new ScopeFilter(scope);
         const input = await readRegistryInput(file);
-        const current = await readPersonaRegistry(held.dir);
-        let next: Registry;
+        // All on canonical text, key by key: a Registry of value objects costs ~900 MB at 100,000 keys.
+        const current = await readPersonaRegistryText(held.dir);
+        let next: string;
         let dropped: string[];
         if (input.kind === 'hive' || opts.replace) {
           // Within the scope the file is the registry; keys outside the scope stay as they were.
-          const whole = filterRegistry(wholeRegistry(input), filter);
+          const whole = filterRegistryText(wholeRegistryText(input), filter);
           dropped = whole.dropped.map((d) => d.path);
-          next = whole.kept;
-          for (const k of filterRegistry(current, filter).dropped) {
-            next.createKey(k.path);
-            for (const v of current.getKey(k.path)!.values) next.setValue(k.path, v);
-          }
+          next = joinRegistryTexts(whole.text, selectKeys(current, (k) => !filter.has(k.path)));
         } else {
           // Edits: those on keys outside the desktop's scope are left out (the server would drop them).
-          const sections = input.file!.sections.filter((sec) => filter.has(sec.path));
-          dropped = input.file!.sections.filter((sec) => !filter.has(sec.path)).map((sec) => sec.path);
-          next = applyToRegistry(current.clone(), { ...input.file!, sections });
+          dropped = [];
+          const seen = new Set<string>();
+          next = applyRegFileToText(current, input.bytes!, { onlyRoot: HKCU }, undefined, (sec) => {
+            if (filter.has(sec.path)) return true;
+            // (a file out of key order is decoded twice: each section is listed once)
+            const key = `${sec.kind}\0${sec.path}`;
+            if (!seen.has(key)) {
+              seen.add(key);
+              dropped.push(sec.path);
+            }
+            return false;
+          });
         }
-        const target = await writePersonaRegistry(held.dir, next);
-        return { desktop, registry: target, kind: input.kind, replaced: input.kind === 'hive' || opts.replace === true, keys: next.size, dropped: dropped.length, droppedKeys: dropped.slice(0, 20), unreadable: input.skipped };
+        const target = await writePersonaRegistryText(held.dir, next);
+        return { desktop, registry: target, kind: input.kind, replaced: input.kind === 'hive' || opts.replace === true, keys: countRegistryKeys(next), dropped: dropped.length, droppedKeys: dropped.slice(0, 20), unreadable: input.skipped };
       }, (r) => `${r.replaced ? 'replaced the registry in' : 'applied the edits to'} ${r.registry} from a ${r.kind === 'hive' ? 'registry hive' : '.reg file'} (${r.keys} keys); the next check-in or push sends it` +
         (r.unreadable.length > 0 ? `\n${r.unreadable.length} key(s) or value(s) of the hive have a NUL inside their name, which a .reg file cannot hold; left out:${r.unreadable.slice(0, 20).map((k) => `\n  - ${k}`).join('')}` : '') +
         (r.dropped > 0 ? `\n${r.dropped} key(s) outside this desktop's registry scope were left out (carryon persona status ${r.desktop} lists the scope):${r.droppedKeys.map((k) => `\n  - ${k}`).join('')}${r.dropped > r.droppedKeys.length ? '\n  ...' : ''}` : ''));
@@ -128,7 +134,6 @@ export function registerPersona(program: Command): void {
         const held = await heldPersona(s, parseName(desktop, 'desktop'));
         const { scope } = await readRegistryScope(held.dir);
         const filter = new ScopeFilter(scope);
-        const persona = await readPersonaRegistry(held.dir);
         const base = opts.base as string | undefined;
         const since = opts.changesSince as string | undefined;
         if (base !== undefined) {
@@ -136,24 +141,39 @@ export function registerPersona(program: Command): void {
           const input = await readRegistryInput(base);
           if (input.kind !== 'hive') throw new CarryonError('INVALID_ARGUMENT', `--base ${base} is a .reg file: give the user's hive (NTUSER.DAT from C:\\Users\\NAME, or C:\\Users\\Default\\NTUSER.DAT for a new user)`, { file: base });
           // (keys of the base the persona cannot name, such as NUL names, are neither changed nor deleted)
-          const changes = registryChanges(input.registry!, persona, filter);
-          await writeHive(base, out, changes, input.registry!);
+          const hiveKeys = new Set<string>();
+          for (const c = new RegTextCursor(input.text!); c.key; c.next()) hiveKeys.add(c.key.id);
+          const changes = registryChangesFile(input.text!, await readPersonaRegistryText(held.dir), filter);
+          await writeHive(base, out, changes, { hasKey: (p) => hiveKeys.has(keyPathId(p)) });
           return { desktop, out, kind: 'hive', ...countChanges(changes) };
         }
-        let file: RegistryFile;
-        if (since !== undefined) {
-          file = registryChanges(wholeRegistry(await readRegistryInput(since)), persona, filter);
-        } else {
-          const kept = filterRegistry(persona, filter).kept;
-          file = registryToFile(kept, { version: 'v5', encoding: 'utf-16le', bom: true });
-        }
+        const persona = await readPersonaRegistryText(held.dir);
         const tmp = `${out}.${process.pid}.tmp`;
-        await fs.writeFile(tmp, encodeRegFile(file));
+        let counts: ReturnType<typeof countChanges>;
+        if (since !== undefined) {
+          const file = registryChangesFile(wholeRegistryText(await readRegistryInput(since)), persona, filter);
+          await fs.writeFile(tmp, encodeRegFile(file));
+          counts = countChanges(file);
+        } else {
+          const kept = filterRegistryText(persona, filter).text;
+          await fs.writeFile(tmp, registryTextFileBytes(kept));
+          counts = { valuesSet: countValueLines(kept), valuesDeleted: 0, keysDeleted: 0 };
+        }
         await fs.rename(tmp, out);
-        return { desktop, out, kind: since !== undefined ? 'changes' : 'reg', ...countChanges(file) };
+        return { desktop, out, kind: since !== undefined ? 'changes' : 'reg', ...counts };
       }, (r) => `wrote ${r.out} (${r.kind === 'hive' ? 'registry hive' : r.kind === 'changes' ? 'changes as regedit applies them' : 'the whole registry, UTF-16LE'}): ` +
         `${r.valuesSet} value(s) set, ${r.valuesDeleted} deleted, ${r.keysDeleted} key(s) deleted`);
     });
+}
+
+/** Value lines of canonical text (each starts a line with `"` or `@`; continuation lines start with blanks). */
+function countValueLines(text: string): number {
+  let n = 0;
+  for (let i = text.indexOf('\r\n'); i >= 0; i = text.indexOf('\r\n', i + 2)) {
+    const c = text.charCodeAt(i + 2);
+    if (c === 0x22 || c === 0x40) n++;
+  }
+  return n;
 }
 
 function countChanges(file: RegistryFile): { valuesSet: number; valuesDeleted: number; keysDeleted: number } {

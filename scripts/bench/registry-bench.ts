@@ -13,7 +13,7 @@
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generatedRegistryFile, oneValueEdit } from '../fixtures/registry.js';
+import { NOISE_KEY_PATHS, generatedRegistryFile, oneValueEdit } from '../fixtures/registry.js';
 import { readArgs } from '../lib/args.js';
 import { CLIENT_BIN, carryonMissing, carryonServer, num, parseJsonOutput, startServer, str, type Json, type RunningServer } from '../lib/carryon-cli.js';
 import { mb } from '../lib/format.js';
@@ -91,9 +91,9 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   try {
     const regFile = join(work, 'registry.reg');
-    const reg = generatedRegistryFile(o.keys, o.seed);
+    const reg = generatedRegistryFile(o.keys, o.seed, true);
     writeFileSync(regFile, reg);
-    log(`registry: ${o.keys} keys, ${mb(reg.length)} MB as regedit writes it (UTF-16LE)`);
+    log(`registry: ${o.keys} keys (+ ${NOISE_KEY_PATHS.length} the default exclude list leaves out), ${mb(reg.length)} MB as regedit writes it (UTF-16LE)`);
     const edit = (i: number, name: string, v: number): string => {
       const f = join(work, `edit-${i}-${name}-${v}.reg`);
       writeFileSync(f, oneValueEdit(i, name, v));

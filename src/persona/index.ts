@@ -9,6 +9,7 @@ export * from './registry/index.js';
 export * from './merge.js';
 export * from './registry-text.js';
 export * from './registry-merge.js';
+export * from './registry-text-scope.js';
 export * from './model.js';
 export * from './paths.js';
 export * from './tree.js';

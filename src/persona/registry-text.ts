@@ -529,22 +529,30 @@ export function registryPatchEditKeys(patch: string): string[] {
 
 /**
  * A .reg file of changes (any format regedit reads: `carryon persona reg import`) applied to canonical
- * text as regedit imports it; parse errors pass through with their line and column.
+ * text as regedit imports it; parse errors pass through with their line and column. `only`: sections
+ * it returns false for are skipped (keys outside a desktop's registry scope); it may see a section twice.
  */
-export function applyRegFileToText(baseText: string, bytes: Uint8Array, options: RegDecodeOptions = {}, count?: { sections: number }): string {
-  return applyRegChanges(baseText, bytes, options, false, count).text;
+export function applyRegFileToText(baseText: string, bytes: Uint8Array, options: RegDecodeOptions = {}, count?: { sections: number }, only?: (s: RegSection) => boolean): string {
+  return applyRegChanges(baseText, bytes, options, false, count, false, only).text;
 }
 
-function applyRegChanges(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count?: { sections: number }, keep = true): AppliedChanges {
+function applyRegChanges(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count?: { sections: number }, keep = true, only?: (s: RegSection) => boolean): AppliedChanges {
   try {
-    const sorted = applySorted(baseText, bytes, options, isPatch, count, keep);
+    const sorted = applySorted(baseText, bytes, options, isPatch, count, keep, only);
     if (sorted) return sorted;
   } catch (err) {
     if (isPatch && err instanceof CarryonError) throw new CarryonError('BAD_REQUEST', `the registry patch is not a valid .reg file: ${err.message}`, { ...err.data, cause: err.code }, err);
     throw err;
   }
   if (count) count.sections = 0;
-  return applyOverlay(baseText, bytes, options, isPatch, count, keep);
+  return applyOverlay(baseText, bytes, options, isPatch, count, keep, only);
+}
+
+/** decodeRegSections, passing on only the sections `only` keeps. */
+function decodeSome(bytes: Uint8Array, onSection: (s: RegSection) => void, options: RegDecodeOptions, only?: (s: RegSection) => boolean): ReturnType<typeof decodeRegSections> {
+  return decodeRegSections(bytes, only ? (s) => {
+    if (only(s)) onSection(s);
+  } : onSection, options);
 }
 
 /**
@@ -552,7 +560,7 @@ function applyRegChanges(baseText: string, bytes: Uint8Array, options: RegDecode
  * makeRegistryPatch writes): one pass over the base and the file together, holding no overlay. Null
  * when the file is not in that order (after which the overlay does the work).
  */
-function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count: { sections: number } | undefined, keep: boolean): AppliedChanges | null {
+function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count: { sections: number } | undefined, keep: boolean, only?: (s: RegSection) => boolean): AppliedChanges | null {
   const b = new RegTextCursor(baseText, 'base registry');
   const w = new TextWriter();
   const edits: RegistryPatchEdit[] = [];
@@ -577,7 +585,7 @@ function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOpti
   let prev: string | null = null;
   let version: string;
   try {
-    ({ version } = decodeRegSections(bytes, (s) => {
+    ({ version } = decodeSome(bytes, (s) => {
       if (count) count.sections++;
       const id = keyPathId(s.path);
       const order = keyOrder(id);
@@ -622,7 +630,7 @@ function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOpti
       }
       if (bk) b.next();
       w.key(bk && !gone ? bk.path : canonicalRoot(s.path), lines, bk && !gone ? undefined : b.key?.path);
-    }, options));
+    }, options, only));
   } catch (err) {
     if (err === UNSORTED) return null;
     throw err;
@@ -632,7 +640,7 @@ function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOpti
   return { text: w.text(), edits, editCount };
 }
 
-function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count: { sections: number } | undefined, keep: boolean): AppliedChanges {
+function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOptions, isPatch: boolean, count: { sections: number } | undefined, keep: boolean, only?: (s: RegSection) => boolean): AppliedChanges {
   const keys = new Map<string, PatchKey>();
   const deletions = new Set<string>();
   const edits: RegistryPatchEdit[] = [];
@@ -652,7 +660,7 @@ function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOpt
   };
   let version: string;
   try {
-    ({ version } = decodeRegSections(bytes, (s) => {
+    ({ version } = decodeSome(bytes, (s) => {
       if (count) count.sections++;
       const id = keyPathId(s.path);
       if (s.kind === 'delete-key') {
@@ -674,7 +682,7 @@ function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOpt
         k.values.set(n, line);
         edit(id, n, line);
       }
-    }, options));
+    }, options, only));
   } catch (err) {
     if (isPatch && err instanceof CarryonError) throw new CarryonError('BAD_REQUEST', `the registry patch is not a valid .reg file: ${err.message}`, { ...err.data, cause: err.code }, err);
     throw err;

@@ -69,7 +69,7 @@ export {
   type ScopedRegistry,
 } from './scope.js';
 export { REGF_MAGIC, sniffRegistryInput, type RegistryInputKind } from './sniff.js';
-export { regKeyLines, type RegKeyLine } from './key-lines.js';
+export { forEachRegKeyLine, regKeyLines, type RegKeyLine } from './key-lines.js';
 export { Registry, applyToRegistry, registryToFile, exportRegistry, type RegistryValue, type RegistryKey, type RegExportOptions } from './registry.js';
 export {
   encodeRegSz,

@@ -17,6 +17,18 @@ export interface RegKeyLine {
  */
 export function regKeyLines(text: string): RegKeyLine[] {
   const out: RegKeyLine[] = [];
+  forEachRegKeyLine(text, (k) => {
+    out.push(k);
+  });
+  return out;
+}
+
+/**
+ * regKeyLines without the list: `fn` gets each key line (with its value count) in order, and may
+ * return true to stop. For a scan of a large registry that keeps nothing (100,000 keys: ~15 MB less).
+ */
+export function forEachRegKeyLine(text: string, fn: (k: RegKeyLine) => boolean | void): void {
+  let cur: RegKeyLine | null = null;
   let line = 0;
   let at = 0;
   const n = text.length;
@@ -28,14 +40,15 @@ export function regKeyLines(text: string): RegKeyLine[] {
     while (i < end && (text.charCodeAt(i) === 0x20 || text.charCodeAt(i) === 0x09)) i++;
     const c = i < end ? text.charCodeAt(i) : -1;
     if (c === 0x5b) {
+      if (cur && fn(cur) === true) return;
       const close = text.lastIndexOf(']', end - 1);
       const raw = text.slice(i + 1, close > i ? close : end);
-      out.push({ line, path: raw.startsWith('-') ? raw.slice(1) : raw, values: 0 });
-    } else if ((c === 0x22 || c === 0x40) && out.length > 0) {
-      out[out.length - 1]!.values++;
+      cur = { line, path: raw.startsWith('-') ? raw.slice(1) : raw, values: 0 };
+    } else if ((c === 0x22 || c === 0x40) && cur) {
+      cur.values++;
     }
     if (end >= n) break;
     at = end + (text.charCodeAt(end) === 0x0d && text.charCodeAt(end + 1) === 0x0a ? 2 : 1);
   }
-  return out;
+  if (cur) fn(cur);
 }
