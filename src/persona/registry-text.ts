@@ -76,6 +76,28 @@ interface LineKey {
  * The same semantics as Registry (names matched case-insensitively, a key's and a value's first
  * spelling kept, parents implicit), so `text()` equals exportRegistry's v5 UTF-8 output.
  */
+/**
+ * A key's value lines after edits: `base` (sorted by value id) with each of `edits` ([value id, line or
+ * null for a deletion], sorted) put in, replacing the base's line of that id (keeping its spelling).
+ */
+function overlayValueLines(base: ReadonlyArray<{ id: string; line: string }>, edits: ReadonlyArray<readonly [string, string | null]>): string[] {
+  const lines: string[] = [];
+  for (let p = 0, q = 0; p < base.length || q < edits.length; ) {
+    const x = base[p];
+    const y = edits[q];
+    const d = !y ? -1 : !x ? 1 : cmp(x.id, y[0]);
+    if (d < 0) {
+      lines.push(x!.line);
+      p++;
+    } else {
+      if (y![1] !== null) lines.push(d === 0 ? respell(y![1], x!.line) : y![1]);
+      if (d === 0) p++;
+      q++;
+    }
+  }
+  return lines;
+}
+
 export class RegistryLines {
   private readonly keys = new Map<string, LineKey>();
   private readonly prefixes = new Map<string, { path: string; count: number }>();
@@ -614,20 +636,7 @@ function applySorted(baseText: string, bytes: Uint8Array, options: RegDecodeOpti
       const bk = b.key?.order === order ? b.key : undefined;
       const gone = under(order);
       const bv = bk && !gone ? bk.values : [];
-      const lines: string[] = [];
-      for (let p = 0, q = 0; p < bv.length || q < ev.length; ) {
-        const x = bv[p];
-        const y = ev[q];
-        const d = !y ? -1 : !x ? 1 : cmp(x.id, y[0]);
-        if (d < 0) {
-          lines.push(x!.line);
-          p++;
-        } else {
-          if (y![1] !== null) lines.push(d === 0 ? respell(y![1], x!.line) : y![1]);
-          if (d === 0) p++;
-          q++;
-        }
-      }
+      const lines = overlayValueLines(bv, ev);
       if (bk) b.next();
       w.key(bk && !gone ? bk.path : canonicalRoot(s.path), lines, bk && !gone ? undefined : b.key?.path);
     }, options, only));
@@ -710,20 +719,7 @@ function applyOverlay(baseText: string, bytes: Uint8Array, options: RegDecodeOpt
     const gone = deletedAt(bk!.id);
     const bv = gone ? [] : bk!.values;
     const ev = [...e!.values.entries()].sort((x, y) => cmp(x[0], y[0]));
-    const lines: string[] = [];
-    for (let p = 0, q = 0; p < bv.length || q < ev.length; ) {
-      const x = bv[p];
-      const y = ev[q];
-      const d = !y ? -1 : !x ? 1 : cmp(x.id, y[0]);
-      if (d < 0) {
-        lines.push(x!.line);
-        p++;
-      } else {
-        if (y![1] !== null) lines.push(d === 0 ? respell(y![1], x!.line) : y![1]);
-        if (d === 0) p++;
-        q++;
-      }
-    }
+    const lines = overlayValueLines(bv, ev);
     b.next();
     w.key(gone ? e!.path : bk!.path, lines, gone ? b.key?.path : undefined);
     i++;
