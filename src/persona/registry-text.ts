@@ -15,6 +15,7 @@
 // Terms: key id = keyPathId(path); value key = key id + NUL + value name id (NUL is in neither), the
 // identity the per-value edit times are kept under.
 import { CarryonError } from '../errors/index.js';
+import { KeyTable } from './registry/key-table.js';
 import { canonicalRoot, decodeRegSections, encodeRegValueLine, foldName, keyPathId, valueNameId, type RegDecodeOptions, type RegSection } from './registry/index.js';
 
 export const REG_TEXT_HEADER = 'Windows Registry Editor Version 5.00\r\n';
@@ -99,48 +100,22 @@ function overlayValueLines(base: ReadonlyArray<{ id: string; line: string }>, ed
 }
 
 export class RegistryLines {
-  private readonly keys = new Map<string, LineKey>();
-  private readonly prefixes = new Map<string, { path: string; count: number }>();
+  private readonly table = new KeyTable<LineKey>();
+
+  private get keys(): Map<string, LineKey> {
+    return this.table.records;
+  }
 
   get size(): number {
     return this.keys.size;
   }
 
   private record(path: string): LineKey {
-    const id = keyPathId(path);
-    const existing = this.keys.get(id);
-    if (existing) return existing;
-    const parts = canonicalRoot(path).split('\\');
-    let display = '';
-    let prefixId = '';
-    for (let k = 0; k < parts.length; k++) {
-      const partId = foldName(parts[k]!);
-      prefixId = k === 0 ? partId : `${prefixId}\\${partId}`;
-      const known = this.prefixes.get(prefixId);
-      display = known ? known.path : k === 0 ? parts[0]! : `${display}\\${parts[k]!}`;
-      if (known) known.count++;
-      else this.prefixes.set(prefixId, { path: display, count: 1 });
-    }
-    const r: LineKey = { path: display, values: new Map() };
-    this.keys.set(id, r);
-    return r;
+    return this.table.record(path, (display) => ({ path: display, values: new Map() }));
   }
 
   private deleteKey(path: string): void {
-    const id = keyPathId(path);
-    if (!this.prefixes.has(id)) return;
-    const below = `${id}\\`;
-    for (const rid of [...this.keys.keys()]) {
-      if (rid !== id && !rid.startsWith(below)) continue;
-      this.keys.delete(rid);
-      const parts = rid.split('\\');
-      let prefixId = '';
-      for (let k = 0; k < parts.length; k++) {
-        prefixId = k === 0 ? parts[0]! : `${prefixId}\\${parts[k]!}`;
-        const p = this.prefixes.get(prefixId)!;
-        if (--p.count === 0) this.prefixes.delete(prefixId);
-      }
-    }
+    this.table.deleteKey(path);
   }
 
   /** One decoded section, as regedit imports it. */

@@ -1,7 +1,8 @@
 // A registry snapshot: keys and their values, as regedit leaves them after importing .reg files.
 import { CarryonError } from '../../errors/index.js';
 import { encodeRegFile } from './encode.js';
-import { canonicalRoot, keyPathId, keyPathProblem, valueNameId, valueNameProblem } from './names.js';
+import { KeyTable } from './key-table.js';
+import { keyPathId, keyPathProblem, valueNameId, valueNameProblem } from './names.js';
 import type { RegFileEncoding, RegFileVersion, RegKeySection, RegistryFile } from './types.js';
 
 /** One value: its name as first written (null for the default value), type number and raw bytes. */
@@ -42,9 +43,11 @@ function keyOrder(id: string): string {
  * implicitly (Windows creates them on import) and are held only if a file names them.
  */
 export class Registry {
-  private readonly records = new Map<string, KeyRecord>();
-  /** For every prefix id of a held key: the display path of that prefix and how many held keys share it. */
-  private readonly prefixes = new Map<string, { path: string; count: number }>();
+  private table = new KeyTable<KeyRecord>();
+
+  private get records(): Map<string, KeyRecord> {
+    return this.table.records;
+  }
 
   /** Number of keys held. */
   get size(): number {
@@ -75,47 +78,14 @@ export class Registry {
   }
 
   private record(path: string): KeyRecord {
-    const id = keyPathId(path);
-    const existing = this.records.get(id);
-    if (existing) return existing;
-    // Reuse the spelling of any held key sharing a prefix, as Windows keeps a key's first spelling.
-    const parts = canonicalRoot(path).split('\\');
-    let display = '';
-    let prefixId = '';
-    for (let k = 0; k < parts.length; k++) {
-      const partId = keyPathId(parts[k]!);
-      prefixId = k === 0 ? partId : `${prefixId}\\${partId}`;
-      const known = this.prefixes.get(prefixId);
-      display = known ? known.path : k === 0 ? parts[0]! : `${display}\\${parts[k]!}`;
-      if (known) known.count++;
-      else this.prefixes.set(prefixId, { path: display, count: 1 });
-    }
-    const r: KeyRecord = { path: display, values: new Map() };
-    this.records.set(id, r);
-    return r;
+    return this.table.record(path, (display) => ({ path: display, values: new Map() }));
   }
 
   /** Deletes the key and every key below it; returns how many held keys went. A missing key is fine. */
   deleteKey(path: string): number {
     checkPath(path);
     if (!path.includes('\\')) bad('a root key cannot be deleted', { path });
-    const id = keyPathId(path);
-    if (!this.prefixes.has(id)) return 0;
-    const below = `${id}\\`;
-    let removed = 0;
-    for (const rid of [...this.records.keys()]) {
-      if (rid !== id && !rid.startsWith(below)) continue;
-      this.records.delete(rid);
-      removed++;
-      const parts = rid.split('\\');
-      let prefixId = '';
-      for (let k = 0; k < parts.length; k++) {
-        prefixId = k === 0 ? parts[0]! : `${prefixId}\\${parts[k]!}`;
-        const p = this.prefixes.get(prefixId)!;
-        if (--p.count === 0) this.prefixes.delete(prefixId);
-      }
-    }
-    return removed;
+    return this.table.deleteKey(path);
   }
 
   getValue(path: string, name: string | null): RegistryValue | undefined {
@@ -146,8 +116,7 @@ export class Registry {
   /** A deep copy (value bytes are shared: they are never changed in place). */
   clone(): Registry {
     const copy = new Registry();
-    for (const [id, r] of this.records) copy.records.set(id, { path: r.path, values: new Map(r.values) });
-    for (const [id, p] of this.prefixes) copy.prefixes.set(id, { ...p });
+    copy.table = this.table.clone((r) => ({ path: r.path, values: new Map(r.values) }));
     return copy;
   }
 }
