@@ -2,7 +2,7 @@
 // through the export, reads back, check-in from the dirty map; kill -9 of the export and of the
 // client mid-workload; streamed check-outs read while blocks arrive, and offline.
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -57,6 +57,9 @@ describe('carryon serve: the disk over NBD', () => {
   const d = new Laptop(path.join(dir, 'laptop-d'));
   const desks = ['d-io', 'd-crash-export', 'd-crash-client', 'd-stream', 'd-offline', 'd-outside'];
   let size = 0;
+  const dense = path.join(dir, 'golden-dense.raw');
+  let pubSparse: { json: any } = { json: null };
+  let pubDense: { json: any } = { json: null };
 
   beforeAll(async () => {
     for (const t of ['qemu-io', 'qemu-img', 'nbdcopy', 'nbdinfo', 'cmp']) requireTool(t);
@@ -64,11 +67,27 @@ describe('carryon serve: the disk over NBD', () => {
     size = readFileSync(image).length;
     await server.init();
     const token = await server.addUser('alice');
-    expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
+    pubSparse = await server.admin(['image', 'publish', 'golden', image]);
+    expect(pubSparse.code, pubSparse.stderr).toBe(0);
+    // The same bytes, every one of them allocated (mke2fs leaves the image sparse).
+    expect(tool('cp', ['--sparse=never', image, dense]).code).toBe(0);
+    pubDense = await server.admin(['image', 'publish', 'golden-dense', dense]);
+    expect(pubDense.code, pubDense.stderr).toBe(0);
     for (const d of desks) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
     await server.start();
     for (const l of [a, b, c, d]) expect((await l.cli(['login', server.url, '--token', token])).code).toBe(0);
   }, 180_000);
+
+  it('publish reads a sparse image by its data: the same manifest as a dense copy of it, from fewer bytes read', () => {
+    expect(statSync(dense).blocks * 512).toBeGreaterThanOrEqual(size);
+    expect(statSync(image).blocks * 512).toBeLessThan(size);
+    expect(pubSparse.json.scanHoles).toBe('seek-data');
+    expect(pubDense.json.scanHoles).toBe('seek-data');
+    expect(pubSparse.json.manifestId).toBe(pubDense.json.manifestId);
+    expect(pubDense.json.newBlocks).toBe(0);
+    expect(pubDense.json.scanBytesRead).toBe(size);
+    expect(pubSparse.json.scanBytesRead).toBeLessThan(size);
+  });
 
   afterAll(async () => {
     killSpawned(); // a failed test's export
