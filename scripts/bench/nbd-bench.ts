@@ -53,7 +53,7 @@ const EXTRA_EXTENT = 64 * MiB;
 const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin,encryption] [--writes 160] [--flush] [--connections N] [--cpu-prof DIR] [--out FILE] [--keep] [--seed N]
   --size           the random image of the export measurements, also the data of every check-in image (default 1G)
   --checkin-sizes  apparent sizes of the check-in images, comma-separated (default 1G,8G)
-  --repeat         runs of each throughput measurement (default 3): best and median are reported
+  --repeat         runs of each throughput measurement and of the check-in part (default 3): best and median are reported
   --parts          export (throughput), checkin (dirty map vs full scan), encryption (the same disk served
                    encrypted at rest and plain, same clients, and the same check-in both ways); default all
   --writes         scattered 64 KiB writes of the check-in change (default 160, i.e. 10 MiB)
