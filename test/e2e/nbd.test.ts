@@ -55,7 +55,7 @@ describe('carryon serve: the disk over NBD', () => {
   // Streams start from an empty block cache, so blocks really come from the server.
   const c = new Laptop(path.join(dir, 'laptop-c'));
   const d = new Laptop(path.join(dir, 'laptop-d'));
-  const desks = ['d-io', 'd-crash-export', 'd-crash-client', 'd-stream', 'd-offline', 'd-outside'];
+  const desks = ['d-io', 'd-crash-export', 'd-crash-client', 'd-stream', 'd-offline', 'd-outside', 'd-read'];
   let size = 0;
   const dense = path.join(dir, 'golden-dense.raw');
   let pubSparse: { json: any } = { json: null };
@@ -77,6 +77,24 @@ describe('carryon serve: the disk over NBD', () => {
     await server.start();
     for (const l of [a, b, c, d]) expect((await l.cli(['login', server.url, '--token', token])).code).toBe(0);
   }, 180_000);
+
+  it('without native/sparse (CARRYON_SPARSE=read) a full scan reads every byte, says so, and commits the same disk', async () => {
+    const env = { CARRYON_SPARSE: 'read' };
+    expect((await a.cli(['checkout', 'd-read', '--json'])).code).toBe(0);
+    const disk = path.join(a.home, 'desktops', 'd-read', 'disk.raw');
+    expect((await a.cli(['status', '--json'], env)).json.scanHoles).toEqual({ mode: 'read', detail: 'CARRYON_SPARSE=read' });
+    qemuWrite(disk, [[0x73, 2 * MiB, 65536]]);
+    const ci = await a.cli(['checkin', 'd-read'], env);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.stdout).toMatch(/note: the full scan read the disk's holes too \(CARRYON_SPARSE=read\)/);
+    const co = await a.cli(['checkout', 'd-read', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    qemuWrite(disk, [[0x74, 3 * MiB, 65536]]);
+    const ci2 = await a.cli(['checkin', 'd-read', '--json'], env);
+    expect(ci2.code, ci2.stderr).toBe(0);
+    expect(ci2.json).toMatchObject({ scanMode: 'full', scanHoles: 'read', scanBytesRead: size, blocksChanged: 1 });
+    expect(sha256File(await serverCopy('d-read'))).toBe(sha256File(disk));
+  }, 120_000);
 
   it('publish reads a sparse image by its data: the same manifest as a dense copy of it, from fewer bytes read', () => {
     expect(statSync(dense).blocks * 512).toBeGreaterThanOrEqual(size);
@@ -349,5 +367,6 @@ describe('carryon serve: the disk over NBD', () => {
     expect(dataBytes).toBeLessThan(size);
     expect(ci.json.scanBytesRead).toBe(dataBytes);
     expect(sha256File(await serverCopy('d-outside'))).toBe(sha256File(disk));
+    expect((await a.cli(['status', '--json'])).json.scanHoles).toMatchObject({ mode: 'seek-data' });
   }, 120_000);
 });
