@@ -1,6 +1,6 @@
 // carryon-server image publish NAME FILE: store a new version of a golden image.
 import type { Command } from 'commander';
-import { checkBlockSize, DEFAULT_BLOCK_SIZE, parseName } from '../../src/index.js';
+import { checkBlockSize, DEFAULT_BLOCK_SIZE, defaultHoleMode, parseName } from '../../src/index.js';
 import { fmtBytes, withData } from '../cli-util.js';
 import { cliActor } from './admin.js';
 import { optsOf, withCommonOptions } from './options.js';
@@ -12,6 +12,8 @@ export function registerImagePublish(image: Command): void {
       const opts = optsOf(cmd);
       await withData(opts, (d) => d.desktops.publishImage(parseName(name, 'image'), file, checkBlockSize(Number(opts.blockSize)), cliActor()), (r) =>
         `published ${r.image} version ${r.version}: ${fmtBytes(r.size)} in ${r.blocks} blocks (${r.holes} holes), ` +
-        `${r.newBlocks} new blocks stored as ${fmtBytes(r.storedBytes)}\nmanifest ${r.manifestId}`);
+        `${r.newBlocks} new blocks stored as ${fmtBytes(r.storedBytes)}\nmanifest ${r.manifestId}` +
+        // Without native/sparse the scan read the image's holes too: same manifest, slower on a sparse image.
+        (r.scanHoles === 'read' ? `\nnote: the image's holes were read too (${defaultHoleMode().detail}); \`npm run build:native\` builds native/sparse` : ''));
     });
 }
