@@ -171,7 +171,8 @@ export function checkinBytesTable(results: InvocationResult[]): string | undefin
     ['casync make (new chunks + index)', (w) => numAt(w, 'peers', 'casync', 'bytes')],
   ];
   const size = numAt(last.json, 'image', 'size');
-  const head = `## Check-in bytes, every peer (${last.label}${size ? `, ${(size / GiB).toFixed(2).replace(/\.00$/, '')} GiB image` : ''}; MB = 10^6 bytes; byte counts repeat exactly between runs)\n\n`;
+  const human = (b: number): string => (b % GiB === 0 ? `${b / GiB} GiB` : `${Math.round(b / 1024 ** 2)} MiB`);
+  const head = `## Check-in bytes, every peer (${last.label}${size ? `, ${human(size)} ext4 image` : ''}; MB = 10^6 bytes; byte counts repeat exactly between runs)\n\n`;
   const t = [`| approach | ${wls.map((w) => String(w.name)).join(' | ')} |`, `|---|${wls.map(() => '---:').join('|')}|`];
   for (const [name, f] of rows) t.push(`| ${name} | ${wls.map((w) => { const v = f(w); return v === undefined ? '-' : (v / MB).toFixed(2); }).join(' | ')} |`);
   return head + t.join('\n');
@@ -335,5 +336,20 @@ export const serverCpuAdapter: Adapter = {
     ], [CPU_RECEIVED, CPU_SERVED]),
 };
 
-/** In report order: issue 13's items, then the regression guard. */
-export const ADAPTERS: Adapter[] = [nbdExportAdapter, streamBootAdapter, checkinAdapter, sparseScanAdapter, serverCpuAdapter];
+// ---------------------------------------------------------------------------------------------
+// memory-bench: peak memory of the CLI and the server on the 10 GiB sparse image against the 400 MiB
+// bound ("nothing regresses"). It writes its comparisons itself; the bound stands where a peer would.
+
+const MEM_CLI = { id: 'memory-cli-peak', title: 'Peak memory of the laptop CLI, sparse image', unit: 'MiB resident', carryonLabel: 'carryon CLI', peerLabel: 'the bound: 400 MiB', target: T('<', 1) };
+const MEM_SERVER = { id: 'memory-server-peak', title: 'Peak memory of the server, sparse image', unit: 'MiB resident', carryonLabel: 'carryon-server', peerLabel: 'the bound: 400 MiB', target: T('<', 1) };
+
+export const memoryAdapter: Adapter = {
+  name: 'memory',
+  script: 'memory-bench.js',
+  title: 'peak memory on a big sparse image (memory-bench)',
+  invocations: (o) => repeatRuns(o, ['--size', o.quick ? '2G' : '10G']),
+  map: (results, o) => benchComparisons(results, 'Memory (nothing regresses)', `memory-bench.js --size ${o.quick ? '2G' : '10G'}`, () => [], [MEM_CLI, MEM_SERVER]),
+};
+
+/** In report order: issue 13's items, then the regression guards. */
+export const ADAPTERS: Adapter[] = [nbdExportAdapter, streamBootAdapter, checkinAdapter, sparseScanAdapter, serverCpuAdapter, memoryAdapter];

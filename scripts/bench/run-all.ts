@@ -6,10 +6,10 @@
 // A bench that is missing or fails is named in the report and in the exit code, never skipped quietly.
 //
 // Usage: npm run bench -- [--quick] [--only nbd,boot,checkin,sparse,server-cpu] [--repeat 5] [--out DIR]
-//        [--readme | --no-readme] [--from DIR]
+//        [--readme | --no-readme] [--from DIR] [--timeout MIN]
 
 import { spawn, spawnSync } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { readArgs } from '../lib/args.js';
@@ -27,17 +27,19 @@ const USAGE = `usage: npm run bench -- [--quick] [--only ${ADAPTERS.map((a) => a
   --out DIR    where the report goes (default docs/bench): DIR/report.md, DIR/plots/*.svg, DIR/raw/ (JSON, logs)
   --readme     regenerate README.md's performance section (the default only for a full run: not --quick, not --only)
   --no-readme  never touch README.md
-  --from DIR   run nothing: rebuild the report and plots from DIR/raw/*.json of an earlier run`;
+  --from DIR   run nothing: rebuild the report and plots from DIR/*.json of an earlier run (its raw/ folder)
+  --timeout M  minutes one bench process may take before it is interrupted (default 90; SIGINT, SIGKILL 30 s later)`;
 
 interface Options extends RunAllOptions {
   only?: string[];
   out: string;
   readme?: boolean;
   from?: string;
+  timeoutMinutes: number;
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { quick: false, repeat: 0, out: join(REPO_ROOT, 'docs', 'bench') };
+  const o: Options = { quick: false, repeat: 0, out: join(REPO_ROOT, 'docs', 'bench'), timeoutMinutes: 90 };
   for (const { flag, value } of readArgs(argv, USAGE)) {
     if (flag === '--quick') o.quick = true;
     else if (flag === '--only') {
@@ -51,6 +53,10 @@ function parseOptions(argv: string[]): Options {
     else if (flag === '--readme') o.readme = true;
     else if (flag === '--no-readme') o.readme = false;
     else if (flag === '--from') o.from = resolve(value());
+    else if (flag === '--timeout') {
+      o.timeoutMinutes = Number(value());
+      if (!(o.timeoutMinutes > 0)) throw new Error(`--timeout takes minutes\n${USAGE}`);
+    }
     else if (flag === '--help' || flag === '-h') {
       console.log(USAGE);
       process.exit(0);
@@ -63,8 +69,9 @@ function parseOptions(argv: string[]): Options {
 const log = (s: string): void => console.log(s);
 
 /** One bench process: its output to a log file, its JSON from --out. */
-function runBench(script: string, args: string[], jsonFile: string, logFile: string): Promise<{ code: number; seconds: number; json?: Json; error?: string }> {
+function runBench(script: string, args: string[], jsonFile: string, logFile: string, timeoutMs: number): Promise<{ code: number; seconds: number; json?: Json; error?: string }> {
   const started = Date.now();
+  rmSync(jsonFile, { force: true }); // an earlier run's JSON must never stand in for this one's
   return new Promise((done) => {
     const out = createWriteStream(logFile);
     const child = spawn(process.execPath, [script, ...args, '--out', jsonFile], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -76,7 +83,19 @@ function runBench(script: string, args: string[], jsonFile: string, logFile: str
     };
     child.stdout.on('data', keep);
     child.stderr.on('data', keep);
+    // A bench that hangs must not hang the report: SIGINT (the benches clean up their temp folders on
+    // it), then SIGKILL. Only this child is signalled; its own children die with it or by its exit hook.
+    let timedOut = false;
+    let killer: NodeJS.Timeout | undefined;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGINT');
+      killer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    }, timeoutMs);
     const finish = (code: number, why?: string): void => {
+      clearTimeout(timer);
+      clearTimeout(killer);
+      if (timedOut) why = `timed out after ${(timeoutMs / 60000).toFixed(0)} min (--timeout)`;
       out.end();
       const seconds = (Date.now() - started) / 1000;
       let json: Json | undefined;
@@ -146,7 +165,7 @@ async function main(): Promise<number> {
           r = existsSync(jsonFile) ? { seconds: 0, json: JSON.parse(readFileSync(jsonFile, 'utf8')) as Json } : { seconds: 0, error: `${relative(process.cwd(), jsonFile)} not found` };
         } else {
           log(`  ${inv.label}: ${command}`);
-          r = await runBench(script, inv.args, jsonFile, logFile);
+          r = await runBench(script, inv.args, jsonFile, logFile, o.timeoutMinutes * 60_000);
           log(`    ${r.error ? `FAILED (${r.error.split('\n')[0]})` : 'ok'} in ${r.seconds.toFixed(0)} s`);
         }
         results.push({ label: inv.label, json: r.json, error: r.json ? undefined : r.error });

@@ -38,6 +38,11 @@ export function wrap(s: string, width: number, lines: number): string[] {
   return [...out.slice(0, lines - 1), clip(out.slice(lines - 1).join(' '), width)];
 }
 
+/** An axis value without float noise or trailing zeros: 0.5, 1.5, 250, 1200. */
+export function tickLabel(v: number): string {
+  return String(Number(v.toPrecision(6)));
+}
+
 /** A round step giving about `count` ticks up to `max`. */
 export function niceStep(max: number, count = 5): number {
   if (!(max > 0)) return 1;
@@ -61,7 +66,7 @@ function svgOpen(width: number, height: number, title: string): string {
  * pair is the medians with the median ratio, coloured by whether the target holds on it.
  */
 export function comparisonSvg(c: Comparison): string {
-  const W = 760;
+  const W = 900;
   const H = 400;
   const m = { left: 78, right: 24, top: 68, bottom: 92 };
   const pw = W - m.left - m.right;
@@ -71,13 +76,13 @@ export function comparisonSvg(c: Comparison): string {
   const better = t ? (higherIsBetter(t) ? 'higher is better' : 'lower is better') : '';
   const verdict = s.met === undefined ? (s.runs ? 'no target' : 'no runs') : s.met ? 'MET' : 'NOT MET';
   const parts: string[] = [svgOpen(W, H, `${c.title}: carryon vs ${c.peerLabel}`)];
-  parts.push(text(m.left, 24, clip(c.title, 90), `font-size="16" font-weight="bold" fill="${COLOR.text}"`));
+  parts.push(text(m.left, 24, clip(c.title, 84), `font-size="15" font-weight="bold" fill="${COLOR.text}"`));
   const sub = `carryon vs ${c.peerLabel}` + (t ? `; target: carryon ${targetText(t)} the peer (${better})` : '');
-  parts.push(text(m.left, 44, clip(sub, 118), `font-size="12" fill="${COLOR.axis}"`));
+  parts.push(text(m.left, 44, clip(sub, 130), `font-size="12" fill="${COLOR.axis}"`));
   const verdictLine = s.runs
     ? `median of ${s.runs} run${s.runs === 1 ? '' : 's'}: ${fmtRatio(s.medianRatio)}${t ? ` → ${verdict}` : ''}${s.enoughRuns ? '' : ' (the issue asks for at least 5 runs)'}`
     : `no runs: ${c.problems[0] ?? 'nothing measured'}`;
-  parts.push(text(m.left, 60, clip(verdictLine, 118), `font-size="12" font-weight="bold" fill="${s.met === undefined ? COLOR.none : s.met ? COLOR.met : COLOR.notMet}"`));
+  parts.push(text(m.left, 60, clip(verdictLine, 130), `font-size="12" font-weight="bold" fill="${s.met === undefined ? COLOR.none : s.met ? COLOR.met : COLOR.notMet}"`));
 
   const groups = c.runs.map((r, i) => ({ label: r.label ?? `run ${i + 1}`, carryon: r.carryon, peer: r.peer, ratio: r.ratio, median: false }));
   if (c.runs.length > 1) groups.push({ label: 'median', carryon: s.medianCarryon!, peer: s.medianPeer!, ratio: s.medianRatio!, median: true });
@@ -89,7 +94,7 @@ export function comparisonSvg(c: Comparison): string {
   // grid and y axis
   for (let v = 0; v <= top + step / 2; v += step) {
     parts.push(`<line x1="${m.left}" y1="${n(y(v))}" x2="${m.left + pw}" y2="${n(y(v))}" stroke="${v === 0 ? COLOR.axis : COLOR.grid}" stroke-width="1"/>`);
-    parts.push(text(m.left - 6, y(v) + 4, fmtValue(v), `text-anchor="end" fill="${COLOR.axis}"`));
+    parts.push(text(m.left - 6, y(v) + 4, tickLabel(v), `text-anchor="end" fill="${COLOR.axis}"`));
   }
   parts.push(`<line x1="${m.left}" y1="${m.top}" x2="${m.left}" y2="${m.top + ph}" stroke="${COLOR.axis}"/>`);
   parts.push(text(18, m.top + ph / 2, c.unit, `transform="rotate(-90 18 ${n(m.top + ph / 2)})" text-anchor="middle" fill="${COLOR.axis}" font-size="13"`));
@@ -177,6 +182,8 @@ export function overviewSvg(comparisons: readonly Comparison[], title = 'carryon
     parts.push(`<line x1="${n(x(s.minRatio!))}" y1="${n(cy)}" x2="${n(x(s.maxRatio!))}" y2="${n(cy)}" stroke="${COLOR.text}" stroke-width="1"/>`);
     for (const v of [s.minRatio!, s.maxRatio!]) parts.push(`<line x1="${n(x(v))}" y1="${n(cy - 4)}" x2="${n(x(v))}" y2="${n(cy + 4)}" stroke="${COLOR.text}"/>`);
     if (c.target) parts.push(`<rect x="${n(x(c.target.ratio) - 2)}" y="${n(cy - 12)}" width="4" height="24" fill="${COLOR.text}"><title>${escapeXml(`target: ${targetText(c.target)}`)}</title></rect>`);
+    // the median as a dot over the bar and the target mark, so a ratio near 1x or the target still shows
+    parts.push(`<circle cx="${n(x(s.medianRatio))}" cy="${n(cy)}" r="5" fill="${color}" stroke="#ffffff" stroke-width="1.5"/>`);
     const verdict = s.met === undefined ? '' : s.met ? ' met' : ' not met';
     parts.push(text(W - m.right + 8, cy + 4, `${fmtRatio(s.medianRatio)}${verdict}`, `fill="${color}" font-weight="bold"`));
   });

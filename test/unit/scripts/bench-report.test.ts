@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ROOT } from '../../e2e/harness.js';
 import { median, pair, summarize, type Comparison } from '../../../scripts/lib/comparison.js';
-import { comparisonSvg, escapeXml, niceStep, overviewSvg } from '../../../scripts/lib/svg-plot.js';
+import { comparisonSvg, escapeXml, niceStep, overviewSvg, tickLabel } from '../../../scripts/lib/svg-plot.js';
 import { README_END, README_START, readmeSection, reportMarkdown, spliceReadme, type ReportInput } from '../../../scripts/lib/bench-report.js';
 import { benchComparisons, checkinAdapter, nbdExportAdapter, sparseScanAdapter } from '../../../scripts/bench/run-all-adapters.js';
 
@@ -149,6 +149,8 @@ describe('svg plots', () => {
     expect(xmlProblem(`<svg><text>${escapeXml('a & <b>')}</text></svg>`)).toBeUndefined();
     expect(niceStep(0.93)).toBe(0.2);
     expect(niceStep(1234)).toBe(250);
+    expect(tickLabel(0.1 + 0.2)).toBe('0.3');
+    expect(tickLabel(0.5)).toBe('0.5');
   });
 });
 
@@ -278,7 +280,7 @@ describe('run-all as a process (--from: rebuild the report from JSON, run no ben
     expect(r.status).toBe(1); // sparse-1.json is not there
     const md = readFileSync(path.join(out, 'report.md'), 'utf8');
     expect(md).toContain('sparse-1.json not found');
-    expect(md).toContain('## Check-in bytes, every peer (run 1, 0.25 GiB image');
+    expect(md).toContain('## Check-in bytes, every peer (run 1, 256 MiB ext4 image');
     expect(md).toContain('| **carryon checkin** | 5.00 | 5.00 | 5.00 |');
     const plots = readdirSync(path.join(out, 'plots')).sort();
     expect(plots).toEqual(['checkin-bytes-fs.svg', 'checkin-bytes-large.svg', 'checkin-bytes-small.svg', 'cold-checkout-vs-casync.svg', 'cold-checkout-vs-zstd.svg', 'overview.svg', 'sparse-full-scan.svg']);
