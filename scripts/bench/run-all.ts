@@ -148,7 +148,7 @@ async function main(): Promise<number> {
     const outcome: BenchOutcome = { name: a.name, title: a.title, invocations: [] };
     benches.push(outcome);
     const results: InvocationResult[] = [];
-    const invocations = a.invocations(o);
+    const invocations = a.invocations(o, existsSync(script) ? readFileSync(script, 'utf8') : '');
     if (!o.from && !existsSync(script)) {
       outcome.missing = `${relative(REPO_ROOT, script)} not found (not built with \`npx tsc -b\`, or the bench is not merged yet)`;
       log(`\n== ${a.name}: MISSING: ${outcome.missing}`);

@@ -93,7 +93,7 @@ export function reportMarkdown(r: ReportInput): string {
       out.push(`![${esc(c.title)}](${r.plotDir}/${c.id}.svg)`, '');
       if (c.runs.length) out.push(runsTable(c), '');
       const t = c.target ? `target: carryon ${targetText(c.target)} the peer on the median; median ${fmtRatio(s.medianRatio)} over ${s.runs} runs: ${verdict(c)}` : `no target; median ${fmtRatio(s.medianRatio)}`;
-      out.push(t + (s.runs > 0 && !s.enoughRuns ? ` (the issue asks for the median of at least ${MIN_RUNS} runs)` : '') + '.', '');
+      out.push(t + (s.runs > 0 && !s.enoughRuns ? ` (the issue asks for the median of at least ${MIN_RUNS} runs)` : '') + (c.exact ? ` (${c.exact})` : '') + '.', '');
       for (const p of c.problems) out.push(`- ${p}`);
       if (c.problems.length) out.push('');
     }

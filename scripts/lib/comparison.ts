@@ -38,6 +38,8 @@ export interface Comparison {
   source: string;
   /** Why there are fewer runs than asked (a bench missing, failing, or a run without the value). */
   problems: string[];
+  /** Set when the values repeat exactly between runs (byte counts): one run is enough, and this says why. */
+  exact?: string;
 }
 
 export interface ComparisonSummary {
@@ -96,7 +98,7 @@ export function summarize(c: Comparison): ComparisonSummary {
     medianCarryon: median(c.runs.map((r) => r.carryon)),
     medianPeer: median(c.runs.map((r) => r.peer)),
     met: medianRatio === undefined || !c.target ? undefined : meets(medianRatio, c.target),
-    enoughRuns: c.runs.length >= MIN_RUNS,
+    enoughRuns: c.runs.length >= MIN_RUNS || (c.exact !== undefined && c.runs.length >= 1),
   };
 }
 

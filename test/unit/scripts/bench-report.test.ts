@@ -11,7 +11,7 @@ import { ROOT } from '../../e2e/harness.js';
 import { median, pair, summarize, type Comparison } from '../../../scripts/lib/comparison.js';
 import { comparisonSvg, escapeXml, niceStep, overviewSvg, tickLabel } from '../../../scripts/lib/svg-plot.js';
 import { README_END, README_START, readmeSection, reportMarkdown, spliceReadme, type ReportInput } from '../../../scripts/lib/bench-report.js';
-import { benchComparisons, checkinAdapter, nbdExportAdapter, sparseScanAdapter } from '../../../scripts/bench/run-all-adapters.js';
+import { benchComparisons, checkinAdapter, nbdExportAdapter, serverCpuAdapter, sparseScanAdapter, streamBootAdapter } from '../../../scripts/bench/run-all-adapters.js';
 
 /** Well-formed XML, or the first reason it is not: one root, tags nested and closed, attributes quoted once, text escaped. */
 function xmlProblem(xml: string): string | undefined {
@@ -250,6 +250,56 @@ describe('adapters', () => {
     expect(c!.runs).toHaveLength(1);
     expect(c!.runs[0]!.ratio).toBe(3);
     expect(summarize(c!).met).toBe(false);
+  });
+
+  it('checkin with --checkouts: one process, every cold run paired within itself, the bytes exact after one run', () => {
+    expect(checkinAdapter.invocations(o, 'old script')).toHaveLength(2);
+    const inv = checkinAdapter.invocations(o, "else if (a === '--checkouts')");
+    expect(inv).toEqual([{ label: 'run 1', args: ['--size', '256M', '--checkouts', '2'] }]);
+    const cold = (run: number, c: number, k: number, z: number) => ({ run, order: ['carryon', 'casyncExtract', 'zstdFloor'], carryon: { bytes: 9e7, seconds: c }, casyncExtract: { seconds: k }, zstdFloor: { seconds: z } });
+    const json = { ...checkinJson(5e6, 99, 1), coldCheckouts: { runs: [cold(1, 2, 2.5, 1.2), cold(2, 2.2, 2, 1), cold(3, 1.8, 2, 1)] } };
+    const cs = checkinAdapter.map([{ label: 'run 1', json }], o);
+    const casync = cs.find((c) => c.id === 'cold-checkout-vs-casync')!;
+    expect(casync.runs.map((r) => r.ratio)).toEqual([0.8, 1.1, 0.9]); // not the 99 s of the workloads' check-outs
+    expect(summarize(casync).medianRatio).toBe(0.9);
+    expect(summarize(casync).met).toBe(true);
+    expect(summarize(cs.find((c) => c.id === 'cold-checkout-vs-zstd')!).medianRatio).toBeCloseTo(1.8, 10);
+    const bytes = summarize(cs.find((c) => c.id === 'checkin-bytes-fs')!);
+    expect(bytes.runs).toBe(1);
+    expect(bytes.enoughRuns).toBe(true);
+  });
+
+  it('sparse with checkinScaling: one process repeating itself, each run big against small', () => {
+    expect(sparseScanAdapter.invocations(o, 'old')).toHaveLength(2);
+    expect(sparseScanAdapter.invocations(o, 'checkinScaling: scaling')).toEqual([{ label: 'run 1', args: ['--parts', 'checkin', '--size', '256M', '--checkin-sizes', '256M,2G', '--repeat', '2'] }]);
+    const json = { checkin: [], checkinScaling: { runs: [{ run: 1, smallSeconds: 0.5, bigSeconds: 0.8, bigScanSeconds: 0.3, smallScanSeconds: 0.2, bigScanBytesRead: 6e8, bigScanHoles: 'seek' }, { run: 2, smallSeconds: 0.5, bigSeconds: 1.5 }] } };
+    const [c] = sparseScanAdapter.map([{ label: 'run 1', json }], o);
+    expect(c!.runs.map((r) => r.ratio)).toEqual([1.6, 3]);
+    expect(c!.runs[0]!.note).toContain('holes seek');
+    expect(summarize(c!).medianRatio).toBeCloseTo(2.3, 10);
+    expect(summarize(c!).met).toBe(false);
+  });
+
+  it('boot: the candidate policy fetched vs touched, and its boot time vs the old policy in the same run', () => {
+    const r = (policy: string, run: number, fetched: number, touched: number, qemu: number) => ({ policy, run, fetchedBytes: fetched, readBlockBytes: touched, nbdReadBytes: 2e7, guestReadSeconds: 1, qemuSeconds: qemu });
+    const json = { options: { policies: ['fixed:15', 'sequential'] }, results: [r('fixed:15', 1, 290e6, 20e6, 30), r('sequential', 1, 30e6, 20e6, 27), r('sequential', 2, 36e6, 20e6, 33), r('fixed:15', 2, 290e6, 20e6, 30)] };
+    const cs = streamBootAdapter.map([{ label: 'run 1', json }], o);
+    const fetched = cs.find((c) => c.id === 'stream-boot-fetched')!;
+    expect(fetched.runs.map((x) => x.ratio)).toEqual([1.5, 1.8]);
+    expect(summarize(fetched).met).toBe(true);
+    const time = cs.find((c) => c.id === 'stream-boot-time')!;
+    expect(time.runs.map((x) => x.ratio)).toEqual([0.9, 1.1]);
+    expect(summarize(time).medianRatio).toBeCloseTo(1, 10);
+  });
+
+  it('server-cpu: each round against the floor measured in that round', () => {
+    const round = (n: number, recv: number, served: number) => ({ round: n, received: { cpuPerGiB: recv }, served: { cpuPerGiB: served }, floor: { receivedPerGiB: 4, servedPerGiB: 0.5 } });
+    const cs = serverCpuAdapter.map([{ label: 'run 1', json: { laptops: 8, rounds: [round(1, 12, 1.5), round(2, 6, 0.75)] } }], o);
+    expect(cs.find((c) => c.id === 'server-cpu-received')!.runs.map((x) => x.ratio)).toEqual([3, 1.5]);
+    expect(cs.find((c) => c.id === 'server-cpu-served')!.runs.map((x) => x.ratio)).toEqual([3, 1.5]);
+    expect(summarize(cs.find((c) => c.id === 'server-cpu-served')!).met).toBe(false); // median 2.25 > 2
+    const none = serverCpuAdapter.map([{ label: 'run 1', error: 'bench missing: dist/scripts/bench/server-cpu-bench.js not found' }], o);
+    expect(none.every((c) => c.runs.length === 0 && c.problems[0]!.includes('bench missing'))).toBe(true);
   });
 
   it('a bench that writes its own comparisons needs no mapping; an expected one it lacks is reported', () => {
