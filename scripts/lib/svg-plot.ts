@@ -163,7 +163,7 @@ export function overviewSvg(comparisons: readonly Comparison[], title = 'carryon
   for (let e = lo; e <= hi; e++) {
     const xv = x(2 ** e);
     parts.push(`<line x1="${n(xv)}" y1="${m.top - 4}" x2="${n(xv)}" y2="${plotBottom}" stroke="${e === 0 ? COLOR.axis : COLOR.grid}" stroke-width="${e === 0 ? 1.5 : 1}"/>`);
-    parts.push(text(xv, plotBottom + 16, fmtRatio(2 ** e).replace(/\.00x$/, 'x'), `text-anchor="middle" fill="${COLOR.axis}"`));
+    parts.push(text(xv, plotBottom + 16, `${tickLabel(2 ** e)}x`, `text-anchor="middle" fill="${COLOR.axis}"`));
   }
   parts.push(text(m.left + pw / 2, plotBottom + 36, 'carryon / peer, measured in the same run (1x = parity)', `text-anchor="middle" fill="${COLOR.axis}" font-size="13"`));
   comparisons.forEach((c, i) => {
@@ -174,7 +174,7 @@ export function overviewSvg(comparisons: readonly Comparison[], title = 'carryon
     lines.forEach((l, k) => parts.push(text(m.left - 10, cy + 4 + (k - (lines.length - 1) / 2) * 14, l, `text-anchor="end" fill="${COLOR.text}"`)));
     const color = s.met === undefined ? COLOR.none : s.met ? COLOR.met : COLOR.notMet;
     if (s.medianRatio === undefined) {
-      parts.push(text(x(1) + 6, cy + 4, `no runs: ${clip(c.problems[0] ?? 'nothing measured', 70)}`, `fill="${COLOR.none}" font-style="italic"`));
+      parts.push(text(x(1) + 6, cy + 4, clip(`no runs: ${c.problems[0] ?? 'nothing measured'}`, Math.floor((W - 16 - x(1)) / 6.4)), `fill="${COLOR.none}" font-style="italic"`));
       return;
     }
     const x0 = Math.min(x(1), x(s.medianRatio));
