@@ -9,7 +9,7 @@
 //        [--readme | --no-readme] [--from DIR] [--timeout MIN]
 
 import { spawn, spawnSync } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { readArgs } from '../lib/args.js';
@@ -27,7 +27,8 @@ const USAGE = `usage: npm run bench -- [--quick] [--only ${ADAPTERS.map((a) => a
   --out DIR    where the report goes (default docs/bench): DIR/report.md, DIR/plots/*.svg, DIR/raw/ (JSON, logs)
   --readme     regenerate README.md's performance section (the default only for a full run: not --quick, not --only)
   --no-readme  never touch README.md
-  --from DIR   run nothing: rebuild the report and plots from DIR/*.json of an earlier run (its raw/ folder)
+  --from DIR   run nothing: rebuild the report and plots from the JSON files of an earlier run (its raw/
+               folder; every <bench>-<n>.json there; give the same --quick as that run)
   --timeout M  minutes one bench process may take before it is interrupted (default 90; SIGINT, SIGKILL 30 s later)`;
 
 interface Options extends RunAllOptions {
@@ -92,7 +93,10 @@ function runBench(script: string, args: string[], jsonFile: string, logFile: str
       child.kill('SIGINT');
       killer = setTimeout(() => child.kill('SIGKILL'), 30_000);
     }, timeoutMs);
+    let finished = false;
     const finish = (code: number, why?: string): void => {
+      if (finished) return; // 'error' and 'close' can both come
+      finished = true;
       clearTimeout(timer);
       clearTimeout(killer);
       if (timedOut) why = `timed out after ${(timeoutMs / 60000).toFixed(0)} min (--timeout)`;
@@ -148,7 +152,16 @@ async function main(): Promise<number> {
     const outcome: BenchOutcome = { name: a.name, title: a.title, invocations: [] };
     benches.push(outcome);
     const results: InvocationResult[] = [];
-    const invocations = a.invocations(o, existsSync(script) ? readFileSync(script, 'utf8') : '');
+    let invocations = a.invocations(o, existsSync(script) ? readFileSync(script, 'utf8') : '');
+    let fileNos = invocations.map((_, i) => i + 1);
+    if (o.from) {
+      // Rebuilding: the processes that earlier run started, whatever this tree's benches would start now.
+      const found = readdirSync(raw).map((f) => new RegExp(`^${a.name}-(\\d+)\\.json$`).exec(f)).filter((m) => m !== null).map((m) => Number(m[1])).sort((x, y) => x - y);
+      if (found.length) {
+        invocations = found.map((k) => invocations[k - 1] ?? { label: `run ${k}`, args: [] });
+        fileNos = found;
+      }
+    }
     if (!o.from && !existsSync(script)) {
       outcome.missing = `${relative(REPO_ROOT, script)} not found (not built with \`npx tsc -b\`, or the bench is not merged yet)`;
       log(`\n== ${a.name}: MISSING: ${outcome.missing}`);
@@ -156,7 +169,7 @@ async function main(): Promise<number> {
     } else {
       log(`\n== ${a.name}: ${a.title}, ${invocations.length} process${invocations.length === 1 ? '' : 'es'}`);
       for (const [i, inv] of invocations.entries()) {
-        const stem = `${a.name}-${i + 1}`;
+        const stem = `${a.name}-${fileNos[i]!}`;
         const jsonFile = join(raw, `${stem}.json`);
         const logFile = join(raw, `${stem}.log`);
         const command = showCommand('node', [`dist/scripts/bench/${a.script}`, ...inv.args]);
