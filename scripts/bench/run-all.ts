@@ -142,7 +142,7 @@ async function main(): Promise<number> {
   const started = Date.now();
   const built = carryonMissing();
   if (built) log(`warning: ${built} (the benches will say which rows they skip)`);
-  log(`npm run bench: ${adapters.map((a) => a.name).join(', ')}; ${o.repeat} runs each${o.quick ? ', quick sizes' : ''}; report in ${relative(process.cwd(), o.out) || '.'}`);
+  log(`npm run bench: ${adapters.map((a) => a.name).join(', ')}; ${o.repeat} run${o.repeat === 1 ? '' : 's'} each${o.quick ? ', quick sizes' : ''}; report in ${relative(process.cwd(), o.out) || '.'}`);
 
   const benches: BenchOutcome[] = [];
   const comparisons: Comparison[] = [];
@@ -218,7 +218,9 @@ async function main(): Promise<number> {
   log(`\nreport: ${relative(process.cwd(), reportFile)}; plots: ${relative(process.cwd(), plots)}/ (${comparisons.length} + overview)`);
 
   const readme = o.readme ?? (!o.quick && !o.only);
-  if (readme) {
+  if (readme && relative(REPO_ROOT, o.out).startsWith('..')) {
+    log(`README.md left alone: the report is outside the repository (${o.out}), its links would break there`);
+  } else if (readme) {
     const readmeFile = join(REPO_ROOT, 'README.md');
     const rel = (p: string): string => relative(REPO_ROOT, p).split('\\').join('/');
     const text = spliceReadme(readFileSync(readmeFile, 'utf8'), readmeSection(input, { report: rel(reportFile), plotDir: rel(plots) }));
