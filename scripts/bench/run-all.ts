@@ -193,7 +193,7 @@ async function main(): Promise<number> {
     }
     for (const c of mapped) {
       const s = summarize(c);
-      log(`  ${c.title}: ${s.runs} runs, median ${s.medianRatio?.toFixed(2) ?? '-'}x${s.met === undefined ? '' : s.met ? ' MET' : ' NOT MET'}`);
+      log(`  ${c.title}: ${s.runs} run${s.runs === 1 ? '' : 's'}, median ${s.medianRatio?.toFixed(2) ?? '-'}x${s.met === undefined ? '' : s.met ? ' MET' : ' NOT MET'}`);
     }
   }
   // Report order: issue items 1-5, then the regression guards (group names start with the item number).
