@@ -244,6 +244,24 @@ describe('adapters', () => {
     expect(cs.find((c) => c.id === 'nbd-write-4conn-nbdkit')!.problems).toEqual(['4 connections: killed by SIGKILL']);
   });
 
+  it('nbd with exportRuns: one process for 1 and 4 connections, each round a run with its peers beside it', () => {
+    expect(nbdExportAdapter.invocations(o, 'old')).toHaveLength(2);
+    expect(nbdExportAdapter.invocations(o, 'exportRuns,')).toEqual([{ label: 'run 1', args: ['--parts', 'export', '--size', '256M', '--repeat', '2', '--connections', '1,4'] }]);
+    const side = (c: number, k: number, q: number) => ({ carryon: { mbPerSec: c }, nbdkit: { mbPerSec: k }, 'qemu-nbd': { mbPerSec: q } });
+    const round = (n: number, c: number) => ({ round: n, order: ['nbdkit', 'carryon', 'qemu-nbd'], read: side(c, 1000, 500), write: side(c / 2, 1000, 500) });
+    const json = { export: [], exportRuns: [{ connections: 1, rounds: [round(1, 900), round(2, 700)] }, { connections: 4, rounds: [round(1, 1200)] }] };
+    const cs = nbdExportAdapter.map([{ label: 'run 1', json }], o);
+    expect(cs).toHaveLength(8);
+    const byId = new Map(cs.map((c) => [c.id, c]));
+    expect(byId.get('nbd-read-1conn-nbdkit')!.runs.map((r) => r.ratio)).toEqual([0.9, 0.7]);
+    expect(summarize(byId.get('nbd-read-1conn-nbdkit')!).met).toBe(true); // median 0.8, at least 0.8
+    expect(byId.get('nbd-write-1conn-qemu-nbd')!.runs.map((r) => r.ratio)).toEqual([0.9, 0.7]);
+    expect(byId.get('nbd-read-4conn-qemu-nbd')!.runs.map((r) => r.ratio)).toEqual([2.4]);
+    expect(byId.get('nbd-read-4conn-qemu-nbd')!.runs[0]!.note).toBe('order nbdkit, carryon, qemu-nbd');
+    const failed = nbdExportAdapter.map([{ label: 'run 1', error: 'exit code 1, no JSON written' }], o);
+    expect(failed.every((c) => c.runs.length === 0 && c.problems.length === 1)).toBe(true);
+  });
+
   it('sparse: the big disk full scan against the small one', () => {
     const json = { checkin: [{ size: 2 * 1024 ** 3, dataBytes: 6e8, full: { seconds: 3, scanSeconds: 2.5, scanBytesRead: 2.1e9 } }, { size: 256 * 1024 ** 2, dataBytes: 2.7e8, full: { seconds: 1, scanSeconds: 0.5 } }] };
     const [c] = sparseScanAdapter.map([{ label: 'run 1', json }], o);
@@ -292,12 +310,19 @@ describe('adapters', () => {
     expect(summarize(time).medianRatio).toBeCloseTo(1, 10);
   });
 
-  it('server-cpu: each round against the floor measured in that round', () => {
-    const round = (n: number, recv: number, served: number) => ({ round: n, received: { cpuPerGiB: recv }, served: { cpuPerGiB: served }, floor: { receivedPerGiB: 4, servedPerGiB: 0.5 } });
-    const cs = serverCpuAdapter.map([{ label: 'run 1', json: { laptops: 8, rounds: [round(1, 12, 1.5), round(2, 6, 0.75)] } }], o);
-    expect(cs.find((c) => c.id === 'server-cpu-received')!.runs.map((x) => x.ratio)).toEqual([3, 1.5]);
-    expect(cs.find((c) => c.id === 'server-cpu-served')!.runs.map((x) => x.ratio)).toEqual([3, 1.5]);
-    expect(summarize(cs.find((c) => c.id === 'server-cpu-served')!).met).toBe(false); // median 2.25 > 2
+  it('server-cpu: each round and store against the floor measured in that round', () => {
+    const floor = { receivedPerGiB: 4, servedPerGiB: 0.5 };
+    const store = (name: string, recv: number, served: number) => ({ store: name, received: { cpuPerGiB: recv }, served: { cpuPerGiB: served } });
+    const json = { laptops: 8, rounds: [{ round: 1, floor, stores: [store('fs', 12, 1.5), store('pack', 6, 0.5)] }, { round: 2, floor, stores: [store('fs', 6, 0.75), store('pack', 4, 0.5)] }] };
+    const cs = serverCpuAdapter.map([{ label: 'run 1', json }], o);
+    const byId = new Map(cs.map((c) => [c.id, c]));
+    expect([...byId.keys()].sort()).toEqual(['server-cpu-received-fs', 'server-cpu-received-pack', 'server-cpu-served-fs', 'server-cpu-served-pack']);
+    expect(byId.get('server-cpu-received-fs')!.runs.map((x) => x.ratio)).toEqual([3, 1.5]);
+    expect(summarize(byId.get('server-cpu-served-fs')!).met).toBe(false); // median of 3x and 1.5x: 2.25 > 2
+    expect(summarize(byId.get('server-cpu-served-pack')!).medianRatio).toBe(1);
+    // the first version of the bench: served and received on the round, read as the fs store
+    const old = serverCpuAdapter.map([{ label: 'run 1', json: { rounds: [{ round: 1, floor, received: { cpuPerGiB: 8 }, served: { cpuPerGiB: 1 } }] } }], o);
+    expect(old.map((c) => [c.id, c.runs[0]?.ratio])).toEqual([['server-cpu-received-fs', 2], ['server-cpu-served-fs', 2]]);
     const none = serverCpuAdapter.map([{ label: 'run 1', error: 'bench missing: dist/scripts/bench/server-cpu-bench.js not found' }], o);
     expect(none.every((c) => c.runs.length === 0 && c.problems[0]!.includes('bench missing'))).toBe(true);
   });
