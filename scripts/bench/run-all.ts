@@ -20,7 +20,7 @@ import { showCommand } from '../lib/proc.js';
 import { comparisonSvg, overviewSvg } from '../lib/svg-plot.js';
 import { ADAPTERS, checkinBytesTable, type InvocationResult, type RunAllOptions } from './run-all-adapters.js';
 
-const USAGE = `usage: npm run bench -- [--quick] [--only ${ADAPTERS.map((a) => a.name).join(',')}] [--repeat N] [--out DIR] [--readme|--no-readme] [--from DIR]
+const USAGE = `usage: npm run bench -- [--quick] [--only ${ADAPTERS.map((a) => a.name).join(',')}] [--repeat N] [--out DIR] [--readme|--no-readme] [--from DIR] [--timeout MIN]
   --quick      small sizes (256 MiB images, a 2 GiB sparse disk) and 2 runs unless --repeat: a smoke run
   --only       these benches only (comma-separated)
   --repeat N   runs per comparison (default 5: the issue wants medians of at least 5 runs)
