@@ -68,6 +68,12 @@ export const ERROR_CODES = {
   FUSE_UNAVAILABLE: { http: 500, exit: 9, what: 'serve --file needs nbdfuse (libnbd-bin), and a streamed persona the carryon-persona-fuse helper (built from libfuse3-dev), both with fusermount3 (fuse3) and a usable /dev/fuse; one is missing or refused the mount' },
   HIVEX_UNAVAILABLE: { http: 500, exit: 9, what: "registry hives (NTUSER.DAT) are read and written with Debian's hivex: hivexregedit (package libwin-hivex-perl) is missing or failed" },
   PERSONA_VAULT_UNAVAILABLE: { http: 500, exit: 9, what: "an encrypted copy's persona lives in a gocryptfs vault: gocryptfs, fusermount3 (fuse3) or /dev/fuse is missing, or the mount was refused" },
+  // client updates (issue 14)
+  RELEASE_INVALID: { http: 400, exit: 15, what: 'a client release or the update feed is malformed: not an npm pack tarball of carryon, a version that is not MAJOR.MINOR.PATCH, or a latest.yml carryon did not write' },
+  RELEASE_NOT_FOUND: { http: 404, exit: 4, what: 'no client release of that version (or none published yet)' },
+  RELEASE_KEY_INVALID: { http: 500, exit: 15, what: "the release signing key (the server's DATA/release/) or the public key a laptop keeps is not an Ed25519 key" },
+  UPDATE_REFUSED: { http: 409, exit: 15, what: 'an update was refused and nothing was changed: a bad signature, a SHA-512 or size that differs from the signed feed, an older version without an admin\'s pin, or a feed older than one already seen; the message says which' },
+  UPDATE_FAILED: { http: 500, exit: 15, what: 'a verified release could not be installed or did not start; the laptop stays on the version it ran' },
   ABORTED: { http: 499, exit: 10, what: 'the user declined or interrupted the operation' },
   INTERNAL: { http: 500, exit: 1, what: 'an unexpected error (a bug); see the server log' },
 } as const;
