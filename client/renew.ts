@@ -1,10 +1,10 @@
 // Renewing a checkout's offline lease, for `carryon renew` and the traveller's app: online (a heartbeat,
 // which also tells the server what the laptop has not sent yet), or offline with a code an admin read
 // out (src/lease): checked against the checkout's secret, each code used once.
-import { CarryonError, decodeLeaseCode } from '../src/index.js';
+import { CarryonError, decodeLeaseCode, type DeviceRequest } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { pendingChanges, requireCheckedOut } from './disk-session.js';
-import { renewLease } from './lease.js';
+import { heartbeatLease } from './lease.js';
 import type { LocalState } from './state.js';
 
 export interface RenewResult {
@@ -13,6 +13,8 @@ export interface RenewResult {
   pendingBytes: number | null;
   pendingBlocks: number | null;
   code: { seq: number; grantsUntil: string } | null;
+  /** What an admin asked of this checkout and is not done yet (online only: a code brings no news). */
+  adminRequests: DeviceRequest[];
 }
 
 /** `code`: a lease code from an admin (works offline); without it the server is asked. */
@@ -27,9 +29,9 @@ export async function renewCheckout(state: LocalState, api: () => ApiClient, nam
     // The code carries the lease's end, as the server computed it: both sides agree, whatever the clocks say.
     const leaseExpiresAt = new Date(Math.max(untilMs, local.leaseExpiresAt ? Date.parse(local.leaseExpiresAt) : 0)).toISOString();
     if (!state.useLeaseCode(name, seq, leaseExpiresAt)) throw new CarryonError('LEASE_CODE_INVALID', 'that lease code was used already on this laptop: ask your admin for a new one', { desktop: name, seq });
-    return { desktop: name, leaseExpiresAt, pendingBytes: null, pendingBlocks: null, code: { seq, grantsUntil: new Date(untilMs).toISOString() } };
+    return { desktop: name, leaseExpiresAt, pendingBytes: null, pendingBlocks: null, code: { seq, grantsUntil: new Date(untilMs).toISOString() }, adminRequests: [] };
   }
   const { pendingBytes, pendingBlocks } = pendingChanges(state, local);
-  const leaseExpiresAt = await renewLease(state, api(), local, { pendingBytes, pendingBlocks });
-  return { desktop: name, leaseExpiresAt, pendingBytes, pendingBlocks, code: null };
+  const { leaseExpiresAt, requests } = await heartbeatLease(state, api(), local, { pendingBytes, pendingBlocks });
+  return { desktop: name, leaseExpiresAt, pendingBytes, pendingBlocks, code: null, adminRequests: requests };
 }

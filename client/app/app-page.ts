@@ -38,6 +38,7 @@ export const APP_HTML = `<!doctype html>
   pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f5f5f5; padding: .5rem; border-radius: .3rem; font-size: .9rem; }
   .conflicts li { margin-bottom: .5rem; } code { overflow-wrap: anywhere; }
   .muted { color: #555; }
+  .job { margin-top: .75rem; } .conflicts ul { margin: .25rem 0; padding-left: 1.25rem; }
 </style>
 </head>
 <body>
@@ -137,6 +138,11 @@ export const APP_HTML = `<!doctype html>
     sec.appendChild(dl);
     if (local && local.state === 'rolled-back') sec.appendChild(el('p', { class: 'warning', role: 'status' }, 'An admin rolled this desktop back: ' + local.message));
     if (local && local.lease && local.lease.warning) sec.appendChild(el('p', { class: 'warning' }, local.lease.warning));
+    (d.adminRequests || []).forEach(function (q) {
+      sec.appendChild(el('p', { class: 'warning admin-request', role: 'status' }, q.kind === 'checkin'
+        ? 'Your admin asked for a check-in of ' + n + ' (request #' + q.id + ', ' + q.state + '). Check it in when you can; the carryon agent does it at its next contact if it runs.'
+        : 'Your admin asked for a ' + q.kind + ' of ' + n + ' (request #' + q.id + ', ' + q.state + ').'));
+    });
 
     var acts = el('div', { class: 'actions' });
     if (!held && s && (!s.heldBy || s.heldHere)) acts.appendChild(btn('checkout-' + n, 'Check out', 'Check out ' + n, true, function () { start('checkout', n); }));
@@ -207,9 +213,11 @@ export const APP_HTML = `<!doctype html>
         var ul = el('ul', { class: 'conflicts', 'aria-labelledby': 'merge-' + n });
         r.conflicts.forEach(function (c) {
           var li = el('li', { 'data-path': c.path });
-          li.appendChild(el('strong', null, c.path)); li.appendChild(document.createTextNode(': ' + c.resolution + '. '));
-          li.appendChild(document.createTextNode('Here: ')); li.appendChild(el('code', { class: 'at' }, c.at));
-          if (c.keptCopy) { li.appendChild(document.createTextNode('; the other copy: ')); li.appendChild(el('code', { class: 'kept' }, c.keptCopy)); }
+          li.appendChild(el('strong', null, c.path)); li.appendChild(document.createTextNode(': ' + c.resolution + '.'));
+          var both = el('ul');
+          var one = el('li', null, 'At its place: '); one.appendChild(el('code', { class: 'at' }, c.at)); both.appendChild(one);
+          if (c.keptCopy) { var two = el('li', null, 'The other version, kept beside it: '); two.appendChild(el('code', { class: 'kept' }, c.keptCopy)); both.appendChild(two); }
+          li.appendChild(both);
           ul.appendChild(li);
         });
         res.appendChild(ul);
@@ -229,6 +237,13 @@ export const APP_HTML = `<!doctype html>
       return refresh().then(function () { var t = $('result-' + n); if (t) { t.textContent = ''; t.appendChild(el('p', { class: 'notice', role: 'status' }, 'The offline lease of ' + n + ' now runs until ' + r.leaseExpiresAt + (r.code ? ' (code #' + r.code.seq + '; the server learns of it at the next contact).' : '.'))); } });
     }, showError);
   }
+  function checkUpdate() {
+    call('GET', '/api/update').then(function (u) {
+      $('update').textContent = u.status === 'up-to-date' ? 'carryon ' + u.running + ' is the version your company offers: up to date.'
+        : u.status === 'available' ? 'carryon ' + u.offered + ' is offered (this laptop runs ' + u.running + '): run carryon update, or let the agent install it.'
+        : u.status === 'skipped-failed' ? 'carryon ' + u.offered + ' is offered but did not start here before: ask your admin.' : '';
+    }, function (e) { $('update').textContent = 'Client updates: ' + errorText(e); });
+  }
   function refresh() {
     return call('GET', '/api/overview').then(function (o) { data = o; render(); }, showError);
   }
@@ -240,7 +255,7 @@ export const APP_HTML = `<!doctype html>
     });
   }
   window.addEventListener('offline', function () { Object.keys(jobs).forEach(function (n) { if (jobs[n].state === 'running') showJob(jobs[n]); }); });
-  refresh().then(listen);
+  refresh().then(listen).then(checkUpdate);
   setInterval(tick, 1000);
 })();
 </script>

@@ -51,6 +51,8 @@ export interface DesktopRow {
   /** Bytes a check-out would still download, at most; null when unknown. */
   toFetch: number | null;
   toFetchNote: string;
+  /** What an admin asked of this checkout and is not done, as the server said at this app's last contact for it (Renew). */
+  adminRequests: Array<{ id: number; kind: string; state: string }>;
   /** How to start the VM on this copy (after `carryon serve NAME`). */
   vm: { serve: string; qemuLine: string; libvirtXml: string } | null;
 }
@@ -73,6 +75,8 @@ export class AppService {
   private readonly jobs = new Map<number, Job>();
   private nextId = 1;
   private readonly listeners = new Set<(j: Job) => void>();
+  /** Admin requests per desktop, from the heartbeat of the app's last renewal. */
+  private readonly asked = new Map<string, RenewResult['adminRequests']>();
 
   constructor(private readonly opts: CommonOpts) {}
 
@@ -106,7 +110,7 @@ export class AppService {
       for (const name of [...names].sort()) {
         const info = server?.find((d) => d.name === name) ?? null;
         const local = status.desktops.find((d) => d.desktop === name) ?? null;
-        desktops.push(row(s, name, info, local, device));
+        desktops.push({ ...row(s, name, info, local, device), adminRequests: local && (local.state === 'active' || local.state === 'streaming') ? (this.asked.get(name) ?? []).map((q) => ({ id: q.id, kind: q.kind, state: q.state })) : [] });
       }
       return { version: CARRYON_VERSION, home: s.state.home, login, offline, desktops, jobs: this.listJobs() };
     });
@@ -156,6 +160,7 @@ export class AppService {
       (r) => {
         job.state = 'done';
         job.result = r;
+        if (kind === 'checkin') this.asked.delete(desktop);
       },
       (err) => {
         job.state = 'failed';
@@ -168,8 +173,10 @@ export class AppService {
     return job;
   }
 
-  renew(desktop: string, code: string | undefined): Promise<RenewResult> {
-    return this.session((s) => renewCheckout(s.state, s.api, desktop, code));
+  async renew(desktop: string, code: string | undefined): Promise<RenewResult> {
+    const r = await this.session((s) => renewCheckout(s.state, s.api, desktop, code));
+    if (code === undefined) this.asked.set(desktop, r.adminRequests);
+    return r;
   }
 
   /** Whether the company's server offers another version of this client (nothing is installed). */
@@ -178,7 +185,7 @@ export class AppService {
   }
 }
 
-function row(s: Session, name: string, info: DesktopInfo | null, local: Record<string, unknown> | null, device: string | null): DesktopRow {
+function row(s: Session, name: string, info: DesktopInfo | null, local: Record<string, unknown> | null, device: string | null): Omit<DesktopRow, 'adminRequests'> {
   const held = local && (local.state === 'active' || local.state === 'streaming');
   let toFetch: number | null = null;
   let toFetchNote = '';
@@ -194,7 +201,7 @@ function row(s: Session, name: string, info: DesktopInfo | null, local: Record<s
       toFetchNote = `at most; this laptop holds version ${local.version as number}, whose unchanged blocks are reused`;
     } else {
       toFetch = info.size;
-      toFetchNote = 'at most (blocks already cached here and holes are not downloaded)';
+      toFetchNote = 'at most: blocks already cached here and holes are not downloaded';
     }
   }
   const vm = held

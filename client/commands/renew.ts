@@ -11,6 +11,7 @@ export function registerRenew(program: Command): void {
     .option('--code <code>', 'a lease code an admin gave you (`carryon-server admin lease-code`): works offline, once')
     .action(async (desktop: string, _o, cmd: Command) => {
     const opts = optsOf(cmd);
-    await runCommand(opts, ({ state, api }) => renewCheckout(state, api, parseName(desktop, 'desktop'), typeof opts.code === 'string' ? opts.code : undefined), (r) => `${r.desktop}: the offline lease now runs until ${r.leaseExpiresAt}${r.code ? ` (lease code #${r.code.seq}; the server learns of it at this laptop's next contact)` : ''}`);
+    await runCommand(opts, ({ state, api }) => renewCheckout(state, api, parseName(desktop, 'desktop'), typeof opts.code === 'string' ? opts.code : undefined), (r) => `${r.desktop}: the offline lease now runs until ${r.leaseExpiresAt}${r.code ? ` (lease code #${r.code.seq}; the server learns of it at this laptop's next contact)` : ''}` +
+      r.adminRequests.map((q) => `\nan admin asked for a ${q.kind === 'checkin' ? 'check-in' : q.kind} (#${q.id}, ${q.state}): ${q.kind === 'checkin' ? `\`carryon checkin ${r.desktop}\` (or the agent does it at its next contact)` : 'the agent carries it out'}`).join(''));
   });
 }

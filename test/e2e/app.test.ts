@@ -199,6 +199,23 @@ describe("the traveller's app (chromium)", () => {
     await expect.poll(async () => (await a.cli(['status', 'spare', '--json'])).json?.desktops?.[0]?.state, { timeout: 60_000 }).toBe('active');
   }, 90_000);
 
+  it('what an admin asked: a forced check-in pending shows once the app has been in touch (Renew lease)', async () => {
+    const list = await server.admin(['admin', 'checkouts']);
+    const held = list.json.checkouts.find((c: { desktop: string }) => c.desktop === 'spare');
+    const req = await server.admin(['admin', 'checkin', held.checkoutId]);
+    expect(req.code, req.stderr).toBe(0);
+    await page.reload();
+    await page.click('#renew-spare');
+    const asked = page.locator('section[data-desktop="spare"] .admin-request');
+    await expect.poll(async () => (await asked.count()) > 0 ? asked.first().textContent() : '').toMatch(new RegExp(`^Your admin asked for a check-in of spare \\(request #${req.json.id}, requested\\)`));
+    // The CLI says the same after a renewal.
+    const cli = await a.cli(['renew', 'spare']);
+    expect(cli.stdout).toMatch(/an admin asked for a check-in \(#\d+, requested\)/);
+    // The update line: the client version and what the server offers (no release published here), never a stack.
+    await expect.poll(async () => (await page.textContent('#update')) ?? '').not.toBe('');
+    expect(await page.textContent('#update')).not.toMatch(/\.js:\d+/);
+  });
+
   it('check-in shows progress and the merge report: the conflict with both copies\' paths', async () => {
     // The persona came with the check-out; device B edits the same file and pushes first.
     expect(readFileSync(path.join(profileA, 'Documents', 'notes.txt'), 'utf8')).toBe('line one\n');
@@ -210,7 +227,7 @@ describe("the traveller's app (chromium)", () => {
     qemuWrite(path.join(a.home, 'desktops', 'desk', 'disk.raw'), [[0x5a, 8 * 1024 * 1024, 256 * 1024]]);
     await page.reload();
     await page.click('#checkin-desk');
-    const li = page.locator('#result-desk ul.conflicts li');
+    const li = page.locator('#result-desk ul.conflicts > li');
     await expect.poll(() => li.count(), { timeout: 60_000 }).toBe(1);
     expect(await li.getAttribute('data-path')).toBe('Documents/notes.txt');
     const at = (await li.locator('code.at').textContent())!;
