@@ -104,6 +104,7 @@ export const APP_HTML = `<!doctype html>
 
   function render() {
     var focused = document.activeElement && document.activeElement.id;
+    var typed = {}; document.querySelectorAll('#desktops input').forEach(function (i) { typed[i.id] = i.value; });
     var root = $('desktops'); root.textContent = ''; root.setAttribute('aria-busy', 'false');
     $('who').textContent = 'carryon ' + data.version + ' \\u00b7 ' + (data.login ? 'this laptop is ' + data.login.deviceName + ', signed in to ' + data.login.url : 'not signed in: run carryon login URL --token TOKEN in a terminal') + ' \\u00b7 ' + data.home;
     $('offline').textContent = data.offline ? 'The server cannot be reached now, so only what this laptop holds is shown: ' + errorText(data.offline) : '';
@@ -111,6 +112,7 @@ export const APP_HTML = `<!doctype html>
     data.desktops.forEach(function (d) { root.appendChild(card(d)); });
     (data.jobs || []).slice().reverse().forEach(function (j) { if (!jobs[j.desktop] || jobs[j.desktop].id <= j.id) jobs[j.desktop] = j; });
     Object.keys(jobs).forEach(function (n) { showJob(jobs[n]); });
+    Object.keys(typed).forEach(function (id) { if ($(id)) $(id).value = typed[id]; });
     if (focused && $(focused)) $(focused).focus();
     tick();
   }
@@ -127,6 +129,7 @@ export const APP_HTML = `<!doctype html>
     pair(dl, 'This laptop holds', holds, 'holds');
     if (d.toFetch != null) pair(dl, 'To download', bytes(d.toFetch) + (d.toFetchNote ? ' (' + d.toFetchNote + ')' : ''), 'to-fetch');
     if (s && s.heldBy && !s.heldHere) pair(dl, 'Checked out by', s.heldBy + ' (another device)');
+    if (held && local.state === 'streaming') pair(dl, 'Streamed', local.readyToTravel ? 'every block has come down' : bytes(local.localBytes) + ' of ' + bytes(local.size) + ' local (' + (100 * local.localBytes / local.size).toFixed(1) + '%); ' + (local.etaSeconds != null ? 'about ' + duration(local.etaSeconds) + ' left at ' + bytes(local.rateBytesPerSec) + '/s' : local.servedBy ? 'estimating' : 'paused: start carryon serve ' + n + ', or press \u201cDownload the rest\u201d'), 'stream-state');
     if (held) {
       var lease = pair(dl, 'Offline lease', '', 'lease'); lease.id = 'lease-' + n;
       if (local.lease && local.lease.expiresAt) { deadlines[n] = Date.now() + local.lease.remainingMs; lease.title = 'until ' + local.lease.expiresAt; } else delete deadlines[n];
@@ -145,7 +148,11 @@ export const APP_HTML = `<!doctype html>
     });
 
     var acts = el('div', { class: 'actions' });
-    if (!held && s && (!s.heldBy || s.heldHere)) acts.appendChild(btn('checkout-' + n, 'Check out', 'Check out ' + n, true, function () { start('checkout', n); }));
+    if (!held && s && (!s.heldBy || s.heldHere)) {
+      acts.appendChild(btn('checkout-' + n, 'Check out', 'Check out ' + n, true, function () { start('checkout', n); }));
+      acts.appendChild(btn('stream-' + n, 'Check out, streamed', 'Check out ' + n + ' streamed: start the VM at once, blocks come as it reads them', false, function () { start('stream', n); }));
+    }
+    if (held && local.state === 'streaming' && !local.readyToTravel) acts.appendChild(btn('finish-' + n, 'Download the rest', 'Download the rest of ' + n + ' now (stop carryon serve first)', true, function () { start('checkout', n); }));
     if (held) {
       acts.appendChild(btn('checkin-' + n, 'Check in', 'Check in ' + n, true, function () { start('checkin', n); }));
       acts.appendChild(btn('renew-' + n, 'Renew lease', 'Renew the offline lease of ' + n + ' now (needs the server)', false, function () { renew(n, undefined); }));
@@ -180,11 +187,11 @@ export const APP_HTML = `<!doctype html>
     var n = j.desktop, prog = $('progress-' + n), text = $('progress-text-' + n), travel = $('travel-' + n), res = $('result-' + n);
     if (!prog) return;
     var pct = j.total > 0 ? Math.min(100, 100 * j.done / j.total) : (j.state === 'done' ? 100 : 0);
-    var what = { checkout: 'Check-out', checkin: 'Check-in', replicate: 'Restore point' }[j.kind];
+    var what = { checkout: 'Check-out', stream: 'Streamed check-out', checkin: 'Check-in', replicate: 'Restore point' }[j.kind];
     if (j.state === 'running') {
       prog.hidden = false; prog.value = pct;
       text.textContent = what + ' running (' + j.phase + '): ' + pct.toFixed(0) + '%, ' + bytes(j.done) + ' of ' + bytes(j.total) + ', ' + bytes(j.rateBytesPerSec) + '/s, ' + (j.etaSeconds == null ? 'estimating time left' : 'about ' + duration(j.etaSeconds) + ' left');
-      if (j.kind === 'checkout') { travel.className = 'notready'; travel.textContent = 'Not ready to travel yet: stay online until the check-out reaches 100%.' + (navigator.onLine ? '' : ' This laptop seems to be offline now: the check-out cannot finish.'); }
+      if (j.kind === 'checkout' || j.kind === 'stream') { travel.className = 'notready'; travel.textContent = 'Not ready to travel yet: stay online until the check-out reaches 100%.' + (navigator.onLine ? '' : ' This laptop seems to be offline now: the check-out cannot finish.'); }
       document.querySelectorAll('#desktop-' + n + ' .actions button').forEach(function (b) { b.disabled = true; });
       return;
     }
@@ -201,6 +208,10 @@ export const APP_HTML = `<!doctype html>
       text.textContent = 'Check-out finished: 100%, ' + bytes(r.bytesReceived) + ' received in ' + duration(r.seconds) + '.';
       if (r.readyToTravel) { travel.className = 'ready'; travel.textContent = 'Ready to travel: every block of ' + n + ' is on this laptop.'; }
       else { travel.className = 'warning'; travel.textContent = 'Not ready to travel: part of ' + n + ' is still on the server.'; }
+    } else if (j.kind === 'stream') {
+      text.textContent = 'Streamed check-out ready: ' + (r.streaming ? r.streaming.localBytes + ' of ' + r.streaming.blocks + ' blocks local' : '') + '. Start the VM now (below); carryon serve fetches blocks as the VM reads them and downloads the rest.';
+      if (r.readyToTravel) { travel.className = 'ready'; travel.textContent = 'Ready to travel: every block of ' + n + ' is on this laptop.'; }
+      else { travel.className = 'warning'; travel.textContent = 'Not ready to travel yet: stay online until every block is here (see Streamed above).'; }
     } else if (j.kind === 'checkin') {
       travel.textContent = ''; travel.className = '';
       text.textContent = 'Checked in: version ' + r.previousVersion + ' \\u2192 ' + r.version + ', ' + r.blocksChanged + ' blocks changed, ' + bytes(r.bytesSent) + ' sent.';
@@ -257,6 +268,12 @@ export const APP_HTML = `<!doctype html>
   window.addEventListener('offline', function () { Object.keys(jobs).forEach(function (n) { if (jobs[n].state === 'running') showJob(jobs[n]); }); });
   refresh().then(listen).then(checkUpdate);
   setInterval(tick, 1000);
+  // A streamed copy grows while carryon serve downloads it: show it every few seconds.
+  setInterval(function () {
+    var growing = data && data.desktops.some(function (d) { return d.local && d.local.state === 'streaming' && !d.local.readyToTravel; });
+    var busy = Object.keys(jobs).some(function (n) { return jobs[n].state === 'running'; });
+    if (growing && !busy) refresh();
+  }, 3000);
 })();
 </script>
 </body>

@@ -7,8 +7,8 @@
 // localhost:PORT; against cross-site requests a POST must come from the app's own Origin, with a JSON
 // body (which an HTML form cannot send), and Sec-Fetch-Site, when the browser sends it, must not be
 // cross-site. Routes (all JSON but the page): GET / (the page), GET /api/overview, GET /api/events
-// (Server-Sent Events: `job` events), GET /api/update, POST /api/desktops/NAME/{checkout,checkin,
-// replicate} (202 and the job), POST /api/desktops/NAME/renew {code?}. Errors: {error:{code,message}}
+// (Server-Sent Events: `job` events), GET /api/update, POST /api/desktops/NAME/{checkout,stream,
+// checkin,replicate} (202 and the job), POST /api/desktops/NAME/renew {code?}. Errors: {error:{code,message}}
 // with the code's HTTP status, never a stack trace.
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
@@ -134,7 +134,7 @@ export async function startAppServer(service: AppService, secret: string, port: 
       req.on('close', () => streams.delete(res));
       return;
     }
-    const m = /^\/api\/desktops\/([^/]+)\/(checkout|checkin|replicate|renew)$/.exec(url.pathname);
+    const m = /^\/api\/desktops\/([^/]+)\/(checkout|stream|checkin|replicate|renew)$/.exec(url.pathname);
     if (method === 'POST' && m) {
       if (!/^application\/json\b/.test(req.headers['content-type'] ?? '') && Number(req.headers['content-length'] ?? 0) > 0) {
         throw new CarryonError('INVALID_ARGUMENT', 'the app takes JSON bodies only');

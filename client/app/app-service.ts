@@ -17,7 +17,7 @@ import { replicateDesktop } from '../replicate.js';
 import { runUpdate, type UpdateResult } from '../updater.js';
 import { PROFILE_DIR } from '../persona-engine.js';
 
-export type JobKind = 'checkout' | 'checkin' | 'replicate';
+export type JobKind = 'checkout' | 'stream' | 'checkin' | 'replicate';
 
 /** An error as the page shows it: the code and the sentence written for the user, never a stack. */
 export interface AppError {
@@ -154,7 +154,7 @@ export class AppService {
         this.emit(job);
       }
     };
-    const body = kind === 'checkout' ? checkoutBody : kind === 'checkin' ? checkinBody : replicateBody;
+    const body = kind === 'checkout' ? checkoutBody : kind === 'stream' ? streamBody : kind === 'checkin' ? checkinBody : replicateBody;
     this.emit(job);
     void withProgressSink(sink, () => this.session((s) => body(s, desktop))).then(
       (r) => {
@@ -223,6 +223,13 @@ function row(s: Session, name: string, info: DesktopInfo | null, local: Record<s
 async function checkoutBody(s: Session, desktop: string): Promise<Record<string, unknown>> {
   const r = await checkoutDesktop(s.state, s.api(), s.login(), desktop, { quiet: true });
   // "Ready to travel" comes from the same place as `carryon status`: every block local.
+  const st = (await laptopStatus(s.state, desktop, true, false)).desktops[0];
+  return { ...r, readyToTravel: st?.readyToTravel === true, localBytes: st?.localBytes ?? null };
+}
+
+/** `carryon checkout NAME --stream`: back once the manifest and persona are here; `carryon serve` fetches the rest. */
+async function streamBody(s: Session, desktop: string): Promise<Record<string, unknown>> {
+  const r = await checkoutDesktop(s.state, s.api(), s.login(), desktop, { quiet: true, stream: true });
   const st = (await laptopStatus(s.state, desktop, true, false)).desktops[0];
   return { ...r, readyToTravel: st?.readyToTravel === true, localBytes: st?.localBytes ?? null };
 }

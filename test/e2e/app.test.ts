@@ -48,7 +48,7 @@ describe("the traveller's app (chromium)", () => {
     await server.init();
     const token = await server.addUser('alice');
     expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
-    for (const d of ['desk', 'spare']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    for (const d of ['desk', 'spare', 'roam']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
     await server.start();
     expect((await a.cli(['login', server.url, '--token', token, '--device-name', 'laptop-A'])).code).toBe(0);
     expect((await b.cli(['login', server.url, '--token', token, '--device-name', 'device-B'])).code).toBe(0);
@@ -132,7 +132,8 @@ describe("the traveller's app (chromium)", () => {
     expect(await desk.locator('h2').textContent()).toBe('desk');
     expect(await desk.locator('dd.holds').textContent()).toBe('nothing yet');
     expect(await desk.locator('dd.to-fetch').textContent()).toMatch(/^48\.0 MiB \(at most/);
-    expect(await page.locator('section[data-desktop="spare"] button', { hasText: 'Check out' }).count()).toBe(1);
+    expect(await page.locator('section[data-desktop="spare"] #checkout-spare').textContent()).toBe('Check out');
+    expect(await page.locator('section[data-desktop="spare"] #stream-spare').textContent()).toBe('Check out, streamed');
   });
 
   it('check-out from the keyboard: Tab to the button, Enter; progress reaches 100% and "ready to travel"', async () => {
@@ -169,6 +170,18 @@ describe("the traveller's app (chromium)", () => {
     expect(await page.locator('section[data-desktop="desk"] pre.qemu').textContent()).toContain(`nbd:unix:${path.join(a.home, 'run', 'desk.nbd')}:exportname=desk`);
     await shot(page, 'app-ready-to-travel');
   }, 90_000);
+
+  it('a streamed check-out is not "ready to travel" until every block is here; "Download the rest" gets it there', async () => {
+    await page.click('#stream-roam');
+    const travel = page.locator('#travel-roam');
+    await expect.poll(() => page.locator('#progress-text-roam').textContent(), { timeout: 60_000 }).toMatch(/^Streamed check-out ready: /);
+    expect(await travel.textContent()).toMatch(/^Not ready to travel yet/);
+    expect(await travel.getAttribute('class')).toBe('warning');
+    expect(await page.locator('section[data-desktop="roam"] dd.stream-state').textContent()).toMatch(/ local \(\d+\.\d%\); paused: start carryon serve roam/);
+    await page.click('#finish-roam');
+    await expect.poll(() => travel.textContent(), { timeout: 60_000 }).toBe('Ready to travel: every block of roam is on this laptop.');
+    expect((await a.cli(['status', 'roam', '--json'])).json.desktops[0]).toMatchObject({ state: 'active', readyToTravel: true });
+  }, 120_000);
 
   it('the lease counts down; a wrong code is refused in plain words with its code; renewing online works', async () => {
     const lease = page.locator('#lease-desk');
