@@ -2,9 +2,11 @@
 // this laptop's desktops and checks them out and in through the same engines as the CLI (client/app/;
 // docs/app.md). It prints the URL (carrying the per-home secret, HOME/app-secret) and opens the
 // browser at it with xdg-open; it runs until stopped (Ctrl-C, SIGTERM, or its systemd user unit).
+// One app per home: HOME/run/app.json says where it listens; a second `carryon app` (the desktop
+// entry, share/carryon.desktop) opens the browser at the running one and exits.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { CarryonError, describeFailure } from '../../src/index.js';
@@ -31,6 +33,23 @@ export function appSecret(home: string): string {
   return s;
 }
 
+/** The app already serving this home, if one answers: its port. */
+async function runningApp(home: string): Promise<number | null> {
+  let rec: { pid: number; port: number };
+  try {
+    rec = JSON.parse(readFileSync(path.join(home, 'run', 'app.json'), 'utf8')) as { pid: number; port: number };
+    process.kill(rec.pid, 0);
+  } catch {
+    return null;
+  }
+  try {
+    await fetch(`http://127.0.0.1:${rec.port}/`, { signal: AbortSignal.timeout(2000) });
+    return rec.port;
+  } catch {
+    return null;
+  }
+}
+
 export function registerApp(program: Command): void {
   withCommonOptions(program.command('app').description("the traveller's app: a local web page (127.0.0.1) to check desktops out and in, with progress, lease and merge report"))
     .option('--port <n>', 'listen on 127.0.0.1:PORT (default: any free port)')
@@ -45,11 +64,22 @@ export function registerApp(program: Command): void {
         if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CarryonError('INVALID_ARGUMENT', `--port must be a port number (0-65535), not ${String(opts.port)}`);
         const home = homeOf(opts.home);
         const secret = appSecret(home);
+        const other = await runningApp(home);
+        if (other !== null && (opts.port === undefined || port === other)) {
+          const openUrl = `http://127.0.0.1:${other}/?secret=${encodeURIComponent(secret)}`;
+          out('already-running', { url: `http://127.0.0.1:${other}/`, openUrl, port: other }, `carryon app already runs for this home: open ${openUrl}`);
+          if (opts.open !== false) openBrowser(openUrl, out);
+          return;
+        }
         const service = new AppService(opts);
         const server = await startAppServer(service, secret, port);
+        const record = path.join(home, 'run', 'app.json');
+        mkdirSync(path.dirname(record), { recursive: true, mode: 0o700 });
+        writeFileSync(record, JSON.stringify({ pid: process.pid, port: server.port, since: new Date().toISOString() }), { mode: 0o600 });
         out('listening', { url: server.url, openUrl: server.openUrl, port: server.port }, `carryon app: open ${server.openUrl}\n(the link carries this laptop's app secret, ${path.join(home, 'app-secret')}: do not share it)`);
         if (opts.open !== false) openBrowser(server.openUrl, out);
         const stop = (): void => {
+          rmSync(record, { force: true });
           void server.close().then(() => process.exit(0));
         };
         process.once('SIGINT', stop);

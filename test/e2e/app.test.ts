@@ -83,6 +83,12 @@ describe("the traveller's app (chromium)", () => {
     expect(openUrl).toContain(`secret=${readFileSync(file, 'utf8').trim()}`);
   });
 
+  it('a second `carryon app` for the same home (the desktop entry) points at the running one and exits', async () => {
+    const again = await a.cli(['app', '--no-open', '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.json).toMatchObject({ event: 'already-running', openUrl });
+  });
+
   it('a missing or wrong secret is refused with 401 and nothing of the laptop leaks', async () => {
     for (const [pathname, headers] of [
       ['/', {}], ['/api/overview', {}], ['/api/events', {}], ['/?secret=wrong', {}],
