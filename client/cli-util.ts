@@ -32,15 +32,16 @@ export interface Session {
  * body and close it all. A failure comes back as thrown, after any rollback it told of is recorded.
  * The CLI (runCommand) and the traveller's app (client/app/) both go through here.
  */
-export async function withSession<T>(opts: CommonOpts, body: (s: Session) => Promise<T>, how: { unlock?: boolean } = {}): Promise<T> {
+export async function withSession<T>(opts: CommonOpts, body: (s: Session) => Promise<T>, how: { unlock?: boolean; prompt?: boolean } = {}): Promise<T> {
   let state: LocalState | null = null;
   let client: ApiClient | null = null;
   try {
     state = new LocalState(homeOf(opts.home));
     const st = state;
     // Encrypted desktops: the key from the agent, the file or the environment, else asked on a terminal
-    // once. Without any of them the command goes on locked and stops with KEYS_LOCKED where it needs a key.
-    if (how.unlock !== false && st.keys.exists()) await st.keys.unlock(defaultSources(opts.passphraseFile));
+    // once (never with prompt false: the app has no terminal to ask on). Without any of them the command
+    // goes on locked and stops with KEYS_LOCKED where it needs a key.
+    if (how.unlock !== false && st.keys.exists()) await st.keys.unlock(defaultSources(opts.passphraseFile), how.prompt !== false);
     const session: Session = {
       state: st,
       login: () => st.login(),

@@ -81,7 +81,7 @@ export class AppService {
   constructor(private readonly opts: CommonOpts) {}
 
   session<T>(body: (s: Session) => Promise<T>): Promise<T> {
-    return withSession(this.opts, body);
+    return withSession(this.opts, body, { prompt: false });
   }
 
   /** Desktops the user may check out (from the server, when reachable) beside what this laptop holds. */
