@@ -140,7 +140,13 @@ export async function startAppServer(service: AppService, secret: string, port: 
         throw new CarryonError('INVALID_ARGUMENT', 'the app takes JSON bodies only');
       }
       const body = await readJson(req);
-      const name = parseName(decodeURIComponent(m[1]!), 'desktop');
+      let raw: string;
+      try {
+        raw = decodeURIComponent(m[1]!);
+      } catch {
+        throw new CarryonError('INVALID_ARGUMENT', 'the desktop name in the address is not valid');
+      }
+      const name = parseName(raw, 'desktop');
       if (m[2] === 'renew') {
         const code = body.code;
         if (code !== undefined && (typeof code !== 'string' || code.trim() === '' || code.length > 200)) throw new CarryonError('INVALID_ARGUMENT', 'the lease code must be the text your admin read out');

@@ -133,6 +133,25 @@ describe("the traveller's app (chromium)", () => {
     expect(existsSync(path.join(a.home, 'desktops', 'desk', 'disk.raw'))).toBe(false);
   });
 
+  it('bad requests with the session are refused with a code and change nothing', async () => {
+    const cookie = `carryon_app=${(await context.cookies())[0]!.value}`;
+    const origin = baseUrl.replace(/\/$/, '');
+    const post = async (pathname: string, body: string, type = 'application/json') => {
+      const r = await fetch(baseUrl + pathname, { method: 'POST', headers: { cookie, origin, 'content-type': type }, body });
+      return { status: r.status, code: ((await r.json()) as { error: { code: string } }).error.code };
+    };
+    expect(await post('api/desktops/desk/checkout', 'x=1', 'application/x-www-form-urlencoded')).toEqual({ status: 400, code: 'INVALID_ARGUMENT' });
+    expect(await post('api/desktops/desk/renew', '{"code": 5}')).toEqual({ status: 400, code: 'INVALID_ARGUMENT' });
+    expect(await post('api/desktops/desk/renew', '[1]')).toEqual({ status: 400, code: 'INVALID_ARGUMENT' });
+    expect(await post('api/desktops/desk/renew', 'not json')).toEqual({ status: 400, code: 'INVALID_ARGUMENT' });
+    expect(await post('api/desktops/desk/renew', JSON.stringify({ code: 'x'.repeat(5000) }))).toEqual({ status: 413, code: 'PAYLOAD_TOO_LARGE' });
+    expect(await post('api/desktops/%E0%A4%A/checkout', '{}')).toEqual({ status: 400, code: 'INVALID_ARGUMENT' });
+    expect(await post('api/desktops/desk/explode', '{}')).toEqual({ status: 404, code: 'NOT_FOUND' });
+    // Renewing what is not checked out here: the CLI's own error.
+    expect(await post('api/desktops/desk/renew', '{}')).toEqual({ status: 409, code: 'NOT_CHECKED_OUT' });
+    expect(existsSync(path.join(a.home, 'desktops', 'desk', 'disk.raw'))).toBe(false);
+  });
+
   it('lists the desktops with size, what the laptop holds and the estimate to fetch', async () => {
     const desk = page.locator('section[data-desktop="desk"]');
     expect(await desk.locator('h2').textContent()).toBe('desk');
