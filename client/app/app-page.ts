@@ -253,7 +253,7 @@ export const APP_HTML = `<!doctype html>
       $('update').textContent = u.status === 'up-to-date' ? 'carryon ' + u.running + ' is the version your company offers: up to date.'
         : u.status === 'available' ? 'carryon ' + u.offered + ' is offered (this laptop runs ' + u.running + '): run carryon update, or let the agent install it.'
         : u.status === 'skipped-failed' ? 'carryon ' + u.offered + ' is offered but did not start here before: ask your admin.' : '';
-    }, function (e) { $('update').textContent = 'Client updates: ' + errorText(e); });
+    }, function (e) { $('update').textContent = e && e.code === 'RELEASE_NOT_FOUND' ? 'Your company\u2019s server offers no client updates (yet).' : 'Client updates: ' + errorText(e); });
   }
   function refresh() {
     return call('GET', '/api/overview').then(function (o) { data = o; render(); }, showError);

@@ -7,10 +7,11 @@
 // CARRYON_APP_SHOTS=DIR, to DIR: how docs/app/ was made).
 import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { killSpawned, Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, spawnCli, TestServer, tmpDir, type CliProcess } from './harness.js';
+import { killSpawned, Laptop, makeExt4Image, qemuWrite, removeTmp, requireTool, ROOT, spawnCli, TestServer, tmpDir, type CliProcess } from './harness.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 
@@ -280,6 +281,19 @@ describe("the traveller's app (chromium)", () => {
     expect(await page.locator('section[data-desktop="desk"] dd.holds').textContent()).toMatch(/read-only copy of version 2/);
     await shot(page, 'app-merge-report');
   }, 90_000);
+
+  it('the shipped desktop entry validates and starts `carryon app`; the systemd unit runs it without a browser', () => {
+    requireTool('desktop-file-validate');
+    const entry = path.join(ROOT, 'share', 'carryon.desktop');
+    const v = spawnSync('desktop-file-validate', [entry], { encoding: 'utf8' });
+    expect(v.status, v.stdout + v.stderr).toBe(0);
+    expect(readFileSync(entry, 'utf8')).toMatch(/^Exec=carryon app$/m);
+    const unit = readFileSync(path.join(ROOT, 'share', 'carryon-app.service'), 'utf8');
+    expect(unit).toMatch(/^ExecStart=\/usr\/bin\/env carryon app --port \d+ --no-open$/m);
+    // The README shows the same unit.
+    expect(readFileSync(path.join(ROOT, 'README.md'), 'utf8')).toContain(unit.slice(unit.indexOf('[Unit]')).trim());
+    expect((JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { files: string[] }).files).toContain('share');
+  });
 
   it('reads at 200% zoom: one column, no sideways scrolling, controls labelled', async () => {
     const zoomed = await context.newPage();
