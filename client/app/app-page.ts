@@ -111,7 +111,7 @@ export const APP_HTML = `<!doctype html>
     if (!data.desktops.length) root.appendChild(el('p', null, data.login ? 'No desktops are assigned to you yet.' : 'Nothing here yet.'));
     data.desktops.forEach(function (d) { root.appendChild(card(d)); });
     (data.jobs || []).slice().reverse().forEach(function (j) { if (!jobs[j.desktop] || jobs[j.desktop].id <= j.id) jobs[j.desktop] = j; });
-    Object.keys(jobs).forEach(function (n) { showJob(jobs[n]); });
+    Object.keys(jobs).forEach(function (n) { if (!stale(jobs[n])) showJob(jobs[n]); });
     Object.keys(typed).forEach(function (id) { if ($(id)) $(id).value = typed[id]; });
     if (focused && $(focused)) $(focused).focus();
     tick();
@@ -183,6 +183,15 @@ export const APP_HTML = `<!doctype html>
     return sec;
   }
 
+  // A finished job's result holds only while the copy is still as it left it: a check-out's "ready to
+  // travel" goes once the desktop is checked in (here, or by the agent) or rolled back.
+  function stale(j) {
+    if (j.state !== 'done') return false;
+    var d = data && data.desktops.filter(function (x) { return x.name === j.desktop; })[0];
+    var st = d && d.local ? d.local.state : null;
+    if (j.kind === 'checkin') return st !== 'checked-in';
+    return st !== 'active' && st !== 'streaming';
+  }
   function showJob(j) {
     var n = j.desktop, prog = $('progress-' + n), text = $('progress-text-' + n), travel = $('travel-' + n), res = $('result-' + n);
     if (!prog) return;

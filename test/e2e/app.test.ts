@@ -282,6 +282,24 @@ describe("the traveller's app (chromium)", () => {
     await shot(page, 'app-merge-report');
   }, 90_000);
 
+  it('what an admin did: a rollback carried out by the agent, and where the kept copy is', async () => {
+    expect((await server.admin(['admin', 'rollback-policy', 'roam', '--keep'])).code).toBe(0);
+    const held = (await server.admin(['admin', 'checkouts'])).json.checkouts.find((c: { desktop: string }) => c.desktop === 'roam');
+    expect((await server.admin(['admin', 'rollback', held.checkoutId])).code).toBe(0);
+    const agent = await a.cli(['agent', '--once', '--json']);
+    expect(agent.code, agent.stderr).toBe(0);
+    await page.reload();
+    const note = page.locator('section[data-desktop="roam"] p.warning', { hasText: 'rolled this desktop back' });
+    await expect.poll(async () => (await note.count()) > 0 ? note.textContent() : '').toMatch(new RegExp(`^An admin rolled this desktop back: an admin \\(.+\\) rolled roam back at .*; your copy was kept at ${a.home.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/kept/`));
+    expect(await page.locator('section[data-desktop="roam"] dd.holds').textContent()).toBe('rolled back by an admin');
+    // Free to check out again, as the sentence says; the old check-out's "ready to travel" is gone.
+    expect(await page.locator('#checkout-roam').count()).toBe(1);
+    expect(await page.locator('#travel-roam').textContent()).toBe('');
+    // The same agent round carried out the forced check-in of spare asked for above: no request left.
+    expect(await page.locator('section[data-desktop="spare"] dd.holds').textContent()).toMatch(/^a read-only copy of version \d+ \(checked in\)$/);
+    expect(await page.locator('section[data-desktop="spare"] .admin-request').count()).toBe(0);
+  });
+
   it('the shipped desktop entry validates and starts `carryon app`; the systemd unit runs it without a browser', () => {
     requireTool('desktop-file-validate');
     const entry = path.join(ROOT, 'share', 'carryon.desktop');
@@ -299,7 +317,7 @@ describe("the traveller's app (chromium)", () => {
     const zoomed = await context.newPage();
     await zoomed.setViewportSize({ width: 550, height: 900 }); // 1100 px wide at 200%: 550 CSS px
     await zoomed.goto(baseUrl);
-    await zoomed.waitForSelector('section[data-desktop="spare"] #checkin-spare');
+    await zoomed.waitForSelector('#desktops[aria-busy="false"] section[data-desktop="spare"]');
     expect(await zoomed.evaluate(() => document.documentElement.scrollWidth <= document.documentElement.clientWidth)).toBe(true);
     // Every control has a name a screen reader reads.
     const unnamed = await zoomed.evaluate(() => [...document.querySelectorAll('button, input')].filter((e) => !(e.getAttribute('aria-label') || (e as HTMLInputElement).labels?.length)).map((e) => e.outerHTML));
@@ -307,7 +325,7 @@ describe("the traveller's app (chromium)", () => {
     const shotPage = await browser.newPage({ viewport: { width: 550, height: 900 }, deviceScaleFactor: 2 });
     await shotPage.context().addCookies(await context.cookies());
     await shotPage.goto(baseUrl);
-    await shotPage.waitForSelector('section[data-desktop="spare"] #checkin-spare');
+    await shotPage.waitForSelector('#desktops[aria-busy="false"] section[data-desktop="spare"]');
     await shot(shotPage, 'app-zoom-200');
     await shotPage.close();
     await zoomed.close();
