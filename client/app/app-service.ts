@@ -17,6 +17,9 @@ import { replicateDesktop } from '../replicate.js';
 import { runUpdate, type UpdateResult } from '../updater.js';
 import { PROFILE_DIR } from '../persona-engine.js';
 
+/** How long the page waits for the server's list of desktops before showing what the laptop holds. */
+const LIST_TIMEOUT_MS = 5000;
+
 export type JobKind = 'checkout' | 'stream' | 'checkin' | 'replicate';
 
 /** An error as the page shows it: the code and the sentence written for the user, never a stack. */
@@ -98,10 +101,18 @@ export class AppService {
       let server: DesktopInfo[] | null = null;
       let offline: AppError | null = null;
       if (login) {
+        // The page waits for this answer: a server that hangs (a captive portal, a dead link) must not hold
+        // it for the client's idle timeout; the session's close drops the request.
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new CarryonError('SERVER_UNREACHABLE', `the server at ${login!.url} did not answer within ${LIST_TIMEOUT_MS / 1000} s`, { url: login!.url })), LIST_TIMEOUT_MS);
+        });
         try {
-          server = (await s.api().desktops()).desktops;
+          server = (await Promise.race([s.api().desktops(), late])).desktops;
         } catch (err) {
           offline = appError(err);
+        } finally {
+          clearTimeout(timer);
         }
       }
       const device = login ? s.state.login().device : null;

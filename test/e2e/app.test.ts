@@ -330,4 +330,12 @@ describe("the traveller's app (chromium)", () => {
     await shotPage.close();
     await zoomed.close();
   });
+
+  it('with the server gone, the page shows what the laptop holds and says why in plain words', async () => {
+    await server.stop();
+    await page.reload();
+    await expect.poll(async () => (await page.textContent('#offline')) ?? '', { timeout: 20_000 }).toMatch(/^The server cannot be reached now, so only what this laptop holds is shown: .*\(error SERVER_UNREACHABLE\)$/);
+    expect(await page.locator('section[data-desktop="desk"] dd.holds').textContent()).toBe('a read-only copy of version 2 (checked in)');
+    expect(await page.textContent('#offline')).not.toMatch(/\.js:\d+/);
+  });
 });
