@@ -160,6 +160,8 @@ export const APP_HTML = `<!doctype html>
       var inp = el('input', { id: 'code-' + n, name: 'code', autocomplete: 'off', spellcheck: 'false', size: '22' });
       lab.appendChild(inp); acts.appendChild(lab);
       acts.appendChild(btn('use-code-' + n, 'Use code', 'Renew the lease of ' + n + ' with the code from your admin', false, function () { var c = inp.value.trim(); if (c) renew(n, c); else { showError({ code: 'INVALID_ARGUMENT', message: 'type the code your admin read out first' }); inp.focus(); } }));
+      if (!local.servedBy) acts.appendChild(btn('serve-' + n, 'Start serving the disk', 'Serve the disk of ' + n + ' to a VM (carryon serve ' + n + ')', false, function () { serve(n, 'serve'); }));
+      else if (d.vm && d.vm.servedByApp) acts.appendChild(btn('stop-serve-' + n, 'Stop serving', 'Stop serving the disk of ' + n + ' (shut the VM down first)', false, function () { serve(n, 'stop-serve'); }));
       acts.appendChild(btn('replicate-' + n, 'Make a restore point', 'Send a restore point of ' + n + ' to the server now', false, function () { start('replicate', n); }));
     }
     sec.appendChild(acts);
@@ -173,8 +175,8 @@ export const APP_HTML = `<!doctype html>
     sec.appendChild(job);
 
     if (held && d.vm) {
-      var det = el('details'); det.appendChild(el('summary', null, 'Start the VM on this copy'));
-      det.appendChild(el('p', null, '1. In a terminal: ' + d.vm.serve + '  2. Then QEMU:'));
+      var det = el('details', local.servedBy ? { open: '' } : null); det.appendChild(el('summary', null, 'Start the VM on this copy'));
+      det.appendChild(el('p', null, local.servedBy ? 'The disk is served now. Start QEMU with:' : '1. Press \u201cStart serving the disk\u201d (or in a terminal: ' + d.vm.serve + ').  2. Then QEMU:'));
       det.appendChild(el('pre', { class: 'qemu' }, d.vm.qemuLine));
       det.appendChild(el('p', null, 'or, in a libvirt domain\\u2019s <devices>:'));
       det.appendChild(el('pre', { class: 'libvirt' }, d.vm.libvirtXml));
@@ -263,6 +265,11 @@ export const APP_HTML = `<!doctype html>
         : u.status === 'available' ? 'carryon ' + u.offered + ' is offered (this laptop runs ' + u.running + '): run carryon update, or let the agent install it.'
         : u.status === 'skipped-failed' ? 'carryon ' + u.offered + ' is offered but did not start here before: ask your admin.' : '';
     }, function (e) { $('update').textContent = e && e.code === 'RELEASE_NOT_FOUND' ? 'Your company\u2019s server offers no client updates (yet).' : 'Client updates: ' + errorText(e); });
+  }
+  function serve(n, what) {
+    showError(null);
+    document.querySelectorAll('#desktop-' + n + ' .actions button').forEach(function (b) { b.disabled = true; });
+    call('POST', '/api/desktops/' + encodeURIComponent(n) + '/' + what).then(refresh, function (e) { showError(e); return refresh(); });
   }
   function refresh() {
     return call('GET', '/api/overview').then(function (o) { data = o; render(); }, showError);

@@ -8,7 +8,8 @@
 // body (which an HTML form cannot send), and Sec-Fetch-Site, when the browser sends it, must not be
 // cross-site. Routes (all JSON but the page): GET / (the page), GET /api/overview, GET /api/events
 // (Server-Sent Events: `job` events), GET /api/update, POST /api/desktops/NAME/{checkout,stream,
-// checkin,replicate} (202 and the job), POST /api/desktops/NAME/renew {code?}. Errors: {error:{code,message}}
+// checkin,replicate} (202 and the job), POST /api/desktops/NAME/renew {code?}, POST
+// /api/desktops/NAME/{serve,stop-serve} (`carryon serve NAME` as the app's child). Errors: {error:{code,message}}
 // with the code's HTTP status, never a stack trace.
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
@@ -134,7 +135,7 @@ export async function startAppServer(service: AppService, secret: string, port: 
       req.on('close', () => streams.delete(res));
       return;
     }
-    const m = /^\/api\/desktops\/([^/]+)\/(checkout|stream|checkin|replicate|renew)$/.exec(url.pathname);
+    const m = /^\/api\/desktops\/([^/]+)\/(checkout|stream|checkin|replicate|renew|serve|stop-serve)$/.exec(url.pathname);
     if (method === 'POST' && m) {
       if (!/^application\/json\b/.test(req.headers['content-type'] ?? '') && Number(req.headers['content-length'] ?? 0) > 0) {
         throw new CarryonError('INVALID_ARGUMENT', 'the app takes JSON bodies only');
@@ -152,6 +153,8 @@ export async function startAppServer(service: AppService, secret: string, port: 
         if (code !== undefined && (typeof code !== 'string' || code.trim() === '' || code.length > 200)) throw new CarryonError('INVALID_ARGUMENT', 'the lease code must be the text your admin read out');
         return sendJson(res, 200, await service.renew(name, typeof code === 'string' ? code.trim() : undefined));
       }
+      if (m[2] === 'serve') return sendJson(res, 200, await service.serve(name));
+      if (m[2] === 'stop-serve') return sendJson(res, 200, await service.stopServe(name));
       return sendJson(res, 202, { job: service.start(m[2] as JobKind, name) });
     }
     sendJson(res, 404, { error: { code: 'NOT_FOUND', message: `nothing at ${method} ${url.pathname}` } });
@@ -172,11 +175,14 @@ export async function startAppServer(service: AppService, secret: string, port: 
   const url = `http://127.0.0.1:${bound}/`;
   return {
     url, port: bound, openUrl: `${url}?secret=${encodeURIComponent(secret)}`,
-    close: () => new Promise<void>((resolve) => {
+    close: async () => {
       unsubscribe();
+      await service.close(); // serves this app started: stopped cleanly (their dirty maps closed)
       for (const s of streams) s.end();
-      server.close(() => resolve());
-      server.closeAllConnections();
-    }),
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    },
   };
 }

@@ -4,8 +4,10 @@
 // operations are jobs run in this process, one at a time per desktop (DISK_IN_USE otherwise; the CLI's
 // disk locks still hold between this process and others); their progress comes from the engines' own
 // Progress objects through a progress sink. Knows nothing of HTTP: app-server.ts renders it.
+import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import { asCarryonError, CarryonError, CARRYON_VERSION, type DesktopInfo, type MergeConflict, type MergeReport } from '../../src/index.js';
+import { fileURLToPath } from 'node:url';
+import { asCarryonError, CarryonError, CARRYON_VERSION, errorFromBody, type DesktopInfo, type MergeConflict, type MergeReport } from '../../src/index.js';
 import { checkinDesktop } from '../checkin-engine.js';
 import { checkoutDesktop } from '../checkout-engine.js';
 import { laptopStatus } from '../checkout-status.js';
@@ -16,6 +18,16 @@ import { renewCheckout, type RenewResult } from '../renew.js';
 import { replicateDesktop } from '../replicate.js';
 import { runUpdate, type UpdateResult } from '../updater.js';
 import { PROFILE_DIR } from '../persona-engine.js';
+
+/** The carryon command (its launcher runs the version the laptop switched to), for `carryon serve`. */
+const CLI_BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/carryon.js');
+
+/** A `carryon serve NAME --json` this app started: its `listening` event once it came. */
+interface Serving {
+  proc: ChildProcess;
+  listening: Record<string, unknown> | null;
+  exited: Promise<void>;
+}
 
 /** How long the page waits for the server's list of desktops before showing what the laptop holds. */
 const LIST_TIMEOUT_MS = 5000;
@@ -56,8 +68,8 @@ export interface DesktopRow {
   toFetchNote: string;
   /** What an admin asked of this checkout and is not done, as the server said at this app's last contact for it (Renew). */
   adminRequests: Array<{ id: number; kind: string; state: string }>;
-  /** How to start the VM on this copy (after `carryon serve NAME`). */
-  vm: { serve: string; qemuLine: string; libvirtXml: string } | null;
+  /** How to start the VM on this copy (after `carryon serve NAME`); servedByApp: this app runs that serve. */
+  vm: { serve: string; qemuLine: string; libvirtXml: string; servedByApp: boolean } | null;
 }
 
 export interface Overview {
@@ -80,6 +92,7 @@ export class AppService {
   private readonly listeners = new Set<(j: Job) => void>();
   /** Admin requests per desktop, from the heartbeat of the app's last renewal. */
   private readonly asked = new Map<string, RenewResult['adminRequests']>();
+  private readonly serving = new Map<string, Serving>();
 
   constructor(private readonly opts: CommonOpts) {}
 
@@ -121,7 +134,10 @@ export class AppService {
       for (const name of [...names].sort()) {
         const info = server?.find((d) => d.name === name) ?? null;
         const local = status.desktops.find((d) => d.desktop === name) ?? null;
-        desktops.push({ ...row(s, name, info, local, device), adminRequests: local && (local.state === 'active' || local.state === 'streaming') ? (this.asked.get(name) ?? []).map((q) => ({ id: q.id, kind: q.kind, state: q.state })) : [] });
+        const r = row(s, name, info, local, device);
+        const served = this.serving.get(name)?.listening;
+        if (r.vm && served) r.vm = { ...r.vm, qemuLine: `qemu-system-x86_64 -m 2048 ${served.qemuLine as string}`, libvirtXml: served.libvirtXml as string, servedByApp: true };
+        desktops.push({ ...r, adminRequests: local && (local.state === 'active' || local.state === 'streaming') ? (this.asked.get(name) ?? []).map((q) => ({ id: q.id, kind: q.kind, state: q.state })) : [] });
       }
       return { version: CARRYON_VERSION, home: s.state.home, login, offline, desktops, jobs: this.listJobs() };
     });
@@ -190,6 +206,64 @@ export class AppService {
     return r;
   }
 
+  /**
+   * Start `carryon serve NAME` (the same command a user types: the disk over NBD on HOME/run/NAME.nbd,
+   * the dirty map, the rest of a streamed copy downloaded) as a child of the app; resolves with its
+   * `listening` event, or fails with the error serve printed.
+   */
+  async serve(desktop: string): Promise<Record<string, unknown>> {
+    if (this.serving.has(desktop)) throw new CarryonError('DISK_IN_USE', `${desktop} is already served by this app: stop it first`, { desktop });
+    const busy = [...this.jobs.values()].find((j) => j.desktop === desktop && j.state === 'running');
+    if (busy) throw new CarryonError('DISK_IN_USE', `a ${busy.kind} of ${desktop} is running in this app: wait for it to finish`, { desktop, job: busy.id });
+    const args = [CLI_BIN, 'serve', desktop, '--json', ...(this.opts.home ? ['--home', this.opts.home] : []), ...(this.opts.passphraseFile ? ['--passphrase-file', this.opts.passphraseFile] : [])];
+    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    proc.stderr!.on('data', (c: Buffer) => (stderr = (stderr + c.toString()).slice(-4000)));
+    const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+    const entry: Serving = { proc, listening: null, exited };
+    this.serving.set(desktop, entry);
+    void exited.then(() => {
+      if (this.serving.get(desktop) === entry) this.serving.delete(desktop);
+    });
+    return new Promise((resolve, reject) => {
+      let buf = '';
+      proc.stdout!.on('data', (c: Buffer) => {
+        buf += c.toString();
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          let e: Record<string, unknown>;
+          try {
+            e = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
+          } catch {
+            e = {};
+          }
+          buf = buf.slice(nl + 1);
+          if (e.event === 'listening') {
+            entry.listening = e;
+            resolve(e);
+          } else if (e.error && !entry.listening) reject(errorFromBody(409, e));
+        }
+      });
+      void exited.then(() => {
+        if (!entry.listening) reject(new CarryonError('INTERNAL', `carryon serve ${desktop} stopped before it served the disk: ${stderr.trim().split('\n').pop() ?? ''}`));
+      });
+    });
+  }
+
+  /** Stop a serve this app started (SIGTERM: serve closes the dirty map cleanly). */
+  async stopServe(desktop: string): Promise<{ desktop: string; stopped: boolean }> {
+    const entry = this.serving.get(desktop);
+    if (!entry) return { desktop, stopped: false };
+    entry.proc.kill('SIGTERM');
+    await entry.exited;
+    return { desktop, stopped: true };
+  }
+
+  /** Stop every serve this app started (the app is stopping). */
+  async close(): Promise<void> {
+    await Promise.all([...this.serving.keys()].map((d) => this.stopServe(d)));
+  }
+
   /** Whether the company's server offers another version of this client (nothing is installed). */
   update(): Promise<UpdateResult> {
     return this.session((s) => runUpdate(s.state, s.api(), s.state.home, { apply: false }));
@@ -218,7 +292,7 @@ function row(s: Session, name: string, info: DesktopInfo | null, local: Record<s
   const vm = held
     ? (() => {
         const lines = guestLines({ name, socket: path.join(s.state.home, 'run', `${name}.nbd`), port: null, share: null });
-        return { serve: `carryon serve ${name}`, qemuLine: `qemu-system-x86_64 -m 2048 ${lines.qemuLine}`, libvirtXml: lines.libvirtXml };
+        return { serve: `carryon serve ${name}`, qemuLine: `qemu-system-x86_64 -m 2048 ${lines.qemuLine}`, libvirtXml: lines.libvirtXml, servedByApp: false };
       })()
     : null;
   return {

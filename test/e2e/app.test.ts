@@ -197,6 +197,23 @@ describe("the traveller's app (chromium)", () => {
     await shot(page, 'app-ready-to-travel');
   }, 90_000);
 
+  it("serves the disk from the app (carryon serve as its child): serve's state, the QEMU line, blocks written through NBD; stopped cleanly", async () => {
+    await page.click('#serve-desk');
+    const vm = page.locator('section[data-desktop="desk"] dd.vm-state');
+    await expect.poll(() => vm.textContent(), { timeout: 30_000 }).toMatch(/^carryon serve \(pid \d+\) is serving the disk$/);
+    const sock = path.join(a.home, 'run', 'desk.nbd');
+    expect(await page.locator('section[data-desktop="desk"] pre.qemu').textContent()).toContain(`nbd:unix:${sock}:exportname=desk`);
+    expect(await page.locator('section[data-desktop="desk"] details').getAttribute('open')).toBe('');
+    // The disk is busy: a check-in from the CLI is refused with the CLI's own lock error.
+    expect((await a.cli(['checkin', 'desk', '--json'])).json.error.code).toBe('DISK_IN_USE');
+    qemuWrite(`nbd+unix:///desk?socket=${sock}`, [[0x33, 4 * 1024 * 1024, 128 * 1024]]);
+    await page.click('#stop-serve-desk');
+    await expect.poll(() => vm.textContent()).toBe('not running');
+    expect(existsSync(sock)).toBe(false);
+    expect(await page.locator('section[data-desktop="desk"] dd.written').textContent()).toMatch(/^[1-9]\d* blocks \(/);
+    expect(await page.locator('#serve-desk').count()).toBe(1);
+  }, 90_000);
+
   it('a streamed check-out is not "ready to travel" until every block is here; "Download the rest" gets it there', async () => {
     await page.click('#stream-roam');
     const travel = page.locator('#travel-roam');
