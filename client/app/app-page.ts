@@ -155,14 +155,14 @@ export const APP_HTML = `<!doctype html>
     if (held && local.state === 'streaming' && !local.readyToTravel) acts.appendChild(btn('finish-' + n, 'Download the rest', 'Download the rest of ' + n + ' now (stop carryon serve first)', true, function () { start('checkout', n); }));
     if (held) {
       acts.appendChild(btn('checkin-' + n, 'Check in', 'Check in ' + n, true, function () { start('checkin', n); }));
+      if (!local.servedBy) acts.appendChild(btn('serve-' + n, 'Start serving the disk', 'Serve the disk of ' + n + ' to a VM (carryon serve ' + n + ')', false, function () { serve(n, 'serve'); }));
+      else if (d.vm && d.vm.servedByApp) acts.appendChild(btn('stop-serve-' + n, 'Stop serving', 'Stop serving the disk of ' + n + ' (shut the VM down first)', false, function () { serve(n, 'stop-serve'); }));
+      acts.appendChild(btn('replicate-' + n, 'Make a restore point', 'Send a restore point of ' + n + ' to the server now', false, function () { start('replicate', n); }));
       acts.appendChild(btn('renew-' + n, 'Renew lease', 'Renew the offline lease of ' + n + ' now (needs the server)', false, function () { renew(n, undefined); }));
       var lab = el('label', { for: 'code-' + n }, 'Code from your admin');
       var inp = el('input', { id: 'code-' + n, name: 'code', autocomplete: 'off', spellcheck: 'false', size: '22' });
       lab.appendChild(inp); acts.appendChild(lab);
       acts.appendChild(btn('use-code-' + n, 'Use code', 'Renew the lease of ' + n + ' with the code from your admin', false, function () { var c = inp.value.trim(); if (c) renew(n, c); else { showError({ code: 'INVALID_ARGUMENT', message: 'type the code your admin read out first' }); inp.focus(); } }));
-      if (!local.servedBy) acts.appendChild(btn('serve-' + n, 'Start serving the disk', 'Serve the disk of ' + n + ' to a VM (carryon serve ' + n + ')', false, function () { serve(n, 'serve'); }));
-      else if (d.vm && d.vm.servedByApp) acts.appendChild(btn('stop-serve-' + n, 'Stop serving', 'Stop serving the disk of ' + n + ' (shut the VM down first)', false, function () { serve(n, 'stop-serve'); }));
-      acts.appendChild(btn('replicate-' + n, 'Make a restore point', 'Send a restore point of ' + n + ' to the server now', false, function () { start('replicate', n); }));
     }
     sec.appendChild(acts);
 

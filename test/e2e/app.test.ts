@@ -214,6 +214,14 @@ describe("the traveller's app (chromium)", () => {
     expect(await page.locator('#serve-desk').count()).toBe(1);
   }, 90_000);
 
+  it('"Make a restore point" sends one, as `carryon replicate` does', async () => {
+    await page.click('#replicate-desk');
+    await expect.poll(() => page.locator('#progress-text-desk').textContent(), { timeout: 60_000 }).toMatch(/^Restore point #\d+ sent: [1-9]\d* blocks changed since check-out, /);
+    const points = await server.admin(['admin', 'restore-points', 'desk']);
+    expect(points.code, points.stderr).toBe(0);
+    expect(JSON.stringify(points.json)).toMatch(/"blocksChanged":[1-9]/);
+  }, 90_000);
+
   it('a streamed check-out is not "ready to travel" until every block is here; "Download the rest" gets it there', async () => {
     await page.click('#stream-roam');
     const travel = page.locator('#travel-roam');
