@@ -234,7 +234,7 @@ describe("the traveller's app (chromium)", () => {
     expect((await a.cli(['status', 'roam', '--json'])).json.desktops[0]).toMatchObject({ state: 'active', readyToTravel: true });
   }, 120_000);
 
-  it('the lease counts down; a wrong code is refused in plain words with its code; renewing online works', async () => {
+  it('the lease counts down; a wrong code is refused in plain words with its code; renewing online works; an admin\'s code works once', async () => {
     const lease = page.locator('#lease-desk');
     const first = await lease.textContent();
     expect(first).toMatch(/^[67] d \d+ h \d+ min \d+ s left$/);
@@ -246,6 +246,20 @@ describe("the traveller's app (chromium)", () => {
     await page.click('#renew-desk');
     await expect.poll(async () => (await page.locator('#result-desk').textContent()) ?? '').toMatch(/The offline lease of desk now runs until \d{4}-/);
     expect(await page.textContent('#error')).toBe('');
+    // A code an admin reads out (works offline): typed into the labelled field, used once.
+    const held = (await server.admin(['admin', 'checkouts'])).json.checkouts.find((c: { desktop: string }) => c.desktop === 'desk');
+    const lc = await server.admin(['admin', 'lease-code', held.checkoutId, '--days', '30']);
+    expect(lc.code, lc.stderr).toBe(0);
+    await page.fill('#code-desk', lc.json.code);
+    await page.click('#use-code-desk');
+    await expect.poll(async () => (await page.locator('#result-desk').textContent()) ?? '').toMatch(new RegExp(`The offline lease of desk now runs until ${lc.json.leaseExpiresAt.slice(0, 13)}.*\\(code #${lc.json.seq}; `));
+    // The countdown follows: the code's end (30 days past the server's lease), not the 7 days before.
+    const days = Math.floor((Date.parse(lc.json.leaseExpiresAt) - Date.now()) / 86_400_000);
+    await expect.poll(() => lease.textContent()).toMatch(new RegExp(`^(${days - 1}|${days}) d `));
+    expect(days).toBeGreaterThan(29);
+    await page.fill('#code-desk', lc.json.code);
+    await page.click('#use-code-desk');
+    await expect.poll(async () => (await page.textContent('#error')) ?? '').toMatch(/used already on this laptop.*\(error LEASE_CODE_INVALID\)$/);
   });
 
   it('a second check-out of the same desktop while one runs is refused; another desktop is not', async () => {
