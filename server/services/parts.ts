@@ -55,7 +55,7 @@ export function buildParts(sql: Sql, store: BlockStore, root: string | null, opt
   const needSpace = spaceCheck(root, opts.minFreeBytes);
   const leases = new IngestLeases(sql);
   const personas = new PersonaService(meta, personaMeta, fleet, escrow, store, tmp, needSpace, leases);
-  const desktops = new DesktopService(meta, fleet, store, leases);
+  const desktops = new DesktopService(meta, fleet, store, leases, tmp);
   const checkouts = new CheckoutService(meta, fleet, personas, escrow, store, needSpace, leases);
   return {
     root: root ?? '', sql, store, meta, fleet, personaMeta, escrow, personas, desktops, checkouts, gc: new GarbageCollector(sql, store), releases: new ReleaseService(sql, root),
