@@ -25,6 +25,7 @@ import { personaFolder } from '../persona-vault.js';
 import { PROFILE_DIR } from '../persona-engine.js';
 import { GUEST_SCRIPTS_DIR, guestLines, profileShareOf, type ProfileShare } from '../guest-share.js';
 import { homeOf, LocalState } from '../state.js';
+import { readAheadPolicy } from '../read-ahead.js';
 import { defaultSources } from '../keyring.js';
 
 
@@ -107,7 +108,11 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         source = null; // no login: serve what is local, fail reads of the rest
       }
     }
+    // CARRYON_READ_AHEAD (benchmarks): 'sequential' (the default), 'fixed:N' (carryon's earlier policy) or 'off'.
+    const readAheadSpec = process.env.CARRYON_READ_AHEAD;
+    if (!readAheadPolicy(readAheadSpec, 1, 4096)) throw new CarryonError('INVALID_ARGUMENT', `CARRYON_READ_AHEAD must be sequential, fixed:N or off, got ${JSON.stringify(readAheadSpec)}`);
     const { disk, trust } = await openLocalDisk(state, local, source);
+    disk.setReadAhead(readAheadPolicy(readAheadSpec, disk.manifest.count, disk.manifest.blockSize)!);
     await disk.journal.beginSession();
     const sockets = new Set<net.Socket>();
     // Set once the lease runs out while serving: the VM keeps the connections it has (pulling its disk
@@ -337,7 +342,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         /* gone */
       }
     }
-    log('stopped', { desktop: name, ...disk.stats, blocksChanged: disk.journal.dirtyCount }, `stopped serving ${name}: ${disk.journal.dirtyCount} blocks changed since check-out; the dirty map is closed cleanly${fuse ? `; ${fuse.file} is unmounted` : ''}`);
+    log('stopped', { desktop: name, ...disk.stats, readAhead: disk.readAheadName, blocksChanged: disk.journal.dirtyCount }, `stopped serving ${name}: ${disk.journal.dirtyCount} blocks changed since check-out; the dirty map is closed cleanly${fuse ? `; ${fuse.file} is unmounted` : ''}`);
     if (fileFailure) throw fileFailure;
   } catch (err) {
     throw learnFromError(state, err);
