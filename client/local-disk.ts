@@ -66,11 +66,11 @@ export class LocalDisk implements NbdExport {
   /** Blocks the VM has read while the disk was arriving (1 = read at least once): the measure of what on-demand fetching owes. */
   private readonly readSeen: Uint8Array;
   /**
-   * Bytes the VM's requests moved; blocks (and their bytes) fetched on demand, of them read ahead; blocks
+   * Bytes the VM's requests moved; blocks (and their bytes) fetched on demand, in how many fetches, of them read ahead; blocks
    * fetched in the background; blocks (and their bytes, each counted once) the VM's reads touched while
-   * the disk was arriving (for logs and --json).
+   * the disk was arriving; milliseconds the VM's reads waited for fetches, summed over reads (for logs and --json).
    */
-  stats = { readBytes: 0, writeBytes: 0, flushes: 0, onDemandBlocks: 0, onDemandBytes: 0, readAheadBlocks: 0, backgroundBlocks: 0, readBlocks: 0, readBlockBytes: 0 };
+  stats = { readBytes: 0, writeBytes: 0, flushes: 0, onDemandBlocks: 0, onDemandBytes: 0, onDemandFetches: 0, readAheadBlocks: 0, backgroundBlocks: 0, readBlocks: 0, readBlockBytes: 0, readWaitMs: 0 };
 
   constructor(readonly name: string, readonly file: string, readonly manifest: DiskManifest, readonly journal: DiskJournal, readonly cheap: BigUint64Array,
     private source: BlockSource | null, dataKey: Buffer | null = null) {
@@ -160,7 +160,11 @@ export class LocalDisk implements NbdExport {
     const ahead = this.readAhead.onRead(a, b, need.length > 0);
     if (ahead) this.fetchAhead(ahead); // joins this read's fetch when it has one (same turn)
     if (need.length === 0) return this.readLocal(offset, length, into, at);
-    return this.ensure(need).then(() => this.readLocal(offset, length, into, at));
+    const t0 = performance.now();
+    return this.ensure(need).then(() => {
+      this.stats.readWaitMs += Math.round(performance.now() - t0);
+      this.readLocal(offset, length, into, at);
+    });
   }
 
   /** Ask for the blocks of `r` that are neither local nor on their way; nobody waits for them. */
@@ -185,6 +189,7 @@ export class LocalDisk implements NbdExport {
       const list = [...this.demand];
       this.demand = new Set();
       this.stats.onDemandBlocks += list.length;
+      this.stats.onDemandFetches++;
       for (const i of list) this.stats.onDemandBytes += this.manifest.lengthOf(i);
       // A failure is recorded per block (failures) and reported to the reads that wait for them.
       void this.fetchBlocks(list).catch(() => undefined);
