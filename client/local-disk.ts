@@ -54,6 +54,8 @@ export class LocalDisk implements NbdExport {
   private readonly written: Uint8Array;
   private readonly inflight = new Map<number, Promise<void>>();
   private demand = new Set<number>();
+  /** Blocks to fetch ahead of the VM's reads, in a request of their own (unless the policy joins them to the reads'). */
+  private ahead = new Set<number>();
   /** Why the last fetch of a block failed: reported with the EIO, rethrown to a check-in. */
   private readonly failures = new Map<number, unknown>();
   private demandScheduled = false;
@@ -167,32 +169,42 @@ export class LocalDisk implements NbdExport {
     });
   }
 
-  /** Ask for the blocks of `r` that are neither local nor on their way; nobody waits for them. */
+  /** Ask for the blocks of `r` that are neither local nor on their way, within the policy's budget; nobody waits for them. */
   private fetchAhead(r: AheadRange): void {
+    let room = this.readAhead.aheadBudget * this.stats.readBlocks - this.stats.readAheadBlocks;
     let added = 0;
-    for (let i = r.from; i <= r.to; i++) {
-      if (this.journal.isPresent(i) || this.written[i] || this.inflight.has(i) || this.demand.has(i)) continue;
-      this.demand.add(i);
+    for (let i = r.from; i <= r.to && room >= 1; i++) {
+      if (this.journal.isPresent(i) || this.written[i] || this.inflight.has(i) || this.demand.has(i) || this.ahead.has(i)) continue;
+      (this.readAhead.joinAhead ? this.demand : this.ahead).add(i);
       added++;
+      room--;
     }
     if (added === 0) return;
     this.stats.readAheadBlocks += added;
     this.scheduleDemand();
   }
 
-  /** Requests arriving in the same turn share one fetch. */
+  /**
+   * Requests arriving in the same turn share one fetch; blocks asked for ahead go in a second one beside
+   * it, so a read waits only for its own blocks.
+   */
   private scheduleDemand(): void {
     if (this.demandScheduled) return;
     this.demandScheduled = true;
     setImmediate(() => {
       this.demandScheduled = false;
       const list = [...this.demand];
+      const ahead = [...this.ahead].filter((i) => !this.demand.has(i));
       this.demand = new Set();
-      this.stats.onDemandBlocks += list.length;
-      this.stats.onDemandFetches++;
-      for (const i of list) this.stats.onDemandBytes += this.manifest.lengthOf(i);
-      // A failure is recorded per block (failures) and reported to the reads that wait for them.
-      void this.fetchBlocks(list).catch(() => undefined);
+      this.ahead = new Set();
+      for (const l of [list, ahead]) {
+        if (l.length === 0) continue;
+        this.stats.onDemandBlocks += l.length;
+        this.stats.onDemandFetches++;
+        for (const i of l) this.stats.onDemandBytes += this.manifest.lengthOf(i);
+        // A failure is recorded per block (failures) and reported to the reads that wait for them.
+        void this.fetchBlocks(l).catch(() => undefined);
+      }
     });
   }
 

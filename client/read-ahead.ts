@@ -26,6 +26,16 @@ export interface AheadRange {
 export interface ReadAheadPolicy {
   /** Which policy, for stats and logs. */
   readonly name: string;
+  /**
+   * Blocks fetched ahead may be at most this many times the blocks the VM has read (LocalDisk clips the
+   * ranges to it): 1 bounds fetched bytes by 2x the bytes of the blocks read. Infinity: no bound.
+   */
+  readonly aheadBudget: number;
+  /**
+   * Fetch the blocks ahead in the same request as the read's own missing blocks (the read then waits
+   * for both), rather than in a request of their own beside it.
+   */
+  readonly joinAhead: boolean;
   /** The VM read blocks a..b (inclusive); `missed` when some of them were not local. */
   onRead(a: number, b: number, missed: boolean): AheadRange | null;
 }
@@ -46,17 +56,28 @@ interface Stream {
 }
 
 export class SequentialReadAhead implements ReadAheadPolicy {
-  readonly name = 'sequential';
+  readonly name: string;
+  readonly aheadBudget = 1;
   private readonly streams: Stream[] = [];
   private clock = 0;
   private readonly maxWindow: number;
 
-  /** `count`: the disk's blocks; `blockSize`: bytes per block (the window's cap is MAX_WINDOW_BYTES). */
-  constructor(private readonly count: number, blockSize: number) {
+  readonly joinAhead: boolean;
+  private readonly around: number;
+
+  /**
+   * `count`: the disk's blocks; `blockSize`: bytes per block (the window's cap is MAX_WINDOW_BYTES).
+   * Variants measured in scripts/bench/stream-boot-bench.ts: `around`, blocks fetched after a miss that
+   * continues no stream (0, the default: none), paid from the budget; `joinAhead` (default false).
+   */
+  constructor(private readonly count: number, blockSize: number, opts: { around?: number; joinAhead?: boolean } = {}) {
     this.maxWindow = Math.max(1, Math.floor(MAX_WINDOW_BYTES / blockSize));
+    this.around = opts.around ?? 0;
+    this.joinAhead = opts.joinAhead ?? false;
+    this.name = `sequential${this.around > 0 ? `+around:${this.around}` : ''}${this.joinAhead ? '+joined' : ''}`;
   }
 
-  onRead(a: number, b: number): AheadRange | null {
+  onRead(a: number, b: number, missed: boolean): AheadRange | null {
     this.clock++;
     let s: Stream | undefined;
     // The stream this read continues: the one whose end is nearest below it.
@@ -69,7 +90,7 @@ export class SequentialReadAhead implements ReadAheadPolicy {
         this.streams.splice(lru, 1);
       }
       this.streams.push(s);
-      return null; // one read says nothing about the next
+      return missed ? this.aroundOf(s) : null; // one read says nothing about the next
     }
     s.used = this.clock;
     s.reads++;
@@ -85,7 +106,7 @@ export class SequentialReadAhead implements ReadAheadPolicy {
       }
     }
     const run = s.last - s.start + 1;
-    if (run < 2) return null; // re-reads inside one block are not a stream yet
+    if (run < 2) return missed ? this.aroundOf(s) : null; // re-reads inside one block are not a stream yet
     const window = Math.min(run, this.maxWindow);
     // Ask for the next window once half of the current one is used (at once, the first time).
     if (s.aheadEnd - s.last > window / 2) return null;
@@ -95,11 +116,20 @@ export class SequentialReadAhead implements ReadAheadPolicy {
     s.aheadEnd = to;
     return { from, to };
   }
+
+  private aroundOf(s: Stream): AheadRange | null {
+    if (this.around === 0 || s.aheadEnd + 1 >= this.count) return null;
+    const from = s.aheadEnd + 1;
+    s.aheadEnd = Math.min(s.last + this.around, this.count - 1);
+    return from <= s.aheadEnd ? { from, to: s.aheadEnd } : null;
+  }
 }
 
 /** carryon's earlier policy: every miss also fetched the `n` blocks after it, whatever the VM read. */
 export class FixedReadAhead implements ReadAheadPolicy {
   readonly name: string;
+  readonly aheadBudget = Infinity;
+  readonly joinAhead = true;
   constructor(private readonly count: number, private readonly n: number) {
     this.name = `fixed:${n}`;
   }
@@ -116,7 +146,8 @@ export class FixedReadAhead implements ReadAheadPolicy {
  */
 export function readAheadPolicy(spec: string | undefined, count: number, blockSize: number): ReadAheadPolicy | null {
   const s = (spec ?? '').trim();
-  if (s === '' || s === 'sequential') return new SequentialReadAhead(count, blockSize);
+  const seq = /^sequential(?:\+around:(\d{1,3}))?(\+joined)?$/.exec(s);
+  if (s === '' || seq) return new SequentialReadAhead(count, blockSize, { around: Number(seq?.[1] ?? 0), joinAhead: seq?.[2] !== undefined });
   if (s === 'off') return new FixedReadAhead(count, 0);
   const m = /^fixed:(\d{1,4})$/.exec(s);
   if (m) return new FixedReadAhead(count, Number(m[1]));

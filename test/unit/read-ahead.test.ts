@@ -67,6 +67,13 @@ describe('SequentialReadAhead', () => {
     }
   });
 
+  it('with around:N (a measured variant), a miss that continues no stream also asks for the N blocks after it; a hit does not', () => {
+    const p = new SequentialReadAhead(10_000, 64 * KiB, { around: 4 });
+    expect(p.onRead(500, 500, true)).toEqual({ from: 501, to: 504 });
+    expect(p.onRead(900, 900, false)).toBeNull();
+    expect(new SequentialReadAhead(10_000, 64 * KiB).onRead(500, 500, true)).toBeNull();
+  });
+
   it('follows interleaved streams separately', () => {
     const p = new SequentialReadAhead(10_000, 64 * KiB);
     const got = feed(p, [[100, 101], [5000, 5001], [102, 103], [5002, 5003]]);
@@ -103,12 +110,15 @@ describe('FixedReadAhead and the CARRYON_READ_AHEAD spellings', () => {
     expect(p.onRead(95, 96, true)).toEqual({ from: 97, to: 99 });
   });
 
-  it('parses sequential, fixed:N and off, and refuses anything else', () => {
+  it('parses sequential (and its measured variants), fixed:N and off, and refuses anything else', () => {
     expect(readAheadPolicy(undefined, 10, 4096)!.name).toBe('sequential');
-    expect(readAheadPolicy('sequential', 10, 4096)!.name).toBe('sequential');
+    expect(readAheadPolicy('sequential', 10, 4096)).toMatchObject({ name: 'sequential', aheadBudget: 1, joinAhead: false });
+    expect(readAheadPolicy('sequential+around:4', 10, 4096)!.name).toBe('sequential+around:4');
+    expect(readAheadPolicy('sequential+around:4+joined', 10, 4096)).toMatchObject({ name: 'sequential+around:4+joined', joinAhead: true });
+    expect(readAheadPolicy('fixed:15', 10, 4096)).toMatchObject({ aheadBudget: Infinity, joinAhead: true });
     expect(readAheadPolicy('fixed:15', 10, 4096)!.name).toBe('fixed:15');
     expect(readAheadPolicy('off', 10, 4096)!.onRead(1, 1, true)).toBeNull();
-    for (const bad of ['fixed', 'fixed:-1', 'fixed:99999', 'kernel', 'fixed:1x']) expect(readAheadPolicy(bad, 10, 4096)).toBeNull();
+    for (const bad of ['fixed', 'fixed:-1', 'fixed:99999', 'kernel', 'fixed:1x', 'sequential+', 'sequential+around:', 'sequential+joined+around:4']) expect(readAheadPolicy(bad, 10, 4096)).toBeNull();
   });
 });
 
@@ -168,6 +178,30 @@ describe('LocalDisk fetches what the read-ahead policy asks, and counts it', () 
     // Misses: the first two reads, then the window stays ahead (each fetch is one BlockSource call's worth).
     expect(disk.stats.onDemandBlocks).toBeGreaterThan(128);
     await disk.close();
+  });
+
+  it('blocks fetched ahead never outnumber the blocks read (the budget), whatever the policy asks', async () => {
+    const { disk, asked } = streamed(256);
+    disk.setReadAhead(readAheadPolicy('sequential+around:15', 256, 64 * KiB)!);
+    await disk.read(10 * 64 * KiB, 4096); // 1 block read: 1 block of budget for its 15 asked
+    await disk.read(100 * 64 * KiB, 4096); // 2 read, 1 ahead so far: 1 more
+    await disk.commitPresent();
+    expect(disk.stats).toMatchObject({ readBlocks: 2, readAheadBlocks: 2, onDemandBlocks: 4 });
+    expect([...asked].sort((x, y) => x - y)).toEqual([10, 11, 100, 101]);
+    await disk.close();
+  });
+
+  it('the blocks ahead go in a request of their own beside the read\'s (joined: in the same one)', async () => {
+    for (const [spec, fetches] of [['sequential', 3], ['sequential+joined', 2]] as const) {
+      const { disk } = streamed(64);
+      disk.setReadAhead(readAheadPolicy(spec, 64, 64 * KiB)!);
+      await disk.read(0, 128 * KiB);
+      await disk.read(128 * KiB, 128 * KiB); // a miss that starts the window: blocks 2-3 for the read, 4-7 ahead
+      await disk.commitPresent();
+      expect(disk.stats.onDemandBlocks).toBe(8);
+      expect(disk.stats.onDemandFetches).toBe(fetches);
+      await disk.close();
+    }
   });
 
   it('fixed:15 (the earlier policy) fetches 15 blocks after every miss, scattered or not', async () => {
