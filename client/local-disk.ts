@@ -67,12 +67,15 @@ export class LocalDisk implements NbdExport {
   private readAhead: ReadAheadPolicy;
   /** Blocks the VM has read while the disk was arriving (1 = read at least once): the measure of what on-demand fetching owes. */
   private readonly readSeen: Uint8Array;
+  /** Blocks asked for ahead of the VM's reads (1): when the VM then reads one, the guess was good. */
+  private readonly askedAhead: Uint8Array;
   /**
-   * Bytes the VM's requests moved; blocks (and their bytes) fetched on demand, in how many fetches, of them read ahead; blocks
+   * Bytes the VM's requests moved; blocks (and their bytes) fetched on demand, in how many fetches, of them read ahead
+   * (and of those, read by the VM since); blocks
    * fetched in the background; blocks (and their bytes, each counted once) the VM's reads touched while
    * the disk was arriving; milliseconds the VM's reads waited for fetches, summed over reads (for logs and --json).
    */
-  stats = { readBytes: 0, writeBytes: 0, flushes: 0, onDemandBlocks: 0, onDemandBytes: 0, onDemandFetches: 0, readAheadBlocks: 0, backgroundBlocks: 0, readBlocks: 0, readBlockBytes: 0, readWaitMs: 0 };
+  stats = { readBytes: 0, writeBytes: 0, flushes: 0, onDemandBlocks: 0, onDemandBytes: 0, onDemandFetches: 0, readAheadBlocks: 0, readAheadUsed: 0, backgroundBlocks: 0, readBlocks: 0, readBlockBytes: 0, readWaitMs: 0 };
 
   constructor(readonly name: string, readonly file: string, readonly manifest: DiskManifest, readonly journal: DiskJournal, readonly cheap: BigUint64Array,
     private source: BlockSource | null, dataKey: Buffer | null = null) {
@@ -86,6 +89,7 @@ export class LocalDisk implements NbdExport {
     this.bs = manifest.blockSize;
     this.written = new Uint8Array(manifest.count);
     this.readSeen = new Uint8Array(journal.complete ? 0 : manifest.count);
+    this.askedAhead = new Uint8Array(journal.complete ? 0 : manifest.count);
     this.readAhead = new SequentialReadAhead(manifest.count, manifest.blockSize);
   }
 
@@ -155,6 +159,7 @@ export class LocalDisk implements NbdExport {
         this.readSeen[i] = 1;
         this.stats.readBlocks++;
         this.stats.readBlockBytes += this.manifest.lengthOf(i);
+        if (this.askedAhead[i] === 1) this.stats.readAheadUsed++;
       }
       const s = i * this.bs;
       if (!this.readable(i, Math.max(offset, s) - s, Math.min(offset + length, s + this.manifest.lengthOf(i)) - s)) need.push(i);
@@ -169,13 +174,17 @@ export class LocalDisk implements NbdExport {
     });
   }
 
-  /** Ask for the blocks of `r` that are neither local nor on their way, within the policy's budget; nobody waits for them. */
+  /**
+   * Ask for the blocks of `r` that are neither local nor on their way, within the policy's budget: blocks
+   * fetched ahead and not read (yet) at most aheadBudget times the blocks read. Nobody waits for them.
+   */
   private fetchAhead(r: AheadRange): void {
-    let room = this.readAhead.aheadBudget * this.stats.readBlocks - this.stats.readAheadBlocks;
+    let room = this.readAhead.aheadBudget * this.stats.readBlocks - (this.stats.readAheadBlocks - this.stats.readAheadUsed);
     let added = 0;
     for (let i = r.from; i <= r.to && room >= 1; i++) {
       if (this.journal.isPresent(i) || this.written[i] || this.inflight.has(i) || this.demand.has(i) || this.ahead.has(i)) continue;
       (this.readAhead.joinAhead ? this.demand : this.ahead).add(i);
+      this.askedAhead[i] = 1;
       added++;
       room--;
     }

@@ -1,7 +1,8 @@
 // carryon serve NAME: export a checked-out disk over NBD (a Unix socket by default, or 127.0.0.1:PORT)
 // for QEMU, libvirt, qemu-img, nbdcopy or the Linux nbd driver. Every write is tracked in the dirty
 // map, so the next check-in reads only what changed. A streamed check-out keeps downloading in the
-// background while the VM runs; reads of blocks not yet local are fetched first.
+// background while the VM runs; reads of blocks not yet local are fetched first, with read-ahead only
+// of sequential reads (client/read-ahead.ts; CARRYON_READ_AHEAD picks another policy for benchmarks).
 // Runs in the foreground until SIGINT or SIGTERM, then flushes and closes the map cleanly.
 // With --file DIR it also shows the export as a plain file, DIR/NAME.raw, through nbdfuse (FUSE), for
 // hypervisors that need a file (VirtualBox, VMware): their writes go through the same dirty map.

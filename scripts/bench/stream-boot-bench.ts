@@ -187,6 +187,7 @@ interface RunResult {
   fetchedBlocks: number;
   fetchedBytes: number;
   readAheadBlocks: number;
+  readAheadUsed: number;
   fetches: number;
   waitSeconds: number;
   guestReadSeconds: number;
@@ -224,7 +225,7 @@ async function bootOnce(o: { work: string; serverUrl: string; token: string; dat
   };
   return {
     policy: o.policy, run: o.run, readBlocks: n('readBlocks'), readBlockBytes: n('readBlockBytes'), nbdReadBytes: n('readBytes'),
-    fetchedBlocks: n('onDemandBlocks'), fetchedBytes: n('onDemandBytes'), readAheadBlocks: n('readAheadBlocks'), fetches: n('onDemandFetches'), waitSeconds: n('readWaitMs') / 1000,
+    fetchedBlocks: n('onDemandBlocks'), fetchedBytes: n('onDemandBytes'), readAheadBlocks: n('readAheadBlocks'), readAheadUsed: n('readAheadUsed'), fetches: n('onDemandFetches'), waitSeconds: n('readWaitMs') / 1000,
     guestReadSeconds: Number(m[2]) - Number(m[1]), qemuSeconds,
   };
 }
@@ -276,13 +277,13 @@ async function main(): Promise<void> {
         const desk = `d-${r}-${policy.replace(/[^a-z0-9]/g, '')}`;
         const res = await bootOnce({ work, serverUrl: server.url, token, data, desk, policy, run: r, initrd, vmlinuz: join(kdir, 'vmlinuz') });
         results.push(res);
-        log(`run ${r} ${policy}: guest read ${mb(res.nbdReadBytes)} MB over NBD touching ${res.readBlocks} blocks (${mb(res.readBlockBytes)} MB); fetched ${res.fetchedBlocks} blocks (${mb(res.fetchedBytes)} MB, ${res.readAheadBlocks} read ahead, ${res.fetches} fetches, reads waited ${res.waitSeconds.toFixed(2)} s) = ${ratio(res.fetchedBytes, res.readBlockBytes)}; guest reads ${res.guestReadSeconds.toFixed(2)} s, boot to poweroff ${res.qemuSeconds.toFixed(2)} s`);
+        log(`run ${r} ${policy}: guest read ${mb(res.nbdReadBytes)} MB over NBD touching ${res.readBlocks} blocks (${mb(res.readBlockBytes)} MB); fetched ${res.fetchedBlocks} blocks (${mb(res.fetchedBytes)} MB, ${res.readAheadBlocks} read ahead (${res.readAheadUsed} of them read), ${res.fetches} fetches, reads waited ${res.waitSeconds.toFixed(2)} s) = ${ratio(res.fetchedBytes, res.readBlockBytes)}; guest reads ${res.guestReadSeconds.toFixed(2)} s, boot to poweroff ${res.qemuSeconds.toFixed(2)} s`);
       }
     }
 
     log('\nEvery run (fetched/touched: bytes fetched over bytes of the blocks the guest read, each block once):');
-    log(table(['run', 'policy', 'NBD read MB', 'blocks touched', 'touched MB', 'blocks fetched', 'fetched MB', 'read ahead', 'fetches', 'read wait s', 'fetched/touched', 'guest reads s', 'boot s'],
-      results.map((r) => [String(r.run), r.policy, mb(r.nbdReadBytes), String(r.readBlocks), mb(r.readBlockBytes), String(r.fetchedBlocks), mb(r.fetchedBytes), String(r.readAheadBlocks), String(r.fetches), r.waitSeconds.toFixed(2), ratio(r.fetchedBytes, r.readBlockBytes), r.guestReadSeconds.toFixed(2), r.qemuSeconds.toFixed(2)])));
+    log(table(['run', 'policy', 'NBD read MB', 'blocks touched', 'touched MB', 'blocks fetched', 'fetched MB', 'read ahead', 'of them read', 'fetches', 'read wait s', 'fetched/touched', 'guest reads s', 'boot s'],
+      results.map((r) => [String(r.run), r.policy, mb(r.nbdReadBytes), String(r.readBlocks), mb(r.readBlockBytes), String(r.fetchedBlocks), mb(r.fetchedBytes), String(r.readAheadBlocks), String(r.readAheadUsed), String(r.fetches), r.waitSeconds.toFixed(2), ratio(r.fetchedBytes, r.readBlockBytes), r.guestReadSeconds.toFixed(2), r.qemuSeconds.toFixed(2)])));
     const peer = o.policies[0]!;
     log(`\nMedians (ratios against ${peer}, measured in the same run):`);
     const rows: string[][] = [];

@@ -112,13 +112,13 @@ describe('FixedReadAhead and the CARRYON_READ_AHEAD spellings', () => {
 
   it('parses sequential (and its measured variants), fixed:N and off, and refuses anything else', () => {
     expect(readAheadPolicy(undefined, 10, 4096)!.name).toBe('sequential');
-    expect(readAheadPolicy('sequential', 10, 4096)).toMatchObject({ name: 'sequential', aheadBudget: 1, joinAhead: false });
+    expect(readAheadPolicy('sequential', 10, 4096)).toMatchObject({ name: 'sequential', aheadBudget: 1, joinAhead: true });
     expect(readAheadPolicy('sequential+around:4', 10, 4096)!.name).toBe('sequential+around:4');
-    expect(readAheadPolicy('sequential+around:4+joined', 10, 4096)).toMatchObject({ name: 'sequential+around:4+joined', joinAhead: true });
+    expect(readAheadPolicy('sequential+around:4+split', 10, 4096)).toMatchObject({ name: 'sequential+around:4+split', joinAhead: false });
     expect(readAheadPolicy('fixed:15', 10, 4096)).toMatchObject({ aheadBudget: Infinity, joinAhead: true });
     expect(readAheadPolicy('fixed:15', 10, 4096)!.name).toBe('fixed:15');
     expect(readAheadPolicy('off', 10, 4096)!.onRead(1, 1, true)).toBeNull();
-    for (const bad of ['fixed', 'fixed:-1', 'fixed:99999', 'kernel', 'fixed:1x', 'sequential+', 'sequential+around:', 'sequential+joined+around:4']) expect(readAheadPolicy(bad, 10, 4096)).toBeNull();
+    for (const bad of ['fixed', 'fixed:-1', 'fixed:99999', 'kernel', 'fixed:1x', 'sequential+', 'sequential+around:', 'sequential+split+around:4', 'sequential+joined']) expect(readAheadPolicy(bad, 10, 4096)).toBeNull();
   });
 });
 
@@ -180,7 +180,7 @@ describe('LocalDisk fetches what the read-ahead policy asks, and counts it', () 
     await disk.close();
   });
 
-  it('blocks fetched ahead never outnumber the blocks read (the budget), whatever the policy asks', async () => {
+  it('blocks fetched ahead and not read never outnumber the blocks read (the budget), whatever the policy asks', async () => {
     const { disk, asked } = streamed(256);
     disk.setReadAhead(readAheadPolicy('sequential+around:15', 256, 64 * KiB)!);
     await disk.read(10 * 64 * KiB, 4096); // 1 block read: 1 block of budget for its 15 asked
@@ -188,11 +188,18 @@ describe('LocalDisk fetches what the read-ahead policy asks, and counts it', () 
     await disk.commitPresent();
     expect(disk.stats).toMatchObject({ readBlocks: 2, readAheadBlocks: 2, onDemandBlocks: 4 });
     expect([...asked].sort((x, y) => x - y)).toEqual([10, 11, 100, 101]);
+    // Good guesses cost nothing: blocks 11 and 101 read, so 4 blocks read and none ahead unread: 4 of room.
+    await disk.read(11 * 64 * KiB, 4096);
+    await disk.read(101 * 64 * KiB, 4096);
+    await disk.read(200 * 64 * KiB, 4096); // 5 read: room for 5 of the 15 asked
+    await disk.commitPresent();
+    expect(disk.stats).toMatchObject({ readBlocks: 5, readAheadUsed: 2, readAheadBlocks: 7 });
+    expect([...asked].sort((x, y) => x - y)).toEqual([10, 11, 100, 101, 200, 201, 202, 203, 204, 205]);
     await disk.close();
   });
 
-  it('the blocks ahead go in a request of their own beside the read\'s (joined: in the same one)', async () => {
-    for (const [spec, fetches] of [['sequential', 3], ['sequential+joined', 2]] as const) {
+  it('a window asked for by a read that missed goes in the read\'s request (+split: in one of its own beside it)', async () => {
+    for (const [spec, fetches] of [['sequential', 2], ['sequential+split', 3]] as const) {
       const { disk } = streamed(64);
       disk.setReadAhead(readAheadPolicy(spec, 64, 64 * KiB)!);
       await disk.read(0, 128 * KiB);
