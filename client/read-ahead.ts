@@ -10,10 +10,10 @@
 // any stream is at most what that stream has read, which bounds fetched bytes by 2x the bytes read.
 // The next window is asked for when the stream's reads have used half of the current one, so a VM
 // reading a large file keeps hitting local blocks while the next window arrives (a window asked for by
-// a read that missed goes in that read's request: fewer requests measured faster here than a request of
-// its own beside it, `+split`). LocalDisk also
-// holds every policy to its aheadBudget: blocks fetched ahead that the VM has not read never outnumber
-// the blocks it has read (good guesses cost nothing), which bounds fetched bytes by 2x on its own.
+// a read that missed goes in that read's request: fewer requests, measured no slower here than a
+// request of its own beside it, `+split`). LocalDisk also holds every policy to its aheadBudget: blocks
+// fetched ahead that the VM has not read never outnumber the blocks it has read (good guesses cost
+// nothing), which bounds fetched bytes by 2x on its own.
 //
 // FixedReadAhead(n) is the policy carryon had before (every miss also fetched the n blocks after it, in
 // the same request): kept for benchmarks through CARRYON_READ_AHEAD (`fixed:15`), as are the variants
