@@ -2,41 +2,124 @@
 // size limit checked from the header before any byte is buffered; reading stops at the end of the
 // archive and at the first error.
 import { Readable } from 'node:stream';
-import { createRequire } from 'node:module';
 import { CarryonError } from '../errors/index.js';
 import { isAllZero } from '../hash/index.js';
 
+/** Tar's unit: headers and padded entry data come in records of 512 bytes. */
+const RECORD = 512;
 /** A tar archive ends with two 512-byte zero records. */
 const END_BYTES = 1024;
 
-const require = createRequire(import.meta.url);
-const tar = require('tar-stream') as typeof import('tar-stream');
 
 export interface TarEntry {
   name: string;
   data: Buffer;
 }
 
-/** A tar stream of the entries, produced as the consumer reads (backpressure through tar-stream). */
+/** packEntries gathers entries into chunks of about this much before handing them to the stream. */
+const PACK_CHUNK = 1024 * 1024;
+/** The first chunk of a stream; each next one is twice as large, up to PACK_CHUNK. */
+const FIRST_CHUNK = 64 * 1024;
+
+/**
+ * A tar stream of the entries, produced as the consumer reads (backpressure through Readable.from).
+ * Headers are our own ustar encoding (the bytes tar-stream wrote: mode 644, uid/gid 0, mtime 0), written
+ * with their entries into chunks of PACK_CHUNK: a check-out's answer of 64 KiB blocks was three stream
+ * writes and a 512-byte allocation per block through tar-stream (header, data, padding), which cost the
+ * server more than copying the bytes once (docs/performance.md, cold check-out). An entry that fits a
+ * chunk is copied at once; a larger one is passed on as it is (its producer must not change it). A name
+ * ustar cannot hold (over 100 bytes with no '/' to split at, non-ASCII) fails: unpackEntries reads no
+ * other kind of header. A chunk goes out when the next entry does not fit, or at the end.
+ */
 export function packEntries(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): Readable {
-  const pack = tar.pack();
-  (async () => {
-    for await (const e of entries) {
-      if (pack.destroyed) return; // the reader went away (a closed connection): stop producing
-      await new Promise<void>((resolve, reject) => {
-        const sink = pack.entry({ name: e.name, size: e.data.length, mode: 0o644, mtime: new Date(0) }, e.data, (err) => (err ? reject(err) : resolve()));
-        // The callback reports a failed entry; without a listener the sink's own 'error' would crash the process.
-        sink.on('error', () => undefined);
-      });
+  return Readable.from(packChunks(entries), { objectMode: false });
+}
+
+async function* packChunks(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): AsyncGenerator<Buffer> {
+  let chunk: Buffer | null = null;
+  let used = 0;
+  // Chunks grow from FIRST_CHUNK to PACK_CHUNK: a small answer never allocates a whole PACK_CHUNK.
+  let cap = FIRST_CHUNK;
+  for await (const e of entries) {
+    const size = e.data.length;
+    const need = RECORD + Math.ceil(size / RECORD) * RECORD;
+    if (chunk && used + need > chunk.length) {
+      if (used > 0) yield chunk.subarray(0, used);
+      chunk = null;
     }
-    pack.finalize();
-  })().catch((err: Error) => pack.destroy(err));
-  return Readable.from(pack as unknown as AsyncIterable<Buffer>, { objectMode: false });
+    if (need > PACK_CHUNK) {
+      // Larger than a chunk: its header, then its bytes as they are (no copy), then the padding.
+      yield encodeHeader(e.name, size);
+      yield e.data;
+      if (need - RECORD > size) yield ZERO_RECORD.subarray(0, need - RECORD - size);
+      continue;
+    }
+    if (!chunk) {
+      chunk = Buffer.allocUnsafe(Math.max(cap, need));
+      cap = Math.min(cap * 2, PACK_CHUNK);
+      used = 0;
+    }
+    encodeHeader(e.name, size, chunk, used);
+    e.data.copy(chunk, used + RECORD);
+    chunk.fill(0, used + RECORD + size, used + need);
+    used += need;
+  }
+  if (!chunk || used + END_BYTES > chunk.length) {
+    if (chunk && used > 0) yield chunk.subarray(0, used);
+    chunk = Buffer.allocUnsafe(END_BYTES);
+    used = 0;
+  }
+  chunk.fill(0, used, used + END_BYTES);
+  yield chunk.subarray(0, used + END_BYTES);
+}
+
+const ZERO_RECORD = Buffer.alloc(RECORD);
+
+/**
+ * A ustar header of a regular file (mode 0644, owner 0, mtime 0), as tar-stream encoded it: written
+ * into `into` at `at` when given (the 512 bytes there are overwritten), else into a new buffer.
+ */
+export function encodeHeader(fullName: string, size: number, into?: Buffer, at = 0): Buffer {
+  let name = fullName;
+  let prefix = '';
+  if (!/^[\x20-\x7e]*$/.test(name)) throw new CarryonError('INTERNAL', `tar entry name ${JSON.stringify(name.slice(0, 200))} is not printable ASCII`);
+  while (name.length > 100) {
+    const i = name.indexOf('/');
+    if (i === -1) break;
+    prefix += prefix ? `/${name.slice(0, i)}` : name.slice(0, i);
+    name = name.slice(i + 1);
+  }
+  if (name.length > 100 || prefix.length > 155) throw new CarryonError('INTERNAL', `tar entry name ${JSON.stringify(fullName.slice(0, 200))} does not fit a ustar header`);
+  if (!Number.isSafeInteger(size) || size < 0 || size > 0o77777777777) throw new CarryonError('INTERNAL', `tar entry of ${size} bytes does not fit a ustar header`);
+  const b = into ? into.subarray(at, at + RECORD) : Buffer.allocUnsafe(RECORD);
+  b.fill(0);
+  b.write(name, 0, 'latin1');
+  b.write('000644 \0', 100, 'latin1');
+  b.write('000000 \0', 108, 'latin1');
+  b.write('000000 \0', 116, 'latin1');
+  b.write(`${size.toString(8).padStart(11, '0')} `, 124, 'latin1');
+  b.write('00000000000 ', 136, 'latin1');
+  b[156] = 0x30; // '0': a regular file
+  b.write('ustar\0' + '00', 257, 'latin1');
+  b.write('000000 \0', 329, 'latin1');
+  b.write('000000 \0', 337, 'latin1');
+  if (prefix) b.write(prefix, 345, 'latin1');
+  let sum = 8 * 0x20;
+  for (let i = 0; i < 148; i++) sum += b[i]!;
+  for (let i = 156; i < RECORD; i++) sum += b[i]!;
+  b.write(`${sum.toString(8).padStart(6, '0')} `, 148, 'latin1'); // then a NUL, as tar-stream
+  return b;
 }
 
 export interface UnpackOptions {
   /** Stop with PAYLOAD_TOO_LARGE once the archive passes this many bytes (headers, data and padding). */
   maxTotalBytes?: number;
+  /**
+   * The consumer keeps no entry's data after its onEntry settles: entries may be views of the stream's
+   * own chunks. Otherwise an entry that is a small part of a larger chunk is copied out, so a kept
+   * entry does not pin the whole chunk in memory.
+   */
+  transient?: boolean;
 }
 
 /**
@@ -54,7 +137,7 @@ export async function unpackEntries(
   onEntry: (e: TarEntry) => Promise<void> | void,
   opts: UnpackOptions = {},
 ): Promise<number> {
-  const src = new ByteSource(input as Readable);
+  const src = new ByteSource(input as Readable, opts.transient === true);
   const maxTotal = opts.maxTotalBytes ?? Number.MAX_SAFE_INTEGER;
   let total = 0;
   let count = 0;
@@ -81,7 +164,6 @@ export async function unpackEntries(
   }
 }
 
-const RECORD = 512;
 const TYPE_FILE = new Set([0x30, 0x00]); // '0', and NUL from pre-POSIX tars
 
 /** A ustar (or GNU) header of a regular file: its name and size; anything else is TAR_INVALID. */
@@ -132,7 +214,7 @@ class ByteSource {
     this.poke();
   };
 
-  constructor(private readonly s: Readable) {
+  constructor(private readonly s: Readable, private readonly transient: boolean) {
     s.on('readable', this.onReadable);
     s.on('end', this.onEnd);
     s.on('error', this.onError);
@@ -162,13 +244,30 @@ class ByteSource {
       }
       await new Promise<void>((resolve) => (this.wake = resolve));
     }
-    const all = this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held, this.heldBytes);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.held = rest.length > 0 ? [rest] : [];
-    this.heldBytes = rest.length;
-    // A block that is a small slice of a large read would pin the whole read: copy it out.
-    return out.length < all.length / 2 ? Buffer.from(out) : out;
+    if (n === 0) return Buffer.alloc(0);
+    // Only the n bytes wanted are gathered (a copy only when they span chunks); the rest stays as held.
+    const first = this.held[0]!;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length > n) this.held[0] = first.subarray(n);
+      else this.held.shift();
+      // A block that is a small slice of a large read would pin the whole read: copy it out.
+      if (!this.transient && out.length < first.buffer.byteLength / 2) out = Buffer.from(out);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let at = 0;
+      while (at < n) {
+        const c = this.held[0]!;
+        const k = Math.min(c.length, n - at);
+        c.copy(out, at, 0, k);
+        at += k;
+        if (k === c.length) this.held.shift();
+        else this.held[0] = c.subarray(k);
+      }
+    }
+    this.heldBytes -= n;
+    return out;
   }
 
   /** Stop listening; bytes not yet taken stay in the stream (or are dropped with this reader). */
