@@ -7,7 +7,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
   API_PREFIX, asCarryonError, diskSpace, parseJson, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, HEADER_DEVICE, httpStatusOf,
-  MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS,
+  MAX_QUERY_IDS, packEntries, PACK_CHUNK_BYTES, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS,
   MAX_PERSONA_SNAPSHOT_BYTES, parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest,
   parseRequestUpdate, parseDesktopPolicy, parseDaysRequest, parseRestorePointRequest, parseEscrowRequest, type PersonaCommitResult,
 } from '../src/index.js';
@@ -116,7 +116,8 @@ export class CarryonHttpServer {
         await pipeline(packEntries(out.entries), createCompressStream(3), res);
       } else {
         res.writeHead(200, { 'content-type': CONTENT_TAR });
-        await pipeline(packEntries(out.entries), res);
+        // Every entry is at hand (read a batch ahead): gathered into chunks, a socket write per 256 KiB.
+        await pipeline(packEntries(out.entries, { chunkBytes: PACK_CHUNK_BYTES }), res);
       }
       return undefined;
     });

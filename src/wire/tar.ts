@@ -16,30 +16,56 @@ export interface TarEntry {
   data: Buffer;
 }
 
-/** packEntries gathers entries into chunks of about this much before handing them to the stream. */
-const PACK_CHUNK = 1024 * 1024;
-/** The first chunk of a stream; each next one is twice as large, up to PACK_CHUNK. */
+/**
+ * A chunk size for packEntries' `chunkBytes`: ten 64 KiB blocks' frames to a stream write amortise its
+ * cost, and a server that dies loses at most this much already read (the crash tests resume from what
+ * arrived).
+ */
+export const PACK_CHUNK_BYTES = 256 * 1024;
+/** The first chunk of a chunked stream; each next one is twice as large, up to the chunk size asked for. */
 const FIRST_CHUNK = 64 * 1024;
+
+export interface PackOptions {
+  /**
+   * Gather entries into chunks of up to this many bytes, each entry copied once, instead of handing out
+   * each entry as it comes. For answers whose entries are all at hand (a check-out's blocks): a stream
+   * write per chunk instead of three per entry. Not for uploads: a chunk waits until it is full, so a
+   * slow producer's entries would wait on the sender's side (a killed upload must have sent what it could).
+   */
+  chunkBytes?: number;
+}
 
 /**
  * A tar stream of the entries, produced as the consumer reads (backpressure through Readable.from).
- * Headers are our own ustar encoding (the bytes tar-stream wrote: mode 644, uid/gid 0, mtime 0), written
- * with their entries into chunks of PACK_CHUNK: a check-out's answer of 64 KiB blocks was three stream
- * writes and a 512-byte allocation per block through tar-stream (header, data, padding), which cost the
- * server more than copying the bytes once (docs/performance.md, cold check-out). An entry that fits a
- * chunk is copied at once; a larger one is passed on as it is (its producer must not change it). A name
- * ustar cannot hold (over 100 bytes with no '/' to split at, non-ASCII) fails: unpackEntries reads no
- * other kind of header. A chunk goes out when the next entry does not fit, or at the end.
+ * Headers are our own ustar encoding (the bytes tar-stream wrote: mode 644, uid/gid 0, mtime 0): a
+ * check-out's answer of 64 KiB blocks was three stream writes and a 512-byte allocation per block
+ * through tar-stream, which cost the server more than copying the bytes once into chunks does
+ * (`chunkBytes`; docs/performance.md, cold check-out). Without `chunkBytes` each entry goes out as it
+ * comes (header, bytes, padding; the bytes not copied: the producer must not change them). A name ustar
+ * cannot hold (over 100 bytes with no '/' to split at, non-ASCII) fails: unpackEntries reads no other
+ * kind of header.
  */
-export function packEntries(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): Readable {
-  return Readable.from(packChunks(entries), { objectMode: false });
+export function packEntries(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>, opts: PackOptions = {}): Readable {
+  const chunk = opts.chunkBytes ?? 0;
+  return Readable.from(chunk > 0 ? packChunks(entries, chunk) : packEach(entries), { objectMode: false });
 }
 
-async function* packChunks(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): AsyncGenerator<Buffer> {
+async function* packEach(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): AsyncGenerator<Buffer> {
+  for await (const e of entries) {
+    const size = e.data.length;
+    const pad = Math.ceil(size / RECORD) * RECORD - size;
+    yield encodeHeader(e.name, size);
+    if (size > 0) yield e.data;
+    if (pad > 0) yield ZERO_RECORD.subarray(0, pad);
+  }
+  yield Buffer.alloc(END_BYTES);
+}
+
+async function* packChunks(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>, max: number): AsyncGenerator<Buffer> {
   let chunk: Buffer | null = null;
   let used = 0;
-  // Chunks grow from FIRST_CHUNK to PACK_CHUNK: a small answer never allocates a whole PACK_CHUNK.
-  let cap = FIRST_CHUNK;
+  // Chunks grow from FIRST_CHUNK to max: a small answer never allocates a whole chunk.
+  let cap = Math.min(FIRST_CHUNK, max);
   for await (const e of entries) {
     const size = e.data.length;
     const need = RECORD + Math.ceil(size / RECORD) * RECORD;
@@ -47,7 +73,7 @@ async function* packChunks(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>
       if (used > 0) yield chunk.subarray(0, used);
       chunk = null;
     }
-    if (need > PACK_CHUNK) {
+    if (need > max) {
       // Larger than a chunk: its header, then its bytes as they are (no copy), then the padding.
       yield encodeHeader(e.name, size);
       yield e.data;
@@ -56,7 +82,7 @@ async function* packChunks(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>
     }
     if (!chunk) {
       chunk = Buffer.allocUnsafe(Math.max(cap, need));
-      cap = Math.min(cap * 2, PACK_CHUNK);
+      cap = Math.min(cap * 2, max);
       used = 0;
     }
     encodeHeader(e.name, size, chunk, used);
@@ -192,9 +218,13 @@ function octal(field: Buffer, what: string): number {
 
 /**
  * Exact-length reads from a byte stream in paused mode: the stream is read only as fast as the tar
- * needs, and never past the point where reading stopped.
+ * needs, and never past the point where reading stopped. Each read asks the stream for exactly the
+ * bytes wanted (`read(n)`), so bytes inside one of its chunks come out as a view (no copy), and only
+ * bytes that span chunks are joined; `read()` without a size joined everything buffered, which cost a
+ * check-out worker ~0.1-0.2 s of copies per GiB (docs/performance.md, cold check-out).
  */
 class ByteSource {
+  /** Object-mode streams only (their reads return whole objects): bytes read but not yet taken. */
   private held: Buffer[] = [];
   private heldBytes = 0;
   private wake: (() => void) | null = null;
@@ -229,45 +259,43 @@ class ByteSource {
 
   /** The next `n` bytes; TAR_INVALID if the stream ends first. */
   async exactly(n: number, what: string): Promise<Buffer> {
-    while (this.heldBytes < n) {
+    if (n === 0) return Buffer.alloc(0);
+    const objects = this.s.readableObjectMode;
+    for (;;) {
       if (this.error !== null) throw streamError(this.error);
-      const c = this.s.read() as Buffer | string | null;
+      if (objects && this.heldBytes >= n) return this.keep(this.takeHeld(n));
+      // Bytes: n when the stream holds them, fewer (what is left) once it has ended, else null.
+      // Objects: the next one, whatever its size.
+      const c = this.s.read(objects ? undefined : n) as Buffer | string | null;
       if (c !== null) {
         const buf = typeof c === 'string' ? Buffer.from(c) : c;
-        this.held.push(buf);
-        this.heldBytes += buf.length;
-        continue;
+        if (objects) {
+          this.held.push(buf);
+          this.heldBytes += buf.length;
+          continue;
+        }
+        if (buf.length < n) break;
+        return this.keep(buf);
       }
-      if (this.ended || this.s.readableEnded) {
-        if (this.s.errored) throw streamError(this.s.errored);
-        throw new CarryonError('TAR_INVALID', `tar stream is truncated: it ends inside ${what}`);
-      }
+      if (this.ended || this.s.readableEnded) break;
       await new Promise<void>((resolve) => (this.wake = resolve));
     }
-    if (n === 0) return Buffer.alloc(0);
-    // Only the n bytes wanted are gathered (a copy only when they span chunks); the rest stays as held.
-    const first = this.held[0]!;
-    let out: Buffer;
-    if (first.length >= n) {
-      out = first.subarray(0, n);
-      if (first.length > n) this.held[0] = first.subarray(n);
-      else this.held.shift();
-      // A block that is a small slice of a large read would pin the whole read: copy it out.
-      if (!this.transient && out.length < first.buffer.byteLength / 2) out = Buffer.from(out);
-    } else {
-      out = Buffer.allocUnsafe(n);
-      let at = 0;
-      while (at < n) {
-        const c = this.held[0]!;
-        const k = Math.min(c.length, n - at);
-        c.copy(out, at, 0, k);
-        at += k;
-        if (k === c.length) this.held.shift();
-        else this.held[0] = c.subarray(k);
-      }
-    }
-    this.heldBytes -= n;
-    return out;
+    if (this.error !== null) throw streamError(this.error);
+    if (this.s.errored) throw streamError(this.s.errored);
+    throw new CarryonError('TAR_INVALID', `tar stream is truncated: it ends inside ${what}`);
+  }
+
+  private takeHeld(n: number): Buffer {
+    const all = this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held, this.heldBytes);
+    const rest = all.subarray(n);
+    this.held = rest.length > 0 ? [rest] : [];
+    this.heldBytes = rest.length;
+    return all.subarray(0, n);
+  }
+
+  /** A small slice of a large read would pin the whole read in a kept entry: copy it out (unless transient). */
+  private keep(buf: Buffer): Buffer {
+    return !this.transient && buf.length < buf.buffer.byteLength / 2 ? Buffer.from(buf) : buf;
   }
 
   /** Stop listening; bytes not yet taken stay in the stream (or are dropped with this reader). */

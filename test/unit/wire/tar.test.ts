@@ -110,18 +110,20 @@ describe('packEntries: our own ustar headers, chunked output', () => {
     entries.push({ name: `p/${a}/${b}`, data: randomBytes(rng, 700) }, { name: 'empty', data: Buffer.alloc(0) });
     // Enough 64 KiB entries to fill several chunks, the way a check-out's answer does.
     for (let i = 0; i < 40; i++) entries.push({ name: `b${i}`, data: randomBytes(rng, 20_000 + randInt(rng, 45_000)) });
-    const ours = await packToBuffer(entries);
-    expect(ours.equals(await tarStreamBytes(entries))).toBe(true);
+    const theirs = await tarStreamBytes(entries);
+    expect((await packToBuffer(entries)).equals(theirs)).toBe(true);
+    expect((await buffer(packEntries(entries, { chunkBytes: MiB }))).equals(theirs)).toBe(true);
     expect((await packToBuffer([])).equals(await tarStreamBytes([]))).toBe(true);
+    expect((await buffer(packEntries([], { chunkBytes: MiB }))).equals(await tarStreamBytes([]))).toBe(true);
   });
 
-  it('hands out chunks of up to 1 MiB, growing from 64 KiB, and a larger entry as its own buffer', async () => {
+  it('with chunkBytes: chunks of up to 1 MiB, growing from 64 KiB, and a larger entry as its own buffer; without: each entry as it comes', async () => {
     const rng = prng(505);
     const entries = Array.from({ length: 100 }, (_, i) => ({ name: `b${i}`, data: randomBytes(rng, 30_000) }));
     entries.splice(50, 0, { name: 'big', data: randomBytes(rng, 2 * MiB) });
     const sizes: number[] = [];
     const sent: Buffer[] = [];
-    for await (const c of packEntries(entries)) {
+    for await (const c of packEntries(entries, { chunkBytes: MiB })) {
       sizes.push((c as Buffer).length);
       sent.push(c as Buffer);
     }
@@ -131,6 +133,19 @@ describe('packEntries: our own ustar headers, chunked output', () => {
     const { entries: got } = await unpackAll(Readable.from([Buffer.concat(sent)]), 4 * MiB);
     expect(got.map((e) => e.name)).toEqual(entries.map((e) => e.name));
     got.forEach((e, i) => expect(e.data.equals(entries[i]!.data)).toBe(true));
+    // Without chunkBytes an entry is out when at most one more was asked for (the stream reads one
+    // ahead): an upload sends what it has, rather than gathering a chunk.
+    let asked = 0;
+    const seen: number[] = [];
+    async function* slow(): AsyncGenerator<TarEntry> {
+      for (let i = 0; i < 3; i++) {
+        asked++;
+        yield { name: `s${i}`, data: Buffer.alloc(700, i) };
+      }
+    }
+    const tar = packEntries(slow());
+    await unpackEntries(tar, MiB, () => void seen.push(asked));
+    seen.forEach((n, i) => expect(n).toBeLessThanOrEqual(i + 2));
   });
 
   it('refuses a name ustar cannot hold (INTERNAL): over 100 bytes without a slash, or not ASCII', async () => {
