@@ -12,7 +12,7 @@
 // took as long after a drop of the page cache here (1.74 s against 1.81 s). docs/performance.md.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, readFileSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, fstatSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { isBlockId, type BlockId } from '../hash/index.js';
@@ -108,13 +108,18 @@ export class FsBlockStore implements BlockStore {
           buf = Buffer.allocUnsafe(MANY_BUFFER);
           used = 0;
         }
-        // Most frames end within the first read; a larger one (blocks over 64 KiB) is read whole on its own.
+        // Most frames end within the first read; a larger one (blocks over 64 KiB, persona chunks) gets a
+        // buffer of its own, sized by fstat, its first bytes copied from the read already made.
         const n = readSync(fd, buf, used, FIRST_READ, 0);
         if (n < FIRST_READ) {
           out.push(buf.subarray(used, used + n));
           used += n;
         } else {
-          out.push(readFileSync(fd)); // positional reads left the file offset at 0
+          const whole = Buffer.allocUnsafe(Math.max(fstatSync(fd).size, n));
+          buf.copy(whole, 0, used, used + n);
+          let got = n;
+          for (let k; got < whole.length && (k = readSync(fd, whole, got, whole.length - got, got)) > 0;) got += k;
+          out.push(whole.subarray(0, got));
         }
       } finally {
         closeSync(fd);
