@@ -7,8 +7,8 @@
 // Usage: node dist/scripts/bench/checkin-bench.js [--size 1G] [--payload 650M] [--workloads small,large,fs]
 //        [--out results.json] [--keep] [--no-carryon] [--seed N] [--encryption N] [--checkouts N] [--server-store default|pack]
 
-import { cpus } from 'node:os';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { makeExt4Image } from '../fixtures/ext4-image.js';
@@ -281,6 +281,24 @@ async function measureEncryptedCheckouts(rig: CarryonRig, v0: string, rounds: nu
   return out;
 }
 
+/**
+ * CPU seconds (user + system) of this process's children that have ended, from /proc/self/stat
+ * (cutime + cstime): the difference around one command is that command's CPU time, whatever else
+ * runs on the machine. Wall times on a shared machine vary with its load; CPU seconds much less.
+ */
+function childCpuSeconds(): number {
+  const f = readFileSync('/proc/self/stat', 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[13]) + Number(rest[14])) / 100; // fields 16 and 17, in clock ticks (USER_HZ 100)
+}
+
+/** CPU seconds (user + system) a running process has used so far. */
+function processCpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) / 100; // fields 14 and 15
+}
+
 /** One run of the cold check-out comparison: the three measured back to back, in the order given. */
 interface ColdRun {
   run: number;
@@ -292,11 +310,13 @@ interface ColdRun {
   vsCasync: number;
   /** carryon seconds / zstd -d seconds (target: at most 2). */
   vsZstd: number;
+  /** CPU seconds (user + system) of each: carryon's CLI and the server's share while it ran. */
+  cpu: { carryonCli: number; carryonServer: number; casyncExtract: number; zstdFloor: number };
 }
 
 export interface ColdCheckouts {
   runs: ColdRun[];
-  median: { carryon: number; casyncExtract: number; zstdFloor: number; vsCasync: number; vsZstd: number };
+  median: { carryon: number; casyncExtract: number; zstdFloor: number; vsCasync: number; vsZstd: number; cpuCarryon: number; cpuCasync: number; cpuZstd: number };
   target: { belowCasync: boolean; within2xZstd: boolean };
 }
 
@@ -310,6 +330,7 @@ export interface ColdCheckouts {
 async function measureColdCheckouts(rig: CarryonRig, v0: string, casync: { store: string; index: string; bytes: number }, zst: string, runs: number, dir: string): Promise<ColdCheckouts> {
   const out: ColdRun[] = [];
   for (let r = 0; r < runs; r++) {
+    const cpu: Record<string, number> = {}; // each step's own command only (not the cmp after it)
     const steps: Record<string, () => Promise<Measure>> = {
       carryon: async () => {
         const desk = `cold-${r}`;
@@ -318,21 +339,29 @@ async function measureColdCheckouts(rig: CarryonRig, v0: string, casync: { store
         await carryonServer(rig.data, 'desktop', 'create', desk, '--user', 'bench', '--image', 'golden', '--encryption', 'off');
         await carryon(home, 'login', rig.server.url, '--token', rig.token);
         const disk = join(home, 'disk.raw');
+        const c0 = childCpuSeconds();
+        const s0 = processCpuSeconds(rig.server.pid);
         const co = await carryon(home, 'checkout', desk, '--to', disk);
+        cpu.carryon = childCpuSeconds() - c0;
+        cpu.server = processCpuSeconds(rig.server.pid) - s0;
         await run('cmp', [disk, v0]);
         rmSync(home, { recursive: true, force: true });
         return fromCli(co.json, 'bytesReceived', co.seconds, 'bytesReceived of a checkout into an empty home (CLI wall time)');
       },
       casyncExtract: async () => {
         const to = join(dir, `casync-${r}.raw`);
+        const c0 = childCpuSeconds();
         const ce = await run('casync', ['extract', `--store=${casync.store}`, casync.index, to]);
+        cpu.casyncExtract = childCpuSeconds() - c0;
         await run('cmp', [v0, to]);
         rmSync(to, { force: true });
         return { bytes: casync.bytes, seconds: ce.seconds, note: 'whole store + index; time of casync extract to a new file' };
       },
       zstdFloor: async () => {
         const to = join(dir, `zstd-${r}.raw`);
+        const c0 = childCpuSeconds();
         const zd = await run('zstd', ['-d', '-q', '-f', zst, '-o', to]);
+        cpu.zstdFloor = childCpuSeconds() - c0;
         rmSync(to, { force: true });
         return { bytes: fileSize(zst), seconds: zd.seconds, note: 'size of zstd -3 of the whole image; time of zstd -d to a file' };
       },
@@ -343,23 +372,28 @@ async function measureColdCheckouts(rig: CarryonRig, v0: string, casync: { store
     for (const name of order) got[name] = await steps[name]!();
     const c = got.carryon!;
     const one: ColdRun = { run: r + 1, order, carryon: c, casyncExtract: got.casyncExtract!, zstdFloor: got.zstdFloor!,
-      vsCasync: c.seconds / got.casyncExtract!.seconds, vsZstd: c.seconds / got.zstdFloor!.seconds };
+      vsCasync: c.seconds / got.casyncExtract!.seconds, vsZstd: c.seconds / got.zstdFloor!.seconds,
+      cpu: { carryonCli: cpu.carryon!, carryonServer: cpu.server!, casyncExtract: cpu.casyncExtract!, zstdFloor: cpu.zstdFloor! } };
     out.push(one);
     log(`  run ${r + 1} (${order.join(', ')}): carryon ${secs(c.seconds)} s (${mb(c.bytes)} MB), casync extract ${secs(one.casyncExtract.seconds)} s, ` +
-      `zstd -d ${secs(one.zstdFloor.seconds)} s: ${one.vsCasync.toFixed(2)}x casync, ${one.vsZstd.toFixed(2)}x zstd -d`);
+      `zstd -d ${secs(one.zstdFloor.seconds)} s: ${one.vsCasync.toFixed(2)}x casync, ${one.vsZstd.toFixed(2)}x zstd -d; ` +
+      `CPU s: carryon ${secs(one.cpu.carryonCli)} + server ${secs(one.cpu.carryonServer)}, casync ${secs(one.cpu.casyncExtract)}, zstd ${secs(one.cpu.zstdFloor)} (load ${loadavg()[0]!.toFixed(1)})`);
   }
   const med = {
     carryon: median(out.map((x) => x.carryon.seconds)), casyncExtract: median(out.map((x) => x.casyncExtract.seconds)), zstdFloor: median(out.map((x) => x.zstdFloor.seconds)),
     vsCasync: median(out.map((x) => x.vsCasync)), vsZstd: median(out.map((x) => x.vsZstd)),
+    cpuCarryon: median(out.map((x) => x.cpu.carryonCli + x.cpu.carryonServer)), cpuCasync: median(out.map((x) => x.cpu.casyncExtract)), cpuZstd: median(out.map((x) => x.cpu.zstdFloor)),
   };
   return { runs: out, median: med, target: { belowCasync: med.vsCasync < 1, within2xZstd: med.vsZstd <= 2 } };
 }
 
 function coldTable(c: ColdCheckouts): string {
-  const rows = c.runs.map((x) => [String(x.run), secs(x.carryon.seconds), secs(x.casyncExtract.seconds), secs(x.zstdFloor.seconds), `${x.vsCasync.toFixed(2)}x`, `${x.vsZstd.toFixed(2)}x`]);
-  rows.push(['median', secs(c.median.carryon), secs(c.median.casyncExtract), secs(c.median.zstdFloor), `${c.median.vsCasync.toFixed(2)}x`, `${c.median.vsZstd.toFixed(2)}x`]);
-  return `\nCold check-out, ${c.runs.length} runs (peers measured in the same run; ratios per run, then the medians of each column)\n` +
-    table(['run', 'carryon s', 'casync extract s', 'zstd -d s', 'carryon / casync', 'carryon / zstd -d'], rows) +
+  const rows = c.runs.map((x) => [String(x.run), secs(x.carryon.seconds), secs(x.casyncExtract.seconds), secs(x.zstdFloor.seconds), `${x.vsCasync.toFixed(2)}x`, `${x.vsZstd.toFixed(2)}x`,
+    `${secs(x.cpu.carryonCli)}+${secs(x.cpu.carryonServer)}`, secs(x.cpu.casyncExtract), secs(x.cpu.zstdFloor)]);
+  rows.push(['median', secs(c.median.carryon), secs(c.median.casyncExtract), secs(c.median.zstdFloor), `${c.median.vsCasync.toFixed(2)}x`, `${c.median.vsZstd.toFixed(2)}x`,
+    secs(c.median.cpuCarryon), secs(c.median.cpuCasync), secs(c.median.cpuZstd)]);
+  return `\nCold check-out, ${c.runs.length} runs (peers measured in the same run; ratios per run, then the medians of each column; CPU = user + system seconds, carryon's as CLI + server)\n` +
+    table(['run', 'carryon s', 'casync extract s', 'zstd -d s', 'carryon / casync', 'carryon / zstd -d', 'CPU carryon', 'CPU casync', 'CPU zstd'], rows) +
     `\nbytes: carryon ${mb(c.runs[0]!.carryon.bytes)} MB, casync store + index ${mb(c.runs[0]!.casyncExtract.bytes)} MB, zstd -3 ${mb(c.runs[0]!.zstdFloor.bytes)} MB` +
     `\ntarget below casync extract (median ratio ${c.median.vsCasync.toFixed(2)}x): ${c.target.belowCasync ? 'MET' : 'NOT MET'}; ` +
     `within 2x zstd -d (median ratio ${c.median.vsZstd.toFixed(2)}x): ${c.target.within2xZstd ? 'MET' : 'NOT MET'}`;
