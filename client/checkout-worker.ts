@@ -3,6 +3,9 @@
 // from the cache. Each worker owns a PackBlockStore instance (its own pack files, like a separate
 // process). Doing the whole pipeline here keeps block bytes off the main thread: handing each block
 // across threads cost more than decoding it (measured: postMessage 0.6 s of a 1 GiB check-out).
+// One pass per block where it can: a block that extends the current disk run is decoded straight into
+// it (runSpace), hashed there (SHA-256 against its id, then the cheap hash) and written with the run;
+// its frame goes to the cache from the socket's own chunk (entries are transient views).
 import { closeSync, fdatasync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import {

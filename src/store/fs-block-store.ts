@@ -4,8 +4,8 @@
 // point at a block lost in a power cut). 'batch' skips the per-file fsync and syncs the whole file
 // system in sync() (measured here: 3.4k files/s with per-file fsync, 6k without; the laptop cache
 // calls sync() once per checkout, and every read is verified, so a block torn by a crash is refetched).
-// Reads: getEncoded is asynchronous (one block, in the thread pool); getEncodedMany, what a check-out's
-// read-ahead uses (server/blocks.ts readAhead), reads its batch with three synchronous calls per file
+// Reads: getEncoded is asynchronous (one block, in the thread pool); getEncodedMany, what the server's
+// read-ahead uses for check-outs and persona chunks (server/blocks.ts readAhead), reads its batch with three synchronous calls per file
 // (open, read into a buffer sized for the largest frame, close) and hands out slices of one buffer: the
 // 12k block files of a 1 GiB image cost 0.12 s of CPU that way against 0.6 s through fs.promises.readFile
 // 16 in flight (open, fstat, read, close in the thread pool, a FileHandle and promises per file), and
