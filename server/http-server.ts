@@ -7,7 +7,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
   API_PREFIX, asCarryonError, diskSpace, parseJson, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, HEADER_DEVICE, httpStatusOf,
-  MAX_QUERY_IDS, packEntries, PACK_CHUNK_BYTES, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS,
+  MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS,
   MAX_PERSONA_SNAPSHOT_BYTES, parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest,
   parseRequestUpdate, parseDesktopPolicy, parseDaysRequest, parseRestorePointRequest, parseEscrowRequest, type PersonaCommitResult,
 } from '../src/index.js';
@@ -20,6 +20,7 @@ import { ProxyTrust } from './client-address.js';
 import type { TlsPair } from './tls.js';
 import type { ServerParts } from './services/parts.js';
 import type { PersonaPart } from './services/checkout-service.js';
+import { PACK_CHUNK_BYTES } from '../src/index.js'; // (its own line: the list above changes often)
 
 /** Without --trust-proxy: X-Forwarded-For is never believed. */
 const NO_PROXY = new ProxyTrust('');
