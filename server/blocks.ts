@@ -264,7 +264,8 @@ export async function ingestUpload(meta: Meta, store: BlockStore, leases: Ingest
 export async function* readAhead(store: BlockStore, ids: BlockId[], window = 16): AsyncGenerator<TarEntry> {
   if (store.getEncodedMany) {
     // A store that joins neighbouring blocks into one read (S3: one GET per ~8 MiB instead of one per
-    // block) gets them window*8 at a time (8 MiB of 64 KiB blocks), the next batch read while this one is sent.
+    // block; files: synchronous reads into shared buffers, no thread-pool round trips) gets them window*8
+    // at a time (8 MiB of 64 KiB blocks), the next batch read while this one is sent.
     const batch = window * 8;
     const read = (i: number): Promise<Buffer[]> => {
       const p = store.getEncodedMany!(ids.slice(i, i + batch));

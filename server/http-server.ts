@@ -20,6 +20,7 @@ import { ProxyTrust } from './client-address.js';
 import type { TlsPair } from './tls.js';
 import type { ServerParts } from './services/parts.js';
 import type { PersonaPart } from './services/checkout-service.js';
+import { PACK_CHUNK_BYTES } from '../src/index.js'; // (its own line: the list above changes often)
 
 /** Without --trust-proxy: X-Forwarded-For is never believed. */
 const NO_PROXY = new ProxyTrust('');
@@ -132,7 +133,8 @@ export class CarryonHttpServer {
         await pipeline(packEntries(out.entries), createCompressStream(3), res);
       } else {
         res.writeHead(200, { 'content-type': CONTENT_TAR });
-        await pipeline(packEntries(out.entries), res);
+        // Every entry is at hand (read a batch ahead): gathered into chunks, a socket write per 256 KiB.
+        await pipeline(packEntries(out.entries, { chunkBytes: PACK_CHUNK_BYTES }), res);
       }
       return undefined;
     });
