@@ -5,7 +5,7 @@
 // See README.md beside this file for what each number means.
 //
 // Usage: node dist/scripts/bench/nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3]
-//        [--parts export,checkin,encryption] [--writes 160] [--flush] [--cpu-prof DIR] [--out results.json]
+//        [--parts export,checkin,encryption] [--connections 1,4] [--writes 160] [--flush] [--cpu-prof DIR] [--out results.json]
 //        [--keep] [--seed N]
 
 import { spawn, type ChildProcess } from 'node:child_process';

@@ -5,7 +5,10 @@
 // Owns: parsing every byte a client sends (untrusted) and encoding replies; the NbdExport interface;
 // what one connection may hold in memory (its byte budget), whatever its client does.
 // Must not know: files, checkouts, HTTP. It never opens a listener: the caller accepts connections
-// and hands each socket to serveNbdConnection.
+// and hands each socket to serveNbdConnection, first re-created by nbdSocket so that it reads into
+// large reused slabs (one read per ~200 KB instead of a fresh 64 KiB buffer per read): a payload is
+// then a view of a slab, valid until its write settles, and the slab is reused once every byte of it
+// was given back. Key terms: slab, release (a byte given back), budget (what one connection may hold).
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 
