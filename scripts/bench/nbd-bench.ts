@@ -5,7 +5,7 @@
 // See README.md beside this file for what each number means.
 //
 // Usage: node dist/scripts/bench/nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3]
-//        [--parts export,checkin,encryption] [--connections 1,4] [--writes 160] [--flush] [--cpu-prof DIR] [--out results.json]
+//        [--parts export,checkin,encryption] [--connections 1,4] [--warmup 1] [--writes 160] [--flush] [--cpu-prof DIR] [--out results.json]
 //        [--keep] [--seed N]
 
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -39,6 +39,8 @@ interface Options {
   connections: number[];
   /** Write V8 CPU profiles of the encryption part's serve processes into this folder. */
   cpuProf?: string;
+  /** Export rounds run before the counted ones (first connection count only), reported apart. */
+  warmup: number;
   out?: string;
   keep: boolean;
   seed: number;
@@ -53,7 +55,7 @@ const QEMU_BENCH_COUNT = 50_000;
 /** Data extents of the larger check-in images, one at each GiB boundary past the base image. */
 const EXTRA_EXTENT = 64 * MiB;
 
-const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin,encryption] [--writes 160] [--flush] [--connections N] [--cpu-prof DIR] [--out FILE] [--keep] [--seed N]
+const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin,encryption] [--writes 160] [--flush] [--connections 1,4] [--warmup 1] [--cpu-prof DIR] [--out FILE] [--keep] [--seed N]
   --size           the random image of the export measurements, also the data of every check-in image (default 1G)
   --checkin-sizes  apparent sizes of the check-in images, comma-separated (default 1G,8G)
   --repeat         runs of each throughput measurement (default 3): best and median are reported
@@ -62,6 +64,8 @@ const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat
   --writes         scattered 64 KiB writes of the check-in change (default 160, i.e. 10 MiB)
   --connections N  nbdcopy --connections=N --threads=N; a comma list measures each (e.g. 1,4; default 1,4;
                    0: nbdcopy's own defaults). QEMU uses 1 connection per disk
+  --warmup N       export rounds before the counted ones, at the first --connections value (default 1): printed
+                   and in the JSON (warmupRounds), left out of the medians
   --cpu-prof DIR   node --cpu-prof for the encryption part's two serve processes, profiles into DIR
   --flush          nbdcopy --flush on the write runs (the servers then fsync: disk speed, not server speed)
   --out            also write all results as JSON to FILE
@@ -69,7 +73,7 @@ const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat
   --seed           seed of the image bytes, the write offsets and their data (default 7)`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: [...PARTS], writes: 160, flush: false, connections: [1, 4], keep: false, seed: 7 };
+  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: [...PARTS], writes: 160, flush: false, connections: [1, 4], warmup: 1, keep: false, seed: 7 };
   for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
     else if (a === '--checkin-sizes') o.checkinSizes = value().split(',').map(parseSize);
@@ -82,6 +86,7 @@ function parseOptions(argv: string[]): Options {
     } else if (a === '--writes') o.writes = Number(value());
     else if (a === '--flush') o.flush = true;
     else if (a === '--connections') o.connections = value().split(',').map(Number);
+    else if (a === '--warmup') o.warmup = Number(value());
     else if (a === '--cpu-prof') o.cpuProf = value();
     else if (a === '--out') o.out = value();
     else if (a === '--keep') o.keep = true;
@@ -93,6 +98,7 @@ function parseOptions(argv: string[]): Options {
   }
   if (!Number.isInteger(o.repeat) || o.repeat < 1) throw new Error(`--repeat must be a positive integer\n${USAGE}`);
   if (!Number.isInteger(o.writes) || o.writes < 1) throw new Error(`--writes must be a positive integer\n${USAGE}`);
+  if (!Number.isInteger(o.warmup) || o.warmup < 0) throw new Error(`--warmup must be 0 or more\n${USAGE}`);
   if (o.connections.length === 0 || o.connections.some((c) => !Number.isInteger(c) || c < 0 || c > 16)) throw new Error(`--connections takes 0-16, comma-separated\n${USAGE}`);
   if (o.size % WRITE_BYTES !== 0) throw new Error(`--size must be a multiple of 64 KiB\n${USAGE}`);
   for (const s of o.checkinSizes) {
@@ -346,6 +352,12 @@ interface ExportRuns {
   connections: number;
   nbdcopyRead: string;
   nbdcopyWrite: string;
+  /**
+   * Rounds run first and left out of the medians (--warmup): a fresh carryon serve compiles its hot
+   * paths and, on its first writes, makes every block's dirty mark durable (one journal fdatasync per
+   * batch of requests); the steady state is what a VM that runs for hours sees.
+   */
+  warmupRounds: ExportRound[];
   rounds: ExportRound[];
   /** Median of the per-round ratios (the issue's target: at least 0.8 against nbdkit, above 1 against qemu-nbd). */
   medianRatios: ExportRound['ratios'];
@@ -358,7 +370,7 @@ interface ExportRuns {
  * round, so load that drifts over a round falls on each server in each position. The per-round ratio
  * compares runs a few seconds apart, which is what makes them comparable on a shared machine.
  */
-async function measureExportInterleaved(servers: Record<ServerName, { daemon: Daemon; info: Json }>, size: number, writeSource: string, repeat: number, conns: number): Promise<ExportRuns> {
+async function measureExportInterleaved(servers: Record<ServerName, { daemon: Daemon; info: Json }>, size: number, writeSource: string, repeat: number, conns: number, warmup: number): Promise<ExportRuns> {
   connections = conns;
   const names = SERVERS.filter((s) => servers[s]);
   const rounds: ExportRound[] = [];
@@ -368,8 +380,9 @@ async function measureExportInterleaved(servers: Record<ServerName, { daemon: Da
     const r = await run('nbdcopy', args);
     return { seconds: r.seconds, mbPerSec: size / 1e6 / r.seconds, cpuSeconds: cpuSeconds(pid) - c0 };
   };
-  for (let r = 0; r < repeat; r++) {
-    const k = r % names.length;
+  const warmupRounds: ExportRound[] = [];
+  for (let r = -warmup; r < repeat; r++) {
+    const k = ((r % names.length) + names.length) % names.length;
     const order = [...names.slice(k), ...names.slice(0, k)];
     const round: ExportRound = { round: r + 1, order, read: {}, write: {}, ratios: { read: {}, write: {} } };
     for (const s of order) round.read[s] = await timed(s, NBDCOPY_READ(servers[s].daemon.uri));
@@ -383,9 +396,10 @@ async function measureExportInterleaved(servers: Record<ServerName, { daemon: Da
     }
     const cell = (op: 'read' | 'write'): string => names.map((s) => `${s} ${round[op][s]!.mbPerSec.toFixed(0)} MB/s (CPU ${round[op][s]!.cpuSeconds.toFixed(2)} s)`).join(', ') +
       `; carryon / nbdkit ${round.ratios[op].nbdkit?.toFixed(2) ?? '-'}x, / qemu-nbd ${round.ratios[op]['qemu-nbd']?.toFixed(2) ?? '-'}x`;
-    log(`    ${conns || 'default'} conn, run ${r + 1}: read ${cell('read')}`);
-    log(`    ${conns || 'default'} conn, run ${r + 1}: write ${cell('write')}`);
-    rounds.push(round);
+    const what = r < 0 ? `warm-up ${r + warmup + 1}` : `run ${r + 1}`;
+    log(`    ${conns || 'default'} conn, ${what}: read ${cell('read')}`);
+    log(`    ${conns || 'default'} conn, ${what}: write ${cell('write')}`);
+    (r < 0 ? warmupRounds : rounds).push(round);
     for (const s of names) {
       const gone = servers[s].daemon.exitedWith();
       if (gone !== undefined) throw new Error(`${servers[s].daemon.name} exited (${gone}) during the measurements:\n${servers[s].daemon.tail()}`);
@@ -405,7 +419,7 @@ async function measureExportInterleaved(servers: Record<ServerName, { daemon: Da
       read: summarize(size, rounds.map((x) => x.read[s]!.seconds)), write: summarize(size, rounds.map((x) => x.write[s]!.seconds)),
     });
   }
-  return { connections: conns, nbdcopyRead: showCommand('nbdcopy', NBDCOPY_READ('URI')), nbdcopyWrite: showCommand('nbdcopy', NBDCOPY_WRITE('FILE', 'URI')), rounds, medianRatios, rows };
+  return { connections: conns, nbdcopyRead: showCommand('nbdcopy', NBDCOPY_READ('URI')), nbdcopyWrite: showCommand('nbdcopy', NBDCOPY_WRITE('FILE', 'URI')), warmupRounds, rounds, medianRatios, rows };
 }
 
 function exportRunsTable(e: ExportRuns, size: number): string {
@@ -975,8 +989,8 @@ async function main(): Promise<number> {
             (info.block_size_preferred !== undefined ? `, block sizes ${String(info.block_size_minimum)}/${String(info.block_size_preferred)}/${String(info.block_size_maximum)}` : ''));
         }
         for (const c of o.connections) {
-          log(`  -- ${c || 'nbdcopy\'s default'} connection(s), ${o.repeat} rounds, servers in rotating order`);
-          exportRuns.push(await measureExportInterleaved(servers, o.size, writeSource, o.repeat, c));
+          log(`  -- ${c || 'nbdcopy\'s default'} connection(s), ${c === o.connections[0] && o.warmup ? `${o.warmup} warm-up round(s) (not counted), then ` : ''}${o.repeat} rounds, servers in rotating order`);
+          exportRuns.push(await measureExportInterleaved(servers, o.size, writeSource, o.repeat, c, c === o.connections[0] ? o.warmup : 0));
         }
         // 4 KiB requests (one connection, as qemu-img opens): once per server, after the copies.
         const rows = exportRuns[0]!.rows;
