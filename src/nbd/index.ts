@@ -319,7 +319,7 @@ export function nbdSocket(accepted: Duplex): Duplex {
   handle.reading = false;
   old._handle = null;
   // `handle` and `onread` are documented options of net.Socket and socket.connect(); the types only know them on connect().
-  const socket = new net.Socket({ handle, allowHalfOpen: false, readable: true, writable: true, onread: { buffer: reader.next, callback: reader.onRead } } as net.SocketConstructorOpts);
+  const socket = new net.Socket({ handle, allowHalfOpen: old.allowHalfOpen, readable: true, writable: true, onread: { buffer: reader.next, callback: reader.onRead } } as net.SocketConstructorOpts);
   old.destroy(); // no handle left: only its bookkeeping (the server's count of connections) ends
   slabReaders.set(socket, reader);
   return socket;
