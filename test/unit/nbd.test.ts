@@ -1291,13 +1291,14 @@ describe('nbd under a hostile client: what one connection may hold', () => {
     expect(pressure).toContain(false);
   });
 
-  // The export runs in a child process (the module, which imports nothing at run time, transpiled as it
-  // stands), so its memory is measured alone: VmHWM in /proc is the process's peak resident size.
+  // The export runs in a child process (the module, which imports only node:net at run time, transpiled as it
+  // stands; each connection re-created by nbdSocket, as carryon serve does), so its memory is measured
+  // alone: VmHWM in /proc is the process's peak resident size.
   const CHILD = `
 import net from 'node:net';
 import readline from 'node:readline';
 import { readFileSync } from 'node:fs';
-import { serveNbdConnection } from './nbd.mjs';
+import { nbdSocket, serveNbdConnection } from './nbd.mjs';
 let reads = 0, pending = 0, waiting = 0;
 const fill = (offset) => (offset / 4096) & 0xff;
 const exp = {
@@ -1315,7 +1316,7 @@ const exp = {
   },
   write() {}, zero() {}, flush() {},
 };
-net.createServer((s) => void serveNbdConnection(s, {
+net.createServer((s) => void serveNbdConnection(nbdSocket(s), {
   lookup: () => exp, list: () => ['flood'], onBackpressure: (w) => { waiting += w ? 1 : -1; },
 })).listen(process.argv[2], () => process.stdout.write('listening\\n'));
 readline.createInterface({ input: process.stdin }).on('line', () => {
