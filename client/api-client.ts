@@ -6,7 +6,7 @@ import https from 'node:https';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
-  API_PREFIX, CarryonError, parseJson, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
+  API_PREFIX, CarryonError, MAX_FEED_BYTES, parseJson, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
   encodeBlock, packEntries, parseCheckoutInfo, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult, type EscrowRequest,
   type DesktopInfo, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
@@ -190,6 +190,26 @@ export class ApiClient {
 
   whoami(): Promise<{ user: string; admin: boolean }> {
     return this.json('GET', '/whoami');
+  }
+
+  /** The server's release public key (SPKI base64), null when it has none (an older server: null too). */
+  async releaseKey(): Promise<string | null> {
+    try {
+      return (await this.json<{ publicKey: string | null }>('GET', '/updates/key')).publicKey;
+    } catch (err) {
+      if (err instanceof CarryonError && err.code === 'NOT_FOUND') return null;
+      throw err;
+    }
+  }
+
+  /** latest.yml as the server sends it (capped: the feed is small). */
+  async updateFeed(): Promise<Buffer> {
+    return this.readAll(await this.request('GET', '/updates/latest.yml', null), MAX_FEED_BYTES);
+  }
+
+  /** A release file named by the feed, at most `max` bytes (the size the signed feed gives). */
+  async updateFile(file: string, max: number): Promise<Buffer> {
+    return this.readAll(await this.request('GET', `/updates/${encodeURIComponent(file)}`, null), max);
   }
 
   registerDevice(device: string, name: string): Promise<{ device: string; token: string }> {

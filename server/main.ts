@@ -13,6 +13,7 @@ import { registerStart } from './commands/start.js';
 import { registerStatus } from './commands/status.js';
 import { registerGc } from './commands/gc.js';
 import { registerUserAdd } from './commands/user-add.js';
+import { registerRelease } from './commands/release.js';
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
 
@@ -22,6 +23,8 @@ process.umask(0o077);
 
 const program = new Command('carryon-server')
   .version(version)
+  // Program options before the command only: `release publish FILE --version V` is the release's version, not this program's.
+  .enablePositionalOptions()
   .description('carryon server: stores desktops and images, serves check-outs and check-ins')
   .option('--data <dir>', 'data folder (default: $CARRYON_DATA)')
   .option('--json', 'print one JSON object as the result')
@@ -41,6 +44,7 @@ registerPersona(program);
 registerStatus(program);
 registerGc(program);
 registerAdmin(program);
+registerRelease(program);
 
 program.exitOverride((err) => {
   process.exit(err.exitCode === 0 ? 0 : 2);

@@ -32,6 +32,28 @@ function grantExistingBlocks(db: Db): void {
   }
 }
 
+/** Migration 15's tables, for both engines. */
+function releaseTables(big: string, blob: string): string {
+  return `
+      CREATE TABLE client_releases (
+        version TEXT PRIMARY KEY,
+        file_name TEXT NOT NULL,
+        size ${big} NOT NULL,
+        sha512 TEXT NOT NULL,
+        bytes ${blob} NOT NULL,
+        published_at TEXT NOT NULL,
+        published_by TEXT NOT NULL
+      );
+      CREATE TABLE client_release_channel (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        serial ${big} NOT NULL,
+        pinned_version TEXT,
+        changed_at TEXT NOT NULL
+      );
+      INSERT INTO client_release_channel (id, serial, changed_at) VALUES (1, 0, '1970-01-01T00:00:00.000Z');
+  `;
+}
+
 /** Migration 13's tables: one text for both engines, which differ in 64-bit and identity columns only. */
 function gcTables(big: string, id: string): string {
   return `
@@ -361,6 +383,12 @@ export const MIGRATIONS: Migration[] = [
       ALTER TABLE desktops ADD COLUMN registry_include TEXT;
       ALTER TABLE desktops ADD COLUMN registry_exclude TEXT;
     `,
+  },
+  {
+    version: 15,
+    why: "Client updates served by the server (issue 14): an admin publishes a release of the carryon client (the npm pack tarball, kept here whole: releases are a few MB and every instance must serve the same bytes) and may pin the version laptops should run. The channel row's serial grows with every publish, pin and unpin; it is signed into the feed so a laptop can refuse an older feed replayed to it.",
+    sqlite: releaseTables('INTEGER', 'BLOB'),
+    postgres: releaseTables('BIGINT', 'BYTEA'),
   },
 ];
 
