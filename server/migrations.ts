@@ -390,6 +390,30 @@ export const MIGRATIONS: Migration[] = [
     sqlite: releaseTables('INTEGER', 'BLOB'),
     postgres: releaseTables('BIGINT', 'BYTEA'),
   },
+  {
+    version: 16,
+    why: "Golden images over time (issue 15): an admin refreshes a desktop (back to its image's newest version) or recomposes it (onto another image version); the user's persona is kept, the disk's previous version stays in desktop_versions (restorable). A desktop that is checked out at that moment is recomposed when its checkout ends (after the check-in's changes are in, as their own version): the request waits here, one per desktop (a later one replaces it). image_version NULL: the image's newest when applied (a refresh).",
+    sqlite: `
+      CREATE TABLE desktop_recompose (
+        desktop_id INTEGER PRIMARY KEY REFERENCES desktops(id),
+        kind TEXT NOT NULL CHECK (kind IN ('refresh', 'recompose')),
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        image_version INTEGER,
+        requested_by TEXT NOT NULL,
+        requested_at TEXT NOT NULL
+      );
+    `,
+    postgres: `
+      CREATE TABLE desktop_recompose (
+        desktop_id INTEGER PRIMARY KEY REFERENCES desktops(id),
+        kind TEXT NOT NULL CHECK (kind IN ('refresh', 'recompose')),
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        image_version INTEGER,
+        requested_by TEXT NOT NULL,
+        requested_at TEXT NOT NULL
+      );
+    `,
+  },
 ];
 
 export const SERVER_SCHEMA: MigrationSet = {
