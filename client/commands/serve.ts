@@ -13,7 +13,7 @@ import { writeFileSync, renameSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { CarryonError, describeFailure, encodeCheap, encodeManifest, fmtBytes, fmtDuration, parseName, sectorCipherImplementation, serveNbdConnection, NBD_ERRNO } from '../../src/index.js';
+import { CarryonError, describeFailure, encodeCheap, encodeManifest, fmtBytes, fmtDuration, parseName, sectorCipherImplementation, serveNbdConnection, nbdSocket, NBD_ERRNO } from '../../src/index.js';
 import { ApiClient } from '../api-client.js';
 import { ServerBlockSource } from '../block-source.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
@@ -119,17 +119,19 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     // Set once the lease runs out while serving: the VM keeps the connections it has (pulling its disk
     // mid-write would do more harm than good), but no new client is let in until the lease is renewed.
     let leaseRefusal: string | null = null;
-    const server = net.createServer((sock) => {
+    const server = net.createServer((accepted) => {
       if (leaseRefusal) {
         log('refused', { reason: 'lease-expired' }, `carryon serve: refused a new NBD client: ${leaseRefusal}`);
-        return void sock.destroy();
+        return void accepted.destroy();
       }
       // Each connection may hold up to its byte budget (src/nbd): a local client opening hundreds of them
       // must not multiply it without end. QEMU and nbdcopy use at most a handful.
       if (sockets.size >= MAX_NBD_CONNECTIONS) {
         log('refused', { reason: 'too-many-connections', max: MAX_NBD_CONNECTIONS }, `carryon serve: refused a new NBD client: ${MAX_NBD_CONNECTIONS} are connected already`);
-        return void sock.destroy();
+        return void accepted.destroy();
       }
+      // Re-created to read into large slabs (src/nbd): the same connection, fewer and larger reads.
+      const sock = nbdSocket(accepted) as net.Socket;
       sockets.add(sock);
       sock.on('close', () => sockets.delete(sock));
       void serveNbdConnection(sock, {
