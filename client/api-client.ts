@@ -6,7 +6,7 @@ import https from 'node:https';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
-  API_PREFIX, CarryonError, parseJson, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
+  API_PREFIX, CarryonError, MAX_FEED_BYTES, parseJson, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
   encodeBlock, packEntries, parseCheckoutInfo, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult, type EscrowRequest,
   type DesktopInfo, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
@@ -192,6 +192,26 @@ export class ApiClient {
     return this.json('GET', '/whoami');
   }
 
+  /** The server's release public key (SPKI base64), null when it has none (an older server: null too). */
+  async releaseKey(): Promise<string | null> {
+    try {
+      return (await this.json<{ publicKey: string | null }>('GET', '/updates/key')).publicKey;
+    } catch (err) {
+      if (err instanceof CarryonError && err.code === 'NOT_FOUND') return null;
+      throw err;
+    }
+  }
+
+  /** latest.yml as the server sends it (capped: the feed is small). */
+  async updateFeed(): Promise<Buffer> {
+    return this.readAll(await this.request('GET', '/updates/latest.yml', null), MAX_FEED_BYTES);
+  }
+
+  /** A release file named by the feed, at most `max` bytes (the size the signed feed gives). */
+  async updateFile(file: string, max: number): Promise<Buffer> {
+    return this.readAll(await this.request('GET', `/updates/${encodeURIComponent(file)}`, null), max);
+  }
+
   registerDevice(device: string, name: string): Promise<{ device: string; token: string }> {
     return this.json('POST', '/devices', { device, name });
   }
@@ -237,7 +257,7 @@ export class ApiClient {
    * bases, entries are encoded blocks named by id; with them, the upload grammar (`b/<id>`, `p/<id>/<base>`).
    */
   async getBlocks(checkoutId: string, ids: BlockId[], maxEntryBytes: number, onEntry: (e: TarEntry) => Promise<void> | void,
-    patchBases?: { bases: Map<BlockId, BlockId>; baseVersion: number }): Promise<number> {
+    patchBases?: { bases: Map<BlockId, BlockId>; baseVersion: number }, opts: { transient?: boolean } = {}): Promise<number> {
     const body = patchBases && patchBases.bases.size > 0
       ? { ids, bases: Object.fromEntries(patchBases.bases), baseVersion: patchBases.baseVersion }
       : { ids };
@@ -246,14 +266,14 @@ export class ApiClient {
     // past it, is refused as soon as it does (and nothing more is read).
     const maxTotalBytes = ids.length * (maxEntryBytes + 512) + 1024;
     let entries = 0;
-    return this.readTar(res, maxEntryBytes, maxTotalBytes, async (e) => {
+    return this.readTar(res, maxEntryBytes, maxTotalBytes, opts.transient === true, async (e) => {
       if (++entries > ids.length) throw new CarryonError('TAR_INVALID', `the server sent more than the ${ids.length} block(s) asked for`);
       await onEntry(e);
     });
   }
 
   /** A tar response, decompressed when it says zstd, read to its end-of-archive or first error; the connection is closed on error. */
-  private async readTar(res: http.IncomingMessage, maxEntryBytes: number, maxTotalBytes: number, onEntry: (e: TarEntry) => Promise<void> | void): Promise<number> {
+  private async readTar(res: http.IncomingMessage, maxEntryBytes: number, maxTotalBytes: number, transient: boolean, onEntry: (e: TarEntry) => Promise<void> | void): Promise<number> {
     const counted = this.counted(res);
     let stream: Readable = counted;
     if (res.headers['content-encoding'] === 'zstd') {
@@ -266,7 +286,7 @@ export class ApiClient {
     }
     let count: number;
     try {
-      count = await unpackEntries(stream, maxEntryBytes, onEntry, { maxTotalBytes });
+      count = await unpackEntries(stream, maxEntryBytes, onEntry, { maxTotalBytes, transient });
     } catch (err) {
       res.destroy(); // what follows a refused answer is not read
       throw err;
@@ -305,7 +325,7 @@ export class ApiClient {
     const res = await this.request('POST', '/persona/chunks/get', Buffer.from(JSON.stringify({ ids, version })), { 'content-type': 'application/json', accept: CONTENT_TAR });
     const maxEntryBytes = PERSONA_CHUNK_BYTES + 64 * 1024;
     let entries = 0;
-    return this.readTar(res, maxEntryBytes, ids.length * (maxEntryBytes + 512) + 1024, async (e) => {
+    return this.readTar(res, maxEntryBytes, ids.length * (maxEntryBytes + 512) + 1024, false, async (e) => {
       if (++entries > ids.length) throw new CarryonError('TAR_INVALID', `the server sent more than the ${ids.length} chunk(s) asked for`);
       await onEntry(e);
     });

@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs';
 import {
   CarryonError, createCompressStream, decodeCheap, decodeManifest, encodeBlock, encodeBlockPatch, encodeCheap, encodeManifest, getBlock, manifestId,
-  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, SectorCipher, SECTOR_BYTES, uploadEntryName, verifyPlain, decodePersona, encodePersona, personaId, personaSnapshotId, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type BlockStore, type DiskManifest, type TarEntry,
+  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, SectorCipher, SECTOR_BYTES, uploadEntryName, verifyPlain, decodePersona, encodePersona, personaId, personaSnapshotId, type PersonaCommitResult, type CommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type BlockStore, type DiskManifest, type HoleMode, type ScanResult, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -40,10 +40,14 @@ export interface CheckinResult {
   scanMode: 'dirty-map' | 'full';
   fullScanReason: string | null;
   scanBytesRead: number;
+  /** A full scan's holes: skipped unread by SEEK_DATA (native/sparse), or read and found zero; null on the dirty-map path. */
+  scanHoles: HoleMode | null;
   seconds: number;
   alreadyCommitted: boolean;
   maxRssBytes: number;
   persona: (PersonaCommitResult & { changes: PersonaDiff | null }) | null;
+  /** An admin's refresh or recompose that waited for this check-in (see CommitResult.recomposed). */
+  recomposed: CommitResult['recomposed'] | null;
 }
 
 /** Upload requests carry up to this much plaintext: a dropped connection costs at most one. */
@@ -60,6 +64,8 @@ export interface ScanSummary {
   /** Why a full scan was needed, or how the map was recovered. */
   reason: string | null;
   bytesRead: number;
+  /** Full scans: how holes were found (see ScanResult.holes); null for the dirty map. */
+  holes: HoleMode | null;
   /** Not every block is on this laptop (a streamed check-out): the copy must not be reused as a base. */
   incomplete: boolean;
   /** The disk's stamp taken before any of it was read: the scan holds for the file only while it is unchanged. */
@@ -124,10 +130,10 @@ export async function scanChanges(state: LocalState, name: string, quiet: boolea
   return summary(scan, 'full', reason, incomplete, t0, stamp);
 }
 
-function summary(scan: { manifest: DiskManifest; cheap: BigUint64Array; changed: number[]; bytesRead: number }, mode: ScanSummary['mode'], reason: string | null, incomplete: boolean, t0: number, stamp: DiskStamp): ScanSummary {
+function summary(scan: ScanResult, mode: ScanSummary['mode'], reason: string | null, incomplete: boolean, t0: number, stamp: DiskStamp): ScanSummary {
   let bytesChanged = 0;
   for (const i of scan.changed) bytesChanged += scan.manifest.lengthOf(i);
-  return { manifest: scan.manifest, cheap: scan.cheap, changed: scan.changed, bytesChanged, seconds: (Date.now() - t0) / 1000, mode, reason, bytesRead: scan.bytesRead, incomplete, stamp };
+  return { manifest: scan.manifest, cheap: scan.cheap, changed: scan.changed, bytesChanged, seconds: (Date.now() - t0) / 1000, mode, reason, bytesRead: scan.bytesRead, holes: mode === 'full' ? scan.holes : null, incomplete, stamp };
 }
 
 export async function checkinDesktop(state: LocalState, api: ApiClient, login: Login, name: string, opts: { quiet: boolean }): Promise<CheckinResult> {
@@ -211,8 +217,9 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   return {
     desktop: name, version: commit.version, previousVersion: commit.previousVersion, manifestId: commit.manifestId, blocksChanged: scan.changed.length,
     bytesChanged: scan.bytesChanged, blocksUploaded: up.blocksUploaded, blocksAsPatch: up.asPatch, plainBytesUploaded: up.plainUploaded, bytesSent: api.bytesSent,
-    bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, scanMode: scan.mode, fullScanReason: scan.mode === 'full' ? scan.reason : null, scanBytesRead: scan.bytesRead, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted, maxRssBytes: maxRss(),
+    bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, scanMode: scan.mode, fullScanReason: scan.mode === 'full' ? scan.reason : null, scanBytesRead: scan.bytesRead, scanHoles: scan.holes, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted, maxRssBytes: maxRss(),
     persona: commit.persona ? { ...commit.persona, changes: personaDiff } : null,
+    recomposed: commit.recomposed ?? null,
   };
 }
 

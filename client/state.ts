@@ -196,6 +196,8 @@ export class LocalState {
   /** A login replaces the previous one whole: its URL, token, extra CA and --insecure-http choice. */
   saveLogin(l: Omit<Login, 'device'>): Login {
     this.db.transaction(() => {
+      // Another server's feed serials say nothing about this one's.
+      if (this.get('url') !== l.url) this.db.prepare("DELETE FROM config WHERE key = 'feedSerial'").run();
       this.set('url', l.url);
       this.set('token', this.keys.storedToken(l.token));
       this.set('deviceName', l.deviceName);
@@ -205,6 +207,34 @@ export class LocalState {
       this.set('insecureHttp', l.insecureHttp ? '1' : '0');
     })();
     return { ...l, device: this.deviceId() };
+  }
+
+  /** The server's release public key (client updates), kept from login; null when the server had none. */
+  releaseKey(): string | null {
+    return this.get('releaseKey') ?? null;
+  }
+
+  setReleaseKey(key: string | null): void {
+    if (key) this.set('releaseKey', key);
+    else this.db.prepare("DELETE FROM config WHERE key = 'releaseKey'").run();
+  }
+
+  /** The highest update-feed serial this laptop has verified: an older feed is refused (a replay). */
+  feedSerial(): number {
+    return Number(this.get('feedSerial') ?? '0');
+  }
+
+  setFeedSerial(n: number): void {
+    if (n > this.feedSerial()) this.set('feedSerial', String(n));
+  }
+
+  /** When the agent last checked the update feed (ISO), null: never. */
+  updateCheckedAt(): string | null {
+    return this.get('updateCheckedAt') ?? null;
+  }
+
+  setUpdateCheckedAt(at: string): void {
+    this.set('updateCheckedAt', at);
   }
 
   login(): Login {

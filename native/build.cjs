@@ -6,11 +6,15 @@
 // It also builds native/persona-fuse (the streamed persona's FUSE helper, a small program linked against
 // libfuse3: Debian's libfuse3-dev at build time, fuse3 at run time). Without it everything but
 // `carryon checkout --persona-only --stream` works, and that says FUSE_UNAVAILABLE with what to install.
+// And native/sparse (lseek SEEK_DATA / SEEK_HOLE, which Node lacks): full scans of a sparse disk read its
+// data and skip its holes. Without it a scan reads the holes too (same manifest, slower on sparse disks),
+// `carryon checkin --json` says scanHoles "read", and the test suite refuses it (test/unit/disk-sparse.test.ts).
 'use strict';
 const { spawnSync } = require('node:child_process');
 const path = require('node:path');
 
 buildPersonaFuse();
+buildSparse();
 
 if (process.env.CARRYON_XTS === 'js') {
   console.log('carryon: CARRYON_XTS=js, not building the native XTS addon');
@@ -26,6 +30,17 @@ if (r.status !== 0) {
       '.\ncarryon: encrypted disks still work, with the slower JavaScript cipher (same on-disk bytes).' +
       '\ncarryon: to build it: install python3, make and a C compiler, then `npm run build:native`.\n',
   );
+}
+
+function buildSparse() {
+  const r = spawnSync('node-gyp', ['rebuild', '--release'], { cwd: path.join(__dirname, 'sparse'), stdio: 'inherit', shell: process.platform === 'win32' });
+  if (r.status !== 0) {
+    console.warn(
+      '\ncarryon: WARNING: native/sparse did not build' + (r.error ? ` (${r.error.message})` : '') +
+        '.\ncarryon: full scans of sparse disks then read their holes too (same result, slower).' +
+        '\ncarryon: to build it: install python3, make and a C compiler, then `npm run build:native`.\n',
+    );
+  }
 }
 
 function buildPersonaFuse() {

@@ -191,11 +191,14 @@ do_start() {
   step "init instance2 (escrow copied)"; t=$(now)
   if [ -f "$DIR/instance2/backends.json" ]; then done_ "already initialised"
   else
-    # The escrow key pair must be the same on every instance: laptops seal to it through either.
+    # The escrow and release key pairs must be the same on every instance: laptops seal to the one and
+    # verify client updates with the other through either.
     mkdir -p "$DIR/instance2"; chmod 700 "$DIR/instance2"
     cp -a "$DIR/instance1/escrow" "$DIR/instance2/"
+    cp -a "$DIR/instance1/release" "$DIR/instance2/"
     node "$ROOT/bin/carryon-server.js" init --data "$DIR/instance2" --meta "$META" --store "$STORE" >"$LOGS/init2.log" 2>&1 || die "init of instance2 failed: $(tail -n 5 "$LOGS/init2.log")"
     cmp -s "$DIR/instance1/escrow/escrow.pub" "$DIR/instance2/escrow/escrow.pub" || die "instance2's escrow key differs from instance1's"
+    cmp -s "$DIR/instance1/release/release.pub" "$DIR/instance2/release/release.pub" || die "instance2's release key differs from instance1's"
     done_ "ok ($(took "$t"))"
   fi
 

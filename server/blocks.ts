@@ -4,7 +4,7 @@
 // Storage is deduplicated across users; knowledge is not: a hash is not a capability (BlockScope).
 import {
   applyBlockPatch, CarryonError, decodeBlock, decodeManifest, encodeBlock, encodeManifest, manifestId, parseUploadEntryName, scanImage, unpackEntries, verifyPlain,
-  MAX_UPLOAD_ENTRY_BYTES, MAX_UPLOAD_REQUEST_BYTES, type BlockId, type BlockStore, type DiskManifest, type TarEntry, type UploadResult,
+  MAX_UPLOAD_ENTRY_BYTES, MAX_UPLOAD_REQUEST_BYTES, type BlockId, type BlockStore, type DiskManifest, type HoleMode, type TarEntry, type UploadResult,
 } from '../src/index.js';
 import type { Meta } from './meta.js';
 import type { Actor } from './audit.js';
@@ -183,6 +183,9 @@ export interface PublishResult {
   newBlocks: number;
   newPlainBytes: number;
   storedBytes: number;
+  /** Bytes of the image read: only the blocks that hold data when holes were skipped (scanHoles 'seek-data'). */
+  scanBytesRead: number;
+  scanHoles: HoleMode;
 }
 
 export async function publishImage(meta: Meta, store: BlockStore, leases: IngestLeases | null, name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
@@ -190,7 +193,7 @@ export async function publishImage(meta: Meta, store: BlockStore, leases: Ingest
   let newPlainBytes = 0;
   let storedBytes = 0;
   const ingest = new BlockIngest(meta, store, null, leases);
-  const { manifest } = await scanImage(file, {
+  const { manifest, bytesRead, holes: holeMode } = await scanImage(file, {
     blockSize,
     onProgress,
     onChanged: async (_i, id, plain) => {
@@ -208,7 +211,7 @@ export async function publishImage(meta: Meta, store: BlockStore, leases: Ingest
   const version = await meta.publishImageVersion(name, id, actor, { size: manifest.size, blockSize, newBlocks });
   let holes = 0;
   for (let i = 0; i < manifest.count; i++) if (manifest.isHole(i)) holes++;
-  return { image: name, version, manifestId: id, size: manifest.size, blockSize, blocks: manifest.count, holes, newBlocks, newPlainBytes, storedBytes };
+  return { image: name, version, manifestId: id, size: manifest.size, blockSize, blocks: manifest.count, holes, newBlocks, newPlainBytes, storedBytes, scanBytesRead: bytesRead, scanHoles: holeMode };
 }
 
 /**
@@ -279,7 +282,8 @@ export async function ingestUpload(meta: Meta, store: BlockStore, leases: Ingest
 export async function* readAhead(store: BlockStore, ids: BlockId[], window = 16): AsyncGenerator<TarEntry> {
   if (store.getEncodedMany) {
     // A store that joins neighbouring blocks into one read (S3: one GET per ~8 MiB instead of one per
-    // block) gets them window*8 at a time (8 MiB of 64 KiB blocks), the next batch read while this one is sent.
+    // block; files: synchronous reads into shared buffers, no thread-pool round trips) gets them window*8
+    // at a time (8 MiB of 64 KiB blocks), the next batch read while this one is sent.
     const batch = window * 8;
     const read = (i: number): Promise<Buffer[]> => {
       const p = store.getEncodedMany!(ids.slice(i, i + batch));

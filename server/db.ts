@@ -8,6 +8,7 @@ import path from 'node:path';
 import { CarryonError, CARRYON_VERSION, FsBlockStore, migrateSqliteSync, openBlockStore, type BlockStore, type Sql } from '../src/index.js';
 import { describeMetaUrl, isPostgresUrl, openSql } from './sql/open.js';
 import { ensureEscrowKeys } from './escrow.js';
+import { ensureReleaseKeys } from './release.js';
 import { SERVER_SCHEMA } from './migrations.js';
 import { SqliteSql } from './sql/sqlite.js';
 
@@ -105,7 +106,7 @@ function openStore(root: string, store: string | undefined): BlockStore {
   return openBlockStore(store, { durability: 'batch' });
 }
 
-export async function initDataDir(root: string, given: Backends = {}): Promise<{ root: string; created: boolean; schemaVersion: number; escrowKey: string; escrowKeyCreated: boolean; meta: string; store: string }> {
+export async function initDataDir(root: string, given: Backends = {}): Promise<{ root: string; created: boolean; schemaVersion: number; escrowKey: string; escrowKeyCreated: boolean; releaseKey: string; releaseKeyCreated: boolean; meta: string; store: string }> {
   const abs = path.resolve(root);
   const created = !existsSync(dbPath(abs)) && !existsSync(path.join(abs, BACKENDS_FILE));
   mkdirSync(abs, { recursive: true, mode: 0o700 });
@@ -119,7 +120,8 @@ export async function initDataDir(root: string, given: Backends = {}): Promise<{
     // Recorded (0600: a URL may carry a password) so that start and admin commands find them.
     if (b.meta !== undefined || b.store !== undefined) writeFileSync(path.join(abs, BACKENDS_FILE), `${JSON.stringify({ meta: b.meta, store: b.store }, null, 2)}\n`, { mode: 0o600 });
     const escrow = ensureEscrowKeys(abs);
-    return { root: abs, created, schemaVersion, escrowKey: escrow.publicKey, escrowKeyCreated: escrow.created, meta: where, store: b.store === undefined ? path.join(abs, 'store') : describeStoreUrl(b.store) };
+    const release = ensureReleaseKeys(abs);
+    return { root: abs, created, schemaVersion, escrowKey: escrow.publicKey, escrowKeyCreated: escrow.created, releaseKey: release.publicKey, releaseKeyCreated: release.created, meta: where, store: b.store === undefined ? path.join(abs, 'store') : describeStoreUrl(b.store) };
   } finally {
     await sql.close();
   }

@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
-  API_PREFIX, asCarryonError, diskSpace, parseJson, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, HEADER_DEVICE, httpStatusOf,
+  API_PREFIX, encodeLatestYml, asCarryonError, diskSpace, parseJson, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, HEADER_DEVICE, httpStatusOf,
   MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS,
   MAX_PERSONA_SNAPSHOT_BYTES, parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest,
   parseRequestUpdate, parseDesktopPolicy, parseDaysRequest, parseRestorePointRequest, parseEscrowRequest, type PersonaCommitResult,
@@ -20,6 +20,7 @@ import { ProxyTrust } from './client-address.js';
 import type { TlsPair } from './tls.js';
 import type { ServerParts } from './services/parts.js';
 import type { PersonaPart } from './services/checkout-service.js';
+import { PACK_CHUNK_BYTES } from '../src/index.js'; // (its own line: the list above changes often)
 
 /** Without --trust-proxy: X-Forwarded-For is never believed. */
 const NO_PROXY = new ProxyTrust('');
@@ -95,6 +96,22 @@ export class CarryonHttpServer {
     };
     // device: set for a laptop's device token (the console refuses those: admin actions need the admin's own token).
     r('GET', '/whoami', async ({ user, device }) => ({ user: user.name, admin: user.isAdmin, device, deviceName: device ? await fleet.deviceName(device) : null }));
+    // Client updates (server/release.ts): electron-updater's generic-provider layout under /updates/, the
+    // feed signed with the server's release key, whose public half laptops fetch once at login.
+    r('GET', '/updates/key', async () => ({ publicKey: parts.releases.publicKey() }));
+    // latest.yml is electron-updater's channel file on Windows, latest-linux.yml and latest-mac.yml on the
+    // others: one client for every platform here, so all three say the same.
+    r('GET', '/updates/:file', async ({ res, params }) => {
+      if (/^latest(-linux|-mac)?\.yml$/.test(params[0]!)) {
+        const text = encodeLatestYml(await parts.releases.feed());
+        res.writeHead(200, { 'content-type': 'text/yaml; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+        res.end(text);
+        return;
+      }
+      const bytes = await parts.releases.file(params[0]!);
+      res.writeHead(200, { 'content-type': 'application/gzip', 'content-length': bytes.length });
+      res.end(bytes);
+    });
     r('GET', '/desktops', async ({ user }) => ({ desktops: await desktops.list(user) }));
     r('GET', '/desktops/:name', async ({ user, params }) => desktops.info(user, parseName(params[0], 'desktop')));
     r('POST', '/desktops/:name/checkouts', async ({ req, user, params, actor, device: tokenDevice }) => {
@@ -116,7 +133,8 @@ export class CarryonHttpServer {
         await pipeline(packEntries(out.entries), createCompressStream(3), res);
       } else {
         res.writeHead(200, { 'content-type': CONTENT_TAR });
-        await pipeline(packEntries(out.entries), res);
+        // Every entry is at hand (read a batch ahead): gathered into chunks, a socket write per 256 KiB.
+        await pipeline(packEntries(out.entries, { chunkBytes: PACK_CHUNK_BYTES }), res);
       }
       return undefined;
     });

@@ -32,6 +32,28 @@ function grantExistingBlocks(db: Db): void {
   }
 }
 
+/** Migration 15's tables, for both engines. */
+function releaseTables(big: string, blob: string): string {
+  return `
+      CREATE TABLE client_releases (
+        version TEXT PRIMARY KEY,
+        file_name TEXT NOT NULL,
+        size ${big} NOT NULL,
+        sha512 TEXT NOT NULL,
+        bytes ${blob} NOT NULL,
+        published_at TEXT NOT NULL,
+        published_by TEXT NOT NULL
+      );
+      CREATE TABLE client_release_channel (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        serial ${big} NOT NULL,
+        pinned_version TEXT,
+        changed_at TEXT NOT NULL
+      );
+      INSERT INTO client_release_channel (id, serial, changed_at) VALUES (1, 0, '1970-01-01T00:00:00.000Z');
+  `;
+}
+
 /** Migration 13's tables: one text for both engines, which differ in 64-bit and identity columns only. */
 function gcTables(big: string, id: string): string {
   return `
@@ -360,6 +382,36 @@ export const MIGRATIONS: Migration[] = [
     postgres: `
       ALTER TABLE desktops ADD COLUMN registry_include TEXT;
       ALTER TABLE desktops ADD COLUMN registry_exclude TEXT;
+    `,
+  },
+  {
+    version: 15,
+    why: "Client updates served by the server (issue 14): an admin publishes a release of the carryon client (the npm pack tarball, kept here whole: releases are a few MB and every instance must serve the same bytes) and may pin the version laptops should run. The channel row's serial grows with every publish, pin and unpin; it is signed into the feed so a laptop can refuse an older feed replayed to it.",
+    sqlite: releaseTables('INTEGER', 'BLOB'),
+    postgres: releaseTables('BIGINT', 'BYTEA'),
+  },
+  {
+    version: 16,
+    why: "Golden images over time (issue 15): an admin refreshes a desktop (back to its image's newest version) or recomposes it (onto another image version); the user's persona is kept, the disk's previous version stays in desktop_versions (restorable). A desktop that is checked out at that moment is recomposed when its checkout ends (after the check-in's changes are in, as their own version): the request waits here, one per desktop (a later one replaces it). image_version NULL: the image's newest when applied (a refresh).",
+    sqlite: `
+      CREATE TABLE desktop_recompose (
+        desktop_id INTEGER PRIMARY KEY REFERENCES desktops(id),
+        kind TEXT NOT NULL CHECK (kind IN ('refresh', 'recompose')),
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        image_version INTEGER,
+        requested_by TEXT NOT NULL,
+        requested_at TEXT NOT NULL
+      );
+    `,
+    postgres: `
+      CREATE TABLE desktop_recompose (
+        desktop_id INTEGER PRIMARY KEY REFERENCES desktops(id),
+        kind TEXT NOT NULL CHECK (kind IN ('refresh', 'recompose')),
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        image_version INTEGER,
+        requested_by TEXT NOT NULL,
+        requested_at TEXT NOT NULL
+      );
     `,
   },
 ];

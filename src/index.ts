@@ -17,4 +17,5 @@ export * from './persona/index.js';
 export * from './lease/index.js';
 export * from './wire/index.js';
 export * from './version/index.js';
+export * from './release/index.js';
 export * from './sql/index.js';

@@ -7,6 +7,7 @@ import { describeFailure } from '../../src/index.js';
 import { giveAgentKek, serveKeys } from '../key-agent.js';
 import { defaultSources } from '../keyring.js';
 import { agentRound, type AgentLog } from '../agent.js';
+import { agentUpdate } from '../updater.js';
 import { ApiClient } from '../api-client.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
 import { homeOf, LocalState } from '../state.js';
@@ -46,6 +47,7 @@ export function registerAgent(program: Command): void {
         }
       }
       let saidLocked = false;
+      let restart = false;
       while (!stopping) {
         // A fresh state and client each round: commands run between rounds (checkout, serve) are seen.
         const state = new LocalState(home);
@@ -62,6 +64,9 @@ export function registerAgent(program: Command): void {
             api = new ApiClient({ url: login.url, token: login.token, device: login.device, ca: login.ca, insecureHttp: login.insecureHttp, idleTimeoutMs: 60_000 });
             const r = await agentRound(state, api, login, log);
             log('round', { ...r }, `round done: ${r.contacted} checkout(s) contacted${r.offline ? ', server unreachable' : ''}, ${r.checkins} forced check-in(s), ${r.rollbacks} rollback(s)`);
+            // A new version is switched to: this process still runs the old code, so it ends and its
+            // service manager (Restart=always in the systemd unit) starts the new one.
+            if (!r.offline && await agentUpdate(state, api, log)) restart = true;
           }
         } catch (err) {
           const f = describeFailure(err);
@@ -70,7 +75,7 @@ export function registerAgent(program: Command): void {
           api?.close();
           await state.close();
         }
-        if (opts.once === true) break;
+        if (opts.once === true || restart) break;
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, interval);
           wake = () => {

@@ -42,10 +42,13 @@ export function registerLogin(program: Command): void {
           // The laptop keeps a token of its own (a device token), never the user's: an admin can list
           // and revoke it without touching the user's other laptops.
           const reg = await api.registerDevice(state.deviceId(), String(opts.deviceName));
+          // The key client updates are signed with: fetched now, over the transport just checked.
+          const releaseKey = await api.releaseKey();
           const l = state.saveLogin({ url: u.origin, token: reg.token, deviceName: String(opts.deviceName), user: who.user, ca: ca?.pem ?? null, insecureHttp });
+          state.setReleaseKey(releaseKey);
           return {
             server: l.url, user: who.user, admin: who.admin, device: l.device, deviceName: l.deviceName, home: state.home, tokenFrom: from,
-            ca: ca?.subjects ?? null, insecureHttp: l.insecureHttp,
+            ca: ca?.subjects ?? null, insecureHttp: l.insecureHttp, releaseKey,
           };
         } finally {
           api.close();

@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { decodeManifest, fmtDuration, parseName, sectorCipherImplementation } from '../../src/index.js';
+import { decodeManifest, defaultHoleMode, fmtDuration, parseName, sectorCipherImplementation } from '../../src/index.js';
 import { scanChanges } from '../checkin-engine.js';
 import { optsOf, runCommand, withCommonOptions } from '../cli-util.js';
 import { DiskLock } from '../disk-lock.js';
@@ -31,9 +31,11 @@ export function registerStatus(program: Command): void {
       }
       // How an encrypted copy's sectors are (de)crypted in this install: 'native' (the XTS addon) or 'js'.
       const diskCipher = sectorCipherImplementation();
+      // How a full scan finds holes in this install: 'seek-data' (native/sparse, skipped unread) or 'read'.
+      const scanHoles = defaultHoleMode();
       // Streamed personas: how much is local, whether one is shown through a mount now.
       const streamed = await streamedPersonas(state, desktop);
-      return { home: state.home, diskCipher, desktops, streamedPersonas: streamed, ...(desktop && desktops.length === 0 && streamed.length === 0 ? { note: `${desktop} is not checked out on this laptop` } : {}) };
+      return { home: state.home, diskCipher, scanHoles, desktops, streamedPersonas: streamed, ...(desktop && desktops.length === 0 && streamed.length === 0 ? { note: `${desktop} is not checked out on this laptop` } : {}) };
     }, (r) => {
       if (r.desktops.length === 0 && r.streamedPersonas.length === 0) return r.note ?? `nothing checked out on this laptop (${r.home})`;
       return [...r.desktops.map(human), ...r.streamedPersonas.map(humanStream)].join('\n');

@@ -1,7 +1,9 @@
 // The NBD benchmark: how fast `carryon serve` exports a checked-out disk next to the NBD servers people
 // would otherwise run on the same file (nbdkit's file plugin, qemu-nbd), and how long a check-in takes
 // when the dirty map says what changed against the full scan it falls back to when the disk was
-// written outside `carryon serve`. All tools run as processes on this machine, over Unix sockets.
+// written outside `carryon serve`, repeated and compared per run across sizes (issue 13 item 4: the full
+// scan of the 8 GiB sparse disk within 2x of the 1 GiB one's; JSON `checkinScaling`). All tools run as
+// processes on this machine, over Unix sockets.
 // See README.md beside this file for what each number means.
 //
 // Usage: node dist/scripts/bench/nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3]
@@ -53,7 +55,7 @@ const EXTRA_EXTENT = 64 * MiB;
 const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin,encryption] [--writes 160] [--flush] [--connections N] [--cpu-prof DIR] [--out FILE] [--keep] [--seed N]
   --size           the random image of the export measurements, also the data of every check-in image (default 1G)
   --checkin-sizes  apparent sizes of the check-in images, comma-separated (default 1G,8G)
-  --repeat         runs of each throughput measurement (default 3): best and median are reported
+  --repeat         runs of each throughput measurement and of the check-in part (default 3): best and median are reported
   --parts          export (throughput), checkin (dirty map vs full scan), encryption (the same disk served
                    encrypted at rest and plain, same clients, and the same check-in both ways); default all
   --writes         scattered 64 KiB writes of the check-in change (default 160, i.e. 10 MiB)
@@ -425,9 +427,77 @@ interface CheckinRow {
   size: number;
   dataBytes: number;
   changeBytes: number;
+  /** The run with the median CLI seconds, per path (may be different runs); every run is in `runs`. */
   map?: CheckinMeasure;
   full?: CheckinMeasure;
   error?: string;
+  runs: CheckinRun[];
+}
+
+/** One run of one size: both paths, in that order, with new data each run. */
+interface CheckinRun {
+  run: number;
+  map?: CheckinMeasure;
+  full?: CheckinMeasure;
+  error?: string;
+}
+
+/**
+ * Per run, the largest check-in size's full scan against the smallest's (the issue's "a full scan's time
+ * follows the data": at most 2x from 1 GiB to the 8 GiB sparse disk with 1.54 GB of data), in the JSON
+ * as `checkinScaling`.
+ */
+interface ScalingRun {
+  run: number;
+  /** CLI `seconds` of the full-scan check-in (the issue's figure), and its `scanSeconds`. */
+  smallSeconds: number;
+  bigSeconds: number;
+  ratio: number;
+  smallScanSeconds: number;
+  bigScanSeconds: number;
+  scanRatio: number;
+  /** `scanBytesRead` and `scanHoles` of the big disk's full scan. */
+  bigScanBytesRead: number;
+  bigScanHoles: string | null;
+}
+
+interface Scaling {
+  small: number;
+  big: number;
+  smallDataBytes: number;
+  bigDataBytes: number;
+  runs: ScalingRun[];
+  medianRatio: number;
+  medianScanRatio: number;
+  target: number;
+  met: boolean;
+}
+
+/** The scaling of the full scan from the smallest to the largest size, per run (runs where both sizes completed). */
+function scalingOf(rows: CheckinRow[]): Scaling | null {
+  if (rows.length < 2) return null;
+  const sorted = [...rows].sort((a, b) => a.size - b.size);
+  const small = sorted[0]!;
+  const big = sorted[sorted.length - 1]!;
+  const runs: ScalingRun[] = [];
+  for (const b of big.runs) {
+    const a = small.runs.find((r) => r.run === b.run);
+    if (!a?.full || !b.full) continue;
+    runs.push({
+      run: b.run, smallSeconds: a.full.seconds, bigSeconds: b.full.seconds, ratio: b.full.seconds / a.full.seconds,
+      smallScanSeconds: a.full.scanSeconds, bigScanSeconds: b.full.scanSeconds, scanRatio: b.full.scanSeconds / a.full.scanSeconds,
+      bigScanBytesRead: b.full.scanBytesRead, bigScanHoles: (b.full.json.scanHoles as string | null | undefined) ?? null,
+    });
+  }
+  if (!runs.length) return null;
+  const medianRatio = medianOf(runs.map((r) => r.ratio));
+  return { small: small.size, big: big.size, smallDataBytes: small.dataBytes, bigDataBytes: big.dataBytes, runs, medianRatio, medianScanRatio: medianOf(runs.map((r) => r.scanRatio)), target: 2, met: medianRatio <= 2 };
+}
+
+/** The measure with the median of `seconds` among the runs that have one (the lower middle for an even count). */
+function medianRun(runs: CheckinRun[], path: 'map' | 'full'): CheckinMeasure | undefined {
+  const ms = runs.map((r) => r[path]).filter((m): m is CheckinMeasure => m !== undefined).sort((a, b) => a.seconds - b.seconds);
+  return ms[Math.floor((ms.length - 1) / 2)];
 }
 
 interface CheckinMeasure {
@@ -462,11 +532,11 @@ const fromCheckin = (j: Json, wall: number, extra: Pick<CheckinMeasure, 'writeVi
   json: j,
 });
 
-async function measureCheckin(home: string, desk: string, diskPath: string, socket: string, size: number, dir: string, o: Options): Promise<{ map: CheckinMeasure; full: CheckinMeasure }> {
-  // Round 0 through carryon serve; round 1 (same offsets, new data, so nothing is already on the
+async function measureCheckin(home: string, desk: string, diskPath: string, socket: string, size: number, dir: string, o: Options, runNo: number): Promise<{ map: CheckinMeasure; full: CheckinMeasure }> {
+  // Round 2r through carryon serve; round 2r+1 (same offsets, new data, so nothing is already on the
   // server) with qemu-io on the file itself.
-  const c0 = makeChange(join(dir, 'change-map'), size, o.writes, o.seed, 0);
-  const c1 = makeChange(join(dir, 'change-full'), size, o.writes, o.seed, 1, c0.offsets);
+  const c0 = makeChange(join(dir, 'change-map'), size, o.writes, o.seed, 2 * runNo);
+  const c1 = makeChange(join(dir, 'change-full'), size, o.writes, o.seed, 2 * runNo + 1, c0.offsets);
 
   const co = await carryon(home, 'checkout', desk, '--to', diskPath);
   const { daemon } = await startCarryonServe(home, desk, socket);
@@ -489,7 +559,7 @@ async function measureCheckin(home: string, desk: string, diskPath: string, sock
   const ci2 = await carryon(home, 'checkin', desk);
   const full = fromCheckin(ci2.json, ci2.seconds, { writeVia: `qemu-io -f raw DISK (${o.writes} x write -s FILE OFF 64k)`, writeSeconds: w2.seconds, checkoutSeconds: co2.seconds });
   if (full.scanMode !== 'full') log(`  WARNING: check-in after qemu-io on the file scanned in mode ${full.scanMode}: the change outside serve was not noticed`);
-  log(`  full scan: check-in ${secs(full.seconds)} s (wall ${secs(full.wallSeconds)} s), scan ${secs(full.scanSeconds)} s, mode ${full.scanMode}, read ${mb(full.scanBytesRead)} MB, sent ${mb(full.bytesSent)} MB, ${full.blocksChanged} blocks changed` +
+  log(`  full scan: check-in ${secs(full.seconds)} s (wall ${secs(full.wallSeconds)} s), scan ${secs(full.scanSeconds)} s, mode ${full.scanMode}, holes ${String(full.json.scanHoles ?? '-')}, read ${mb(full.scanBytesRead)} MB, sent ${mb(full.bytesSent)} MB, ${full.blocksChanged} blocks changed` +
     (full.fullScanReason ? ` (${full.fullScanReason})` : ''));
   return { map, full };
 }
@@ -735,13 +805,21 @@ function exportTable(rows: ExportResult[], size: number, repeat: number): string
     table(['server', 'read best', 'read median', 'write best', 'write median', '4K read/s', '4K write/s', 'multi-conn'], body);
 }
 
-function checkinTable(rows: CheckinRow[], writes: number): string {
+function checkinTable(rows: CheckinRow[], writes: number, repeat: number): string {
   const body = rows.map((r) => [
     human(r.size), mb(r.dataBytes, 0), r.map ? secs(r.map.seconds) : 'failed', r.map ? secs(r.map.scanSeconds) : '-', r.map ? secs(r.map.wallSeconds) : '-',
     r.full ? secs(r.full.seconds) : 'failed', r.full ? secs(r.full.scanSeconds) : '-', r.full ? secs(r.full.wallSeconds) : '-', ratio(r.full?.seconds, r.map?.seconds),
   ]);
-  return `\nCheck-in after ${writes} scattered 64 KiB writes (${mb(writes * WRITE_BYTES)} MB): dirty map (written through carryon serve) vs full scan (written with qemu-io on the file); seconds\n` +
+  return `\nCheck-in after ${writes} scattered 64 KiB writes (${mb(writes * WRITE_BYTES)} MB): dirty map (written through carryon serve) vs full scan (written with qemu-io on the file); seconds, the run with the median of ${repeat}\n` +
     table(['disk', 'data MB', 'map s', 'map scan s', 'map wall s', 'full s', 'full scan s', 'full wall s', 'full / map'], body);
+}
+
+/** Every run of the full scan at the largest size against the smallest, and the medians. */
+function scalingTable(sc: Scaling): string {
+  const body = sc.runs.map((r) => [String(r.run), secs(r.smallSeconds), secs(r.bigSeconds), `${r.ratio.toFixed(2)}x`, secs(r.smallScanSeconds), secs(r.bigScanSeconds), `${r.scanRatio.toFixed(2)}x`, mb(r.bigScanBytesRead), r.bigScanHoles ?? '-']);
+  body.push(['median', '', '', `${sc.medianRatio.toFixed(2)}x`, '', '', `${sc.medianScanRatio.toFixed(2)}x`, '', '']);
+  return `\nFull scan, ${human(sc.big)} sparse disk (${mb(sc.bigDataBytes)} MB of data) against ${human(sc.small)} (${mb(sc.smallDataBytes)} MB), per run (target: median check-in ratio at most ${sc.target}x)\n` +
+    table(['run', `${human(sc.small)} check-in s`, `${human(sc.big)} check-in s`, 'ratio', `${human(sc.small)} scan s`, `${human(sc.big)} scan s`, 'scan ratio', `${human(sc.big)} read MB`, 'holes'], body);
 }
 
 function targets(exp: ExportResult[], ci: CheckinRow[]): string[] {
@@ -760,6 +838,10 @@ function targets(exp: ExportResult[], ci: CheckinRow[]): string[] {
       const x = big.map!.seconds / small.map!.seconds;
       out.push(`map-path check-in within 2x regardless of size (${human(big.size)} / ${human(small.size)}: ${ratio(big.map!.seconds, small.map!.seconds)}): ${met(x <= 2 && x >= 0.5)}`);
     } else out.push(`map-path check-in within 2x regardless of size: ${ci.length >= 2 ? met(undefined) : 'n/a (one size)'}`);
+    const sc = scalingOf(ci);
+    if (sc) {
+      out.push(`full-scan check-in follows the data: ${human(sc.big)} at most ${sc.target}x ${human(sc.small)} (median of ${sc.runs.length} runs ${sc.medianRatio.toFixed(2)}x; runs ${sc.runs.map((r) => `${r.ratio.toFixed(2)}x`).join(', ')}; scan alone ${sc.medianScanRatio.toFixed(2)}x): ${met(sc.runs.length === ci[0]!.runs.length ? sc.met : sc.met ? undefined : false)}`);
+    } else if (ci.length >= 2) out.push(`full-scan check-in follows the data: ${met(undefined)}`);
   }
   const c = exp.find((r) => r.server === 'carryon');
   const k = exp.find((r) => r.server === 'nbdkit');
@@ -915,24 +997,38 @@ async function main(): Promise<number> {
 
     // Part 2
     if (o.parts.includes('checkin')) {
-      for (const [s, img] of checkinImages) {
-        log(`\n== check-in, ${human(s)} disk (${mb(img.dataBytes)} MB of data), ${o.writes} scattered 64 KiB writes`);
-        const row: CheckinRow = { size: s, dataBytes: img.dataBytes, changeBytes: o.writes * WRITE_BYTES };
-        checkinRows.push(row);
-        const dir = join(work, `ci-${label(s)}`);
-        try {
-          const r = await measureCheckin(home, `ci-${label(s)}`, join(dir, 'disk.raw'), join(run_, `ci-${label(s)}.sock`), s, dir, o);
-          row.map = r.map;
-          row.full = r.full;
-        } catch (e) {
-          failed = true;
-          let msg = e instanceof Error ? e.message : String(e);
-          const gone = server && serverGone(server);
-          if (gone) msg += `\n  ${gone}`;
-          row.error = msg;
-          log(`  FAILED: ${msg}`);
+      // Runs outside, sizes inside: each run measures every size under the same load, and the
+      // largest size's full scan is compared with the smallest's of the same run.
+      for (const [s, img] of checkinImages) checkinRows.push({ size: s, dataBytes: img.dataBytes, changeBytes: o.writes * WRITE_BYTES, runs: [] });
+      for (let runNo = 0; runNo < o.repeat; runNo++) {
+        for (const row of checkinRows) {
+          const s = row.size;
+          log(`\n== check-in, ${human(s)} disk (${mb(row.dataBytes)} MB of data), ${o.writes} scattered 64 KiB writes, run ${runNo + 1} of ${o.repeat}`);
+          const one: CheckinRun = { run: runNo + 1 };
+          row.runs.push(one);
+          const dir = join(work, `ci-${label(s)}`);
+          try {
+            const r = await measureCheckin(home, `ci-${label(s)}`, join(dir, 'disk.raw'), join(run_, `ci-${label(s)}.sock`), s, dir, o, runNo);
+            one.map = r.map;
+            one.full = r.full;
+          } catch (e) {
+            failed = true;
+            let msg = e instanceof Error ? e.message : String(e);
+            const gone = server && serverGone(server);
+            if (gone) msg += `\n  ${gone}`;
+            one.error = msg;
+            row.error ??= msg;
+            log(`  FAILED: ${msg}`);
+          }
+          if (!o.keep && runNo === o.repeat - 1) rmSync(dir, { recursive: true, force: true });
         }
-        if (!o.keep) rmSync(dir, { recursive: true, force: true });
+        const sc = scalingOf(checkinRows);
+        const last = sc?.runs.find((r) => r.run === runNo + 1);
+        if (sc && last) log(`  run ${runNo + 1}: full-scan check-in ${human(sc.big)} / ${human(sc.small)} = ${secs(last.bigSeconds)} / ${secs(last.smallSeconds)} s = ${last.ratio.toFixed(2)}x (scan alone ${secs(last.bigScanSeconds)} / ${secs(last.smallScanSeconds)} s = ${last.scanRatio.toFixed(2)}x)`);
+      }
+      for (const row of checkinRows) {
+        row.map = medianRun(row.runs, 'map');
+        row.full = medianRun(row.runs, 'full');
       }
     }
 
@@ -952,8 +1048,10 @@ async function main(): Promise<number> {
       }
       console.log(`file: dd ${DD_READ('FILE').join(' ')} / dd ${DD_WRITE('SRC', 'FILE').join(' ')} / nbdcopy --no-extents FILE null:; NBD: nbdcopy ${NBD_SEQ.join(' ')} URI null: (and SRC URI) / ${showCommand('nbdcopy', NBDCOPY_READ('URI'))}`);
     }
+    const scaling = scalingOf(checkinRows);
     if (checkinRows.length) {
-      console.log(checkinTable(checkinRows, o.writes));
+      console.log(checkinTable(checkinRows, o.writes, o.repeat));
+      if (scaling) console.log(scalingTable(scaling));
       const m = checkinRows.filter((r) => r.map).sort((a, b) => a.size - b.size);
       if (m.length >= 2) console.log(`map path, ${human(m[m.length - 1]!.size)} vs ${human(m[0]!.size)}: ${ratio(m[m.length - 1]!.map!.seconds, m[0]!.map!.seconds)}`);
       for (const r of checkinRows) {
@@ -983,6 +1081,7 @@ async function main(): Promise<number> {
       fuseFile: fuseRow,
       encryption: encryptionRow,
       checkin: checkinRows,
+      checkinScaling: scaling,
       targets: [...targets(exportRows, checkinRows), ...(encryptionRow ? encryptionTargets(encryptionRow) : [])],
       totalSeconds: (Date.now() - started) / 1000,
     });

@@ -13,6 +13,7 @@ export function registerInit(program: Command): void {
       if (!dir) throw new CarryonError('INVALID_ARGUMENT', 'pass --data DIR or set CARRYON_DATA');
       return initDataDir(dir, { meta: opts.meta, store: opts.store });
     }, (r) => `${r.created ? 'initialised' : 'already initialised'} ${r.root} (schema version ${r.schemaVersion})\nmetadata: ${r.meta}\nblocks: ${r.store}` +
-      (r.escrowKeyCreated ? `\nescrow key pair made in ${r.root}/escrow: laptops seal their data keys to escrow.pub; keep a copy of escrow.key somewhere safe (or move it offline: docs/security.md, "Escrow of the laptops' data keys")` : ''));
+      (r.escrowKeyCreated ? `\nescrow key pair made in ${r.root}/escrow: laptops seal their data keys to escrow.pub; keep a copy of escrow.key somewhere safe (or move it offline: docs/security.md, "Escrow of the laptops' data keys")` : '') +
+      (r.releaseKeyCreated ? `\nrelease signing key made in ${r.root}/release: client updates published here are signed with it, and laptops get release.pub at login (docs/updates.md); keep a copy of release.key somewhere safe` : ''));
   });
 }

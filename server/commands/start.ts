@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { CarryonError, describeFailure } from '../../src/index.js';
 import { dataDirOf } from '../cli-util.js';
 import { ensureEscrowKeys } from '../escrow.js';
+import { ensureReleaseKeys } from '../release.js';
 import { CarryonHttpServer } from '../http-server.js';
 import { ProxyTrust, TRUST_PROXY_ENV } from '../client-address.js';
 import { loadTlsPair, type TlsPair } from '../tls.js';
@@ -49,6 +50,8 @@ export function registerStart(program: Command): void {
         const log = (f: Record<string, unknown>): void => void process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...f })}\n`);
         // A data folder made before encryption at rest gets its escrow key pair now.
         if (ensureEscrowKeys(d.root).created) log({ level: 'warn', msg: 'escrow key pair made in DATA/escrow: keep a copy of escrow.key somewhere safe (or move it offline)', dir: path.join(d.root, 'escrow') });
+        // ... and one made before client updates its release signing key.
+        if (ensureReleaseKeys(d.root).created) log({ level: 'warn', msg: 'release signing key made in DATA/release: keep a copy of release.key somewhere safe; laptops logged in before get release.pub at their next login', dir: path.join(d.root, 'release') });
         const server = new CarryonHttpServer(d, log, { tls, trustProxy, dataRoot: d.root });
         const url = await server.listen(host, port);
         if (tls) log(tlsLogLine('TLS certificate loaded', tls.info));

@@ -15,7 +15,19 @@ import {
   API_PREFIX, blockId, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, decodeManifest, decodeRecoveryCode, DiskManifest, encodeManifest, encodeRecoveryCode, encodePersona, HEADER_DEVICE, keyCheck, manifestId,
   newDataKey, packEntries, personaId, sealToEscrow, sha256, type PersonaEntry, type PersonaSnapshot, type TarEntry,
 } from '../../src/index.js';
+import { gzipSync } from 'node:zlib';
+import tarStream from 'tar-stream';
 import { removeTmp, ROOT, TestServer, tmpDir } from './harness.js';
+
+/** npm pack's layout with only package.json: enough for the server to take it as a carryon release. */
+async function releaseTarball(version: string): Promise<Buffer> {
+  const pack = tarStream.pack();
+  pack.entry({ name: 'package/package.json' }, JSON.stringify({ name: 'carryon', version }));
+  pack.finalize();
+  const parts: Buffer[] = [];
+  for await (const c of pack) parts.push(c as Buffer);
+  return gzipSync(Buffer.concat(parts));
+}
 
 interface Res { status: number; json: any; body: Buffer; headers: nodeHttp.IncomingHttpHeaders }
 interface Req { path: string; body?: Buffer | string; headers?: Record<string, string> }
@@ -149,6 +161,17 @@ describe('authorization matrix over every HTTP route', () => {
       method: 'GET', route: '/whoami', scope: 'user',
       owner: () => ({ token: () => t.d1, path: '/whoami', headers: asD1, status: 200, check: (r) => expect(r.json).toEqual({ user: 'alice', admin: false, device: D1, deviceName: expect.any(String) }) }),
       other: () => ({ path: '/whoami', status: 200, check: (r) => expect(r.json).toEqual({ user: 'bob', admin: false, device: null, deviceName: null }) }),
+    },
+    {
+      // Client updates: the same for every user (nothing per user in them); a token is still required.
+      method: 'GET', route: '/updates/key', scope: 'user',
+      owner: () => ({ token: () => t.d1, path: '/updates/key', headers: asD1, status: 200, check: (r) => expect(r.json.publicKey).toMatch(/^[A-Za-z0-9+/]+=*$/) }),
+      other: () => ({ path: '/updates/key', status: 200, check: (r) => expect(Object.keys(r.json)).toEqual(['publicKey']) }),
+    },
+    {
+      method: 'GET', route: '/updates/:file', scope: 'user',
+      owner: () => ({ token: () => t.d1, path: '/updates/latest.yml', headers: asD1, status: 200, check: (r) => expect(r.body.toString()).toContain("version: '0.0.1'") }),
+      other: () => ({ path: '/updates/carryon-0.0.1.tgz', status: 200, check: (r) => expect(r.body.subarray(0, 2).equals(Buffer.from([0x1f, 0x8b]))).toBe(true) }),
     },
     {
       method: 'GET', route: '/desktops', scope: 'user',
@@ -411,6 +434,10 @@ describe('authorization matrix over every HTTP route', () => {
     expect(root.code, root.stderr).toBe(0);
     t.root = root.json.token;
     expect((await server.admin(['image', 'publish', 'img', image])).code).toBe(0);
+    // A client release for the update routes (the smallest tarball the server takes as carryon 0.0.1).
+    const release = path.join(dir, 'carryon-0.0.1.tgz');
+    writeFileSync(release, await releaseTarball('0.0.1'));
+    expect((await server.admin(['release', 'publish', release, '--version', '0.0.1'])).code).toBe(0);
     for (const [d, u] of [['a-desk', 'alice'], ['a-spare', 'alice'], ['a-rollback', 'alice'], ['a-probe', 'alice'], ['a-idle', 'alice'], ['b-desk', 'bob'], ['r-trash', 'root']]) {
       const r = await server.admin(['desktop', 'create', d!, '--user', u!, '--image', 'img']);
       expect(r.code, r.stderr).toBe(0);

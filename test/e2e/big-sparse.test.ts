@@ -1,5 +1,6 @@
 // A 10 GiB image must not need 10 GiB of memory anywhere: publish, check out, change and check in a
-// sparse 10 GiB disk, and bound the peak memory of the CLI and the server.
+// sparse 10 GiB disk, and bound the peak memory of the CLI and the server. Nor 10 GiB of reading: the
+// publish and the full scan of the check-in read only the data (SEEK_DATA), not the holes.
 import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -32,6 +33,9 @@ describe('a 10 GiB sparse image', () => {
     const pub = await server.admin(['image', 'publish', 'big', image]);
     expect(pub.code, pub.stderr).toBe(0);
     expect(pub.json.blocks).toBe(163840);
+    // Publish read the 64 MiB of data and skipped the holes (native/sparse), instead of reading 10 GiB.
+    expect(pub.json.scanHoles).toBe('seek-data');
+    expect(pub.json.scanBytesRead).toBe(64 * 1024 * 1024);
     expect((await server.admin(['desktop', 'create', 'big-desk', '--user', 'alice', '--image', 'big'])).code).toBe(0);
     await server.start();
     expect((await laptop.cli(['login', server.url, '--token', token])).code).toBe(0);
@@ -53,6 +57,10 @@ describe('a 10 GiB sparse image', () => {
     expect(ci.code, ci.stderr).toBe(0);
     expect(ci.json.version).toBe(2);
     expect(ci.json.blocksChanged).toBe(65);
+    // Written outside `carryon serve`: a full scan, of the data only (64 MiB, and the 4 MiB + one block written into holes).
+    expect(ci.json.scanMode).toBe('full');
+    expect(ci.json.scanHoles).toBe('seek-data');
+    expect(ci.json.scanBytesRead).toBe(68 * 1024 * 1024 + 65536);
     expect(ci.json.maxRssBytes).toBeLessThan(LIMIT);
     expect(serverPeakRss(server.pid())).toBeLessThan(LIMIT);
     const again = await new Laptop(path.join(dir, 'laptop-2'));

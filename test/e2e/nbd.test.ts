@@ -2,7 +2,7 @@
 // through the export, reads back, check-in from the dirty map; kill -9 of the export and of the
 // client mid-workload; streamed check-outs read while blocks arrive, and offline.
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -55,8 +55,11 @@ describe('carryon serve: the disk over NBD', () => {
   // Streams start from an empty block cache, so blocks really come from the server.
   const c = new Laptop(path.join(dir, 'laptop-c'));
   const d = new Laptop(path.join(dir, 'laptop-d'));
-  const desks = ['d-io', 'd-crash-export', 'd-crash-client', 'd-stream', 'd-offline', 'd-outside'];
+  const desks = ['d-io', 'd-crash-export', 'd-crash-client', 'd-stream', 'd-offline', 'd-outside', 'd-read'];
   let size = 0;
+  const dense = path.join(dir, 'golden-dense.raw');
+  let pubSparse: { json: any } = { json: null };
+  let pubDense: { json: any } = { json: null };
 
   beforeAll(async () => {
     for (const t of ['qemu-io', 'qemu-img', 'nbdcopy', 'nbdinfo', 'cmp']) requireTool(t);
@@ -64,11 +67,45 @@ describe('carryon serve: the disk over NBD', () => {
     size = readFileSync(image).length;
     await server.init();
     const token = await server.addUser('alice');
-    expect((await server.admin(['image', 'publish', 'golden', image])).code).toBe(0);
+    pubSparse = await server.admin(['image', 'publish', 'golden', image]);
+    expect(pubSparse.code, pubSparse.stderr).toBe(0);
+    // The same bytes, every one of them allocated (mke2fs leaves the image sparse).
+    expect(tool('cp', ['--sparse=never', image, dense]).code).toBe(0);
+    pubDense = await server.admin(['image', 'publish', 'golden-dense', dense]);
+    expect(pubDense.code, pubDense.stderr).toBe(0);
     for (const d of desks) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
     await server.start();
     for (const l of [a, b, c, d]) expect((await l.cli(['login', server.url, '--token', token])).code).toBe(0);
   }, 180_000);
+
+  it('without native/sparse (CARRYON_SPARSE=read) a full scan reads every byte, says so, and commits the same disk', async () => {
+    const env = { CARRYON_SPARSE: 'read' };
+    expect((await a.cli(['checkout', 'd-read', '--json'])).code).toBe(0);
+    const disk = path.join(a.home, 'desktops', 'd-read', 'disk.raw');
+    expect((await a.cli(['status', '--json'], env)).json.scanHoles).toEqual({ mode: 'read', detail: 'CARRYON_SPARSE=read' });
+    qemuWrite(disk, [[0x73, 2 * MiB, 65536]]);
+    const ci = await a.cli(['checkin', 'd-read'], env);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.stdout).toMatch(/note: the full scan read the disk's holes too \(CARRYON_SPARSE=read\)/);
+    const co = await a.cli(['checkout', 'd-read', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    qemuWrite(disk, [[0x74, 3 * MiB, 65536]]);
+    const ci2 = await a.cli(['checkin', 'd-read', '--json'], env);
+    expect(ci2.code, ci2.stderr).toBe(0);
+    expect(ci2.json).toMatchObject({ scanMode: 'full', scanHoles: 'read', scanBytesRead: size, blocksChanged: 1 });
+    expect(sha256File(await serverCopy('d-read'))).toBe(sha256File(disk));
+  }, 120_000);
+
+  it('publish reads a sparse image by its data: the same manifest as a dense copy of it, from fewer bytes read', () => {
+    expect(statSync(dense).blocks * 512).toBeGreaterThanOrEqual(size);
+    expect(statSync(image).blocks * 512).toBeLessThan(size);
+    expect(pubSparse.json.scanHoles).toBe('seek-data');
+    expect(pubDense.json.scanHoles).toBe('seek-data');
+    expect(pubSparse.json.manifestId).toBe(pubDense.json.manifestId);
+    expect(pubDense.json.newBlocks).toBe(0);
+    expect(pubDense.json.scanBytesRead).toBe(size);
+    expect(pubSparse.json.scanBytesRead).toBeLessThan(size);
+  });
 
   afterAll(async () => {
     killSpawned(); // a failed test's export
@@ -321,7 +358,15 @@ describe('carryon serve: the disk over NBD', () => {
     expect(ci.code, ci.stderr).toBe(0);
     expect(ci.json.scanMode).toBe('full');
     expect(ci.json.fullScanReason).toMatch(/outside `carryon serve`/);
-    expect(ci.json.scanBytesRead).toBe(size);
+    // The scan read the disk's data and skipped its holes (native/sparse): exactly the 64 KiB blocks
+    // that are not all zeros (the check-out leaves hole blocks unwritten; every write here is non-zero).
+    expect(ci.json.scanHoles).toBe('seek-data');
+    const bytes = readFileSync(disk);
+    let dataBytes = 0;
+    for (let at = 0; at < size; at += 65536) if (bytes.subarray(at, Math.min(at + 65536, size)).some((x) => x !== 0)) dataBytes += Math.min(65536, size - at);
+    expect(dataBytes).toBeLessThan(size);
+    expect(ci.json.scanBytesRead).toBe(dataBytes);
     expect(sha256File(await serverCopy('d-outside'))).toBe(sha256File(disk));
+    expect((await a.cli(['status', '--json'])).json.scanHoles).toMatchObject({ mode: 'seek-data' });
   }, 120_000);
 });
