@@ -34,6 +34,8 @@ export class FsBlockStore implements BlockStore {
   readonly root: string;
   private readonly durability: 'fsync' | 'batch';
   private readonly madeDirs = new Set<string>();
+  private readonly tmpTag = randomBytes(6).toString('hex');
+  private tmpCount = 0;
 
   constructor(root: string, opts: FsBlockStoreOptions = {}) {
     this.root = path.resolve(root);
@@ -58,7 +60,9 @@ export class FsBlockStore implements BlockStore {
     const tmpDir = path.join(this.root, 'tmp');
     this.ensureDir(tmpDir);
     this.ensureDir(path.dirname(final));
-    const tmp = path.join(tmpDir, `${id}.${randomBytes(6).toString('hex')}`);
+    // Unique across processes (a random tag per instance) and within one (a counter): no random
+    // bytes drawn per block.
+    const tmp = path.join(tmpDir, `${id}.${this.tmpTag}${(this.tmpCount++).toString(36)}`);
     // Synchronous I/O, as in getEncoded: five small syscalls beat five thread-pool round trips.
     const fd = openSync(tmp, 'wx', 0o600);
     try {
