@@ -265,7 +265,7 @@ export class CarryonHttpServer {
         liveIn += sock.bytesRead;
         liveOut += sock.bytesWritten;
       }
-      res.end(await this.metrics.render(this.parts.meta, this.parts.fleet, liveIn, liveOut, this.opts.dataRoot ? diskSpace(this.opts.dataRoot) : null));
+      res.end(await this.metrics.render(this.parts.meta, this.parts.fleet, liveIn, liveOut, this.opts.dataRoot ? diskSpace(this.opts.dataRoot) : null, this.parts.sharing));
       return;
     }
     try {
