@@ -34,6 +34,10 @@ export const CONSOLE_HTML = `<!doctype html>
     <thead><tr><th>desktop</th><th>user</th><th>device</th><th>since</th><th>lease</th><th>last contact</th><th>pending</th><th>encryption</th><th>requests</th><th>actions</th></tr></thead>
     <tbody></tbody>
   </table>
+  <h2>Storage: what sharing saves</h2>
+  <p id="sharing-totals"></p>
+  <table id="sharing-images"><thead><tr><th>image</th><th>versions</th><th>newest</th><th>data (newest)</th><th>stored (all versions)</th><th>desktops on it</th></tr></thead><tbody></tbody></table>
+  <table id="sharing-desktops"><thead><tr><th>desktop</th><th>on image</th><th>shared with the image</th><th>its own (stored)</th><th>only in earlier versions and restore points (stored)</th></tr></thead><tbody></tbody></table>
   <h2>Requests</h2>
   <table id="requests"><thead><tr><th>#</th><th>kind</th><th>desktop</th><th>state</th><th>by</th><th>updated</th><th>detail</th></tr></thead><tbody></tbody></table>
   <h2>Audit log</h2>
@@ -115,6 +119,15 @@ export const CONSOLE_HTML = `<!doctype html>
       showError(e);
     });
   }
+  function size(n) { var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0; while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; } return (i ? n.toFixed(1) : String(n)) + ' ' + u[i]; }
+  function refreshSharing() {
+    return call('GET', '/admin/sharing').then(function (r) {
+      var t = r.totals;
+      document.getElementById('sharing-totals').textContent = size(t.logicalBytes) + ' of disks (every image\u2019s newest version and every desktop, as full copies of their data) stored as ' + size(t.storedBytes) + ': ' + (t.saving * 100).toFixed(1) + '% saved (linked-clone products promised \u201cup to 90%\u201d)';
+      renderRows('#sharing-images', r.images, [function (i) { return i.image; }, function (i) { return i.versions; }, function (i) { return i.newestVersion; }, function (i) { return size(i.logicalBytes); }, function (i) { return size(i.held.storedBytes); }, function (i) { return i.desktops; }]);
+      renderRows('#sharing-desktops', r.desktops, [function (d) { return d.desktop; }, function (d) { return d.image + ' v' + d.imageVersion; }, function (d) { return size(d.sharedWithImage.bytes); }, function (d) { return size(d.unique.bytes) + ' (' + size(d.unique.storedBytes) + ')'; }, function (d) { return size(d.restorePointsOnly.bytes) + ' (' + size(d.restorePointsOnly.storedBytes) + ')'; }]);
+    }, showError);
+  }
   var timers = [];
   function logOut(why) {
     timers.forEach(clearInterval); timers = [];
@@ -129,7 +142,7 @@ export const CONSOLE_HTML = `<!doctype html>
       document.getElementById('whoami').textContent = 'logged in as ' + w.user;
       document.getElementById('login').hidden = true; document.getElementById('app').hidden = false;
       var p = document.getElementById('login-error'); if (p) p.textContent = '';
-      refresh(); timers.push(setInterval(refresh, 2000), setInterval(tick, 1000));
+      refresh(); refreshSharing(); timers.push(setInterval(refresh, 2000), setInterval(tick, 1000), setInterval(refreshSharing, 30000));
     }).catch(function (e) { sessionStorage.removeItem('carryon-token'); document.getElementById('login').hidden = false; showLoginError(e); });
   }
   function showLoginError(e) { var p = document.getElementById('login-error'); if (!p) { p = document.createElement('p'); p.id = 'login-error'; p.style.color = '#b00'; document.getElementById('login').appendChild(p); } p.textContent = String(e.message || e); }

@@ -185,6 +185,8 @@ export class CarryonHttpServer {
     }));
     r('DELETE', '/admin/desktops/:name', admin(async ({ params, actor }) => desktops.deleteDesktop(parseName(params[0], 'desktop'), actor)));
     r('GET', '/admin/requests', admin(async () => ({ requests: await fleet.requests() })));
+    // Decodes every live manifest: the console asks every 30 s, and one report serves every admin for 30 s.
+    r('GET', '/admin/sharing', admin(async () => parts.sharing.report(30_000)));
     r('POST', '/checkouts/:id/requests/:rid', async ({ req, user, params, actor, claimedDevice }) => {
       const { state, detail } = parseRequestUpdate(await readJson(req));
       return checkouts.updateRequest(user, params[0]!, intOf(params[1]!), claimedDevice, state, detail, actor);
@@ -267,7 +269,7 @@ export class CarryonHttpServer {
         liveIn += sock.bytesRead;
         liveOut += sock.bytesWritten;
       }
-      res.end(await this.metrics.render(this.parts.meta, this.parts.fleet, liveIn, liveOut, this.opts.dataRoot ? diskSpace(this.opts.dataRoot) : null));
+      res.end(await this.metrics.render(this.parts.meta, this.parts.fleet, liveIn, liveOut, this.opts.dataRoot ? diskSpace(this.opts.dataRoot) : null, this.parts.sharing));
       return;
     }
     try {

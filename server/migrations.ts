@@ -414,6 +414,12 @@ export const MIGRATIONS: Migration[] = [
       );
     `,
   },
+  {
+    version: 17,
+    why: "Image versions have a retention (issue 15): an admin keeps the newest N versions of an image (images.keep_versions; NULL, the default: all). The garbage collector removes older versions no desktop is on and no queued refresh or recompose names, then their blocks nothing else names (server/image-retention.ts).",
+    sqlite: 'ALTER TABLE images ADD COLUMN keep_versions INTEGER;',
+    postgres: 'ALTER TABLE images ADD COLUMN keep_versions INTEGER;',
+  },
 ];
 
 export const SERVER_SCHEMA: MigrationSet = {

@@ -17,6 +17,7 @@ import { DesktopService } from './desktop-service.js';
 import { PersonaService } from './persona-service.js';
 import { ReleaseService } from '../release.js';
 import { RecomposeService } from '../recompose.js';
+import { SharingService } from '../sharing.js';
 
 export interface ServerParts {
   /** The data folder: escrow key pair, staging space (tmp/), and by default the database and store. */
@@ -36,6 +37,8 @@ export interface ServerParts {
   releases: ReleaseService;
   /** Refresh and recompose of desktops onto image versions (server/recompose.ts). */
   recompose: RecomposeService;
+  /** Stored against logical bytes, per image and per desktop (server/sharing.ts). */
+  sharing: SharingService;
   close(): Promise<void>;
 }
 
@@ -62,7 +65,7 @@ export function buildParts(sql: Sql, store: BlockStore, root: string | null, opt
   const recompose = new RecomposeService(sql);
   const checkouts = new CheckoutService(meta, fleet, personas, escrow, store, needSpace, leases, recompose);
   return {
-    root: root ?? '', sql, store, meta, fleet, personaMeta, escrow, personas, desktops, checkouts, gc: new GarbageCollector(sql, store), releases: new ReleaseService(sql, root), recompose,
+    root: root ?? '', sql, store, meta, fleet, personaMeta, escrow, personas, desktops, checkouts, gc: new GarbageCollector(sql, store), releases: new ReleaseService(sql, root), recompose, sharing: new SharingService(sql),
     close: async () => {
       await store.close?.();
       await sql.close();

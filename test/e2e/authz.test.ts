@@ -313,6 +313,11 @@ describe('authorization matrix over every HTTP route', () => {
       other: () => ({ path: '/admin/desktops/a-idle', status: 403, code: 'FORBIDDEN' }),
     },
     {
+      method: 'GET', route: '/admin/sharing', scope: 'admin',
+      owner: () => ({ token: () => t.root, path: '/admin/sharing', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.images.map((i: any) => i.image)).toEqual(['img']) }),
+      other: () => ({ path: '/admin/sharing', status: 403, code: 'FORBIDDEN' }),
+    },
+    {
       method: 'GET', route: '/admin/requests', scope: 'admin',
       owner: () => ({ token: () => t.root, path: '/admin/requests', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.requests.map((q: any) => q.id)).toContain(RID) }),
       other: () => ({ path: '/admin/requests', status: 403, code: 'FORBIDDEN' }),

@@ -92,6 +92,13 @@ describe('admin console (chromium)', () => {
     expect(await page.locator('#checkouts tr[data-desktop="other"]').count()).toBe(1);
   });
 
+  it('shows what sharing saves: the totals, each image and each desktop', async () => {
+    await expect.poll(async () => (await page.locator('#sharing-totals').textContent()) ?? '').toMatch(/stored as .*: \d+\.\d% saved/);
+    const desktops = await page.locator('#sharing-desktops tbody tr').count();
+    expect(desktops).toBeGreaterThanOrEqual(2);
+    expect(await page.locator('#sharing-images tbody tr td').first().textContent()).toBeTruthy();
+  });
+
   it('shows which copies are encrypted; "Recovery code" reads out the code and the command, audited', async () => {
     const row = page.locator('#checkouts tr[data-desktop="secret"]');
     await expect.poll(async () => (await row.locator('td.encryption').textContent()) ?? '').toMatch(/^encrypted \(key check [0-9a-f]{16}\)$/);

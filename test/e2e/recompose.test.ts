@@ -159,6 +159,25 @@ describe('refresh and recompose: 20 desktops onto a new image version', () => {
     expect(actions.filter((x) => x === 'desktop.restore-version').length).toBe(1);
   }, 180_000);
 
+  it('status and /metrics show what sharing saves, per image and per desktop', async () => {
+    const st = await server.admin(['status']);
+    expect(st.code, st.stderr).toBe(0);
+    const sh = st.json.sharing;
+    const by = Object.fromEntries((sh.desktops as Array<{ desktop: string }>).map((x) => [x.desktop, x])) as Record<string, any>;
+    // d07 is v2 as published: every block shared with its image, none its own.
+    expect(by.d07).toMatchObject({ image: 'base', imageVersion: 2, unique: { blocks: 0, bytes: 0 } });
+    expect(by.d07.sharedWithImage.bytes).toBe(by.d07.logicalBytes);
+    // d00 is back on the disk laptop A checked in: its 2 written blocks are its own; v1 blocks v2 dropped are its own too now.
+    expect(by.d00.unique.blocks).toBeGreaterThanOrEqual(2);
+    expect(sh.images).toEqual([expect.objectContaining({ image: 'base', versions: 2, newestVersion: 2, desktops: 20 })]);
+    // 21 disks' worth of data (the image and 20 desktops) in little more than the two image versions.
+    expect(sh.totals.saving).toBeGreaterThan(0.9);
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toMatch(/^carryon_sharing_saving_ratio 0\.9\d*$/m);
+    expect(metrics).toContain(`carryon_desktop_bytes{held="unique-to-desktop"} ${sh.totals.uniqueToDesktopsBytes}`);
+    expect(metrics).not.toContain('d07');
+  }, 60_000);
+
   it('recompose names the image and version; unknown ones change nothing', async () => {
     const bad = await server.admin(['desktop', 'recompose', 'd01', '--image', 'base', '--image-version', '9', '--yes']);
     expect(bad.code).toBe(4);
@@ -170,4 +189,39 @@ describe('refresh and recompose: 20 desktops onto a new image version', () => {
     const same = await server.admin(['desktop', 'recompose', 'd01', '--image', 'base', '--image-version', '1', '--yes']);
     expect(same.json.desktops[0].state).toBe('unchanged');
   }, 60_000);
+
+  it('gc removes image versions past the retention that no desktop is on, and then their blocks', async () => {
+    // Two more versions: v3 never used by any desktop, v4 the newest.
+    const files: string[] = [];
+    for (const seed of [11, 12]) {
+      const f = path.join(dir, `v${seed}.raw`);
+      copyFileSync(v2, f);
+      await debugfsSession(f, { seed, budgetBytes: 2 * MiB });
+      files.push(f);
+    }
+    const p3 = await server.admin(['image', 'publish', 'base', files[0]!]);
+    const p4 = await server.admin(['image', 'publish', 'base', files[1]!]);
+    expect([p3.json.version, p4.json.version]).toEqual([3, 4]);
+    const pol = await server.admin(['image', 'policy', 'base', '--keep-versions', '1']);
+    expect(pol.code, pol.stderr).toBe(0);
+    expect(pol.json.keepVersions).toBe(1);
+    const dry = await server.admin(['gc', '--dry-run', '--grace', '1s']);
+    expect(dry.code, dry.stderr).toBe(0);
+    // v1 (d01 and d02 are on it) and v2 (the others) are in use; v4 is the newest kept.
+    expect(dry.json.imageVersionsExpired).toEqual([{ image: 'base', version: 3 }]);
+    expect((await server.admin(['status'])).json.imageVersions).toBe(4); // a dry run changes nothing
+    await new Promise((r) => setTimeout(r, 1100));
+    const storeBefore = bytesUnder(path.join(server.data, 'store'));
+    const gc = await server.admin(['gc', '--grace', '1s']);
+    expect(gc.code, gc.stderr).toBe(0);
+    expect(gc.json.imageVersionsExpired).toEqual([{ image: 'base', version: 3 }]);
+    expect(gc.json.swept.blocks).toBeGreaterThan(0);
+    expect(storeBefore - bytesUnder(path.join(server.data, 'store'))).toBe(gc.json.swept.bytes);
+    const st = await server.admin(['status']);
+    expect(st.json.sharing.images[0]).toMatchObject({ versions: 3, newestVersion: 4 });
+    // Every desktop is still whole: one more check-out from the server, on the other laptop.
+    const co = await a.cli(['checkout', 'd05', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    expect(readFileSync(diskOf(a, 'd05')).equals(readFileSync(v2))).toBe(true);
+  }, 180_000);
 });
