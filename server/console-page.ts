@@ -2,6 +2,7 @@
 // assets). It keeps the admin's token in sessionStorage and calls the admin HTTP API with it: the
 // page holds no data of its own. All text goes in through textContent, never innerHTML.
 import { createHash } from 'node:crypto';
+import { RECOMPOSE_SURVIVES } from './recompose.js';
 
 export const CONSOLE_HTML = `<!doctype html>
 <html lang="en">
@@ -37,7 +38,7 @@ export const CONSOLE_HTML = `<!doctype html>
   <h2>Storage: what sharing saves</h2>
   <p id="sharing-totals"></p>
   <table id="sharing-images"><thead><tr><th>image</th><th>versions</th><th>newest</th><th>data (newest)</th><th>stored (all versions)</th><th>desktops on it</th></tr></thead><tbody></tbody></table>
-  <table id="sharing-desktops"><thead><tr><th>desktop</th><th>on image</th><th>shared with the image</th><th>its own (stored)</th><th>only in earlier versions and restore points (stored)</th></tr></thead><tbody></tbody></table>
+  <table id="sharing-desktops"><thead><tr><th>desktop</th><th>on image</th><th>shared with the image</th><th>its own (stored)</th><th>only in earlier versions and restore points (stored)</th><th>actions</th></tr></thead><tbody></tbody></table>
   <h2>Requests</h2>
   <table id="requests"><thead><tr><th>#</th><th>kind</th><th>desktop</th><th>state</th><th>by</th><th>updated</th><th>detail</th></tr></thead><tbody></tbody></table>
   <h2>Audit log</h2>
@@ -46,6 +47,7 @@ export const CONSOLE_HTML = `<!doctype html>
 <script>
 (function () {
   var API = '/v1';
+  var SURVIVES = ${JSON.stringify(RECOMPOSE_SURVIVES)};
   var data = { checkouts: [] };
   function token() { return sessionStorage.getItem('carryon-token'); }
   function call(method, path, body) {
@@ -125,7 +127,22 @@ export const CONSOLE_HTML = `<!doctype html>
       var t = r.totals;
       document.getElementById('sharing-totals').textContent = size(t.logicalBytes) + ' of disks (every image\u2019s newest version and every desktop, as full copies of their data) stored as ' + size(t.storedBytes) + ': ' + (t.saving * 100).toFixed(1) + '% saved (linked-clone products promised \u201cup to 90%\u201d)';
       renderRows('#sharing-images', r.images, [function (i) { return i.image; }, function (i) { return i.versions; }, function (i) { return i.newestVersion; }, function (i) { return size(i.logicalBytes); }, function (i) { return size(i.held.storedBytes); }, function (i) { return i.desktops; }]);
-      renderRows('#sharing-desktops', r.desktops, [function (d) { return d.desktop; }, function (d) { return d.image + ' v' + d.imageVersion; }, function (d) { return size(d.sharedWithImage.bytes); }, function (d) { return size(d.unique.bytes) + ' (' + size(d.unique.storedBytes) + ')'; }, function (d) { return size(d.restorePointsOnly.bytes) + ' (' + size(d.restorePointsOnly.storedBytes) + ')'; }]);
+      var tb = document.querySelector('#sharing-desktops tbody'); tb.textContent = '';
+      r.desktops.forEach(function (d) {
+        var tr = document.createElement('tr'); tr.dataset.desktop = d.desktop;
+        cell(tr, d.desktop); cell(tr, d.image + ' v' + d.imageVersion); cell(tr, size(d.sharedWithImage.bytes));
+        cell(tr, size(d.unique.bytes) + ' (' + size(d.unique.storedBytes) + ')'); cell(tr, size(d.restorePointsOnly.bytes) + ' (' + size(d.restorePointsOnly.storedBytes) + ')');
+        button(cell(tr, ''), 'Refresh', 'refresh', function () {
+          if (!confirm('Refresh ' + d.desktop + ' onto the newest version of image ' + d.image + '? ' + SURVIVES)) return;
+          call('POST', '/admin/desktops/' + encodeURIComponent(d.desktop) + '/refresh').then(function (o) {
+            notice(o.state === 'done' ? o.desktop + ' is now version ' + o.version + ', on image ' + o.image + ' version ' + o.imageVersion + '; its previous disk is kept as version ' + o.keptVersion + ' (carryon-server admin restore ' + o.desktop + ' --version ' + o.keptVersion + ' brings it back). The user\u2019s persona is unchanged.'
+              : o.state === 'queued' ? o.desktop + ' is checked out: it moves to image ' + o.image + '\u2019s newest version when that checkout ends, after its check-in is in.'
+              : o.desktop + ' is already on image ' + o.image + ' version ' + o.imageVersion + ': nothing changed.');
+            return refreshSharing();
+          }, showError);
+        });
+        tb.appendChild(tr);
+      });
     }, showError);
   }
   var timers = [];

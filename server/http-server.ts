@@ -183,6 +183,8 @@ export class CarryonHttpServer {
       if (Object.keys(p).length === 0) throw new CarryonError('BAD_REQUEST', 'an image policy sets leaseDays and encryption only');
       return desktops.setImagePolicy(parseName(params[0], 'image'), p, actor);
     }));
+    // The console's "Refresh": one desktop back on its image's newest version (the CLI does many at once).
+    r('POST', '/admin/desktops/:name/refresh', admin(async ({ params, actor }) => (await parts.recompose.apply([parseName(params[0], 'desktop')], { kind: 'refresh' }, actor))[0]));
     r('DELETE', '/admin/desktops/:name', admin(async ({ params, actor }) => desktops.deleteDesktop(parseName(params[0], 'desktop'), actor)));
     r('GET', '/admin/requests', admin(async () => ({ requests: await fleet.requests() })));
     // Decodes every live manifest: the console asks every 30 s, and one report serves every admin for 30 s.

@@ -9,6 +9,11 @@
 import { CarryonError, decodeManifest, type BlockId, type Sql } from '../src/index.js';
 import { appendAudit, type Actor } from './audit.js';
 
+/** What a refresh or recompose keeps, as the command's confirmation and the console say it. */
+export const RECOMPOSE_SURVIVES = "What survives: each user's persona (profile files and registry: it is the user's, not the disk's). " +
+  'What does not: changes made on the disk itself (installed programs, files outside the profile); the previous disk stays as a version of the desktop, ' +
+  'and `carryon-server admin restore DESKTOP --version N` brings it back. A desktop that is checked out moves when its checkout ends, after its check-in is in.';
+
 export type RecomposeKind = 'refresh' | 'recompose';
 
 export interface RecomposeTarget {

@@ -3,14 +3,12 @@
 import type { Command } from 'commander';
 import { CarryonError, parseName } from '../../src/index.js';
 import { withData } from '../cli-util.js';
-import type { RecomposeOutcome, RecomposeTarget } from '../recompose.js';
+import { RECOMPOSE_SURVIVES, type RecomposeOutcome, type RecomposeTarget } from '../recompose.js';
 import type { ServerParts } from '../services/parts.js';
 import { cliActor } from './admin.js';
 import { optsOf, withCommonOptions } from './options.js';
 
-const SURVIVES = 'What survives: each user\'s persona (profile files and registry: it is the user\'s, not the disk\'s). ' +
-  'What does not: changes made on the disk itself (installed programs, files outside the profile); the previous disk stays as a version of the desktop, ' +
-  'and `carryon-server admin restore DESKTOP --version N` brings it back. A desktop that is checked out moves when its checkout ends, after its check-in is in.';
+const SURVIVES = RECOMPOSE_SURVIVES;
 
 function lines(r: RecomposeOutcome[]): string {
   return r.map((o) => {
