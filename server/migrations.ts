@@ -32,6 +32,18 @@ function grantExistingBlocks(db: Db): void {
   }
 }
 
+/** Migration 16's table: the same text on both engines. */
+const RECOMPOSE_TABLE = `
+      CREATE TABLE desktop_recompose (
+        desktop_id INTEGER PRIMARY KEY REFERENCES desktops(id),
+        kind TEXT NOT NULL CHECK (kind IN ('refresh', 'recompose')),
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        image_version INTEGER,
+        requested_by TEXT NOT NULL,
+        requested_at TEXT NOT NULL
+      );
+`;
+
 /** Migration 15's tables, for both engines. */
 function releaseTables(big: string, blob: string): string {
   return `
@@ -393,26 +405,8 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 16,
     why: "Golden images over time (issue 15): an admin refreshes a desktop (back to its image's newest version) or recomposes it (onto another image version); the user's persona is kept, the disk's previous version stays in desktop_versions (restorable). A desktop that is checked out at that moment is recomposed when its checkout ends (after the check-in's changes are in, as their own version): the request waits here, one per desktop (a later one replaces it). image_version NULL: the image's newest when applied (a refresh).",
-    sqlite: `
-      CREATE TABLE desktop_recompose (
-        desktop_id INTEGER PRIMARY KEY REFERENCES desktops(id),
-        kind TEXT NOT NULL CHECK (kind IN ('refresh', 'recompose')),
-        image_id INTEGER NOT NULL REFERENCES images(id),
-        image_version INTEGER,
-        requested_by TEXT NOT NULL,
-        requested_at TEXT NOT NULL
-      );
-    `,
-    postgres: `
-      CREATE TABLE desktop_recompose (
-        desktop_id INTEGER PRIMARY KEY REFERENCES desktops(id),
-        kind TEXT NOT NULL CHECK (kind IN ('refresh', 'recompose')),
-        image_id INTEGER NOT NULL REFERENCES images(id),
-        image_version INTEGER,
-        requested_by TEXT NOT NULL,
-        requested_at TEXT NOT NULL
-      );
-    `,
+    sqlite: RECOMPOSE_TABLE,
+    postgres: RECOMPOSE_TABLE,
   },
   {
     version: 17,
