@@ -257,7 +257,7 @@ export class ApiClient {
    * bases, entries are encoded blocks named by id; with them, the upload grammar (`b/<id>`, `p/<id>/<base>`).
    */
   async getBlocks(checkoutId: string, ids: BlockId[], maxEntryBytes: number, onEntry: (e: TarEntry) => Promise<void> | void,
-    patchBases?: { bases: Map<BlockId, BlockId>; baseVersion: number }): Promise<number> {
+    patchBases?: { bases: Map<BlockId, BlockId>; baseVersion: number }, opts: { transient?: boolean } = {}): Promise<number> {
     const body = patchBases && patchBases.bases.size > 0
       ? { ids, bases: Object.fromEntries(patchBases.bases), baseVersion: patchBases.baseVersion }
       : { ids };
@@ -266,14 +266,14 @@ export class ApiClient {
     // past it, is refused as soon as it does (and nothing more is read).
     const maxTotalBytes = ids.length * (maxEntryBytes + 512) + 1024;
     let entries = 0;
-    return this.readTar(res, maxEntryBytes, maxTotalBytes, async (e) => {
+    return this.readTar(res, maxEntryBytes, maxTotalBytes, opts.transient === true, async (e) => {
       if (++entries > ids.length) throw new CarryonError('TAR_INVALID', `the server sent more than the ${ids.length} block(s) asked for`);
       await onEntry(e);
     });
   }
 
   /** A tar response, decompressed when it says zstd, read to its end-of-archive or first error; the connection is closed on error. */
-  private async readTar(res: http.IncomingMessage, maxEntryBytes: number, maxTotalBytes: number, onEntry: (e: TarEntry) => Promise<void> | void): Promise<number> {
+  private async readTar(res: http.IncomingMessage, maxEntryBytes: number, maxTotalBytes: number, transient: boolean, onEntry: (e: TarEntry) => Promise<void> | void): Promise<number> {
     const counted = this.counted(res);
     let stream: Readable = counted;
     if (res.headers['content-encoding'] === 'zstd') {
@@ -286,7 +286,7 @@ export class ApiClient {
     }
     let count: number;
     try {
-      count = await unpackEntries(stream, maxEntryBytes, onEntry, { maxTotalBytes });
+      count = await unpackEntries(stream, maxEntryBytes, onEntry, { maxTotalBytes, transient });
     } catch (err) {
       res.destroy(); // what follows a refused answer is not read
       throw err;
@@ -325,7 +325,7 @@ export class ApiClient {
     const res = await this.request('POST', '/persona/chunks/get', Buffer.from(JSON.stringify({ ids, version })), { 'content-type': 'application/json', accept: CONTENT_TAR });
     const maxEntryBytes = PERSONA_CHUNK_BYTES + 64 * 1024;
     let entries = 0;
-    return this.readTar(res, maxEntryBytes, ids.length * (maxEntryBytes + 512) + 1024, async (e) => {
+    return this.readTar(res, maxEntryBytes, ids.length * (maxEntryBytes + 512) + 1024, false, async (e) => {
       if (++entries > ids.length) throw new CarryonError('TAR_INVALID', `the server sent more than the ${ids.length} chunk(s) asked for`);
       await onEntry(e);
     });

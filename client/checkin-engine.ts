@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs';
 import {
   CarryonError, createCompressStream, decodeCheap, decodeManifest, encodeBlock, encodeBlockPatch, encodeCheap, encodeManifest, getBlock, manifestId,
-  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, SectorCipher, SECTOR_BYTES, uploadEntryName, verifyPlain, decodePersona, encodePersona, personaId, personaSnapshotId, type PersonaCommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type BlockStore, type DiskManifest, type HoleMode, type ScanResult, type TarEntry,
+  MAX_QUERY_IDS, packEntries, rescanBlocks, scanImage, SectorCipher, SECTOR_BYTES, uploadEntryName, verifyPlain, decodePersona, encodePersona, personaId, personaSnapshotId, type PersonaCommitResult, type CommitResult, type PersonaPushInfo, type PersonaSnapshot, type BlockId, type BlockStore, type DiskManifest, type HoleMode, type ScanResult, type TarEntry,
 } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { batchesOf } from './batches.js';
@@ -46,6 +46,8 @@ export interface CheckinResult {
   alreadyCommitted: boolean;
   maxRssBytes: number;
   persona: (PersonaCommitResult & { changes: PersonaDiff | null }) | null;
+  /** An admin's refresh or recompose that waited for this check-in (see CommitResult.recomposed). */
+  recomposed: CommitResult['recomposed'] | null;
 }
 
 /** Upload requests carry up to this much plaintext: a dropped connection costs at most one. */
@@ -217,6 +219,7 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
     bytesChanged: scan.bytesChanged, blocksUploaded: up.blocksUploaded, blocksAsPatch: up.asPatch, plainBytesUploaded: up.plainUploaded, bytesSent: api.bytesSent,
     bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, scanMode: scan.mode, fullScanReason: scan.mode === 'full' ? scan.reason : null, scanBytesRead: scan.bytesRead, scanHoles: scan.holes, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted, maxRssBytes: maxRss(),
     persona: commit.persona ? { ...commit.persona, changes: personaDiff } : null,
+    recomposed: commit.recomposed ?? null,
   };
 }
 

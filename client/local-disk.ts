@@ -4,19 +4,23 @@
 // - a write marks its blocks dirty in the journal, durably, before its bytes reach the file;
 // - a block not yet local is fetched (cache, then server) before a read touches it; offline, that
 //   read fails with EIO: never zeros, never stale bytes;
+// - besides the blocks a read touches, only what the read-ahead policy (client/read-ahead.ts) asks for
+//   is fetched: by default blocks ahead of sequential streams of reads, never more than each stream read;
 // - a write to a block not yet local records which 4 KiB pages the VM wrote; the download later
 //   fills only the other pages, so it never overwrites the VM's data (a write smaller than a page
 //   needs the block first: read-modify-write);
 // - a block counts as local in the journal only after its bytes were fdatasync'ed.
 // Disk I/O is synchronous on purpose: each request's bookkeeping and its pwrite happen in one turn of
 // the event loop, so a download landing in between cannot interleave with a VM write. Page-cache
-// reads and writes of 64 KiB-1 MiB take tens of microseconds here; only fsyncs go to the thread pool.
+// reads and writes of 64 KiB-1 MiB take tens of microseconds here; only fsyncs, and reads of 128 KiB
+// and more (at most two at a time for a plaintext copy), go to the thread pool.
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import { blockId, CarryonError, CheapHasher, DiskManifest, encodeBlock, isAllZero, NbdIoError, NBD_ERRNO, type BlockId, type NbdExport, type SectorCipherImplementation } from '../src/index.js';
 import { CACHE_LEVEL } from './state.js';
 import { crashPoint } from './crash-point.js';
 import { PAGE_BYTES, stampOf, type DiskJournal } from './disk-journal.js';
 import { DiskIo } from './disk-io.js';
+import { SequentialReadAhead, type AheadRange, type ReadAheadPolicy } from './read-ahead.js';
 
 /** Where blocks that are not local yet come from (the laptop cache, then the server). */
 export interface BlockSource {
@@ -24,14 +28,18 @@ export interface BlockSource {
   fetch(ids: BlockId[], onBlock: (id: BlockId, plain: Buffer) => void): Promise<void>;
 }
 
-/** Blocks read ahead of an on-demand read: a VM booting reads runs of blocks. */
-const READ_AHEAD_BLOCKS = 15;
 /** Background download batches (plaintext): one HTTP request each. */
 const BACKGROUND_BATCH_BYTES = 16 * 1024 * 1024;
 /** The largest block a streamed disk can have: 16 pages, one bit each in a PAGES record. */
 export const MAX_STREAM_BLOCK = 16 * PAGE_BYTES;
 /** Reads this large use the thread pool (measured below). */
 const ASYNC_READ_BYTES = 128 * 1024;
+/**
+ * Large reads in the thread pool at once; past that the serving thread reads itself (issue 13, measured on
+ * this 2-core machine against nbdkit: 2 in the pool beat all in the pool, 1, 3 and none; the serving
+ * thread's own pread replaces a hand-off to a pool thread and back, and the reply goes out at once).
+ */
+const MAX_POOL_READS = 2;
 /** On-demand blocks become durable-local this long after they land (one fdatasync for many). */
 const PRESENT_COMMIT_MS = 200;
 
@@ -53,6 +61,8 @@ export class LocalDisk implements NbdExport {
   private readonly written: Uint8Array;
   private readonly inflight = new Map<number, Promise<void>>();
   private demand = new Set<number>();
+  /** Blocks to fetch ahead of the VM's reads, in a request of their own (unless the policy joins them to the reads'). */
+  private ahead = new Set<number>();
   /** Why the last fetch of a block failed: reported with the EIO, rethrown to a check-in. */
   private readonly failures = new Map<number, unknown>();
   private demandScheduled = false;
@@ -60,8 +70,19 @@ export class LocalDisk implements NbdExport {
   private presentTimer: NodeJS.Timeout | null = null;
   private committing: Promise<void> | null = null;
   private closed = false;
-  /** Bytes the VM's requests moved, and blocks fetched on demand (for logs and --json). */
-  stats = { readBytes: 0, writeBytes: 0, flushes: 0, onDemandBlocks: 0, backgroundBlocks: 0 };
+  /** Which blocks to fetch ahead of the VM's reads while the disk is arriving. */
+  private readAhead: ReadAheadPolicy;
+  /** Blocks the VM has read while the disk was arriving (1 = read at least once): the measure of what on-demand fetching owes. */
+  private readonly readSeen: Uint8Array;
+  /** Blocks asked for ahead of the VM's reads (1): when the VM then reads one, the guess was good. */
+  private readonly askedAhead: Uint8Array;
+  /**
+   * Bytes the VM's requests moved; blocks (and their bytes) fetched on demand, in how many fetches, of them read ahead
+   * (and of those, read by the VM since); blocks
+   * fetched in the background; blocks (and their bytes, each counted once) the VM's reads touched while
+   * the disk was arriving; milliseconds the VM's reads waited for fetches, summed over reads (for logs and --json).
+   */
+  stats = { readBytes: 0, writeBytes: 0, flushes: 0, onDemandBlocks: 0, onDemandBytes: 0, onDemandFetches: 0, readAheadBlocks: 0, readAheadUsed: 0, backgroundBlocks: 0, readBlocks: 0, readBlockBytes: 0, readWaitMs: 0 };
 
   constructor(readonly name: string, readonly file: string, readonly manifest: DiskManifest, readonly journal: DiskJournal, readonly cheap: BigUint64Array,
     private source: BlockSource | null, dataKey: Buffer | null = null) {
@@ -74,6 +95,18 @@ export class LocalDisk implements NbdExport {
     this.io = DiskIo.forKey(this.fd, manifest.size, dataKey, file);
     this.bs = manifest.blockSize;
     this.written = new Uint8Array(manifest.count);
+    this.readSeen = new Uint8Array(journal.complete ? 0 : manifest.count);
+    this.askedAhead = new Uint8Array(journal.complete ? 0 : manifest.count);
+    this.readAhead = new SequentialReadAhead(manifest.count, manifest.blockSize);
+  }
+
+  /** Replace the read-ahead policy (benchmarks compare them: CARRYON_READ_AHEAD in `carryon serve`). */
+  setReadAhead(policy: ReadAheadPolicy): void {
+    this.readAhead = policy;
+  }
+
+  get readAheadName(): string {
+    return this.readAhead.name;
   }
 
   /** The copy's disk cipher: null for a plaintext copy, else 'native' (the XTS addon) or 'js' (the slower fallback). */
@@ -125,20 +158,87 @@ export class LocalDisk implements NbdExport {
 
   /** Synchronous when every block of the range is local (the common case): no promise per request. */
   readInto(offset: number, length: number, into: Buffer, at: number): Promise<void> | void {
-    if (this.journal.complete) return length >= ASYNC_READ_BYTES ? this.readPool(offset, length, into, at) : this.readLocal(offset, length, into, at);
+    if (this.journal.complete) {
+      // An encrypted copy's large reads all go to the pool: there the addon decrypts off the serving thread too.
+      const pool = length >= ASYNC_READ_BYTES && (this.poolReads < MAX_POOL_READS || this.io.encrypted);
+      return pool ? this.readPool(offset, length, into, at) : this.readLocal(offset, length, into, at);
+    }
     const [a, b] = this.blocksOf(offset, length);
     const need: number[] = [];
     for (let i = a; i <= b; i++) {
+      if (this.readSeen[i] === 0) {
+        this.readSeen[i] = 1;
+        this.stats.readBlocks++;
+        this.stats.readBlockBytes += this.manifest.lengthOf(i);
+        if (this.askedAhead[i] === 1) this.stats.readAheadUsed++;
+      }
       const s = i * this.bs;
       if (!this.readable(i, Math.max(offset, s) - s, Math.min(offset + length, s + this.manifest.lengthOf(i)) - s)) need.push(i);
     }
+    const ahead = this.readAhead.onRead(a, b, need.length > 0);
+    if (ahead) this.fetchAhead(ahead); // joins this read's fetch when it has one (same turn)
     if (need.length === 0) return this.readLocal(offset, length, into, at);
-    return this.ensure(need).then(() => this.readLocal(offset, length, into, at));
+    const t0 = performance.now();
+    return this.ensure(need).then(() => {
+      this.stats.readWaitMs += Math.round(performance.now() - t0);
+      this.readLocal(offset, length, into, at);
+    });
   }
+
+  /**
+   * Ask for the blocks of `r` that are neither local nor on their way, within the policy's budget: blocks
+   * fetched ahead and not read (yet) at most aheadBudget times the blocks read. Nobody waits for them.
+   */
+  private fetchAhead(r: AheadRange): void {
+    let room = this.readAhead.aheadBudget * this.stats.readBlocks - (this.stats.readAheadBlocks - this.stats.readAheadUsed);
+    let added = 0;
+    for (let i = r.from; i <= r.to && room >= 1; i++) {
+      if (this.journal.isPresent(i) || this.written[i] || this.inflight.has(i) || this.demand.has(i) || this.ahead.has(i)) continue;
+      (this.readAhead.joinAhead ? this.demand : this.ahead).add(i);
+      this.askedAhead[i] = 1;
+      added++;
+      room--;
+    }
+    if (added === 0) return;
+    this.stats.readAheadBlocks += added;
+    this.scheduleDemand();
+  }
+
+  /**
+   * Requests arriving in the same turn share one fetch; blocks asked for ahead go in a second one beside
+   * it, so a read waits only for its own blocks.
+   */
+  private scheduleDemand(): void {
+    if (this.demandScheduled) return;
+    this.demandScheduled = true;
+    setImmediate(() => {
+      this.demandScheduled = false;
+      const list = [...this.demand];
+      const ahead = [...this.ahead].filter((i) => !this.demand.has(i));
+      this.demand = new Set();
+      this.ahead = new Set();
+      for (const l of [list, ahead]) {
+        if (l.length === 0) continue;
+        this.stats.onDemandBlocks += l.length;
+        this.stats.onDemandFetches++;
+        for (const i of l) this.stats.onDemandBytes += this.manifest.lengthOf(i);
+        // A failure is recorded per block (failures) and reported to the reads that wait for them.
+        void this.fetchBlocks(l).catch(() => undefined);
+      }
+    });
+  }
+
+  /** Reads in the thread pool now (at most MAX_POOL_READS). */
+  private poolReads = 0;
 
   /** Large reads go to the thread pool: the copy out of the page cache then overlaps the socket sends. */
   private async readPool(offset: number, length: number, buf: Buffer, at: number): Promise<void> {
-    await this.io.read(buf, at, length, offset);
+    this.poolReads++;
+    try {
+      await this.io.read(buf, at, length, offset);
+    } finally {
+      this.poolReads--;
+    }
     this.stats.readBytes += length;
   }
 
@@ -338,7 +438,7 @@ export class LocalDisk implements NbdExport {
     await this.commitPresent();
   }
 
-  /** Make blocks readable: fetch those not local (plus a few after them), waiting for fetches under way. */
+  /** Make blocks readable: fetch those not local, waiting for fetches under way. */
   private async ensure(blocks: number[]): Promise<void> {
     const waits: Promise<void>[] = [];
     for (const i of blocks) {
@@ -348,21 +448,7 @@ export class LocalDisk implements NbdExport {
       else this.demand.add(i);
     }
     if (this.demand.size > 0) {
-      const last = Math.max(...blocks);
-      for (let i = last + 1, n = 0; i < this.manifest.count && n < READ_AHEAD_BLOCKS; i++, n++) {
-        if (!this.journal.isPresent(i) && !this.written[i] && !this.inflight.has(i)) this.demand.add(i);
-      }
-      if (!this.demandScheduled) {
-        this.demandScheduled = true;
-        // Requests arriving in the same turn share one fetch.
-        setImmediate(() => {
-          this.demandScheduled = false;
-          const list = [...this.demand];
-          this.demand = new Set();
-          this.stats.onDemandBlocks += list.length;
-          this.fetchBlocks(list);
-        });
-      }
+      this.scheduleDemand();
       await new Promise((r) => setImmediate(r));
       for (const i of blocks) {
         const p = this.inflight.get(i);

@@ -20,7 +20,9 @@
 # qemu-system-x86 boots a real Linux guest (Debian's own kernel, fetched once by scripts/fetch-test-kernel.sh
 # into .cache/test-kernel) from a busybox-static initramfs that cpio packs: the guest mounts the persona's
 # profile over 9p and runs guest/linux's logon/logoff scripts (test/e2e/guest-persona.test.ts,
-# scripts/bench/guest-share-bench.sh, which also uses virtiofsd from qemu-system-common).
+# scripts/bench/guest-share-bench.sh, which also uses virtiofsd from qemu-system-common). qemu-storage-daemon
+# (qemu-system-common, with qemu-system-x86) exports qcow2/VMDK/VHDX/VDI/VHD images as raw files through FUSE
+# for `image publish` and `image export` (server/image-format.ts).
 # libfuse3-dev and pkg-config let `npm ci` build native/persona-fuse, the streamed persona's FUSE helper
 # (test/e2e/persona-stream.test.ts mounts a profile through it with fusermount3 from fuse3).
 # hivexregedit (libwin-hivex-perl, on Debian's hivex library) and hivexsh (libhivex-bin) read and write
@@ -38,7 +40,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl haproxy qemu-system-x86_64 cpio pkg-config hivexregedit hivexsh xz desktop-file-validate; do
+for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl haproxy qemu-system-x86_64 cpio pkg-config hivexregedit hivexsh xz qemu-storage-daemon desktop-file-validate; do
   command -v "$t" >/dev/null || { echo "install-test-deps: $t is still missing" >&2; exit 1; }
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "install-test-deps: initdb (postgresql) is still missing" >&2; exit 1; }

@@ -3,7 +3,7 @@
 // Every block enters the store verified, and enters the index only after its file is durable.
 // Storage is deduplicated across users; knowledge is not: a hash is not a capability (BlockScope).
 import {
-  applyBlockPatch, blockId, CarryonError, decodeManifest, encodeBlock, encodeManifest, getBlock, manifestId, parseUploadEntryName, scanImage, unpackEntries,
+  applyBlockPatch, CarryonError, decodeBlock, decodeManifest, encodeBlock, encodeManifest, manifestId, parseUploadEntryName, scanImage, unpackEntries, verifyPlain,
   MAX_UPLOAD_ENTRY_BYTES, MAX_UPLOAD_REQUEST_BYTES, type BlockId, type BlockStore, type DiskManifest, type HoleMode, type TarEntry, type UploadResult,
 } from '../src/index.js';
 import type { Meta } from './meta.js';
@@ -72,8 +72,14 @@ export class BlockScope {
 /** Uploaded blocks are looked up in the index this many at a time (≤ 4 MiB of 64 KiB blocks held). */
 const UPLOAD_LOOKUP_BATCH = 64;
 
-/** Index rows are committed after a store sync every this many new blocks (and at the end). */
-const INDEX_BATCH = 256;
+/**
+ * Index rows are committed after a store sync every this many new blocks (and at the end), or sooner
+ * once they hold INDEX_BATCH_BYTES. Each sync of an FsBlockStore is a `sync -f` child process, ~6 ms of
+ * the server's CPU to start here: every 256 blocks that was 64 per GiB of 64 KiB blocks received,
+ * ~0.4 s/GiB (docs/performance.md, "Server work per block"). A crash loses at most one unindexed batch.
+ */
+const INDEX_BATCH = 1024;
+const INDEX_BATCH_BYTES = 64 * 1024 * 1024;
 
 /**
  * Puts verified blocks into the store and their rows into the index. The store writes without a
@@ -85,6 +91,8 @@ const INDEX_BATCH = 256;
  */
 export class BlockIngest {
   private rows: Array<[BlockId, number, number]> = [];
+  /** Stored bytes of `rows`. */
+  private rowBytes = 0;
   private grants: BlockId[] = [];
   /** Ids stored but not yet indexed (this batch and the ones whose sync is under way). */
   private readonly unindexed = new Set<BlockId>();
@@ -123,10 +131,11 @@ export class BlockIngest {
       const encoded = given ?? encodeBlock(plain);
       await this.store.put(id, encoded, plain);
       this.rows.push([id, plain.length, encoded.length]);
+      this.rowBytes += encoded.length;
       this.unindexed.add(id);
       sizes.push(encoded.length);
     }
-    if (this.rows.length >= INDEX_BATCH || this.grants.length >= INDEX_BATCH) this.startIndexing();
+    if (this.rows.length >= INDEX_BATCH || this.rowBytes >= INDEX_BATCH_BYTES || this.grants.length >= INDEX_BATCH) this.startIndexing();
     return sizes;
   }
 
@@ -138,6 +147,7 @@ export class BlockIngest {
     const rows = this.rows;
     const grants = this.grants;
     this.rows = [];
+    this.rowBytes = 0;
     this.grants = [];
     const next = this.indexing.then(async () => {
       if (rows.length > 0) await this.store.sync();
@@ -241,9 +251,17 @@ export async function ingestUpload(meta: Meta, store: BlockStore, leases: Ingest
         if (!base.ids.has(e.base)) { // a block of a committed version is in the store by construction
           throw new CarryonError('BLOCK_NOT_FOUND', `patch base ${e.base.slice(0, 12)}… is not a block of the checked-out version`, { id: e.base });
         }
-        plain = applyBlockPatch(await getBlock(store, e.base), data, maxBlock);
+        // The base is decoded, not verified: the block it rebuilds is, so a damaged base cannot
+        // enter the store (it fails the check below as BLOCK_CORRUPT, as a failed getBlock would).
+        plain = applyBlockPatch(decodeBlock(await store.getEncoded(e.base), maxBlock), data, maxBlock);
       }
-      if (blockId(plain) !== e.id) throw new CarryonError('BLOCK_CORRUPT', `uploaded block ${e.id.slice(0, 12)}… does not match its hash`, { id: e.id });
+      // The one SHA-256 of this block on the server: verifyPlain remembers it, so the store's put gate
+      // (checkPut) does not hash it again.
+      try {
+        verifyPlain(e.id, plain);
+      } catch {
+        throw new CarryonError('BLOCK_CORRUPT', `uploaded block ${e.id.slice(0, 12)}… does not match its hash`, { id: e.id });
+      }
       pending.push({ id: e.id, plain });
       if (pending.length >= UPLOAD_LOOKUP_BATCH) await drain();
     }, { maxTotalBytes: MAX_UPLOAD_REQUEST_BYTES });
@@ -264,7 +282,8 @@ export async function ingestUpload(meta: Meta, store: BlockStore, leases: Ingest
 export async function* readAhead(store: BlockStore, ids: BlockId[], window = 16): AsyncGenerator<TarEntry> {
   if (store.getEncodedMany) {
     // A store that joins neighbouring blocks into one read (S3: one GET per ~8 MiB instead of one per
-    // block) gets them window*8 at a time (8 MiB of 64 KiB blocks), the next batch read while this one is sent.
+    // block; files: synchronous reads into shared buffers, no thread-pool round trips) gets them window*8
+    // at a time (8 MiB of 64 KiB blocks), the next batch read while this one is sent.
     const batch = window * 8;
     const read = (i: number): Promise<Buffer[]> => {
       const p = store.getEncodedMany!(ids.slice(i, i + batch));

@@ -2,6 +2,7 @@
 // assets). It keeps the admin's token in sessionStorage and calls the admin HTTP API with it: the
 // page holds no data of its own. All text goes in through textContent, never innerHTML.
 import { createHash } from 'node:crypto';
+import { RECOMPOSE_SURVIVES } from './recompose.js';
 
 export const CONSOLE_HTML = `<!doctype html>
 <html lang="en">
@@ -34,6 +35,10 @@ export const CONSOLE_HTML = `<!doctype html>
     <thead><tr><th>desktop</th><th>user</th><th>device</th><th>since</th><th>lease</th><th>last contact</th><th>pending</th><th>encryption</th><th>requests</th><th>actions</th></tr></thead>
     <tbody></tbody>
   </table>
+  <h2>Storage: what sharing saves</h2>
+  <p id="sharing-totals"></p>
+  <table id="sharing-images"><thead><tr><th>image</th><th>versions</th><th>newest</th><th>data (newest)</th><th>stored (all versions)</th><th>desktops on it</th></tr></thead><tbody></tbody></table>
+  <table id="sharing-desktops"><thead><tr><th>desktop</th><th>on image</th><th>shared with the image</th><th>its own (stored)</th><th>only in earlier versions and restore points (stored)</th><th>actions</th></tr></thead><tbody></tbody></table>
   <h2>Requests</h2>
   <table id="requests"><thead><tr><th>#</th><th>kind</th><th>desktop</th><th>state</th><th>by</th><th>updated</th><th>detail</th></tr></thead><tbody></tbody></table>
   <h2>Audit log</h2>
@@ -42,6 +47,7 @@ export const CONSOLE_HTML = `<!doctype html>
 <script>
 (function () {
   var API = '/v1';
+  var SURVIVES = ${JSON.stringify(RECOMPOSE_SURVIVES)};
   var data = { checkouts: [] };
   function token() { return sessionStorage.getItem('carryon-token'); }
   function call(method, path, body) {
@@ -115,6 +121,30 @@ export const CONSOLE_HTML = `<!doctype html>
       showError(e);
     });
   }
+  function size(n) { var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0; while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; } return (i ? n.toFixed(1) : String(n)) + ' ' + u[i]; }
+  function refreshSharing() {
+    return call('GET', '/admin/sharing').then(function (r) {
+      var t = r.totals;
+      document.getElementById('sharing-totals').textContent = size(t.logicalBytes) + ' of disks (every image\u2019s newest version and every desktop, as full copies of their data) stored as ' + size(t.storedBytes) + ': ' + (t.saving * 100).toFixed(1) + '% saved (linked-clone products promised \u201cup to 90%\u201d)';
+      renderRows('#sharing-images', r.images, [function (i) { return i.image; }, function (i) { return i.versions; }, function (i) { return i.newestVersion; }, function (i) { return size(i.logicalBytes); }, function (i) { return size(i.held.storedBytes); }, function (i) { return i.desktops; }]);
+      var tb = document.querySelector('#sharing-desktops tbody'); tb.textContent = '';
+      r.desktops.forEach(function (d) {
+        var tr = document.createElement('tr'); tr.dataset.desktop = d.desktop;
+        cell(tr, d.desktop); cell(tr, d.image + ' v' + d.imageVersion); cell(tr, size(d.sharedWithImage.bytes));
+        cell(tr, size(d.unique.bytes) + ' (' + size(d.unique.storedBytes) + ')'); cell(tr, size(d.restorePointsOnly.bytes) + ' (' + size(d.restorePointsOnly.storedBytes) + ')');
+        button(cell(tr, ''), 'Refresh', 'refresh', function () {
+          if (!confirm('Refresh ' + d.desktop + ' onto the newest version of image ' + d.image + '? ' + SURVIVES)) return;
+          call('POST', '/admin/desktops/' + encodeURIComponent(d.desktop) + '/refresh').then(function (o) {
+            notice(o.state === 'done' ? o.desktop + ' is now version ' + o.version + ', on image ' + o.image + ' version ' + o.imageVersion + '; its previous disk is kept as version ' + o.keptVersion + ' (carryon-server admin restore ' + o.desktop + ' --version ' + o.keptVersion + ' brings it back). The user\u2019s persona is unchanged.'
+              : o.state === 'queued' ? o.desktop + ' is checked out: it moves to image ' + o.image + '\u2019s newest version when that checkout ends, after its check-in is in.'
+              : o.desktop + ' is already on image ' + o.image + ' version ' + o.imageVersion + ': nothing changed.');
+            return refreshSharing();
+          }, showError);
+        });
+        tb.appendChild(tr);
+      });
+    }, showError);
+  }
   var timers = [];
   function logOut(why) {
     timers.forEach(clearInterval); timers = [];
@@ -129,7 +159,7 @@ export const CONSOLE_HTML = `<!doctype html>
       document.getElementById('whoami').textContent = 'logged in as ' + w.user;
       document.getElementById('login').hidden = true; document.getElementById('app').hidden = false;
       var p = document.getElementById('login-error'); if (p) p.textContent = '';
-      refresh(); timers.push(setInterval(refresh, 2000), setInterval(tick, 1000));
+      refresh(); refreshSharing(); timers.push(setInterval(refresh, 2000), setInterval(tick, 1000), setInterval(refreshSharing, 30000));
     }).catch(function (e) { sessionStorage.removeItem('carryon-token'); document.getElementById('login').hidden = false; showLoginError(e); });
   }
   function showLoginError(e) { var p = document.getElementById('login-error'); if (!p) { p = document.createElement('p'); p.id = 'login-error'; p.style.color = '#b00'; document.getElementById('login').appendChild(p); } p.textContent = String(e.message || e); }

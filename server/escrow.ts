@@ -7,7 +7,8 @@
 // Terms: a *sealed* key is a copy's data key sealed to escrow.pub (src/crypto sealToEscrow, aad = the
 // checkout id): the server stores it but opens it only with escrow.key, when an admin asks.
 import { createHash, createPrivateKey, createPublicKey } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { createKeyFile, writeAtomic } from './key-files.js';
 import path from 'node:path';
 import {
   CarryonError, encodeRecoveryCode, keyCheck, newEscrowKeyPair, openEscrow, type EscrowAnswer, type RecoveryCodeAnswer,
@@ -39,29 +40,6 @@ function x25519PublicOf(spkiBase64: string, file: string): string {
   }
 }
 
-/** Write a file whole or not at all: a temp file, fsynced, renamed over the name, the folder fsynced. */
-function writeAtomic(file: string, text: string): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'w', 0o600);
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
-  syncDir(path.dirname(file));
-}
-
-function syncDir(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /**
  * Make the escrow key pair if the data folder has none (`init`, and `start` for folders made before
  * encryption): escrow.key first (created exclusively, 0600), then escrow.pub derived from it. A folder
@@ -75,23 +53,8 @@ export function ensureEscrowKeys(dataRoot: string): { publicKey: string; created
   if (existsSync(p.key)) chmodSync(p.key, 0o600);
   if (existsSync(p.pub)) return { publicKey: x25519PublicOf(readFileSync(p.pub, 'utf8').trim(), p.pub), created: false };
   let created = false;
-  if (!existsSync(p.key)) {
-    const pair = newEscrowKeyPair();
-    try {
-      const fd = openSync(p.key, 'wx', 0o600);
-      try {
-        writeSync(fd, pair.privateKeyPem);
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
-      syncDir(p.dir);
-      created = true;
-    } catch (err) {
-      // Another process made it first: derive from theirs.
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-  }
+  // Another process may make it first: then this one derives from theirs.
+  if (!existsSync(p.key)) created = createKeyFile(p.key, () => newEscrowKeyPair().privateKeyPem);
   const publicKey = createPublicKey(privateKeyOf(readFileSync(p.key, 'utf8'), p.key)).export({ type: 'spki', format: 'der' }).toString('base64');
   writeAtomic(p.pub, `${publicKey}\n`);
   return { publicKey, created };

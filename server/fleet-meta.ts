@@ -3,6 +3,7 @@
 // checkout's lease from policy, heartbeats, and appending audit rows. Must not know: HTTP, the CLI.
 import { createHash, randomBytes } from 'node:crypto';
 import { CarryonError, DEFAULT_ENCRYPTION_POLICY, encodeLeaseCode, fmtBytes, leaseCodeEnd, registryScopeFromStored, type EncryptionPolicy, type RegistryScope } from '../src/index.js';
+import { grantOutsideImage } from './recompose.js';
 import { appendAudit, type Actor } from './audit.js';
 import type { Sql } from '../src/index.js';
 import { PersonaMeta } from './persona-meta.js';
@@ -405,6 +406,8 @@ export class FleetMeta {
       const d = (await this.db.get('SELECT id, version FROM desktops WHERE name = ?', [desktopName])) as { id: number; version: number };
       const held = (await this.db.get("SELECT id FROM checkouts WHERE desktop_id = ? AND state = 'active'", [d.id])) as { id: string } | undefined;
       if (held) throw new CarryonError('CHECKOUT_CONFLICT', `${desktopName} is checked out (${held.id}): roll that checkout back to this restore point instead`, { desktop: desktopName, checkoutId: held.id });
+      // A point taken before a refresh or recompose names blocks of the image the desktop had then.
+      await grantOutsideImage(this.db, d.id, rp.manifestId);
       const version = d.version + 1;
       const t = now();
       (await this.db.run('INSERT INTO desktop_versions (desktop_id, version, manifest_id, checkout_id, created_at, restore_point_id) VALUES (?, ?, ?, NULL, ?, ?)', [d.id, version, rp.manifestId, t, pointId]));
@@ -442,6 +445,7 @@ export class FleetMeta {
       if (!d) throw new CarryonError('DESKTOP_NOT_FOUND', `no desktop named ${name}`, { desktop: name });
       const held = (await this.db.get("SELECT id FROM checkouts WHERE desktop_id = ? AND state = 'active'", [d.id])) as { id: string } | undefined;
       if (held) throw new CarryonError('CHECKOUT_CONFLICT', `${name} is checked out (${held.id}): roll it back or let it check in first`, { desktop: name, checkoutId: held.id });
+      (await this.db.run('DELETE FROM desktop_recompose WHERE desktop_id = ?', [d.id]));
       const versions = (await this.db.run('DELETE FROM desktop_versions WHERE desktop_id = ?', [d.id])).changes;
       (await this.db.run('DELETE FROM admin_requests WHERE checkout_id IN (SELECT id FROM checkouts WHERE desktop_id = ?)', [d.id]));
       const restorePoints = (await this.db.run('DELETE FROM restore_points WHERE desktop_id = ?', [d.id])).changes;

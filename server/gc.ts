@@ -27,6 +27,7 @@ import { CarryonError, decodeManifest, decodePersona, type BlockId, type BlockSt
 import type { Actor } from './audit.js';
 import { appendAudit } from './audit.js';
 import { Meta } from './meta.js';
+import { expiredVersions, expireVersions, type ExpiredVersion } from './image-retention.js';
 
 /** How long an ingest lease lasts without renewal; renewed every third of it while the upload runs. */
 export const LEASE_MS = 120_000;
@@ -118,6 +119,8 @@ export interface GcReport {
   compaction: unknown;
   storedBytesBefore: number;
   storedBytesAfter: number;
+  /** Image versions past their image's retention removed first (dry run: that would be), so their blocks can go. */
+  imageVersionsExpired: Array<{ image: string; version: number }>;
 }
 
 type Compactable = BlockStore & { compact?: (opts?: unknown) => Promise<unknown> };
@@ -140,7 +143,9 @@ export class GarbageCollector {
     if (!dryRun) await this.hold();
     try {
       const cutoff = iso(started - grace);
-      const { referenced, manifests, snapshots } = await this.mark();
+      // Image versions past their retention go first (a dry run leaves them and marks as if they were gone).
+      const expired: ExpiredVersion[] = dryRun ? await expiredVersions(this.sql) : await expireVersions(this.sql, actor);
+      const { referenced, manifests, snapshots } = await this.mark(dryRun ? new Set(expired.map((v) => `${v.imageId}:${v.version}`)) : new Set());
       // Unreferenced rows, split by the grace rule.
       const condemn: Array<{ id: BlockId; size: number }> = [];
       const spared = { blocks: 0, bytes: 0 };
@@ -156,6 +161,7 @@ export class GarbageCollector {
         dryRun, startedAt: iso(started), finishedAt: '', graceSeconds: Math.round(grace / 1000), liveManifests: manifests.size, livePersonaSnapshots: snapshots.size,
         referencedBlocks: referenced.size, condemned: { blocks: 0, bytes: 0 }, spared, manifestsRemoved: 0, personaSnapshotsRemoved: 0,
         swept: { blocks: 0, bytes: 0, orphans: 0, orphanBytes: 0 }, sweepPostponed: false, compaction: null, storedBytesBefore: storedBefore, storedBytesAfter: storedBefore,
+        imageVersionsExpired: expired.map((v) => ({ image: v.image, version: v.version })),
       };
       if (dryRun) {
         report.condemned = { blocks: condemn.length, bytes: condemn.reduce((n, c) => n + c.size, 0) };
@@ -264,9 +270,12 @@ export class GarbageCollector {
   }
 
   /** Every block id a live manifest or persona snapshot names. */
-  private async mark(): Promise<{ referenced: Set<BlockId>; manifests: Set<string>; snapshots: Set<string> }> {
+  private async mark(skipImageVersions: Set<string>): Promise<{ referenced: Set<BlockId>; manifests: Set<string>; snapshots: Set<string> }> {
     const manifests = new Set((await this.sql.all<{ id: string }>(
-      'SELECT manifest_id AS id FROM desktop_versions UNION SELECT manifest_id FROM image_versions UNION SELECT manifest_id FROM restore_points')).map((r) => r.id));
+      'SELECT manifest_id AS id FROM desktop_versions UNION SELECT manifest_id FROM restore_points')).map((r) => r.id));
+    for (const r of await this.sql.all<{ image_id: number; version: number; manifest_id: string }>('SELECT image_id, version, manifest_id FROM image_versions')) {
+      if (!skipImageVersions.has(`${r.image_id}:${r.version}`)) manifests.add(r.manifest_id);
+    }
     const snapshots = new Set((await this.sql.all<{ id: string }>(
       'SELECT snapshot_id AS id FROM persona_versions UNION SELECT persona_snapshot_id FROM restore_points WHERE persona_snapshot_id IS NOT NULL')).map((r) => r.id));
     const referenced = new Set<BlockId>();

@@ -20,6 +20,7 @@ import { ProxyTrust } from './client-address.js';
 import type { TlsPair } from './tls.js';
 import type { ServerParts } from './services/parts.js';
 import type { PersonaPart } from './services/checkout-service.js';
+import { PACK_CHUNK_BYTES } from '../src/index.js'; // (its own line: the list above changes often)
 
 /** Without --trust-proxy: X-Forwarded-For is never believed. */
 const NO_PROXY = new ProxyTrust('');
@@ -132,7 +133,8 @@ export class CarryonHttpServer {
         await pipeline(packEntries(out.entries), createCompressStream(3), res);
       } else {
         res.writeHead(200, { 'content-type': CONTENT_TAR });
-        await pipeline(packEntries(out.entries), res);
+        // Every entry is at hand (read a batch ahead): gathered into chunks, a socket write per 256 KiB.
+        await pipeline(packEntries(out.entries, { chunkBytes: PACK_CHUNK_BYTES }), res);
       }
       return undefined;
     });
@@ -181,8 +183,12 @@ export class CarryonHttpServer {
       if (Object.keys(p).length === 0) throw new CarryonError('BAD_REQUEST', 'an image policy sets leaseDays and encryption only');
       return desktops.setImagePolicy(parseName(params[0], 'image'), p, actor);
     }));
+    // The console's "Refresh": one desktop back on its image's newest version (the CLI does many at once).
+    r('POST', '/admin/desktops/:name/refresh', admin(async ({ params, actor }) => (await parts.recompose.apply([parseName(params[0], 'desktop')], { kind: 'refresh' }, actor))[0]));
     r('DELETE', '/admin/desktops/:name', admin(async ({ params, actor }) => desktops.deleteDesktop(parseName(params[0], 'desktop'), actor)));
     r('GET', '/admin/requests', admin(async () => ({ requests: await fleet.requests() })));
+    // Decodes every live manifest: the console asks every 30 s, and one report serves every admin for 30 s.
+    r('GET', '/admin/sharing', admin(async () => parts.sharing.report(30_000)));
     r('POST', '/checkouts/:id/requests/:rid', async ({ req, user, params, actor, claimedDevice }) => {
       const { state, detail } = parseRequestUpdate(await readJson(req));
       return checkouts.updateRequest(user, params[0]!, intOf(params[1]!), claimedDevice, state, detail, actor);
@@ -265,7 +271,7 @@ export class CarryonHttpServer {
         liveIn += sock.bytesRead;
         liveOut += sock.bytesWritten;
       }
-      res.end(await this.metrics.render(this.parts.meta, this.parts.fleet, liveIn, liveOut, this.opts.dataRoot ? diskSpace(this.opts.dataRoot) : null));
+      res.end(await this.metrics.render(this.parts.meta, this.parts.fleet, liveIn, liveOut, this.opts.dataRoot ? diskSpace(this.opts.dataRoot) : null, this.parts.sharing));
       return;
     }
     try {

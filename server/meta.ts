@@ -91,6 +91,15 @@ export class Meta {
     return row.encoded;
   }
 
+  /** An image version's manifest id (default: the newest version). */
+  async imageVersion(name: string, version?: number): Promise<{ version: number; manifestId: BlockId }> {
+    const row = (await this.db.get(version === undefined
+      ? 'SELECT v.version, v.manifest_id FROM images i JOIN image_versions v ON v.image_id = i.id WHERE i.name = ? ORDER BY v.version DESC LIMIT 1'
+      : 'SELECT v.version, v.manifest_id FROM images i JOIN image_versions v ON v.image_id = i.id WHERE i.name = ? AND v.version = ?', version === undefined ? [name] : [name, version])) as { version: number; manifest_id: string } | undefined;
+    if (!row) throw new CarryonError('IMAGE_NOT_FOUND', version === undefined ? `no image named ${name}` : `image ${name} has no version ${version}`, { image: name, version: version ?? null });
+    return { version: Number(row.version), manifestId: row.manifest_id };
+  }
+
   async hasBlock(id: BlockId): Promise<boolean> {
     return (await this.db.get('SELECT 1 AS x FROM blocks WHERE id = ?', [id])) !== undefined;
   }

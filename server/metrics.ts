@@ -4,6 +4,7 @@
 // Names only, never user, desktop or token values: a scrape reveals no identities.
 import type { DiskSpace } from '../src/index.js';
 import type { FleetMeta } from './fleet-meta.js';
+import type { SharingService } from './sharing.js';
 import type { Meta } from './meta.js';
 
 const COMMIT_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
@@ -35,7 +36,7 @@ export class Metrics {
   }
 
   /** `liveIn`/`liveOut`: bytes so far on connections still open. */
-  async render(meta: Meta, fleet: FleetMeta, liveIn = 0, liveOut = 0, space: DiskSpace | null = null): Promise<string> {
+  async render(meta: Meta, fleet: FleetMeta, liveIn = 0, liveOut = 0, space: DiskSpace | null = null, sharing: SharingService | null = null): Promise<string> {
     const out: string[] = [];
     const metric = (name: string, type: string, help: string, lines: string[]): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
@@ -48,6 +49,17 @@ export class Metrics {
     metric('carryon_pending_bytes', 'gauge', 'Bytes the devices last reported as not yet sent, summed.', [`carryon_pending_bytes ${active.reduce((n, c) => n + (c.pendingBytes ?? 0), 0)}`]);
     metric('carryon_stored_bytes', 'gauge', 'Bytes in the block store (compressed).', [`carryon_stored_bytes ${s.storedBytes}`]);
     metric('carryon_desktops', 'gauge', 'Desktops.', [`carryon_desktops ${s.desktops}`]);
+    if (sharing) {
+      // Totals only (no image or desktop names on this unauthenticated route); recomputed at most once a minute.
+      const t = (await sharing.report(60_000)).totals;
+      metric('carryon_logical_bytes', 'gauge', "Data bytes of every image's newest version and every desktop's current disk as separate full copies.", [`carryon_logical_bytes ${t.logicalBytes}`]);
+      metric('carryon_sharing_saving_ratio', 'gauge', '1 - stored / logical bytes: what linked clones, deduplication and compression save.', [`carryon_sharing_saving_ratio ${t.saving}`]);
+      metric('carryon_desktop_bytes', 'gauge', "Desktops' current disks by where their blocks come from (plaintext bytes).", [
+        `carryon_desktop_bytes{held="shared-with-image"} ${t.sharedWithImagesBytes}`,
+        `carryon_desktop_bytes{held="unique-to-desktop"} ${t.uniqueToDesktopsBytes}`,
+        `carryon_desktop_bytes{held="restore-points-only"} ${t.restorePointsOnlyBytes}`,
+      ]);
+    }
     if (space) {
       metric('carryon_data_free_bytes', 'gauge', 'Bytes free on the file system of the data folder (uploads are refused below 64 MiB).', [`carryon_data_free_bytes ${space.free}`]);
       metric('carryon_data_size_bytes', 'gauge', 'Size of the file system of the data folder.', [`carryon_data_size_bytes ${space.total}`]);

@@ -32,6 +32,18 @@ function grantExistingBlocks(db: Db): void {
   }
 }
 
+/** Migration 16's table: the same text on both engines. */
+const RECOMPOSE_TABLE = `
+      CREATE TABLE desktop_recompose (
+        desktop_id INTEGER PRIMARY KEY REFERENCES desktops(id),
+        kind TEXT NOT NULL CHECK (kind IN ('refresh', 'recompose')),
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        image_version INTEGER,
+        requested_by TEXT NOT NULL,
+        requested_at TEXT NOT NULL
+      );
+`;
+
 /** Migration 15's tables, for both engines. */
 function releaseTables(big: string, blob: string): string {
   return `
@@ -389,6 +401,18 @@ export const MIGRATIONS: Migration[] = [
     why: "Client updates served by the server (issue 14): an admin publishes a release of the carryon client (the npm pack tarball, kept here whole: releases are a few MB and every instance must serve the same bytes) and may pin the version laptops should run. The channel row's serial grows with every publish, pin and unpin; it is signed into the feed so a laptop can refuse an older feed replayed to it.",
     sqlite: releaseTables('INTEGER', 'BLOB'),
     postgres: releaseTables('BIGINT', 'BYTEA'),
+  },
+  {
+    version: 16,
+    why: "Golden images over time (issue 15): an admin refreshes a desktop (back to its image's newest version) or recomposes it (onto another image version); the user's persona is kept, the disk's previous version stays in desktop_versions (restorable). A desktop that is checked out at that moment is recomposed when its checkout ends (after the check-in's changes are in, as their own version): the request waits here, one per desktop (a later one replaces it). image_version NULL: the image's newest when applied (a refresh).",
+    sqlite: RECOMPOSE_TABLE,
+    postgres: RECOMPOSE_TABLE,
+  },
+  {
+    version: 17,
+    why: "Image versions have a retention (issue 15): an admin keeps the newest N versions of an image (images.keep_versions; NULL, the default: all). The garbage collector removes older versions no desktop is on and no queued refresh or recompose names, then their blocks nothing else names (server/image-retention.ts).",
+    sqlite: 'ALTER TABLE images ADD COLUMN keep_versions INTEGER;',
+    postgres: 'ALTER TABLE images ADD COLUMN keep_versions INTEGER;',
   },
 ];
 

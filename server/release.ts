@@ -4,7 +4,8 @@
 // channel (client_release_channel: the serial and an admin's pin), the signed feed, and their audit rows
 // (release.publish, release.pin, release.unpin). Must not know: HTTP, the CLI.
 import { createHash } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { createKeyFile, writeAtomic } from './key-files.js';
 import path from 'node:path';
 import {
   CarryonError, compareReleaseVersions, newReleaseKeyPair, parseReleaseVersion, readReleaseTarball, releasePublicKeyOf, signFeed,
@@ -23,15 +24,6 @@ export function releasePaths(dataRoot: string): ReleasePaths {
   return { dir, pub: path.join(dir, 'release.pub'), key: path.join(dir, 'release.key') };
 }
 
-function syncDir(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /**
  * Make the release key pair if the data folder has none (`init`, and `start` for folders made before
  * updates): release.key first (created exclusively, 0600), then release.pub derived from it. Several
@@ -41,37 +33,11 @@ export function ensureReleaseKeys(dataRoot: string): { publicKey: string; create
   const p = releasePaths(dataRoot);
   mkdirSync(p.dir, { recursive: true, mode: 0o700 });
   chmodSync(p.dir, 0o700);
-  let created = false;
-  if (!existsSync(p.key)) {
-    try {
-      const fd = openSync(p.key, 'wx', 0o600);
-      try {
-        writeSync(fd, newReleaseKeyPair().privateKeyPem);
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
-      syncDir(p.dir);
-      created = true;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-  }
+  const created = !existsSync(p.key) && createKeyFile(p.key, () => newReleaseKeyPair().privateKeyPem);
   chmodSync(p.key, 0o600);
   const publicKey = releasePublicKeyOf(readFileSync(p.key, 'utf8'));
   const current = existsSync(p.pub) ? readFileSync(p.pub, 'utf8').trim() : null;
-  if (current !== publicKey) {
-    const tmp = `${p.pub}.tmp-${process.pid}`;
-    const fd = openSync(tmp, 'w', 0o644);
-    try {
-      writeSync(fd, `${publicKey}\n`);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, p.pub);
-    syncDir(p.dir);
-  }
+  if (current !== publicKey) writeAtomic(p.pub, `${publicKey}\n`, 0o644);
   return { publicKey, created };
 }
 

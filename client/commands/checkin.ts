@@ -15,6 +15,8 @@ export function registerCheckin(program: Command): void {
       // Without native/sparse a full scan also reads a sparse disk's holes: same result, slower; say why.
       (r.scanHoles === 'read' ? `\nnote: the full scan read the disk's holes too (${defaultHoleMode().detail}); \`npm run build:native\` builds native/sparse` : '') +
       (r.persona ? `\npersona: version ${r.persona.version}${r.persona.merged ? ', merged with edits made elsewhere meanwhile' : ''}` +
-        ((r.persona.report as MergeReport | null)?.conflicts.map((c) => `\n  conflict ${c.path}: ${c.resolution}`).join('') ?? '') : ''));
+        ((r.persona.report as MergeReport | null)?.conflicts.map((c) => `\n  conflict ${c.path}: ${c.resolution}`).join('') ?? '') : '') +
+      (r.recomposed ? `\nan admin moved ${r.desktop} to image ${r.recomposed.image} version ${r.recomposed.imageVersion} once this check-in was in: the desktop is now version ${r.recomposed.version}. ` +
+        `Your persona is kept; what you changed on the disk is kept as version ${r.recomposed.keptVersion} (an admin can restore it). \`carryon checkout ${r.desktop}\` fetches only the blocks of the new image this laptop lacks` : ''));
   });
 }

@@ -1,7 +1,8 @@
 // carryon serve NAME: export a checked-out disk over NBD (a Unix socket by default, or 127.0.0.1:PORT)
 // for QEMU, libvirt, qemu-img, nbdcopy or the Linux nbd driver. Every write is tracked in the dirty
 // map, so the next check-in reads only what changed. A streamed check-out keeps downloading in the
-// background while the VM runs; reads of blocks not yet local are fetched first.
+// background while the VM runs; reads of blocks not yet local are fetched first, with read-ahead only
+// of sequential reads (client/read-ahead.ts; CARRYON_READ_AHEAD picks another policy for benchmarks).
 // Runs in the foreground until SIGINT or SIGTERM, then flushes and closes the map cleanly.
 // With --file DIR it also shows the export as a plain file, DIR/NAME.raw, through nbdfuse (FUSE), for
 // hypervisors that need a file (VirtualBox, VMware): their writes go through the same dirty map.
@@ -12,7 +13,7 @@ import { writeFileSync, renameSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { CarryonError, describeFailure, encodeCheap, encodeManifest, fmtBytes, fmtDuration, parseName, sectorCipherImplementation, serveNbdConnection, NBD_ERRNO } from '../../src/index.js';
+import { CarryonError, describeFailure, encodeCheap, encodeManifest, fmtBytes, fmtDuration, parseName, sectorCipherImplementation, serveNbdConnection, nbdSocket, NBD_ERRNO } from '../../src/index.js';
 import { ApiClient } from '../api-client.js';
 import { ServerBlockSource } from '../block-source.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
@@ -25,6 +26,7 @@ import { personaFolder } from '../persona-vault.js';
 import { PROFILE_DIR } from '../persona-engine.js';
 import { GUEST_SCRIPTS_DIR, guestLines, profileShareOf, type ProfileShare } from '../guest-share.js';
 import { homeOf, LocalState } from '../state.js';
+import { readAheadPolicy } from '../read-ahead.js';
 import { defaultSources } from '../keyring.js';
 
 
@@ -107,23 +109,29 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         source = null; // no login: serve what is local, fail reads of the rest
       }
     }
+    // CARRYON_READ_AHEAD (benchmarks): 'sequential' (the default), 'fixed:N' (carryon's earlier policy) or 'off'.
+    const readAheadSpec = process.env.CARRYON_READ_AHEAD;
+    if (!readAheadPolicy(readAheadSpec, 1, 4096)) throw new CarryonError('INVALID_ARGUMENT', `CARRYON_READ_AHEAD must be sequential, fixed:N or off, got ${JSON.stringify(readAheadSpec)}`);
     const { disk, trust } = await openLocalDisk(state, local, source);
+    disk.setReadAhead(readAheadPolicy(readAheadSpec, disk.manifest.count, disk.manifest.blockSize)!);
     await disk.journal.beginSession();
     const sockets = new Set<net.Socket>();
     // Set once the lease runs out while serving: the VM keeps the connections it has (pulling its disk
     // mid-write would do more harm than good), but no new client is let in until the lease is renewed.
     let leaseRefusal: string | null = null;
-    const server = net.createServer((sock) => {
+    const server = net.createServer((accepted) => {
       if (leaseRefusal) {
         log('refused', { reason: 'lease-expired' }, `carryon serve: refused a new NBD client: ${leaseRefusal}`);
-        return void sock.destroy();
+        return void accepted.destroy();
       }
       // Each connection may hold up to its byte budget (src/nbd): a local client opening hundreds of them
       // must not multiply it without end. QEMU and nbdcopy use at most a handful.
       if (sockets.size >= MAX_NBD_CONNECTIONS) {
         log('refused', { reason: 'too-many-connections', max: MAX_NBD_CONNECTIONS }, `carryon serve: refused a new NBD client: ${MAX_NBD_CONNECTIONS} are connected already`);
-        return void sock.destroy();
+        return void accepted.destroy();
       }
+      // Re-created to read into large slabs (src/nbd): the same connection, fewer and larger reads.
+      const sock = nbdSocket(accepted) as net.Socket;
       sockets.add(sock);
       sock.on('close', () => sockets.delete(sock));
       void serveNbdConnection(sock, {
@@ -337,7 +345,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         /* gone */
       }
     }
-    log('stopped', { desktop: name, ...disk.stats, blocksChanged: disk.journal.dirtyCount }, `stopped serving ${name}: ${disk.journal.dirtyCount} blocks changed since check-out; the dirty map is closed cleanly${fuse ? `; ${fuse.file} is unmounted` : ''}`);
+    log('stopped', { desktop: name, ...disk.stats, readAhead: disk.readAheadName, blocksChanged: disk.journal.dirtyCount }, `stopped serving ${name}: ${disk.journal.dirtyCount} blocks changed since check-out; the dirty map is closed cleanly${fuse ? `; ${fuse.file} is unmounted` : ''}`);
     if (fileFailure) throw fileFailure;
   } catch (err) {
     throw learnFromError(state, err);

@@ -5,10 +5,10 @@
 // the real CLIs as processes. See README.md beside this file for what each number means.
 //
 // Usage: node dist/scripts/bench/checkin-bench.js [--size 1G] [--payload 650M] [--workloads small,large,fs]
-//        [--out results.json] [--keep] [--no-carryon] [--seed N] [--encryption N]
+//        [--out results.json] [--keep] [--no-carryon] [--seed N] [--encryption N] [--checkouts N] [--server-store default|pack]
 
-import { cpus } from 'node:os';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { makeExt4Image } from '../fixtures/ext4-image.js';
@@ -32,6 +32,10 @@ interface Options {
   seed: number;
   /** Rounds of cold check-outs plain and encrypted (0: none). */
   encryption: number;
+  /** Runs of the cold check-out against casync extract and zstd -d, each run measuring all three (0: none). */
+  checkouts: number;
+  /** The server's block store: its default (a file per block) or pack files. */
+  serverStore: 'default' | 'pack';
 }
 
 type WorkloadName = 'small' | 'large' | 'fs';
@@ -53,10 +57,14 @@ const USAGE = `usage: checkin-bench.js [--size 1G] [--payload 650M] [--workloads
   --keep       keep the temp folder (images, stores, homes)
   --no-carryon measure only the peers (rsync, rdiff, casync, zstd)
   --encryption N  also N rounds of cold check-outs of v0 into empty homes, plain and encrypted at rest
-               (--encrypt), alternating; prints medians and encrypted / plain (--workloads none: only that)`;
+               (--encrypt), alternating; prints medians and encrypted / plain (--workloads none: only that)
+  --checkouts N  also N runs of the cold check-out of v0 (an empty home each run) with casync extract and
+               zstd -d measured in the same run, the order rotating; prints every run's ratios and the
+               medians against the target (below casync extract, within 2x zstd -d)
+  --server-store  default (a file per block) or pack (pack files, PackBlockStore) for the server's blocks`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { size: 1024 ** 3, payload: 0, workloads: ['small', 'large', 'fs'], keep: false, carryon: true, seed: 100, encryption: 0 };
+  const o: Options = { size: 1024 ** 3, payload: 0, workloads: ['small', 'large', 'fs'], keep: false, carryon: true, seed: 100, encryption: 0, checkouts: 0, serverStore: 'default' };
   let payloadGiven = false;
   for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
@@ -77,7 +85,14 @@ function parseOptions(argv: string[]): Options {
       o.encryption = Number(value());
       if (!Number.isInteger(o.encryption) || o.encryption < 1) throw new Error(`--encryption takes a number of rounds\n${USAGE}`);
     }
-    else if (a === '--help' || a === '-h') {
+    else if (a === '--checkouts') {
+      o.checkouts = Number(value());
+      if (!Number.isInteger(o.checkouts) || o.checkouts < 1) throw new Error(`--checkouts takes a number of runs\n${USAGE}`);
+    } else if (a === '--server-store') {
+      const v = value();
+      if (v !== 'default' && v !== 'pack') throw new Error(`--server-store is default or pack\n${USAGE}`);
+      o.serverStore = v;
+    } else if (a === '--help' || a === '-h') {
       console.log(USAGE);
       process.exit(0);
     } else throw new Error(`unknown option ${a}\n${USAGE}`);
@@ -177,9 +192,9 @@ interface CarryonRig {
   publish: Json & { seconds: number };
 }
 
-async function startCarryon(work: string, v0: string): Promise<CarryonRig> {
+async function startCarryon(work: string, v0: string, store: Options['serverStore']): Promise<CarryonRig> {
   const data = join(work, 'server');
-  await carryonServer(data, 'init');
+  await carryonServer(data, 'init', ...(store === 'pack' ? ['--store', `pack://${join(work, 'server-packs')}`] : []));
   const server = await startServer(data);
   try {
     const token = str((await carryonServer(data, 'user', 'add', 'bench')).json, 'token');
@@ -264,6 +279,124 @@ async function measureEncryptedCheckouts(rig: CarryonRig, v0: string, rounds: nu
     }
   }
   return out;
+}
+
+/**
+ * CPU seconds (user + system) of this process's children that have ended, from /proc/self/stat
+ * (cutime + cstime): the difference around one command is that command's CPU time, whatever else
+ * runs on the machine. Wall times on a shared machine vary with its load; CPU seconds much less.
+ */
+function childCpuSeconds(): number {
+  const f = readFileSync('/proc/self/stat', 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[13]) + Number(rest[14])) / 100; // fields 16 and 17, in clock ticks (USER_HZ 100)
+}
+
+/** CPU seconds (user + system) a running process has used so far. */
+function processCpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) / 100; // fields 14 and 15
+}
+
+/** One run of the cold check-out comparison: the three measured back to back, in the order given. */
+interface ColdRun {
+  run: number;
+  order: string[];
+  carryon: Measure;
+  casyncExtract: Measure;
+  zstdFloor: Measure;
+  /** carryon seconds / casync extract seconds (target: below 1). */
+  vsCasync: number;
+  /** carryon seconds / zstd -d seconds (target: at most 2). */
+  vsZstd: number;
+  /** CPU seconds (user + system) of each: carryon's CLI and the server's share while it ran. */
+  cpu: { carryonCli: number; carryonServer: number; casyncExtract: number; zstdFloor: number };
+}
+
+export interface ColdCheckouts {
+  runs: ColdRun[];
+  median: { carryon: number; casyncExtract: number; zstdFloor: number; vsCasync: number; vsZstd: number; cpuCarryon: number; cpuCasync: number; cpuZstd: number };
+  target: { belowCasync: boolean; within2xZstd: boolean };
+}
+
+/**
+ * The cold check-out against its peers, `runs` times: each run checks v0 out into a new empty home
+ * (a new desktop, so the server really sends every block) and runs `casync extract` of v0's store and
+ * `zstd -d` of v0 at -3 to a new file, in an order rotating per run; an untimed `sync` before each
+ * (run() does it). The carryon disk and casync's output must equal v0 byte for byte. Ratios are per
+ * run (peers from the same run); medians are of each column and of the per-run ratios.
+ */
+async function measureColdCheckouts(rig: CarryonRig, v0: string, casync: { store: string; index: string; bytes: number }, zst: string, runs: number, dir: string): Promise<ColdCheckouts> {
+  const out: ColdRun[] = [];
+  for (let r = 0; r < runs; r++) {
+    const cpu: Record<string, number> = {}; // each step's own command only (not the cmp after it)
+    const steps: Record<string, () => Promise<Measure>> = {
+      carryon: async () => {
+        const desk = `cold-${r}`;
+        const home = join(dir, `home-${r}`);
+        mkdirSync(home);
+        await carryonServer(rig.data, 'desktop', 'create', desk, '--user', 'bench', '--image', 'golden', '--encryption', 'off');
+        await carryon(home, 'login', rig.server.url, '--token', rig.token);
+        const disk = join(home, 'disk.raw');
+        const c0 = childCpuSeconds();
+        const s0 = processCpuSeconds(rig.server.pid);
+        const co = await carryon(home, 'checkout', desk, '--to', disk);
+        cpu.carryon = childCpuSeconds() - c0;
+        cpu.server = processCpuSeconds(rig.server.pid) - s0;
+        await run('cmp', [disk, v0]);
+        rmSync(home, { recursive: true, force: true });
+        return fromCli(co.json, 'bytesReceived', co.seconds, 'bytesReceived of a checkout into an empty home (CLI wall time)');
+      },
+      casyncExtract: async () => {
+        const to = join(dir, `casync-${r}.raw`);
+        const c0 = childCpuSeconds();
+        const ce = await run('casync', ['extract', `--store=${casync.store}`, casync.index, to]);
+        cpu.casyncExtract = childCpuSeconds() - c0;
+        await run('cmp', [v0, to]);
+        rmSync(to, { force: true });
+        return { bytes: casync.bytes, seconds: ce.seconds, note: 'whole store + index; time of casync extract to a new file' };
+      },
+      zstdFloor: async () => {
+        const to = join(dir, `zstd-${r}.raw`);
+        const c0 = childCpuSeconds();
+        const zd = await run('zstd', ['-d', '-q', '-f', zst, '-o', to]);
+        cpu.zstdFloor = childCpuSeconds() - c0;
+        rmSync(to, { force: true });
+        return { bytes: fileSize(zst), seconds: zd.seconds, note: 'size of zstd -3 of the whole image; time of zstd -d to a file' };
+      },
+    };
+    const names = Object.keys(steps);
+    const order = names.map((_, i) => names[(i + r) % names.length]!);
+    const got: Record<string, Measure> = {};
+    for (const name of order) got[name] = await steps[name]!();
+    const c = got.carryon!;
+    const one: ColdRun = { run: r + 1, order, carryon: c, casyncExtract: got.casyncExtract!, zstdFloor: got.zstdFloor!,
+      vsCasync: c.seconds / got.casyncExtract!.seconds, vsZstd: c.seconds / got.zstdFloor!.seconds,
+      cpu: { carryonCli: cpu.carryon!, carryonServer: cpu.server!, casyncExtract: cpu.casyncExtract!, zstdFloor: cpu.zstdFloor! } };
+    out.push(one);
+    log(`  run ${r + 1} (${order.join(', ')}): carryon ${secs(c.seconds)} s (${mb(c.bytes)} MB), casync extract ${secs(one.casyncExtract.seconds)} s, ` +
+      `zstd -d ${secs(one.zstdFloor.seconds)} s: ${one.vsCasync.toFixed(2)}x casync, ${one.vsZstd.toFixed(2)}x zstd -d; ` +
+      `CPU s: carryon ${secs(one.cpu.carryonCli)} + server ${secs(one.cpu.carryonServer)}, casync ${secs(one.cpu.casyncExtract)}, zstd ${secs(one.cpu.zstdFloor)} (load ${loadavg()[0]!.toFixed(1)})`);
+  }
+  const med = {
+    carryon: median(out.map((x) => x.carryon.seconds)), casyncExtract: median(out.map((x) => x.casyncExtract.seconds)), zstdFloor: median(out.map((x) => x.zstdFloor.seconds)),
+    vsCasync: median(out.map((x) => x.vsCasync)), vsZstd: median(out.map((x) => x.vsZstd)),
+    cpuCarryon: median(out.map((x) => x.cpu.carryonCli + x.cpu.carryonServer)), cpuCasync: median(out.map((x) => x.cpu.casyncExtract)), cpuZstd: median(out.map((x) => x.cpu.zstdFloor)),
+  };
+  return { runs: out, median: med, target: { belowCasync: med.vsCasync < 1, within2xZstd: med.vsZstd <= 2 } };
+}
+
+function coldTable(c: ColdCheckouts): string {
+  const rows = c.runs.map((x) => [String(x.run), secs(x.carryon.seconds), secs(x.casyncExtract.seconds), secs(x.zstdFloor.seconds), `${x.vsCasync.toFixed(2)}x`, `${x.vsZstd.toFixed(2)}x`,
+    `${secs(x.cpu.carryonCli)}+${secs(x.cpu.carryonServer)}`, secs(x.cpu.casyncExtract), secs(x.cpu.zstdFloor)]);
+  rows.push(['median', secs(c.median.carryon), secs(c.median.casyncExtract), secs(c.median.zstdFloor), `${c.median.vsCasync.toFixed(2)}x`, `${c.median.vsZstd.toFixed(2)}x`,
+    secs(c.median.cpuCarryon), secs(c.median.cpuCasync), secs(c.median.cpuZstd)]);
+  return `\nCold check-out, ${c.runs.length} runs (peers measured in the same run; ratios per run, then the medians of each column; CPU = user + system seconds, carryon's as CLI + server)\n` +
+    table(['run', 'carryon s', 'casync extract s', 'zstd -d s', 'carryon / casync', 'carryon / zstd -d', 'CPU carryon', 'CPU casync', 'CPU zstd'], rows) +
+    `\nbytes: carryon ${mb(c.runs[0]!.carryon.bytes)} MB, casync store + index ${mb(c.runs[0]!.casyncExtract.bytes)} MB, zstd -3 ${mb(c.runs[0]!.zstdFloor.bytes)} MB` +
+    `\ntarget below casync extract (median ratio ${c.median.vsCasync.toFixed(2)}x): ${c.target.belowCasync ? 'MET' : 'NOT MET'}; ` +
+    `within 2x zstd -d (median ratio ${c.median.vsZstd.toFixed(2)}x): ${c.target.within2xZstd ? 'MET' : 'NOT MET'}`;
 }
 
 const median = (xs: number[]): number => {
@@ -373,6 +506,7 @@ async function main(): Promise<number> {
     const zc = await run('zstd', ['-3', '-q', '-f', v0, '-o', zst]);
     const zd = await run('zstd', ['-d', '-q', '-f', zst, '-o', join(work, 'v0.unzstd')]);
     rmSync(join(work, 'v0.unzstd'));
+    // (kept for --checkouts: every run decompresses it again)
     base.zstdFloor = { bytes: fileSize(zst), seconds: zd.seconds, note: 'size of zstd -3 of the whole image; time of zstd -d to a file', compressSeconds: zc.seconds };
     log(`  zstd -3 of v0: ${mb(base.zstdFloor.bytes)} MB (compress ${secs(zc.seconds)} s, decompress ${secs(zd.seconds)} s)`);
 
@@ -395,7 +529,7 @@ async function main(): Promise<number> {
 
     if (!carryonSkipped) {
       try {
-        rig = await startCarryon(work, v0);
+        rig = await startCarryon(work, v0, o.serverStore);
       } catch (e) {
         carryonSkipped = `carryon setup failed: ${e instanceof Error ? e.message : String(e)}`;
         log(`  ${carryonSkipped}`);
@@ -461,6 +595,19 @@ async function main(): Promise<number> {
       }
     }
 
+    let cold: ColdCheckouts | undefined;
+    if (rig && o.checkouts > 0) {
+      log(`\n== cold check-outs against casync extract and zstd -d, ${o.checkouts} runs (server store: ${o.serverStore})`);
+      const dir = join(work, 'cold');
+      mkdirSync(dir);
+      try {
+        cold = await measureColdCheckouts(rig, v0, { store: store0, index: idx0, bytes: base.casyncExtract.bytes }, zst, o.checkouts, dir);
+      } catch (e) {
+        failed = true;
+        log(`  FAILED: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+
     if (rig) {
       const st = await carryonServer(rig.data, 'status');
       report.serverStatus = st.json;
@@ -470,6 +617,7 @@ async function main(): Promise<number> {
     for (const r of results) console.log(workloadTable(r));
     if (results.length) console.log(checkoutTable(base, results));
     if (encryption) console.log(encryptionTable(encryption));
+    if (cold) console.log(coldTable(cold));
     if (carryonSkipped) console.log(`\ncarryon rows: ${carryonSkipped}`);
     console.log(`\nrdiff rows: "+ signature" adds the ${mb(base.rdiffSignature.bytes)} MB signature of v0 that the server would send first; "delta only" assumes the laptop kept it.`);
     console.log(`total bench time ${secs((Date.now() - started) / 1000)} s`);
@@ -478,12 +626,13 @@ async function main(): Promise<number> {
       when: new Date().toISOString(),
       machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version },
       tools: await toolVersions(),
-      options: { size: o.size, payload: o.payload, workloads: o.workloads, seed: o.seed, carryon: carryonSkipped ? `skipped: ${carryonSkipped}` : true },
+      options: { size: o.size, payload: o.payload, workloads: o.workloads, seed: o.seed, checkouts: o.checkouts, serverStore: o.serverStore, carryon: carryonSkipped ? `skipped: ${carryonSkipped}` : true },
       image: { size: o.size, files: img.files, payloadBytes: img.payloadBytes, buildSeconds: imageSeconds },
       carryonPublish: rig?.publish,
       baselines: base,
       workloads: results,
       encryptionCheckouts: encryption,
+      coldCheckouts: cold,
       totalSeconds: (Date.now() - started) / 1000,
     });
     if (o.out) {

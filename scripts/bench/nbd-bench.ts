@@ -7,7 +7,7 @@
 // See README.md beside this file for what each number means.
 //
 // Usage: node dist/scripts/bench/nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3]
-//        [--parts export,checkin,encryption] [--writes 160] [--flush] [--cpu-prof DIR] [--out results.json]
+//        [--parts export,checkin,encryption] [--connections 1,4] [--warmup 1] [--writes 160] [--flush] [--cpu-prof DIR] [--out results.json]
 //        [--keep] [--seed N]
 
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -34,10 +34,15 @@ interface Options {
   parts: Part[];
   writes: number;
   flush: boolean;
-  /** nbdcopy --connections (0: nbdcopy's default, multi-conn). QEMU uses one connection per disk. */
-  connections: number;
+  /**
+   * nbdcopy --connections=N --threads=N, one export measurement per N (0: nbdcopy's defaults, multi-conn up
+   * to min(4, cores)). QEMU uses one connection per disk.
+   */
+  connections: number[];
   /** Write V8 CPU profiles of the encryption part's serve processes into this folder. */
   cpuProf?: string;
+  /** Export rounds run before the counted ones (first connection count only), reported apart. */
+  warmup: number;
   out?: string;
   keep: boolean;
   seed: number;
@@ -52,14 +57,17 @@ const QEMU_BENCH_COUNT = 50_000;
 /** Data extents of the larger check-in images, one at each GiB boundary past the base image. */
 const EXTRA_EXTENT = 64 * MiB;
 
-const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin,encryption] [--writes 160] [--flush] [--connections N] [--cpu-prof DIR] [--out FILE] [--keep] [--seed N]
+const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin,encryption] [--writes 160] [--flush] [--connections 1,4] [--warmup 1] [--cpu-prof DIR] [--out FILE] [--keep] [--seed N]
   --size           the random image of the export measurements, also the data of every check-in image (default 1G)
   --checkin-sizes  apparent sizes of the check-in images, comma-separated (default 1G,8G)
   --repeat         runs of each throughput measurement and of the check-in part (default 3): best and median are reported
   --parts          export (throughput), checkin (dirty map vs full scan), encryption (the same disk served
                    encrypted at rest and plain, same clients, and the same check-in both ways); default all
   --writes         scattered 64 KiB writes of the check-in change (default 160, i.e. 10 MiB)
-  --connections N  nbdcopy --connections=N (default: nbdcopy's own, multi-conn; QEMU uses 1 per disk)
+  --connections N  nbdcopy --connections=N --threads=N; a comma list measures each (e.g. 1,4; default 1,4;
+                   0: nbdcopy's own defaults). QEMU uses 1 connection per disk
+  --warmup N       export rounds before the counted ones, at the first --connections value (default 1): printed
+                   and in the JSON (warmupRounds), left out of the medians
   --cpu-prof DIR   node --cpu-prof for the encryption part's two serve processes, profiles into DIR
   --flush          nbdcopy --flush on the write runs (the servers then fsync: disk speed, not server speed)
   --out            also write all results as JSON to FILE
@@ -67,7 +75,7 @@ const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat
   --seed           seed of the image bytes, the write offsets and their data (default 7)`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: [...PARTS], writes: 160, flush: false, connections: 0, keep: false, seed: 7 };
+  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: [...PARTS], writes: 160, flush: false, connections: [1, 4], warmup: 1, keep: false, seed: 7 };
   for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
     else if (a === '--checkin-sizes') o.checkinSizes = value().split(',').map(parseSize);
@@ -79,7 +87,8 @@ function parseOptions(argv: string[]): Options {
       });
     } else if (a === '--writes') o.writes = Number(value());
     else if (a === '--flush') o.flush = true;
-    else if (a === '--connections') o.connections = Number(value());
+    else if (a === '--connections') o.connections = value().split(',').map(Number);
+    else if (a === '--warmup') o.warmup = Number(value());
     else if (a === '--cpu-prof') o.cpuProf = value();
     else if (a === '--out') o.out = value();
     else if (a === '--keep') o.keep = true;
@@ -91,6 +100,8 @@ function parseOptions(argv: string[]): Options {
   }
   if (!Number.isInteger(o.repeat) || o.repeat < 1) throw new Error(`--repeat must be a positive integer\n${USAGE}`);
   if (!Number.isInteger(o.writes) || o.writes < 1) throw new Error(`--writes must be a positive integer\n${USAGE}`);
+  if (!Number.isInteger(o.warmup) || o.warmup < 0) throw new Error(`--warmup must be 0 or more\n${USAGE}`);
+  if (o.connections.length === 0 || o.connections.some((c) => !Number.isInteger(c) || c < 0 || c > 16)) throw new Error(`--connections takes 0-16, comma-separated\n${USAGE}`);
   if (o.size % WRITE_BYTES !== 0) throw new Error(`--size must be a multiple of 64 KiB\n${USAGE}`);
   for (const s of o.checkinSizes) {
     if (s % WRITE_BYTES !== 0 || s / WRITE_BYTES < o.writes) throw new Error(`check-in size ${s} must be a multiple of 64 KiB and hold ${o.writes} writes\n${USAGE}`);
@@ -298,7 +309,8 @@ function summarize(bytes: number, seconds: number[]): Runs {
 const NBDCOPY_READ = (uri: string): string[] => ['--no-extents', ...conn(), uri, 'null:'];
 let flushWrites = false;
 let connections = 0;
-const conn = (): string[] => (connections > 0 ? [`--connections=${connections}`] : []);
+// nbdcopy opens min(--connections, --threads) connections, and --threads defaults to the cores (2 here).
+const conn = (): string[] => (connections > 0 ? [`--connections=${connections}`, `--threads=${connections}`] : []);
 const NBDCOPY_WRITE = (src: string, uri: string): string[] => ['--no-extents', ...conn(), ...(flushWrites ? ['--flush'] : []), src, uri];
 const QEMU_BENCH = (uri: string, write: boolean): string[] => ['bench', ...(write ? ['-w'] : []), '-f', 'raw', '-c', String(QEMU_BENCH_COUNT), '-s', '4096', '-d', '32', '-t', 'none', uri];
 
@@ -318,32 +330,113 @@ async function qemuImgBench(uri: string): Promise<ExportResult['qemuImgBench']> 
   }
 }
 
-async function measureExport(server: ServerName, disk: string, size: number, writeSource: string, start: () => Promise<{ daemon: Daemon; info: Json }>, stop: (d: Daemon) => Promise<{ seconds: number; stopped?: Json }>, repeat: number): Promise<ExportResult> {
-  await warmCache(disk);
-  await warmCache(writeSource);
-  const { daemon, info } = await start();
-  try {
-    log(`  ${SERVER_TITLE[server]}: ${daemon.command}`);
-    log(`    nbdinfo: multi-conn ${String(info.can_multi_conn)}, flush ${String(info.can_flush)}, fua ${String(info.can_fua)}, zero ${String(info.can_zero)}, trim ${String(info.can_trim)}` +
-      (info.block_size_preferred !== undefined ? `, block sizes ${String(info.block_size_minimum)}/${String(info.block_size_preferred)}/${String(info.block_size_maximum)}` : ''));
-    const readS: number[] = [];
-    for (let i = 0; i < repeat; i++) readS.push((await run('nbdcopy', NBDCOPY_READ(daemon.uri))).seconds);
-    const read = summarize(size, readS);
-    log(`    read  ${read.mbPerSec.map((r) => r.toFixed(0)).join(', ')} MB/s`);
-    const writeS: number[] = [];
-    for (let i = 0; i < repeat; i++) writeS.push((await run('nbdcopy', NBDCOPY_WRITE(writeSource, daemon.uri))).seconds);
-    const write = summarize(size, writeS);
-    log(`    write ${write.mbPerSec.map((r) => r.toFixed(0)).join(', ')} MB/s`);
-    const qb = await qemuImgBench(daemon.uri);
-    if (qb && 'error' in qb) log(`    qemu-img bench failed: ${qb.error}`);
-    else if (qb) log(`    qemu-img bench 4 KiB x ${QEMU_BENCH_COUNT}, depth 32: read ${qb.readIops.toFixed(0)}/s, write ${qb.writeIops.toFixed(0)}/s`);
-    const gone = daemon.exitedWith();
-    if (gone !== undefined) throw new Error(`${daemon.name} exited (${gone}) during the measurements:\n${daemon.tail()}`);
-    const st = await stop(daemon);
-    return { server, command: daemon.command, nbdinfo: info, read, write, qemuImgBench: qb, stopSeconds: st.seconds, stopped: st.stopped };
-  } finally {
-    if (daemon.exitedWith() === undefined) await daemon.stop();
+/** One nbdcopy run against one server: its time, throughput and the server's CPU (all its threads). */
+interface CopyRun {
+  seconds: number;
+  mbPerSec: number;
+  /** User + system CPU seconds of the server process during the run. */
+  cpuSeconds: number;
+}
+
+/** One round of the interleaved export measurement: every server read, then every server written. */
+interface ExportRound {
+  round: number;
+  /** The order the servers ran in, in this round (rotated each round). */
+  order: ServerName[];
+  read: Partial<Record<ServerName, CopyRun>>;
+  write: Partial<Record<ServerName, CopyRun>>;
+  /** carryon's throughput over each peer's in this round (peer seconds / carryon seconds). */
+  ratios: { read: Partial<Record<'nbdkit' | 'qemu-nbd', number>>; write: Partial<Record<'nbdkit' | 'qemu-nbd', number>> };
+}
+
+/** The export measured at one connection count: every round, and per server the summary the table prints. */
+interface ExportRuns {
+  connections: number;
+  nbdcopyRead: string;
+  nbdcopyWrite: string;
+  /**
+   * Rounds run first and left out of the medians (--warmup): a fresh carryon serve compiles its hot
+   * paths and, on its first writes, makes every block's dirty mark durable (one journal fdatasync per
+   * batch of requests); the steady state is what a VM that runs for hours sees.
+   */
+  warmupRounds: ExportRound[];
+  rounds: ExportRound[];
+  /** Median of the per-round ratios (the issue's target: at least 0.8 against nbdkit, above 1 against qemu-nbd). */
+  medianRatios: ExportRound['ratios'];
+  rows: ExportResult[];
+}
+
+/**
+ * The three servers up at once (carryon on its checked-out disk, the peers on an identical copy), each
+ * round reading with nbdcopy from each in turn, then writing to each in turn; the order rotates every
+ * round, so load that drifts over a round falls on each server in each position. The per-round ratio
+ * compares runs a few seconds apart, which is what makes them comparable on a shared machine.
+ */
+async function measureExportInterleaved(servers: Record<ServerName, { daemon: Daemon; info: Json }>, size: number, writeSource: string, repeat: number, conns: number, warmup: number): Promise<ExportRuns> {
+  connections = conns;
+  const names = SERVERS.filter((s) => servers[s]);
+  const rounds: ExportRound[] = [];
+  const timed = async (s: ServerName, args: string[]): Promise<CopyRun> => {
+    const pid = servers[s].daemon.pid;
+    const c0 = cpuSeconds(pid);
+    const r = await run('nbdcopy', args);
+    return { seconds: r.seconds, mbPerSec: size / 1e6 / r.seconds, cpuSeconds: cpuSeconds(pid) - c0 };
+  };
+  const warmupRounds: ExportRound[] = [];
+  for (let r = -warmup; r < repeat; r++) {
+    const k = ((r % names.length) + names.length) % names.length;
+    const order = [...names.slice(k), ...names.slice(0, k)];
+    const round: ExportRound = { round: r + 1, order, read: {}, write: {}, ratios: { read: {}, write: {} } };
+    for (const s of order) round.read[s] = await timed(s, NBDCOPY_READ(servers[s].daemon.uri));
+    for (const s of order) round.write[s] = await timed(s, NBDCOPY_WRITE(writeSource, servers[s].daemon.uri));
+    for (const op of ['read', 'write'] as const) {
+      const c = round[op].carryon;
+      for (const peer of ['nbdkit', 'qemu-nbd'] as const) {
+        const p = round[op][peer];
+        if (c && p) round.ratios[op][peer] = p.seconds / c.seconds;
+      }
+    }
+    const cell = (op: 'read' | 'write'): string => names.map((s) => `${s} ${round[op][s]!.mbPerSec.toFixed(0)} MB/s (CPU ${round[op][s]!.cpuSeconds.toFixed(2)} s)`).join(', ') +
+      `; carryon / nbdkit ${round.ratios[op].nbdkit?.toFixed(2) ?? '-'}x, / qemu-nbd ${round.ratios[op]['qemu-nbd']?.toFixed(2) ?? '-'}x`;
+    const what = r < 0 ? `warm-up ${r + warmup + 1}` : `run ${r + 1}`;
+    log(`    ${conns || 'default'} conn, ${what}: read ${cell('read')}`);
+    log(`    ${conns || 'default'} conn, ${what}: write ${cell('write')}`);
+    (r < 0 ? warmupRounds : rounds).push(round);
+    for (const s of names) {
+      const gone = servers[s].daemon.exitedWith();
+      if (gone !== undefined) throw new Error(`${servers[s].daemon.name} exited (${gone}) during the measurements:\n${servers[s].daemon.tail()}`);
+    }
   }
+  const medianRatios: ExportRound['ratios'] = { read: {}, write: {} };
+  for (const op of ['read', 'write'] as const) {
+    for (const peer of ['nbdkit', 'qemu-nbd'] as const) {
+      const xs = rounds.map((x) => x.ratios[op][peer]).filter((x): x is number => x !== undefined);
+      if (xs.length) medianRatios[op][peer] = medianOf(xs);
+    }
+  }
+  const rows: ExportResult[] = [];
+  for (const s of names) {
+    rows.push({
+      server: s, command: servers[s].daemon.command, nbdinfo: servers[s].info,
+      read: summarize(size, rounds.map((x) => x.read[s]!.seconds)), write: summarize(size, rounds.map((x) => x.write[s]!.seconds)),
+    });
+  }
+  return { connections: conns, nbdcopyRead: showCommand('nbdcopy', NBDCOPY_READ('URI')), nbdcopyWrite: showCommand('nbdcopy', NBDCOPY_WRITE('FILE', 'URI')), warmupRounds, rounds, medianRatios, rows };
+}
+
+function exportRunsTable(e: ExportRuns, size: number): string {
+  const body = e.rounds.map((r) => [
+    String(r.round), ...(['read', 'write'] as const).flatMap((op) => [
+      ...SERVERS.map((s) => (r[op][s] ? r[op][s]!.mbPerSec.toFixed(0) : '-')),
+      r.ratios[op].nbdkit !== undefined ? `${r.ratios[op].nbdkit!.toFixed(2)}x` : '-',
+      r.ratios[op]['qemu-nbd'] !== undefined ? `${r.ratios[op]['qemu-nbd']!.toFixed(2)}x` : '-',
+    ]),
+  ]);
+  const m = e.medianRatios;
+  const fx = (x: number | undefined): string => (x === undefined ? '-' : `${x.toFixed(2)}x`);
+  body.push(['median', '', '', '', fx(m.read.nbdkit), fx(m.read['qemu-nbd']), '', '', '', fx(m.write.nbdkit), fx(m.write['qemu-nbd'])]);
+  return `\nExport, ${e.connections || 'nbdcopy\'s default'} connection(s): every run (MB/s, ${human(size)} each), carryon / peer per run\n` +
+    table(['run', 'read carryon', 'read nbdkit', 'read qemu-nbd', 'read c/nbdkit', 'read c/qemu-nbd', 'write carryon', 'write nbdkit', 'write qemu-nbd', 'write c/nbdkit', 'write c/qemu-nbd'], body);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -801,7 +894,7 @@ function exportTable(rows: ExportResult[], size: number, repeat: number): string
       c.qemuImgBench && !('error' in c.qemuImgBench) && p.qemuImgBench && !('error' in p.qemuImgBench) ? ratio(c.qemuImgBench[k], p.qemuImgBench[k]) : '-';
     body.push([`carryon / ${peer}`, ratio(c.read.best, p.read.best), ratio(c.read.median, p.read.median), ratio(c.write.best, p.write.best), ratio(c.write.median, p.write.median), q('readIops'), q('writeIops'), '']);
   }
-  return `\nExport throughput: nbdcopy of the whole ${human(size)} export, ${repeat} runs each (MB/s, MB = 10^6 bytes); qemu-img bench 4 KiB requests/s\n` +
+  return `\nExport throughput (${connections || "nbdcopy's default"} connection(s)): nbdcopy of the whole ${human(size)} export, ${repeat} runs each (MB/s, MB = 10^6 bytes); qemu-img bench 4 KiB requests/s\n` +
     table(['server', 'read best', 'read median', 'write best', 'write median', '4K read/s', '4K write/s', 'multi-conn'], body);
 }
 
@@ -822,7 +915,7 @@ function scalingTable(sc: Scaling): string {
     table(['run', `${human(sc.small)} check-in s`, `${human(sc.big)} check-in s`, 'ratio', `${human(sc.small)} scan s`, `${human(sc.big)} scan s`, 'scan ratio', `${human(sc.big)} read MB`, 'holes'], body);
 }
 
-function targets(exp: ExportResult[], ci: CheckinRow[]): string[] {
+function targets(runs: ExportRuns[], ci: CheckinRow[]): string[] {
   const out: string[] = [];
   const met = (ok: boolean | undefined): string => (ok === undefined ? 'INCOMPLETE (a size failed)' : ok ? 'MET' : 'NOT MET');
   const maps = ci.filter((r) => r.map);
@@ -843,11 +936,15 @@ function targets(exp: ExportResult[], ci: CheckinRow[]): string[] {
       out.push(`full-scan check-in follows the data: ${human(sc.big)} at most ${sc.target}x ${human(sc.small)} (median of ${sc.runs.length} runs ${sc.medianRatio.toFixed(2)}x; runs ${sc.runs.map((r) => `${r.ratio.toFixed(2)}x`).join(', ')}; scan alone ${sc.medianScanRatio.toFixed(2)}x): ${met(sc.runs.length === ci[0]!.runs.length ? sc.met : sc.met ? undefined : false)}`);
     } else if (ci.length >= 2) out.push(`full-scan check-in follows the data: ${met(undefined)}`);
   }
-  const c = exp.find((r) => r.server === 'carryon');
-  const k = exp.find((r) => r.server === 'nbdkit');
-  if (c && k) {
-    out.push(`export read at least 70% of nbdkit's (median ${ratio(c.read.median, k.read.median)}, best ${ratio(c.read.best, k.read.best)}): ${met(c.read.median >= 0.7 * k.read.median)}`);
-    out.push(`export write at least 70% of nbdkit's (median ${ratio(c.write.median, k.write.median)}, best ${ratio(c.write.best, k.write.best)}): ${met(c.write.median >= 0.7 * k.write.median)}`);
+  for (const e of runs) {
+    const n = e.connections || 'default';
+    for (const op of ['read', 'write'] as const) {
+      const k = e.medianRatios[op].nbdkit;
+      const q = e.medianRatios[op]['qemu-nbd'];
+      const per = (peer: 'nbdkit' | 'qemu-nbd'): string => e.rounds.map((r) => r.ratios[op][peer]?.toFixed(2) ?? '-').join(', ');
+      if (k !== undefined) out.push(`export ${op}, ${n} connection(s), at least 0.8x nbdkit on the median of ${e.rounds.length} runs (${k.toFixed(2)}x; runs ${per('nbdkit')}): ${met(k >= 0.8)}`);
+      if (q !== undefined) out.push(`export ${op}, ${n} connection(s), ahead of qemu-nbd in every run (median ${q.toFixed(2)}x; runs ${per('qemu-nbd')}): ${met(e.rounds.every((r) => (r.ratios[op]['qemu-nbd'] ?? 0) > 1))}`);
+    }
   }
   return out;
 }
@@ -875,7 +972,7 @@ async function main(): Promise<number> {
     process.env.CARRYON_KDF_LOG_N ??= '12';
   }
   flushWrites = o.flush;
-  connections = o.connections;
+  connections = o.connections[0]!;
   for (const [tool, pkg] of [['nbdkit', 'nbdkit'], ['qemu-nbd', 'qemu-utils'], ['qemu-io', 'qemu-utils'], ['qemu-img', 'qemu-utils'], ['nbdcopy', 'libnbd-bin'], ['nbdinfo', 'libnbd-bin']] as const) {
     requireTool(tool, pkg);
   }
@@ -893,6 +990,7 @@ async function main(): Promise<number> {
     process.exit(130); // carryon-cli's exit hook kills carryon-server
   });
   const exportRows: ExportResult[] = [];
+  const exportRuns: ExportRuns[] = [];
   let fuseRow: FuseResult | null = null;
   let encryptionRow: EncryptionResult | null = null;
   const checkinRows: CheckinRow[] = [];
@@ -953,26 +1051,53 @@ async function main(): Promise<number> {
       log(`  checked out nbd-export to ${disk} in ${secs(co.seconds)} s`);
       const sock = (n: string): string => join(run_, `${n}.sock`);
       const uriOf = (n: string): string => `nbd+unix:///nbd-export?socket=${sock(n)}`;
-      for (const s of SERVERS) {
-        try {
-          const start = async (): Promise<{ daemon: Daemon; info: Json }> => {
-            if (s === 'carryon') {
-              const { daemon } = await startCarryonServe(home, 'nbd-export', sock(s));
-              return { daemon, info: await waitForNbd(daemon) };
-            }
-            const { daemon } =
-              s === 'nbdkit'
-                ? spawnDaemon(s, 'nbdkit', ['-f', '--exit-with-parent', '-U', sock(s), 'file', disk], uriOf(s))
-                : spawnDaemon(s, 'qemu-nbd', ['-f', 'raw', '-k', sock(s), '-x', 'nbd-export', '-t', '-e', '4', '--cache=writeback', '--aio=threads', disk], uriOf(s));
-            return { daemon, info: await waitForNbd(daemon) };
-          };
-          const stop = s === 'carryon' ? stopCarryonServe : async (d: Daemon): Promise<{ seconds: number }> => ({ seconds: (await d.stop()).seconds });
-          exportRows.push(await measureExport(s, disk, o.size, writeSource, start, stop, o.repeat));
-        } catch (e) {
-          failed = true;
-          log(`  ${SERVER_TITLE[s]} FAILED: ${e instanceof Error ? e.message : String(e)}`);
+      // The peers serve an identical copy: all three are up at once, and carryon's dirty map stays its own.
+      const peerDisk = join(work, 'export', 'peer.raw');
+      await copySparse(disk, peerDisk);
+      await warmCache(disk);
+      await warmCache(peerDisk);
+      await warmCache(writeSource);
+      const servers = {} as Record<ServerName, { daemon: Daemon; info: Json }>;
+      try {
+        for (const s of SERVERS) {
+          const { daemon } = s === 'carryon' ? await startCarryonServe(home, 'nbd-export', sock(s))
+            : s === 'nbdkit'
+              ? spawnDaemon(s, 'nbdkit', ['-f', '--exit-with-parent', '-U', sock(s), 'file', peerDisk], uriOf(s))
+              : spawnDaemon(s, 'qemu-nbd', ['-f', 'raw', '-k', sock(s), '-x', 'nbd-export', '-t', '-e', '4', '--cache=writeback', '--aio=threads', peerDisk], uriOf(s));
+          const info = await waitForNbd(daemon);
+          servers[s] = { daemon, info };
+          log(`  ${SERVER_TITLE[s]}: ${daemon.command}`);
+          log(`    nbdinfo: multi-conn ${String(info.can_multi_conn)}, flush ${String(info.can_flush)}, fua ${String(info.can_fua)}, zero ${String(info.can_zero)}, trim ${String(info.can_trim)}` +
+            (info.block_size_preferred !== undefined ? `, block sizes ${String(info.block_size_minimum)}/${String(info.block_size_preferred)}/${String(info.block_size_maximum)}` : ''));
         }
+        for (const c of o.connections) {
+          log(`  -- ${c || 'nbdcopy\'s default'} connection(s), ${c === o.connections[0] && o.warmup ? `${o.warmup} warm-up round(s) (not counted), then ` : ''}${o.repeat} rounds, servers in rotating order`);
+          exportRuns.push(await measureExportInterleaved(servers, o.size, writeSource, o.repeat, c, c === o.connections[0] ? o.warmup : 0));
+        }
+        // 4 KiB requests (one connection, as qemu-img opens): once per server, after the copies.
+        const rows = exportRuns[0]!.rows;
+        for (const r of rows) {
+          const qb = await qemuImgBench(servers[r.server].daemon.uri);
+          r.qemuImgBench = qb;
+          if (qb && 'error' in qb) log(`  ${SERVER_TITLE[r.server]}: qemu-img bench failed: ${qb.error}`);
+          else if (qb) log(`  ${SERVER_TITLE[r.server]}: qemu-img bench 4 KiB x ${QEMU_BENCH_COUNT}, depth 32: read ${qb.readIops.toFixed(0)}/s, write ${qb.writeIops.toFixed(0)}/s`);
+        }
+        for (const s of SERVERS) {
+          const gone = servers[s].daemon.exitedWith();
+          if (gone !== undefined) throw new Error(`${SERVER_TITLE[s]} exited (${gone}) during the measurements:\n${servers[s].daemon.tail()}`);
+          const st = s === 'carryon' ? await stopCarryonServe(servers[s].daemon) : { seconds: (await servers[s].daemon.stop()).seconds, stopped: undefined };
+          const row = rows.find((r) => r.server === s);
+          if (row) Object.assign(row, { stopSeconds: st.seconds, stopped: st.stopped });
+        }
+        exportRows.push(...rows);
+      } catch (e) {
+        failed = true;
+        log(`  export FAILED: ${e instanceof Error ? e.message : String(e)}`);
+      } finally {
+        for (const s of SERVERS) if (servers[s] && servers[s].daemon.exitedWith() === undefined) await servers[s].daemon.stop();
+        rmSync(peerDisk, { force: true });
       }
+      connections = o.connections[0]!;
       log(`\n== the export as a plain file (serve --file, nbdfuse) against NBD, ${human(o.size)}, ${o.repeat} runs`);
       try {
         fuseRow = await measureFuse(home, 'nbd-export', sock('carryon-file'), join(work, 'vm-file'), o.size, writeSource, o.repeat);
@@ -1033,6 +1158,7 @@ async function main(): Promise<number> {
     }
 
     console.log(`\nResults (${cpus().length} cores, ${cpus()[0]?.model ?? '?'}, node ${process.version}; warm page cache)`);
+    for (const e of exportRuns) console.log(exportRunsTable(e, o.size));
     if (exportRows.length) {
       console.log(exportTable(exportRows, o.size, o.repeat));
       console.log(`\nnbdcopy read: ${showCommand('nbdcopy', NBDCOPY_READ('URI'))}   write: ${showCommand('nbdcopy', NBDCOPY_WRITE('FILE', 'URI'))} (FILE: random data, page cache warm)`);
@@ -1061,7 +1187,7 @@ async function main(): Promise<number> {
     }
     if (encryptionRow) console.log(encryptionReport(encryptionRow, o.size, o.repeat, o.writes));
     console.log('\nTargets (from the issue; printed, not asserted):');
-    for (const line of [...targets(exportRows, checkinRows), ...(encryptionRow ? encryptionTargets(encryptionRow) : [])]) console.log(`  ${line}`);
+    for (const line of [...targets(exportRuns, checkinRows), ...(encryptionRow ? encryptionTargets(encryptionRow) : [])]) console.log(`  ${line}`);
     console.log(`\ntotal bench time ${secs((Date.now() - started) / 1000)} s`);
 
     Object.assign(report, {
@@ -1078,11 +1204,12 @@ async function main(): Promise<number> {
       images: { base: { size: o.size, note: 'seeded AES-CTR bytes, fully allocated' }, checkin: Object.fromEntries([...checkinImages].map(([s, i]) => [label(s), { size: s, dataBytes: i.dataBytes, extents: i.extents }])) },
       publishes,
       export: exportRows,
+      exportRuns,
       fuseFile: fuseRow,
       encryption: encryptionRow,
       checkin: checkinRows,
       checkinScaling: scaling,
-      targets: [...targets(exportRows, checkinRows), ...(encryptionRow ? encryptionTargets(encryptionRow) : [])],
+      targets: [...targets(exportRuns, checkinRows), ...(encryptionRow ? encryptionTargets(encryptionRow) : [])],
       totalSeconds: (Date.now() - started) / 1000,
     });
     if (o.out) {

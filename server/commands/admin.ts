@@ -124,12 +124,20 @@ export function registerAdmin(program: Command): void {
       r.restorePoints.length === 0 ? 'no restore points' : r.restorePoints.map((p) => `#${p.id} ${p.createdAt} from ${p.deviceName}: ${p.blocksChanged} blocks changed over version ${p.baseVersion}`).join('\n'));
   });
 
-  withCommonOptions(admin.command('restore <desktop>').description("make a restore point the desktop's next version (the desktop must not be checked out)"))
-    .requiredOption('--point <id>', 'restore point id')
+  withCommonOptions(admin.command('restore <desktop>').description("make a restore point, or an earlier version (such as the disk before a refresh or recompose), the desktop's next version (the desktop must not be checked out)"))
+    .option('--point <id>', 'restore point id')
+    .option('--version <n>', 'an earlier version of the desktop')
     .action(async (desktop: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => d.desktops.restoreDesktop(parseName(desktop, 'desktop'), positive(opts.point, '--point'), cliActor()), (r) =>
-        `${r.desktop} is now version ${r.version}, from restore point #${r.restorePoint}`);
+      await withData(opts, async (d) => {
+        if ((opts.point === undefined) === (opts.version === undefined)) throw new CarryonError('INVALID_ARGUMENT', 'give --point ID (a restore point) or --version N (an earlier version of the desktop)');
+        if (opts.version !== undefined) {
+          const r = await d.recompose.restoreVersion(parseName(desktop, 'desktop'), positive(opts.version, '--version'), cliActor());
+          return { desktop: r.desktop, version: r.version, from: `version ${r.restoredVersion}` };
+        }
+        const r = await d.desktops.restoreDesktop(parseName(desktop, 'desktop'), positive(opts.point, '--point'), cliActor());
+        return { ...r, from: `restore point #${r.restorePoint}` };
+      }, (r) => `${r.desktop} is now version ${r.version}, from ${r.from}`);
     });
 
   withCommonOptions(admin.command('replicate-policy <desktop>').description('how often the agent sends a restore point while the desktop is checked out'))

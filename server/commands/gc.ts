@@ -20,6 +20,7 @@ function fmtSeconds(s: number): string {
 
 export function describeGc(r: GcReport): string {
   const lines = [
+    ...(r.imageVersionsExpired.length > 0 ? [`${r.dryRun ? 'dry run: would remove' : 'removed'} ${r.imageVersionsExpired.length} image version(s) past their image's retention (image policy --keep-versions): ${r.imageVersionsExpired.map((v) => `${v.image} v${v.version}`).join(', ')}`] : []),
     `${r.dryRun ? 'dry run: would remove' : 'removed'} ${r.condemned.blocks} unreferenced blocks (${fmtBytes(r.condemned.bytes)} stored) from the index` +
       ` (live: ${r.referencedBlocks} blocks in ${r.liveManifests} manifests and ${r.livePersonaSnapshots} persona snapshots)`,
     `spared ${r.spared.blocks} unreferenced blocks (${fmtBytes(r.spared.bytes)}) younger than the ${fmtSeconds(r.graceSeconds)} grace or in use by a check-in in progress`,

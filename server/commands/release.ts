@@ -19,16 +19,16 @@ export function registerRelease(program: Command): void {
     .requiredOption('--version <v>', 'the release version (MAJOR.MINOR.PATCH[-PRERELEASE]); must be the tarball\'s own')
     .action(async (file: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      let bytes: Buffer;
-      try {
-        const size = statSync(file).size;
-        if (size > MAX_RELEASE_BYTES) throw new CarryonError('RELEASE_INVALID', `${file} is ${fmtBytes(size)}, over the ${fmtBytes(MAX_RELEASE_BYTES)} a release may have`);
-        bytes = readFileSync(file);
-      } catch (err) {
-        if (err instanceof CarryonError) throw err;
-        throw new CarryonError('INVALID_ARGUMENT', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { file });
-      }
       await withData(opts, async (d) => {
+        let bytes: Buffer;
+        try {
+          const size = statSync(file).size;
+          if (size > MAX_RELEASE_BYTES) throw new CarryonError('RELEASE_INVALID', `${file} is ${fmtBytes(size)}, over the ${fmtBytes(MAX_RELEASE_BYTES)} a release may have`);
+          bytes = readFileSync(file);
+        } catch (err) {
+          if (err instanceof CarryonError) throw err;
+          throw new CarryonError('INVALID_ARGUMENT', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { file });
+        }
         const r = await d.releases.publish(bytes, String(opts.version), cliActor());
         return { ...r, state: await d.releases.state() };
       }, (r) => `published carryon ${r.version} (${fmtBytes(r.size)}, sha512 ${r.sha512.slice(0, 16)}…), signed into feed serial ${r.serial}\n` +

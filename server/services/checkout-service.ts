@@ -15,6 +15,7 @@ import type { FleetMeta } from '../fleet-meta.js';
 import type { IngestLeases } from '../gc.js';
 import type { CheckoutRow, Meta, User } from '../meta.js';
 import type { PersonaService } from './persona-service.js';
+import type { RecomposeService } from '../recompose.js';
 
 /** Uploads are refused (DISK_FULL) while the data folder has less than this free (start --min-free). */
 export const DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024;
@@ -49,7 +50,7 @@ export class CheckoutService {
   beforeCommitTransaction: (() => Promise<void>) | null = null;
 
   constructor(private readonly meta: Meta, private readonly fleet: FleetMeta, private readonly personas: PersonaService, private readonly escrow: EscrowService,
-    private readonly store: BlockStore, private readonly needSpace: () => void, private readonly leases: IngestLeases | null = null) {
+    private readonly store: BlockStore, private readonly needSpace: () => void, private readonly leases: IngestLeases | null = null, private readonly recompose: RecomposeService | null = null) {
     this.manifests = new ManifestCache(meta);
   }
 
@@ -120,7 +121,12 @@ export class CheckoutService {
   async discard(user: User, id: string, device: string | undefined, actor: Actor): Promise<{ desktop: string; already: boolean }> {
     const held = await this.meta.checkoutFor(user, id);
     if (device !== undefined && held.device !== device) throw new CarryonError('FORBIDDEN', `checkout ${held.id} is held by another device`, { checkoutId: held.id });
-    return this.meta.discardCheckout(user, id, actor);
+    return this.meta.db.transaction(async () => {
+      const r = await this.meta.discardCheckout(user, id, actor);
+      // A refresh or recompose queued while it was checked out: the checkout has ended, so now.
+      if (!r.already) await this.recompose?.applyQueued(held.desktop_id, actor);
+      return r;
+    });
   }
 
   /** The laptop reports how far an admin request (forced check-in, rollback) got. */
@@ -257,7 +263,11 @@ export class CheckoutService {
       else if (persona) p = await this.personas.commit(user, persona.delta, persona.push, co.id);
       if (!r.already) await this.fleet.audit(actor, 'checkout.commit', `desktop:${r.desktop}`, { checkoutId: co.id, from: r.previousVersion, to: r.version, persona: p?.version ?? null });
       if (!r.already) await this.fleet.finishCheckinRequests(co.id, r.version, actor);
-      return { desktop: r.desktop, version: r.version, manifestId: mid, previousVersion: r.previousVersion, alreadyCommitted: r.already, ...(p ? { persona: p } : {}) };
+      // A refresh or recompose queued while it was checked out: after the check-in's own version, so what
+      // the user changed stays there (restorable) and the laptop's next check-out fetches the new image.
+      const moved = r.already ? null : await this.recompose?.applyQueued(co.desktop_id, actor);
+      const recomposed = moved && moved.state === 'done' ? { image: moved.image, imageVersion: moved.imageVersion!, version: moved.version!, keptVersion: moved.keptVersion } : undefined;
+      return { desktop: r.desktop, version: r.version, manifestId: mid, previousVersion: r.previousVersion, alreadyCommitted: r.already, ...(p ? { persona: p } : {}), ...(recomposed ? { recomposed } : {}) };
     });
   }
 }

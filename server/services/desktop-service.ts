@@ -2,7 +2,11 @@
 // server's command line alike. Owns: validation, one transaction per change, and its audit row (so
 // `carryon-server desktop policy` and POST /admin/desktops/:name/policy record the same change the
 // same way). Must not know: HTTP, commander, which engine holds the metadata.
-import { CarryonError, type BlockStore, type DesktopInfo, type DesktopPolicyChange, type EncryptionPolicy } from '../../src/index.js';
+import { existsSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import os from 'node:os';
+import { CarryonError, decodeManifest, getBlock, type BlockStore, type DesktopInfo, type DesktopPolicyChange, type EncryptionPolicy } from '../../src/index.js';
+import { createImageView, openImageView, probeImage, type ImageFormat } from '../image-format.js';
 import type { Actor } from '../audit.js';
 import { publishImage, type PublishResult } from '../blocks.js';
 import type { FleetMeta, RestorePoint } from '../fleet-meta.js';
@@ -13,7 +17,7 @@ export type DesktopPolicy = Awaited<ReturnType<FleetMeta['desktopPolicy']>>;
 export type ImagePolicy = Awaited<ReturnType<FleetMeta['imagePolicy']>>;
 
 export class DesktopService {
-  constructor(private readonly meta: Meta, private readonly fleet: FleetMeta, private readonly store: BlockStore, private readonly leases: IngestLeases | null = null) {}
+  constructor(private readonly meta: Meta, private readonly fleet: FleetMeta, private readonly store: BlockStore, private readonly leases: IngestLeases | null = null, private readonly tmp: string = os.tmpdir()) {}
 
   addUser(name: string, admin: boolean, actor: Actor): Promise<{ user: string; token: string; admin: boolean }> {
     return this.meta.addUser(name, admin, actor);
@@ -23,9 +27,55 @@ export class DesktopService {
     return this.meta.userByName(name);
   }
 
-  /** Store FILE's blocks (verified, deduplicated) and make its manifest the image's next version. */
-  publishImage(name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult> {
-    return publishImage(this.meta, this.store, this.leases, name, file, blockSize, actor, onProgress);
+  /**
+   * Store FILE's blocks (verified, deduplicated) and make its manifest the image's next version. FILE is
+   * a raw disk or a qcow2 (with its backing chain, flattened), VMDK, VHDX, VDI or VHD image, read through
+   * a raw view (image-format.ts), never copied to a raw file first.
+   */
+  async publishImage(name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult & { format: ImageFormat; chain: string[] }> {
+    const probe = probeImage(file);
+    const view = await openImageView(file, probe, this.tmp);
+    try {
+      const r = await publishImage(this.meta, this.store, this.leases, name, view.path, blockSize, actor, onProgress);
+      return { ...r, format: probe.format, chain: probe.chain };
+    } finally {
+      await view.close();
+    }
+  }
+
+  /**
+   * Write an image version (default: the newest) to OUT as `format`: only its data blocks are written,
+   * each verified against its id, so holes stay holes. OUT must not exist.
+   */
+  async exportImage(name: string, version: number | undefined, out: string, format: ImageFormat, onProgress?: (done: number, total: number) => void): Promise<{ image: string; version: number; out: string; format: ImageFormat; size: number; dataBytes: number }> {
+    const v = await this.meta.imageVersion(name, version);
+    const m = decodeManifest(await this.meta.getManifest(v.manifestId));
+    if (existsSync(out)) throw new CarryonError('LOCAL_PATH_CONFLICT', `${out} exists: give a new file name (an export never overwrites)`, { out });
+    const view = await createImageView(out, format, m.size, this.tmp).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'EEXIST') throw new CarryonError('LOCAL_PATH_CONFLICT', `${out} exists: give a new file name (an export never overwrites)`, { out });
+      throw err;
+    });
+    let written = 0;
+    try {
+      const fh = await open(view.path, 'r+');
+      try {
+        if (format === 'raw') await fh.truncate(m.size);
+        for (let i = 0; i < m.count; i++) {
+          const id = m.idAt(i);
+          if (id === null) continue;
+          const plain = await getBlock(this.store, id, m.blockSize);
+          await fh.write(plain, 0, plain.length, i * m.blockSize);
+          written += plain.length;
+          onProgress?.(i + 1, m.count);
+        }
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    } finally {
+      await view.close();
+    }
+    return { image: name, version: v.version, out, format, size: m.size, dataBytes: written };
   }
 
   createDesktop(name: string, user: string, image: string, actor: Actor, encryption: EncryptionPolicy | null = null): Promise<DesktopInfo> {

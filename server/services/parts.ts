@@ -16,6 +16,8 @@ import { CheckoutService, spaceCheck } from './checkout-service.js';
 import { DesktopService } from './desktop-service.js';
 import { PersonaService } from './persona-service.js';
 import { ReleaseService } from '../release.js';
+import { RecomposeService } from '../recompose.js';
+import { SharingService } from '../sharing.js';
 
 export interface ServerParts {
   /** The data folder: escrow key pair, staging space (tmp/), and by default the database and store. */
@@ -33,6 +35,10 @@ export interface ServerParts {
   gc: GarbageCollector;
   /** Client releases and the signed update feed (server/release.ts). */
   releases: ReleaseService;
+  /** Refresh and recompose of desktops onto image versions (server/recompose.ts). */
+  recompose: RecomposeService;
+  /** Stored against logical bytes, per image and per desktop (server/sharing.ts). */
+  sharing: SharingService;
   close(): Promise<void>;
 }
 
@@ -55,10 +61,11 @@ export function buildParts(sql: Sql, store: BlockStore, root: string | null, opt
   const needSpace = spaceCheck(root, opts.minFreeBytes);
   const leases = new IngestLeases(sql);
   const personas = new PersonaService(meta, personaMeta, fleet, escrow, store, tmp, needSpace, leases);
-  const desktops = new DesktopService(meta, fleet, store, leases);
-  const checkouts = new CheckoutService(meta, fleet, personas, escrow, store, needSpace, leases);
+  const desktops = new DesktopService(meta, fleet, store, leases, tmp);
+  const recompose = new RecomposeService(sql);
+  const checkouts = new CheckoutService(meta, fleet, personas, escrow, store, needSpace, leases, recompose);
   return {
-    root: root ?? '', sql, store, meta, fleet, personaMeta, escrow, personas, desktops, checkouts, gc: new GarbageCollector(sql, store), releases: new ReleaseService(sql, root),
+    root: root ?? '', sql, store, meta, fleet, personaMeta, escrow, personas, desktops, checkouts, gc: new GarbageCollector(sql, store), releases: new ReleaseService(sql, root), recompose, sharing: new SharingService(sql),
     close: async () => {
       await store.close?.();
       await sql.close();

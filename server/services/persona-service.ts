@@ -9,8 +9,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import {
-  applyDelta, applySnapshotDelta, blockId, canonicalForm, CarryonError, checkRegistryText, decodeVerified, getBlock, lookupValueLines, MAX_PERSONA_ENTRY_BYTES,
-  MAX_PERSONA_UPLOAD_BYTES, mergePersona, parseChunkDelta, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES, sameValueLine, unpackEntries, verifyPlain, type BlockId,
+  applyDelta, applySnapshotDelta, canonicalForm, CarryonError, checkRegistryText, decodeBlock, decodeVerified, lookupValueLines, MAX_PERSONA_ENTRY_BYTES,
+  MAX_PERSONA_UPLOAD_BYTES, mergePersona, parseChunkDelta, parsePersonaUploadEntryName, PERSONA_CHUNK_BYTES, sameValueLine, unpackEntries, verifiedBlockId, verifyPlain, type BlockId,
   type BlockStore, type PersonaCommitResult, type PersonaEntry, type PersonaPushInfo, type PersonaSnapshot, type TarEntry,
 } from '../../src/index.js';
 import type { Actor } from '../audit.js';
@@ -158,7 +158,8 @@ export class PersonaService {
           budget -= bases.length * PERSONA_CHUNK_BYTES + PERSONA_CHUNK_BYTES;
           if (budget < 0) throw new CarryonError('PAYLOAD_TOO_LARGE', `this persona upload rebuilds more than ${MAX_PERSONA_UPLOAD_BYTES} bytes: send it in smaller parts`, { max: MAX_PERSONA_UPLOAD_BYTES });
           for (const b of bases) if (!baseChunks.has(b)) throw new CarryonError('BLOCK_NOT_FOUND', `delta base chunk ${b.slice(0, 12)}… is not in persona version ${baseVersion}`, { id: b });
-          const base = Buffer.concat(await Promise.all(bases.map((b) => getBlock(this.store, b, PERSONA_CHUNK_BYTES))));
+          // Bases decoded, not verified: the chunk they rebuild is checked against its id below.
+          const base = Buffer.concat(await Promise.all(bases.map(async (b) => decodeBlock(await this.store.getEncoded(b), PERSONA_CHUNK_BYTES))));
           const plain = await applyDeltaInMemory(base, delta, PERSONA_CHUNK_BYTES);
           // verifyPlain remembers the check: the store does not hash the chunk again.
           try {
@@ -197,13 +198,14 @@ export class PersonaService {
       const staged = path.join(dir, 'base');
       const fh = await fs.open(staged, 'w+');
       try {
-        for (const id of baseChunks) await fh.write(await getBlock(this.store, id, PERSONA_CHUNK_BYTES));
+        // Decoded, not verified: the rebuilt file must hash to `expect` (a damaged base fails there).
+        for (const id of baseChunks) await fh.write(decodeBlock(await this.store.getEncoded(id), PERSONA_CHUNK_BYTES));
         const whole = createHash('sha256');
         let pending: Buffer = Buffer.alloc(0);
         let stored = 0;
         let bytes = 0;
         const put = async (chunk: Buffer): Promise<void> => {
-          await ingest.add(blockId(chunk), chunk);
+          await ingest.add(verifiedBlockId(chunk), chunk); // a fresh copy: its one hash, remembered for the put gate
           stored++;
         };
         const out = new Writable({

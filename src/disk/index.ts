@@ -6,7 +6,7 @@
 // Must not know: stores, HTTP, desktops. Callers get changed blocks through a callback.
 import { promises as fs } from 'node:fs';
 import { CarryonError } from '../errors/index.js';
-import { blockId, CheapHasher, isAllZero, type BlockId } from '../hash/index.js';
+import { blockId, CheapHasher, forgetVerified, isAllZero, verifiedBlockId, type BlockId } from '../hash/index.js';
 import { DiskManifest } from '../manifest/index.js';
 import { loadNativeSparse, type NativeSparse } from './native-sparse.js';
 
@@ -197,11 +197,17 @@ export async function scanImage(file: string, opts: ScanOptions): Promise<ScanRe
           if (samePrev && !(sameLen && samePrev.manifest.isHole(i))) changed.push(i);
           continue; // hole: ids stay zero
         }
-        const id = blockId(plain);
+        // Remembered as checked while onChanged runs (a store's put gate need not hash it again), and
+        // forgotten before this read buffer takes the next chunk.
+        const id = verifiedBlockId(plain);
         manifest.setId(i, id);
-        if (!sameLen || samePrev.manifest.idAt(i) !== id) {
-          changed.push(i);
-          if (opts.onChanged) await opts.onChanged(i, id, plain);
+        try {
+          if (!sameLen || samePrev.manifest.idAt(i) !== id) {
+            changed.push(i);
+            if (opts.onChanged) await opts.onChanged(i, id, plain);
+          }
+        } finally {
+          forgetVerified(plain);
         }
       }
       opts.onProgress?.(step.dataEnd, size);

@@ -10,6 +10,7 @@ export const ERROR_CODES = {
   TAR_INVALID: { http: 400, exit: 6, what: 'a tar stream is truncated or malformed' },
   REGISTRY_OUTSIDE_HKCU: { http: 400, exit: 2, what: 'a .reg file or persona registry names keys outside HKEY_CURRENT_USER (HKEY_LOCAL_MACHINE, HKEY_USERS, ...): a persona holds the user\'s own registry alone' },
   REG_FILE_UNSUPPORTED: { http: 400, exit: 2, what: 'the file is neither a .reg file nor a registry hive (regf): the message says what it looks like' },
+  IMAGE_FORMAT_UNSUPPORTED: { http: 400, exit: 2, what: 'the file is not a disk image carryon publishes (raw, qcow2, VMDK, VHDX, VDI, VHD): the message says what it looks like (a compressed file, an archive, another image format)' },
   PAYLOAD_TOO_LARGE: { http: 413, exit: 2, what: 'a request body or entry is larger than allowed' },
   HEADERS_TOO_LARGE: { http: 431, exit: 2, what: 'the request line or headers are larger than the server accepts' },
   // identity
@@ -67,6 +68,7 @@ export const ERROR_CODES = {
   IO_ERROR: { http: 500, exit: 9, what: "a local file operation failed, or the block store's object store (S3) failed or could not be reached" },
   FUSE_UNAVAILABLE: { http: 500, exit: 9, what: 'serve --file needs nbdfuse (libnbd-bin), and a streamed persona the carryon-persona-fuse helper (built from libfuse3-dev), both with fusermount3 (fuse3) and a usable /dev/fuse; one is missing or refused the mount' },
   HIVEX_UNAVAILABLE: { http: 500, exit: 9, what: "registry hives (NTUSER.DAT) are read and written with Debian's hivex: hivexregedit (package libwin-hivex-perl) is missing or failed" },
+  QEMU_UNAVAILABLE: { http: 500, exit: 9, what: 'a qcow2, VMDK, VHDX, VDI or VHD image is read and written through qemu-img and qemu-storage-daemon (Debian: qemu-utils, qemu-system-common) with FUSE (fuse3, /dev/fuse): one is missing or refused the image' },
   PERSONA_VAULT_UNAVAILABLE: { http: 500, exit: 9, what: "an encrypted copy's persona lives in a gocryptfs vault: gocryptfs, fusermount3 (fuse3) or /dev/fuse is missing, or the mount was refused" },
   // client updates (issue 14)
   RELEASE_INVALID: { http: 400, exit: 15, what: 'a client release or the update feed is malformed: not an npm pack tarball of carryon, a version that is not MAJOR.MINOR.PATCH, or a latest.yml carryon did not write' },

@@ -36,6 +36,22 @@ export function verifyPlain(id: BlockId, plain: Uint8Array): void {
   verified.set(plain, id);
 }
 
+/**
+ * The id of plaintext this process is about to store, remembered as checked (as verifyPlain does), so
+ * the store's put gate does not hash it again. One SHA-256 either way; only for fresh buffers no one
+ * writes to afterwards (a reused read buffer would keep a stale entry: see forgetVerified).
+ */
+export function verifiedBlockId(plain: Uint8Array): BlockId {
+  const id = blockId(plain);
+  verified.set(plain, id);
+  return id;
+}
+
+/** Drop what verifyPlain or verifiedBlockId remembered of `plain`: its bytes are about to be reused. */
+export function forgetVerified(plain: Uint8Array): void {
+  verified.delete(plain);
+}
+
 export function isBlockId(s: unknown): s is BlockId {
   return typeof s === 'string' && ID_RE.test(s);
 }

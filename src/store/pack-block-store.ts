@@ -38,9 +38,14 @@ import { checkPut, notFound } from './verify.js';
 
 const PACK_LIMIT = 256 * 1024 * 1024;
 const WRITE_BUFFER = 1024 * 1024;
-// Index rows are committed every this many puts (WAL, no fsync: ~0.1 ms each): bounds what a kill -9
-// makes a resumed check-out fetch again.
-const FLUSH_EVERY = 64;
+// Index rows are committed every this many puts (WAL, no fsync): bounds what a kill -9 makes a resumed
+// check-out fetch again (256 blocks of 64 KiB per worker: 16 MiB). Every 64 puts, the commits took ~10%
+// of a cold 1 GiB check-out's worker time in a profile (two workers' commits contend for the index's
+// write lock, and each rewrites most of the index's pages at random ids); every 512, under 2%
+// (docs/performance.md, cold check-out). 256 keeps a kill -9 cheap to resume.
+const FLUSH_EVERY = 256;
+/** Rows per multi-row INSERT in commitIndex: one statement run per commit instead of one per row. */
+const INSERT_ROWS = 64;
 
 interface Loc {
   pack: number;
@@ -124,7 +129,7 @@ export class PackBlockStore implements BlockStore {
   private readonly wbuf = Buffer.allocUnsafe(WRITE_BUFFER);
   private wlen = 0;
   private readonly unsynced = new Set<number>();
-  private readonly stmts: { lookup: Database.Statement; packName: Database.Statement; del: Database.Statement; ins: Database.Statement };
+  private readonly stmts: { lookup: Database.Statement; packName: Database.Statement; del: Database.Statement; ins: Database.Statement; insMany: Database.Statement };
   /** The index's data_version when this instance last closed descriptors of packs no longer named. */
   private seenVersion = -1;
   private lastFdCheck = 0;
@@ -160,6 +165,7 @@ export class PackBlockStore implements BlockStore {
       packName: this.db.prepare('SELECT name FROM packs WHERE id = ?'),
       del: this.db.prepare('DELETE FROM blocks WHERE id = ?'),
       ins: this.db.prepare('INSERT OR IGNORE INTO blocks (id, pack, offset, length) VALUES (?, ?, ?, ?)'),
+      insMany: this.db.prepare(`INSERT OR IGNORE INTO blocks (id, pack, offset, length) VALUES ${Array(INSERT_ROWS).fill('(?, ?, ?, ?)').join(', ')}`),
     };
     this.sweep();
   }
@@ -307,7 +313,13 @@ export class PackBlockStore implements BlockStore {
     const rows = [...this.pending];
     if (rows.length === 0) return;
     this.db.transaction(() => {
-      for (const [id, l] of rows) this.stmts.ins.run(Buffer.from(id, 'hex'), l.pack, l.offset, l.length);
+      let i = 0;
+      for (; i + INSERT_ROWS <= rows.length; i += INSERT_ROWS) {
+        const args: unknown[] = [];
+        for (const [id, l] of rows.slice(i, i + INSERT_ROWS)) args.push(Buffer.from(id, 'hex'), l.pack, l.offset, l.length);
+        this.stmts.insMany.run(args);
+      }
+      for (const [id, l] of rows.slice(i)) this.stmts.ins.run(Buffer.from(id, 'hex'), l.pack, l.offset, l.length);
     })();
     for (const [id] of rows) this.pending.delete(id);
   }

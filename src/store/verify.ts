@@ -4,7 +4,12 @@ import { blockId, isBlockId, verifyPlain, type BlockId } from '../hash/index.js'
 import { decodeVerified, encodeBlock, MAX_BLOCK_BYTES } from '../codec/index.js';
 import type { BlockStore } from './block-store.js';
 
-/** The gate every backend runs in put before storing. */
+/**
+ * The gate every backend runs in put before storing. With `plain` it costs one SHA-256, or none when
+ * this process already checked that buffer against `id` (verifyPlain, decodeVerified, verifiedBlockId:
+ * see src/hash), which is how the server's ingest hashes each uploaded block once. Without it, one
+ * decode and one SHA-256.
+ */
 export function checkPut(id: BlockId, encoded: Uint8Array, plain?: Uint8Array): void {
   if (!isBlockId(id)) throw new CarryonError('BAD_REQUEST', 'block id must be 64 lowercase hex characters');
   if (plain) {

@@ -345,6 +345,11 @@ export interface CommitResult {
   alreadyCommitted: boolean;
   /** Present when the check-in carried the persona. */
   persona?: PersonaCommitResult;
+  /**
+   * Present when an admin's refresh or recompose waited for this check-in: the desktop then moved on to
+   * `version`, the image version's disk; the check-in's own version (`keptVersion`) stays restorable.
+   */
+  recomposed?: { image: string; imageVersion: number; version: number; keptVersion: number };
 }
 
 export interface UploadResult {

@@ -2,41 +2,150 @@
 // size limit checked from the header before any byte is buffered; reading stops at the end of the
 // archive and at the first error.
 import { Readable } from 'node:stream';
-import { createRequire } from 'node:module';
 import { CarryonError } from '../errors/index.js';
 import { isAllZero } from '../hash/index.js';
 
+/** Tar's unit: headers and padded entry data come in records of 512 bytes. */
+const RECORD = 512;
 /** A tar archive ends with two 512-byte zero records. */
 const END_BYTES = 1024;
 
-const require = createRequire(import.meta.url);
-const tar = require('tar-stream') as typeof import('tar-stream');
 
 export interface TarEntry {
   name: string;
   data: Buffer;
 }
 
-/** A tar stream of the entries, produced as the consumer reads (backpressure through tar-stream). */
-export function packEntries(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): Readable {
-  const pack = tar.pack();
-  (async () => {
-    for await (const e of entries) {
-      if (pack.destroyed) return; // the reader went away (a closed connection): stop producing
-      await new Promise<void>((resolve, reject) => {
-        const sink = pack.entry({ name: e.name, size: e.data.length, mode: 0o644, mtime: new Date(0) }, e.data, (err) => (err ? reject(err) : resolve()));
-        // The callback reports a failed entry; without a listener the sink's own 'error' would crash the process.
-        sink.on('error', () => undefined);
-      });
+/**
+ * A chunk size for packEntries' `chunkBytes`: ten 64 KiB blocks' frames to a stream write amortise its
+ * cost, and a server that dies loses at most this much already read (the crash tests resume from what
+ * arrived).
+ */
+export const PACK_CHUNK_BYTES = 256 * 1024;
+/** The first chunk of a chunked stream; each next one is twice as large, up to the chunk size asked for. */
+const FIRST_CHUNK = 64 * 1024;
+
+export interface PackOptions {
+  /**
+   * Gather entries into chunks of up to this many bytes, each entry copied once, instead of handing out
+   * each entry as it comes. For answers whose entries are all at hand (a check-out's blocks): a stream
+   * write per chunk instead of three per entry. Not for uploads: a chunk waits until it is full, so a
+   * slow producer's entries would wait on the sender's side (a killed upload must have sent what it could).
+   */
+  chunkBytes?: number;
+}
+
+/**
+ * A tar stream of the entries, produced as the consumer reads (backpressure through Readable.from).
+ * Headers are our own ustar encoding (the bytes tar-stream wrote: mode 644, uid/gid 0, mtime 0): a
+ * check-out's answer of 64 KiB blocks was three stream writes and a 512-byte allocation per block
+ * through tar-stream, which cost the server more than copying the bytes once into chunks does
+ * (`chunkBytes`; docs/performance.md, cold check-out). Without `chunkBytes` each entry goes out as it
+ * comes (header, bytes, padding; the bytes not copied: the producer must not change them). A name ustar
+ * cannot hold (over 100 bytes with no '/' to split at, non-ASCII) fails: unpackEntries reads no other
+ * kind of header.
+ */
+export function packEntries(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>, opts: PackOptions = {}): Readable {
+  const chunk = opts.chunkBytes ?? 0;
+  return Readable.from(chunk > 0 ? packChunks(entries, chunk) : packEach(entries), { objectMode: false });
+}
+
+async function* packEach(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): AsyncGenerator<Buffer> {
+  for await (const e of entries) {
+    const size = e.data.length;
+    const pad = Math.ceil(size / RECORD) * RECORD - size;
+    yield encodeHeader(e.name, size);
+    if (size > 0) yield e.data;
+    if (pad > 0) yield ZERO_RECORD.subarray(0, pad);
+  }
+  yield Buffer.alloc(END_BYTES);
+}
+
+async function* packChunks(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>, max: number): AsyncGenerator<Buffer> {
+  let chunk: Buffer | null = null;
+  let used = 0;
+  // Chunks grow from FIRST_CHUNK to max: a small answer never allocates a whole chunk.
+  let cap = Math.min(FIRST_CHUNK, max);
+  for await (const e of entries) {
+    const size = e.data.length;
+    const need = RECORD + Math.ceil(size / RECORD) * RECORD;
+    if (chunk && used + need > chunk.length) {
+      if (used > 0) yield chunk.subarray(0, used);
+      chunk = null;
     }
-    pack.finalize();
-  })().catch((err: Error) => pack.destroy(err));
-  return Readable.from(pack as unknown as AsyncIterable<Buffer>, { objectMode: false });
+    if (need > max) {
+      // Larger than a chunk: its header, then its bytes as they are (no copy), then the padding.
+      yield encodeHeader(e.name, size);
+      yield e.data;
+      if (need - RECORD > size) yield ZERO_RECORD.subarray(0, need - RECORD - size);
+      continue;
+    }
+    if (!chunk) {
+      chunk = Buffer.allocUnsafe(Math.max(cap, need));
+      cap = Math.min(cap * 2, max);
+      used = 0;
+    }
+    encodeHeader(e.name, size, chunk, used);
+    e.data.copy(chunk, used + RECORD);
+    chunk.fill(0, used + RECORD + size, used + need);
+    used += need;
+  }
+  if (!chunk || used + END_BYTES > chunk.length) {
+    if (chunk && used > 0) yield chunk.subarray(0, used);
+    chunk = Buffer.allocUnsafe(END_BYTES);
+    used = 0;
+  }
+  chunk.fill(0, used, used + END_BYTES);
+  yield chunk.subarray(0, used + END_BYTES);
+}
+
+const ZERO_RECORD = Buffer.alloc(RECORD);
+
+/**
+ * A ustar header of a regular file (mode 0644, owner 0, mtime 0), as tar-stream encoded it: written
+ * into `into` at `at` when given (the 512 bytes there are overwritten), else into a new buffer.
+ */
+export function encodeHeader(fullName: string, size: number, into?: Buffer, at = 0): Buffer {
+  let name = fullName;
+  let prefix = '';
+  if (!/^[\x20-\x7e]*$/.test(name)) throw new CarryonError('INTERNAL', `tar entry name ${JSON.stringify(name.slice(0, 200))} is not printable ASCII`);
+  while (name.length > 100) {
+    const i = name.indexOf('/');
+    if (i === -1) break;
+    prefix += prefix ? `/${name.slice(0, i)}` : name.slice(0, i);
+    name = name.slice(i + 1);
+  }
+  if (name.length > 100 || prefix.length > 155) throw new CarryonError('INTERNAL', `tar entry name ${JSON.stringify(fullName.slice(0, 200))} does not fit a ustar header`);
+  if (!Number.isSafeInteger(size) || size < 0 || size > 0o77777777777) throw new CarryonError('INTERNAL', `tar entry of ${size} bytes does not fit a ustar header`);
+  const b = into ? into.subarray(at, at + RECORD) : Buffer.allocUnsafe(RECORD);
+  b.fill(0);
+  b.write(name, 0, 'latin1');
+  b.write('000644 \0', 100, 'latin1');
+  b.write('000000 \0', 108, 'latin1');
+  b.write('000000 \0', 116, 'latin1');
+  b.write(`${size.toString(8).padStart(11, '0')} `, 124, 'latin1');
+  b.write('00000000000 ', 136, 'latin1');
+  b[156] = 0x30; // '0': a regular file
+  b.write('ustar\0' + '00', 257, 'latin1');
+  b.write('000000 \0', 329, 'latin1');
+  b.write('000000 \0', 337, 'latin1');
+  if (prefix) b.write(prefix, 345, 'latin1');
+  let sum = 8 * 0x20;
+  for (let i = 0; i < 148; i++) sum += b[i]!;
+  for (let i = 156; i < RECORD; i++) sum += b[i]!;
+  b.write(`${sum.toString(8).padStart(6, '0')} `, 148, 'latin1'); // then a NUL, as tar-stream
+  return b;
 }
 
 export interface UnpackOptions {
   /** Stop with PAYLOAD_TOO_LARGE once the archive passes this many bytes (headers, data and padding). */
   maxTotalBytes?: number;
+  /**
+   * The consumer keeps no entry's data after its onEntry settles: entries may be views of the stream's
+   * own chunks. Otherwise an entry that is a small part of a larger chunk is copied out, so a kept
+   * entry does not pin the whole chunk in memory.
+   */
+  transient?: boolean;
 }
 
 /**
@@ -54,7 +163,7 @@ export async function unpackEntries(
   onEntry: (e: TarEntry) => Promise<void> | void,
   opts: UnpackOptions = {},
 ): Promise<number> {
-  const src = new ByteSource(input as Readable);
+  const src = new ByteSource(input as Readable, opts.transient === true);
   const maxTotal = opts.maxTotalBytes ?? Number.MAX_SAFE_INTEGER;
   let total = 0;
   let count = 0;
@@ -81,7 +190,6 @@ export async function unpackEntries(
   }
 }
 
-const RECORD = 512;
 const TYPE_FILE = new Set([0x30, 0x00]); // '0', and NUL from pre-POSIX tars
 
 /** A ustar (or GNU) header of a regular file: its name and size; anything else is TAR_INVALID. */
@@ -110,9 +218,13 @@ function octal(field: Buffer, what: string): number {
 
 /**
  * Exact-length reads from a byte stream in paused mode: the stream is read only as fast as the tar
- * needs, and never past the point where reading stopped.
+ * needs, and never past the point where reading stopped. Each read asks the stream for exactly the
+ * bytes wanted (`read(n)`), so bytes inside one of its chunks come out as a view (no copy), and only
+ * bytes that span chunks are joined; `read()` without a size joined everything buffered, which cost a
+ * check-out worker ~0.1-0.2 s of copies per GiB (docs/performance.md, cold check-out).
  */
 class ByteSource {
+  /** Object-mode streams only (their reads return whole objects): bytes read but not yet taken. */
   private held: Buffer[] = [];
   private heldBytes = 0;
   private wake: (() => void) | null = null;
@@ -132,7 +244,7 @@ class ByteSource {
     this.poke();
   };
 
-  constructor(private readonly s: Readable) {
+  constructor(private readonly s: Readable, private readonly transient: boolean) {
     s.on('readable', this.onReadable);
     s.on('end', this.onEnd);
     s.on('error', this.onError);
@@ -147,28 +259,43 @@ class ByteSource {
 
   /** The next `n` bytes; TAR_INVALID if the stream ends first. */
   async exactly(n: number, what: string): Promise<Buffer> {
-    while (this.heldBytes < n) {
+    if (n === 0) return Buffer.alloc(0);
+    const objects = this.s.readableObjectMode;
+    for (;;) {
       if (this.error !== null) throw streamError(this.error);
-      const c = this.s.read() as Buffer | string | null;
+      if (objects && this.heldBytes >= n) return this.keep(this.takeHeld(n));
+      // Bytes: n when the stream holds them, fewer (what is left) once it has ended, else null.
+      // Objects: the next one, whatever its size.
+      const c = this.s.read(objects ? undefined : n) as Buffer | string | null;
       if (c !== null) {
         const buf = typeof c === 'string' ? Buffer.from(c) : c;
-        this.held.push(buf);
-        this.heldBytes += buf.length;
-        continue;
+        if (objects) {
+          this.held.push(buf);
+          this.heldBytes += buf.length;
+          continue;
+        }
+        if (buf.length < n) break;
+        return this.keep(buf);
       }
-      if (this.ended || this.s.readableEnded) {
-        if (this.s.errored) throw streamError(this.s.errored);
-        throw new CarryonError('TAR_INVALID', `tar stream is truncated: it ends inside ${what}`);
-      }
+      if (this.ended || this.s.readableEnded) break;
       await new Promise<void>((resolve) => (this.wake = resolve));
     }
+    if (this.error !== null) throw streamError(this.error);
+    if (this.s.errored) throw streamError(this.s.errored);
+    throw new CarryonError('TAR_INVALID', `tar stream is truncated: it ends inside ${what}`);
+  }
+
+  private takeHeld(n: number): Buffer {
     const all = this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held, this.heldBytes);
-    const out = all.subarray(0, n);
     const rest = all.subarray(n);
     this.held = rest.length > 0 ? [rest] : [];
     this.heldBytes = rest.length;
-    // A block that is a small slice of a large read would pin the whole read: copy it out.
-    return out.length < all.length / 2 ? Buffer.from(out) : out;
+    return all.subarray(0, n);
+  }
+
+  /** A small slice of a large read would pin the whole read in a kept entry: copy it out (unless transient). */
+  private keep(buf: Buffer): Buffer {
+    return !this.transient && buf.length < buf.buffer.byteLength / 2 ? Buffer.from(buf) : buf;
   }
 
   /** Stop listening; bytes not yet taken stay in the stream (or are dropped with this reader). */

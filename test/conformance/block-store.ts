@@ -87,6 +87,26 @@ export function runBlockStoreConformance(name: string, setup: BlockStoreSetup): 
       }
     });
 
+    it('getEncodedMany (when the store has it) returns what getEncoded does, in order, repeats included; a missing id fails with BLOCK_NOT_FOUND', async () => {
+      if (!store.getEncodedMany) return void expect(store.getEncodedMany).toBeUndefined();
+      const rng = prng(21);
+      // Sizes around the reads a store may batch: empty, small, a whole 64 KiB block, a 4 MiB one.
+      const samples = [0, 1, 3000, 65536, 65536 + 17, 200_000, 4 * 1024 * 1024, 40_000].map((n) => sample(rng, n));
+      for (const x of samples) await store.put(x.id, x.encoded, x.plain);
+      const ids = [...samples.map((x) => x.id), samples[2]!.id, samples[0]!.id];
+      const got = await store.getEncodedMany(ids);
+      expect(got.length).toBe(ids.length);
+      for (let i = 0; i < ids.length; i++) expect(got[i]!.equals(await store.getEncoded(ids[i]!)), `entry ${i}`).toBe(true);
+      // Enough 64 KiB blocks to fill more than one of a backend's read buffers.
+      const many = Array.from({ length: 200 }, () => sample(rng, 65536));
+      for (const x of many) await store.put(x.id, x.encoded, x.plain);
+      const back = await store.getEncodedMany(many.map((x) => x.id));
+      back.forEach((b, i) => expect(b.equals(many[i]!.encoded), `block ${i}`).toBe(true));
+      expect(await store.getEncodedMany([])).toEqual([]);
+      const absent = sample(rng, 100).id;
+      await expectCode(() => store.getEncodedMany!([samples[1]!.id, absent]), 'BLOCK_NOT_FOUND');
+    });
+
     it('round-trips the largest block (4 MiB) and compressible blocks, with and without plain', async () => {
       const big = sample(prng(2), 4 * 1024 * 1024);
       await store.put(big.id, big.encoded, big.plain);

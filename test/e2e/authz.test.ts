@@ -313,6 +313,17 @@ describe('authorization matrix over every HTTP route', () => {
       other: () => ({ path: '/admin/desktops/a-idle', status: 403, code: 'FORBIDDEN' }),
     },
     {
+      // r-fresh is version 1 of the image's only version: a refresh finds nothing to do (and changes nothing)
+      method: 'POST', route: '/admin/desktops/:name/refresh', scope: 'admin',
+      owner: () => ({ token: () => t.root, path: '/admin/desktops/r-fresh/refresh', headers: asAdminDevice, status: 200, check: (r) => expect(r.json).toMatchObject({ desktop: 'r-fresh', state: 'unchanged', imageVersion: 1 }) }),
+      other: () => ({ path: '/admin/desktops/a-idle/refresh', status: 403, code: 'FORBIDDEN' }),
+    },
+    {
+      method: 'GET', route: '/admin/sharing', scope: 'admin',
+      owner: () => ({ token: () => t.root, path: '/admin/sharing', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.images.map((i: any) => i.image)).toEqual(['img']) }),
+      other: () => ({ path: '/admin/sharing', status: 403, code: 'FORBIDDEN' }),
+    },
+    {
       method: 'GET', route: '/admin/requests', scope: 'admin',
       owner: () => ({ token: () => t.root, path: '/admin/requests', headers: asAdminDevice, status: 200, check: (r) => expect(r.json.requests.map((q: any) => q.id)).toContain(RID) }),
       other: () => ({ path: '/admin/requests', status: 403, code: 'FORBIDDEN' }),
@@ -438,7 +449,7 @@ describe('authorization matrix over every HTTP route', () => {
     const release = path.join(dir, 'carryon-0.0.1.tgz');
     writeFileSync(release, await releaseTarball('0.0.1'));
     expect((await server.admin(['release', 'publish', release, '--version', '0.0.1'])).code).toBe(0);
-    for (const [d, u] of [['a-desk', 'alice'], ['a-spare', 'alice'], ['a-rollback', 'alice'], ['a-probe', 'alice'], ['a-idle', 'alice'], ['b-desk', 'bob'], ['r-trash', 'root']]) {
+    for (const [d, u] of [['a-desk', 'alice'], ['a-spare', 'alice'], ['a-rollback', 'alice'], ['a-probe', 'alice'], ['a-idle', 'alice'], ['b-desk', 'bob'], ['r-trash', 'root'], ['r-fresh', 'root']]) {
       const r = await server.admin(['desktop', 'create', d!, '--user', u!, '--image', 'img']);
       expect(r.code, r.stderr).toBe(0);
     }

@@ -92,6 +92,26 @@ describe('admin console (chromium)', () => {
     expect(await page.locator('#checkouts tr[data-desktop="other"]').count()).toBe(1);
   });
 
+  it('shows what sharing saves: the totals, each image and each desktop', async () => {
+    await expect.poll(async () => (await page.locator('#sharing-totals').textContent()) ?? '').toMatch(/stored as .*: \d+\.\d% saved/);
+    const desktops = await page.locator('#sharing-desktops tbody tr').count();
+    expect(desktops).toBeGreaterThanOrEqual(2);
+    expect(await page.locator('#sharing-images tbody tr td').first().textContent()).toBeTruthy();
+  });
+
+  it('"Refresh" says what survives before it acts, and what it did after', async () => {
+    const row = page.locator('#sharing-desktops tr[data-desktop="desk"]');
+    let asked = '';
+    page.once('dialog', (d) => {
+      asked = d.message();
+      void d.accept();
+    });
+    await row.locator('button[name="refresh"]').click();
+    await expect.poll(async () => (await page.locator('#notice').textContent()) ?? '').toMatch(/desk (is checked out: it moves|is already on image|is now version)/);
+    expect(asked).toContain("What survives: each user's persona");
+    expect(asked).toContain('admin restore DESKTOP --version N');
+  });
+
   it('shows which copies are encrypted; "Recovery code" reads out the code and the command, audited', async () => {
     const row = page.locator('#checkouts tr[data-desktop="secret"]');
     await expect.poll(async () => (await row.locator('td.encryption').textContent()) ?? '').toMatch(/^encrypted \(key check [0-9a-f]{16}\)$/);

@@ -10,6 +10,7 @@ import {
   DiskManifest,
   encodeCheap,
   scanImage,
+  verifyPlain,
   type BlockId,
   type ScanResult,
 } from '../../src/index.js';
@@ -153,6 +154,42 @@ describe('scanImage without a previous scan', () => {
     await expectCode(() => scanImage(file, { blockSize: 5000 }), 'INVALID_ARGUMENT');
     const err = await caught(() => scanImage(path.join(dir, 'missing.img'), { blockSize: BS }));
     expect((err as NodeJS.ErrnoException).code).toBe('ENOENT');
+  });
+});
+
+describe('scanImage and the verified-plaintext memo', () => {
+  it('vouches for a block only while onChanged runs: a view kept past it is checked again once its buffer is reused', async () => {
+    // Three reads (data in three 8 MiB chunks; holes between them may be skipped): the first read
+    // buffer is filled again by the third.
+    const rng = prng(402);
+    const fh = await fs.open(file, 'w');
+    const first = randomBytes(rng, BS);
+    try {
+      await fh.truncate(17 * MiB);
+      await fh.write(first, 0, BS, 0);
+      await fh.write(randomBytes(rng, BS), 0, BS, 8 * MiB);
+      await fh.write(randomBytes(rng, BS), 0, BS, 16 * MiB);
+    } finally {
+      await fh.close();
+    }
+    const kept: Array<{ id: BlockId; plain: Buffer; checkedDuring: boolean }> = [];
+    await scanImage(file, {
+      blockSize: BS,
+      onChanged: (_i, id, plain) => {
+        let checkedDuring = true;
+        try {
+          verifyPlain(id, plain);
+        } catch {
+          checkedDuring = false;
+        }
+        kept.push({ id, plain, checkedDuring });
+      },
+    });
+    expect(kept.map((k) => k.checkedDuring)).toEqual([true, true, true]);
+    expect(kept[0]!.id).toBe(blockId(first));
+    // The view of block 0 now shows other bytes (block 256's): the old id must not pass on the memo.
+    expect(kept[0]!.plain.equals(first)).toBe(false);
+    await expectCode(() => verifyPlain(kept[0]!.id, kept[0]!.plain), 'BLOCK_CORRUPT');
   });
 });
 

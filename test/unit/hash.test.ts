@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { blockId, CheapHasher, isAllZero, isBlockId, parseBlockId, sha256 } from '../../src/index.js';
+import { blockId, CheapHasher, forgetVerified, isAllZero, isBlockId, parseBlockId, sha256, verifiedBlockId, verifyPlain } from '../../src/index.js';
 import { expectCode, prng, randomBytes } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -130,5 +130,20 @@ describe('CheapHasher', () => {
     }
     expect(h.hash(base.subarray(0, 65535))).not.toBe(hb);
     expect(h.hash(Buffer.alloc(4096))).not.toBe(h.hash(Buffer.alloc(8192)));
+  });
+});
+
+describe('verifiedBlockId and forgetVerified', () => {
+  it('gives the block id and spares verifyPlain a second hash until the buffer is forgotten', async () => {
+    const plain = randomBytes(prng(103), 65536);
+    const id = verifiedBlockId(plain);
+    expect(id).toBe(blockId(plain));
+    verifyPlain(id, plain);
+    // A different id for the same buffer is never taken on trust.
+    await expectCode(() => verifyPlain(blockId(Buffer.from('other')), plain), 'BLOCK_CORRUPT');
+    // Reused: the caller forgets it before writing, so the old id no longer passes.
+    forgetVerified(plain);
+    plain[0]! ^= 1;
+    await expectCode(() => verifyPlain(id, plain), 'BLOCK_CORRUPT');
   });
 });

@@ -1,7 +1,8 @@
 // LocalDisk's streaming rules on real files: a write smaller than a page over bytes that landed but are
 // not yet recorded as local goes through read-modify-write (so a power cut cannot leave a torn page
 // marked as the VM's), and blocks larger than 16 pages cannot stream. The blocks come from an in-memory
-// BlockSource (the server's role), the journal and the disk file are real.
+// BlockSource (the server's role), the journal and the disk file are real. Also: a complete copy sends
+// at most two large reads to the thread pool at once, and reads the others itself.
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -64,5 +65,28 @@ describe('LocalDisk (streaming)', () => {
       code = (e as CarryonError).code;
     }
     expect(code).toBe('INVALID_ARGUMENT');
+  });
+});
+
+describe('LocalDisk (complete copy): large reads', () => {
+  it('at most two large reads run in the thread pool at once; the others are read at once on the calling thread, with the same bytes', async () => {
+    const { disk, data } = streamed(65536, 16);
+    await disk.download(); // every block local: the journal is complete
+    expect(disk.complete).toBe(true);
+    const n = 6;
+    const bufs = Array.from({ length: n }, () => Buffer.alloc(256 * 1024));
+    const results = bufs.map((b, k) => disk.readInto((k % 4) * 256 * 1024, b.length, b, 0));
+    // The first two went to the pool (promises); the rest were done before readInto returned.
+    expect(results.map((r) => r instanceof Promise)).toEqual([true, true, false, false, false, false]);
+    await Promise.all(results);
+    bufs.forEach((b, k) => {
+      const first = (k % 4) * 4; // 256 KiB = 4 blocks of 64 KiB
+      for (let i = 0; i < 4; i++) expect(b.subarray(i * 65536, (i + 1) * 65536).equals(data[first + i]!)).toBe(true);
+    });
+    // Once they finished, the pool takes large reads again.
+    const again = disk.readInto(0, 256 * 1024, bufs[0]!, 0);
+    expect(again instanceof Promise).toBe(true);
+    await again;
+    await disk.close();
   });
 });

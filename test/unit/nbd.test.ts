@@ -22,10 +22,12 @@ import {
   NBD_SIMPLE_REPLY_MAGIC,
   NBD_TFLAG,
   NbdIoError,
+  nbdSocket,
   parseInfoRequest,
   serveNbdConnection,
   type NbdExport,
 } from '../../src/index.js';
+import { PassThrough } from 'node:stream';
 import { prng, randomBytes, tempDir } from './helpers.js';
 
 const run = promisify(execFile);
@@ -398,6 +400,8 @@ let onPressure: ((waiting: boolean) => void) | null = null;
 const serves: Array<Promise<void>> = [];
 let onNextServe: ((p: Promise<void>) => void) | null = null;
 let conns: RawConn[] = [];
+/** Per accepted connection: did nbdSocket re-create it (slab reads)? */
+const adopted: boolean[] = [];
 
 /** The serveNbdConnection promise of the next connection accepted (boxed: awaiting it must not wait for the connection's end). */
 function nextServe(): Promise<{ done: Promise<void> }> {
@@ -409,7 +413,10 @@ function nextServe(): Promise<{ done: Promise<void> }> {
 beforeAll(async () => {
   ({ dir, cleanup } = await tempDir('carryon-nbd-'));
   sockPath = path.join(dir, 'nbd.sock');
-  server = net.createServer((sock) => {
+  server = net.createServer((accepted) => {
+    // As carryon serve does: the connection re-created to read into reused slabs.
+    const sock = nbdSocket(accepted);
+    adopted.push(sock !== accepted);
     const p = serveNbdConnection(sock, {
       lookup: (name) => (name === '' ? disk : exportsByName.get(name) ?? null),
       list: () => [...exportsByName.keys()],
@@ -1112,6 +1119,73 @@ describe('nbd request checks: flags, lengths, reserved fields', () => {
   });
 });
 
+describe('nbd reading sockets into reused slabs (nbdSocket)', () => {
+  it('every connection of this suite is re-created to read into slabs; anything but a fresh socket is left as it is', () => {
+    expect(adopted.length).toBeGreaterThan(10);
+    expect(adopted.every(Boolean)).toBe(true);
+    const stream = new PassThrough();
+    expect(nbdSocket(stream)).toBe(stream);
+    const loose = new net.Socket(); // never connected: no handle to take over
+    expect(nbdSocket(loose)).toBe(loose);
+  });
+
+  /** Takes payloads as the views they arrived in (writev), and reads them only when its gate opens. */
+  class VecExport extends MemExportInto {
+    writev(offset: number, chunks: Buffer[], fua: boolean): Promise<void> | void {
+      this.writes.push({ offset, length: chunks.reduce((n, c) => n + c.length, 0), fua });
+      const land = (): void => {
+        let at = offset;
+        for (const c of chunks) at += c.copy(this.data, at);
+        this.writesDone++;
+      };
+      const g = this.before(offset);
+      return g ? g.then(land) : land();
+    }
+  }
+
+  it('a write the export holds keeps its bytes (views of a slab) while later writes fill and reuse slabs', async () => {
+    const vec = new VecExport('vec', DISK_SIZE, false, 4096);
+    exportsByName.set('vec', vec);
+    const disk = vec;
+    const cl = await openExport('vec');
+    const gate = deferred();
+    disk.gates.set(0, gate.promise);
+    const held = Buffer.alloc(256 * KiB, 0xa5);
+    const first = cl.send(NBD_CMD.WRITE, 0, held.length, { data: held });
+    // 24 MiB through the connection while the first write waits: many times the slab size.
+    const rnd = prng(13);
+    const last = new Map<number, Buffer>();
+    for (let k = 0; k < 96; k++) {
+      const offset = 256 * KiB * (1 + (k % 3));
+      const data = randomBytes(rnd, 256 * KiB);
+      const r = await cl.write(offset, data);
+      expect(r.error).toBe(0);
+      last.set(offset, data);
+    }
+    gate.resolve();
+    const r = await cl.reply();
+    disk.gates.delete(0);
+    expect(r).toMatchObject({ handle: first, error: 0 });
+    expect(disk.data.subarray(0, held.length).equals(held)).toBe(true);
+    for (const [offset, data] of last) expect(disk.data.subarray(offset, offset + data.length).equals(data)).toBe(true);
+    // Headers and payloads split across reads at any byte: one request per write() call, trickled.
+    const payload = randomBytes(rnd, 3 * 4096 + 7);
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
+    h.writeUInt16BE(NBD_CMD.WRITE, 6);
+    h.writeBigUInt64BE(0x77n, 8);
+    h.writeBigUInt64BE(5000n, 16);
+    h.writeUInt32BE(payload.length, 24);
+    const bytes = Buffer.concat([h, payload]);
+    for (let at = 0; at < bytes.length; at += 997) {
+      cl.c.write(bytes.subarray(at, at + 997));
+      await new Promise((res) => setTimeout(res, 1));
+    }
+    expect(await cl.reply()).toMatchObject({ handle: 0x77n, error: 0 });
+    expect(disk.data.subarray(5000, 5000 + payload.length).equals(payload)).toBe(true);
+  });
+});
+
 describe('nbd under a hostile client: what one connection may hold', () => {
   /** A virtual export whose writes wait until the test lets each one finish; it checks the budget at every call. */
   class SlowWriteExport extends MemExport {
@@ -1217,13 +1291,14 @@ describe('nbd under a hostile client: what one connection may hold', () => {
     expect(pressure).toContain(false);
   });
 
-  // The export runs in a child process (the module, which imports nothing at run time, transpiled as it
-  // stands), so its memory is measured alone: VmHWM in /proc is the process's peak resident size.
+  // The export runs in a child process (the module, which imports only node:net at run time, transpiled as it
+  // stands; each connection re-created by nbdSocket, as carryon serve does), so its memory is measured
+  // alone: VmHWM in /proc is the process's peak resident size.
   const CHILD = `
 import net from 'node:net';
 import readline from 'node:readline';
 import { readFileSync } from 'node:fs';
-import { serveNbdConnection } from './nbd.mjs';
+import { nbdSocket, serveNbdConnection } from './nbd.mjs';
 let reads = 0, pending = 0, waiting = 0;
 const fill = (offset) => (offset / 4096) & 0xff;
 const exp = {
@@ -1241,7 +1316,7 @@ const exp = {
   },
   write() {}, zero() {}, flush() {},
 };
-net.createServer((s) => void serveNbdConnection(s, {
+net.createServer((s) => void serveNbdConnection(nbdSocket(s), {
   lookup: () => exp, list: () => ['flood'], onBackpressure: (w) => { waiting += w ? 1 : -1; },
 })).listen(process.argv[2], () => process.stdout.write('listening\\n'));
 readline.createInterface({ input: process.stdin }).on('line', () => {

@@ -92,6 +92,92 @@ describe('packEntries / unpackEntries round trip', () => {
   });
 });
 
+describe('packEntries: our own ustar headers, chunked output', () => {
+  /** What tar-stream's pack (packEntries' encoder before) wrote for the same entries. */
+  async function tarStreamBytes(entries: TarEntry[]): Promise<Buffer> {
+    const pack = tarStream.pack();
+    const out = buffer(pack as unknown as Readable);
+    for (const e of entries) pack.entry({ name: e.name, size: e.data.length, mode: 0o644, mtime: new Date(0) }, e.data);
+    pack.finalize();
+    return out;
+  }
+
+  it('writes the bytes tar-stream wrote: sizes around records and chunks, a 131-byte patch name split into a ustar prefix', async () => {
+    const entries = sampleEntries(503);
+    const rng = prng(504);
+    const a = randomBytes(rng, 32).toString('hex');
+    const b = randomBytes(rng, 32).toString('hex');
+    entries.push({ name: `p/${a}/${b}`, data: randomBytes(rng, 700) }, { name: 'empty', data: Buffer.alloc(0) });
+    // Enough 64 KiB entries to fill several chunks, the way a check-out's answer does.
+    for (let i = 0; i < 40; i++) entries.push({ name: `b${i}`, data: randomBytes(rng, 20_000 + randInt(rng, 45_000)) });
+    const theirs = await tarStreamBytes(entries);
+    expect((await packToBuffer(entries)).equals(theirs)).toBe(true);
+    expect((await buffer(packEntries(entries, { chunkBytes: MiB }))).equals(theirs)).toBe(true);
+    expect((await packToBuffer([])).equals(await tarStreamBytes([]))).toBe(true);
+    expect((await buffer(packEntries([], { chunkBytes: MiB }))).equals(await tarStreamBytes([]))).toBe(true);
+  });
+
+  it('with chunkBytes: chunks of up to 1 MiB, growing from 64 KiB, and a larger entry as its own buffer; without: each entry as it comes', async () => {
+    const rng = prng(505);
+    const entries = Array.from({ length: 100 }, (_, i) => ({ name: `b${i}`, data: randomBytes(rng, 30_000) }));
+    entries.splice(50, 0, { name: 'big', data: randomBytes(rng, 2 * MiB) });
+    const sizes: number[] = [];
+    const sent: Buffer[] = [];
+    for await (const c of packEntries(entries, { chunkBytes: MiB })) {
+      sizes.push((c as Buffer).length);
+      sent.push(c as Buffer);
+    }
+    expect(Math.max(...sizes.filter((n) => n !== 2 * MiB))).toBeLessThanOrEqual(MiB);
+    expect(sizes[0]).toBeLessThanOrEqual(64 * 1024);
+    expect(sent.some((c) => c === entries[50]!.data)).toBe(true); // passed on, not copied
+    const { entries: got } = await unpackAll(Readable.from([Buffer.concat(sent)]), 4 * MiB);
+    expect(got.map((e) => e.name)).toEqual(entries.map((e) => e.name));
+    got.forEach((e, i) => expect(e.data.equals(entries[i]!.data)).toBe(true));
+    // Without chunkBytes an entry is out when at most one more was asked for (the stream reads one
+    // ahead): an upload sends what it has, rather than gathering a chunk.
+    let asked = 0;
+    const seen: number[] = [];
+    async function* slow(): AsyncGenerator<TarEntry> {
+      for (let i = 0; i < 3; i++) {
+        asked++;
+        yield { name: `s${i}`, data: Buffer.alloc(700, i) };
+      }
+    }
+    const tar = packEntries(slow());
+    await unpackEntries(tar, MiB, () => void seen.push(asked));
+    seen.forEach((n, i) => expect(n).toBeLessThanOrEqual(i + 2));
+  });
+
+  it('refuses a name ustar cannot hold (INTERNAL): over 100 bytes without a slash, or not ASCII', async () => {
+    for (const name of ['x'.repeat(101), 'é']) {
+      const err = await caught(() => packToBuffer([{ name, data: Buffer.alloc(1) }]));
+      expect(err).toBeInstanceOf(CarryonError);
+      expect((err as CarryonError).code).toBe('INTERNAL');
+    }
+  });
+});
+
+describe('unpackEntries: transient entries', () => {
+  it('hands out views of the stream\'s chunks when transient, copies of small slices otherwise; the same bytes both ways', async () => {
+    const rng = prng(506);
+    const entries = Array.from({ length: 30 }, (_, i) => ({ name: `b${i}`, data: randomBytes(rng, 1 + randInt(rng, 20_000)) }));
+    const packed = await packToBuffer(entries);
+    for (const transient of [true, false]) {
+      const views: boolean[] = [];
+      const same: boolean[] = [];
+      let i = 0;
+      // 64 KiB chunks, as a socket delivers them: most entries lie inside one chunk, some span two.
+      await unpackEntries(chunked(packed, 64 * 1024), MiB, (e) => {
+        views.push(e.data.buffer.byteLength >= 64 * 1024 && e.data.length < 64 * 1024 && e.data.buffer.byteLength !== e.data.length);
+        same.push(e.data.equals(entries[i++]!.data));
+      }, { transient });
+      expect(same.every(Boolean)).toBe(true);
+      if (transient) expect(views.filter(Boolean).length).toBeGreaterThan(20);
+      else expect(views.some(Boolean)).toBe(false);
+    }
+  });
+});
+
 describe('tar CLI interoperability', () => {
   let dir: string;
   let cleanup: () => Promise<void>;

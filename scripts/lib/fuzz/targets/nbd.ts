@@ -1,4 +1,4 @@
-// Fuzz target for src/nbd: a real serveNbdConnection on a Unix socket, fed a client's whole byte
+// Fuzz target for src/nbd: a real serveNbdConnection (on a socket re-created by nbdSocket, as carryon serve does) on a Unix socket, fed a client's whole byte
 // stream (handshake, options, requests with their payloads), damaged. The checker reads the server's
 // answer beside the client bytes and holds the protocol to what a client needs:
 // - the server never calls an export outside its size (or writes a read-only one) and never throws;
@@ -20,6 +20,7 @@ import {
   NBD_REP_MAGIC,
   NBD_REQUEST_MAGIC,
   NBD_SIMPLE_REPLY_MAGIC,
+  nbdSocket,
   serveNbdConnection,
   type NbdExport,
 } from '../../../../src/nbd/index.js';
@@ -354,7 +355,7 @@ export const nbdTarget: TargetSpec = {
     let exports = new Map<string, CheckedExport>();
     let served: Promise<void> = Promise.resolve();
     const server = net.createServer({ allowHalfOpen: true }, (s) => {
-      served = serveNbdConnection(s, { lookup: (name) => exports.get(name) ?? null, list: () => [...exports.keys()] });
+      served = serveNbdConnection(nbdSocket(s), { lookup: (name) => exports.get(name) ?? null, list: () => [...exports.keys()] });
     });
     await new Promise<void>((resolve) => server.listen(sock, resolve));
     return {
