@@ -1,7 +1,7 @@
 // Offline leases on the laptop: how long a checkout may be used without contacting the server, as
 // the server last granted it. Time comes from LocalState.monotonicNow(), which never goes backwards,
 // so turning the clock back does not extend a lease. Commands that open the disk call requireLease.
-import { CarryonError } from '../src/index.js';
+import { CarryonError, type DeviceRequest } from '../src/index.js';
 import type { ApiClient } from './api-client.js';
 import { noteRollback, rolledBackError } from './rollback.js';
 import type { LocalCheckout, LocalState } from './state.js';
@@ -35,6 +35,11 @@ export function howToRenew(desktop: string): string {
 
 /** Tell the server we are here: the lease starts over; it learns what has not been sent yet. */
 export async function renewLease(state: LocalState, api: ApiClient, local: LocalCheckout, pending = { pendingBytes: 0, pendingBlocks: 0 }): Promise<string> {
+  return (await heartbeatLease(state, api, local, pending)).leaseExpiresAt;
+}
+
+/** renewLease, also giving what an admin asked of this checkout and not yet done (a forced check-in). */
+export async function heartbeatLease(state: LocalState, api: ApiClient, local: LocalCheckout, pending = { pendingBytes: 0, pendingBlocks: 0 }): Promise<{ leaseExpiresAt: string; requests: DeviceRequest[] }> {
   const r = await api.heartbeat(local.checkoutId, { ...pending, leaseCodeSeq: state.leaseSecret(local.desktop).seq });
   if (r.rolledBack || r.leaseExpiresAt === null) {
     const rb = noteRollback(state, local.desktop, local.checkoutId, r.rollback);
@@ -42,7 +47,7 @@ export async function renewLease(state: LocalState, api: ApiClient, local: Local
   }
   state.syncClock(r.serverTime);
   state.setLease(local.desktop, r.leaseExpiresAt);
-  return r.leaseExpiresAt;
+  return { leaseExpiresAt: r.leaseExpiresAt, requests: r.requests.filter((q) => q.state === 'requested' || q.state === 'in-progress') };
 }
 
 /**

@@ -2,6 +2,7 @@
 import { createRequire } from 'node:module';
 import { Command } from 'commander';
 import { registerAgent } from './commands/agent.js';
+import { registerApp } from './commands/app.js';
 import { registerCheckin } from './commands/checkin.js';
 import { registerCheckout } from './commands/checkout.js';
 import { registerDiscard } from './commands/discard.js';
@@ -34,6 +35,7 @@ registerServe(program);
 registerRenew(program);
 registerUpdate(program);
 registerAgent(program);
+registerApp(program);
 registerReplicate(program);
 registerStatus(program);
 registerDiscard(program);

@@ -28,9 +28,11 @@
 # hivexregedit (libwin-hivex-perl, on Debian's hivex library) and hivexsh (libhivex-bin) read and write
 # Windows registry hives (NTUSER.DAT) for `carryon persona reg import/export` (test/e2e/persona-hive.test.ts,
 # test/unit/hive.test.ts); xz unpacks the real NTUSER.DAT fixture (test/fixtures/hives/).
+# desktop-file-validate (desktop-file-utils) checks the traveller's app's shipped desktop entry
+# (share/carryon.desktop, test/e2e/app.test.ts).
 # A missing tool is a test failure, never a skip.
 set -euo pipefail
-pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs postgresql ceph-mon ceph-osd radosgw curl haproxy qemu-system-x86 busybox-static cpio libfuse3-dev pkg-config libhivex-bin libwin-hivex-perl xz-utils)
+pkgs=(build-essential python3 e2fsprogs qemu-utils libnbd-bin nbdkit zstd rsync rdiff casync diffutils chromium openssl bsdutils time fuse3 gocryptfs postgresql ceph-mon ceph-osd radosgw curl haproxy qemu-system-x86 busybox-static cpio libfuse3-dev pkg-config libhivex-bin libwin-hivex-perl xz-utils desktop-file-utils)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -38,7 +40,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl haproxy qemu-system-x86_64 cpio pkg-config hivexregedit hivexsh xz qemu-storage-daemon; do
+for t in cc make python3 mke2fs debugfs qemu-io qemu-img qemu-nbd nbdcopy nbdinfo nbdkit nbdfuse fusermount3 gocryptfs chromium zstd rsync rdiff casync cmp openssl script psql ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl haproxy qemu-system-x86_64 cpio pkg-config hivexregedit hivexsh xz qemu-storage-daemon desktop-file-validate; do
   command -v "$t" >/dev/null || { echo "install-test-deps: $t is still missing" >&2; exit 1; }
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "install-test-deps: initdb (postgresql) is still missing" >&2; exit 1; }
