@@ -478,5 +478,17 @@ export const memoryAdapter: Adapter = {
   map: (results, o) => benchComparisons(results, 'Memory (nothing regresses)', `memory-bench.js --size ${o.quick ? '2G' : '10G'}`, () => [], [memCompare('cli', o.quick ? '2 GiB' : '10 GiB'), memCompare('server', o.quick ? '2 GiB' : '10 GiB')]),
 };
 
+// ---------------------------------------------------------------------------------------------
+// sharing-bench: 20 desktops of one image, each changed by real file edits, stored against 1.5 images
+// (issue 15) and against its workload's floor. It writes its comparisons itself.
+
+export const sharingAdapter: Adapter = {
+  name: 'sharing',
+  script: 'sharing-bench.js',
+  title: 'what linked clones save (sharing-bench)',
+  invocations: (o) => [{ label: 'run 1', args: ['--size', o.quick ? '128M' : '256M', ...(o.quick ? ['--desktops', '8'] : [])] }],
+  map: (results, o) => benchComparisons(results, 'Storage (issue 15)', `sharing-bench.js --size ${o.quick ? '128M --desktops 8' : '256M'}`, () => [], []),
+};
+
 /** In report order: issue 13's items, then the regression guards. */
-export const ADAPTERS: Adapter[] = [nbdExportAdapter, streamBootAdapter, checkinAdapter, sparseScanAdapter, serverCpuAdapter, memoryAdapter];
+export const ADAPTERS: Adapter[] = [nbdExportAdapter, streamBootAdapter, checkinAdapter, sparseScanAdapter, serverCpuAdapter, memoryAdapter, sharingAdapter];
