@@ -22,7 +22,11 @@ export interface ImageProbe {
   chain: string[];
 }
 
-/** What a file's first bytes say it is, when that is not a disk image qemu-img reads as one. */
+/**
+ * What a file's first bytes say it is, when that is a compressed file or an archive holding a disk image
+ * rather than a disk (qemu-img would take it for raw). Only those: a raw disk may start with anything
+ * else (an ISO, a program's bytes). `image publish --raw` skips this for a disk that happens to start so.
+ */
 function notADisk(head: Buffer): string | null {
   const starts = (sig: number[] | string, at = 0): boolean => {
     const b = typeof sig === 'string' ? Buffer.from(sig, 'latin1') : Buffer.from(sig);
@@ -34,8 +38,6 @@ function notADisk(head: Buffer): string | null {
   if (starts('BZh')) return 'a bzip2 file: decompress it first (bunzip2)';
   if (starts('PK\x03\x04')) return 'a ZIP archive: extract the disk image from it first';
   if (starts('ustar', 257)) return 'a tar archive (an OVA is one): extract the disk image (.vmdk) from it first';
-  if (starts('\x7fELF')) return 'an ELF program, not a disk image';
-  if (starts('CD001', 0x8001)) return 'an ISO 9660 CD image: install it into a disk image and publish that';
   return null;
 }
 
@@ -58,7 +60,7 @@ const unavailable = (what: string): CarryonError =>
  * and must be one of IMAGE_FORMATS. Refuses archives, compressed files and programs with what they
  * look like, and a container whose backing file is missing.
  */
-export function probeImage(file: string): ImageProbe {
+export function probeImage(file: string, opts: { raw?: boolean } = {}): ImageProbe {
   let fd: number;
   try {
     fd = openSync(file, 'r');
@@ -77,8 +79,9 @@ export function probeImage(file: string): ImageProbe {
   } finally {
     closeSync(fd);
   }
+  if (opts.raw) return { format: 'raw', virtualSize: size, chain: [path.resolve(file)] };
   const odd = notADisk(head);
-  if (odd) throw new CarryonError('IMAGE_FORMAT_UNSUPPORTED', `${path.basename(file)} is ${odd}`, { file });
+  if (odd) throw new CarryonError('IMAGE_FORMAT_UNSUPPORTED', `${path.basename(file)} is ${odd} (if it really is a raw disk that starts so, publish it with --raw)`, { file });
   const magic = containerMagic(head, tail);
   // qemu-img tells every format it knows (qed, parallels, dmg, ... would otherwise pass for raw); without
   // it, a file with none of the publishable containers' magic is taken as the raw disk it looks like.

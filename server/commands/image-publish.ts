@@ -12,9 +12,10 @@ const FORMAT_NAMES: Record<ImageFormat, string> = { raw: 'raw', qcow2: 'qcow2', 
 export function registerImagePublish(image: Command): void {
   withCommonOptions(image.command('publish <name> <file>').description('publish FILE (raw, qcow2 with its backing chain, VMDK, VHDX, VDI or VHD) as a new version of image NAME'))
     .option('--block-size <bytes>', 'block size, a power of two from 4096 to 4194304', String(DEFAULT_BLOCK_SIZE))
+    .option('--raw', 'FILE is a raw disk, whatever its first bytes look like (no format detection)')
     .action(async (name: string, file: string, _o, cmd: Command) => {
       const opts = optsOf(cmd);
-      await withData(opts, (d) => d.desktops.publishImage(parseName(name, 'image'), file, checkBlockSize(Number(opts.blockSize)), cliActor()), (r) =>
+      await withData(opts, (d) => d.desktops.publishImage(parseName(name, 'image'), file, checkBlockSize(Number(opts.blockSize)), cliActor(), undefined, { raw: opts.raw === true }), (r) =>
         `published ${r.image} version ${r.version} from a ${FORMAT_NAMES[r.format]} image${r.chain.length > 1 ? ` (flattened from ${r.chain.length} files: ${r.chain.join(' -> ')})` : ''}: ` +
         `a ${fmtBytes(r.size)} disk in ${r.blocks} blocks (${r.holes} holes), ` +
         `${r.newBlocks} new blocks stored as ${fmtBytes(r.storedBytes)}\nmanifest ${r.manifestId}` +

@@ -32,8 +32,8 @@ export class DesktopService {
    * a raw disk or a qcow2 (with its backing chain, flattened), VMDK, VHDX, VDI or VHD image, read through
    * a raw view (image-format.ts), never copied to a raw file first.
    */
-  async publishImage(name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void): Promise<PublishResult & { format: ImageFormat; chain: string[] }> {
-    const probe = probeImage(file);
+  async publishImage(name: string, file: string, blockSize: number, actor: Actor, onProgress?: (done: number, total: number) => void, opts: { raw?: boolean } = {}): Promise<PublishResult & { format: ImageFormat; chain: string[] }> {
+    const probe = probeImage(file, opts);
     const view = await openImageView(file, probe, this.tmp);
     try {
       const r = await publishImage(this.meta, this.store, this.leases, name, view.path, blockSize, actor, onProgress);

@@ -262,6 +262,8 @@ class FakeServer {
     const route = `${req.method} ${p}`;
     let m: RegExpExecArray | null;
     if (route === 'GET /v1/whoami') return this.json(res, { user: 'alice', admin: false });
+    // A server without client updates (its login asks for the release key): nothing to verify feeds with.
+    if (route === 'GET /v1/updates/key') return this.json(res, { publicKey: null });
     if (route === 'POST /v1/devices') return this.json(res, { device: body.device, token: `cod_fake_${body.device}` });
     if (req.method === 'POST' && (m = /^\/v1\/desktops\/([^/]+)\/checkouts$/.exec(p))) {
       const d = this.desktops.get(decodeURIComponent(m[1]!));

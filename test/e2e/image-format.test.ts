@@ -101,6 +101,10 @@ describe('image publish and export in qcow2, VMDK, VHDX, VDI and VHD', () => {
       expect(r.json.error.message).toContain(msg);
     }
     expect(await status()).toEqual(before);
+    // --raw: the bytes as they are, when an admin says the file really is a raw disk.
+    const forced = await server.admin(['image', 'publish', 'gz-as-raw', gz, '--raw']);
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(forced.json).toMatchObject({ format: 'raw', size: readFileSync(gz).length });
   });
 
   it('exports a version as raw and as qcow2, both equal to the disk; never over an existing file', async () => {
