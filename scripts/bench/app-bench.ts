@@ -9,10 +9,10 @@
 // the `seconds` its JSON reports (the engine alone, from its start to the result); the app's is from the
 // POST to the job's last event (the app process is already running, as it is for its user).
 import { spawn } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { makeExt4Image } from '../fixtures/ext4-image.js';
 import { CLIENT_BIN, carryon, carryonServer, startServer } from '../lib/carryon-cli.js';
 
 function arg(name: string, dflt: string): string {
@@ -23,42 +23,6 @@ function arg(name: string, dflt: string): string {
 const sizeMiB = Number(arg('size', '256'));
 const runs = Number(arg('runs', '3'));
 const out = arg('out', '');
-
-/** An ext4 image of sizeMiB holding about half as much of real files from /usr/lib (mke2fs -d). */
-function makeImage(file: string): void {
-  const src = `${file}.files`;
-  let bytes = 0;
-  const budget = (sizeMiB / 2) * 1024 * 1024;
-  const walk = (dir: string): void => {
-    let names: string[];
-    try {
-      names = readdirSync(dir).sort();
-    } catch {
-      return;
-    }
-    for (const n of names) {
-      if (bytes >= budget) return;
-      const p = path.join(dir, n);
-      const st = statSync(p, { throwIfNoEntry: false });
-      if (!st) continue;
-      if (st.isDirectory()) walk(p);
-      else if (st.isFile() && st.size < 8 << 20 && bytes + st.size <= budget) {
-        const dest = path.join(src, path.relative('/usr', p));
-        mkdirSync(path.dirname(dest), { recursive: true });
-        try {
-          cpSync(p, dest);
-          bytes += st.size;
-        } catch {
-          /* unreadable */
-        }
-      }
-    }
-  };
-  walk('/usr/lib');
-  const r = spawnSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-b', '4096', '-d', src, file, `${sizeMiB}M`], { env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' } });
-  rmSync(src, { recursive: true, force: true });
-  if (r.status !== 0) throw new Error(`mke2fs failed: ${r.stderr}`);
-}
 
 /** A running `carryon app` on `home`: its URLs. */
 async function startApp(home: string): Promise<{ url: string; openUrl: string; stop: () => void }> {
@@ -123,7 +87,8 @@ const data = path.join(dir, 'data');
 let server: Awaited<ReturnType<typeof startServer>> | null = null;
 try {
   const image = path.join(dir, 'golden.raw');
-  makeImage(image);
+  // The scripts' own fixture (reproducible: fixed UUID, hash seed and clock): half the image in real /usr files.
+  await makeExt4Image({ out: image, sizeBytes: sizeMiB * 1024 * 1024, payloadBytes: (sizeMiB / 2) * 1024 * 1024 });
   await carryonServer(data, 'init');
   const token = (await carryonServer(data, 'user', 'add', 'alice')).json.token as string;
   await carryonServer(data, 'image', 'publish', 'golden', image);
