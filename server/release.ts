@@ -143,9 +143,21 @@ export class ReleaseService {
   }
 
   /** A release's bytes by its file name (the feed's url). */
+  /**
+   * A release's bytes by its file name (the feed's url). Releases never change, so the last one asked for
+   * is kept, once its bytes match the SHA-512 it was published with: a fleet updating at once shares one
+   * copy in memory instead of one per request (a release may be up to MAX_RELEASE_BYTES, and one user may
+   * have 32 requests in flight). Bytes that no longer match are served as they are, uncached: the laptop
+   * checks them against the signed feed and refuses them.
+   */
   async file(name: string): Promise<Buffer> {
-    const row = await this.db.get<{ bytes: Buffer }>('SELECT bytes FROM client_releases WHERE file_name = ?', [name]);
+    const row = await this.db.get<{ sha512: string }>('SELECT sha512 FROM client_releases WHERE file_name = ?', [name]);
     if (!row) throw new CarryonError('RELEASE_NOT_FOUND', `no release file ${name.slice(0, 100)} on this server`, { file: name.slice(0, 100) });
-    return Buffer.from(row.bytes);
+    if (this.lastFile?.name === name && this.lastFile.sha512 === row.sha512) return this.lastFile.bytes;
+    const bytes = Buffer.from((await this.db.get<{ bytes: Buffer }>('SELECT bytes FROM client_releases WHERE file_name = ?', [name]))!.bytes);
+    if (createHash('sha512').update(bytes).digest('base64') === row.sha512) this.lastFile = { name, sha512: row.sha512, bytes };
+    return bytes;
   }
+
+  private lastFile: { name: string; sha512: string; bytes: Buffer } | null = null;
 }

@@ -14,7 +14,7 @@ import { makeExt4Image } from '../fixtures/ext4-image.js';
 import { compareImages, debugfsSession } from '../fixtures/workloads.js';
 import { readArgs } from '../lib/args.js';
 import { carryon, carryonMissing, carryonServer, startServer } from '../lib/carryon-cli.js';
-import { mb } from '../lib/format.js';
+import { mb, parseSize } from '../lib/format.js';
 import { requireTool, run } from '../lib/proc.js';
 
 const USAGE = `usage: sharing-bench.js [--size 512M] [--payload 256M] [--desktops 20] [--change 0.02] [--seed 1] [--out FILE] [--keep]
@@ -25,12 +25,6 @@ const USAGE = `usage: sharing-bench.js [--size 512M] [--payload 256M] [--desktop
   --block-size  the image's block size at publish (default carryon's, 65536)
   --out       also write the results as JSON to FILE
   --keep      keep the temp folder`;
-
-function parseSize(s: string): number {
-  const m = /^(\d+)([KMG]?)$/i.exec(s);
-  if (!m) throw new Error(`bad size ${s}\n${USAGE}`);
-  return Number(m[1]) * ({ '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 } as Record<string, number>)[m[2]!.toUpperCase()]!;
-}
 
 async function main(): Promise<void> {
   const o = { size: 512 * 1024 ** 2, payload: 0, desktops: 20, change: 0.02, seed: 1, out: '', keep: false, blockSize: 0 };
