@@ -8,7 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import {
   API_PREFIX, CarryonError, MAX_FEED_BYTES, parseJson, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
   encodeBlock, packEntries, parseCheckoutInfo, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult, type EscrowRequest,
-  type DesktopInfo, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
+  type DesktopInfo, type MissingAnswer, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
 import { checkTransport, secureContextFor, tlsFailure } from './tls.js';
 
@@ -295,11 +295,13 @@ export class ApiClient {
     return count;
   }
 
-  async missing(checkoutId: string, ids: BlockId[]): Promise<BlockId[]> {
-    return (await this.json<{ missing: BlockId[] }>('POST', `/checkouts/${checkoutId}/blocks/missing`, { ids })).missing;
+  /** Which of `ids` the server lacks, and whether it takes blocks as zstd frames (`frames`: false from older servers). */
+  async missing(checkoutId: string, ids: BlockId[]): Promise<{ missing: BlockId[]; frames: boolean }> {
+    const a = await this.json<MissingAnswer>('POST', `/checkouts/${checkoutId}/blocks/missing`, { ids });
+    return { missing: a.missing, frames: a.frames === true };
   }
 
-  /** Upload a zstd-compressed tar stream of blocks and patches. */
+  /** Upload a zstd-compressed tar stream of blocks, frames and patches. */
   async upload(checkoutId: string, body: Readable): Promise<UploadResult> {
     const res = await this.request('PUT', `/checkouts/${checkoutId}/blocks`, body, { 'content-type': CONTENT_TAR, 'content-encoding': 'zstd' });
     return parseJson(await this.readAll(res, MAX_ANSWER_BYTES), 'the server\'s answer') as UploadResult;

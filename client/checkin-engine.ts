@@ -32,6 +32,8 @@ export interface CheckinResult {
   bytesChanged: number;
   blocksUploaded: number;
   blocksAsPatch: number;
+  /** Whole blocks sent as zstd frames, stored by the server as sent (0 to a server that does not take them). */
+  blocksAsFrames: number;
   plainBytesUploaded: number;
   bytesSent: number;
   bytesReceived: number;
@@ -49,6 +51,14 @@ export interface CheckinResult {
   /** An admin's refresh or recompose that waited for this check-in (see CommitResult.recomposed). */
   recomposed: CommitResult['recomposed'] | null;
 }
+
+/**
+ * zstd level of the frames a check-in sends to a server that takes them (and keeps in the laptop cache).
+ * Each 64 KiB block is compressed alone, without the context one stream over all blocks had: at level
+ * 3 that cost 5-19% more bytes on real files; level 6 measured level with the stream
+ * (docs/performance.md, "Server work per block").
+ */
+const UPLOAD_FRAME_LEVEL = 6;
 
 /** Upload requests carry up to this much plaintext: a dropped connection costs at most one. */
 const UPLOAD_BATCH_BYTES = 256 * 1024 * 1024;
@@ -216,7 +226,7 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
   }
   return {
     desktop: name, version: commit.version, previousVersion: commit.previousVersion, manifestId: commit.manifestId, blocksChanged: scan.changed.length,
-    bytesChanged: scan.bytesChanged, blocksUploaded: up.blocksUploaded, blocksAsPatch: up.asPatch, plainBytesUploaded: up.plainUploaded, bytesSent: api.bytesSent,
+    bytesChanged: scan.bytesChanged, blocksUploaded: up.blocksUploaded, blocksAsPatch: up.asPatch, blocksAsFrames: up.asFrame, plainBytesUploaded: up.plainUploaded, bytesSent: api.bytesSent,
     bytesReceived: api.bytesReceived, scanSeconds: scan.seconds, scanMode: scan.mode, fullScanReason: scan.mode === 'full' ? scan.reason : null, scanBytesRead: scan.bytesRead, scanHoles: scan.holes, seconds: (Date.now() - t0) / 1000, alreadyCommitted: commit.alreadyCommitted, maxRssBytes: maxRss(),
     persona: commit.persona ? { ...commit.persona, changes: personaDiff } : null,
     recomposed: commit.recomposed ?? null,
@@ -229,7 +239,7 @@ async function checkinLocked(state: LocalState, api: ApiClient, login: Login, na
  * Shared by check-in and replication.
  */
 export async function uploadChanges(state: LocalState, api: ApiClient, local: LocalCheckout, base: DiskManifest, next: DiskManifest, changed: number[], label: string, quiet: boolean,
-  readBlock?: (index: number, id: BlockId) => Promise<Buffer>): Promise<{ blocksUploaded: number; asPatch: number; plainUploaded: number }> {
+  readBlock?: (index: number, id: BlockId) => Promise<Buffer>): Promise<{ blocksUploaded: number; asPatch: number; asFrame: number; plainUploaded: number }> {
   // The first block index of each new id: where to read it and which base block to patch against.
   const firstIndex = new Map<BlockId, number>();
   for (const i of changed) {
@@ -238,11 +248,18 @@ export async function uploadChanges(state: LocalState, api: ApiClient, local: Lo
   }
   const candidates = [...firstIndex.keys()];
   const missing: BlockId[] = [];
-  for (let k = 0; k < candidates.length; k += MAX_QUERY_IDS) missing.push(...(await api.missing(local.checkoutId, candidates.slice(k, k + MAX_QUERY_IDS))));
+  // Whole blocks go as zstd frames only to a server that says it takes them (older ones refuse `z/<id>`).
+  let frames = candidates.length > 0;
+  for (let k = 0; k < candidates.length; k += MAX_QUERY_IDS) {
+    const a = await api.missing(local.checkoutId, candidates.slice(k, k + MAX_QUERY_IDS));
+    missing.push(...a.missing);
+    frames &&= a.frames;
+  }
 
   const totalPlain = missing.reduce((n, id) => n + next.lengthOf(firstIndex.get(id)!), 0);
   const progress = new Progress(label, totalPlain, quiet);
   let asPatch = 0;
+  let asFrame = 0;
   let plainUploaded = 0;
   const fh = readBlock ? null : await fs.open(local.diskPath, 'r');
   const io = fh ? DiskIo.forKey(fh.fd, base.size, state.keys.dataKey(local.desktop), local.diskPath) : null;
@@ -261,9 +278,12 @@ export async function uploadChanges(state: LocalState, api: ApiClient, local: Lo
             throw new CarryonError('DISK_CHANGED', `block ${i} of ${local.diskPath} changed while it was being sent: stop the VM using it and try again`, { block: i });
           }
           // Keep the new block locally: the next check-in patches against it, a re-check-out reuses it.
-          await state.cacheOf(local.desktop).put(id, encodeBlock(plain, CACHE_LEVEL), plain);
+          // To a server that takes frames, the one frame made here is both the cache entry and what is
+          // sent: the server decodes and hashes it once and stores it as is (no compression there).
+          const frame = encodeBlock(plain, frames ? UPLOAD_FRAME_LEVEL : CACHE_LEVEL);
+          await state.cacheOf(local.desktop).put(id, frame, plain);
           const baseId = base.blockSize === next.blockSize && i < base.count ? base.idAt(i) : null;
-          let entry: TarEntry = { name: uploadEntryName({ kind: 'block', id }), data: plain };
+          let entry: TarEntry = frames ? { name: uploadEntryName({ kind: 'frame', id }), data: frame } : { name: uploadEntryName({ kind: 'block', id }), data: plain };
           const basePlain = baseId === null ? null : await cachedBlock(state.cacheOf(local.desktop), baseId, base.blockSize);
           if (basePlain !== null && baseId !== null) {
             const patch = encodeBlockPatch(basePlain, plain);
@@ -272,6 +292,7 @@ export async function uploadChanges(state: LocalState, api: ApiClient, local: Lo
               asPatch++;
             }
           }
+          if (entry.data === frame) asFrame++;
           plainUploaded += plain.length;
           progress.add(plain.length);
           crashPoint('checkin-upload-block');
@@ -289,7 +310,7 @@ export async function uploadChanges(state: LocalState, api: ApiClient, local: Lo
     await fh?.close();
   }
   progress.finish();
-  return { blocksUploaded: missing.length, asPatch, plainUploaded };
+  return { blocksUploaded: missing.length, asPatch, asFrame, plainUploaded };
 }
 
 

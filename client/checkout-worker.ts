@@ -209,6 +209,8 @@ async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<voi
 async function received(name: string, data: Buffer, byId: Map<BlockId, BlockJob>): Promise<{ id: BlockId; plain: Buffer; encoded: null }> {
   const e = parseUploadEntryName(name);
   if (e.kind === 'block') return { id: e.id, plain: data, encoded: null };
+  // Frames are an upload entry (laptop to server); a patched answer carries plaintext and patches only.
+  if (e.kind === 'frame') throw new CarryonError('TAR_INVALID', `a block answer carries an upload frame entry ${name.slice(0, 80)}`);
   let base: Buffer;
   try {
     base = await getBlock(cache, e.base, init.maxBlock);

@@ -3,7 +3,7 @@
 // Every block enters the store verified, and enters the index only after its file is durable.
 // Storage is deduplicated across users; knowledge is not: a hash is not a capability (BlockScope).
 import {
-  applyBlockPatch, CarryonError, decodeBlock, decodeManifest, encodeBlock, encodeManifest, manifestId, parseUploadEntryName, scanImage, unpackEntries, verifyPlain,
+  applyBlockPatch, CarryonError, decodeBlock, decodeFrame, decodeManifest, encodeBlock, encodeManifest, manifestId, parseUploadEntryName, scanImage, unpackEntries, verifyPlain,
   MAX_UPLOAD_ENTRY_BYTES, MAX_UPLOAD_REQUEST_BYTES, type BlockId, type BlockStore, type DiskManifest, type HoleMode, type TarEntry, type UploadResult,
 } from '../src/index.js';
 import type { Meta } from './meta.js';
@@ -216,16 +216,17 @@ export async function publishImage(meta: Meta, store: BlockStore, leases: Ingest
 
 /**
  * Read an upload tar (already decompressed) and store each block: `b/<id>` carries the plaintext,
- * `p/<id>/<base>` a patch against a block of the checkout's base version. Nothing unverified is
- * stored; an entry that fails stops the upload, and blocks stored before it stay (they are valid and
- * a retry need not send them again).
+ * `z/<id>` the block's zstd frame (decoded once, bounded, hashed once, then stored as sent: no second
+ * compression here), `p/<id>/<base>` a patch against a block of the checkout's base version. Nothing
+ * unverified is stored; an entry that fails stops the upload, and blocks stored before it stay (they
+ * are valid and a retry need not send them again).
  */
 export async function ingestUpload(meta: Meta, store: BlockStore, leases: IngestLeases | null, base: LoadedManifest, scope: BlockScope, body: NodeJS.ReadableStream): Promise<UploadResult> {
-  const result: UploadResult = { stored: 0, alreadyHad: 0, plainBytes: 0 };
+  const result: UploadResult = { stored: 0, alreadyHad: 0, plainBytes: 0, framesKept: 0 };
   const maxBlock = base.manifest.blockSize;
   const ingest = new BlockIngest(meta, store, scope.userId, leases);
   // Verified blocks wait here to be looked up and stored UPLOAD_LOOKUP_BATCH at a time.
-  let pending: Array<{ id: BlockId; plain: Buffer }> = [];
+  let pending: Array<{ id: BlockId; plain: Buffer; encoded?: Buffer }> = [];
   const drain = async (): Promise<void> => {
     const batch = pending;
     pending = [];
@@ -234,8 +235,10 @@ export async function ingestUpload(meta: Meta, store: BlockStore, leases: Ingest
     const missing = new Set((await scope.split(batch.map((b) => b.id))).missing);
     await ingest.addMany(batch);
     for (const b of batch) {
-      if (missing.has(b.id)) result.stored++;
-      else result.alreadyHad++;
+      if (missing.has(b.id)) {
+        result.stored++;
+        if (b.encoded) result.framesKept!++;
+      } else result.alreadyHad++;
       result.plainBytes += b.plain.length;
       crashPoint('upload-block-stored');
     }
@@ -244,9 +247,19 @@ export async function ingestUpload(meta: Meta, store: BlockStore, leases: Ingest
     await unpackEntries(body, MAX_UPLOAD_ENTRY_BYTES, async ({ name, data }) => {
       const e = parseUploadEntryName(name);
       let plain: Buffer;
+      let encoded: Buffer | undefined;
       if (e.kind === 'block') {
         if (data.length > maxBlock) throw new CarryonError('BLOCK_CORRUPT', `block ${e.id.slice(0, 12)}… is larger than the block size ${maxBlock}`, { id: e.id });
         plain = data;
+      } else if (e.kind === 'frame') {
+        // One frame and nothing else, its content size checked against the block size before it is
+        // decoded: a bomb or padding is refused (BLOCK_CORRUPT) before costing memory or disk.
+        try {
+          plain = decodeFrame(data, maxBlock);
+        } catch (err) {
+          throw new CarryonError('BLOCK_CORRUPT', `uploaded frame of block ${e.id.slice(0, 12)}… is refused: ${(err as Error).message}`, { id: e.id }, err);
+        }
+        encoded = data;
       } else {
         if (!base.ids.has(e.base)) { // a block of a committed version is in the store by construction
           throw new CarryonError('BLOCK_NOT_FOUND', `patch base ${e.base.slice(0, 12)}… is not a block of the checked-out version`, { id: e.base });
@@ -262,7 +275,7 @@ export async function ingestUpload(meta: Meta, store: BlockStore, leases: Ingest
       } catch {
         throw new CarryonError('BLOCK_CORRUPT', `uploaded block ${e.id.slice(0, 12)}… does not match its hash`, { id: e.id });
       }
-      pending.push({ id: e.id, plain });
+      pending.push(encoded ? { id: e.id, plain, encoded } : { id: e.id, plain });
       if (pending.length >= UPLOAD_LOOKUP_BATCH) await drain();
     }, { maxTotalBytes: MAX_UPLOAD_REQUEST_BYTES });
     await drain();

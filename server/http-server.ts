@@ -7,7 +7,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
   API_PREFIX, encodeLatestYml, asCarryonError, diskSpace, parseJson, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, HEADER_DEVICE, httpStatusOf,
-  MAX_QUERY_IDS, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS,
+  MAX_QUERY_IDS, type MissingAnswer, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS,
   MAX_PERSONA_SNAPSHOT_BYTES, parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest,
   parseRequestUpdate, parseDesktopPolicy, parseDaysRequest, parseRestorePointRequest, parseEscrowRequest, type PersonaCommitResult,
 } from '../src/index.js';
@@ -138,7 +138,8 @@ export class CarryonHttpServer {
       }
       return undefined;
     });
-    r('POST', '/checkouts/:id/blocks/missing', async ({ req, user, params }) => ({ missing: await checkouts.missing(user, params[0]!, parseIdList(await readJson(req), MAX_QUERY_IDS)) }));
+    // `frames`: this server takes `z/<id>` upload entries (src/wire MissingAnswer); older laptops ignore it.
+    r('POST', '/checkouts/:id/blocks/missing', async ({ req, user, params }): Promise<MissingAnswer> => ({ missing: await checkouts.missing(user, params[0]!, parseIdList(await readJson(req), MAX_QUERY_IDS)), frames: true }));
     // Stream faults are TAR_INVALID from unpackEntries; anything else (a full disk) keeps its own code.
     r('PUT', '/checkouts/:id/blocks', async ({ req, user, params, claimedDevice }) => checkouts.upload(user, params[0]!, claimedDevice, requestBody(req, MAX_UPLOAD_REQUEST_BYTES)));
     r('POST', '/checkouts/:id/commit', async ({ req, user, params, actor, claimedDevice }) => {

@@ -29,7 +29,7 @@
 //     rounds: [{ round,
 //       stores: [{ store, publish: { cpuSeconds, plainBytes, cpuPerGiB },
 //                  served:   { cpuSeconds, wallSeconds, plainBytes, wireBytes, cpuPerGiB },
-//                  received: { cpuSeconds, wallSeconds, plainBytes, wireBytes, blocks, cpuPerGiB },
+//                  received: { cpuSeconds, wallSeconds, plainBytes, wireBytes, blocks, frames, laptopCpuSeconds, cpuPerGiB },
 //                  ratios: { served, received } }],          // carryon / floor of the same round
 //       floor: { blocks, plainBytes, readSource, readPerGiB, decodePerGiB, sha256PerGiB, encodePerGiB,
 //                writePerGiB, servedPerGiB, receivedPerGiB } }] }
@@ -103,6 +103,10 @@ interface Side {
   wireBytes: number;
   cpuPerGiB: number;
   blocks?: number;
+  /** Received: blocks the laptop sent as zstd frames (kept by the server as sent). */
+  frames?: number;
+  /** Received: CPU seconds of the laptop's check-in process (cutime+cstime around it). */
+  laptopCpuSeconds?: number;
 }
 
 interface Floor {
@@ -220,17 +224,20 @@ async function runStore(o: Options, work: string, round: number, store: StoreKin
     // Received: laptop 0's disk becomes v1; its check-in uploads every changed block.
     copyFileSync(v1, str(outs[0]!.json, 'disk'));
     c0 = cpuOf(srv.pid);
+    const l0 = childCpu();
     t0 = performance.now();
     const ci = await carryon(homes[0]!, 'checkin', 'd0');
     const recvWall = (performance.now() - t0) / 1000;
     const recvCpu = cpuOf(srv.pid) - c0;
+    const laptopCpu = childCpu() - l0;
     const recvPlain = num(ci.json, 'plainBytesUploaded');
     const received: Side = {
       cpuSeconds: recvCpu, wallSeconds: recvWall, plainBytes: recvPlain, wireBytes: num(ci.json, 'bytesSent'),
       blocks: num(ci.json, 'blocksUploaded'), cpuPerGiB: (recvCpu * GiB) / recvPlain,
+      frames: typeof ci.json.blocksAsFrames === 'number' ? ci.json.blocksAsFrames : 0, laptopCpuSeconds: laptopCpu,
     };
     log(`  ${store} store: ${o.laptops} laptops checked out ${mb(servedPlain, 0)} MB of blocks in ${servedWall.toFixed(1)} s; one check-in uploaded ` +
-      `${received.blocks} blocks (${mb(recvPlain, 0)} MB plaintext, ${mb(received.wireBytes)} MB sent, ${ci.json.blocksAsPatch} as patches) in ${recvWall.toFixed(1)} s`);
+      `${received.blocks} blocks (${mb(recvPlain, 0)} MB plaintext, ${mb(received.wireBytes)} MB sent, ${ci.json.blocksAsPatch} as patches, ${received.frames} as frames) in ${recvWall.toFixed(1)} s (laptop CPU ${laptopCpu.toFixed(2)} s)`);
     return { store, publish: { cpuSeconds: pubCpu, plainBytes: pubPlain, cpuPerGiB: (pubCpu * GiB) / pubPlain }, served, received, data };
   } finally {
     await srv.stop();

@@ -21,6 +21,8 @@ const binding = require('zstd-napi/binding') as {
   };
   DParameter: { windowLogMax: number };
   getFrameContentSize(frame: Uint8Array): number | null;
+  findFrameCompressedSize(frame: Uint8Array): number;
+  compressBound(size: number): number;
 };
 
 /** Largest plaintext a block may have (the largest allowed block size). */
@@ -69,6 +71,38 @@ export function decodeBlock(encoded: Uint8Array, maxBytes = MAX_BLOCK_BYTES, scr
   }
   if (n !== size) throw new CarryonError('BLOCK_CORRUPT', 'encoded block is shorter than its header says', { size, n });
   return out;
+}
+
+/** The zstd frame magic number, little-endian at offset 0 of every encoded block. */
+const ZSTD_MAGIC = 0xfd2fb528;
+
+/** Most bytes one frame of a block of up to `maxBytes` may take: zstd's own bound for incompressible input. */
+export function maxFrameBytes(maxBytes: number): number {
+  return binding.compressBound(maxBytes);
+}
+
+/**
+ * Decode bytes received as one block's zstd frame, as strictly as the stores keep it: exactly one zstd
+ * frame (no skippable frames, nothing after it, so nothing but the frame would be stored), at most
+ * maxFrameBytes(maxBytes) long, with a content size of at most `maxBytes` in its header, checked before
+ * anything is decoded (decodeBlock), so a frame that would inflate past it (a zstd bomb) costs nothing.
+ * Fails with BLOCK_CORRUPT.
+ */
+export function decodeFrame(encoded: Uint8Array, maxBytes: number, scratch?: Buffer): Buffer {
+  if (encoded.length > maxFrameBytes(maxBytes)) {
+    throw new CarryonError('BLOCK_CORRUPT', `an encoded block of ${encoded.length} bytes is larger than a frame of ${maxBytes} bytes can be`, { size: encoded.length, maxBytes });
+  }
+  if (encoded.length < 4 || Buffer.from(encoded.buffer, encoded.byteOffset, 4).readUInt32LE(0) !== ZSTD_MAGIC) {
+    throw new CarryonError('BLOCK_CORRUPT', 'encoded block is not a zstd frame');
+  }
+  let frameBytes: number;
+  try {
+    frameBytes = binding.findFrameCompressedSize(encoded);
+  } catch (err) {
+    throw new CarryonError('BLOCK_CORRUPT', 'encoded block is not a whole zstd frame (truncated?)', {}, err);
+  }
+  if (frameBytes !== encoded.length) throw new CarryonError('BLOCK_CORRUPT', 'encoded block has bytes after its zstd frame', { frameBytes, size: encoded.length });
+  return decodeBlock(encoded, maxBytes, scratch);
 }
 
 /** Decode and check the plaintext against its id: the one gate every received or stored block passes. */

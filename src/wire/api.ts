@@ -356,20 +356,37 @@ export interface UploadResult {
   stored: number;
   alreadyHad: number;
   plainBytes: number;
+  /** Of `stored`, blocks sent as zstd frames (`z/<id>`) and kept as sent. Absent from older servers. */
+  framesKept?: number;
 }
 
-/** Upload tar entry names: a whole block, or a patch against a base block the server holds. */
-export type UploadEntryName = { kind: 'block'; id: BlockId } | { kind: 'patch'; id: BlockId; base: BlockId };
+/**
+ * The answer to "which of these blocks are missing". `frames`: this server takes `z/<id>` upload entries
+ * (a block as its one zstd frame, stored as sent); absent from older servers, whose laptops then send
+ * plaintext `b/<id>` entries.
+ */
+export interface MissingAnswer {
+  missing: BlockId[];
+  frames?: boolean;
+}
+
+/**
+ * Upload tar entry names: a whole block's plaintext (`b/<id>`), a whole block as the one zstd frame the
+ * stores keep (`z/<id>`: compressed once, on the laptop; only to a server that advertises `frames`), or
+ * a patch against a base block the server holds (`p/<id>/<base>`).
+ */
+export type UploadEntryName = { kind: 'block'; id: BlockId } | { kind: 'frame'; id: BlockId } | { kind: 'patch'; id: BlockId; base: BlockId };
 
 export function uploadEntryName(e: UploadEntryName): string {
-  return e.kind === 'block' ? `b/${e.id}` : `p/${e.id}/${e.base}`;
+  return e.kind === 'patch' ? `p/${e.id}/${e.base}` : `${e.kind === 'block' ? 'b' : 'z'}/${e.id}`;
 }
 
 export function parseUploadEntryName(name: string): UploadEntryName {
   const parts = name.split('/');
   if (parts[0] === 'b' && parts.length === 2 && isBlockId(parts[1])) return { kind: 'block', id: parts[1] };
+  if (parts[0] === 'z' && parts.length === 2 && isBlockId(parts[1])) return { kind: 'frame', id: parts[1] };
   if (parts[0] === 'p' && parts.length === 3 && isBlockId(parts[1]) && isBlockId(parts[2])) return { kind: 'patch', id: parts[1], base: parts[2] };
-  throw new CarryonError('TAR_INVALID', `upload entry name ${JSON.stringify(name.slice(0, 200))} is neither b/<id> nor p/<id>/<base>`);
+  throw new CarryonError('TAR_INVALID', `upload entry name ${JSON.stringify(name.slice(0, 200))} is none of b/<id>, z/<id>, p/<id>/<base>`);
 }
 
 export function parseIdList(body: unknown, max: number): BlockId[] {

@@ -206,7 +206,7 @@ describe('authorization matrix over every HTTP route', () => {
     },
     {
       method: 'POST', route: '/checkouts/:id/blocks/missing', scope: 'checkout',
-      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/blocks/missing`, body: json({ ids: [firstBlock] }), headers: asD1, status: 200, check: (r) => expect(r.json).toEqual({ missing: [] }) }),
+      owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/blocks/missing`, body: json({ ids: [firstBlock] }), headers: asD1, status: 200, check: (r) => expect(r.json).toEqual({ missing: [], frames: true }) }),
       other: () => ({ path: `/checkouts/${CO}/blocks/missing`, body: json({ ids: [firstBlock] }), headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
     },
     {
@@ -392,7 +392,7 @@ describe('authorization matrix over every HTTP route', () => {
    */
   const asBob = { [HEADER_DEVICE]: D_BOB };
   const CROSS: Record<string, Array<() => Req & Expect>> = {
-    'POST /checkouts/:id/blocks/missing': [() => ({ path: `/checkouts/${CO_BOB}/blocks/missing`, body: json({ ids: [ALICE_BLOCK, firstBlock] }), headers: asBob, status: 200, check: (r) => expect(r.json).toEqual({ missing: [ALICE_BLOCK] }) })],
+    'POST /checkouts/:id/blocks/missing': [() => ({ path: `/checkouts/${CO_BOB}/blocks/missing`, body: json({ ids: [ALICE_BLOCK, firstBlock] }), headers: asBob, status: 200, check: (r) => expect(r.json).toEqual({ missing: [ALICE_BLOCK], frames: true }) })],
     'POST /checkouts/:id/blocks/get': [
       () => ({ path: `/checkouts/${CO_BOB}/blocks/get`, body: json({ ids: [ALICE_BLOCK] }), headers: asBob, status: 404, code: 'BLOCK_NOT_FOUND' }),
       // a patch against A's block: the base must be a block of B's own versions
@@ -797,9 +797,9 @@ describe('authorization matrix over every HTTP route', () => {
     const before = (await server.admin(['status'])).json;
     const up = await call('PUT', t.bob, { path: `/checkouts/${CO_BOB}/blocks`, body: await tar([{ name: `b/${ALICE_BLOCK}`, data: ALICE_BLOCK_BYTES }], true), headers: { ...asBob, 'content-encoding': 'zstd' } });
     expect(up.status, up.body.toString()).toBe(200);
-    expect(up.json).toEqual({ stored: 1, alreadyHad: 0, plainBytes: 65536 });
+    expect(up.json).toEqual({ stored: 1, alreadyHad: 0, plainBytes: 65536, framesKept: 0 });
     const again = await call('POST', t.bob, { path: `/checkouts/${CO_BOB}/blocks/missing`, body: json({ ids: [ALICE_BLOCK] }), headers: asBob });
-    expect(again.json).toEqual({ missing: [] });
+    expect(again.json).toEqual({ missing: [], frames: true });
     const after = (await server.admin(['status'])).json;
     expect(after.blocks).toBe(before.blocks); // deduplicated: no new block stored
     expect(after.storedBytes).toBe(before.storedBytes);

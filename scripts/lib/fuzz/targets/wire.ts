@@ -62,11 +62,12 @@ export const wireNamesTarget: TargetSpec = {
     corpus: () => [
       uploadEntryName({ kind: 'block', id: A }),
       uploadEntryName({ kind: 'patch', id: A, base: B }),
+      uploadEntryName({ kind: 'frame', id: C }),
       personaUploadEntryName({ kind: 'chunk', id: C }),
       personaUploadEntryName({ kind: 'delta', file: B, base: C }),
       'desk-01', 'a', 'A.b_c-d', 'x'.repeat(64),
     ].map((s) => Buffer.from(s, 'utf8')),
-    hints: { dictionary: ['/', 'b/', 'p/', 'r/', '..', '\\', '\0', A, A.toUpperCase(), '\u00e9', '.'] },
+    hints: { dictionary: ['/', 'b/', 'p/', 'z/', 'r/', '..', '\\', '\0', A, A.toUpperCase(), '\u00e9', '.'] },
     run(input) {
       // tar-stream decodes entry names as UTF-8, as this does.
       const name = input.toString('utf8');
@@ -74,7 +75,7 @@ export const wireNamesTarget: TargetSpec = {
         (s) => {
           const e = parseUploadEntryName(s);
           check(uploadEntryName(e) === s, `upload entry name ${JSON.stringify(s)} does not round-trip`);
-          check(isBlockId(e.id) && (e.kind === 'block' || isBlockId(e.base)), 'parsed ids are not block ids');
+          check(isBlockId(e.id) && (e.kind !== 'patch' || isBlockId(e.base)), 'parsed ids are not block ids');
         },
         (s) => {
           const e = parsePersonaUploadEntryName(s);
