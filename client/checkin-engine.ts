@@ -265,46 +265,66 @@ export async function uploadChanges(state: LocalState, api: ApiClient, local: Lo
   const io = fh ? DiskIo.forKey(fh.fd, base.size, state.keys.dataKey(local.desktop), local.diskPath) : null;
   try {
     for (const batch of batchesOf(missing, (id) => next.lengthOf(firstIndex.get(id)!), UPLOAD_BATCH_BYTES)) {
-      async function* entries(): AsyncGenerator<TarEntry> {
-        for (const id of batch) {
-          const i = firstIndex.get(id)!;
-          let plain: Buffer;
-          if (readBlock) plain = await readBlock(i, id);
-          else {
-            plain = Buffer.allocUnsafe(next.lengthOf(i));
-            await io!.read(plain, 0, plain.length, i * next.blockSize);
-          }
-          if (!isVerified(id, plain)) {
-            throw new CarryonError('DISK_CHANGED', `block ${i} of ${local.diskPath} changed while it was being sent: stop the VM using it and try again`, { block: i });
-          }
-          // Keep the new block locally: the next check-in patches against it, a re-check-out reuses it.
-          // To a server that takes frames, the one frame made here is both the cache entry and what is
-          // sent: the server decodes and hashes it once and stores it as is (no compression there).
-          const frame = encodeBlock(plain, frames ? UPLOAD_FRAME_LEVEL : CACHE_LEVEL);
-          await state.cacheOf(local.desktop).put(id, frame, plain);
-          const baseId = base.blockSize === next.blockSize && i < base.count ? base.idAt(i) : null;
-          let entry: TarEntry = frames ? { name: uploadEntryName({ kind: 'frame', id }), data: frame } : { name: uploadEntryName({ kind: 'block', id }), data: plain };
-          const basePlain = baseId === null ? null : await cachedBlock(state.cacheOf(local.desktop), baseId, base.blockSize);
-          if (basePlain !== null && baseId !== null) {
-            const patch = encodeBlockPatch(basePlain, plain);
-            if (patch.length < plain.length) {
-              entry = { name: uploadEntryName({ kind: 'patch', id, base: baseId }), data: patch };
-              asPatch++;
+      for (;;) {
+        // Counted once the batch is taken: a batch sent again as plaintext (below) counts once.
+        const sent = { asPatch: 0, asFrame: 0, plain: 0 };
+        const framed = frames;
+        async function* entries(): AsyncGenerator<TarEntry> {
+          for (const id of batch) {
+            const i = firstIndex.get(id)!;
+            let plain: Buffer;
+            if (readBlock) plain = await readBlock(i, id);
+            else {
+              plain = Buffer.allocUnsafe(next.lengthOf(i));
+              await io!.read(plain, 0, plain.length, i * next.blockSize);
             }
+            if (!isVerified(id, plain)) {
+              throw new CarryonError('DISK_CHANGED', `block ${i} of ${local.diskPath} changed while it was being sent: stop the VM using it and try again`, { block: i });
+            }
+            // Keep the new block locally: the next check-in patches against it, a re-check-out reuses it.
+            // To a server that takes frames, the one frame made here is both the cache entry and what is
+            // sent: the server decodes and hashes it once and stores it as is (no compression there).
+            const frame = encodeBlock(plain, framed ? UPLOAD_FRAME_LEVEL : CACHE_LEVEL);
+            await state.cacheOf(local.desktop).put(id, frame, plain);
+            const baseId = base.blockSize === next.blockSize && i < base.count ? base.idAt(i) : null;
+            let entry: TarEntry = framed ? { name: uploadEntryName({ kind: 'frame', id }), data: frame } : { name: uploadEntryName({ kind: 'block', id }), data: plain };
+            const basePlain = baseId === null ? null : await cachedBlock(state.cacheOf(local.desktop), baseId, base.blockSize);
+            if (basePlain !== null && baseId !== null) {
+              const patch = encodeBlockPatch(basePlain, plain);
+              if (patch.length < plain.length) {
+                entry = { name: uploadEntryName({ kind: 'patch', id, base: baseId }), data: patch };
+                sent.asPatch++;
+              }
+            }
+            if (entry.data === frame) sent.asFrame++;
+            sent.plain += plain.length;
+            progress.add(plain.length);
+            crashPoint('checkin-upload-block');
+            yield entry;
           }
-          if (entry.data === frame) asFrame++;
-          plainUploaded += plain.length;
-          progress.add(plain.length);
-          crashPoint('checkin-upload-block');
-          yield entry;
         }
+        const tar = packEntries(entries());
+        // Single-threaded on purpose: libzstd worker threads hold whole multi-MiB jobs back, so a dropped
+        // connection would lose blocks the server could otherwise have kept.
+        const body = createCompressStream(3);
+        tar.on('error', (err) => body.destroy(err));
+        try {
+          await api.upload(local.checkoutId, tar.pipe(body));
+        } catch (err) {
+          // A fleet upgraded server by server may answer "missing" from a new one and take the upload on
+          // an old one, which refuses `z/<id>` names (TAR_INVALID): send this batch and the rest as
+          // plaintext. What it stored before refusing stays; the server counts it as already had.
+          if (framed && sent.asFrame > 0 && err instanceof CarryonError && err.code === 'TAR_INVALID') {
+            frames = false;
+            continue;
+          }
+          throw err;
+        }
+        asPatch += sent.asPatch;
+        asFrame += sent.asFrame;
+        plainUploaded += sent.plain;
+        break;
       }
-      const tar = packEntries(entries());
-      // Single-threaded on purpose: libzstd worker threads hold whole multi-MiB jobs back, so a dropped
-      // connection would lose blocks the server could otherwise have kept.
-      const body = createCompressStream(3);
-      tar.on('error', (err) => body.destroy(err));
-      await api.upload(local.checkoutId, tar.pipe(body));
     }
   } finally {
     await fh?.close();

@@ -242,7 +242,7 @@ async function measureCarryon(rig: CarryonRig, w: WorkloadName, seed: number, v1
     idleCheckin: fromCli(idle.json, 'bytesSent', idle.seconds, 'check-in with nothing changed'),
     warmCheckout: fromCli(warmB.json, 'bytesReceived', warmB.seconds, 'bytesReceived of a re-checkout on a home holding v0'),
   };
-  log(`  carryon: checkin ${mb(r.checkin.bytes)} MB in ${secs(r.checkin.seconds)} s (${ci.json.blocksChanged} blocks changed, ${ci.json.blocksAsPatch ?? '?'} as patches); ` +
+  log(`  carryon: checkin ${mb(r.checkin.bytes)} MB in ${secs(r.checkin.seconds)} s (${ci.json.blocksChanged} blocks changed, ${ci.json.blocksAsPatch ?? '?'} as patches, ${ci.json.blocksAsFrames ?? 0} as frames); ` +
     `warm re-checkout ${mb(r.warmCheckout.bytes)} MB in ${secs(r.warmCheckout.seconds)} s; cold checkout ${mb(r.coldCheckout.bytes)} MB in ${secs(r.coldCheckout.seconds)} s`);
   return r;
 }

@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blockId, createDecompressStream, encodeBlock, unpackEntries } from '../../src/index.js';
@@ -35,43 +36,64 @@ function writeBlocks(disk: string, at: number[], seed: number): Buffer[] {
 }
 
 /**
- * A server older than frames, in front of the real one: its missing answers lose `frames`, and the
- * upload entry names of every block upload are recorded (decompressed as the server would).
+ * Servers older than frames, in front of the real one. 'old': its missing answers lose `frames`.
+ * 'mixed' (a fleet upgraded server by server): the missing answer comes from a new server, the upload
+ * reaches an old one, which refuses `z/<id>` entries as TAR_INVALID before storing anything, as servers
+ * before frames did. The upload entry names of every block upload are recorded (decompressed as the
+ * server would).
  */
 class OldServerProxy {
-  readonly uploadNames: string[] = [];
+  readonly uploadNames: string[][] = [];
   private server: http.Server | null = null;
   url = '';
 
-  constructor(private readonly target: string) {}
+  constructor(private readonly target: string, private readonly mode: 'old' | 'mixed') {}
 
   async start(): Promise<void> {
     const target = new URL(this.target);
     this.server = http.createServer((req, res) => {
-      const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
-        if (!/\/blocks\/missing$/.test(req.url ?? '')) {
-          res.writeHead(answer.statusCode!, answer.headers);
-          answer.pipe(res);
-          return;
-        }
-        const parts: Buffer[] = [];
-        answer.on('data', (c: Buffer) => parts.push(c));
-        answer.on('end', () => {
-          const body = JSON.parse(Buffer.concat(parts).toString('utf8')) as Record<string, unknown>;
-          delete body.frames;
-          const out = Buffer.from(JSON.stringify(body));
-          res.writeHead(answer.statusCode!, { 'content-type': 'application/json', 'content-length': String(out.length) });
-          res.end(out);
+      const forward = (body: Buffer | null): void => {
+        const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+          if (this.mode === 'mixed' || !/\/blocks\/missing$/.test(req.url ?? '')) {
+            res.writeHead(answer.statusCode!, answer.headers);
+            answer.pipe(res);
+            return;
+          }
+          const parts: Buffer[] = [];
+          answer.on('data', (c: Buffer) => parts.push(c));
+          answer.on('end', () => {
+            const json = JSON.parse(Buffer.concat(parts).toString('utf8')) as Record<string, unknown>;
+            delete json.frames;
+            const out = Buffer.from(JSON.stringify(json));
+            res.writeHead(answer.statusCode!, { 'content-type': 'application/json', 'content-length': String(out.length) });
+            res.end(out);
+          });
+        });
+        if (body) up.end(body);
+        else req.pipe(up);
+      };
+      if (!(req.method === 'PUT' && /\/blocks$/.test(req.url ?? ''))) return forward(null);
+      const parts: Buffer[] = [];
+      req.on('data', (c: Buffer) => parts.push(c));
+      req.on('end', () => {
+        const body = Buffer.concat(parts);
+        const names: string[] = [];
+        this.uploadNames.push(names);
+        unpackEntries(Readable.from([body]).pipe(createDecompressStream()), 8 * 1024 * 1024, ({ name }) => {
+          names.push(name);
+        }).then(() => {
+          if (this.mode === 'mixed' && names.some((n) => n.startsWith('z/'))) {
+            const out = Buffer.from(JSON.stringify({ error: { code: 'TAR_INVALID', message: 'upload entry name is neither b/<id> nor p/<id>/<base>', data: {} } }));
+            res.writeHead(400, { 'content-type': 'application/json', 'content-length': String(out.length) });
+            res.end(out);
+            return;
+          }
+          forward(body);
+        }, (err: unknown) => {
+          res.writeHead(500);
+          res.end(String(err));
         });
       });
-      if (req.method === 'PUT' && /\/blocks$/.test(req.url ?? '')) {
-        const seen = createDecompressStream();
-        req.pipe(seen);
-        void unpackEntries(seen, 8 * 1024 * 1024, ({ name }) => {
-          this.uploadNames.push(name);
-        }).catch(() => undefined);
-      }
-      req.pipe(up);
     });
     await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));
     this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
@@ -87,6 +109,7 @@ describe('check-in as zstd frames', () => {
   const server = new TestServer(dir);
   const image = path.join(dir, 'golden.raw');
   let old: OldServerProxy;
+  let mixed: OldServerProxy;
   let token = '';
   const storedFrame = (plain: Buffer): Buffer => {
     const id = blockId(plain);
@@ -99,14 +122,17 @@ describe('check-in as zstd frames', () => {
     token = await server.addUser('alice');
     const pub = await server.admin(['image', 'publish', 'golden', image]);
     expect(pub.code, pub.stderr).toBe(0);
-    for (const d of ['new-desk', 'old-desk']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
+    for (const d of ['new-desk', 'old-desk', 'mixed-desk']) expect((await server.admin(['desktop', 'create', d, '--user', 'alice', '--image', 'golden'])).code).toBe(0);
     await server.start();
-    old = new OldServerProxy(server.url);
+    old = new OldServerProxy(server.url, 'old');
     await old.start();
+    mixed = new OldServerProxy(server.url, 'mixed');
+    await mixed.start();
   }, 120_000);
 
   afterAll(async () => {
     await old?.stop();
+    await mixed?.stop();
     await server.stop();
     removeTmp(dir);
   });
@@ -147,8 +173,9 @@ describe('check-in as zstd frames', () => {
     expect(ci.code, ci.stderr).toBe(0);
     expect(ci.json.blocksUploaded).toBe(4);
     expect(ci.json.blocksAsFrames).toBe(0);
-    expect(old.uploadNames.length).toBe(4);
-    for (const n of old.uploadNames) expect(n).toMatch(/^b\/[0-9a-f]{64}$/);
+    expect(old.uploadNames.length).toBe(1);
+    expect(old.uploadNames[0]!.length).toBe(4);
+    for (const n of old.uploadNames[0]!) expect(n).toMatch(/^b\/[0-9a-f]{64}$/);
     for (const p of written) expect(storedFrame(p).equals(encodeBlock(p, 3))).toBe(true);
 
     const d = new Laptop(path.join(dir, 'd'));
@@ -157,5 +184,20 @@ describe('check-in as zstd frames', () => {
     expect(co2.code, co2.stderr).toBe(0);
     expect(co2.json.version).toBe(2);
     expect(spawnSync('cmp', [co.json.disk, co2.json.disk]).status).toBe(0);
+  });
+  it('when an old server refuses the frames (TAR_INVALID), sends the batch again as plaintext and checks in', async () => {
+    const e = new Laptop(path.join(dir, 'e'));
+    expect((await e.cli(['login', mixed.url, '--token', token])).code).toBe(0);
+    const co = await e.cli(['checkout', 'mixed-desk', '--json']);
+    expect(co.code, co.stderr).toBe(0);
+    const written = writeBlocks(co.json.disk, [60, 160, 260], 201);
+    const ci = await e.cli(['checkin', 'mixed-desk', '--json']);
+    expect(ci.code, ci.stderr).toBe(0);
+    expect(ci.json.version).toBe(2);
+    expect(ci.json.blocksUploaded).toBe(3);
+    expect(ci.json.blocksAsFrames).toBe(0);
+    // First the frames (refused), then the same blocks as plaintext.
+    expect(mixed.uploadNames.map((names) => names.map((n) => n.slice(0, 2)))).toEqual([['z/', 'z/', 'z/'], ['b/', 'b/', 'b/']]);
+    for (const p of written) expect(storedFrame(p).equals(encodeBlock(p, 3))).toBe(true);
   });
 });

@@ -10,9 +10,11 @@ import {
   createCompressStream,
   createDecompressStream,
   decodeBlock,
+  decodeFrame,
   decodeVerified,
   encodeBlock,
   MAX_BLOCK_BYTES,
+  maxFrameBytes,
 } from '../../src/index.js';
 import { expectCode, prng, randomBytes, tempDir, textBytes } from './helpers.js';
 
@@ -30,6 +32,29 @@ function zstdCli(frame: Buffer): Buffer {
   expect(r.status, r.stderr?.toString()).toBe(0);
   return r.stdout;
 }
+
+describe('decodeFrame (a block received as its frame)', () => {
+  const plain = textBytes(prng(210), 65536);
+  const frame = encodeBlock(plain, 6);
+
+  it('decodes exactly one frame of at most maxBytes', () => {
+    expect(decodeFrame(frame, 65536).equals(plain)).toBe(true);
+    expect(maxFrameBytes(65536)).toBeGreaterThan(65536);
+  });
+
+  it.each([
+    ['a larger content size than allowed', () => encodeBlock(plain.subarray(0, 40000), 3), 32768],
+    ['a truncated frame', () => frame.subarray(0, frame.length - 1), 65536],
+    ['a second frame after it', () => Buffer.concat([frame, encodeBlock(Buffer.from('x'))]), 65536],
+    ['a skippable frame after it', () => Buffer.concat([frame, Buffer.from([0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0])]), 65536],
+    ['a skippable frame alone', () => Buffer.from([0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0]), 65536],
+    ['plaintext', () => plain, 65536],
+    ['more bytes than any frame of maxBytes', () => Buffer.concat([frame, Buffer.alloc(maxFrameBytes(65536))]), 65536],
+    ['three bytes', () => Buffer.from([0x28, 0xb5, 0x2f]), 65536],
+  ])('refuses %s with BLOCK_CORRUPT', async (_what, make, max) => {
+    await expectCode(() => decodeFrame(make(), max), 'BLOCK_CORRUPT');
+  });
+});
 
 describe('encodeBlock / decodeBlock', () => {
   for (const [kind, make] of Object.entries(KINDS)) {

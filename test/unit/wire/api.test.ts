@@ -19,7 +19,8 @@ describe('upload entry names', () => {
   it('accepts b/<id> and p/<id>/<base>, and round-trips through uploadEntryName', () => {
     expect(parseUploadEntryName(`b/${A}`)).toEqual({ kind: 'block', id: A });
     expect(parseUploadEntryName(`p/${A}/${B}`)).toEqual({ kind: 'patch', id: A, base: B });
-    for (const e of [{ kind: 'block', id: A } as const, { kind: 'patch', id: A, base: B } as const]) {
+    expect(parseUploadEntryName(`z/${A}`)).toEqual({ kind: 'frame', id: A });
+    for (const e of [{ kind: 'block', id: A } as const, { kind: 'frame', id: A } as const, { kind: 'patch', id: A, base: B } as const]) {
       expect(parseUploadEntryName(uploadEntryName(e))).toEqual(e);
     }
     expect(uploadEntryName({ kind: 'block', id: A })).toBe(`b/${A}`);
