@@ -1,10 +1,11 @@
 // kill -9 at chosen moments (CARRYON_CRASH_AT, see client/crash-point.ts), then re-run: the desktop is
 // at the old or the new version, never a mix, and the re-run finishes without re-sending what arrived.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Laptop, makeExt4Image, qemuWrite, sha256File, removeTmp, TestServer, tmpDir } from './harness.js';
+import { prng, randomBytes } from '../unit/helpers.js';
 
 describe('crashes and dropped connections', () => {
   const dir = tmpDir('crash');
@@ -72,9 +73,13 @@ describe('crashes and dropped connections', () => {
     const l = await laptop('upload-kill');
     const co = await l.cli(['checkout', 'd4', '--json']);
     expect(co.code, co.stderr).toBe(0);
-    const ops: Array<[number, number, number]> = [];
-    for (let k = 0; k < 40; k++) ops.push([0x20 + k, (k * 1531 + 7) * 4096 % (60 << 20), 65536 + 4096 * (k % 5)]);
-    qemuWrite(co.json.disk, ops);
+    // Seeded random bytes, not a fill pattern: what reaches the server before the kill is bounded in
+    // bytes (the upload stream's 1 MiB feed), and 30 blocks of a fill pattern sent as frames are a few
+    // KB, so none would have left the laptop yet.
+    const rng = prng(4);
+    const fd = openSync(co.json.disk, 'r+');
+    for (let k = 0; k < 40; k++) writeSync(fd, randomBytes(rng, 65536 + 4096 * (k % 5)), 0, undefined, (k * 1531 + 7) * 4096 % (60 << 20));
+    closeSync(fd);
     const expected = sha256File(co.json.disk);
     const killed = await l.cli(['checkin', 'd4', '--json'], { CARRYON_CRASH_AT: 'checkin-upload-block:30' });
     expect(killed.signal).toBe('SIGKILL');
