@@ -221,8 +221,12 @@ export async function publishImage(meta: Meta, store: BlockStore, leases: Ingest
  * unverified is stored; an entry that fails stops the upload, and blocks stored before it stay (they
  * are valid and a retry need not send them again).
  */
-export async function ingestUpload(meta: Meta, store: BlockStore, leases: IngestLeases | null, base: LoadedManifest, scope: BlockScope, body: NodeJS.ReadableStream): Promise<UploadResult> {
+export async function ingestUpload(meta: Meta, store: BlockStore, leases: IngestLeases | null, base: LoadedManifest, scope: BlockScope, body: NodeJS.ReadableStream,
+  maxPlainBytes = MAX_UPLOAD_REQUEST_BYTES): Promise<UploadResult> {
   const result: UploadResult = { stored: 0, alreadyHad: 0, plainBytes: 0, framesKept: 0 };
+  // Frames and patches inflate: a 1 GiB tar of ~1 KB entries could make the server decode and hash ~64
+  // GiB. The blocks one request makes count against the same budget as its tar (the laptop sends 256 MiB).
+  let plainBudget = maxPlainBytes;
   const maxBlock = base.manifest.blockSize;
   const ingest = new BlockIngest(meta, store, scope.userId, leases);
   // Verified blocks wait here to be looked up and stored UPLOAD_LOOKUP_BATCH at a time.
@@ -267,6 +271,10 @@ export async function ingestUpload(meta: Meta, store: BlockStore, leases: Ingest
         // The base is decoded, not verified: the block it rebuilds is, so a damaged base cannot
         // enter the store (it fails the check below as BLOCK_CORRUPT, as a failed getBlock would).
         plain = applyBlockPatch(decodeBlock(await store.getEncoded(e.base), maxBlock), data, maxBlock);
+      }
+      plainBudget -= plain.length;
+      if (plainBudget < 0) {
+        throw new CarryonError('PAYLOAD_TOO_LARGE', `this upload makes more than ${maxPlainBytes} bytes of blocks: send it in smaller requests`, { max: maxPlainBytes });
       }
       // The one SHA-256 of this block on the server: verifyPlain remembers it, so the store's put gate
       // (checkPut) does not hash it again.

@@ -212,6 +212,18 @@ describe('ingestUpload of zstd frames (z/<id>)', () => {
     await expectAbsent(id);
   });
 
+  it('counts the blocks frames and patches make against the request budget (PAYLOAD_TOO_LARGE past it)', async () => {
+    // Tiny frames inflate 64 KiB each: without a budget on what they make, a 1 GiB tar of them would
+    // have the server decode and hash ~64 GiB. The blocks before the limit stay (valid, not re-sent).
+    const blocks = [textBlock(31), textBlock(32), textBlock(33)];
+    const small = blocks.map((p) => encodeBlock(p, 19));
+    for (const f of small) expect(f.length).toBeLessThan(BS / 8);
+    await expectCode(() => ingestUpload(meta, store, null, base, scope, packEntries(blocks.map((p, k) => frameEntry(blockId(p), small[k]!))), 2 * BS), 'PAYLOAD_TOO_LARGE');
+    expect(await store.has(blockId(blocks[0]!))).toBe(true);
+    expect(await store.has(blockId(blocks[1]!))).toBe(true);
+    await expectAbsent(blockId(blocks[2]!));
+  });
+
   it('refuses a truncated frame and bytes that are not zstd at all', async () => {
     const plain = textBlock(9);
     const id = blockId(plain);
