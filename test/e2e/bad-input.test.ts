@@ -169,6 +169,26 @@ describe('bad input is refused with a stable code and changes nothing', () => {
     expect((await http(server.url, 'GET', '/v1/whoami', alice)).status).toBe(200);
   });
 
+  it('refuses a block sent as a bad zstd frame (a bomb, a truncated or padded frame, one of other bytes), storing nothing and serving on', async () => {
+    const before = await state();
+    const plain = Buffer.from('a block of text, compressible. '.repeat(2200)).subarray(0, 65536);
+    const id = blockId(plain);
+    const frame = encodeBlock(plain, 6);
+    const skippable = Buffer.from([0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4]);
+    for (const data of [
+      encodeBlock(Buffer.alloc(64 * 1024 * 1024), 1), // 64 MiB of zeros in a few KB: refused by its header
+      frame.subarray(0, frame.length - 5),
+      Buffer.concat([frame, skippable]),
+      encodeBlock(randomBytes(65536)),
+    ]) {
+      const r = await upload(await zstdTar([{ name: `z/${id}`, data }]));
+      expect(r.status, r.body.toString()).toBe(422);
+      expect(r.json.error.code).toBe('BLOCK_CORRUPT');
+    }
+    expect(await state()).toEqual(before);
+    expect((await http(server.url, 'GET', '/v1/whoami', alice)).status).toBe(200);
+  });
+
   const commit = (body: Buffer) =>
     http(server.url, 'POST', `/v1/checkouts/${checkoutId}/commit`, alice, body, { 'x-carryon-device': device, 'content-type': 'application/vnd.carryon.manifest' });
 
