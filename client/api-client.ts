@@ -39,17 +39,20 @@ export class ApiClient {
   bytesReceived = 0;
   private readonly base: URL;
   private readonly agent: http.Agent;
+  /** Streamed uploads: a new connection each, so none is sent on a kept-alive one the server just closed. */
+  private readonly freshAgent: http.Agent;
 
   constructor(private readonly opts: ApiClientOptions) {
     this.base = new URL(opts.url);
     checkTransport(this.base, opts.insecureHttp);
-    this.agent = this.base.protocol === 'https:'
-      ? new https.Agent({ keepAlive: true, maxSockets: 4, secureContext: secureContextFor(opts.ca) })
-      : new http.Agent({ keepAlive: true, maxSockets: 4 });
+    const secureContext = this.base.protocol === 'https:' ? secureContextFor(opts.ca) : null;
+    this.agent = secureContext ? new https.Agent({ keepAlive: true, maxSockets: 4, secureContext }) : new http.Agent({ keepAlive: true, maxSockets: 4 });
+    this.freshAgent = secureContext ? new https.Agent({ keepAlive: false, secureContext }) : new http.Agent({ keepAlive: false });
   }
 
   close(): void {
     this.agent.destroy();
+    this.freshAgent.destroy();
   }
 
   /** Responses whose connection was closed by the idle timeout (a stalled server), for the error they end with. */
@@ -59,13 +62,32 @@ export class ApiClient {
    * Send one request; resolves with the response once its headers arrive and its status is 2xx. An error
    * answer wins over the broken pipe of an upload it cut short: the upload stops and its error is thrown.
    */
-  private request(method: string, path: string, body: Buffer | Readable | null, headers: Record<string, string> = {}): Promise<http.IncomingMessage> {
+  private async request(method: string, path: string, body: Buffer | Readable | null, headers: Record<string, string> = {}): Promise<http.IncomingMessage> {
+    try {
+      return await this.send(method, path, body, headers, this.agent);
+    } catch (err) {
+      // A kept-alive connection the server closed as idle just as we sent on it (a busy laptop's event loop
+      // saw the server's FIN too late): the server never read the request, so sending it again on a new
+      // connection is safe (a new one: the pool's other idle connections may be closed as well). Only a body
+      // we still hold can be sent again; streams never reuse a connection.
+      if (!(err instanceof StaleConnection)) throw err;
+      return this.send(method, path, body, headers, this.freshAgent, false);
+    }
+  }
+
+  /**
+   * One attempt. A replayable request (no body or a Buffer) sent on a reused connection that drops before
+   * any answer fails with StaleConnection (once: `retry` false turns it into the usual error); a streamed
+   * upload goes on a fresh connection (`freshAgent`), since its bytes cannot be sent twice.
+   */
+  private send(method: string, path: string, body: Buffer | Readable | null, headers: Record<string, string>, agent: http.Agent, retry = true): Promise<http.IncomingMessage> {
     const url = new URL(API_PREFIX + path, this.base);
     const mod = url.protocol === 'https:' ? https : http;
+    const replayable = body === null || Buffer.isBuffer(body);
     return new Promise((resolve, reject) => {
       const req = mod.request(url, {
         method,
-        agent: this.agent,
+        agent: replayable ? agent : this.freshAgent,
         headers: { authorization: `Bearer ${this.opts.token}`, [HEADER_DEVICE]: this.opts.device, ...headers, ...(Buffer.isBuffer(body) ? { 'content-length': String(body.length) } : {}) },
       });
       let answered: http.IncomingMessage | null = null;
@@ -92,7 +114,10 @@ export class ApiClient {
         },
       });
       req.on('error', (err) => {
-        if (!answered) void this.failure(err).then(reject);
+        if (answered) return;
+        const code = (err as NodeJS.ErrnoException).code;
+        if (retry && replayable && req.reusedSocket && (code === 'ECONNRESET' || code === 'EPIPE')) return reject(new StaleConnection());
+        void this.failure(err).then(reject);
       });
       const idle = this.opts.idleTimeoutMs ?? DEFAULT_IDLE_MS;
       req.setTimeout(idle, () => {
@@ -379,6 +404,9 @@ export class ApiClient {
     return this.json('DELETE', `/checkouts/${checkoutId}`);
   }
 }
+
+/** A request sent on a kept-alive connection that the server had closed: sent again once by `request`. */
+class StaleConnection extends Error {}
 
 function unreachable(base: URL, err: unknown): CarryonError {
   if (err instanceof CarryonError) return err;
