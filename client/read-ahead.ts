@@ -21,6 +21,14 @@
 // blocks after a scattered miss, within the budget) and `sequential+split` (a window in a request of
 // its own, never in the read's). Figures: docs/performance.md, "Streamed boot".
 //
+// TraceReadAhead (the default when the image version has a boot trace) reads ahead by what the image's
+// earlier streamed boots read: the server keeps the order in which a VM first read blocks (client/
+// boot-trace.ts records it, server/boot-traces.ts keeps it per image version), and when the VM reads a
+// block at position p of the trace, the next TRACE_WINDOW blocks of the trace are fetched, in trace
+// order, in a request of their own (a miss's own blocks go in theirs, so the VM never waits for
+// guesses). Reads of blocks outside the trace get SequentialReadAhead's windows. The same budget holds
+// (aheadBudget 1): a trace that is wrong, stale or hostile costs at most as many blocks as the VM read.
+//
 // Key terms: block = the image's block index; run = the blocks a stream has read, first to last;
 // window = how many blocks past the run's end a stream wants local.
 
@@ -44,8 +52,11 @@ export interface ReadAheadPolicy {
    * for both), rather than in a request of their own beside it.
    */
   readonly joinAhead: boolean;
-  /** The VM read blocks a..b (inclusive); `missed` when some of them were not local. */
-  onRead(a: number, b: number, missed: boolean): AheadRange | null;
+  /**
+   * The VM read blocks a..b (inclusive); `missed` when some of them were not local. The answer: a range,
+   * or blocks in the order to fetch them (LocalDisk skips those local or on their way, and clips to the budget).
+   */
+  onRead(a: number, b: number, missed: boolean): AheadRange | readonly number[] | null;
 }
 
 /** Streams followed at once: a booting guest reads a handful of files at a time (several queues, a few processes). */
@@ -148,14 +159,66 @@ export class FixedReadAhead implements ReadAheadPolicy {
   }
 }
 
+/** Trace blocks asked for ahead of the VM's position in the trace (4 MiB of 64 KiB blocks). */
+export const TRACE_WINDOW = 64;
+
+export class TraceReadAhead implements ReadAheadPolicy {
+  readonly name = 'trace';
+  readonly aheadBudget = 1;
+  /** Guesses go in a request of their own: a miss's read waits only for its own blocks. */
+  readonly joinAhead = false;
+  /** Position of each block in the trace (-1: not in it). */
+  private readonly pos: Int32Array;
+  private readonly trace: number[] = [];
+  /** The trace position the last window was asked from (-Infinity: none yet). */
+  private askedAt = -Infinity;
+  private readonly seq: SequentialReadAhead;
+
+  /** `trace`: block indices in the order an earlier boot first read them; those past `count` and repeats are dropped. */
+  constructor(private readonly count: number, blockSize: number, trace: readonly number[]) {
+    this.pos = new Int32Array(count).fill(-1);
+    for (const i of trace) {
+      if (!Number.isInteger(i) || i < 0 || i >= count || this.pos[i] !== -1) continue;
+      this.pos[i] = this.trace.length;
+      this.trace.push(i);
+    }
+    this.seq = new SequentialReadAhead(count, blockSize, { joinAhead: false });
+  }
+
+  get traceLength(): number {
+    return this.trace.length;
+  }
+
+  onRead(a: number, b: number, missed: boolean): AheadRange | readonly number[] | null {
+    const seq = this.seq.onRead(a, b, missed);
+    let at = -1;
+    for (let i = a; i <= b; i++) if (this.pos[i]! > at) at = this.pos[i]!;
+    if (at < 0) return seq; // not in the trace: sequential windows only
+    // A new window once the VM is half a window past the last one's start (or missed: it is behind).
+    if (!missed && at < this.askedAt + TRACE_WINDOW / 2 && at >= this.askedAt) return seq;
+    this.askedAt = at;
+    const out = this.trace.slice(at + 1, at + 1 + TRACE_WINDOW);
+    if (seq && !Array.isArray(seq)) {
+      const r = seq as AheadRange;
+      for (let i = r.from; i <= r.to; i++) out.push(i);
+    }
+    return out;
+  }
+}
+
 /**
- * The policy a spelling names: 'sequential' (the default), 'fixed:N' (N blocks after every miss) or
- * 'off' (only the blocks read). Unknown spellings give null (the caller reports them).
+ * The policy a spelling names: 'trace' (the default: by `trace` when it names blocks of this disk, else
+ * sequential), 'sequential', 'fixed:N' (N blocks after every miss) or 'off' (only the blocks read).
+ * Unknown spellings give null (the caller reports them).
  */
-export function readAheadPolicy(spec: string | undefined, count: number, blockSize: number): ReadAheadPolicy | null {
+export function readAheadPolicy(spec: string | undefined, count: number, blockSize: number, trace?: readonly number[]): ReadAheadPolicy | null {
   const s = (spec ?? '').trim();
+  if (s === '' || s === 'trace') {
+    const t = trace && trace.length > 0 ? new TraceReadAhead(count, blockSize, trace) : null;
+    return t && t.traceLength > 0 ? t : new SequentialReadAhead(count, blockSize);
+  }
   const seq = /^sequential(?:\+around:(\d{1,3}))?(\+split)?$/.exec(s);
-  if (s === '' || seq) return new SequentialReadAhead(count, blockSize, { around: Number(seq?.[1] ?? 0), joinAhead: seq?.[2] === undefined });
+  if (seq) return new SequentialReadAhead(count, blockSize, { around: Number(seq?.[1] ?? 0), joinAhead: seq?.[2] === undefined });
   if (s === 'off') return new FixedReadAhead(count, 0);
   const m = /^fixed:(\d{1,4})$/.exec(s);
   if (m) return new FixedReadAhead(count, Number(m[1]));
