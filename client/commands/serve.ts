@@ -353,9 +353,11 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         /* gone */
       }
     }
-    // This session's read order goes to the server for the next streamed boot of the image version (best effort).
+    // This session's read order goes to the server for the next streamed boot of the image version (best
+    // effort), unless it read less than half of the trace it had: a session that only peeked at the disk
+    // (qemu-img info, a VM stopped early) must not replace a whole boot's order.
     let bootTrace: Record<string, unknown> | null = null;
-    if (recorder && traceBase && recorder.blocks.length > 0 && source) {
+    if (recorder && traceBase && recorder.blocks.length > 0 && recorder.blocks.length >= traceBase.blocks.length / 2 && source) {
       let reporter: ApiClient | null = null;
       try {
         const l = state.login();

@@ -5,6 +5,7 @@
 // hostile trace (too long, past the image's end, a repeated block, another image version, another user's
 // desktop) is refused with its code and changes nothing. Every 64 KiB block of the image holds its own
 // byte value (block i is all i+1), so every block is data with its own id and qemu-io checks each read.
+// A session that reads less than half of the trace it had does not replace it.
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -82,6 +83,12 @@ describe('streamed boots read ahead by what earlier boots of the image version r
     expect(second.readAheadUsed).toBe(second.readAheadBlocks);
     expect(second.onDemandFetches).toBeLessThan(first.onDemandFetches / 2);
     expect(second.onDemandBytes).toBeLessThanOrEqual(2 * second.readBlockBytes);
+    expect(second.bootTrace).toEqual({ reported: BOOT.length });
+
+    // A session that reads less than half of the trace (a peek, a VM stopped early) does not replace it.
+    const peek = await serveAndRead(laptop, 'd-second', [77, 3]);
+    expect(peek.bootTrace).toBeUndefined();
+    expect((await get(alice, 'd-second')).json.blocks).toEqual(BOOT);
   }, 180_000);
 
   it('a hostile trace is refused with its code and changes nothing; only users on the image version read or replace it', async () => {
