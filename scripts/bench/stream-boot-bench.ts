@@ -5,7 +5,9 @@
 // sequential). Runs alternate between policies (ABBA) so that machine noise falls on both. Before them,
 // one first boot of the image (no trace yet: `sequential`, today's behaviour for a new image) records the
 // trace every later check-out gets; it is reported apart, not in the tables' runs. Every run's serve
-// reports its own boot's order too (the server keeps the latest), as a laptop would.
+// reports its own boot's order too (the server keeps the latest), as a laptop would. --hostile: after the
+// runs, a user replaces the trace with every block of the image, shuffled, and one more boot measures
+// what that costs the next laptop (reported apart).
 //
 // One run: a fresh laptop home, `carryon checkout --stream` of a desktop made from the image (its
 // block cache empty, so every block really comes from the server), `carryon serve --no-download
@@ -37,7 +39,7 @@ import { mulberry32, randInt, shuffled } from '../lib/prng.js';
 import { requireTool, run } from '../lib/proc.js';
 import { DEFAULT_ROOTS, makeExt4Image, selectFiles } from '../fixtures/ext4-image.js';
 
-const USAGE = 'usage: stream-boot-bench [--runs N] [--policies fixed:15,trace] [--size 512M] [--payload 300M] [--read 20M] [--seed N] [--out FILE] [--keep]';
+const USAGE = 'usage: stream-boot-bench [--runs N] [--policies fixed:15,trace] [--size 512M] [--payload 300M] [--read 20M] [--seed N] [--out FILE] [--keep] [--hostile]';
 /** The modules the guest needs for a virtio disk with ext4, in load order (a prefix of the kernel cache's list). */
 const MODULES = ['virtio_ring', 'virtio', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_blk', 'crc16', 'mbcache', 'jbd2', 'crc32c_generic', 'ext4'];
 const KERNEL_DIR = process.env.CARRYON_TEST_KERNEL_DIR ?? join(REPO_ROOT, '.cache', 'test-kernel');
@@ -51,10 +53,12 @@ interface Opts {
   seed: number;
   out?: string;
   keep: boolean;
+  /** After the runs, one boot under a hostile trace (every block of the image, shuffled), reported apart. */
+  hostile: boolean;
 }
 
 function parse(argv: string[]): Opts {
-  const o: Opts = { runs: 5, policies: ['fixed:15', 'trace'], size: parseSize('512M'), payload: parseSize('300M'), read: parseSize('20M'), seed: 1, keep: false };
+  const o: Opts = { runs: 5, policies: ['fixed:15', 'trace'], size: parseSize('512M'), payload: parseSize('300M'), read: parseSize('20M'), seed: 1, keep: false, hostile: false };
   for (const a of readArgs(argv, USAGE)) {
     if (a.flag === '--runs') o.runs = Number(a.value());
     else if (a.flag === '--policies') o.policies = a.value().split(',');
@@ -64,6 +68,7 @@ function parse(argv: string[]): Opts {
     else if (a.flag === '--seed') o.seed = Number(a.value());
     else if (a.flag === '--out') o.out = a.value();
     else if (a.flag === '--keep') o.keep = true;
+    else if (a.flag === '--hostile') o.hostile = true;
     else throw new Error(`unknown option ${a.flag}\n${USAGE}`);
   }
   if (!Number.isInteger(o.runs) || o.runs < 1) throw new Error(`--runs must be a positive integer\n${USAGE}`);
@@ -310,9 +315,20 @@ async function main(): Promise<void> {
       }
     }
 
+    // A hostile trace: a user on the image version replaces its trace with every block, shuffled. The next
+    // laptop's boot must stay within the budget (fetched at most 2x the blocks it read).
+    let hostile: RunResult | null = null;
+    if (o.hostile) {
+      const count = Math.ceil(o.size / (64 * 1024));
+      const blocks = shuffled(mulberry32(o.seed + 1), Array.from({ length: count }, (_, i) => i));
+      const res = await fetch(`${server.url}/v1/desktops/d-0-first/boot-trace`, { method: 'PUT', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ image: 'boot', imageVersion: 1, blocks }) });
+      if (res.status !== 200) throw new Error(`the hostile trace was refused: ${res.status} ${await res.text()}`);
+      hostile = await bootOnce({ work, serverUrl: server.url, token, data, desk: 'd-9-hostile', policy: 'trace', run: 0, initrd, vmlinuz: join(kdir, 'vmlinuz') });
+      log(`hostile trace (${count} blocks, shuffled; not in the runs): ${describe(hostile)}`);
+    }
     log('\nEvery run (fetched/touched: bytes fetched over bytes of the blocks the guest read, each block once):');
     log(table(['run', 'policy', 'NBD read MB', 'blocks touched', 'touched MB', 'blocks fetched', 'fetched MB', 'read ahead', 'of them read', 'fetches', 'read wait s', 'fetched/touched', 'trace blocks', 'serve CPU s', 'guest reads s', 'boot s'],
-      [...(record ? [{ ...record, policy: 'sequential (first boot)' }] : []), ...results].map((r) => [r.run === 0 ? 'first' : String(r.run), r.policy, mb(r.nbdReadBytes), String(r.readBlocks), mb(r.readBlockBytes), String(r.fetchedBlocks), mb(r.fetchedBytes), String(r.readAheadBlocks), String(r.readAheadUsed), String(r.fetches), r.waitSeconds.toFixed(2), ratio(r.fetchedBytes, r.readBlockBytes), String(r.traceBlocks), r.serveCpuSeconds.toFixed(2), r.guestReadSeconds.toFixed(2), r.qemuSeconds.toFixed(2)])));
+      [...(record ? [{ ...record, policy: 'sequential (first boot)' }] : []), ...results, ...(hostile ? [{ ...hostile, policy: 'trace (hostile trace)' }] : [])].map((r) => [r.run === 0 ? (r === hostile || r.policy.includes('hostile') ? 'hostile' : 'first') : String(r.run), r.policy, mb(r.nbdReadBytes), String(r.readBlocks), mb(r.readBlockBytes), String(r.fetchedBlocks), mb(r.fetchedBytes), String(r.readAheadBlocks), String(r.readAheadUsed), String(r.fetches), r.waitSeconds.toFixed(2), ratio(r.fetchedBytes, r.readBlockBytes), String(r.traceBlocks), r.serveCpuSeconds.toFixed(2), r.guestReadSeconds.toFixed(2), r.qemuSeconds.toFixed(2)])));
     const peer = o.policies[0]!;
     log(`\nMedians (ratios against ${peer}, measured in the same run):`);
     const rows: string[][] = [];
@@ -322,7 +338,7 @@ async function main(): Promise<void> {
       rows.push([p, mb(median(rs.map((r) => r.fetchedBytes))), ratio(median(rs.map((r) => r.fetchedBytes / r.readBlockBytes)), 1), String(median(rs.map((r) => r.fetches))), median(rs.map((r) => r.waitSeconds)).toFixed(2), ratio(median(rs.map((r) => r.waitSeconds)), median(ps.map((r) => r.waitSeconds))), median(rs.map((r) => r.serveCpuSeconds)).toFixed(2), median(rs.map((r) => r.guestReadSeconds)).toFixed(2), ratio(median(rs.map((r) => r.guestReadSeconds)), median(ps.map((r) => r.guestReadSeconds))), median(rs.map((r) => r.qemuSeconds)).toFixed(2), ratio(median(rs.map((r) => r.qemuSeconds)), median(ps.map((r) => r.qemuSeconds)))]);
     }
     log(table(['policy', 'fetched MB', 'fetched/touched', 'fetches', 'read wait s', `vs ${peer}`, 'serve CPU s', 'guest reads s', `vs ${peer}`, 'boot s', `vs ${peer}`], rows));
-    if (o.out) writeFileSync(o.out, JSON.stringify({ options: { ...o }, image: made, workload: { whole: wl.whole, scattered: wl.scattered, bytes: wl.bytes }, record, results }, null, 2));
+    if (o.out) writeFileSync(o.out, JSON.stringify({ options: { ...o }, image: made, workload: { whole: wl.whole, scattered: wl.scattered, bytes: wl.bytes }, record, hostile, results }, null, 2));
   } finally {
     if (server) await server.stop();
     if (o.keep) log(`kept ${work}`);
