@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DiskJournal, journalKey } from '../../client/disk-journal.js';
 import { LocalDisk, type BlockSource } from '../../client/local-disk.js';
-import { readAheadPolicy, TRACE_WINDOW, TraceReadAhead } from '../../client/read-ahead.js';
+import { MIN_TRACE_GUESSES, readAheadPolicy, TRACE_WINDOW, TraceReadAhead } from '../../client/read-ahead.js';
 import { BootTraceRecorder, RECORD_MS } from '../../client/boot-trace.js';
 import { blockId, CarryonError, DiskManifest, MAX_BOOT_TRACE_BLOCKS, parseBootTrace, type BlockId } from '../../src/index.js';
 import { mulberry32, shuffled } from '../../scripts/lib/prng.js';
@@ -50,6 +50,25 @@ describe('TraceReadAhead', () => {
     // Past the trace, a stream of its own: a window once a second read continues it.
     expect(q.onRead(102, 102, true)).toBeNull();
     expect(q.onRead(103, 103, true)).toEqual({ from: 104, to: 105 });
+  });
+
+  it('a trace whose guesses the VM does not read is dropped for the sequential rule; one it follows is kept', () => {
+    const hostile = scatteredOrder(10_000, 10_000, 99);
+    const p = new TraceReadAhead(10_000, BS, hostile);
+    // The VM reads a sequential run of its own: every read is in the (whole-disk) trace, no guess is read.
+    let firstRange: number | null = null;
+    for (let i = 0; i < 600; i++) {
+      const r = p.onRead(2000 + i, 2000 + i, true);
+      if (firstRange === null && r && !Array.isArray(r)) firstRange = i;
+    }
+    expect(p.trusted).toBe(false);
+    // Distrusted after MIN_TRACE_GUESSES guesses (a guess window per miss), then the run's own windows.
+    expect(firstRange).not.toBeNull();
+    expect(firstRange!).toBeLessThanOrEqual(MIN_TRACE_GUESSES / TRACE_WINDOW + 2);
+    const good = scatteredOrder(10_000, 2000, 5);
+    const q = new TraceReadAhead(10_000, BS, good);
+    for (const i of good) q.onRead(i, i, false);
+    expect(q.trusted).toBe(true);
   });
 
   it('drops indices past the disk and repeats; a trace with none left is no trace', () => {
@@ -108,6 +127,7 @@ describe('LocalDisk reads ahead by a boot trace', () => {
     expect(disk.stats.onDemandFetches).toBeLessThan(100); // against 400 without the trace
     // The traced blocks came once each, in the trace's order, and nothing else (no sequential windows inside it).
     expect(asked).toEqual(order);
+    expect((disk as unknown as { readAhead: TraceReadAhead }).readAhead.trusted).toBe(true);
     expect(disk.stats.onDemandBytes).toBeLessThanOrEqual(2 * disk.stats.readBlockBytes);
     await disk.close();
   });
@@ -122,6 +142,9 @@ describe('LocalDisk reads ahead by a boot trace', () => {
     expect(disk.stats.readAheadBlocks).toBeGreaterThan(0);
     expect(disk.stats.readAheadBlocks - disk.stats.readAheadUsed).toBeLessThanOrEqual(disk.stats.readBlocks);
     expect(disk.stats.onDemandBlocks).toBeLessThanOrEqual(2 * disk.stats.readBlocks);
+    // and the trace is dropped once its guesses prove wrong: far fewer than the budget's worth fetched ahead.
+    expect((disk as unknown as { readAhead: TraceReadAhead }).readAhead.trusted).toBe(false);
+    expect(disk.stats.readAheadBlocks).toBeLessThan(disk.stats.readBlocks);
     await disk.close();
   });
 
