@@ -8,7 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import {
   API_PREFIX, CarryonError, MAX_FEED_BYTES, parseJson, CONTENT_MANIFEST, CONTENT_TAR, createDecompressStream, errorFromBody, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_PERSONA_SNAPSHOT_BYTES,
   encodeBlock, packEntries, parseCheckoutInfo, PERSONA_CHUNK_BYTES, type PersonaCommitResult, HEADER_DEVICE, unpackEntries, type BlockId, type CheckoutInfo, type CommitResult, type EscrowRequest,
-  type DesktopInfo, type MissingAnswer, type TarEntry, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
+  type DesktopInfo, type MissingAnswer, type TarEntry, parseBootTrace, type BootTrace, type UploadResult, type HeartbeatReply, type HeartbeatRequest,
 } from '../src/index.js';
 import { checkTransport, secureContextFor, tlsFailure } from './tls.js';
 
@@ -262,6 +262,16 @@ export class ApiClient {
 
   desktop(name: string): Promise<DesktopInfo> {
     return this.json('GET', `/desktops/${encodeURIComponent(name)}`);
+  }
+
+  /** The boot trace of the desktop's image version (blocks empty when none yet), parsed: it is untrusted input. */
+  async bootTrace(name: string): Promise<BootTrace> {
+    return parseBootTrace(await this.json('GET', `/desktops/${encodeURIComponent(name)}/boot-trace`));
+  }
+
+  /** Report the blocks this laptop's VM first read (the server keeps the latest per image version). */
+  putBootTrace(name: string, trace: BootTrace): Promise<{ image: string; imageVersion: number; blocks: number }> {
+    return this.json('PUT', `/desktops/${encodeURIComponent(name)}/boot-trace`, trace);
   }
 
   async startCheckout(name: string, deviceName: string): Promise<CheckoutInfo> {

@@ -2,6 +2,7 @@
 // The disk is assembled in PATH.partial and renamed to PATH only when every block is written, synced
 // and verified, so PATH is never a half-written disk. Re-running after a kill or a dropped connection
 // resumes: verified blocks are already in the cache and are not fetched again.
+import { fetchBootTrace } from './boot-trace.js';
 import { closeSync, constants as fsc, existsSync, fdatasyncSync, ftruncateSync, openSync, promises as fs, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import {
@@ -40,8 +41,8 @@ export interface CheckoutResult {
   /** Peak resident memory of this process: stays bounded whatever the image size. */
   maxRssBytes: number;
   persona: { dir: string; version: number; files: number; chunksFetched: number } | null;
-  /** checkout --stream: how much is local when the command returns. */
-  streaming?: { localBlocks: number; blocks: number };
+  /** checkout --stream: how much is local when the command returns; the blocks of the image version's boot trace (null: the server could not say). */
+  streaming?: { localBlocks: number; blocks: number; bootTraceBlocks: number | null };
   /**
    * A copy updated in place had been written outside carryon after its check-in: those blocks were
    * kept and marked for the next check-in (the desktop was still at the version checked in), or
@@ -406,11 +407,13 @@ async function startStream(state: LocalState, api: ApiClient, login: Login, name
   await journal.close();
   const personaDir = path.resolve(s.personaTo ?? path.join(path.dirname(disk), 'persona'));
   const persona = await checkoutPersona(state, api, login, name, info.personaVersion, personaDir, true, s.personaTo, info.registryScope);
+  // What earlier streamed boots of this image version read first: `carryon serve` reads ahead by it.
+  const trace = await fetchBootTrace(state.home, api, name);
   state.putCheckout({ desktop: name, server: login.url, checkoutId: info.checkoutId, state: 'streaming', version: info.version, manifestId: info.manifestId,
     manifest: s.encoded, cheap: encodeCheap(cheap), diskPath: disk, startedAt: s.local?.state === 'downloading' ? s.local.startedAt : new Date().toISOString() });
   return { desktop: name, disk, version: info.version, manifestId: info.manifestId, size: manifest.size, blocks: manifest.count, blocksFetched: 0, blocksFromCache: 0,
     blocksWritten: 0, bytesReceived: api.bytesReceived, resumed: s.resumed, alreadyCheckedOut: false, seconds: (Date.now() - s.t0) / 1000, maxRssBytes: maxRss(), persona,
-    streaming: { localBlocks: local.length + countHoles(manifest), blocks: manifest.count }, outsideWrites: strayReport(s.stray && (reuse ? s.stray : { ...s.stray, keep: false })) };
+    streaming: { localBlocks: local.length + countHoles(manifest), blocks: manifest.count, bootTraceBlocks: trace ? trace.blocks.length : null }, outsideWrites: strayReport(s.stray && (reuse ? s.stray : { ...s.stray, keep: false })) };
 }
 
 function countHoles(m: DiskManifest): number {

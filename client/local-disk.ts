@@ -100,6 +100,9 @@ export class LocalDisk implements NbdExport {
     this.readAhead = new SequentialReadAhead(manifest.count, manifest.blockSize);
   }
 
+  /** Where the blocks the VM first reads go, in order (a boot trace for the server: client/boot-trace.ts); null: not recorded. */
+  firstReads: { note(block: number): void } | null = null;
+
   /** Replace the read-ahead policy (benchmarks compare them: CARRYON_READ_AHEAD in `carryon serve`). */
   setReadAhead(policy: ReadAheadPolicy): void {
     this.readAhead = policy;
@@ -168,6 +171,7 @@ export class LocalDisk implements NbdExport {
     for (let i = a; i <= b; i++) {
       if (this.readSeen[i] === 0) {
         this.readSeen[i] = 1;
+        this.firstReads?.note(i);
         this.stats.readBlocks++;
         this.stats.readBlockBytes += this.manifest.lengthOf(i);
         if (this.askedAhead[i] === 1) this.stats.readAheadUsed++;
@@ -186,13 +190,18 @@ export class LocalDisk implements NbdExport {
   }
 
   /**
-   * Ask for the blocks of `r` that are neither local nor on their way, within the policy's budget: blocks
+   * Ask for the blocks of `r` (a range, or a list in fetch order) that are neither local nor on their way, within the policy's budget: blocks
    * fetched ahead and not read (yet) at most aheadBudget times the blocks read. Nobody waits for them.
    */
-  private fetchAhead(r: AheadRange): void {
+  private fetchAhead(r: AheadRange | readonly number[]): void {
     let room = this.readAhead.aheadBudget * this.stats.readBlocks - (this.stats.readAheadBlocks - this.stats.readAheadUsed);
     let added = 0;
-    for (let i = r.from; i <= r.to && room >= 1; i++) {
+    const list = 'from' in r ? null : r;
+    const from = list ? 0 : (r as AheadRange).from;
+    const to = list ? list.length - 1 : (r as AheadRange).to;
+    for (let k = from; k <= to && room >= 1; k++) {
+      const i = list ? list[k]! : k;
+      if (i < 0 || i >= this.manifest.count || this.manifest.isHole(i)) continue; // holes are local already
       if (this.journal.isPresent(i) || this.written[i] || this.inflight.has(i) || this.demand.has(i) || this.ahead.has(i)) continue;
       (this.readAhead.joinAhead ? this.demand : this.ahead).add(i);
       this.askedAhead[i] = 1;

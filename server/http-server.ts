@@ -9,7 +9,7 @@ import {
   API_PREFIX, encodeLatestYml, asCarryonError, diskSpace, parseJson, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, HEADER_DEVICE, httpStatusOf,
   MAX_QUERY_IDS, type MissingAnswer, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS,
   MAX_PERSONA_SNAPSHOT_BYTES, parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest,
-  parseRequestUpdate, parseDesktopPolicy, parseDaysRequest, parseRestorePointRequest, parseEscrowRequest, type PersonaCommitResult,
+  parseRequestUpdate, parseDesktopPolicy, parseDaysRequest, parseRestorePointRequest, parseEscrowRequest, parseBootTrace, type PersonaCommitResult,
 } from '../src/index.js';
 import { decodeParam, header, readBody, readJson, requestBody, sendJson } from './http-util.js';
 import type { User } from './meta.js';
@@ -114,6 +114,9 @@ export class CarryonHttpServer {
     });
     r('GET', '/desktops', async ({ user }) => ({ desktops: await desktops.list(user) }));
     r('GET', '/desktops/:name', async ({ user, params }) => desktops.info(user, parseName(params[0], 'desktop')));
+    // Boot traces (server/boot-traces.ts): the read order of the image version's earlier streamed boots.
+    r('GET', '/desktops/:name/boot-trace', async ({ user, params }) => parts.bootTraces.get(user, parseName(params[0], 'desktop')));
+    r('PUT', '/desktops/:name/boot-trace', async ({ req, user, params }) => parts.bootTraces.put(user, parseName(params[0], 'desktop'), parseBootTrace(await readJson(req))));
     r('POST', '/desktops/:name/checkouts', async ({ req, user, params, actor, device: tokenDevice }) => {
       const { device, deviceName } = parseCheckoutRequest(await readJson(req));
       if (tokenDevice && device !== tokenDevice) throw new CarryonError('FORBIDDEN', 'this token belongs to another device');

@@ -55,6 +55,7 @@ export async function expireVersions(db: Sql, actor: Actor): Promise<ExpiredVers
     const gone = await db.transaction(async () => {
       // Still expired under the lock: a desktop may have been created or recomposed onto it meanwhile.
       if (!(await expiredVersions(db)).some((x) => x.imageId === v.imageId && x.version === v.version)) return false;
+      await db.run('DELETE FROM boot_traces WHERE image_id = ? AND image_version = ?', [v.imageId, v.version]);
       await db.run('DELETE FROM image_versions WHERE image_id = ? AND version = ?', [v.imageId, v.version]);
       await appendAudit(db, actor, 'image.version-expired', `image:${v.image}`, { version: v.version, manifestId: v.manifestId });
       return true;

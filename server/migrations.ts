@@ -105,6 +105,19 @@ function gcTables(big: string, id: string): string {
     `;
 }
 
+/** Migration 18: the same text on both engines (TEXT and INTEGER mean the same there). */
+const BOOT_TRACE_TABLE = `
+  CREATE TABLE boot_traces (
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    image_version INTEGER NOT NULL,
+    blocks TEXT NOT NULL,
+    block_count INTEGER NOT NULL,
+    submitted_by INTEGER NOT NULL REFERENCES users(id),
+    submitted_at TEXT NOT NULL,
+    PRIMARY KEY (image_id, image_version)
+  );
+`;
+
 export const MIGRATIONS: Migration[] = [
   {
     version: 1,
@@ -413,6 +426,12 @@ export const MIGRATIONS: Migration[] = [
     why: "Image versions have a retention (issue 15): an admin keeps the newest N versions of an image (images.keep_versions; NULL, the default: all). The garbage collector removes older versions no desktop is on and no queued refresh or recompose names, then their blocks nothing else names (server/image-retention.ts).",
     sqlite: 'ALTER TABLE images ADD COLUMN keep_versions INTEGER;',
     postgres: 'ALTER TABLE images ADD COLUMN keep_versions INTEGER;',
+  },
+  {
+    version: 18,
+    why: "Streamed boots read ahead by what the image's earlier boots read (issue 13): a laptop's `carryon serve` reports the blocks its VM first read, in order, and the server keeps the latest such trace per image version (one row, replaced; blocks as a JSON list of indices, at most 65,536, each below the version's block count). Only users with a desktop on that version read or replace it. Removed with its image version (image retention).",
+    sqlite: BOOT_TRACE_TABLE,
+    postgres: BOOT_TRACE_TABLE,
   },
 ];
 

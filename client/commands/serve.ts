@@ -2,7 +2,9 @@
 // for QEMU, libvirt, qemu-img, nbdcopy or the Linux nbd driver. Every write is tracked in the dirty
 // map, so the next check-in reads only what changed. A streamed check-out keeps downloading in the
 // background while the VM runs; reads of blocks not yet local are fetched first, with read-ahead only
-// of sequential reads (client/read-ahead.ts; CARRYON_READ_AHEAD picks another policy for benchmarks).
+// by the order earlier streamed boots of the image version read blocks (the boot trace the check-out
+// brought; this session's own goes to the server when it stops), else of sequential reads
+// (client/read-ahead.ts; CARRYON_READ_AHEAD picks another policy for benchmarks).
 // Runs in the foreground until SIGINT or SIGTERM, then flushes and closes the map cleanly.
 // With --file DIR it also shows the export as a plain file, DIR/NAME.raw, through nbdfuse (FUSE), for
 // hypervisors that need a file (VirtualBox, VMware): their writes go through the same dirty map.
@@ -13,7 +15,7 @@ import { writeFileSync, renameSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { CarryonError, describeFailure, encodeCheap, encodeManifest, fmtBytes, fmtDuration, parseName, sectorCipherImplementation, serveNbdConnection, nbdSocket, NBD_ERRNO } from '../../src/index.js';
+import { CarryonError, describeFailure, MAX_BOOT_TRACE_BLOCKS, encodeCheap, encodeManifest, fmtBytes, fmtDuration, parseName, sectorCipherImplementation, serveNbdConnection, nbdSocket, NBD_ERRNO } from '../../src/index.js';
 import { ApiClient } from '../api-client.js';
 import { ServerBlockSource } from '../block-source.js';
 import { optsOf, withCommonOptions } from '../cli-util.js';
@@ -27,6 +29,7 @@ import { PROFILE_DIR } from '../persona-engine.js';
 import { GUEST_SCRIPTS_DIR, guestLines, profileShareOf, type ProfileShare } from '../guest-share.js';
 import { homeOf, LocalState } from '../state.js';
 import { readAheadPolicy } from '../read-ahead.js';
+import { BootTraceRecorder, loadBootTrace, submitBootTrace } from '../boot-trace.js';
 import { defaultSources } from '../keyring.js';
 
 
@@ -109,11 +112,16 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         source = null; // no login: serve what is local, fail reads of the rest
       }
     }
-    // CARRYON_READ_AHEAD (benchmarks): 'sequential' (the default), 'fixed:N' (carryon's earlier policy) or 'off'.
+    // CARRYON_READ_AHEAD (benchmarks): 'trace' (the default: by the image version's boot trace when the
+    // check-out got one, else sequential), 'sequential', 'fixed:N' (carryon's earlier policy) or 'off'.
     const readAheadSpec = process.env.CARRYON_READ_AHEAD;
-    if (!readAheadPolicy(readAheadSpec, 1, 4096)) throw new CarryonError('INVALID_ARGUMENT', `CARRYON_READ_AHEAD must be sequential, fixed:N or off, got ${JSON.stringify(readAheadSpec)}`);
+    if (!readAheadPolicy(readAheadSpec, 1, 4096)) throw new CarryonError('INVALID_ARGUMENT', `CARRYON_READ_AHEAD must be trace, sequential, fixed:N or off, got ${JSON.stringify(readAheadSpec)}`);
     const { disk, trust } = await openLocalDisk(state, local, source);
-    disk.setReadAhead(readAheadPolicy(readAheadSpec, disk.manifest.count, disk.manifest.blockSize)!);
+    // A streamed disk still arriving: read ahead by the trace the check-out brought, and record this boot's own.
+    const traceBase = disk.complete ? null : loadBootTrace(state.home, name);
+    disk.setReadAhead(readAheadPolicy(readAheadSpec, disk.manifest.count, disk.manifest.blockSize, traceBase?.blocks)!);
+    const recorder = traceBase ? new BootTraceRecorder(Math.min(MAX_BOOT_TRACE_BLOCKS, disk.manifest.count)) : null;
+    disk.firstReads = recorder;
     await disk.journal.beginSession();
     const sockets = new Set<net.Socket>();
     // Set once the lease runs out while serving: the VM keeps the connections it has (pulling its disk
@@ -345,7 +353,23 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         /* gone */
       }
     }
-    log('stopped', { desktop: name, ...disk.stats, readAhead: disk.readAheadName, blocksChanged: disk.journal.dirtyCount }, `stopped serving ${name}: ${disk.journal.dirtyCount} blocks changed since check-out; the dirty map is closed cleanly${fuse ? `; ${fuse.file} is unmounted` : ''}`);
+    // This session's read order goes to the server for the next streamed boot of the image version (best
+    // effort), unless it read less than half of the trace it had: a session that only peeked at the disk
+    // (qemu-img info, a VM stopped early) must not replace a whole boot's order.
+    let bootTrace: Record<string, unknown> | null = null;
+    if (recorder && traceBase && recorder.blocks.length > 0 && recorder.blocks.length >= traceBase.blocks.length / 2 && source) {
+      let reporter: ApiClient | null = null;
+      try {
+        const l = state.login();
+        reporter = new ApiClient({ url: l.url, token: l.token, device: l.device, ca: l.ca, insecureHttp: l.insecureHttp, idleTimeoutMs: 10_000 });
+        bootTrace = { reported: (await submitBootTrace(reporter, name, traceBase, recorder.blocks)).blocks };
+      } catch (err) {
+        bootTrace = { reported: 0, error: describeFailure(err).error.toJSON() };
+      } finally {
+        reporter?.close();
+      }
+    }
+    log('stopped', { desktop: name, ...disk.stats, readAhead: disk.readAheadName, traceBlocks: traceBase?.blocks.length ?? null, ...(bootTrace ? { bootTrace } : {}), blocksChanged: disk.journal.dirtyCount }, `stopped serving ${name}: ${disk.journal.dirtyCount} blocks changed since check-out; the dirty map is closed cleanly${fuse ? `; ${fuse.file} is unmounted` : ''}`);
     if (fileFailure) throw fileFailure;
   } catch (err) {
     throw learnFromError(state, err);

@@ -386,7 +386,8 @@ const BOOT_TIME = { id: 'stream-boot-time', title: 'Streamed boot: boot to power
  * candidate policy's bytes fetched against the blocks its guest touched, and its boot time against the
  * old policy's boot in the same run. Its JSON: { options: { policies }, results: [{ policy, run,
  * readBlockBytes, fetchedBytes, guestReadSeconds, qemuSeconds, ... }] }; the first policy is the old
- * one, the last the candidate.
+ * one, the last the candidate (the default, 'trace'); the image's first boot, which records the trace,
+ * is `record`, apart from the runs.
  */
 export const streamBootAdapter: Adapter = {
   name: 'boot',
@@ -398,7 +399,7 @@ export const streamBootAdapter: Adapter = {
       const policies = arrAt(json, 'options', 'policies').map(String);
       const rs = arrAt(json, 'results') as Json[];
       const peer = policies[0] ?? 'fixed:15';
-      const cand = policies[policies.length - 1] ?? 'sequential';
+      const cand = policies[policies.length - 1] ?? 'trace';
       const out: ReturnType<Parameters<typeof benchComparisons>[3]> = [];
       if (!rs.length) out.push({ key: BOOT_FETCH.id, base: BOOT_FETCH, why: 'no results[] in the JSON' });
       for (const r of rs.filter((x) => x.policy === cand)) {

@@ -1,7 +1,13 @@
 // stream-boot-bench: what a streamed check-out fetches when a real Linux guest boots from it, under
 // each read-ahead policy (client/read-ahead.ts), in the same run. The peer is carryon's earlier policy
 // (CARRYON_READ_AHEAD=fixed:15: every miss also fetched the next 15 blocks); the candidate is the
-// default ('sequential'). Runs alternate between policies so that machine noise falls on both.
+// default ('trace': read ahead by the order the image's earlier streamed boots read blocks, else
+// sequential). Runs alternate between policies (ABBA) so that machine noise falls on both. Before them,
+// one first boot of the image (no trace yet: `sequential`, today's behaviour for a new image) records the
+// trace every later check-out gets; it is reported apart, not in the tables' runs. Every run's serve
+// reports its own boot's order too (the server keeps the latest), as a laptop would. --hostile: after the
+// runs, a user replaces the trace with every block of the image, shuffled, and one more boot measures
+// what that costs the next laptop (reported apart).
 //
 // One run: a fresh laptop home, `carryon checkout --stream` of a desktop made from the image (its
 // block cache empty, so every block really comes from the server), `carryon serve --no-download
@@ -13,12 +19,12 @@
 // libraries (sequential) and a few 4 KiB pages of many other files (scattered, as a program's page faults
 // and config reads are), interleaved. Then it powers off, and serve is stopped: its `stopped` event says
 // which blocks the guest's reads touched (readBlocks / readBlockBytes, each block once) and what was
-// fetched (onDemandBlocks / onDemandBytes, of them readAheadBlocks).
+// fetched (onDemandBlocks / onDemandBytes, of them readAheadBlocks), and serve's CPU seconds (/proc).
 // Times: the guest's own clock around its reads (/proc/uptime), and QEMU's wall time (boot to poweroff).
 //
 //   npx tsc -b && node dist/scripts/bench/stream-boot-bench.js                    # 5 runs per policy
 //   node dist/scripts/bench/stream-boot-bench.js --runs 1 --size 256M --payload 150M --read 8M   # quick
-// Options: --runs N (per policy, default 5), --policies a,b (default fixed:15,sequential), --size (image,
+// Options: --runs N (per policy, default 5), --policies a,b (default fixed:15,trace), --size (image,
 // default 512M), --payload (real /usr files in it, default 300M), --read (bytes the guest reads, about;
 // default 20M), --seed N, --out FILE (JSON), --keep.
 import { spawn, spawnSync } from 'node:child_process';
@@ -33,7 +39,7 @@ import { mulberry32, randInt, shuffled } from '../lib/prng.js';
 import { requireTool, run } from '../lib/proc.js';
 import { DEFAULT_ROOTS, makeExt4Image, selectFiles } from '../fixtures/ext4-image.js';
 
-const USAGE = 'usage: stream-boot-bench [--runs N] [--policies fixed:15,sequential] [--size 512M] [--payload 300M] [--read 20M] [--seed N] [--out FILE] [--keep]';
+const USAGE = 'usage: stream-boot-bench [--runs N] [--policies fixed:15,trace] [--size 512M] [--payload 300M] [--read 20M] [--seed N] [--out FILE] [--keep] [--hostile]';
 /** The modules the guest needs for a virtio disk with ext4, in load order (a prefix of the kernel cache's list). */
 const MODULES = ['virtio_ring', 'virtio', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_blk', 'crc16', 'mbcache', 'jbd2', 'crc32c_generic', 'ext4'];
 const KERNEL_DIR = process.env.CARRYON_TEST_KERNEL_DIR ?? join(REPO_ROOT, '.cache', 'test-kernel');
@@ -47,10 +53,12 @@ interface Opts {
   seed: number;
   out?: string;
   keep: boolean;
+  /** After the runs, one boot under a hostile trace (every block of the image, shuffled), reported apart. */
+  hostile: boolean;
 }
 
 function parse(argv: string[]): Opts {
-  const o: Opts = { runs: 5, policies: ['fixed:15', 'sequential'], size: parseSize('512M'), payload: parseSize('300M'), read: parseSize('20M'), seed: 1, keep: false };
+  const o: Opts = { runs: 5, policies: ['fixed:15', 'trace'], size: parseSize('512M'), payload: parseSize('300M'), read: parseSize('20M'), seed: 1, keep: false, hostile: false };
   for (const a of readArgs(argv, USAGE)) {
     if (a.flag === '--runs') o.runs = Number(a.value());
     else if (a.flag === '--policies') o.policies = a.value().split(',');
@@ -60,6 +68,7 @@ function parse(argv: string[]): Opts {
     else if (a.flag === '--seed') o.seed = Number(a.value());
     else if (a.flag === '--out') o.out = a.value();
     else if (a.flag === '--keep') o.keep = true;
+    else if (a.flag === '--hostile') o.hostile = true;
     else throw new Error(`unknown option ${a.flag}\n${USAGE}`);
   }
   if (!Number.isInteger(o.runs) || o.runs < 1) throw new Error(`--runs must be a positive integer\n${USAGE}`);
@@ -131,6 +140,7 @@ function buildInitramfs(dir: string, modules: string, init: string): string {
 }
 
 interface ServeProc {
+  pid: number;
   events: Json[];
   next(event: string): Promise<Json>;
   stop(): Promise<number | null>;
@@ -162,6 +172,7 @@ function startServe(home: string, desk: string, policy: string): ServeProc {
   });
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   return {
+    pid: child.pid!,
     events,
     next: (event) => {
       const seen = events.find((e) => e.event === event);
@@ -189,6 +200,10 @@ interface RunResult {
   readAheadBlocks: number;
   readAheadUsed: number;
   fetches: number;
+  /** Blocks of the boot trace the check-out brought (0: none). */
+  traceBlocks: number;
+  /** serve's user + system CPU seconds over the boot. */
+  serveCpuSeconds: number;
   waitSeconds: number;
   guestReadSeconds: number;
   qemuSeconds: number;
@@ -214,6 +229,7 @@ async function bootOnce(o: { work: string; serverUrl: string; token: string; dat
   clearTimeout(guard);
   const qemuSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const out = existsSync(log) ? readFileSync(log, 'utf8') : '';
+  const serveCpuSeconds = cpuSecondsOf(serve.pid);
   await serve.stop();
   const stopped = await serve.next('stopped');
   const m = /CARRYON-BOOT-READS ([\d.]+) ([\d.]+)/.exec(out);
@@ -225,9 +241,20 @@ async function bootOnce(o: { work: string; serverUrl: string; token: string; dat
   };
   return {
     policy: o.policy, run: o.run, readBlocks: n('readBlocks'), readBlockBytes: n('readBlockBytes'), nbdReadBytes: n('readBytes'),
-    fetchedBlocks: n('onDemandBlocks'), fetchedBytes: n('onDemandBytes'), readAheadBlocks: n('readAheadBlocks'), readAheadUsed: n('readAheadUsed'), fetches: n('onDemandFetches'), waitSeconds: n('readWaitMs') / 1000,
+    fetchedBlocks: n('onDemandBlocks'), fetchedBytes: n('onDemandBytes'), readAheadBlocks: n('readAheadBlocks'), readAheadUsed: n('readAheadUsed'), fetches: n('onDemandFetches'), traceBlocks: typeof stopped.traceBlocks === 'number' ? stopped.traceBlocks : 0, serveCpuSeconds, waitSeconds: n('readWaitMs') / 1000,
     guestReadSeconds: Number(m[2]) - Number(m[1]), qemuSeconds,
   };
+}
+
+/** utime + stime of a live process, in seconds (/proc/PID/stat; clock ticks of 100 Hz on Linux). */
+function cpuSecondsOf(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return (Number(rest[11]) + Number(rest[12])) / 100;
+  } catch {
+    return NaN;
+  }
 }
 
 function median(xs: number[]): number {
@@ -272,28 +299,46 @@ async function main(): Promise<void> {
     const token = str((await carryonServer(data, 'user', 'add', 'bench')).json, 'token');
     await carryonServer(data, 'image', 'publish', 'boot', image);
 
+    const describe = (res: RunResult): string => `guest read ${mb(res.nbdReadBytes)} MB over NBD touching ${res.readBlocks} blocks (${mb(res.readBlockBytes)} MB); fetched ${res.fetchedBlocks} blocks (${mb(res.fetchedBytes)} MB, ${res.readAheadBlocks} read ahead (${res.readAheadUsed} of them read), ${res.fetches} fetches, reads waited ${res.waitSeconds.toFixed(2)} s) = ${ratio(res.fetchedBytes, res.readBlockBytes)}; trace ${res.traceBlocks} blocks; serve CPU ${res.serveCpuSeconds.toFixed(2)} s; guest reads ${res.guestReadSeconds.toFixed(2)} s, boot to poweroff ${res.qemuSeconds.toFixed(2)} s`;
+    // The image's first streamed boot: no trace yet (today's sequential read-ahead); it records the one the runs get.
+    let record: RunResult | null = null;
+    if (o.policies.includes('trace')) {
+      record = await bootOnce({ work, serverUrl: server.url, token, data, desk: 'd-0-first', policy: 'sequential', run: 0, initrd, vmlinuz: join(kdir, 'vmlinuz') });
+      log(`first boot (records the trace; not in the runs): ${describe(record)}`);
+    }
     for (let r = 1; r <= o.runs; r++) {
       for (const policy of r % 2 ? o.policies : [...o.policies].reverse()) {
         const desk = `d-${r}-${policy.replace(/[^a-z0-9]/g, '')}`;
         const res = await bootOnce({ work, serverUrl: server.url, token, data, desk, policy, run: r, initrd, vmlinuz: join(kdir, 'vmlinuz') });
         results.push(res);
-        log(`run ${r} ${policy}: guest read ${mb(res.nbdReadBytes)} MB over NBD touching ${res.readBlocks} blocks (${mb(res.readBlockBytes)} MB); fetched ${res.fetchedBlocks} blocks (${mb(res.fetchedBytes)} MB, ${res.readAheadBlocks} read ahead (${res.readAheadUsed} of them read), ${res.fetches} fetches, reads waited ${res.waitSeconds.toFixed(2)} s) = ${ratio(res.fetchedBytes, res.readBlockBytes)}; guest reads ${res.guestReadSeconds.toFixed(2)} s, boot to poweroff ${res.qemuSeconds.toFixed(2)} s`);
+        log(`run ${r} ${policy}: ${describe(res)}`);
       }
     }
 
+    // A hostile trace: a user on the image version replaces its trace with every block, shuffled. The next
+    // laptop's boot must stay within the budget (fetched at most 2x the blocks it read).
+    let hostile: RunResult | null = null;
+    if (o.hostile) {
+      const count = Math.ceil(o.size / (64 * 1024));
+      const blocks = shuffled(mulberry32(o.seed + 1), Array.from({ length: count }, (_, i) => i));
+      const res = await fetch(`${server.url}/v1/desktops/d-0-first/boot-trace`, { method: 'PUT', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ image: 'boot', imageVersion: 1, blocks }) });
+      if (res.status !== 200) throw new Error(`the hostile trace was refused: ${res.status} ${await res.text()}`);
+      hostile = await bootOnce({ work, serverUrl: server.url, token, data, desk: 'd-9-hostile', policy: 'trace', run: 0, initrd, vmlinuz: join(kdir, 'vmlinuz') });
+      log(`hostile trace (${count} blocks, shuffled; not in the runs): ${describe(hostile)}`);
+    }
     log('\nEvery run (fetched/touched: bytes fetched over bytes of the blocks the guest read, each block once):');
-    log(table(['run', 'policy', 'NBD read MB', 'blocks touched', 'touched MB', 'blocks fetched', 'fetched MB', 'read ahead', 'of them read', 'fetches', 'read wait s', 'fetched/touched', 'guest reads s', 'boot s'],
-      results.map((r) => [String(r.run), r.policy, mb(r.nbdReadBytes), String(r.readBlocks), mb(r.readBlockBytes), String(r.fetchedBlocks), mb(r.fetchedBytes), String(r.readAheadBlocks), String(r.readAheadUsed), String(r.fetches), r.waitSeconds.toFixed(2), ratio(r.fetchedBytes, r.readBlockBytes), r.guestReadSeconds.toFixed(2), r.qemuSeconds.toFixed(2)])));
+    log(table(['run', 'policy', 'NBD read MB', 'blocks touched', 'touched MB', 'blocks fetched', 'fetched MB', 'read ahead', 'of them read', 'fetches', 'read wait s', 'fetched/touched', 'trace blocks', 'serve CPU s', 'guest reads s', 'boot s'],
+      [...(record ? [{ ...record, policy: 'sequential (first boot)' }] : []), ...results, ...(hostile ? [{ ...hostile, policy: 'trace (hostile trace)' }] : [])].map((r) => [r.run === 0 ? (r === hostile || r.policy.includes('hostile') ? 'hostile' : 'first') : String(r.run), r.policy, mb(r.nbdReadBytes), String(r.readBlocks), mb(r.readBlockBytes), String(r.fetchedBlocks), mb(r.fetchedBytes), String(r.readAheadBlocks), String(r.readAheadUsed), String(r.fetches), r.waitSeconds.toFixed(2), ratio(r.fetchedBytes, r.readBlockBytes), String(r.traceBlocks), r.serveCpuSeconds.toFixed(2), r.guestReadSeconds.toFixed(2), r.qemuSeconds.toFixed(2)])));
     const peer = o.policies[0]!;
     log(`\nMedians (ratios against ${peer}, measured in the same run):`);
     const rows: string[][] = [];
     for (const p of o.policies) {
       const rs = results.filter((r) => r.policy === p);
       const ps = results.filter((r) => r.policy === peer);
-      rows.push([p, mb(median(rs.map((r) => r.fetchedBytes))), ratio(median(rs.map((r) => r.fetchedBytes / r.readBlockBytes)), 1), String(median(rs.map((r) => r.fetches))), median(rs.map((r) => r.waitSeconds)).toFixed(2), ratio(median(rs.map((r) => r.waitSeconds)), median(ps.map((r) => r.waitSeconds))), median(rs.map((r) => r.guestReadSeconds)).toFixed(2), ratio(median(rs.map((r) => r.guestReadSeconds)), median(ps.map((r) => r.guestReadSeconds))), median(rs.map((r) => r.qemuSeconds)).toFixed(2), ratio(median(rs.map((r) => r.qemuSeconds)), median(ps.map((r) => r.qemuSeconds)))]);
+      rows.push([p, mb(median(rs.map((r) => r.fetchedBytes))), ratio(median(rs.map((r) => r.fetchedBytes / r.readBlockBytes)), 1), String(median(rs.map((r) => r.fetches))), median(rs.map((r) => r.waitSeconds)).toFixed(2), ratio(median(rs.map((r) => r.waitSeconds)), median(ps.map((r) => r.waitSeconds))), median(rs.map((r) => r.serveCpuSeconds)).toFixed(2), median(rs.map((r) => r.guestReadSeconds)).toFixed(2), ratio(median(rs.map((r) => r.guestReadSeconds)), median(ps.map((r) => r.guestReadSeconds))), median(rs.map((r) => r.qemuSeconds)).toFixed(2), ratio(median(rs.map((r) => r.qemuSeconds)), median(ps.map((r) => r.qemuSeconds)))]);
     }
-    log(table(['policy', 'fetched MB', 'fetched/touched', 'fetches', 'read wait s', `vs ${peer}`, 'guest reads s', `vs ${peer}`, 'boot s', `vs ${peer}`], rows));
-    if (o.out) writeFileSync(o.out, JSON.stringify({ options: { ...o }, image: made, workload: { whole: wl.whole, scattered: wl.scattered, bytes: wl.bytes }, results }, null, 2));
+    log(table(['policy', 'fetched MB', 'fetched/touched', 'fetches', 'read wait s', `vs ${peer}`, 'serve CPU s', 'guest reads s', `vs ${peer}`, 'boot s', `vs ${peer}`], rows));
+    if (o.out) writeFileSync(o.out, JSON.stringify({ options: { ...o }, image: made, workload: { whole: wl.whole, scattered: wl.scattered, bytes: wl.bytes }, record, hostile, results }, null, 2));
   } finally {
     if (server) await server.stop();
     if (o.keep) log(`kept ${work}`);

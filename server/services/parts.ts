@@ -18,6 +18,7 @@ import { PersonaService } from './persona-service.js';
 import { ReleaseService } from '../release.js';
 import { RecomposeService } from '../recompose.js';
 import { SharingService } from '../sharing.js';
+import { BootTraceService } from '../boot-traces.js';
 
 export interface ServerParts {
   /** The data folder: escrow key pair, staging space (tmp/), and by default the database and store. */
@@ -39,6 +40,8 @@ export interface ServerParts {
   recompose: RecomposeService;
   /** Stored against logical bytes, per image and per desktop (server/sharing.ts). */
   sharing: SharingService;
+  /** What streamed boots of each image version read first, in order (server/boot-traces.ts). */
+  bootTraces: BootTraceService;
   close(): Promise<void>;
 }
 
@@ -65,7 +68,7 @@ export function buildParts(sql: Sql, store: BlockStore, root: string | null, opt
   const recompose = new RecomposeService(sql);
   const checkouts = new CheckoutService(meta, fleet, personas, escrow, store, needSpace, leases, recompose);
   return {
-    root: root ?? '', sql, store, meta, fleet, personaMeta, escrow, personas, desktops, checkouts, gc: new GarbageCollector(sql, store), releases: new ReleaseService(sql, root), recompose, sharing: new SharingService(sql),
+    root: root ?? '', sql, store, meta, fleet, personaMeta, escrow, personas, desktops, checkouts, gc: new GarbageCollector(sql, store), releases: new ReleaseService(sql, root), recompose, sharing: new SharingService(sql), bootTraces: new BootTraceService(sql, meta),
     close: async () => {
       await store.close?.();
       await sql.close();

@@ -13,6 +13,7 @@ export const ERROR_CODES = {
   IMAGE_FORMAT_UNSUPPORTED: { http: 400, exit: 2, what: 'the file is not a disk image carryon publishes (raw, qcow2, VMDK, VHDX, VDI, VHD): the message says what it looks like (a compressed file, an archive, another image format)' },
   PAYLOAD_TOO_LARGE: { http: 413, exit: 2, what: 'a request body or entry is larger than allowed' },
   HEADERS_TOO_LARGE: { http: 431, exit: 2, what: 'the request line or headers are larger than the server accepts' },
+  BOOT_TRACE_INVALID: { http: 400, exit: 2, what: 'a boot trace is malformed: not a list of distinct block indices, longer than allowed, or naming a block past the end of its image' },
   // identity
   UNAUTHORIZED: { http: 401, exit: 3, what: 'no token, or an unknown or revoked token' },
   FORBIDDEN: { http: 403, exit: 3, what: 'the token is valid but may not do this' },
@@ -31,6 +32,7 @@ export const ERROR_CODES = {
   CHECKOUT_CONFLICT: { http: 409, exit: 5, what: 'the desktop is already checked out' },
   VERSION_CONFLICT: { http: 409, exit: 5, what: 'the desktop moved on since this checkout began' },
   BLOCKS_MISSING: { http: 409, exit: 5, what: 'a commit names blocks the server does not hold' },
+  BOOT_TRACE_WRONG_IMAGE: { http: 409, exit: 5, what: "a boot trace was recorded on another image version than the desktop's (the desktop was refreshed or recomposed meanwhile)" },
   NOT_CHECKED_OUT: { http: 409, exit: 8, what: 'this laptop holds no active checkout of that desktop' },
   LOCAL_PATH_CONFLICT: { http: 409, exit: 8, what: 'the target path exists and is not ours to overwrite' },
   DISK_IN_USE: { http: 409, exit: 8, what: 'another process (carryon serve or check-in, a VM on the raw file) has the local disk open for writing' },

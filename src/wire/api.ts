@@ -530,3 +530,38 @@ export interface PersonaCommitResult {
    */
   registryDropped?: { count: number; keys: string[] };
 }
+
+/**
+ * A boot trace (docs/protocol.md#boot-traces): the blocks a streamed desktop's VM first read, in the
+ * order it read them, on one image version. Indices only, never ids or bytes: a laptop that gets one
+ * fetches those indices of its own manifest. At most MAX_BOOT_TRACE_BLOCKS, each once.
+ */
+export interface BootTrace {
+  image: string;
+  imageVersion: number;
+  blocks: number[];
+}
+
+/** The longest boot trace kept: 65,536 blocks (4 GiB of 64 KiB blocks; ~460 KB of JSON, under MAX_JSON_BYTES). */
+export const MAX_BOOT_TRACE_BLOCKS = 65536;
+
+/**
+ * A boot trace from the network or a laptop file: the image's name and version, and distinct block
+ * indices (0 to 2^31-1, at most MAX_BOOT_TRACE_BLOCKS). Anything else is BOOT_TRACE_INVALID. Whether
+ * the indices fit the image is the server's check (it knows the image's block count).
+ */
+export function parseBootTrace(body: unknown): BootTrace {
+  const b = (body ?? {}) as Record<string, unknown>;
+  const bad = (why: string): CarryonError => new CarryonError('BOOT_TRACE_INVALID', `boot trace: ${why}`);
+  if (typeof b.image !== 'string' || b.image.length === 0 || b.image.length > 200) throw bad('image must be an image name');
+  if (!Number.isSafeInteger(b.imageVersion) || (b.imageVersion as number) < 1) throw bad('imageVersion must be a version number');
+  if (!Array.isArray(b.blocks)) throw bad('blocks must be a list of block indices');
+  if (b.blocks.length > MAX_BOOT_TRACE_BLOCKS) throw new CarryonError('BOOT_TRACE_INVALID', `boot trace: ${b.blocks.length} blocks, at most ${MAX_BOOT_TRACE_BLOCKS}`, { blocks: b.blocks.length, max: MAX_BOOT_TRACE_BLOCKS });
+  const seen = new Set<number>();
+  for (const i of b.blocks) {
+    if (!Number.isInteger(i) || (i as number) < 0 || (i as number) > 0x7fffffff) throw bad(`${shownValue(i)} is not a block index`);
+    if (seen.has(i as number)) throw bad(`block ${i as number} is listed twice (a trace holds first reads only)`);
+    seen.add(i as number);
+  }
+  return { image: b.image, imageVersion: b.imageVersion as number, blocks: b.blocks as number[] };
+}

@@ -122,6 +122,26 @@ export function runMetaConformance(name: string, setup: () => Promise<MetaSetup>
       expect((await a.desktops.stats()).logicalBytes).toBe(2 * (3 * 2 ** 32 + 4096));
     });
 
+    it('boot traces: one per image version, replaced whole; a refused one changes nothing; another user sees none of it', async () => {
+      await desktop('bt');
+      const blocks = (await a.desktops.info(alice, 'bt')).size / (await a.desktops.info(alice, 'bt')).blockSize;
+      expect(await a.bootTraces.get(alice, 'bt')).toEqual({ image: 'img-bt', imageVersion: 1, blocks: [] });
+      const order = [blocks - 1, 0, 2];
+      expect(await a.bootTraces.put(alice, 'bt', { image: 'img-bt', imageVersion: 1, blocks: order })).toEqual({ image: 'img-bt', imageVersion: 1, blocks: 3 });
+      expect(await codeOf(a.bootTraces.put(alice, 'bt', { image: 'img-bt', imageVersion: 1, blocks: [blocks] }))).toBe('BOOT_TRACE_INVALID');
+      expect(await codeOf(a.bootTraces.put(alice, 'bt', { image: 'img-bt', imageVersion: 2, blocks: [1] }))).toBe('BOOT_TRACE_WRONG_IMAGE');
+      expect(await codeOf(a.bootTraces.put(alice, 'bt', { image: 'other', imageVersion: 1, blocks: [1] }))).toBe('BOOT_TRACE_WRONG_IMAGE');
+      await a.desktops.addUser('carol', false, actor);
+      const carol = await a.meta.userByName('carol');
+      expect(await codeOf(a.bootTraces.get(carol, 'bt'))).toBe('DESKTOP_NOT_FOUND');
+      expect(await codeOf(a.bootTraces.put(carol, 'bt', { image: 'img-bt', imageVersion: 1, blocks: [1] }))).toBe('DESKTOP_NOT_FOUND');
+      expect((await a.bootTraces.get(alice, 'bt')).blocks).toEqual(order);
+      // A second instance reads and replaces the same row.
+      const b = await instance();
+      await b.bootTraces.put(alice, 'bt', { image: 'img-bt', imageVersion: 1, blocks: [3] });
+      expect((await a.bootTraces.get(alice, 'bt')).blocks).toEqual([3]);
+    });
+
     it('desktops: unique names; a user sees only their own; policies change together and are audited', async () => {
       await desktop('d1');
       expect(await codeOf(a.desktops.createDesktop('d1', 'alice', 'img-d1', actor))).toBe('ALREADY_EXISTS');

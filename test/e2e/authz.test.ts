@@ -195,6 +195,17 @@ describe('authorization matrix over every HTTP route', () => {
       other: () => ({ path: '/desktops/a-idle/restore-points', status: 404, code: 'DESKTOP_NOT_FOUND' }),
     },
     {
+      method: 'GET', route: '/desktops/:name/boot-trace', scope: 'desktop',
+      owner: () => ({ token: () => t.d1, path: '/desktops/a-idle/boot-trace', headers: asD1, status: 200, check: (r) => expect(r.json).toMatchObject({ image: 'img', imageVersion: 1 }) }),
+      other: () => ({ path: '/desktops/a-idle/boot-trace', status: 404, code: 'DESKTOP_NOT_FOUND' }),
+    },
+    {
+      method: 'PUT', route: '/desktops/:name/boot-trace', scope: 'desktop',
+      owner: () => ({ token: () => t.d1, path: '/desktops/a-idle/boot-trace', body: json({ image: 'img', imageVersion: 1, blocks: [0] }), headers: asD1, status: 200, check: (r) => expect(r.json).toEqual({ image: 'img', imageVersion: 1, blocks: 1 }) }),
+      // bob's desktop is on the same image version: the desktop named is still alice's, so nothing
+      other: () => ({ path: '/desktops/a-idle/boot-trace', body: json({ image: 'img', imageVersion: 1, blocks: [0] }), status: 404, code: 'DESKTOP_NOT_FOUND' }),
+    },
+    {
       method: 'GET', route: '/checkouts/:id/manifest', scope: 'checkout',
       owner: () => ({ token: () => t.d1, path: `/checkouts/${CO}/manifest`, headers: asD1, status: 200, check: (r) => expect(manifestId(r.body)).toBe(aManifestId) }),
       other: () => ({ path: `/checkouts/${CO}/manifest`, headers: asD1, status: 404, code: 'CHECKOUT_NOT_FOUND' }),
