@@ -262,6 +262,27 @@ export class LocalDisk implements NbdExport {
     return marked ? marked.then(land) : land();
   }
 
+  /**
+   * The file's descriptor for the native data path (client/nbd-native.ts), which dups it: only while the
+   * disk is plaintext and fully local (its writes then need nothing but durable dirty marks), else null.
+   */
+  get nativeFd(): number | null {
+    return this.journal.complete && !this.io.encrypted && !this.closed ? this.fd : null;
+  }
+
+  /**
+   * For the native data path: make the dirty marks of a write of [offset, offset+length) durable; the
+   * caller writes the bytes once this returns or resolves, and acknowledges after that.
+   */
+  prepareWrite(offset: number, length: number): Promise<void> | void {
+    const after = (): void => {
+      if (this.closed) throw new NbdIoError(NBD_ERRNO.ESHUTDOWN, `${this.name} is closing`);
+      crashPoint('nbd-write'); // tests: die with the marks durable and the bytes not written
+    };
+    const marked = this.mark(offset, length);
+    return marked ? marked.then(after) : after();
+  }
+
   /** Synchronous when the blocks are already durably dirty and no FUA is asked (the common case). */
   write(offset: number, data: Buffer, fua: boolean): Promise<void> | void {
     const marked = this.mark(offset, data.length);
