@@ -46,7 +46,6 @@
 // Payloads kept while their marks are made durable, and requests waiting for JavaScript, per connection.
 #define HELD_BUDGET (64u * 1024 * 1024)
 #define MAX_JOBS 64
-#define RECV_INITIAL (4u * 1024 * 1024)
 
 enum { CMD_READ = 0, CMD_WRITE = 1, CMD_DISC = 2, CMD_FLUSH = 3, CMD_TRIM = 4, CMD_CACHE = 5, CMD_WRITE_ZEROES = 6 };
 enum { FLAG_FUA = 1, FLAG_NO_HOLE = 2, FLAG_DF = 4 };
@@ -98,6 +97,9 @@ typedef struct conn_s {
   size_t rcap, rstart, rend;
   uint8_t *obuf;
   size_t ocap;
+  uint8_t *wbuf; // payloads read (no splice) and dropped
+  size_t wcap;
+  int pipe[2]; // socket -> pipe -> file for writes (CARRYON_NBD_SPLICE=0: none, read + pwrite)
   uint64_t read_bytes, write_bytes, requests;
   napi_threadsafe_function tsfn;
 } conn_t;
@@ -457,8 +459,148 @@ static job_t *new_job(int kind, const uint8_t handle[8], uint64_t off, uint32_t 
   return j;
 }
 
-// One whole request at p (its payload follows a WRITE's header). Returns -1 to end the connection,
-// 1 for DISC.
+// ---- receiving: headers read exactly, payloads read or spliced ----
+
+// Wait until the socket has something (or hung up), answering JavaScript's completions meanwhile.
+static int wait_input(conn_t *c) {
+  for (;;) {
+    struct pollfd p[2] = {{c->sock, POLLIN, 0}, {c->evfd, POLLIN, 0}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if ((p[1].revents & POLLIN) && drain_done(c) < 0) return -1;
+    if (p[0].revents) return 0; // data, a hang-up or an error: the next read says which
+  }
+}
+
+// Exactly n bytes: first what JavaScript had read past the handshake, then the socket.
+static int recv_exact(conn_t *c, uint8_t *dst, size_t n) {
+  size_t got = 0;
+  if (c->rend > c->rstart) {
+    size_t k = c->rend - c->rstart < n ? c->rend - c->rstart : n;
+    memcpy(dst, c->rbuf + c->rstart, k);
+    c->rstart += k;
+    got = k;
+  }
+  while (got < n) {
+    ssize_t k = read(c->sock, dst + got, n - got);
+    if (k > 0) {
+      got += (size_t)k;
+      continue;
+    }
+    if (k == 0) return -1;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (wait_input(c) < 0) return -1;
+      continue;
+    }
+    return -1;
+  }
+  return 0;
+}
+
+static uint8_t *scratch(conn_t *c, size_t n) {
+  if (c->wcap < n) {
+    free(c->wbuf);
+    c->wbuf = malloc(n);
+    c->wcap = c->wbuf ? n : 0;
+  }
+  return c->wbuf;
+}
+
+// Read and drop n payload bytes (a refused write: the stream stays in step).
+static int skip_payload(conn_t *c, size_t n) {
+  while (n > 0) {
+    size_t k = n < 1024 * 1024 ? n : 1024 * 1024;
+    uint8_t *b = scratch(c, k);
+    if (!b || recv_exact(c, b, k) < 0) return -1;
+    n -= k;
+  }
+  return 0;
+}
+
+// Move what the pipe holds into the file at pos (under the gate). Returns 0 or an NBD errno; on an
+// error the pipe is emptied anyway (read and dropped) so it can be used again.
+static int pipe_to_file(conn_t *c, size_t n, uint64_t pos) {
+  int err = 0;
+  pthread_rwlock_rdlock(&c->ex->gate);
+  while (n > 0) {
+    loff_t o = (loff_t)pos;
+    ssize_t k = splice(c->pipe[0], NULL, c->file, &o, n, SPLICE_F_MOVE);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      err = k < 0 && errno == ENOSPC ? E_NOSPC : E_IO;
+      break;
+    }
+    n -= (size_t)k;
+    pos += (uint64_t)k;
+    c->write_bytes += (uint64_t)k;
+  }
+  pthread_rwlock_unlock(&c->ex->gate);
+  while (n > 0) { // drop the rest
+    uint8_t *b = scratch(c, n < 65536 ? n : 65536);
+    ssize_t k = b ? read(c->pipe[0], b, n < 65536 ? n : 65536) : -1;
+    if (k <= 0) return -1; // cannot empty the pipe: end the connection
+    n -= (size_t)k;
+  }
+  return err;
+}
+
+// A write whose blocks are known durably dirty: its payload goes from the socket into the file. With
+// splice the kernel moves the socket's pages into a pipe and copies them once into the page cache (no
+// pass through this process); without it, read then pwrite. Returns 0 or an errno to answer with, or
+// -1 to end the connection. Parts may land before the whole payload arrived: an NBD write is not atomic.
+static int recv_to_file(conn_t *c, uint64_t off, uint32_t len) {
+  size_t left = len;
+  uint64_t pos = off;
+  int err = 0;
+  if (c->rend > c->rstart) { // bytes JavaScript read past the handshake first
+    size_t k = c->rend - c->rstart < left ? c->rend - c->rstart : left;
+    err = c->stopping ? 108 : pwrite_all(c, c->rbuf + c->rstart, k, pos);
+    c->rstart += k;
+    left -= k;
+    pos += k;
+  }
+  while (left > 0 && c->pipe[0] >= 0 && !err) {
+    ssize_t k = splice(c->sock, NULL, c->pipe[1], NULL, left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (k == 0) return -1;
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // The pipe is empty here (each splice in is followed by moving it all out), so: no data yet.
+        if (wait_input(c) < 0) return -1;
+        continue;
+      }
+      if (errno == EINVAL || errno == ENOSYS) { // not for this socket: read and pwrite from now on
+        close(c->pipe[0]);
+        close(c->pipe[1]);
+        c->pipe[0] = c->pipe[1] = -1;
+        break;
+      }
+      return -1;
+    }
+    int e = c->stopping ? 108 : pipe_to_file(c, (size_t)k, pos);
+    if (e < 0) return -1;
+    err = e;
+    left -= (size_t)k;
+    pos += (uint64_t)k;
+  }
+  while (left > 0 && !err) {
+    size_t k = left < 1024 * 1024 ? left : 1024 * 1024;
+    uint8_t *b = scratch(c, k);
+    if (!b) return -1;
+    if (recv_exact(c, b, k) < 0) return -1;
+    err = c->stopping ? 108 : pwrite_all(c, b, k, pos);
+    left -= k;
+    pos += k;
+  }
+  if (left > 0 && skip_payload(c, left) < 0) return -1;
+  return err;
+}
+
+// One request: its header is read; a WRITE's payload is still in the socket. Returns -1 to end the
+// connection, 1 for DISC.
 static int handle_request(conn_t *c, const uint8_t *p) {
   int flags = (p[4] << 8) | p[5];
   int type = (p[6] << 8) | p[7];
@@ -467,18 +609,22 @@ static int handle_request(conn_t *c, const uint8_t *p) {
   uint32_t len = get32(p + 24);
   c->requests++;
   if (type == CMD_DISC) return 1;
+  if (type == CMD_WRITE && len > MAX_PAYLOAD) return -1; // src/nbd closes too: the spec allows it
   int fua = (flags & FLAG_FUA) != 0;
   int err = check_request(c, type, flags, off, len);
-  if (err) return reply(c, handle, err);
+  if (err) {
+    if (type == CMD_WRITE && skip_payload(c, len) < 0) return -1;
+    return reply(c, handle, err);
+  }
   switch (type) {
     case CMD_READ:
       if (len == 0) return reply(c, handle, 0);
       return do_read(c, handle, off, len);
     case CMD_WRITE: {
       if (len == 0) return reply(c, handle, 0);
-      const uint8_t *data = p + 28;
       if (!c->always_ask && blocks_durable(c, off, len)) {
-        err = c->stopping ? 108 : pwrite_all(c, data, len, off);
+        err = recv_to_file(c, off, len);
+        if (err < 0) return -1;
         if (err || !fua) return reply(c, handle, err);
         job_t *j = new_job(JOB_MARK, handle, off, len, fua);
         if (!j) return reply(c, handle, E_NOMEM);
@@ -489,13 +635,18 @@ static int handle_request(conn_t *c, const uint8_t *p) {
         }
         return 0;
       }
+      // Not known durably dirty: the payload is kept until JavaScript says the marks are durable.
       job_t *j = new_job(JOB_MARK, handle, off, len, fua);
       if (j) j->payload = malloc(len);
       if (!j || !j->payload) {
         if (j) free(j);
+        if (skip_payload(c, len) < 0) return -1;
         return reply(c, handle, E_NOMEM);
       }
-      memcpy(j->payload, data, len);
+      if (recv_exact(c, j->payload, len) < 0) {
+        free_job(j);
+        return -1;
+      }
       if (ask(c, j) < 0) {
         free_job(j);
         return reply(c, handle, E_IO);
@@ -524,79 +675,24 @@ static int handle_request(conn_t *c, const uint8_t *p) {
   return reply(c, handle, E_INVAL);
 }
 
-// Requests whole in the receive buffer, handled in order. Returns -1 (end), 1 (DISC) or 0 (need more).
-static int parse(conn_t *c) {
-  for (;;) {
-    if (c->outstanding >= MAX_JOBS || c->held >= HELD_BUDGET) return 0; // wait for JavaScript's answers
-    size_t have = c->rend - c->rstart;
-    if (have < 28) return 0;
-    const uint8_t *p = c->rbuf + c->rstart;
-    if (get32(p) != REQUEST_MAGIC) return -1;
-    int type = (p[6] << 8) | p[7];
-    uint32_t len = get32(p + 24);
-    size_t need = 28;
-    if (type == CMD_WRITE) {
-      if (len > MAX_PAYLOAD) return -1; // src/nbd closes too: the spec allows it
-      need += len;
-    }
-    if (have < need) {
-      if (need > c->rcap) {
-        // A payload larger than the buffer: grow it (at most MAX_PAYLOAD + 28).
-        uint8_t *nb = malloc(need);
-        if (!nb) return -1;
-        memcpy(nb, p, have);
-        free(c->rbuf);
-        c->rbuf = nb;
-        c->rcap = need;
-        c->rstart = 0;
-        c->rend = have;
-      }
-      return 0;
-    }
-    int r = handle_request(c, p);
-    c->rstart += need;
-    if (c->rstart == c->rend) c->rstart = c->rend = 0;
-    if (r != 0) return r;
-  }
-}
-
 static void *run(void *arg) {
   conn_t *c = arg;
-  int ending = 0;
-  int r = parse(c); // what JavaScript had read already
-  if (r != 0) ending = 1;
-  while (!ending) {
-    // Over its budget the socket is left out of the poll (a negative fd is ignored, hang-ups too).
-    int want_in = c->outstanding < MAX_JOBS && c->held < HELD_BUDGET;
-    struct pollfd p[2] = {{want_in ? c->sock : -1, POLLIN, 0}, {c->evfd, POLLIN, 0}};
-    if (poll(p, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    if (p[1].revents & POLLIN) {
-      if (drain_done(c) < 0) break;
-      if ((r = parse(c)) != 0) break;
-    }
-    if (p[0].revents & (POLLERR | POLLNVAL)) break;
-    if (p[0].revents & (POLLIN | POLLHUP)) {
-      if (c->rstart > 0 && c->rcap - c->rend < 256 * 1024) {
-        memmove(c->rbuf, c->rbuf + c->rstart, c->rend - c->rstart);
-        c->rend -= c->rstart;
-        c->rstart = 0;
-      }
-      if (c->rend == c->rcap) {
-        if ((r = parse(c)) != 0) break;
-        continue;
-      }
-      ssize_t n = read(c->sock, c->rbuf + c->rend, c->rcap - c->rend);
-      if (n < 0) {
-        if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+  int r = 0;
+  uint8_t h[28];
+  for (;;) {
+    // Too much waiting for JavaScript: take no new request until some of it is answered.
+    while (c->outstanding >= MAX_JOBS || c->held >= HELD_BUDGET) {
+      if (wait_fd(c->evfd, POLLIN) < 0 || drain_done(c) < 0) {
+        r = -1;
         break;
       }
-      if (n == 0) break;
-      c->rend += (size_t)n;
-      if ((r = parse(c)) != 0) break;
     }
+    if (r < 0) break;
+    if (recv_exact(c, h, 28) < 0 || get32(h) != REQUEST_MAGIC) {
+      r = -1;
+      break;
+    }
+    if ((r = handle_request(c, h)) != 0) break;
   }
   // Over (DISC, end of stream, an error or stop): answer what JavaScript still owes, then close.
   int sock_ok = r == 1;
@@ -609,12 +705,17 @@ static void *run(void *arg) {
   close(c->sock);
   close(c->file);
   close(c->evfd);
-  c->sock = c->file = c->evfd = -1;
+  if (c->pipe[0] >= 0) {
+    close(c->pipe[0]);
+    close(c->pipe[1]);
+  }
+  c->sock = c->file = c->evfd = c->pipe[0] = c->pipe[1] = -1;
   c->finished = 1;
   pthread_mutex_unlock(&c->mu);
   free(c->rbuf);
   free(c->obuf);
-  c->rbuf = c->obuf = NULL;
+  free(c->wbuf);
+  c->rbuf = c->obuf = c->wbuf = NULL;
   post(c, JOB_END, 0, 0, 0, 0);
   napi_release_threadsafe_function(c->tsfn, napi_tsfn_release);
   return NULL;
@@ -704,7 +805,8 @@ static napi_value start(napi_env env, napi_callback_info info) {
   conn_t *c = calloc(1, sizeof *c);
   if (!c) return throw_error(env, "nbd-data: out of memory");
   c->sock = c->file = c->evfd = -1;
-  c->rcap = RECV_INITIAL > left_len ? RECV_INITIAL : left_len;
+  c->pipe[0] = c->pipe[1] = -1;
+  c->rcap = left_len > 0 ? left_len : 1;
   c->rbuf = malloc(c->rcap);
   c->sock = fcntl(sfd, F_DUPFD_CLOEXEC, 0);
   c->file = fcntl(ffd, F_DUPFD_CLOEXEC, 0);
@@ -725,6 +827,11 @@ static napi_value start(napi_env env, napi_callback_info info) {
   c->always_ask = always;
   const char *sf = getenv("CARRYON_NBD_SENDFILE");
   c->use_sendfile = !(sf && strcmp(sf, "0") == 0);
+  const char *sp = getenv("CARRYON_NBD_SPLICE");
+  if (!(sp && strcmp(sp, "0") == 0) && pipe2(c->pipe, O_CLOEXEC | O_NONBLOCK) == 0)
+    fcntl(c->pipe[1], F_SETPIPE_SZ, 1024 * 1024); // fewer splices per request; the default (64 KiB) if refused
+  else
+    c->pipe[0] = c->pipe[1] = -1;
   c->ex = ex;
   pthread_mutex_lock(&ex->mu);
   ex->refs++;
@@ -738,6 +845,10 @@ static napi_value start(napi_env env, napi_callback_info info) {
     close(c->sock);
     close(c->file);
     close(c->evfd);
+    if (c->pipe[0] >= 0) {
+      close(c->pipe[0]);
+      close(c->pipe[1]);
+    }
     free(c->rbuf);
     export_unref(ex);
     pthread_mutex_destroy(&c->mu);
@@ -749,7 +860,11 @@ static napi_value start(napi_env env, napi_callback_info info) {
     close(c->sock);
     close(c->file);
     close(c->evfd);
-    c->sock = c->file = c->evfd = -1;
+    if (c->pipe[0] >= 0) {
+      close(c->pipe[0]);
+      close(c->pipe[1]);
+    }
+    c->sock = c->file = c->evfd = c->pipe[0] = c->pipe[1] = -1;
     c->finished = 1;
     free(c->rbuf);
     c->rbuf = NULL;

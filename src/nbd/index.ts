@@ -400,7 +400,17 @@ async function handOver(q: ByteQueue, socket: Duplex, exp: NbdExport, to: NonNul
   handle.readStop();
   handle.reading = false;
   // The handshake's replies must reach the kernel before anyone else writes to the socket.
-  while (s.writableLength > 0 && !s.destroyed) await new Promise((r) => s.once('drain', r));
+  while (s.writableLength > 0 && !s.destroyed) {
+    await new Promise<void>((r) => {
+      const done = (): void => {
+        s.off('drain', done);
+        s.off('close', done);
+        r();
+      };
+      s.once('drain', done);
+      s.once('close', done);
+    });
+  }
   if (s.destroyed || s._handle !== handle) return true; // the client went away meanwhile: nothing to serve
   try {
     to.take(exp, handle.fd, transmissionFlags(exp), q.drain());
