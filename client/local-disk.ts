@@ -13,7 +13,9 @@
 // Disk I/O is synchronous on purpose: each request's bookkeeping and its pwrite happen in one turn of
 // the event loop, so a download landing in between cannot interleave with a VM write. Page-cache
 // reads and writes of 64 KiB-1 MiB take tens of microseconds here; only fsyncs, and reads of 128 KiB
-// and more (at most two at a time for a plaintext copy), go to the thread pool.
+// and more (at most two at a time for a plaintext copy), go to the thread pool. A plaintext, complete
+// disk served by `carryon serve` is read and written by native threads instead (client/nbd-native.ts):
+// they ask prepareWrite for the marks first, exactly as write does; no download can land any more.
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import { blockId, CarryonError, CheapHasher, DiskManifest, encodeBlock, isAllZero, NbdIoError, NBD_ERRNO, type BlockId, type NbdExport, type SectorCipherImplementation } from '../src/index.js';
 import { CACHE_LEVEL } from './state.js';

@@ -1,9 +1,11 @@
 // carryon_nbd_data: the transmission phase of one NBD connection on a thread of its own, for a plaintext,
 // fully local disk (`carryon serve`; client/nbd-native.ts is its only caller). The handshake stays in
 // JavaScript (src/nbd); once a client has picked the export, its socket's descriptor and the bytes already
-// read are handed over here, and a C thread reads requests and answers them: reads with pread and one
-// send, writes with pwrite straight from the receive buffer. So 4 connections use both cores, and no
-// request costs a JavaScript turn, a promise or a Buffer.
+// read are handed over here, and a C thread reads requests and answers them: reads with the reply header
+// then sendfile (page-cache pages into the socket, no copy here), writes to durably dirty blocks spliced
+// socket -> pipe -> file. So 4 connections use both cores, and no request costs a JavaScript turn, a
+// promise or a Buffer. CARRYON_NBD_SENDFILE=0 and CARRYON_NBD_SPLICE=0 copy through buffers instead
+// (pread + send, read + pwrite: same bytes), for benchmarks.
 //
 // What stays in JavaScript, asked for through a thread-safe function and answered with complete():
 // - MARK: a write to blocks not yet known to be durably dirty. The thread keeps the request (its payload

@@ -8,7 +8,9 @@
 // and hands each socket to serveNbdConnection, first re-created by nbdSocket so that it reads into
 // large reused slabs (one read per ~200 KB instead of a fresh 64 KiB buffer per read): a payload is
 // then a view of a slab, valid until its write settles, and the slab is reused once every byte of it
-// was given back. Key terms: slab, release (a byte given back), budget (what one connection may hold).
+// was given back. A caller may take a connection's transmission phase elsewhere once the handshake is
+// done (NbdConnectionOptions.handOver: carryon serve's C threads, client/nbd-native.ts).
+// Key terms: slab, release (a byte given back), budget (what one connection may hold), hand-over.
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 

@@ -306,6 +306,21 @@ describe.runIf(addon)('native NBD data path (native/nbd-data)', () => {
     expect(fileBytes(3 * BLOCK + 4096, BLOCK).equals(wider)).toBe(true);
   });
 
+  it('a large write to marked blocks (read and written in pieces) lands whole; stats count the bytes', async () => {
+    const c = await connect();
+    const first = randomBytes(prng(8), 3 * MiB + 5);
+    expect(await c.cmd(NBD_CMD.WRITE, 4096 + 3, first.length, { data: first })).toBe(0); // asks for the marks
+    const again = randomBytes(prng(9), 3 * MiB + 5);
+    expect(await c.cmd(NBD_CMD.WRITE, 4096 + 3, again.length, { data: again })).toBe(0); // known dirty: the fast path
+    expect(disk.marks.length).toBe(1);
+    expect(fileBytes(4096 + 3, again.length).equals(again)).toBe(true);
+    expect((await c.read(4096 + 3, again.length)).equals(again)).toBe(true);
+    c.send(NBD_CMD.DISC, 0, 0);
+    await c.raw.closed;
+    await drained();
+    expect(disk.stats.writeBytes).toBe(2 * again.length);
+  });
+
   it('a mark that fails: its errno is sent, the file is untouched, the block is not taken as marked, the connection goes on', async () => {
     disk.hold = true;
     const c = await connect();
