@@ -13,7 +13,9 @@
 // Disk I/O is synchronous on purpose: each request's bookkeeping and its pwrite happen in one turn of
 // the event loop, so a download landing in between cannot interleave with a VM write. Page-cache
 // reads and writes of 64 KiB-1 MiB take tens of microseconds here; only fsyncs, and reads of 128 KiB
-// and more (at most two at a time for a plaintext copy), go to the thread pool.
+// and more (at most two at a time for a plaintext copy), go to the thread pool. A plaintext, complete
+// disk served by `carryon serve` is read and written by native threads instead (client/nbd-native.ts):
+// they ask prepareWrite for the marks first, exactly as write does; no download can land any more.
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import { blockId, CarryonError, CheapHasher, DiskManifest, encodeBlock, isAllZero, NbdIoError, NBD_ERRNO, type BlockId, type NbdExport, type SectorCipherImplementation } from '../src/index.js';
 import { CACHE_LEVEL } from './state.js';
@@ -269,6 +271,27 @@ export class LocalDisk implements NbdExport {
       if (fua) return this.syncFile();
     };
     return marked ? marked.then(land) : land();
+  }
+
+  /**
+   * The file's descriptor for the native data path (client/nbd-native.ts), which dups it: only while the
+   * disk is plaintext and fully local (its writes then need nothing but durable dirty marks), else null.
+   */
+  get nativeFd(): number | null {
+    return this.journal.complete && !this.io.encrypted && !this.closed ? this.fd : null;
+  }
+
+  /**
+   * For the native data path: make the dirty marks of a write of [offset, offset+length) durable; the
+   * caller writes the bytes once this returns or resolves, and acknowledges after that.
+   */
+  prepareWrite(offset: number, length: number): Promise<void> | void {
+    const after = (): void => {
+      if (this.closed) throw new NbdIoError(NBD_ERRNO.ESHUTDOWN, `${this.name} is closing`);
+      crashPoint('nbd-write'); // tests: die with the marks durable and the bytes not written
+    };
+    const marked = this.mark(offset, length);
+    return marked ? marked.then(after) : after();
   }
 
   /** Synchronous when the blocks are already durably dirty and no FUA is asked (the common case). */

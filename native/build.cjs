@@ -9,12 +9,16 @@
 // And native/sparse (lseek SEEK_DATA / SEEK_HOLE, which Node lacks): full scans of a sparse disk read its
 // data and skip its holes. Without it a scan reads the holes too (same manifest, slower on sparse disks),
 // `carryon checkin --json` says scanHoles "read", and the test suite refuses it (test/unit/disk-sparse.test.ts).
+// And native/nbd-data (a C thread per NBD connection of `carryon serve` for a plaintext, fully local disk).
+// Without it serve answers every request on its JavaScript thread (same bytes, slower), and its
+// "listening" line says dataPath "js".
 'use strict';
 const { spawnSync } = require('node:child_process');
 const path = require('node:path');
 
 buildPersonaFuse();
 buildSparse();
+buildNbdData();
 
 if (process.env.CARRYON_XTS === 'js') {
   console.log('carryon: CARRYON_XTS=js, not building the native XTS addon');
@@ -38,6 +42,17 @@ function buildSparse() {
     console.warn(
       '\ncarryon: WARNING: native/sparse did not build' + (r.error ? ` (${r.error.message})` : '') +
         '.\ncarryon: full scans of sparse disks then read their holes too (same result, slower).' +
+        '\ncarryon: to build it: install python3, make and a C compiler, then `npm run build:native`.\n',
+    );
+  }
+}
+
+function buildNbdData() {
+  const r = spawnSync('node-gyp', ['rebuild', '--release'], { cwd: path.join(__dirname, 'nbd-data'), stdio: 'inherit', shell: process.platform === 'win32' });
+  if (r.status !== 0) {
+    console.warn(
+      '\ncarryon: WARNING: native/nbd-data did not build' + (r.error ? ` (${r.error.message})` : '') +
+        '.\ncarryon: carryon serve then answers NBD requests on its JavaScript thread (same bytes, slower).' +
         '\ncarryon: to build it: install python3, make and a C compiler, then `npm run build:native`.\n',
     );
   }

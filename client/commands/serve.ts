@@ -30,6 +30,7 @@ import { GUEST_SCRIPTS_DIR, guestLines, profileShareOf, type ProfileShare } from
 import { homeOf, LocalState } from '../state.js';
 import { readAheadPolicy } from '../read-ahead.js';
 import { BootTraceRecorder, loadBootTrace, submitBootTrace } from '../boot-trace.js';
+import { loadNbdData, NbdDataPath } from '../nbd-native.js';
 import { defaultSources } from '../keyring.js';
 
 
@@ -124,6 +125,10 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     disk.firstReads = recorder;
     await disk.journal.beginSession();
     const sockets = new Set<net.Socket>();
+    const onIoError = (err: unknown, errno: number): void => log('io-error', { errno, message: String((err as Error)?.message ?? err) }, `carryon serve: ${errno === NBD_ERRNO.EIO ? 'I/O error' : `errno ${errno}`}: ${(err as Error)?.message ?? err}`);
+    // A plaintext, fully local disk's connections go to C threads after the handshake (client/nbd-native.ts).
+    const nbdData = loadNbdData();
+    const dataPath = nbdData.addon ? new NbdDataPath(nbdData.addon, disk, onIoError) : null;
     // Set once the lease runs out while serving: the VM keeps the connections it has (pulling its disk
     // mid-write would do more harm than good), but no new client is let in until the lease is renewed.
     let leaseRefusal: string | null = null;
@@ -134,7 +139,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       }
       // Each connection may hold up to its byte budget (src/nbd): a local client opening hundreds of them
       // must not multiply it without end. QEMU and nbdcopy use at most a handful.
-      if (sockets.size >= MAX_NBD_CONNECTIONS) {
+      if (sockets.size + (dataPath?.connections ?? 0) >= MAX_NBD_CONNECTIONS) {
         log('refused', { reason: 'too-many-connections', max: MAX_NBD_CONNECTIONS }, `carryon serve: refused a new NBD client: ${MAX_NBD_CONNECTIONS} are connected already`);
         return void accepted.destroy();
       }
@@ -145,7 +150,8 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
       void serveNbdConnection(sock, {
         lookup: (n) => (n === '' || n === name ? disk : null),
         list: () => [name],
-        onError: (err, errno) => log('io-error', { errno, message: String((err as Error)?.message ?? err) }, `carryon serve: ${errno === NBD_ERRNO.EIO ? 'I/O error' : `errno ${errno}`}: ${(err as Error)?.message ?? err}`),
+        onError: onIoError,
+        ...(dataPath ? { handOver: dataPath } : {}),
       });
     });
     const socketPath = opts.port === undefined ? path.resolve((opts.socket as string | undefined) ?? path.join(state.home, 'run', `${name}.nbd`)) : null;
@@ -191,7 +197,8 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
           const req = JSON.parse(buf.slice(0, buf.indexOf('\n'))) as { op?: string };
           if (req.op !== 'snapshot') throw new CarryonError('BAD_REQUEST', `unknown control request ${String(req.op)}`);
           const t0 = Date.now();
-          const snap = disk.snapshot(state.cacheOf(local.desktop));
+          // No write of a native connection lands during the pass (the JavaScript path's writes wait for this turn).
+          const snap = dataPath ? dataPath.gated(() => disk.snapshot(state.cacheOf(local.desktop))) : disk.snapshot(state.cacheOf(local.desktop));
           const pauseMs = Date.now() - t0;
           void snap.stored.then(() => state.cacheOf(local.desktop).sync()).then(() => {
             log('snapshot', { blocksChanged: snap.changed.length, pauseMs }, `snapshot for a restore point: ${snap.changed.length} blocks changed since check-out (the VM waited ${pauseMs} ms)`);
@@ -214,6 +221,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
         server.close();
         ctl.close();
         for (const s of sockets) s.destroy();
+        await dataPath?.stopAll();
         await disk.close();
         for (const p of [socketPath, ctlPath]) if (p) try { unlinkSync(p); } catch { /* gone */ }
         throw err;
@@ -225,7 +233,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     const p0 = disk.progress();
     const shareNote = share ? `  profile: ${share.path} shared as 9p tag ${share.tag}; copy ${GUEST_SCRIPTS_DIR} into a Linux guest and run carryon-logon.sh USER at logon, carryon-logoff.sh USER at logoff (docs/hypervisors.md); --no-persona-share leaves it out\n`
       : opts.personaShare === false ? '  profile: not shared (--no-persona-share)\n' : `  profile: not shared: this check-out holds no persona\n`;
-    log('listening', { desktop: name, uri, socket: socketPath, port, size: disk.size, blocksChanged: changed, dirtyMap: trust, localBytes: p0.localBytes, totalBytes: p0.totalBytes, cipher: disk.cipher, ...(fuse ? { file: fuse.file } : {}),
+    log('listening', { desktop: name, uri, socket: socketPath, port, size: disk.size, blocksChanged: changed, dirtyMap: trust, dataPath: dataPath && disk.nativeFd !== null ? 'native' : 'js', localBytes: p0.localBytes, totalBytes: p0.totalBytes, cipher: disk.cipher, ...(fuse ? { file: fuse.file } : {}),
       personaShare: share, qemuArgs: lines.qemuArgs, qemuLine: lines.qemuLine, libvirtXml: lines.libvirtXml, guestScripts: GUEST_SCRIPTS_DIR },
       `serving ${name} (${fmtBytes(disk.size)}) on ${uri}\n` +
       `  qemu:  ${lines.qemuLine} ...\n` +
@@ -339,6 +347,7 @@ async function serve(name: string, opts: Record<string, unknown>): Promise<void>
     server.close();
     ctl.close();
     for (const s of sockets) s.destroy();
+    await dataPath?.stopAll(); // each thread answers what it owes, then closes its descriptors
     (api as ApiClient | null)?.close(); // ends a download request under way: what landed is kept
     await download.catch(() => undefined);
     await disk.close();

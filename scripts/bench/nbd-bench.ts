@@ -43,6 +43,8 @@ interface Options {
   cpuProf?: string;
   /** Export rounds run before the counted ones (first connection count only), reported apart. */
   warmup: number;
+  /** Also serve a second check-out with CARRYON_NBD_DATA=js (the JavaScript data path) in the same rounds. */
+  jsPath: boolean;
   out?: string;
   keep: boolean;
   seed: number;
@@ -57,7 +59,7 @@ const QEMU_BENCH_COUNT = 50_000;
 /** Data extents of the larger check-in images, one at each GiB boundary past the base image. */
 const EXTRA_EXTENT = 64 * MiB;
 
-const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin,encryption] [--writes 160] [--flush] [--connections 1,4] [--warmup 1] [--cpu-prof DIR] [--out FILE] [--keep] [--seed N]
+const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat 3] [--parts export,checkin,encryption] [--writes 160] [--flush] [--connections 1,4] [--warmup 1] [--cpu-prof DIR] [--out FILE] [--keep] [--seed N] [--js-path]
   --size           the random image of the export measurements, also the data of every check-in image (default 1G)
   --checkin-sizes  apparent sizes of the check-in images, comma-separated (default 1G,8G)
   --repeat         runs of each throughput measurement and of the check-in part (default 3): best and median are reported
@@ -72,10 +74,11 @@ const USAGE = `usage: nbd-bench.js [--size 1G] [--checkin-sizes 1G,8G] [--repeat
   --flush          nbdcopy --flush on the write runs (the servers then fsync: disk speed, not server speed)
   --out            also write all results as JSON to FILE
   --keep           keep the temp folder (images, server store, laptop home)
-  --seed           seed of the image bytes, the write offsets and their data (default 7)`;
+  --seed           seed of the image bytes, the write offsets and their data (default 7)
+  --js-path        export part: also a carryon serve with CARRYON_NBD_DATA=js (no native data path), same rounds`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: [...PARTS], writes: 160, flush: false, connections: [1, 4], warmup: 1, keep: false, seed: 7 };
+  const o: Options = { size: GiB, checkinSizes: [GiB, 8 * GiB], repeat: 3, parts: [...PARTS], writes: 160, flush: false, connections: [1, 4], warmup: 1, jsPath: false, keep: false, seed: 7 };
   for (const { flag: a, value } of readArgs(argv, USAGE)) {
     if (a === '--size') o.size = parseSize(value());
     else if (a === '--checkin-sizes') o.checkinSizes = value().split(',').map(parseSize);
@@ -92,6 +95,7 @@ function parseOptions(argv: string[]): Options {
     else if (a === '--cpu-prof') o.cpuProf = value();
     else if (a === '--out') o.out = value();
     else if (a === '--keep') o.keep = true;
+    else if (a === '--js-path') o.jsPath = true;
     else if (a === '--seed') o.seed = Number(value());
     else if (a === '--help' || a === '-h') {
       console.log(USAGE);
@@ -275,9 +279,13 @@ async function stopCarryonServe(d: Daemon): Promise<{ seconds: number; stopped?:
 // ---------------------------------------------------------------------------------------------
 // Part 1: export throughput of the same file through three servers
 
-type ServerName = 'carryon' | 'nbdkit' | 'qemu-nbd';
-const SERVERS: ServerName[] = ['carryon', 'nbdkit', 'qemu-nbd'];
-const SERVER_TITLE: Record<ServerName, string> = { carryon: 'carryon serve', nbdkit: 'nbdkit file', 'qemu-nbd': 'qemu-nbd' };
+// 'carryon-js' (--js-path): a second carryon serve with CARRYON_NBD_DATA=js, every request on its JavaScript
+// thread (what serve does without native/nbd-data), on its own check-out, in the same rounds.
+type ServerName = 'carryon' | 'nbdkit' | 'qemu-nbd' | 'carryon-js';
+/** The servers the tables show (carryon-js is in the log lines and the JSON). */
+const MAIN_SERVERS: ServerName[] = ['carryon', 'nbdkit', 'qemu-nbd'];
+let SERVERS: ServerName[] = MAIN_SERVERS;
+const SERVER_TITLE: Record<ServerName, string> = { carryon: 'carryon serve', nbdkit: 'nbdkit file', 'qemu-nbd': 'qemu-nbd', 'carryon-js': 'carryon serve (CARRYON_NBD_DATA=js)' };
 
 interface Runs {
   mbPerSec: number[];
@@ -427,7 +435,7 @@ async function measureExportInterleaved(servers: Record<ServerName, { daemon: Da
 function exportRunsTable(e: ExportRuns, size: number): string {
   const body = e.rounds.map((r) => [
     String(r.round), ...(['read', 'write'] as const).flatMap((op) => [
-      ...SERVERS.map((s) => (r[op][s] ? r[op][s]!.mbPerSec.toFixed(0) : '-')),
+      ...MAIN_SERVERS.map((s) => (r[op][s] ? r[op][s]!.mbPerSec.toFixed(0) : '-')),
       r.ratios[op].nbdkit !== undefined ? `${r.ratios[op].nbdkit!.toFixed(2)}x` : '-',
       r.ratios[op]['qemu-nbd'] !== undefined ? `${r.ratios[op]['qemu-nbd']!.toFixed(2)}x` : '-',
     ]),
@@ -1039,7 +1047,7 @@ async function main(): Promise<number> {
     log(`carryon-server at ${server.url}`);
     const encDesks = o.parts.includes('encryption') ? [...NBD_WAYS.map((w) => `enc-nbd-${w}`), ...WAYS.map((w) => `enc-ci-${w}`)] : [];
     if (o.parts.includes('export') || o.parts.includes('encryption') || checkinImages.has(o.size)) {
-      await publish(`golden-${label(o.size)}`, base, [...(o.parts.includes('export') ? ['nbd-export'] : []), ...(checkinImages.has(o.size) ? [`ci-${label(o.size)}`] : []), ...encDesks]);
+      await publish(`golden-${label(o.size)}`, base, [...(o.parts.includes('export') ? ['nbd-export', ...(o.jsPath ? ['nbd-export-js'] : [])] : []), ...(checkinImages.has(o.size) ? [`ci-${label(o.size)}`] : []), ...encDesks]);
     }
     for (const [s, img] of checkinImages) if (s !== o.size) await publish(`golden-${label(s)}`, img.file, [`ci-${label(s)}`]);
 
@@ -1048,6 +1056,11 @@ async function main(): Promise<number> {
       log(`\n== export throughput (${human(o.size)}, nbdcopy --no-extents, ${o.repeat} runs; then qemu-img bench)`);
       const co = await carryon(home, 'checkout', 'nbd-export', '--to', join(work, 'export', 'disk.raw'));
       const disk = str(co.json, 'disk');
+      SERVERS = o.jsPath ? [...MAIN_SERVERS, 'carryon-js'] : MAIN_SERVERS;
+      if (o.jsPath) {
+        const cj = await carryon(home, 'checkout', 'nbd-export-js', '--to', join(work, 'export', 'disk-js.raw'));
+        await warmCache(str(cj.json, 'disk'));
+      }
       log(`  checked out nbd-export to ${disk} in ${secs(co.seconds)} s`);
       const sock = (n: string): string => join(run_, `${n}.sock`);
       const uriOf = (n: string): string => `nbd+unix:///nbd-export?socket=${sock(n)}`;
@@ -1060,8 +1073,10 @@ async function main(): Promise<number> {
       const servers = {} as Record<ServerName, { daemon: Daemon; info: Json }>;
       try {
         for (const s of SERVERS) {
-          const { daemon } = s === 'carryon' ? await startCarryonServe(home, 'nbd-export', sock(s))
-            : s === 'nbdkit'
+          const started = s === 'carryon' ? await startCarryonServe(home, 'nbd-export', sock(s))
+            : s === 'carryon-js' ? await startCarryonServe(home, 'nbd-export-js', sock(s), [], [], { CARRYON_NBD_DATA: 'js' }) : null;
+          if (started) log(`  ${SERVER_TITLE[s]}: data path ${String(started.listening.dataPath ?? 'js')}`);
+          const { daemon } = started ? { daemon: started.daemon } : s === 'nbdkit'
               ? spawnDaemon(s, 'nbdkit', ['-f', '--exit-with-parent', '-U', sock(s), 'file', peerDisk], uriOf(s))
               : spawnDaemon(s, 'qemu-nbd', ['-f', 'raw', '-k', sock(s), '-x', 'nbd-export', '-t', '-e', '4', '--cache=writeback', '--aio=threads', peerDisk], uriOf(s));
           const info = await waitForNbd(daemon);
@@ -1085,7 +1100,7 @@ async function main(): Promise<number> {
         for (const s of SERVERS) {
           const gone = servers[s].daemon.exitedWith();
           if (gone !== undefined) throw new Error(`${SERVER_TITLE[s]} exited (${gone}) during the measurements:\n${servers[s].daemon.tail()}`);
-          const st = s === 'carryon' ? await stopCarryonServe(servers[s].daemon) : { seconds: (await servers[s].daemon.stop()).seconds, stopped: undefined };
+          const st = s === 'carryon' || s === 'carryon-js' ? await stopCarryonServe(servers[s].daemon) : { seconds: (await servers[s].daemon.stop()).seconds, stopped: undefined };
           const row = rows.find((r) => r.server === s);
           if (row) Object.assign(row, { stopSeconds: st.seconds, stopped: st.stopped });
         }

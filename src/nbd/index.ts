@@ -8,7 +8,9 @@
 // and hands each socket to serveNbdConnection, first re-created by nbdSocket so that it reads into
 // large reused slabs (one read per ~200 KB instead of a fresh 64 KiB buffer per read): a payload is
 // then a view of a slab, valid until its write settles, and the slab is reused once every byte of it
-// was given back. Key terms: slab, release (a byte given back), budget (what one connection may hold).
+// was given back. A caller may take a connection's transmission phase elsewhere once the handshake is
+// done (NbdConnectionOptions.handOver: carryon serve's C threads, client/nbd-native.ts).
+// Key terms: slab, release (a byte given back), budget (what one connection may hold), hand-over.
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 
@@ -92,6 +94,15 @@ export interface NbdConnectionOptions {
   onError?(err: unknown, errno: number): void;
   /** Told when the connection stops taking requests (its budget or request limit is reached) and when it takes them again. */
   onBackpressure?(waiting: boolean): void;
+  /**
+   * Optional: serve the transmission phase elsewhere (carryon serve's native data path). Asked once the
+   * client has picked `exp`; when it says yes the connection stops reading, its handshake replies reach
+   * the kernel, and `take` gets the socket's descriptor, the transmission flags and the bytes already
+   * read past the handshake (the first requests, maybe part of one). `take` must dup the descriptor:
+   * the socket is destroyed (its own descriptor closed) right after it returns. A throw from `take`
+   * closes the connection.
+   */
+  handOver?: { wants(exp: NbdExport): boolean; take(exp: NbdExport, fd: number, tflags: number, leftover: Buffer): void };
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -198,6 +209,15 @@ class ByteQueue {
     if (!this.slab) return;
     if (Array.isArray(bufs)) for (const b of bufs) this.slab.release(b);
     else this.slab.release(bufs);
+  }
+
+  /** Everything queued, in a buffer of its own (the hand-over's leftover): the queue is empty after. */
+  drain(): Buffer {
+    const out = Buffer.concat(this.chunks, this.length);
+    for (const c of this.chunks) this.slab?.release(c);
+    this.chunks = [];
+    this.length = 0;
+    return out;
   }
 
   /** n bytes in a buffer of their own (a copy when they are a view of a slab): nothing to release. */
@@ -363,10 +383,43 @@ export async function serveNbdConnection(socket: Duplex, opts: NbdConnectionOpti
     const noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
     const exp = await haggle(q, send, opts, noZeroes);
     if (!exp) return void socket.end();
+    if (opts.handOver?.wants(exp) && await handOver(q, socket, exp, opts.handOver)) return;
     await transmit(q, socket, exp, opts);
   } catch {
     socket.destroy();
   }
+}
+
+/**
+ * Give the connection's transmission phase to `to` (see NbdConnectionOptions.handOver). False when the
+ * socket has no descriptor of its own to give (a stream that is not a socket): the caller serves it.
+ */
+async function handOver(q: ByteQueue, socket: Duplex, exp: NbdExport, to: NonNullable<NbdConnectionOptions['handOver']>): Promise<boolean> {
+  const s = socket as net.Socket & { _handle?: { fd?: number; readStop?(): number; reading?: boolean } | null };
+  const handle = s._handle;
+  if (!(socket instanceof net.Socket) || !handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') return false;
+  // No more reads here: what the kernel holds past this point is the new owner's to read.
+  handle.readStop();
+  handle.reading = false;
+  // The handshake's replies must reach the kernel before anyone else writes to the socket.
+  while (s.writableLength > 0 && !s.destroyed) {
+    await new Promise<void>((r) => {
+      const done = (): void => {
+        s.off('drain', done);
+        s.off('close', done);
+        r();
+      };
+      s.once('drain', done);
+      s.once('close', done);
+    });
+  }
+  if (s.destroyed || s._handle !== handle) return true; // the client went away meanwhile: nothing to serve
+  try {
+    to.take(exp, handle.fd, transmissionFlags(exp), q.drain());
+  } finally {
+    s.destroy(); // closes this side's descriptor only; the new owner holds its own duplicate
+  }
+  return true;
 }
 
 async function haggle(q: ByteQueue, send: (b: Buffer) => void, opts: NbdConnectionOptions, noZeroes: boolean): Promise<NbdExport | null> {

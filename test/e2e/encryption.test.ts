@@ -110,6 +110,7 @@ describe('encryption at rest on the laptop', () => {
     const l = await listening(serve);
     // The native XTS addon serves it (npm ci builds it); the JavaScript fallback only when asked for.
     expect(l.cipher).toBe(process.env.CARRYON_XTS === 'js' ? 'js' : 'native');
+    expect(l.dataPath).toBe('js'); // encrypted at rest: the native data path is for plaintext copies
     const w = spawnSync('qemu-io', ['-f', 'raw', '-c', `write -s ${path.join(dir, 'patch.bin')} ${8 * 1024 * 1024} ${patch.length}`, '-c', `write -s ${path.join(dir, 'patch.bin')} 12345 ${SECTOR}`, l.uri], { encoding: 'utf8' });
     expect(w.status, w.stderr).toBe(0);
     const back = path.join(dir, 'back.raw');

@@ -127,6 +127,7 @@ describe('carryon serve: the disk over NBD', () => {
     expect(s.listening.size).toBe(size);
     expect(s.listening.dirtyMap.trusted).toBe(true);
     expect(s.listening.cipher).toBeNull(); // a plaintext copy
+    expect(s.listening.dataPath).toBe('native'); // plaintext and fully local: C threads answer after the handshake
     const info = JSON.parse(tool('nbdinfo', ['--json', s.uri]).stdout);
     expect(info.exports[0]['export-size']).toBe(size);
     expect(info.exports[0].can_flush && info.exports[0].can_fua && info.exports[0].can_trim && info.exports[0].can_zero).toBe(true);
@@ -247,6 +248,7 @@ describe('carryon serve: the disk over NBD', () => {
 
     // On demand only: what the VM reads arrives, nothing else; the bytes are the image's.
     const s1 = await serve(c, 'd-stream', ['--no-download']);
+    expect(s1.listening.dataPath).toBe('js'); // still arriving: every request through JavaScript
     const part = [`write -P 0xe1 ${3 * MiB} ${64 * 1024}`, `write -P 0xe2 ${7 * MiB + 100} 300`, 'flush'];
     expect(qemuIo(s1.uri, part).code).toBe(0);
     const expected = path.join(dir, 'expected-stream.raw');
@@ -349,7 +351,13 @@ describe('carryon serve: the disk over NBD', () => {
     expect(tcp.uri).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/d-outside$/);
     expect(tcp.socket).toBeNull();
     expect(JSON.parse(tool('nbdinfo', ['--json', tcp.uri]).stdout).exports[0]['export-size']).toBe(size);
+    expect(tcp.listening.dataPath).toBe('native'); // a TCP connection is handed over the same way
+    expect(qemuIo(tcp.uri, [`write -P 0x7a ${2 * MiB} 8192`, `read -P 0x7a ${2 * MiB} 8192`]).code).toBe(0);
     await stopServe(tcp);
+    const js = await serve(a, 'd-outside', [], { CARRYON_NBD_DATA: 'js' });
+    expect(js.listening.dataPath).toBe('js');
+    expect(qemuIo(js.uri, [`read -P 0x7a ${2 * MiB} 8192`]).code).toBe(0);
+    await stopServe(js);
     qemuWrite(disk, [[0x72, 6 * MiB, 65536]]);
     const st = (await a.cli(['status', 'd-outside', '--json'])).json.desktops[0];
     expect(st.dirtyMap.trusted).toBe(false);
