@@ -291,12 +291,13 @@ export class ApiClient {
    * Stream the blocks of `ids`; each entry goes to onEntry as it arrives (bounded memory). Without
    * bases, entries are encoded blocks named by id; with them, the upload grammar (`b/<id>`, `p/<id>/<base>`).
    */
+  /**
+   * `opts.answer`: the answer of requestBlocks for the same ids and bases, sent earlier (a check-out worker
+   * asks for its next batch while it reads this one; the answer waits, paused, on its own connection).
+   */
   async getBlocks(checkoutId: string, ids: BlockId[], maxEntryBytes: number, onEntry: (e: TarEntry) => Promise<void> | void,
-    patchBases?: { bases: Map<BlockId, BlockId>; baseVersion: number }, opts: { transient?: boolean } = {}): Promise<number> {
-    const body = patchBases && patchBases.bases.size > 0
-      ? { ids, bases: Object.fromEntries(patchBases.bases), baseVersion: patchBases.baseVersion }
-      : { ids };
-    const res = await this.request('POST', `/checkouts/${checkoutId}/blocks/get`, Buffer.from(JSON.stringify(body)), { 'content-type': 'application/json', accept: CONTENT_TAR });
+    patchBases?: { bases: Map<BlockId, BlockId>; baseVersion: number }, opts: { transient?: boolean; answer?: Promise<http.IncomingMessage> } = {}): Promise<number> {
+    const res = await (opts.answer ?? this.requestBlocks(checkoutId, ids, patchBases));
     // What a true answer can hold: one entry per id. A server that sends more, or a body that inflates
     // past it, is refused as soon as it does (and nothing more is read).
     const maxTotalBytes = ids.length * (maxEntryBytes + 512) + 1024;
@@ -305,6 +306,14 @@ export class ApiClient {
       if (++entries > ids.length) throw new CarryonError('TAR_INVALID', `the server sent more than the ${ids.length} block(s) asked for`);
       await onEntry(e);
     });
+  }
+
+  /** Ask for blocks; the answer's body is read by getBlocks (`answer`). */
+  requestBlocks(checkoutId: string, ids: BlockId[], patchBases?: { bases: Map<BlockId, BlockId>; baseVersion: number }): Promise<http.IncomingMessage> {
+    const body = patchBases && patchBases.bases.size > 0
+      ? { ids, bases: Object.fromEntries(patchBases.bases), baseVersion: patchBases.baseVersion }
+      : { ids };
+    return this.request('POST', `/checkouts/${checkoutId}/blocks/get`, Buffer.from(JSON.stringify(body)), { 'content-type': 'application/json', accept: CONTENT_TAR });
   }
 
   /** A tar response, decompressed when it says zstd, read to its end-of-archive or first error; the connection is closed on error. */

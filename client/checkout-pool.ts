@@ -1,6 +1,6 @@
 // CheckoutPool: the main thread's side of the check-out workers (checkout-worker.ts). Each worker
-// takes one batch at a time from a shared queue, so with two workers two requests are in flight and
-// both cores verify and write.
+// holds two batches from a shared queue (it works one while the other's answer is on its way), so
+// with two workers both cores verify and write and no worker waits for a round trip between batches.
 import { Worker } from 'node:worker_threads';
 import { CarryonError, isErrorCode } from '../src/index.js';
 import type { BlockDone, BlockJob, WorkerInit, WorkerReply, WorkerRequest } from './checkout-worker.js';
@@ -15,12 +15,16 @@ export class CheckoutPool {
     this.workers = Array.from({ length: size }, () => new Worker(new URL('./checkout-worker.js', import.meta.url), { workerData: init }));
   }
 
-  /** Run every batch; the first failure stops the others taking new batches and is thrown. */
+  /**
+   * Run every batch; the first failure stops the others taking new batches and is thrown. Each worker
+   * has two batches at a time (two lanes): it works them in turn and asks for the second while it reads
+   * the first (checkout-worker.ts).
+   */
   async run(kind: 'fetch' | 'cached', batches: BlockJob[][]): Promise<void> {
     const queue = [...batches];
     let seq = 0;
     let failure: Error | null = null;
-    await Promise.all(this.workers.map(async (w) => {
+    await Promise.all([...this.workers, ...this.workers].map(async (w) => {
       while (queue.length > 0 && !failure) {
         const jobs = queue.shift()!;
         try {

@@ -7,6 +7,7 @@
 // it (runSpace), hashed there (SHA-256 against its id, then the cheap hash) and written with the run;
 // its frame goes to the cache from the socket's own chunk (entries are transient views).
 import { closeSync, fdatasync, fsyncSync, openSync, writeSync } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
 import { parentPort, workerData } from 'node:worker_threads';
 import {
   applyBlockPatch, asCarryonError, CarryonError, CheapHasher, decodeVerified, encodeBlock, getBlock, MAX_UPLOAD_ENTRY_BYTES, PackBlockStore, parseUploadEntryName, SealedBlockStore, SectorCipher, SECTOR_BYTES, verifyPlain,
@@ -161,16 +162,23 @@ async function fromCache(seq: number, jobs: BlockJob[]): Promise<void> {
   w.flush();
 }
 
-async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<void> {
+/** The request of a batch: its ids, and the bases of those that may come as patches. */
+function blocksRequest(byId: Map<BlockId, BlockJob>): { ids: BlockId[]; patchBases?: { bases: Map<BlockId, BlockId>; baseVersion: number } } {
+  const bases = new Map<BlockId, BlockId>();
+  for (const j of byId.values()) if (j.base) bases.set(j.id, j.base);
+  return { ids: [...byId.keys()], patchBases: init.baseVersion !== null && bases.size > 0 ? { bases, baseVersion: init.baseVersion } : undefined };
+}
+
+/** `early`: this batch's request, sent while the batch before it was being read (its answer is used by the first attempt). */
+async function fetch(api: ApiClient, seq: number, jobs: BlockJob[], early: Promise<IncomingMessage> | null = null): Promise<void> {
   const byId = new Map(jobs.map((j) => [j.id, j]));
   const w = writer(seq);
   let stalled = 0;
   for (let attempt = 0; byId.size > 0; attempt++) {
     try {
-      const bases = new Map<BlockId, BlockId>();
-      for (const j of byId.values()) if (j.base) bases.set(j.id, j.base);
-      const patchBases = init.baseVersion !== null && bases.size > 0 ? { bases, baseVersion: init.baseVersion } : undefined;
-      await api.getBlocks(init.checkoutId, [...byId.keys()], MAX_UPLOAD_ENTRY_BYTES, async ({ name, data }) => {
+      const { ids, patchBases } = blocksRequest(byId);
+      const answer = attempt === 0 ? early ?? undefined : undefined;
+      await api.getBlocks(init.checkoutId, ids, MAX_UPLOAD_ENTRY_BYTES, async ({ name, data }) => {
         const { id, plain, encoded } = patchBases ? await received(name, data, byId) : { id: name, plain: null, encoded: data };
         const job = byId.get(id);
         if (!job) throw new CarryonError('TAR_INVALID', `server sent block ${id.slice(0, 12)}… that was not asked for`);
@@ -181,7 +189,7 @@ async function fetch(api: ApiClient, seq: number, jobs: BlockJob[]): Promise<voi
         w.write(job, verified);
         byId.delete(id);
         crashPoint('checkout-block');
-      }, patchBases, { transient: true }); // nothing keeps an entry's bytes past its callback
+      }, patchBases, { transient: true, answer }); // nothing keeps an entry's bytes past its callback
       if (byId.size > 0) throw new CarryonError('TAR_INVALID', `server answered without ${byId.size} requested block(s)`);
     } catch (err) {
       w.flush();
@@ -223,6 +231,8 @@ async function received(name: string, data: Buffer, byId: Map<BlockId, BlockJob>
   return { id: e.id, plain: applyBlockPatch(base, data, init.maxBlock), encoded: null };
 }
 
+/** The batches given to this worker, worked one after the other. */
+let queue: Promise<void> = Promise.resolve();
 const api = new ApiClient({ url: init.url, token: init.token, device: init.device, ca: init.ca, insecureHttp: init.insecureHttp });
 parentPort!.on('message', (msg: WorkerRequest) => {
   if (msg.kind === 'close') {
@@ -242,15 +252,27 @@ parentPort!.on('message', (msg: WorkerRequest) => {
     })();
     return;
   }
-  const before = api.bytesReceived;
-  (msg.kind === 'fetch' ? fetch(api, msg.seq, msg.jobs) : fromCache(msg.seq, msg.jobs)).then(
-    () => post({ kind: 'finished', seq: msg.seq, bytesReceived: api.bytesReceived - before }),
-    (err: unknown) => {
+  // Batches are worked one at a time, in the order they came; the pool sends a worker its next batch
+  // before this one is done, and that batch's request goes out now: its answer is on the way (held back
+  // by the connection's flow control) while this one is read, instead of a round trip and the server's
+  // first reads between batches (idle gaps of ~10-35 ms per batch in profiles, ~0.5 s per worker per GiB).
+  let early: Promise<IncomingMessage> | null = null;
+  if (msg.kind === 'fetch') {
+    const { ids, patchBases } = blocksRequest(new Map(msg.jobs.map((j) => [j.id, j])));
+    early = api.requestBlocks(init.checkoutId, ids, patchBases);
+    early.catch(() => undefined); // a failed early request is met again (and retried) by fetch
+  }
+  queue = queue.then(async () => {
+    const before = api.bytesReceived;
+    try {
+      await (msg.kind === 'fetch' ? fetch(api, msg.seq, msg.jobs, early) : fromCache(msg.seq, msg.jobs));
+      post({ kind: 'finished', seq: msg.seq, bytesReceived: api.bytesReceived - before });
+    } catch (err) {
       const e = asCarryonError(err); // an fs error keeps its meaning (DISK_FULL, IO_ERROR) across the thread
       // The error's data crosses too (why a request failed: reason 'stalled'), as JSON like --json prints it.
       post({ kind: 'error', seq: msg.seq, code: e.code, message: e.code === 'INTERNAL' ? String((err as Error)?.message ?? err) : e.message, data: jsonData(e) });
-    },
-  );
+    }
+  });
 });
 
 function jsonData(e: CarryonError): Record<string, unknown> {

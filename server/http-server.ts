@@ -7,7 +7,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
   API_PREFIX, encodeLatestYml, asCarryonError, diskSpace, parseJson, CarryonError, CONTENT_MANIFEST, CONTENT_TAR, createCompressStream, HEADER_DEVICE, httpStatusOf,
-  MAX_QUERY_IDS, type MissingAnswer, packEntries, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS,
+  MAX_QUERY_IDS, type MissingAnswer, packEntries, writeEntriesChunked, parseCheckoutRequest, parseGetBlocksRequest, parseIdList, parseName, CONTENT_PERSONA, encodePersona, HEADER_PERSONA_ID, HEADER_PERSONA_VERSION, MAX_GET_IDS,
   MAX_PERSONA_SNAPSHOT_BYTES, parsePersonaPushInfo, personaId, unpackEntries, MAX_COMMIT_BODY_BYTES, MAX_PERSONA_UPLOAD_BYTES, MAX_UPLOAD_REQUEST_BYTES, parseDeviceRequest, parseHeartbeatRequest,
   parseRequestUpdate, parseDesktopPolicy, parseDaysRequest, parseRestorePointRequest, parseEscrowRequest, parseBootTrace, type PersonaCommitResult,
 } from '../src/index.js';
@@ -20,7 +20,7 @@ import { ProxyTrust } from './client-address.js';
 import type { TlsPair } from './tls.js';
 import type { ServerParts } from './services/parts.js';
 import type { PersonaPart } from './services/checkout-service.js';
-import { PACK_CHUNK_BYTES } from '../src/index.js'; // (its own line: the list above changes often)
+import { BufferPool, PACK_CHUNK_BYTES } from '../src/index.js'; // (its own line: the list above changes often)
 
 /** Without --trust-proxy: X-Forwarded-For is never believed. */
 const NO_PROXY = new ProxyTrust('');
@@ -65,6 +65,8 @@ export class CarryonHttpServer {
   private readonly routes: Array<{ method: string; re: RegExp; path: string; handler: Handler }> = [];
   readonly metrics = new Metrics();
   private readonly liveSockets = new Set<Socket>();
+  /** Chunks of block answers, used again once written (writeEntriesChunked): 16 kept, 4 MiB. */
+  private readonly answerChunks = new BufferPool(PACK_CHUNK_BYTES, 16);
 
   /** Handlers parse, authorize and answer; every rule and every database change is in `parts`' services. */
   constructor(private readonly parts: ServerParts, private readonly log: Logger, private readonly opts: ServerOptions = {}) {
@@ -136,8 +138,9 @@ export class CarryonHttpServer {
         await pipeline(packEntries(out.entries), createCompressStream(3), res);
       } else {
         res.writeHead(200, { 'content-type': CONTENT_TAR });
-        // Every entry is at hand (read a batch ahead): gathered into chunks, a socket write per 256 KiB.
-        await pipeline(packEntries(out.entries, { chunkBytes: PACK_CHUNK_BYTES }), res);
+        // Every entry is at hand (read a batch ahead): copied into chunks, a socket write per 256 KiB, the
+        // chunks used again once written.
+        await writeEntriesChunked(res, out.entries, PACK_CHUNK_BYTES, this.answerChunks);
       }
       return undefined;
     });

@@ -4,11 +4,11 @@
 // discards; with their validation and audit rows. Must not know: HTTP (callers hand it parsed input
 // and stream what it returns), which engine holds the metadata.
 import {
-  CarryonError, decodeManifest, diskSpace, encodeBlockPatch, getBlock, manifestId, uploadEntryName, HEADER_DEVICE,
+  BufferPool, CarryonError, decodeManifest, diskSpace, encodeBlockPatch, getBlock, manifestId, uploadEntryName, HEADER_DEVICE,
   type BlockId, type BlockStore, type CheckoutInfo, type CommitResult, type EscrowAnswer, type HeartbeatReply, type PersonaCommitResult, type PersonaPushInfo, type TarEntry, type UploadResult,
 } from '../../src/index.js';
 import type { Actor } from '../audit.js';
-import { BlockScope, ingestUpload, ManifestCache, readAhead, type LoadedManifest } from '../blocks.js';
+import { BlockScope, ingestUpload, ManifestCache, readAhead, READ_AHEAD_SCRATCH, type LoadedManifest } from '../blocks.js';
 import { crashPoint } from '../crash-point.js';
 import type { EscrowService } from '../escrow.js';
 import type { FleetMeta } from '../fleet-meta.js';
@@ -46,6 +46,8 @@ export interface BlockStream {
 
 export class CheckoutService {
   private readonly manifests: ManifestCache;
+  /** Read-ahead scratch for block answers, kept for two answers at a time (~34 MiB): see readAhead. */
+  private readonly readScratch = new BufferPool(READ_AHEAD_SCRATCH, 4);
   /** Test seam: runs between a commit's block checks and its transaction (where a collector may strike). */
   beforeCommitTransaction: (() => Promise<void>) | null = null;
 
@@ -153,11 +155,12 @@ export class CheckoutService {
     const base = await this.baseOf(co);
     for (const b of ids) if (!base.ids.has(b)) throw new CarryonError('BLOCK_NOT_FOUND', `block ${b.slice(0, 12)}… is not part of this checkout`, { id: b });
     const store = this.store;
+    const scratch = this.readScratch;
     if (baseVersion === null) {
       return {
         compressed: false,
         entries: (async function* encoded(): AsyncGenerator<TarEntry> {
-          for await (const e of readAhead(store, ids)) {
+          for await (const e of readAhead(store, ids, 16, { copies: scratch })) { // the answer copies each entry into its chunk
             yield e;
             crashPoint('serve-block');
           }

@@ -28,9 +28,11 @@ export interface BlockStore {
   /**
    * The encoded blocks of `ids`, in the same order, as getEncoded would return them one by one. Optional:
    * a store whose reads cost a request each (S3) joins neighbouring blocks into one read; callers that
-   * read many blocks use it when present (server/blocks.ts readAhead).
+   * read many blocks use it when present (server/blocks.ts readAhead). With `scratch`, the store MAY
+   * return views of it instead of new buffers: the caller then gives the same scratch again only once it
+   * is done with every buffer of the earlier call (a server reusing two scratch buffers, not one new set a batch).
    */
-  getEncodedMany?(ids: readonly BlockId[]): Promise<Buffer[]>;
+  getEncodedMany?(ids: readonly BlockId[], scratch?: Buffer): Promise<Buffer[]>;
   /** Release files and handles (sync first). Optional: stores holding nothing open omit it. */
   close?(): Promise<void>;
 }

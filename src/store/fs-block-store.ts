@@ -91,12 +91,13 @@ export class FsBlockStore implements BlockStore {
   }
 
   /**
-   * The encoded blocks of `ids` in order, read synchronously (see the header): slices of shared
-   * buffers of MANY_BUFFER bytes, so a batch costs a few allocations, not one per block.
+   * The encoded blocks of `ids` in order, read synchronously (see the header): slices of `scratch` and
+   * then of shared buffers of MANY_BUFFER bytes, so a batch costs a few allocations at most, not one per block.
    */
-  async getEncodedMany(ids: readonly BlockId[]): Promise<Buffer[]> {
+  async getEncodedMany(ids: readonly BlockId[], scratch?: Buffer): Promise<Buffer[]> {
     const out: Buffer[] = [];
-    let buf = Buffer.allocUnsafe(MANY_BUFFER);
+    // The caller's scratch first (the server's read-ahead passes two in turn: no new buffers per batch).
+    let buf = scratch && scratch.length >= FIRST_READ ? scratch : Buffer.allocUnsafe(MANY_BUFFER);
     let used = 0;
     for (const id of ids) {
       if (!isBlockId(id)) throw notFound(String(id));

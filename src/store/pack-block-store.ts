@@ -44,6 +44,8 @@ const WRITE_BUFFER = 1024 * 1024;
 // write lock, and each rewrites most of the index's pages at random ids); every 512, under 2%
 // (docs/performance.md, cold check-out). 256 keeps a kill -9 cheap to resume.
 const FLUSH_EVERY = 256;
+/** getEncodedMany joins neighbouring blocks into reads of at most this many bytes. */
+const MANY_RUN_BYTES = 8 * 1024 * 1024;
 /** Rows per multi-row INSERT in commitIndex: one statement run per commit instead of one per row. */
 const INSERT_ROWS = 64;
 
@@ -246,6 +248,14 @@ export class PackBlockStore implements BlockStore {
   async getEncoded(id: BlockId): Promise<Buffer> {
     if (!isBlockId(id)) throw notFound(String(id));
     this.closeStaleFds();
+    const { fd, loc } = this.locate(id);
+    const buf = Buffer.allocUnsafe(loc.length);
+    const n = readSync(fd, buf, 0, loc.length, loc.offset);
+    return n === loc.length ? buf : buf.subarray(0, n); // short: verification fails
+  }
+
+  /** Where `id`'s bytes are, with an open descriptor of their pack (appends still buffered written out first). */
+  private locate(id: BlockId): { fd: number; loc: Loc } {
     // A compaction in another process may move the block between the lookup and the open: look again.
     for (let attempt = 0; ; attempt++) {
       const loc = this.lookup(id);
@@ -264,10 +274,43 @@ export class PackBlockStore implements BlockStore {
         }
         this.fds.set(loc.pack, fd);
       }
-      const buf = Buffer.allocUnsafe(loc.length);
-      const n = readSync(fd, buf, 0, loc.length, loc.offset);
-      return n === loc.length ? buf : buf.subarray(0, n); // short: verification fails
+      return { fd, loc };
     }
+  }
+
+  /**
+   * The encoded blocks of `ids` in order, as getEncoded returns them: blocks that lie one after the other
+   * in a pack (a check-out of an image published in order) are read with one pread per run, into `scratch`
+   * while it has room (views of it), else into a buffer per run. For the server's read-ahead on pack files.
+   */
+  async getEncodedMany(ids: readonly BlockId[], scratch?: Buffer): Promise<Buffer[]> {
+    this.closeStaleFds();
+    const found = ids.map((id) => {
+      if (!isBlockId(id)) throw notFound(String(id));
+      return this.locate(id);
+    });
+    const out: Buffer[] = [];
+    let used = 0;
+    for (let i = 0; i < found.length;) {
+      const { fd, loc } = found[i]!;
+      let end = loc.offset + loc.length;
+      let j = i + 1;
+      for (; j < found.length && found[j]!.fd === fd && found[j]!.loc.offset === end && end - loc.offset + found[j]!.loc.length <= MANY_RUN_BYTES; j++) end += found[j]!.loc.length;
+      const len = end - loc.offset;
+      let buf: Buffer;
+      if (scratch && scratch.length - used >= len) {
+        buf = scratch.subarray(used, used + len);
+        used += len;
+      } else buf = Buffer.allocUnsafe(len);
+      let got = 0;
+      for (let k; got < len && (k = readSync(fd, buf, got, len - got, loc.offset + got)) > 0;) got += k;
+      for (let at = 0; i < j; i++) {
+        const l = found[i]!.loc.length;
+        out.push(buf.subarray(at, Math.min(at + l, got))); // short (a truncated pack): verification fails
+        at += l;
+      }
+    }
+    return out;
   }
 
   /** Close descriptors of packs a compaction (here or elsewhere) removed, so their space comes back; checked at most once a second. */

@@ -3,3 +3,4 @@
 // framing of block transfers. Must not know: SQLite, the CLI, HTTP server or client code.
 export * from './api.js';
 export * from './tar.js';
+export * from './buffer-pool.js';

@@ -1,9 +1,10 @@
 // Tar framing of block transfers, both directions. Bounded: one entry in memory at a time, with a
 // size limit checked from the header before any byte is buffered; reading stops at the end of the
 // archive and at the first error.
-import { Readable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import { CarryonError } from '../errors/index.js';
 import { isAllZero } from '../hash/index.js';
+import type { BufferPool } from './buffer-pool.js';
 
 /** Tar's unit: headers and padded entry data come in records of 512 bytes. */
 const RECORD = 512;
@@ -97,6 +98,103 @@ async function* packChunks(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>
   }
   chunk.fill(0, used, used + END_BYTES);
   yield chunk.subarray(0, used + END_BYTES);
+}
+
+/**
+ * The bytes `packEntries(entries, { chunkBytes })` produces, written to `out` as it drains, from chunk
+ * buffers that are used again once `out` has written them (its write callback): a cold check-out's
+ * answer took ~1,100 new 256 KiB chunks per GiB through packEntries, memory outside V8's heap whose
+ * growth set off most of the server's garbage collections (docs/performance.md, cold check-out).
+ * Each entry's bytes are copied into a chunk before the next entry is asked for, so a producer may reuse
+ * them then. With `pool` (buffers of `max` bytes), chunks are taken from it and go back to it once
+ * written; without, chunks grow from 64 KiB and are reused within this answer. `out` must be done with
+ * a chunk's bytes when it calls its write back: a socket or an HTTP response is (the kernel has them), a
+ * PassThrough is not (it hands the same buffer on). Ends `out`. Fails with the stream's error, or ERR_STREAM_PREMATURE_CLOSE when `out` closes
+ * first (the entries are abandoned: their generator's finally blocks run).
+ */
+export async function writeEntriesChunked(out: Writable, entries: AsyncIterable<TarEntry> | Iterable<TarEntry>, max: number, pool?: BufferPool): Promise<void> {
+  // Chunks come from `pool` when given (its buffers of `max` bytes, shared by all answers), else from a free list of this answer's own.
+  const own: Buffer[] = [];
+  const give = (c: Buffer): void => void (pool && c.length === pool.size ? pool.give(c) : own.push(c));
+  let chunk: Buffer | null = null;
+  let used = 0;
+  let cap = Math.min(FIRST_CHUNK, max);
+  const send = async (buf: Buffer, reuse: Buffer | null): Promise<void> => {
+    if (out.destroyed || out.writableEnded) throw prematureClose();
+    const more = out.write(buf, reuse ? (err?: Error | null) => void (err ? undefined : give(reuse)) : undefined);
+    if (!more) await drained(out);
+  };
+  const take = (need: number): Buffer => {
+    const c = own.pop();
+    if (c && c.length >= need) return c;
+    if (pool && pool.size === max) return pool.take();
+    const made = Buffer.allocUnsafe(Math.max(cap, need));
+    cap = Math.min(cap * 2, max);
+    return made;
+  };
+  for await (const e of entries) {
+    const size = e.data.length;
+    const need = RECORD + Math.ceil(size / RECORD) * RECORD;
+    if (chunk && used + need > chunk.length) {
+      const c = chunk;
+      chunk = null;
+      if (used > 0) await send(c.subarray(0, used), c);
+    }
+    if (need > max) {
+      await send(encodeHeader(e.name, size), null);
+      await send(Buffer.from(e.data), null); // the producer may reuse its bytes once asked for the next entry
+      if (need - RECORD > size) await send(ZERO_RECORD.subarray(0, need - RECORD - size), null);
+      continue;
+    }
+    if (!chunk) {
+      chunk = take(need);
+      used = 0;
+    }
+    encodeHeader(e.name, size, chunk, used);
+    e.data.copy(chunk, used + RECORD);
+    chunk.fill(0, used + RECORD + size, used + need);
+    used += need;
+  }
+  if (!chunk || used + END_BYTES > chunk.length) {
+    if (chunk && used > 0) await send(chunk.subarray(0, used), null);
+    chunk = Buffer.allocUnsafe(END_BYTES);
+    used = 0;
+  }
+  chunk.fill(0, used, used + END_BYTES);
+  if (out.destroyed) throw prematureClose();
+  await new Promise<void>((resolve, reject) => {
+    const onClose = (): void => reject(prematureClose());
+    out.once('error', reject);
+    out.once('close', onClose);
+    out.end(chunk!.subarray(0, used + END_BYTES), () => {
+      out.off('error', reject);
+      out.off('close', onClose);
+      resolve();
+    });
+  });
+}
+
+function prematureClose(): Error {
+  return Object.assign(new Error('the stream closed before the answer was written'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+}
+
+/** Until `out` wants more ('drain'); fails when it closes or errors first. */
+function drained(out: Writable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (err: Error | null): void => {
+      out.off('drain', onDrain);
+      out.off('close', onClose);
+      out.off('error', onError);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = (): void => done(null);
+    const onClose = (): void => done(prematureClose());
+    const onError = (err: Error): void => done(err);
+    out.on('drain', onDrain);
+    out.on('close', onClose);
+    out.on('error', onError);
+  });
 }
 
 const ZERO_RECORD = Buffer.alloc(RECORD);

@@ -2,10 +2,10 @@ import { spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough, Readable, Writable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { blockId, CarryonError, packEntries, unpackEntries, type TarEntry } from '../../../src/index.js';
+import { blockId, CarryonError, packEntries, unpackEntries, writeEntriesChunked, type TarEntry } from '../../../src/index.js';
 import { caught, expectCode, prng, randInt, randomBytes, tempDir } from '../helpers.js';
 
 const require = createRequire(import.meta.url);
@@ -154,6 +154,72 @@ describe('packEntries: our own ustar headers, chunked output', () => {
       expect(err).toBeInstanceOf(CarryonError);
       expect((err as CarryonError).code).toBe('INTERNAL');
     }
+  });
+});
+
+describe('writeEntriesChunked', () => {
+  /** A sink that copies what it is given and finishes each write later (as a socket does). */
+  function sink(): { out: Writable; bytes: () => Buffer; writes: Buffer[] } {
+    const got: Buffer[] = [];
+    const writes: Buffer[] = [];
+    const out = new Writable({
+      highWaterMark: 64 * 1024,
+      write(chunk: Buffer, _enc, cb) {
+        writes.push(chunk);
+        got.push(Buffer.from(chunk));
+        setImmediate(cb);
+      },
+    });
+    return { out, bytes: () => Buffer.concat(got), writes };
+  }
+
+  it('writes the bytes packEntries makes with chunkBytes, using each chunk again once written; a producer may reuse an entry\'s bytes', async () => {
+    const rng = prng(909);
+    const entries: TarEntry[] = [{ name: 'empty', data: Buffer.alloc(0) }];
+    for (let i = 0; i < 120; i++) entries.push({ name: `b${i}`, data: randomBytes(rng, 20_000 + randInt(rng, 45_000)) });
+    entries.splice(60, 0, { name: 'big', data: randomBytes(rng, 2 * MiB) });
+    const want = await buffer(packEntries(entries, { chunkBytes: 256 * 1024 }));
+    // The producer hands out one buffer, refilled for each entry: only a copy taken before the next entry is asked for survives.
+    const shared = Buffer.alloc(3 * MiB);
+    async function* reused(): AsyncGenerator<TarEntry> {
+      for (const e of entries) {
+        e.data.copy(shared);
+        yield { name: e.name, data: shared.subarray(0, e.data.length) };
+        shared.fill(0xee);
+      }
+    }
+    const s = sink();
+    await writeEntriesChunked(s.out, reused(), 256 * 1024);
+    expect(s.bytes().equals(want)).toBe(true);
+    expect(s.out.writableFinished).toBe(true);
+    // ~7.5 MiB went out through a few chunk buffers, not one new buffer per chunk.
+    const distinct = new Set(s.writes.filter((w) => w.length <= 256 * 1024).map((w) => w.buffer));
+    expect(s.writes.length).toBeGreaterThan(20);
+    expect(distinct.size).toBeLessThan(8);
+    const empty = sink();
+    await writeEntriesChunked(empty.out, [], 256 * 1024);
+    expect(empty.bytes().equals(await buffer(packEntries([], { chunkBytes: 256 * 1024 })))).toBe(true);
+  });
+
+  it('stops with ERR_STREAM_PREMATURE_CLOSE when the stream closes first, and abandons the entries', async () => {
+    const s = sink();
+    let finished = false;
+    let asked = 0;
+    async function* endless(): AsyncGenerator<TarEntry> {
+      try {
+        for (;;) {
+          asked++;
+          if (asked === 50) s.out.destroy();
+          yield { name: `b${asked}`, data: Buffer.alloc(60_000, asked) };
+        }
+      } finally {
+        finished = true;
+      }
+    }
+    const err = await caught(() => writeEntriesChunked(s.out, endless(), 256 * 1024));
+    expect((err as NodeJS.ErrnoException).code).toBe('ERR_STREAM_PREMATURE_CLOSE');
+    expect(finished).toBe(true);
+    expect(asked).toBeLessThan(60);
   });
 });
 
