@@ -827,6 +827,17 @@ static napi_value start(napi_env env, napi_callback_info info) {
   c->rend = left_len;
   c->tflags = tflags;
   c->always_ask = always;
+  // A Unix socket's send buffer (default ~208 KB) is smaller than one 256 KiB read reply, so every reply
+  // blocked until the client had read most of the one before: a larger one lets replies queue while the
+  // client drains. The kernel caps it at net.core.wmem_max. TCP keeps its autotuning (setting it turns
+  // that off). CARRYON_NBD_SNDBUF: bytes, 0 = leave the default (benchmarks).
+  struct sockaddr_storage sa;
+  socklen_t salen = sizeof sa;
+  if (getsockname(c->sock, (struct sockaddr *)&sa, &salen) == 0 && sa.ss_family == AF_UNIX) {
+    const char *sb = getenv("CARRYON_NBD_SNDBUF");
+    int want = sb ? atoi(sb) : 4 * 1024 * 1024;
+    if (want > 0) setsockopt(c->sock, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+  }
   const char *sf = getenv("CARRYON_NBD_SENDFILE");
   c->use_sendfile = !(sf && strcmp(sf, "0") == 0);
   const char *sp = getenv("CARRYON_NBD_SPLICE");
