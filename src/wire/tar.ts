@@ -18,37 +18,27 @@ export interface TarEntry {
 }
 
 /**
- * A chunk size for packEntries' `chunkBytes`: ten 64 KiB blocks' frames to a stream write amortise its
- * cost, and a server that dies loses at most this much already read (the crash tests resume from what
- * arrived).
+ * The chunk size of a check-out's block answer (writeEntriesChunked): ten 64 KiB blocks' frames to a
+ * stream write amortise its cost, and a server that dies loses at most this much already read (the
+ * crash tests resume from what arrived).
  */
 export const PACK_CHUNK_BYTES = 256 * 1024;
-/** The first chunk of a chunked stream; each next one is twice as large, up to the chunk size asked for. */
+/** The first chunk of a chunked answer without a pool; each next one is twice as large, up to `max`. */
 const FIRST_CHUNK = 64 * 1024;
-
-export interface PackOptions {
-  /**
-   * Gather entries into chunks of up to this many bytes, each entry copied once, instead of handing out
-   * each entry as it comes. For answers whose entries are all at hand (a check-out's blocks): a stream
-   * write per chunk instead of three per entry. Not for uploads: a chunk waits until it is full, so a
-   * slow producer's entries would wait on the sender's side (a killed upload must have sent what it could).
-   */
-  chunkBytes?: number;
-}
 
 /**
  * A tar stream of the entries, produced as the consumer reads (backpressure through Readable.from).
  * Headers are our own ustar encoding (the bytes tar-stream wrote: mode 644, uid/gid 0, mtime 0): a
  * check-out's answer of 64 KiB blocks was three stream writes and a 512-byte allocation per block
  * through tar-stream, which cost the server more than copying the bytes once into chunks does
- * (`chunkBytes`; docs/performance.md, cold check-out). Without `chunkBytes` each entry goes out as it
- * comes (header, bytes, padding; the bytes not copied: the producer must not change them). A name ustar
+ * (writeEntriesChunked, below; docs/performance.md, cold check-out). Here each entry goes out as it
+ * comes (header, bytes, padding; the bytes not copied: the producer must not change them), which an
+ * upload wants: a chunk would wait until full, and a killed upload must have sent what it could. A name ustar
  * cannot hold (over 100 bytes with no '/' to split at, non-ASCII) fails: unpackEntries reads no other
  * kind of header.
  */
-export function packEntries(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>, opts: PackOptions = {}): Readable {
-  const chunk = opts.chunkBytes ?? 0;
-  return Readable.from(chunk > 0 ? packChunks(entries, chunk) : packEach(entries), { objectMode: false });
+export function packEntries(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): Readable {
+  return Readable.from(packEach(entries), { objectMode: false });
 }
 
 async function* packEach(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): AsyncGenerator<Buffer> {
@@ -62,46 +52,8 @@ async function* packEach(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>):
   yield Buffer.alloc(END_BYTES);
 }
 
-async function* packChunks(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>, max: number): AsyncGenerator<Buffer> {
-  let chunk: Buffer | null = null;
-  let used = 0;
-  // Chunks grow from FIRST_CHUNK to max: a small answer never allocates a whole chunk.
-  let cap = Math.min(FIRST_CHUNK, max);
-  for await (const e of entries) {
-    const size = e.data.length;
-    const need = RECORD + Math.ceil(size / RECORD) * RECORD;
-    if (chunk && used + need > chunk.length) {
-      if (used > 0) yield chunk.subarray(0, used);
-      chunk = null;
-    }
-    if (need > max) {
-      // Larger than a chunk: its header, then its bytes as they are (no copy), then the padding.
-      yield encodeHeader(e.name, size);
-      yield e.data;
-      if (need - RECORD > size) yield ZERO_RECORD.subarray(0, need - RECORD - size);
-      continue;
-    }
-    if (!chunk) {
-      chunk = Buffer.allocUnsafe(Math.max(cap, need));
-      cap = Math.min(cap * 2, max);
-      used = 0;
-    }
-    encodeHeader(e.name, size, chunk, used);
-    e.data.copy(chunk, used + RECORD);
-    chunk.fill(0, used + RECORD + size, used + need);
-    used += need;
-  }
-  if (!chunk || used + END_BYTES > chunk.length) {
-    if (chunk && used > 0) yield chunk.subarray(0, used);
-    chunk = Buffer.allocUnsafe(END_BYTES);
-    used = 0;
-  }
-  chunk.fill(0, used, used + END_BYTES);
-  yield chunk.subarray(0, used + END_BYTES);
-}
-
 /**
- * The bytes `packEntries(entries, { chunkBytes })` produces, written to `out` as it drains, from chunk
+ * The bytes `packEntries(entries)` produces, gathered into chunks of up to `max` bytes and written to `out` as it drains, from chunk
  * buffers that are used again once `out` has written them (its write callback): a cold check-out's
  * answer took ~1,100 new 256 KiB chunks per GiB through packEntries, memory outside V8's heap whose
  * growth set off most of the server's garbage collections (docs/performance.md, cold check-out).
