@@ -48,6 +48,8 @@
 // Payloads kept while their marks are made durable, and requests waiting for JavaScript, per connection.
 #define HELD_BUDGET (64u * 1024 * 1024)
 #define MAX_JOBS 64
+#define KIND_EXPORT 0x6e627865u
+#define KIND_CONN 0x6e627863u
 
 enum { CMD_READ = 0, CMD_WRITE = 1, CMD_DISC = 2, CMD_FLUSH = 3, CMD_TRIM = 4, CMD_CACHE = 5, CMD_WRITE_ZEROES = 6 };
 enum { FLAG_FUA = 1, FLAG_NO_HOLE = 2, FLAG_DF = 4 };
@@ -57,6 +59,7 @@ enum { E_PERM = 1, E_IO = 5, E_NOMEM = 12, E_INVAL = 22, E_NOSPC = 28 };
 enum { JOB_MARK = 1, JOB_FLUSH = 2, JOB_ZERO = 3, JOB_TRIM = 4, JOB_END = 9 };
 
 typedef struct export_s {
+  uint32_t kind; // KIND_EXPORT: what unwrap checks before a handle is used as one
   uint64_t size;
   uint32_t block;
   uint64_t count;
@@ -80,6 +83,7 @@ typedef struct job_s {
 } job_t;
 
 typedef struct conn_s {
+  uint32_t kind; // KIND_CONN
   export_t *ex;
   int sock, file, evfd;
   int tflags;
@@ -747,6 +751,7 @@ static napi_value open_export(napi_env env, napi_callback_info info) {
     return throw_error(env, "nbd-data: openExport(size, blockSize)");
   export_t *ex = calloc(1, sizeof *ex);
   if (!ex) return throw_error(env, "nbd-data: out of memory");
+  ex->kind = KIND_EXPORT;
   ex->size = (uint64_t)size;
   ex->block = block;
   ex->count = ((uint64_t)size + block - 1) / block;
@@ -768,11 +773,13 @@ static napi_value open_export(napi_env env, napi_callback_info info) {
   return out;
 }
 
-static void *unwrap(napi_env env, napi_value v) {
+// Both handles are externals: each struct starts with its kind, so an export passed where a connection
+// is expected (or the reverse) is refused instead of read as the other.
+static void *unwrap(napi_env env, napi_value v, uint32_t kind) {
   void *p = NULL;
   napi_valuetype t;
   if (napi_typeof(env, v, &t) != napi_ok || t != napi_external) return NULL;
-  napi_get_value_external(env, v, &p);
+  if (napi_get_value_external(env, v, &p) != napi_ok || !p || *(uint32_t *)p != kind) return NULL;
   return p;
 }
 
@@ -794,7 +801,7 @@ static napi_value start(napi_env env, napi_callback_info info) {
   napi_value argv[7];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 7) return throw_error(env, "nbd-data: start(export, socketFd, fileFd, tflags, leftover, alwaysAsk, callback)");
-  export_t *ex = unwrap(env, argv[0]);
+  export_t *ex = unwrap(env, argv[0], KIND_EXPORT);
   int32_t sfd, ffd, tflags;
   bool always;
   void *left = NULL;
@@ -806,6 +813,7 @@ static napi_value start(napi_env env, napi_callback_info info) {
     return throw_error(env, "nbd-data: bad arguments to start");
   conn_t *c = calloc(1, sizeof *c);
   if (!c) return throw_error(env, "nbd-data: out of memory");
+  c->kind = KIND_CONN;
   c->sock = c->file = c->evfd = -1;
   c->pipe[0] = c->pipe[1] = -1;
   c->rcap = left_len > 0 ? left_len : 1;
@@ -894,7 +902,7 @@ static napi_value complete(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  conn_t *c = argc >= 3 ? unwrap(env, argv[0]) : NULL;
+  conn_t *c = argc >= 3 ? unwrap(env, argv[0], KIND_CONN) : NULL;
   uint32_t id;
   int32_t err;
   if (!c || napi_get_value_uint32(env, argv[1], &id) != napi_ok || napi_get_value_int32(env, argv[2], &err) != napi_ok)
@@ -926,7 +934,7 @@ static napi_value stop(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  conn_t *c = argc >= 1 ? unwrap(env, argv[0]) : NULL;
+  conn_t *c = argc >= 1 ? unwrap(env, argv[0], KIND_CONN) : NULL;
   if (!c) return throw_error(env, "nbd-data: stop(connection)");
   pthread_mutex_lock(&c->mu);
   c->stopping = 1;
@@ -940,7 +948,7 @@ static napi_value join(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  conn_t *c = argc >= 1 ? unwrap(env, argv[0]) : NULL;
+  conn_t *c = argc >= 1 ? unwrap(env, argv[0], KIND_CONN) : NULL;
   if (!c) return throw_error(env, "nbd-data: join(connection)");
   if (c->started && !c->joined) {
     pthread_join(c->th, NULL);
@@ -962,7 +970,7 @@ static napi_value gate(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  export_t *ex = argc >= 2 ? unwrap(env, argv[0]) : NULL;
+  export_t *ex = argc >= 2 ? unwrap(env, argv[0], KIND_EXPORT) : NULL;
   bool closed;
   if (!ex || napi_get_value_bool(env, argv[1], &closed) != napi_ok) return throw_error(env, "nbd-data: gate(export, closed)");
   if (closed) pthread_rwlock_wrlock(&ex->gate);

@@ -510,4 +510,10 @@ describe.skipIf(process.env.CARRYON_NBD_DATA === 'js')('native NBD data path (na
     for (const m of disk.marks) for (let b = Math.floor(m.offset / BLOCK); b <= Math.floor((m.offset + m.length - 1) / BLOCK); b++) marked.add(b);
     expect(marked.size).toBe(Math.ceil(SIZE / BLOCK));
   });
+
+  it('a handle of the other kind is refused, not read as one (an export where a connection is expected)', () => {
+    const ex = addon!.openExport(SIZE, BLOCK);
+    for (const call of [() => addon!.complete(ex, 1, 0), () => addon!.stop(ex), () => addon!.join(ex)]) expect(call).toThrow(/nbd-data/);
+    expect(() => addon!.gate({}, true)).toThrow(/nbd-data: gate/);
+  });
 });
