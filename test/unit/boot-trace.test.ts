@@ -3,15 +3,15 @@
 // in-memory BlockSource that records what was asked, as in read-ahead.test.ts): a trace that matches the
 // VM's reads turns later reads into local ones, in trace order; a trace that does not (stale or
 // hostile) costs at most as many blocks as the VM read; the recorder keeps first reads, in order, capped.
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DiskJournal, journalKey } from '../../client/disk-journal.js';
-import { LocalDisk, type BlockSource } from '../../client/local-disk.js';
+import type { LocalDisk } from '../../client/local-disk.js';
+import { streamedDisk } from './streamed-disk.js';
 import { MIN_TRACE_GUESSES, readAheadPolicy, TRACE_WINDOW, TraceReadAhead } from '../../client/read-ahead.js';
 import { BootTraceRecorder, RECORD_MS } from '../../client/boot-trace.js';
-import { blockId, CarryonError, DiskManifest, MAX_BOOT_TRACE_BLOCKS, parseBootTrace, type BlockId } from '../../src/index.js';
+import { CarryonError, MAX_BOOT_TRACE_BLOCKS, parseBootTrace } from '../../src/index.js';
 import { mulberry32, shuffled } from '../../scripts/lib/prng.js';
 
 const KiB = 1024;
@@ -84,31 +84,7 @@ describe('TraceReadAhead', () => {
   });
 });
 
-/** A streamed LocalDisk over `blocks` distinct 64 KiB blocks; `asked` records every block fetched, in order. */
-function streamed(blocks: number): { disk: LocalDisk; asked: number[] } {
-  const data = Array.from({ length: blocks }, (_, i) => {
-    const b = Buffer.alloc(BS, i & 0xff);
-    b.writeUInt32LE(i, 0);
-    return b;
-  });
-  const manifest = new DiskManifest(BS * blocks, BS);
-  data.forEach((d, i) => manifest.setId(i, blockId(d)));
-  const file = path.join(dir, `disk-${Math.random().toString(36).slice(2)}.raw`);
-  writeFileSync(file, Buffer.alloc(0));
-  truncateSync(file, manifest.size);
-  const journal = DiskJournal.create(`${file}.cydj`, journalKey('co', 'm'), manifest, true, null);
-  const index = new Map<BlockId, number>(data.map((d, i) => [blockId(d), i]));
-  const asked: number[] = [];
-  const source: BlockSource = {
-    async fetch(ids, onBlock) {
-      for (const id of ids) {
-        asked.push(index.get(id)!);
-        onBlock(id, data[index.get(id)!]!);
-      }
-    },
-  };
-  return { disk: new LocalDisk('t', file, manifest, journal, new BigUint64Array(blocks), source), asked };
-}
+const streamed = (blocks: number): ReturnType<typeof streamedDisk> => streamedDisk(dir, blocks);
 
 async function readBlock(disk: LocalDisk, i: number): Promise<void> {
   const got = await disk.read(i * BS + 4096, 4096);

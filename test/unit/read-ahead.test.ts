@@ -3,14 +3,12 @@
 // window that grows with it and never fetches more ahead than the run read; the earlier fixed policy
 // is still what CARRYON_READ_AHEAD=fixed:N names. The blocks come from an in-memory BlockSource that
 // records what was asked (the server's role in test/e2e/stream-read-ahead.test.ts).
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DiskJournal, journalKey } from '../../client/disk-journal.js';
-import { LocalDisk, type BlockSource } from '../../client/local-disk.js';
+import { streamedDisk } from './streamed-disk.js';
 import { FixedReadAhead, MAX_WINDOW_BYTES, readAheadPolicy, SequentialReadAhead } from '../../client/read-ahead.js';
-import { blockId, DiskManifest, type BlockId } from '../../src/index.js';
 
 const KiB = 1024;
 const dir = mkdtempSync(path.join(os.tmpdir(), 'carryon-readahead-'));
@@ -122,32 +120,7 @@ describe('FixedReadAhead and the CARRYON_READ_AHEAD spellings', () => {
   });
 });
 
-/** A streamed LocalDisk over `blocks` distinct 64 KiB blocks; `asked` records every block fetched, in order. */
-function streamed(blocks: number): { disk: LocalDisk; asked: number[] } {
-  const bs = 64 * KiB;
-  const data = Array.from({ length: blocks }, (_, i) => {
-    const b = Buffer.alloc(bs, i & 0xff);
-    b.writeUInt32LE(i, 0);
-    return b;
-  });
-  const manifest = new DiskManifest(bs * blocks, bs);
-  data.forEach((d, i) => manifest.setId(i, blockId(d)));
-  const file = path.join(dir, `disk-${Math.random().toString(36).slice(2)}.raw`);
-  writeFileSync(file, Buffer.alloc(0));
-  truncateSync(file, manifest.size);
-  const journal = DiskJournal.create(`${file}.cydj`, journalKey('co', 'm'), manifest, true, null);
-  const index = new Map<BlockId, number>(data.map((d, i) => [blockId(d), i]));
-  const asked: number[] = [];
-  const source: BlockSource = {
-    async fetch(ids, onBlock) {
-      for (const id of ids) {
-        asked.push(index.get(id)!);
-        onBlock(id, data[index.get(id)!]!);
-      }
-    },
-  };
-  return { disk: new LocalDisk('t', file, manifest, journal, new BigUint64Array(blocks), source), asked };
-}
+const streamed = (blocks: number): ReturnType<typeof streamedDisk> => streamedDisk(dir, blocks);
 
 describe('LocalDisk fetches what the read-ahead policy asks, and counts it', () => {
   it('scattered reads fetch only the blocks they touch', async () => {
